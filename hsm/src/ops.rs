@@ -1,0 +1,198 @@
+//! Typed cryptographic operations. Each takes one pooled session for one to four PKCS#11 calls;
+//! long-lived key material never leaves the HSM, and per-record data keys exist in process memory
+//! only in zeroizing buffers.
+
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use zeroize::Zeroizing;
+
+use crate::der::{ecdsa_raw_to_der, p256_spki_der, pem, rsa_spki_der, unwrap_ec_point};
+use crate::error::HsmError;
+use crate::keys::Role;
+use crate::pool::{Fail, Hsm, Op};
+
+/// An ECDSA P-256 signature made in the HSM, in both encodings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    /// Version of the signing key (its label is `medgate-<role>-v<version>`).
+    pub key_version: u32,
+    /// r || s, 64 bytes, as PKCS#11 returns it.
+    pub raw: Vec<u8>,
+    /// DER `Ecdsa-Sig-Value`, as TLS and X.509 use it.
+    pub der: Vec<u8>,
+}
+
+/// A data key wrapped (AES-KWP, RFC 5649) by a version of the key-encryption key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    pub kek_version: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// Template of the short-lived session object that carries a data key through C_WrapKey or out of
+/// C_UnwrapKey. It lives only inside one session and is destroyed right after use.
+fn data_key_template(value: Option<&[u8]>) -> Vec<Attribute> {
+    let mut t = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+    ];
+    if let Some(v) = value {
+        t.push(Attribute::Value(v.to_vec()));
+    }
+    t
+}
+
+fn private_class(role: Role) -> ObjectClass {
+    if role.is_pair() {
+        ObjectClass::PRIVATE_KEY
+    } else {
+        ObjectClass::SECRET_KEY
+    }
+}
+
+impl Hsm {
+    /// Signs a SHA-256 digest with the active key of `role` (ledger or tls) using CKM_ECDSA.
+    pub fn sign_digest(&self, role: Role, digest: &[u8; 32]) -> Result<Signature, HsmError> {
+        if !matches!(role, Role::Ledger | Role::Tls) {
+            return Err(HsmError::Invalid(format!("{role} keys do not sign")));
+        }
+        self.run(Op::Sign, 1, true, |s, ctx| {
+            let (version, key) = ctx.key(self, s, role, None, ObjectClass::PRIVATE_KEY)?;
+            let raw = s.sign(&Mechanism::Ecdsa, key, digest)?;
+            let der = ecdsa_raw_to_der(&raw)
+                .ok_or_else(|| HsmError::Device(format!("ECDSA signature of {} bytes", raw.len())))?;
+            Ok(Signature { key_version: version, raw, der })
+        })
+    }
+
+    /// Wraps a data key (16 to 64 bytes) with the active key-encryption key (CKM_AES_KEY_WRAP_PAD).
+    pub fn wrap_data_key(&self, data_key: &[u8]) -> Result<WrappedKey, HsmError> {
+        if !(16..=64).contains(&data_key.len()) {
+            return Err(HsmError::Invalid(format!("data key of {} bytes", data_key.len())));
+        }
+        // C_CreateObject + C_WrapKey (cryptoki asks for the length, then wraps) + C_DestroyObject
+        self.run(Op::Wrap, 4, true, |s, ctx| {
+            let (version, kek) = ctx.key(self, s, Role::Kek, None, ObjectClass::SECRET_KEY)?;
+            let obj = s.create_object(&data_key_template(Some(data_key)))?;
+            let wrapped = s.wrap_key(&Mechanism::AesKeyWrapPad, kek, obj);
+            let destroyed = s.destroy_object(obj);
+            let bytes = wrapped?;
+            destroyed?;
+            Ok(WrappedKey { kek_version: version, bytes })
+        })
+    }
+
+    /// Unwraps a data key with the version of the key-encryption key that wrapped it. A retired or
+    /// destroyed KEK version gives `KeyMissing`; an altered blob gives `Integrity`.
+    pub fn unwrap_data_key(&self, wrapped: &WrappedKey) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        // C_UnwrapKey + C_GetAttributeValue + C_DestroyObject
+        self.run(Op::Unwrap, 3, true, |s, ctx| {
+            let (_, kek) = ctx.key(self, s, Role::Kek, Some(wrapped.kek_version), ObjectClass::SECRET_KEY)?;
+            let obj = s
+                .unwrap_key(&Mechanism::AesKeyWrapPad, kek, &wrapped.bytes, &data_key_template(None))
+                .map_err(|e| match e {
+                    // SoftHSM reports a failed KWP integrity check as a general error.
+                    cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::GeneralError, _) => {
+                        Fail::Hsm(HsmError::Integrity)
+                    }
+                    other => Fail::P11(other),
+                })?;
+            let value = s.get_attributes(obj, &[AttributeType::Value]);
+            let destroyed = s.destroy_object(obj);
+            let mut key = Zeroizing::new(Vec::new());
+            for a in value? {
+                if let Attribute::Value(mut v) = a {
+                    key.extend_from_slice(&v);
+                    zeroize::Zeroize::zeroize(&mut v);
+                }
+            }
+            destroyed?;
+            if key.is_empty() {
+                return Err(HsmError::Device("unwrapped key has no value".into()).into());
+            }
+            Ok(key)
+        })
+    }
+
+    /// HMAC-SHA256 of `data` with the active pseudonym key. Returns the key version and the MAC.
+    pub fn pseudonym_hmac(&self, data: &[u8]) -> Result<(u32, [u8; 32]), HsmError> {
+        self.run(Op::Hmac, 1, true, |s, ctx| {
+            let (version, key) = ctx.key(self, s, Role::Pseudonym, None, ObjectClass::SECRET_KEY)?;
+            let mac = s.sign(&Mechanism::Sha256Hmac, key, data)?;
+            let mac: [u8; 32] = mac
+                .as_slice()
+                .try_into()
+                .map_err(|_| HsmError::Device(format!("HMAC of {} bytes", mac.len())))?;
+            Ok((version, mac))
+        })
+    }
+
+    /// Random bytes from the HSM's generator.
+    pub fn random(&self, len: usize) -> Result<Vec<u8>, HsmError> {
+        let len32 = u32::try_from(len).map_err(|_| HsmError::Invalid(format!("{len} random bytes")))?;
+        self.run(Op::Random, 1, true, |s, _| Ok(s.generate_random_vec(len32)?))
+    }
+
+    /// The public key of `role` (a key pair role) as SubjectPublicKeyInfo DER, with its version.
+    /// `version: None` means the active version.
+    pub fn public_key_der(&self, role: Role, version: Option<u32>) -> Result<(u32, Vec<u8>), HsmError> {
+        if !role.is_pair() {
+            return Err(HsmError::Invalid(format!("{role} is a secret key; it has no public half")));
+        }
+        self.run(Op::Admin, 2, true, |s, ctx| {
+            let (v, h) = ctx.key(self, s, role, version, ObjectClass::PUBLIC_KEY)?;
+            let der = match role {
+                Role::Sharing => {
+                    let attrs = s.get_attributes(h, &[AttributeType::Modulus, AttributeType::PublicExponent])?;
+                    let (mut n, mut e) = (Vec::new(), Vec::new());
+                    for a in attrs {
+                        match a {
+                            Attribute::Modulus(m) => n = m,
+                            Attribute::PublicExponent(x) => e = x,
+                            _ => {}
+                        }
+                    }
+                    rsa_spki_der(&n, &e)
+                }
+                _ => {
+                    let attrs = s.get_attributes(h, &[AttributeType::EcPoint])?;
+                    let point = attrs.into_iter().find_map(|a| match a {
+                        Attribute::EcPoint(p) => unwrap_ec_point(&p),
+                        _ => None,
+                    });
+                    point
+                        .and_then(|p| p256_spki_der(&p))
+                        .ok_or_else(|| HsmError::Device("public key has no P-256 point".into()))?
+                }
+            };
+            Ok((v, der))
+        })
+    }
+
+    /// The public key as PEM (`PUBLIC KEY`), for `openssl` and for third parties who verify.
+    pub fn public_key_pem(&self, role: Role, version: Option<u32>) -> Result<(u32, String), HsmError> {
+        let (v, der) = self.public_key_der(role, version)?;
+        Ok((v, pem("PUBLIC KEY", &der)))
+    }
+
+    /// Which mechanism a role's keys are limited to (for listings and tests).
+    pub fn mechanism_of(role: Role) -> MechanismType {
+        role.mechanism()
+    }
+
+    pub(crate) fn private_class(role: Role) -> ObjectClass {
+        private_class(role)
+    }
+}
+

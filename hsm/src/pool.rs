@@ -1,0 +1,592 @@
+//! The PKCS#11 context, the one login, the session pool and the key-handle cache, with recovery.
+//!
+//! Thread ownership: a `cryptoki::Session` is `Send` but not `Sync`. Sessions live in the pool's
+//! idle list; a [`Lease`] takes one out for the duration of a single operation on a single thread
+//! and gives it back on drop. No session is ever shared.
+//!
+//! Login is application-wide in PKCS#11: the pool logs in once, on the first session of each
+//! connection, treats `CKR_USER_ALREADY_LOGGED_IN` as success and never logs out. A rejected PIN is
+//! remembered and never tried again by this process, so a misconfigured appliance cannot burn the
+//! token's retry counter.
+//!
+//! Recovery: when the module reports the device, the token or a session gone, the connection is
+//! dropped (its sessions are forgotten, never closed, because after re-initialisation their
+//! numbers may belong to new sessions), the module is finalised and initialised again, and the
+//! operation is retried once. Reconnection is attempted at most once a second; in between, callers
+//! get [`HsmError::Unavailable`] at once.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as P11Error, RvError};
+use cryptoki::object::{AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+
+use crate::error::{is_connection_lost, map_op_error, HsmError};
+use crate::keys::{Label, Role};
+use crate::pin::Pin;
+
+const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// C_Initialize and C_Finalize act on the whole process, and a module need not cope with two of
+/// them at once (SoftHSM 2.6.1 initialises twice and loses its sessions when they race), so every
+/// load, initialisation and finalisation in this process goes through this lock.
+static MODULE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Loads `module` and initialises it, accepting a module another part of the process initialised.
+pub(crate) fn load_module(module: &Path) -> Result<Pkcs11, HsmError> {
+    if !module.is_file() {
+        return Err(HsmError::ModuleMissing(module.to_path_buf()));
+    }
+    let _guard = MODULE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let pkcs11 = Pkcs11::new(module)
+        .map_err(|e| HsmError::ModuleLoad { path: module.to_path_buf(), detail: e.to_string() })?;
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(pkcs11),
+        Err(e) => Err(HsmError::Init { module: module.to_path_buf(), detail: init_diagnosis(&e) }),
+    }
+}
+
+/// Finalises the module (all sessions of the process end).
+pub(crate) fn finalize_module(pkcs11: Pkcs11) {
+    let _guard = MODULE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = pkcs11.finalize() {
+        tracing::debug!(error = %e, "C_Finalize");
+    }
+}
+
+/// Where the HSM is and how many sessions to keep.
+#[derive(Debug, Clone)]
+pub struct HsmConfig {
+    /// Path of the PKCS#11 module (for SoftHSM2 on Debian: /usr/lib/softhsm/libsofthsm2.so).
+    pub module: PathBuf,
+    /// Label of the token that holds medgate's keys.
+    pub token_label: String,
+    /// Sessions in the pool; size it to the number of worker threads.
+    pub pool_size: usize,
+}
+
+/// The kinds of operations counted in [`HsmStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Sign,
+    Wrap,
+    Unwrap,
+    Hmac,
+    Random,
+    Admin,
+}
+
+impl Op {
+    const ALL: [Op; 6] = [Op::Sign, Op::Wrap, Op::Unwrap, Op::Hmac, Op::Random, Op::Admin];
+    fn name(self) -> &'static str {
+        match self {
+            Op::Sign => "sign",
+            Op::Wrap => "wrap",
+            Op::Unwrap => "unwrap",
+            Op::Hmac => "hmac",
+            Op::Random => "random",
+            Op::Admin => "admin",
+        }
+    }
+}
+
+const ERROR_KINDS: [&str; 12] = [
+    "module", "init", "token_missing", "wrong_pin", "pin_locked", "key_missing",
+    "mechanism_not_allowed", "integrity", "unavailable", "invalid", "device", "other",
+];
+
+#[derive(Debug, Default)]
+struct Counters {
+    ops: [AtomicU64; 6],
+    errors: [AtomicU64; 12],
+    calls: AtomicU64,
+    pool_waits: AtomicU64,
+    pool_wait_ns: AtomicU64,
+    recoveries: AtomicU64,
+    logins: AtomicU64,
+}
+
+/// A snapshot of the HSM counters, for metrics and benchmarks.
+#[derive(Debug, Clone, Default)]
+pub struct HsmStats {
+    /// Successful operations by kind (sign, wrap, unwrap, hmac, random, admin).
+    pub ops: Vec<(&'static str, u64)>,
+    /// Failed operations by error kind.
+    pub errors: Vec<(&'static str, u64)>,
+    /// PKCS#11 function calls made (C_Sign, C_WrapKey, C_FindObjects, ...).
+    pub pkcs11_calls: u64,
+    /// Times a caller had to wait for a free session, and the total time waited.
+    pub pool_waits: u64,
+    pub pool_wait_seconds: f64,
+    /// Times the module was re-initialised after the device or session was lost.
+    pub recoveries: u64,
+    /// C_Login calls made. A rejected PIN is never presented twice.
+    pub login_attempts: u64,
+}
+
+/// One connection to the module: the loaded library, the slot, and the key handles found in it.
+/// Handles are only valid for the connection that found them.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pkcs11: Pkcs11,
+    pub(crate) slot: Slot,
+    generation: u64,
+    keys: Mutex<HashMap<(Role, Option<u32>, u64), (u32, ObjectHandle)>>,
+}
+
+#[derive(Debug)]
+struct State {
+    ctx: Option<Arc<Ctx>>,
+    generation: u64,
+    idle: Vec<Session>,
+    open: usize,
+    last_attempt: Option<Instant>,
+    last_failure: Option<String>,
+    pin_refused: Option<PinRefusal>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PinRefusal {
+    Wrong,
+    Locked,
+}
+
+/// The HSM as the gateway sees it: typed operations over a pool of sessions. `Hsm` is `Send + Sync`;
+/// share it in an `Arc`. Every operation blocks the calling thread for one or a few PKCS#11
+/// calls; async callers use `spawn_blocking`.
+#[derive(Debug)]
+pub struct Hsm {
+    cfg: HsmConfig,
+    pin: Pin,
+    state: Mutex<State>,
+    freed: Condvar,
+    counters: Counters,
+}
+
+/// Failures inside an operation: either straight from the module, or already typed.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    P11(P11Error),
+    Hsm(HsmError),
+}
+
+impl From<P11Error> for Fail {
+    fn from(e: P11Error) -> Self {
+        Fail::P11(e)
+    }
+}
+impl From<HsmError> for Fail {
+    fn from(e: HsmError) -> Self {
+        Fail::Hsm(e)
+    }
+}
+
+/// A session taken from the pool for one operation.
+struct Lease<'a> {
+    hsm: &'a Hsm,
+    session: Option<Session>,
+    ctx: Arc<Ctx>,
+}
+
+impl Lease<'_> {
+    fn session(&self) -> &Session {
+        self.session.as_ref().expect("a lease holds its session until dropped")
+    }
+    /// The session is unusable (device lost): do not return it to the pool.
+    fn discard(mut self) {
+        self.session = None;
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let mut st = self.hsm.lock();
+        let current = st.ctx.as_ref().is_some_and(|c| c.generation == self.ctx.generation);
+        match self.session.take() {
+            Some(s) if current => st.idle.push(s),
+            // A discarded session, or one of an old connection: forget it (no C_CloseSession).
+            _ if current => st.open = st.open.saturating_sub(1),
+            _ => {}
+        }
+        drop(st);
+        self.hsm.freed.notify_one();
+    }
+}
+
+impl Hsm {
+    /// Loads the module, finds the token, logs in and opens the first session. Errors name the
+    /// module path, the token label or the SoftHSM configuration that is at fault.
+    pub fn open(cfg: HsmConfig, pin: Pin) -> Result<Hsm, HsmError> {
+        let cfg = HsmConfig { pool_size: cfg.pool_size.max(1), ..cfg };
+        let hsm = Hsm {
+            cfg,
+            pin,
+            state: Mutex::new(State {
+                ctx: None,
+                generation: 0,
+                idle: Vec::new(),
+                open: 0,
+                last_attempt: None,
+                last_failure: None,
+                pin_refused: None,
+            }),
+            freed: Condvar::new(),
+            counters: Counters::default(),
+        };
+        {
+            let mut st = hsm.lock();
+            hsm.connect(&mut st)?;
+        }
+        tracing::info!(module = %hsm.cfg.module.display(), token = %hsm.cfg.token_label, pool = hsm.cfg.pool_size, "HSM logged in");
+        Ok(hsm)
+    }
+
+    pub fn config(&self) -> &HsmConfig {
+        &self.cfg
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves only counters behind; the state stays valid.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn connect(&self, st: &mut State) -> Result<(), HsmError> {
+        match st.pin_refused {
+            Some(PinRefusal::Wrong) => return Err(HsmError::WrongPin),
+            Some(PinRefusal::Locked) => return Err(HsmError::PinLocked),
+            None => {}
+        }
+        if let (Some(t), Some(why)) = (st.last_attempt, &st.last_failure) {
+            if t.elapsed() < RECONNECT_INTERVAL {
+                return Err(HsmError::Unavailable(why.clone()));
+            }
+        }
+        st.last_attempt = Some(Instant::now());
+        match self.try_connect(st.generation) {
+            Ok((ctx, session)) => {
+                st.generation = ctx.generation;
+                st.ctx = Some(Arc::new(ctx));
+                st.idle.push(session);
+                st.open = 1;
+                st.last_failure = None;
+                Ok(())
+            }
+            Err(e) => {
+                match e {
+                    HsmError::WrongPin => st.pin_refused = Some(PinRefusal::Wrong),
+                    HsmError::PinLocked => st.pin_refused = Some(PinRefusal::Locked),
+                    _ => {}
+                }
+                st.last_failure = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    fn try_connect(&self, generation: u64) -> Result<(Ctx, Session), HsmError> {
+        let pkcs11 = load_module(&self.cfg.module)?;
+        let slot = find_token(&pkcs11, &self.cfg.token_label)?;
+        let info = pkcs11.get_token_info(slot).map_err(map_op_error)?;
+        if info.user_pin_locked() {
+            return Err(HsmError::PinLocked);
+        }
+        if info.user_pin_final_try() {
+            return Err(HsmError::PinFinalTry);
+        }
+        let session = pkcs11.open_rw_session_no_drop(slot).map_err(map_op_error)?;
+        self.counters.logins.fetch_add(1, Ordering::Relaxed);
+        match session.login(UserType::User, Some(&self.pin.to_auth())) {
+            Ok(()) | Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(P11Error::Pkcs11(RvError::PinIncorrect, _)) => {
+                let _ = session.close();
+                tracing::error!(token = %self.cfg.token_label, "HSM rejected the user PIN; not retrying");
+                return Err(HsmError::WrongPin);
+            }
+            Err(P11Error::Pkcs11(RvError::PinLocked, _)) => {
+                let _ = session.close();
+                return Err(HsmError::PinLocked);
+            }
+            Err(e) => {
+                let _ = session.close();
+                return Err(map_op_error(e));
+            }
+        }
+        let ctx = Ctx { pkcs11, slot, generation: generation + 1, keys: Mutex::new(HashMap::new()) };
+        Ok((ctx, session))
+    }
+
+    /// Drops the connection of `generation` (if it is still the current one) and finalises the
+    /// module so that the next lease initialises it afresh.
+    fn reset(&self, generation: u64) {
+        let mut st = self.lock();
+        let Some(ctx) = st.ctx.as_ref() else { return };
+        if ctx.generation != generation {
+            return;
+        }
+        let ctx = st.ctx.take();
+        // Forget the sessions: after re-initialisation their handles may name new sessions.
+        st.idle.clear();
+        st.open = 0;
+        st.last_attempt = None;
+        st.last_failure = None;
+        self.counters.recoveries.fetch_add(1, Ordering::Relaxed);
+        if let Some(ctx) = ctx {
+            finalize_module(ctx.pkcs11.clone());
+        }
+        drop(st);
+        self.freed.notify_all();
+    }
+
+    fn lease(&self) -> Result<Lease<'_>, HsmError> {
+        let mut st = self.lock();
+        let mut waited: Option<Instant> = None;
+        loop {
+            if st.ctx.is_none() {
+                let reconnecting = st.generation > 0;
+                if let Err(e) = self.connect(&mut st) {
+                    return Err(match e {
+                        HsmError::WrongPin | HsmError::PinLocked | HsmError::PinFinalTry => e,
+                        HsmError::Unavailable(_) => e,
+                        other if reconnecting => HsmError::Unavailable(other.to_string()),
+                        other => other,
+                    });
+                }
+                if reconnecting {
+                    tracing::warn!(token = %self.cfg.token_label, "HSM connection re-established");
+                }
+            }
+            let ctx = st.ctx.clone().expect("connected above");
+            if let Some(session) = st.idle.pop() {
+                self.note_wait(waited);
+                return Ok(Lease { hsm: self, session: Some(session), ctx });
+            }
+            if st.open < self.cfg.pool_size {
+                match ctx.pkcs11.open_rw_session_no_drop(ctx.slot) {
+                    Ok(session) => {
+                        st.open += 1;
+                        self.note_wait(waited);
+                        return Ok(Lease { hsm: self, session: Some(session), ctx });
+                    }
+                    Err(e) if is_connection_lost(&e) => {
+                        drop(st);
+                        self.reset(ctx.generation);
+                        st = self.lock();
+                        continue;
+                    }
+                    Err(e) => return Err(map_op_error(e)),
+                }
+            }
+            if waited.is_none() {
+                waited = Some(Instant::now());
+                self.counters.pool_waits.fetch_add(1, Ordering::Relaxed);
+            }
+            st = self.freed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn note_wait(&self, since: Option<Instant>) {
+        if let Some(t) = since {
+            self.counters.pool_wait_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs one operation on a pooled session. If the module reports the connection lost, the
+    /// pool re-initialises and, when `retry` is set, runs the operation once more.
+    pub(crate) fn run<T>(
+        &self,
+        op: Op,
+        calls: u64,
+        retry: bool,
+        f: impl Fn(&Session, &Ctx) -> Result<T, Fail>,
+    ) -> Result<T, HsmError> {
+        let result = self.run_inner(op, retry, f);
+        match &result {
+            Ok(_) => {
+                self.counters.ops[op as usize].fetch_add(1, Ordering::Relaxed);
+                self.counters.calls.fetch_add(calls, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let i = ERROR_KINDS.iter().position(|k| *k == e.kind()).unwrap_or(ERROR_KINDS.len() - 1);
+                self.counters.errors[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    fn run_inner<T>(&self, op: Op, retry: bool, f: impl Fn(&Session, &Ctx) -> Result<T, Fail>) -> Result<T, HsmError> {
+        let attempts = if retry { 2 } else { 1 };
+        let mut last = None;
+        for attempt in 0..attempts {
+            let lease = self.lease()?;
+            match f(lease.session(), &lease.ctx) {
+                Ok(v) => return Ok(v),
+                Err(Fail::P11(e)) if is_connection_lost(&e) => {
+                    let generation = lease.ctx.generation;
+                    lease.discard();
+                    self.reset(generation);
+                    tracing::warn!(op = op.name(), error = %e, attempt, "HSM connection lost; re-initialising the module");
+                    last = Some(HsmError::Unavailable(format!("connection lost during {}: {e}", op.name())));
+                }
+                Err(Fail::P11(e)) => return Err(map_op_error(e)),
+                Err(Fail::Hsm(e)) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| HsmError::Unavailable("no attempt made".into())))
+    }
+
+    /// Checks that the HSM answers (C_GetSessionInfo on a pooled session), recovering if needed.
+    pub fn ping(&self) -> Result<(), HsmError> {
+        self.run(Op::Admin, 1, true, |s, _| Ok(s.get_session_info().map(|_| ())?))
+    }
+
+    /// Forgets cached key handles, so the next operation sees keys rotated by the security officer.
+    pub fn refresh_keys(&self) {
+        if let Some(ctx) = self.lock().ctx.as_ref() {
+            ctx.clear_keys();
+        }
+    }
+
+    pub fn stats(&self) -> HsmStats {
+        let c = &self.counters;
+        HsmStats {
+            ops: Op::ALL.iter().map(|o| (o.name(), c.ops[*o as usize].load(Ordering::Relaxed))).collect(),
+            errors: ERROR_KINDS.iter().enumerate().map(|(i, k)| (*k, c.errors[i].load(Ordering::Relaxed))).collect(),
+            pkcs11_calls: c.calls.load(Ordering::Relaxed),
+            pool_waits: c.pool_waits.load(Ordering::Relaxed),
+            pool_wait_seconds: c.pool_wait_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            recoveries: c.recoveries.load(Ordering::Relaxed),
+            login_attempts: c.logins.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn add_calls(&self, n: u64) {
+        self.counters.calls.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Closes every session and finalises the module. Call once at shutdown.
+    pub fn shutdown(&self) {
+        let mut st = self.lock();
+        for s in st.idle.drain(..) {
+            let _ = s.close();
+        }
+        st.open = 0;
+        if let Some(ctx) = st.ctx.take() {
+            finalize_module(ctx.pkcs11.clone());
+        }
+        tracing::info!("HSM sessions closed and module finalised");
+    }
+}
+
+impl Drop for Hsm {
+    /// Closes the idle sessions of the current connection. The module stays initialised: other
+    /// users in the process may still need it; [`Hsm::shutdown`] finalises it.
+    fn drop(&mut self) {
+        let mut st = self.lock();
+        for s in st.idle.drain(..) {
+            let _ = s.close();
+        }
+    }
+}
+
+impl Ctx {
+    /// The handle of a key of `role`: the given version, or the active one (`None`). `class` is the
+    /// object class wanted (private, public, secret key or certificate). Handles are cached for
+    /// the life of the connection.
+    pub(crate) fn key(
+        &self,
+        hsm: &Hsm,
+        s: &Session,
+        role: Role,
+        version: Option<u32>,
+        class: ObjectClass,
+    ) -> Result<(u32, ObjectHandle), Fail> {
+        let cache_key = (role, version, u64::from(class));
+        if let Some(hit) = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
+            return Ok(*hit);
+        }
+        let found = find_keys(hsm, s, class)?;
+        let pick = found
+            .into_iter()
+            .filter(|(l, _)| l.role == role && !l.retired)
+            .filter(|(l, _)| version.is_none_or(|v| v == l.version))
+            .max_by_key(|(l, _)| l.version);
+        let Some((label, handle)) = pick else {
+            let detail = match version {
+                Some(v) => format!(" (version {v}, not retired)"),
+                None => String::new(),
+            };
+            return Err(HsmError::KeyMissing { role, detail }.into());
+        };
+        let hit = (label.version, handle);
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, hit);
+        Ok(hit)
+    }
+
+    pub(crate) fn clear_keys(&self) {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// Every medgate key object of `class` with its parsed label.
+pub(crate) fn find_keys(hsm: &Hsm, s: &Session, class: ObjectClass) -> Result<Vec<(Label, ObjectHandle)>, Fail> {
+    let handles = s.find_objects(&[cryptoki::object::Attribute::Class(class)])?;
+    hsm.add_calls(3 + handles.len() as u64);
+    let mut out = Vec::new();
+    for h in handles {
+        let attrs = s.get_attributes(h, &[AttributeType::Label])?;
+        for a in attrs {
+            if let cryptoki::object::Attribute::Label(l) = a {
+                if let Some(label) = std::str::from_utf8(&l).ok().and_then(Label::parse) {
+                    out.push((label, h));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn find_token(pkcs11: &Pkcs11, label: &str) -> Result<Slot, HsmError> {
+    let slots = pkcs11.get_slots_with_token().map_err(map_op_error)?;
+    for slot in slots {
+        if let Ok(info) = pkcs11.get_token_info(slot) {
+            if info.label().trim_end() == label {
+                return Ok(slot);
+            }
+        }
+    }
+    Err(HsmError::TokenMissing(label.to_owned()))
+}
+
+/// Turns the opaque CKR_GENERAL_ERROR that SoftHSM gives for a bad configuration into a message
+/// that names the file or directory at fault.
+fn init_diagnosis(e: &P11Error) -> String {
+    let mut msg = e.to_string();
+    if let P11Error::Pkcs11(RvError::GeneralError, _) = e {
+        msg = "CKR_GENERAL_ERROR".into();
+        if let Some(conf) = std::env::var_os("SOFTHSM2_CONF") {
+            let conf = PathBuf::from(conf);
+            match std::fs::read_to_string(&conf) {
+                Err(err) => return format!("{msg}: SOFTHSM2_CONF file {} cannot be read: {err}", conf.display()),
+                Ok(text) => {
+                    if let Some(dir) = text.lines().find_map(|l| {
+                        let l = l.trim();
+                        l.strip_prefix("directories.tokendir").map(|r| r.trim_start_matches([' ', '=']).trim().to_owned())
+                    }) {
+                        if let Err(err) = std::fs::read_dir(Path::new(&dir)) {
+                            return format!("{msg}: token directory {dir} (from {}) cannot be read: {err}", conf.display());
+                        }
+                    }
+                    return format!("{msg}: check SOFTHSM2_CONF file {} and its token directory", conf.display());
+                }
+            }
+        }
+        msg.push_str(": check the module's configuration file and token directory");
+    }
+    msg
+}

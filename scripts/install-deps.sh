@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the system packages that medgate's demo, tests and benchmarks need on Debian:
+# SoftHSM2 (the development HSM), OpenSC (pkcs11-tool, for officers' cross-checks), etcd
+# (the consortium ordering service), protoc (needed to build the etcd client), OpenSSL (to
+# verify signatures and CSRs the way a third party would).
+set -euo pipefail
+pkgs=(softhsm2 opensc etcd-server etcd-client protobuf-compiler openssl ca-certificates build-essential pkg-config)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "installing: ${missing[*]}" >&2
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The etcd-server package enables a system-wide etcd on 2379; medgate's tests start their own
+# members on free loopback ports and do not need it.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+  $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
