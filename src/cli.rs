@@ -1,0 +1,301 @@
+//! The command line: `medgate serve | config | keys | ledger | demo | bench`. Each command returns
+//! a [`Failure`] with an exit status an operator or a script can act on.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use medgate_hsm::{HsmError, Pin, Role};
+
+use crate::config::{self, Config, HsmOnly};
+use crate::keys;
+
+/// Exit statuses (sysexits.h where one fits).
+pub mod exit {
+    pub const RUNTIME: i32 = 1;
+    pub const USAGE: i32 = 64;
+    pub const UNAVAILABLE: i32 = 69;
+    /// Wrong or locked PIN: systemd must not restart into it (RestartPreventExitStatus=77).
+    pub const NOPERM: i32 = 77;
+}
+
+/// A command that failed: what to print and how to exit.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn runtime(m: impl Into<String>) -> Failure {
+        Failure { code: exit::RUNTIME, message: m.into() }
+    }
+    pub fn usage(m: impl Into<String>) -> Failure {
+        Failure { code: exit::USAGE, message: m.into() }
+    }
+    pub fn config(m: impl Into<String>) -> Failure {
+        Failure { code: config::EXIT_BAD_CONFIG, message: m.into() }
+    }
+    pub fn hsm(e: HsmError) -> Failure {
+        let code = match e {
+            HsmError::WrongPin | HsmError::PinLocked | HsmError::PinFinalTry => exit::NOPERM,
+            HsmError::ModuleMissing(_) | HsmError::ModuleLoad { .. } | HsmError::TokenMissing(_) => config::EXIT_BAD_CONFIG,
+            HsmError::Unavailable(_) | HsmError::Init { .. } => exit::UNAVAILABLE,
+            _ => exit::RUNTIME,
+        };
+        Failure { code, message: e.to_string() }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "medgate",
+    version,
+    about = "Hospital gateway: shares encrypted medical records over mutual TLS, keys in an HSM, every access on a signed ledger",
+    long_about = None,
+    after_help = "The HSM PIN is read from the file named by [hsm] pin_file, or from the systemd credential `hsm-pin`; never from an argument.\nLogs go to stderr; set MEDGATE_LOG=debug for more."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArg {
+    /// Configuration file.
+    #[arg(long, short = 'c', env = "MEDGATE_CONFIG", default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a configuration file and report every problem (exit 0 or 64).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Security officer: manage the keys in the HSM.
+    Keys {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Parse and validate the configuration; print every problem with file, key and reason.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Initialise an empty token in the HSM (labelled [hsm] token_label) and set the user PIN
+    /// from [hsm] pin_file. Production HSMs are often initialised with the vendor's tool instead.
+    InitToken {
+        /// File holding the security officer PIN to set (mode 0600).
+        #[arg(long)]
+        so_pin_file: PathBuf,
+    },
+    /// Create version 1 of a key role.
+    Generate {
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
+    /// Create every missing role (ledger, tls, kek, sharing, pseudonym).
+    GenerateAll,
+    /// List medgate's keys and their protection.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the next version of a role and make it active; older versions keep decrypting and verifying.
+    Rotate {
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
+    /// Take an old version out of use entirely (the active version cannot be retired).
+    Retire {
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        #[arg(long)]
+        version: u32,
+    },
+    /// Destroy a version for ever (asks for confirmation; --yes when not on a terminal).
+    Destroy {
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        #[arg(long)]
+        version: u32,
+        /// Do not ask; required when stdin is not a terminal.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Print a PKCS#10 CSR for the active key of a role, signed inside the HSM.
+    Csr {
+        #[arg(long, value_parser = parse_role, default_value = "tls")]
+        role: Role,
+        /// Subject, e.g. "CN=medgate.hospital-a.example,O=Hospital A".
+        #[arg(long)]
+        subject: String,
+        /// DNS names for subjectAltName (repeatable).
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// Write the CSR here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Store the certificate the CA issued next to the active key of a role.
+    ImportCert {
+        #[arg(long, value_parser = parse_role, default_value = "tls")]
+        role: Role,
+        /// PEM or DER certificate file.
+        file: PathBuf,
+    },
+    /// Print the public key of a role (PEM), for verifiers.
+    PublicKey {
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// A specific version (default: active).
+        #[arg(long)]
+        version: Option<u32>,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+}
+
+/// Entry point used by `main`.
+pub fn main() -> i32 {
+    crate::logging::init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => 0,
+        Err(f) => {
+            eprintln!("medgate: {}", f.message.trim_end());
+            f.code
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Config { command: ConfigCommand::Check { config } } => config_check(&config.config),
+        Command::Keys { config, command } => keys_command(&config.config, command),
+    }
+}
+
+fn config_check(path: &Path) -> Result<(), Failure> {
+    let cfg = Config::load(path).map_err(|e| Failure::config(e.to_string()))?;
+    for d in cfg.dangerous_settings() {
+        println!("warning: [dangerous] {d}");
+    }
+    println!("{}: OK", path.display());
+    Ok(())
+}
+
+fn keys_command(path: &Path, command: KeysCommand) -> Result<(), Failure> {
+    let cfg = HsmOnly::load(path).map_err(|e| Failure::config(e.to_string()))?;
+    let state = keys::state_dir(&cfg);
+    let state = state.as_deref();
+    if let KeysCommand::InitToken { so_pin_file } = &command {
+        let so = Pin::from_file(so_pin_file).map_err(|e| Failure::usage(e.to_string()))?;
+        let user = Pin::resolve(cfg.hsm.pin_file.as_deref()).map_err(|e| Failure::config(e.to_string()))?;
+        medgate_hsm::admin::init_token(&cfg.hsm.module, &cfg.hsm.token_label, &so, &user).map_err(Failure::hsm)?;
+        tracing::info!(officer = %keys::officer(), token = %cfg.hsm.token_label, "token initialised");
+        println!("token {:?} initialised; the user PIN is the one in the configured PIN file", cfg.hsm.token_label);
+        return Ok(());
+    }
+    let hsm = keys::open_hsm(&cfg)?;
+    let result = keys_on_token(&hsm, state, command);
+    hsm.shutdown();
+    result
+}
+
+fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, state: Option<&Path>, command: KeysCommand) -> Result<(), Failure> {
+    match command {
+        KeysCommand::InitToken { .. } => unreachable!("handled before the token is opened"),
+        KeysCommand::Generate { role } => {
+            let info = hsm.generate(role).map_err(Failure::hsm)?;
+            keys::record_event(state, "generate", &info)?;
+            println!("generated {} (CKA_ID {})", info.label, info.id_hex);
+        }
+        KeysCommand::GenerateAll => {
+            let existing = hsm.list_keys().map_err(Failure::hsm)?;
+            for role in Role::ALL {
+                if existing.iter().any(|k| k.role == role) {
+                    println!("{role}: present, left as is");
+                    continue;
+                }
+                let info = hsm.generate(role).map_err(Failure::hsm)?;
+                keys::record_event(state, "generate", &info)?;
+                println!("generated {} (CKA_ID {})", info.label, info.id_hex);
+            }
+        }
+        KeysCommand::List { json } => {
+            let keys = hsm.list_keys().map_err(Failure::hsm)?;
+            if json {
+                let v: Vec<_> = keys.iter().map(keys::key_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                keys::print_table(&keys);
+            }
+        }
+        KeysCommand::Rotate { role } => {
+            if role == Role::Pseudonym {
+                eprintln!("note: new pseudonyms will differ from those already on the ledger; searches use the key version recorded with each entry");
+            }
+            let info = hsm.rotate(role).map_err(Failure::hsm)?;
+            keys::record_event(state, "rotate", &info)?;
+            println!("{} is now active (CKA_ID {}); older versions keep decrypting and verifying until retired", info.label, info.id_hex);
+        }
+        KeysCommand::Retire { role, version } => {
+            let info = keys::role_key(hsm, role, version)?;
+            hsm.retire(role, version).map_err(Failure::hsm)?;
+            keys::record_event(state, "retire", &info)?;
+            println!("{} retired", info.label);
+        }
+        KeysCommand::Destroy { role, version, yes } => {
+            let info = keys::role_key(hsm, role, version)?;
+            keys::confirm(&info.label, yes)?;
+            let n = hsm.destroy(role, version).map_err(Failure::hsm)?;
+            keys::record_event(state, "destroy", &info)?;
+            println!("{} destroyed ({n} objects)", info.label);
+        }
+        KeysCommand::Csr { role, subject, dns, out } => {
+            if !matches!(role, Role::Tls | Role::Ledger) {
+                return Err(Failure::usage(format!("{role} keys cannot sign a CSR (use tls or ledger)")));
+            }
+            let dn = crate::pki::parse_subject(&subject).map_err(Failure::usage)?;
+            let pem = crate::pki::csr_for_hsm_key(hsm.clone(), role, dn, &dns).map_err(|e| Failure::runtime(e.to_string()))?;
+            match out {
+                Some(p) => std::fs::write(&p, &pem).map_err(|e| Failure::runtime(format!("{}: {e}", p.display())))?,
+                None => print!("{pem}"),
+            }
+        }
+        KeysCommand::ImportCert { role, file } => {
+            let der = keys::read_certificate(&file)?;
+            let (_, cert) = x509_parser::parse_x509_certificate(&der)
+                .map_err(|e| Failure::usage(format!("{}: not an X.509 certificate: {e}", file.display())))?;
+            if !cert.validity().is_valid() {
+                return Err(Failure::usage(format!("{}: the certificate is not valid now ({:?})", file.display(), cert.validity())));
+            }
+            let subject = cert.subject().as_raw().to_vec();
+            let version = hsm.import_certificate(role, &der, &subject).map_err(Failure::hsm)?;
+            let info = keys::role_key(hsm, role, version)?;
+            keys::record_event(state, "import-cert", &info)?;
+            println!("certificate for {} imported: {}", info.label, cert.subject());
+        }
+        KeysCommand::PublicKey { role, version } => {
+            let (_, pem) = hsm.public_key_pem(role, version).map_err(Failure::hsm)?;
+            print!("{pem}");
+        }
+    }
+    Ok(())
+}

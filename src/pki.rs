@@ -1,0 +1,201 @@
+//! Certificates: CSRs and certificates for keys that live in the HSM (through rcgen's remote key
+//! interface), and the small hospital CA used by `medgate demo` and the tests. A production
+//! hospital CA is the hospital's own; medgate only asks it for certificates.
+
+use std::sync::Arc;
+
+use medgate_hsm::{Hsm, HsmError, Role};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RemoteKeyPair, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber, SignatureAlgorithm, PKCS_ECDSA_P256_SHA256,
+};
+use sha2::{Digest, Sha256};
+use time::{Duration, OffsetDateTime};
+
+/// Why a certificate could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    #[error("certificate: {0}")]
+    Rcgen(#[from] rcgen::Error),
+}
+
+/// An rcgen key whose private half is an HSM key pair (ECDSA P-256, role `ledger` or `tls`).
+#[derive(Debug)]
+pub struct HsmRemoteKey {
+    hsm: Arc<Hsm>,
+    role: Role,
+    point: Vec<u8>,
+}
+
+impl HsmRemoteKey {
+    pub fn new(hsm: Arc<Hsm>, role: Role) -> Result<HsmRemoteKey, HsmError> {
+        let (_, spki) = hsm.public_key_der(role, None)?;
+        let point = spki[spki.len().saturating_sub(65)..].to_vec();
+        Ok(HsmRemoteKey { hsm, role, point })
+    }
+
+    pub fn into_key_pair(self) -> Result<KeyPair, rcgen::Error> {
+        KeyPair::from_remote(Box::new(self))
+    }
+}
+
+impl RemoteKeyPair for HsmRemoteKey {
+    fn public_key(&self) -> &[u8] {
+        &self.point
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let digest: [u8; 32] = Sha256::digest(msg).into();
+        self.hsm.sign_digest(self.role, &digest).map(|s| s.der).map_err(|e| {
+            tracing::error!(error = %e, "certificate signature failed in the HSM");
+            rcgen::Error::RemoteKeyError
+        })
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// Parses `CN=...,O=...,OU=...,C=...,L=...,ST=...` into a distinguished name.
+pub fn parse_subject(s: &str) -> Result<DistinguishedName, String> {
+    let mut dn = DistinguishedName::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| format!("{part:?} is not KEY=value"))?;
+        let ty = match k.trim().to_ascii_uppercase().as_str() {
+            "CN" => DnType::CommonName,
+            "O" => DnType::OrganizationName,
+            "OU" => DnType::OrganizationalUnitName,
+            "C" => DnType::CountryName,
+            "L" => DnType::LocalityName,
+            "ST" => DnType::StateOrProvinceName,
+            other => return Err(format!("unsupported subject attribute {other:?} (use CN, O, OU, C, L, ST)")),
+        };
+        dn.push(ty, v.trim());
+    }
+    if dn.get(&DnType::CommonName).is_none() {
+        return Err("the subject needs a CN".into());
+    }
+    Ok(dn)
+}
+
+/// A PKCS#10 CSR for the active key of `role`, signed inside the HSM.
+pub fn csr_for_hsm_key(hsm: Arc<Hsm>, role: Role, subject: DistinguishedName, dns_names: &[String]) -> Result<String, PkiError> {
+    let key = HsmRemoteKey::new(hsm, role)?.into_key_pair()?;
+    let mut params = CertificateParams::new(dns_names.to_vec())?;
+    params.distinguished_name = subject;
+    Ok(params.serialize_request(&key)?.pem()?)
+}
+
+/// A certificate authority held in process memory: the demo's and the tests' hospital CA.
+pub struct TestCa {
+    pub cert: rcgen::Certificate,
+    pub key: KeyPair,
+    pub name: String,
+}
+
+fn serial() -> SerialNumber {
+    let mut b = [0u8; 16];
+    // The serial only needs to be unique; ring's generator is the process CSPRNG.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b[0] &= 0x7f;
+    SerialNumber::from_slice(&b)
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl TestCa {
+    /// A new CA named `name`, valid from yesterday for ten years.
+    pub fn new(name: &str) -> Result<TestCa, PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(Vec::new())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.distinguished_name.push(DnType::OrganizationName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.not_before = OffsetDateTime::now_utc() - Duration::days(1);
+        params.not_after = OffsetDateTime::now_utc() + Duration::days(3650);
+        params.serial_number = Some(serial());
+        params.key_identifier_method = KeyIdMethod::Sha256;
+        let cert = params.self_signed(&key)?;
+        Ok(TestCa { cert, key, name: name.to_owned() })
+    }
+
+    /// Signs a CSR as a TLS server certificate (also usable as a client: gateways talk to peers).
+    pub fn sign_server_csr(&self, csr_pem: &str, days: i64) -> Result<rcgen::Certificate, PkiError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        csr.params.not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
+        csr.params.not_after = OffsetDateTime::now_utc() + Duration::days(days);
+        csr.params.serial_number = Some(serial());
+        csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        csr.params.use_authority_key_identifier_extension = true;
+        Ok(csr.signed_by(&self.cert, &self.key)?)
+    }
+
+    /// An HIS client certificate and its (in-process) key: CN is the HIS system, OU its role.
+    pub fn issue_client(&self, cn: &str, role: &str, valid_from: OffsetDateTime, valid_to: OffsetDateTime) -> Result<(rcgen::Certificate, KeyPair), PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(Vec::new())?;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.distinguished_name.push(DnType::OrganizationName, self.name.as_str());
+        params.distinguished_name.push(DnType::OrganizationalUnitName, role);
+        params.not_before = valid_from;
+        params.not_after = valid_to;
+        params.serial_number = Some(serial());
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok((cert, key))
+    }
+
+    /// A server certificate with an in-process key, for a test peer that is not a medgate.
+    pub fn issue_server(&self, dns: &str) -> Result<(rcgen::Certificate, KeyPair), PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(vec![dns.to_owned()])?;
+        params.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+        params.distinguished_name.push(DnType::CommonName, dns);
+        params.serial_number = Some(serial());
+        params.not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
+        params.not_after = OffsetDateTime::now_utc() + Duration::days(30);
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok((cert, key))
+    }
+
+    /// A CRL revoking the given certificates (by serial), valid for `days`.
+    pub fn crl(&self, revoked: &[&rcgen::Certificate], days: i64) -> Result<String, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            next_update: now + Duration::days(days),
+            crl_number: serial(),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .filter_map(|c| c.params().serial_number.clone())
+                .map(|serial_number| RevokedCertParams {
+                    serial_number,
+                    revocation_time: now - Duration::minutes(1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.cert, &self.key)?.pem()?)
+    }
+}
+
+/// SubjectPublicKeyInfo-independent facts about a certificate that operators need.
+pub fn describe_certificate(der: &[u8]) -> Result<(String, String, i64), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    Ok((cert.subject().to_string(), cert.issuer().to_string(), cert.validity().not_after.timestamp()))
+}
