@@ -84,6 +84,7 @@ impl Hsm {
         // C_CreateObject + C_WrapKey (cryptoki asks for the length, then wraps) + C_DestroyObject
         self.run(Op::Wrap, 4, true, |s, ctx| {
             let (version, kek) = ctx.key(self, s, Role::Kek, None, ObjectClass::SECRET_KEY)?;
+            let _one_at_a_time = self.session_objects.lock().unwrap_or_else(|p| p.into_inner());
             let obj = s.create_object(&data_key_template(Some(data_key)))?;
             let wrapped = s.wrap_key(&Mechanism::AesKeyWrapPad, kek, obj);
             let destroyed = s.destroy_object(obj);
@@ -99,6 +100,7 @@ impl Hsm {
         // C_UnwrapKey + C_GetAttributeValue + C_DestroyObject
         self.run(Op::Unwrap, 3, true, |s, ctx| {
             let (_, kek) = ctx.key(self, s, Role::Kek, Some(wrapped.kek_version), ObjectClass::SECRET_KEY)?;
+            let _one_at_a_time = self.session_objects.lock().unwrap_or_else(|p| p.into_inner());
             let obj = s
                 .unwrap_key(&Mechanism::AesKeyWrapPad, kek, &wrapped.bytes, &data_key_template(None))
                 .map_err(|e| match e {

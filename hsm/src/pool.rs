@@ -167,6 +167,12 @@ pub struct Hsm {
     state: Mutex<State>,
     freed: Condvar,
     counters: Counters,
+    /// Held while a data key exists as a session object (wrap: create, wrap, destroy; unwrap:
+    /// unwrap, read, destroy). SoftHSM 2.6.1 corrupts its session-object bookkeeping when two
+    /// sessions create and destroy session objects at once (C_GetAttributeValue then fails with
+    /// CKR_OBJECT_HANDLE_INVALID or CKR_GENERAL_ERROR; SoftHSMv2 issues 464, 573, 688), so these
+    /// sequences run one at a time. Signing and HMAC, which create no objects, stay parallel.
+    pub(crate) session_objects: Mutex<()>,
 }
 
 /// Failures inside an operation: either straight from the module, or already typed.
@@ -238,6 +244,7 @@ impl Hsm {
             }),
             freed: Condvar::new(),
             counters: Counters::default(),
+            session_objects: Mutex::new(()),
         };
         {
             let mut st = hsm.lock();
