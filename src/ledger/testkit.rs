@@ -1,0 +1,127 @@
+//! Test-only fixtures: P-256 signing keys made with ring (standing in for the HSM) and sample
+//! entries. Not compiled outside tests.
+
+#![allow(clippy::unwrap_used, reason = "test fixtures")]
+
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+use super::{Batch, Entry, EntryBody, UnsignedBatch};
+
+/// A P-256 key pair generated in memory. Signing hashes the message with SHA-256 and signs the
+/// digest, exactly what the HSM does with `CKM_ECDSA` over `signing_digest()`.
+pub(super) struct TestKey {
+    pair: EcdsaKeyPair,
+    rng: SystemRandom,
+}
+
+impl TestKey {
+    pub(super) fn new() -> TestKey {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                .unwrap();
+        TestKey { pair, rng }
+    }
+
+    /// SubjectPublicKeyInfo DER (91 bytes).
+    pub(super) fn spki(&self) -> Vec<u8> {
+        let mut out = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").unwrap();
+        out.extend_from_slice(self.pair.public_key().as_ref());
+        out
+    }
+
+    /// Raw `r || s` over SHA-256(message), as returned by the HSM (not normalized).
+    pub(super) fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.pair.sign(&self.rng, message).unwrap().as_ref().to_vec()
+    }
+
+    /// Signs an unsigned batch as key version `version`.
+    pub(super) fn sign_batch(&self, unsigned: UnsignedBatch, version: u32) -> Batch {
+        let sig = self.sign(&unsigned.signing_message());
+        unsigned.sign(version, &sig)
+    }
+}
+
+/// A deterministic 16-byte nonce from a counter.
+pub(super) fn nonce(n: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[8..].copy_from_slice(&n.to_be_bytes());
+    out
+}
+
+/// A 64-hex pseudonym derived from a label (tests only; the real one is an HSM HMAC).
+pub(super) fn pseudonym(label: &str) -> String {
+    hex::encode(super::canon::sha256(label.as_bytes()))
+}
+
+/// A record-anchored entry written by `gateway`.
+pub(super) fn anchored(gateway: &str, n: u64) -> Entry {
+    Entry::new(
+        gateway,
+        "2025-01-02T03:04:05Z",
+        nonce(n),
+        EntryBody::RecordAnchored {
+            record_id: format!("rec-{n}"),
+            patient: pseudonym(&format!("patient {}", n % 3)),
+            pseudonym_key_version: 1,
+            content_hash: pseudonym(&format!("content {n}")),
+            content_type: "application/pdf".to_owned(),
+            size: 1000 + n,
+            custodian: gateway.to_owned(),
+            user: pseudonym("dr who"),
+            role: "physician".to_owned(),
+            purpose: "TREAT".to_owned(),
+        },
+    )
+}
+
+/// One entry of every kind, written by `gateway`.
+pub(super) fn one_of_each(gateway: &str) -> Vec<Entry> {
+    let t = "2025-01-02T03:04:05.123Z";
+    vec![
+        anchored(gateway, 1),
+        Entry::new(
+            gateway,
+            t,
+            nonce(2),
+            EntryBody::RecordRead {
+                record_id: "rec-1".to_owned(),
+                patient: pseudonym("patient 1"),
+                custodian: gateway.to_owned(),
+                reader: "hospital-b".to_owned(),
+                user: pseudonym("nurse"),
+                role: "nurse".to_owned(),
+                purpose: "TREAT".to_owned(),
+                granted: false,
+                reason: Some("no-consent".to_owned()),
+            },
+        ),
+        Entry::new(
+            gateway,
+            t,
+            nonce(3),
+            EntryBody::PatientSearched {
+                patient: pseudonym("patient 1"),
+                reader: gateway.to_owned(),
+                user: pseudonym("nurse"),
+                role: "nurse".to_owned(),
+                purpose: "TREAT".to_owned(),
+                results: 2,
+            },
+        ),
+        Entry::new(
+            gateway,
+            t,
+            nonce(4),
+            EntryBody::KeyEvent {
+                action: "rotate".to_owned(),
+                key_role: "ledger-signing".to_owned(),
+                key_version: 2,
+                key_id: "0a1b2c".to_owned(),
+                officer: "so-1".to_owned(),
+            },
+        ),
+    ]
+}
