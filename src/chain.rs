@@ -1,0 +1,391 @@
+//! The gateway's copy of the ledger and its standalone orderer.
+//!
+//! One writer task owns appends: it gathers entries into a batch (up to `batch_max_entries`, or
+//! whatever arrived within `batch_max_delay_ms`), has the HSM sign the batch's Merkle root once,
+//! submits the batch to the [`Orderer`], cuts the block for the ordered position, and stores the
+//! block, the entry locations, the patient audit index and the removal of those entries from the
+//! outbox in one sled transaction, flushed before any caller hears back. Callers get a
+//! [`Receipt`] per entry.
+//!
+//! The standalone orderer is an in-process sequencer over sled: idempotent (the same batch hash
+//! always gets the same position), gap-free, durable. A consortium orderer plugs in behind the
+//! same trait.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use medgate_hsm::{Hsm, Role};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ledger::{Batch, Block, Entry, Receipt, UnsignedBatch};
+use crate::metrics::Metrics;
+use crate::vault::Vault;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("ledger storage: {0}")]
+    Storage(String),
+    #[error("ledger signing: {0}")]
+    Hsm(#[from] medgate_hsm::HsmError),
+    #[error("ordering: {0}")]
+    Order(String),
+    #[error("ledger format: {0}")]
+    Format(String),
+    #[error("the ledger writer has stopped")]
+    Stopped,
+}
+
+impl From<sled::Error> for ChainError {
+    fn from(e: sled::Error) -> Self {
+        ChainError::Storage(e.to_string())
+    }
+}
+
+/// Puts signed batches into one total order.
+pub trait Orderer: Send + Sync + 'static {
+    /// Returns the batch's position in the order. Submitting the same batch again (same hash)
+    /// returns the same position and creates nothing new.
+    fn order(&self, batch_hash: [u8; 32]) -> Result<u64, ChainError>;
+}
+
+/// The standalone orderer: a durable counter in the gateway's own sled database.
+#[derive(Debug, Clone)]
+pub struct Sequencer {
+    positions: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl Sequencer {
+    pub fn open(db: &sled::Db) -> Result<Sequencer, ChainError> {
+        Ok(Sequencer { positions: db.open_tree("sequencer")?, meta: db.open_tree("sequencer_meta")? })
+    }
+}
+
+impl Orderer for Sequencer {
+    fn order(&self, batch_hash: [u8; 32]) -> Result<u64, ChainError> {
+        let r = (&self.positions, &self.meta).transaction(|(pos, meta)| {
+            if let Some(p) = pos.get(batch_hash)? {
+                return Ok(u64::from_be_bytes(p.as_ref().try_into().unwrap_or([0; 8])));
+            }
+            let next = meta.get(b"next")?.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))).unwrap_or(1);
+            pos.insert(&batch_hash, &next.to_be_bytes())?;
+            meta.insert(b"next", &(next + 1).to_be_bytes())?;
+            Ok::<u64, ConflictableTransactionError<()>>(next)
+        });
+        r.map_err(|e: TransactionError<()>| ChainError::Storage(format!("{e:?}")))
+    }
+}
+
+/// Where an entry sits in the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub height: u64,
+    pub batch: u32,
+    pub entry: u32,
+}
+
+impl Location {
+    fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.height.to_be_bytes());
+        b[8..12].copy_from_slice(&self.batch.to_be_bytes());
+        b[12..].copy_from_slice(&self.entry.to_be_bytes());
+        b
+    }
+    fn decode(b: &[u8]) -> Option<Location> {
+        Some(Location {
+            height: u64::from_be_bytes(b.get(..8)?.try_into().ok()?),
+            batch: u32::from_be_bytes(b.get(8..12)?.try_into().ok()?),
+            entry: u32::from_be_bytes(b.get(12..16)?.try_into().ok()?),
+        })
+    }
+}
+
+/// Read access to the stored chain (blocks, entry locations, patient index).
+#[derive(Debug, Clone)]
+pub struct ChainStore {
+    db: sled::Db,
+    blocks: sled::Tree,
+    locations: sled::Tree,
+    by_patient: sled::Tree,
+    meta: sled::Tree,
+    keys: sled::Tree,
+}
+
+impl ChainStore {
+    pub fn open(db: &sled::Db) -> Result<ChainStore, ChainError> {
+        Ok(ChainStore {
+            db: db.clone(),
+            blocks: db.open_tree("blocks")?,
+            locations: db.open_tree("entry_locations")?,
+            by_patient: db.open_tree("audit_by_patient")?,
+            meta: db.open_tree("chain_meta")?,
+            keys: db.open_tree("ledger_public_keys")?,
+        })
+    }
+
+    /// (height of the last block, its hash) or None for an empty chain.
+    pub fn head(&self) -> Result<Option<(u64, String)>, ChainError> {
+        match self.blocks.last()? {
+            None => Ok(None),
+            Some((k, v)) => {
+                let h = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| ChainError::Format("block key".into()))?);
+                let block = Block::from_bytes(&v).map_err(|e| ChainError::Format(format!("block {h}: {e}")))?;
+                Ok(Some((h, hex::encode(block.hash()))))
+            }
+        }
+    }
+
+    pub fn block(&self, height: u64) -> Result<Option<Block>, ChainError> {
+        match self.blocks.get(height.to_be_bytes())? {
+            None => Ok(None),
+            Some(v) => Block::from_bytes(&v).map(Some).map_err(|e| ChainError::Format(format!("block {height}: {e}"))),
+        }
+    }
+
+    /// Every stored block in height order, decoded lazily (for `ledger verify`).
+    pub fn blocks(&self) -> impl Iterator<Item = Result<Block, crate::ledger::LedgerError>> + '_ {
+        self.blocks.iter().map(|kv| match kv {
+            Ok((_, v)) => Block::from_bytes(&v),
+            Err(e) => Err(crate::ledger::LedgerError::Decode { what: "stored block", reason: e.to_string() }),
+        })
+    }
+
+    pub fn raw_blocks(&self) -> &sled::Tree {
+        &self.blocks
+    }
+
+    pub fn location(&self, entry_id: &str) -> Result<Option<Location>, ChainError> {
+        Ok(self.locations.get(entry_id.as_bytes())?.and_then(|v| Location::decode(&v)))
+    }
+
+    pub fn receipt(&self, entry_id: &str) -> Result<Option<Receipt>, ChainError> {
+        let Some(loc) = self.location(entry_id)? else { return Ok(None) };
+        let Some(block) = self.block(loc.height)? else { return Ok(None) };
+        Receipt::for_entry(&block, loc.batch as usize, loc.entry as usize)
+            .map(Some)
+            .map_err(|e| ChainError::Format(e.to_string()))
+    }
+
+    /// The entries about one patient pseudonym, in ledger order, with their block height.
+    pub fn entries_for_patient(&self, pseudonym: &str) -> Result<Vec<(Entry, u64)>, ChainError> {
+        let mut out = Vec::new();
+        let mut cache: HashMap<u64, Block> = HashMap::new();
+        for kv in self.by_patient.scan_prefix(format!("{pseudonym}/").as_bytes()) {
+            let (_, v) = kv?;
+            let Some(loc) = Location::decode(&v) else { continue };
+            if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(loc.height) {
+                if let Some(b) = self.block(loc.height)? {
+                    e.insert(b);
+                }
+            }
+            if let Some(entry) = cache
+                .get(&loc.height)
+                .and_then(|b| b.batches.get(loc.batch as usize))
+                .and_then(|b| b.entries.get(loc.entry as usize))
+            {
+                out.push((entry.clone(), loc.height));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ledger public keys (SPKI DER) by version, as recorded when they signed.
+    pub fn public_key(&self, gateway: &str, version: u32) -> Result<Option<Vec<u8>>, ChainError> {
+        Ok(self.keys.get(format!("{gateway}/{version}").as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    fn remember_key(&self, gateway: &str, version: u32, spki: &[u8]) -> Result<(), ChainError> {
+        self.keys.insert(format!("{gateway}/{version}").as_bytes(), spki)?;
+        Ok(())
+    }
+
+    fn next_seq(&self) -> Result<u64, ChainError> {
+        Ok(self.meta.get(b"next_batch_seq")?.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))).unwrap_or(1))
+    }
+}
+
+struct Pending {
+    entries: Vec<Entry>,
+    reply: oneshot::Sender<Result<Vec<Receipt>, String>>,
+}
+
+/// Handle to the ledger writer. Cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    tx: mpsc::Sender<Pending>,
+    pub store: ChainStore,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("entries", &self.entries.len()).finish()
+    }
+}
+
+/// Batching limits.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    pub max_entries: usize,
+    pub max_delay: Duration,
+}
+
+impl Ledger {
+    /// Starts the writer task. Entries left in the vault's outbox by a crash are appended first.
+    pub async fn start<O: Orderer>(
+        gateway: String,
+        db: &sled::Db,
+        hsm: Arc<Hsm>,
+        orderer: O,
+        vault: Vault,
+        policy: BatchPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Result<Ledger, ChainError> {
+        let store = ChainStore::open(db)?;
+        let (tx, rx) = mpsc::channel::<Pending>(4096);
+        let writer = Writer { gateway, store: store.clone(), hsm, orderer, vault: vault.clone(), policy, metrics, keys: Mutex::new(HashMap::new()) };
+        tokio::spawn(writer.run(rx));
+        let ledger = Ledger { tx, store };
+        ledger.drain_outbox(&vault).await?;
+        Ok(ledger)
+    }
+
+    /// Appends entries and waits until they are in a stored, flushed block.
+    pub async fn append(&self, entries: Vec<Entry>) -> Result<Vec<Receipt>, ChainError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Pending { entries, reply }).await.map_err(|_| ChainError::Stopped)?;
+        rx.await.map_err(|_| ChainError::Stopped)?.map_err(ChainError::Order)
+    }
+
+    /// Appends whatever the outbox holds that is not on the chain yet (after a crash or an outage).
+    pub async fn drain_outbox(&self, vault: &Vault) -> Result<usize, ChainError> {
+        let mut todo = Vec::new();
+        for (id, bytes) in vault.outbox().map_err(|e| ChainError::Storage(e.to_string()))? {
+            if self.store.location(&id)?.is_some() {
+                vault.outbox_tree().remove(id.as_bytes())?;
+                continue;
+            }
+            let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| ChainError::Format(format!("outbox entry {id}: {e}")))?;
+            todo.push(entry);
+        }
+        let n = todo.len();
+        if n > 0 {
+            tracing::info!(entries = n, "appending ledger entries left in the outbox");
+            for chunk in todo.chunks(256) {
+                self.append(chunk.to_vec()).await?;
+            }
+        }
+        Ok(n)
+    }
+}
+
+struct Writer<O> {
+    gateway: String,
+    store: ChainStore,
+    hsm: Arc<Hsm>,
+    orderer: O,
+    vault: Vault,
+    policy: BatchPolicy,
+    metrics: Arc<Metrics>,
+    keys: Mutex<HashMap<u32, Vec<u8>>>,
+}
+
+impl<O: Orderer> Writer<O> {
+    async fn run(self, mut rx: mpsc::Receiver<Pending>) {
+        while let Some(first) = rx.recv().await {
+            let mut group = vec![first];
+            let mut count = group[0].entries.len();
+            let deadline = tokio::time::Instant::now() + self.policy.max_delay;
+            while count < self.policy.max_entries {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(p)) => {
+                        count += p.entries.len();
+                        group.push(p);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let entries: Vec<Entry> = group.iter().flat_map(|p| p.entries.iter().cloned()).collect();
+            match self.commit(entries).await {
+                Ok(receipts) => {
+                    let mut it = receipts.into_iter();
+                    for p in group {
+                        let mine: Vec<Receipt> = it.by_ref().take(p.entries.len()).collect();
+                        let _ = p.reply.send(Ok(mine));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, entries = count, "ledger append failed; entries stay in the outbox");
+                    self.metrics.incr("ledger_append_failures");
+                    for p in group {
+                        let _ = p.reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+        tracing::info!("ledger writer stopped");
+    }
+
+    fn public_key(&self, version: u32) -> Result<Vec<u8>, ChainError> {
+        if let Some(k) = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(&version) {
+            return Ok(k.clone());
+        }
+        let (_, spki) = self.hsm.public_key_der(Role::Ledger, Some(version))?;
+        self.store.remember_key(&self.gateway, version, &spki)?;
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).insert(version, spki.clone());
+        Ok(spki)
+    }
+
+    async fn commit(&self, entries: Vec<Entry>) -> Result<Vec<Receipt>, ChainError> {
+        // Entries already on the chain (a retried outbox drain) are answered from the chain.
+        let seq = self.store.next_seq()?;
+        let unsigned = UnsignedBatch::new(&self.gateway, seq, entries);
+        let digest = unsigned.signing_digest();
+        let hsm = self.hsm.clone();
+        let sig = tokio::task::spawn_blocking(move || hsm.sign_digest(Role::Ledger, &digest))
+            .await
+            .map_err(|e| ChainError::Order(e.to_string()))??;
+        let batch: Batch = unsigned.sign(sig.key_version, &sig.raw);
+        let spki = self.public_key(sig.key_version)?;
+        let gw = self.gateway.clone();
+        batch
+            .verify(&|g: &str, v: u32| if g == gw && v == sig.key_version { Some(spki.clone()) } else { None })
+            .map_err(|e| ChainError::Format(format!("own batch does not verify: {e}")))?;
+        let position = self.orderer.order(batch.hash())?;
+        let (height, prev_hash) = match self.store.head()? {
+            None => (0, "0".repeat(64)),
+            Some((h, hash)) => (h + 1, hash),
+        };
+        let block = Block { height, prev_hash, order_position: position, batches: vec![batch], valid: vec![true] };
+        let bytes = block.to_bytes();
+        let s = &self.store;
+        let outbox = self.vault.outbox_tree();
+        (&s.blocks, &s.locations, &s.by_patient, &s.meta, outbox)
+            .transaction(|(blocks, locs, pats, meta, out)| {
+                blocks.insert(&height.to_be_bytes(), bytes.as_slice())?;
+                for (bi, b) in block.batches.iter().enumerate() {
+                    for (ei, e) in b.entries.iter().enumerate() {
+                        let loc = Location { height, batch: bi as u32, entry: ei as u32 }.encode();
+                        locs.insert(e.id.as_bytes(), &loc)?;
+                        if let Some(p) = e.patient() {
+                            let mut k = format!("{p}/").into_bytes();
+                            k.extend_from_slice(&loc);
+                            pats.insert(k, &loc)?;
+                        }
+                        out.remove(e.id.as_bytes())?;
+                    }
+                }
+                meta.insert(b"next_batch_seq", &(seq + 1).to_be_bytes())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e: TransactionError<()>| ChainError::Storage(format!("{e:?}")))?;
+        self.store.db.flush_async().await?;
+        self.metrics.incr("ledger_batches");
+        let n = block.batches[0].entries.len();
+        (0..n)
+            .map(|i| Receipt::for_entry(&block, 0, i).map_err(|e| ChainError::Format(e.to_string())))
+            .collect()
+    }
+}

@@ -1,0 +1,15 @@
+//! medgate, the hospital gateway: FHIR over mutual TLS towards the hospital's HIS, records
+//! encrypted under HSM keys in a local vault, every access anchored on an HSM-signed ledger.
+//! `main.rs` only parses the command line; everything else is here, testable in-process.
+
+pub mod fhir;
+pub mod ledger;
+pub mod cli;
+pub mod config;
+pub mod keys;
+pub mod logging;
+pub mod pki;
+pub mod tls;
+pub mod vault;
+pub mod chain;
+pub mod metrics;

@@ -1,0 +1,407 @@
+//! The local vault: records encrypted in process under a fresh data key each, the data key wrapped
+//! by the HSM's key-encryption key, everything in sled. Plaintext never reaches the disk; data
+//! keys and plaintext live in zeroizing buffers. A write acknowledged to a client has been flushed.
+//!
+//! Trees: `records` (id → [`StoredRecord`]), `by_patient` (pseudonym/id → ()), `idempotency`
+//! (hashed request key → [`IdemState`]), `outbox` (ledger entry id → entry bytes not yet in a
+//! block). A record, its index row, its outbox entry and its idempotency state are written in one
+//! transaction, so a crash leaves either all of them or none.
+
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use medgate_hsm::{Hsm, HsmError, WrappedKey};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use zeroize::Zeroizing;
+
+/// Vault failures. `Integrity` means stored bytes were altered: the record is not served.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("record {0} failed its integrity check (ciphertext, wrapped key or metadata altered)")]
+    Integrity(String),
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    #[error("stored record {0} cannot be decoded: {1}")]
+    Corrupt(String, String),
+}
+
+impl From<sled::Error> for VaultError {
+    fn from(e: sled::Error) -> Self {
+        VaultError::Storage(e.to_string())
+    }
+}
+
+/// What the vault keeps for one record. Only ciphertext, a wrapped key, a pseudonym and hashes:
+/// the patient's identifier and the DocumentReference are inside `meta_ct`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoredRecord {
+    pub id: String,
+    pub created: String,
+    pub custodian: String,
+    pub patient_pseudonym: String,
+    pub pseudonym_key_version: u32,
+    pub content_type: String,
+    pub size: u64,
+    /// hex SHA-256 of the plaintext document.
+    pub content_hash: String,
+    pub kek_version: u32,
+    pub wrapped_key: String,
+    pub doc_nonce: String,
+    pub doc_ct: String,
+    pub meta_nonce: String,
+    pub meta_ct: String,
+    /// The ledger entry that anchors this record.
+    pub entry_id: String,
+}
+
+/// The sensitive metadata sealed with a record: what the HIS sent, minus the document bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SealedMeta {
+    pub patient_system: String,
+    pub patient_value: String,
+    pub document_reference: serde_json::Value,
+    pub master_identifier: Option<(String, String)>,
+}
+
+/// A decrypted record, in zeroizing memory.
+pub struct OpenRecord {
+    pub record: StoredRecord,
+    pub meta: SealedMeta,
+    pub document: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for OpenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenRecord").field("id", &self.record.id).finish_non_exhaustive()
+    }
+}
+
+/// Where a client's request stands, keyed by its idempotency key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
+pub enum IdemState {
+    /// Claimed by a request that has not stored anything yet (at unix time `since`).
+    Pending { since: u64 },
+    /// Records stored; their ledger entries may still be in the outbox.
+    Stored { record_ids: Vec<String> },
+    /// Finished: the exact response the client got.
+    Done { status: u16, body: serde_json::Value },
+}
+
+/// The result of claiming an idempotency key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// This request owns the key.
+    New,
+    /// Another request holds it.
+    Existing(IdemState),
+}
+
+/// Aad for the document ciphertext: binds record id, content type and content hash.
+fn doc_aad(id: &str, content_type: &str, content_hash: &str) -> Vec<u8> {
+    format!("medgate-record-v1\0doc\0{id}\0{content_type}\0{content_hash}").into_bytes()
+}
+
+fn meta_aad(id: &str, pseudonym: &str) -> Vec<u8> {
+    format!("medgate-record-v1\0meta\0{id}\0{pseudonym}").into_bytes()
+}
+
+fn seal(key: &[u8], aad: &[u8], plaintext: &[u8], rng: &SystemRandom) -> Result<([u8; 12], Vec<u8>), VaultError> {
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).map_err(|_| VaultError::Storage("AES key".into()))?);
+    let mut nonce = [0u8; 12];
+    rng.fill(&mut nonce).map_err(|_| VaultError::Storage("random".into()))?;
+    let mut buf = plaintext.to_vec();
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+        .map_err(|_| VaultError::Storage("AES-GCM seal".into()))?;
+    Ok((nonce, buf))
+}
+
+fn open(id: &str, key: &[u8], aad: &[u8], nonce_b64: &str, ct_b64: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    let integrity = || VaultError::Integrity(id.to_owned());
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).map_err(|_| integrity())?);
+    let nonce: [u8; 12] = B64.decode(nonce_b64).ok().and_then(|n| n.try_into().ok()).ok_or_else(integrity)?;
+    let mut buf = Zeroizing::new(B64.decode(ct_b64).map_err(|_| integrity())?);
+    let n = key
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+        .map_err(|_| integrity())?
+        .len();
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Encrypts a document and its metadata under a fresh data key wrapped by the HSM (one C_WrapKey).
+#[allow(clippy::too_many_arguments, reason = "one flat call site in the ingest path")]
+pub fn seal_record(
+    hsm: &Hsm,
+    id: &str,
+    created: &str,
+    custodian: &str,
+    pseudonym: (&str, u32),
+    content_type: &str,
+    document: &[u8],
+    meta: &SealedMeta,
+    entry_id: &str,
+) -> Result<StoredRecord, VaultError> {
+    let rng = SystemRandom::new();
+    let mut dk = Zeroizing::new([0u8; 32]);
+    rng.fill(dk.as_mut()).map_err(|_| VaultError::Storage("random".into()))?;
+    let wrapped = hsm.wrap_data_key(dk.as_ref())?;
+    let content_hash = hex::encode(Sha256::digest(document));
+    let (doc_nonce, doc_ct) = seal(dk.as_ref(), &doc_aad(id, content_type, &content_hash), document, &rng)?;
+    let meta_plain = Zeroizing::new(serde_json::to_vec(meta).map_err(|e| VaultError::Storage(e.to_string()))?);
+    let (meta_nonce, meta_ct) = seal(dk.as_ref(), &meta_aad(id, pseudonym.0), &meta_plain, &rng)?;
+    Ok(StoredRecord {
+        id: id.to_owned(),
+        created: created.to_owned(),
+        custodian: custodian.to_owned(),
+        patient_pseudonym: pseudonym.0.to_owned(),
+        pseudonym_key_version: pseudonym.1,
+        content_type: content_type.to_owned(),
+        size: document.len() as u64,
+        content_hash,
+        kek_version: wrapped.kek_version,
+        wrapped_key: B64.encode(&wrapped.bytes),
+        doc_nonce: B64.encode(doc_nonce),
+        doc_ct: B64.encode(doc_ct),
+        meta_nonce: B64.encode(meta_nonce),
+        meta_ct: B64.encode(meta_ct),
+        entry_id: entry_id.to_owned(),
+    })
+}
+
+/// Unwraps the data key in the HSM and decrypts. `with_document: false` decrypts only the
+/// metadata (search results), which saves the document's decryption but not the unwrap.
+pub fn open_record(hsm: &Hsm, rec: &StoredRecord, with_document: bool) -> Result<OpenRecord, VaultError> {
+    let wrapped = WrappedKey {
+        kek_version: rec.kek_version,
+        bytes: B64.decode(&rec.wrapped_key).map_err(|_| VaultError::Integrity(rec.id.clone()))?,
+    };
+    let dk = match hsm.unwrap_data_key(&wrapped) {
+        Ok(k) => k,
+        Err(HsmError::Integrity) => return Err(VaultError::Integrity(rec.id.clone())),
+        Err(e) => return Err(e.into()),
+    };
+    let meta_plain = open(&rec.id, &dk, &meta_aad(&rec.id, &rec.patient_pseudonym), &rec.meta_nonce, &rec.meta_ct)?;
+    let meta: SealedMeta = serde_json::from_slice(&meta_plain).map_err(|_| VaultError::Integrity(rec.id.clone()))?;
+    let document = if with_document {
+        let d = open(&rec.id, &dk, &doc_aad(&rec.id, &rec.content_type, &rec.content_hash), &rec.doc_nonce, &rec.doc_ct)?;
+        if hex::encode(Sha256::digest(d.as_slice())) != rec.content_hash {
+            return Err(VaultError::Integrity(rec.id.clone()));
+        }
+        d
+    } else {
+        Zeroizing::new(Vec::new())
+    };
+    Ok(OpenRecord { record: rec.clone(), meta, document })
+}
+
+/// The vault's sled trees. Cloning is cheap (sled handles are reference counted).
+#[derive(Debug, Clone)]
+pub struct Vault {
+    db: sled::Db,
+    records: sled::Tree,
+    by_patient: sled::Tree,
+    idempotency: sled::Tree,
+    outbox: sled::Tree,
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Seconds after which a `Pending` claim whose request stored nothing is considered abandoned.
+const PENDING_STALE_SECONDS: u64 = 120;
+
+impl Vault {
+    /// Opens the vault in `db` (the gateway's one sled database).
+    pub fn open(db: &sled::Db) -> Result<Vault, VaultError> {
+        Ok(Vault {
+            db: db.clone(),
+            records: db.open_tree("records")?,
+            by_patient: db.open_tree("by_patient")?,
+            idempotency: db.open_tree("idempotency")?,
+            outbox: db.open_tree("outbox")?,
+        })
+    }
+
+    /// Opens (creating) the sled database under `dir`.
+    pub fn open_db(dir: &Path) -> Result<sled::Db, VaultError> {
+        std::fs::create_dir_all(dir).map_err(|e| VaultError::Storage(format!("{}: {e}", dir.display())))?;
+        sled::Config::new()
+            .path(dir.join("medgate.sled"))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| VaultError::Storage(format!("{}: {e}", dir.join("medgate.sled").display())))
+    }
+
+    pub fn idem_key(scope: &str, key: &str) -> Vec<u8> {
+        Sha256::digest(format!("{scope}\n{key}").as_bytes()).to_vec()
+    }
+
+    /// Claims `key` for this request, or returns what an earlier request with the same key left.
+    pub fn claim(&self, key: &[u8]) -> Result<Claim, VaultError> {
+        let pending = serde_json::to_vec(&IdemState::Pending { since: now_unix() }).map_err(|e| VaultError::Storage(e.to_string()))?;
+        loop {
+            match self.idempotency.compare_and_swap(key, None as Option<&[u8]>, Some(pending.as_slice()))? {
+                Ok(()) => return Ok(Claim::New),
+                Err(cas) => {
+                    let Some(cur) = cas.current else { continue };
+                    let state: IdemState = serde_json::from_slice(&cur).map_err(|e| VaultError::Corrupt("idempotency".into(), e.to_string()))?;
+                    if let IdemState::Pending { since } = state {
+                        if now_unix().saturating_sub(since) > PENDING_STALE_SECONDS {
+                            // The claimant died before storing anything: take the key over.
+                            if self.idempotency.compare_and_swap(key, Some(cur), Some(pending.as_slice()))?.is_ok() {
+                                return Ok(Claim::New);
+                            }
+                            continue;
+                        }
+                    }
+                    return Ok(Claim::Existing(state));
+                }
+            }
+        }
+    }
+
+    /// Gives a claim back (the request failed before storing anything).
+    pub fn release(&self, key: &[u8]) -> Result<(), VaultError> {
+        self.idempotency.remove(key)?;
+        Ok(())
+    }
+
+    /// Records the final response for a key.
+    pub fn finish(&self, key: &[u8], status: u16, body: &serde_json::Value) -> Result<(), VaultError> {
+        let v = serde_json::to_vec(&IdemState::Done { status, body: body.clone() }).map_err(|e| VaultError::Storage(e.to_string()))?;
+        self.idempotency.insert(key, v)?;
+        Ok(())
+    }
+
+    /// Stores records with their outbox entries (and idempotency state) atomically, then flushes.
+    /// `outbox` holds (entry id, entry bytes) for each record.
+    pub async fn store(&self, records: &[StoredRecord], outbox: &[(String, Vec<u8>)], idem: Option<&[u8]>) -> Result<(), VaultError> {
+        let encoded: Vec<(String, Vec<u8>)> = records
+            .iter()
+            .map(|r| serde_json::to_vec(r).map(|v| (r.id.clone(), v)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| VaultError::Storage(e.to_string()))?;
+        let idem_value = serde_json::to_vec(&IdemState::Stored { record_ids: records.iter().map(|r| r.id.clone()).collect() })
+            .map_err(|e| VaultError::Storage(e.to_string()))?;
+        (&self.records, &self.by_patient, &self.outbox, &self.idempotency)
+            .transaction(|(rec_t, idx_t, out_t, idem_t)| {
+                for ((id, bytes), r) in encoded.iter().zip(records) {
+                    rec_t.insert(id.as_bytes(), bytes.as_slice())?;
+                    idx_t.insert(format!("{}/{}", r.patient_pseudonym, id).as_bytes(), &[] as &[u8])?;
+                }
+                for (eid, bytes) in outbox {
+                    out_t.insert(eid.as_bytes(), bytes.as_slice())?;
+                }
+                if let Some(k) = idem {
+                    idem_t.insert(k, idem_value.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e: TransactionError<()>| VaultError::Storage(format!("{e:?}")))?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<StoredRecord>, VaultError> {
+        match self.records.get(id.as_bytes())? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| VaultError::Corrupt(id.to_owned(), e.to_string())),
+        }
+    }
+
+    /// This hospital's records of one patient (by pseudonym), oldest first by id order.
+    pub fn records_for(&self, pseudonym: &str) -> Result<Vec<StoredRecord>, VaultError> {
+        let mut out = Vec::new();
+        for kv in self.by_patient.scan_prefix(format!("{pseudonym}/").as_bytes()) {
+            let (k, _) = kv?;
+            let id = String::from_utf8_lossy(&k[pseudonym.len() + 1..]).into_owned();
+            if let Some(r) = self.get(&id)? {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    pub fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Ledger entries stored but not yet in a block, oldest key first.
+    pub fn outbox(&self) -> Result<Vec<(String, Vec<u8>)>, VaultError> {
+        self.outbox
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.to_vec())).map_err(VaultError::from))
+            .collect()
+    }
+
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    pub fn outbox_tree(&self) -> &sled::Tree {
+        &self.outbox
+    }
+
+    /// Overwrites a stored record as it is (used by integrity tests and by erasure).
+    pub fn put_raw(&self, id: &str, value: &[u8]) -> Result<(), VaultError> {
+        self.records.insert(id.as_bytes(), value)?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// A new random record id (128 bits, hex).
+pub fn new_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = SystemRandom::new().fill(&mut b);
+    hex::encode(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_bytes_open_only_with_the_same_key_and_aad() {
+        let rng = SystemRandom::new();
+        let key = [5u8; 32];
+        let (nonce, ct) = seal(&key, b"aad", b"hello", &rng).expect("seal");
+        let (n, c) = (B64.encode(nonce), B64.encode(&ct));
+        assert_eq!(open("r", &key, b"aad", &n, &c).expect("open").as_slice(), b"hello");
+        assert!(matches!(open("r", &key, b"other", &n, &c), Err(VaultError::Integrity(_))));
+        assert!(matches!(open("r", &[6u8; 32], b"aad", &n, &c), Err(VaultError::Integrity(_))));
+        let mut bad = ct.clone();
+        bad[0] ^= 1;
+        assert!(matches!(open("r", &key, b"aad", &n, &B64.encode(bad)), Err(VaultError::Integrity(_))));
+        assert!(!ct.windows(5).any(|w| w == b"hello"));
+    }
+
+    #[test]
+    fn idempotency_claims_are_exclusive_and_finish_is_returned() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = Vault::open_db(dir.path()).expect("db");
+        let v = Vault::open(&db).expect("vault");
+        let k = Vault::idem_key("his-a", "abc");
+        assert_eq!(v.claim(&k).expect("claim"), Claim::New);
+        assert!(matches!(v.claim(&k).expect("claim"), Claim::Existing(IdemState::Pending { .. })));
+        v.finish(&k, 201, &serde_json::json!({"ok": 1})).expect("finish");
+        assert_eq!(
+            v.claim(&k).expect("claim"),
+            Claim::Existing(IdemState::Done { status: 201, body: serde_json::json!({"ok": 1}) })
+        );
+        let other = Vault::idem_key("his-b", "abc");
+        assert_eq!(v.claim(&other).expect("claim"), Claim::New, "keys are scoped per client");
+    }
+}
