@@ -74,12 +74,72 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Run the gateway (systemd: Type=notify; SIGHUP reloads certificates, SIGTERM stops).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Check the ledger copy, print and check receipts.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+    /// One hospital end to end on this machine: throwaway SoftHSM token, keys, CA, gateway, a
+    /// sample HIS storing, finding and reading records, the audit trail and a ledger check.
+    Demo {
+        /// Keep the token, PIN file, configuration, certificates and data here (an empty or new
+        /// directory) instead of a temporary one.
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+    },
+    /// Load generator: a throwaway site, then 4 KiB documents over mutual TLS at several
+    /// concurrencies; prints records/s, p50/p99 latency and HSM calls per record.
+    Bench {
+        /// Documents stored per concurrency level.
+        #[arg(long, default_value_t = 2000)]
+        records: usize,
+        /// Concurrency levels (comma separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        concurrency: Vec<usize>,
+        /// Document size in bytes.
+        #[arg(long, default_value_t = 4096)]
+        size: usize,
+    },
     /// Security officer: manage the keys in the HSM.
     Keys {
         #[command(flatten)]
         config: ConfigArg,
         #[command(subcommand)]
         command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Re-check the whole local ledger copy offline: heights, hash links, Merkle roots and every
+    /// batch signature. Names the first bad block. Stop the gateway first (the store is locked).
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Trust only this ledger public key (PEM from `medgate keys public-key --role ledger`);
+        /// repeatable. Without it the keys recorded in the store are used.
+        #[arg(long = "public-key")]
+        public_keys: Vec<PathBuf>,
+    },
+    /// Print the receipt of a ledger entry (JSON): checkable by anyone with the public key.
+    Proof {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The entry id (64 hex).
+        entry: String,
+    },
+    /// Check a receipt offline with only the gateway's ledger public key.
+    CheckReceipt {
+        /// Receipt file (JSON), as printed by `medgate ledger proof`.
+        receipt: PathBuf,
+        /// The gateway's ledger public key (PEM).
+        #[arg(long = "public-key")]
+        public_key: PathBuf,
     },
 }
 
@@ -188,6 +248,61 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Config { command: ConfigCommand::Check { config } } => config_check(&config.config),
         Command::Keys { config, command } => keys_command(&config.config, command),
+        Command::Serve { config } => crate::daemon::serve(&config.config),
+        Command::Ledger { command } => ledger_command(command),
+        Command::Demo { workdir } => crate::demo::run(workdir.as_deref()),
+        Command::Bench { records, concurrency, size } => crate::bench::run(records, &concurrency, size),
+    }
+}
+
+fn open_chain(path: &Path) -> Result<crate::chain::ChainStore, Failure> {
+    let cfg = Config::load(path).map_err(|e| Failure::config(e.to_string()))?;
+    let dir = &cfg.gateway.state_directory;
+    let db = crate::vault::Vault::open_db(dir).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("lock") || text.contains("WouldBlock") {
+            Failure::runtime(format!("{}: the store is in use (is the gateway running? stop it, or copy the directory and point a configuration at the copy): {text}", dir.display()))
+        } else {
+            Failure::runtime(text)
+        }
+    })?;
+    crate::chain::ChainStore::open(&db).map_err(|e| Failure::runtime(e.to_string()))
+}
+
+fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
+    match command {
+        LedgerCommand::Verify { config, public_keys } => {
+            let store = open_chain(&config.config)?;
+            let keys = public_keys.iter().map(|p| crate::verify::read_public_key(p)).collect::<Result<Vec<_>, _>>().map_err(Failure::usage)?;
+            match crate::verify::verify_store(&store, &keys) {
+                Ok(r) => {
+                    let height = r.height.map_or("empty".to_owned(), |h| h.to_string());
+                    println!("ledger OK: height {height}, {} blocks, {} batches ({} flagged invalid), {} entries, head {}", r.blocks, r.batches, r.invalid_batches, r.entries, r.head);
+                    if keys.is_empty() {
+                        println!("signatures checked with the keys recorded in the store; pass --public-key to check against the keys your security officer exported");
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(Failure::runtime(format!("ledger verification FAILED at block {}: {e}", e.height()))),
+            }
+        }
+        LedgerCommand::Proof { config, entry } => {
+            let store = open_chain(&config.config)?;
+            match store.receipt(entry.trim()).map_err(|e| Failure::runtime(e.to_string()))? {
+                Some(r) => {
+                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    Ok(())
+                }
+                None => Err(Failure::usage(format!("no entry {} in a block of this ledger", entry.trim()))),
+            }
+        }
+        LedgerCommand::CheckReceipt { receipt, public_key } => {
+            let bytes = std::fs::read(&receipt).map_err(|e| Failure::usage(format!("{}: {e}", receipt.display())))?;
+            let key = crate::verify::read_public_key(&public_key).map_err(Failure::usage)?;
+            let r = crate::verify::check_receipt(&bytes, &key).map_err(Failure::runtime)?;
+            println!("receipt OK: entry {} is leaf {} of batch {} signed by {} (key version {}), in block {} ({})", r.entry.id, r.leaf_index, r.seq, r.gateway, r.key_version, r.height, r.block_hash);
+            Ok(())
+        }
     }
 }
 

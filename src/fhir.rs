@@ -47,6 +47,12 @@ impl PatientId {
             .map_err(|reason| FhirError::BadParameter(format!("patient: {reason}")))
     }
 
+    /// Parses the raw (still percent-encoded) value of a `patient` query parameter.
+    pub fn from_query(raw: &str) -> Result<PatientId, FhirError> {
+        let decoded = primitives::percent_decode(raw).map_err(|reason| FhirError::BadParameter(format!("patient: {reason}")))?;
+        PatientId::parse_token(&decoded)
+    }
+
     /// Canonical bytes to pseudonymise: `system|value`.
     pub fn canonical(&self) -> String {
         format!("{}|{}", self.system, self.value)

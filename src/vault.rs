@@ -284,15 +284,19 @@ impl Vault {
         Ok(())
     }
 
-    /// Stores records with their outbox entries (and idempotency state) atomically, then flushes.
-    /// `outbox` holds (entry id, entry bytes) for each record.
-    pub async fn store(&self, records: &[StoredRecord], outbox: &[(String, Vec<u8>)], idem: Option<&[u8]>) -> Result<(), VaultError> {
+    /// Stores records with their outbox entries and idempotency states atomically, then flushes.
+    /// `outbox` holds (entry id, entry bytes) for each record; `idem` holds (hashed key, the ids
+    /// of the records stored under it) for the request's Idempotency-Key and each masterIdentifier.
+    pub async fn store(&self, records: &[StoredRecord], outbox: &[(String, Vec<u8>)], idem: &[(Vec<u8>, Vec<String>)]) -> Result<(), VaultError> {
         let encoded: Vec<(String, Vec<u8>)> = records
             .iter()
             .map(|r| serde_json::to_vec(r).map(|v| (r.id.clone(), v)))
             .collect::<Result<_, _>>()
             .map_err(|e| VaultError::Storage(e.to_string()))?;
-        let idem_value = serde_json::to_vec(&IdemState::Stored { record_ids: records.iter().map(|r| r.id.clone()).collect() })
+        let idem_values: Vec<(&[u8], Vec<u8>)> = idem
+            .iter()
+            .map(|(k, ids)| serde_json::to_vec(&IdemState::Stored { record_ids: ids.clone() }).map(|v| (k.as_slice(), v)))
+            .collect::<Result<_, _>>()
             .map_err(|e| VaultError::Storage(e.to_string()))?;
         (&self.records, &self.by_patient, &self.outbox, &self.idempotency)
             .transaction(|(rec_t, idx_t, out_t, idem_t)| {
@@ -303,12 +307,23 @@ impl Vault {
                 for (eid, bytes) in outbox {
                     out_t.insert(eid.as_bytes(), bytes.as_slice())?;
                 }
-                if let Some(k) = idem {
-                    idem_t.insert(k, idem_value.as_slice())?;
+                for (k, v) in &idem_values {
+                    idem_t.insert(*k, v.as_slice())?;
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(|e: TransactionError<()>| VaultError::Storage(format!("{e:?}")))?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Puts ledger entries (an access, a search) in the outbox, flushed, before the ledger sees them.
+    pub async fn enqueue(&self, entries: &[crate::ledger::Entry]) -> Result<(), VaultError> {
+        let mut batch = sled::Batch::default();
+        for e in entries {
+            batch.insert(e.id.as_bytes(), serde_json::to_vec(e).map_err(|e| VaultError::Storage(e.to_string()))?);
+        }
+        self.outbox.apply_batch(batch)?;
         self.db.flush_async().await?;
         Ok(())
     }

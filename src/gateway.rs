@@ -1,0 +1,514 @@
+//! The gateway as a value: what happens to a record between the HIS and the ledger, without HTTP.
+//!
+//! Boundary: takes validated FHIR submissions and the caller's identity, returns FHIR JSON or a
+//! [`FhirError`]. Owns the order of durable steps: a record, its index row, its ledger entry (in
+//! the outbox) and its idempotency state are stored and flushed together; only then is the entry
+//! appended to the ledger, and the HIS hears 201 only once the entry is in a flushed block (202
+//! when the ledger could not take it: the entry waits in the outbox and nothing is lost).
+//!
+//! HSM budget per stored record: one C_WrapKey (through the pool) plus the batch signature shared
+//! by every entry of the batch. Patient and user pseudonyms are HMACs computed in the HSM and
+//! cached in memory by a hash of the input, so a busy patient costs one HMAC, not one per request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use medgate_hsm::{Hsm, HsmError};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::chain::{ChainError, Ledger};
+use crate::fhir::{
+    self, audit_event, document_reference_resource, AuditAction, AuditRecord, DocumentSubmission, FhirError, PatientId,
+    StoredDocument,
+};
+use crate::ledger::{Entry, EntryBody, Receipt};
+use crate::metrics::Metrics;
+use crate::tls::ClientIdentity;
+use crate::vault::{self, Claim, IdemState, SealedMeta, StoredRecord, Vault, VaultError};
+
+/// Purpose-of-use codes (HL7 v3 PurposeOfUse) the HIS may assert.
+pub const PURPOSES: [&str; 10] =
+    ["TREAT", "ETREAT", "BTG", "HPAYMT", "HOPERAT", "PATRQT", "HRESCH", "PUBHLTH", "COC", "HLEGAL"];
+
+/// Largest number of cached pseudonyms (patients and users together).
+const PSEUDONYM_CACHE: usize = 100_000;
+
+/// Who asks, on whose behalf, and why: the verified HIS certificate plus what the HIS asserts
+/// about its end user. The user id is pseudonymised before it is recorded anywhere.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub client: ClientIdentity,
+    pub user: String,
+    pub role: String,
+    pub purpose: String,
+}
+
+/// What a create produced: the HTTP status (201, or 202 while entries wait in the outbox, or 200
+/// for a repeat) and the body.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub status: u16,
+    pub body: Value,
+    /// `DocumentReference/{id}` of the first record, for the Location header.
+    pub location: Option<String>,
+}
+
+/// A decrypted document for `GET /Binary/{id}`.
+#[derive(Debug)]
+pub struct Document {
+    pub content_type: String,
+    pub bytes: zeroize::Zeroizing<Vec<u8>>,
+}
+
+/// The service: HSM, vault, ledger, metrics. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub hospital: String,
+    pub hsm: Arc<Hsm>,
+    pub vault: Vault,
+    pub ledger: Ledger,
+    pub metrics: Arc<Metrics>,
+    pseudonyms: Arc<Mutex<HashMap<[u8; 32], (u32, String)>>>,
+}
+
+fn internal(e: impl std::fmt::Display) -> FhirError {
+    FhirError::Internal(e.to_string())
+}
+
+fn from_vault(e: VaultError) -> FhirError {
+    match e {
+        VaultError::Integrity(id) => {
+            tracing::error!(record = %id, "stored record failed its integrity check; not served");
+            FhirError::Internal(format!("record {id} failed its integrity check"))
+        }
+        VaultError::Hsm(h) => from_hsm(h),
+        other => internal(other),
+    }
+}
+
+fn from_hsm(e: HsmError) -> FhirError {
+    match e {
+        HsmError::Unavailable(_) => FhirError::Unavailable("the HSM is unavailable; retry later".into()),
+        other => internal(other),
+    }
+}
+
+fn nonce() -> [u8; 16] {
+    let mut n = [0u8; 16];
+    if let Ok(id) = hex::decode(vault::new_id()) {
+        n.copy_from_slice(&id[..16]);
+    }
+    n
+}
+
+impl Gateway {
+    pub fn new(hospital: String, hsm: Arc<Hsm>, vault: Vault, ledger: Ledger, metrics: Arc<Metrics>) -> Gateway {
+        Gateway { hospital, hsm, vault, ledger, metrics, pseudonyms: Arc::default() }
+    }
+
+    /// HMAC pseudonym (hex) of `domain` + `value`, computed in the HSM, cached by a hash of the input.
+    async fn pseudonym(&self, domain: &str, value: &str) -> Result<(u32, String), FhirError> {
+        let input = format!("medgate-pseudonym-v1\0{domain}\0{value}");
+        let cache_key: [u8; 32] = Sha256::digest(input.as_bytes()).into();
+        if let Some(hit) = self.pseudonyms.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
+            return Ok(hit.clone());
+        }
+        let hsm = self.hsm.clone();
+        let (version, mac) = tokio::task::spawn_blocking(move || hsm.pseudonym_hmac(input.as_bytes()))
+            .await
+            .map_err(internal)?
+            .map_err(from_hsm)?;
+        let out = (version, hex::encode(mac));
+        let mut cache = self.pseudonyms.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= PSEUDONYM_CACHE {
+            cache.clear();
+        }
+        cache.insert(cache_key, out.clone());
+        Ok(out)
+    }
+
+    /// Patient pseudonym: the same across the consortium only if every hospital shares the
+    /// pseudonym key; within one gateway it is stable.
+    pub async fn patient_pseudonym(&self, patient: &PatientId) -> Result<(u32, String), FhirError> {
+        self.pseudonym("patient", &patient.canonical()).await
+    }
+
+    async fn user_pseudonym(&self, caller: &Caller) -> Result<String, FhirError> {
+        Ok(self.pseudonym("user", &format!("{}\0{}", self.hospital, caller.user)).await?.1)
+    }
+
+    fn entry(&self, body: EntryBody) -> Entry {
+        Entry::new(&self.hospital, &crate::keys::now_rfc3339(), nonce(), body)
+    }
+
+    /// Stores documents: validates nothing more (the FHIR layer did), encrypts each under a fresh
+    /// data key, stores everything durably, then anchors on the ledger.
+    ///
+    /// `idempotency_key`: the client's `Idempotency-Key`; the same key from the same HIS returns
+    /// the first answer. Each submission's `masterIdentifier` is a conditional-create key too.
+    pub async fn create(&self, caller: &Caller, docs: Vec<DocumentSubmission>, idempotency_key: Option<&str>) -> Result<Created, FhirError> {
+        if !caller.client.may_write() {
+            return Err(FhirError::Forbidden(format!("certificate role {:?} may not store records", caller.client.role)));
+        }
+        let request_key = idempotency_key.map(|k| Vault::idem_key(&format!("request\n{}", caller.client.system), k));
+        if let Some(k) = &request_key {
+            match self.vault.claim(k).map_err(from_vault)? {
+                Claim::New => {}
+                Claim::Existing(state) => return self.replay(state).await,
+            }
+        }
+        let result = self.create_claimed(caller, docs, request_key.as_deref()).await;
+        if result.is_err() {
+            if let Some(k) = &request_key {
+                // Nothing was stored under this key (a failure after storing answers 202, not Err).
+                let _ = self.vault.release(k);
+            }
+        }
+        result
+    }
+
+    /// The answer for a request key seen before.
+    async fn replay(&self, state: IdemState) -> Result<Created, FhirError> {
+        match state {
+            IdemState::Done { status, body } => {
+                self.metrics.incr("idempotent_replays");
+                let location = body["entry"][0]["response"]["location"].as_str().map(str::to_owned).or_else(|| {
+                    body["id"].as_str().map(|id| format!("DocumentReference/{id}"))
+                });
+                Ok(Created { status, body, location })
+            }
+            IdemState::Pending { .. } => Err(FhirError::Conflict(
+                "a request with this Idempotency-Key is still being processed; retry in a few seconds".into(),
+            )),
+            IdemState::Stored { record_ids } => {
+                // Stored by an earlier attempt that did not finish answering (crash): answer now.
+                self.metrics.incr("idempotent_replays");
+                let mut created = Vec::new();
+                for id in &record_ids {
+                    let rec = self.vault.get(id).map_err(from_vault)?.ok_or_else(|| internal(format!("record {id} missing")))?;
+                    created.push(rec);
+                }
+                self.respond(created, None, None).await
+            }
+        }
+    }
+
+    async fn create_claimed(&self, caller: &Caller, docs: Vec<DocumentSubmission>, request_key: Option<&[u8]>) -> Result<Created, FhirError> {
+        // Conditional create: a masterIdentifier already stored for this hospital answers with the
+        // existing record (same content) or a conflict (other content).
+        let mut master_keys = Vec::new();
+        for d in &docs {
+            if let Some((system, value)) = &d.master_identifier {
+                let key = Vault::idem_key("master", &format!("{system}|{value}"));
+                match self.vault.claim(&key).map_err(from_vault)? {
+                    Claim::New => master_keys.push(Some(key)),
+                    Claim::Existing(IdemState::Stored { record_ids }) => {
+                        for k in master_keys.iter().flatten() {
+                            let _ = self.vault.release(k);
+                        }
+                        return self.existing_master(&record_ids, d).await;
+                    }
+                    Claim::Existing(_) => {
+                        for k in master_keys.iter().flatten() {
+                            let _ = self.vault.release(k);
+                        }
+                        return Err(FhirError::Conflict(
+                            "a document with this masterIdentifier is being stored by another request; retry in a few seconds".into(),
+                        ));
+                    }
+                }
+            } else {
+                master_keys.push(None);
+            }
+        }
+        let stored = self.seal_all(caller, &docs).await;
+        let (records, entries) = match stored {
+            Ok(v) => v,
+            Err(e) => {
+                for k in master_keys.iter().flatten() {
+                    let _ = self.vault.release(k);
+                }
+                return Err(e);
+            }
+        };
+        let outbox: Vec<(String, Vec<u8>)> =
+            entries.iter().map(|e| (e.id.clone(), serde_json::to_vec(e).unwrap_or_default())).collect();
+        let mut idem: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
+        if let Some(k) = request_key {
+            idem.push((k.to_vec(), records.iter().map(|r| r.id.clone()).collect()));
+        }
+        for (k, r) in master_keys.iter().zip(&records) {
+            if let Some(k) = k {
+                idem.push((k.clone(), vec![r.id.clone()]));
+            }
+        }
+        if let Err(e) = self.vault.store(&records, &outbox, &idem).await {
+            for k in master_keys.iter().flatten() {
+                let _ = self.vault.release(k);
+            }
+            return Err(from_vault(e));
+        }
+        self.metrics.incr("records_stored");
+        let receipts = match self.ledger.append(entries).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, records = records.len(), "records stored; their ledger entries wait in the outbox");
+                None
+            }
+        };
+        let references = docs.into_iter().map(|d| d.document_reference).collect();
+        let created = self.respond(records, Some(references), receipts).await?;
+        if let Some(k) = request_key {
+            if created.status == 201 {
+                self.vault.finish(k, created.status, &created.body).map_err(from_vault)?;
+            }
+        }
+        Ok(created)
+    }
+
+    async fn existing_master(&self, record_ids: &[String], doc: &DocumentSubmission) -> Result<Created, FhirError> {
+        let id = record_ids.first().ok_or_else(|| internal("empty master identifier index"))?;
+        let rec = self.vault.get(id).map_err(from_vault)?.ok_or_else(|| internal(format!("record {id} missing")))?;
+        if rec.content_hash != hex::encode(Sha256::digest(&doc.data)) {
+            return Err(FhirError::Conflict(
+                "DocumentReference.masterIdentifier is already used by a stored document with other content".into(),
+            ));
+        }
+        self.metrics.incr("conditional_create_hits");
+        let mut c = self.respond(vec![rec], None, None).await?;
+        c.status = 200;
+        Ok(c)
+    }
+
+    /// Encrypts each document (one HSM wrap each) and builds its ledger entry.
+    async fn seal_all(&self, caller: &Caller, docs: &[DocumentSubmission]) -> Result<(Vec<StoredRecord>, Vec<Entry>), FhirError> {
+        let user = self.user_pseudonym(caller).await?;
+        let created = crate::keys::now_rfc3339();
+        let mut records = Vec::with_capacity(docs.len());
+        let mut entries = Vec::with_capacity(docs.len());
+        for d in docs {
+            let (pv, pseudonym) = self.patient_pseudonym(&d.patient).await?;
+            let id = vault::new_id();
+            let meta = SealedMeta {
+                patient_system: d.patient.system.clone(),
+                patient_value: d.patient.value.clone(),
+                document_reference: d.document_reference.clone(),
+                master_identifier: d.master_identifier.clone(),
+            };
+            let content_hash = hex::encode(Sha256::digest(&d.data));
+            let entry = self.entry(EntryBody::RecordAnchored {
+                record_id: id.clone(),
+                patient: pseudonym.clone(),
+                pseudonym_key_version: pv,
+                content_hash,
+                content_type: fhir_mime_essence(&d.content_type),
+                size: d.data.len() as u64,
+                custodian: self.hospital.clone(),
+                user: user.clone(),
+                role: caller.role.clone(),
+                purpose: caller.purpose.clone(),
+            });
+            entry.validate().map_err(internal)?;
+            let hsm = self.hsm.clone();
+            let (hospital, created2, content_type, data, eid) =
+                (self.hospital.clone(), created.clone(), d.content_type.clone(), d.data.clone(), entry.id.clone());
+            let rec = tokio::task::spawn_blocking(move || {
+                let data = zeroize::Zeroizing::new(data);
+                vault::seal_record(&hsm, &id, &created2, &hospital, (&pseudonym, pv), &content_type, &data, &meta, &eid)
+            })
+            .await
+            .map_err(internal)?
+            .map_err(from_vault)?;
+            records.push(rec);
+            entries.push(entry);
+        }
+        Ok((records, entries))
+    }
+
+    /// Builds the create answer from stored records: 201 when every entry is in a block, else 202.
+    /// `references` are the submitted DocumentReferences when the caller still has them; without
+    /// them each record's sealed metadata is decrypted (one HSM unwrap each).
+    async fn respond(&self, records: Vec<StoredRecord>, references: Option<Vec<Value>>, receipts: Option<Vec<Receipt>>) -> Result<Created, FhirError> {
+        let mut out = Vec::with_capacity(records.len());
+        let mut all_anchored = true;
+        for (i, rec) in records.iter().enumerate() {
+            let receipt = match &receipts {
+                Some(r) => r.get(i).cloned(),
+                None => self.ledger.store.receipt(&rec.entry_id).map_err(internal)?,
+            };
+            all_anchored &= receipt.is_some();
+            let reference = match references.as_ref().and_then(|r| r.get(i)) {
+                Some(r) => r.clone(),
+                None => self.open(rec.clone(), false).await?.meta.document_reference,
+            };
+            out.push((self.describe(rec, &reference, receipt.as_ref()), rec));
+        }
+        let status = if all_anchored { 201 } else { 202 };
+        let status_text = if all_anchored { "201 Created" } else { "202 Accepted" };
+        let location = out.first().map(|(_, r)| format!("DocumentReference/{}", r.id));
+        let body = fhir::transaction_response(out.into_iter().map(|(v, _)| (v, status_text)).collect());
+        Ok(Created { status, body, location })
+    }
+
+    fn describe(&self, rec: &StoredRecord, document_reference: &Value, receipt: Option<&Receipt>) -> Value {
+        let receipt = receipt.map(Receipt::to_json);
+        document_reference_resource(&StoredDocument {
+            id: &rec.id,
+            document_reference,
+            created: &rec.created,
+            size: rec.size,
+            content_hash: &rec.content_hash,
+            custodian: &rec.custodian,
+            receipt: receipt.as_ref(),
+        })
+    }
+
+    async fn open(&self, rec: StoredRecord, with_document: bool) -> Result<vault::OpenRecord, FhirError> {
+        let hsm = self.hsm.clone();
+        tokio::task::spawn_blocking(move || vault::open_record(&hsm, &rec, with_document))
+            .await
+            .map_err(internal)?
+            .map_err(from_vault)
+    }
+
+    fn may_read(&self, caller: &Caller) -> Result<(), FhirError> {
+        if caller.client.may_read() {
+            Ok(())
+        } else {
+            Err(FhirError::Forbidden(format!("certificate role {:?} may not read records", caller.client.role)))
+        }
+    }
+
+    /// Appends access entries: durably in the outbox first, then to the ledger. A ledger failure
+    /// leaves them in the outbox for the background drain; the access still counts as recorded.
+    async fn record_access(&self, entries: Vec<Entry>) -> Result<(), FhirError> {
+        for e in &entries {
+            e.validate().map_err(internal)?;
+        }
+        self.vault.enqueue(&entries).await.map_err(from_vault)?;
+        if let Err(e) = self.ledger.append(entries).await {
+            tracing::warn!(error = %e, "access entries wait in the outbox");
+        }
+        Ok(())
+    }
+
+    fn read_entry(&self, caller: &Caller, user: &str, rec: &StoredRecord, reason: Option<&str>) -> Entry {
+        self.entry(EntryBody::RecordRead {
+            record_id: rec.id.clone(),
+            patient: rec.patient_pseudonym.clone(),
+            custodian: rec.custodian.clone(),
+            reader: self.hospital.clone(),
+            user: user.to_owned(),
+            role: caller.role.clone(),
+            purpose: caller.purpose.clone(),
+            granted: true,
+            reason: reason.map(str::to_owned),
+        })
+    }
+
+    /// `GET /DocumentReference?patient=system|value`.
+    pub async fn search(&self, caller: &Caller, patient: &PatientId, self_link: &str) -> Result<Value, FhirError> {
+        self.may_read(caller)?;
+        let (_, pseudonym) = self.patient_pseudonym(patient).await?;
+        let user = self.user_pseudonym(caller).await?;
+        let records = self.vault.records_for(&pseudonym).map_err(from_vault)?;
+        let mut resources = Vec::with_capacity(records.len());
+        for rec in records {
+            let receipt = self.ledger.store.receipt(&rec.entry_id).map_err(internal)?;
+            let open = self.open(rec, false).await?;
+            resources.push(self.describe(&open.record, &open.meta.document_reference, receipt.as_ref()));
+        }
+        self.record_access(vec![self.entry(EntryBody::PatientSearched {
+            patient: pseudonym,
+            reader: self.hospital.clone(),
+            user,
+            role: caller.role.clone(),
+            purpose: caller.purpose.clone(),
+            results: resources.len() as u32,
+        })])
+        .await?;
+        Ok(fhir::searchset(resources, self_link))
+    }
+
+    fn stored(&self, id: &str) -> Result<StoredRecord, FhirError> {
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(FhirError::NotFound(format!("no record {}", id.chars().take(64).collect::<String>())));
+        }
+        self.vault.get(id).map_err(from_vault)?.ok_or_else(|| FhirError::NotFound(format!("no record {id}")))
+    }
+
+    /// `GET /DocumentReference/{id}`: the metadata (decrypted), recorded as a read.
+    pub async fn read_reference(&self, caller: &Caller, id: &str) -> Result<Value, FhirError> {
+        self.may_read(caller)?;
+        let rec = self.stored(id)?;
+        let user = self.user_pseudonym(caller).await?;
+        let open = self.open(rec, false).await?;
+        self.record_access(vec![self.read_entry(caller, &user, &open.record, Some("metadata"))]).await?;
+        let receipt = self.ledger.store.receipt(&open.record.entry_id).map_err(internal)?;
+        Ok(self.describe(&open.record, &open.meta.document_reference, receipt.as_ref()))
+    }
+
+    /// `GET /Binary/{id}`: the document, decrypted, after its read entry is durably recorded.
+    pub async fn read_binary(&self, caller: &Caller, id: &str) -> Result<Document, FhirError> {
+        self.may_read(caller)?;
+        let rec = self.stored(id)?;
+        let user = self.user_pseudonym(caller).await?;
+        let open = self.open(rec, true).await?;
+        self.record_access(vec![self.read_entry(caller, &user, &open.record, None)]).await?;
+        self.metrics.incr("records_read");
+        Ok(Document { content_type: open.record.content_type.clone(), bytes: open.document })
+    }
+
+    /// `GET /AuditEvent?patient=system|value`: every ledger entry about the patient.
+    pub async fn audit(&self, caller: &Caller, patient: &PatientId, self_link: &str) -> Result<Value, FhirError> {
+        self.may_read(caller)?;
+        let (_, pseudonym) = self.patient_pseudonym(patient).await?;
+        let entries = self.ledger.store.entries_for_patient(&pseudonym).map_err(internal)?;
+        let events = entries.iter().filter_map(|(e, height)| audit_record(e, *height).map(|r| audit_event(&r))).collect();
+        Ok(fhir::searchset(events, self_link))
+    }
+
+    /// Appends what the outbox holds (entries whose append failed earlier).
+    pub async fn drain_outbox(&self) -> Result<usize, ChainError> {
+        self.ledger.drain_outbox(&self.vault).await
+    }
+}
+
+/// `type/subtype` of a MIME type, lowercased (parameters dropped), as the ledger records it.
+fn fhir_mime_essence(ct: &str) -> String {
+    ct.split(';').next().unwrap_or(ct).trim().to_ascii_lowercase()
+}
+
+fn audit_record(e: &Entry, height: u64) -> Option<AuditRecord<'_>> {
+    let base = |action, granted, reason: Option<&'static str>| AuditRecord {
+        entry_id: &e.id,
+        height,
+        time: &e.time,
+        action,
+        granted,
+        reason,
+        record_id: e.record_id(),
+        patient: e.patient().unwrap_or_default(),
+        hospital: &e.gateway,
+        user: "",
+        role: "",
+        purpose: "",
+    };
+    match &e.body {
+        EntryBody::RecordAnchored { user, role, purpose, .. } => {
+            Some(AuditRecord { user, role, purpose, ..base(AuditAction::Create, true, None) })
+        }
+        EntryBody::RecordRead { user, role, purpose, granted, reason, .. } => Some(AuditRecord {
+            user,
+            role,
+            purpose,
+            reason: reason.as_deref(),
+            ..base(AuditAction::Read, *granted, None)
+        }),
+        EntryBody::PatientSearched { user, role, purpose, .. } => {
+            Some(AuditRecord { user, role, purpose, ..base(AuditAction::Search, true, None) })
+        }
+        EntryBody::KeyEvent { .. } => None,
+    }
+}
