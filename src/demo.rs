@@ -40,6 +40,9 @@ pub struct Site {
     pub his_key_pem: String,
     /// PEM: the gateway's ledger public key, as the security officer exports it.
     pub ledger_public_key: PathBuf,
+    /// The hospital CA, in memory only (its key is never written out): tests issue and revoke
+    /// further client certificates with it.
+    pub ca: Arc<TestCa>,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> Failure + '_ {
@@ -99,7 +102,8 @@ impl Site {
         let hsm = Arc::new(Hsm::open(HsmConfig { module: module.clone(), token_label: TOKEN.into(), pool_size: 2 }, pin()?).map_err(Failure::hsm)?);
         let result = Self::keys_and_certificates(&dir, hospital, &hsm, say);
         hsm.shutdown();
-        let (ca_pem, his_cert_pem, his_key_pem, ledger_public_key) = result?;
+        let (ca, his_cert_pem, his_key_pem, ledger_public_key) = result?;
+        let ca_pem = ca.cert.pem();
 
         let his_addr = free_port()?;
         let mut admin_addr = free_port()?;
@@ -149,10 +153,11 @@ listen = "{admin_addr}"
             his_cert_pem,
             his_key_pem,
             ledger_public_key,
+            ca: Arc::new(ca),
         })
     }
 
-    fn keys_and_certificates(dir: &Path, hospital: &str, hsm: &Arc<Hsm>, say: &mut dyn FnMut(&str)) -> Result<(String, String, String, PathBuf), Failure> {
+    fn keys_and_certificates(dir: &Path, hospital: &str, hsm: &Arc<Hsm>, say: &mut dyn FnMut(&str)) -> Result<(TestCa, String, String, PathBuf), Failure> {
         for role in Role::ALL {
             let k = hsm.generate(role).map_err(Failure::hsm)?;
             say(&format!("key generated in the HSM: {} ({}, CKA_ID {}, sensitive, never extractable)", k.label, role.algorithm(), k.id_hex));
@@ -178,10 +183,7 @@ listen = "{admin_addr}"
         let (_, pem) = hsm.public_key_pem(Role::Ledger, None).map_err(Failure::hsm)?;
         let ledger_public_key = dir.join("ledger-public-key.pem");
         std::fs::write(&ledger_public_key, pem).map_err(io(&ledger_public_key))?;
-        // The CA key is not kept: the site's tests issue further certificates with their own CA.
-        std::fs::write(tls.join("ca-key.pem"), "").ok();
-        let _ = std::fs::remove_file(tls.join("ca-key.pem"));
-        Ok((ca_pem, his.pem(), his_key.serialize_pem(), ledger_public_key))
+        Ok((ca, his.pem(), his_key.serialize_pem(), ledger_public_key))
     }
 
     /// A TLS client configuration presenting the site's HIS certificate.

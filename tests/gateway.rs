@@ -1,0 +1,379 @@
+//! One hospital end to end, against `medgate serve` with a real SoftHSM2 token, real mutual TLS
+//! and a real sled store: the HIS's round trip, refusals, idempotency, crash safety, tamper
+//! detection and offline receipts.
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use medgate::client::{query_escape, HisClient};
+use medgate::fhir::{sample_transaction, PatientId};
+use serde_json::{json, Value};
+use support::{receipt_of, rt, Gw};
+use time::OffsetDateTime;
+
+fn patient(n: u32) -> PatientId {
+    PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: format!("MRN-{n:06}") }
+}
+
+fn outcome_code(body: &Value) -> &str {
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    body["issue"][0]["code"].as_str().unwrap_or("")
+}
+
+#[test]
+fn store_search_read_and_audit_round_trip() {
+    let gw = Gw::new("roundtrip");
+    let rt = rt();
+    rt.block_on(async {
+        let mut his = gw.client();
+        let p = patient(1);
+        let letter = b"%PDF-1.7 discharge letter".to_vec();
+        let r = his.post_json("/", &sample_transaction(&p, "application/pdf", &letter, None), &[]).await.unwrap();
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let bundle = r.json();
+        assert_eq!(bundle["type"], "transaction-response");
+        let doc = &bundle["entry"][0]["resource"];
+        let id = doc["id"].as_str().unwrap().to_owned();
+        assert_eq!(bundle["entry"][0]["response"]["status"], "201 Created");
+        assert_eq!(r.headers["location"], format!("DocumentReference/{id}").as_str());
+        let key = medgate::verify::read_public_key(&gw.site.ledger_public_key).unwrap();
+        let receipt = medgate::verify::check_receipt(&receipt_of(doc).unwrap(), &key).unwrap();
+        assert_eq!(receipt.entry.record_id(), Some(id.as_str()));
+        assert!(!String::from_utf8_lossy(&receipt_of(doc).unwrap()).contains("MRN-000001"), "identifier on the ledger");
+
+        // The single-resource form.
+        use base64::Engine as _;
+        let single = json!({
+            "resourceType": "DocumentReference", "status": "current",
+            "subject": {"identifier": {"system": p.system, "value": p.value}},
+            "content": [{"attachment": {"contentType": "text/plain", "data": base64::engine::general_purpose::STANDARD.encode(b"lab result")}}]
+        });
+        let r2 = his.post_json("/DocumentReference", &single, &[]).await.unwrap();
+        assert_eq!(r2.status, 201, "{}", String::from_utf8_lossy(&r2.body));
+        assert_eq!(r2.json()["resourceType"], "DocumentReference");
+        let id2 = r2.json()["id"].as_str().unwrap().to_owned();
+
+        // Another patient's record must not show up.
+        let other = his.post_json("/", &sample_transaction(&patient(2), "text/plain", b"x", None), &[]).await.unwrap();
+        assert_eq!(other.status, 201);
+
+        let q = query_escape(&p.canonical());
+        let found = his.get(&format!("/DocumentReference?patient={q}")).await.unwrap();
+        assert_eq!(found.status, 200);
+        let found = found.json();
+        assert_eq!(found["type"], "searchset");
+        assert_eq!(found["total"], 2);
+        let mut ids: Vec<String> = found["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_owned()).collect();
+        ids.sort();
+        let mut want = vec![id.clone(), id2.clone()];
+        want.sort();
+        assert_eq!(ids, want);
+
+        let bin = his.get(&format!("/Binary/{id}")).await.unwrap();
+        assert_eq!(bin.status, 200);
+        assert_eq!(bin.body.as_ref(), letter.as_slice());
+        assert_eq!(bin.headers["content-type"], "application/pdf");
+        let meta = his.get(&format!("/DocumentReference/{id2}")).await.unwrap();
+        assert_eq!(meta.status, 200);
+        assert_eq!(meta.json()["content"][0]["attachment"]["url"], format!("Binary/{id2}"));
+        assert_eq!(meta.json()["subject"]["identifier"]["value"], "MRN-000001");
+
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let audit = his.get(&format!("/AuditEvent?patient={q}")).await.unwrap().json();
+        let events: Vec<(String, String)> = audit["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["resource"]["subtype"][0]["code"].as_str().unwrap().to_owned(), e["resource"]["action"].as_str().unwrap().to_owned()))
+            .collect();
+        let count = |code: &str| events.iter().filter(|(c, _)| c == code).count();
+        assert_eq!(count("ITI-65"), 2, "{events:?}");
+        assert_eq!(count("ITI-67"), 1, "{events:?}");
+        assert_eq!(count("ITI-68"), 2, "binary and metadata reads: {events:?}");
+        assert!(!audit["entry"].to_string().contains("MRN-000001"), "the audit events carry pseudonyms only");
+    });
+}
+
+#[test]
+fn clients_without_a_valid_certificate_are_refused_in_the_handshake() {
+    let mut gw = Gw::new("certs");
+    let rt = rt();
+    let ca_pem = gw.site.ca_pem.clone();
+    let now = OffsetDateTime::now_utc();
+    let try_with = |cert: Option<(String, String)>| {
+        let tls = medgate::tls::client_config(ca_pem.as_bytes(), cert.as_ref().map(|(c, k)| (c.as_bytes(), k.as_bytes()))).unwrap();
+        let mut c = HisClient::new(gw.site.his_addr, "localhost", tls).unwrap().acting_as("u", "physician", "TREAT");
+        rt.block_on(c.get("/metadata"))
+    };
+    // No certificate.
+    assert!(try_with(None).is_err());
+    // A certificate from another CA.
+    let stranger = medgate::pki::TestCa::new("Stranger CA").unwrap();
+    let (c, k) = stranger.issue_client("his-main", "his", now - time::Duration::days(1), now + time::Duration::days(1)).unwrap();
+    assert!(try_with(Some((c.pem(), k.serialize_pem()))).is_err());
+    // Expired.
+    let (c, k) = gw.site.ca.issue_client("his-old", "his", now - time::Duration::days(10), now - time::Duration::days(1)).unwrap();
+    assert!(try_with(Some((c.pem(), k.serialize_pem()))).is_err());
+    // Valid: accepted. Then revoked through the CRL and SIGHUP: refused.
+    let (c, k) = gw.site.ca.issue_client("his-lab", "his", now - time::Duration::days(1), now + time::Duration::days(1)).unwrap();
+    let good = (c.pem(), k.serialize_pem());
+    assert_eq!(try_with(Some(good.clone())).unwrap().status, 200);
+    std::fs::write(gw.site.dir.join("tls/hospital-ca.crl"), gw.site.ca.crl(&[&c], 30).unwrap()).unwrap();
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    gw.wait_log("certificates and CRLs reloaded");
+    assert!(try_with(Some(good)).is_err(), "revoked certificate accepted");
+    assert_eq!(try_with(Some((gw.site.his_cert_pem.clone(), gw.site.his_key_pem.clone()))).unwrap().status, 200);
+    // A read-only HIS may not store.
+    let (c, k) = gw.site.ca.issue_client("his-viewer", "his-read", now - time::Duration::days(1), now + time::Duration::days(1)).unwrap();
+    let tls = medgate::tls::client_config(ca_pem.as_bytes(), Some((c.pem().as_bytes(), k.serialize_pem().as_bytes()))).unwrap();
+    let mut viewer = HisClient::new(gw.site.his_addr, "localhost", tls).unwrap().acting_as("u", "physician", "TREAT");
+    let r = rt.block_on(viewer.post_json("/", &sample_transaction(&patient(3), "text/plain", b"x", None), &[])).unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(outcome_code(&r.json()), "forbidden");
+    let log = gw.log_text();
+    assert!(log.contains("TLS handshake refused"), "{log}");
+    assert_eq!(gw.stop().code(), Some(0));
+}
+
+#[test]
+fn malformed_requests_get_an_operation_outcome_and_store_nothing() {
+    let gw = Gw::with_config("malformed", |t| t.replace("[his]\n", "[his]\nmax_body_bytes = 65536\n"));
+    let rt = rt();
+    rt.block_on(async {
+        let mut his = gw.client();
+        let good = sample_transaction(&patient(4), "text/plain", b"hello", None);
+        let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+            ("not JSON", "/", vec![], b"{not json".to_vec(), 400, "structure"),
+            ("duplicate property", "/", vec![], br#"{"resourceType":"Bundle","resourceType":"Bundle"}"#.to_vec(), 400, "structure"),
+            ("not a Bundle", "/", vec![], serde_json::to_vec(&json!({"resourceType": "Patient"})).unwrap(), 422, "not-supported"),
+            ("batch, not transaction", "/", vec![], serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "batch", "entry": []})).unwrap(), 422, "invalid"),
+            (
+                "DocumentReference without subject",
+                "/DocumentReference",
+                vec![],
+                serde_json::to_vec(&json!({"resourceType": "DocumentReference", "status": "current", "content": [{"attachment": {"contentType": "text/plain", "data": "aGk="}}]})).unwrap(),
+                422,
+                "required",
+            ),
+            ("too large", "/", vec![], vec![b' '; 70_000], 413, "too-long"),
+            ("wrong media type", "/", vec![("content-type", "text/plain")], serde_json::to_vec(&good).unwrap(), 415, "not-supported"),
+            ("no end user", "/", vec![("x-medgate-user", "")], serde_json::to_vec(&good).unwrap(), 400, "invalid"),
+            ("unknown purpose", "/", vec![("x-medgate-purpose", "CURIOSITY")], serde_json::to_vec(&good).unwrap(), 400, "invalid"),
+        ];
+        for (what, path, headers, body, status, code) in cases {
+            let mut c = gw.client();
+            // Headers given here replace the client's defaults.
+            c.default_headers.retain(|(k, _)| !headers.iter().any(|(h, _)| h == k));
+            let mut req_headers = headers.clone();
+            if !headers.iter().any(|(h, _)| *h == "content-type") {
+                req_headers.push(("content-type", "application/fhir+json"));
+            }
+            let r = c.send("POST", path, &req_headers, body).await.unwrap();
+            assert_eq!(r.status, status, "{what}: {}", String::from_utf8_lossy(&r.body));
+            assert_eq!(outcome_code(&r.json()), code, "{what}");
+        }
+        for (path, status, code) in [
+            ("/Binary/0123456789abcdef0123456789abcdef", 404, "not-found"),
+            ("/DocumentReference/not-an-id", 404, "not-found"),
+            ("/DocumentReference?patient=nobar", 400, "invalid"),
+            ("/DocumentReference?name=Smith", 400, "invalid"),
+            ("/Patient", 404, "not-found"),
+        ] {
+            let r = his.get(path).await.unwrap();
+            assert_eq!(r.status, status, "{path}: {}", String::from_utf8_lossy(&r.body));
+            assert_eq!(outcome_code(&r.json()), code, "{path}");
+        }
+        let r = his.send("DELETE", "/Binary/abc", &[], Vec::new()).await.unwrap();
+        assert_eq!(r.status, 405);
+        // Nothing stored, nothing on the ledger.
+        assert_eq!(gw.metric("medgate_vault_records"), Some(0.0));
+        assert_eq!(gw.metric("medgate_ledger_height"), None);
+        let ok = his.post_json("/", &good, &[]).await.unwrap();
+        assert_eq!(ok.status, 201, "the gateway still works after the refusals");
+    });
+    let log = gw.log_text();
+    assert!(!log.contains("MRN-000004"), "patient identifier in the log");
+}
+
+#[test]
+fn retried_creates_are_never_duplicated() {
+    let gw = Gw::new("idempotent");
+    let rt = rt();
+    rt.block_on(async {
+        let p = patient(5);
+        let bundle = sample_transaction(&p, "text/plain", b"note 1", None);
+        // Eight clients send the same request with the same key at once.
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let mut c = gw.client();
+            let b = bundle.clone();
+            tasks.push(tokio::spawn(async move { c.post_json("/", &b, &[("idempotency-key", "req-42")]).await.unwrap() }));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for t in tasks {
+            let r = t.await.unwrap();
+            match r.status {
+                // 202: the first request stored the record and is still anchoring it.
+                201 | 202 => {
+                    ids.insert(r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned());
+                }
+                409 => assert_eq!(outcome_code(&r.json()), "conflict"),
+                s => panic!("unexpected {s}: {}", String::from_utf8_lossy(&r.body)),
+            }
+        }
+        assert_eq!(ids.len(), 1, "{ids:?}");
+        let mut c = gw.client();
+        let again = c.post_json("/", &bundle, &[("idempotency-key", "req-42")]).await.unwrap();
+        assert_eq!(again.status, 201);
+        assert_eq!(again.json()["entry"][0]["resource"]["id"].as_str().unwrap(), ids.iter().next().unwrap());
+        // The same key from another request body is still the same request: the first answer.
+        assert_eq!(gw.metric("medgate_vault_records"), Some(1.0));
+
+        // Conditional create by masterIdentifier, without any key.
+        let m = sample_transaction(&p, "text/plain", b"note 2", Some(("urn:ietf:rfc:3986", "urn:oid:1.2.3.99")));
+        let first = c.post_json("/", &m, &[]).await.unwrap();
+        assert_eq!(first.status, 201);
+        let second = c.post_json("/", &m, &[]).await.unwrap();
+        assert_eq!(second.status, 200, "{}", String::from_utf8_lossy(&second.body));
+        assert_eq!(second.json()["entry"][0]["resource"]["id"], first.json()["entry"][0]["resource"]["id"]);
+        let clash = sample_transaction(&p, "text/plain", b"other content", Some(("urn:ietf:rfc:3986", "urn:oid:1.2.3.99")));
+        let r = c.post_json("/", &clash, &[]).await.unwrap();
+        assert_eq!(r.status, 409);
+        assert_eq!(outcome_code(&r.json()), "conflict");
+        assert_eq!(gw.metric("medgate_vault_records"), Some(2.0));
+    });
+}
+
+#[test]
+fn kill_9_during_a_stream_of_creates_loses_no_acknowledged_record() {
+    let mut gw = Gw::new("crash");
+    let rt = rt();
+    let acked: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let sent = rt.block_on(async {
+        let stop_at = Instant::now() + Duration::from_millis(1500);
+        let mut tasks = Vec::new();
+        for w in 0..4u32 {
+            let mut c = gw.client();
+            let acked = acked.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u32;
+                while Instant::now() < stop_at + Duration::from_secs(5) {
+                    n += 1;
+                    let data = format!("worker {w} record {n}").into_bytes();
+                    let key = format!("w{w}-n{n}");
+                    match c.post_json("/", &sample_transaction(&patient(100 + w), "text/plain", &data, None), &[("idempotency-key", &key)]).await {
+                        Ok(r) if r.status == 201 => {
+                            acked.lock().unwrap().push((r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned(), data));
+                        }
+                        Ok(r) => panic!("unexpected {}: {}", r.status, String::from_utf8_lossy(&r.body)),
+                        Err(_) => return n, // the gateway died under us
+                    }
+                }
+                n
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        gw.kill9();
+        let mut sent = 0;
+        for t in tasks {
+            sent += t.await.unwrap();
+        }
+        sent
+    });
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 20, "too few records before the kill: {}", acked.len());
+    gw.start();
+    rt.block_on(async {
+        let mut c = gw.client();
+        for (id, data) in &acked {
+            let r = c.get(&format!("/Binary/{id}")).await.unwrap();
+            assert_eq!(r.status, 200, "acknowledged record {id} lost after kill -9");
+            assert_eq!(r.body.as_ref(), data.as_slice());
+            let d = c.get(&format!("/DocumentReference/{id}")).await.unwrap().json();
+            assert!(receipt_of(&d).is_some(), "acknowledged record {id} has no ledger receipt after restart");
+        }
+    });
+    let records = gw.metric("medgate_vault_records").unwrap();
+    assert!(records >= acked.len() as f64 && records <= sent as f64, "records {records}, acked {}, sent {sent}", acked.len());
+    assert_eq!(gw.stop().code(), Some(0));
+    let (code, out, err) = gw.medgate(&["ledger", "verify", "--config", gw.site.config.to_str().unwrap(), "--public-key", gw.site.ledger_public_key.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ledger OK"), "{out}");
+}
+
+#[test]
+fn altered_ciphertext_and_altered_blocks_are_detected() {
+    let mut gw = Gw::new("tamper");
+    let rt = rt();
+    let (id, entry) = rt.block_on(async {
+        let mut c = gw.client();
+        let mut id = String::new();
+        let mut entry = String::new();
+        for n in 0..3 {
+            let r = c.post_json("/", &sample_transaction(&patient(6), "text/plain", format!("doc {n}").as_bytes(), None), &[]).await.unwrap();
+            assert_eq!(r.status, 201);
+            let doc = r.json()["entry"][0]["resource"].clone();
+            id = doc["id"].as_str().unwrap().to_owned();
+            let receipt: Value = serde_json::from_slice(&receipt_of(&doc).unwrap()).unwrap();
+            entry = receipt["entry"]["id"].as_str().unwrap().to_owned();
+        }
+        (id, entry)
+    });
+    assert_eq!(gw.stop().code(), Some(0));
+    let cfg = gw.site.config.to_str().unwrap().to_owned();
+
+    // A receipt, printed by the gateway's owner, checked by a third party with the public key only.
+    let (code, receipt, err) = gw.medgate(&["ledger", "proof", "--config", &cfg, &entry]);
+    assert_eq!(code, 0, "{err}");
+    let receipt_file = gw.site.dir.join("receipt.json");
+    std::fs::write(&receipt_file, &receipt).unwrap();
+    let key = gw.site.ledger_public_key.to_str().unwrap().to_owned();
+    let (code, out, err) = gw.medgate(&["ledger", "check-receipt", receipt_file.to_str().unwrap(), "--public-key", &key]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("receipt OK"), "{out}");
+    std::fs::write(&receipt_file, receipt.replacen("\"leaf_index\": 0", "\"leaf_index\": 1", 1).replacen("\"seq\": 3", "\"seq\": 4", 1)).unwrap();
+    let (code, _, err) = gw.medgate(&["ledger", "check-receipt", receipt_file.to_str().unwrap(), "--public-key", &key]);
+    assert_ne!(code, 0);
+    assert!(err.contains("does not verify"), "{err}");
+
+    // Flip one byte of one stored ciphertext.
+    {
+        let db = medgate::vault::Vault::open_db(&gw.site.dir.join("state")).unwrap();
+        let vault = medgate::vault::Vault::open(&db).unwrap();
+        let mut rec = vault.get(&id).unwrap().unwrap();
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut ct = b64.decode(&rec.doc_ct).unwrap();
+        ct[2] ^= 0x01;
+        rec.doc_ct = b64.encode(ct);
+        vault.put_raw(&id, &serde_json::to_vec(&rec).unwrap()).unwrap();
+
+        // And alter block 1: change one entry's time, keeping the rest as it was.
+        let store = medgate::chain::ChainStore::open(&db).unwrap();
+        let raw = store.raw_blocks().get(1u64.to_be_bytes()).unwrap().unwrap();
+        let text = String::from_utf8(raw.to_vec()).unwrap();
+        let at = text.find("\"time\":\"").unwrap() + 8;
+        let mut altered = text.into_bytes();
+        altered[at + 3] = if altered[at + 3] == b'7' { b'8' } else { b'7' };
+        store.raw_blocks().insert(1u64.to_be_bytes(), altered).unwrap();
+        db.flush().unwrap();
+    }
+    let (code, out, err) = gw.medgate(&["ledger", "verify", "--config", &cfg]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("FAILED at block 1"), "{err}");
+
+    gw.start();
+    rt.block_on(async {
+        let mut c = gw.client();
+        let r = c.get(&format!("/Binary/{id}")).await.unwrap();
+        assert_eq!(r.status, 500);
+        let body = r.json();
+        assert_eq!(outcome_code(&body), "exception");
+        assert!(!body.to_string().contains("doc 2"));
+    });
+    gw.wait_log("failed its integrity check");
+}

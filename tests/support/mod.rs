@@ -1,0 +1,128 @@
+//! Integration test fixture: a real hospital site (SoftHSM2 token, keys in the HSM, hospital CA,
+//! mutual TLS) with `medgate serve` running as a child process, as an operator would run it.
+//! There is no fallback: without SoftHSM2 the tests fail and say how to install it.
+
+#![allow(dead_code, reason = "each test binary uses a different part of the fixture")]
+#![allow(clippy::unwrap_used, reason = "test fixture")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use medgate::client::HisClient;
+use medgate::demo::{admin_get, stop_child, Site};
+
+/// SoftHSM reads SOFTHSM2_CONF when the module initialises, and site creation sets it for this
+/// process: one site is created at a time.
+static SITE_LOCK: Mutex<()> = Mutex::new(());
+
+pub fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_medgate"))
+}
+
+/// One hospital: its files in a temporary directory, and its gateway process.
+pub struct Gw {
+    pub site: Site,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Gw {
+    /// Creates a site; `edit` may change the configuration text before the gateway starts.
+    pub fn with_config(name: &str, edit: impl FnOnce(String) -> String) -> Gw {
+        let dir = tempfile::Builder::new().prefix(&format!("medgate-test-{name}-")).tempdir().unwrap();
+        let site = {
+            let _one = SITE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            Site::create(dir.path(), "hospital-a", &mut |_| {}).unwrap_or_else(|f| panic!("site: {}", f.message))
+        };
+        let text = std::fs::read_to_string(&site.config).unwrap();
+        std::fs::write(&site.config, edit(text)).unwrap();
+        let log = site.dir.join("medgate.log");
+        let mut gw = Gw { site, child: None, log, _dir: dir };
+        gw.start();
+        gw
+    }
+
+    pub fn new(name: &str) -> Gw {
+        Gw::with_config(name, |t| t)
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = self.site.spawn(&exe(), Some(&self.log)).unwrap_or_else(|f| panic!("start: {}\nlog:\n{}", f.message, self.log_text()));
+        self.child = Some(child);
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        stop_child(&mut c).unwrap()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let mut c = self.child.take().expect("running");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.as_ref().expect("running").id() as i32);
+        nix::sys::signal::kill(pid, sig).unwrap();
+    }
+
+    pub fn client(&self) -> HisClient {
+        self.site.his_client().unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A metric's value from /metrics (first sample whose line starts with `prefix`).
+    pub fn metric(&self, prefix: &str) -> Option<f64> {
+        let (_, text) = admin_get(self.site.admin_addr, "/metrics").unwrap();
+        text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    }
+
+    /// Runs `medgate ARGS` and returns (status, stdout, stderr).
+    pub fn medgate(&self, args: &[&str]) -> (i32, String, String) {
+        run_medgate(args, &self.site.softhsm_conf)
+    }
+
+    /// Waits until the log contains `text`.
+    pub fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log_text().contains(text) {
+            assert!(Instant::now() < deadline, "log never showed {text:?}:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn run_medgate(args: &[&str], softhsm_conf: &Path) -> (i32, String, String) {
+    let out = Command::new(exe()).args(args).env("SOFTHSM2_CONF", softhsm_conf).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// The base64 ledger receipt carried by a created DocumentReference, decoded.
+pub fn receipt_of(doc: &serde_json::Value) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let b64 = doc["extension"][0]["valueAttachment"]["data"].as_str()?;
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
