@@ -169,6 +169,8 @@ enum Kind {
     Int,
     Bool,
     StrList,
+    /// A string holding `IP:port`.
+    Addr,
     Table(&'static [(&'static str, Kind, bool)]),
 }
 
@@ -180,7 +182,7 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
     (
         "his",
         Kind::Table(&[
-            ("listen", Kind::Str, true),
+            ("listen", Kind::Addr, true),
             ("certificate", Kind::Str, true),
             ("client_ca", Kind::Str, true),
             ("crl", Kind::StrList, false),
@@ -189,7 +191,7 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
         ]),
         true,
     ),
-    ("admin", Kind::Table(&[("listen", Kind::Str, true)]), false),
+    ("admin", Kind::Table(&[("listen", Kind::Addr, true)]), false),
     (
         "ledger",
         Kind::Table(&[("mode", Kind::Str, false), ("batch_max_entries", Kind::Int, false), ("batch_max_delay_ms", Kind::Int, false)]),
@@ -209,6 +211,7 @@ fn check_shape(table: &toml::Table, schema: &[(&str, Kind, bool)], prefix: &str,
         let ok = match (kind, v) {
             (Kind::Str, toml::Value::String(_)) | (Kind::Int, toml::Value::Integer(_)) | (Kind::Bool, toml::Value::Boolean(_)) => true,
             (Kind::StrList, toml::Value::Array(a)) => a.iter().all(|x| x.is_str()),
+            (Kind::Addr, toml::Value::String(a)) => a.parse::<SocketAddr>().is_ok(),
             (Kind::Table(inner), toml::Value::Table(t)) => {
                 check_shape(t, inner, &key_path(k), out);
                 true
@@ -221,6 +224,7 @@ fn check_shape(table: &toml::Table, schema: &[(&str, Kind, bool)], prefix: &str,
                 Kind::Int => "an integer",
                 Kind::Bool => "true or false",
                 Kind::StrList => "a list of strings",
+                Kind::Addr => "an IP address and port such as \"127.0.0.1:8443\" or \"[::1]:8443\" (host names are not resolved)",
                 Kind::Table(_) => "a table",
             };
             out.push(Problem { key: key_path(k), reason: format!("must be {want}, found {}", v.type_str()) });
@@ -347,8 +351,11 @@ impl Config {
         if self.ledger.mode != "standalone" {
             p.push(Problem { key: "ledger.mode".into(), reason: format!("{:?} is not supported; use \"standalone\"", self.ledger.mode) });
         }
-        if !(1..=4096).contains(&self.ledger.batch_max_entries) {
-            p.push(Problem { key: "ledger.batch_max_entries".into(), reason: "must be between 1 and 4096".into() });
+        if !(1..=crate::ledger::MAX_BATCH_ENTRIES).contains(&self.ledger.batch_max_entries) {
+            p.push(Problem {
+                key: "ledger.batch_max_entries".into(),
+                reason: format!("must be between 1 and {} (the largest batch every gateway accepts)", crate::ledger::MAX_BATCH_ENTRIES),
+            });
         }
         if self.ledger.batch_max_delay_ms > 10_000 {
             p.push(Problem { key: "ledger.batch_max_delay_ms".into(), reason: "must be at most 10000".into() });
