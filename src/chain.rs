@@ -308,7 +308,22 @@ impl<O: Orderer> Writer<O> {
                 }
             }
             let entries: Vec<Entry> = group.iter().flat_map(|p| p.entries.iter().cloned()).collect();
-            match self.commit(entries).await {
+            // One request may bring more entries than a batch may hold: one block per chunk.
+            let mut committed = Ok(Vec::with_capacity(entries.len()));
+            for chunk in entries.chunks(self.policy.max_entries.max(1)) {
+                match self.commit(chunk.to_vec()).await {
+                    Ok(r) => {
+                        if let Ok(all) = committed.as_mut() {
+                            all.extend(r);
+                        }
+                    }
+                    Err(e) => {
+                        committed = Err(e);
+                        break;
+                    }
+                }
+            }
+            match committed {
                 Ok(receipts) => {
                     let mut it = receipts.into_iter();
                     for p in group {
