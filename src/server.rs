@@ -321,15 +321,23 @@ async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, mut stop: wa
     }
 }
 
+/// The watchdog interval systemd asked for, as sd_watchdog_enabled(3) reads it: WATCHDOG_USEC,
+/// for this process unless WATCHDOG_PID names another one.
+fn watchdog_usec() -> Option<u64> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    match std::env::var("WATCHDOG_PID").ok().map(|p| p.parse::<u32>()) {
+        Some(Ok(pid)) if pid != std::process::id() => None,
+        Some(Err(_)) => None,
+        _ => (usec > 0).then_some(usec),
+    }
+}
+
 /// Sends WATCHDOG=1 while the process can still do its job. A PKCS#11 module that hangs, or a
 /// store that fails, stops the pings and systemd restarts the service. An HSM that answers
 /// "unavailable" does not: the session pool recovers by itself when the device returns, and a
 /// restart could not log in either; it shows in STATUS= and /readyz instead.
 async fn watchdog(state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
-    let mut usec = 0u64;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
-        return;
-    }
+    let Some(usec) = watchdog_usec() else { return };
     let every = Duration::from_micros(usec / 3);
     let mut last_status = String::new();
     loop {
