@@ -168,6 +168,7 @@ listen = "{admin_addr}"
         std::fs::write(tls.join("hospital-ca.pem"), &ca_pem).map_err(io(&tls))?;
         let dn = crate::pki::parse_subject(&format!("CN=localhost,O={hospital}")).map_err(Failure::usage)?;
         let csr = crate::pki::csr_for_hsm_key(hsm.clone(), Role::Tls, dn, &["localhost".to_owned()]).map_err(|e| Failure::runtime(e.to_string()))?;
+        std::fs::write(tls.join("server.csr"), &csr).map_err(io(&tls))?;
         let server = ca.sign_server_csr(&csr, 365).map_err(|e| Failure::runtime(e.to_string()))?;
         std::fs::write(tls.join("server.pem"), server.pem()).map_err(io(&tls))?;
         hsm.import_certificate(Role::Tls, server.der(), &[]).map_err(Failure::hsm)?;
