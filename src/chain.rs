@@ -396,7 +396,7 @@ impl<O: Orderer> Writer<O> {
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(|e: TransactionError<()>| ChainError::Storage(format!("{e:?}")))?;
-        self.store.db.flush_async().await?;
+        crate::vault::flush(&self.store.db).await?;
         self.metrics.incr("ledger_batches");
         let n = block.batches[0].entries.len();
         (0..n)

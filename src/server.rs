@@ -121,7 +121,7 @@ impl Running {
             t.abort();
             let _ = t.await;
         }
-        match self.db.flush_async().await {
+        match crate::vault::flush(&self.db).await {
             Ok(_) => tracing::info!("store flushed"),
             Err(e) => tracing::error!(error = %e, "store flush at stop failed"),
         }

@@ -313,7 +313,7 @@ impl Vault {
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(|e: TransactionError<()>| VaultError::Storage(format!("{e:?}")))?;
-        self.db.flush_async().await?;
+        flush(&self.db).await?;
         Ok(())
     }
 
@@ -324,7 +324,7 @@ impl Vault {
             batch.insert(e.id.as_bytes(), serde_json::to_vec(e).map_err(|e| VaultError::Storage(e.to_string()))?);
         }
         self.outbox.apply_batch(batch)?;
-        self.db.flush_async().await?;
+        flush(&self.db).await?;
         Ok(())
     }
 
@@ -374,6 +374,19 @@ impl Vault {
         self.records.insert(id.as_bytes(), value)?;
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// Flushes the store to disk without blocking the async runtime.
+///
+/// sled 0.34's `flush_async` deadlocks when several flushes run at once (sled issue 1308: every
+/// sled I/O thread waits in `make_stable` and no future is ever woken; seen here under the load
+/// generator in a release build). A blocking `flush` on tokio's blocking pool does not.
+pub async fn flush(db: &sled::Db) -> Result<(), sled::Error> {
+    let db = db.clone();
+    match tokio::task::spawn_blocking(move || db.flush()).await {
+        Ok(r) => r.map(|_| ()),
+        Err(e) => Err(sled::Error::ReportableBug(format!("flush task: {e}"))),
     }
 }
 
