@@ -4,4 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# Every target compiles, benches included (the tests do not run them).
+cargo build --workspace --all-targets --locked
+# Smoke-run the load generator: a short run in which every request must be answered 201.
+timeout 300 cargo run --quiet --locked --bin medgate -- bench --records 40 --concurrency 1,8
 cargo test --workspace --locked

@@ -51,6 +51,18 @@ fn rate(threads: usize, f: impl Fn() + Sync) -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Runs `f` on this thread for the configured time (a raw PKCS#11 session is not `Sync`).
+fn rate_here(mut f: impl FnMut()) -> f64 {
+    let dur = seconds();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < dur {
+        f();
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
 fn main() {
     let dir = tempfile::Builder::new().prefix("medgate-bench").tempdir().expect("tempdir");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("softhsm-setup.sh");
@@ -99,23 +111,23 @@ fn main() {
         }
         t
     };
-    let raw_sign = rate(1, || {
+    let raw_sign = rate_here(|| {
         s.sign(&Mechanism::Ecdsa, sign_key, &[1u8; 32]).expect("sign");
     });
     let raw_wrap_only = {
         let obj = s.create_object(&dk_template(Some(&dk))).expect("create");
-        let r = rate(1, || {
+        let r = rate_here(|| {
             s.wrap_key(&Mechanism::AesKeyWrapPad, kek, obj).expect("wrap");
         });
         s.destroy_object(obj).expect("destroy");
         r
     };
-    let raw_wrap = rate(1, || {
+    let raw_wrap = rate_here(|| {
         let obj = s.create_object(&dk_template(Some(&dk))).expect("create");
         s.wrap_key(&Mechanism::AesKeyWrapPad, kek, obj).expect("wrap");
         s.destroy_object(obj).expect("destroy");
     });
-    let raw_unwrap = rate(1, || {
+    let raw_unwrap = rate_here(|| {
         let obj = s.unwrap_key(&Mechanism::AesKeyWrapPad, kek, &wrapped.bytes, &dk_template(None)).expect("unwrap");
         s.get_attributes(obj, &[cryptoki::object::AttributeType::Value]).expect("value");
         s.destroy_object(obj).expect("destroy");
