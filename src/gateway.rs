@@ -469,6 +469,40 @@ impl Gateway {
         Ok(fhir::searchset(events, self_link))
     }
 
+    /// Puts the security officer's key events (journalled by `medgate keys` in the state
+    /// directory) on the ledger. Each event's entry is derived from its journal line, so an
+    /// event already on the chain is recognised and not appended twice.
+    pub async fn anchor_key_events(&self, state_dir: &std::path::Path) -> Result<usize, String> {
+        let events = crate::keys::read_events(state_dir)?;
+        let mut todo = Vec::new();
+        for ev in events {
+            let line = serde_json::to_vec(&ev).map_err(|e| e.to_string())?;
+            let digest = Sha256::digest(&line);
+            let mut nonce = [0u8; 16];
+            nonce.copy_from_slice(&digest[..16]);
+            let officer: String = ev.officer.chars().map(|c| if c.is_ascii_alphanumeric() || "-._@".contains(c) { c } else { '_' }).take(128).collect();
+            let time = if ev.time.ends_with('Z') { ev.time.clone() } else { crate::keys::now_rfc3339() };
+            let entry = Entry::new(
+                &self.hospital,
+                &time,
+                nonce,
+                EntryBody::KeyEvent { action: ev.action, key_role: ev.role, key_version: ev.version, key_id: ev.key_id, officer },
+            );
+            if entry.validate().is_err() {
+                tracing::warn!(entry = %entry.id, "key event journal line does not make a valid ledger entry; skipped");
+                continue;
+            }
+            if self.ledger.store.location(&entry.id).map_err(|e| e.to_string())?.is_none() {
+                todo.push(entry);
+            }
+        }
+        let n = todo.len();
+        if n > 0 {
+            self.record_access(todo).await.map_err(|e| e.to_string())?;
+        }
+        Ok(n)
+    }
+
     /// Appends what the outbox holds (entries whose append failed earlier).
     pub async fn drain_outbox(&self) -> Result<usize, ChainError> {
         self.ledger.drain_outbox(&self.vault).await

@@ -84,6 +84,11 @@ impl Running {
         let sequencer = Sequencer::open(&db)?;
         let ledger = Ledger::start(cfg.gateway.hospital_id.clone(), &db, hsm.clone(), sequencer, vault.clone(), policy, metrics.clone()).await?;
         let gateway = Gateway::new(cfg.gateway.hospital_id.clone(), hsm.clone(), vault, ledger, metrics);
+        match gateway.anchor_key_events(&cfg.gateway.state_directory).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "key events from the officer's journal put on the ledger"),
+            Err(e) => tracing::warn!(error = %e, "key event journal not anchored; it will be retried at the next start"),
+        }
         let api = Arc::new(Api { gateway: gateway.clone(), max_body: cfg.his.max_body_bytes });
         let (stop_tx, stop_rx) = watch::channel(false);
         let his_addr = his.local_addr().map_err(|e| ServerError::Storage { path: "HIS listener".into(), reason: e.to_string() })?;

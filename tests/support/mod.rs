@@ -21,6 +21,14 @@ pub fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_medgate"))
 }
 
+/// A site with no gateway running (for the officer's commands).
+pub fn site(name: &str) -> (Site, tempfile::TempDir) {
+    let dir = tempfile::Builder::new().prefix(&format!("medgate-test-{name}-")).tempdir().unwrap();
+    let _one = SITE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let site = Site::create(dir.path(), "hospital-a", &mut |_| {}).unwrap_or_else(|f| panic!("site: {}", f.message));
+    (site, dir)
+}
+
 /// One hospital: its files in a temporary directory, and its gateway process.
 pub struct Gw {
     pub site: Site,

@@ -1,0 +1,122 @@
+//! The security officer's console, `medgate keys`, against a real SoftHSM2 token, checked with
+//! the tools officers already trust (OpenSSL, OpenSC).
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+mod support;
+
+use std::process::{Command, Stdio};
+
+use support::run_medgate;
+
+#[test]
+fn csr_signed_in_the_hsm_passes_openssl_verification() {
+    let (site, _dir) = support::site("csr");
+    let cfg = site.config.to_str().unwrap();
+    let out = site.dir.join("gw.csr");
+    let (code, _, err) = run_medgate(
+        &["keys", "--config", cfg, "csr", "--subject", "CN=gw.hospital-a.example,O=Hospital A", "--dns", "gw.hospital-a.example", "--out", out.to_str().unwrap()],
+        &site.softhsm_conf,
+    );
+    assert_eq!(code, 0, "{err}");
+    let v = Command::new("openssl").args(["req", "-verify", "-noout", "-text", "-in", out.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&v.stdout).into_owned() + &String::from_utf8_lossy(&v.stderr);
+    assert!(v.status.success(), "{text}");
+    assert!(text.contains("verify OK") || text.contains("Certificate request self-signature verify OK"), "{text}");
+    assert!(text.contains("gw.hospital-a.example"), "{text}");
+    // The CSR's public key is the HSM's active TLS key.
+    let (code, pem, _) = run_medgate(&["keys", "--config", cfg, "public-key", "--role", "tls"], &site.softhsm_conf);
+    assert_eq!(code, 0);
+    let csr_key = Command::new("openssl").args(["req", "-pubkey", "-noout", "-in", out.to_str().unwrap()]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&csr_key.stdout).trim(), pem.trim());
+}
+
+#[test]
+fn list_rotate_retire_destroy_and_the_key_event_journal() {
+    let (site, _dir) = support::site("lifecycle");
+    let cfg = site.config.to_str().unwrap();
+    let keys = |args: &[&str]| {
+        let mut all = vec!["keys", "--config", cfg];
+        all.extend_from_slice(args);
+        run_medgate(&all, &site.softhsm_conf)
+    };
+    let (code, json, err) = keys(&["list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 5, "{json}");
+    let (code, out, err) = keys(&["rotate", "--role", "kek"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("medgate-kek-v2"), "{out}");
+    let (_, table, _) = keys(&["list"]);
+    assert!(table.contains("medgate-kek-v1") && table.contains("medgate-kek-v2"), "{table}");
+    // The active version cannot be retired; the old one can.
+    let (code, _, err) = keys(&["retire", "--role", "kek", "--version", "2"]);
+    assert_ne!(code, 0, "retiring the active key must fail");
+    assert!(!err.is_empty());
+    let (code, _, err) = keys(&["retire", "--role", "kek", "--version", "1"]);
+    assert_eq!(code, 0, "{err}");
+    // destroy refuses without --yes when stdin is not a terminal, and changes nothing.
+    let out = Command::new(support::exe())
+        .args(["keys", "--config", cfg, "destroy", "--role", "kek", "--version", "1"])
+        .env("SOFTHSM2_CONF", &site.softhsm_conf)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, table, _) = keys(&["list"]);
+    assert!(table.contains("medgate-kek-v1"), "destroy without confirmation removed the key: {table}");
+    let (code, out, err) = keys(&["destroy", "--role", "kek", "--version", "1", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("destroyed"), "{out}");
+    let (_, table, _) = keys(&["list"]);
+    assert!(!table.contains("medgate-kek-v1"), "{table}");
+    // Every event is journalled with who, what and when.
+    let journal = std::fs::read_to_string(site.dir.join("state/key-events.jsonl")).unwrap();
+    let actions: Vec<String> = journal.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["action"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(actions, ["rotate", "retire", "destroy"], "{journal}");
+    assert!(journal.contains("\"officer\""));
+
+    // The gateway puts them on the ledger at start, once, however often it starts.
+    let count_key_events = || {
+        let db = medgate::vault::Vault::open_db(&site.dir.join("state")).unwrap();
+        let store = medgate::chain::ChainStore::open(&db).unwrap();
+        store.raw_blocks().iter().map(|kv| String::from_utf8_lossy(&kv.unwrap().1).matches("\"kind\":\"key_event\"").count()).sum::<usize>()
+    };
+    for _ in 0..2 {
+        let mut child = site.spawn(&support::exe(), Some(&site.dir.join("medgate.log"))).unwrap();
+        assert!(medgate::demo::stop_child(&mut child).unwrap().success());
+        assert_eq!(count_key_events(), 3);
+    }
+}
+
+#[test]
+fn a_wrong_pin_exits_77_and_does_not_burn_retries() {
+    let (site, _dir) = support::site("wrongpin");
+    let good = std::fs::read_to_string(site.dir.join("hsm-pin")).unwrap();
+    std::fs::write(site.dir.join("hsm-pin"), "000000000000").unwrap();
+    let cfg = site.config.to_str().unwrap();
+    let (code, out, err) = run_medgate(&["keys", "--config", cfg, "list"], &site.softhsm_conf);
+    assert_eq!(code, 77, "{out}{err}");
+    assert!(err.contains("PIN"), "{err}");
+    assert!(!err.contains("000000000000"), "the PIN was printed");
+    // One wrong attempt per run: the token is not locked, the right PIN still works.
+    std::fs::write(site.dir.join("hsm-pin"), good).unwrap();
+    let (code, _, err) = run_medgate(&["keys", "--config", cfg, "list"], &site.softhsm_conf);
+    assert_eq!(code, 0, "{err}");
+    // The gateway refuses to start with it too, with the same exit status.
+    std::fs::write(site.dir.join("hsm-pin"), "000000000000").unwrap();
+    let (code, _, err) = run_medgate(&["serve", "--config", cfg], &site.softhsm_conf);
+    assert_eq!(code, 77, "{err}");
+}
+
+#[test]
+fn an_unreadable_token_configuration_is_named() {
+    let (site, _dir) = support::site("tokendir");
+    let cfg = site.config.to_str().unwrap();
+    let missing = site.dir.join("no-such-softhsm2.conf");
+    let (code, _, err) = run_medgate(&["keys", "--config", cfg, "list"], &missing);
+    assert_ne!(code, 0);
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+}
