@@ -96,9 +96,8 @@ fn from_hsm(e: HsmError) -> FhirError {
 
 fn nonce() -> [u8; 16] {
     let mut n = [0u8; 16];
-    if let Ok(id) = hex::decode(vault::new_id()) {
-        n.copy_from_slice(&id[..16]);
-    }
+    // The system CSPRNG does not fail on Linux; a zero nonce would still give a valid entry.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut n);
     n
 }
 
@@ -204,15 +203,11 @@ impl Gateway {
                 match self.vault.claim(&key).map_err(from_vault)? {
                     Claim::New => master_keys.push(Some(key)),
                     Claim::Existing(IdemState::Stored { record_ids }) => {
-                        for k in master_keys.iter().flatten() {
-                            let _ = self.vault.release(k);
-                        }
+                        self.release_all(&master_keys);
                         return self.existing_master(&record_ids, d).await;
                     }
                     Claim::Existing(_) => {
-                        for k in master_keys.iter().flatten() {
-                            let _ = self.vault.release(k);
-                        }
+                        self.release_all(&master_keys);
                         return Err(FhirError::Conflict(
                             "a document with this masterIdentifier is being stored by another request; retry in a few seconds".into(),
                         ));
@@ -226,9 +221,7 @@ impl Gateway {
         let (records, entries) = match stored {
             Ok(v) => v,
             Err(e) => {
-                for k in master_keys.iter().flatten() {
-                    let _ = self.vault.release(k);
-                }
+                self.release_all(&master_keys);
                 return Err(e);
             }
         };
@@ -244,9 +237,7 @@ impl Gateway {
             }
         }
         if let Err(e) = self.vault.store(&records, &outbox, &idem).await {
-            for k in master_keys.iter().flatten() {
-                let _ = self.vault.release(k);
-            }
+            self.release_all(&master_keys);
             return Err(from_vault(e));
         }
         self.metrics.incr("records_stored");
@@ -265,6 +256,13 @@ impl Gateway {
             }
         }
         Ok(created)
+    }
+
+    /// Gives back conditional-create claims of a request that stored nothing.
+    fn release_all(&self, keys: &[Option<Vec<u8>>]) {
+        for k in keys.iter().flatten() {
+            let _ = self.vault.release(k);
+        }
     }
 
     async fn existing_master(&self, record_ids: &[String], doc: &DocumentSubmission) -> Result<Created, FhirError> {
