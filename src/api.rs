@@ -37,6 +37,8 @@ pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 pub struct Api {
     pub gateway: Gateway,
     pub max_body: usize,
+    /// Time a client has to send a whole request body.
+    pub body_timeout: std::time::Duration,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -132,13 +134,16 @@ fn check_fhir_json(req: &Request<Incoming>) -> Result<(), FhirError> {
     }
 }
 
-async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, FhirError> {
+async fn body(req: Request<Incoming>, limit: usize, timeout: std::time::Duration) -> Result<Bytes, FhirError> {
     if let Some(len) = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
         if len > limit as u64 {
             return Err(FhirError::TooLarge { limit });
         }
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect())
+        .await
+        .map_err(|_| FhirError::MalformedJson(format!("the request body did not arrive within {} s", timeout.as_secs())))?;
+    match collected {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(FhirError::TooLarge { limit }),
         Err(e) => Err(FhirError::MalformedJson(format!("the request body could not be read: {e}"))),
@@ -191,7 +196,7 @@ impl Api {
                         return Err(FhirError::BadParameter("header Idempotency-Key must be 1 to 256 characters".into()));
                     }
                 }
-                let bytes = body(req, self.max_body).await?;
+                let bytes = body(req, self.max_body, self.body_timeout).await?;
                 let single = route == "POST /DocumentReference";
                 let docs = if single { vec![fhir::parse_document_reference(&bytes)?] } else { fhir::parse_transaction(&bytes)? };
                 let created = gw.create(&caller, docs, idem.as_deref()).await?;

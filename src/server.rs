@@ -89,7 +89,11 @@ impl Running {
             Ok(n) => tracing::info!(events = n, "key events from the officer's journal put on the ledger"),
             Err(e) => tracing::warn!(error = %e, "key event journal not anchored; it will be retried at the next start"),
         }
-        let api = Arc::new(Api { gateway: gateway.clone(), max_body: cfg.his.max_body_bytes });
+        let api = Arc::new(Api {
+            gateway: gateway.clone(),
+            max_body: cfg.his.max_body_bytes,
+            body_timeout: Duration::from_secs(cfg.his.request_timeout_seconds),
+        });
         let (stop_tx, stop_rx) = watch::channel(false);
         let his_addr = his.local_addr().map_err(|e| ServerError::Storage { path: "HIS listener".into(), reason: e.to_string() })?;
         let admin_addr = admin.local_addr().map_err(|e| ServerError::Storage { path: "admin listener".into(), reason: e.to_string() })?;

@@ -377,3 +377,29 @@ fn altered_ciphertext_and_altered_blocks_are_detected() {
     });
     gw.wait_log("failed its integrity check");
 }
+
+#[test]
+fn the_his_listener_speaks_http2_too() {
+    use http_body_util::{BodyExt, Full};
+    let gw = Gw::new("h2");
+    let rt = rt();
+    rt.block_on(async {
+        let mut tls = (*gw.site.his_tls().unwrap()).clone();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(gw.site.his_addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.unwrap();
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        for _ in 0..3 {
+            let req = hyper::Request::get("https://localhost/metadata").body(Full::new(bytes::Bytes::new())).unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.version(), hyper::Version::HTTP_2);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["resourceType"], "CapabilityStatement");
+        }
+    });
+}
