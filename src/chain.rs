@@ -252,6 +252,11 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// Whether the writer task still takes entries.
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     /// Appends entries and waits until they are in a stored, flushed block.
     pub async fn append(&self, entries: Vec<Entry>) -> Result<Vec<Receipt>, ChainError> {
         let (reply, rx) = oneshot::channel();

@@ -80,7 +80,7 @@ fn from_vault(e: VaultError) -> FhirError {
     match e {
         VaultError::Integrity(id) => {
             tracing::error!(record = %id, "stored record failed its integrity check; not served");
-            FhirError::Internal(format!("record {id} failed its integrity check"))
+            FhirError::Integrity(id)
         }
         VaultError::Hsm(h) => from_hsm(h),
         other => internal(other),

@@ -262,7 +262,9 @@ impl AdminState {
             Ok(Err(e)) => h.store = Some(e.to_string()),
             Err(_) => h.store = Some("no flushed write within 5 s".into()),
         }
-        if let Err(e) = self.gateway.ledger.store.head() {
+        if !self.gateway.ledger.is_running() {
+            h.ledger = Some("the ledger writer has stopped".into());
+        } else if let Err(e) = self.gateway.ledger.store.head() {
             h.ledger = Some(e.to_string());
         }
         h

@@ -373,6 +373,7 @@ fn altered_ciphertext_and_altered_blocks_are_detected() {
         assert_eq!(r.status, 500);
         let body = r.json();
         assert_eq!(outcome_code(&body), "exception");
+        assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("failed its integrity check"), "{body}");
         assert!(!body.to_string().contains("doc 2"));
     });
     gw.wait_log("failed its integrity check");

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 /// | `Required`             | 422    | `required`      |
 /// | `Invalid`              | 422    | `invalid`       |
 /// | `UnsupportedType`      | 422    | `not-supported` |
+/// | `Integrity`            | 500    | `exception`     |
 /// | `Internal`             | 500    | `exception`     |
 /// | `Unavailable`          | 503    | `transient`     |
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,10 @@ pub enum FhirError {
     /// A fault inside the gateway; the text is logged but not sent to the HIS.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A stored record failed its integrity check (ciphertext, wrapped key or sealed metadata
+    /// altered); it is not served. Carries the record id.
+    #[error("record {0} failed its integrity check: its stored ciphertext, wrapped key or metadata was altered; it is not served")]
+    Integrity(String),
 }
 
 impl FhirError {
@@ -104,7 +109,7 @@ impl FhirError {
             FhirError::Required { .. }
             | FhirError::Invalid { .. }
             | FhirError::UnsupportedType { .. } => 422,
-            FhirError::Internal(_) => 500,
+            FhirError::Internal(_) | FhirError::Integrity(_) => 500,
             FhirError::Unavailable(_) => 503,
         }
     }
@@ -124,7 +129,7 @@ impl FhirError {
             FhirError::Forbidden(_) => "forbidden",
             FhirError::Conflict(_) => "conflict",
             FhirError::Unavailable(_) => "transient",
-            FhirError::Internal(_) => "exception",
+            FhirError::Internal(_) | FhirError::Integrity(_) => "exception",
         }
     }
 
