@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system packages that medgate's demo, tests and benchmarks need on Debian:
 # SoftHSM2 (the development HSM), OpenSC (pkcs11-tool, for officers' cross-checks), etcd
-# (the consortium ordering service), protoc (needed to build the etcd client), OpenSSL (to
-# verify signatures and CSRs the way a third party would).
+# (the consortium ordering service), protoc and the well-known .proto files (needed to build
+# the etcd client), OpenSSL (to verify signatures and CSRs the way a third party would).
 set -euo pipefail
-pkgs=(softhsm2 opensc etcd-server etcd-client protobuf-compiler openssl ca-certificates build-essential pkg-config)
+pkgs=(softhsm2 opensc etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl ca-certificates build-essential pkg-config)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

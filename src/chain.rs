@@ -19,7 +19,7 @@ use medgate_hsm::{Hsm, Role};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ledger::{Batch, Block, Entry, Receipt, UnsignedBatch};
+use crate::ledger::{Batch, Block, ChainState, Entry, Receipt, UnsignedBatch};
 use crate::metrics::Metrics;
 use crate::vault::Vault;
 
@@ -43,11 +43,13 @@ impl From<sled::Error> for ChainError {
     }
 }
 
-/// Puts signed batches into one total order.
-pub trait Orderer: Send + Sync + 'static {
-    /// Returns the batch's position in the order. Submitting the same batch again (same hash)
-    /// returns the same position and creates nothing new.
-    fn order(&self, batch_hash: [u8; 32]) -> Result<u64, ChainError>;
+/// How this gateway's batches get their place in the total order.
+#[derive(Debug, Clone)]
+pub enum Ordering {
+    /// The in-process sequencer: one hospital, no etcd.
+    Standalone(Sequencer),
+    /// The consortium's etcd cluster; blocks are cut by the follower from the ordered stream.
+    Consortium(Arc<crate::consortium::Link>),
 }
 
 /// The standalone orderer: a durable counter in the gateway's own sled database.
@@ -61,9 +63,9 @@ impl Sequencer {
     pub fn open(db: &sled::Db) -> Result<Sequencer, ChainError> {
         Ok(Sequencer { positions: db.open_tree("sequencer")?, meta: db.open_tree("sequencer_meta")? })
     }
-}
 
-impl Orderer for Sequencer {
+    /// The batch's position in the order. Submitting the same batch again (same hash) returns
+    /// the same position and creates nothing new.
     fn order(&self, batch_hash: [u8; 32]) -> Result<u64, ChainError> {
         let r = (&self.positions, &self.meta).transaction(|(pos, meta)| {
             if let Some(p) = pos.get(batch_hash)? {
@@ -205,6 +207,53 @@ impl ChainStore {
     fn next_seq(&self) -> Result<u64, ChainError> {
         Ok(self.meta.get(b"next_batch_seq")?.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))).unwrap_or(1))
     }
+
+    /// The state the stored chain leaves behind (consortium mode keeps it next to the chain).
+    pub fn state(&self) -> Result<ChainState, ChainError> {
+        match self.meta.get(b"chain_state")? {
+            None => Ok(ChainState::new()),
+            Some(v) => ChainState::from_bytes(&v).map_err(|e| ChainError::Format(format!("chain state: {e}"))),
+        }
+    }
+
+    /// Records a member's ledger public key (from the genesis list) so that verification finds it.
+    pub fn remember_member_key(&self, gateway: &str, version: u32, spki: &[u8]) -> Result<(), ChainError> {
+        self.remember_key(gateway, version, spki)
+    }
+
+    /// Stores a block with its indexes in one transaction, then flushes: the block, the location
+    /// of every entry of its valid batches, the patient audit index, the removal of this
+    /// gateway's entries from the outbox, and `meta` updates (sequence number, chain state).
+    pub(crate) async fn persist(&self, block: &Block, outbox: &sled::Tree, meta_updates: &[(&[u8], Vec<u8>)]) -> Result<(), ChainError> {
+        let height = block.height;
+        let bytes = block.to_bytes();
+        (&self.blocks, &self.locations, &self.by_patient, &self.meta, outbox)
+            .transaction(|(blocks, locs, pats, meta, out)| {
+                blocks.insert(&height.to_be_bytes(), bytes.as_slice())?;
+                for (bi, (b, valid)) in block.batches.iter().zip(&block.valid).enumerate() {
+                    if !*valid {
+                        continue;
+                    }
+                    for (ei, e) in b.entries.iter().enumerate() {
+                        let loc = Location { height, batch: bi as u32, entry: ei as u32 }.encode();
+                        locs.insert(e.id.as_bytes(), &loc)?;
+                        if let Some(p) = e.patient() {
+                            let mut k = format!("{p}/").into_bytes();
+                            k.extend_from_slice(&loc);
+                            pats.insert(k, &loc)?;
+                        }
+                        out.remove(e.id.as_bytes())?;
+                    }
+                }
+                for (k, v) in meta_updates {
+                    meta.insert(*k, v.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e: TransactionError<()>| ChainError::Storage(format!("{e:?}")))?;
+        crate::vault::flush(&self.db).await?;
+        Ok(())
+    }
 }
 
 struct Pending {
@@ -234,21 +283,24 @@ pub struct BatchPolicy {
 
 impl Ledger {
     /// Starts the writer task. Entries left in the vault's outbox by a crash are appended first.
-    pub async fn start<O: Orderer>(
+    /// Entries the outbox still holds are appended in the background by the caller's drain task
+    /// when this first attempt fails (the ordering service may be unreachable at start).
+    pub async fn start(
         gateway: String,
-        db: &sled::Db,
+        store: ChainStore,
         hsm: Arc<Hsm>,
-        orderer: O,
+        ordering: Ordering,
         vault: Vault,
         policy: BatchPolicy,
         metrics: Arc<Metrics>,
     ) -> Result<Ledger, ChainError> {
-        let store = ChainStore::open(db)?;
         let (tx, rx) = mpsc::channel::<Pending>(4096);
-        let writer = Writer { gateway, store: store.clone(), hsm, orderer, vault: vault.clone(), policy, metrics, keys: Mutex::new(HashMap::new()) };
+        let writer = Writer { gateway, store: store.clone(), hsm, ordering, vault: vault.clone(), policy, metrics, keys: Mutex::new(HashMap::new()) };
         tokio::spawn(writer.run(rx));
         let ledger = Ledger { tx, store };
-        ledger.drain_outbox(&vault).await?;
+        if let Err(e) = ledger.drain_outbox(&vault).await {
+            tracing::warn!(error = %e, outbox = vault.outbox_len(), "outbox entries not yet on the ledger; retrying in the background");
+        }
         Ok(ledger)
     }
 
@@ -286,18 +338,18 @@ impl Ledger {
     }
 }
 
-struct Writer<O> {
+struct Writer {
     gateway: String,
     store: ChainStore,
     hsm: Arc<Hsm>,
-    orderer: O,
+    ordering: Ordering,
     vault: Vault,
     policy: BatchPolicy,
     metrics: Arc<Metrics>,
     keys: Mutex<HashMap<u32, Vec<u8>>>,
 }
 
-impl<O: Orderer> Writer<O> {
+impl Writer {
     async fn run(self, mut rx: mpsc::Receiver<Pending>) {
         while let Some(first) = rx.recv().await {
             let mut group = vec![first];
@@ -359,9 +411,13 @@ impl<O: Orderer> Writer<O> {
     }
 
     async fn commit(&self, entries: Vec<Entry>) -> Result<Vec<Receipt>, ChainError> {
-        // Entries already on the chain (a retried outbox drain) are answered from the chain.
-        let seq = self.store.next_seq()?;
+        let seq = match &self.ordering {
+            Ordering::Standalone(_) => self.store.next_seq()?,
+            // The next number after this gateway's last valid batch on the ordered chain.
+            Ordering::Consortium(_) => self.store.state()?.last_seq(&self.gateway) + 1,
+        };
         let unsigned = UnsignedBatch::new(&self.gateway, seq, entries);
+        unsigned.check().map_err(|e| ChainError::Format(format!("batch refused before signing: {e}")))?;
         let digest = unsigned.signing_digest();
         let hsm = self.hsm.clone();
         let sig = tokio::task::spawn_blocking(move || hsm.sign_digest(Role::Ledger, &digest))
@@ -373,39 +429,36 @@ impl<O: Orderer> Writer<O> {
         batch
             .verify(&|g: &str, v: u32| if g == gw && v == sig.key_version { Some(spki.clone()) } else { None })
             .map_err(|e| ChainError::Format(format!("own batch does not verify: {e}")))?;
-        let position = self.orderer.order(batch.hash())?;
-        let (height, prev_hash) = match self.store.head()? {
-            None => (0, "0".repeat(64)),
-            Some((h, hash)) => (h + 1, hash),
-        };
-        let block = Block { height, prev_hash, order_position: position, batches: vec![batch], valid: vec![true] };
-        let bytes = block.to_bytes();
-        let s = &self.store;
-        let outbox = self.vault.outbox_tree();
-        (&s.blocks, &s.locations, &s.by_patient, &s.meta, outbox)
-            .transaction(|(blocks, locs, pats, meta, out)| {
-                blocks.insert(&height.to_be_bytes(), bytes.as_slice())?;
-                for (bi, b) in block.batches.iter().enumerate() {
-                    for (ei, e) in b.entries.iter().enumerate() {
-                        let loc = Location { height, batch: bi as u32, entry: ei as u32 }.encode();
-                        locs.insert(e.id.as_bytes(), &loc)?;
-                        if let Some(p) = e.patient() {
-                            let mut k = format!("{p}/").into_bytes();
-                            k.extend_from_slice(&loc);
-                            pats.insert(k, &loc)?;
-                        }
-                        out.remove(e.id.as_bytes())?;
-                    }
+        let n = batch.entries.len();
+        let (block, index) = match &self.ordering {
+            Ordering::Standalone(seq_orderer) => {
+                let position = seq_orderer.order(batch.hash())?;
+                let (height, prev_hash) = match self.store.head()? {
+                    None => (0, "0".repeat(64)),
+                    Some((h, hash)) => (h + 1, hash),
+                };
+                let block = Block { height, prev_hash, order_position: position, batches: vec![batch], valid: vec![true] };
+                self.store.persist(&block, self.vault.outbox_tree(), &[(b"next_batch_seq", (seq + 1).to_be_bytes().to_vec())]).await?;
+                (block, 0)
+            }
+            Ordering::Consortium(link) => {
+                let hash = batch.hash();
+                let waiter = link.landed.waiter();
+                link.submit(&batch).await.map_err(ChainError::Order)?;
+                let (height, valid) = waiter.wait(hash, link.land_timeout()).await.ok_or_else(|| {
+                    ChainError::Order("the ordering service took the batch but it was not seen in a block in time; its entries stay in the outbox".into())
+                })?;
+                if !valid {
+                    return Err(ChainError::Order(format!("batch {seq} was flagged invalid in block {height}; its entries stay in the outbox")));
                 }
-                meta.insert(b"next_batch_seq", &(seq + 1).to_be_bytes())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e: TransactionError<()>| ChainError::Storage(format!("{e:?}")))?;
-        crate::vault::flush(&self.store.db).await?;
+                let block = self.store.block(height)?.ok_or_else(|| ChainError::Storage(format!("block {height} missing")))?;
+                let index = block.batches.iter().position(|b| b.hash() == hash).ok_or_else(|| ChainError::Storage(format!("batch not in block {height}")))?;
+                (block, index)
+            }
+        };
         self.metrics.incr("ledger_batches");
-        let n = block.batches[0].entries.len();
         (0..n)
-            .map(|i| Receipt::for_entry(&block, 0, i).map_err(|e| ChainError::Format(e.to_string())))
+            .map(|i| Receipt::for_entry(&block, index, i).map_err(|e| ChainError::Format(e.to_string())))
             .collect()
     }
 }

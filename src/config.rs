@@ -27,6 +27,9 @@ pub struct Config {
     pub ledger: Ledger,
     #[serde(default)]
     pub dangerous: Dangerous,
+    /// Required when `ledger.mode = "consortium"`.
+    #[serde(default)]
+    pub consortium: Option<Consortium>,
     /// The file this came from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -105,6 +108,44 @@ impl Default for Ledger {
     }
 }
 
+/// The consortium ledger: the etcd ordering service and the founding members.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consortium {
+    /// etcd client endpoints, `IP:port` (TLS).
+    pub etcd_endpoints: Vec<String>,
+    /// PEM CA certificate(s) of the consortium CA: etcd servers and peer gateways must chain to it.
+    pub ca: PathBuf,
+    /// PEM chain issued by the consortium CA for this gateway's HSM `tls` key (the etcd client
+    /// certificate; its CN is the etcd user).
+    pub certificate: PathBuf,
+    /// etcd key prefix of this consortium's ledger.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// The founding members (genesis): every hospital whose batches are accepted, this one included.
+    #[serde(default)]
+    pub members: Vec<Member>,
+}
+
+/// A consortium member as the genesis names it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub hospital_id: String,
+    /// PEM public key of the member's ledger signing key.
+    pub ledger_public_key: PathBuf,
+    /// Version of that key (its label is `medgate-ledger-v<N>`).
+    #[serde(default = "default_key_version")]
+    pub ledger_key_version: u32,
+}
+
+fn default_prefix() -> String {
+    "/medgate/ledger".into()
+}
+fn default_key_version() -> u32 {
+    1
+}
+
 /// Settings that weaken a guarantee. Each one set is logged at WARN at start-up.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,6 +212,8 @@ enum Kind {
     StrList,
     /// A string holding `IP:port`.
     Addr,
+    /// An array of tables, each checked against the schema.
+    TableList(&'static [(&'static str, Kind, bool)]),
     Table(&'static [(&'static str, Kind, bool)]),
 }
 
@@ -198,6 +241,21 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
         false,
     ),
     ("dangerous", Kind::Table(&[("allow_no_crl", Kind::Bool, false), ("admin_on_all_interfaces", Kind::Bool, false)]), false),
+    (
+        "consortium",
+        Kind::Table(&[
+            ("etcd_endpoints", Kind::StrList, true),
+            ("ca", Kind::Str, true),
+            ("certificate", Kind::Str, true),
+            ("prefix", Kind::Str, false),
+            (
+                "members",
+                Kind::TableList(&[("hospital_id", Kind::Str, true), ("ledger_public_key", Kind::Str, true), ("ledger_key_version", Kind::Int, false)]),
+                false,
+            ),
+        ]),
+        false,
+    ),
 ];
 
 fn check_shape(table: &toml::Table, schema: &[(&str, Kind, bool)], prefix: &str, out: &mut Vec<Problem>) {
@@ -212,6 +270,15 @@ fn check_shape(table: &toml::Table, schema: &[(&str, Kind, bool)], prefix: &str,
             (Kind::Str, toml::Value::String(_)) | (Kind::Int, toml::Value::Integer(_)) | (Kind::Bool, toml::Value::Boolean(_)) => true,
             (Kind::StrList, toml::Value::Array(a)) => a.iter().all(|x| x.is_str()),
             (Kind::Addr, toml::Value::String(a)) => a.parse::<SocketAddr>().is_ok(),
+            (Kind::TableList(inner), toml::Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        toml::Value::Table(t) => check_shape(t, inner, &format!("{}[{i}]", key_path(k)), out),
+                        other => out.push(Problem { key: format!("{}[{i}]", key_path(k)), reason: format!("must be a table, found {}", other.type_str()) }),
+                    }
+                }
+                true
+            }
             (Kind::Table(inner), toml::Value::Table(t)) => {
                 check_shape(t, inner, &key_path(k), out);
                 true
@@ -226,6 +293,7 @@ fn check_shape(table: &toml::Table, schema: &[(&str, Kind, bool)], prefix: &str,
                 Kind::StrList => "a list of strings",
                 Kind::Addr => "an IP address and port such as \"127.0.0.1:8443\" or \"[::1]:8443\" (host names are not resolved)",
                 Kind::Table(_) => "a table",
+                Kind::TableList(_) => "an array of tables ([[...]])",
             };
             out.push(Problem { key: key_path(k), reason: format!("must be {want}, found {}", v.type_str()) });
         }
@@ -234,6 +302,32 @@ fn check_shape(table: &toml::Table, schema: &[(&str, Kind, bool)], prefix: &str,
         if *required && !table.contains_key(*name) {
             out.push(Problem { key: key_path(name), reason: "required but missing".into() });
         }
+    }
+}
+
+fn validate_consortium(c: &Consortium, me: &str, p: &mut Vec<Problem>) {
+    if c.etcd_endpoints.is_empty() {
+        p.push(Problem { key: "consortium.etcd_endpoints".into(), reason: "name at least one etcd endpoint".into() });
+    }
+    for (i, e) in c.etcd_endpoints.iter().enumerate() {
+        if e.parse::<SocketAddr>().is_err() {
+            p.push(Problem { key: format!("consortium.etcd_endpoints[{i}]"), reason: "must be IP:port, e.g. \"10.1.2.3:2379\"".into() });
+        }
+    }
+    check_readable_file(&c.ca, "consortium.ca", p);
+    check_readable_file(&c.certificate, "consortium.certificate", p);
+    if !c.prefix.starts_with('/') || c.prefix.ends_with('/') || c.prefix.len() < 2 {
+        p.push(Problem { key: "consortium.prefix".into(), reason: "must start with '/' and not end with one, e.g. \"/medgate/ledger\"".into() });
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, m) in c.members.iter().enumerate() {
+        if !seen.insert(m.hospital_id.as_str()) {
+            p.push(Problem { key: format!("consortium.members[{i}].hospital_id"), reason: format!("{} is listed twice", m.hospital_id) });
+        }
+        check_readable_file(&m.ledger_public_key, &format!("consortium.members[{i}].ledger_public_key"), p);
+    }
+    if !seen.contains(me) {
+        p.push(Problem { key: "consortium.members".into(), reason: format!("this gateway ({me}) is not a member; list it with its own ledger public key") });
     }
 }
 
@@ -348,8 +442,14 @@ impl Config {
                 reason: "not a loopback address; the admin listener has no TLS (set [dangerous] admin_on_all_interfaces = true to allow)".into(),
             });
         }
-        if self.ledger.mode != "standalone" {
-            p.push(Problem { key: "ledger.mode".into(), reason: format!("{:?} is not supported; use \"standalone\"", self.ledger.mode) });
+        match (self.ledger.mode.as_str(), &self.consortium) {
+            ("standalone", _) => {}
+            ("consortium", None) => p.push(Problem {
+                key: "consortium".into(),
+                reason: "ledger.mode = \"consortium\" needs a [consortium] table (etcd endpoints, CA, certificate, members)".into(),
+            }),
+            ("consortium", Some(c)) => validate_consortium(c, &self.gateway.hospital_id, &mut p),
+            (other, _) => p.push(Problem { key: "ledger.mode".into(), reason: format!("{other:?} is not a mode; use \"standalone\" or \"consortium\"") }),
         }
         if !(1..=crate::ledger::MAX_BATCH_ENTRIES).contains(&self.ledger.batch_max_entries) {
             p.push(Problem {

@@ -21,3 +21,4 @@ pub mod daemon;
 pub mod demo;
 pub mod verify;
 pub mod bench;
+pub mod consortium;

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::Api;
-use crate::chain::{BatchPolicy, Ledger, Sequencer};
+use crate::chain::{BatchPolicy, ChainStore, Ledger, Ordering, Sequencer};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
@@ -44,6 +44,8 @@ pub enum ServerError {
     Storage { path: String, reason: String },
     #[error("ledger: {0}")]
     Ledger(#[from] crate::chain::ChainError),
+    #[error("consortium: {0}")]
+    Consortium(String),
 }
 
 /// Tells systemd (when it started us) how things stand. A no-op outside systemd.
@@ -81,8 +83,19 @@ impl Running {
             max_entries: cfg.ledger.batch_max_entries,
             max_delay: Duration::from_millis(cfg.ledger.batch_max_delay_ms),
         };
-        let sequencer = Sequencer::open(&db)?;
-        let ledger = Ledger::start(cfg.gateway.hospital_id.clone(), &db, hsm.clone(), sequencer, vault.clone(), policy, metrics.clone()).await?;
+        let store = ChainStore::open(&db)?;
+        let mut tasks = Vec::new();
+        let (ordering, link) = match (&cfg.consortium, cfg.ledger.mode.as_str()) {
+            (Some(c), "consortium") => {
+                let (link, t) = crate::consortium::Link::start(c, &cfg.gateway.hospital_id, &hsm, store.clone(), vault.outbox_tree().clone(), metrics.clone())
+                    .await
+                    .map_err(ServerError::Consortium)?;
+                tasks.extend(t);
+                (Ordering::Consortium(link.clone()), Some(link))
+            }
+            _ => (Ordering::Standalone(Sequencer::open(&db)?), None),
+        };
+        let ledger = Ledger::start(cfg.gateway.hospital_id.clone(), store, hsm.clone(), ordering, vault.clone(), policy, metrics.clone()).await?;
         let gateway = Gateway::new(cfg.gateway.hospital_id.clone(), hsm.clone(), vault, ledger, metrics);
         match gateway.anchor_key_events(&cfg.gateway.state_directory).await {
             Ok(0) => {}
@@ -99,12 +112,12 @@ impl Running {
         let admin_addr = admin.local_addr().map_err(|e| ServerError::Storage { path: "admin listener".into(), reason: e.to_string() })?;
         let timeout = Duration::from_secs(cfg.his.request_timeout_seconds);
         let his_task = tokio::spawn(serve_his(his, tls.clone(), api, stop_rx.clone(), timeout));
-        let admin_state = Arc::new(AdminState { gateway: gateway.clone(), db: db.clone(), tls_files: tls_files.clone() });
-        let tasks = vec![
+        let admin_state = Arc::new(AdminState { gateway: gateway.clone(), db: db.clone(), tls_files: tls_files.clone(), link });
+        tasks.extend([
             tokio::spawn(serve_admin(admin, admin_state.clone(), stop_rx.clone())),
             tokio::spawn(drain_outbox(gateway.clone(), stop_rx.clone())),
             tokio::spawn(watchdog(admin_state, stop_rx)),
-        ];
+        ]);
         tracing::info!(%his_addr, %admin_addr, hospital = %cfg.gateway.hospital_id, "medgate gateway ready");
         Ok(Running { his_addr, admin_addr, gateway, db, hsm, tls_files, tls, stop_tx, tasks, his_task })
     }
@@ -219,6 +232,7 @@ struct AdminState {
     gateway: Gateway,
     db: sled::Db,
     tls_files: TlsFiles,
+    link: Option<Arc<crate::consortium::Link>>,
 }
 
 /// What `/readyz` and the watchdog check.
@@ -264,6 +278,8 @@ impl AdminState {
         }
         if !self.gateway.ledger.is_running() {
             h.ledger = Some("the ledger writer has stopped".into());
+        } else if let Some(why) = self.link.as_ref().and_then(|l| l.halted()) {
+            h.ledger = Some(why);
         } else if let Err(e) = self.gateway.ledger.store.head() {
             h.ledger = Some(e.to_string());
         }

@@ -1,0 +1,179 @@
+//! The consortium ledger: every gateway submits its signed batches to the consortium's etcd
+//! cluster, and every gateway follows etcd's ordered stream and cuts the same blocks from it.
+//!
+//! Boundary: [`Link`] is what the ledger writer sees (submit a batch, wait until it is in a
+//! block); [`follow`] turns the ordered stream into stored blocks; [`etcd`] talks to etcd.
+//! Blocks depend only on stream content (revision and batch bytes) and the genesis member keys,
+//! so every gateway that reads the same stream stores byte-identical blocks.
+//!
+//! Rules applied when cutting (deterministic, from stream content only): a batch counts only if
+//! its signature verifies with a member's key, it is next in its gateway's sequence, and none of
+//! its entries is already on the chain (a resubmitted outbox entry is not recorded twice).
+//! Batches that fail are kept in the block and flagged invalid.
+
+pub mod etcd;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::chain::{ChainError, ChainStore};
+use crate::ledger::Batch;
+use crate::metrics::Metrics;
+
+/// Where this gateway's own batches landed: batch hash → (block height, valid).
+#[derive(Debug, Default)]
+pub struct Landed {
+    seen: Mutex<HashMap<[u8; 32], (u64, bool)>>,
+    notify: Notify,
+}
+
+/// A registration to wait for one batch; take it before submitting so no landing is missed.
+#[derive(Debug)]
+pub struct Waiter<'a> {
+    landed: &'a Landed,
+}
+
+impl Landed {
+    pub fn waiter(&self) -> Waiter<'_> {
+        Waiter { landed: self }
+    }
+
+    fn record(&self, hash: [u8; 32], height: u64, valid: bool) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, (height, valid));
+        self.notify.notify_waiters();
+    }
+}
+
+impl Waiter<'_> {
+    /// Waits until the batch is in a stored block, at most `timeout`.
+    pub async fn wait(self, hash: [u8; 32], timeout: Duration) -> Option<(u64, bool)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.landed.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(v) = self.landed.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash) {
+                return Some(v);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// The writer's connection to the consortium.
+#[derive(Debug)]
+pub struct Link {
+    pub orderer: etcd::EtcdOrderer,
+    pub landed: Arc<Landed>,
+    /// Why the ordered stream stopped for good (compacted resume point, store failure), if it did.
+    pub halted: Mutex<Option<String>>,
+}
+
+impl Link {
+    pub fn halted(&self) -> Option<String> {
+        self.halted.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn halt(&self, why: String) {
+        tracing::error!(reason = %why, "consortium ledger halted: no new blocks until an operator acts");
+        *self.halted.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// Connects to etcd (lazily), records the genesis members' keys in the store, and starts
+    /// the stream reader and the follower. Returns the link and the two tasks.
+    pub async fn start(
+        cfg: &crate::config::Consortium,
+        me: &str,
+        hsm: &Arc<medgate_hsm::Hsm>,
+        store: ChainStore,
+        outbox: sled::Tree,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Arc<Link>, Vec<tokio::task::JoinHandle<()>>), String> {
+        for m in &cfg.members {
+            let spki = crate::verify::read_public_key(&m.ledger_public_key)?;
+            store.remember_member_key(&m.hospital_id, m.ledger_key_version, &spki).map_err(|e| e.to_string())?;
+        }
+        let orderer = etcd::EtcdOrderer::connect(cfg, me, hsm).await?;
+        let link = Arc::new(Link { orderer: orderer.clone(), landed: Arc::default(), halted: Mutex::new(None) });
+        let (tx, rx) = mpsc::channel(1024);
+        let (l1, l2) = (link.clone(), link.clone());
+        let follower_store = store.clone();
+        let (me, landed) = (me.to_owned(), link.landed.clone());
+        let follower = tokio::spawn(async move {
+            match follow(follower_store, outbox, me, rx, landed, metrics).await {
+                Ok(()) => {}
+                Err(e) => l1.halt(format!("storing blocks failed: {e}")),
+            }
+        });
+        let reader = tokio::spawn(async move {
+            let why = orderer.stream(store, tx).await;
+            l2.halt(why);
+        });
+        Ok((link, vec![follower, reader]))
+    }
+
+    pub async fn submit(&self, batch: &Batch) -> Result<u64, String> {
+        self.orderer.submit(batch).await
+    }
+
+    /// How long a submitted batch may take to come back through the stream.
+    pub fn land_timeout(&self) -> Duration {
+        Duration::from_secs(15)
+    }
+}
+
+/// Cuts a block for every batch of the ordered stream (revision, batch bytes), in order, and
+/// stores it. Revisions at or below the stored chain's position are skipped, so the stream may
+/// be replayed from any earlier point after a reconnection.
+pub async fn follow(
+    store: ChainStore,
+    outbox: sled::Tree,
+    me: String,
+    mut rx: mpsc::Receiver<(u64, Vec<u8>)>,
+    landed: Arc<Landed>,
+    metrics: Arc<Metrics>,
+) -> Result<(), ChainError> {
+    let mut state = store.state()?;
+    while let Some((revision, bytes)) = rx.recv().await {
+        if state.order_position().is_some_and(|p| revision <= p) {
+            continue;
+        }
+        let batch = match Batch::from_bytes(&bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                // Not representable in a block; every gateway skips the same bytes.
+                tracing::warn!(revision, error = %e, "undecodable batch in the ordered stream skipped");
+                metrics.incr("ledger_undecodable_batches");
+                continue;
+            }
+        };
+        let lookup = |gw: &str, v: u32| store.public_key(gw, v).ok().flatten();
+        let mut fresh = |b: &Batch| b.entries.iter().all(|e| matches!(store.location(&e.id), Ok(None)));
+        let mut next = state.clone();
+        let block = match next.cut(revision, vec![batch], &lookup, &mut fresh) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(revision, error = %e, "batch could not be cut into a block; skipped");
+                continue;
+            }
+        };
+        let mine = block.batches[0].gateway == me;
+        if !block.valid[0] {
+            metrics.incr("ledger_invalid_batches");
+            tracing::warn!(height = block.height, gateway = %block.batches[0].gateway, seq = block.batches[0].seq, "batch flagged invalid (signature, membership, sequence or duplicate entries)");
+        }
+        store
+            .persist(&block, &outbox, &[(b"chain_state", next.to_bytes()), (b"last_revision", revision.to_be_bytes().to_vec())])
+            .await?;
+        state = next;
+        if mine {
+            landed.record(block.batches[0].hash(), block.height, block.valid[0]);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! The etcd ordering service, reached over mutual TLS whose client key stays in the HSM.
+//!
+//! etcd-client's own TLS options take a PEM private key, so medgate builds the gRPC channel
+//! itself: a connector that dials the configured endpoints in turn (a dead member is skipped at
+//! the next connection; the crate does not eject it) and speaks TLS with rustls, signing with
+//! the HSM `tls` key through [`HsmSigningKey`]. HTTP/2 keepalive is 5 s (shorter made etcd drop
+//! idle streams), and every request requires a leader.
+//!
+//! Keys: `{prefix}/batches/{gateway}/{batch hash}` → the batch bytes. A submission is a Txn
+//! "put if absent": a retried submission whose first attempt did commit (a timed-out write may
+//! have) finds the key and creates nothing new. etcd's revision of the key is the batch's place
+//! in the total order. Per-gateway RBAC grants each gateway write on its own
+//! `{prefix}/batches/{gateway}/` and read on `{prefix}/batches/`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, Txn, TxnOp, TxnOpResponse, WatchOptions};
+use hyper_util::rt::TokioIo;
+use medgate_hsm::tls::HsmSigningKey;
+use medgate_hsm::Hsm;
+use rustls::pki_types::ServerName;
+use rustls::sign::CertifiedKey;
+use tokio::sync::mpsc;
+
+use crate::chain::ChainStore;
+use crate::config::Consortium;
+use crate::ledger::Batch;
+use crate::tls;
+
+/// Attempts per submission before the entries are left to the outbox.
+const SUBMIT_ATTEMPTS: u32 = 4;
+
+/// Presents the consortium certificate of the HSM's TLS key to etcd.
+#[derive(Debug)]
+struct ClientCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The mutual-TLS client configuration for etcd and peer gateways: trusts the consortium CA,
+/// presents the consortium certificate of the HSM `tls` key.
+pub fn client_tls(cfg: &Consortium, hsm: &Arc<Hsm>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in tls::load_certs(&cfg.ca).map_err(|e| e.to_string())? {
+        roots.add(ca).map_err(|e| format!("{}: {e}", cfg.ca.display()))?;
+    }
+    let chain = tls::load_certs(&cfg.certificate).map_err(|e| e.to_string())?;
+    let key = HsmSigningKey::new(hsm.clone()).map_err(|e| e.to_string())?;
+    let certified = CertifiedKey::new(chain, Arc::new(key));
+    certified
+        .keys_match()
+        .map_err(|e| format!("{}: not a certificate for the HSM's active tls key: {e}", cfg.certificate.display()))?;
+    let mut c = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(ClientCert(Arc::new(certified))));
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(c))
+}
+
+/// Submits this gateway's batches and reads the ordered stream.
+#[derive(Clone)]
+pub struct EtcdOrderer {
+    client: Client,
+    prefix: String,
+    gateway: String,
+}
+
+impl std::fmt::Debug for EtcdOrderer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdOrderer").field("prefix", &self.prefix).field("gateway", &self.gateway).finish_non_exhaustive()
+    }
+}
+
+impl EtcdOrderer {
+    /// Builds the client. Connections are made lazily: the gateway starts (and stores records,
+    /// answering 202) while etcd is unreachable.
+    pub async fn connect(cfg: &Consortium, gateway: &str, hsm: &Arc<Hsm>) -> Result<EtcdOrderer, String> {
+        let tls = client_tls(cfg, hsm)?;
+        let endpoints: Vec<SocketAddr> = cfg
+            .etcd_endpoints
+            .iter()
+            .map(|e| e.parse().map_err(|_| format!("consortium.etcd_endpoints: {e} is not IP:port")))
+            .collect::<Result<_, _>>()?;
+        let next = Arc::new(AtomicUsize::new(0));
+        let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
+            let (tls, endpoints, next) = (tls.clone(), endpoints.clone(), next.clone());
+            async move {
+                let start = next.fetch_add(1, AtomicOrdering::Relaxed);
+                let mut last = std::io::Error::other("no etcd endpoint configured");
+                for k in 0..endpoints.len() {
+                    let addr = endpoints[(start + k) % endpoints.len()];
+                    match dial(addr, tls.clone()).await {
+                        Ok(s) => return Ok::<_, std::io::Error>(TokioIo::new(s)),
+                        Err(e) => {
+                            tracing::debug!(%addr, error = %e, "etcd endpoint unreachable; trying the next");
+                            last = e;
+                        }
+                    }
+                }
+                Err(last)
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_static("http://etcd.consortium.invalid")
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_with_connector_lazy(connector);
+        let client = Client::from_channel(etcd_client::Channel::Tonic(channel), Some(ConnectOptions::new().with_require_leader(true)))
+            .await
+            .map_err(|e| format!("etcd client: {e}"))?;
+        Ok(EtcdOrderer { client, prefix: cfg.prefix.clone(), gateway: gateway.to_owned() })
+    }
+
+    fn batches_prefix(&self) -> String {
+        format!("{}/batches/", self.prefix)
+    }
+
+    /// Puts the batch in the order (idempotently) and returns its revision.
+    pub async fn submit(&self, batch: &Batch) -> Result<u64, String> {
+        let key = format!("{}{}/{}", self.batches_prefix(), self.gateway, hex::encode(batch.hash()));
+        let value = batch.to_bytes();
+        let mut last = String::new();
+        for attempt in 0..SUBMIT_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+            let txn = Txn::new()
+                .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.clone(), value.clone(), None)])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            match self.client.kv_client().txn(txn).await {
+                Ok(resp) if resp.succeeded() => {
+                    return resp.header().map(|h| h.revision() as u64).ok_or_else(|| "etcd answered without a header".to_owned());
+                }
+                Ok(resp) => {
+                    // Already there: an earlier attempt committed.
+                    for op in resp.op_responses() {
+                        if let TxnOpResponse::Get(g) = op {
+                            if let Some(kv) = g.kvs().first() {
+                                return Ok(kv.mod_revision() as u64);
+                            }
+                        }
+                    }
+                    last = "etcd reported the batch present but returned no revision".into();
+                }
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "batch submission to etcd failed");
+                    last = e.to_string();
+                }
+            }
+        }
+        Err(format!("the ordering service did not take the batch after {SUBMIT_ATTEMPTS} attempts: {last}"))
+    }
+
+    /// Feeds the ordered stream to the follower: every batch put under the prefix, with its
+    /// revision, from the revision after the stored chain's position. Reconnects and resumes
+    /// after any failure. Returns only when the resume point has been compacted away (the
+    /// gateway must then catch up from peers; it never skips ahead) or the follower stopped.
+    pub async fn stream(self, store: ChainStore, tx: mpsc::Sender<(u64, Vec<u8>)>) -> String {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let from = match store.state() {
+                Ok(s) => s.order_position().map_or(1, |p| p + 1),
+                Err(e) => return format!("chain state unreadable: {e}"),
+            };
+            let opts = WatchOptions::new().with_prefix().with_start_revision(from as i64);
+            let mut stream = match self.client.watch_client().watch(self.batches_prefix(), Some(opts)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, from, "cannot watch the ordered stream; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) => {
+                        if resp.compact_revision() > 0 && resp.canceled() {
+                            return format!(
+                                "the ordered stream was compacted up to revision {} before this gateway read revision {from}; catch up from peer gateways",
+                                resp.compact_revision()
+                            );
+                        }
+                        backoff = Duration::from_millis(100);
+                        for ev in resp.events() {
+                            if ev.event_type() != EventType::Put {
+                                continue;
+                            }
+                            if let Some(kv) = ev.kv() {
+                                if tx.send((kv.mod_revision() as u64, kv.value().to_vec())).await.is_err() {
+                                    return "the follower stopped".into();
+                                }
+                            }
+                        }
+                        if resp.canceled() {
+                            tracing::warn!(reason = resp.cancel_reason(), "etcd cancelled the watch; resuming");
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ordered stream interrupted; resuming");
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+async fn dial(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect {addr}")))??;
+    let _ = tcp.set_nodelay(true);
+    tokio_rustls::TlsConnector::from(tls).connect(ServerName::IpAddress(addr.ip().into()), tcp).await
+}
