@@ -410,7 +410,36 @@ impl Writer {
         Ok(spki)
     }
 
+    /// Appends entries, answering those already on the chain (an outbox drain racing the
+    /// request that first submitted them) from the chain, and each entry once even when it was
+    /// queued twice: a batch holding an entry that is already on the chain would be flagged
+    /// invalid, and with it every other entry in it.
     async fn commit(&self, entries: Vec<Entry>) -> Result<Vec<Receipt>, ChainError> {
+        let mut known: HashMap<String, Receipt> = HashMap::new();
+        let mut fresh = Vec::new();
+        for e in &entries {
+            if known.contains_key(&e.id) || fresh.iter().any(|f: &Entry| f.id == e.id) {
+                continue;
+            }
+            match self.store.receipt(&e.id)? {
+                Some(r) => {
+                    known.insert(e.id.clone(), r);
+                }
+                None => fresh.push(e.clone()),
+            }
+        }
+        if !fresh.is_empty() {
+            for r in self.commit_fresh(fresh).await? {
+                known.insert(r.entry.id.clone(), r);
+            }
+        }
+        entries
+            .iter()
+            .map(|e| known.get(&e.id).cloned().ok_or_else(|| ChainError::Format(format!("no receipt for entry {}", e.id))))
+            .collect()
+    }
+
+    async fn commit_fresh(&self, entries: Vec<Entry>) -> Result<Vec<Receipt>, ChainError> {
         let seq = match &self.ordering {
             Ordering::Standalone(_) => self.store.next_seq()?,
             // The next number after this gateway's last valid batch on the ordered chain.
