@@ -23,9 +23,14 @@ pub fn exe() -> PathBuf {
 
 /// A site with no gateway running (for the officer's commands).
 pub fn site(name: &str) -> (Site, tempfile::TempDir) {
+    site_for(name, "hospital-a")
+}
+
+/// A site of hospital `hospital` with no gateway running.
+pub fn site_for(name: &str, hospital: &str) -> (Site, tempfile::TempDir) {
     let dir = tempfile::Builder::new().prefix(&format!("medgate-test-{name}-")).tempdir().unwrap();
     let _one = SITE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let site = Site::create(dir.path(), "hospital-a", &mut |_| {}).unwrap_or_else(|f| panic!("site: {}", f.message));
+    let site = Site::create(dir.path(), hospital, &mut |_| {}).unwrap_or_else(|f| panic!("site: {}", f.message));
     (site, dir)
 }
 
@@ -55,6 +60,12 @@ impl Gw {
 
     pub fn new(name: &str) -> Gw {
         Gw::with_config(name, |t| t)
+    }
+
+    /// A gateway for a site made with [`site_for`], not started yet.
+    pub fn prepared(site: Site, dir: tempfile::TempDir) -> Gw {
+        let log = site.dir.join("medgate.log");
+        Gw { site, child: None, log, _dir: dir }
     }
 
     pub fn start(&mut self) {

@@ -1,0 +1,240 @@
+//! Three hospitals on one consortium ledger ordered by a real 3-member etcd cluster with mutual
+//! TLS: every gateway cuts the same blocks from the ordered stream, whatever fails.
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+mod support;
+#[path = "support/etcd.rs"]
+mod etcd;
+
+use std::time::{Duration, Instant};
+
+use etcd::EtcdCluster;
+use medgate::fhir::{sample_transaction, PatientId};
+use medgate::pki::TestCa;
+use support::{receipt_of, rt, Gw};
+
+const HOSPITALS: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
+
+struct Consortium {
+    etcd: EtcdCluster,
+    gws: Vec<Gw>,
+    _ca: TestCa,
+}
+
+fn patient(n: u32) -> PatientId {
+    PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: format!("C-{n:05}") }
+}
+
+/// A consortium CA, an etcd cluster it certifies, and three sites whose HSM TLS keys it certifies.
+fn consortium(name: &str) -> Consortium {
+    let ca = TestCa::new("Consortium CA").unwrap();
+    let etcd = EtcdCluster::start(3, &ca);
+    let sites: Vec<_> = HOSPITALS.iter().map(|h| support::site_for(&format!("{name}-{h}"), h)).collect();
+    let members: String = sites
+        .iter()
+        .map(|(s, _)| format!("[[consortium.members]]\nhospital_id = \"{}\"\nledger_public_key = \"{}\"\n", s.hospital, s.ledger_public_key.display()))
+        .collect();
+    let endpoints: Vec<String> = etcd.endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    let mut gws = Vec::new();
+    for (site, dir) in sites {
+        let csr = std::fs::read_to_string(site.dir.join("tls/server.csr")).unwrap();
+        std::fs::write(site.dir.join("tls/consortium.pem"), ca.sign_server_csr(&csr, 30).unwrap().pem()).unwrap();
+        std::fs::write(site.dir.join("tls/consortium-ca.pem"), ca.cert.pem()).unwrap();
+        let text = std::fs::read_to_string(&site.config).unwrap();
+        let text = format!(
+            "{text}\n[ledger]\nmode = \"consortium\"\n\n[consortium]\netcd_endpoints = [{}]\nca = \"{tls}/consortium-ca.pem\"\ncertificate = \"{tls}/consortium.pem\"\nprefix = \"/test/{name}\"\n\n{members}",
+            endpoints.join(", "),
+            tls = site.dir.join("tls").display(),
+        );
+        std::fs::write(&site.config, text).unwrap();
+        let mut gw = Gw::prepared(site, dir);
+        gw.start();
+        gws.push(gw);
+    }
+    Consortium { etcd, gws, _ca: ca }
+}
+
+/// Stores `n` documents at gateway `i`; returns the record ids (201 each).
+fn ingest(c: &Consortium, i: usize, n: u32, tag: &str) -> Vec<String> {
+    rt().block_on(async {
+        let mut his = c.gws[i].client();
+        let mut ids = Vec::new();
+        for k in 0..n {
+            let body = sample_transaction(&patient(k), "text/plain", format!("{tag} {k}").as_bytes(), None);
+            let r = his.post_json("/", &body, &[]).await.unwrap();
+            assert_eq!(r.status, 201, "{}\ngateway log:\n{}", String::from_utf8_lossy(&r.body), c.gws[i].log_text());
+            let doc = r.json()["entry"][0]["resource"].clone();
+            assert!(receipt_of(&doc).is_some());
+            ids.push(doc["id"].as_str().unwrap().to_owned());
+        }
+        ids
+    })
+}
+
+/// Waits until every gateway's ledger height equals `height`.
+fn converge(c: &Consortium, height: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let hs: Vec<Option<f64>> = c.gws.iter().map(|g| g.metric("medgate_ledger_height")).collect();
+        if hs.iter().all(|h| *h == Some(height)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "ledgers did not converge to height {height}: {hs:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops every gateway and returns each one's `ledger verify` verdict (with all members' keys).
+fn verify_all(c: &mut Consortium) -> Vec<String> {
+    let keys: Vec<String> = c.gws.iter().map(|g| g.site.ledger_public_key.display().to_string()).collect();
+    let mut heads = Vec::new();
+    for g in c.gws.iter_mut() {
+        if g.child.is_some() {
+            assert_eq!(g.stop().code(), Some(0));
+        }
+        let mut args = vec!["ledger", "verify", "--config", g.site.config.to_str().unwrap()];
+        for k in &keys {
+            args.extend(["--public-key", k.as_str()]);
+        }
+        let (code, out, err) = g.medgate(&args);
+        assert_eq!(code, 0, "{out}{err}");
+        heads.push(out.lines().next().unwrap().to_owned());
+    }
+    heads
+}
+
+#[test]
+fn three_hospitals_cut_the_same_chain_from_the_ordered_stream() {
+    let mut c = consortium("same");
+    let a = ingest(&c, 0, 5, "a");
+    let b = ingest(&c, 1, 3, "b");
+    let cc = ingest(&c, 2, 2, "c");
+    assert_eq!(a.len() + b.len() + cc.len(), 10);
+    // Ten batches (one create each, sequentially), heights 0..=9, at every gateway.
+    converge(&c, 9.0);
+    let heads = verify_all(&mut c);
+    assert!(heads[0].contains("10 entries"), "{heads:?}");
+    assert!(heads.iter().all(|h| h == &heads[0]), "chains differ: {heads:?}");
+}
+
+#[test]
+fn an_etcd_member_killed_during_ingest_loses_and_duplicates_nothing() {
+    let mut c = consortium("kill");
+    ingest(&c, 0, 2, "before");
+    let leader = c.etcd.wait_leader(Duration::from_secs(10));
+    c.etcd.kill(leader);
+    let during = ingest(&c, 0, 6, "during");
+    let other = ingest(&c, 1, 2, "during-b");
+    c.etcd.restart(leader);
+    converge(&c, 9.0);
+    let heads = verify_all(&mut c);
+    assert!(heads[0].contains("10 entries") && heads[0].contains("0 flagged invalid"), "{heads:?}");
+    assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
+    assert_eq!(during.len() + other.len(), 8);
+}
+
+#[test]
+fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
+    let mut c = consortium("quorum");
+    ingest(&c, 0, 1, "before");
+    c.etcd.kill(0);
+    c.etcd.kill(1);
+    let id = rt().block_on(async {
+        let mut his = c.gws[0].client();
+        let t = Instant::now();
+        let r = his.post_json("/", &sample_transaction(&patient(7), "text/plain", b"during the outage", None), &[]).await.unwrap();
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        assert!(t.elapsed() < Duration::from_secs(30), "the HIS waited {:?}", t.elapsed());
+        let doc = r.json()["entry"][0]["resource"].clone();
+        assert!(receipt_of(&doc).is_none());
+        // Stored and readable while the ledger waits.
+        let id = doc["id"].as_str().unwrap().to_owned();
+        let bin = his.get(&format!("/Binary/{id}")).await.unwrap();
+        assert_eq!(bin.body.as_ref(), b"during the outage");
+        id
+    });
+    assert!(c.gws[0].metric("medgate_outbox_entries").unwrap() >= 1.0);
+    c.etcd.restart(0);
+    c.etcd.restart(1);
+    // The outbox drain anchors the record: its DocumentReference gets a receipt.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    rt().block_on(async {
+        let mut his = c.gws[0].client();
+        loop {
+            let d = his.get(&format!("/DocumentReference/{id}")).await.unwrap().json();
+            if receipt_of(&d).is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the record was never anchored after quorum returned");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.gws[0].metric("medgate_outbox_entries") != Some(0.0) {
+        assert!(Instant::now() < deadline, "outbox not drained");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let h = c.gws[0].metric("medgate_ledger_height").unwrap();
+    converge(&c, h);
+    let heads = verify_all(&mut c);
+    assert!(heads.iter().all(|x| x == &heads[0]), "{heads:?}");
+}
+
+#[test]
+fn a_restarted_gateway_catches_up_to_the_same_head() {
+    let mut c = consortium("restart");
+    ingest(&c, 0, 2, "a");
+    c.gws[2].kill9();
+    ingest(&c, 0, 3, "a-while-c-is-down");
+    ingest(&c, 1, 2, "b-while-c-is-down");
+    c.gws[2].start();
+    converge(&c, 6.0);
+    let heads = verify_all(&mut c);
+    assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
+}
+
+#[test]
+fn a_batch_from_a_non_member_is_kept_and_flagged_invalid_everywhere() {
+    let mut c = consortium("forged");
+    ingest(&c, 0, 1, "a");
+    // A well-formed batch signed by a key no member has, put straight into the ordered stream.
+    let forged = forged_batch("hospital-x");
+    let key = "/test/forged/batches/hospital-x/forged";
+    let (code, out, err) = c.etcd.etcdctl(&["put", key, std::str::from_utf8(&forged).unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    ingest(&c, 1, 1, "b");
+    converge(&c, 2.0);
+    let heads = verify_all(&mut c);
+    assert!(heads[0].contains("1 flagged invalid"), "{heads:?}");
+    assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
+}
+
+/// A batch in the right format, signed by a fresh key that no member holds.
+fn forged_batch(gateway: &str) -> Vec<u8> {
+    use medgate::ledger::{Entry, EntryBody, UnsignedBatch};
+    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let entry = Entry::new(
+        gateway,
+        "2026-11-28T10:00:00Z",
+        [9; 16],
+        EntryBody::RecordAnchored {
+            record_id: "feedfeedfeedfeedfeedfeedfeedfeed".into(),
+            patient: "ab".repeat(32),
+            pseudonym_key_version: 1,
+            content_hash: "cd".repeat(32),
+            content_type: "text/plain".into(),
+            size: 4,
+            custodian: gateway.into(),
+            user: "ef".repeat(32),
+            role: "physician".into(),
+            purpose: "TREAT".into(),
+        },
+    );
+    let unsigned = UnsignedBatch::new(gateway, 1, vec![entry]);
+    let sig = key.sign(&rng, &unsigned.signing_message()).unwrap();
+    unsigned.sign(1, sig.as_ref()).to_bytes()
+}
