@@ -39,6 +39,15 @@ fn config_check_refuses_bad_configurations_with_file_key_and_reason() {
         ("port.toml", good.replacen(&gw.site.his_addr.to_string(), "127.0.0.1:0", 1), vec!["his.listen", "port 0"]),
         ("address.toml", good.replacen(&gw.site.his_addr.to_string(), "localhost:99999", 1), vec!["his.listen"]),
         ("syntax.toml", good.replace("[admin]", "[admin"), vec!["invalid TOML"]),
+        ("mode.toml", format!("{good}\n[ledger]\nmode = \"consortium\"\n"), vec!["consortium", "needs a [consortium] table"]),
+        (
+            "consortium.toml",
+            format!(
+                "{good}\n[ledger]\nmode = \"consortium\"\n[consortium]\netcd_endpoints = [\"etcd-1:2379\"]\nca = \"/nonexistent/ca.pem\"\ncertificate = \"/nonexistent/gw.pem\"\n[[consortium.members]]\nhospital_id = \"hospital-b\"\nledger_public_key = \"/nonexistent/b.pem\"\n"
+            ),
+            vec!["consortium.etcd_endpoints[0]", "consortium.ca", "consortium.certificate", "consortium.members[0].ledger_public_key", "is not a member"],
+        ),
+        ("members.toml", format!("{good}\n[consortium]\netcd_endpoints = []\nca = \"x\"\ncertificate = \"y\"\nmembers = [\"hospital-a\"]\n"), vec!["consortium.members[0]", "must be a table"]),
     ];
     for (name, text, wants) in cases {
         let (code, out, path) = check(name, &text);
