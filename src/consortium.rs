@@ -42,7 +42,14 @@ impl Landed {
     }
 
     fn record(&self, hash: [u8; 32], height: u64, valid: bool) {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, (height, valid));
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        // Landings nobody waits for any more (the writer gave up, the outbox took over) must not
+        // pile up over the years: only recent ones matter.
+        if seen.len() >= 4096 {
+            seen.clear();
+        }
+        seen.insert(hash, (height, valid));
+        drop(seen);
         self.notify.notify_waiters();
     }
 }
