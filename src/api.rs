@@ -161,6 +161,9 @@ fn route(method: &Method, path: &str) -> &'static str {
         ("GET", ["DocumentReference", _]) => "GET /DocumentReference/{id}",
         ("GET", ["Binary", _]) => "GET /Binary/{id}",
         ("GET", ["AuditEvent"]) => "GET /AuditEvent",
+        ("POST", ["Consent"]) => "POST /Consent",
+        ("PUT", ["Consent", _]) => "PUT /Consent/{id}",
+        ("GET", ["Consent"]) => "GET /Consent",
         _ => "other",
     }
 }
@@ -233,8 +236,26 @@ impl Api {
                 let link = format!("AuditEvent?{}", req.uri().query().unwrap_or(""));
                 Ok(json_response(200, &gw.audit(&caller, &patient, &link).await?))
             }
+            "POST /Consent" | "PUT /Consent/{id}" => {
+                let caller = caller(&req, client)?;
+                check_fhir_json(&req)?;
+                let bytes = body(req, self.max_body, self.body_timeout).await?;
+                let sub = fhir::parse_consent(&bytes)?;
+                let done = if route == "POST /Consent" { gw.record_consent(&caller, &sub).await? } else { gw.revoke_consent(&caller, &id, &sub).await? };
+                let mut r = json_response(done.status, &done.body);
+                if let Some(loc) = done.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+                    r.headers_mut().insert(LOCATION, loc);
+                }
+                Ok(r)
+            }
+            "GET /Consent" => {
+                let caller = caller(&req, client)?;
+                let patient = patient_param(&req)?;
+                let link = format!("Consent?{}", req.uri().query().unwrap_or(""));
+                Ok(json_response(200, &gw.consents(&caller, &patient, &link).await?))
+            }
             _ => {
-                let known = ["", "metadata", "DocumentReference", "Binary", "AuditEvent"];
+                let known = ["", "metadata", "DocumentReference", "Binary", "AuditEvent", "Consent"];
                 let first = path.split('/').next().unwrap_or("");
                 if known.contains(&first) {
                     Err(FhirError::MethodNotAllowed(format!("{} on /{}", req.method(), first)))

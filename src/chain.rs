@@ -19,7 +19,7 @@ use medgate_hsm::{Hsm, Role};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ledger::{Batch, Block, ChainState, Entry, Receipt, UnsignedBatch};
+use crate::ledger::{Batch, Block, ChainState, Entry, EntryBody, Receipt, UnsignedBatch};
 use crate::metrics::Metrics;
 use crate::vault::Vault;
 
@@ -114,6 +114,40 @@ pub struct ChainStore {
     by_patient: sled::Tree,
     meta: sled::Tree,
     keys: sled::Tree,
+    consents: sled::Tree,
+}
+
+/// A consent as the chain knows it (derived from consent entries of valid batches).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConsentState {
+    pub consent_id: String,
+    pub patient: String,
+    pub custodian: String,
+    pub grantee: String,
+    /// Empty: every record of the patient held by the custodian.
+    pub record_ids: Vec<String>,
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub active: bool,
+    /// Entry that recorded it, and the one that revoked it.
+    pub recorded_by: String,
+    pub revoked_by: Option<String>,
+}
+
+impl ConsentState {
+    /// Whether it lets `reader` read `record_id` at `time` (RFC 3339 UTC; such strings order
+    /// as their instants do when written the same way, which entry validation ensures).
+    pub fn permits(&self, reader: &str, record_id: &str, time: &str) -> bool {
+        self.active
+            && self.grantee == reader
+            && (self.record_ids.is_empty() || self.record_ids.iter().any(|r| r == record_id))
+            && self.start.as_deref().is_none_or(|s| s <= time)
+            && self.end.as_deref().is_none_or(|e| time <= e)
+    }
+}
+
+fn consent_key(patient: &str, consent_id: &str) -> Vec<u8> {
+    format!("{patient}/{consent_id}").into_bytes()
 }
 
 impl ChainStore {
@@ -125,6 +159,7 @@ impl ChainStore {
             by_patient: db.open_tree("audit_by_patient")?,
             meta: db.open_tree("chain_meta")?,
             keys: db.open_tree("ledger_public_keys")?,
+            consents: db.open_tree("consents")?,
         })
     }
 
@@ -216,6 +251,58 @@ impl ChainStore {
         }
     }
 
+    pub fn consent(&self, patient: &str, consent_id: &str) -> Result<Option<ConsentState>, ChainError> {
+        match self.consents.get(consent_key(patient, consent_id))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| ChainError::Format(format!("consent {consent_id}: {e}"))),
+        }
+    }
+
+    /// Every consent recorded for a patient pseudonym, active or not.
+    pub fn consents_for(&self, patient: &str) -> Result<Vec<ConsentState>, ChainError> {
+        let mut out = Vec::new();
+        for kv in self.consents.scan_prefix(format!("{patient}/").as_bytes()) {
+            let (_, v) = kv?;
+            out.push(serde_json::from_slice(&v).map_err(|e| ChainError::Format(format!("consent: {e}")))?);
+        }
+        Ok(out)
+    }
+
+    /// The entry rules every gateway applies to a batch before it counts (deterministic, from
+    /// the chain's own state): only the custodian records a consent for its patient, and a
+    /// consent id is recorded once; only the hospital that recorded a consent revokes it; a read
+    /// of another hospital's record is granted only under an active consent or as break-glass.
+    pub fn entry_rules_hold(&self, batch: &Batch) -> bool {
+        let mut recorded_here: HashMap<String, ConsentState> = HashMap::new();
+        for e in &batch.entries {
+            let ok = match &e.body {
+                EntryBody::ConsentRecorded { consent_id, patient, custodian, .. } => {
+                    *custodian == batch.gateway
+                        && !recorded_here.contains_key(consent_id)
+                        && matches!(self.consent(patient, consent_id), Ok(None))
+                }
+                EntryBody::ConsentRevoked { consent_id, patient, custodian, grantee, .. } => {
+                    let known = recorded_here.get(consent_id).cloned().or_else(|| self.consent(patient, consent_id).ok().flatten());
+                    *custodian == batch.gateway
+                        && known.is_some_and(|c| c.active && c.custodian == batch.gateway && c.grantee == *grantee)
+                }
+                EntryBody::RecordRead { record_id, patient, custodian, reader, purpose, granted: true, .. } if reader != custodian && purpose != "BTG" => {
+                    self.consents_for(patient).map(|cs| cs.iter().any(|c| c.custodian == *custodian && c.permits(reader, record_id, &e.time))).unwrap_or(false)
+                }
+                _ => true,
+            };
+            if !ok {
+                return false;
+            }
+            if let EntryBody::ConsentRecorded { consent_id, .. } = &e.body {
+                if let Some(c) = consent_from(e) {
+                    recorded_here.insert(consent_id.clone(), c);
+                }
+            }
+        }
+        true
+    }
+
     /// Records a member's ledger public key (from the genesis list) so that verification finds it.
     pub fn remember_member_key(&self, gateway: &str, version: u32, spki: &[u8]) -> Result<(), ChainError> {
         self.remember_key(gateway, version, spki)
@@ -227,8 +314,8 @@ impl ChainStore {
     pub(crate) async fn persist(&self, block: &Block, outbox: &sled::Tree, meta_updates: &[(&[u8], Vec<u8>)]) -> Result<(), ChainError> {
         let height = block.height;
         let bytes = block.to_bytes();
-        (&self.blocks, &self.locations, &self.by_patient, &self.meta, outbox)
-            .transaction(|(blocks, locs, pats, meta, out)| {
+        (&self.blocks, &self.locations, &self.by_patient, &self.meta, outbox, &self.consents)
+            .transaction(|(blocks, locs, pats, meta, out, cons)| {
                 blocks.insert(&height.to_be_bytes(), bytes.as_slice())?;
                 for (bi, (b, valid)) in block.batches.iter().zip(&block.valid).enumerate() {
                     if !*valid {
@@ -243,6 +330,24 @@ impl ChainStore {
                             pats.insert(k, &loc)?;
                         }
                         out.remove(e.id.as_bytes())?;
+                        match &e.body {
+                            EntryBody::ConsentRecorded { .. } => {
+                                if let Some(c) = consent_from(e) {
+                                    cons.insert(consent_key(&c.patient, &c.consent_id), serde_json::to_vec(&c).unwrap_or_default())?;
+                                }
+                            }
+                            EntryBody::ConsentRevoked { consent_id, patient, .. } => {
+                                let key = consent_key(patient, consent_id);
+                                if let Some(v) = cons.get(&key)? {
+                                    if let Ok(mut c) = serde_json::from_slice::<ConsentState>(&v) {
+                                        c.active = false;
+                                        c.revoked_by = Some(e.id.clone());
+                                        cons.insert(key, serde_json::to_vec(&c).unwrap_or_default())?;
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
                     }
                 }
                 for (k, v) in meta_updates {
@@ -253,6 +358,24 @@ impl ChainStore {
             .map_err(|e: TransactionError<()>| ChainError::Storage(format!("{e:?}")))?;
         crate::vault::flush(&self.db).await?;
         Ok(())
+    }
+}
+
+fn consent_from(e: &Entry) -> Option<ConsentState> {
+    match &e.body {
+        EntryBody::ConsentRecorded { consent_id, patient, custodian, grantee, record_ids, start, end, .. } => Some(ConsentState {
+            consent_id: consent_id.clone(),
+            patient: patient.clone(),
+            custodian: custodian.clone(),
+            grantee: grantee.clone(),
+            record_ids: record_ids.clone(),
+            start: start.clone(),
+            end: end.clone(),
+            active: true,
+            recorded_by: e.id.clone(),
+            revoked_by: None,
+        }),
+        _ => None,
     }
 }
 

@@ -7,8 +7,9 @@
 //! so every gateway that reads the same stream stores byte-identical blocks.
 //!
 //! Rules applied when cutting (deterministic, from stream content only): a batch counts only if
-//! its signature verifies with a member's key, it is next in its gateway's sequence, and none of
-//! its entries is already on the chain (a resubmitted outbox entry is not recorded twice).
+//! its signature verifies with a member's key, it is next in its gateway's sequence, none of its
+//! entries is already on the chain (a resubmitted outbox entry is not recorded twice), and its
+//! entries keep the consent rules ([`ChainStore::entry_rules_hold`]).
 //! Batches that fail are kept in the block and flagged invalid.
 
 pub mod etcd;
@@ -160,7 +161,7 @@ pub async fn follow(
             }
         };
         let lookup = |gw: &str, v: u32| store.public_key(gw, v).ok().flatten();
-        let mut fresh = |b: &Batch| b.entries.iter().all(|e| matches!(store.location(&e.id), Ok(None)));
+        let mut fresh = |b: &Batch| b.entries.iter().all(|e| matches!(store.location(&e.id), Ok(None))) && store.entry_rules_hold(b);
         let mut next = state.clone();
         let block = match next.cut(revision, vec![batch], &lookup, &mut fresh) {
             Ok(b) => b,

@@ -8,6 +8,7 @@
 //! produced here repeats a patient identifier value or document content.
 
 mod audit;
+mod consent;
 mod error;
 mod ingest;
 mod json;
@@ -16,6 +17,7 @@ mod resources;
 mod sample;
 
 pub use audit::{audit_event, AuditAction, AuditRecord};
+pub use consent::{consent_resource, parse_consent, ConsentSubmission};
 pub use error::{operation_outcome, FhirError};
 pub use ingest::{parse_document_reference, parse_transaction};
 pub use resources::{

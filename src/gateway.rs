@@ -19,8 +19,8 @@ use sha2::{Digest, Sha256};
 
 use crate::chain::{ChainError, Ledger};
 use crate::fhir::{
-    self, audit_event, document_reference_resource, AuditAction, AuditRecord, DocumentSubmission, FhirError, PatientId,
-    StoredDocument,
+    self, audit_event, document_reference_resource, AuditAction, AuditRecord, ConsentSubmission, DocumentSubmission, FhirError,
+    PatientId, StoredDocument,
 };
 use crate::ledger::{Entry, EntryBody, Receipt};
 use crate::metrics::Metrics;
@@ -501,6 +501,133 @@ impl Gateway {
         Ok(n)
     }
 
+    /// `POST /Consent` (status active): the patient lets `grantee` read their records held here.
+    /// Answers 201 once the consent entry is in a block, 202 while it waits in the outbox.
+    pub async fn record_consent(&self, caller: &Caller, sub: &ConsentSubmission) -> Result<Created, FhirError> {
+        if !caller.client.may_write() {
+            return Err(FhirError::Forbidden(format!("certificate role {:?} may not record consents", caller.client.role)));
+        }
+        if !sub.active {
+            return Err(FhirError::invalid("Consent.status", "to withdraw a consent, PUT /Consent/{id} with status 'inactive'"));
+        }
+        if sub.grantee == self.hospital {
+            return Err(FhirError::invalid("Consent.provision.actor[0]", "names this hospital; a consent grants access to another hospital"));
+        }
+        let (_, pseudonym) = self.patient_pseudonym(&sub.patient).await?;
+        let held = self.vault.records_for(&pseudonym).map_err(from_vault)?;
+        if held.is_empty() {
+            return Err(FhirError::invalid(
+                "Consent.patient",
+                "this hospital holds no record of the patient; a consent is recorded by the hospital that holds the records",
+            ));
+        }
+        for (i, id) in sub.record_ids.iter().enumerate() {
+            if !held.iter().any(|r| &r.id == id) {
+                return Err(FhirError::invalid(
+                    format!("Consent.provision.data[{i}].reference"),
+                    "is not a record of this patient held here",
+                ));
+            }
+        }
+        let user = self.user_pseudonym(caller).await?;
+        let consent_id = vault::new_id();
+        let entry = self.entry(EntryBody::ConsentRecorded {
+            consent_id: consent_id.clone(),
+            patient: pseudonym,
+            custodian: self.hospital.clone(),
+            grantee: sub.grantee.clone(),
+            record_ids: sub.record_ids.clone(),
+            start: sub.start.clone(),
+            end: sub.end.clone(),
+            user,
+            role: caller.role.clone(),
+        });
+        let receipt = self.anchor(entry).await?;
+        let status = if receipt.is_some() { 201 } else { 202 };
+        let body = fhir::consent_resource(&consent_id, sub, &self.hospital, receipt.map(|r| r.to_json()).as_ref());
+        Ok(Created { status, body, location: Some(format!("Consent/{consent_id}")) })
+    }
+
+    /// `PUT /Consent/{id}` with status inactive: withdraws a consent this hospital recorded.
+    /// Withdrawing one already withdrawn answers the same (a retried request is not an error).
+    pub async fn revoke_consent(&self, caller: &Caller, consent_id: &str, sub: &ConsentSubmission) -> Result<Created, FhirError> {
+        if !caller.client.may_write() {
+            return Err(FhirError::Forbidden(format!("certificate role {:?} may not withdraw consents", caller.client.role)));
+        }
+        if sub.active {
+            return Err(FhirError::invalid("Consent.status", "must be 'inactive' to withdraw; a consent is not changed in place"));
+        }
+        let (_, pseudonym) = self.patient_pseudonym(&sub.patient).await?;
+        let current = self
+            .ledger
+            .store
+            .consent(&pseudonym, consent_id)
+            .map_err(internal)?
+            .ok_or_else(|| FhirError::NotFound(format!("no consent {} for this patient", consent_id.chars().take(64).collect::<String>())))?;
+        if current.custodian != self.hospital {
+            return Err(FhirError::Forbidden("only the hospital that recorded a consent may withdraw it".into()));
+        }
+        if current.grantee != sub.grantee {
+            return Err(FhirError::invalid("Consent.provision.actor[0]", "does not match the grantee of the consent being withdrawn"));
+        }
+        let mut status = 200;
+        let mut receipt = None;
+        if current.active {
+            let user = self.user_pseudonym(caller).await?;
+            let entry = self.entry(EntryBody::ConsentRevoked {
+                consent_id: consent_id.to_owned(),
+                patient: pseudonym,
+                custodian: self.hospital.clone(),
+                grantee: current.grantee.clone(),
+                user,
+                role: caller.role.clone(),
+            });
+            receipt = self.anchor(entry).await?;
+            if receipt.is_none() {
+                status = 202;
+            }
+        }
+        let shown = ConsentSubmission { active: false, record_ids: current.record_ids, start: current.start, end: current.end, ..sub.clone() };
+        let body = fhir::consent_resource(consent_id, &shown, &self.hospital, receipt.map(|r| r.to_json()).as_ref());
+        Ok(Created { status, body, location: Some(format!("Consent/{consent_id}")) })
+    }
+
+    /// `GET /Consent?patient=`: every consent recorded for the patient, on any gateway.
+    pub async fn consents(&self, caller: &Caller, patient: &PatientId, self_link: &str) -> Result<Value, FhirError> {
+        self.may_read(caller)?;
+        let (_, pseudonym) = self.patient_pseudonym(patient).await?;
+        let list = self.ledger.store.consents_for(&pseudonym).map_err(internal)?;
+        let resources = list
+            .into_iter()
+            .map(|c| {
+                let sub = ConsentSubmission {
+                    active: c.active,
+                    patient: patient.clone(),
+                    grantee: c.grantee,
+                    record_ids: c.record_ids,
+                    start: c.start,
+                    end: c.end,
+                };
+                fhir::consent_resource(&c.consent_id, &sub, &c.custodian, None)
+            })
+            .collect();
+        Ok(fhir::searchset(resources, self_link))
+    }
+
+    /// Puts one entry on the ledger: durably in the outbox, then appended. `None` when the
+    /// ledger could not take it yet (it stays in the outbox).
+    async fn anchor(&self, entry: Entry) -> Result<Option<Receipt>, FhirError> {
+        entry.validate().map_err(internal)?;
+        self.vault.enqueue(std::slice::from_ref(&entry)).await.map_err(from_vault)?;
+        match self.ledger.append(vec![entry]).await {
+            Ok(mut r) => Ok(r.pop()),
+            Err(e) => {
+                tracing::warn!(error = %e, "entry waits in the outbox");
+                Ok(None)
+            }
+        }
+    }
+
     /// Appends what the outbox holds (entries whose append failed earlier).
     pub async fn drain_outbox(&self) -> Result<usize, ChainError> {
         self.ledger.drain_outbox(&self.vault).await
@@ -541,6 +668,20 @@ fn audit_record(e: &Entry, height: u64) -> Option<AuditRecord<'_>> {
         EntryBody::PatientSearched { user, role, purpose, .. } => {
             Some(AuditRecord { user, role, purpose, ..base(AuditAction::Search, true, None) })
         }
+        EntryBody::ConsentRecorded { user, role, grantee, .. } => Some(AuditRecord {
+            user,
+            role,
+            purpose: "PATRQT",
+            reason: Some(grantee),
+            ..base(AuditAction::ConsentGranted, true, None)
+        }),
+        EntryBody::ConsentRevoked { user, role, grantee, .. } => Some(AuditRecord {
+            user,
+            role,
+            purpose: "PATRQT",
+            reason: Some(grantee),
+            ..base(AuditAction::ConsentRevoked, true, None)
+        }),
         EntryBody::KeyEvent { .. } => None,
     }
 }

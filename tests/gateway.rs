@@ -404,3 +404,89 @@ fn the_his_listener_speaks_http2_too() {
         }
     });
 }
+
+#[test]
+fn consents_are_recorded_listed_withdrawn_and_audited() {
+    let gw = Gw::new("consent");
+    let rt = rt();
+    rt.block_on(async {
+        let mut his = gw.client();
+        let p = patient(8);
+        let mut ids = Vec::new();
+        for n in 0..2 {
+            let r = his.post_json("/", &sample_transaction(&p, "text/plain", format!("doc {n}").as_bytes(), None), &[]).await.unwrap();
+            assert_eq!(r.status, 201);
+            ids.push(r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned());
+        }
+        // `data: []` means "all records": FHIR JSON forbids empty arrays, so it is left out.
+        let consent = |status: &str, grantee: &str, data: Value| {
+            let mut c = json!({
+                "resourceType": "Consent", "status": status,
+                "patient": {"identifier": {"system": p.system, "value": p.value}},
+                "provision": {
+                    "type": "permit",
+                    "period": {"start": "2026-01-01T00:00:00Z", "end": "2030-01-01T00:00:00Z"},
+                    "actor": [{"reference": {"identifier": {"system": "urn:medgate:hospital", "value": grantee}}}]
+                }
+            });
+            if data.as_array().is_some_and(|a| !a.is_empty()) {
+                c["provision"]["data"] = data;
+            }
+            c
+        };
+        let one = json!([{"meaning": "instance", "reference": {"reference": format!("DocumentReference/{}", ids[0])}}]);
+        let r = his.post_json("/Consent", &consent("active", "hospital-b", one.clone()), &[]).await.unwrap();
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let created = r.json();
+        let cid = created["id"].as_str().unwrap().to_owned();
+        assert_eq!(r.headers["location"], format!("Consent/{cid}").as_str());
+        let key = medgate::verify::read_public_key(&gw.site.ledger_public_key).unwrap();
+        let receipt = medgate::verify::check_receipt(&receipt_of(&created).unwrap(), &key).unwrap();
+        assert!(!serde_json::to_string(&receipt).unwrap().contains("MRN-000008"), "identifier on the ledger");
+
+        // Refusals: a grant to this hospital itself, a record that is not the patient's, a
+        // patient with no record here, a withdrawal by POST.
+        for (body, path) in [
+            (consent("active", "hospital-a", one.clone()), "Consent.provision.actor[0]"),
+            (consent("active", "hospital-b", json!([{"reference": {"reference": "DocumentReference/00ff"}}])), "Consent.provision.data[0]"),
+            (consent("inactive", "hospital-b", one.clone()), "Consent.status"),
+        ] {
+            let r = his.post_json("/Consent", &body, &[]).await.unwrap();
+            assert_eq!(r.status, 422, "{path}: {}", String::from_utf8_lossy(&r.body));
+            assert!(r.json()["issue"][0]["diagnostics"].as_str().unwrap().contains(path), "{}", r.json());
+        }
+        let mut stranger = consent("active", "hospital-b", json!([]));
+        stranger["patient"]["identifier"]["value"] = json!("MRN-999999");
+        let r = his.post_json("/Consent", &stranger, &[]).await.unwrap();
+        assert_eq!(r.status, 422);
+        assert!(r.json()["issue"][0]["diagnostics"].as_str().unwrap().contains("holds no record of the patient"), "{}", r.json());
+
+        let q = query_escape(&p.canonical());
+        let list = his.get(&format!("/Consent?patient={q}")).await.unwrap().json();
+        assert_eq!(list["total"], 1);
+        assert_eq!(list["entry"][0]["resource"]["status"], "active");
+        assert_eq!(list["entry"][0]["resource"]["provision"]["data"][0]["reference"]["reference"], format!("DocumentReference/{}", ids[0]));
+
+        // Withdrawal: PUT with status inactive; a retry answers the same and adds nothing.
+        let put = |body: Value, id: String| {
+            let mut c = gw.client();
+            async move { c.send("PUT", &format!("/Consent/{id}"), &[("content-type", "application/fhir+json")], serde_json::to_vec(&body).unwrap()).await.unwrap() }
+        };
+        let r = put(consent("inactive", "hospital-b", json!([])), cid.clone()).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["status"], "inactive");
+        let height = gw.metric("medgate_ledger_height");
+        let again = put(consent("inactive", "hospital-b", json!([])), cid.clone()).await;
+        assert_eq!(again.status, 200);
+        assert_eq!(gw.metric("medgate_ledger_height"), height, "a retried withdrawal must not add an entry");
+        let unknown = put(consent("inactive", "hospital-b", json!([])), "0123456789abcdef".into()).await;
+        assert_eq!(unknown.status, 404);
+        let list = his.get(&format!("/Consent?patient={q}")).await.unwrap().json();
+        assert_eq!(list["entry"][0]["resource"]["status"], "inactive");
+
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let audit = his.get(&format!("/AuditEvent?patient={q}")).await.unwrap().json();
+        let codes: Vec<&str> = audit["entry"].as_array().unwrap().iter().map(|e| e["resource"]["subtype"][0]["code"].as_str().unwrap()).collect();
+        assert!(codes.contains(&"consent-granted") && codes.contains(&"consent-revoked"), "{codes:?}");
+    });
+}

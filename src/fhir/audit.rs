@@ -22,6 +22,10 @@ pub enum AuditAction {
     Read,
     /// A patient's records were searched for (ITI-67).
     Search,
+    /// A consent was recorded (access granted to another hospital).
+    ConsentGranted,
+    /// A consent was revoked.
+    ConsentRevoked,
 }
 
 /// One ledger entry about a patient, reduced to what an AuditEvent shows.
@@ -55,6 +59,8 @@ pub fn audit_event(r: &AuditRecord<'_>) -> Value {
         AuditAction::Create => ("C", "Create", ("ITI-65", "Provide Document Bundle")),
         AuditAction::Read => ("R", "Read", ("ITI-68", "Retrieve Document")),
         AuditAction::Search => ("E", "Query", ("ITI-67", "Find Document References")),
+        AuditAction::ConsentGranted => ("C", "Create", ("consent-granted", "Consent recorded")),
+        AuditAction::ConsentRevoked => ("U", "Update", ("consent-revoked", "Consent revoked")),
     };
     let mut entity = vec![json!({
         "what": {"identifier": {"system": PSEUDONYM_SYSTEM, "value": r.patient}},

@@ -132,7 +132,13 @@ pub fn capability_statement(version: &str, date: &str) -> Value {
                     "searchParam": [search_patient.clone()]
                 },
                 {"type": "Binary", "interaction": [{"code": "read"}]},
-                {"type": "AuditEvent", "interaction": [{"code": "search-type"}], "searchParam": [search_patient]}
+                {"type": "AuditEvent", "interaction": [{"code": "search-type"}], "searchParam": [search_patient.clone()]},
+                {
+                    "type": "Consent",
+                    "documentation": "POST records a patient's grant to another hospital (provision.actor: urn:medgate:hospital identifier; provision.data: DocumentReferences, or none for all; provision.period in UTC). PUT /Consent/{id} with status inactive withdraws it.",
+                    "interaction": [{"code": "create"}, {"code": "update"}, {"code": "search-type"}],
+                    "searchParam": [search_patient]
+                }
             ]
         }]
     })

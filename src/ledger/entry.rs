@@ -12,6 +12,8 @@ use super::LedgerError;
 
 /// Longest code field (hospital id, record id, role, purpose, ...), in bytes.
 const MAX_CODE_LEN: usize = 128;
+/// Most records one consent may list.
+const MAX_CONSENT_RECORDS: usize = 256;
 
 /// What happened. Serialized as an internally tagged object (`"kind": "record_anchored"`, ...).
 ///
@@ -79,6 +81,44 @@ pub enum EntryBody {
         purpose: String,
         /// Number of records found.
         results: u32,
+    },
+    /// A patient's consent, recorded by the custodian hospital that holds the records: the
+    /// grantee hospital may read them (all of the patient's records there, or those listed)
+    /// within the period.
+    ConsentRecorded {
+        /// Consent id (server-assigned code).
+        consent_id: String,
+        /// Patient pseudonym (64 lowercase hex).
+        patient: String,
+        /// Hospital id of the custodian that records the consent (the grantor).
+        custodian: String,
+        /// Hospital id allowed to read.
+        grantee: String,
+        /// Records covered; empty means every record of the patient held by the custodian.
+        record_ids: Vec<String>,
+        /// Start of the period, RFC 3339 UTC, if bounded.
+        start: Option<String>,
+        /// End of the period, RFC 3339 UTC, if bounded.
+        end: Option<String>,
+        /// Pseudonym of the user who recorded it.
+        user: String,
+        /// Role of that user.
+        role: String,
+    },
+    /// A consent withdrawn by the hospital that recorded it.
+    ConsentRevoked {
+        /// Consent id.
+        consent_id: String,
+        /// Patient pseudonym (64 lowercase hex).
+        patient: String,
+        /// Hospital id of the grantor.
+        custodian: String,
+        /// Hospital id that loses access.
+        grantee: String,
+        /// Pseudonym of the user who revoked it.
+        user: String,
+        /// Role of that user.
+        role: String,
     },
     /// An HSM key lifecycle event.
     KeyEvent {
@@ -234,6 +274,33 @@ impl Entry {
                 code("role", role)?;
                 code("purpose", purpose)?;
             }
+            EntryBody::ConsentRecorded { consent_id, patient, custodian, grantee, record_ids, start, end, user, role } => {
+                code("consent_id", consent_id)?;
+                patient_pseudonym(patient)?;
+                code("custodian", custodian)?;
+                code("grantee", grantee)?;
+                if record_ids.len() > MAX_CONSENT_RECORDS {
+                    return Err(bad("record_ids", "lists more than 256 records"));
+                }
+                for r in record_ids {
+                    code("record_ids", r)?;
+                }
+                for (field, t) in [("start", start), ("end", end)] {
+                    if t.as_deref().is_some_and(|t| !is_utc_time(t)) {
+                        return Err(bad(field, "not RFC 3339 UTC (YYYY-MM-DDTHH:MM:SS[.f]Z)"));
+                    }
+                }
+                user_pseudonym(user)?;
+                code("role", role)?;
+            }
+            EntryBody::ConsentRevoked { consent_id, patient, custodian, grantee, user, role } => {
+                code("consent_id", consent_id)?;
+                patient_pseudonym(patient)?;
+                code("custodian", custodian)?;
+                code("grantee", grantee)?;
+                user_pseudonym(user)?;
+                code("role", role)?;
+            }
             EntryBody::KeyEvent {
                 action,
                 key_role,
@@ -260,7 +327,9 @@ impl Entry {
         match &self.body {
             EntryBody::RecordAnchored { patient, .. }
             | EntryBody::RecordRead { patient, .. }
-            | EntryBody::PatientSearched { patient, .. } => Some(patient),
+            | EntryBody::PatientSearched { patient, .. }
+            | EntryBody::ConsentRecorded { patient, .. }
+            | EntryBody::ConsentRevoked { patient, .. } => Some(patient),
             EntryBody::KeyEvent { .. } => None,
         }
     }
@@ -271,7 +340,10 @@ impl Entry {
             EntryBody::RecordAnchored { record_id, .. } | EntryBody::RecordRead { record_id, .. } => {
                 Some(record_id)
             }
-            EntryBody::PatientSearched { .. } | EntryBody::KeyEvent { .. } => None,
+            EntryBody::PatientSearched { .. }
+            | EntryBody::KeyEvent { .. }
+            | EntryBody::ConsentRecorded { .. }
+            | EntryBody::ConsentRevoked { .. } => None,
         }
     }
 
@@ -357,6 +429,25 @@ impl EntryBody {
                 .str("role", role)
                 .str("purpose", purpose)
                 .u64("results", u64::from(*results)),
+            EntryBody::ConsentRecorded { consent_id, patient, custodian, grantee, record_ids, start, end, user, role } => o
+                .str("kind", "consent_recorded")
+                .str("consent_id", consent_id)
+                .str("patient", patient)
+                .str("custodian", custodian)
+                .str("grantee", grantee)
+                .array("record_ids", record_ids, |out, r| canon::write_str(out, r))
+                .opt_str("start", start.as_deref())
+                .opt_str("end", end.as_deref())
+                .str("user", user)
+                .str("role", role),
+            EntryBody::ConsentRevoked { consent_id, patient, custodian, grantee, user, role } => o
+                .str("kind", "consent_revoked")
+                .str("consent_id", consent_id)
+                .str("patient", patient)
+                .str("custodian", custodian)
+                .str("grantee", grantee)
+                .str("user", user)
+                .str("role", role),
             EntryBody::KeyEvent {
                 action,
                 key_role,

@@ -123,5 +123,34 @@ pub(super) fn one_of_each(gateway: &str) -> Vec<Entry> {
                 officer: "so-1".to_owned(),
             },
         ),
+        Entry::new(
+            gateway,
+            t,
+            nonce(5),
+            EntryBody::ConsentRecorded {
+                consent_id: "c-1".to_owned(),
+                patient: pseudonym("patient 1"),
+                custodian: gateway.to_owned(),
+                grantee: "hospital-b".to_owned(),
+                record_ids: vec!["rec-1".to_owned(), "rec-2".to_owned()],
+                start: Some(t.to_owned()),
+                end: None,
+                user: pseudonym("nurse"),
+                role: "nurse".to_owned(),
+            },
+        ),
+        Entry::new(
+            gateway,
+            t,
+            nonce(6),
+            EntryBody::ConsentRevoked {
+                consent_id: "c-1".to_owned(),
+                patient: pseudonym("patient 1"),
+                custodian: gateway.to_owned(),
+                grantee: "hospital-b".to_owned(),
+                user: pseudonym("nurse"),
+                role: "nurse".to_owned(),
+            },
+        ),
     ]
 }
