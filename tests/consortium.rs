@@ -238,3 +238,83 @@ fn forged_batch(gateway: &str) -> Vec<u8> {
     let sig = key.sign(&rng, &unsigned.signing_message()).unwrap();
     unsigned.sign(1, sig.as_ref()).to_bytes()
 }
+
+/// Signs a batch as `site`'s gateway with its own HSM ledger key (its gateway must be stopped).
+fn sign_as(site: &medgate::demo::Site, seq: u64, entries: Vec<medgate::ledger::Entry>) -> Vec<u8> {
+    support::with_softhsm(&site.softhsm_conf, || {
+        let pin = medgate_hsm::Pin::from_file(&site.dir.join("hsm-pin")).unwrap();
+        let cfg = medgate_hsm::HsmConfig { module: medgate::demo::SOFTHSM_MODULE.into(), token_label: medgate::demo::TOKEN.into(), pool_size: 1 };
+        let hsm = medgate_hsm::Hsm::open(cfg, pin).unwrap();
+        let unsigned = medgate::ledger::UnsignedBatch::new(&site.hospital, seq, entries);
+        let sig = hsm.sign_digest(medgate_hsm::Role::Ledger, &unsigned.signing_digest()).unwrap();
+        hsm.shutdown();
+        unsigned.sign(sig.key_version, &sig.raw).to_bytes()
+    })
+}
+
+#[test]
+fn only_the_hospital_that_recorded_a_consent_may_withdraw_it() {
+    use medgate::ledger::{Entry, EntryBody};
+    use serde_json::{json, Value};
+    let mut c = consortium("consent");
+    let p = patient(42);
+    // Hospital A holds a record of the patient and records the patient's consent for B.
+    let (consent_id, pseudonym) = rt().block_on(async {
+        let mut his = c.gws[0].client();
+        let r = his.post_json("/", &sample_transaction(&p, "text/plain", b"record at A", None), &[]).await.unwrap();
+        assert_eq!(r.status, 201);
+        let consent = json!({
+            "resourceType": "Consent", "status": "active",
+            "patient": {"identifier": {"system": p.system, "value": p.value}},
+            "provision": {"type": "permit", "actor": [{"reference": {"identifier": {"system": "urn:medgate:hospital", "value": "hospital-b"}}}]}
+        });
+        let r = his.post_json("/Consent", &consent, &[]).await.unwrap();
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let receipt: Value = serde_json::from_slice(&receipt_of(&r.json()).unwrap()).unwrap();
+        (r.json()["id"].as_str().unwrap().to_owned(), receipt["entry"]["body"]["patient"].as_str().unwrap().to_owned())
+    });
+    converge(&c, 1.0);
+    // Hospital B, a member with a valid key, signs a withdrawal of A's consent and submits it.
+    c.gws[1].stop();
+    let b = &c.gws[1].site;
+    let next_seq = {
+        let db = medgate::vault::Vault::open_db(&b.dir.join("state")).unwrap();
+        medgate::chain::ChainStore::open(&db).unwrap().state().unwrap().last_seq("hospital-b") + 1
+    };
+    let forged = Entry::new(
+        "hospital-b",
+        "2026-11-28T12:00:00Z",
+        [7; 16],
+        EntryBody::ConsentRevoked {
+            consent_id: consent_id.clone(),
+            patient: pseudonym.clone(),
+            custodian: "hospital-b".into(),
+            grantee: "hospital-b".into(),
+            user: "aa".repeat(32),
+            role: "clerk".into(),
+        },
+    );
+    let batch = sign_as(b, next_seq, vec![forged]);
+    let key = format!("/test/consent/batches/hospital-b/{}", "f".repeat(64));
+    let (code, out, err) = c.etcd.etcdctl(&["put", &key, std::str::from_utf8(&batch).unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    c.gws[1].start();
+    converge(&c, 2.0);
+    // A still sees its consent active.
+    rt().block_on(async {
+        let mut his = c.gws[0].client();
+        let list = his.get(&format!("/Consent?patient={}", medgate::client::query_escape(&p.canonical()))).await.unwrap().json();
+        assert_eq!(list["entry"][0]["resource"]["status"], "active", "{list}");
+    });
+    let heads = verify_all(&mut c);
+    assert!(heads[0].contains("1 flagged invalid"), "{heads:?}");
+    assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
+    // Every gateway's derived state agrees: the consent is active everywhere.
+    for g in &c.gws {
+        let db = medgate::vault::Vault::open_db(&g.site.dir.join("state")).unwrap();
+        let store = medgate::chain::ChainStore::open(&db).unwrap();
+        let state = store.consent(&pseudonym, &consent_id).unwrap().unwrap_or_else(|| panic!("{} does not know the consent", g.site.hospital));
+        assert!(state.active, "{}: {state:?}", g.site.hospital);
+        assert_eq!(state.custodian, "hospital-a");
+    }
+}

@@ -21,6 +21,14 @@ pub fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_medgate"))
 }
 
+/// Runs `f` with this process's SoftHSM configuration pointing at `conf` (SoftHSM reads it when
+/// the module initialises), one at a time with site creation.
+pub fn with_softhsm<T>(conf: &Path, f: impl FnOnce() -> T) -> T {
+    let _one = SITE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    std::env::set_var("SOFTHSM2_CONF", conf);
+    f()
+}
+
 /// A site with no gateway running (for the officer's commands).
 pub fn site(name: &str) -> (Site, tempfile::TempDir) {
     site_for(name, "hospital-a")
