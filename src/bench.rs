@@ -23,7 +23,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 pub fn run(records: usize, levels: &[usize], size: usize) -> Result<(), Failure> {
-    if records == 0 || levels.iter().any(|c| *c == 0) || size == 0 {
+    if records == 0 || levels.contains(&0) || size == 0 {
         return Err(Failure::usage("records, every concurrency level and size must be at least 1"));
     }
     let dir = tempfile::Builder::new().prefix("medgate-bench").tempdir().map_err(|e| Failure::runtime(e.to_string()))?;

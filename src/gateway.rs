@@ -61,6 +61,9 @@ pub struct Document {
     pub bytes: zeroize::Zeroizing<Vec<u8>>,
 }
 
+/// SHA-256 of the pseudonymised input → (pseudonym key version, pseudonym).
+type PseudonymCache = HashMap<[u8; 32], (u32, String)>;
+
 /// The service: HSM, vault, ledger, metrics. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Gateway {
@@ -69,7 +72,7 @@ pub struct Gateway {
     pub vault: Vault,
     pub ledger: Ledger,
     pub metrics: Arc<Metrics>,
-    pseudonyms: Arc<Mutex<HashMap<[u8; 32], (u32, String)>>>,
+    pseudonyms: Arc<Mutex<PseudonymCache>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> FhirError {

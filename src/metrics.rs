@@ -16,6 +16,9 @@ struct Histogram {
     count: u64,
 }
 
+/// A gauge family read at scrape time: name, help text, and (labels, value) samples.
+pub type Gauge<'a> = (&'a str, &'a str, Vec<(String, f64)>);
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
@@ -49,7 +52,7 @@ impl Metrics {
     }
 
     /// Renders the counters, then the given gauges (name, help, value).
-    pub fn render(&self, gauges: &[(&str, &str, Vec<(String, f64)>)]) -> String {
+    pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP medgate_http_requests_total HIS requests by route and status.");
         let _ = writeln!(out, "# TYPE medgate_http_requests_total counter");

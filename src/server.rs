@@ -288,7 +288,7 @@ impl AdminState {
 
     fn metrics(&self) -> String {
         let st = self.gateway.hsm.stats();
-        let mut gauges: Vec<(&str, &str, Vec<(String, f64)>)> = vec![
+        let mut gauges: Vec<crate::metrics::Gauge<'_>> = vec![
             ("medgate_hsm_operations_total", "HSM operations by kind.", st.ops.iter().map(|(k, n)| (format!("op=\"{k}\""), *n as f64)).collect()),
             ("medgate_hsm_errors_total", "HSM errors by kind.", st.errors.iter().map(|(k, n)| (format!("kind=\"{k}\""), *n as f64)).collect()),
             ("medgate_hsm_pkcs11_calls_total", "PKCS#11 calls made.", vec![(String::new(), st.pkcs11_calls as f64)]),

@@ -529,7 +529,7 @@ fn decode_document(data: &str, at: &str) -> Result<Vec<u8>, FhirError> {
 
 fn check_declared_size(declared: Option<u64>, actual: usize, attachment_at: &str) -> Result<(), FhirError> {
     match declared {
-        Some(size) if u64::try_from(actual).map_or(true, |a| a != size) => Err(FhirError::invalid(
+        Some(size) if u64::try_from(actual) != Ok(size) => Err(FhirError::invalid(
             child(attachment_at, "size"),
             format!("declares {size} bytes but the document has {actual}"),
         )),
