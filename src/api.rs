@@ -50,6 +50,13 @@ fn json_response(status: u16, body: &Value) -> Resp {
     r
 }
 
+fn with_location(mut r: Resp, location: Option<String>) -> Resp {
+    if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        r.headers_mut().insert(LOCATION, loc);
+    }
+    r
+}
+
 /// The one mapping of a refusal to HTTP: OperationOutcome, status from the error, full text to the
 /// log (internal details never to the client).
 pub fn error_response(e: &FhirError) -> Resp {
@@ -205,11 +212,7 @@ impl Api {
                 let created = gw.create(&caller, docs, idem.as_deref()).await?;
                 // A single create answers with the resource itself, a transaction with the Bundle.
                 let body = if single { created.body["entry"][0]["resource"].clone() } else { created.body.clone() };
-                let mut r = json_response(created.status, &body);
-                if let Some(loc) = created.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
-                    r.headers_mut().insert(LOCATION, loc);
-                }
-                Ok(r)
+                Ok(with_location(json_response(created.status, &body), created.location))
             }
             "GET /DocumentReference" => {
                 let caller = caller(&req, client)?;
@@ -242,11 +245,7 @@ impl Api {
                 let bytes = body(req, self.max_body, self.body_timeout).await?;
                 let sub = fhir::parse_consent(&bytes)?;
                 let done = if route == "POST /Consent" { gw.record_consent(&caller, &sub).await? } else { gw.revoke_consent(&caller, &id, &sub).await? };
-                let mut r = json_response(done.status, &done.body);
-                if let Some(loc) = done.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
-                    r.headers_mut().insert(LOCATION, loc);
-                }
-                Ok(r)
+                Ok(with_location(json_response(done.status, &done.body), done.location))
             }
             "GET /Consent" => {
                 let caller = caller(&req, client)?;

@@ -384,14 +384,7 @@ impl Gateway {
     /// Appends access entries: durably in the outbox first, then to the ledger. A ledger failure
     /// leaves them in the outbox for the background drain; the access still counts as recorded.
     async fn record_access(&self, entries: Vec<Entry>) -> Result<(), FhirError> {
-        for e in &entries {
-            e.validate().map_err(internal)?;
-        }
-        self.vault.enqueue(&entries).await.map_err(from_vault)?;
-        if let Err(e) = self.ledger.append(entries).await {
-            tracing::warn!(error = %e, "access entries wait in the outbox");
-        }
-        Ok(())
+        self.anchor(entries).await.map(|_| ())
     }
 
     fn read_entry(&self, caller: &Caller, user: &str, rec: &StoredRecord, reason: Option<&str>) -> Entry {
@@ -545,7 +538,7 @@ impl Gateway {
             user,
             role: caller.role.clone(),
         });
-        let receipt = self.anchor(entry).await?;
+        let receipt = self.anchor(vec![entry]).await?.and_then(|mut r| r.pop());
         let status = if receipt.is_some() { 201 } else { 202 };
         let body = fhir::consent_resource(&consent_id, sub, &self.hospital, receipt.map(|r| r.to_json()).as_ref());
         Ok(Created { status, body, location: Some(format!("Consent/{consent_id}")) })
@@ -585,7 +578,7 @@ impl Gateway {
                 user,
                 role: caller.role.clone(),
             });
-            receipt = self.anchor(entry).await?;
+            receipt = self.anchor(vec![entry]).await?.and_then(|mut r| r.pop());
             if receipt.is_none() {
                 status = 202;
             }
@@ -617,15 +610,17 @@ impl Gateway {
         Ok(fhir::searchset(resources, self_link))
     }
 
-    /// Puts one entry on the ledger: durably in the outbox, then appended. `None` when the
-    /// ledger could not take it yet (it stays in the outbox).
-    async fn anchor(&self, entry: Entry) -> Result<Option<Receipt>, FhirError> {
-        entry.validate().map_err(internal)?;
-        self.vault.enqueue(std::slice::from_ref(&entry)).await.map_err(from_vault)?;
-        match self.ledger.append(vec![entry]).await {
-            Ok(mut r) => Ok(r.pop()),
+    /// Puts entries on the ledger: durably in the outbox, then appended. `None` when the ledger
+    /// could not take them yet (they stay in the outbox for the background drain).
+    async fn anchor(&self, entries: Vec<Entry>) -> Result<Option<Vec<Receipt>>, FhirError> {
+        for e in &entries {
+            e.validate().map_err(internal)?;
+        }
+        self.vault.enqueue(&entries).await.map_err(from_vault)?;
+        match self.ledger.append(entries).await {
+            Ok(r) => Ok(Some(r)),
             Err(e) => {
-                tracing::warn!(error = %e, "entry waits in the outbox");
+                tracing::warn!(error = %e, "entries wait in the outbox");
                 Ok(None)
             }
         }
