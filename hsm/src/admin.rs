@@ -40,6 +40,35 @@ impl Hsm {
         r
     }
 
+    /// Imports the consortium's shared pseudonym key as version 1 (key ceremony): every
+    /// hospital holds the same HMAC key, so a patient has one pseudonym across the consortium.
+    /// The value is written into the HSM as a sensitive, never-extractable key with the full
+    /// pseudonym template; the caller destroys its copy. Refused when pseudonym keys exist.
+    pub fn import_pseudonym_key(&self, value: &[u8]) -> Result<KeyInfo, HsmError> {
+        if value.len() != 32 {
+            return Err(HsmError::Invalid(format!("a pseudonym key is 32 bytes, not {}", value.len())));
+        }
+        let r = self.run(Op::Admin, 2, false, |s, ctx| {
+            if let Some(max) = role_versions(self, s, Role::Pseudonym)?.iter().map(|l| l.version).max() {
+                return Err(HsmError::Invalid(format!(
+                    "the token already has pseudonym keys (up to version {max}); the shared key must be imported before any is generated"
+                ))
+                .into());
+            }
+            let label = Label::new(Role::Pseudonym, 1).to_string();
+            let mut id = vec![0u8; 16];
+            s.generate_random_slice(&mut id)?;
+            let mut template: Vec<Attribute> =
+                secret_template(Role::Pseudonym, &label, &id).into_iter().filter(|a| !matches!(a, Attribute::ValueLen(_))).collect();
+            template.push(Attribute::Value(value.to_vec()));
+            s.create_object(&template)?;
+            ctx.clear_keys();
+            info_of(self, s, Role::Pseudonym, 1)
+        });
+        self.refresh_keys();
+        r
+    }
+
     /// Creates the next version of `role` and makes it active. The previous version stays on the
     /// token for unwrap and verify, but the HSM no longer lets it sign or wrap.
     pub fn rotate(&self, role: Role) -> Result<KeyInfo, HsmError> {

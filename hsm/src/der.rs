@@ -96,6 +96,44 @@ pub(crate) fn rsa_spki_der(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
     out
 }
 
+/// One DER TLV: (tag, body, rest). Definite lengths only, at most 4 length bytes.
+fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        (rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize), &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+/// The modulus and public exponent of an RSA SubjectPublicKeyInfo (leading zero bytes removed),
+/// e.g. a peer hospital's sharing key.
+pub fn rsa_spki_parts(spki: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    const RSA_ALG: [u8; 15] = [0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00];
+    let (0x30, body, []) = read_tlv(spki)? else { return None };
+    let alg = body.get(..RSA_ALG.len())?;
+    if alg != RSA_ALG {
+        return None;
+    }
+    let (0x03, bits, []) = read_tlv(&body[RSA_ALG.len()..])? else { return None };
+    let (&0, key) = bits.split_first()? else { return None };
+    let (0x30, seq, []) = read_tlv(key)? else { return None };
+    let (0x02, n, rest) = read_tlv(seq)? else { return None };
+    let (0x02, e, []) = read_tlv(rest)? else { return None };
+    let strip = |v: &[u8]| v.iter().skip_while(|b| **b == 0).copied().collect::<Vec<u8>>();
+    let (n, e) = (strip(n), strip(e));
+    (!n.is_empty() && !e.is_empty()).then_some((n, e))
+}
+
 /// PEM armour for DER bytes.
 pub(crate) fn pem(label: &str, der: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -124,6 +162,16 @@ pub(crate) fn pem(label: &str, der: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn rsa_spki_round_trips_through_its_parts() {
+        let n: Vec<u8> = std::iter::once(0xc1).chain((0..383).map(|i| i as u8)).collect();
+        let spki = rsa_spki_der(&n, &[1, 0, 1]);
+        assert_eq!(rsa_spki_parts(&spki), Some((n, vec![1, 0, 1])));
+        assert_eq!(rsa_spki_parts(&spki[..spki.len() - 1]), None);
+        assert_eq!(rsa_spki_parts(&p256_spki_der(&[4u8; 65]).unwrap_or_default()), None);
+    }
+
     use super::*;
 
     #[test]

@@ -20,7 +20,7 @@ mod pin;
 mod pool;
 pub mod tls;
 
-pub use der::{ecdsa_raw_to_der, p256_spki_der};
+pub use der::{ecdsa_raw_to_der, p256_spki_der, rsa_spki_parts};
 pub use error::HsmError;
 pub use keys::{KeyInfo, Role};
 pub use ops::{Signature, WrappedKey};

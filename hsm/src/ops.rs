@@ -53,6 +53,12 @@ fn data_key_template(value: Option<&[u8]>) -> Vec<Attribute> {
     t
 }
 
+/// RSA-OAEP with SHA-1 and MGF1-SHA1, no label: the only OAEP parameters SoftHSM 2.6.1 takes.
+fn oaep() -> Mechanism<'static> {
+    use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+    Mechanism::RsaPkcsOaep(PkcsOaepParams::new(MechanismType::SHA1, PkcsMgfType::MGF1_SHA1, PkcsOaepSource::empty()))
+}
+
 fn private_class(role: Role) -> ObjectClass {
     if role.is_pair() {
         ObjectClass::PRIVATE_KEY
@@ -124,6 +130,73 @@ impl Hsm {
                 return Err(HsmError::Device("unwrapped key has no value".into()).into());
             }
             Ok(key)
+        })
+    }
+
+    /// Re-wraps a data key for another hospital: unwraps it with this hospital's KEK and wraps
+    /// it with the peer's RSA sharing public key (RSA-OAEP, SHA-1 and MGF1-SHA1: what SoftHSM
+    /// 2.6.1 supports). The data key exists only as a short-lived session object in the HSM.
+    pub fn rewrap_for_peer(&self, wrapped: &WrappedKey, peer_modulus: &[u8], peer_exponent: &[u8]) -> Result<Vec<u8>, HsmError> {
+        // C_CreateObject (peer key) + C_UnwrapKey + C_WrapKey x2 + C_DestroyObject x2
+        self.run(Op::Wrap, 6, true, |s, ctx| {
+            let (_, kek) = ctx.key(self, s, Role::Kek, Some(wrapped.kek_version), ObjectClass::SECRET_KEY)?;
+            let _one_at_a_time = self.session_objects.lock().unwrap_or_else(|p| p.into_inner());
+            let peer = s.create_object(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::KeyType(KeyType::RSA),
+                Attribute::Token(false),
+                Attribute::Modulus(peer_modulus.to_vec()),
+                Attribute::PublicExponent(peer_exponent.to_vec()),
+                Attribute::Wrap(true),
+                Attribute::Encrypt(false),
+                Attribute::Verify(false),
+            ])?;
+            let dk = match s.unwrap_key(&Mechanism::AesKeyWrapPad, kek, &wrapped.bytes, &data_key_template(None)) {
+                Ok(k) => k,
+                Err(e) => {
+                    let _ = s.destroy_object(peer);
+                    return Err(match e {
+                        cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::GeneralError, _) => Fail::Hsm(HsmError::Integrity),
+                        other => Fail::P11(other),
+                    });
+                }
+            };
+            let out = s.wrap_key(&oaep(), peer, dk);
+            let d1 = s.destroy_object(dk);
+            let d2 = s.destroy_object(peer);
+            let out = out?;
+            d1?;
+            d2?;
+            Ok(out)
+        })
+    }
+
+    /// Unwraps a data key that another hospital re-wrapped for this hospital's sharing key.
+    pub fn unwrap_shared(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        // C_UnwrapKey + C_GetAttributeValue + C_DestroyObject
+        self.run(Op::Unwrap, 3, true, |s, ctx| {
+            let (_, key) = ctx.key(self, s, Role::Sharing, None, ObjectClass::PRIVATE_KEY)?;
+            let _one_at_a_time = self.session_objects.lock().unwrap_or_else(|p| p.into_inner());
+            let obj = s.unwrap_key(&oaep(), key, blob, &data_key_template(None)).map_err(|e| match e {
+                cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::GeneralError | cryptoki::error::RvError::EncryptedDataInvalid, _) => {
+                    Fail::Hsm(HsmError::Integrity)
+                }
+                other => Fail::P11(other),
+            })?;
+            let value = s.get_attributes(obj, &[AttributeType::Value]);
+            let destroyed = s.destroy_object(obj);
+            let mut out = Zeroizing::new(Vec::new());
+            for a in value? {
+                if let Attribute::Value(mut v) = a {
+                    out.extend_from_slice(&v);
+                    zeroize::Zeroize::zeroize(&mut v);
+                }
+            }
+            destroyed?;
+            if out.is_empty() {
+                return Err(HsmError::Device("unwrapped key has no value".into()).into());
+            }
+            Ok(out)
         })
     }
 

@@ -263,3 +263,39 @@ fn tls_signing_key_signs_inside_the_hsm() {
     let spki = key.public_key().expect("spki");
     UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point(spki.as_ref())).verify(b"transcript", &sig).expect("verifies");
 }
+
+#[test]
+fn a_data_key_rewrapped_for_a_sharing_key_unwraps_to_the_same_bytes() {
+    let t = Token::new("sharing");
+    let hsm = t.open(1);
+    hsm.generate(Role::Kek).expect("kek");
+    hsm.generate(Role::Sharing).expect("sharing");
+    let dk = [0x5au8; 32];
+    let wrapped = hsm.wrap_data_key(&dk).expect("wrap");
+    let (_, spki) = hsm.public_key_der(Role::Sharing, None).expect("sharing public key");
+    let (n, e) = medgate_hsm::rsa_spki_parts(&spki).expect("RSA SPKI");
+    assert_eq!(n.len(), 384, "RSA-3072");
+    let blob = hsm.rewrap_for_peer(&wrapped, &n, &e).expect("rewrap");
+    assert_eq!(blob.len(), 384);
+    assert!(!blob.windows(32).any(|w| w == dk), "the data key travels encrypted");
+    assert_eq!(hsm.unwrap_shared(&blob).expect("unwrap").as_slice(), &dk);
+    let mut bad = blob.clone();
+    bad[10] ^= 1;
+    assert!(matches!(hsm.unwrap_shared(&bad), Err(medgate_hsm::HsmError::Integrity)), "an altered blob is an integrity error");
+}
+
+#[test]
+fn the_shared_pseudonym_key_imports_once_and_gives_the_same_pseudonyms() {
+    let t = Token::new("pseudoimport");
+    let hsm = t.open(1);
+    let info = hsm.import_pseudonym_key(&[7u8; 32]).expect("import");
+    assert_eq!(info.version, 1);
+    let (_, mac) = hsm.pseudonym_hmac(b"urn:oid:1.2|42").expect("hmac");
+    // HMAC-SHA256 with key 0x07 * 32, computed in process: the same key gives the same pseudonym.
+    let expected = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7u8; 32]), b"urn:oid:1.2|42");
+    assert_eq!(mac.as_slice(), expected.as_ref());
+    assert!(hsm.import_pseudonym_key(&[8u8; 32]).is_err(), "a second import must be refused");
+    let keys = hsm.list_keys().expect("list");
+    let k = keys.iter().find(|k| k.role == Role::Pseudonym).expect("listed");
+    assert!(k.sensitive && !k.extractable, "{k:?}");
+}

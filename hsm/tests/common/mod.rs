@@ -24,7 +24,7 @@ pub fn module() -> PathBuf {
 /// Every token label the tests use. SoftHSM reads its configuration and its token list once, at
 /// C_Initialize, so all tokens of a test process are created before the first test opens one.
 pub const LABELS: &[&str] = &[
-    "attrs", "sign", "wrap", "rotate", "hmac", "wrongpin", "missing", "pool", "tls", "recovery", "bench",
+    "attrs", "sign", "wrap", "rotate", "hmac", "wrongpin", "missing", "pool", "tls", "recovery", "bench", "sharing", "pseudoimport",
 ];
 
 /// One SoftHSM directory per test process, holding one token per label in [`LABELS`].
