@@ -115,6 +115,8 @@ pub struct ChainStore {
     meta: sled::Tree,
     keys: sled::Tree,
     consents: sled::Tree,
+    /// record id → location of the entry that anchored it (every hospital's records).
+    records: sled::Tree,
 }
 
 /// A consent as the chain knows it (derived from consent entries of valid batches).
@@ -160,6 +162,7 @@ impl ChainStore {
             meta: db.open_tree("chain_meta")?,
             keys: db.open_tree("ledger_public_keys")?,
             consents: db.open_tree("consents")?,
+            records: db.open_tree("record_index")?,
         })
     }
 
@@ -251,6 +254,14 @@ impl ChainStore {
         }
     }
 
+    /// The entry that anchored a record, whichever hospital holds it.
+    pub fn anchored(&self, record_id: &str) -> Result<Option<Entry>, ChainError> {
+        let Some(loc) = self.records.get(record_id.as_bytes())?.and_then(|v| Location::decode(&v)) else { return Ok(None) };
+        Ok(self
+            .block(loc.height)?
+            .and_then(|b| b.batches.get(loc.batch as usize).and_then(|x| x.entries.get(loc.entry as usize)).cloned()))
+    }
+
     pub fn consent(&self, patient: &str, consent_id: &str) -> Result<Option<ConsentState>, ChainError> {
         match self.consents.get(consent_key(patient, consent_id))? {
             None => Ok(None),
@@ -314,8 +325,8 @@ impl ChainStore {
     pub(crate) async fn persist(&self, block: &Block, outbox: &sled::Tree, meta_updates: &[(&[u8], Vec<u8>)]) -> Result<(), ChainError> {
         let height = block.height;
         let bytes = block.to_bytes();
-        (&self.blocks, &self.locations, &self.by_patient, &self.meta, outbox, &self.consents)
-            .transaction(|(blocks, locs, pats, meta, out, cons)| {
+        (&self.blocks, &self.locations, &self.by_patient, &self.meta, outbox, &self.consents, &self.records)
+            .transaction(|(blocks, locs, pats, meta, out, cons, recs)| {
                 blocks.insert(&height.to_be_bytes(), bytes.as_slice())?;
                 for (bi, (b, valid)) in block.batches.iter().zip(&block.valid).enumerate() {
                     if !*valid {
@@ -331,6 +342,11 @@ impl ChainStore {
                         }
                         out.remove(e.id.as_bytes())?;
                         match &e.body {
+                            EntryBody::RecordAnchored { record_id, .. } => {
+                                if recs.get(record_id.as_bytes())?.is_none() {
+                                    recs.insert(record_id.as_bytes(), &loc)?;
+                                }
+                            }
                             EntryBody::ConsentRecorded { .. } => {
                                 if let Some(c) = consent_from(e) {
                                     cons.insert(consent_key(&c.patient, &c.consent_id), serde_json::to_vec(&c).unwrap_or_default())?;

@@ -125,6 +125,14 @@ pub struct Consortium {
     /// The founding members (genesis): every hospital whose batches are accepted, this one included.
     #[serde(default)]
     pub members: Vec<Member>,
+    /// Where other gateways fetch this hospital's records (mutual TLS, consortium CA), `IP:port`.
+    /// Without it, this gateway shares nothing.
+    #[serde(default)]
+    pub peer_listen: Option<SocketAddr>,
+    /// Roles of the end user allowed to read another hospital's record without consent, with
+    /// purpose of use BTG (break-glass); such reads are recorded as break-glass for review.
+    #[serde(default)]
+    pub break_glass_roles: Vec<String>,
 }
 
 /// A consortium member as the genesis names it.
@@ -137,6 +145,13 @@ pub struct Member {
     /// Version of that key (its label is `medgate-ledger-v<N>`).
     #[serde(default = "default_key_version")]
     pub ledger_key_version: u32,
+    /// PEM public key of the member's sharing key (`medgate keys public-key --role sharing`):
+    /// record keys are re-wrapped for it when the member reads a record held here.
+    #[serde(default)]
+    pub sharing_public_key: Option<PathBuf>,
+    /// The member's peer listener, `IP:port`, where its records are fetched.
+    #[serde(default)]
+    pub peer_address: Option<SocketAddr>,
 }
 
 fn default_prefix() -> String {
@@ -250,9 +265,17 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
             ("prefix", Kind::Str, false),
             (
                 "members",
-                Kind::TableList(&[("hospital_id", Kind::Str, true), ("ledger_public_key", Kind::Str, true), ("ledger_key_version", Kind::Int, false)]),
+                Kind::TableList(&[
+                    ("hospital_id", Kind::Str, true),
+                    ("ledger_public_key", Kind::Str, true),
+                    ("ledger_key_version", Kind::Int, false),
+                    ("sharing_public_key", Kind::Str, false),
+                    ("peer_address", Kind::Addr, false),
+                ]),
                 false,
             ),
+            ("peer_listen", Kind::Addr, false),
+            ("break_glass_roles", Kind::StrList, false),
         ]),
         false,
     ),
@@ -325,6 +348,9 @@ fn validate_consortium(c: &Consortium, me: &str, p: &mut Vec<Problem>) {
             p.push(Problem { key: format!("consortium.members[{i}].hospital_id"), reason: format!("{} is listed twice", m.hospital_id) });
         }
         check_readable_file(&m.ledger_public_key, &format!("consortium.members[{i}].ledger_public_key"), p);
+        if let Some(k) = &m.sharing_public_key {
+            check_readable_file(k, &format!("consortium.members[{i}].sharing_public_key"), p);
+        }
     }
     if !seen.contains(me) {
         p.push(Problem { key: "consortium.members".into(), reason: format!("this gateway ({me}) is not a member; list it with its own ledger public key") });

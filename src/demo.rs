@@ -71,6 +71,12 @@ pub fn free_port() -> Result<SocketAddr, Failure> {
 impl Site {
     /// Builds a site under `dir` (created; must not hold a site already). `say` narrates.
     pub fn create(dir: &Path, hospital: &str, say: &mut dyn FnMut(&str)) -> Result<Site, Failure> {
+        Site::create_with(dir, hospital, None, say)
+    }
+
+    /// As [`Site::create`]; with `shared_pseudonym_key`, the consortium's pseudonym key is
+    /// imported (key ceremony) instead of a hospital-local one being generated.
+    pub fn create_with(dir: &Path, hospital: &str, shared_pseudonym_key: Option<&[u8]>, say: &mut dyn FnMut(&str)) -> Result<Site, Failure> {
         let module = PathBuf::from(SOFTHSM_MODULE);
         if !module.is_file() {
             return Err(Failure::config(format!("SoftHSM2 module {} not found: run scripts/install-deps.sh", module.display())));
@@ -100,7 +106,7 @@ impl Site {
         say(&format!("SoftHSM2 token {TOKEN:?} initialised in {}; user PIN in {} (0600)", dir.join("softhsm").display(), pin_file.display()));
 
         let hsm = Arc::new(Hsm::open(HsmConfig { module: module.clone(), token_label: TOKEN.into(), pool_size: 2 }, pin()?).map_err(Failure::hsm)?);
-        let result = Self::keys_and_certificates(&dir, hospital, &hsm, say);
+        let result = Self::keys_and_certificates(&dir, hospital, &hsm, shared_pseudonym_key, say);
         hsm.shutdown();
         let (ca, his_cert_pem, his_key_pem, ledger_public_key) = result?;
         let ca_pem = ca.cert.pem();
@@ -157,9 +163,18 @@ listen = "{admin_addr}"
         })
     }
 
-    fn keys_and_certificates(dir: &Path, hospital: &str, hsm: &Arc<Hsm>, say: &mut dyn FnMut(&str)) -> Result<(TestCa, String, String, PathBuf), Failure> {
+    fn keys_and_certificates(
+        dir: &Path,
+        hospital: &str,
+        hsm: &Arc<Hsm>,
+        shared_pseudonym_key: Option<&[u8]>,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<(TestCa, String, String, PathBuf), Failure> {
         for role in Role::ALL {
-            let k = hsm.generate(role).map_err(Failure::hsm)?;
+            let k = match (role, shared_pseudonym_key) {
+                (Role::Pseudonym, Some(v)) => hsm.import_pseudonym_key(v).map_err(Failure::hsm)?,
+                _ => hsm.generate(role).map_err(Failure::hsm)?,
+            };
             say(&format!("key generated in the HSM: {} ({}, CKA_ID {}, sensitive, never extractable)", k.label, role.algorithm(), k.id_hex));
         }
         let tls = dir.join("tls");
@@ -184,6 +199,8 @@ listen = "{admin_addr}"
         let (_, pem) = hsm.public_key_pem(Role::Ledger, None).map_err(Failure::hsm)?;
         let ledger_public_key = dir.join("ledger-public-key.pem");
         std::fs::write(&ledger_public_key, pem).map_err(io(&ledger_public_key))?;
+        let (_, sharing) = hsm.public_key_pem(Role::Sharing, None).map_err(Failure::hsm)?;
+        std::fs::write(dir.join("sharing-public-key.pem"), sharing).map_err(io(dir))?;
         Ok((ca, his.pem(), his_key.serialize_pem(), ledger_public_key))
     }
 

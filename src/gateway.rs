@@ -73,6 +73,8 @@ pub struct Gateway {
     pub ledger: Ledger,
     pub metrics: Arc<Metrics>,
     pseudonyms: Arc<Mutex<PseudonymCache>>,
+    /// Consortium sharing (peer reads); `None` in standalone mode.
+    sharing: Option<Arc<crate::peer::Sharing>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> FhirError {
@@ -106,7 +108,12 @@ fn nonce() -> [u8; 16] {
 
 impl Gateway {
     pub fn new(hospital: String, hsm: Arc<Hsm>, vault: Vault, ledger: Ledger, metrics: Arc<Metrics>) -> Gateway {
-        Gateway { hospital, hsm, vault, ledger, metrics, pseudonyms: Arc::default() }
+        Gateway { hospital, hsm, vault, ledger, metrics, pseudonyms: Arc::default(), sharing: None }
+    }
+
+    pub fn with_sharing(mut self, sharing: Arc<crate::peer::Sharing>) -> Gateway {
+        self.sharing = Some(sharing);
+        self
     }
 
     /// HMAC pseudonym (hex) of `domain` + `value`, computed in the HSM, cached by a hash of the input.
@@ -413,6 +420,34 @@ impl Gateway {
             let open = self.open(rec, false).await?;
             resources.push(self.describe(&open.record, &open.meta.document_reference, receipt.as_ref()));
         }
+        // Records other members hold: what the ledger says of them (their metadata stays sealed
+        // at the custodian); GET /Binary/{id} fetches them under consent.
+        if self.sharing.is_some() {
+            for (e, _) in self.ledger.store.entries_for_patient(&pseudonym).map_err(internal)? {
+                if let EntryBody::RecordAnchored { record_id, custodian, content_type, content_hash, size, .. } = &e.body {
+                    if *custodian == self.hospital {
+                        continue;
+                    }
+                    let reference = serde_json::json!({
+                        "resourceType": "DocumentReference",
+                        "status": "current",
+                        "subject": {"identifier": {"system": patient.system, "value": patient.value}},
+                        "content": [{"attachment": {"contentType": content_type}}]
+                    });
+                    let receipt = self.ledger.store.receipt(&e.id).map_err(internal)?;
+                    let receipt = receipt.map(|r| r.to_json());
+                    resources.push(document_reference_resource(&StoredDocument {
+                        id: record_id,
+                        document_reference: &reference,
+                        created: &e.time,
+                        size: *size,
+                        content_hash,
+                        custodian,
+                        receipt: receipt.as_ref(),
+                    }));
+                }
+            }
+        }
         self.record_access(vec![self.entry(EntryBody::PatientSearched {
             patient: pseudonym,
             reader: self.hospital.clone(),
@@ -444,14 +479,157 @@ impl Gateway {
     }
 
     /// `GET /Binary/{id}`: the document, decrypted, after its read entry is durably recorded.
+    /// A record held by another hospital is fetched from it (consent checked there).
     pub async fn read_binary(&self, caller: &Caller, id: &str) -> Result<Document, FhirError> {
         self.may_read(caller)?;
+        if self.vault.get(id).map_err(from_vault)?.is_none() {
+            if let Some(entry) = self.remote_record(id)? {
+                return self.read_remote(caller, entry).await;
+            }
+        }
         let rec = self.stored(id)?;
         let user = self.user_pseudonym(caller).await?;
         let open = self.open(rec, true).await?;
         self.record_access(vec![self.read_entry(caller, &user, &open.record, None)]).await?;
         self.metrics.incr("records_read");
         Ok(Document { content_type: open.record.content_type.clone(), bytes: open.document })
+    }
+
+    /// The anchoring entry of a record another member holds, if the ledger knows one.
+    fn remote_record(&self, id: &str) -> Result<Option<Entry>, FhirError> {
+        if self.sharing.is_none() || id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let entry = self.ledger.store.anchored(id).map_err(internal)?;
+        Ok(entry.filter(|e| matches!(&e.body, EntryBody::RecordAnchored { custodian, .. } if *custodian != self.hospital)))
+    }
+
+    /// Fetches a record from its custodian: ciphertext and a data key re-wrapped for this
+    /// hospital's sharing key; unwrapped in the HSM, decrypted here, checked against the hash on
+    /// the ledger. The custodian records the access (granted or denied) on the ledger.
+    async fn read_remote(&self, caller: &Caller, entry: Entry) -> Result<Document, FhirError> {
+        let EntryBody::RecordAnchored { record_id, custodian, content_hash, content_type, .. } = entry.body else {
+            return Err(internal("not a record entry"));
+        };
+        let sharing = self.sharing.clone().ok_or_else(|| internal("sharing is not configured"))?;
+        let user = self.user_pseudonym(caller).await?;
+        let req = crate::peer::ReadRequest { record_id: record_id.clone(), user, role: caller.role.clone(), purpose: caller.purpose.clone() };
+        let grant = match sharing.read(&custodian, &req).await {
+            Err(e) => {
+                tracing::warn!(%custodian, error = %e, "custodian unreachable");
+                return Err(FhirError::Unavailable(format!("the custodian {custodian} could not be reached; retry later")));
+            }
+            Ok(Err((403, refusal))) => {
+                self.metrics.incr("peer_reads_denied");
+                return Err(FhirError::Forbidden(format!(
+                    "the custodian {custodian} refused the read ({}); the refusal is on the ledger",
+                    refusal.reason
+                )));
+            }
+            Ok(Err((404, _))) => return Err(FhirError::NotFound(format!("{custodian} no longer holds record {record_id}"))),
+            Ok(Err((status, refusal))) => return Err(internal(format!("{custodian} answered {status}: {}", refusal.reason))),
+            Ok(Ok(g)) => g,
+        };
+        if grant.record_id != record_id || grant.content_hash != content_hash || grant.content_type != content_type {
+            return Err(FhirError::Integrity(record_id));
+        }
+        use base64::Engine as _;
+        let blob = base64::engine::general_purpose::STANDARD.decode(&grant.shared_key).map_err(|_| FhirError::Integrity(record_id.clone()))?;
+        let hsm = self.hsm.clone();
+        let dk = tokio::task::spawn_blocking(move || hsm.unwrap_shared(&blob)).await.map_err(internal)?.map_err(|e| match e {
+            HsmError::Integrity => FhirError::Integrity(record_id.clone()),
+            other => from_hsm(other),
+        })?;
+        let bytes = vault::open_shared_document(&record_id, &content_type, &content_hash, &dk, &grant.doc_nonce, &grant.doc_ct).map_err(from_vault)?;
+        self.metrics.incr("peer_reads_granted");
+        Ok(Document { content_type, bytes })
+    }
+
+    /// Answers another gateway's read (the custodian's side): consent on this ledger copy, or
+    /// break-glass by a role the configuration names; the access goes on the ledger either way,
+    /// before any key material leaves.
+    pub async fn serve_peer_read(&self, requester: &str, req: crate::peer::ReadRequest) -> Result<crate::peer::ReadGrant, (u16, String)> {
+        let sharing = self.sharing.clone().ok_or((404, "no-sharing".to_owned()))?;
+        let Some(peer) = sharing.peers.get(requester).filter(|_| requester != self.hospital) else {
+            return Err((403, "not-a-member".into()));
+        };
+        let Some((n, e)) = peer.sharing_key.clone() else { return Err((403, "no-sharing-key".into())) };
+        if !PURPOSES.contains(&req.purpose.as_str()) {
+            return Err((400, "bad-request".into()));
+        }
+        let rec = match self.vault.get(&req.record_id) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err((404, "unknown-record".into())),
+            Err(e) => {
+                tracing::error!(error = %e, "vault read for a peer failed");
+                return Err((500, "internal".into()));
+            }
+        };
+        let now = crate::keys::now_rfc3339();
+        let consented = self
+            .ledger
+            .store
+            .consents_for(&rec.patient_pseudonym)
+            .map(|cs| cs.iter().any(|c| c.custodian == self.hospital && c.permits(requester, &rec.id, &now)))
+            .unwrap_or(false);
+        let break_glass = !consented && req.purpose == "BTG" && sharing.break_glass_roles.iter().any(|r| *r == req.role);
+        let granted = consented || break_glass;
+        let reason = if consented {
+            None
+        } else if break_glass {
+            Some("break-glass".to_owned())
+        } else {
+            Some("no-consent".to_owned())
+        };
+        let entry = Entry::new(
+            &self.hospital,
+            &now,
+            nonce(),
+            EntryBody::RecordRead {
+                record_id: rec.id.clone(),
+                patient: rec.patient_pseudonym.clone(),
+                custodian: self.hospital.clone(),
+                reader: requester.to_owned(),
+                user: req.user.clone(),
+                role: req.role.clone(),
+                purpose: req.purpose.clone(),
+                granted,
+                reason: reason.clone(),
+            },
+        );
+        if entry.validate().is_err() {
+            return Err((400, "bad-request".into()));
+        }
+        if let Err(e) = self.anchor(vec![entry]).await {
+            tracing::error!(error = %e, "access entry for a peer read could not be stored; refused");
+            return Err((503, "ledger-unavailable".into()));
+        }
+        tracing::info!(%requester, granted, reason = reason.as_deref().unwrap_or("consent"), "peer read");
+        if !granted {
+            return Err((403, "no-consent".into()));
+        }
+        let wrapped = match base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &rec.wrapped_key) {
+            Ok(b) => medgate_hsm::WrappedKey { kek_version: rec.kek_version, bytes: b },
+            Err(_) => return Err((500, "integrity".into())),
+        };
+        let hsm = self.hsm.clone();
+        let shared = tokio::task::spawn_blocking(move || hsm.rewrap_for_peer(&wrapped, &n, &e)).await;
+        let shared = match shared {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "re-wrapping for a peer failed");
+                return Err((503, "hsm-unavailable".into()));
+            }
+            Err(_) => return Err((500, "internal".into())),
+        };
+        Ok(crate::peer::ReadGrant {
+            record_id: rec.id,
+            content_type: rec.content_type,
+            content_hash: rec.content_hash,
+            doc_nonce: rec.doc_nonce,
+            doc_ct: rec.doc_ct,
+            shared_key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, shared),
+        })
     }
 
     /// `GET /AuditEvent?patient=system|value`: every ledger entry about the patient.

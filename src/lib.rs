@@ -22,3 +22,4 @@ pub mod demo;
 pub mod verify;
 pub mod bench;
 pub mod consortium;
+pub mod peer;

@@ -140,6 +140,20 @@ impl TestCa {
         Ok(csr.signed_by(&self.cert, &self.key)?)
     }
 
+    /// As [`TestCa::sign_server_csr`], adding IP subjectAltNames: a consortium gateway's
+    /// certificate, which peers dial by IP address.
+    pub fn sign_peer_csr(&self, csr_pem: &str, days: i64, ips: &[std::net::IpAddr]) -> Result<rcgen::Certificate, PkiError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        csr.params.not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
+        csr.params.not_after = OffsetDateTime::now_utc() + Duration::days(days);
+        csr.params.serial_number = Some(serial());
+        csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        csr.params.use_authority_key_identifier_extension = true;
+        csr.params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        Ok(csr.signed_by(&self.cert, &self.key)?)
+    }
+
     /// An HIS client certificate and its (in-process) key: CN is the HIS system, OU its role.
     pub fn issue_client(&self, cn: &str, role: &str, valid_from: OffsetDateTime, valid_to: OffsetDateTime) -> Result<(rcgen::Certificate, KeyPair), PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;

@@ -96,7 +96,16 @@ impl Running {
             _ => (Ordering::Standalone(Sequencer::open(&db)?), None),
         };
         let ledger = Ledger::start(cfg.gateway.hospital_id.clone(), store, hsm.clone(), ordering, vault.clone(), policy, metrics.clone()).await?;
-        let gateway = Gateway::new(cfg.gateway.hospital_id.clone(), hsm.clone(), vault, ledger, metrics);
+        let mut gateway = Gateway::new(cfg.gateway.hospital_id.clone(), hsm.clone(), vault, ledger, metrics);
+        let mut peer_listener = None;
+        if let (Some(c), Some(_)) = (&cfg.consortium, &link) {
+            let sharing = crate::peer::Sharing::from_config(c, &cfg.gateway.hospital_id, &hsm).map_err(ServerError::Consortium)?;
+            gateway = gateway.with_sharing(Arc::new(sharing));
+            if let Some(addr) = c.peer_listen {
+                let l = TcpListener::bind(addr).await.map_err(|e| ServerError::Consortium(format!("cannot listen on {addr} (consortium.peer_listen): {e}")))?;
+                peer_listener = Some((l, crate::peer::server_tls(c, &hsm).map_err(ServerError::Consortium)?));
+            }
+        }
         match gateway.anchor_key_events(&cfg.gateway.state_directory).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(events = n, "key events from the officer's journal put on the ledger"),
@@ -113,6 +122,9 @@ impl Running {
         let timeout = Duration::from_secs(cfg.his.request_timeout_seconds);
         let his_task = tokio::spawn(serve_his(his, tls.clone(), api, stop_rx.clone(), timeout));
         let admin_state = Arc::new(AdminState { gateway: gateway.clone(), db: db.clone(), tls_files: tls_files.clone(), link });
+        if let Some((l, tls)) = peer_listener {
+            tasks.push(tokio::spawn(crate::peer::serve(l, tls, gateway.clone(), stop_rx.clone())));
+        }
         tasks.extend([
             tokio::spawn(serve_admin(admin, admin_state.clone(), stop_rx.clone())),
             tokio::spawn(drain_outbox(gateway.clone(), stop_rx.clone())),

@@ -178,6 +178,16 @@ pub fn seal_record(
     })
 }
 
+/// Decrypts a document received from its custodian with the data key unwrapped here, and
+/// checks it against the content hash the ledger anchored.
+pub fn open_shared_document(id: &str, content_type: &str, content_hash: &str, dk: &[u8], nonce_b64: &str, ct_b64: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    let d = open(id, dk, &doc_aad(id, content_type, content_hash), nonce_b64, ct_b64)?;
+    if hex::encode(Sha256::digest(d.as_slice())) != content_hash {
+        return Err(VaultError::Integrity(id.to_owned()));
+    }
+    Ok(d)
+}
+
 /// Unwraps the data key in the HSM and decrypts. `with_document: false` decrypts only the
 /// metadata (search results), which saves the document's decryption but not the unwrap.
 pub fn open_record(hsm: &Hsm, rec: &StoredRecord, with_document: bool) -> Result<OpenRecord, VaultError> {

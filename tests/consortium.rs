@@ -28,22 +28,43 @@ fn patient(n: u32) -> PatientId {
 
 /// A consortium CA, an etcd cluster it certifies, and three sites whose HSM TLS keys it certifies.
 fn consortium(name: &str) -> Consortium {
+    consortium_with(name, false)
+}
+
+/// With `sharing`: one pseudonym key imported into every HSM (the key ceremony), peer listeners,
+/// members' sharing keys, and break-glass for the role `emergency-physician`.
+fn consortium_with(name: &str, sharing: bool) -> Consortium {
     let ca = TestCa::new("Consortium CA").unwrap();
     let etcd = EtcdCluster::start(3, &ca);
-    let sites: Vec<_> = HOSPITALS.iter().map(|h| support::site_for(&format!("{name}-{h}"), h)).collect();
+    let pseudonym_key: Option<[u8; 32]> = sharing.then(|| {
+        let mut k = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k).unwrap();
+        k
+    });
+    let sites: Vec<_> = HOSPITALS.iter().map(|h| support::site_sharing(&format!("{name}-{h}"), h, pseudonym_key.as_ref().map(|k| &k[..]))).collect();
+    let peers: Vec<std::net::SocketAddr> = sites.iter().map(|_| medgate::demo::free_port().unwrap()).collect();
     let members: String = sites
         .iter()
-        .map(|(s, _)| format!("[[consortium.members]]\nhospital_id = \"{}\"\nledger_public_key = \"{}\"\n", s.hospital, s.ledger_public_key.display()))
+        .zip(&peers)
+        .map(|((s, _), peer)| {
+            let mut m = format!("[[consortium.members]]\nhospital_id = \"{}\"\nledger_public_key = \"{}\"\n", s.hospital, s.ledger_public_key.display());
+            if sharing {
+                m.push_str(&format!("sharing_public_key = \"{}\"\npeer_address = \"{peer}\"\n", s.dir.join("sharing-public-key.pem").display()));
+            }
+            m
+        })
         .collect();
     let endpoints: Vec<String> = etcd.endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     let mut gws = Vec::new();
-    for (site, dir) in sites {
+    for ((site, dir), peer) in sites.into_iter().zip(&peers) {
+        let peer_settings = if sharing { format!("peer_listen = \"{peer}\"\nbreak_glass_roles = [\"emergency-physician\"]\n") } else { String::new() };
         let csr = std::fs::read_to_string(site.dir.join("tls/server.csr")).unwrap();
-        std::fs::write(site.dir.join("tls/consortium.pem"), ca.sign_server_csr(&csr, 30).unwrap().pem()).unwrap();
+        let loopback = [std::net::IpAddr::from([127, 0, 0, 1])];
+        std::fs::write(site.dir.join("tls/consortium.pem"), ca.sign_peer_csr(&csr, 30, &loopback).unwrap().pem()).unwrap();
         std::fs::write(site.dir.join("tls/consortium-ca.pem"), ca.cert.pem()).unwrap();
         let text = std::fs::read_to_string(&site.config).unwrap();
         let text = format!(
-            "{text}\n[ledger]\nmode = \"consortium\"\n\n[consortium]\netcd_endpoints = [{}]\nca = \"{tls}/consortium-ca.pem\"\ncertificate = \"{tls}/consortium.pem\"\nprefix = \"/test/{name}\"\n\n{members}",
+            "{text}\n[ledger]\nmode = \"consortium\"\n\n[consortium]\netcd_endpoints = [{}]\nca = \"{tls}/consortium-ca.pem\"\ncertificate = \"{tls}/consortium.pem\"\nprefix = \"/test/{name}\"\n{peer_settings}\n{members}",
             endpoints.join(", "),
             tls = site.dir.join("tls").display(),
         );
@@ -317,4 +338,109 @@ fn only_the_hospital_that_recorded_a_consent_may_withdraw_it() {
         assert!(state.active, "{}: {state:?}", g.site.hospital);
         assert_eq!(state.custodian, "hospital-a");
     }
+}
+
+#[test]
+fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
+    use medgate::client::query_escape;
+    use serde_json::{json, Value};
+    let mut c = consortium_with("share", true);
+    let p = patient(77);
+    let q = query_escape(&p.canonical());
+    let letter = b"%PDF-1.7 cardiology report held by hospital A".to_vec();
+    let rt = rt();
+    let record = rt.block_on(async {
+        let mut a = c.gws[0].client();
+        let r = a.post_json("/", &sample_transaction(&p, "application/pdf", &letter, None), &[]).await.unwrap();
+        assert_eq!(r.status, 201);
+        r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned()
+    });
+    converge(&c, 0.0);
+    let read_at_b = |purpose: &'static str, role: &'static str| {
+        let gw = &c.gws[1];
+        let site = gw.site.clone();
+        let record = record.clone();
+        rt.block_on(async move {
+            let mut b = medgate::client::HisClient::new(site.his_addr, "localhost", site.his_tls().unwrap()).unwrap().acting_as("dr.b", role, purpose);
+            b.get(&format!("/Binary/{record}")).await.unwrap()
+        })
+    };
+    // B finds A's record by the patient's identifier (one pseudonym across the consortium).
+    rt.block_on(async {
+        let mut b = c.gws[1].client();
+        let found = b.get(&format!("/DocumentReference?patient={q}")).await.unwrap().json();
+        assert_eq!(found["total"], 1, "{found}");
+        assert_eq!(found["entry"][0]["resource"]["id"], record.as_str());
+        assert_eq!(found["entry"][0]["resource"]["custodian"]["identifier"]["value"], "hospital-a");
+    });
+    // No consent yet: refused, and the refusal is a ledger entry.
+    let r = read_at_b("TREAT", "physician");
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["issue"][0]["diagnostics"].as_str().unwrap().contains("no-consent"), "{}", r.json());
+    // The patient consents at A.
+    let consent_id = rt.block_on(async {
+        let mut a = c.gws[0].client();
+        let consent = json!({
+            "resourceType": "Consent", "status": "active",
+            "patient": {"identifier": {"system": p.system, "value": p.value}},
+            "provision": {"type": "permit", "actor": [{"reference": {"identifier": {"system": "urn:medgate:hospital", "value": "hospital-b"}}}]}
+        });
+        let r = a.post_json("/Consent", &consent, &[]).await.unwrap();
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["id"].as_str().unwrap().to_owned()
+    });
+    let r = read_at_b("TREAT", "physician");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body.as_ref(), letter.as_slice(), "B must get the exact bytes");
+    assert_eq!(r.headers["content-type"], "application/pdf");
+    // Withdrawn: the very next read is refused.
+    rt.block_on(async {
+        let mut a = c.gws[0].client();
+        let body: Value = json!({
+            "resourceType": "Consent", "status": "inactive",
+            "patient": {"identifier": {"system": p.system, "value": p.value}},
+            "provision": {"type": "permit", "actor": [{"reference": {"identifier": {"system": "urn:medgate:hospital", "value": "hospital-b"}}}]}
+        });
+        let r = a.send("PUT", &format!("/Consent/{consent_id}"), &[("content-type", "application/fhir+json")], serde_json::to_vec(&body).unwrap()).await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    });
+    let r = read_at_b("TREAT", "physician");
+    assert_eq!(r.status, 403, "a withdrawn consent must refuse the next read");
+    // Break-glass at C: only the role the configuration names, and recorded as such.
+    let read_at_c = |role: &'static str| {
+        let site = c.gws[2].site.clone();
+        let record = record.clone();
+        rt.block_on(async move {
+            let mut h = medgate::client::HisClient::new(site.his_addr, "localhost", site.his_tls().unwrap()).unwrap().acting_as("dr.c", role, "BTG");
+            h.get(&format!("/Binary/{record}")).await.unwrap()
+        })
+    };
+    assert_eq!(read_at_c("physician").status, 403);
+    let r = read_at_c("emergency-physician");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.as_ref(), letter.as_slice());
+    // Every gateway ends with the same chain, and every access is in its audit trail.
+    let height = c.gws[0].metric("medgate_ledger_height").unwrap();
+    converge(&c, height);
+    for g in &c.gws {
+        let trail = rt.block_on(async {
+            let mut h = g.client();
+            h.get(&format!("/AuditEvent?patient={q}")).await.unwrap().json()
+        });
+        let reads: Vec<(String, String)> = trail["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["resource"]["subtype"][0]["code"] == "ITI-68")
+            .map(|e| (e["resource"]["outcome"].as_str().unwrap().to_owned(), e["resource"]["outcomeDesc"].as_str().unwrap().to_owned()))
+            .collect();
+        let granted = reads.iter().filter(|(o, _)| o == "0").count();
+        let denied = reads.iter().filter(|(o, _)| o == "4").count();
+        assert_eq!((granted, denied), (2, 3), "{}: {reads:?}", g.site.hospital);
+        assert!(reads.iter().any(|(_, d)| d.contains("break-glass")), "{reads:?}");
+        assert!(!trail["entry"].to_string().contains("C-00077"), "identifier in audit events");
+    }
+    let heads = verify_all(&mut c);
+    assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
+    assert!(heads[0].contains("0 flagged invalid"), "{heads:?}");
 }

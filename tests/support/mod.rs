@@ -36,9 +36,14 @@ pub fn site(name: &str) -> (Site, tempfile::TempDir) {
 
 /// A site of hospital `hospital` with no gateway running.
 pub fn site_for(name: &str, hospital: &str) -> (Site, tempfile::TempDir) {
+    site_sharing(name, hospital, None)
+}
+
+/// As [`site_for`], with the consortium's shared pseudonym key imported when given.
+pub fn site_sharing(name: &str, hospital: &str, pseudonym_key: Option<&[u8]>) -> (Site, tempfile::TempDir) {
     let dir = tempfile::Builder::new().prefix(&format!("medgate-test-{name}-")).tempdir().unwrap();
     let _one = SITE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let site = Site::create(dir.path(), hospital, &mut |_| {}).unwrap_or_else(|f| panic!("site: {}", f.message));
+    let site = Site::create_with(dir.path(), hospital, pseudonym_key, &mut |_| {}).unwrap_or_else(|f| panic!("site: {}", f.message));
     (site, dir)
 }
 

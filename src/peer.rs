@@ -1,0 +1,231 @@
+//! Gateway-to-gateway record sharing over mutual TLS with certificates from the consortium CA.
+//! The keys on both ends are the gateways' HSM `tls` keys. A peer is known by the organisation
+//! (O) of its consortium certificate, which must be a member with a sharing key.
+//!
+//! One request: `POST /peer/v1/read` with [`ReadRequest`]. The custodian checks the consent on
+//! its own ledger copy (or break-glass), puts the access on the ledger (granted or denied), and
+//! answers with the document ciphertext and the data key re-wrapped inside its HSM for the
+//! requester's sharing key ([`ReadGrant`]), or 403 with a reason code. Plaintext never crosses.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use medgate_hsm::tls::HsmSigningKey;
+use medgate_hsm::Hsm;
+use rustls::pki_types::ServerName;
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Consortium;
+use crate::gateway::Gateway;
+use crate::tls;
+
+/// What the requesting gateway asks for, on behalf of its end user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadRequest {
+    pub record_id: String,
+    /// The requester's pseudonym of its end user (64 lowercase hex).
+    pub user: String,
+    pub role: String,
+    pub purpose: String,
+}
+
+/// What a granted read returns: ciphertext and the re-wrapped data key, never plaintext.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadGrant {
+    pub record_id: String,
+    pub content_type: String,
+    pub content_hash: String,
+    pub doc_nonce: String,
+    pub doc_ct: String,
+    /// The data key, RSA-OAEP wrapped for the requester's sharing key, base64.
+    pub shared_key: String,
+}
+
+/// A refusal: the status and a reason code.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refusal {
+    pub reason: String,
+}
+
+/// What the gateway needs to share: members' peer addresses and sharing keys, the mTLS client,
+/// the break-glass roles.
+#[derive(Debug)]
+pub struct Sharing {
+    pub me: String,
+    pub peers: HashMap<String, Peer>,
+    pub client_tls: Arc<rustls::ClientConfig>,
+    pub break_glass_roles: Vec<String>,
+}
+
+/// A member as the sharing layer sees it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub address: Option<SocketAddr>,
+    /// RSA modulus and exponent of its sharing key.
+    pub sharing_key: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Sharing {
+    pub fn from_config(cfg: &Consortium, me: &str, hsm: &Arc<Hsm>) -> Result<Sharing, String> {
+        let mut peers = HashMap::new();
+        for m in &cfg.members {
+            let sharing_key = match &m.sharing_public_key {
+                None => None,
+                Some(p) => {
+                    let spki = crate::verify::read_public_key(p)?;
+                    Some(medgate_hsm::rsa_spki_parts(&spki).ok_or_else(|| format!("{}: not an RSA public key", p.display()))?)
+                }
+            };
+            peers.insert(m.hospital_id.clone(), Peer { address: m.peer_address, sharing_key });
+        }
+        let mut client = (*crate::consortium::etcd::client_tls(cfg, hsm)?).clone();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Sharing { me: me.to_owned(), peers, client_tls: Arc::new(client), break_glass_roles: cfg.break_glass_roles.clone() })
+    }
+
+    /// Asks `custodian` for a record. `Ok(Err(refusal))` is an answer (403, 404); `Err` means
+    /// the custodian could not be asked.
+    pub async fn read(&self, custodian: &str, req: &ReadRequest) -> Result<Result<ReadGrant, (u16, Refusal)>, String> {
+        let addr = self
+            .peers
+            .get(custodian)
+            .and_then(|p| p.address)
+            .ok_or_else(|| format!("no peer address configured for {custodian}"))?;
+        let tcp = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connecting to {custodian} at {addr} timed out"))?
+            .map_err(|e| format!("connecting to {custodian} at {addr}: {e}"))?;
+        let stream = tokio_rustls::TlsConnector::from(self.client_tls.clone())
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .map_err(|e| format!("TLS with {custodian}: {e}"))?;
+        // The consortium CA vouches for the hospital id in the certificate's organisation.
+        let presented = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| organisation(c.as_ref()));
+        if presented.as_deref() != Some(custodian) {
+            return Err(format!("the gateway at {addr} presented a certificate for {presented:?}, not {custodian}"));
+        }
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+        let request = Request::post("/peer/v1/read")
+            .header("host", custodian)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(20), send.send_request(request))
+            .await
+            .map_err(|_| format!("{custodian} did not answer within 20 s"))?
+            .map_err(|e| format!("{custodian}: {e}"))?;
+        let status = resp.status().as_u16();
+        let bytes = Limited::new(resp.into_body(), 64 << 20).collect().await.map_err(|e| e.to_string())?.to_bytes();
+        if status == 200 {
+            Ok(Ok(serde_json::from_slice(&bytes).map_err(|e| format!("{custodian} sent an unreadable grant: {e}"))?))
+        } else {
+            let refusal = serde_json::from_slice(&bytes).unwrap_or(Refusal { reason: format!("status-{status}") });
+            Ok(Err((status, refusal)))
+        }
+    }
+}
+
+/// The peer listener's TLS: the consortium certificate of the HSM key; clients must chain to
+/// the consortium CA.
+pub fn server_tls(cfg: &Consortium, hsm: &Arc<Hsm>) -> Result<Arc<rustls::ServerConfig>, String> {
+    let chain = tls::load_certs(&cfg.certificate).map_err(|e| e.to_string())?;
+    let key = HsmSigningKey::new(hsm.clone()).map_err(|e| e.to_string())?;
+    let certified = Arc::new(CertifiedKey::new(chain, Arc::new(key)));
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in tls::load_certs(&cfg.ca).map_err(|e| e.to_string())? {
+        roots.add(ca).map_err(|e| e.to_string())?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), tls::provider()).build().map_err(|e| e.to_string())?;
+    let mut c = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(Fixed(certified)));
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(c))
+}
+
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Fixed {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// The organisation (O) of a certificate: the consortium hospital id.
+fn organisation(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let o = cert.subject().iter_organization().next()?.as_str().ok()?.to_owned();
+    Some(o)
+}
+
+fn json(status: u16, v: &impl Serialize) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(v).unwrap_or_default())));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Serves other gateways until `stop` changes.
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, gateway: Gateway, mut stop: watch::Receiver<bool>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            r = listener.accept() => match r { Ok(v) => v, Err(_) => continue },
+            _ = stop.changed() => return,
+        };
+        let (acceptor, gateway) = (acceptor.clone(), gateway.clone());
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                _ => {
+                    tracing::info!(peer = %addr, "peer TLS handshake refused");
+                    return;
+                }
+            };
+            let Some(requester) = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| organisation(c.as_ref())) else {
+                tracing::info!(peer = %addr, "peer certificate names no organisation; closed");
+                return;
+            };
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (gateway, requester) = (gateway.clone(), requester.clone());
+                async move {
+                    if req.method() != hyper::Method::POST || req.uri().path() != "/peer/v1/read" {
+                        return Ok::<_, std::convert::Infallible>(json(404, &Refusal { reason: "no-such-endpoint".into() }));
+                    }
+                    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(_) => return Ok(json(400, &Refusal { reason: "bad-request".into() })),
+                    };
+                    let Ok(read) = serde_json::from_slice::<ReadRequest>(&body) else {
+                        return Ok(json(400, &Refusal { reason: "bad-request".into() }));
+                    };
+                    Ok(match gateway.serve_peer_read(&requester, read).await {
+                        Ok(grant) => json(200, &grant),
+                        Err((status, reason)) => json(status, &Refusal { reason }),
+                    })
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
