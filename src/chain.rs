@@ -254,6 +254,28 @@ impl ChainStore {
         }
     }
 
+    /// Every read granted as break-glass, on any gateway, in ledger order with its block height:
+    /// the list a privacy officer reviews.
+    pub fn break_glass_reads(&self) -> Result<Vec<(Entry, u64)>, ChainError> {
+        let mut out = Vec::new();
+        for block in self.blocks() {
+            let block = block.map_err(|e| ChainError::Format(e.to_string()))?;
+            for (batch, valid) in block.batches.iter().zip(&block.valid) {
+                if !*valid {
+                    continue;
+                }
+                for e in &batch.entries {
+                    if let EntryBody::RecordRead { granted: true, reason: Some(r), .. } = &e.body {
+                        if r == "break-glass" {
+                            out.push((e.clone(), block.height));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The entry that anchored a record, whichever hospital holds it.
     pub fn anchored(&self, record_id: &str) -> Result<Option<Entry>, ChainError> {
         let Some(loc) = self.records.get(record_id.as_bytes())?.and_then(|v| Location::decode(&v)) else { return Ok(None) };

@@ -105,6 +105,11 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         size: usize,
     },
+    /// Reviews for the privacy officer.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Security officer: manage the keys in the HSM.
     Keys {
         #[command(flatten)]
@@ -140,6 +145,18 @@ enum LedgerCommand {
         /// The gateway's ledger public key (PEM).
         #[arg(long = "public-key")]
         public_key: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Every read granted as break-glass (no consent, purpose BTG) on any gateway, for review.
+    BreakGlass {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -249,6 +266,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config { command: ConfigCommand::Check { config } } => config_check(&config.config),
         Command::Keys { config, command } => keys_command(&config.config, command),
         Command::Serve { config } => crate::daemon::serve(&config.config),
+        Command::Audit { command: AuditCommand::BreakGlass { config, json } } => crate::audit::break_glass(&config.config, json),
         Command::Ledger { command } => ledger_command(command),
         Command::Demo { workdir } => crate::demo::run(workdir.as_deref()),
         Command::Bench { records, concurrency, size } => crate::bench::run(records, &concurrency, size),

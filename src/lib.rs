@@ -23,3 +23,4 @@ pub mod verify;
 pub mod bench;
 pub mod consortium;
 pub mod peer;
+pub mod audit;

@@ -342,7 +342,11 @@ async fn admin_request(state: Arc<AdminState>, req: Request<hyper::body::Incomin
             text(status, h.text(), plain)
         }
         ("GET", "/metrics") => text(StatusCode::OK, state.metrics(), "text/plain; version=0.0.4; charset=utf-8"),
-        _ => text(StatusCode::NOT_FOUND, "not found: /healthz, /readyz, /metrics\n".into(), plain),
+        ("GET", "/audit/break-glass") => match state.gateway.ledger.store.break_glass_reads() {
+            Ok(list) => text(StatusCode::OK, crate::audit::break_glass_json(&list).to_string(), "application/json"),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"), plain),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found: /healthz, /readyz, /metrics, /audit/break-glass\n".into(), plain),
     })
 }
 

@@ -440,7 +440,21 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
         assert!(reads.iter().any(|(_, d)| d.contains("break-glass")), "{reads:?}");
         assert!(!trail["entry"].to_string().contains("C-00077"), "identifier in audit events");
     }
+    // The privacy officer's review at any gateway lists the one break-glass read.
+    for g in &c.gws {
+        let (code, out, err) = g.medgate(&["audit", "break-glass", "--config", g.site.config.to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let list = v["break_glass_reads"].as_array().unwrap();
+        assert_eq!(list.len(), 1, "{out}");
+        assert_eq!(list[0]["reader"], "hospital-c");
+        assert_eq!(list[0]["role"], "emergency-physician");
+    }
     let heads = verify_all(&mut c);
     assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
     assert!(heads[0].contains("0 flagged invalid"), "{heads:?}");
+    // With the gateway stopped, the command reads the store itself.
+    let (code, out, _) = c.gws[1].medgate(&["audit", "break-glass", "--config", c.gws[1].site.config.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("1 break-glass read(s) to review"), "{out}");
 }
