@@ -166,6 +166,7 @@ fn route(method: &Method, path: &str) -> &'static str {
         ("POST", ["DocumentReference"]) => "POST /DocumentReference",
         ("GET", ["DocumentReference"]) => "GET /DocumentReference",
         ("GET", ["DocumentReference", _]) => "GET /DocumentReference/{id}",
+        ("DELETE", ["DocumentReference", _]) => "DELETE /DocumentReference/{id}",
         ("GET", ["Binary", _]) => "GET /Binary/{id}",
         ("GET", ["AuditEvent"]) => "GET /AuditEvent",
         ("POST", ["Consent"]) => "POST /Consent",
@@ -223,6 +224,13 @@ impl Api {
             "GET /DocumentReference/{id}" => {
                 let caller = caller(&req, client)?;
                 Ok(json_response(200, &gw.read_reference(&caller, &id).await?))
+            }
+            "DELETE /DocumentReference/{id}" => {
+                let caller = caller(&req, client)?;
+                gw.erase(&caller, &id).await?;
+                let mut r = Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                Ok(r)
             }
             "GET /Binary/{id}" => {
                 let caller = caller(&req, client)?;

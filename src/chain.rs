@@ -304,7 +304,8 @@ impl ChainStore {
     /// The entry rules every gateway applies to a batch before it counts (deterministic, from
     /// the chain's own state): only the custodian records a consent for its patient, and a
     /// consent id is recorded once; only the hospital that recorded a consent revokes it; a read
-    /// of another hospital's record is granted only under an active consent or as break-glass.
+    /// of another hospital's record is granted only under an active consent or as break-glass;
+    /// only the custodian that anchored a record erases it.
     pub fn entry_rules_hold(&self, batch: &Batch) -> bool {
         let mut recorded_here: HashMap<String, ConsentState> = HashMap::new();
         for e in &batch.entries {
@@ -318,6 +319,10 @@ impl ChainStore {
                     let known = recorded_here.get(consent_id).cloned().or_else(|| self.consent(patient, consent_id).ok().flatten());
                     *custodian == batch.gateway
                         && known.is_some_and(|c| c.active && c.custodian == batch.gateway && c.grantee == *grantee)
+                }
+                EntryBody::RecordErased { record_id, custodian, .. } => {
+                    *custodian == batch.gateway
+                        && self.anchored(record_id).ok().flatten().is_some_and(|a| matches!(&a.body, EntryBody::RecordAnchored { custodian: c, .. } if c == custodian))
                 }
                 EntryBody::RecordRead { record_id, patient, custodian, reader, purpose, granted: true, .. } if reader != custodian && purpose != "BTG" => {
                     self.consents_for(patient).map(|cs| cs.iter().any(|c| c.custodian == *custodian && c.permits(reader, record_id, &e.time))).unwrap_or(false)

@@ -413,7 +413,7 @@ impl Gateway {
         self.may_read(caller)?;
         let (_, pseudonym) = self.patient_pseudonym(patient).await?;
         let user = self.user_pseudonym(caller).await?;
-        let records = self.vault.records_for(&pseudonym).map_err(from_vault)?;
+        let records: Vec<StoredRecord> = self.vault.records_for(&pseudonym).map_err(from_vault)?.into_iter().filter(|r| r.erased.is_none()).collect();
         let mut resources = Vec::with_capacity(records.len());
         for rec in records {
             let receipt = self.ledger.store.receipt(&rec.entry_id).map_err(internal)?;
@@ -423,7 +423,10 @@ impl Gateway {
         // Records other members hold: what the ledger says of them (their metadata stays sealed
         // at the custodian); GET /Binary/{id} fetches them under consent.
         if self.sharing.is_some() {
-            for (e, _) in self.ledger.store.entries_for_patient(&pseudonym).map_err(internal)? {
+            let entries = self.ledger.store.entries_for_patient(&pseudonym).map_err(internal)?;
+            let erased: std::collections::HashSet<&str> =
+                entries.iter().filter(|(e, _)| matches!(e.body, EntryBody::RecordErased { .. })).filter_map(|(e, _)| e.record_id()).collect();
+            for (e, _) in entries.iter().filter(|(e, _)| !e.record_id().is_some_and(|r| erased.contains(r))) {
                 if let EntryBody::RecordAnchored { record_id, custodian, content_type, content_hash, size, .. } = &e.body {
                     if *custodian == self.hospital {
                         continue;
@@ -464,7 +467,43 @@ impl Gateway {
         if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(FhirError::NotFound(format!("no record {}", id.chars().take(64).collect::<String>())));
         }
-        self.vault.get(id).map_err(from_vault)?.ok_or_else(|| FhirError::NotFound(format!("no record {id}")))
+        let rec = self.vault.get(id).map_err(from_vault)?.ok_or_else(|| FhirError::NotFound(format!("no record {id}")))?;
+        if rec.erased.is_some() {
+            return Err(FhirError::Gone(format!("record {id} was erased; its hash stays on the ledger")));
+        }
+        Ok(rec)
+    }
+
+    /// `DELETE /DocumentReference/{id}` by the custodian's HIS: crypto-shredding. The record's
+    /// wrapped data key, ciphertext and sealed metadata leave the vault in the transaction that
+    /// queues the signed erasure entry; the hash stays on the ledger. Erasing again answers the same.
+    pub async fn erase(&self, caller: &Caller, id: &str) -> Result<(), FhirError> {
+        if !caller.client.may_write() {
+            return Err(FhirError::Forbidden(format!("certificate role {:?} may not erase records", caller.client.role)));
+        }
+        let rec = match self.stored(id) {
+            Err(FhirError::Gone(_)) => return Ok(()),
+            Err(FhirError::NotFound(m)) if self.remote_record(id)?.is_some() => {
+                return Err(FhirError::Forbidden(format!("{m}: only the custodian hospital may erase a record")))
+            }
+            other => other?,
+        };
+        let user = self.user_pseudonym(caller).await?;
+        let entry = self.entry(EntryBody::RecordErased {
+            record_id: rec.id.clone(),
+            patient: rec.patient_pseudonym.clone(),
+            custodian: self.hospital.clone(),
+            user,
+            role: caller.role.clone(),
+        });
+        entry.validate().map_err(internal)?;
+        self.vault.erase(&rec, &entry).await.map_err(from_vault)?;
+        tracing::info!(record = %rec.id, entry = %entry.id, "record erased (crypto-shredded)");
+        self.metrics.incr("records_erased");
+        if let Err(e) = self.ledger.append(vec![entry]).await {
+            tracing::warn!(error = %e, "erasure entry waits in the outbox");
+        }
+        Ok(())
     }
 
     /// `GET /DocumentReference/{id}`: the metadata (decrypted), recorded as a read.
@@ -527,6 +566,7 @@ impl Gateway {
                 )));
             }
             Ok(Err((404, _))) => return Err(FhirError::NotFound(format!("{custodian} no longer holds record {record_id}"))),
+            Ok(Err((410, _))) => return Err(FhirError::Gone(format!("record {record_id} was erased by its custodian {custodian}"))),
             Ok(Err((status, refusal))) => return Err(internal(format!("{custodian} answered {status}: {}", refusal.reason))),
             Ok(Ok(g)) => g,
         };
@@ -558,6 +598,7 @@ impl Gateway {
             return Err((400, "bad-request".into()));
         }
         let rec = match self.vault.get(&req.record_id) {
+            Ok(Some(r)) if r.erased.is_some() => return Err((410, "erased".into())),
             Ok(Some(r)) => r,
             Ok(None) => return Err((404, "unknown-record".into())),
             Err(e) => {
@@ -858,6 +899,7 @@ fn audit_record(e: &Entry, height: u64) -> Option<AuditRecord<'_>> {
             reason: Some(grantee),
             ..base(AuditAction::ConsentRevoked, true, None)
         }),
+        EntryBody::RecordErased { user, role, .. } => Some(AuditRecord { user, role, purpose: "PATRQT", ..base(AuditAction::Erase, true, None) }),
         EntryBody::KeyEvent { .. } => None,
     }
 }

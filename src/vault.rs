@@ -60,6 +60,10 @@ pub struct StoredRecord {
     pub meta_ct: String,
     /// The ledger entry that anchors this record.
     pub entry_id: String,
+    /// Set when the record was erased: the erasure entry's id. Key material, ciphertext and
+    /// sealed metadata are then gone from the vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased: Option<String>,
 }
 
 /// The sensitive metadata sealed with a record: what the HIS sent, minus the document bytes.
@@ -175,6 +179,7 @@ pub fn seal_record(
         meta_nonce: B64.encode(meta_nonce),
         meta_ct: B64.encode(meta_ct),
         entry_id: entry_id.to_owned(),
+        erased: None,
     })
 }
 
@@ -320,6 +325,30 @@ impl Vault {
                 for (k, v) in &idem_values {
                     idem_t.insert(*k, v.as_slice())?;
                 }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e: TransactionError<()>| VaultError::Storage(format!("{e:?}")))?;
+        flush(&self.db).await?;
+        Ok(())
+    }
+
+    /// Crypto-shreds a record: the wrapped data key, the ciphertext and the sealed metadata are
+    /// removed from the vault in the same transaction that queues the erasure entry, then
+    /// flushed. What remains is what the ledger holds anyway (ids, pseudonym, hash, size, type).
+    pub async fn erase(&self, rec: &StoredRecord, entry: &crate::ledger::Entry) -> Result<(), VaultError> {
+        let mut shredded = rec.clone();
+        shredded.wrapped_key.clear();
+        shredded.doc_nonce.clear();
+        shredded.doc_ct.clear();
+        shredded.meta_nonce.clear();
+        shredded.meta_ct.clear();
+        shredded.erased = Some(entry.id.clone());
+        let value = serde_json::to_vec(&shredded).map_err(|e| VaultError::Storage(e.to_string()))?;
+        let entry_bytes = serde_json::to_vec(entry).map_err(|e| VaultError::Storage(e.to_string()))?;
+        (&self.records, &self.outbox)
+            .transaction(|(rec_t, out_t)| {
+                rec_t.insert(rec.id.as_bytes(), value.as_slice())?;
+                out_t.insert(entry.id.as_bytes(), entry_bytes.as_slice())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(|e: TransactionError<()>| VaultError::Storage(format!("{e:?}")))?;

@@ -419,6 +419,14 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
     let r = read_at_c("emergency-physician");
     assert_eq!(r.status, 200);
     assert_eq!(r.body.as_ref(), letter.as_slice());
+    // The custodian erases the record: nobody can read it any more, anywhere.
+    rt.block_on(async {
+        let mut a = c.gws[0].client();
+        let r = a.send("DELETE", &format!("/DocumentReference/{record}"), &[], Vec::new()).await.unwrap();
+        assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    });
+    let r = read_at_c("emergency-physician");
+    assert_eq!(r.status, 410, "{}", String::from_utf8_lossy(&r.body));
     // Every gateway ends with the same chain, and every access is in its audit trail.
     let height = c.gws[0].metric("medgate_ledger_height").unwrap();
     converge(&c, height);

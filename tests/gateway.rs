@@ -490,3 +490,48 @@ fn consents_are_recorded_listed_withdrawn_and_audited() {
         assert!(codes.contains(&"consent-granted") && codes.contains(&"consent-revoked"), "{codes:?}");
     });
 }
+
+#[test]
+fn erasure_shreds_the_key_material_and_keeps_the_hash_on_the_ledger() {
+    let mut gw = Gw::new("erase");
+    let rt = rt();
+    let p = patient(9);
+    let (id, kept) = rt.block_on(async {
+        let mut his = gw.client();
+        let r = his.post_json("/", &sample_transaction(&p, "text/plain", b"to be erased", None), &[]).await.unwrap();
+        let id = r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned();
+        let r = his.post_json("/", &sample_transaction(&p, "text/plain", b"kept", None), &[]).await.unwrap();
+        let kept = r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned();
+        let del = his.send("DELETE", &format!("/DocumentReference/{id}"), &[], Vec::new()).await.unwrap();
+        assert_eq!(del.status, 204, "{}", String::from_utf8_lossy(&del.body));
+        for path in [format!("/Binary/{id}"), format!("/DocumentReference/{id}")] {
+            let r = his.get(&path).await.unwrap();
+            assert_eq!(r.status, 410, "{path}");
+            assert_eq!(r.json()["issue"][0]["code"], "deleted");
+        }
+        let again = his.send("DELETE", &format!("/DocumentReference/{id}"), &[], Vec::new()).await.unwrap();
+        assert_eq!(again.status, 204, "erasing again answers the same");
+        let q = query_escape(&p.canonical());
+        let found = his.get(&format!("/DocumentReference?patient={q}")).await.unwrap().json();
+        assert_eq!(found["total"], 1);
+        assert_eq!(found["entry"][0]["resource"]["id"], kept.as_str());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let audit = his.get(&format!("/AuditEvent?patient={q}")).await.unwrap().json();
+        assert!(audit["entry"].as_array().unwrap().iter().any(|e| e["resource"]["subtype"][0]["code"] == "erasure"), "{audit}");
+        (id, kept)
+    });
+    assert_eq!(gw.stop().code(), Some(0));
+    let db = medgate::vault::Vault::open_db(&gw.site.dir.join("state")).unwrap();
+    let vault = medgate::vault::Vault::open(&db).unwrap();
+    let rec = vault.get(&id).unwrap().unwrap();
+    assert!(rec.erased.is_some());
+    assert!(rec.wrapped_key.is_empty() && rec.doc_ct.is_empty() && rec.meta_ct.is_empty(), "key material or ciphertext left: {rec:?}");
+    assert!(!rec.content_hash.is_empty(), "the hash stays");
+    assert!(!vault.get(&kept).unwrap().unwrap().wrapped_key.is_empty());
+    let store = medgate::chain::ChainStore::open(&db).unwrap();
+    let anchored = store.anchored(&id).unwrap().unwrap();
+    assert_eq!(anchored.record_id(), Some(id.as_str()));
+    drop((store, vault, db));
+    let (code, out, err) = gw.medgate(&["ledger", "verify", "--config", gw.site.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -26,6 +26,8 @@ pub enum AuditAction {
     ConsentGranted,
     /// A consent was revoked.
     ConsentRevoked,
+    /// A record was erased (crypto-shredded).
+    Erase,
 }
 
 /// One ledger entry about a patient, reduced to what an AuditEvent shows.
@@ -61,6 +63,7 @@ pub fn audit_event(r: &AuditRecord<'_>) -> Value {
         AuditAction::Search => ("E", "Query", ("ITI-67", "Find Document References")),
         AuditAction::ConsentGranted => ("C", "Create", ("consent-granted", "Consent recorded")),
         AuditAction::ConsentRevoked => ("U", "Update", ("consent-revoked", "Consent revoked")),
+        AuditAction::Erase => ("D", "Delete", ("erasure", "Record erased (crypto-shredded)")),
     };
     let mut entity = vec![json!({
         "what": {"identifier": {"system": PSEUDONYM_SYSTEM, "value": r.patient}},

@@ -127,7 +127,7 @@ pub fn capability_statement(version: &str, date: &str) -> Value {
             "resource": [
                 {
                     "type": "DocumentReference",
-                    "interaction": [{"code": "create"}, {"code": "read"}, {"code": "search-type"}],
+                    "interaction": [{"code": "create"}, {"code": "read"}, {"code": "search-type"}, {"code": "delete", "documentation": "crypto-shredding by the custodian: key material destroyed, the hash stays on the ledger"}],
                     "conditionalCreate": true,
                     "searchParam": [search_patient.clone()]
                 },

@@ -120,6 +120,20 @@ pub enum EntryBody {
         /// Role of that user.
         role: String,
     },
+    /// A record crypto-shredded by its custodian: its key material is destroyed, its hash
+    /// stays on the ledger.
+    RecordErased {
+        /// Record id.
+        record_id: String,
+        /// Patient pseudonym (64 lowercase hex).
+        patient: String,
+        /// Hospital id of the custodian.
+        custodian: String,
+        /// Pseudonym of the user who erased it.
+        user: String,
+        /// Role of that user.
+        role: String,
+    },
     /// An HSM key lifecycle event.
     KeyEvent {
         /// One of `generate`, `rotate`, `retire`, `destroy`, `import-cert`.
@@ -293,6 +307,13 @@ impl Entry {
                 user_pseudonym(user)?;
                 code("role", role)?;
             }
+            EntryBody::RecordErased { record_id, patient, custodian, user, role } => {
+                code("record_id", record_id)?;
+                patient_pseudonym(patient)?;
+                code("custodian", custodian)?;
+                user_pseudonym(user)?;
+                code("role", role)?;
+            }
             EntryBody::ConsentRevoked { consent_id, patient, custodian, grantee, user, role } => {
                 code("consent_id", consent_id)?;
                 patient_pseudonym(patient)?;
@@ -329,7 +350,8 @@ impl Entry {
             | EntryBody::RecordRead { patient, .. }
             | EntryBody::PatientSearched { patient, .. }
             | EntryBody::ConsentRecorded { patient, .. }
-            | EntryBody::ConsentRevoked { patient, .. } => Some(patient),
+            | EntryBody::ConsentRevoked { patient, .. }
+            | EntryBody::RecordErased { patient, .. } => Some(patient),
             EntryBody::KeyEvent { .. } => None,
         }
     }
@@ -337,9 +359,9 @@ impl Entry {
     /// Id of the record the entry is about, if any.
     pub fn record_id(&self) -> Option<&str> {
         match &self.body {
-            EntryBody::RecordAnchored { record_id, .. } | EntryBody::RecordRead { record_id, .. } => {
-                Some(record_id)
-            }
+            EntryBody::RecordAnchored { record_id, .. }
+            | EntryBody::RecordRead { record_id, .. }
+            | EntryBody::RecordErased { record_id, .. } => Some(record_id),
             EntryBody::PatientSearched { .. }
             | EntryBody::KeyEvent { .. }
             | EntryBody::ConsentRecorded { .. }
@@ -438,6 +460,13 @@ impl EntryBody {
                 .array("record_ids", record_ids, |out, r| canon::write_str(out, r))
                 .opt_str("start", start.as_deref())
                 .opt_str("end", end.as_deref())
+                .str("user", user)
+                .str("role", role),
+            EntryBody::RecordErased { record_id, patient, custodian, user, role } => o
+                .str("kind", "record_erased")
+                .str("record_id", record_id)
+                .str("patient", patient)
+                .str("custodian", custodian)
                 .str("user", user)
                 .str("role", role),
             EntryBody::ConsentRevoked { consent_id, patient, custodian, grantee, user, role } => o

@@ -142,6 +142,18 @@ pub(super) fn one_of_each(gateway: &str) -> Vec<Entry> {
         Entry::new(
             gateway,
             t,
+            nonce(7),
+            EntryBody::RecordErased {
+                record_id: "rec-1".to_owned(),
+                patient: pseudonym("patient 1"),
+                custodian: gateway.to_owned(),
+                user: pseudonym("nurse"),
+                role: "nurse".to_owned(),
+            },
+        ),
+        Entry::new(
+            gateway,
+            t,
             nonce(6),
             EntryBody::ConsentRevoked {
                 consent_id: "c-1".to_owned(),
