@@ -91,6 +91,10 @@ enum Command {
         /// directory) instead of a temporary one.
         #[arg(long)]
         workdir: Option<PathBuf>,
+        /// Three hospitals instead of one: a 3-member etcd cluster, three gateways, and a record
+        /// shared under the patient's consent, then refused after the consent is withdrawn.
+        #[arg(long)]
+        consortium: bool,
     },
     /// Load generator: a throwaway site, then 4 KiB documents over mutual TLS at several
     /// concurrencies; prints records/s, p50/p99 latency and HSM calls per record.
@@ -268,7 +272,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve { config } => crate::daemon::serve(&config.config),
         Command::Audit { command: AuditCommand::BreakGlass { config, json } } => crate::audit::break_glass(&config.config, json),
         Command::Ledger { command } => ledger_command(command),
-        Command::Demo { workdir } => crate::demo::run(workdir.as_deref()),
+        Command::Demo { workdir, consortium: false } => crate::demo::run(workdir.as_deref()),
+        Command::Demo { workdir, consortium: true } => crate::demo::run_consortium(workdir.as_deref()),
         Command::Bench { records, concurrency, size } => crate::bench::run(records, &concurrency, size),
     }
 }

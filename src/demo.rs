@@ -19,6 +19,9 @@ use crate::client::{query_escape, HisClient};
 use crate::fhir::{sample_transaction, PatientId};
 use crate::pki::TestCa;
 
+mod consortium;
+pub use consortium::run as run_consortium;
+
 /// Where Debian's softhsm2 package puts the module.
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// The token label every site uses.
@@ -49,7 +52,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> Failure + '_ {
     move |e| Failure::runtime(format!("{}: {e}", path.display()))
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), Failure> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), Failure> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io(path))?;

@@ -466,3 +466,13 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
     assert_eq!(code, 0);
     assert!(out.contains("1 break-glass read(s) to review"), "{out}");
 }
+
+#[test]
+fn the_consortium_demo_runs_and_exits_0() {
+    let out = std::process::Command::new(support::exe()).args(["demo", "--consortium"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("B reads it: 200"), "{stdout}");
+    assert!(stdout.contains("B's very next read is refused"), "{stdout}");
+    assert!(stdout.contains("consortium demo finished: OK"), "{stdout}");
+}
