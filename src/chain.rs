@@ -117,6 +117,10 @@ pub struct ChainStore {
     consents: sled::Tree,
     /// record id → location of the entry that anchored it (every hospital's records).
     records: sled::Tree,
+    /// Evidence of forks: height → the peer's signed checkpoint and our block hash there.
+    forks: sled::Tree,
+    /// Latest checkpoint each peer sent: gateway → checkpoint JSON.
+    peer_checkpoints: sled::Tree,
 }
 
 /// A consent as the chain knows it (derived from consent entries of valid batches).
@@ -163,6 +167,8 @@ impl ChainStore {
             keys: db.open_tree("ledger_public_keys")?,
             consents: db.open_tree("consents")?,
             records: db.open_tree("record_index")?,
+            forks: db.open_tree("fork_evidence")?,
+            peer_checkpoints: db.open_tree("peer_checkpoints")?,
         })
     }
 
@@ -274,6 +280,30 @@ impl ChainStore {
             }
         }
         Ok(out)
+    }
+
+    /// Keeps a fork's evidence (the peer's signed checkpoint, our hash at that height), flushed.
+    pub fn record_fork(&self, height: u64, theirs: &crate::ledger::Checkpoint, ours: &str) -> Result<(), ChainError> {
+        let v = serde_json::json!({"height": height, "ours": ours, "theirs": theirs});
+        self.forks.insert(format!("{height:020}/{}", theirs.gateway).as_bytes(), serde_json::to_vec(&v).unwrap_or_default())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every fork seen, as stored evidence.
+    pub fn forks(&self) -> Result<Vec<serde_json::Value>, ChainError> {
+        self.forks.iter().values().map(|v| Ok(serde_json::from_slice(&v?).unwrap_or_default())).collect()
+    }
+
+    /// Remembers the latest checkpoint a peer sent (for the lag metric).
+    pub fn remember_peer_checkpoint(&self, cp: &crate::ledger::Checkpoint) -> Result<(), ChainError> {
+        self.peer_checkpoints.insert(cp.gateway.as_bytes(), serde_json::to_vec(cp).unwrap_or_default())?;
+        Ok(())
+    }
+
+    /// The latest checkpoint of every peer that sent one.
+    pub fn peer_checkpoints(&self) -> Result<Vec<crate::ledger::Checkpoint>, ChainError> {
+        self.peer_checkpoints.iter().values().map(|v| Ok(serde_json::from_slice(&v?).map_err(|e| ChainError::Format(e.to_string()))?)).collect()
     }
 
     /// The entry that anchored a record, whichever hospital holds it.
@@ -637,6 +667,9 @@ impl Writer {
                 (block, 0)
             }
             Ordering::Consortium(link) => {
+                if let Some(why) = link.halted() {
+                    return Err(ChainError::Order(format!("the consortium ledger is halted ({why}); entries stay in the outbox")));
+                }
                 let hash = batch.hash();
                 let waiter = link.landed.waiter();
                 link.submit(&batch).await.map_err(ChainError::Order)?;

@@ -87,7 +87,7 @@ impl Link {
         self.halted.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn halt(&self, why: String) {
+    pub fn halt(&self, why: String) {
         tracing::error!(reason = %why, "consortium ledger halted: no new blocks until an operator acts");
         *self.halted.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
     }

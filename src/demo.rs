@@ -220,6 +220,12 @@ listen = "{admin_addr}"
 
     /// Starts `medgate serve` for this site as a child process and waits until it is ready.
     pub fn spawn(&self, exe: &Path, log: Option<&Path>) -> Result<Child, Failure> {
+        self.spawn_until(exe, log, "/readyz")
+    }
+
+    /// As [`Site::spawn`], waiting until the admin `path` answers 200 (`/healthz`: alive, even
+    /// when not ready to serve).
+    pub fn spawn_until(&self, exe: &Path, log: Option<&Path>, path: &str) -> Result<Child, Failure> {
         let mut cmd = Command::new(exe);
         cmd.arg("serve").arg("--config").arg(&self.config).env("SOFTHSM2_CONF", &self.softhsm_conf).stdin(Stdio::null());
         match log {
@@ -238,7 +244,7 @@ listen = "{admin_addr}"
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(Failure::runtime(format!("medgate serve exited during start-up ({status})")));
             }
-            if admin_get(self.admin_addr, "/readyz").map(|(s, _)| s == 200).unwrap_or(false) {
+            if admin_get(self.admin_addr, path).map(|(s, _)| s == 200).unwrap_or(false) {
                 return Ok(child);
             }
             if Instant::now() > deadline {

@@ -673,6 +673,99 @@ impl Gateway {
         })
     }
 
+    /// Signs a checkpoint of the stored chain head in the HSM and sends it to every peer.
+    /// A peer that answers 409 holds another block at that height: a fork, which halts this
+    /// gateway's submissions too.
+    pub async fn send_checkpoint(&self) -> Result<(), String> {
+        let sharing = self.sharing.clone().ok_or("no sharing")?;
+        let Some((height, _)) = self.ledger.store.head().map_err(|e| e.to_string())? else { return Ok(()) };
+        let Some(cp) = self.checkpoint_at(height).await? else { return Ok(()) };
+        let mut failed = Vec::new();
+        for (peer, p) in &sharing.peers {
+            if *peer == self.hospital || p.address.is_none() {
+                continue;
+            }
+            match sharing.send_checkpoint(peer, &cp).await {
+                Ok((200, _)) => {}
+                Ok((409, body)) => {
+                    // The peer's own signed checkpoint at that height, checked before it counts.
+                    let theirs = serde_json::from_str::<crate::peer::Refusal>(&body)
+                        .ok()
+                        .and_then(|r| crate::ledger::Checkpoint::from_bytes(r.reason.as_bytes()).ok())
+                        .filter(|t| t.gateway == *peer && t.height == height)
+                        .filter(|t| t.verify(&|g: &str, v: u32| self.ledger.store.public_key(g, v).ok().flatten()).is_ok());
+                    match theirs {
+                        Some(t) => failed.push(self.fork_seen(&t, &cp.block_hash)),
+                        None => failed.push(format!("{peer} answered 409 without a valid checkpoint")),
+                    }
+                }
+                Ok((status, why)) => failed.push(format!("{peer}: {status} {why}")),
+                Err(e) => failed.push(e),
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
+    }
+
+    /// Signs a checkpoint of this gateway's block at `height` in the HSM.
+    async fn checkpoint_at(&self, height: u64) -> Result<Option<crate::ledger::Checkpoint>, String> {
+        let Some(block) = self.ledger.store.block(height).map_err(|e| e.to_string())? else { return Ok(None) };
+        let unsigned = crate::ledger::UnsignedCheckpoint::new(&self.hospital, height, block.hash(), block.order_position);
+        let digest = unsigned.signing_digest();
+        let hsm = self.hsm.clone();
+        let sig = tokio::task::spawn_blocking(move || hsm.sign_digest(medgate_hsm::Role::Ledger, &digest))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(Some(unsigned.sign(sig.key_version, &sig.raw)))
+    }
+
+    /// Two signed hashes at one height: keep both checkpoints as evidence, halt submissions,
+    /// raise the alert.
+    fn fork_seen(&self, theirs: &crate::ledger::Checkpoint, ours: &str) -> String {
+        let reason = format!(
+            "fork: {} signed block {} at height {}, this gateway holds {}",
+            theirs.gateway,
+            &theirs.block_hash[..16.min(theirs.block_hash.len())],
+            theirs.height,
+            &ours[..16.min(ours.len())]
+        );
+        tracing::error!(peer = %theirs.gateway, height = theirs.height, theirs = %theirs.block_hash, ours = %ours, "LEDGER FORK: two signed hashes at one height; submissions halted, evidence kept");
+        if let Err(e) = self.ledger.store.record_fork(theirs.height, theirs, ours) {
+            tracing::error!(error = %e, "fork evidence could not be stored");
+        }
+        self.metrics.incr("ledger_forks");
+        if let Some(link) = self.sharing.as_ref().and_then(|s| s.link.as_ref()) {
+            link.halt(reason.clone());
+        }
+        reason
+    }
+
+    /// A peer's signed checkpoint: checked with the member's ledger key and compared with this
+    /// gateway's block at that height. On a fork the peer gets 409 and this gateway's own signed
+    /// checkpoint for that height, so both sides keep both signatures as evidence.
+    pub async fn accept_checkpoint(&self, from: &str, cp: &crate::ledger::Checkpoint) -> Result<String, (u16, String)> {
+        if cp.gateway != from || from == self.hospital {
+            return Err((403, "checkpoint-not-from-its-sender".into()));
+        }
+        let store = &self.ledger.store;
+        cp.verify(&|g: &str, v: u32| store.public_key(g, v).ok().flatten()).map_err(|e| (403, format!("bad-signature: {e}")))?;
+        let _ = store.remember_peer_checkpoint(cp);
+        let mine = match self.checkpoint_at(cp.height).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok("behind".into()),
+            Err(e) => return Err((500, e)),
+        };
+        if mine.block_hash == cp.block_hash {
+            return Ok("agree".into());
+        }
+        self.fork_seen(cp, &mine.block_hash);
+        Err((409, serde_json::to_string(&mine).unwrap_or_default()))
+    }
+
     /// `GET /AuditEvent?patient=system|value`: every ledger entry about the patient.
     pub async fn audit(&self, caller: &Caller, patient: &PatientId, self_link: &str) -> Result<Value, FhirError> {
         self.may_read(caller)?;

@@ -65,6 +65,8 @@ pub struct Refusal {
 #[derive(Debug)]
 pub struct Sharing {
     pub me: String,
+    /// The consortium link, halted when a fork is seen.
+    pub link: Option<Arc<crate::consortium::Link>>,
     pub peers: HashMap<String, Peer>,
     pub client_tls: Arc<rustls::ClientConfig>,
     pub break_glass_roles: Vec<String>,
@@ -93,52 +95,59 @@ impl Sharing {
         }
         let mut client = (*crate::consortium::etcd::client_tls(cfg, hsm)?).clone();
         client.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Sharing { me: me.to_owned(), peers, client_tls: Arc::new(client), break_glass_roles: cfg.break_glass_roles.clone() })
+        Ok(Sharing { me: me.to_owned(), link: None, peers, client_tls: Arc::new(client), break_glass_roles: cfg.break_glass_roles.clone() })
     }
 
-    /// Asks `custodian` for a record. `Ok(Err(refusal))` is an answer (403, 404); `Err` means
-    /// the custodian could not be asked.
+    /// Asks `custodian` for a record. `Ok(Err(refusal))` is an answer (403, 404, 410); `Err`
+    /// means the custodian could not be asked.
     pub async fn read(&self, custodian: &str, req: &ReadRequest) -> Result<Result<ReadGrant, (u16, Refusal)>, String> {
-        let addr = self
-            .peers
-            .get(custodian)
-            .and_then(|p| p.address)
-            .ok_or_else(|| format!("no peer address configured for {custodian}"))?;
-        let tcp = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| format!("connecting to {custodian} at {addr} timed out"))?
-            .map_err(|e| format!("connecting to {custodian} at {addr}: {e}"))?;
-        let stream = tokio_rustls::TlsConnector::from(self.client_tls.clone())
-            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-            .await
-            .map_err(|e| format!("TLS with {custodian}: {e}"))?;
-        // The consortium CA vouches for the hospital id in the certificate's organisation.
-        let presented = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| organisation(c.as_ref()));
-        if presented.as_deref() != Some(custodian) {
-            return Err(format!("the gateway at {addr} presented a certificate for {presented:?}, not {custodian}"));
-        }
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-        let request = Request::post("/peer/v1/read")
-            .header("host", custodian)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let resp = tokio::time::timeout(Duration::from_secs(20), send.send_request(request))
-            .await
-            .map_err(|_| format!("{custodian} did not answer within 20 s"))?
-            .map_err(|e| format!("{custodian}: {e}"))?;
-        let status = resp.status().as_u16();
-        let bytes = Limited::new(resp.into_body(), 64 << 20).collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let (status, bytes) = self.post(custodian, "/peer/v1/read", &serde_json::to_vec(req).map_err(|e| e.to_string())?).await?;
         if status == 200 {
             Ok(Ok(serde_json::from_slice(&bytes).map_err(|e| format!("{custodian} sent an unreadable grant: {e}"))?))
         } else {
             let refusal = serde_json::from_slice(&bytes).unwrap_or(Refusal { reason: format!("status-{status}") });
             Ok(Err((status, refusal)))
         }
+    }
+
+    /// Sends this gateway's signed checkpoint to a peer; the answer says whether it agrees.
+    pub async fn send_checkpoint(&self, peer: &str, cp: &crate::ledger::Checkpoint) -> Result<(u16, String), String> {
+        let (status, bytes) = self.post(peer, "/peer/v1/checkpoint", &serde_json::to_vec(cp).map_err(|e| e.to_string())?).await?;
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// One request to a peer over mutual TLS, checking that the certificate names that peer.
+    async fn post(&self, peer: &str, path: &str, body: &[u8]) -> Result<(u16, Bytes), String> {
+        let addr = self.peers.get(peer).and_then(|p| p.address).ok_or_else(|| format!("no peer address configured for {peer}"))?;
+        let tcp = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connecting to {peer} at {addr} timed out"))?
+            .map_err(|e| format!("connecting to {peer} at {addr}: {e}"))?;
+        let stream = tokio_rustls::TlsConnector::from(self.client_tls.clone())
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .map_err(|e| format!("TLS with {peer}: {e}"))?;
+        // The consortium CA vouches for the hospital id in the certificate's organisation.
+        let presented = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| organisation(c.as_ref()));
+        if presented.as_deref() != Some(peer) {
+            return Err(format!("the gateway at {addr} presented a certificate for {presented:?}, not {peer}"));
+        }
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let request = Request::post(path)
+            .header("host", peer)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(20), send.send_request(request))
+            .await
+            .map_err(|_| format!("{peer} did not answer within 20 s"))?
+            .map_err(|e| format!("{peer}: {e}"))?;
+        let status = resp.status().as_u16();
+        let bytes = Limited::new(resp.into_body(), 64 << 20).collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, bytes))
     }
 }
 
@@ -209,13 +218,23 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, gatewa
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (gateway, requester) = (gateway.clone(), requester.clone());
                 async move {
-                    if req.method() != hyper::Method::POST || req.uri().path() != "/peer/v1/read" {
+                    let path = req.uri().path().to_owned();
+                    if req.method() != hyper::Method::POST || !["/peer/v1/read", "/peer/v1/checkpoint"].contains(&path.as_str()) {
                         return Ok::<_, std::convert::Infallible>(json(404, &Refusal { reason: "no-such-endpoint".into() }));
                     }
                     let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
                         Ok(b) => b.to_bytes(),
                         Err(_) => return Ok(json(400, &Refusal { reason: "bad-request".into() })),
                     };
+                    if path == "/peer/v1/checkpoint" {
+                        let Ok(cp) = crate::ledger::Checkpoint::from_bytes(&body) else {
+                            return Ok(json(400, &Refusal { reason: "bad-request".into() }));
+                        };
+                        return Ok(match gateway.accept_checkpoint(&requester, &cp).await {
+                            Ok(verdict) => json(200, &Refusal { reason: verdict }),
+                            Err((status, reason)) => json(status, &Refusal { reason }),
+                        });
+                    }
                     let Ok(read) = serde_json::from_slice::<ReadRequest>(&body) else {
                         return Ok(json(400, &Refusal { reason: "bad-request".into() }));
                     };

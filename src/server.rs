@@ -91,6 +91,11 @@ impl Running {
                     .await
                     .map_err(ServerError::Consortium)?;
                 tasks.extend(t);
+                if let Ok(forks) = store.forks() {
+                    if !forks.is_empty() {
+                        link.halt(format!("{} fork(s) on record (evidence in the store); an operator must investigate before submissions resume", forks.len()));
+                    }
+                }
                 (Ordering::Consortium(link.clone()), Some(link))
             }
             _ => (Ordering::Standalone(Sequencer::open(&db)?), None),
@@ -98,8 +103,9 @@ impl Running {
         let ledger = Ledger::start(cfg.gateway.hospital_id.clone(), store, hsm.clone(), ordering, vault.clone(), policy, metrics.clone()).await?;
         let mut gateway = Gateway::new(cfg.gateway.hospital_id.clone(), hsm.clone(), vault, ledger, metrics);
         let mut peer_listener = None;
-        if let (Some(c), Some(_)) = (&cfg.consortium, &link) {
-            let sharing = crate::peer::Sharing::from_config(c, &cfg.gateway.hospital_id, &hsm).map_err(ServerError::Consortium)?;
+        if let (Some(c), Some(l)) = (&cfg.consortium, &link) {
+            let mut sharing = crate::peer::Sharing::from_config(c, &cfg.gateway.hospital_id, &hsm).map_err(ServerError::Consortium)?;
+            sharing.link = Some(l.clone());
             gateway = gateway.with_sharing(Arc::new(sharing));
             if let Some(addr) = c.peer_listen {
                 let l = TcpListener::bind(addr).await.map_err(|e| ServerError::Consortium(format!("cannot listen on {addr} (consortium.peer_listen): {e}")))?;
@@ -124,6 +130,7 @@ impl Running {
         let admin_state = Arc::new(AdminState { gateway: gateway.clone(), db: db.clone(), tls_files: tls_files.clone(), link });
         if let Some((l, tls)) = peer_listener {
             tasks.push(tokio::spawn(crate::peer::serve(l, tls, gateway.clone(), stop_rx.clone())));
+            tasks.push(tokio::spawn(exchange_checkpoints(gateway.clone(), stop_rx.clone())));
         }
         tasks.extend([
             tokio::spawn(serve_admin(admin, admin_state.clone(), stop_rx.clone())),
@@ -222,6 +229,32 @@ async fn serve_his(listener: TcpListener, tls: Arc<Reloadable>, api: Arc<Api>, m
     }
 }
 
+/// How often this gateway tells its peers its chain head (when it moved).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Signs a checkpoint of the chain head whenever it moved and sends it to every peer; a peer
+/// that holds another block at that height answers 409, and both sides halt (fork).
+async fn exchange_checkpoints(gateway: Gateway, mut stop: watch::Receiver<bool>) {
+    let mut last_sent: Option<(u64, String)> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        let head = match gateway.ledger.store.head() {
+            Ok(Some(h)) => h,
+            _ => continue,
+        };
+        if last_sent.as_ref() == Some(&head) {
+            continue;
+        }
+        match gateway.send_checkpoint().await {
+            Ok(()) => last_sent = Some(head),
+            Err(e) => tracing::debug!(error = %e, "checkpoint not sent to every peer; retrying"),
+        }
+    }
+}
+
 async fn drain_outbox(gateway: Gateway, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
@@ -311,6 +344,13 @@ impl AdminState {
         ];
         if let Ok(Some((h, _))) = self.gateway.ledger.store.head() {
             gauges.push(("medgate_ledger_height", "Height of the last block.", vec![(String::new(), h as f64)]));
+            if let Ok(cps) = self.gateway.ledger.store.peer_checkpoints() {
+                let lag = cps.iter().map(|c| (format!("peer=\"{}\"", c.gateway), h as f64 - c.height as f64)).collect();
+                gauges.push(("medgate_checkpoint_lag_blocks", "This gateway's height minus each peer's last signed checkpoint.", lag));
+            }
+        }
+        if let Ok(forks) = self.gateway.ledger.store.forks() {
+            gauges.push(("medgate_ledger_forks", "Forks seen (two signed hashes at one height).", vec![(String::new(), forks.len() as f64)]));
         }
         let mut expiry = Vec::new();
         for (which, path) in [("server", &self.tls_files.certificate), ("client_ca", &self.tls_files.client_ca)] {

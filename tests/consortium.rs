@@ -476,3 +476,54 @@ fn the_consortium_demo_runs_and_exits_0() {
     assert!(stdout.contains("B's very next read is refused"), "{stdout}");
     assert!(stdout.contains("consortium demo finished: OK"), "{stdout}");
 }
+
+#[test]
+fn a_gateway_holding_another_block_at_the_same_height_is_a_detected_fork() {
+    let mut c = consortium_with("fork", true);
+    ingest(&c, 0, 3, "a");
+    converge(&c, 2.0);
+    // Hospital C holds another block 2 (its header differs: as if C had cut it from another
+    // stream, or someone rewrote C's copy).
+    c.gws[2].stop();
+    {
+        let db = medgate::vault::Vault::open_db(&c.gws[2].site.dir.join("state")).unwrap();
+        let store = medgate::chain::ChainStore::open(&db).unwrap();
+        let mut block = store.block(2).unwrap().unwrap();
+        block.order_position += 1000;
+        store.raw_blocks().insert(2u64.to_be_bytes(), block.to_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    c.gws[2].start();
+    // C signs a checkpoint of its head; A and B hold another block there: fork on both sides.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, a) = medgate::demo::admin_get(c.gws[0].site.admin_addr, "/readyz").unwrap();
+        let (_, cc) = medgate::demo::admin_get(c.gws[2].site.admin_addr, "/readyz").unwrap();
+        if a.contains("fork") && cc.contains("fork") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "fork not detected:\nA: {a}\nC: {cc}\nC log:\n{}\nA log:\n{}", c.gws[2].log_text(), c.gws[0].log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(c.gws[0].metric("medgate_ledger_forks"), Some(1.0));
+    assert!(c.gws[0].log_text().contains("LEDGER FORK"));
+    // Submissions are halted: a record is still stored, answered 202, and waits in the outbox.
+    rt().block_on(async {
+        let mut his = c.gws[0].client();
+        let r = his.post_json("/", &sample_transaction(&patient(99), "text/plain", b"during the fork", None), &[]).await.unwrap();
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    });
+    // The evidence survives a restart, and so does the halt.
+    c.gws[0].stop();
+    {
+        let db = medgate::vault::Vault::open_db(&c.gws[0].site.dir.join("state")).unwrap();
+        let forks = medgate::chain::ChainStore::open(&db).unwrap().forks().unwrap();
+        assert_eq!(forks.len(), 1, "{forks:?}");
+        assert_eq!(forks[0]["height"], 2);
+        assert_eq!(forks[0]["theirs"]["gateway"], "hospital-c");
+    }
+    c.gws[0].start_alive();
+    let (status, body) = medgate::demo::admin_get(c.gws[0].site.admin_addr, "/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("fork"), "{body}");
+}

@@ -87,6 +87,13 @@ impl Gw {
         self.child = Some(child);
     }
 
+    /// Starts the gateway and waits only until it is alive (`/healthz`), not ready.
+    pub fn start_alive(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = self.site.spawn_until(&exe(), Some(&self.log), "/healthz").unwrap_or_else(|f| panic!("start: {}\nlog:\n{}", f.message, self.log_text()));
+        self.child = Some(child);
+    }
+
     /// SIGTERM, and the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("running");
