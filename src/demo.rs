@@ -20,7 +20,7 @@ use crate::fhir::{sample_transaction, PatientId};
 use crate::pki::TestCa;
 
 mod consortium;
-pub use consortium::run as run_consortium;
+pub use consortium::{bench as bench_consortium, run as run_consortium};
 
 /// Where Debian's softhsm2 package puts the module.
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";

@@ -231,3 +231,37 @@ async fn dial(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> std::io::Resu
     let _ = tcp.set_nodelay(true);
     tokio_rustls::TlsConnector::from(tls).connect(ServerName::IpAddress(addr.ip().into()), tcp).await
 }
+
+/// etcd's own put rate, measured with a plain client (PEM key in process, not the HSM): the
+/// reference figure next to which `medgate bench --consortium` prints the consortium's rates.
+pub async fn raw_put_rate(endpoints: &[SocketAddr], ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8], duration: Duration, concurrency: usize) -> Result<f64, String> {
+    let mut cfg = (*tls::client_config(ca_pem, Some((cert_pem, key_pem))).map_err(|e| e.to_string())?).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let cfg = Arc::new(cfg);
+    let addr = *endpoints.first().ok_or("no endpoint")?;
+    let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
+        let cfg = cfg.clone();
+        async move { dial(addr, cfg).await.map(TokioIo::new) }
+    });
+    let channel = tonic::transport::Endpoint::from_static("http://etcd.bench.invalid").connect_with_connector_lazy(connector);
+    let client = Client::from_channel(etcd_client::Channel::Tonic(channel), None).await.map_err(|e| e.to_string())?;
+    let value = vec![b'x'; 1024];
+    let start = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (client, value) = (client.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while start.elapsed() < duration {
+                client.kv_client().put(format!("/bench/raw/{w}/{n}"), value.clone(), None).await.map_err(|e| e.to_string())?;
+                n += 1;
+            }
+            Ok::<u64, String>(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}

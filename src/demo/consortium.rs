@@ -26,6 +26,8 @@ const HOSPITALS: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
 struct Etcd {
     children: Vec<Child>,
     endpoints: Vec<SocketAddr>,
+    /// CA, member and client (`root`) certificates, data and logs.
+    dir: PathBuf,
 }
 
 impl Drop for Etcd {
@@ -54,7 +56,7 @@ fn start_etcd(dir: &Path, ca: &TestCa) -> Result<Etcd, Failure> {
     write_private(&dir.join("root.key"), ck.serialize_pem().as_bytes())?;
     let ports: Vec<SocketAddr> = (0..6).map(|_| free_port()).collect::<Result<_, _>>()?;
     let cluster: Vec<String> = (0..3).map(|i| format!("m{i}=https://{}", ports[2 * i + 1])).collect();
-    let mut etcd = Etcd { children: Vec::new(), endpoints: (0..3).map(|i| ports[2 * i]).collect() };
+    let mut etcd = Etcd { children: Vec::new(), endpoints: (0..3).map(|i| ports[2 * i]).collect(), dir: dir.to_path_buf() };
     for i in 0..3 {
         let name = format!("m{i}");
         let (cert, key) = ca.issue_server(&name).map_err(rt_err)?;
@@ -124,20 +126,33 @@ fn check(cond: bool, what: &str) -> Result<(), Failure> {
     }
 }
 
-pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
-    let temp;
-    let dir: PathBuf = match workdir {
-        Some(d) => d.to_path_buf(),
-        None => {
-            temp = tempfile::Builder::new().prefix("medgate-consortium").tempdir().map_err(rt_err)?;
-            temp.path().to_path_buf()
+/// A running three-hospital consortium: the etcd cluster, the sites and their gateways.
+struct Consortium {
+    etcd: Etcd,
+    sites: Vec<Site>,
+    children: Vec<Child>,
+}
+
+impl Consortium {
+    fn stop(&mut self) {
+        for c in &mut self.children {
+            let _ = stop_child(c);
         }
-    };
-    let mut step = 0;
-    let mut say = |m: &str| {
-        step += 1;
-        println!("[{step:2}] {m}");
-    };
+        self.children.clear();
+    }
+}
+
+impl Drop for Consortium {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Builds and starts the consortium under `dir`.
+fn build(dir: &Path, say: &mut dyn FnMut(&str)) -> Result<Consortium, Failure> {
     let ca = TestCa::new("Consortium CA").map_err(rt_err)?;
     let etcd = start_etcd(&dir.join("etcd"), &ca)?;
     say(&format!("consortium CA created; 3-member etcd cluster with mutual TLS on {:?}", etcd.endpoints));
@@ -183,16 +198,35 @@ pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
     }
     say("consortium certificates issued for each gateway's HSM TLS key; genesis members, sharing keys and peer addresses configured");
     let exe = std::env::current_exe().map_err(rt_err)?;
-    let mut children = Vec::new();
-    for s in &sites {
-        children.push(s.spawn(&exe, Some(&s.dir.join("medgate.log")))?);
+    let mut c = Consortium { etcd, sites, children: Vec::new() };
+    for i in 0..c.sites.len() {
+        let log = c.sites[i].dir.join("medgate.log");
+        let child = c.sites[i].spawn(&exe, Some(&log))?;
+        c.children.push(child);
     }
     say("three gateways started (medgate serve), each following etcd's ordered stream");
+    Ok(c)
+}
+
+pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
+    let temp;
+    let dir: PathBuf = match workdir {
+        Some(d) => d.to_path_buf(),
+        None => {
+            temp = tempfile::Builder::new().prefix("medgate-consortium").tempdir().map_err(rt_err)?;
+            temp.path().to_path_buf()
+        }
+    };
+    let mut step = 0;
+    let mut say = |m: &str| {
+        step += 1;
+        println!("[{step:2}] {m}");
+    };
+    let mut c = build(&dir, &mut say)?;
+    let sites = c.sites.clone();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(rt_err)?;
     let outcome = rt.block_on(scene(&sites, &mut say));
-    for c in &mut children {
-        let _ = stop_child(c);
-    }
+    c.stop();
     outcome?;
     say("gateways stopped with SIGTERM");
     let keys: Vec<Vec<u8>> = sites.iter().map(|s| crate::verify::read_public_key(&s.ledger_public_key)).collect::<Result<_, _>>().map_err(Failure::runtime)?;
@@ -205,7 +239,7 @@ pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
     }
     check(heads.iter().all(|h| h == &heads[0]), "the three ledgers differ")?;
     say(&format!("the three ledger copies verify against the members' keys to one head: {} blocks, head {}", heads[0].1, &heads[0].0[..16]));
-    drop(etcd);
+    drop(c);
     match workdir {
         Some(d) => say(&format!("everything is kept in {}", d.display())),
         None => say("throwaway tokens, keys, certificates, etcd data and ledgers removed (use --workdir DIR to keep them)"),
@@ -286,5 +320,108 @@ async fn scene(sites: &[Site], say: &mut dyn FnMut(&str)) -> Result<(), Failure>
         check(reads.len() == 3, &format!("{}: three reads on the ledger", s.hospital))?;
         say(&format!("{}'s audit trail for the patient: {} events, reads {:?}", s.hospital, events.len(), reads));
     }
+    Ok(())
+}
+
+/// `medgate bench --consortium`: etcd's raw put rate, consortium ingest throughput, and
+/// cross-hospital read latency, all in one run on one machine.
+pub fn bench(records: usize, concurrency: usize) -> Result<(), Failure> {
+    let temp = tempfile::Builder::new().prefix("medgate-consortium-bench").tempdir().map_err(rt_err)?;
+    let mut c = build(temp.path(), &mut |_| {})?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(rt_err)?;
+    let result = rt.block_on(bench_run(&c, records, concurrency));
+    c.stop();
+    result
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize].as_secs_f64() * 1e3
+}
+
+async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result<(), Failure> {
+    let read = |p: &str| std::fs::read(c.etcd.dir.join(p)).map_err(rt_err);
+    let (ca, cert, key) = (read("ca.pem")?, read("root.crt")?, read("root.key")?);
+    let raw = crate::consortium::etcd::raw_put_rate(&c.etcd.endpoints, &ca, &cert, &key, Duration::from_secs(3), concurrency)
+        .await
+        .map_err(Failure::runtime)?;
+    println!(
+        "medgate consortium bench: 3 etcd members (mutual TLS, loopback), 3 gateways, SoftHSM2, {} cores",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    println!("etcd raw put (1 KiB, {concurrency} concurrent): {raw:.0} puts/s");
+    let a = &c.sites[0];
+    let patient = PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: "bench-patient".into() };
+    let per = records.div_ceil(concurrency);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let mut his = client(a, "bench", "physician", "TREAT")?;
+        let patient = patient.clone();
+        tasks.push(tokio::spawn(async move {
+            let data: Vec<u8> = (0..4096).map(|i| (i * 7 + w) as u8).collect();
+            let mut out = Vec::new();
+            for _ in 0..per {
+                let t = Instant::now();
+                let r = his.post_json("/", &sample_transaction(&patient, "application/pdf", &data, None), &[]).await?;
+                if r.status != 201 {
+                    return Err(format!("ingest answered {}", r.status));
+                }
+                out.push((t.elapsed(), r.json()["entry"][0]["resource"]["id"].as_str().unwrap_or_default().to_owned()));
+            }
+            Ok::<_, String>(out)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut ids = Vec::new();
+    for t in tasks {
+        for (d, id) in t.await.map_err(rt_err)?.map_err(Failure::runtime)? {
+            lat.push(d);
+            ids.push(id);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort();
+    println!(
+        "consortium ingest (4 KiB, {concurrency} concurrent HIS clients at A): {:.0} records/s, p50 {:.2} ms, p99 {:.2} ms ({} records)",
+        lat.len() as f64 / secs,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.len()
+    );
+    // The patient consents to B; B reads A's records one after another.
+    let mut his_a = client(a, "bench", "physician", "TREAT")?;
+    let consent = json!({
+        "resourceType": "Consent", "status": "active",
+        "patient": {"identifier": {"system": patient.system, "value": patient.value}},
+        "provision": {"type": "permit", "actor": [{"reference": {"identifier": {"system": "urn:medgate:hospital", "value": "hospital-b"}}}]}
+    });
+    let r = his_a.post_json("/Consent", &consent, &[]).await.map_err(Failure::runtime)?;
+    check(r.status == 201, "consent recorded")?;
+    let b = &c.sites[1];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut his_b = client(b, "bench", "physician", "TREAT")?;
+    let last = ids.last().cloned().unwrap_or_default();
+    while his_b.get(&format!("/Binary/{last}")).await.map_err(Failure::runtime)?.status != 200 {
+        check(Instant::now() < deadline, "B sees A's records and the consent")?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut reads = Vec::new();
+    let n = ids.len().min(200);
+    for id in ids.iter().take(n) {
+        let t = Instant::now();
+        let r = his_b.get(&format!("/Binary/{id}")).await.map_err(Failure::runtime)?;
+        check(r.status == 200 && r.body.len() == 4096, "cross-hospital read")?;
+        reads.push(t.elapsed());
+    }
+    reads.sort();
+    println!(
+        "cross-hospital read (B reads A's record under consent, sequential): p50 {:.2} ms, p99 {:.2} ms ({} reads)",
+        percentile(&reads, 0.5),
+        percentile(&reads, 0.99),
+        reads.len()
+    );
     Ok(())
 }
