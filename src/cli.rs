@@ -242,6 +242,14 @@ enum KeysCommand {
         /// PEM or DER certificate file.
         file: PathBuf,
     },
+    /// Key ceremony: import the consortium's shared pseudonym key (32 bytes, hex, in a file) as
+    /// version 1, sensitive and never extractable, so one patient has one pseudonym across the
+    /// consortium. Only before any pseudonym key exists; destroy the file afterwards.
+    ImportPseudonymKey {
+        /// File holding the key as 64 hex characters (mode 0600).
+        #[arg(long)]
+        value_file: PathBuf,
+    },
     /// Print the public key of a role (PEM), for verifiers.
     PublicKey {
         #[arg(long, value_parser = parse_role)]
@@ -436,6 +444,17 @@ fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, state: Option<&Path>, command: Key
             let info = keys::role_key(hsm, role, version)?;
             keys::record_event(state, "import-cert", &info)?;
             println!("certificate for {} imported: {}", info.label, cert.subject());
+        }
+        KeysCommand::ImportPseudonymKey { value_file } => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(&value_file).map_err(|e| Failure::usage(format!("{}: {e}", value_file.display())))?,
+            );
+            let value = zeroize::Zeroizing::new(
+                hex::decode(text.trim()).map_err(|_| Failure::usage(format!("{}: not hex", value_file.display())))?,
+            );
+            let info = hsm.import_pseudonym_key(&value).map_err(Failure::hsm)?;
+            keys::record_event(state, "generate", &info)?;
+            println!("imported {} (CKA_ID {}); destroy {} now", info.label, info.id_hex, value_file.display());
         }
         KeysCommand::PublicKey { role, version } => {
             let (_, pem) = hsm.public_key_pem(role, version).map_err(Failure::hsm)?;

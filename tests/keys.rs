@@ -120,3 +120,37 @@ fn an_unreadable_token_configuration_is_named() {
     assert_ne!(code, 0);
     assert!(err.contains(missing.to_str().unwrap()), "{err}");
 }
+
+#[test]
+fn the_shared_pseudonym_key_is_imported_at_the_ceremony_only_once() {
+    let (site, _dir) = support::site("ceremony");
+    // A second, empty token in the same SoftHSM store, initialised by the officer's console.
+    let text = std::fs::read_to_string(&site.config).unwrap().replace("token_label = \"medgate\"", "token_label = \"ceremony\"");
+    let cfg_path = site.dir.join("ceremony.toml");
+    std::fs::write(&cfg_path, text).unwrap();
+    let cfg = cfg_path.to_str().unwrap();
+    let keys = |args: &[&str]| {
+        let mut all = vec!["keys", "--config", cfg];
+        all.extend_from_slice(args);
+        run_medgate(&all, &site.softhsm_conf)
+    };
+    let (code, _, err) = keys(&["init-token", "--so-pin-file", site.dir.join("hsm-so-pin").to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let value = site.dir.join("pseudonym.hex");
+    std::fs::write(&value, "11".repeat(32)).unwrap();
+    let (code, out, err) = keys(&["import-pseudonym-key", "--value-file", value.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("medgate-pseudonym-v1"), "{out}");
+    let (_, json, _) = keys(&["list", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let k = list.as_array().unwrap().iter().find(|k| k["role"] == "pseudonym").unwrap().clone();
+    assert_eq!(k["sensitive"], true, "{k}");
+    assert_eq!(k["extractable"], false, "{k}");
+    // Once a pseudonym key exists, another import is refused and changes nothing.
+    let (code, _, err) = keys(&["import-pseudonym-key", "--value-file", value.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already has pseudonym keys"), "{err}");
+    let (code, _, err) = keys(&["import-pseudonym-key", "--value-file", site.dir.join("nope").to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nope"), "{err}");
+}
