@@ -130,14 +130,7 @@ impl TestCa {
 
     /// Signs a CSR as a TLS server certificate (also usable as a client: gateways talk to peers).
     pub fn sign_server_csr(&self, csr_pem: &str, days: i64) -> Result<rcgen::Certificate, PkiError> {
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
-        csr.params.not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
-        csr.params.not_after = OffsetDateTime::now_utc() + Duration::days(days);
-        csr.params.serial_number = Some(serial());
-        csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        csr.params.use_authority_key_identifier_extension = true;
-        Ok(csr.signed_by(&self.cert, &self.key)?)
+        self.sign_peer_csr(csr_pem, days, &[])
     }
 
     /// As [`TestCa::sign_server_csr`], adding IP subjectAltNames: a consortium gateway's

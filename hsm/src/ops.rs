@@ -53,6 +53,24 @@ fn data_key_template(value: Option<&[u8]>) -> Vec<Attribute> {
     t
 }
 
+/// Reads an unwrapped data key's value out of its session object, then destroys the object.
+fn take_value(s: &cryptoki::session::Session, obj: cryptoki::object::ObjectHandle) -> Result<Zeroizing<Vec<u8>>, Fail> {
+    let value = s.get_attributes(obj, &[AttributeType::Value]);
+    let destroyed = s.destroy_object(obj);
+    let mut key = Zeroizing::new(Vec::new());
+    for a in value? {
+        if let Attribute::Value(mut v) = a {
+            key.extend_from_slice(&v);
+            zeroize::Zeroize::zeroize(&mut v);
+        }
+    }
+    destroyed?;
+    if key.is_empty() {
+        return Err(HsmError::Device("unwrapped key has no value".into()).into());
+    }
+    Ok(key)
+}
+
 /// RSA-OAEP with SHA-1 and MGF1-SHA1, no label: the only OAEP parameters SoftHSM 2.6.1 takes.
 fn oaep() -> Mechanism<'static> {
     use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
@@ -116,20 +134,7 @@ impl Hsm {
                     }
                     other => Fail::P11(other),
                 })?;
-            let value = s.get_attributes(obj, &[AttributeType::Value]);
-            let destroyed = s.destroy_object(obj);
-            let mut key = Zeroizing::new(Vec::new());
-            for a in value? {
-                if let Attribute::Value(mut v) = a {
-                    key.extend_from_slice(&v);
-                    zeroize::Zeroize::zeroize(&mut v);
-                }
-            }
-            destroyed?;
-            if key.is_empty() {
-                return Err(HsmError::Device("unwrapped key has no value".into()).into());
-            }
-            Ok(key)
+            take_value(s, obj)
         })
     }
 
@@ -183,20 +188,7 @@ impl Hsm {
                 }
                 other => Fail::P11(other),
             })?;
-            let value = s.get_attributes(obj, &[AttributeType::Value]);
-            let destroyed = s.destroy_object(obj);
-            let mut out = Zeroizing::new(Vec::new());
-            for a in value? {
-                if let Attribute::Value(mut v) = a {
-                    out.extend_from_slice(&v);
-                    zeroize::Zeroize::zeroize(&mut v);
-                }
-            }
-            destroyed?;
-            if out.is_empty() {
-                return Err(HsmError::Device("unwrapped key has no value".into()).into());
-            }
-            Ok(out)
+            take_value(s, obj)
         })
     }
 
