@@ -218,7 +218,7 @@ fn role_versions(hsm: &Hsm, s: &Session, role: Role) -> Result<Vec<Label>, Fail>
 }
 
 fn objects_labelled(s: &Session, label: &str, class: ObjectClass) -> Result<Vec<ObjectHandle>, Fail> {
-    Ok(s.find_objects(&[Attribute::Class(class), Attribute::Label(label.as_bytes().to_vec())])?)
+    Ok(s.find_objects(&[Attribute::Class(class), Attribute::Token(true), Attribute::Label(label.as_bytes().to_vec())])?)
 }
 
 fn key_id(s: &Session, label: &str, class: ObjectClass) -> Result<Vec<u8>, Fail> {

@@ -108,7 +108,6 @@ impl Hsm {
         // C_CreateObject + C_WrapKey (cryptoki asks for the length, then wraps) + C_DestroyObject
         self.run(Op::Wrap, 4, true, |s, ctx| {
             let (version, kek) = ctx.key(self, s, Role::Kek, None, ObjectClass::SECRET_KEY)?;
-            let _one_at_a_time = self.session_objects.lock().unwrap_or_else(|p| p.into_inner());
             let obj = s.create_object(&data_key_template(Some(data_key)))?;
             let wrapped = s.wrap_key(&Mechanism::AesKeyWrapPad, kek, obj);
             let destroyed = s.destroy_object(obj);
@@ -124,7 +123,6 @@ impl Hsm {
         // C_UnwrapKey + C_GetAttributeValue + C_DestroyObject
         self.run(Op::Unwrap, 3, true, |s, ctx| {
             let (_, kek) = ctx.key(self, s, Role::Kek, Some(wrapped.kek_version), ObjectClass::SECRET_KEY)?;
-            let _one_at_a_time = self.session_objects.lock().unwrap_or_else(|p| p.into_inner());
             let obj = s
                 .unwrap_key(&Mechanism::AesKeyWrapPad, kek, &wrapped.bytes, &data_key_template(None))
                 .map_err(|e| match e {
@@ -145,7 +143,6 @@ impl Hsm {
         // C_CreateObject (peer key) + C_UnwrapKey + C_WrapKey x2 + C_DestroyObject x2
         self.run(Op::Wrap, 6, true, |s, ctx| {
             let (_, kek) = ctx.key(self, s, Role::Kek, Some(wrapped.kek_version), ObjectClass::SECRET_KEY)?;
-            let _one_at_a_time = self.session_objects.lock().unwrap_or_else(|p| p.into_inner());
             let peer = s.create_object(&[
                 Attribute::Class(ObjectClass::PUBLIC_KEY),
                 Attribute::KeyType(KeyType::RSA),
@@ -181,7 +178,6 @@ impl Hsm {
         // C_UnwrapKey + C_GetAttributeValue + C_DestroyObject
         self.run(Op::Unwrap, 3, true, |s, ctx| {
             let (_, key) = ctx.key(self, s, Role::Sharing, None, ObjectClass::PRIVATE_KEY)?;
-            let _one_at_a_time = self.session_objects.lock().unwrap_or_else(|p| p.into_inner());
             let obj = s.unwrap_key(&oaep(), key, blob, &data_key_template(None)).map_err(|e| match e {
                 cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::GeneralError | cryptoki::error::RvError::EncryptedDataInvalid, _) => {
                     Fail::Hsm(HsmError::Integrity)

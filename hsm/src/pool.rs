@@ -167,12 +167,6 @@ pub struct Hsm {
     state: Mutex<State>,
     freed: Condvar,
     counters: Counters,
-    /// Held while a data key exists as a session object (wrap: create, wrap, destroy; unwrap:
-    /// unwrap, read, destroy). SoftHSM 2.6.1 corrupts its session-object bookkeeping when two
-    /// sessions create and destroy session objects at once (C_GetAttributeValue then fails with
-    /// CKR_OBJECT_HANDLE_INVALID or CKR_GENERAL_ERROR; SoftHSMv2 issues 464, 573, 688), so these
-    /// sequences run one at a time. Signing and HMAC, which create no objects, stay parallel.
-    pub(crate) session_objects: Mutex<()>,
 }
 
 /// Failures inside an operation: either straight from the module, or already typed.
@@ -244,7 +238,6 @@ impl Hsm {
             }),
             freed: Condvar::new(),
             counters: Counters::default(),
-            session_objects: Mutex::new(()),
         };
         {
             let mut st = hsm.lock();
@@ -542,7 +535,10 @@ impl Ctx {
 
 /// Every medgate key object of `class` with its parsed label.
 pub(crate) fn find_keys(hsm: &Hsm, s: &Session, class: ObjectClass) -> Result<Vec<(Label, ObjectHandle)>, Fail> {
-    let handles = s.find_objects(&[cryptoki::object::Attribute::Class(class)])?;
+    // Token objects only: the data keys that other sessions create and destroy while wrapping
+    // are session objects of the same class, and reading the label of one that another thread
+    // has just destroyed fails with CKR_OBJECT_HANDLE_INVALID.
+    let handles = s.find_objects(&[cryptoki::object::Attribute::Class(class), cryptoki::object::Attribute::Token(true)])?;
     hsm.add_calls(3 + handles.len() as u64);
     let mut out = Vec::new();
     for h in handles {
