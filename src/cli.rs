@@ -146,6 +146,12 @@ enum LedgerCommand {
         /// The entry id (64 hex).
         entry: String,
     },
+    /// Consortium: compact etcd's history below what every member has checkpointed (asks the
+    /// running gateway on its admin listener). Refused until every member has sent a checkpoint.
+    Compact {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Check a receipt offline with only the gateway's ledger public key.
     CheckReceipt {
         /// Receipt file (JSON), as printed by `medgate ledger proof`.
@@ -332,6 +338,20 @@ fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
                     Ok(())
                 }
                 None => Err(Failure::usage(format!("no entry {} in a block of this ledger", entry.trim()))),
+            }
+        }
+        LedgerCommand::Compact { config } => {
+            let cfg = Config::load(&config.config).map_err(|e| Failure::config(e.to_string()))?;
+            if cfg.ledger.mode != "consortium" {
+                return Err(Failure::usage("compaction concerns the consortium's etcd; this gateway runs standalone"));
+            }
+            match crate::demo::admin_request(cfg.admin.listen, "POST", "/ledger/compact") {
+                Ok((200, body)) => {
+                    println!("{}", body.trim());
+                    Ok(())
+                }
+                Ok((_, body)) => Err(Failure::runtime(format!("not compacted: {}", body.trim()))),
+                Err(e) => Err(Failure { code: exit::UNAVAILABLE, message: format!("the gateway's admin listener {} did not answer: {e}", cfg.admin.listen) }),
             }
         }
         LedgerCommand::CheckReceipt { receipt, public_key } => {

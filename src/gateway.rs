@@ -744,6 +744,28 @@ impl Gateway {
         reason
     }
 
+    /// Compacts the ordering service below what every member has checkpointed: the smallest
+    /// order position among this gateway's stored chain and every peer's last signed checkpoint.
+    /// Refused while any member has sent no checkpoint, or while the ledger is halted.
+    pub async fn compact_ordering(&self) -> Result<u64, String> {
+        let sharing = self.sharing.clone().ok_or("compaction needs the consortium mode")?;
+        let link = sharing.link.clone().ok_or("no consortium link")?;
+        if let Some(why) = link.halted() {
+            return Err(format!("the ledger is halted ({why}); nothing is compacted"));
+        }
+        let own = self.ledger.store.state().map_err(|e| e.to_string())?.order_position().ok_or("this gateway has no block yet")?;
+        let cps = self.ledger.store.peer_checkpoints().map_err(|e| e.to_string())?;
+        let mut safe = own;
+        for member in sharing.peers.keys().filter(|m| **m != self.hospital) {
+            let cp = cps.iter().find(|c| c.gateway == *member).ok_or_else(|| format!("{member} has sent no checkpoint yet; nothing is compacted"))?;
+            safe = safe.min(cp.order_position);
+        }
+        // Keep the revision every member last checkpointed: a restarted member resumes after it.
+        link.orderer.compact(safe).await?;
+        tracing::info!(revision = safe, "ordering service compacted below what every member has checkpointed");
+        Ok(safe)
+    }
+
     /// A peer's signed checkpoint: checked with the member's ledger key and compared with this
     /// gateway's block at that height. On a fork the peer gets 409 and this gateway's own signed
     /// checkpoint for that height, so both sides keep both signatures as evidence.

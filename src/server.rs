@@ -382,6 +382,10 @@ async fn admin_request(state: Arc<AdminState>, req: Request<hyper::body::Incomin
             text(status, h.text(), plain)
         }
         ("GET", "/metrics") => text(StatusCode::OK, state.metrics(), "text/plain; version=0.0.4; charset=utf-8"),
+        ("POST", "/ledger/compact") => match state.gateway.compact_ordering().await {
+            Ok(rev) => text(StatusCode::OK, format!("{{\"compacted_below\":{rev}}}"), "application/json"),
+            Err(e) => text(StatusCode::CONFLICT, format!("{e}\n"), plain),
+        },
         ("GET", "/audit/break-glass") => match state.gateway.ledger.store.break_glass_reads() {
             Ok(list) => text(StatusCode::OK, crate::audit::break_glass_json(&list).to_string(), "application/json"),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"), plain),

@@ -527,3 +527,41 @@ fn a_gateway_holding_another_block_at_the_same_height_is_a_detected_fork() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("fork"), "{body}");
 }
+
+#[test]
+fn compaction_keeps_what_every_member_still_needs() {
+    let mut c = consortium_with("compact", true);
+    ingest(&c, 0, 3, "a");
+    converge(&c, 2.0);
+    // A has C's and B's checkpoints of block 2 (they are sent when the head moves).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ["hospital-b", "hospital-c"].iter().any(|p| c.gws[0].metric(&format!("medgate_checkpoint_lag_blocks{{peer=\"{p}\"}}")) != Some(0.0)) {
+        assert!(Instant::now() < deadline, "checkpoints never arrived at A");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // C stops; A and B go on. C's last checkpoint holds compaction back for it.
+    c.gws[2].stop();
+    ingest(&c, 1, 3, "b");
+    let cfg = c.gws[0].site.config.to_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let compacted: u64 = loop {
+        let (code, out, err) = c.gws[0].medgate(&["ledger", "compact", "--config", &cfg]);
+        if code == 0 {
+            let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+            break v["compacted_below"].as_u64().unwrap();
+        }
+        assert!(err.contains("has sent no checkpoint yet"), "{err}");
+        assert!(Instant::now() < deadline, "never compacted: {err}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    // C had checkpointed block 2; nothing after its position is gone, so it catches up.
+    c.gws[2].start();
+    converge(&c, 5.0);
+    assert!(compacted > 0);
+    let heads = verify_all(&mut c);
+    assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
+    // Standalone gateways have nothing to compact.
+    let (site, _dir) = support::site_for("compact-standalone", "hospital-z");
+    let (code, _, err) = support::run_medgate(&["ledger", "compact", "--config", site.config.to_str().unwrap()], &site.softhsm_conf);
+    assert_eq!(code, 64, "{err}");
+}

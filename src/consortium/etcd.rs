@@ -124,6 +124,11 @@ impl EtcdOrderer {
         Ok(EtcdOrderer { client, prefix: cfg.prefix.clone(), gateway: gateway.to_owned() })
     }
 
+    /// Compacts etcd's history below `revision` (kept: `revision` and later).
+    pub async fn compact(&self, revision: u64) -> Result<(), String> {
+        self.client.kv_client().compact(revision as i64, None).await.map(|_| ()).map_err(|e| format!("etcd compaction: {e}"))
+    }
+
     fn batches_prefix(&self) -> String {
         format!("{}/batches/", self.prefix)
     }
