@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::chain::{ChainError, ChainStore};
 use crate::ledger::Batch;
@@ -73,11 +73,21 @@ impl Waiter<'_> {
     }
 }
 
+/// What the follower is fed: a batch of the ordered stream at its revision, or the order to
+/// catch up from peer gateways (the stream's resume point was compacted away).
+#[derive(Debug)]
+pub enum Feed {
+    Batch(u64, Vec<u8>),
+    CatchUp(oneshot::Sender<Result<usize, String>>),
+}
+
 /// The writer's connection to the consortium.
 #[derive(Debug)]
 pub struct Link {
     pub orderer: etcd::EtcdOrderer,
     pub landed: Arc<Landed>,
+    /// The peer gateways, for catching up from their blocks; set once sharing is configured.
+    pub peers: Mutex<Option<Arc<crate::peer::Sharing>>>,
     /// Why the ordered stream stopped for good (compacted resume point, store failure), if it did.
     pub halted: Mutex<Option<String>>,
 }
@@ -107,20 +117,42 @@ impl Link {
             store.remember_member_key(&m.hospital_id, m.ledger_key_version, &spki).map_err(|e| e.to_string())?;
         }
         let orderer = etcd::EtcdOrderer::connect(cfg, me, hsm).await?;
-        let link = Arc::new(Link { orderer: orderer.clone(), landed: Arc::default(), halted: Mutex::new(None) });
+        let link = Arc::new(Link { orderer: orderer.clone(), landed: Arc::default(), peers: Mutex::new(None), halted: Mutex::new(None) });
         let (tx, rx) = mpsc::channel(1024);
         let (l1, l2) = (link.clone(), link.clone());
         let follower_store = store.clone();
-        let (me, landed) = (me.to_owned(), link.landed.clone());
+        let me = me.to_owned();
         let follower = tokio::spawn(async move {
-            match follow(follower_store, outbox, me, rx, landed, metrics).await {
+            match follow(follower_store, outbox, me, rx, l1.clone(), metrics).await {
                 Ok(()) => {}
                 Err(e) => l1.halt(format!("storing blocks failed: {e}")),
             }
         });
         let reader = tokio::spawn(async move {
-            let why = orderer.stream(store, tx).await;
-            l2.halt(why);
+            loop {
+                let why = orderer.stream(store.clone(), tx.clone()).await;
+                if !why.starts_with(etcd::COMPACTED) {
+                    l2.halt(why);
+                    return;
+                }
+                // Never skip ahead: fetch the missing blocks from peers and verify them.
+                let (reply, answer) = oneshot::channel();
+                if tx.send(Feed::CatchUp(reply)).await.is_err() {
+                    return;
+                }
+                match answer.await {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(blocks = n, "caught up from peer gateways; following the ordered stream again"),
+                    Ok(Ok(_)) => {
+                        l2.halt(format!("{why}; no peer had the missing blocks"));
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        l2.halt(format!("{why}; catching up from peers failed: {e}"));
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
         });
         Ok((link, vec![follower, reader]))
     }
@@ -142,12 +174,25 @@ pub async fn follow(
     store: ChainStore,
     outbox: sled::Tree,
     me: String,
-    mut rx: mpsc::Receiver<(u64, Vec<u8>)>,
-    landed: Arc<Landed>,
+    mut rx: mpsc::Receiver<Feed>,
+    link: Arc<Link>,
     metrics: Arc<Metrics>,
 ) -> Result<(), ChainError> {
+    let landed = link.landed.clone();
     let mut state = store.state()?;
-    while let Some((revision, bytes)) = rx.recv().await {
+    while let Some(feed) = rx.recv().await {
+        let (revision, bytes) = match feed {
+            Feed::Batch(r, b) => (r, b),
+            Feed::CatchUp(reply) => {
+                let peers = link.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let r = match peers {
+                    None => Err("no peer gateways are configured".to_owned()),
+                    Some(p) => catch_up(&store, &outbox, &me, &mut state, &p, &landed).await,
+                };
+                let _ = reply.send(r);
+                continue;
+            }
+        };
         if state.order_position().is_some_and(|p| revision <= p) {
             continue;
         }
@@ -184,4 +229,64 @@ pub async fn follow(
         }
     }
     Ok(())
+}
+
+/// Fetches the blocks after this gateway's head from peer gateways and stores them after the
+/// same checks as blocks read from another gateway: height, link to the head, ordering
+/// position, every batch flagged valid verifies with a member's key and is next in its
+/// gateway's sequence, and its entries keep the entry rules. Returns the number stored.
+async fn catch_up(
+    store: &ChainStore,
+    outbox: &sled::Tree,
+    me: &str,
+    state: &mut crate::ledger::ChainState,
+    sharing: &crate::peer::Sharing,
+    landed: &Landed,
+) -> Result<usize, String> {
+    let mut stored = 0;
+    let mut last_error = None;
+    for peer in sharing.peers.iter().filter(|(id, p)| id.as_str() != me && p.address.is_some()).map(|(id, _)| id) {
+        loop {
+            let blocks = match sharing.fetch_blocks(peer, state.next_height()).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot fetch blocks from this peer");
+                    last_error = Some(e);
+                    break;
+                }
+            };
+            if blocks.is_empty() {
+                break;
+            }
+            for block in blocks {
+                let lookup = |gw: &str, v: u32| store.public_key(gw, v).ok().flatten();
+                let mut next = state.clone();
+                next.apply(&block, &lookup).map_err(|e| format!("{peer} sent a block that does not verify: {e}"))?;
+                for (batch, valid) in block.batches.iter().zip(&block.valid) {
+                    if *valid && !store.entry_rules_hold(batch) {
+                        return Err(format!("{peer} sent block {} with a batch that breaks the entry rules", block.height));
+                    }
+                }
+                store
+                    .persist(&block, outbox, &[(b"chain_state", next.to_bytes()), (b"last_revision", block.order_position.to_be_bytes().to_vec())])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                *state = next;
+                stored += 1;
+                for (batch, valid) in block.batches.iter().zip(&block.valid) {
+                    if batch.gateway == me {
+                        landed.record(batch.hash(), block.height, *valid);
+                    }
+                }
+            }
+        }
+        if stored > 0 {
+            tracing::info!(%peer, blocks = stored, height = ?state.height(), "caught up from a peer gateway");
+            return Ok(stored);
+        }
+    }
+    match last_error {
+        Some(e) if stored == 0 => Err(e),
+        _ => Ok(stored),
+    }
 }

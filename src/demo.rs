@@ -65,10 +65,19 @@ fn random_hex(n: usize) -> String {
     hex::encode(b)
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, below Linux's ephemeral range (32768 and up):
+/// a port from that range can be taken by any outgoing connection while its gateway is stopped,
+/// and the gateway could not listen on it again when it restarts.
 pub fn free_port() -> Result<SocketAddr, Failure> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Failure::runtime(format!("no free port: {e}")))?;
-    l.local_addr().map_err(|e| Failure::runtime(e.to_string()))
+    let mut seed = [0u8; 2];
+    for _ in 0..200 {
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
+        let port = 20_000 + u16::from_be_bytes(seed) % 12_000;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().map_err(|e| Failure::runtime(e.to_string()));
+        }
+    }
+    Err(Failure::runtime("no free loopback port between 20000 and 32000"))
 }
 
 impl Site {

@@ -744,6 +744,30 @@ impl Gateway {
         reason
     }
 
+    /// Blocks from `from` on, for a member catching up (JSON array of blocks). Blocks hold only
+    /// pseudonyms, hashes and codes.
+    pub fn blocks_for_peer(&self, requester: &str, from: u64) -> Result<Vec<u8>, (u16, String)> {
+        let sharing = self.sharing.as_ref().ok_or((404, "no-sharing".to_owned()))?;
+        if !sharing.peers.contains_key(requester) || requester == self.hospital {
+            return Err((403, "not-a-member".into()));
+        }
+        let mut out = b"[".to_vec();
+        for (i, h) in (from..from.saturating_add(crate::peer::MAX_BLOCKS_PER_FETCH)).enumerate() {
+            match self.ledger.store.block(h) {
+                Ok(Some(b)) => {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(&b.to_bytes());
+                }
+                Ok(None) => break,
+                Err(e) => return Err((500, e.to_string())),
+            }
+        }
+        out.push(b']');
+        Ok(out)
+    }
+
     /// Compacts the ordering service below what every member has checkpointed: the smallest
     /// order position among this gateway's stored chain and every peer's last signed checkpoint.
     /// Refused while any member has sent no checkpoint, or while the ledger is halted.

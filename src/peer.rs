@@ -54,6 +54,16 @@ pub struct ReadGrant {
     pub shared_key: String,
 }
 
+/// Most blocks one fetch returns.
+pub const MAX_BLOCKS_PER_FETCH: u64 = 64;
+
+/// A request for blocks from a height on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlocksRequest {
+    pub from: u64,
+}
+
 /// A refusal: the status and a reason code.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Refusal {
@@ -114,6 +124,19 @@ impl Sharing {
     pub async fn send_checkpoint(&self, peer: &str, cp: &crate::ledger::Checkpoint) -> Result<(u16, String), String> {
         let (status, bytes) = self.post(peer, "/peer/v1/checkpoint", &serde_json::to_vec(cp).map_err(|e| e.to_string())?).await?;
         Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Blocks of a peer's chain from height `from` (at most [`MAX_BLOCKS_PER_FETCH`]); empty
+    /// when the peer has none that high. The caller verifies them.
+    pub async fn fetch_blocks(&self, peer: &str, from: u64) -> Result<Vec<crate::ledger::Block>, String> {
+        let (status, bytes) = self.post(peer, "/peer/v1/blocks", &serde_json::to_vec(&BlocksRequest { from }).map_err(|e| e.to_string())?).await?;
+        if status != 200 {
+            return Err(format!("{peer} answered {status} to a block request"));
+        }
+        let raw: Vec<serde_json::Value> = serde_json::from_slice(&bytes).map_err(|e| format!("{peer} sent unreadable blocks: {e}"))?;
+        raw.iter()
+            .map(|v| crate::ledger::Block::from_bytes(&serde_json::to_vec(v).unwrap_or_default()).map_err(|e| format!("{peer} sent a malformed block: {e}")))
+            .collect()
     }
 
     /// One request to a peer over mutual TLS, checking that the certificate names that peer.
@@ -219,13 +242,26 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, gatewa
                 let (gateway, requester) = (gateway.clone(), requester.clone());
                 async move {
                     let path = req.uri().path().to_owned();
-                    if req.method() != hyper::Method::POST || !["/peer/v1/read", "/peer/v1/checkpoint"].contains(&path.as_str()) {
+                    if req.method() != hyper::Method::POST || !["/peer/v1/read", "/peer/v1/checkpoint", "/peer/v1/blocks"].contains(&path.as_str()) {
                         return Ok::<_, std::convert::Infallible>(json(404, &Refusal { reason: "no-such-endpoint".into() }));
                     }
                     let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
                         Ok(b) => b.to_bytes(),
                         Err(_) => return Ok(json(400, &Refusal { reason: "bad-request".into() })),
                     };
+                    if path == "/peer/v1/blocks" {
+                        let Ok(req) = serde_json::from_slice::<BlocksRequest>(&body) else {
+                            return Ok(json(400, &Refusal { reason: "bad-request".into() }));
+                        };
+                        return Ok(match gateway.blocks_for_peer(&requester, req.from) {
+                            Ok(blocks) => {
+                                let mut r = Response::new(Full::new(Bytes::from(blocks)));
+                                r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+                                r
+                            }
+                            Err((status, reason)) => json(status, &Refusal { reason }),
+                        });
+                    }
                     if path == "/peer/v1/checkpoint" {
                         let Ok(cp) = crate::ledger::Checkpoint::from_bytes(&body) else {
                             return Ok(json(400, &Refusal { reason: "bad-request".into() }));

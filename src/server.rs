@@ -106,7 +106,9 @@ impl Running {
         if let (Some(c), Some(l)) = (&cfg.consortium, &link) {
             let mut sharing = crate::peer::Sharing::from_config(c, &cfg.gateway.hospital_id, &hsm).map_err(ServerError::Consortium)?;
             sharing.link = Some(l.clone());
-            gateway = gateway.with_sharing(Arc::new(sharing));
+            let sharing = Arc::new(sharing);
+            *l.peers.lock().unwrap_or_else(|p| p.into_inner()) = Some(sharing.clone());
+            gateway = gateway.with_sharing(sharing);
             if let Some(addr) = c.peer_listen {
                 let l = TcpListener::bind(addr).await.map_err(|e| ServerError::Consortium(format!("cannot listen on {addr} (consortium.peer_listen): {e}")))?;
                 peer_listener = Some((l, crate::peer::server_tls(c, &hsm).map_err(ServerError::Consortium)?));

@@ -30,6 +30,9 @@ use crate::config::Consortium;
 use crate::ledger::Batch;
 use crate::tls;
 
+/// How a stream that ended on a compacted resume point says so.
+pub const COMPACTED: &str = "the ordered stream was compacted";
+
 /// Attempts per submission before the entries are left to the outbox.
 const SUBMIT_ATTEMPTS: u32 = 4;
 
@@ -174,7 +177,7 @@ impl EtcdOrderer {
     /// revision, from the revision after the stored chain's position. Reconnects and resumes
     /// after any failure. Returns only when the resume point has been compacted away (the
     /// gateway must then catch up from peers; it never skips ahead) or the follower stopped.
-    pub async fn stream(self, store: ChainStore, tx: mpsc::Sender<(u64, Vec<u8>)>) -> String {
+    pub async fn stream(&self, store: ChainStore, tx: mpsc::Sender<super::Feed>) -> String {
         let mut backoff = Duration::from_millis(100);
         loop {
             let from = match store.state() {
@@ -196,7 +199,7 @@ impl EtcdOrderer {
                     Ok(Some(resp)) => {
                         if resp.compact_revision() > 0 && resp.canceled() {
                             return format!(
-                                "the ordered stream was compacted up to revision {} before this gateway read revision {from}; catch up from peer gateways",
+                                "{COMPACTED} up to revision {} before this gateway read revision {from}",
                                 resp.compact_revision()
                             );
                         }
@@ -206,7 +209,7 @@ impl EtcdOrderer {
                                 continue;
                             }
                             if let Some(kv) = ev.kv() {
-                                if tx.send((kv.mod_revision() as u64, kv.value().to_vec())).await.is_err() {
+                                if tx.send(super::Feed::Batch(kv.mod_revision() as u64, kv.value().to_vec())).await.is_err() {
                                     return "the follower stopped".into();
                                 }
                             }
