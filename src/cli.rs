@@ -113,6 +113,12 @@ enum Command {
         #[arg(long)]
         consortium: bool,
     },
+    /// A consortium CA kept in files, for tests and pilots: create it, certify gateways' HSM
+    /// keys (CSRs from `medgate keys csr`) and etcd members.
+    Consortium {
+        #[command(subcommand)]
+        command: ConsortiumCommand,
+    },
     /// Reviews for the privacy officer.
     Audit {
         #[command(subcommand)]
@@ -159,6 +165,53 @@ enum LedgerCommand {
         /// The gateway's ledger public key (PEM).
         #[arg(long = "public-key")]
         public_key: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConsortiumCommand {
+    /// Create a consortium CA in DIR: ca.pem (give it to every member) and ca-key.pem (0600).
+    /// A production consortium CA is kept offline or in an HSM of its own.
+    InitCa {
+        /// New directory for the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The consortium's name (the CA's CN and O).
+        #[arg(long, default_value = "medgate consortium CA")]
+        name: String,
+    },
+    /// Certify a gateway: sign the CSR of its HSM tls key (subject O must be its hospital id),
+    /// adding the IP addresses peers and etcd dial.
+    Sign {
+        /// The CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// PEM CSR from `medgate keys csr --role tls --subject "CN=...,O=<hospital id>"`.
+        #[arg(long)]
+        csr: PathBuf,
+        /// IP address subjectAltName (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Where to write the certificate (PEM).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Certify an etcd member: a certificate and key for its client and peer listeners (etcd
+    /// reads its key from a file), for DNS name NAME and the IP addresses given.
+    EtcdMember {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// IP address subjectAltName (repeatable; gateways dial members by IP).
+        #[arg(long = "ip", required = true)]
+        ips: Vec<std::net::IpAddr>,
+        /// Written as OUT.crt and OUT.key (0600).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -288,6 +341,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config { command: ConfigCommand::Check { config } } => config_check(&config.config),
         Command::Keys { config, command } => keys_command(&config.config, command),
         Command::Serve { config } => crate::daemon::serve(&config.config),
+        Command::Consortium { command } => consortium_command(command),
         Command::Audit { command: AuditCommand::BreakGlass { config, json } } => crate::audit::break_glass(&config.config, json),
         Command::Ledger { command } => ledger_command(command),
         Command::Demo { workdir, consortium: false } => crate::demo::run(workdir.as_deref()),
@@ -297,6 +351,40 @@ fn run(cli: Cli) -> Result<(), Failure> {
             crate::demo::bench_consortium(records, concurrency.iter().copied().max().unwrap_or(16))
         }
     }
+}
+
+fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
+    use crate::pki::TestCa;
+    match command {
+        ConsortiumCommand::InitCa { dir, name } => {
+            if dir.join("ca-key.pem").exists() {
+                return Err(Failure::usage(format!("{} already holds a CA", dir.display())));
+            }
+            let ca = TestCa::new(&name).map_err(|e| Failure::runtime(e.to_string()))?;
+            ca.save(&dir).map_err(Failure::runtime)?;
+            println!("consortium CA {name:?} created: {}/ca.pem (distribute), {}/ca-key.pem (keep offline)", dir.display(), dir.display());
+        }
+        ConsortiumCommand::Sign { dir, csr, ips, days, out } => {
+            let ca = TestCa::load(&dir).map_err(Failure::usage)?;
+            let pem = std::fs::read_to_string(&csr).map_err(|e| Failure::usage(format!("{}: {e}", csr.display())))?;
+            let cert = ca.sign_peer_csr(&pem, days, &ips).map_err(|e| Failure::usage(format!("{}: {e}", csr.display())))?;
+            let (subject, _, _) = crate::pki::describe_certificate(cert.der()).map_err(Failure::runtime)?;
+            if !subject.contains("O=") {
+                return Err(Failure::usage(format!("{}: the subject has no O; peers know a gateway by the hospital id in O", csr.display())));
+            }
+            std::fs::write(&out, cert.pem()).map_err(|e| Failure::runtime(format!("{}: {e}", out.display())))?;
+            println!("{} certified ({subject}), written to {}", csr.display(), out.display());
+        }
+        ConsortiumCommand::EtcdMember { dir, name, ips, out } => {
+            let ca = TestCa::load(&dir).map_err(Failure::usage)?;
+            let (cert, key) = ca.issue_server_for(&name, &ips).map_err(|e| Failure::runtime(e.to_string()))?;
+            let crt = out.with_extension("crt");
+            std::fs::write(&crt, cert.pem()).map_err(|e| Failure::runtime(format!("{}: {e}", crt.display())))?;
+            crate::demo::write_private(&out.with_extension("key"), key.serialize_pem().as_bytes())?;
+            println!("etcd member {name} certified: {} and {}", crt.display(), out.with_extension("key").display());
+        }
+    }
+    Ok(())
 }
 
 fn open_chain(path: &Path) -> Result<crate::chain::ChainStore, Failure> {

@@ -112,6 +112,45 @@ impl std::fmt::Debug for TestCa {
 }
 
 impl TestCa {
+    /// Writes the CA's certificate (`ca.pem`) and key (`ca-key.pem`, mode 0600) into `dir`:
+    /// a pilot consortium CA kept in files, created by `medgate consortium init-ca`. A production
+    /// consortium CA is kept offline or in an HSM of its own.
+    pub fn save(&self, dir: &std::path::Path) -> Result<(), String> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::write(dir.join("ca.pem"), self.cert.pem()).map_err(|e| format!("{}: {e}", dir.join("ca.pem").display()))?;
+        let key_path = dir.join("ca-key.pem");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_path)
+            .map_err(|e| format!("{}: {e}", key_path.display()))?;
+        f.write_all(self.key.serialize_pem().as_bytes()).map_err(|e| format!("{}: {e}", key_path.display()))
+    }
+
+    /// Loads a CA written by [`TestCa::save`].
+    pub fn load(dir: &std::path::Path) -> Result<TestCa, String> {
+        let read = |n: &str| std::fs::read_to_string(dir.join(n)).map_err(|e| format!("{}: {e}", dir.join(n).display()));
+        let (cert_pem, key_pem) = (read("ca.pem")?, read("ca-key.pem")?);
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| format!("{}: {e}", dir.join("ca-key.pem").display()))?;
+        let params = CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|e| format!("{}: {e}", dir.join("ca.pem").display()))?;
+        let name = params
+            .distinguished_name
+            .get(&DnType::CommonName)
+            .map(|v| match v {
+                rcgen::DnValue::Utf8String(s) => s.clone(),
+                rcgen::DnValue::PrintableString(s) => s.as_str().to_owned(),
+                _ => "consortium CA".into(),
+            })
+            .unwrap_or_else(|| "consortium CA".into());
+        // Re-signing the parameters gives an issuer object with the same name and key: what
+        // rcgen needs to sign children that chain to the original ca.pem.
+        let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+        Ok(TestCa { cert, key, name })
+    }
+
     /// A new CA named `name`, valid from yesterday for ten years.
     pub fn new(name: &str) -> Result<TestCa, PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
@@ -166,9 +205,15 @@ impl TestCa {
 
     /// A server certificate with an in-process key, for a test peer that is not a medgate.
     pub fn issue_server(&self, dns: &str) -> Result<(rcgen::Certificate, KeyPair), PkiError> {
+        self.issue_server_for(dns, &[std::net::IpAddr::from([127, 0, 0, 1])])
+    }
+
+    /// A server certificate with an in-process key for `dns` and the given IP addresses (an etcd
+    /// member's, which also serves as its peer certificate).
+    pub fn issue_server_for(&self, dns: &str, ips: &[std::net::IpAddr]) -> Result<(rcgen::Certificate, KeyPair), PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::new(vec![dns.to_owned()])?;
-        params.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params.distinguished_name.push(DnType::CommonName, dns);
         params.serial_number = Some(serial());
         params.not_before = OffsetDateTime::now_utc() - Duration::minutes(5);

@@ -154,3 +154,40 @@ fn the_shared_pseudonym_key_is_imported_at_the_ceremony_only_once() {
     assert_ne!(code, 0);
     assert!(err.contains("nope"), "{err}");
 }
+
+#[test]
+fn a_pilot_consortium_ca_certifies_a_gateway_and_an_etcd_member_that_openssl_accepts() {
+    let (site, dir) = support::site("consortium-ca");
+    let ca_dir = dir.path().join("consortium-ca");
+    let ca = ca_dir.to_str().unwrap();
+    let (code, _, err) = run_medgate(&["consortium", "init-ca", "--dir", ca, "--name", "Test Consortium"], &site.softhsm_conf);
+    assert_eq!(code, 0, "{err}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(ca_dir.join("ca-key.pem")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let (code, _, _) = run_medgate(&["consortium", "init-ca", "--dir", ca], &site.softhsm_conf);
+    assert_eq!(code, 64, "an existing CA must not be overwritten");
+    // The gateway's officer makes a CSR for the HSM tls key; the consortium signs it.
+    let csr = site.dir.join("consortium.csr");
+    let (code, _, err) = run_medgate(
+        &["keys", "--config", site.config.to_str().unwrap(), "csr", "--subject", "CN=gw-a,O=hospital-a", "--out", csr.to_str().unwrap()],
+        &site.softhsm_conf,
+    );
+    assert_eq!(code, 0, "{err}");
+    let cert = site.dir.join("consortium.pem");
+    let (code, out, err) =
+        run_medgate(&["consortium", "sign", "--dir", ca, "--csr", csr.to_str().unwrap(), "--ip", "10.20.0.21", "--out", cert.to_str().unwrap()], &site.softhsm_conf);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("O=hospital-a"), "{out}");
+    let member = dir.path().join("m0");
+    let (code, _, err) = run_medgate(&["consortium", "etcd-member", "--dir", ca, "--name", "m0", "--ip", "10.20.0.11", "--out", member.to_str().unwrap()], &site.softhsm_conf);
+    assert_eq!(code, 0, "{err}");
+    for (file, ip) in [(cert.clone(), "10.20.0.21"), (member.with_extension("crt"), "10.20.0.11")] {
+        let v = std::process::Command::new("openssl")
+            .args(["verify", "-CAfile", ca_dir.join("ca.pem").to_str().unwrap(), file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(v.status.success(), "{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+        let text = std::process::Command::new("openssl").args(["x509", "-noout", "-text", "-in", file.to_str().unwrap()]).output().unwrap();
+        assert!(String::from_utf8_lossy(&text.stdout).contains(&format!("IP Address:{ip}")), "{}", file.display());
+    }
+}
