@@ -141,14 +141,54 @@ pub struct ConsentState {
 }
 
 impl ConsentState {
-    /// Whether it lets `reader` read `record_id` at `time` (RFC 3339 UTC; such strings order
-    /// as their instants do when written the same way, which entry validation ensures).
+    /// Whether it lets `reader` read `record_id` at `time` (RFC 3339). Times are compared as
+    /// instants (strings would misorder `…:17.8Z` and `…:17Z`); an unreadable time permits nothing.
     pub fn permits(&self, reader: &str, record_id: &str, time: &str) -> bool {
+        let parse = |t: &str| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok();
+        let Some(at) = parse(time) else { return false };
+        let within = |bound: &Option<String>, ok: &dyn Fn(time::OffsetDateTime) -> bool| match bound {
+            None => true,
+            Some(b) => parse(b).is_some_and(ok),
+        };
         self.active
             && self.grantee == reader
             && (self.record_ids.is_empty() || self.record_ids.iter().any(|r| r == record_id))
-            && self.start.as_deref().is_none_or(|s| s <= time)
-            && self.end.as_deref().is_none_or(|e| time <= e)
+            && within(&self.start, &|s| s <= at)
+            && within(&self.end, &|e| at <= e)
+    }
+}
+
+#[cfg(test)]
+mod consent_tests {
+    use super::ConsentState;
+
+    fn consent(start: Option<&str>, end: Option<&str>) -> ConsentState {
+        ConsentState {
+            consent_id: "c".into(),
+            patient: "p".into(),
+            custodian: "hospital-a".into(),
+            grantee: "hospital-b".into(),
+            record_ids: vec![],
+            start: start.map(str::to_owned),
+            end: end.map(str::to_owned),
+            active: true,
+            recorded_by: "e".into(),
+            revoked_by: None,
+        }
+    }
+
+    #[test]
+    fn periods_compare_instants_not_strings() {
+        let c = consent(Some("2026-11-28T10:00:17Z"), Some("2026-11-28T10:00:18Z"));
+        assert!(c.permits("hospital-b", "r", "2026-11-28T10:00:17.8Z"), "17.8 s is inside [17 s, 18 s]");
+        assert!(!c.permits("hospital-b", "r", "2026-11-28T10:00:18.5Z"));
+        assert!(!c.permits("hospital-b", "r", "2026-11-28T10:00:16.99Z"));
+        assert!(!c.permits("hospital-c", "r", "2026-11-28T10:00:17.8Z"), "another grantee");
+        assert!(!c.permits("hospital-b", "r", "not a time"));
+        let mut revoked = consent(None, None);
+        assert!(revoked.permits("hospital-b", "any", "2030-01-01T00:00:00Z"));
+        revoked.active = false;
+        assert!(!revoked.permits("hospital-b", "any", "2030-01-01T00:00:00Z"));
     }
 }
 
