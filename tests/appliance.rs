@@ -97,7 +97,15 @@ fn systemd_hears_ready_watchdog_reload_and_stopping_in_order() {
     gw.stop();
     let sock_path = gw.site.dir.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let mut child = Command::new(exe())
+    /// Kills the gateway if the test fails before it stops it.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(Command::new(exe())
         .args(["serve", "--config", gw.site.config.to_str().unwrap()])
         .env("SOFTHSM2_CONF", &gw.site.softhsm_conf)
         .env("NOTIFY_SOCKET", &sock_path)
@@ -106,19 +114,19 @@ fn systemd_hears_ready_watchdog_reload_and_stopping_in_order() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap());
     let mut seen = Vec::new();
     notifications(&sock, "READY=1", Duration::from_secs(30), &mut seen);
     let status_before_ready: Vec<_> = seen.iter().filter(|l| l.starts_with("STATUS=")).cloned().collect();
     assert!(status_before_ready.iter().any(|s| s.contains("HSM")), "{seen:?}");
     notifications(&sock, "WATCHDOG=1", Duration::from_secs(5), &mut seen);
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     notifications(&sock, "RELOADING=1", Duration::from_secs(5), &mut seen);
     notifications(&sock, "READY=1", Duration::from_secs(5), &mut seen);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     notifications(&sock, "STOPPING=1", Duration::from_secs(5), &mut seen);
-    assert!(child.wait().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
     let order: Vec<&str> = seen.iter().map(String::as_str).filter(|l| ["READY=1", "WATCHDOG=1", "RELOADING=1", "STOPPING=1"].contains(l)).collect();
     let first = |what: &str| order.iter().position(|l| *l == what).unwrap();
     assert!(first("READY=1") < first("WATCHDOG=1"), "{order:?}");
