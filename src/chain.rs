@@ -371,6 +371,18 @@ impl ChainStore {
         Ok(out)
     }
 
+    /// A member's ledger key by gateway and version, as batch and checkpoint checks look it up.
+    pub fn member_key(&self, gateway: &str, version: u32) -> Option<Vec<u8>> {
+        self.public_key(gateway, version).ok().flatten()
+    }
+
+    /// Whether a verified, in-sequence batch counts on this chain: none of its entries is
+    /// already on it (a resubmitted outbox entry is recorded once), and it keeps the entry rules.
+    /// The same test whether the block is cut here from the ordered stream or fetched from a peer.
+    pub fn batch_counts(&self, batch: &Batch) -> bool {
+        batch.entries.iter().all(|e| matches!(self.location(&e.id), Ok(None))) && self.entry_rules_hold(batch)
+    }
+
     /// The entry rules every gateway applies to a batch before it counts (deterministic, from
     /// the chain's own state): only the custodian records a consent for its patient, and a
     /// consent id is recorded once; only the hospital that recorded a consent revokes it; a read

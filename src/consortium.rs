@@ -9,7 +9,7 @@
 //! Rules applied when cutting (deterministic, from stream content only): a batch counts only if
 //! its signature verifies with a member's key, it is next in its gateway's sequence, none of its
 //! entries is already on the chain (a resubmitted outbox entry is not recorded twice), and its
-//! entries keep the consent rules ([`ChainStore::entry_rules_hold`]).
+//! entries keep the consent rules ([`ChainStore::batch_counts`]).
 //! Batches that fail are kept in the block and flagged invalid.
 
 pub mod etcd;
@@ -205,27 +205,43 @@ pub async fn follow(
                 continue;
             }
         };
-        let lookup = |gw: &str, v: u32| store.public_key(gw, v).ok().flatten();
-        let mut fresh = |b: &Batch| b.entries.iter().all(|e| matches!(store.location(&e.id), Ok(None))) && store.entry_rules_hold(b);
+        let lookup = |gw: &str, v: u32| store.member_key(gw, v);
+        let mut counts = |b: &Batch| store.batch_counts(b);
         let mut next = state.clone();
-        let block = match next.cut(revision, vec![batch], &lookup, &mut fresh) {
+        let block = match next.cut(revision, vec![batch], &lookup, &mut counts) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(revision, error = %e, "batch could not be cut into a block; skipped");
                 continue;
             }
         };
-        let mine = block.batches[0].gateway == me;
         if !block.valid[0] {
             metrics.incr("ledger_invalid_batches");
             tracing::warn!(height = block.height, gateway = %block.batches[0].gateway, seq = block.batches[0].seq, "batch flagged invalid (signature, membership, sequence or duplicate entries)");
         }
-        store
-            .persist(&block, &outbox, &[(b"chain_state", next.to_bytes()), (b"last_revision", revision.to_be_bytes().to_vec())])
-            .await?;
-        state = next;
-        if mine {
-            landed.record(block.batches[0].hash(), block.height, block.valid[0]);
+        commit_block(&store, &outbox, &me, &landed, &block, next, &mut state).await?;
+    }
+    Ok(())
+}
+
+/// Stores a checked block with the chain state it leads to (and the ordering position to
+/// resume after), then tells the writer where this gateway's own batches landed.
+async fn commit_block(
+    store: &ChainStore,
+    outbox: &sled::Tree,
+    me: &str,
+    landed: &Landed,
+    block: &crate::ledger::Block,
+    next: crate::ledger::ChainState,
+    state: &mut crate::ledger::ChainState,
+) -> Result<(), ChainError> {
+    store
+        .persist(block, outbox, &[(b"chain_state", next.to_bytes()), (b"last_revision", block.order_position.to_be_bytes().to_vec())])
+        .await?;
+    *state = next;
+    for (batch, valid) in block.batches.iter().zip(&block.valid) {
+        if batch.gateway == me {
+            landed.record(batch.hash(), block.height, *valid);
         }
     }
     Ok(())
@@ -259,25 +275,16 @@ async fn catch_up(
                 break;
             }
             for block in blocks {
-                let lookup = |gw: &str, v: u32| store.public_key(gw, v).ok().flatten();
+                let lookup = |gw: &str, v: u32| store.member_key(gw, v);
                 let mut next = state.clone();
                 next.apply(&block, &lookup).map_err(|e| format!("{peer} sent a block that does not verify: {e}"))?;
                 for (batch, valid) in block.batches.iter().zip(&block.valid) {
-                    if *valid && !store.entry_rules_hold(batch) {
-                        return Err(format!("{peer} sent block {} with a batch that breaks the entry rules", block.height));
+                    if *valid && !store.batch_counts(batch) {
+                        return Err(format!("{peer} sent block {} with a batch flagged valid that does not count here", block.height));
                     }
                 }
-                store
-                    .persist(&block, outbox, &[(b"chain_state", next.to_bytes()), (b"last_revision", block.order_position.to_be_bytes().to_vec())])
-                    .await
-                    .map_err(|e| e.to_string())?;
-                *state = next;
+                commit_block(store, outbox, me, landed, &block, next, state).await.map_err(|e| e.to_string())?;
                 stored += 1;
-                for (batch, valid) in block.batches.iter().zip(&block.valid) {
-                    if batch.gateway == me {
-                        landed.record(batch.hash(), block.height, *valid);
-                    }
-                }
             }
         }
         if stored > 0 {

@@ -693,7 +693,7 @@ impl Gateway {
                         .ok()
                         .and_then(|r| crate::ledger::Checkpoint::from_bytes(r.reason.as_bytes()).ok())
                         .filter(|t| t.gateway == *peer && t.height == height)
-                        .filter(|t| t.verify(&|g: &str, v: u32| self.ledger.store.public_key(g, v).ok().flatten()).is_ok());
+                        .filter(|t| t.verify(&|g: &str, v: u32| self.ledger.store.member_key(g, v)).is_ok());
                     match theirs {
                         Some(t) => failed.push(self.fork_seen(&t, &cp.block_hash)),
                         None => failed.push(format!("{peer} answered 409 without a valid checkpoint")),
@@ -798,7 +798,7 @@ impl Gateway {
             return Err((403, "checkpoint-not-from-its-sender".into()));
         }
         let store = &self.ledger.store;
-        cp.verify(&|g: &str, v: u32| store.public_key(g, v).ok().flatten()).map_err(|e| (403, format!("bad-signature: {e}")))?;
+        cp.verify(&|g: &str, v: u32| store.member_key(g, v)).map_err(|e| (403, format!("bad-signature: {e}")))?;
         let _ = store.remember_peer_checkpoint(cp);
         let mine = match self.checkpoint_at(cp.height).await {
             Ok(Some(m)) => m,

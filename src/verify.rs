@@ -27,7 +27,7 @@ pub fn read_public_key(path: &Path) -> Result<Vec<u8>, String> {
 /// rewrite the store and its key table together.
 pub fn verify_store(store: &ChainStore, trusted: &[Vec<u8>]) -> Result<ChainReport, crate::ledger::ChainError> {
     let lookup = |gateway: &str, version: u32| -> Option<Vec<u8>> {
-        let stored = store.public_key(gateway, version).ok().flatten();
+        let stored = store.member_key(gateway, version);
         if trusted.is_empty() {
             stored
         } else {
