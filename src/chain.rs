@@ -295,7 +295,7 @@ impl ChainStore {
     /// The state the stored chain leaves behind (consortium mode keeps it next to the chain).
     pub fn state(&self) -> Result<ChainState, ChainError> {
         match self.meta.get(b"chain_state")? {
-            None => Ok(ChainState::new()),
+            None => Ok(self.genesis_hash()?.map_or_else(ChainState::new, ChainState::after_genesis)),
             Some(v) => ChainState::from_bytes(&v).map_err(|e| ChainError::Format(format!("chain state: {e}"))),
         }
     }
@@ -372,8 +372,155 @@ impl ChainStore {
     }
 
     /// A member's ledger key by gateway and version, as batch and checkpoint checks look it up.
+    /// On a consortium chain only current members' admitted keys count (a key a gateway
+    /// rotated on its own counts nowhere until a membership update admits it); a standalone
+    /// chain knows only its own keys.
     pub fn member_key(&self, gateway: &str, version: u32) -> Option<Vec<u8>> {
-        self.public_key(gateway, version).ok().flatten()
+        match self.roster() {
+            Ok(Some(r)) => r.ledger_key(gateway, version),
+            Ok(None) => self.public_key(gateway, version).ok().flatten(),
+            Err(e) => {
+                tracing::error!(error = %e, "membership roster unreadable; refusing the key lookup");
+                None
+            }
+        }
+    }
+
+    /// Adopts the genesis document on a new ledger copy (stores it, the founding roster and
+    /// the founders' keys, flushed), or checks that an existing copy started from the same one.
+    pub fn adopt_genesis(&self, genesis: &crate::membership::Genesis, hash: [u8; 32], bytes: &[u8]) -> Result<(), ChainError> {
+        if let Some(stored) = self.genesis_hash()? {
+            if stored == hash {
+                return Ok(());
+            }
+            return Err(ChainError::Format(format!(
+                "this ledger copy started from genesis {}, but the configured genesis file hashes to {}; a gateway cannot change consortium",
+                hex::encode(stored),
+                hex::encode(hash)
+            )));
+        }
+        if !self.blocks.is_empty() {
+            return Err(ChainError::Format("this ledger copy has blocks but no genesis: it was written in standalone mode; start the consortium member on a new state directory".into()));
+        }
+        let roster = crate::membership::Roster::from_genesis(genesis);
+        for m in roster.members.values() {
+            for v in m.ledger_keys.keys() {
+                if let Some(der) = m.ledger_key(*v) {
+                    self.remember_key(&m.hospital_id, *v, &der)?;
+                }
+            }
+        }
+        (&self.meta,)
+            .transaction(|(meta,)| {
+                meta.insert(&b"members"[..], serde_json::to_vec(&roster).unwrap_or_default())?;
+                meta.insert(&b"genesis"[..], bytes)?;
+                meta.insert(&b"genesis_hash"[..], &hash[..])?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e: TransactionError<()>| ChainError::Storage(format!("{e:?}")))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The genesis hash of a consortium chain (`None` on a standalone one).
+    pub fn genesis_hash(&self) -> Result<Option<[u8; 32]>, ChainError> {
+        Ok(self.meta.get(b"genesis_hash")?.and_then(|v| <[u8; 32]>::try_from(v.as_ref()).ok()))
+    }
+
+    /// The genesis document as adopted.
+    pub fn genesis(&self) -> Result<Option<Vec<u8>>, ChainError> {
+        Ok(self.meta.get(b"genesis")?.map(|v| v.to_vec()))
+    }
+
+    /// The current members (`None` on a standalone chain).
+    pub fn roster(&self) -> Result<Option<crate::membership::Roster>, ChainError> {
+        match self.meta.get(b"members")? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| ChainError::Format(format!("membership roster: {e}"))),
+        }
+    }
+
+    /// Whether a hospital is a current member of the consortium.
+    pub fn is_member(&self, hospital_id: &str) -> bool {
+        matches!(self.roster(), Ok(Some(r)) if r.is_member(hospital_id))
+    }
+
+    pub fn proposal(&self, proposal_id: &str) -> Result<Option<crate::membership::Proposal>, ChainError> {
+        match self.meta.get(format!("proposal/{proposal_id}").as_bytes())? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| ChainError::Format(format!("proposal {proposal_id}: {e}"))),
+        }
+    }
+
+    /// Every membership proposal, open or decided.
+    pub fn proposals(&self) -> Result<Vec<crate::membership::Proposal>, ChainError> {
+        self.meta
+            .scan_prefix(b"proposal/")
+            .values()
+            .map(|v| serde_json::from_slice(&v?).map_err(|e| ChainError::Format(format!("proposal: {e}"))))
+            .collect()
+    }
+
+    /// What a block changes in the membership: opened proposals, approvals, and the roster when
+    /// a proposal is carried. Deterministic from the block and the stored state. Also records
+    /// admitted keys in the key table (for offline verification; harmless if repeated).
+    fn membership_updates(&self, block: &Block) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ChainError> {
+        use crate::membership::Proposal;
+        let Some(mut roster) = self.roster()? else { return Ok(Vec::new()) };
+        let mut touched: std::collections::BTreeMap<String, Proposal> = std::collections::BTreeMap::new();
+        let mut roster_changed = false;
+        for (batch, valid) in block.batches.iter().zip(&block.valid) {
+            if !*valid {
+                continue;
+            }
+            for e in &batch.entries {
+                let (mut p, voter) = match &e.body {
+                    EntryBody::MembershipProposed { .. } => match Proposal::from_entry(&e.body) {
+                        Some(p) => (p, None),
+                        None => continue,
+                    },
+                    EntryBody::MembershipApproved { proposal_id, approver } => {
+                        let known = match touched.get(proposal_id) {
+                            Some(p) => Some(p.clone()),
+                            None => self.proposal(proposal_id)?,
+                        };
+                        match known {
+                            Some(p) => (p, Some(approver.clone())),
+                            None => continue,
+                        }
+                    }
+                    _ => continue,
+                };
+                if p.decided_at.is_some() {
+                    continue;
+                }
+                if let Some(v) = voter {
+                    if !p.approvals.contains(&v) {
+                        p.approvals.push(v);
+                    }
+                }
+                if roster.carried(&p.approvals) && roster.admits(&p) {
+                    roster.apply(&p, block.height);
+                    p.decided_at = Some(block.height);
+                    roster_changed = true;
+                    tracing::info!(proposal = %p.proposal_id, action = %p.action, hospital = %p.hospital_id, height = block.height, approvals = ?p.approvals, "membership change carried");
+                    if let Some(m) = roster.get(&p.hospital_id) {
+                        for v in m.ledger_keys.keys() {
+                            if let Some(der) = m.ledger_key(*v) {
+                                self.remember_key(&m.hospital_id, *v, &der)?;
+                            }
+                        }
+                    }
+                }
+                touched.insert(p.proposal_id.clone(), p);
+            }
+        }
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> =
+            touched.values().map(|p| (format!("proposal/{}", p.proposal_id).into_bytes(), serde_json::to_vec(p).unwrap_or_default())).collect();
+        if roster_changed {
+            out.push((b"members".to_vec(), serde_json::to_vec(&roster).unwrap_or_default()));
+        }
+        Ok(out)
     }
 
     /// Whether a verified, in-sequence batch counts on this chain: none of its entries is
@@ -390,8 +537,23 @@ impl ChainStore {
     /// only the custodian that anchored a record erases it.
     pub fn entry_rules_hold(&self, batch: &Batch) -> bool {
         let mut recorded_here: HashMap<String, ConsentState> = HashMap::new();
+        let mut proposals_here: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let roster = self.roster().ok().flatten();
         for e in &batch.entries {
             let ok = match &e.body {
+                // A member proposes in its own name, once per id, a change the roster allows.
+                EntryBody::MembershipProposed { proposal_id, proposer, .. } => {
+                    *proposer == batch.gateway
+                        && proposals_here.insert(proposal_id.as_str())
+                        && matches!(self.proposal(proposal_id), Ok(None))
+                        && roster.as_ref().is_some_and(|r| crate::membership::Proposal::from_entry(&e.body).is_some_and(|p| r.admits(&p)))
+                }
+                // A member approves an open proposal (opened in an earlier block), once.
+                EntryBody::MembershipApproved { proposal_id, approver } => {
+                    *approver == batch.gateway
+                        && proposals_here.insert(proposal_id.as_str())
+                        && self.proposal(proposal_id).ok().flatten().is_some_and(|p| p.decided_at.is_none() && !p.approvals.contains(approver))
+                }
                 EntryBody::ConsentRecorded { consent_id, patient, custodian, .. } => {
                     *custodian == batch.gateway
                         && !recorded_here.contains_key(consent_id)
@@ -423,17 +585,13 @@ impl ChainStore {
         true
     }
 
-    /// Records a member's ledger public key (from the genesis list) so that verification finds it.
-    pub fn remember_member_key(&self, gateway: &str, version: u32, spki: &[u8]) -> Result<(), ChainError> {
-        self.remember_key(gateway, version, spki)
-    }
-
     /// Stores a block with its indexes in one transaction, then flushes: the block, the location
     /// of every entry of its valid batches, the patient audit index, the removal of this
     /// gateway's entries from the outbox, and `meta` updates (sequence number, chain state).
     pub(crate) async fn persist(&self, block: &Block, outbox: &sled::Tree, meta_updates: &[(&[u8], Vec<u8>)]) -> Result<(), ChainError> {
         let height = block.height;
         let bytes = block.to_bytes();
+        let membership = self.membership_updates(block)?;
         (&self.blocks, &self.locations, &self.by_patient, &self.meta, outbox, &self.consents, &self.records)
             .transaction(|(blocks, locs, pats, meta, out, cons, recs)| {
                 blocks.insert(&height.to_be_bytes(), bytes.as_slice())?;
@@ -477,6 +635,9 @@ impl ChainStore {
                 }
                 for (k, v) in meta_updates {
                     meta.insert(*k, v.as_slice())?;
+                }
+                for (k, v) in &membership {
+                    meta.insert(k.as_slice(), v.as_slice())?;
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
@@ -721,6 +882,12 @@ impl Writer {
             Ordering::Consortium(link) => {
                 if let Some(why) = link.halted() {
                     return Err(ChainError::Order(format!("the consortium ledger is halted ({why}); entries stay in the outbox")));
+                }
+                if !self.store.is_member(&self.gateway) {
+                    return Err(ChainError::Order(format!(
+                        "{} is not a current member of the consortium (not yet admitted, or removed); entries stay in the outbox",
+                        self.gateway
+                    )));
                 }
                 let hash = batch.hash();
                 let waiter = link.landed.waiter();

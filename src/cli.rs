@@ -113,8 +113,8 @@ enum Command {
         #[arg(long)]
         consortium: bool,
     },
-    /// A consortium CA kept in files, for tests and pilots: create it, certify gateways' HSM
-    /// keys (CSRs from `medgate keys csr`) and etcd members.
+    /// The consortium: a CA kept in files for tests and pilots (certify gateways' HSM keys and
+    /// etcd members), the genesis and member cards, and membership changes on the ledger.
     Consortium {
         #[command(subcommand)]
         command: ConsortiumCommand,
@@ -212,6 +212,72 @@ enum ConsortiumCommand {
         /// Written as OUT.crt and OUT.key (0600).
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Write this hospital's member card (JSON): its hospital id, ledger and sharing public keys
+    /// (PEM files from `medgate keys public-key`) and peer address. The card goes into the
+    /// genesis, or into a proposal to admit the hospital later.
+    MemberCard {
+        #[arg(long)]
+        hospital_id: String,
+        /// PEM from `medgate keys public-key --role ledger`.
+        #[arg(long)]
+        ledger_public_key: PathBuf,
+        /// Version of that key.
+        #[arg(long, default_value_t = 1)]
+        ledger_key_version: u32,
+        /// PEM from `medgate keys public-key --role sharing` (needed to receive shared records).
+        #[arg(long)]
+        sharing_public_key: Option<PathBuf>,
+        /// The hospital's consortium.peer_listen, IP:port (needed for its records to be fetched).
+        #[arg(long)]
+        peer_address: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write the genesis document from the founding members' cards. Every member configures the
+    /// same file as consortium.genesis; its SHA-256 (printed) anchors block 0, so compare it out
+    /// of band before starting.
+    Genesis {
+        /// The consortium's name.
+        #[arg(long)]
+        name: String,
+        /// A founding member's card (repeatable).
+        #[arg(long = "member", required = true)]
+        members: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The current members and every membership proposal, as the running gateway's ledger copy
+    /// holds them (asks its admin listener).
+    Members {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Propose a membership change in this hospital's name: admit a hospital (--add CARD),
+    /// remove one (--remove ID), or replace a member's keys or address (--update CARD). It
+    /// takes effect when a majority of the current members have approved (the proposer counts).
+    Propose {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Member card of the hospital to admit.
+        #[arg(long, group = "change")]
+        add: Option<PathBuf>,
+        /// Hospital id to remove.
+        #[arg(long, group = "change")]
+        remove: Option<String>,
+        /// New member card of an existing member.
+        #[arg(long, group = "change")]
+        update: Option<PathBuf>,
+    },
+    /// Approve an open membership proposal in this hospital's name.
+    Approve {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The proposal id (from `medgate consortium members`).
+        proposal: String,
     },
 }
 
@@ -383,6 +449,120 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
             crate::demo::write_private(&out.with_extension("key"), key.serialize_pem().as_bytes())?;
             println!("etcd member {name} certified: {} and {}", crt.display(), out.with_extension("key").display());
         }
+        ConsortiumCommand::MemberCard { hospital_id, ledger_public_key, ledger_key_version, sharing_public_key, peer_address, out } => {
+            let card = crate::membership::MemberCard::from_files(&hospital_id, &ledger_public_key, ledger_key_version, sharing_public_key.as_deref(), peer_address)
+                .map_err(Failure::usage)?;
+            let mut bytes = serde_json::to_vec_pretty(&card).unwrap_or_default();
+            bytes.push(b'\n');
+            std::fs::write(&out, bytes).map_err(|e| Failure::runtime(format!("{}: {e}", out.display())))?;
+            println!("member card of {hospital_id} written to {}", out.display());
+            if sharing_public_key.is_none() || peer_address.is_none() {
+                println!("note: without --sharing-public-key and --peer-address this hospital can neither receive nor serve shared records");
+            }
+        }
+        ConsortiumCommand::Genesis { name, members, out } => {
+            if out.exists() {
+                return Err(Failure::usage(format!("{} exists; a genesis is written once (remove it yourself if you mean to replace it)", out.display())));
+            }
+            let cards = members.iter().map(|p| read_card(p)).collect::<Result<Vec<_>, _>>()?;
+            let g = crate::membership::Genesis::new(&name, cards).map_err(Failure::usage)?;
+            let hash = g.write(&out).map_err(Failure::runtime)?;
+            println!("genesis of {name:?} with {} founding members written to {}", g.members.len(), out.display());
+            println!("sha256 {}  (every member must see this same hash before starting)", hex::encode(hash));
+        }
+        ConsortiumCommand::Members { config, json } => {
+            let cfg = consortium_config(&config.config)?;
+            let body = admin_call(&cfg, "GET", "/consortium/members", b"")?;
+            if json {
+                println!("{body}");
+                return Ok(());
+            }
+            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| Failure::runtime(format!("unreadable answer: {e}")))?;
+            println!("genesis {}", v["genesis"].as_str().unwrap_or("-"));
+            println!("{:<24} {:<10} {:<22} {}", "MEMBER", "SINCE", "PEER ADDRESS", "LEDGER KEY VERSIONS");
+            for m in v["members"].as_array().into_iter().flatten() {
+                let since = m["admitted_at"].as_u64().map_or("genesis".to_owned(), |h| format!("block {h}"));
+                let versions: Vec<String> = m["ledger_keys"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+                println!("{:<24} {:<10} {:<22} {}", m["hospital_id"].as_str().unwrap_or("?"), since, m["peer_address"].as_str().unwrap_or("-"), versions.join(","));
+            }
+            let proposals = v["proposals"].as_array().cloned().unwrap_or_default();
+            if !proposals.is_empty() {
+                println!();
+                println!("{:<34} {:<7} {:<20} {:<12} {}", "PROPOSAL", "ACTION", "HOSPITAL", "STATE", "APPROVALS");
+                for p in proposals {
+                    let state = p["decided_at"].as_u64().map_or("open".to_owned(), |h| format!("block {h}"));
+                    let approvals: Vec<&str> = p["approvals"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+                    println!(
+                        "{:<34} {:<7} {:<20} {:<12} {}",
+                        p["proposal_id"].as_str().unwrap_or("?"),
+                        p["action"].as_str().unwrap_or("?"),
+                        p["hospital_id"].as_str().unwrap_or("?"),
+                        state,
+                        approvals.join(",")
+                    );
+                }
+            }
+        }
+        ConsortiumCommand::Propose { config, add, remove, update } => {
+            let cfg = consortium_config(&config.config)?;
+            let request = match (add, remove, update) {
+                (Some(card), None, None) => {
+                    let card = read_card(&card)?;
+                    serde_json::json!({"action": "add", "hospital_id": card.hospital_id.clone(), "card": card})
+                }
+                (None, Some(id), None) => serde_json::json!({"action": "remove", "hospital_id": id}),
+                (None, None, Some(card)) => {
+                    let card = read_card(&card)?;
+                    serde_json::json!({"action": "update", "hospital_id": card.hospital_id.clone(), "card": card})
+                }
+                _ => return Err(Failure::usage("give one of --add CARD, --remove HOSPITAL_ID, --update CARD")),
+            };
+            let body = admin_call(&cfg, "POST", "/consortium/proposals", request.to_string().as_bytes())?;
+            print_proposal(&body)?;
+        }
+        ConsortiumCommand::Approve { config, proposal } => {
+            let cfg = consortium_config(&config.config)?;
+            let id = proposal.trim();
+            if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Failure::usage(format!("{id:?} is not a proposal id (32 hex characters)")));
+            }
+            let body = admin_call(&cfg, "POST", &format!("/consortium/proposals/{}/approve", id.to_ascii_lowercase()), b"")?;
+            print_proposal(&body)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_card(path: &Path) -> Result<crate::membership::MemberCard, Failure> {
+    let bytes = std::fs::read(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    let card: crate::membership::MemberCard = serde_json::from_slice(&bytes).map_err(|e| Failure::usage(format!("{}: not a member card: {e}", path.display())))?;
+    card.check().map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    Ok(card)
+}
+
+fn consortium_config(path: &Path) -> Result<Config, Failure> {
+    let cfg = Config::load(path).map_err(|e| Failure::config(e.to_string()))?;
+    if cfg.ledger.mode != "consortium" {
+        return Err(Failure::usage(format!("{}: membership concerns the consortium ledger; this gateway runs standalone", path.display())));
+    }
+    Ok(cfg)
+}
+
+/// One request to the running gateway's admin listener; a non-200 answer is a failure that
+/// carries the gateway's reason.
+fn admin_call(cfg: &Config, method: &str, path: &str, body: &[u8]) -> Result<String, Failure> {
+    match crate::demo::admin_request_with(cfg.admin.listen, method, path, body) {
+        Ok((200, body)) => Ok(body),
+        Ok((status, body)) => Err(Failure::runtime(format!("refused ({status}): {}", body.trim()))),
+        Err(e) => Err(Failure { code: exit::UNAVAILABLE, message: format!("the gateway's admin listener {} did not answer: {e}", cfg.admin.listen) }),
+    }
+}
+
+fn print_proposal(body: &str) -> Result<(), Failure> {
+    let p: crate::membership::Proposal = serde_json::from_str(body).map_err(|e| Failure::runtime(format!("unreadable answer: {e}")))?;
+    match p.decided_at {
+        Some(h) => println!("proposal {} ({} {}) carried in block {h}; approvals: {}", p.proposal_id, p.action, p.hospital_id, p.approvals.join(", ")),
+        None => println!("proposal {} ({} {}) is open; approvals so far: {}", p.proposal_id, p.action, p.hospital_id, p.approvals.join(", ")),
     }
     Ok(())
 }

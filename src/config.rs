@@ -108,7 +108,7 @@ impl Default for Ledger {
     }
 }
 
-/// The consortium ledger: the etcd ordering service and the founding members.
+/// The consortium ledger: the etcd ordering service, the genesis, this gateway's peer listener.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Consortium {
@@ -122,9 +122,10 @@ pub struct Consortium {
     /// etcd key prefix of this consortium's ledger.
     #[serde(default = "default_prefix")]
     pub prefix: String,
-    /// The founding members (genesis): every hospital whose batches are accepted, this one included.
-    #[serde(default)]
-    pub members: Vec<Member>,
+    /// The genesis document (`medgate consortium genesis`): the consortium's founding members
+    /// and their keys. Every member is configured with the same file; later members are admitted
+    /// by membership entries on the ledger.
+    pub genesis: PathBuf,
     /// Where other gateways fetch this hospital's records (mutual TLS, consortium CA), `IP:port`.
     /// Without it, this gateway shares nothing.
     #[serde(default)]
@@ -135,30 +136,8 @@ pub struct Consortium {
     pub break_glass_roles: Vec<String>,
 }
 
-/// A consortium member as the genesis names it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Member {
-    pub hospital_id: String,
-    /// PEM public key of the member's ledger signing key.
-    pub ledger_public_key: PathBuf,
-    /// Version of that key (its label is `medgate-ledger-v<N>`).
-    #[serde(default = "default_key_version")]
-    pub ledger_key_version: u32,
-    /// PEM public key of the member's sharing key (`medgate keys public-key --role sharing`):
-    /// record keys are re-wrapped for it when the member reads a record held here.
-    #[serde(default)]
-    pub sharing_public_key: Option<PathBuf>,
-    /// The member's peer listener, `IP:port`, where its records are fetched.
-    #[serde(default)]
-    pub peer_address: Option<SocketAddr>,
-}
-
 fn default_prefix() -> String {
     "/medgate/ledger".into()
-}
-fn default_key_version() -> u32 {
-    1
 }
 
 /// Settings that weaken a guarantee. Each one set is logged at WARN at start-up.
@@ -227,8 +206,6 @@ enum Kind {
     StrList,
     /// A string holding `IP:port`.
     Addr,
-    /// An array of tables, each checked against the schema.
-    TableList(&'static [(&'static str, Kind, bool)]),
     Table(&'static [(&'static str, Kind, bool)]),
 }
 
@@ -263,17 +240,7 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
             ("ca", Kind::Str, true),
             ("certificate", Kind::Str, true),
             ("prefix", Kind::Str, false),
-            (
-                "members",
-                Kind::TableList(&[
-                    ("hospital_id", Kind::Str, true),
-                    ("ledger_public_key", Kind::Str, true),
-                    ("ledger_key_version", Kind::Int, false),
-                    ("sharing_public_key", Kind::Str, false),
-                    ("peer_address", Kind::Addr, false),
-                ]),
-                false,
-            ),
+            ("genesis", Kind::Str, true),
             ("peer_listen", Kind::Addr, false),
             ("break_glass_roles", Kind::StrList, false),
         ]),
@@ -293,15 +260,6 @@ fn check_shape(table: &toml::Table, schema: &[(&str, Kind, bool)], prefix: &str,
             (Kind::Str, toml::Value::String(_)) | (Kind::Int, toml::Value::Integer(_)) | (Kind::Bool, toml::Value::Boolean(_)) => true,
             (Kind::StrList, toml::Value::Array(a)) => a.iter().all(|x| x.is_str()),
             (Kind::Addr, toml::Value::String(a)) => a.parse::<SocketAddr>().is_ok(),
-            (Kind::TableList(inner), toml::Value::Array(items)) => {
-                for (i, item) in items.iter().enumerate() {
-                    match item {
-                        toml::Value::Table(t) => check_shape(t, inner, &format!("{}[{i}]", key_path(k)), out),
-                        other => out.push(Problem { key: format!("{}[{i}]", key_path(k)), reason: format!("must be a table, found {}", other.type_str()) }),
-                    }
-                }
-                true
-            }
             (Kind::Table(inner), toml::Value::Table(t)) => {
                 check_shape(t, inner, &key_path(k), out);
                 true
@@ -316,7 +274,6 @@ fn check_shape(table: &toml::Table, schema: &[(&str, Kind, bool)], prefix: &str,
                 Kind::StrList => "a list of strings",
                 Kind::Addr => "an IP address and port such as \"127.0.0.1:8443\" or \"[::1]:8443\" (host names are not resolved)",
                 Kind::Table(_) => "a table",
-                Kind::TableList(_) => "an array of tables ([[...]])",
             };
             out.push(Problem { key: key_path(k), reason: format!("must be {want}, found {}", v.type_str()) });
         }
@@ -328,7 +285,7 @@ fn check_shape(table: &toml::Table, schema: &[(&str, Kind, bool)], prefix: &str,
     }
 }
 
-fn validate_consortium(c: &Consortium, me: &str, p: &mut Vec<Problem>) {
+fn validate_consortium(c: &Consortium, p: &mut Vec<Problem>) {
     if c.etcd_endpoints.is_empty() {
         p.push(Problem { key: "consortium.etcd_endpoints".into(), reason: "name at least one etcd endpoint".into() });
     }
@@ -342,18 +299,10 @@ fn validate_consortium(c: &Consortium, me: &str, p: &mut Vec<Problem>) {
     if !c.prefix.starts_with('/') || c.prefix.ends_with('/') || c.prefix.len() < 2 {
         p.push(Problem { key: "consortium.prefix".into(), reason: "must start with '/' and not end with one, e.g. \"/medgate/ledger\"".into() });
     }
-    let mut seen = std::collections::BTreeSet::new();
-    for (i, m) in c.members.iter().enumerate() {
-        if !seen.insert(m.hospital_id.as_str()) {
-            p.push(Problem { key: format!("consortium.members[{i}].hospital_id"), reason: format!("{} is listed twice", m.hospital_id) });
-        }
-        check_readable_file(&m.ledger_public_key, &format!("consortium.members[{i}].ledger_public_key"), p);
-        if let Some(k) = &m.sharing_public_key {
-            check_readable_file(k, &format!("consortium.members[{i}].sharing_public_key"), p);
-        }
-    }
-    if !seen.contains(me) {
-        p.push(Problem { key: "consortium.members".into(), reason: format!("this gateway ({me}) is not a member; list it with its own ledger public key") });
+    // A hospital missing from the genesis is a joining member: it starts, follows the ledger
+    // and submits once a membership change admits it, so that is not a configuration error.
+    if let Err(e) = crate::membership::Genesis::read(&c.genesis) {
+        p.push(Problem { key: "consortium.genesis".into(), reason: e });
     }
 }
 
@@ -472,9 +421,9 @@ impl Config {
             ("standalone", _) => {}
             ("consortium", None) => p.push(Problem {
                 key: "consortium".into(),
-                reason: "ledger.mode = \"consortium\" needs a [consortium] table (etcd endpoints, CA, certificate, members)".into(),
+                reason: "ledger.mode = \"consortium\" needs a [consortium] table (etcd endpoints, CA, certificate, genesis)".into(),
             }),
-            ("consortium", Some(c)) => validate_consortium(c, &self.gateway.hospital_id, &mut p),
+            ("consortium", Some(c)) => validate_consortium(c, &mut p),
             (other, _) => p.push(Problem { key: "ledger.mode".into(), reason: format!("{other:?} is not a mode; use \"standalone\" or \"consortium\"") }),
         }
         if !(1..=crate::ledger::MAX_BATCH_ENTRIES).contains(&self.ledger.batch_max_entries) {

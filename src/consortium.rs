@@ -102,8 +102,9 @@ impl Link {
         *self.halted.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
     }
 
-    /// Connects to etcd (lazily), records the genesis members' keys in the store, and starts
-    /// the stream reader and the follower. Returns the link and the two tasks.
+    /// Adopts the genesis document (or checks that the ledger copy started from it), connects
+    /// to etcd (lazily), and starts the stream reader and the follower. Returns the link and
+    /// the two tasks.
     pub async fn start(
         cfg: &crate::config::Consortium,
         me: &str,
@@ -112,9 +113,10 @@ impl Link {
         outbox: sled::Tree,
         metrics: Arc<Metrics>,
     ) -> Result<(Arc<Link>, Vec<tokio::task::JoinHandle<()>>), String> {
-        for m in &cfg.members {
-            let spki = crate::verify::read_public_key(&m.ledger_public_key)?;
-            store.remember_member_key(&m.hospital_id, m.ledger_key_version, &spki).map_err(|e| e.to_string())?;
+        let (genesis, hash, bytes) = crate::membership::Genesis::read(&cfg.genesis).map_err(|e| format!("consortium.genesis: {e}"))?;
+        store.adopt_genesis(&genesis, hash, &bytes).map_err(|e| format!("consortium.genesis ({}): {e}", cfg.genesis.display()))?;
+        if !store.is_member(me) {
+            tracing::warn!(hospital = %me, genesis = %hex::encode(hash), "this hospital is not a current member: it follows the ledger but submits nothing until a membership change admits it");
         }
         let orderer = etcd::EtcdOrderer::connect(cfg, me, hsm).await?;
         let link = Arc::new(Link { orderer: orderer.clone(), landed: Arc::default(), peers: Mutex::new(None), halted: Mutex::new(None) });
@@ -261,7 +263,8 @@ async fn catch_up(
 ) -> Result<usize, String> {
     let mut stored = 0;
     let mut last_error = None;
-    for peer in sharing.peers.iter().filter(|(id, p)| id.as_str() != me && p.address.is_some()).map(|(id, _)| id) {
+    for (peer, _) in sharing.other_members().into_iter().filter(|(_, p)| p.address.is_some()) {
+        let peer = &peer;
         loop {
             let blocks = match sharing.fetch_blocks(peer, state.next_height()).await {
                 Ok(b) => b,

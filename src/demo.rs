@@ -272,10 +272,17 @@ pub fn admin_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> 
 
 /// A plain HTTP request without a body on the admin listener: (status, body).
 pub fn admin_request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String), String> {
+    admin_request_with(addr, method, path, b"")
+}
+
+/// [`admin_request`] with a JSON body.
+pub fn admin_request_with(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<(u16, String), String> {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+        .map_err(|e| e.to_string())?;
+    s.write_all(body).map_err(|e| e.to_string())?;
     let mut out = String::new();
     s.read_to_string(&mut out).map_err(|e| e.to_string())?;
     let status = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no status")?;

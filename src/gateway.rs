@@ -558,6 +558,10 @@ impl Gateway {
                 tracing::warn!(%custodian, error = %e, "custodian unreachable");
                 return Err(FhirError::Unavailable(format!("the custodian {custodian} could not be reached; retry later")));
             }
+            Ok(Err((403, refusal))) if refusal.reason == "not-a-member" => {
+                self.metrics.incr("peer_reads_denied");
+                return Err(FhirError::Forbidden(format!("the custodian {custodian} refused the read: {} is not a current member of the consortium", self.hospital)));
+            }
             Ok(Err((403, refusal))) => {
                 self.metrics.incr("peer_reads_denied");
                 return Err(FhirError::Forbidden(format!(
@@ -590,7 +594,7 @@ impl Gateway {
     /// before any key material leaves.
     pub async fn serve_peer_read(&self, requester: &str, req: crate::peer::ReadRequest) -> Result<crate::peer::ReadGrant, (u16, String)> {
         let sharing = self.sharing.clone().ok_or((404, "no-sharing".to_owned()))?;
-        let Some(peer) = sharing.peers.get(requester).filter(|_| requester != self.hospital) else {
+        let Some(peer) = sharing.peer(requester).filter(|_| requester != self.hospital) else {
             return Err((403, "not-a-member".into()));
         };
         let Some((n, e)) = peer.sharing_key.clone() else { return Err((403, "no-sharing-key".into())) };
@@ -681,8 +685,8 @@ impl Gateway {
         let Some((height, _)) = self.ledger.store.head().map_err(|e| e.to_string())? else { return Ok(()) };
         let Some(cp) = self.checkpoint_at(height).await? else { return Ok(()) };
         let mut failed = Vec::new();
-        for (peer, p) in &sharing.peers {
-            if *peer == self.hospital || p.address.is_none() {
+        for (peer, p) in &sharing.other_members() {
+            if p.address.is_none() {
                 continue;
             }
             match sharing.send_checkpoint(peer, &cp).await {
@@ -748,7 +752,7 @@ impl Gateway {
     /// pseudonyms, hashes and codes.
     pub fn blocks_for_peer(&self, requester: &str, from: u64) -> Result<Vec<u8>, (u16, String)> {
         let sharing = self.sharing.as_ref().ok_or((404, "no-sharing".to_owned()))?;
-        if !sharing.peers.contains_key(requester) || requester == self.hospital {
+        if sharing.peer(requester).is_none() || requester == self.hospital {
             return Err((403, "not-a-member".into()));
         }
         let mut out = b"[".to_vec();
@@ -780,7 +784,7 @@ impl Gateway {
         let own = self.ledger.store.state().map_err(|e| e.to_string())?.order_position().ok_or("this gateway has no block yet")?;
         let cps = self.ledger.store.peer_checkpoints().map_err(|e| e.to_string())?;
         let mut safe = own;
-        for member in sharing.peers.keys().filter(|m| **m != self.hospital) {
+        for (member, _) in sharing.other_members() {
             let cp = cps.iter().find(|c| c.gateway == *member).ok_or_else(|| format!("{member} has sent no checkpoint yet; nothing is compacted"))?;
             safe = safe.min(cp.order_position);
         }
@@ -984,6 +988,86 @@ impl Gateway {
         }
     }
 
+    /// Opens a membership proposal in this hospital's name (admin listener, `medgate consortium
+    /// propose`). Not queued in the outbox: a proposal the roster no longer allows would make
+    /// every batch it rides in invalid, so it is checked here, submitted once, and a failure is
+    /// reported to the operator, who proposes again. Answers the proposal as the chain holds it.
+    pub async fn propose_membership(&self, action: &str, hospital_id: &str, card: Option<crate::membership::MemberCard>) -> Result<crate::membership::Proposal, (u16, String)> {
+        use crate::membership::{new_proposal_id, Proposal};
+        let roster = self.ledger.store.roster().map_err(|e| (500, e.to_string()))?.ok_or((409, "membership needs ledger.mode = \"consortium\"".to_owned()))?;
+        if !roster.is_member(&self.hospital) {
+            return Err((409, format!("{} is not a current member; only members propose changes", self.hospital)));
+        }
+        let id = new_proposal_id();
+        let body = match (action, card) {
+            ("add" | "update", Some(card)) => {
+                if card.hospital_id != hospital_id {
+                    return Err((400, format!("the member card is for {}, not {hospital_id}", card.hospital_id)));
+                }
+                card.check().map_err(|e| (400, e))?;
+                card.proposal(id, action, &self.hospital)
+            }
+            ("remove", None) => EntryBody::MembershipProposed {
+                proposal_id: id,
+                action: "remove".into(),
+                hospital_id: hospital_id.to_owned(),
+                ledger_public_key: None,
+                ledger_key_version: None,
+                sharing_public_key: None,
+                peer_address: None,
+                proposer: self.hospital.clone(),
+            },
+            ("add" | "update", None) => return Err((400, format!("{action} needs the hospital's member card"))),
+            _ => return Err((400, format!("unknown action {action:?}: add, remove or update"))),
+        };
+        let proposal = Proposal::from_entry(&body).ok_or((400, "malformed proposal".to_owned()))?;
+        if !roster.admits(&proposal) {
+            let why = match action {
+                "add" => format!("{hospital_id} is already a member, or its card does not hold valid keys"),
+                "remove" if roster.members.len() <= 1 => "the last member cannot be removed".to_owned(),
+                _ => format!("{hospital_id} is not a current member, or the update changes an admitted key version"),
+            };
+            return Err((409, why));
+        }
+        self.membership_entry(body, &proposal.proposal_id).await
+    }
+
+    /// Approves an open membership proposal in this hospital's name.
+    pub async fn approve_membership(&self, proposal_id: &str) -> Result<crate::membership::Proposal, (u16, String)> {
+        let p = self.ledger.store.proposal(proposal_id).map_err(|e| (500, e.to_string()))?.ok_or((404, format!("no membership proposal {proposal_id}")))?;
+        if !self.ledger.store.is_member(&self.hospital) {
+            return Err((409, format!("{} is not a current member; only members approve changes", self.hospital)));
+        }
+        if let Some(h) = p.decided_at {
+            return Err((409, format!("proposal {proposal_id} was already carried in block {h}")));
+        }
+        if p.approvals.contains(&self.hospital) {
+            return Err((409, format!("{} already approved proposal {proposal_id}", self.hospital)));
+        }
+        let body = EntryBody::MembershipApproved { proposal_id: proposal_id.to_owned(), approver: self.hospital.clone() };
+        self.membership_entry(body, proposal_id).await
+    }
+
+    async fn membership_entry(&self, body: EntryBody, proposal_id: &str) -> Result<crate::membership::Proposal, (u16, String)> {
+        let entry = self.entry(body);
+        entry.validate().map_err(|e| (400, e.to_string()))?;
+        self.ledger.append(vec![entry]).await.map_err(|e| (503, format!("not on the ledger: {e}; nothing was changed, propose or approve again")))?;
+        let p = self.ledger.store.proposal(proposal_id).map_err(|e| (500, e.to_string()))?.ok_or((500, "the proposal is not in the ledger state".to_owned()))?;
+        tracing::info!(proposal = %p.proposal_id, action = %p.action, hospital = %p.hospital_id, approvals = ?p.approvals, carried_at = ?p.decided_at, "membership entry on the ledger");
+        Ok(p)
+    }
+
+    /// The roster and every proposal, for the admin listener.
+    pub fn membership_json(&self) -> Result<Value, String> {
+        let store = &self.ledger.store;
+        let roster = store.roster().map_err(|e| e.to_string())?.ok_or("membership needs ledger.mode = \"consortium\"")?;
+        Ok(serde_json::json!({
+            "genesis": store.genesis_hash().map_err(|e| e.to_string())?.map(hex::encode),
+            "members": roster.members.values().collect::<Vec<_>>(),
+            "proposals": store.proposals().map_err(|e| e.to_string())?,
+        }))
+    }
+
     /// Appends what the outbox holds (entries whose append failed earlier).
     pub async fn drain_outbox(&self) -> Result<usize, ChainError> {
         self.ledger.drain_outbox(&self.vault).await
@@ -1039,6 +1123,6 @@ fn audit_record(e: &Entry, height: u64) -> Option<AuditRecord<'_>> {
             ..base(AuditAction::ConsentRevoked, true, None)
         }),
         EntryBody::RecordErased { user, role, .. } => Some(AuditRecord { user, role, purpose: "PATRQT", ..base(AuditAction::Erase, true, None) }),
-        EntryBody::KeyEvent { .. } => None,
+        EntryBody::KeyEvent { .. } | EntryBody::MembershipProposed { .. } | EntryBody::MembershipApproved { .. } => None,
     }
 }

@@ -23,4 +23,5 @@ pub mod verify;
 pub mod bench;
 pub mod consortium;
 pub mod peer;
+pub mod membership;
 pub mod audit;

@@ -7,7 +7,6 @@
 //! answers with the document ciphertext and the data key re-wrapped inside its HSM for the
 //! requester's sharing key ([`ReadGrant`]), or 403 with a reason code. Plaintext never crosses.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,14 +69,14 @@ pub struct Refusal {
     pub reason: String,
 }
 
-/// What the gateway needs to share: members' peer addresses and sharing keys, the mTLS client,
-/// the break-glass roles.
+/// What the gateway needs to share: the ledger's roster (members' peer addresses and sharing
+/// keys, as the chain says at this moment), the mTLS client, the break-glass roles.
 #[derive(Debug)]
 pub struct Sharing {
     pub me: String,
     /// The consortium link, halted when a fork is seen.
     pub link: Option<Arc<crate::consortium::Link>>,
-    pub peers: HashMap<String, Peer>,
+    store: crate::chain::ChainStore,
     pub client_tls: Arc<rustls::ClientConfig>,
     pub break_glass_roles: Vec<String>,
 }
@@ -91,21 +90,28 @@ pub struct Peer {
 }
 
 impl Sharing {
-    pub fn from_config(cfg: &Consortium, me: &str, hsm: &Arc<Hsm>) -> Result<Sharing, String> {
-        let mut peers = HashMap::new();
-        for m in &cfg.members {
-            let sharing_key = match &m.sharing_public_key {
-                None => None,
-                Some(p) => {
-                    let spki = crate::verify::read_public_key(p)?;
-                    Some(medgate_hsm::rsa_spki_parts(&spki).ok_or_else(|| format!("{}: not an RSA public key", p.display()))?)
-                }
-            };
-            peers.insert(m.hospital_id.clone(), Peer { address: m.peer_address, sharing_key });
-        }
+    pub fn from_config(cfg: &Consortium, me: &str, hsm: &Arc<Hsm>, store: crate::chain::ChainStore) -> Result<Sharing, String> {
         let mut client = (*crate::consortium::etcd::client_tls(cfg, hsm)?).clone();
         client.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Sharing { me: me.to_owned(), link: None, peers, client_tls: Arc::new(client), break_glass_roles: cfg.break_glass_roles.clone() })
+        Ok(Sharing { me: me.to_owned(), link: None, store, client_tls: Arc::new(client), break_glass_roles: cfg.break_glass_roles.clone() })
+    }
+
+    /// A current member as the sharing layer sees it (`None` for a non-member).
+    pub fn peer(&self, hospital_id: &str) -> Option<Peer> {
+        let roster = self.store.roster().ok().flatten()?;
+        let m = roster.get(hospital_id)?;
+        Some(Peer { address: m.peer_address, sharing_key: m.sharing_key() })
+    }
+
+    /// The other current members, in hospital id order.
+    pub fn other_members(&self) -> Vec<(String, Peer)> {
+        let Ok(Some(roster)) = self.store.roster() else { return Vec::new() };
+        roster
+            .members
+            .values()
+            .filter(|m| m.hospital_id != self.me)
+            .map(|m| (m.hospital_id.clone(), Peer { address: m.peer_address, sharing_key: m.sharing_key() }))
+            .collect()
     }
 
     /// Asks `custodian` for a record. `Ok(Err(refusal))` is an answer (403, 404, 410); `Err`
@@ -141,7 +147,7 @@ impl Sharing {
 
     /// One request to a peer over mutual TLS, checking that the certificate names that peer.
     async fn post(&self, peer: &str, path: &str, body: &[u8]) -> Result<(u16, Bytes), String> {
-        let addr = self.peers.get(peer).and_then(|p| p.address).ok_or_else(|| format!("no peer address configured for {peer}"))?;
+        let addr = self.peer(peer).and_then(|p| p.address).ok_or_else(|| format!("{peer} is not a current member with a peer address"))?;
         let tcp = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| format!("connecting to {peer} at {addr} timed out"))?
@@ -238,9 +244,17 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, gatewa
                 tracing::info!(peer = %addr, "peer certificate names no organisation; closed");
                 return;
             };
+            // The consortium CA vouches for the name; the ledger says whether it is still a member.
+            if !gateway.ledger.store.is_member(&requester) {
+                tracing::warn!(peer = %addr, hospital = %requester, "peer request from a hospital that is not a current member; refused");
+                gateway.metrics.incr("peer_requests_from_non_members");
+            }
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (gateway, requester) = (gateway.clone(), requester.clone());
                 async move {
+                    if !gateway.ledger.store.is_member(&requester) {
+                        return Ok::<_, std::convert::Infallible>(json(403, &Refusal { reason: "not-a-member".into() }));
+                    }
                     let path = req.uri().path().to_owned();
                     if req.method() != hyper::Method::POST || !["/peer/v1/read", "/peer/v1/checkpoint", "/peer/v1/blocks"].contains(&path.as_str()) {
                         return Ok::<_, std::convert::Infallible>(json(404, &Refusal { reason: "no-such-endpoint".into() }));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -104,7 +104,7 @@ impl Running {
         let mut gateway = Gateway::new(cfg.gateway.hospital_id.clone(), hsm.clone(), vault, ledger, metrics);
         let mut peer_listener = None;
         if let (Some(c), Some(l)) = (&cfg.consortium, &link) {
-            let mut sharing = crate::peer::Sharing::from_config(c, &cfg.gateway.hospital_id, &hsm).map_err(ServerError::Consortium)?;
+            let mut sharing = crate::peer::Sharing::from_config(c, &cfg.gateway.hospital_id, &hsm, gateway.ledger.store.clone()).map_err(ServerError::Consortium)?;
             sharing.link = Some(l.clone());
             let sharing = Arc::new(sharing);
             *l.peers.lock().unwrap_or_else(|p| p.into_inner()) = Some(sharing.clone());
@@ -374,9 +374,43 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
     r
 }
 
+/// A membership proposal as the admin listener takes it (`medgate consortium propose`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProposalRequest {
+    action: String,
+    hospital_id: String,
+    #[serde(default)]
+    card: Option<crate::membership::MemberCard>,
+}
+
+fn membership_answer(r: Result<crate::membership::Proposal, (u16, String)>) -> Response<Full<Bytes>> {
+    match r {
+        Ok(p) => text(StatusCode::OK, serde_json::to_string(&p).unwrap_or_default(), "application/json"),
+        Err((status, why)) => text(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), format!("{why}\n"), "text/plain; charset=utf-8"),
+    }
+}
+
 async fn admin_request(state: Arc<AdminState>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let plain = "text/plain; charset=utf-8";
-    Ok(match (req.method().as_str(), req.uri().path()) {
+    let path = req.uri().path().to_owned();
+    if req.method() == hyper::Method::POST && path.starts_with("/consortium/proposals") {
+        let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return Ok(text(StatusCode::BAD_REQUEST, "unreadable or oversized body (64 KiB at most)\n".into(), plain)),
+        };
+        if path == "/consortium/proposals" {
+            return Ok(match serde_json::from_slice::<ProposalRequest>(&body) {
+                Ok(p) => membership_answer(state.gateway.propose_membership(&p.action, &p.hospital_id, p.card).await),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("not a proposal: {e}\n"), plain),
+            });
+        }
+        return Ok(match path.strip_prefix("/consortium/proposals/").and_then(|r| r.strip_suffix("/approve")) {
+            Some(id) => membership_answer(state.gateway.approve_membership(id).await),
+            None => text(StatusCode::NOT_FOUND, "not found: POST /consortium/proposals or /consortium/proposals/{id}/approve\n".into(), plain),
+        });
+    }
+    Ok(match (req.method().as_str(), path.as_str()) {
         ("GET", "/healthz") => text(StatusCode::OK, "ok\n".into(), plain),
         ("GET", "/readyz") => {
             let h = state.health().await;
@@ -392,7 +426,15 @@ async fn admin_request(state: Arc<AdminState>, req: Request<hyper::body::Incomin
             Ok(list) => text(StatusCode::OK, crate::audit::break_glass_json(&list).to_string(), "application/json"),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"), plain),
         },
-        _ => text(StatusCode::NOT_FOUND, "not found: /healthz, /readyz, /metrics, /audit/break-glass\n".into(), plain),
+        ("GET", "/consortium/members") => match state.gateway.membership_json() {
+            Ok(v) => text(StatusCode::OK, v.to_string(), "application/json"),
+            Err(e) => text(StatusCode::CONFLICT, format!("{e}\n"), plain),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: GET /healthz, /readyz, /metrics, /audit/break-glass, /consortium/members; POST /ledger/compact, /consortium/proposals, /consortium/proposals/{id}/approve\n".into(),
+            plain,
+        ),
     })
 }
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::chain::ChainStore;
-use crate::ledger::{verify_chain, ChainReport, Receipt};
+use crate::ledger::{verify_chain_from, ChainReport, ChainState, Receipt};
 
 /// Reads a PEM (or DER) SubjectPublicKeyInfo file, as `medgate keys public-key` writes it.
 pub fn read_public_key(path: &Path) -> Result<Vec<u8>, String> {
@@ -21,13 +21,14 @@ pub fn read_public_key(path: &Path) -> Result<Vec<u8>, String> {
     }
 }
 
-/// Re-checks every stored block from genesis. With `trusted` keys (SPKI DER, e.g. exported by
-/// the security officer) only those are accepted; without, the keys recorded in the store are
-/// used, which proves integrity against accidental damage but not against someone who could
-/// rewrite the store and its key table together.
+/// Re-checks every stored block from genesis (a consortium chain from the hash of its genesis
+/// document). With `trusted` keys (SPKI DER, e.g. exported by the security officer) only those
+/// are accepted; without, the keys recorded in the store are used (every key a member held,
+/// removed members included), which proves integrity against accidental damage but not against
+/// someone who could rewrite the store and its key table together.
 pub fn verify_store(store: &ChainStore, trusted: &[Vec<u8>]) -> Result<ChainReport, crate::ledger::ChainError> {
     let lookup = |gateway: &str, version: u32| -> Option<Vec<u8>> {
-        let stored = store.member_key(gateway, version);
+        let stored = store.public_key(gateway, version).ok().flatten();
         if trusted.is_empty() {
             stored
         } else {
@@ -39,7 +40,9 @@ pub fn verify_store(store: &ChainStore, trusted: &[Vec<u8>]) -> Result<ChainRepo
             }
         }
     };
-    verify_chain(store.blocks(), &lookup)
+    // An unreadable genesis hash leaves zeros, and block 0 then fails to link: reported, not hidden.
+    let start = store.genesis_hash().ok().flatten().map_or_else(ChainState::new, ChainState::after_genesis);
+    verify_chain_from(start, store.blocks(), &lookup)
 }
 
 /// Checks a receipt against one public key; the answer says what was proven.

@@ -43,11 +43,15 @@ fn config_check_refuses_bad_configurations_with_file_key_and_reason() {
         (
             "consortium.toml",
             format!(
-                "{good}\n[ledger]\nmode = \"consortium\"\n[consortium]\netcd_endpoints = [\"etcd-1:2379\"]\nca = \"/nonexistent/ca.pem\"\ncertificate = \"/nonexistent/gw.pem\"\n[[consortium.members]]\nhospital_id = \"hospital-b\"\nledger_public_key = \"/nonexistent/b.pem\"\n"
+                "{good}\n[ledger]\nmode = \"consortium\"\n[consortium]\netcd_endpoints = [\"etcd-1:2379\"]\nca = \"/nonexistent/ca.pem\"\ncertificate = \"/nonexistent/gw.pem\"\ngenesis = \"/nonexistent/genesis.json\"\n"
             ),
-            vec!["consortium.etcd_endpoints[0]", "consortium.ca", "consortium.certificate", "consortium.members[0].ledger_public_key", "is not a member"],
+            vec!["consortium.etcd_endpoints[0]", "consortium.ca", "consortium.certificate", "consortium.genesis", "/nonexistent/genesis.json"],
         ),
-        ("members.toml", format!("{good}\n[consortium]\netcd_endpoints = []\nca = \"x\"\ncertificate = \"y\"\nmembers = [\"hospital-a\"]\n"), vec!["consortium.members[0]", "must be a table"]),
+        (
+            "members.toml",
+            format!("{good}\n[consortium]\netcd_endpoints = []\nca = \"x\"\ncertificate = \"y\"\nmembers = [\"hospital-a\"]\n"),
+            vec!["consortium.members", "unknown key", "consortium.genesis", "missing"],
+        ),
     ];
     for (name, text, wants) in cases {
         let (code, out, path) = check(name, &text);

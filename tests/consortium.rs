@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use etcd::EtcdCluster;
 use medgate::fhir::{sample_transaction, PatientId};
+use medgate::membership::{Genesis, MemberCard};
 use medgate::pki::TestCa;
 use support::{receipt_of, rt, Gw};
 
@@ -19,7 +20,11 @@ const HOSPITALS: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
 struct Consortium {
     etcd: EtcdCluster,
     gws: Vec<Gw>,
-    _ca: TestCa,
+    ca: TestCa,
+    name: String,
+    /// The genesis document's bytes, as every member holds them.
+    genesis: Vec<u8>,
+    pseudonym_key: Option<[u8; 32]>,
 }
 
 fn patient(n: u32) -> PatientId {
@@ -43,37 +48,49 @@ fn consortium_with(name: &str, sharing: bool) -> Consortium {
     });
     let sites: Vec<_> = HOSPITALS.iter().map(|h| support::site_sharing(&format!("{name}-{h}"), h, pseudonym_key.as_ref().map(|k| &k[..]))).collect();
     let peers: Vec<std::net::SocketAddr> = sites.iter().map(|_| medgate::demo::free_port().unwrap()).collect();
-    let members: String = sites
+    let cards: Vec<MemberCard> = sites
         .iter()
         .zip(&peers)
         .map(|((s, _), peer)| {
-            let mut m = format!("[[consortium.members]]\nhospital_id = \"{}\"\nledger_public_key = \"{}\"\n", s.hospital, s.ledger_public_key.display());
-            if sharing {
-                m.push_str(&format!("sharing_public_key = \"{}\"\npeer_address = \"{peer}\"\n", s.dir.join("sharing-public-key.pem").display()));
-            }
-            m
+            let sharing_key = s.dir.join("sharing-public-key.pem");
+            MemberCard::from_files(&s.hospital, &s.ledger_public_key, 1, sharing.then_some(sharing_key.as_path()), sharing.then_some(*peer)).unwrap()
         })
         .collect();
-    let endpoints: Vec<String> = etcd.endpoints.iter().map(|e| format!("\"{e}\"")).collect();
-    let mut gws = Vec::new();
+    let genesis = Genesis::new(&format!("test consortium {name}"), cards).unwrap().to_bytes();
+    let mut c = Consortium { etcd, gws: Vec::new(), ca, name: name.to_owned(), genesis, pseudonym_key };
     for ((site, dir), peer) in sites.into_iter().zip(&peers) {
-        let peer_settings = if sharing { format!("peer_listen = \"{peer}\"\nbreak_glass_roles = [\"emergency-physician\"]\n") } else { String::new() };
-        let csr = std::fs::read_to_string(site.dir.join("tls/server.csr")).unwrap();
-        let loopback = [std::net::IpAddr::from([127, 0, 0, 1])];
-        std::fs::write(site.dir.join("tls/consortium.pem"), ca.sign_peer_csr(&csr, 30, &loopback).unwrap().pem()).unwrap();
-        std::fs::write(site.dir.join("tls/consortium-ca.pem"), ca.cert.pem()).unwrap();
-        let text = std::fs::read_to_string(&site.config).unwrap();
-        let text = format!(
-            "{text}\n[ledger]\nmode = \"consortium\"\n\n[consortium]\netcd_endpoints = [{}]\nca = \"{tls}/consortium-ca.pem\"\ncertificate = \"{tls}/consortium.pem\"\nprefix = \"/test/{name}\"\n{peer_settings}\n{members}",
-            endpoints.join(", "),
-            tls = site.dir.join("tls").display(),
-        );
-        std::fs::write(&site.config, text).unwrap();
+        configure(&c, &site, sharing.then_some(*peer));
         let mut gw = Gw::prepared(site, dir);
         gw.start();
-        gws.push(gw);
+        c.gws.push(gw);
     }
-    Consortium { etcd, gws, _ca: ca }
+    c
+}
+
+/// Makes `site` a gateway of consortium `c`: a consortium certificate for its HSM TLS key, its
+/// own copy of the genesis document, and the settings; with `peer`, a peer listener and
+/// break-glass for the role `emergency-physician`.
+fn configure(c: &Consortium, site: &medgate::demo::Site, peer: Option<std::net::SocketAddr>) {
+    let peer_settings = match peer {
+        Some(peer) => format!("peer_listen = \"{peer}\"\nbreak_glass_roles = [\"emergency-physician\"]\n"),
+        None => String::new(),
+    };
+    let csr = std::fs::read_to_string(site.dir.join("tls/server.csr")).unwrap();
+    let loopback = [std::net::IpAddr::from([127, 0, 0, 1])];
+    std::fs::write(site.dir.join("tls/consortium.pem"), c.ca.sign_peer_csr(&csr, 30, &loopback).unwrap().pem()).unwrap();
+    std::fs::write(site.dir.join("tls/consortium-ca.pem"), c.ca.cert.pem()).unwrap();
+    let genesis_file = site.dir.join("genesis.json");
+    std::fs::write(&genesis_file, &c.genesis).unwrap();
+    let endpoints: Vec<String> = c.etcd.endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    let text = std::fs::read_to_string(&site.config).unwrap();
+    let text = format!(
+        "{text}\n[ledger]\nmode = \"consortium\"\n\n[consortium]\netcd_endpoints = [{}]\nca = \"{tls}/consortium-ca.pem\"\ncertificate = \"{tls}/consortium.pem\"\nprefix = \"/test/{name}\"\ngenesis = \"{genesis}\"\n{peer_settings}",
+        endpoints.join(", "),
+        tls = site.dir.join("tls").display(),
+        genesis = genesis_file.display(),
+        name = c.name,
+    );
+    std::fs::write(&site.config, text).unwrap();
 }
 
 /// Stores `n` documents at gateway `i`; returns the record ids (201 each).
@@ -591,4 +608,206 @@ fn a_gateway_whose_resume_point_was_compacted_catches_up_from_its_peers() {
     converge(&c, 7.0);
     let heads = verify_all(&mut c);
     assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
+}
+
+/// Runs `medgate consortium ARGS --config <g's config>` and returns (status, stdout, stderr).
+fn consortium_cli(g: &Gw, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["consortium"];
+    all.extend_from_slice(args);
+    all.extend(["--config", g.site.config.to_str().unwrap()]);
+    g.medgate(&all)
+}
+
+/// The member ids `g`'s ledger copy lists, sorted.
+fn members_of(g: &Gw) -> Vec<String> {
+    let (code, out, err) = consortium_cli(g, &["members", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["members"].as_array().unwrap().iter().map(|m| m["hospital_id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Stores one document at `g`; returns the HTTP status and the record id.
+fn ingest_one(g: &Gw, k: u32, tag: &str) -> (u16, String) {
+    rt().block_on(async {
+        let mut his = g.client();
+        let body = sample_transaction(&patient(k), "text/plain", format!("{tag} {k}").as_bytes(), None);
+        let r = his.post_json("/", &body, &[]).await.unwrap();
+        (r.status, r.json()["entry"][0]["resource"]["id"].as_str().unwrap_or_default().to_owned())
+    })
+}
+
+/// Waits until every running gateway lists exactly `want` as members.
+fn wait_members(gws: &[&Gw], want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen: Vec<Vec<String>> = gws.iter().map(|g| members_of(g)).collect();
+        if seen.iter().all(|m| m == want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "rosters did not become {want:?}: {seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const INVALID: &str = "medgate_events_total{kind=\"ledger_invalid_batches\"}";
+
+#[test]
+fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
+    let mut c = consortium_with("members", true);
+    wait_members(&c.gws.iter().collect::<Vec<_>>(), &HOSPITALS);
+    // Hospital D: its own HSM (with the consortium pseudonym key), the same genesis, a member card.
+    let (site_d, dir_d) = support::site_sharing("members-hospital-d", "hospital-d", c.pseudonym_key.as_ref().map(|k| &k[..]));
+    let peer_d = medgate::demo::free_port().unwrap();
+    configure(&c, &site_d, Some(peer_d));
+    let card = site_d.dir.join("member-card.json");
+    let sharing_pem = site_d.dir.join("sharing-public-key.pem");
+    let (code, out, err) = support::run_medgate(
+        &[
+            "consortium", "member-card", "--hospital-id", "hospital-d",
+            "--ledger-public-key", site_d.ledger_public_key.to_str().unwrap(),
+            "--sharing-public-key", sharing_pem.to_str().unwrap(),
+            "--peer-address", &peer_d.to_string(),
+            "--out", card.to_str().unwrap(),
+        ],
+        &site_d.softhsm_conf,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let mut d = Gw::prepared(site_d, dir_d);
+    d.start();
+    d.wait_log("is not a current member");
+    // Not admitted yet: D follows the ledger, keeps what its HIS sends (202), submits nothing.
+    let (status, early_record) = ingest_one(&d, 1, "before admission");
+    assert_eq!(status, 202, "{}", d.log_text());
+    assert_eq!(members_of(&d), HOSPITALS);
+
+    // A proposes D. One approval of three is no majority.
+    let (code, out, err) = consortium_cli(&c.gws[0], &["propose", "--add", card.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("is open"), "{out}");
+    let proposal = out.split_whitespace().nth(1).unwrap().to_owned();
+    let (code, _, err) = consortium_cli(&d, &["approve", &proposal]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not a current member"), "{err}");
+    let (code, _, err) = consortium_cli(&c.gws[0], &["approve", &proposal]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already approved"), "{err}");
+    assert_eq!(members_of(&c.gws[2]), HOSPITALS);
+    // B approves: two of three, carried.
+    let (code, out, err) = consortium_cli(&c.gws[1], &["approve", &proposal]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("carried in block"), "{out}");
+    let four = ["hospital-a", "hospital-b", "hospital-c", "hospital-d"];
+    wait_members(&[&c.gws[0], &c.gws[1], &c.gws[2], &d], &four);
+    let (code, _, err) = consortium_cli(&c.gws[2], &["approve", &proposal]);
+    assert_ne!(code, 0, "a carried proposal takes no more approvals");
+    assert!(err.contains("already carried"), "{err}");
+    // Admitted: D's waiting record reaches the ledger, and A finds it by the patient.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.metric("medgate_outbox_entries") != Some(0.0) {
+        assert!(Instant::now() < deadline, "D's outbox never drained:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, _) = ingest_one(&d, 2, "after admission");
+    assert_eq!(status, 201, "{}", d.log_text());
+    let found = rt().block_on(async {
+        let mut a = c.gws[0].client();
+        let q = medgate::client::query_escape(&patient(1).canonical());
+        a.get(&format!("/DocumentReference?patient={q}")).await.unwrap().json()
+    });
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(found["entry"][0]["resource"]["id"], early_record.as_str());
+    assert_eq!(found["entry"][0]["resource"]["custodian"]["identifier"]["value"], "hospital-d");
+
+    // C's last valid batch number before it is removed (a receipt names its batch).
+    let c_seq = rt().block_on(async {
+        let mut his = c.gws[2].client();
+        let r = his.post_json("/", &sample_transaction(&patient(4), "text/plain", b"C before removal", None), &[]).await.unwrap();
+        assert_eq!(r.status, 201);
+        let receipt = receipt_of(&r.json()["entry"][0]["resource"]).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&receipt).unwrap()["seq"].as_u64().unwrap()
+    });
+    // Remove C: now three of four must agree.
+    let (code, out, err) = consortium_cli(&c.gws[0], &["propose", "--remove", "hospital-c"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let removal = out.split_whitespace().nth(1).unwrap().to_owned();
+    let (code, out, _) = consortium_cli(&c.gws[1], &["approve", &removal]);
+    assert_eq!(code, 0);
+    assert!(out.contains("is open"), "two of four is no majority: {out}");
+    let (code, out, err) = consortium_cli(&d, &["approve", &removal]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("carried in block"), "{out}");
+    let three = ["hospital-a", "hospital-b", "hospital-d"];
+    wait_members(&[&c.gws[0], &c.gws[1], &c.gws[2], &d], &three);
+    // C keeps what its HIS sends but submits nothing, and its peers refuse it.
+    let (status, _) = ingest_one(&c.gws[2], 3, "after removal");
+    assert_eq!(status, 202, "{}", c.gws[2].log_text());
+    let refused = rt().block_on(async {
+        let site = c.gws[2].site.clone();
+        let mut h = medgate::client::HisClient::new(site.his_addr, "localhost", site.his_tls().unwrap()).unwrap().acting_as("dr.c", "emergency-physician", "BTG");
+        h.get(&format!("/Binary/{early_record}")).await.unwrap()
+    });
+    assert_eq!(refused.status, 403, "{}", String::from_utf8_lossy(&refused.body));
+    assert!(String::from_utf8_lossy(&refused.body).contains("not a current"), "{}", String::from_utf8_lossy(&refused.body));
+    // A batch C signs with its own HSM key, put straight into the ordered stream: invalid everywhere.
+    let invalid_before: Vec<Option<f64>> = [&c.gws[0], &c.gws[1], &d].iter().map(|g| g.metric(INVALID)).collect();
+    c.gws[2].stop();
+    let e = medgate::ledger::Entry::new(
+        "hospital-c",
+        "2026-11-28T10:00:00Z",
+        [7; 16],
+        medgate::ledger::EntryBody::PatientSearched { patient: "ab".repeat(32), reader: "hospital-c".into(), user: "ef".repeat(32), role: "physician".into(), purpose: "TREAT".into(), results: 0 },
+    );
+    // Next in C's sequence and signed with its admitted key: only its membership is missing.
+    let batch = sign_as(&c.gws[2].site, c_seq + 1, vec![e]);
+    let key = format!("/test/{}/batches/hospital-c/after-removal", c.name);
+    let (code, out, err) = c.etcd.etcdctl(&["put", &key, std::str::from_utf8(&batch).unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (g, before) in [&c.gws[0], &c.gws[1], &d].iter().zip(invalid_before) {
+        while g.metric(INVALID).unwrap_or(0.0) <= before.unwrap_or(0.0) {
+            assert!(Instant::now() < deadline, "{} did not flag the removed member's batch", g.site.hospital);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    c.gws[2].start();
+    let height = c.gws[0].metric("medgate_ledger_height").unwrap();
+    c.gws.push(d);
+    converge(&c, height);
+    // Every copy verifies, from the genesis hash, to one head (D's key admitted on the ledger).
+    let heads = verify_all(&mut c);
+    assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
+}
+
+#[test]
+fn the_chain_hangs_from_the_genesis_and_a_gateway_cannot_change_consortium() {
+    use sha2::Digest as _;
+    let mut c = consortium("genesis");
+    ingest(&c, 0, 1, "a");
+    converge(&c, 0.0);
+    c.gws[0].stop();
+    let site = c.gws[0].site.clone();
+    // Block 0 links to the SHA-256 of the genesis document every member holds.
+    {
+        let cfg = medgate::config::Config::load(&site.config).unwrap();
+        let db = medgate::vault::Vault::open_db(&cfg.gateway.state_directory).unwrap();
+        let store = medgate::chain::ChainStore::open(&db).unwrap();
+        let block0 = store.block(0).unwrap().unwrap();
+        assert_eq!(block0.prev_hash, hex::encode(sha2::Sha256::digest(&c.genesis)));
+        assert_eq!(store.genesis().unwrap().as_deref(), Some(c.genesis.as_slice()));
+    }
+    // Another genesis (same members, another consortium) on the same ledger copy: refused at
+    // start, naming the setting and both hashes.
+    let (other, _) = Genesis::parse(&c.genesis).unwrap();
+    let other = Genesis::new("another consortium", other.members).unwrap();
+    let other_hash = other.write(&site.dir.join("genesis.json")).unwrap();
+    let log = site.dir.join("refused.log");
+    let err = site.spawn(&support::exe(), Some(&log)).err().expect("a gateway must not start on another genesis");
+    assert!(err.message.contains("exited during start-up"), "{}", err.message);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("consortium.genesis") && text.contains(&hex::encode(other_hash)), "{text}");
+    // Put back, it starts and follows again.
+    std::fs::write(site.dir.join("genesis.json"), &c.genesis).unwrap();
+    c.gws[0].start();
+    ingest(&c, 1, 1, "b");
+    converge(&c, 1.0);
 }

@@ -165,18 +165,14 @@ fn build(dir: &Path, say: &mut dyn FnMut(&str)) -> Result<Consortium, Failure> {
     }
     key.iter_mut().for_each(|b| *b = 0);
     let peers: Vec<SocketAddr> = sites.iter().map(|_| free_port()).collect::<Result<_, _>>()?;
-    let members: String = sites
+    let cards = sites
         .iter()
         .zip(&peers)
-        .map(|(s, p)| {
-            format!(
-                "[[consortium.members]]\nhospital_id = \"{}\"\nledger_public_key = \"{}\"\nsharing_public_key = \"{}\"\npeer_address = \"{p}\"\n",
-                s.hospital,
-                s.ledger_public_key.display(),
-                s.dir.join("sharing-public-key.pem").display()
-            )
-        })
-        .collect();
+        .map(|(s, p)| crate::membership::MemberCard::from_files(&s.hospital, &s.ledger_public_key, 1, Some(&s.dir.join("sharing-public-key.pem")), Some(*p)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::runtime)?;
+    let genesis_path = dir.join("genesis.json");
+    let genesis_hash = crate::membership::Genesis::new("medgate demo consortium", cards).and_then(|g| g.write(&genesis_path)).map_err(Failure::runtime)?;
     let endpoints: Vec<String> = etcd.endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     for (s, p) in sites.iter().zip(&peers) {
         let csr = std::fs::read_to_string(s.dir.join("tls/server.csr")).map_err(rt_err)?;
@@ -188,15 +184,19 @@ fn build(dir: &Path, say: &mut dyn FnMut(&str)) -> Result<Consortium, Failure> {
         std::fs::write(
             &s.config,
             format!(
-                "{text}\n[ledger]\nmode = \"consortium\"\n\n[consortium]\netcd_endpoints = [{}]\nca = \"{}/consortium-ca.pem\"\ncertificate = \"{}/consortium.pem\"\npeer_listen = \"{p}\"\nbreak_glass_roles = [\"emergency-physician\"]\n\n{members}",
+                "{text}\n[ledger]\nmode = \"consortium\"\n\n[consortium]\netcd_endpoints = [{}]\nca = \"{}/consortium-ca.pem\"\ncertificate = \"{}/consortium.pem\"\ngenesis = \"{}\"\npeer_listen = \"{p}\"\nbreak_glass_roles = [\"emergency-physician\"]\n",
                 endpoints.join(", "),
                 tls.display(),
-                tls.display()
+                tls.display(),
+                genesis_path.display()
             ),
         )
         .map_err(rt_err)?;
     }
-    say("consortium certificates issued for each gateway's HSM TLS key; genesis members, sharing keys and peer addresses configured");
+    say(&format!(
+        "consortium certificates issued for each gateway's HSM TLS key; genesis {} names the three founding members (ledger and sharing keys, peer addresses)",
+        &hex::encode(genesis_hash)[..16]
+    ));
     let exe = std::env::current_exe().map_err(rt_err)?;
     let mut c = Consortium { etcd, sites, children: Vec::new() };
     for i in 0..c.sites.len() {

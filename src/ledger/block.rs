@@ -159,6 +159,12 @@ impl ChainState {
         ChainState::default()
     }
 
+    /// The state before block 0 of a chain anchored to a genesis document: block 0's
+    /// `prev_hash` is the genesis hash instead of zeros.
+    pub fn after_genesis(genesis_hash: [u8; 32]) -> ChainState {
+        ChainState { head: genesis_hash, ..ChainState::default() }
+    }
+
     /// Height of the last block, `None` for an empty chain.
     pub fn height(&self) -> Option<u64> {
         self.height
@@ -470,7 +476,17 @@ pub fn verify_chain(
     blocks: impl Iterator<Item = Result<Block, LedgerError>>,
     spki_for_version: &dyn Fn(&str, u32) -> Option<Vec<u8>>,
 ) -> Result<ChainReport, ChainError> {
-    let mut state = ChainState::new();
+    verify_chain_from(ChainState::new(), blocks, spki_for_version)
+}
+
+/// [`verify_chain`] from a given starting state ([`ChainState::after_genesis`] for a
+/// consortium chain).
+pub fn verify_chain_from(
+    start: ChainState,
+    blocks: impl Iterator<Item = Result<Block, LedgerError>>,
+    spki_for_version: &dyn Fn(&str, u32) -> Option<Vec<u8>>,
+) -> Result<ChainReport, ChainError> {
+    let mut state = start;
     let mut report = ChainReport {
         height: None,
         blocks: 0,

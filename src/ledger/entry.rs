@@ -147,7 +147,41 @@ pub enum EntryBody {
         /// Security officer id.
         officer: String,
     },
+    /// A change of consortium membership proposed by a member: admit a hospital (`add`), drop
+    /// one (`remove`), or replace a member's keys or peer address (`update`). It takes effect in
+    /// the block where a majority of the current members (the proposer included) have approved
+    /// it. Carries public keys and an address, nothing about patients.
+    MembershipProposed {
+        /// 32 lowercase hex characters chosen by the proposer.
+        proposal_id: String,
+        /// `add`, `remove` or `update`.
+        action: String,
+        /// The hospital concerned.
+        hospital_id: String,
+        /// Base64 DER SubjectPublicKeyInfo of its ledger signing key (`add`, `update`).
+        ledger_public_key: Option<String>,
+        /// Version of that key (`add`, `update`).
+        ledger_key_version: Option<u32>,
+        /// Base64 DER SubjectPublicKeyInfo of its RSA sharing key.
+        sharing_public_key: Option<String>,
+        /// Its peer listener, `IP:port`.
+        peer_address: Option<String>,
+        /// Hospital id of the proposing member.
+        proposer: String,
+    },
+    /// A member's approval of an open membership proposal.
+    MembershipApproved {
+        /// The proposal approved.
+        proposal_id: String,
+        /// Hospital id of the approving member.
+        approver: String,
+    },
 }
+
+/// The membership change actions a proposal may carry.
+pub const MEMBERSHIP_ACTIONS: [&str; 3] = ["add", "remove", "update"];
+/// Longest base64 public key a membership entry may carry.
+const MAX_KEY_B64: usize = 1024;
 
 /// The key event actions an entry may record.
 const KEY_ACTIONS: [&str; 5] = ["generate", "rotate", "retire", "destroy", "import-cert"];
@@ -339,6 +373,52 @@ impl Entry {
                 code("key_id", key_id)?;
                 code("officer", officer)?;
             }
+            EntryBody::MembershipProposed {
+                proposal_id,
+                action,
+                hospital_id,
+                ledger_public_key,
+                ledger_key_version,
+                sharing_public_key,
+                peer_address,
+                proposer,
+            } => {
+                if !canon::is_hex(proposal_id, 32) {
+                    return Err(bad("proposal_id", "not 32 lowercase hex characters"));
+                }
+                if !MEMBERSHIP_ACTIONS.contains(&action.as_str()) {
+                    return Err(bad("action", "not one of add, remove, update"));
+                }
+                code("hospital_id", hospital_id)?;
+                code("proposer", proposer)?;
+                for (field, k) in [("ledger_public_key", ledger_public_key), ("sharing_public_key", sharing_public_key)] {
+                    if let Some(k) = k {
+                        public_key_b64(field, k)?;
+                    }
+                }
+                if let Some(a) = peer_address {
+                    if a.parse::<std::net::SocketAddr>().is_err() {
+                        return Err(bad("peer_address", "not IP:port"));
+                    }
+                }
+                let keyed = ledger_public_key.is_some() && ledger_key_version.is_some();
+                match action.as_str() {
+                    "remove" if ledger_public_key.is_some() || ledger_key_version.is_some() || sharing_public_key.is_some() || peer_address.is_some() => {
+                        return Err(bad("action", "a removal carries no keys or address"))
+                    }
+                    "add" if !keyed => return Err(bad("ledger_public_key", "an admission needs the ledger public key and its version")),
+                    "update" if ledger_public_key.is_some() != ledger_key_version.is_some() => {
+                        return Err(bad("ledger_key_version", "a new ledger key needs its version, and a version its key"))
+                    }
+                    _ => {}
+                }
+            }
+            EntryBody::MembershipApproved { proposal_id, approver } => {
+                if !canon::is_hex(proposal_id, 32) {
+                    return Err(bad("proposal_id", "not 32 lowercase hex characters"));
+                }
+                code("approver", approver)?;
+            }
         }
         self.check_id()
     }
@@ -352,7 +432,7 @@ impl Entry {
             | EntryBody::ConsentRecorded { patient, .. }
             | EntryBody::ConsentRevoked { patient, .. }
             | EntryBody::RecordErased { patient, .. } => Some(patient),
-            EntryBody::KeyEvent { .. } => None,
+            EntryBody::KeyEvent { .. } | EntryBody::MembershipProposed { .. } | EntryBody::MembershipApproved { .. } => None,
         }
     }
 
@@ -364,6 +444,8 @@ impl Entry {
             | EntryBody::RecordErased { record_id, .. } => Some(record_id),
             EntryBody::PatientSearched { .. }
             | EntryBody::KeyEvent { .. }
+            | EntryBody::MembershipProposed { .. }
+            | EntryBody::MembershipApproved { .. }
             | EntryBody::ConsentRecorded { .. }
             | EntryBody::ConsentRevoked { .. } => None,
         }
@@ -490,6 +572,29 @@ impl EntryBody {
                 .u64("key_version", u64::from(*key_version))
                 .str("key_id", key_id)
                 .str("officer", officer),
+            EntryBody::MembershipProposed {
+                proposal_id,
+                action,
+                hospital_id,
+                ledger_public_key,
+                ledger_key_version,
+                sharing_public_key,
+                peer_address,
+                proposer,
+            } => o
+                .str("kind", "membership_proposed")
+                .str("proposal_id", proposal_id)
+                .str("action", action)
+                .str("hospital_id", hospital_id)
+                .opt_str("ledger_public_key", ledger_public_key.as_deref())
+                .opt_u64("ledger_key_version", ledger_key_version.map(u64::from))
+                .opt_str("sharing_public_key", sharing_public_key.as_deref())
+                .opt_str("peer_address", peer_address.as_deref())
+                .str("proposer", proposer),
+            EntryBody::MembershipApproved { proposal_id, approver } => o
+                .str("kind", "membership_approved")
+                .str("proposal_id", proposal_id)
+                .str("approver", approver),
         }
         .end();
     }
@@ -511,6 +616,19 @@ fn code(field: &'static str, value: &str) -> Result<(), LedgerError> {
         Ok(())
     } else {
         Err(bad(field, "only A-Z a-z 0-9 - . _ : / @ + = | # ~ are allowed"))
+    }
+}
+
+/// Standard base64 of a DER public key, at most [`MAX_KEY_B64`] characters.
+fn public_key_b64(field: &'static str, value: &str) -> Result<(), LedgerError> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_KEY_B64
+        && value.len() % 4 == 0
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(field, "not a base64 public key of at most 1024 characters"))
     }
 }
 

@@ -1,0 +1,485 @@
+//! Consortium membership: the genesis document that names the founding members, the roster the
+//! chain derives from it and from membership entries, and the rules those entries follow.
+//!
+//! Boundary: pure data and rules. The roster changes only through blocks (see
+//! [`crate::chain::ChainStore`]), so every gateway reading the same chain from the same genesis
+//! holds the same roster at every height. Nothing here reads a clock or the local configuration.
+//!
+//! Rules: a change (`add`, `remove`, `update`) is proposed by a current member and takes effect
+//! in the block where approvals from a strict majority of the current members (the proposer
+//! counts as one) are on the chain. A removed member's batches are flagged invalid from then on,
+//! its checkpoints are refused and its peer requests answered 403; its keys stay in the key
+//! table so that `medgate ledger verify` still checks what it signed while it was a member.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ledger::EntryBody;
+
+/// What a hospital hands to the consortium to be named in the genesis or admitted later: its
+/// public keys (from `medgate keys public-key`) and where its peers reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberCard {
+    pub hospital_id: String,
+    /// Base64 DER SubjectPublicKeyInfo of the ledger signing key.
+    pub ledger_public_key: String,
+    /// Its version (HSM label `medgate-ledger-v<N>`).
+    pub ledger_key_version: u32,
+    /// Base64 DER SubjectPublicKeyInfo of the RSA sharing key; without it nobody can share
+    /// records with this hospital.
+    #[serde(default)]
+    pub sharing_public_key: Option<String>,
+    /// The hospital's peer listener, `IP:port`; without it its records cannot be fetched.
+    #[serde(default)]
+    pub peer_address: Option<SocketAddr>,
+}
+
+impl MemberCard {
+    /// Builds a card from PEM public key files as `medgate keys public-key` writes them.
+    pub fn from_files(
+        hospital_id: &str,
+        ledger_public_key: &Path,
+        ledger_key_version: u32,
+        sharing_public_key: Option<&Path>,
+        peer_address: Option<SocketAddr>,
+    ) -> Result<MemberCard, String> {
+        let ledger = crate::verify::read_public_key(ledger_public_key)?;
+        let sharing = sharing_public_key.map(crate::verify::read_public_key).transpose()?;
+        let card = MemberCard {
+            hospital_id: hospital_id.to_owned(),
+            ledger_public_key: B64.encode(ledger),
+            ledger_key_version,
+            sharing_public_key: sharing.map(|k| B64.encode(k)),
+            peer_address,
+        };
+        card.check()?;
+        Ok(card)
+    }
+
+    /// The card's fields have the shapes a membership entry needs, and the keys parse.
+    pub fn check(&self) -> Result<(), String> {
+        let entry = self.proposal("0".repeat(32), "add", &self.hospital_id);
+        let probe = crate::ledger::Entry::new(&self.hospital_id, "2000-01-01T00:00:00Z", [0; 16], entry);
+        probe.validate().map_err(|e| format!("member card of {:?}: {e}", self.hospital_id))?;
+        let ledger = B64.decode(&self.ledger_public_key).map_err(|e| format!("{}: ledger_public_key: {e}", self.hospital_id))?;
+        x509_parser::x509::SubjectPublicKeyInfo::from_der_spki(&ledger)
+            .ok_or_else(|| format!("{}: ledger_public_key is not a DER SubjectPublicKeyInfo", self.hospital_id))?;
+        if let Some(s) = &self.sharing_public_key {
+            let der = B64.decode(s).map_err(|e| format!("{}: sharing_public_key: {e}", self.hospital_id))?;
+            medgate_hsm::rsa_spki_parts(&der).ok_or_else(|| format!("{}: sharing_public_key is not an RSA public key", self.hospital_id))?;
+        }
+        Ok(())
+    }
+
+    /// The membership entry that proposes this card (`add` or `update`).
+    pub fn proposal(&self, proposal_id: String, action: &str, proposer: &str) -> EntryBody {
+        EntryBody::MembershipProposed {
+            proposal_id,
+            action: action.to_owned(),
+            hospital_id: self.hospital_id.clone(),
+            ledger_public_key: Some(self.ledger_public_key.clone()),
+            ledger_key_version: Some(self.ledger_key_version),
+            sharing_public_key: self.sharing_public_key.clone(),
+            peer_address: self.peer_address.map(|a| a.to_string()),
+            proposer: proposer.to_owned(),
+        }
+    }
+}
+
+/// Parses DER SubjectPublicKeyInfo.
+trait FromDerSpki {
+    fn from_der_spki(der: &[u8]) -> Option<()>;
+}
+
+impl FromDerSpki for x509_parser::x509::SubjectPublicKeyInfo<'_> {
+    fn from_der_spki(der: &[u8]) -> Option<()> {
+        use x509_parser::prelude::FromDer as _;
+        match x509_parser::x509::SubjectPublicKeyInfo::from_der(der) {
+            Ok((rest, _)) if rest.is_empty() => Some(()),
+            _ => None,
+        }
+    }
+}
+
+/// The genesis document: the consortium's name and its founding members. Every gateway is
+/// configured with the same file; its SHA-256 is the `prev_hash` of block 0, so a gateway
+/// started from another genesis cuts different blocks and the checkpoint exchange reports the
+/// fork at height 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Genesis {
+    /// The consortium's name.
+    pub consortium: String,
+    /// When it was written, RFC 3339 UTC (informational).
+    pub created: String,
+    /// The founding members.
+    pub members: Vec<MemberCard>,
+}
+
+/// Largest genesis file read.
+const MAX_GENESIS_BYTES: u64 = 1 << 20;
+
+impl Genesis {
+    /// Reads and checks a genesis file; returns it with its hash (SHA-256 of the file's bytes).
+    pub fn read(path: &Path) -> Result<(Genesis, [u8; 32], Vec<u8>), String> {
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if meta.len() > MAX_GENESIS_BYTES {
+            return Err(format!("{}: larger than 1 MiB; not a genesis file", path.display()));
+        }
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (g, hash) = Genesis::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok((g, hash, bytes))
+    }
+
+    /// Parses and checks genesis bytes.
+    pub fn parse(bytes: &[u8]) -> Result<(Genesis, [u8; 32]), String> {
+        let g: Genesis = serde_json::from_slice(bytes).map_err(|e| format!("not a medgate genesis document: {e}"))?;
+        g.check()?;
+        Ok((g, Sha256::digest(bytes).into()))
+    }
+
+    /// At least one member, each once, every card well formed.
+    pub fn check(&self) -> Result<(), String> {
+        if self.consortium.trim().is_empty() {
+            return Err("the consortium has no name".into());
+        }
+        if self.members.is_empty() {
+            return Err("names no founding member".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for m in &self.members {
+            if !seen.insert(m.hospital_id.as_str()) {
+                return Err(format!("{} is listed twice", m.hospital_id));
+            }
+            m.check()?;
+        }
+        Ok(())
+    }
+
+    /// A genesis for `members`, dated now.
+    pub fn new(consortium: &str, members: Vec<MemberCard>) -> Result<Genesis, String> {
+        let g = Genesis { consortium: consortium.to_owned(), created: crate::keys::now_rfc3339(), members };
+        g.check()?;
+        Ok(g)
+    }
+
+    /// Writes the document (mode 0644: it holds public keys only); returns its hash.
+    pub fn write(&self, path: &Path) -> Result<[u8; 32], String> {
+        let bytes = self.to_bytes();
+        std::fs::write(path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Sha256::digest(&bytes).into())
+    }
+
+    /// Pretty JSON, as `medgate consortium genesis` writes it.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+}
+
+/// A current member as the chain knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberState {
+    pub hospital_id: String,
+    /// Every ledger key version admitted for it (base64 DER SPKI).
+    pub ledger_keys: BTreeMap<u32, String>,
+    pub sharing_public_key: Option<String>,
+    pub peer_address: Option<SocketAddr>,
+    /// Block height where it was admitted; `None` for a founding member.
+    pub admitted_at: Option<u64>,
+}
+
+impl MemberState {
+    fn from_card(card: &MemberCard, admitted_at: Option<u64>) -> MemberState {
+        MemberState {
+            hospital_id: card.hospital_id.clone(),
+            ledger_keys: BTreeMap::from([(card.ledger_key_version, card.ledger_public_key.clone())]),
+            sharing_public_key: card.sharing_public_key.clone(),
+            peer_address: card.peer_address,
+            admitted_at,
+        }
+    }
+
+    /// RSA modulus and exponent of the sharing key.
+    pub fn sharing_key(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        let der = B64.decode(self.sharing_public_key.as_ref()?).ok()?;
+        medgate_hsm::rsa_spki_parts(&der)
+    }
+
+    /// A ledger key version as DER.
+    pub fn ledger_key(&self, version: u32) -> Option<Vec<u8>> {
+        B64.decode(self.ledger_keys.get(&version)?).ok()
+    }
+}
+
+/// A membership proposal and the approvals it gathered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub proposal_id: String,
+    pub action: String,
+    pub hospital_id: String,
+    /// For `add` and `update`: the keys and address proposed (an `update` may leave some out).
+    pub card: Option<ProposedCard>,
+    pub proposer: String,
+    /// Members that approved, the proposer first.
+    pub approvals: Vec<String>,
+    /// Height of the block where it took effect.
+    pub decided_at: Option<u64>,
+}
+
+/// The keys and address of an `add` or `update` proposal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposedCard {
+    pub ledger_public_key: Option<String>,
+    pub ledger_key_version: Option<u32>,
+    pub sharing_public_key: Option<String>,
+    pub peer_address: Option<SocketAddr>,
+}
+
+impl Proposal {
+    /// The proposal an entry opens, if it is a well-formed proposal entry.
+    pub fn from_entry(body: &EntryBody) -> Option<Proposal> {
+        let EntryBody::MembershipProposed { proposal_id, action, hospital_id, ledger_public_key, ledger_key_version, sharing_public_key, peer_address, proposer } = body else {
+            return None;
+        };
+        let peer_address = match peer_address {
+            Some(a) => Some(a.parse().ok()?),
+            None => None,
+        };
+        let card = (action != "remove").then(|| ProposedCard {
+            ledger_public_key: ledger_public_key.clone(),
+            ledger_key_version: *ledger_key_version,
+            sharing_public_key: sharing_public_key.clone(),
+            peer_address,
+        });
+        Some(Proposal {
+            proposal_id: proposal_id.clone(),
+            action: action.clone(),
+            hospital_id: hospital_id.clone(),
+            card,
+            proposer: proposer.clone(),
+            approvals: vec![proposer.clone()],
+            decided_at: None,
+        })
+    }
+}
+
+/// The current members, by hospital id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Roster {
+    pub members: BTreeMap<String, MemberState>,
+}
+
+impl Roster {
+    pub fn from_genesis(g: &Genesis) -> Roster {
+        Roster { members: g.members.iter().map(|c| (c.hospital_id.clone(), MemberState::from_card(c, None))).collect() }
+    }
+
+    pub fn is_member(&self, hospital_id: &str) -> bool {
+        self.members.contains_key(hospital_id)
+    }
+
+    pub fn get(&self, hospital_id: &str) -> Option<&MemberState> {
+        self.members.get(hospital_id)
+    }
+
+    /// A current member's ledger key by version: what batch and checkpoint checks accept.
+    pub fn ledger_key(&self, hospital_id: &str, version: u32) -> Option<Vec<u8>> {
+        self.members.get(hospital_id)?.ledger_key(version)
+    }
+
+    /// Whether the approvals of current members are a strict majority of the current members.
+    pub fn carried(&self, approvals: &[String]) -> bool {
+        let yes = self.members.keys().filter(|m| approvals.contains(m)).count();
+        yes * 2 > self.members.len()
+    }
+
+    /// Whether a proposal may be opened against this roster (the proposer's membership and
+    /// the uniqueness of the id are checked by the caller).
+    pub fn admits(&self, p: &Proposal) -> bool {
+        match p.action.as_str() {
+            "add" => {
+                !self.is_member(&p.hospital_id)
+                    && p.card.as_ref().is_some_and(|c| {
+                        let (Some(key), Some(version)) = (&c.ledger_public_key, c.ledger_key_version) else { return false };
+                        MemberCard {
+                            hospital_id: p.hospital_id.clone(),
+                            ledger_public_key: key.clone(),
+                            ledger_key_version: version,
+                            sharing_public_key: c.sharing_public_key.clone(),
+                            peer_address: c.peer_address,
+                        }
+                        .check()
+                        .is_ok()
+                    })
+            }
+            // The last member cannot be removed: nobody would be left to order anything.
+            "remove" => self.is_member(&p.hospital_id) && self.members.len() > 1,
+            "update" => {
+                self.is_member(&p.hospital_id)
+                    && p.card.as_ref().is_some_and(|c| {
+                        let key_ok = match (&c.ledger_public_key, c.ledger_key_version) {
+                            (Some(k), Some(v)) => {
+                                // A version keeps the key it was admitted with.
+                                let same_or_new = self.members[&p.hospital_id].ledger_keys.get(&v).is_none_or(|old| old == k);
+                                same_or_new && B64.decode(k).ok().and_then(|d| x509_parser::x509::SubjectPublicKeyInfo::from_der_spki(&d)).is_some()
+                            }
+                            (None, None) => true,
+                            _ => false,
+                        };
+                        let sharing_ok = c.sharing_public_key.as_ref().is_none_or(|s| B64.decode(s).ok().and_then(|d| medgate_hsm::rsa_spki_parts(&d)).is_some());
+                        key_ok && sharing_ok && (c.ledger_public_key.is_some() || c.sharing_public_key.is_some() || c.peer_address.is_some())
+                    })
+            }
+            _ => false,
+        }
+    }
+
+    /// Applies a carried proposal at `height`.
+    pub fn apply(&mut self, p: &Proposal, height: u64) {
+        match (p.action.as_str(), &p.card) {
+            ("add", Some(c)) => {
+                if let (Some(key), Some(version)) = (&c.ledger_public_key, c.ledger_key_version) {
+                    let card = MemberCard {
+                        hospital_id: p.hospital_id.clone(),
+                        ledger_public_key: key.clone(),
+                        ledger_key_version: version,
+                        sharing_public_key: c.sharing_public_key.clone(),
+                        peer_address: c.peer_address,
+                    };
+                    self.members.insert(p.hospital_id.clone(), MemberState::from_card(&card, Some(height)));
+                }
+            }
+            ("remove", _) => {
+                self.members.remove(&p.hospital_id);
+            }
+            ("update", Some(c)) => {
+                if let Some(m) = self.members.get_mut(&p.hospital_id) {
+                    if let (Some(key), Some(version)) = (&c.ledger_public_key, c.ledger_key_version) {
+                        m.ledger_keys.insert(version, key.clone());
+                    }
+                    if c.sharing_public_key.is_some() {
+                        m.sharing_public_key = c.sharing_public_key.clone();
+                    }
+                    if c.peer_address.is_some() {
+                        m.peer_address = c.peer_address;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A fresh proposal id: 16 random bytes, lowercase hex.
+pub fn new_proposal_id() -> String {
+    crate::vault::new_id()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card(id: &str) -> MemberCard {
+        // A fixed P-256 SPKI and a fixed RSA-2048 SPKI are enough for shape checks.
+        MemberCard {
+            hospital_id: id.into(),
+            ledger_public_key: P256_SPKI.into(),
+            ledger_key_version: 1,
+            sharing_public_key: None,
+            peer_address: Some("127.0.0.1:7000".parse().unwrap()),
+        }
+    }
+
+    const P256_SPKI: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE8VCZ4n49Ubfrc7xdVEeHnqynb8ysdTNviUwqdVONnXPg1dzDVEMkq5O2mmXFd9OF6WbACh4i/Tlt3A9JZYGLdg==";
+
+    fn proposal(action: &str, id: &str, proposer: &str) -> Proposal {
+        let body = match action {
+            "remove" => EntryBody::MembershipProposed {
+                proposal_id: "a".repeat(32),
+                action: "remove".into(),
+                hospital_id: id.into(),
+                ledger_public_key: None,
+                ledger_key_version: None,
+                sharing_public_key: None,
+                peer_address: None,
+                proposer: proposer.into(),
+            },
+            a => card(id).proposal("a".repeat(32), a, proposer),
+        };
+        Proposal::from_entry(&body).unwrap()
+    }
+
+    fn roster(ids: &[&str]) -> Roster {
+        Roster::from_genesis(&Genesis { consortium: "c".into(), created: "2026-01-01T00:00:00Z".into(), members: ids.iter().map(|i| card(i)).collect() })
+    }
+
+    #[test]
+    fn majority_is_strict() {
+        let r = roster(&["a", "b", "c"]);
+        assert!(!r.carried(&["a".into()]));
+        assert!(r.carried(&["a".into(), "b".into()]));
+        // Approvals of non-members do not count.
+        assert!(!r.carried(&["a".into(), "x".into(), "y".into()]));
+        let r4 = roster(&["a", "b", "c", "d"]);
+        assert!(!r4.carried(&["a".into(), "b".into()]));
+        assert!(r4.carried(&["a".into(), "b".into(), "d".into()]));
+    }
+
+    #[test]
+    fn add_remove_update_follow_the_roster() {
+        let mut r = roster(&["a", "b", "c"]);
+        let add = proposal("add", "d", "a");
+        assert!(r.admits(&add));
+        assert!(!r.admits(&proposal("add", "b", "a")), "a member cannot be admitted twice");
+        r.apply(&add, 7);
+        assert_eq!(r.get("d").unwrap().admitted_at, Some(7));
+        assert!(r.ledger_key("d", 1).is_some());
+        assert!(r.ledger_key("d", 2).is_none());
+        let remove = proposal("remove", "c", "a");
+        assert!(r.admits(&remove));
+        r.apply(&remove, 9);
+        assert!(!r.is_member("c"));
+        assert!(r.ledger_key("c", 1).is_none(), "a removed member's key no longer verifies new batches");
+        assert!(!r.admits(&proposal("remove", "c", "a")));
+        let mut up = proposal("update", "d", "d");
+        up.card.as_mut().unwrap().ledger_key_version = Some(2);
+        assert!(r.admits(&up));
+        r.apply(&up, 11);
+        assert!(r.ledger_key("d", 1).is_some() && r.ledger_key("d", 2).is_some());
+    }
+
+    #[test]
+    fn the_last_member_stays() {
+        let r = roster(&["a"]);
+        assert!(!r.admits(&proposal("remove", "a", "a")));
+    }
+
+    #[test]
+    fn an_update_cannot_change_an_admitted_key_version() {
+        let r = roster(&["a", "b"]);
+        let mut up = proposal("update", "a", "a");
+        up.card.as_mut().unwrap().ledger_public_key = Some(card("a").ledger_public_key.replace('b', "c"));
+        assert!(!r.admits(&up));
+    }
+
+    #[test]
+    fn genesis_rejects_duplicates_and_empty() {
+        let g = Genesis { consortium: "c".into(), created: "x".into(), members: vec![card("a"), card("a")] };
+        assert!(g.check().unwrap_err().contains("twice"));
+        let g = Genesis { consortium: "c".into(), created: "x".into(), members: vec![] };
+        assert!(g.check().is_err());
+        let g = Genesis { consortium: "c".into(), created: "x".into(), members: vec![card("a")] };
+        let (parsed, hash) = Genesis::parse(&g.to_bytes()).unwrap();
+        assert_eq!(parsed, g);
+        assert_eq!(hash, <[u8; 32]>::from(Sha256::digest(g.to_bytes())));
+    }
+}
