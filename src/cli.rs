@@ -213,6 +213,27 @@ enum ConsortiumCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print the etcdctl commands for per-hospital RBAC on the consortium's etcd: each hospital's
+    /// user (the CN of its consortium certificate) may read every batch and write only under
+    /// PREFIX/batches/<its id>/. Review them, then run them with etcdctl and the root client
+    /// certificate. The first time, with --enable-auth (creates root, turns authentication on).
+    EtcdRbac {
+        /// consortium.prefix of the gateways.
+        #[arg(long, default_value = "/medgate/ledger")]
+        prefix: String,
+        /// Grant every founding member of this genesis.
+        #[arg(long)]
+        genesis: Option<PathBuf>,
+        /// Grant this hospital (repeatable): a member admitted later.
+        #[arg(long = "grant")]
+        grant: Vec<String>,
+        /// Take a removed hospital's etcd user away (repeatable).
+        #[arg(long = "revoke")]
+        revoke: Vec<String>,
+        /// Also create the root user and enable authentication (once per cluster).
+        #[arg(long)]
+        enable_auth: bool,
+    },
     /// Write this hospital's member card (JSON): its hospital id, ledger and sharing public keys
     /// (PEM files from `medgate keys public-key`) and peer address. The card goes into the
     /// genesis, or into a proposal to admit the hospital later.
@@ -448,6 +469,21 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
             std::fs::write(&crt, cert.pem()).map_err(|e| Failure::runtime(format!("{}: {e}", crt.display())))?;
             crate::demo::write_private(&out.with_extension("key"), key.serialize_pem().as_bytes())?;
             println!("etcd member {name} certified: {} and {}", crt.display(), out.with_extension("key").display());
+        }
+        ConsortiumCommand::EtcdRbac { prefix, genesis, mut grant, revoke, enable_auth } => {
+            if let Some(g) = &genesis {
+                let (g, _, _) = crate::membership::Genesis::read(g).map_err(Failure::usage)?;
+                grant.extend(g.members.into_iter().map(|m| m.hospital_id));
+            }
+            if grant.is_empty() && revoke.is_empty() && !enable_auth {
+                return Err(Failure::usage("nothing to do: give --genesis, --grant, --revoke or --enable-auth"));
+            }
+            let cmds = crate::consortium::etcd::rbac_commands(&prefix, &grant, &revoke, enable_auth).map_err(Failure::usage)?;
+            println!("# etcd RBAC for the medgate ledger under {prefix}/batches/");
+            println!("# Run with: etcdctl --endpoints=... --cacert=consortium-ca.pem --cert=root.crt --key=root.key");
+            for c in cmds {
+                println!("etcdctl {c}");
+            }
         }
         ConsortiumCommand::MemberCard { hospital_id, ledger_public_key, ledger_key_version, sharing_public_key, peer_address, out } => {
             let card = crate::membership::MemberCard::from_files(&hospital_id, &ledger_public_key, ledger_key_version, sharing_public_key.as_deref(), peer_address)

@@ -169,13 +169,27 @@ impl TestCa {
 
     /// Signs a CSR as a TLS server certificate (also usable as a client: gateways talk to peers).
     pub fn sign_server_csr(&self, csr_pem: &str, days: i64) -> Result<rcgen::Certificate, PkiError> {
-        self.sign_peer_csr(csr_pem, days, &[])
+        self.sign_csr(CertificateSigningRequestParams::from_pem(csr_pem)?, days, &[])
     }
 
-    /// As [`TestCa::sign_server_csr`], adding IP subjectAltNames: a consortium gateway's
-    /// certificate, which peers dial by IP address.
+    /// A consortium gateway's certificate: as [`TestCa::sign_server_csr`], adding IP
+    /// subjectAltNames (peers and etcd dial by IP address), with the CN set to the hospital id
+    /// in the request's O. etcd takes the CN as the user its RBAC roles are granted to.
     pub fn sign_peer_csr(&self, csr_pem: &str, days: i64, ips: &[std::net::IpAddr]) -> Result<rcgen::Certificate, PkiError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let hospital = match csr.params.distinguished_name.get(&DnType::OrganizationName) {
+            Some(rcgen::DnValue::Utf8String(s)) => Some(s.clone()),
+            Some(rcgen::DnValue::PrintableString(s)) => Some(s.as_str().to_owned()),
+            _ => None,
+        };
+        if let Some(h) = hospital {
+            csr.params.distinguished_name.remove(DnType::CommonName);
+            csr.params.distinguished_name.push(DnType::CommonName, h);
+        }
+        self.sign_csr(csr, days, ips)
+    }
+
+    fn sign_csr(&self, mut csr: CertificateSigningRequestParams, days: i64, ips: &[std::net::IpAddr]) -> Result<rcgen::Certificate, PkiError> {
         csr.params.not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
         csr.params.not_after = OffsetDateTime::now_utc() + Duration::days(days);
         csr.params.serial_number = Some(serial());

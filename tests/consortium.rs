@@ -60,11 +60,25 @@ fn consortium_with(name: &str, sharing: bool) -> Consortium {
     let mut c = Consortium { etcd, gws: Vec::new(), ca, name: name.to_owned(), genesis, pseudonym_key };
     for ((site, dir), peer) in sites.into_iter().zip(&peers) {
         configure(&c, &site, sharing.then_some(*peer));
-        let mut gw = Gw::prepared(site, dir);
+        c.gws.push(Gw::prepared(site, dir));
+    }
+    // Per-hospital RBAC on etcd, as an operator sets it up: each gateway writes only its own prefix.
+    let genesis_file = c.gws[0].site.dir.join("genesis.json");
+    etcd_rbac(&c, &["--genesis", genesis_file.to_str().unwrap(), "--enable-auth"]);
+    for gw in &mut c.gws {
         gw.start();
-        c.gws.push(gw);
     }
     c
+}
+
+/// Runs `medgate consortium etcd-rbac --prefix <the consortium's> ARGS` and applies what it prints.
+fn etcd_rbac(c: &Consortium, args: &[&str]) {
+    let prefix = format!("/test/{}", c.name);
+    let mut all = vec!["consortium", "etcd-rbac", "--prefix", prefix.as_str()];
+    all.extend_from_slice(args);
+    let (code, out, err) = support::run_medgate(&all, &c.gws[0].site.softhsm_conf);
+    assert_eq!(code, 0, "{out}{err}");
+    c.etcd.apply_script(&out);
 }
 
 /// Makes `site` a gateway of consortium `c`: a consortium certificate for its HSM TLS key, its
@@ -125,7 +139,13 @@ fn converge(c: &Consortium, height: f64) {
 
 /// Stops every gateway and returns each one's `ledger verify` verdict (with all members' keys).
 fn verify_all(c: &mut Consortium) -> Vec<String> {
-    let keys: Vec<String> = c.gws.iter().map(|g| g.site.ledger_public_key.display().to_string()).collect();
+    verify_all_with(c, &[])
+}
+
+/// [`verify_all`], trusting also the keys of hospitals no longer in `c.gws` (removed members).
+fn verify_all_with(c: &mut Consortium, former: &[&std::path::Path]) -> Vec<String> {
+    let mut keys: Vec<String> = c.gws.iter().map(|g| g.site.ledger_public_key.display().to_string()).collect();
+    keys.extend(former.iter().map(|p| p.display().to_string()));
     let mut heads = Vec::new();
     for g in c.gws.iter_mut() {
         if g.child.is_some() {
@@ -672,6 +692,7 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
         &site_d.softhsm_conf,
     );
     assert_eq!(code, 0, "{out}{err}");
+    etcd_rbac(&c, &["--grant", "hospital-d"]);
     let mut d = Gw::prepared(site_d, dir_d);
     d.start();
     d.wait_log("is not a current member");
@@ -738,6 +759,7 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
     assert!(out.contains("carried in block"), "{out}");
     let three = ["hospital-a", "hospital-b", "hospital-d"];
     wait_members(&[&c.gws[0], &c.gws[1], &c.gws[2], &d], &three);
+    etcd_rbac(&c, &["--revoke", "hospital-c"]);
     // C keeps what its HIS sends but submits nothing, and its peers refuse it.
     let (status, _) = ingest_one(&c.gws[2], 3, "after removal");
     assert_eq!(status, 202, "{}", c.gws[2].log_text());
@@ -769,13 +791,53 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    c.gws[2].start();
+    // The members' copies verify, from the genesis hash, to one head (D's key admitted on the
+    // ledger). C's etcd user is gone, so its copy stops where it was removed, and still verifies.
+    let removed = c.gws.remove(2);
     let height = c.gws[0].metric("medgate_ledger_height").unwrap();
     c.gws.push(d);
     converge(&c, height);
-    // Every copy verifies, from the genesis hash, to one head (D's key admitted on the ledger).
-    let heads = verify_all(&mut c);
+    let heads = verify_all_with(&mut c, &[removed.site.ledger_public_key.as_path()]);
+    assert_eq!(heads.len(), 3);
     assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
+    let (code, out, err) = removed.medgate(&["ledger", "verify", "--config", removed.site.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("ledger OK"), "{out}");
+}
+
+#[test]
+fn etcd_rbac_lets_each_hospital_write_only_under_its_own_prefix() {
+    let c = consortium("rbac");
+    ingest(&c, 0, 1, "a");
+    ingest(&c, 1, 1, "b");
+    converge(&c, 1.0);
+    // A client certificate for hospital-a from the consortium CA, with its key in a file (the
+    // gateways' keys stay in their HSMs): etcd knows it as the user hospital-a.
+    let now = time::OffsetDateTime::now_utc();
+    let (cert, key) = c.ca.issue_client("hospital-a", "gateway", now - time::Duration::minutes(5), now + time::Duration::days(1)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("a.crt"), dir.path().join("a.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let as_a = |args: &[&str]| c.etcd.etcdctl_as(&cert_file, &key_file, args);
+    let (code, out, err) = as_a(&["get", "--prefix", "--keys-only", "/test/rbac/batches/"]);
+    assert_eq!(code, 0, "every member reads the whole stream: {out}{err}");
+    assert!(out.contains("/test/rbac/batches/hospital-b/"), "{out}");
+    let (code, out, err) = as_a(&["put", "/test/rbac/batches/hospital-b/not-mine", "x"]);
+    assert_ne!(code, 0, "hospital-a wrote under hospital-b's prefix: {out}");
+    assert!(err.contains("permission denied"), "{err}");
+    let (code, _, err) = as_a(&["put", "/elsewhere", "x"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("permission denied"), "{err}");
+    let (code, _, err) = as_a(&["del", "--prefix", "/test/rbac/batches/"]);
+    assert_ne!(code, 0, "nobody but root deletes the ordered stream");
+    assert!(err.contains("permission denied"), "{err}");
+    // Its own prefix takes writes (a value that is not a batch is skipped by every gateway alike).
+    let (code, out, err) = as_a(&["put", "/test/rbac/batches/hospital-a/probe", "not a batch"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The gateways still order, under authentication, to one head.
+    ingest(&c, 2, 1, "c");
+    converge(&c, 2.0);
 }
 
 #[test]

@@ -273,3 +273,59 @@ pub async fn raw_put_rate(endpoints: &[SocketAddr], ca_pem: &[u8], cert_pem: &[u
     }
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
+
+/// The etcdctl commands that give each hospital its etcd user (the CN of its consortium
+/// certificate, which the consortium CA sets to the hospital id) with read on
+/// `{prefix}/batches/` and write on `{prefix}/batches/{hospital}/` only; that take a removed
+/// hospital's user away; and, with `enable`, that create the `root` user (client certificate
+/// CN root, kept by the consortium's etcd administrators) and turn authentication on.
+/// Arguments only, without endpoints or TLS flags.
+pub fn rbac_commands(prefix: &str, grant: &[String], revoke: &[String], enable: bool) -> Result<Vec<String>, String> {
+    if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.len() < 2 || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b)) {
+        return Err(format!("prefix {prefix:?}: must start with '/', not end with one, and hold only A-Z a-z 0-9 / - _ ."));
+    }
+    let mut out = Vec::new();
+    if enable {
+        out.extend(["user add root --no-password".to_owned(), "role add root".to_owned(), "user grant-role root root".to_owned()]);
+    }
+    for h in grant.iter().chain(revoke) {
+        if h.is_empty() || h == "root" || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(format!("hospital id {h:?}: not usable as an etcd user (A-Z a-z 0-9 - _ . only, not root)"));
+        }
+    }
+    for h in grant {
+        let role = format!("medgate-{h}");
+        out.push(format!("role add {role}"));
+        out.push(format!("role grant-permission {role} --prefix=true read {prefix}/batches/"));
+        out.push(format!("role grant-permission {role} --prefix=true readwrite {prefix}/batches/{h}/"));
+        out.push(format!("user add {h} --no-password"));
+        out.push(format!("user grant-role {h} {role}"));
+    }
+    for h in revoke {
+        out.push(format!("user delete {h}"));
+        out.push(format!("role delete medgate-{h}"));
+    }
+    if enable {
+        out.push("auth enable".to_owned());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rbac_commands;
+
+    #[test]
+    fn each_hospital_writes_only_under_its_own_prefix() {
+        let cmds = rbac_commands("/m/ledger", &["hospital-a".into()], &["hospital-c".into()], true).unwrap();
+        assert_eq!(cmds.first().map(String::as_str), Some("user add root --no-password"));
+        assert_eq!(cmds.last().map(String::as_str), Some("auth enable"));
+        assert!(cmds.contains(&"role grant-permission medgate-hospital-a --prefix=true readwrite /m/ledger/batches/hospital-a/".to_owned()));
+        assert!(cmds.contains(&"role grant-permission medgate-hospital-a --prefix=true read /m/ledger/batches/".to_owned()));
+        assert!(cmds.contains(&"user delete hospital-c".to_owned()));
+        assert!(!cmds.iter().any(|c| c.contains("readwrite /m/ledger/batches/ ")), "no hospital writes the whole prefix");
+        assert!(rbac_commands("/m/ledger", &["root".into()], &[], false).is_err());
+        assert!(rbac_commands("/m/ledger", &["a b".into()], &[], false).is_err());
+        assert!(rbac_commands("m/ledger/", &[], &[], false).is_err());
+    }
+}

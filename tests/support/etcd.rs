@@ -409,14 +409,34 @@ impl EtcdCluster {
     }
 
     fn etcdctl_endpoints(&self, endpoints: &str, args: &[&str]) -> (i32, String, String) {
+        self.etcdctl_with(endpoints, &self.client_cert, &self.client_key, args)
+    }
+
+    /// etcdctl against every member with another client certificate (its CN is the etcd user
+    /// when authentication is on).
+    pub fn etcdctl_as(&self, cert: &Path, key: &Path, args: &[&str]) -> (i32, String, String) {
+        self.etcdctl_with(&self.urls(), cert, key, args)
+    }
+
+    /// Runs `medgate consortium etcd-rbac` output: every `etcdctl ...` line, as root. Panics
+    /// with the line and etcdctl's answer when one fails.
+    pub fn apply_script(&self, script: &str) {
+        for line in script.lines().filter_map(|l| l.strip_prefix("etcdctl ")) {
+            let args: Vec<&str> = line.split_whitespace().collect();
+            let (code, out, err) = self.etcdctl(&args);
+            assert_eq!(code, 0, "etcdctl {line}: {out}{err}");
+        }
+    }
+
+    fn etcdctl_with(&self, endpoints: &str, cert: &Path, key: &Path, args: &[&str]) -> (i32, String, String) {
         let mut cmd = Command::new(ETCDCTL);
         // etcdctl refuses a flag that an ETCDCTL_* variable also sets: start from an empty environment.
         cmd.env_clear()
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={endpoints}"))
             .arg(format!("--cacert={}", self.ca_file.display()))
-            .arg(format!("--cert={}", self.client_cert.display()))
-            .arg(format!("--key={}", self.client_key.display()))
+            .arg(format!("--cert={}", cert.display()))
+            .arg(format!("--key={}", key.display()))
             .args(args);
         run_with_deadline(cmd, ETCDCTL_TIMEOUT)
     }
