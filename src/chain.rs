@@ -465,58 +465,20 @@ impl ChainStore {
     /// a proposal is carried. Deterministic from the block and the stored state. Also records
     /// admitted keys in the key table (for offline verification; harmless if repeated).
     fn membership_updates(&self, block: &Block) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ChainError> {
-        use crate::membership::Proposal;
         let Some(mut roster) = self.roster()? else { return Ok(Vec::new()) };
-        let mut touched: std::collections::BTreeMap<String, Proposal> = std::collections::BTreeMap::new();
-        let mut roster_changed = false;
-        for (batch, valid) in block.batches.iter().zip(&block.valid) {
-            if !*valid {
-                continue;
-            }
-            for e in &batch.entries {
-                let (mut p, voter) = match &e.body {
-                    EntryBody::MembershipProposed { .. } => match Proposal::from_entry(&e.body) {
-                        Some(p) => (p, None),
-                        None => continue,
-                    },
-                    EntryBody::MembershipApproved { proposal_id, approver } => {
-                        let known = match touched.get(proposal_id) {
-                            Some(p) => Some(p.clone()),
-                            None => self.proposal(proposal_id)?,
-                        };
-                        match known {
-                            Some(p) => (p, Some(approver.clone())),
-                            None => continue,
-                        }
-                    }
-                    _ => continue,
-                };
-                if p.decided_at.is_some() {
-                    continue;
-                }
-                if let Some(v) = voter {
-                    if !p.approvals.contains(&v) {
-                        p.approvals.push(v);
+        let (touched, roster_changed) = crate::membership::apply_block(&mut roster, block, &mut |id| self.proposal(id).ok().flatten());
+        for p in touched.iter().filter(|p| p.decided_at == Some(block.height)) {
+            tracing::info!(proposal = %p.proposal_id, action = %p.action, hospital = %p.hospital_id, height = block.height, approvals = ?p.approvals, "membership change carried");
+            if let Some(m) = roster.get(&p.hospital_id) {
+                for v in m.ledger_keys.keys() {
+                    if let Some(der) = m.ledger_key(*v) {
+                        self.remember_key(&m.hospital_id, *v, &der)?;
                     }
                 }
-                if roster.carried(&p.approvals) && roster.admits(&p) {
-                    roster.apply(&p, block.height);
-                    p.decided_at = Some(block.height);
-                    roster_changed = true;
-                    tracing::info!(proposal = %p.proposal_id, action = %p.action, hospital = %p.hospital_id, height = block.height, approvals = ?p.approvals, "membership change carried");
-                    if let Some(m) = roster.get(&p.hospital_id) {
-                        for v in m.ledger_keys.keys() {
-                            if let Some(der) = m.ledger_key(*v) {
-                                self.remember_key(&m.hospital_id, *v, &der)?;
-                            }
-                        }
-                    }
-                }
-                touched.insert(p.proposal_id.clone(), p);
             }
         }
         let mut out: Vec<(Vec<u8>, Vec<u8>)> =
-            touched.values().map(|p| (format!("proposal/{}", p.proposal_id).into_bytes(), serde_json::to_vec(p).unwrap_or_default())).collect();
+            touched.iter().map(|p| (format!("proposal/{}", p.proposal_id).into_bytes(), serde_json::to_vec(p).unwrap_or_default())).collect();
         if roster_changed {
             out.push((b"members".to_vec(), serde_json::to_vec(&roster).unwrap_or_default()));
         }

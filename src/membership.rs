@@ -379,6 +379,51 @@ impl Roster {
     }
 }
 
+/// What one block changes in the membership: the proposals it opened or approved (as they
+/// stand after it) and whether the roster changed. Reads only the valid batches' membership
+/// entries; `stored` finds a proposal opened in an earlier block. Applies carried changes to
+/// `roster`. The same function runs when a gateway stores a block and when `medgate ledger
+/// verify` replays a chain, so both see the same roster at every height.
+pub fn apply_block(roster: &mut Roster, block: &crate::ledger::Block, stored: &mut dyn FnMut(&str) -> Option<Proposal>) -> (Vec<Proposal>, bool) {
+    let mut touched: BTreeMap<String, Proposal> = BTreeMap::new();
+    let mut changed = false;
+    for (batch, valid) in block.batches.iter().zip(&block.valid) {
+        if !*valid {
+            continue;
+        }
+        for e in &batch.entries {
+            let (mut p, voter) = match &e.body {
+                EntryBody::MembershipProposed { .. } => match Proposal::from_entry(&e.body) {
+                    Some(p) => (p, None),
+                    None => continue,
+                },
+                EntryBody::MembershipApproved { proposal_id, approver } => {
+                    match touched.get(proposal_id).cloned().or_else(|| stored(proposal_id)) {
+                        Some(p) => (p, Some(approver.clone())),
+                        None => continue,
+                    }
+                }
+                _ => continue,
+            };
+            if p.decided_at.is_some() {
+                continue;
+            }
+            if let Some(v) = voter {
+                if !p.approvals.contains(&v) {
+                    p.approvals.push(v);
+                }
+            }
+            if roster.carried(&p.approvals) && roster.admits(&p) {
+                roster.apply(&p, block.height);
+                p.decided_at = Some(block.height);
+                changed = true;
+            }
+            touched.insert(p.proposal_id.clone(), p);
+        }
+    }
+    (touched.into_values().collect(), changed)
+}
+
 /// A fresh proposal id: 16 random bytes, lowercase hex.
 pub fn new_proposal_id() -> String {
     crate::vault::new_id()
@@ -455,6 +500,39 @@ mod tests {
         assert!(r.admits(&up));
         r.apply(&up, 11);
         assert!(r.ledger_key("d", 1).is_some() && r.ledger_key("d", 2).is_some());
+    }
+
+    fn block(height: u64, gateway: &str, body: EntryBody, valid: bool) -> crate::ledger::Block {
+        let entry = crate::ledger::Entry::new(gateway, "2026-11-28T10:00:00Z", [height as u8; 16], body);
+        // apply_block reads entries only; signatures are the block checks' business.
+        let batch = crate::ledger::UnsignedBatch::new(gateway, height + 1, vec![entry]).sign(1, &[0u8; 64]);
+        crate::ledger::Block { height, prev_hash: "0".repeat(64), order_position: height, batches: vec![batch], valid: vec![valid] }
+    }
+
+    #[test]
+    fn a_block_carries_a_change_once_a_majority_approved_and_not_before() {
+        let mut r = roster(&["a", "b", "c"]);
+        let mut stored: BTreeMap<String, Proposal> = BTreeMap::new();
+        let mut run = |r: &mut Roster, b: &crate::ledger::Block, stored: &mut BTreeMap<String, Proposal>| {
+            let (touched, changed) = apply_block(r, b, &mut |id| stored.get(id).cloned());
+            for p in touched {
+                stored.insert(p.proposal_id.clone(), p);
+            }
+            changed
+        };
+        let id = "a".repeat(32);
+        let approve = |who: &str| EntryBody::MembershipApproved { proposal_id: id.clone(), approver: who.into() };
+        assert!(!run(&mut r, &block(0, "a", card("d").proposal(id.clone(), "add", "a"), true), &mut stored));
+        assert!(!r.is_member("d"));
+        // An approval in a batch flagged invalid counts for nothing.
+        assert!(!run(&mut r, &block(1, "b", approve("b"), false), &mut stored));
+        assert_eq!(stored[&id].approvals, ["a"]);
+        assert!(run(&mut r, &block(2, "b", approve("b"), true), &mut stored));
+        assert_eq!(r.get("d").unwrap().admitted_at, Some(2));
+        assert_eq!(stored[&id].decided_at, Some(2));
+        // A late approval changes nothing.
+        assert!(!run(&mut r, &block(3, "c", approve("c"), true), &mut stored));
+        assert_eq!(stored[&id].approvals, ["a", "b"]);
     }
 
     #[test]

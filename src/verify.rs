@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use crate::chain::ChainStore;
-use crate::ledger::{verify_chain_from, ChainReport, ChainState, Receipt};
+use std::collections::HashMap;
+
+use crate::ledger::{verify_chain_with, ChainReport, ChainState, Receipt};
 
 /// Reads a PEM (or DER) SubjectPublicKeyInfo file, as `medgate keys public-key` writes it.
 pub fn read_public_key(path: &Path) -> Result<Vec<u8>, String> {
@@ -21,28 +23,43 @@ pub fn read_public_key(path: &Path) -> Result<Vec<u8>, String> {
     }
 }
 
-/// Re-checks every stored block from genesis (a consortium chain from the hash of its genesis
-/// document). With `trusted` keys (SPKI DER, e.g. exported by the security officer) only those
-/// are accepted; without, the keys recorded in the store are used (every key a member held,
-/// removed members included), which proves integrity against accidental damage but not against
-/// someone who could rewrite the store and its key table together.
+/// Re-checks every stored block from genesis. With `trusted` keys (SPKI DER, e.g. exported by
+/// the security officer) only those are accepted; without, the keys recorded in the store are
+/// used, which proves integrity against accidental damage but not against someone who could
+/// rewrite the store and its key table together.
+///
+/// A consortium chain is checked from the hash of its genesis document, and its membership is
+/// replayed from the genesis: a batch flagged valid must be signed by a key its gateway held as
+/// a member at that height (a batch from a removed or not yet admitted hospital fails).
 pub fn verify_store(store: &ChainStore, trusted: &[Vec<u8>]) -> Result<ChainReport, crate::ledger::ChainError> {
-    let lookup = |gateway: &str, version: u32| -> Option<Vec<u8>> {
-        let stored = store.public_key(gateway, version).ok().flatten();
-        if trusted.is_empty() {
-            stored
-        } else {
-            match stored {
-                Some(k) if trusted.contains(&k) => Some(k),
-                // The store does not know this version: accept a trusted key if it is the only one.
-                None if trusted.len() == 1 => trusted.first().cloned(),
-                _ => None,
-            }
+    let trust = |key: Option<Vec<u8>>| -> Option<Vec<u8>> {
+        match key {
+            Some(k) if trusted.is_empty() || trusted.contains(&k) => Some(k),
+            Some(_) => None,
+            // The store does not know this version: accept a trusted key if it is the only one.
+            None if trusted.len() == 1 => trusted.first().cloned(),
+            None => None,
         }
     };
-    // An unreadable genesis hash leaves zeros, and block 0 then fails to link: reported, not hidden.
-    let start = store.genesis_hash().ok().flatten().map_or_else(ChainState::new, ChainState::after_genesis);
-    verify_chain_from(start, store.blocks(), &lookup)
+    let genesis = store.genesis().ok().flatten().and_then(|g| crate::membership::Genesis::parse(&g).ok());
+    let Some((genesis, hash)) = genesis else {
+        // A standalone chain (or an unreadable genesis, whose block 0 then fails to link).
+        let start = store.genesis_hash().ok().flatten().map_or_else(ChainState::new, ChainState::after_genesis);
+        return verify_chain_with(start, store.blocks(), &|g: &str, v: u32| trust(store.public_key(g, v).ok().flatten()), &mut |_| {});
+    };
+    let roster = std::cell::RefCell::new(crate::membership::Roster::from_genesis(&genesis));
+    let mut proposals: HashMap<String, crate::membership::Proposal> = HashMap::new();
+    let lookup = |g: &str, v: u32| -> Option<Vec<u8>> {
+        let key = roster.borrow().ledger_key(g, v)?;
+        trust(Some(key))
+    };
+    let mut after = |block: &crate::ledger::Block| {
+        let (touched, _) = crate::membership::apply_block(&mut roster.borrow_mut(), block, &mut |id| proposals.get(id).cloned());
+        for p in touched {
+            proposals.insert(p.proposal_id.clone(), p);
+        }
+    };
+    verify_chain_with(ChainState::after_genesis(hash), store.blocks(), &lookup, &mut after)
 }
 
 /// Checks a receipt against one public key; the answer says what was proven.

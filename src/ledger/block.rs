@@ -486,6 +486,17 @@ pub fn verify_chain_from(
     blocks: impl Iterator<Item = Result<Block, LedgerError>>,
     spki_for_version: &dyn Fn(&str, u32) -> Option<Vec<u8>>,
 ) -> Result<ChainReport, ChainError> {
+    verify_chain_with(start, blocks, spki_for_version, &mut |_| {})
+}
+
+/// [`verify_chain_from`], calling `after_block` with each block once it verified: a caller
+/// whose key lookup depends on the chain (the consortium's membership) updates it there.
+pub fn verify_chain_with(
+    start: ChainState,
+    blocks: impl Iterator<Item = Result<Block, LedgerError>>,
+    spki_for_version: &dyn Fn(&str, u32) -> Option<Vec<u8>>,
+    after_block: &mut dyn FnMut(&Block),
+) -> Result<ChainReport, ChainError> {
     let mut state = start;
     let mut report = ChainReport {
         height: None,
@@ -501,6 +512,7 @@ pub fn verify_chain_from(
             source,
         })?;
         state.apply(&block, spki_for_version)?;
+        after_block(&block);
         report.blocks += 1;
         for (batch, valid) in block.batches.iter().zip(&block.valid) {
             report.batches += 1;
