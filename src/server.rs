@@ -351,6 +351,15 @@ impl AdminState {
                 gauges.push(("medgate_checkpoint_lag_blocks", "This gateway's height minus each peer's last signed checkpoint.", lag));
             }
         }
+        if let Ok(Some(roster)) = self.gateway.ledger.store.roster() {
+            let me = f64::from(u8::from(roster.is_member(&self.gateway.hospital)));
+            gauges.push(("medgate_consortium_member", "1 while this hospital is a current consortium member.", vec![(String::new(), me)]));
+            gauges.push(("medgate_consortium_members", "Current consortium members.", vec![(String::new(), roster.members.len() as f64)]));
+            if let Ok(ps) = self.gateway.ledger.store.proposals() {
+                let open = ps.iter().filter(|p| p.decided_at.is_none()).count();
+                gauges.push(("medgate_consortium_open_proposals", "Membership proposals not yet carried.", vec![(String::new(), open as f64)]));
+            }
+        }
         if let Ok(forks) = self.gateway.ledger.store.forks() {
             gauges.push(("medgate_ledger_forks", "Forks seen (two signed hashes at one height).", vec![(String::new(), forks.len() as f64)]));
         }
@@ -391,9 +400,15 @@ fn membership_answer(r: Result<crate::membership::Proposal, (u16, String)>) -> R
     }
 }
 
-async fn admin_request(state: Arc<AdminState>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn admin_request(state: Arc<AdminState>, req: Request<hyper::body::Incoming>, from: SocketAddr) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let plain = "text/plain; charset=utf-8";
     let path = req.uri().path().to_owned();
+    // Changes (compaction, membership) only from this machine, even when
+    // [dangerous] admin_on_all_interfaces exposes the read-only endpoints.
+    if req.method() != hyper::Method::GET && !from.ip().is_loopback() {
+        tracing::warn!(peer = %from, %path, "admin change refused: not from this machine");
+        return Ok(text(StatusCode::FORBIDDEN, "changes are accepted from this machine only\n".into(), plain));
+    }
     if req.method() == hyper::Method::POST && path.starts_with("/consortium/proposals") {
         let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await {
             Ok(b) => b.to_bytes(),
@@ -440,13 +455,13 @@ async fn admin_request(state: Arc<AdminState>, req: Request<hyper::body::Incomin
 
 async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, from) = tokio::select! {
             r = listener.accept() => match r { Ok(v) => v, Err(_) => continue },
             _ = stop.changed() => return,
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| admin_request(state.clone(), req));
+            let service = service_fn(move |req| admin_request(state.clone(), req, from));
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
         });
     }

@@ -700,6 +700,7 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
     let (status, early_record) = ingest_one(&d, 1, "before admission");
     assert_eq!(status, 202, "{}", d.log_text());
     assert_eq!(members_of(&d), HOSPITALS);
+    assert_eq!(d.metric("medgate_consortium_member "), Some(0.0));
 
     // A proposes D. One approval of three is no majority.
     let (code, out, err) = consortium_cli(&c.gws[0], &["propose", "--add", card.to_str().unwrap()]);
@@ -713,6 +714,7 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
     assert_ne!(code, 0);
     assert!(err.contains("already approved"), "{err}");
     assert_eq!(members_of(&c.gws[2]), HOSPITALS);
+    assert_eq!(c.gws[0].metric("medgate_consortium_open_proposals"), Some(1.0));
     // B approves: two of three, carried.
     let (code, out, err) = consortium_cli(&c.gws[1], &["approve", &proposal]);
     assert_eq!(code, 0, "{out}{err}");
@@ -722,6 +724,8 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
     let (code, _, err) = consortium_cli(&c.gws[2], &["approve", &proposal]);
     assert_ne!(code, 0, "a carried proposal takes no more approvals");
     assert!(err.contains("already carried"), "{err}");
+    assert_eq!(d.metric("medgate_consortium_member "), Some(1.0));
+    assert_eq!(c.gws[0].metric("medgate_consortium_open_proposals"), Some(0.0));
     // Admitted: D's waiting record reaches the ledger, and A finds it by the patient.
     let deadline = Instant::now() + Duration::from_secs(20);
     while d.metric("medgate_outbox_entries") != Some(0.0) {
@@ -759,6 +763,7 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
     assert!(out.contains("carried in block"), "{out}");
     let three = ["hospital-a", "hospital-b", "hospital-d"];
     wait_members(&[&c.gws[0], &c.gws[1], &c.gws[2], &d], &three);
+    assert_eq!(c.gws[2].metric("medgate_consortium_member "), Some(0.0));
     etcd_rbac(&c, &["--revoke", "hospital-c"]);
     // C keeps what its HIS sends but submits nothing, and its peers refuse it.
     let (status, _) = ingest_one(&c.gws[2], 3, "after removal");
