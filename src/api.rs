@@ -201,12 +201,7 @@ impl Api {
             "POST /" | "POST /DocumentReference" => {
                 let caller = caller(&req, client)?;
                 check_fhir_json(&req)?;
-                let idem = header(&req, "idempotency-key")?.map(str::to_owned);
-                if let Some(k) = &idem {
-                    if k.is_empty() || k.len() > 256 {
-                        return Err(FhirError::BadParameter("header Idempotency-Key must be 1 to 256 characters".into()));
-                    }
-                }
+                let idem = idempotency_key(&req)?;
                 let bytes = body(req, self.max_body, self.body_timeout).await?;
                 let single = route == "POST /DocumentReference";
                 let docs = if single { vec![fhir::parse_document_reference(&bytes)?] } else { fhir::parse_transaction(&bytes)? };
@@ -250,9 +245,10 @@ impl Api {
             "POST /Consent" | "PUT /Consent/{id}" => {
                 let caller = caller(&req, client)?;
                 check_fhir_json(&req)?;
+                let idem = idempotency_key(&req)?;
                 let bytes = body(req, self.max_body, self.body_timeout).await?;
                 let sub = fhir::parse_consent(&bytes)?;
-                let done = if route == "POST /Consent" { gw.record_consent(&caller, &sub).await? } else { gw.revoke_consent(&caller, &id, &sub).await? };
+                let done = if route == "POST /Consent" { gw.record_consent(&caller, &sub, idem.as_deref()).await? } else { gw.revoke_consent(&caller, &id, &sub).await? };
                 Ok(with_location(json_response(done.status, &done.body), done.location))
             }
             "GET /Consent" => {
@@ -294,4 +290,13 @@ mod tests {
         assert!(!is_code(""));
         assert!(!is_code(&"a".repeat(129)));
     }
+}
+
+/// The optional `Idempotency-Key` header: 1 to 256 characters.
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, FhirError> {
+    let idem = header(req, "idempotency-key")?.map(str::to_owned);
+    if idem.as_ref().is_some_and(|k| k.is_empty() || k.len() > 256) {
+        return Err(FhirError::BadParameter("header Idempotency-Key must be 1 to 256 characters".into()));
+    }
+    Ok(idem)
 }

@@ -861,10 +861,42 @@ impl Gateway {
 
     /// `POST /Consent` (status active): the patient lets `grantee` read their records held here.
     /// Answers 201 once the consent entry is in a block, 202 while it waits in the outbox.
-    pub async fn record_consent(&self, caller: &Caller, sub: &ConsentSubmission) -> Result<Created, FhirError> {
+    ///
+    /// A retry creates nothing new: with an `Idempotency-Key` it gets the first answer; without
+    /// one, a consent with the same terms that is active on the ledger is answered (200) instead
+    /// of recording a second one.
+    pub async fn record_consent(&self, caller: &Caller, sub: &ConsentSubmission, idempotency_key: Option<&str>) -> Result<Created, FhirError> {
         if !caller.client.may_write() {
             return Err(FhirError::Forbidden(format!("certificate role {:?} may not record consents", caller.client.role)));
         }
+        let request_key = idempotency_key.map(|k| Vault::idem_key(&format!("consent\n{}", caller.client.system), k));
+        if let Some(k) = &request_key {
+            match self.vault.claim(k).map_err(from_vault)? {
+                Claim::New => {}
+                Claim::Existing(IdemState::Done { status, body }) => {
+                    self.metrics.incr("idempotent_replays");
+                    let location = body["id"].as_str().map(|id| format!("Consent/{id}"));
+                    return Ok(Created { status, body, location });
+                }
+                Claim::Existing(_) => {
+                    return Err(FhirError::Conflict("a request with this Idempotency-Key is still being processed; retry in a few seconds".into()))
+                }
+            }
+        }
+        let result = self.record_consent_claimed(caller, sub).await;
+        if let Some(k) = &request_key {
+            let kept = match &result {
+                Ok(c) => self.vault.finish(k, c.status, &c.body),
+                Err(_) => self.vault.release(k),
+            };
+            if let Err(e) = kept {
+                tracing::warn!(error = %e, "idempotency state of a consent request not kept");
+            }
+        }
+        result
+    }
+
+    async fn record_consent_claimed(&self, caller: &Caller, sub: &ConsentSubmission) -> Result<Created, FhirError> {
         if !sub.active {
             return Err(FhirError::invalid("Consent.status", "to withdraw a consent, PUT /Consent/{id} with status 'inactive'"));
         }
@@ -886,6 +918,20 @@ impl Gateway {
                     "is not a record of this patient held here",
                 ));
             }
+        }
+        // The same terms, already active: the answer to a retry, not a second consent.
+        let mut wanted = sub.record_ids.clone();
+        wanted.sort();
+        let same = self.ledger.store.consents_for(&pseudonym).map_err(internal)?.into_iter().find(|c| {
+            let mut ids = c.record_ids.clone();
+            ids.sort();
+            c.active && c.custodian == self.hospital && c.grantee == sub.grantee && ids == wanted && c.start == sub.start && c.end == sub.end
+        });
+        if let Some(c) = same {
+            self.metrics.incr("consents_already_recorded");
+            let receipt = self.ledger.store.receipt(&c.recorded_by).map_err(internal)?;
+            let body = fhir::consent_resource(&c.consent_id, sub, &self.hospital, receipt.map(|r| r.to_json()).as_ref());
+            return Ok(Created { status: 200, body, location: Some(format!("Consent/{}", c.consent_id)) });
         }
         let user = self.user_pseudonym(caller).await?;
         let consent_id = vault::new_id();

@@ -443,6 +443,28 @@ fn consents_are_recorded_listed_withdrawn_and_audited() {
         let key = medgate::verify::read_public_key(&gw.site.ledger_public_key).unwrap();
         let receipt = medgate::verify::check_receipt(&receipt_of(&created).unwrap(), &key).unwrap();
         assert!(!serde_json::to_string(&receipt).unwrap().contains("MRN-000008"), "identifier on the ledger");
+        // A retry without a key finds the same active consent: 200, same id, nothing new.
+        let height = gw.metric("medgate_ledger_height");
+        let again = his.post_json("/Consent", &consent("active", "hospital-b", one.clone()), &[]).await.unwrap();
+        assert_eq!(again.status, 200, "{}", String::from_utf8_lossy(&again.body));
+        assert_eq!(again.json()["id"], cid.as_str());
+        assert_eq!(gw.metric("medgate_ledger_height"), height, "a retried consent must not add an entry");
+        // With an Idempotency-Key, a retry gets the first answer.
+        let wide = consent("active", "hospital-c", json!([]));
+        let first = his.post_json("/Consent", &wide, &[("idempotency-key", "consent-retry-1")]).await.unwrap();
+        assert_eq!(first.status, 201, "{}", String::from_utf8_lossy(&first.body));
+        let height = gw.metric("medgate_ledger_height");
+        let retry = his.post_json("/Consent", &wide, &[("idempotency-key", "consent-retry-1")]).await.unwrap();
+        assert_eq!((retry.status, retry.json()["id"].clone()), (201, first.json()["id"].clone()));
+        assert_eq!(gw.metric("medgate_ledger_height"), height);
+        let list = his.get(&format!("/Consent?patient={}", query_escape(&p.canonical()))).await.unwrap().json();
+        assert_eq!(list["total"], 2, "{list}");
+        let wide_id = first.json()["id"].as_str().unwrap().to_owned();
+        let r = his
+            .send("PUT", &format!("/Consent/{wide_id}"), &[("content-type", "application/fhir+json")], serde_json::to_vec(&consent("inactive", "hospital-c", json!([]))).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
 
         // Refusals: a grant to this hospital itself, a record that is not the patient's, a
         // patient with no record here, a withdrawal by POST.
@@ -463,9 +485,11 @@ fn consents_are_recorded_listed_withdrawn_and_audited() {
 
         let q = query_escape(&p.canonical());
         let list = his.get(&format!("/Consent?patient={q}")).await.unwrap().json();
-        assert_eq!(list["total"], 1);
-        assert_eq!(list["entry"][0]["resource"]["status"], "active");
-        assert_eq!(list["entry"][0]["resource"]["provision"]["data"][0]["reference"]["reference"], format!("DocumentReference/{}", ids[0]));
+        assert_eq!(list["total"], 2);
+        let active: Vec<&Value> = list["entry"].as_array().unwrap().iter().filter(|e| e["resource"]["status"] == "active").collect();
+        assert_eq!(active.len(), 1, "{list}");
+        assert_eq!(active[0]["resource"]["id"], cid.as_str());
+        assert_eq!(active[0]["resource"]["provision"]["data"][0]["reference"]["reference"], format!("DocumentReference/{}", ids[0]));
 
         // Withdrawal: PUT with status inactive; a retry answers the same and adds nothing.
         let put = |body: Value, id: String| {
@@ -482,7 +506,11 @@ fn consents_are_recorded_listed_withdrawn_and_audited() {
         let unknown = put(consent("inactive", "hospital-b", json!([])), "0123456789abcdef".into()).await;
         assert_eq!(unknown.status, 404);
         let list = his.get(&format!("/Consent?patient={q}")).await.unwrap().json();
-        assert_eq!(list["entry"][0]["resource"]["status"], "inactive");
+        assert!(list["entry"].as_array().unwrap().iter().all(|e| e["resource"]["status"] == "inactive"), "{list}");
+        // Withdrawn, the same terms may be granted again: a new consent.
+        let renewed = his.post_json("/Consent", &consent("active", "hospital-b", one.clone()), &[]).await.unwrap();
+        assert_eq!(renewed.status, 201);
+        assert_ne!(renewed.json()["id"], cid.as_str());
 
         tokio::time::sleep(Duration::from_millis(100)).await;
         let audit = his.get(&format!("/AuditEvent?patient={q}")).await.unwrap().json();
