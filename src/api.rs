@@ -270,6 +270,15 @@ impl Api {
     }
 }
 
+/// The optional `Idempotency-Key` header: 1 to 256 characters.
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, FhirError> {
+    let idem = header(req, "idempotency-key")?.map(str::to_owned);
+    if idem.as_ref().is_some_and(|k| k.is_empty() || k.len() > 256) {
+        return Err(FhirError::BadParameter("header Idempotency-Key must be 1 to 256 characters".into()));
+    }
+    Ok(idem)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,11 +301,3 @@ mod tests {
     }
 }
 
-/// The optional `Idempotency-Key` header: 1 to 256 characters.
-fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, FhirError> {
-    let idem = header(req, "idempotency-key")?.map(str::to_owned);
-    if idem.as_ref().is_some_and(|k| k.is_empty() || k.len() > 256) {
-        return Err(FhirError::BadParameter("header Idempotency-Key must be 1 to 256 characters".into()));
-    }
-    Ok(idem)
-}

@@ -123,6 +123,9 @@ pub struct ChainStore {
     peer_checkpoints: sled::Tree,
 }
 
+/// Keys and values to write in the chain's meta tree with a block.
+type MetaUpdates = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A consent as the chain knows it (derived from consent entries of valid batches).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConsentState {
@@ -464,7 +467,7 @@ impl ChainStore {
     /// What a block changes in the membership: opened proposals, approvals, and the roster when
     /// a proposal is carried. Deterministic from the block and the stored state. Also records
     /// admitted keys in the key table (for offline verification; harmless if repeated).
-    fn membership_updates(&self, block: &Block) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ChainError> {
+    fn membership_updates(&self, block: &Block) -> Result<MetaUpdates, ChainError> {
         let Some(mut roster) = self.roster()? else { return Ok(Vec::new()) };
         let (touched, roster_changed) = crate::membership::apply_block(&mut roster, block, &mut |id| self.proposal(id).ok().flatten());
         for p in touched.iter().filter(|p| p.decided_at == Some(block.height)) {

@@ -515,7 +515,7 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
             }
             let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| Failure::runtime(format!("unreadable answer: {e}")))?;
             println!("genesis {}", v["genesis"].as_str().unwrap_or("-"));
-            println!("{:<24} {:<10} {:<22} {}", "MEMBER", "SINCE", "PEER ADDRESS", "LEDGER KEY VERSIONS");
+            println!("{:<24} {:<10} {:<22} LEDGER KEY VERSIONS", "MEMBER", "SINCE", "PEER ADDRESS");
             for m in v["members"].as_array().into_iter().flatten() {
                 let since = m["admitted_at"].as_u64().map_or("genesis".to_owned(), |h| format!("block {h}"));
                 let versions: Vec<String> = m["ledger_keys"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
@@ -524,7 +524,7 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
             let proposals = v["proposals"].as_array().cloned().unwrap_or_default();
             if !proposals.is_empty() {
                 println!();
-                println!("{:<34} {:<7} {:<20} {:<12} {}", "PROPOSAL", "ACTION", "HOSPITAL", "STATE", "APPROVALS");
+                println!("{:<34} {:<7} {:<20} {:<12} APPROVALS", "PROPOSAL", "ACTION", "HOSPITAL", "STATE");
                 for p in proposals {
                     let state = p["decided_at"].as_u64().map_or("open".to_owned(), |h| format!("block {h}"));
                     let approvals: Vec<&str> = p["approvals"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();

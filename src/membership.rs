@@ -102,7 +102,7 @@ impl FromDerSpki for x509_parser::x509::SubjectPublicKeyInfo<'_> {
     fn from_der_spki(der: &[u8]) -> Option<()> {
         use x509_parser::prelude::FromDer as _;
         match x509_parser::x509::SubjectPublicKeyInfo::from_der(der) {
-            Ok((rest, _)) if rest.is_empty() => Some(()),
+            Ok(([], _)) => Some(()),
             _ => None,
         }
     }
@@ -430,6 +430,7 @@ pub fn new_proposal_id() -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 
@@ -513,7 +514,7 @@ mod tests {
     fn a_block_carries_a_change_once_a_majority_approved_and_not_before() {
         let mut r = roster(&["a", "b", "c"]);
         let mut stored: BTreeMap<String, Proposal> = BTreeMap::new();
-        let mut run = |r: &mut Roster, b: &crate::ledger::Block, stored: &mut BTreeMap<String, Proposal>| {
+        let run = |r: &mut Roster, b: &crate::ledger::Block, stored: &mut BTreeMap<String, Proposal>| {
             let (touched, changed) = apply_block(r, b, &mut |id| stored.get(id).cloned());
             for p in touched {
                 stored.insert(p.proposal_id.clone(), p);

@@ -868,7 +868,7 @@ fn the_chain_hangs_from_the_genesis_and_a_gateway_cannot_change_consortium() {
     let other = Genesis::new("another consortium", other.members).unwrap();
     let other_hash = other.write(&site.dir.join("genesis.json")).unwrap();
     let log = site.dir.join("refused.log");
-    let err = site.spawn(&support::exe(), Some(&log)).err().expect("a gateway must not start on another genesis");
+    let err = site.spawn(&support::exe(), Some(&log)).expect_err("a gateway must not start on another genesis");
     assert!(err.message.contains("exited during start-up"), "{}", err.message);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("consortium.genesis") && text.contains(&hex::encode(other_hash)), "{text}");

@@ -312,6 +312,7 @@ pub fn rbac_commands(prefix: &str, grant: &[String], revoke: &[String], enable: 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::rbac_commands;
 
