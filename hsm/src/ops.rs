@@ -53,6 +53,15 @@ fn data_key_template(value: Option<&[u8]>) -> Vec<Attribute> {
     t
 }
 
+/// Template of the session object that carries a data key from C_UnwrapKey to C_WrapKey when it
+/// is only re-wrapped: the same as [`data_key_template`], but sensitive, since nothing reads it.
+fn transit_key_template() -> Vec<Attribute> {
+    data_key_template(None)
+        .into_iter()
+        .map(|a| if matches!(a, Attribute::Sensitive(_)) { Attribute::Sensitive(true) } else { a })
+        .collect()
+}
+
 /// Wraps the session object `obj` with the active key-encryption key. A rotation (here or by the
 /// officer in another process) clears the Wrap flag of the previous version; a handle cached
 /// before it is then refused with CKR_KEY_FUNCTION_NOT_PERMITTED, so the handles are looked up
@@ -138,6 +147,30 @@ impl Hsm {
             let wrapped = wrapped?;
             destroyed?;
             Ok(wrapped)
+        })
+    }
+
+    /// Re-wraps a data key under the active key-encryption key: unwrapped with the version that
+    /// wrapped it into a sensitive session object, wrapped again, the object destroyed. The data
+    /// key never leaves the HSM. A key already under the active version is returned as it is.
+    /// Counted as a wrap. A destroyed or retired KEK version gives `KeyMissing`; an altered blob
+    /// gives `Integrity`.
+    pub fn rewrap_data_key(&self, wrapped: &WrappedKey) -> Result<WrappedKey, HsmError> {
+        // C_UnwrapKey + C_WrapKey x2 + C_DestroyObject
+        self.run(Op::Wrap, 4, true, |s, ctx| {
+            let (active, _) = ctx.key(self, s, Role::Kek, None, ObjectClass::SECRET_KEY)?;
+            if active == wrapped.kek_version {
+                return Ok(wrapped.clone());
+            }
+            let (_, old) = ctx.key(self, s, Role::Kek, Some(wrapped.kek_version), ObjectClass::SECRET_KEY)?;
+            let dk = s
+                .unwrap_key(&Mechanism::AesKeyWrapPad, old, &wrapped.bytes, &transit_key_template())
+                .map_err(unwrap_failure)?;
+            let out = wrap_with_active_kek(self, s, ctx, dk);
+            let destroyed = s.destroy_object(dk);
+            let out = out?;
+            destroyed?;
+            Ok(out)
         })
     }
 
