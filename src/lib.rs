@@ -24,3 +24,4 @@ pub mod bench;
 pub mod consortium;
 pub mod peer;
 pub mod audit;
+pub mod shred;
