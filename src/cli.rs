@@ -112,6 +112,11 @@ enum Command {
         /// ingest throughput and cross-hospital read latency (at the largest concurrency level).
         #[arg(long)]
         consortium: bool,
+        /// Then erase one record and time the shred pass that follows: KEK rotation, every
+        /// stored record re-wrapped in the HSM, the old KEK version destroyed. Prints the pass
+        /// time and the records re-wrapped per second.
+        #[arg(long, conflicts_with = "consortium")]
+        shred: bool,
     },
     /// A consortium CA kept in files, for tests and pilots: create it, certify gateways' HSM
     /// keys (CSRs from `medgate keys csr`) and etcd members.
@@ -346,7 +351,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Ledger { command } => ledger_command(command),
         Command::Demo { workdir, consortium: false } => crate::demo::run(workdir.as_deref()),
         Command::Demo { workdir, consortium: true } => crate::demo::run_consortium(workdir.as_deref()),
-        Command::Bench { records, concurrency, size, consortium: false } => crate::bench::run(records, &concurrency, size),
+        Command::Bench { records, concurrency, size, consortium: false, shred } => crate::bench::run(records, &concurrency, size, shred),
         Command::Bench { records, concurrency, consortium: true, .. } => {
             crate::demo::bench_consortium(records, concurrency.iter().copied().max().unwrap_or(16))
         }
