@@ -206,21 +206,27 @@ fn a_shred_pass_makes_a_backup_taken_before_an_erasure_unreadable() {
 }
 
 #[test]
-fn an_erasure_whose_shred_pass_was_cut_short_is_shredded_at_the_next_start() {
+fn a_shred_pass_cut_short_by_a_crash_finishes_at_the_next_start() {
     let mut gw = Gw::new("shred-restart");
     let rt = rt();
-    let (erased_doc, kept_doc) = (b"erased while the gateway went down".as_slice(), b"kept".as_slice());
-    let (erased, kept) = rt.block_on(async {
+    let docs: [&[u8]; 3] = [b"erased while the gateway went down", b"kept, re-wrapped before the crash", b"kept, not re-wrapped yet"];
+    let ids = rt.block_on(async {
         let mut his = gw.client();
-        (store(&mut his, &patient(1), erased_doc).await, store(&mut his, &patient(2), kept_doc).await)
+        let mut ids = Vec::new();
+        for (n, d) in docs.iter().enumerate() {
+            ids.push(store(&mut his, &patient(n as u32), d).await);
+        }
+        ids
     });
+    let (erased, done, todo) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
     assert_eq!(gw.stop().code(), Some(0));
     let state = gw.site.dir.join("state");
     let backup = gw.site.dir.join("backup");
     copy_dir(&state, &backup);
 
-    // The erasure committed and flushed, and the gateway died before its shred pass (or before
-    // the pass finished): the store is exactly as `Gateway::erase` leaves it, marker included.
+    // The store as a gateway killed in the middle of a pass leaves it: the erasure committed with
+    // its marker (its entry still in the outbox), the KEK rotated and that rotation journalled,
+    // one of the two live records re-wrapped, KEK version 1 not destroyed yet.
     let entry_id = rt.block_on(async {
         let db = Vault::open_db(&state).unwrap();
         let vault = Vault::open(&db).unwrap();
@@ -239,18 +245,29 @@ fn an_erasure_whose_shred_pass_was_cut_short_is_shredded_at_the_next_start() {
         );
         entry.validate().unwrap();
         vault.erase(&rec, &entry).await.unwrap();
-        assert_eq!(vault.shred_pending().unwrap(), Some(1));
+        let seen = vault.shred_pending().unwrap().unwrap();
+        with_hsm(&gw, |hsm| {
+            let info = hsm.rotate(Role::Kek).unwrap();
+            medgate::keys::record_event_by(Some(&state), medgate::shred::OFFICER, "rotate", &info).unwrap();
+            vault.set_shred_rotation(seen, info.version).unwrap();
+            assert_eq!(vault.rewrap_record(hsm, &done, info.version).unwrap(), medgate::vault::Rewrap::Done { from: 1 });
+        });
+        vault.flush_blocking().unwrap();
         entry.id
     });
+    assert_eq!(kek_versions(&gw), vec![(1, false), (2, true)]);
 
     gw.start();
     wait_for_shred(&gw, 1.0);
-    assert_eq!(gw.metric("medgate_events_total{kind=\"shred_rewrapped_records\"}"), Some(1.0));
+    assert_eq!(gw.metric("medgate_events_total{kind=\"shred_rewrapped_records\"}"), Some(1.0), "only the record not re-wrapped yet");
+    gw.wait_log("rotated=false");
     rt.block_on(async {
         let mut his = gw.client();
         assert_eq!(his.get(&format!("/Binary/{erased}")).await.unwrap().status, 410);
-        let r = his.get(&format!("/Binary/{kept}")).await.unwrap();
-        assert_eq!((r.status, r.body.as_ref()), (200, kept_doc));
+        for (id, doc) in [(&done, docs[1]), (&todo, docs[2])] {
+            let r = his.get(&format!("/Binary/{id}")).await.unwrap();
+            assert_eq!((r.status, r.body.as_ref()), (200, doc));
+        }
     });
     assert_eq!(gw.stop().code(), Some(0));
     {
@@ -259,7 +276,8 @@ fn an_erasure_whose_shred_pass_was_cut_short_is_shredded_at_the_next_start() {
         let store = medgate::chain::ChainStore::open(&db).unwrap();
         assert!(store.location(&entry_id).unwrap().is_some(), "the erasure entry left the outbox for the ledger");
     }
-    backup_is_unreadable_and_the_live_store_is_not(&gw, &backup, &erased, &[(&kept, kept_doc)]);
+    // Not rotated a second time: version 2 is still the active one, and version 1 is gone.
+    backup_is_unreadable_and_the_live_store_is_not(&gw, &backup, &erased, &[(&done, docs[1]), (&todo, docs[2])]);
 }
 
 #[test]
@@ -313,4 +331,58 @@ fn records_stored_while_shred_passes_run_all_stay_readable() {
     let live = Vault::open(&db).unwrap().live_kek_versions().unwrap();
     assert_eq!(live.keys().copied().collect::<Vec<_>>(), vec![versions[0].0 as u32], "{live:?}");
     assert_eq!(live.values().sum::<usize>(), acked.len());
+}
+
+#[test]
+fn kill_9_during_a_shred_pass_loses_no_record_and_the_pass_finishes_after_restart() {
+    let mut gw = Gw::new("shred-kill");
+    let rt = rt();
+    let (doomed, acked) = rt.block_on(async {
+        let mut writers = Vec::new();
+        for w in 0..8u32 {
+            let mut c = gw.client();
+            writers.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..40u32 {
+                    let doc = format!("writer {w} document {i}").into_bytes();
+                    acked.push((store(&mut c, &patient(w), &doc).await, doc));
+                }
+                acked
+            }));
+        }
+        let mut acked = Vec::new();
+        for w in writers {
+            acked.extend(w.await.unwrap());
+        }
+        let doomed = acked.pop().unwrap().0;
+        let mut his = gw.client();
+        let del = his.send("DELETE", &format!("/DocumentReference/{doomed}"), &[], Vec::new()).await.unwrap();
+        assert_eq!(del.status, 204);
+        (doomed, acked)
+    });
+    // SIGKILL as soon as the pass has rotated (wherever the pass is by then, the outcome below
+    // must hold).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !gw.log_text().contains("action=rotate") {
+        assert!(Instant::now() < deadline, "no rotation logged:\n{}", gw.log_text());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    gw.kill9();
+    gw.start();
+    wait_for_shred(&gw, 1.0);
+    rt.block_on(async {
+        let mut his = gw.client();
+        assert_eq!(his.get(&format!("/Binary/{doomed}")).await.unwrap().status, 410);
+        for (id, doc) in &acked {
+            let r = his.get(&format!("/Binary/{id}")).await.unwrap();
+            assert_eq!((r.status, r.body.as_ref()), (200, doc.as_slice()), "record {id}");
+        }
+    });
+    assert_eq!(gw.stop().code(), Some(0));
+    let versions = kek_versions(&gw);
+    assert_eq!(versions.len(), 1, "only the active KEK version is left: {versions:?}");
+    let db = Vault::open_db(&gw.site.dir.join("state")).unwrap();
+    let vault = Vault::open(&db).unwrap();
+    assert_eq!(vault.shred_pending().unwrap(), None);
+    assert_eq!(vault.live_kek_versions().unwrap(), std::collections::BTreeMap::from([(versions[0].0 as u32, acked.len())]));
 }
