@@ -202,9 +202,9 @@ async fn passes(gateway: &Gateway, state_dir: &Path) -> Result<(), String> {
             "shred pass finished"
         );
         if !kept.is_empty() {
-            let kept: Vec<String> = kept.iter().map(|(v, n)| format!("version {v} ({n} records)")).collect();
+            let kept: Vec<String> = kept.iter().map(|(v, n)| format!("version {v} ({n} live records)")).collect();
             return Err(format!(
-                "KEK {} still wrap live records that could not be re-wrapped (a retired KEK version, or records that fail their integrity check: see the errors logged), so they were not destroyed",
+                "KEK kept, not destroyed: {}. Its records could not be re-wrapped (a retired KEK version, or records that fail their integrity check: see the errors logged)",
                 kept.join(", ")
             ));
         }

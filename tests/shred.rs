@@ -386,3 +386,64 @@ fn kill_9_during_a_shred_pass_loses_no_record_and_the_pass_finishes_after_restar
     assert_eq!(vault.shred_pending().unwrap(), None);
     assert_eq!(vault.live_kek_versions().unwrap(), std::collections::BTreeMap::from([(versions[0].0 as u32, acked.len())]));
 }
+
+#[test]
+fn a_retired_kek_version_that_still_wraps_records_blocks_the_pass_until_the_officer_decides() {
+    let mut gw = Gw::new("shred-retired");
+    let rt = rt();
+    let cfg = gw.site.config.to_str().unwrap().to_owned();
+    let stranded = rt.block_on(async { store(&mut gw.client(), &patient(1), b"under kek v1").await });
+    assert_eq!(gw.stop().code(), Some(0));
+    let (code, _, err) = gw.medgate(&["keys", "--config", &cfg, "rotate", "--role", "kek"]);
+    assert_eq!(code, 0, "{err}");
+    gw.start();
+    let (kept, erased) = rt.block_on(async {
+        let mut his = gw.client();
+        (store(&mut his, &patient(2), b"under kek v2").await, store(&mut his, &patient(2), b"to be erased").await)
+    });
+    assert_eq!(gw.stop().code(), Some(0));
+    // The officer retires version 1 although a record still uses it.
+    let (code, _, err) = gw.medgate(&["keys", "--config", &cfg, "retire", "--role", "kek", "--version", "1"]);
+    assert_eq!(code, 0, "{err}");
+    gw.start();
+    rt.block_on(async {
+        let del = gw.client().send("DELETE", &format!("/DocumentReference/{erased}"), &[], Vec::new()).await.unwrap();
+        assert_eq!(del.status, 204);
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.metric("medgate_events_total{kind=\"shred_pass_failures\"}").unwrap_or(0.0) < 1.0 {
+        assert!(Instant::now() < deadline, "the pass did not report its failure:\n{}", gw.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(gw.metric("medgate_shred_pending"), Some(1.0), "the erasure is not shredded everywhere yet");
+    let (status, ready) = medgate::demo::admin_get(gw.site.admin_addr, "/readyz").unwrap();
+    assert_eq!(status, 200, "a blocked pass does not make the gateway unready: {ready}");
+    assert!(ready.contains("shred: pending") && ready.contains("last pass failed") && ready.contains("version 1 (1 live records)"), "{ready}");
+    assert!(gw.log_text().contains(&format!("record not re-wrapped; its KEK version cannot be destroyed record={stranded}")), "{}", gw.log_text());
+    rt.block_on(async {
+        let r = gw.client().get(&format!("/Binary/{kept}")).await.unwrap();
+        assert_eq!((r.status, r.body.as_ref()), (200, b"under kek v2".as_slice()));
+    });
+    assert_eq!(gw.stop().code(), Some(0));
+    // Version 2 (re-wrapped away) is gone already; version 1 stays until the officer decides.
+    let (code, json, _) = gw.medgate(&["keys", "--config", &cfg, "list", "--json"]);
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let keks: Vec<(u64, bool)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["role"] == "kek")
+        .map(|k| (k["version"].as_u64().unwrap(), k["retired"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(keks, vec![(1, true), (3, false)]);
+
+    // The officer destroys version 1 (its record becomes unreadable): the pass finishes, without
+    // rotating again.
+    let (code, _, err) = gw.medgate(&["keys", "--config", &cfg, "destroy", "--role", "kek", "--version", "1", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    gw.start();
+    wait_for_shred(&gw, 1.0);
+    assert_eq!(gw.stop().code(), Some(0));
+    assert_eq!(kek_versions(&gw), vec![(3, true)]);
+}
