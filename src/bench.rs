@@ -2,6 +2,8 @@
 //! CA), runs the gateway in this process on loopback (so the HSM counters can be read), and
 //! stores documents over mutual TLS exactly as an HIS would, each client on its own keep-alive
 //! connection. Prints records/s, p50/p99 latency and HSM calls per record per concurrency level.
+//! With `--shred`, it then erases one record and times the shred pass that follows (KEK rotation,
+//! every stored record re-wrapped in the HSM, the old KEK version destroyed).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +24,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-pub fn run(records: usize, levels: &[usize], size: usize) -> Result<(), Failure> {
+pub fn run(records: usize, levels: &[usize], size: usize, shred: bool) -> Result<(), Failure> {
     if records == 0 || levels.contains(&0) || size == 0 {
         return Err(Failure::usage("records, every concurrency level and size must be at least 1"));
     }
@@ -51,6 +53,9 @@ pub fn run(records: usize, levels: &[usize], size: usize) -> Result<(), Failure>
                 outcome = Err(e);
                 break;
             }
+        }
+        if shred && outcome.is_ok() {
+            outcome = shred_pass(&site, &running, &hsm).await;
         }
         running.stop().await;
         outcome
@@ -105,6 +110,49 @@ async fn level(site: &Site, hsm: &Arc<Hsm>, records: usize, concurrency: usize, 
         percentile(&lat, 0.99).as_secs_f64() * 1e3,
         (after.pkcs11_calls - before.pkcs11_calls) as f64 / n,
         format!("{:.2} {:.3} {:.3}", op("wrap"), op("sign"), op("hmac")),
+    );
+    Ok(())
+}
+
+/// Erases one record and times the shred pass it starts: every other stored record is re-wrapped.
+async fn shred_pass(site: &Site, running: &Running, hsm: &Arc<Hsm>) -> Result<(), Failure> {
+    let mut client = site.his_client()?;
+    let patient = PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: "shred-bench".into() };
+    let r = client.post_json("/", &sample_transaction(&patient, "text/plain", b"to be erased", None), &[]).await.map_err(Failure::runtime)?;
+    let id = r.json()["entry"][0]["resource"]["id"].as_str().map(str::to_owned).ok_or_else(|| Failure::runtime("no record id in the answer"))?;
+    let gateway = &running.gateway;
+    let before = hsm.stats();
+    let passes = gateway.shred.status().passes;
+    let started = Instant::now();
+    let del = client.send("DELETE", &format!("/DocumentReference/{id}"), &[], Vec::new()).await.map_err(Failure::runtime)?;
+    if del.status != 204 {
+        return Err(Failure::runtime(format!("erasure answered {}", del.status)));
+    }
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while gateway.shred.status().passes == passes || !matches!(gateway.vault.shred_pending(), Ok(None)) {
+        if let Some(e) = gateway.shred.status().last_error {
+            return Err(Failure::runtime(format!("shred pass failed: {e}")));
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::runtime("no shred pass finished within 30 minutes"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seen = started.elapsed();
+    let report = gateway.shred.status().last.ok_or_else(|| Failure::runtime("no shred pass report"))?;
+    let after = hsm.stats();
+    let wraps = |s: &medgate_hsm::HsmStats| s.ops.iter().find(|(k, _)| *k == "wrap").map(|(_, v)| *v).unwrap_or(0);
+    println!(
+        "shred pass after one erasure: {} records re-wrapped (of {} scanned) in {:.3} s = {:.0} records/s; whole pass {:.3} s (KEK rotated to v{}, destroyed {:?}); erasure answered to pass done {:.3} s; {} HSM re-wraps",
+        report.rewrapped,
+        report.scanned,
+        report.rewrap_time.as_secs_f64(),
+        report.rewrap_rate(),
+        report.duration.as_secs_f64(),
+        report.kek_version,
+        report.destroyed,
+        seen.as_secs_f64(),
+        wraps(&after) - wraps(&before),
     );
     Ok(())
 }

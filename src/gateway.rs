@@ -75,6 +75,8 @@ pub struct Gateway {
     pseudonyms: Arc<Mutex<PseudonymCache>>,
     /// Consortium sharing (peer reads); `None` in standalone mode.
     sharing: Option<Arc<crate::peer::Sharing>>,
+    /// Crypto-shredding after erasures (see `crate::shred`).
+    pub shred: Arc<crate::shred::Shredder>,
 }
 
 fn internal(e: impl std::fmt::Display) -> FhirError {
@@ -108,7 +110,7 @@ fn nonce() -> [u8; 16] {
 
 impl Gateway {
     pub fn new(hospital: String, hsm: Arc<Hsm>, vault: Vault, ledger: Ledger, metrics: Arc<Metrics>) -> Gateway {
-        Gateway { hospital, hsm, vault, ledger, metrics, pseudonyms: Arc::default(), sharing: None }
+        Gateway { hospital, hsm, vault, ledger, metrics, pseudonyms: Arc::default(), sharing: None, shred: Arc::default() }
     }
 
     pub fn with_sharing(mut self, sharing: Arc<crate::peer::Sharing>) -> Gateway {
@@ -227,6 +229,9 @@ impl Gateway {
                 master_keys.push(None);
             }
         }
+        // From the data-key wrap until the record is stored: a shred pass must not rotate the KEK
+        // and destroy the old version in between.
+        let sealing = self.shred.sealing().await;
         let stored = self.seal_all(caller, &docs).await;
         let (records, entries) = match stored {
             Ok(v) => v,
@@ -250,6 +255,7 @@ impl Gateway {
             self.release_all(&master_keys);
             return Err(from_vault(e));
         }
+        drop(sealing);
         self.metrics.incr("records_stored");
         let receipts = match self.ledger.append(entries).await {
             Ok(r) => Some(r),
@@ -373,8 +379,8 @@ impl Gateway {
     }
 
     async fn open(&self, rec: StoredRecord, with_document: bool) -> Result<vault::OpenRecord, FhirError> {
-        let hsm = self.hsm.clone();
-        tokio::task::spawn_blocking(move || vault::open_record(&hsm, &rec, with_document))
+        let (hsm, store) = (self.hsm.clone(), self.vault.clone());
+        tokio::task::spawn_blocking(move || vault::open_latest(&hsm, &store, &rec, with_document))
             .await
             .map_err(internal)?
             .map_err(from_vault)
@@ -477,6 +483,7 @@ impl Gateway {
     /// `DELETE /DocumentReference/{id}` by the custodian's HIS: crypto-shredding. The record's
     /// wrapped data key, ciphertext and sealed metadata leave the vault in the transaction that
     /// queues the signed erasure entry; the hash stays on the ledger. Erasing again answers the same.
+    /// The shred pass that follows makes older copies of the store (backups) unreadable too.
     pub async fn erase(&self, caller: &Caller, id: &str) -> Result<(), FhirError> {
         if !caller.client.may_write() {
             return Err(FhirError::Forbidden(format!("certificate role {:?} may not erase records", caller.client.role)));
@@ -498,6 +505,7 @@ impl Gateway {
         });
         entry.validate().map_err(internal)?;
         self.vault.erase(&rec, &entry).await.map_err(from_vault)?;
+        self.shred.request();
         tracing::info!(record = %rec.id, entry = %entry.id, "record erased (crypto-shredded)");
         self.metrics.incr("records_erased");
         if let Err(e) = self.ledger.append(vec![entry]).await {

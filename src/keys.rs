@@ -47,9 +47,14 @@ pub fn now_rfc3339() -> String {
 
 /// Logs the event and appends it, flushed, to the key-event journal when the state directory exists.
 pub fn record_event(state_dir: Option<&Path>, action: &str, info: &KeyInfo) -> Result<KeyEvent, Failure> {
+    record_event_by(state_dir, &officer(), action, info)
+}
+
+/// As [`record_event`], for an event the gateway itself caused (`officer` names what did it).
+pub fn record_event_by(state_dir: Option<&Path>, officer: &str, action: &str, info: &KeyInfo) -> Result<KeyEvent, Failure> {
     let ev = KeyEvent {
         time: now_rfc3339(),
-        officer: officer(),
+        officer: officer.to_owned(),
         action: action.to_owned(),
         role: info.role.to_string(),
         version: info.version,
@@ -64,7 +69,8 @@ pub fn record_event(state_dir: Option<&Path>, action: &str, info: &KeyInfo) -> R
             .append(true)
             .open(&path)
             .map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?;
-        writeln!(f, "{line}").and_then(|_| f.sync_all()).map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?;
+        // One write(2) per line: the gateway and the officer's console may append at the same time.
+        f.write_all(format!("{line}\n").as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?;
     }
     Ok(ev)
 }

@@ -25,3 +25,4 @@ pub mod consortium;
 pub mod peer;
 pub mod membership;
 pub mod audit;
+pub mod shred;

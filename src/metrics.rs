@@ -47,6 +47,11 @@ impl Metrics {
         *self.events.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_owned()).or_default() += 1;
     }
 
+    /// Counts `n` named events at once.
+    pub fn add(&self, name: &str, n: u64) {
+        *self.events.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_owned()).or_default() += n;
+    }
+
     pub fn event(&self, name: &str) -> u64 {
         self.events.lock().unwrap_or_else(|p| p.into_inner()).get(name).copied().unwrap_or(0)
     }

@@ -137,6 +137,7 @@ impl Running {
         tasks.extend([
             tokio::spawn(serve_admin(admin, admin_state.clone(), stop_rx.clone())),
             tokio::spawn(drain_outbox(gateway.clone(), stop_rx.clone())),
+            tokio::spawn(crate::shred::run(gateway.clone(), cfg.gateway.state_directory.clone(), stop_rx.clone())),
             tokio::spawn(watchdog(admin_state, stop_rx)),
         ]);
         tracing::info!(%his_addr, %admin_addr, hospital = %cfg.gateway.hospital_id, "medgate gateway ready");
@@ -288,6 +289,8 @@ struct Health {
     hsm: Option<String>,
     store: Option<String>,
     ledger: Option<String>,
+    /// Information only: a pending shred pass does not make the gateway unready.
+    shred: String,
 }
 
 impl Health {
@@ -296,7 +299,7 @@ impl Health {
     }
     fn text(&self) -> String {
         let line = |name: &str, v: &Option<String>| format!("{name}: {}\n", v.as_deref().unwrap_or("ok"));
-        format!("{}{}{}", line("hsm", &self.hsm), line("store", &self.store), line("ledger", &self.ledger))
+        format!("{}{}{}shred: {}\n", line("hsm", &self.hsm), line("store", &self.store), line("ledger", &self.ledger), self.shred)
     }
 }
 
@@ -330,6 +333,7 @@ impl AdminState {
         } else if let Err(e) = self.gateway.ledger.store.head() {
             h.ledger = Some(e.to_string());
         }
+        h.shred = self.gateway.shred.readiness(&self.gateway.vault);
         h
     }
 
@@ -372,6 +376,7 @@ impl AdminState {
             }
         }
         gauges.push(("medgate_certificate_expiry_timestamp_seconds", "When each configured certificate expires (unix time).", expiry));
+        gauges.extend(self.gateway.shred.gauges(&self.gateway.vault));
         self.gateway.metrics.render(&gauges)
     }
 }

@@ -4,14 +4,15 @@
 //!
 //! Trees: `records` (id → [`StoredRecord`]), `by_patient` (pseudonym/id → ()), `idempotency`
 //! (hashed request key → [`IdemState`]), `outbox` (ledger entry id → entry bytes not yet in a
-//! block). A record, its index row, its outbox entry and its idempotency state are written in one
-//! transaction, so a crash leaves either all of them or none.
+//! block), `shred` (the erasure count and the shred-pending marker, see `crate::shred`). A record,
+//! its index row, its outbox entry and its idempotency state are written in one transaction, so a
+//! crash leaves either all of them or none; so are an erasure, its entry and its shred marker.
 
 use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use medgate_hsm::{Hsm, HsmError, WrappedKey};
+use medgate_hsm::{Hsm, HsmError, Role, WrappedKey};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
@@ -219,6 +220,36 @@ pub fn open_record(hsm: &Hsm, rec: &StoredRecord, with_document: bool) -> Result
     Ok(OpenRecord { record: rec.clone(), meta, document })
 }
 
+/// Opens a record as [`open_record`] does, following a concurrent shred pass: when the KEK
+/// version `rec` was read with is gone because the record has since been re-wrapped under a newer
+/// one, the stored record is read again and opened once more.
+pub fn open_latest(hsm: &Hsm, vault: &Vault, rec: &StoredRecord, with_document: bool) -> Result<OpenRecord, VaultError> {
+    let first = open_record(hsm, rec, with_document);
+    if let Err(VaultError::Hsm(HsmError::KeyMissing { role: Role::Kek, .. })) = &first {
+        if let Some(now) = vault.get(&rec.id)?.filter(|now| now.erased.is_none() && now.kek_version != rec.kek_version) {
+            return open_record(hsm, &now, with_document);
+        }
+    }
+    first
+}
+
+/// The two fields of a stored record that a shred pass looks at, read without decoding the rest.
+#[derive(Debug, Deserialize)]
+struct KeyRef {
+    kek_version: u32,
+    #[serde(default)]
+    erased: Option<String>,
+}
+
+/// What [`Vault::rewrap_record`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrap {
+    /// Re-wrapped; the data key had been wrapped by this KEK version.
+    Done { from: u32 },
+    /// Nothing to do: erased, gone, or already under a version at least as new as asked.
+    Current,
+}
+
 /// The vault's sled trees. Cloning is cheap (sled handles are reference counted).
 #[derive(Debug, Clone)]
 pub struct Vault {
@@ -227,6 +258,18 @@ pub struct Vault {
     by_patient: sled::Tree,
     idempotency: sled::Tree,
     outbox: sled::Tree,
+    shred: sled::Tree,
+}
+
+/// Keys of the `shred` tree: how many erasures were ever committed (never decreases), the count
+/// at the last erasure that no shred pass has finished yet (absent when none is pending), and
+/// the count at which the current pass rotated the KEK, with the version it rotated to.
+const ERASURES: &[u8] = b"erasures";
+const PENDING: &[u8] = b"pending";
+const ROTATION: &[u8] = b"rotation";
+
+fn read_u64(v: Option<&[u8]>) -> u64 {
+    v.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes).unwrap_or(0)
 }
 
 fn now_unix() -> u64 {
@@ -245,6 +288,7 @@ impl Vault {
             by_patient: db.open_tree("by_patient")?,
             idempotency: db.open_tree("idempotency")?,
             outbox: db.open_tree("outbox")?,
+            shred: db.open_tree("shred")?,
         })
     }
 
@@ -333,8 +377,10 @@ impl Vault {
     }
 
     /// Crypto-shreds a record: the wrapped data key, the ciphertext and the sealed metadata are
-    /// removed from the vault in the same transaction that queues the erasure entry, then
-    /// flushed. What remains is what the ledger holds anyway (ids, pseudonym, hash, size, type).
+    /// removed from the vault in the same transaction that queues the erasure entry and marks a
+    /// shred pass pending, then flushed. What remains is what the ledger holds anyway (ids,
+    /// pseudonym, hash, size, type). Copies of the store taken before still hold the wrapped key
+    /// until the shred pass has destroyed the KEK version that wrapped it.
     pub async fn erase(&self, rec: &StoredRecord, entry: &crate::ledger::Entry) -> Result<(), VaultError> {
         let mut shredded = rec.clone();
         shredded.wrapped_key.clear();
@@ -345,10 +391,13 @@ impl Vault {
         shredded.erased = Some(entry.id.clone());
         let value = serde_json::to_vec(&shredded).map_err(|e| VaultError::Storage(e.to_string()))?;
         let entry_bytes = serde_json::to_vec(entry).map_err(|e| VaultError::Storage(e.to_string()))?;
-        (&self.records, &self.outbox)
-            .transaction(|(rec_t, out_t)| {
+        (&self.records, &self.outbox, &self.shred)
+            .transaction(|(rec_t, out_t, shred_t)| {
                 rec_t.insert(rec.id.as_bytes(), value.as_slice())?;
                 out_t.insert(entry.id.as_bytes(), entry_bytes.as_slice())?;
+                let n = (read_u64(shred_t.get(ERASURES)?.as_deref()) + 1).to_be_bytes();
+                shred_t.insert(ERASURES, &n)?;
+                shred_t.insert(PENDING, &n)?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(|e: TransactionError<()>| VaultError::Storage(format!("{e:?}")))?;
@@ -408,6 +457,94 @@ impl Vault {
         &self.outbox
     }
 
+    /// The erasure count at the last erasure no shred pass has finished yet; `None` when every
+    /// erasure has been shredded everywhere.
+    pub fn shred_pending(&self) -> Result<Option<u64>, VaultError> {
+        Ok(self.shred.get(PENDING)?.map(|v| read_u64(Some(&v))))
+    }
+
+    /// Clears the shred marker if no erasure came after `seen` (compare-and-swap). `false`: one
+    /// did, and another pass is needed.
+    pub fn finish_shred(&self, seen: u64) -> Result<bool, VaultError> {
+        let done = self.shred.compare_and_swap(PENDING, Some(&seen.to_be_bytes()[..]), None as Option<&[u8]>)?.is_ok();
+        if done {
+            self.shred.remove(ROTATION)?;
+        }
+        self.db.flush()?;
+        Ok(done)
+    }
+
+    /// The erasure count at which a shred pass last rotated the KEK, and the version it made.
+    pub fn shred_rotation(&self) -> Result<Option<(u64, u32)>, VaultError> {
+        Ok(self.shred.get(ROTATION)?.and_then(|v| {
+            let b: [u8; 12] = v.as_ref().try_into().ok()?;
+            Some((u64::from_be_bytes(b[..8].try_into().ok()?), u32::from_be_bytes(b[8..].try_into().ok()?)))
+        }))
+    }
+
+    pub fn set_shred_rotation(&self, seen: u64, kek_version: u32) -> Result<(), VaultError> {
+        let mut v = seen.to_be_bytes().to_vec();
+        v.extend_from_slice(&kek_version.to_be_bytes());
+        self.shred.insert(ROTATION, v)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every record id, in key order.
+    pub fn record_ids(&self) -> impl Iterator<Item = Result<String, VaultError>> + '_ {
+        self.records.iter().keys().map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()).map_err(VaultError::from))
+    }
+
+    /// Re-wraps the data key of live record `id` under the active KEK (in the HSM) when the
+    /// version that wraps it is older than `below`. The record is replaced by compare-and-swap,
+    /// so a change made meanwhile (an erasure) is never overwritten: the record is read again
+    /// and the decision made anew. Not flushed; the caller flushes once for many records.
+    pub fn rewrap_record(&self, hsm: &Hsm, id: &str, below: u32) -> Result<Rewrap, VaultError> {
+        loop {
+            let Some(current) = self.records.get(id.as_bytes())? else { return Ok(Rewrap::Current) };
+            let key: KeyRef = serde_json::from_slice(&current).map_err(|e| VaultError::Corrupt(id.to_owned(), e.to_string()))?;
+            if key.erased.is_some() || key.kek_version >= below {
+                return Ok(Rewrap::Current);
+            }
+            let mut rec: StoredRecord = serde_json::from_slice(&current).map_err(|e| VaultError::Corrupt(id.to_owned(), e.to_string()))?;
+            let wrapped = WrappedKey {
+                kek_version: rec.kek_version,
+                bytes: B64.decode(&rec.wrapped_key).map_err(|_| VaultError::Integrity(rec.id.clone()))?,
+            };
+            let new = match hsm.rewrap_data_key(&wrapped) {
+                Ok(k) => k,
+                Err(HsmError::Integrity) => return Err(VaultError::Integrity(rec.id.clone())),
+                Err(e) => return Err(e.into()),
+            };
+            let from = rec.kek_version;
+            rec.kek_version = new.kek_version;
+            rec.wrapped_key = B64.encode(&new.bytes);
+            let value = serde_json::to_vec(&rec).map_err(|e| VaultError::Storage(e.to_string()))?;
+            if self.records.compare_and_swap(id.as_bytes(), Some(current), Some(value))?.is_ok() {
+                return Ok(Rewrap::Done { from });
+            }
+        }
+    }
+
+    /// Live (not erased) records, counted by the KEK version that wraps their data key.
+    pub fn live_kek_versions(&self) -> Result<std::collections::BTreeMap<u32, usize>, VaultError> {
+        let mut out = std::collections::BTreeMap::new();
+        for kv in self.records.iter() {
+            let (k, v) = kv?;
+            let key: KeyRef = serde_json::from_slice(&v).map_err(|e| VaultError::Corrupt(String::from_utf8_lossy(&k).into_owned(), e.to_string()))?;
+            if key.erased.is_none() {
+                *out.entry(key.kek_version).or_default() += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Flushes the store from a blocking thread.
+    pub fn flush_blocking(&self) -> Result<(), VaultError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Overwrites a stored record as it is (used by integrity tests and by erasure).
     pub fn put_raw(&self, id: &str, value: &[u8]) -> Result<(), VaultError> {
         self.records.insert(id.as_bytes(), value)?;
@@ -436,9 +573,88 @@ pub fn new_id() -> String {
     hex::encode(b)
 }
 
+/// A stored record and its erasure entry, for unit tests that need no HSM.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use super::StoredRecord;
+    use crate::ledger::{Entry, EntryBody};
+
+    pub(crate) fn record(id: &str, kek_version: u32) -> StoredRecord {
+        StoredRecord {
+            id: id.to_owned(),
+            created: "2026-01-01T00:00:00Z".into(),
+            custodian: "hospital-a".into(),
+            patient_pseudonym: "ab".repeat(32),
+            pseudonym_key_version: 1,
+            content_type: "text/plain".into(),
+            size: 1,
+            content_hash: "cd".repeat(32),
+            kek_version,
+            wrapped_key: "AAAA".into(),
+            doc_nonce: "AAAA".into(),
+            doc_ct: "AAAA".into(),
+            meta_nonce: "AAAA".into(),
+            meta_ct: "AAAA".into(),
+            entry_id: "ef".repeat(32),
+            erased: None,
+        }
+    }
+
+    pub(crate) fn erasure(rec: &StoredRecord) -> Entry {
+        Entry::new(
+            "hospital-a",
+            "2026-01-02T00:00:00Z",
+            [7; 16],
+            EntryBody::RecordErased {
+                record_id: rec.id.clone(),
+                patient: rec.patient_pseudonym.clone(),
+                custodian: "hospital-a".into(),
+                user: "12".repeat(32),
+                role: "physician".into(),
+            },
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_erasure_marks_a_shred_pending_that_only_a_pass_covering_every_erasure_clears() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = Vault::open_db(dir.path()).expect("db");
+        let v = Vault::open(&db).expect("vault");
+        let recs: Vec<StoredRecord> = [("a1", 1), ("b1", 1), ("c2", 2)].iter().map(|(id, k)| fixture::record(id, *k)).collect();
+        for r in &recs {
+            v.put_raw(&r.id, &serde_json::to_vec(r).expect("json")).expect("put");
+        }
+        assert_eq!(v.shred_pending().expect("marker"), None);
+        assert_eq!(v.live_kek_versions().expect("scan"), std::collections::BTreeMap::from([(1, 2), (2, 1)]));
+
+        v.erase(&recs[0], &fixture::erasure(&recs[0])).await.expect("erase");
+        assert_eq!(v.shred_pending().expect("marker"), Some(1));
+        assert_eq!(v.live_kek_versions().expect("scan"), std::collections::BTreeMap::from([(1, 1), (2, 1)]), "erased records need no KEK");
+        // A second erasure while a pass that saw the first one runs: that pass cannot clear it.
+        v.erase(&recs[1], &fixture::erasure(&recs[1])).await.expect("erase");
+        assert_eq!(v.shred_pending().expect("marker"), Some(2));
+        assert!(!v.finish_shred(1).expect("cas"));
+        assert_eq!(v.shred_pending().expect("marker"), Some(2));
+        v.set_shred_rotation(2, 3).expect("rotation");
+        assert_eq!(v.shred_rotation().expect("rotation"), Some((2, 3)));
+        assert!(v.finish_shred(2).expect("cas"));
+        assert_eq!(v.shred_pending().expect("marker"), None);
+        assert_eq!(v.shred_rotation().expect("rotation"), None);
+        // The count never goes back, so a remembered rotation never covers a later erasure.
+        v.erase(&recs[2], &fixture::erasure(&recs[2])).await.expect("erase");
+        assert_eq!(v.shred_pending().expect("marker"), Some(3));
+        assert_eq!(v.outbox_len(), 3, "each erasure entry is queued with its marker");
+        drop(v);
+        drop(db);
+        // Durable: the marker is there after reopening.
+        let db = Vault::open_db(dir.path()).expect("db");
+        assert_eq!(Vault::open(&db).expect("vault").shred_pending().expect("marker"), Some(3));
+    }
 
     #[test]
     fn sealed_bytes_open_only_with_the_same_key_and_aad() {

@@ -280,6 +280,7 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() {
         "medgate_ledger_height 0",
         "medgate_outbox_entries 0",
         "medgate_certificate_expiry_timestamp_seconds{certificate=\"server\"}",
+        "medgate_shred_pending 0",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
@@ -287,7 +288,7 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() {
     assert_eq!(medgate::demo::admin_get(gw.site.admin_addr, "/healthz").unwrap(), (200, "ok\n".into()));
     let (status, body) = medgate::demo::admin_get(gw.site.admin_addr, "/readyz").unwrap();
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, "hsm: ok\nstore: ok\nledger: ok\n");
+    assert_eq!(body, "hsm: ok\nstore: ok\nledger: ok\nshred: none pending\n");
 }
 
 #[test]

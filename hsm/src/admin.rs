@@ -24,7 +24,7 @@ impl Hsm {
 
     /// Creates version 1 of `role`. Refuses if the role already has keys (use `rotate`).
     pub fn generate(&self, role: Role) -> Result<KeyInfo, HsmError> {
-        let r = self.run(Op::Admin, 2, false, |s, ctx| {
+        let r = self.run_exclusive(2, |s, ctx| {
             let existing = role_versions(self, s, role)?;
             if let Some(max) = existing.iter().map(|l| l.version).max() {
                 return Err(HsmError::Invalid(format!(
@@ -48,7 +48,7 @@ impl Hsm {
         if value.len() != 32 {
             return Err(HsmError::Invalid(format!("a pseudonym key is 32 bytes, not {}", value.len())));
         }
-        let r = self.run(Op::Admin, 2, false, |s, ctx| {
+        let r = self.run_exclusive(2, |s, ctx| {
             if let Some(max) = role_versions(self, s, Role::Pseudonym)?.iter().map(|l| l.version).max() {
                 return Err(HsmError::Invalid(format!(
                     "the token already has pseudonym keys (up to version {max}); the shared key must be imported before any is generated"
@@ -72,7 +72,7 @@ impl Hsm {
     /// Creates the next version of `role` and makes it active. The previous version stays on the
     /// token for unwrap and verify, but the HSM no longer lets it sign or wrap.
     pub fn rotate(&self, role: Role) -> Result<KeyInfo, HsmError> {
-        let r = self.run(Op::Admin, 4, false, |s, ctx| {
+        let r = self.run_exclusive(4, |s, ctx| {
             let existing = role_versions(self, s, role)?;
             let next = existing.iter().map(|l| l.version).max().unwrap_or(0) + 1;
             let previous = existing.iter().filter(|l| !l.retired).map(|l| l.version).max();
@@ -92,7 +92,7 @@ impl Hsm {
     /// Retires a version that is no longer active: it is relabelled `...-retired` and the HSM
     /// refuses every use of it. Its records can no longer be decrypted with it.
     pub fn retire(&self, role: Role, version: u32) -> Result<(), HsmError> {
-        let r = self.run(Op::Admin, 4, false, |s, ctx| {
+        let r = self.run_exclusive(4, |s, ctx| {
             let existing = role_versions(self, s, role)?;
             let active = existing.iter().filter(|l| !l.retired).map(|l| l.version).max();
             if !existing.iter().any(|l| l.version == version && !l.retired) {
@@ -129,7 +129,7 @@ impl Hsm {
     /// Destroys every object of a version (private, public, secret, certificate). The active version
     /// cannot be destroyed: rotate first. Whatever it wrapped becomes unreadable for ever.
     pub fn destroy(&self, role: Role, version: u32) -> Result<usize, HsmError> {
-        let r = self.run(Op::Admin, 4, false, |s, ctx| {
+        let r = self.run_exclusive(4, |s, ctx| {
             let existing = role_versions(self, s, role)?;
             let active = existing.iter().filter(|l| !l.retired).map(|l| l.version).max();
             if active == Some(version) {
@@ -168,7 +168,7 @@ impl Hsm {
                 "the certificate's public key is not the active {role} key (version {version})"
             )));
         }
-        self.run(Op::Admin, 4, false, |s, _| {
+        self.run_exclusive(4, |s, _| {
             let label = Label::new(role, version).to_string();
             let id = key_id(s, &label, ObjectClass::PUBLIC_KEY)?;
             for old in objects_labelled(s, &label, ObjectClass::CERTIFICATE)? {

@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use crate::der::{ecdsa_raw_to_der, p256_spki_der, pem, rsa_spki_der, unwrap_ec_point};
 use crate::error::HsmError;
 use crate::keys::Role;
-use crate::pool::{Fail, Hsm, Op};
+use crate::pool::{Ctx, Fail, Hsm, Op};
 
 /// An ECDSA P-256 signature made in the HSM, in both encodings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +51,40 @@ fn data_key_template(value: Option<&[u8]>) -> Vec<Attribute> {
         t.push(Attribute::Value(v.to_vec()));
     }
     t
+}
+
+/// Template of the session object that carries a data key from C_UnwrapKey to C_WrapKey when it
+/// is only re-wrapped: the same as [`data_key_template`], but sensitive, since nothing reads it.
+fn transit_key_template() -> Vec<Attribute> {
+    data_key_template(None)
+        .into_iter()
+        .map(|a| if matches!(a, Attribute::Sensitive(_)) { Attribute::Sensitive(true) } else { a })
+        .collect()
+}
+
+/// Wraps the session object `obj` with the active key-encryption key. A rotation (here or by the
+/// officer in another process) clears the Wrap flag of the previous version; a handle cached
+/// before it is then refused with CKR_KEY_FUNCTION_NOT_PERMITTED, so the handles are looked up
+/// again and the wrap is tried once more with the version that is active now.
+fn wrap_with_active_kek(hsm: &Hsm, s: &cryptoki::session::Session, ctx: &Ctx, obj: cryptoki::object::ObjectHandle) -> Result<WrappedKey, Fail> {
+    let (version, kek) = ctx.key(hsm, s, Role::Kek, None, ObjectClass::SECRET_KEY)?;
+    match s.wrap_key(&Mechanism::AesKeyWrapPad, kek, obj) {
+        Ok(bytes) => Ok(WrappedKey { kek_version: version, bytes }),
+        Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::KeyFunctionNotPermitted, _)) => {
+            ctx.clear_keys();
+            let (version, kek) = ctx.key(hsm, s, Role::Kek, None, ObjectClass::SECRET_KEY)?;
+            Ok(WrappedKey { kek_version: version, bytes: s.wrap_key(&Mechanism::AesKeyWrapPad, kek, obj)? })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// SoftHSM reports a failed KWP integrity check as a general error.
+fn unwrap_failure(e: cryptoki::error::Error) -> Fail {
+    match e {
+        cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::GeneralError, _) => Fail::Hsm(HsmError::Integrity),
+        other => Fail::P11(other),
+    }
 }
 
 /// Reads an unwrapped data key's value out of its session object, then destroys the object.
@@ -107,13 +141,36 @@ impl Hsm {
         }
         // C_CreateObject + C_WrapKey (cryptoki asks for the length, then wraps) + C_DestroyObject
         self.run(Op::Wrap, 4, true, |s, ctx| {
-            let (version, kek) = ctx.key(self, s, Role::Kek, None, ObjectClass::SECRET_KEY)?;
             let obj = s.create_object(&data_key_template(Some(data_key)))?;
-            let wrapped = s.wrap_key(&Mechanism::AesKeyWrapPad, kek, obj);
+            let wrapped = wrap_with_active_kek(self, s, ctx, obj);
             let destroyed = s.destroy_object(obj);
-            let bytes = wrapped?;
+            let wrapped = wrapped?;
             destroyed?;
-            Ok(WrappedKey { kek_version: version, bytes })
+            Ok(wrapped)
+        })
+    }
+
+    /// Re-wraps a data key under the active key-encryption key: unwrapped with the version that
+    /// wrapped it into a sensitive session object, wrapped again, the object destroyed. The data
+    /// key never leaves the HSM. A key already under the active version is returned as it is.
+    /// Counted as a wrap. A destroyed or retired KEK version gives `KeyMissing`; an altered blob
+    /// gives `Integrity`.
+    pub fn rewrap_data_key(&self, wrapped: &WrappedKey) -> Result<WrappedKey, HsmError> {
+        // C_UnwrapKey + C_WrapKey x2 + C_DestroyObject
+        self.run(Op::Wrap, 4, true, |s, ctx| {
+            let (active, _) = ctx.key(self, s, Role::Kek, None, ObjectClass::SECRET_KEY)?;
+            if active == wrapped.kek_version {
+                return Ok(wrapped.clone());
+            }
+            let (_, old) = ctx.key(self, s, Role::Kek, Some(wrapped.kek_version), ObjectClass::SECRET_KEY)?;
+            let dk = s
+                .unwrap_key(&Mechanism::AesKeyWrapPad, old, &wrapped.bytes, &transit_key_template())
+                .map_err(unwrap_failure)?;
+            let out = wrap_with_active_kek(self, s, ctx, dk);
+            let destroyed = s.destroy_object(dk);
+            let out = out?;
+            destroyed?;
+            Ok(out)
         })
     }
 
@@ -123,15 +180,7 @@ impl Hsm {
         // C_UnwrapKey + C_GetAttributeValue + C_DestroyObject
         self.run(Op::Unwrap, 3, true, |s, ctx| {
             let (_, kek) = ctx.key(self, s, Role::Kek, Some(wrapped.kek_version), ObjectClass::SECRET_KEY)?;
-            let obj = s
-                .unwrap_key(&Mechanism::AesKeyWrapPad, kek, &wrapped.bytes, &data_key_template(None))
-                .map_err(|e| match e {
-                    // SoftHSM reports a failed KWP integrity check as a general error.
-                    cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::GeneralError, _) => {
-                        Fail::Hsm(HsmError::Integrity)
-                    }
-                    other => Fail::P11(other),
-                })?;
+            let obj = s.unwrap_key(&Mechanism::AesKeyWrapPad, kek, &wrapped.bytes, &data_key_template(None)).map_err(unwrap_failure)?;
             take_value(s, obj)
         })
     }

@@ -299,3 +299,72 @@ fn the_shared_pseudonym_key_imports_once_and_gives_the_same_pseudonyms() {
     let k = keys.iter().find(|k| k.role == Role::Pseudonym).expect("listed");
     assert!(k.sensitive && !k.extractable, "{k:?}");
 }
+
+#[test]
+fn rewrap_moves_a_data_key_to_the_active_kek_so_the_old_version_can_be_destroyed() {
+    let t = Token::new("rewrap");
+    let hsm = t.open(2);
+    hsm.generate(Role::Kek).expect("generate");
+    let dk = [0x3cu8; 32];
+    let v1 = hsm.wrap_data_key(&dk).expect("wrap");
+    assert_eq!(v1.kek_version, 1);
+    // Under the active version already: nothing to do, no HSM work.
+    assert_eq!(hsm.rewrap_data_key(&v1).expect("rewrap"), v1);
+
+    assert_eq!(hsm.rotate(Role::Kek).expect("rotate").version, 2);
+    let v2 = hsm.rewrap_data_key(&v1).expect("rewrap");
+    assert_eq!(v2.kek_version, 2);
+    assert_ne!(v2.bytes, v1.bytes);
+    assert!(!v2.bytes.windows(32).any(|w| w == dk), "the data key stays wrapped");
+    assert_eq!(hsm.unwrap_data_key(&v2).expect("unwrap").as_slice(), &dk);
+
+    let mut bad = v1.clone();
+    bad.bytes[3] ^= 1;
+    assert!(matches!(hsm.rewrap_data_key(&bad), Err(HsmError::Integrity)), "{:?}", hsm.rewrap_data_key(&bad));
+
+    assert_eq!(hsm.destroy(Role::Kek, 1).expect("destroy v1"), 1);
+    assert!(matches!(hsm.unwrap_data_key(&v1), Err(HsmError::KeyMissing { role: Role::Kek, .. })));
+    assert!(matches!(hsm.rewrap_data_key(&v1), Err(HsmError::KeyMissing { role: Role::Kek, .. })));
+    assert_eq!(hsm.unwrap_data_key(&v2).expect("still readable under v2").as_slice(), &dk);
+}
+
+#[test]
+fn wraps_keep_working_while_the_kek_rotates_under_them() {
+    let t = Token::new("rotatewhilewrapping");
+    // Two pools on one token: `other` rotates (as the officer's console would), so `hsm` keeps a
+    // cached handle of a version that may no longer wrap.
+    let hsm = Arc::new(t.open(2));
+    let other = t.open(1);
+    hsm.generate(Role::Kek).expect("generate");
+    assert_eq!(hsm.wrap_data_key(&[1u8; 32]).expect("wrap").kek_version, 1);
+    assert_eq!(other.rotate(Role::Kek).expect("rotate").version, 2);
+    let w = hsm.wrap_data_key(&[2u8; 32]).expect("a wrap after a rotation elsewhere still works");
+    assert_eq!(w.kek_version, 2, "and uses the version that is active now");
+
+    // Rotations in the pool itself while threads wrap: no wrap fails, every key unwraps.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..2u8)
+        .map(|i| {
+            let (hsm, stop) = (hsm.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 50 {
+                    let dk = [i.wrapping_add(n as u8); 32];
+                    let w = hsm.wrap_data_key(&dk).expect("wrap during rotation");
+                    assert_eq!(hsm.unwrap_data_key(&w).expect("unwrap").as_slice(), &dk);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        hsm.rotate(Role::Kek).expect("rotate");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for th in threads {
+        assert!(th.join().expect("thread") >= 50);
+    }
+    assert_eq!(hsm.wrap_data_key(&[9u8; 32]).expect("wrap").kek_version, 5);
+}

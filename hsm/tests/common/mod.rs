@@ -25,6 +25,7 @@ pub fn module() -> PathBuf {
 /// C_Initialize, so all tokens of a test process are created before the first test opens one.
 pub const LABELS: &[&str] = &[
     "attrs", "sign", "wrap", "rotate", "hmac", "wrongpin", "missing", "pool", "tls", "recovery", "bench", "sharing", "pseudoimport",
+    "rewrap", "rotatewhilewrapping",
 ];
 
 /// One SoftHSM directory per test process, holding one token per label in [`LABELS`].

@@ -1,0 +1,449 @@
+//! Crypto-shredding everywhere, against `medgate serve` with a real SoftHSM2 token and real sled
+//! files: after an erasure the shred pass rotates the KEK, re-wraps the live records and destroys
+//! the old KEK version, so a copy of the store taken before the erasure (a backup) can no longer
+//! be decrypted, while the gateway still serves every live record.
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use medgate::fhir::{sample_transaction, PatientId};
+use medgate::ledger::{Entry, EntryBody};
+use medgate::vault::{StoredRecord, Vault, VaultError};
+use medgate_hsm::{Hsm, HsmConfig, HsmError, Pin, Role};
+use support::{rt, Gw};
+
+fn patient(n: u32) -> PatientId {
+    PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: format!("SHRED-{n:06}") }
+}
+
+/// Copies a directory tree (the gateway is stopped: sled's files are consistent on disk).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// Runs `f` with the site's HSM opened in this process (the gateway must be stopped).
+fn with_hsm<T>(gw: &Gw, f: impl FnOnce(&Hsm) -> T) -> T {
+    support::with_softhsm(&gw.site.softhsm_conf, || {
+        let pin = Pin::from_file(&gw.site.dir.join("hsm-pin")).unwrap();
+        let cfg = HsmConfig { module: medgate::demo::SOFTHSM_MODULE.into(), token_label: medgate::demo::TOKEN.into(), pool_size: 1 };
+        let hsm = Hsm::open(cfg, pin).unwrap();
+        let out = f(&hsm);
+        hsm.shutdown();
+        out
+    })
+}
+
+/// A record as a store holds it (the gateway must be stopped).
+fn stored(state: &Path, id: &str) -> StoredRecord {
+    let db = Vault::open_db(state).unwrap();
+    Vault::open(&db).unwrap().get(id).unwrap().unwrap()
+}
+
+/// Waits until no shred pass is pending and at least `passes` have finished.
+fn wait_for_shred(gw: &Gw, passes: f64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = gw.metric("medgate_events_total{kind=\"shred_passes\"}").unwrap_or(0.0);
+        if done >= passes && gw.metric("medgate_shred_pending") == Some(0.0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no shred pass finished within 60 s:\n{}", gw.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The KEK versions on the token, as the officer's console lists them (gateway stopped).
+fn kek_versions(gw: &Gw) -> Vec<(u64, bool)> {
+    let cfg = gw.site.config.to_str().unwrap().to_owned();
+    let (code, out, err) = gw.medgate(&["keys", "--config", &cfg, "list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["role"] == "kek")
+        .map(|k| (k["version"].as_u64().unwrap(), k["active"].as_bool().unwrap()))
+        .collect()
+}
+
+/// Key events on the ledger: (action, role, version, officer).
+fn key_events_on_ledger(state: &Path) -> Vec<(String, String, u32, String)> {
+    let db = Vault::open_db(state).unwrap();
+    let store = medgate::chain::ChainStore::open(&db).unwrap();
+    let mut out = Vec::new();
+    for b in store.blocks() {
+        for batch in b.unwrap().batches {
+            for e in batch.entries {
+                if let EntryBody::KeyEvent { action, key_role, key_version, officer, .. } = e.body {
+                    out.push((action, key_role, key_version, officer));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Stores one document and returns its record id.
+async fn store(his: &mut medgate::client::HisClient, p: &PatientId, doc: &[u8]) -> String {
+    let r = his.post_json("/", &sample_transaction(p, "text/plain", doc, None), &[]).await.unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned()
+}
+
+/// The checks common to both tests, once the pass is done and the gateway stopped: the erased
+/// record's wrapped key in the backup no longer unwraps (its KEK version is destroyed), the
+/// backup's live records neither (the documented trade-off), the live store's do, and the key
+/// events are on the ledger.
+fn backup_is_unreadable_and_the_live_store_is_not(gw: &Gw, backup: &Path, erased: &str, kept: &[(&str, &[u8])]) {
+    let state = gw.site.dir.join("state");
+    assert_eq!(kek_versions(gw), vec![(2, true)], "KEK version 1 is destroyed, version 2 active");
+    let old = stored(backup, erased);
+    assert_eq!(old.kek_version, 1);
+    assert!(!old.wrapped_key.is_empty(), "the backup still holds the erased record's wrapped key");
+    let now = stored(&state, erased);
+    assert!(now.erased.is_some() && now.wrapped_key.is_empty());
+    with_hsm(gw, |hsm| {
+        use base64::Engine as _;
+        let wrapped = medgate_hsm::WrappedKey {
+            kek_version: old.kek_version,
+            bytes: base64::engine::general_purpose::STANDARD.decode(&old.wrapped_key).unwrap(),
+        };
+        match hsm.unwrap_data_key(&wrapped) {
+            Err(HsmError::KeyMissing { role: Role::Kek, detail }) => assert!(detail.contains("version 1"), "{detail}"),
+            other => panic!("the erased record's key still unwraps from the backup: {:?}", other.map(|_| "a data key")),
+        }
+        let db = Vault::open_db(&state).unwrap();
+        let vault = Vault::open(&db).unwrap();
+        for (id, bytes) in kept {
+            let in_backup = stored(backup, id);
+            match medgate::vault::open_record(hsm, &in_backup, true) {
+                Err(VaultError::Hsm(HsmError::KeyMissing { role: Role::Kek, .. })) => {}
+                other => panic!("a backup taken before the pass still opens: {:?}", other.map(|o| o.record.id)),
+            }
+            let live = vault.get(id).unwrap().unwrap();
+            assert_eq!(live.kek_version, 2, "re-wrapped under the new KEK");
+            assert_eq!(medgate::vault::open_record(hsm, &live, true).unwrap().document.as_slice(), *bytes);
+            // A read that fetched the record just before the pass follows the re-wrap.
+            assert_eq!(medgate::vault::open_latest(hsm, &vault, &in_backup, true).unwrap().document.as_slice(), *bytes);
+        }
+    });
+    let events = key_events_on_ledger(&state);
+    let shred = |action: &str, version: u32| events.iter().any(|(a, r, v, o)| a == action && r == "kek" && *v == version && o == "medgate-shred-pass");
+    assert!(shred("rotate", 2) && shred("destroy", 1), "key events on the ledger: {events:?}");
+    let journal = std::fs::read_to_string(state.join("key-events.jsonl")).unwrap();
+    assert_eq!(journal.lines().count(), 2, "{journal}");
+    let cfg = gw.site.config.to_str().unwrap().to_owned();
+    let (code, out, err) = gw.medgate(&["ledger", "verify", "--config", &cfg]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn a_shred_pass_makes_a_backup_taken_before_an_erasure_unreadable() {
+    let mut gw = Gw::new("shred");
+    let rt = rt();
+    let (erased_doc, kept_doc, other_doc) = (b"letter to be erased".as_slice(), b"letter that stays".as_slice(), b"another patient's letter".as_slice());
+    let (erased, kept, other) = rt.block_on(async {
+        let mut his = gw.client();
+        (store(&mut his, &patient(1), erased_doc).await, store(&mut his, &patient(1), kept_doc).await, store(&mut his, &patient(2), other_doc).await)
+    });
+
+    // The backup: the gateway stopped, its state directory copied, the gateway started again.
+    assert_eq!(gw.stop().code(), Some(0));
+    let state = gw.site.dir.join("state");
+    let backup = gw.site.dir.join("backup");
+    copy_dir(&state, &backup);
+    // Before any erasure the backup is a working copy: with the HSM it decrypts.
+    with_hsm(&gw, |hsm| {
+        let rec = stored(&backup, &erased);
+        assert_eq!(medgate::vault::open_record(hsm, &rec, true).unwrap().document.as_slice(), erased_doc);
+    });
+    gw.start();
+    assert_eq!(gw.metric("medgate_shred_pending"), Some(0.0));
+
+    rt.block_on(async {
+        let mut his = gw.client();
+        let del = his.send("DELETE", &format!("/DocumentReference/{erased}"), &[], Vec::new()).await.unwrap();
+        assert_eq!(del.status, 204, "{}", String::from_utf8_lossy(&del.body));
+    });
+    wait_for_shred(&gw, 1.0);
+    assert_eq!(gw.metric("medgate_events_total{kind=\"shred_rewrapped_records\"}"), Some(2.0), "the two live records");
+    assert_eq!(gw.metric("medgate_events_total{kind=\"shred_kek_versions_destroyed\"}"), Some(1.0));
+    assert!(gw.metric("medgate_shred_last_pass_seconds").unwrap() > 0.0);
+    let (status, ready) = medgate::demo::admin_get(gw.site.admin_addr, "/readyz").unwrap();
+    assert_eq!((status, ready.as_str()), (200, "hsm: ok\nstore: ok\nledger: ok\nshred: none pending\n"));
+    gw.wait_log("shred pass finished");
+
+    rt.block_on(async {
+        let mut his = gw.client();
+        for path in [format!("/Binary/{erased}"), format!("/DocumentReference/{erased}")] {
+            assert_eq!(his.get(&path).await.unwrap().status, 410, "{path}");
+        }
+        for (id, doc) in [(&kept, kept_doc), (&other, other_doc)] {
+            let r = his.get(&format!("/Binary/{id}")).await.unwrap();
+            assert_eq!((r.status, r.body.as_ref()), (200, doc), "a live record reads back exactly after the pass");
+            assert_eq!(his.get(&format!("/DocumentReference/{id}")).await.unwrap().status, 200);
+        }
+        // New records are wrapped by the new KEK and read back too.
+        let new = store(&mut his, &patient(3), b"after the pass").await;
+        assert_eq!(his.get(&format!("/Binary/{new}")).await.unwrap().body.as_ref(), b"after the pass");
+    });
+    assert!(!gw.log_text().contains(&std::fs::read_to_string(gw.site.dir.join("hsm-pin")).unwrap()), "PIN in the log");
+    assert_eq!(gw.stop().code(), Some(0));
+    backup_is_unreadable_and_the_live_store_is_not(&gw, &backup, &erased, &[(&kept, kept_doc), (&other, other_doc)]);
+}
+
+#[test]
+fn a_shred_pass_cut_short_by_a_crash_finishes_at_the_next_start() {
+    let mut gw = Gw::new("shred-restart");
+    let rt = rt();
+    let docs: [&[u8]; 3] = [b"erased while the gateway went down", b"kept, re-wrapped before the crash", b"kept, not re-wrapped yet"];
+    let ids = rt.block_on(async {
+        let mut his = gw.client();
+        let mut ids = Vec::new();
+        for (n, d) in docs.iter().enumerate() {
+            ids.push(store(&mut his, &patient(n as u32), d).await);
+        }
+        ids
+    });
+    let (erased, done, todo) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    assert_eq!(gw.stop().code(), Some(0));
+    let state = gw.site.dir.join("state");
+    let backup = gw.site.dir.join("backup");
+    copy_dir(&state, &backup);
+
+    // The store as a gateway killed in the middle of a pass leaves it: the erasure committed with
+    // its marker (its entry still in the outbox), the KEK rotated and that rotation journalled,
+    // one of the two live records re-wrapped, KEK version 1 not destroyed yet.
+    let entry_id = rt.block_on(async {
+        let db = Vault::open_db(&state).unwrap();
+        let vault = Vault::open(&db).unwrap();
+        let rec = vault.get(&erased).unwrap().unwrap();
+        let entry = Entry::new(
+            &gw.site.hospital,
+            &medgate::keys::now_rfc3339(),
+            [9; 16],
+            EntryBody::RecordErased {
+                record_id: rec.id.clone(),
+                patient: rec.patient_pseudonym.clone(),
+                custodian: gw.site.hospital.clone(),
+                user: "ab".repeat(32),
+                role: "physician".into(),
+            },
+        );
+        entry.validate().unwrap();
+        vault.erase(&rec, &entry).await.unwrap();
+        let seen = vault.shred_pending().unwrap().unwrap();
+        with_hsm(&gw, |hsm| {
+            let info = hsm.rotate(Role::Kek).unwrap();
+            medgate::keys::record_event_by(Some(&state), medgate::shred::OFFICER, "rotate", &info).unwrap();
+            vault.set_shred_rotation(seen, info.version).unwrap();
+            assert_eq!(vault.rewrap_record(hsm, &done, info.version).unwrap(), medgate::vault::Rewrap::Done { from: 1 });
+        });
+        vault.flush_blocking().unwrap();
+        entry.id
+    });
+    assert_eq!(kek_versions(&gw), vec![(1, false), (2, true)]);
+
+    gw.start();
+    wait_for_shred(&gw, 1.0);
+    assert_eq!(gw.metric("medgate_events_total{kind=\"shred_rewrapped_records\"}"), Some(1.0), "only the record not re-wrapped yet");
+    gw.wait_log("rotated=false");
+    rt.block_on(async {
+        let mut his = gw.client();
+        assert_eq!(his.get(&format!("/Binary/{erased}")).await.unwrap().status, 410);
+        for (id, doc) in [(&done, docs[1]), (&todo, docs[2])] {
+            let r = his.get(&format!("/Binary/{id}")).await.unwrap();
+            assert_eq!((r.status, r.body.as_ref()), (200, doc));
+        }
+    });
+    assert_eq!(gw.stop().code(), Some(0));
+    {
+        let db = Vault::open_db(&state).unwrap();
+        assert_eq!(Vault::open(&db).unwrap().shred_pending().unwrap(), None, "the marker is cleared");
+        let store = medgate::chain::ChainStore::open(&db).unwrap();
+        assert!(store.location(&entry_id).unwrap().is_some(), "the erasure entry left the outbox for the ledger");
+    }
+    // Not rotated a second time: version 2 is still the active one, and version 1 is gone.
+    backup_is_unreadable_and_the_live_store_is_not(&gw, &backup, &erased, &[(&done, docs[1]), (&todo, docs[2])]);
+}
+
+#[test]
+fn records_stored_while_shred_passes_run_all_stay_readable() {
+    let mut gw = Gw::new("shred-load");
+    let rt = rt();
+    let acked = rt.block_on(async {
+        // Records to erase, then four clients storing while the erasures and their passes run.
+        let mut his = gw.client();
+        let mut doomed = Vec::new();
+        for n in 0..6 {
+            doomed.push(store(&mut his, &patient(100 + n), format!("doomed {n}").as_bytes()).await);
+        }
+        let mut writers = Vec::new();
+        for w in 0..4u32 {
+            let mut c = gw.client();
+            writers.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..40u32 {
+                    let doc = format!("writer {w} document {i}").into_bytes();
+                    let id = store(&mut c, &patient(w), &doc).await;
+                    acked.push((id, doc));
+                }
+                acked
+            }));
+        }
+        for id in &doomed {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            let del = his.send("DELETE", &format!("/DocumentReference/{id}"), &[], Vec::new()).await.unwrap();
+            assert_eq!(del.status, 204);
+        }
+        let mut acked = Vec::new();
+        for w in writers {
+            acked.extend(w.await.unwrap());
+        }
+        acked
+    });
+    wait_for_shred(&gw, 1.0);
+    rt.block_on(async {
+        let mut his = gw.client();
+        for (id, doc) in &acked {
+            let r = his.get(&format!("/Binary/{id}")).await.unwrap();
+            assert_eq!((r.status, r.body.as_ref()), (200, doc.as_slice()), "record {id}");
+        }
+    });
+    assert_eq!(gw.stop().code(), Some(0));
+    // Only the newest KEK version is left, and every live record is under it.
+    let versions = kek_versions(&gw);
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    let db = Vault::open_db(&gw.site.dir.join("state")).unwrap();
+    let live = Vault::open(&db).unwrap().live_kek_versions().unwrap();
+    assert_eq!(live.keys().copied().collect::<Vec<_>>(), vec![versions[0].0 as u32], "{live:?}");
+    assert_eq!(live.values().sum::<usize>(), acked.len());
+}
+
+#[test]
+fn kill_9_during_a_shred_pass_loses_no_record_and_the_pass_finishes_after_restart() {
+    let mut gw = Gw::new("shred-kill");
+    let rt = rt();
+    let (doomed, acked) = rt.block_on(async {
+        let mut writers = Vec::new();
+        for w in 0..8u32 {
+            let mut c = gw.client();
+            writers.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..40u32 {
+                    let doc = format!("writer {w} document {i}").into_bytes();
+                    acked.push((store(&mut c, &patient(w), &doc).await, doc));
+                }
+                acked
+            }));
+        }
+        let mut acked = Vec::new();
+        for w in writers {
+            acked.extend(w.await.unwrap());
+        }
+        let doomed = acked.pop().unwrap().0;
+        let mut his = gw.client();
+        let del = his.send("DELETE", &format!("/DocumentReference/{doomed}"), &[], Vec::new()).await.unwrap();
+        assert_eq!(del.status, 204);
+        (doomed, acked)
+    });
+    // SIGKILL as soon as the pass has rotated (wherever the pass is by then, the outcome below
+    // must hold).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !gw.log_text().contains("action=rotate") {
+        assert!(Instant::now() < deadline, "no rotation logged:\n{}", gw.log_text());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    gw.kill9();
+    gw.start();
+    wait_for_shred(&gw, 1.0);
+    rt.block_on(async {
+        let mut his = gw.client();
+        assert_eq!(his.get(&format!("/Binary/{doomed}")).await.unwrap().status, 410);
+        for (id, doc) in &acked {
+            let r = his.get(&format!("/Binary/{id}")).await.unwrap();
+            assert_eq!((r.status, r.body.as_ref()), (200, doc.as_slice()), "record {id}");
+        }
+    });
+    assert_eq!(gw.stop().code(), Some(0));
+    let versions = kek_versions(&gw);
+    assert_eq!(versions.len(), 1, "only the active KEK version is left: {versions:?}");
+    let db = Vault::open_db(&gw.site.dir.join("state")).unwrap();
+    let vault = Vault::open(&db).unwrap();
+    assert_eq!(vault.shred_pending().unwrap(), None);
+    assert_eq!(vault.live_kek_versions().unwrap(), std::collections::BTreeMap::from([(versions[0].0 as u32, acked.len())]));
+}
+
+#[test]
+fn a_retired_kek_version_that_still_wraps_records_blocks_the_pass_until_the_officer_decides() {
+    let mut gw = Gw::new("shred-retired");
+    let rt = rt();
+    let cfg = gw.site.config.to_str().unwrap().to_owned();
+    let stranded = rt.block_on(async { store(&mut gw.client(), &patient(1), b"under kek v1").await });
+    assert_eq!(gw.stop().code(), Some(0));
+    let (code, _, err) = gw.medgate(&["keys", "--config", &cfg, "rotate", "--role", "kek"]);
+    assert_eq!(code, 0, "{err}");
+    gw.start();
+    let (kept, erased) = rt.block_on(async {
+        let mut his = gw.client();
+        (store(&mut his, &patient(2), b"under kek v2").await, store(&mut his, &patient(2), b"to be erased").await)
+    });
+    assert_eq!(gw.stop().code(), Some(0));
+    // The officer retires version 1 although a record still uses it.
+    let (code, _, err) = gw.medgate(&["keys", "--config", &cfg, "retire", "--role", "kek", "--version", "1"]);
+    assert_eq!(code, 0, "{err}");
+    gw.start();
+    rt.block_on(async {
+        let del = gw.client().send("DELETE", &format!("/DocumentReference/{erased}"), &[], Vec::new()).await.unwrap();
+        assert_eq!(del.status, 204);
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.metric("medgate_events_total{kind=\"shred_pass_failures\"}").unwrap_or(0.0) < 1.0 {
+        assert!(Instant::now() < deadline, "the pass did not report its failure:\n{}", gw.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(gw.metric("medgate_shred_pending"), Some(1.0), "the erasure is not shredded everywhere yet");
+    let (status, ready) = medgate::demo::admin_get(gw.site.admin_addr, "/readyz").unwrap();
+    assert_eq!(status, 200, "a blocked pass does not make the gateway unready: {ready}");
+    assert!(ready.contains("shred: pending") && ready.contains("last pass failed") && ready.contains("version 1 (1 live records)"), "{ready}");
+    assert!(gw.log_text().contains(&format!("record not re-wrapped; its KEK version cannot be destroyed record={stranded}")), "{}", gw.log_text());
+    rt.block_on(async {
+        let r = gw.client().get(&format!("/Binary/{kept}")).await.unwrap();
+        assert_eq!((r.status, r.body.as_ref()), (200, b"under kek v2".as_slice()));
+    });
+    assert_eq!(gw.stop().code(), Some(0));
+    // Version 2 (re-wrapped away) is gone already; version 1 stays until the officer decides.
+    let (code, json, _) = gw.medgate(&["keys", "--config", &cfg, "list", "--json"]);
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let keks: Vec<(u64, bool)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["role"] == "kek")
+        .map(|k| (k["version"].as_u64().unwrap(), k["retired"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(keks, vec![(1, true), (3, false)]);
+
+    // The officer destroys version 1 (its record becomes unreadable): the pass finishes, without
+    // rotating again.
+    let (code, _, err) = gw.medgate(&["keys", "--config", &cfg, "destroy", "--role", "kek", "--version", "1", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    gw.start();
+    wait_for_shred(&gw, 1.0);
+    assert_eq!(gw.stop().code(), Some(0));
+    assert_eq!(kek_versions(&gw), vec![(3, true)]);
+}
