@@ -1088,10 +1088,13 @@ impl Gateway {
 
     /// Approves an open membership proposal in this hospital's name.
     pub async fn approve_membership(&self, proposal_id: &str) -> Result<crate::membership::Proposal, (u16, String)> {
-        let p = self.ledger.store.proposal(proposal_id).map_err(|e| (500, e.to_string()))?.ok_or((404, format!("no membership proposal {proposal_id}")))?;
         if !self.ledger.store.is_member(&self.hospital) {
             return Err((409, format!("{} is not a current member; only members approve changes", self.hospital)));
         }
+        let p = self.ledger.store.proposal(proposal_id).map_err(|e| (500, e.to_string()))?.ok_or((
+            404,
+            format!("no membership proposal {proposal_id} on this ledger copy (yet: a proposal made elsewhere a moment ago may still be on its way)"),
+        ))?;
         if let Some(h) = p.decided_at {
             return Err((409, format!("proposal {proposal_id} was already carried in block {h}")));
         }

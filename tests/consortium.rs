@@ -656,6 +656,19 @@ fn ingest_one(g: &Gw, k: u32, tag: &str) -> (u16, String) {
     })
 }
 
+/// `medgate consortium approve ID` at `g`, once `g`'s ledger copy has the proposal (it is made
+/// at another gateway and reaches this one through the ordered stream).
+fn approve(g: &Gw, proposal: &str) -> (i32, String, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = consortium_cli(g, &["approve", proposal]);
+        if r.0 == 0 || !r.2.contains("no membership proposal") || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Waits until every running gateway lists exactly `want` as members.
 fn wait_members(gws: &[&Gw], want: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -716,12 +729,12 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
     assert_eq!(members_of(&c.gws[2]), HOSPITALS);
     assert_eq!(c.gws[0].metric("medgate_consortium_open_proposals"), Some(1.0));
     // B approves: two of three, carried.
-    let (code, out, err) = consortium_cli(&c.gws[1], &["approve", &proposal]);
+    let (code, out, err) = approve(&c.gws[1], &proposal);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("carried in block"), "{out}");
     let four = ["hospital-a", "hospital-b", "hospital-c", "hospital-d"];
     wait_members(&[&c.gws[0], &c.gws[1], &c.gws[2], &d], &four);
-    let (code, _, err) = consortium_cli(&c.gws[2], &["approve", &proposal]);
+    let (code, _, err) = approve(&c.gws[2], &proposal);
     assert_ne!(code, 0, "a carried proposal takes no more approvals");
     assert!(err.contains("already carried"), "{err}");
     assert_eq!(d.metric("medgate_consortium_member "), Some(1.0));
@@ -755,10 +768,10 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
     let (code, out, err) = consortium_cli(&c.gws[0], &["propose", "--remove", "hospital-c"]);
     assert_eq!(code, 0, "{out}{err}");
     let removal = out.split_whitespace().nth(1).unwrap().to_owned();
-    let (code, out, _) = consortium_cli(&c.gws[1], &["approve", &removal]);
+    let (code, out, _) = approve(&c.gws[1], &removal);
     assert_eq!(code, 0);
     assert!(out.contains("is open"), "two of four is no majority: {out}");
-    let (code, out, err) = consortium_cli(&d, &["approve", &removal]);
+    let (code, out, err) = approve(&d, &removal);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("carried in block"), "{out}");
     let three = ["hospital-a", "hospital-b", "hospital-d"];
