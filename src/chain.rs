@@ -374,18 +374,24 @@ impl ChainStore {
         Ok(out)
     }
 
-    /// A member's ledger key by gateway and version, as batch and checkpoint checks look it up.
-    /// On a consortium chain only current members' admitted keys count (a key a gateway
-    /// rotated on its own counts nowhere until a membership update admits it); a standalone
-    /// chain knows only its own keys.
+    /// A member's ledger key by gateway and version, as checkpoint checks look it up (a store
+    /// error counts as no key). Block cutting uses [`ChainStore::member_key_checked`].
     pub fn member_key(&self, gateway: &str, version: u32) -> Option<Vec<u8>> {
-        match self.roster() {
-            Ok(Some(r)) => r.ledger_key(gateway, version),
-            Ok(None) => self.public_key(gateway, version).ok().flatten(),
-            Err(e) => {
-                tracing::error!(error = %e, "membership roster unreadable; refusing the key lookup");
-                None
-            }
+        self.member_key_checked(gateway, version).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "membership roster unreadable; refusing the key lookup");
+            None
+        })
+    }
+
+    /// A member's ledger key by gateway and version. On a consortium chain only current
+    /// members' admitted keys count (a key a gateway rotated on its own counts nowhere until a
+    /// membership update admits it); a standalone chain knows only its own keys. A store error
+    /// is an error, not a missing key: flagging a batch invalid because of a local fault would
+    /// fork this gateway from the others.
+    pub fn member_key_checked(&self, gateway: &str, version: u32) -> Result<Option<Vec<u8>>, ChainError> {
+        match self.roster()? {
+            Some(r) => Ok(r.ledger_key(gateway, version)),
+            None => self.public_key(gateway, version),
         }
     }
 
@@ -491,55 +497,59 @@ impl ChainStore {
     /// Whether a verified, in-sequence batch counts on this chain: none of its entries is
     /// already on it (a resubmitted outbox entry is recorded once), and it keeps the entry rules.
     /// The same test whether the block is cut here from the ordered stream or fetched from a peer.
-    pub fn batch_counts(&self, batch: &Batch) -> bool {
-        batch.entries.iter().all(|e| matches!(self.location(&e.id), Ok(None))) && self.entry_rules_hold(batch)
+    /// A store error is returned, never turned into a verdict.
+    pub fn batch_counts(&self, batch: &Batch) -> Result<bool, ChainError> {
+        for e in &batch.entries {
+            if self.location(&e.id)?.is_some() {
+                return Ok(false);
+            }
+        }
+        self.entry_rules_hold(batch)
     }
 
     /// The entry rules every gateway applies to a batch before it counts (deterministic, from
     /// the chain's own state): only the custodian records a consent for its patient, and a
     /// consent id is recorded once; only the hospital that recorded a consent revokes it; a read
     /// of another hospital's record is granted only under an active consent or as break-glass;
-    /// only the custodian that anchored a record erases it.
-    pub fn entry_rules_hold(&self, batch: &Batch) -> bool {
+    /// only the custodian that anchored a record erases it; a member proposes membership changes
+    /// in its own name, once per id, that the roster allows, and approves in its own name
+    /// proposals that exist (a late or repeated approval changes nothing and harms nothing).
+    pub fn entry_rules_hold(&self, batch: &Batch) -> Result<bool, ChainError> {
         let mut recorded_here: HashMap<String, ConsentState> = HashMap::new();
         let mut proposals_here: std::collections::HashSet<&str> = std::collections::HashSet::new();
-        let roster = self.roster().ok().flatten();
+        let roster = self.roster()?;
         for e in &batch.entries {
             let ok = match &e.body {
-                // A member proposes in its own name, once per id, a change the roster allows.
                 EntryBody::MembershipProposed { proposal_id, proposer, .. } => {
                     *proposer == batch.gateway
                         && proposals_here.insert(proposal_id.as_str())
-                        && matches!(self.proposal(proposal_id), Ok(None))
+                        && self.proposal(proposal_id)?.is_none()
                         && roster.as_ref().is_some_and(|r| crate::membership::Proposal::from_entry(&e.body).is_some_and(|p| r.admits(&p)))
                 }
-                // A member approves an open proposal (opened in an earlier block), once.
                 EntryBody::MembershipApproved { proposal_id, approver } => {
-                    *approver == batch.gateway
-                        && proposals_here.insert(proposal_id.as_str())
-                        && self.proposal(proposal_id).ok().flatten().is_some_and(|p| p.decided_at.is_none() && !p.approvals.contains(approver))
+                    *approver == batch.gateway && !proposals_here.contains(proposal_id.as_str()) && self.proposal(proposal_id)?.is_some()
                 }
                 EntryBody::ConsentRecorded { consent_id, patient, custodian, .. } => {
-                    *custodian == batch.gateway
-                        && !recorded_here.contains_key(consent_id)
-                        && matches!(self.consent(patient, consent_id), Ok(None))
+                    *custodian == batch.gateway && !recorded_here.contains_key(consent_id) && self.consent(patient, consent_id)?.is_none()
                 }
                 EntryBody::ConsentRevoked { consent_id, patient, custodian, grantee, .. } => {
-                    let known = recorded_here.get(consent_id).cloned().or_else(|| self.consent(patient, consent_id).ok().flatten());
-                    *custodian == batch.gateway
-                        && known.is_some_and(|c| c.active && c.custodian == batch.gateway && c.grantee == *grantee)
+                    let known = match recorded_here.get(consent_id) {
+                        Some(c) => Some(c.clone()),
+                        None => self.consent(patient, consent_id)?,
+                    };
+                    *custodian == batch.gateway && known.is_some_and(|c| c.active && c.custodian == batch.gateway && c.grantee == *grantee)
                 }
                 EntryBody::RecordErased { record_id, custodian, .. } => {
                     *custodian == batch.gateway
-                        && self.anchored(record_id).ok().flatten().is_some_and(|a| matches!(&a.body, EntryBody::RecordAnchored { custodian: c, .. } if c == custodian))
+                        && self.anchored(record_id)?.is_some_and(|a| matches!(&a.body, EntryBody::RecordAnchored { custodian: c, .. } if c == custodian))
                 }
                 EntryBody::RecordRead { record_id, patient, custodian, reader, purpose, granted: true, .. } if reader != custodian && purpose != "BTG" => {
-                    self.consents_for(patient).map(|cs| cs.iter().any(|c| c.custodian == *custodian && c.permits(reader, record_id, &e.time))).unwrap_or(false)
+                    self.consents_for(patient)?.iter().any(|c| c.custodian == *custodian && c.permits(reader, record_id, &e.time))
                 }
                 _ => true,
             };
             if !ok {
-                return false;
+                return Ok(false);
             }
             if let EntryBody::ConsentRecorded { consent_id, .. } = &e.body {
                 if let Some(c) = consent_from(e) {
@@ -547,7 +557,7 @@ impl ChainStore {
                 }
             }
         }
-        true
+        Ok(true)
     }
 
     /// Stores a block with its indexes in one transaction, then flushes: the block, the location
@@ -633,6 +643,9 @@ fn consent_from(e: &Entry) -> Option<ConsentState> {
 struct Pending {
     entries: Vec<Entry>,
     reply: oneshot::Sender<Result<Vec<Receipt>, String>>,
+    /// In a batch of its own: entries whose validity depends on a state that may change while
+    /// they are on their way (membership) must not take other entries down with them.
+    alone: bool,
 }
 
 /// Handle to the ledger writer. Cloning is cheap.
@@ -685,8 +698,17 @@ impl Ledger {
 
     /// Appends entries and waits until they are in a stored, flushed block.
     pub async fn append(&self, entries: Vec<Entry>) -> Result<Vec<Receipt>, ChainError> {
+        self.send(entries, false).await
+    }
+
+    /// As [`Ledger::append`], in a batch that holds these entries only.
+    pub async fn append_alone(&self, entries: Vec<Entry>) -> Result<Vec<Receipt>, ChainError> {
+        self.send(entries, true).await
+    }
+
+    async fn send(&self, entries: Vec<Entry>, alone: bool) -> Result<Vec<Receipt>, ChainError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Pending { entries, reply }).await.map_err(|_| ChainError::Stopped)?;
+        self.tx.send(Pending { entries, reply, alone }).await.map_err(|_| ChainError::Stopped)?;
         rx.await.map_err(|_| ChainError::Stopped)?.map_err(ChainError::Order)
     }
 
@@ -725,12 +747,25 @@ struct Writer {
 
 impl Writer {
     async fn run(self, mut rx: mpsc::Receiver<Pending>) {
-        while let Some(first) = rx.recv().await {
+        let mut carried: Option<Pending> = None;
+        loop {
+            let first = match carried.take() {
+                Some(p) => p,
+                None => match rx.recv().await {
+                    Some(p) => p,
+                    None => break,
+                },
+            };
+            let alone = first.alone;
             let mut group = vec![first];
             let mut count = group[0].entries.len();
             let deadline = tokio::time::Instant::now() + self.policy.max_delay;
-            while count < self.policy.max_entries {
+            while !alone && count < self.policy.max_entries {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(p)) if p.alone => {
+                        carried = Some(p);
+                        break;
+                    }
                     Ok(Some(p)) => {
                         count += p.entries.len();
                         group.push(p);
@@ -854,6 +889,21 @@ impl Writer {
                         self.gateway
                     )));
                 }
+                // A batch signed by a key version the consortium has not admitted is flagged
+                // invalid everywhere: say so here instead of filling the chain with them.
+                if self.store.member_key_checked(&self.gateway, sig.key_version)?.as_deref() != Some(spki.as_slice()) {
+                    let admitted: Vec<String> = self
+                        .store
+                        .roster()?
+                        .and_then(|r| r.get(&self.gateway).map(|m| m.ledger_keys.keys().map(|v| format!("v{v}")).collect()))
+                        .unwrap_or_default();
+                    return Err(ChainError::Order(format!(
+                        "this hospital's ledger key v{} is not the one the consortium admitted ({}); another member must propose `medgate consortium propose --update` with a member card for v{}; entries stay in the outbox",
+                        sig.key_version,
+                        if admitted.is_empty() { "none".to_owned() } else { admitted.join(", ") },
+                        sig.key_version
+                    )));
+                }
                 let hash = batch.hash();
                 let waiter = link.landed.waiter();
                 link.submit(&batch).await.map_err(ChainError::Order)?;
@@ -872,5 +922,70 @@ impl Writer {
         (0..n)
             .map(|i| Receipt::for_entry(&block, index, i).map_err(|e| ChainError::Format(e.to_string())))
             .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod membership_rules {
+    use super::*;
+    use crate::membership::{Genesis, MemberCard};
+
+    const P256_SPKI: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE8VCZ4n49Ubfrc7xdVEeHnqynb8ysdTNviUwqdVONnXPg1dzDVEMkq5O2mmXFd9OF6WbACh4i/Tlt3A9JZYGLdg==";
+
+    fn card(id: &str) -> MemberCard {
+        MemberCard { hospital_id: id.into(), ledger_public_key: P256_SPKI.into(), ledger_key_version: 1, sharing_public_key: None, peer_address: None }
+    }
+
+    /// A consortium store for members a, b, c.
+    fn store() -> ChainStore {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let s = ChainStore::open(&db).unwrap();
+        let g = Genesis::new("c", vec![card("a"), card("b"), card("c")]).unwrap();
+        let bytes = g.to_bytes();
+        let (_, hash) = Genesis::parse(&bytes).unwrap();
+        s.adopt_genesis(&g, hash, &bytes).unwrap();
+        s
+    }
+
+    /// A batch from `gateway` (the rules do not look at signatures).
+    fn batch(gateway: &str, seq: u64, bodies: Vec<EntryBody>) -> Batch {
+        let entries = bodies.into_iter().enumerate().map(|(i, b)| Entry::new(gateway, "2026-11-28T10:00:00Z", [seq as u8 + i as u8; 16], b)).collect();
+        UnsignedBatch::new(gateway, seq, entries).sign(1, &[0u8; 64])
+    }
+
+    fn approve(id: &str, who: &str) -> EntryBody {
+        EntryBody::MembershipApproved { proposal_id: id.into(), approver: who.into() }
+    }
+
+    async fn commit(s: &ChainStore, b: Batch) {
+        let mut state = s.state().unwrap();
+        let block = state.cut(state.next_height(), vec![b], &|_: &str, _: u32| None, &mut |_: &Batch| true).unwrap();
+        // Validity is the rules' verdict here, not the (absent) signature's.
+        let block = Block { valid: vec![true], ..block };
+        let outbox = s.db.open_tree("outbox").unwrap();
+        s.persist(&block, &outbox, &[(b"chain_state", state.to_bytes())]).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn proposals_and_approvals_follow_the_rules_on_every_gateway_alike() {
+        let s = store();
+        let id = "a".repeat(32);
+        assert!(!s.entry_rules_hold(&batch("b", 1, vec![card("d").proposal(id.clone(), "add", "a")])).unwrap(), "a proposal in another member's name");
+        assert!(!s.entry_rules_hold(&batch("a", 1, vec![card("b").proposal(id.clone(), "add", "a")])).unwrap(), "admitting a member");
+        assert!(!s.entry_rules_hold(&batch("a", 1, vec![approve(&id, "a")])).unwrap(), "approving a proposal nobody made");
+        let open = batch("a", 1, vec![card("d").proposal(id.clone(), "add", "a")]);
+        assert!(s.entry_rules_hold(&open).unwrap());
+        commit(&s, open).await;
+        assert!(!s.entry_rules_hold(&batch("c", 1, vec![card("e").proposal(id.clone(), "add", "c")])).unwrap(), "an id proposed twice");
+        assert!(!s.entry_rules_hold(&batch("b", 1, vec![approve(&id, "c")])).unwrap(), "an approval in another member's name");
+        let yes = batch("b", 1, vec![approve(&id, "b")]);
+        assert!(s.entry_rules_hold(&yes).unwrap());
+        commit(&s, yes).await;
+        assert!(s.is_member("d"));
+        assert_eq!(s.proposal(&id).unwrap().unwrap().decided_at, Some(1));
+        // A late or repeated approval is harmless: it changes nothing and invalidates nothing.
+        assert!(s.entry_rules_hold(&batch("c", 1, vec![approve(&id, "c"), approve(&id, "c")])).unwrap());
+        assert!(s.entry_rules_hold(&batch("b", 2, vec![approve(&id, "b")])).unwrap());
     }
 }

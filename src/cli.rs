@@ -298,8 +298,10 @@ enum ConsortiumCommand {
         json: bool,
     },
     /// Propose a membership change in this hospital's name: admit a hospital (--add CARD),
-    /// remove one (--remove ID), or replace a member's keys or address (--update CARD). It
-    /// takes effect when a majority of the current members have approved (the proposer counts).
+    /// remove one (--remove ID), or replace a member's keys or address (--update CARD). An
+    /// admission or removal takes effect when a strict majority of the current members have
+    /// approved (the proposer counts); an update when a majority of the other members have. A
+    /// proposal lapses if the membership changes first.
     Propose {
         #[command(flatten)]
         config: ConfigArg,
@@ -544,12 +546,12 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
             let proposals = v["proposals"].as_array().cloned().unwrap_or_default();
             if !proposals.is_empty() {
                 println!();
-                println!("{:<34} {:<7} {:<20} {:<12} APPROVALS", "PROPOSAL", "ACTION", "HOSPITAL", "STATE");
+                println!("{:<34} {:<7} {:<20} {:<28} APPROVALS", "PROPOSAL", "ACTION", "HOSPITAL", "STATE");
                 for p in proposals {
-                    let state = p["decided_at"].as_u64().map_or("open".to_owned(), |h| format!("block {h}"));
+                    let state = p["state"].as_str().unwrap_or("?");
                     let approvals: Vec<&str> = p["approvals"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
                     println!(
-                        "{:<34} {:<7} {:<20} {:<12} {}",
+                        "{:<34} {:<7} {:<20} {:<28} {}",
                         p["proposal_id"].as_str().unwrap_or("?"),
                         p["action"].as_str().unwrap_or("?"),
                         p["hospital_id"].as_str().unwrap_or("?"),
@@ -617,6 +619,7 @@ fn admin_call(cfg: &Config, method: &str, path: &str, body: &[u8]) -> Result<Str
 fn print_proposal(body: &str) -> Result<(), Failure> {
     let p: crate::membership::Proposal = serde_json::from_str(body).map_err(|e| Failure::runtime(format!("unreadable answer: {e}")))?;
     match p.decided_at {
+        Some(h) if p.lapsed => println!("proposal {} ({} {}) lapsed in block {h}: the membership no longer allows it; approvals: {}", p.proposal_id, p.action, p.hospital_id, p.approvals.join(", ")),
         Some(h) => println!("proposal {} ({} {}) carried in block {h}; approvals: {}", p.proposal_id, p.action, p.hospital_id, p.approvals.join(", ")),
         None => println!("proposal {} ({} {}) is open; approvals so far: {}", p.proposal_id, p.action, p.hospital_id, p.approvals.join(", ")),
     }
@@ -641,13 +644,30 @@ fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
     match command {
         LedgerCommand::Verify { config, public_keys } => {
             let store = open_chain(&config.config)?;
+            let cfg = Config::load(&config.config).map_err(|e| Failure::config(e.to_string()))?;
+            let stored = store.genesis_hash().map_err(|e| Failure::runtime(e.to_string()))?;
+            if let (Some(c), Some(stored)) = (cfg.consortium.as_ref().filter(|_| cfg.ledger.mode == "consortium"), stored) {
+                let (_, configured, _) = crate::membership::Genesis::read(&c.genesis).map_err(|e| Failure::config(format!("consortium.genesis: {e}")))?;
+                if configured != stored {
+                    return Err(Failure::runtime(format!(
+                        "ledger verification FAILED: this ledger copy hangs from genesis {}, the configured consortium.genesis is {}",
+                        hex::encode(stored),
+                        hex::encode(configured)
+                    )));
+                }
+            }
             let keys = public_keys.iter().map(|p| crate::verify::read_public_key(p)).collect::<Result<Vec<_>, _>>().map_err(Failure::usage)?;
             match crate::verify::verify_store(&store, &keys) {
                 Ok(r) => {
                     let height = r.height.map_or("empty".to_owned(), |h| h.to_string());
                     println!("ledger OK: height {height}, {} blocks, {} batches ({} flagged invalid), {} entries, head {}", r.blocks, r.batches, r.invalid_batches, r.entries, r.head);
-                    if keys.is_empty() {
-                        println!("signatures checked with the keys recorded in the store; pass --public-key to check against the keys your security officer exported");
+                    match (stored, keys.is_empty()) {
+                        (Some(g), true) => println!(
+                            "signatures checked with the keys the genesis ({}) and the membership entries admitted, at each block's height; pass --public-key to trust only keys you hold",
+                            &hex::encode(g)[..16]
+                        ),
+                        (None, true) => println!("signatures checked with the keys recorded in the store; pass --public-key to check against the keys your security officer exported"),
+                        (_, false) => {}
                     }
                     Ok(())
                 }

@@ -88,11 +88,25 @@ pub struct Link {
     pub landed: Arc<Landed>,
     /// The peer gateways, for catching up from their blocks; set once sharing is configured.
     pub peers: Mutex<Option<Arc<crate::peer::Sharing>>>,
-    /// Why the ordered stream stopped for good (compacted resume point, store failure), if it did.
+    /// Why the ordered stream stopped for good (store failure, fork), if it did.
     pub halted: Mutex<Option<String>>,
+    /// Why this gateway is behind and waiting to catch up from its peers, if it is (its resume
+    /// point was compacted and no peer gave it the missing blocks yet; retried).
+    pub behind: Mutex<Option<String>>,
 }
 
+/// How long a gateway that could not catch up from its peers waits before it tries again.
+const CATCH_UP_RETRY: Duration = Duration::from_secs(30);
+
 impl Link {
+    pub fn behind(&self) -> Option<String> {
+        self.behind.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_behind(&self, why: Option<String>) {
+        *self.behind.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
     pub fn halted(&self) -> Option<String> {
         self.halted.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -119,7 +133,7 @@ impl Link {
             tracing::warn!(hospital = %me, genesis = %hex::encode(hash), "this hospital is not a current member: it follows the ledger but submits nothing until a membership change admits it");
         }
         let orderer = etcd::EtcdOrderer::connect(cfg, me, hsm).await?;
-        let link = Arc::new(Link { orderer: orderer.clone(), landed: Arc::default(), peers: Mutex::new(None), halted: Mutex::new(None) });
+        let link = Arc::new(Link { orderer: orderer.clone(), landed: Arc::default(), peers: Mutex::new(None), halted: Mutex::new(None), behind: Mutex::new(None) });
         let (tx, rx) = mpsc::channel(1024);
         let (l1, l2) = (link.clone(), link.clone());
         let follower_store = store.clone();
@@ -142,18 +156,21 @@ impl Link {
                 if tx.send(Feed::CatchUp(reply)).await.is_err() {
                     return;
                 }
-                match answer.await {
-                    Ok(Ok(n)) if n > 0 => tracing::info!(blocks = n, "caught up from peer gateways; following the ordered stream again"),
-                    Ok(Ok(_)) => {
-                        l2.halt(format!("{why}; no peer had the missing blocks"));
-                        return;
+                let failed = match answer.await {
+                    Ok(Ok(n)) if n > 0 => {
+                        l2.set_behind(None);
+                        tracing::info!(blocks = n, "caught up from peer gateways; following the ordered stream again");
+                        continue;
                     }
-                    Ok(Err(e)) => {
-                        l2.halt(format!("{why}; catching up from peers failed: {e}"));
-                        return;
-                    }
+                    Ok(Ok(_)) => format!("{why}; no peer had the missing blocks"),
+                    Ok(Err(e)) => format!("{why}; catching up from peers failed: {e}"),
                     Err(_) => return,
-                }
+                };
+                // Never skip ahead: wait and try again (a joining hospital's peers serve it
+                // blocks once it is admitted; a peer that was down comes back).
+                tracing::warn!(reason = %failed, retry_in_s = CATCH_UP_RETRY.as_secs(), "behind the consortium ledger; not ready until caught up");
+                l2.set_behind(Some(failed));
+                tokio::time::sleep(CATCH_UP_RETRY).await;
             }
         });
         Ok((link, vec![follower, reader]))
@@ -207,10 +224,8 @@ pub async fn follow(
                 continue;
             }
         };
-        let lookup = |gw: &str, v: u32| store.member_key(gw, v);
-        let mut counts = |b: &Batch| store.batch_counts(b);
         let mut next = state.clone();
-        let block = match next.cut(revision, vec![batch], &lookup, &mut counts) {
+        let block = match cut_checked(&store, &mut next, revision, vec![batch])? {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(revision, error = %e, "batch could not be cut into a block; skipped");
@@ -224,6 +239,42 @@ pub async fn follow(
         commit_block(&store, &outbox, &me, &landed, &block, next, &mut state).await?;
     }
     Ok(())
+}
+
+/// Cuts the block for `batches` at `position` from `state` with the membership and entry rules
+/// of the stored chain. The outer error is a store fault (nothing may be decided on it: the
+/// follower stops rather than flag a batch differently from the other gateways); the inner one
+/// says the batches cannot make a block.
+fn cut_checked(
+    store: &ChainStore,
+    state: &mut crate::ledger::ChainState,
+    position: u64,
+    batches: Vec<Batch>,
+) -> Result<Result<crate::ledger::Block, crate::ledger::LedgerError>, ChainError> {
+    let fault: std::cell::RefCell<Option<ChainError>> = std::cell::RefCell::new(None);
+    let lookup = |gw: &str, v: u32| match store.member_key_checked(gw, v) {
+        Ok(k) => k,
+        Err(e) => {
+            fault.borrow_mut().get_or_insert(e);
+            None
+        }
+    };
+    let mut counts = |b: &Batch| match store.batch_counts(b) {
+        Ok(v) => v,
+        Err(e) => {
+            fault.borrow_mut().get_or_insert(e);
+            false
+        }
+    };
+    let mut next = state.clone();
+    let cut = next.cut(position, batches, &lookup, &mut counts);
+    if let Some(e) = fault.into_inner() {
+        return Err(e);
+    }
+    if cut.is_ok() {
+        *state = next;
+    }
+    Ok(cut)
 }
 
 /// Stores a checked block with the chain state it leads to (and the ordering position to
@@ -278,13 +329,23 @@ async fn catch_up(
                 break;
             }
             for block in blocks {
-                let lookup = |gw: &str, v: u32| store.member_key(gw, v);
+                // The peer's block must be exactly the one this gateway cuts from the same batch
+                // at the same position: its validity flags are checked, not trusted.
+                if block.batches.len() != 1 {
+                    return Err(format!("{peer} sent block {} with {} batches; blocks here hold one batch each", block.height, block.batches.len()));
+                }
+                if block.height != state.next_height() {
+                    return Err(format!("{peer} sent block {} where block {} was expected", block.height, state.next_height()));
+                }
                 let mut next = state.clone();
-                next.apply(&block, &lookup).map_err(|e| format!("{peer} sent a block that does not verify: {e}"))?;
-                for (batch, valid) in block.batches.iter().zip(&block.valid) {
-                    if *valid && !store.batch_counts(batch) {
-                        return Err(format!("{peer} sent block {} with a batch flagged valid that does not count here", block.height));
-                    }
+                let mine = cut_checked(store, &mut next, block.order_position, block.batches.clone())
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("{peer} sent block {} that cannot be cut here: {e}", block.height))?;
+                if mine != block {
+                    return Err(format!(
+                        "{peer} sent block {} that differs from the block this gateway cuts from the same batch (link or validity flag)",
+                        block.height
+                    ));
                 }
                 commit_block(store, outbox, me, landed, &block, next, state).await.map_err(|e| e.to_string())?;
                 stored += 1;

@@ -280,7 +280,12 @@ pub fn admin_request_with(addr: SocketAddr, method: &str, path: &str, body: &[u8
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{}: cli\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        crate::server::ADMIN_HEADER,
+        body.len()
+    )
         .map_err(|e| e.to_string())?;
     s.write_all(body).map_err(|e| e.to_string())?;
     let mut out = String::new();

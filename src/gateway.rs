@@ -1095,8 +1095,14 @@ impl Gateway {
             404,
             format!("no membership proposal {proposal_id} on this ledger copy (yet: a proposal made elsewhere a moment ago may still be on its way)"),
         ))?;
-        if let Some(h) = p.decided_at {
-            return Err((409, format!("proposal {proposal_id} was already carried in block {h}")));
+        let roster_version = self.ledger.store.roster().map_err(|e| (500, e.to_string()))?.map_or(0, |r| r.version);
+        match p.decided_at {
+            Some(h) if p.lapsed => return Err((409, format!("proposal {proposal_id} lapsed in block {h}; propose the change again"))),
+            Some(h) => return Err((409, format!("proposal {proposal_id} was already carried in block {h}"))),
+            None if p.roster_version != roster_version => {
+                return Err((409, format!("proposal {proposal_id} lapsed: the membership changed since it was made; propose the change again")))
+            }
+            None => {}
         }
         if p.approvals.contains(&self.hospital) {
             return Err((409, format!("{} already approved proposal {proposal_id}", self.hospital)));
@@ -1108,7 +1114,9 @@ impl Gateway {
     async fn membership_entry(&self, body: EntryBody, proposal_id: &str) -> Result<crate::membership::Proposal, (u16, String)> {
         let entry = self.entry(body);
         entry.validate().map_err(|e| (400, e.to_string()))?;
-        self.ledger.append(vec![entry]).await.map_err(|e| (503, format!("not on the ledger: {e}; nothing was changed, propose or approve again")))?;
+        self.ledger.append_alone(vec![entry]).await.map_err(|e| {
+            (503, format!("the ledger did not confirm the entry ({e}); check `medgate consortium members` before proposing or approving again"))
+        })?;
         let p = self.ledger.store.proposal(proposal_id).map_err(|e| (500, e.to_string()))?.ok_or((500, "the proposal is not in the ledger state".to_owned()))?;
         tracing::info!(proposal = %p.proposal_id, action = %p.action, hospital = %p.hospital_id, approvals = ?p.approvals, carried_at = ?p.decided_at, "membership entry on the ledger");
         Ok(p)
@@ -1118,10 +1126,21 @@ impl Gateway {
     pub fn membership_json(&self) -> Result<Value, String> {
         let store = &self.ledger.store;
         let roster = store.roster().map_err(|e| e.to_string())?.ok_or("membership needs ledger.mode = \"consortium\"")?;
+        let proposals: Vec<Value> = store
+            .proposals()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|p| {
+                let state = p.state(roster.version);
+                let mut v = serde_json::to_value(&p).unwrap_or_default();
+                v["state"] = Value::String(state);
+                v
+            })
+            .collect();
         Ok(serde_json::json!({
             "genesis": store.genesis_hash().map_err(|e| e.to_string())?.map(hex::encode),
             "members": roster.members.values().collect::<Vec<_>>(),
-            "proposals": store.proposals().map_err(|e| e.to_string())?,
+            "proposals": proposals,
         }))
     }
 

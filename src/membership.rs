@@ -7,9 +7,15 @@
 //!
 //! Rules: a change (`add`, `remove`, `update`) is proposed by a current member and takes effect
 //! in the block where approvals from a strict majority of the current members (the proposer
-//! counts as one) are on the chain. A removed member's batches are flagged invalid from then on,
-//! its checkpoints are refused and its peer requests answered 403; its keys stay in the key
-//! table so that `medgate ledger verify` still checks what it signed while it was a member.
+//! counts as one) are on the chain. An `update` of a hospital's keys or address is decided by the
+//! other members (a majority of them), so that a hospital whose new ledger key is not admitted
+//! yet, and which therefore cannot sign anything that counts, is not locked out. The majority is
+//! the consortium's trust anchor: it could as well remove a hospital and admit another under the
+//! same id. A proposal lapses when the roster changes before it is carried (votes cast for one
+//! roster do not carry a change in another), or when it gathers a majority the roster no longer
+//! allows. A removed member's batches are flagged invalid from then on, its checkpoints are
+//! refused and its peer requests answered 403. `medgate ledger verify` replays the roster from the
+//! genesis, so every batch is checked against the keys its gateway held at that height.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -65,6 +71,12 @@ impl MemberCard {
 
     /// The card's fields have the shapes a membership entry needs, and the keys parse.
     pub fn check(&self) -> Result<(), String> {
+        if !is_hospital_id(&self.hospital_id) {
+            return Err(format!(
+                "hospital id {:?}: 1 to 64 characters from A-Z a-z 0-9 - _ . (it is also the etcd user and a certificate name)",
+                self.hospital_id
+            ));
+        }
         let entry = self.proposal("0".repeat(32), "add", &self.hospital_id);
         let probe = crate::ledger::Entry::new(&self.hospital_id, "2000-01-01T00:00:00Z", [0; 16], entry);
         probe.validate().map_err(|e| format!("member card of {:?}: {e}", self.hospital_id))?;
@@ -91,6 +103,11 @@ impl MemberCard {
             proposer: proposer.to_owned(),
         }
     }
+}
+
+/// A hospital id usable everywhere it goes: ledger codes, etcd user names, certificate names.
+pub fn is_hospital_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id != "root" && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// Parses DER SubjectPublicKeyInfo.
@@ -231,8 +248,14 @@ pub struct Proposal {
     pub proposer: String,
     /// Members that approved, the proposer first.
     pub approvals: Vec<String>,
-    /// Height of the block where it took effect.
+    /// Height of the block where it took effect, or lapsed.
     pub decided_at: Option<u64>,
+    /// The roster version it was opened against; it lapses if the roster changes first.
+    #[serde(default)]
+    pub roster_version: u64,
+    /// Decided without effect: the roster changed first, or no longer allowed it.
+    #[serde(default)]
+    pub lapsed: bool,
 }
 
 /// The keys and address of an `add` or `update` proposal.
@@ -245,6 +268,17 @@ pub struct ProposedCard {
 }
 
 impl Proposal {
+    /// Where it stands, given the current roster version: `open`, `carried in block N`, or
+    /// `lapsed ...`.
+    pub fn state(&self, roster_version: u64) -> String {
+        match self.decided_at {
+            Some(h) if self.lapsed => format!("lapsed in block {h}"),
+            Some(h) => format!("carried in block {h}"),
+            None if self.roster_version != roster_version => "lapsed (membership changed)".to_owned(),
+            None => "open".to_owned(),
+        }
+    }
+
     /// The proposal an entry opens, if it is a well-formed proposal entry.
     pub fn from_entry(body: &EntryBody) -> Option<Proposal> {
         let EntryBody::MembershipProposed { proposal_id, action, hospital_id, ledger_public_key, ledger_key_version, sharing_public_key, peer_address, proposer } = body else {
@@ -268,6 +302,8 @@ impl Proposal {
             proposer: proposer.clone(),
             approvals: vec![proposer.clone()],
             decided_at: None,
+            roster_version: 0,
+            lapsed: false,
         })
     }
 }
@@ -276,11 +312,14 @@ impl Proposal {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Roster {
     pub members: BTreeMap<String, MemberState>,
+    /// Changes carried since the genesis.
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl Roster {
     pub fn from_genesis(g: &Genesis) -> Roster {
-        Roster { members: g.members.iter().map(|c| (c.hospital_id.clone(), MemberState::from_card(c, None))).collect() }
+        Roster { members: g.members.iter().map(|c| (c.hospital_id.clone(), MemberState::from_card(c, None))).collect(), version: 0 }
     }
 
     pub fn is_member(&self, hospital_id: &str) -> bool {
@@ -300,6 +339,17 @@ impl Roster {
     pub fn carried(&self, approvals: &[String]) -> bool {
         let yes = self.members.keys().filter(|m| approvals.contains(m)).count();
         yes * 2 > self.members.len()
+    }
+
+    /// Whether `p` is carried: a strict majority of the current members, or for an `update`, of
+    /// the members other than the hospital concerned (whose approval then does not count).
+    pub fn carries(&self, p: &Proposal) -> bool {
+        if p.action != "update" {
+            return self.carried(&p.approvals);
+        }
+        let others: Vec<&String> = self.members.keys().filter(|m| **m != p.hospital_id).collect();
+        let yes = others.iter().filter(|m| p.approvals.contains(m)).count();
+        !others.is_empty() && yes * 2 > others.len()
     }
 
     /// Whether a proposal may be opened against this roster (the proposer's membership and
@@ -345,6 +395,7 @@ impl Roster {
 
     /// Applies a carried proposal at `height`.
     pub fn apply(&mut self, p: &Proposal, height: u64) {
+        self.version += 1;
         match (p.action.as_str(), &p.card) {
             ("add", Some(c)) => {
                 if let (Some(key), Some(version)) = (&c.ledger_public_key, c.ledger_key_version) {
@@ -363,8 +414,10 @@ impl Roster {
             }
             ("update", Some(c)) => {
                 if let Some(m) = self.members.get_mut(&p.hospital_id) {
+                    // The new key replaces the old ones for new batches: a key that leaked stops
+                    // counting here. Older batches are checked against the roster of their height.
                     if let (Some(key), Some(version)) = (&c.ledger_public_key, c.ledger_key_version) {
-                        m.ledger_keys.insert(version, key.clone());
+                        m.ledger_keys = BTreeMap::from([(version, key.clone())]);
                     }
                     if c.sharing_public_key.is_some() {
                         m.sharing_public_key = c.sharing_public_key.clone();
@@ -393,10 +446,19 @@ pub fn apply_block(roster: &mut Roster, block: &crate::ledger::Block, stored: &m
         }
         for e in &batch.entries {
             let (mut p, voter) = match &e.body {
-                EntryBody::MembershipProposed { .. } => match Proposal::from_entry(&e.body) {
-                    Some(p) => (p, None),
-                    None => continue,
-                },
+                EntryBody::MembershipProposed { proposal_id, .. } => {
+                    // An id is opened once (the entry rules refuse a second; this keeps it so).
+                    if touched.contains_key(proposal_id) || stored(proposal_id).is_some() {
+                        continue;
+                    }
+                    match Proposal::from_entry(&e.body) {
+                        Some(mut p) => {
+                            p.roster_version = roster.version;
+                            (p, None)
+                        }
+                        None => continue,
+                    }
+                }
                 EntryBody::MembershipApproved { proposal_id, approver } => {
                     match touched.get(proposal_id).cloned().or_else(|| stored(proposal_id)) {
                         Some(p) => (p, Some(approver.clone())),
@@ -413,10 +475,18 @@ pub fn apply_block(roster: &mut Roster, block: &crate::ledger::Block, stored: &m
                     p.approvals.push(v);
                 }
             }
-            if roster.carried(&p.approvals) && roster.admits(&p) {
-                roster.apply(&p, block.height);
+            if p.roster_version != roster.version {
+                // Votes cast for another roster: the change must be proposed again.
                 p.decided_at = Some(block.height);
-                changed = true;
+                p.lapsed = true;
+            } else if roster.carries(&p) {
+                if roster.admits(&p) {
+                    roster.apply(&p, block.height);
+                    changed = true;
+                } else {
+                    p.lapsed = true;
+                }
+                p.decided_at = Some(block.height);
             }
             touched.insert(p.proposal_id.clone(), p);
         }
@@ -500,7 +570,25 @@ mod tests {
         up.card.as_mut().unwrap().ledger_key_version = Some(2);
         assert!(r.admits(&up));
         r.apply(&up, 11);
-        assert!(r.ledger_key("d", 1).is_some() && r.ledger_key("d", 2).is_some());
+        assert!(r.ledger_key("d", 2).is_some());
+        assert!(r.ledger_key("d", 1).is_none(), "the new key replaces the old one for new batches");
+        assert_eq!(r.version, 3);
+    }
+
+    #[test]
+    fn an_update_is_decided_by_the_other_members() {
+        let r = roster(&["a", "b", "c"]);
+        let mut up = proposal("update", "c", "a");
+        assert!(!r.carries(&up), "one of the two others");
+        up.approvals.push("c".into());
+        assert!(!r.carries(&up), "the hospital concerned does not count");
+        up.approvals.push("b".into());
+        assert!(r.carries(&up));
+        // Two members: the other one decides alone (a hospital locked out by an unadmitted key
+        // cannot approve anything).
+        let two = roster(&["a", "b"]);
+        assert!(two.carries(&proposal("update", "b", "a")));
+        assert!(!two.carries(&proposal("remove", "b", "a")), "a removal needs a majority of all");
     }
 
     fn block(height: u64, gateway: &str, body: EntryBody, valid: bool) -> crate::ledger::Block {
@@ -534,6 +622,46 @@ mod tests {
         // A late approval changes nothing.
         assert!(!run(&mut r, &block(3, "c", approve("c"), true), &mut stored));
         assert_eq!(stored[&id].approvals, ["a", "b"]);
+        // The same id proposed again is not a new proposal.
+        assert!(!run(&mut r, &block(4, "c", card("e").proposal(id.clone(), "add", "c"), true), &mut stored));
+        assert_eq!(stored[&id].hospital_id, "d");
+    }
+
+    #[test]
+    fn votes_cast_for_one_roster_do_not_carry_a_change_in_another() {
+        let mut r = roster(&["a", "b", "c"]);
+        let mut stored: BTreeMap<String, Proposal> = BTreeMap::new();
+        let run = |r: &mut Roster, b: &crate::ledger::Block, stored: &mut BTreeMap<String, Proposal>| {
+            let (touched, changed) = apply_block(r, b, &mut |id| stored.get(id).cloned());
+            for p in touched {
+                stored.insert(p.proposal_id.clone(), p);
+            }
+            changed
+        };
+        let (first, second) = ("1".repeat(32), "2".repeat(32));
+        // Two proposals to admit d, opened against the same roster; the first is carried.
+        run(&mut r, &block(0, "a", card("d").proposal(first.clone(), "add", "a"), true), &mut stored);
+        run(&mut r, &block(1, "b", card("d").proposal(second.clone(), "add", "b"), true), &mut stored);
+        assert!(run(&mut r, &block(2, "b", EntryBody::MembershipApproved { proposal_id: first, approver: "b".into() }, true), &mut stored));
+        assert_eq!(stored[&second].state(r.version), "lapsed (membership changed)");
+        // d is removed later; an approval of the stale second proposal must not re-admit it.
+        let remove = EntryBody::MembershipProposed {
+            proposal_id: "3".repeat(32),
+            action: "remove".into(),
+            hospital_id: "d".into(),
+            ledger_public_key: None,
+            ledger_key_version: None,
+            sharing_public_key: None,
+            peer_address: None,
+            proposer: "a".into(),
+        };
+        run(&mut r, &block(3, "a", remove, true), &mut stored);
+        run(&mut r, &block(4, "b", EntryBody::MembershipApproved { proposal_id: "3".repeat(32), approver: "b".into() }, true), &mut stored);
+        run(&mut r, &block(5, "c", EntryBody::MembershipApproved { proposal_id: "3".repeat(32), approver: "c".into() }, true), &mut stored);
+        assert!(!r.is_member("d"));
+        assert!(!run(&mut r, &block(6, "c", EntryBody::MembershipApproved { proposal_id: second.clone(), approver: "c".into() }, true), &mut stored));
+        assert!(!r.is_member("d"), "a stale vote re-admitted a removed hospital");
+        assert!(stored[&second].lapsed);
     }
 
     #[test]

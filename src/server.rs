@@ -330,6 +330,8 @@ impl AdminState {
             h.ledger = Some("the ledger writer has stopped".into());
         } else if let Some(why) = self.link.as_ref().and_then(|l| l.halted()) {
             h.ledger = Some(why);
+        } else if let Some(why) = self.link.as_ref().and_then(|l| l.behind()) {
+            h.ledger = Some(format!("behind, catching up from peers: {why}"));
         } else if let Err(e) = self.gateway.ledger.store.head() {
             h.ledger = Some(e.to_string());
         }
@@ -360,7 +362,7 @@ impl AdminState {
             gauges.push(("medgate_consortium_member", "1 while this hospital is a current consortium member.", vec![(String::new(), me)]));
             gauges.push(("medgate_consortium_members", "Current consortium members.", vec![(String::new(), roster.members.len() as f64)]));
             if let Ok(ps) = self.gateway.ledger.store.proposals() {
-                let open = ps.iter().filter(|p| p.decided_at.is_none()).count();
+                let open = ps.iter().filter(|p| p.state(roster.version) == "open").count();
                 gauges.push(("medgate_consortium_open_proposals", "Membership proposals not yet carried.", vec![(String::new(), open as f64)]));
             }
         }
@@ -388,6 +390,9 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
     r
 }
 
+/// The header every admin change must carry (see [`admin_request`]).
+pub const ADMIN_HEADER: &str = "x-medgate-admin";
+
 /// A membership proposal as the admin listener takes it (`medgate consortium propose`).
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -413,6 +418,12 @@ async fn admin_request(state: Arc<AdminState>, req: Request<hyper::body::Incomin
     if req.method() != hyper::Method::GET && !from.ip().is_loopback() {
         tracing::warn!(peer = %from, %path, "admin change refused: not from this machine");
         return Ok(text(StatusCode::FORBIDDEN, "changes are accepted from this machine only\n".into(), plain));
+    }
+    // A web page open on this machine may send simple requests here; it cannot add a custom
+    // header without a CORS preflight (never answered), and a browser always names its Origin.
+    if req.method() != hyper::Method::GET && (!req.headers().contains_key(ADMIN_HEADER) || req.headers().contains_key(hyper::header::ORIGIN)) {
+        tracing::warn!(peer = %from, %path, "admin change refused: no {ADMIN_HEADER} header, or sent by a browser");
+        return Ok(text(StatusCode::FORBIDDEN, format!("changes need the {ADMIN_HEADER} header (the medgate CLI sends it) and no Origin\n"), plain));
     }
     if req.method() == hyper::Method::POST && path.starts_with("/consortium/proposals") {
         let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await {

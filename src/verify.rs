@@ -41,12 +41,19 @@ pub fn verify_store(store: &ChainStore, trusted: &[Vec<u8>]) -> Result<ChainRepo
             None => None,
         }
     };
-    let genesis = store.genesis().ok().flatten().and_then(|g| crate::membership::Genesis::parse(&g).ok());
-    let Some((genesis, hash)) = genesis else {
-        // A standalone chain (or an unreadable genesis, whose block 0 then fails to link).
-        let start = store.genesis_hash().ok().flatten().map_or_else(ChainState::new, ChainState::after_genesis);
-        return verify_chain_with(start, store.blocks(), &|g: &str, v: u32| trust(store.public_key(g, v).ok().flatten()), &mut |_| {});
+    let unreadable = |reason: String| crate::ledger::ChainError::Decode { height: 0, source: crate::ledger::LedgerError::Decode { what: "stored genesis", reason } };
+    let stored_hash = store.genesis_hash().map_err(|e| unreadable(e.to_string()))?;
+    let Some(stored_hash) = stored_hash else {
+        // A standalone chain.
+        return verify_chain_with(ChainState::new(), store.blocks(), &|g: &str, v: u32| trust(store.public_key(g, v).ok().flatten()), &mut |_| {});
     };
+    // A consortium chain: its membership is replayed from the stored genesis, which must be
+    // there and be the document block 0 hangs from.
+    let bytes = store.genesis().map_err(|e| unreadable(e.to_string()))?.ok_or_else(|| unreadable("missing".into()))?;
+    let (genesis, hash) = crate::membership::Genesis::parse(&bytes).map_err(unreadable)?;
+    if hash != stored_hash {
+        return Err(unreadable("does not hash to the genesis hash recorded with the chain".into()));
+    }
     let roster = std::cell::RefCell::new(crate::membership::Roster::from_genesis(&genesis));
     let mut proposals: HashMap<String, crate::membership::Proposal> = HashMap::new();
     let lookup = |g: &str, v: u32| -> Option<Vec<u8>> {

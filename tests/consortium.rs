@@ -669,6 +669,16 @@ fn approve(g: &Gw, proposal: &str) -> (i32, String, String) {
     }
 }
 
+/// A POST to an admin listener without the header the CLI sends; the raw answer.
+fn raw_admin_post(addr: std::net::SocketAddr, path: &str, body: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "POST {path} HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 /// Waits until every running gateway lists exactly `want` as members.
 fn wait_members(gws: &[&Gw], want: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -715,6 +725,9 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
     assert_eq!(members_of(&d), HOSPITALS);
     assert_eq!(d.metric("medgate_consortium_member "), Some(0.0));
 
+    // A change the CLI did not send (no admin header, as a web page's request would be) is refused.
+    let raw = raw_admin_post(c.gws[0].site.admin_addr, "/consortium/proposals", r#"{"action":"remove","hospital_id":"hospital-b"}"#);
+    assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
     // A proposes D. One approval of three is no majority.
     let (code, out, err) = consortium_cli(&c.gws[0], &["propose", "--add", card.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
@@ -890,4 +903,52 @@ fn the_chain_hangs_from_the_genesis_and_a_gateway_cannot_change_consortium() {
     c.gws[0].start();
     ingest(&c, 1, 1, "b");
     converge(&c, 1.0);
+}
+
+#[test]
+fn a_member_with_a_rotated_ledger_key_submits_nothing_until_the_others_admit_the_key() {
+    let mut c = consortium("rekey");
+    ingest(&c, 2, 1, "c before rotation");
+    converge(&c, 0.0);
+    // hospital-c's officer rotates its ledger key (gateway stopped) and exports the new one.
+    c.gws[2].stop();
+    let cfg_c = c.gws[2].site.config.to_str().unwrap().to_owned();
+    let (code, out, err) = c.gws[2].medgate(&["keys", "--config", &cfg_c, "rotate", "--role", "ledger"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, pem, err) = c.gws[2].medgate(&["keys", "--config", &cfg_c, "public-key", "--role", "ledger"]);
+    assert_eq!(code, 0, "{err}");
+    let new_key = c.gws[2].site.dir.join("ledger-v2.pem");
+    std::fs::write(&new_key, pem).unwrap();
+    c.gws[2].start();
+    // Its batches would be flagged invalid everywhere: it submits none, and says why.
+    let (status, _) = ingest_one(&c.gws[2], 5, "c after rotation");
+    assert_eq!(status, 202);
+    c.gws[2].wait_log("is not the one the consortium admitted");
+    // Another member proposes the new key; an update is decided by the other members (A and B).
+    let card = c.gws[0].site.dir.join("hospital-c-v2.json");
+    let (code, out, err) = c.gws[0].medgate(&[
+        "consortium", "member-card", "--hospital-id", "hospital-c",
+        "--ledger-public-key", new_key.to_str().unwrap(), "--ledger-key-version", "2",
+        "--out", card.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = consortium_cli(&c.gws[0], &["propose", "--update", card.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("is open"), "{out}");
+    let proposal = out.split_whitespace().nth(1).unwrap().to_owned();
+    let (code, out, err) = approve(&c.gws[1], &proposal);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("carried in block"), "{out}");
+    // Admitted: C's waiting entries reach the ledger, and the chains agree.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.gws[2].metric("medgate_outbox_entries") != Some(0.0) {
+        assert!(Instant::now() < deadline, "C's outbox never drained:\n{}", c.gws[2].log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ingest_one(&c.gws[2], 6, "c with its new key").0, 201);
+    let height = c.gws[2].metric("medgate_ledger_height").unwrap();
+    converge(&c, height);
+    let heads = verify_all_with(&mut c, &[new_key.as_path()]);
+    assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
+    assert!(heads[0].contains("0 flagged invalid"), "{heads:?}");
 }

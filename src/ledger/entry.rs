@@ -856,6 +856,36 @@ mod tests {
     }
 
     #[test]
+    fn membership_entries_are_pinned_too() {
+        let e = Entry::new(
+            "hospital-a",
+            "2025-01-02T03:04:05Z",
+            [0u8; 16],
+            EntryBody::MembershipProposed {
+                proposal_id: "ab".repeat(16),
+                action: "remove".into(),
+                hospital_id: "hospital-c".into(),
+                ledger_public_key: None,
+                ledger_key_version: None,
+                sharing_public_key: None,
+                peer_address: None,
+                proposer: "hospital-a".into(),
+            },
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&e.canonical_bytes()),
+            r#"{"gateway":"hospital-a","time":"2025-01-02T03:04:05Z","nonce":"00000000000000000000000000000000","body":{"kind":"membership_proposed","proposal_id":"abababababababababababababababab","action":"remove","hospital_id":"hospital-c","ledger_public_key":null,"ledger_key_version":null,"sharing_public_key":null,"peer_address":null,"proposer":"hospital-a"}}"#
+        );
+        assert_eq!(e.validate(), Ok(()));
+        let mut keyed = e.clone();
+        if let EntryBody::MembershipProposed { ledger_key_version, .. } = &mut keyed.body {
+            *ledger_key_version = Some(2);
+        }
+        let keyed = Entry::new(&keyed.gateway, &keyed.time, [0u8; 16], keyed.body);
+        assert!(keyed.validate().is_err(), "a removal carries no keys");
+    }
+
+    #[test]
     fn decoding_rejects_unknown_fields_and_kinds() {
         let e = anchored("hospital-a", 1);
         let json = String::from_utf8(serde_json::to_vec(&e).unwrap_or_default()).unwrap_or_default();

@@ -164,5 +164,21 @@ pub(super) fn one_of_each(gateway: &str) -> Vec<Entry> {
                 role: "nurse".to_owned(),
             },
         ),
+        Entry::new(
+            gateway,
+            t,
+            nonce(7),
+            EntryBody::MembershipProposed {
+                proposal_id: "0f".repeat(16),
+                action: "add".to_owned(),
+                hospital_id: "hospital-d".to_owned(),
+                ledger_public_key: Some("MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE8VCZ4n49Ubfrc7xdVEeHnqynb8ysdTNviUwqdVONnXPg1dzDVEMkq5O2mmXFd9OF6WbACh4i/Tlt3A9JZYGLdg==".to_owned()),
+                ledger_key_version: Some(1),
+                sharing_public_key: None,
+                peer_address: Some("10.20.0.24:9443".to_owned()),
+                proposer: gateway.to_owned(),
+            },
+        ),
+        Entry::new(gateway, t, nonce(8), EntryBody::MembershipApproved { proposal_id: "0f".repeat(16), approver: gateway.to_owned() }),
     ]
 }
