@@ -346,7 +346,7 @@ impl ChainStore {
 
     /// The latest checkpoint of every peer that sent one.
     pub fn peer_checkpoints(&self) -> Result<Vec<crate::ledger::Checkpoint>, ChainError> {
-        self.peer_checkpoints.iter().values().map(|v| Ok(serde_json::from_slice(&v?).map_err(|e| ChainError::Format(e.to_string()))?)).collect()
+        self.peer_checkpoints.iter().values().map(|v| serde_json::from_slice(&v?).map_err(|e| ChainError::Format(e.to_string()))).collect()
     }
 
     /// The entry that anchored a record, whichever hospital holds it.
@@ -584,10 +584,8 @@ impl ChainStore {
                         }
                         out.remove(e.id.as_bytes())?;
                         match &e.body {
-                            EntryBody::RecordAnchored { record_id, .. } => {
-                                if recs.get(record_id.as_bytes())?.is_none() {
-                                    recs.insert(record_id.as_bytes(), &loc)?;
-                                }
+                            EntryBody::RecordAnchored { record_id, .. } if recs.get(record_id.as_bytes())?.is_none() => {
+                                recs.insert(record_id.as_bytes(), &loc)?;
                             }
                             EntryBody::ConsentRecorded { .. } => {
                                 if let Some(c) = consent_from(e) {

@@ -625,7 +625,7 @@ impl Gateway {
             .consents_for(&rec.patient_pseudonym)
             .map(|cs| cs.iter().any(|c| c.custodian == self.hospital && c.permits(requester, &rec.id, &now)))
             .unwrap_or(false);
-        let break_glass = !consented && req.purpose == "BTG" && sharing.break_glass_roles.iter().any(|r| *r == req.role);
+        let break_glass = !consented && req.purpose == "BTG" && sharing.break_glass_roles.contains(&req.role);
         let granted = consented || break_glass;
         let reason = if consented {
             None
