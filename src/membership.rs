@@ -598,17 +598,19 @@ mod tests {
         crate::ledger::Block { height, prev_hash: "0".repeat(64), order_position: height, batches: vec![batch], valid: vec![valid] }
     }
 
+    /// Applies a block as the store does: proposals it touched are kept. Whether the roster changed.
+    fn run(r: &mut Roster, b: &crate::ledger::Block, stored: &mut BTreeMap<String, Proposal>) -> bool {
+        let (touched, changed) = apply_block(r, b, &mut |id| stored.get(id).cloned());
+        for p in touched {
+            stored.insert(p.proposal_id.clone(), p);
+        }
+        changed
+    }
+
     #[test]
     fn a_block_carries_a_change_once_a_majority_approved_and_not_before() {
         let mut r = roster(&["a", "b", "c"]);
         let mut stored: BTreeMap<String, Proposal> = BTreeMap::new();
-        let run = |r: &mut Roster, b: &crate::ledger::Block, stored: &mut BTreeMap<String, Proposal>| {
-            let (touched, changed) = apply_block(r, b, &mut |id| stored.get(id).cloned());
-            for p in touched {
-                stored.insert(p.proposal_id.clone(), p);
-            }
-            changed
-        };
         let id = "a".repeat(32);
         let approve = |who: &str| EntryBody::MembershipApproved { proposal_id: id.clone(), approver: who.into() };
         assert!(!run(&mut r, &block(0, "a", card("d").proposal(id.clone(), "add", "a"), true), &mut stored));
@@ -631,13 +633,6 @@ mod tests {
     fn votes_cast_for_one_roster_do_not_carry_a_change_in_another() {
         let mut r = roster(&["a", "b", "c"]);
         let mut stored: BTreeMap<String, Proposal> = BTreeMap::new();
-        let run = |r: &mut Roster, b: &crate::ledger::Block, stored: &mut BTreeMap<String, Proposal>| {
-            let (touched, changed) = apply_block(r, b, &mut |id| stored.get(id).cloned());
-            for p in touched {
-                stored.insert(p.proposal_id.clone(), p);
-            }
-            changed
-        };
         let (first, second) = ("1".repeat(32), "2".repeat(32));
         // Two proposals to admit d, opened against the same roster; the first is carried.
         run(&mut r, &block(0, "a", card("d").proposal(first.clone(), "add", "a"), true), &mut stored);
