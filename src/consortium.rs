@@ -234,7 +234,13 @@ pub async fn follow(
         };
         if !block.valid[0] {
             metrics.incr("ledger_invalid_batches");
-            tracing::warn!(height = block.height, gateway = %block.batches[0].gateway, seq = block.batches[0].seq, "batch flagged invalid (signature, membership, sequence or duplicate entries)");
+            // Why, for the operator: the same checks again, against the state before the block.
+            let b = &block.batches[0];
+            let why = match state.check_batch(b, &|gw: &str, v: u32| store.member_key(gw, v)) {
+                Err(e) => format!("{e} (signature, key version not admitted, not a member, or out of sequence)"),
+                Ok(()) => "an entry is already on the chain or breaks an entry rule (consent, erasure, membership)".to_owned(),
+            };
+            tracing::warn!(height = block.height, gateway = %b.gateway, seq = b.seq, reason = %why, "batch flagged invalid");
         }
         commit_block(&store, &outbox, &me, &landed, &block, next, &mut state).await?;
     }

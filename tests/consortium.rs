@@ -263,6 +263,9 @@ fn a_batch_from_a_non_member_is_kept_and_flagged_invalid_everywhere() {
     assert_eq!(code, 0, "{out}{err}");
     ingest(&c, 1, 1, "b");
     converge(&c, 2.0);
+    for g in &c.gws {
+        g.wait_log("no key known for gateway hospital-x");
+    }
     let heads = verify_all(&mut c);
     assert!(heads[0].contains("1 flagged invalid"), "{heads:?}");
     assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
@@ -800,6 +803,12 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
         h.get(&format!("/Binary/{early_record}")).await.unwrap()
     });
     assert_eq!(refused.status, 403, "{}", String::from_utf8_lossy(&refused.body));
+    // Its checkpoints, sent every 2 s, reach the peer listeners, which answer 403 to a non-member.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.gws[0].metric("medgate_events_total{kind=\"peer_requests_from_non_members\"}").unwrap_or(0.0) < 1.0 {
+        assert!(Instant::now() < deadline, "hospital-a's peer listener never refused hospital-c");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(String::from_utf8_lossy(&refused.body).contains("not a current"), "{}", String::from_utf8_lossy(&refused.body));
     // A batch C signs with its own HSM key, put straight into the ordered stream: invalid everywhere.
     let invalid_before: Vec<Option<f64>> = [&c.gws[0], &c.gws[1], &d].iter().map(|g| g.metric(INVALID)).collect();
@@ -821,6 +830,10 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
             assert!(Instant::now() < deadline, "{} did not flag the removed member's batch", g.site.hospital);
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+    // Flagged for its membership, not its sequence: its key is no member's any more.
+    for g in [&c.gws[0], &c.gws[1], &d] {
+        g.wait_log("no key known for gateway hospital-c version 1");
     }
     // The members' copies verify, from the genesis hash, to one head (D's key admitted on the
     // ledger). C's etcd user is gone, so its copy stops where it was removed, and still verifies.
