@@ -620,7 +620,8 @@ impl ChainStore {
     }
 }
 
-fn consent_from(e: &Entry) -> Option<ConsentState> {
+/// The consent a `ConsentRecorded` entry records.
+pub(crate) fn consent_from(e: &Entry) -> Option<ConsentState> {
     match &e.body {
         EntryBody::ConsentRecorded { consent_id, patient, custodian, grantee, record_ids, start, end, .. } => Some(ConsentState {
             consent_id: consent_id.clone(),

@@ -77,6 +77,8 @@ pub struct Gateway {
     sharing: Option<Arc<crate::peer::Sharing>>,
     /// Crypto-shredding after erasures (see `crate::shred`).
     pub shred: Arc<crate::shred::Shredder>,
+    /// One consent recorded at a time, so that a retry racing its first attempt finds it.
+    consenting: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> FhirError {
@@ -110,7 +112,7 @@ fn nonce() -> [u8; 16] {
 
 impl Gateway {
     pub fn new(hospital: String, hsm: Arc<Hsm>, vault: Vault, ledger: Ledger, metrics: Arc<Metrics>) -> Gateway {
-        Gateway { hospital, hsm, vault, ledger, metrics, pseudonyms: Arc::default(), sharing: None, shred: Arc::default() }
+        Gateway { hospital, hsm, vault, ledger, metrics, pseudonyms: Arc::default(), sharing: None, shred: Arc::default(), consenting: Arc::default() }
     }
 
     pub fn with_sharing(mut self, sharing: Arc<crate::peer::Sharing>) -> Gateway {
@@ -871,8 +873,8 @@ impl Gateway {
     /// Answers 201 once the consent entry is in a block, 202 while it waits in the outbox.
     ///
     /// A retry creates nothing new: with an `Idempotency-Key` it gets the first answer; without
-    /// one, a consent with the same terms that is active on the ledger is answered (200) instead
-    /// of recording a second one.
+    /// one, a consent with the same terms that is active on the ledger (200) or waiting in the
+    /// outbox (202) is answered instead of recording a second one.
     pub async fn record_consent(&self, caller: &Caller, sub: &ConsentSubmission, idempotency_key: Option<&str>) -> Result<Created, FhirError> {
         if !caller.client.may_write() {
             return Err(FhirError::Forbidden(format!("certificate role {:?} may not record consents", caller.client.role)));
@@ -927,19 +929,30 @@ impl Gateway {
                 ));
             }
         }
-        // The same terms, already active: the answer to a retry, not a second consent.
+        // The same terms, already active on the ledger or waiting in the outbox: the answer to a
+        // retry, not a second consent. One consent is recorded at a time, so a retry that races
+        // its first attempt waits for it and then finds it.
+        let _one = self.consenting.lock().await;
         let mut wanted = sub.record_ids.clone();
         wanted.sort();
-        let same = self.ledger.store.consents_for(&pseudonym).map_err(internal)?.into_iter().find(|c| {
+        let same_terms = |c: &crate::chain::ConsentState| {
             let mut ids = c.record_ids.clone();
             ids.sort();
             c.active && c.custodian == self.hospital && c.grantee == sub.grantee && ids == wanted && c.start == sub.start && c.end == sub.end
-        });
-        if let Some(c) = same {
+        };
+        if let Some(c) = self.ledger.store.consents_for(&pseudonym).map_err(internal)?.into_iter().find(|c| same_terms(c)) {
             self.metrics.incr("consents_already_recorded");
             let receipt = self.ledger.store.receipt(&c.recorded_by).map_err(internal)?;
             let body = fhir::consent_resource(&c.consent_id, sub, &self.hospital, receipt.map(|r| r.to_json()).as_ref());
             return Ok(Created { status: 200, body, location: Some(format!("Consent/{}", c.consent_id)) });
+        }
+        for (_, bytes) in self.vault.outbox().map_err(from_vault)? {
+            let Ok(e) = serde_json::from_slice::<Entry>(&bytes) else { continue };
+            if let Some(c) = crate::chain::consent_from(&e).filter(|c| c.patient == pseudonym && same_terms(c)) {
+                self.metrics.incr("consents_already_recorded");
+                let body = fhir::consent_resource(&c.consent_id, sub, &self.hospital, None);
+                return Ok(Created { status: 202, body, location: Some(format!("Consent/{}", c.consent_id)) });
+            }
         }
         let user = self.user_pseudonym(caller).await?;
         let consent_id = vault::new_id();

@@ -210,6 +210,16 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
         let id = doc["id"].as_str().unwrap().to_owned();
         let bin = his.get(&format!("/Binary/{id}")).await.unwrap();
         assert_eq!(bin.body.as_ref(), b"during the outage");
+        // A consent recorded meanwhile waits in the outbox too; its retry is that same consent.
+        let consent = serde_json::json!({
+            "resourceType": "Consent", "status": "active",
+            "patient": {"identifier": {"system": patient(7).system, "value": patient(7).value}},
+            "provision": {"type": "permit", "actor": [{"reference": {"identifier": {"system": "urn:medgate:hospital", "value": "hospital-b"}}}]}
+        });
+        let first = his.post_json("/Consent", &consent, &[]).await.unwrap();
+        assert_eq!(first.status, 202, "{}", String::from_utf8_lossy(&first.body));
+        let retry = his.post_json("/Consent", &consent, &[]).await.unwrap();
+        assert_eq!((retry.status, retry.json()["id"].clone()), (202, first.json()["id"].clone()));
         id
     });
     assert!(c.gws[0].metric("medgate_outbox_entries").unwrap() >= 1.0);
@@ -235,6 +245,12 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
     }
     let h = c.gws[0].metric("medgate_ledger_height").unwrap();
     converge(&c, h);
+    // (At A: this consortium has no shared pseudonym key, so only A knows the patient's.)
+    let consents = rt().block_on(async {
+        let mut his = c.gws[0].client();
+        his.get(&format!("/Consent?patient={}", medgate::client::query_escape(&patient(7).canonical()))).await.unwrap().json()
+    });
+    assert_eq!(consents["total"], 1, "one consent on the ledger: {consents}");
     let heads = verify_all(&mut c);
     assert!(heads.iter().all(|x| x == &heads[0]), "{heads:?}");
 }
