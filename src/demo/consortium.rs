@@ -30,6 +30,29 @@ struct Etcd {
     dir: PathBuf,
 }
 
+impl Etcd {
+    /// `etcdctl ARGS` against every member as `root`; a failure names the command.
+    fn etcdctl(&self, args: &[&str]) -> Result<String, Failure> {
+        let urls: Vec<String> = self.endpoints.iter().map(|e| format!("https://{e}")).collect();
+        let out = Command::new(ETCDCTL)
+            .env_clear()
+            .args(["--endpoints", &urls.join(","), "--command-timeout=5s"])
+            .arg("--cacert")
+            .arg(self.dir.join("ca.pem"))
+            .arg("--cert")
+            .arg(self.dir.join("root.crt"))
+            .arg("--key")
+            .arg(self.dir.join("root.key"))
+            .args(args)
+            .output()
+            .map_err(|e| Failure::runtime(format!("{ETCDCTL}: {e}")))?;
+        if !out.status.success() {
+            return Err(Failure::runtime(format!("etcdctl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         for c in &mut self.children {
@@ -173,6 +196,12 @@ fn build(dir: &Path, say: &mut dyn FnMut(&str)) -> Result<Consortium, Failure> {
         .map_err(Failure::runtime)?;
     let genesis_path = dir.join("genesis.json");
     let genesis_hash = crate::membership::Genesis::new("medgate demo consortium", cards).and_then(|g| g.write(&genesis_path)).map_err(Failure::runtime)?;
+    // Per-hospital RBAC, as `medgate consortium etcd-rbac --genesis ... --enable-auth` prints it.
+    let ids: Vec<String> = sites.iter().map(|s| s.hospital.clone()).collect();
+    for cmd in crate::consortium::etcd::rbac_commands("/medgate/ledger", &ids, &[], true).map_err(Failure::runtime)? {
+        etcd.etcdctl(&cmd.split_whitespace().collect::<Vec<_>>())?;
+    }
+    say("etcd authentication on: each hospital's etcd user (its certificate's CN) reads the ledger stream and writes only under /medgate/ledger/batches/<its id>/");
     let endpoints: Vec<String> = etcd.endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     for (s, p) in sites.iter().zip(&peers) {
         let csr = std::fs::read_to_string(s.dir.join("tls/server.csr")).map_err(rt_err)?;
