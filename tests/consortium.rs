@@ -137,6 +137,25 @@ fn converge(c: &Consortium, height: f64) {
     }
 }
 
+/// Waits until nothing more is on its way to the ledger (outboxes empty, no shred pass pending:
+/// a pass puts its key events on the ledger) and every gateway holds the same height, twice in
+/// a row half a second apart.
+fn settle(c: &Consortium) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut last = None;
+    loop {
+        let quiet = c.gws.iter().all(|g| g.metric("medgate_outbox_entries") == Some(0.0) && g.metric("medgate_shred_pending") == Some(0.0));
+        let hs: Vec<Option<f64>> = c.gws.iter().map(|g| g.metric("medgate_ledger_height")).collect();
+        let same = hs.windows(2).all(|w| w[0] == w[1]);
+        if quiet && same && last.as_ref() == Some(&hs) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "ledgers did not settle: heights {hs:?}");
+        last = Some(hs);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Stops every gateway and returns each one's `ledger verify` verdict (with all members' keys).
 fn verify_all(c: &mut Consortium) -> Vec<String> {
     verify_all_with(c, &[])
@@ -484,8 +503,7 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
     let r = read_at_c("emergency-physician");
     assert_eq!(r.status, 410, "{}", String::from_utf8_lossy(&r.body));
     // Every gateway ends with the same chain, and every access is in its audit trail.
-    let height = c.gws[0].metric("medgate_ledger_height").unwrap();
-    converge(&c, height);
+    settle(&c);
     for g in &c.gws {
         let trail = rt.block_on(async {
             let mut h = g.client();
