@@ -413,11 +413,7 @@ impl ChainStore {
         }
         let roster = crate::membership::Roster::from_genesis(genesis);
         for m in roster.members.values() {
-            for v in m.ledger_keys.keys() {
-                if let Some(der) = m.ledger_key(*v) {
-                    self.remember_key(&m.hospital_id, *v, &der)?;
-                }
-            }
+            self.remember_member_keys(m)?;
         }
         (&self.meta,)
             .transaction(|(meta,)| {
@@ -428,6 +424,15 @@ impl ChainStore {
             })
             .map_err(|e: TransactionError<()>| ChainError::Storage(format!("{e:?}")))?;
         self.db.flush()?;
+        Ok(())
+    }
+
+    /// Records a member's admitted ledger keys in the key table, which keeps every key a member
+    /// ever held (for offline checks of what it signed). Repeating it is harmless.
+    fn remember_member_keys(&self, m: &crate::membership::MemberState) -> Result<(), ChainError> {
+        for (v, der) in m.ledger_keys_der() {
+            self.remember_key(&m.hospital_id, v, &der)?;
+        }
         Ok(())
     }
 
@@ -479,11 +484,7 @@ impl ChainStore {
         for p in touched.iter().filter(|p| p.decided_at == Some(block.height)) {
             tracing::info!(proposal = %p.proposal_id, action = %p.action, hospital = %p.hospital_id, height = block.height, approvals = ?p.approvals, "membership change carried");
             if let Some(m) = roster.get(&p.hospital_id) {
-                for v in m.ledger_keys.keys() {
-                    if let Some(der) = m.ledger_key(*v) {
-                        self.remember_key(&m.hospital_id, *v, &der)?;
-                    }
-                }
+                self.remember_member_keys(m)?;
             }
         }
         let mut out: Vec<(Vec<u8>, Vec<u8>)> =
@@ -882,20 +883,17 @@ impl Writer {
                 if let Some(why) = link.halted() {
                     return Err(ChainError::Order(format!("the consortium ledger is halted ({why}); entries stay in the outbox")));
                 }
-                if !self.store.is_member(&self.gateway) {
+                let roster = self.store.roster()?;
+                let Some(me) = roster.as_ref().and_then(|r| r.get(&self.gateway)) else {
                     return Err(ChainError::Order(format!(
                         "{} is not a current member of the consortium (not yet admitted, or removed); entries stay in the outbox",
                         self.gateway
                     )));
-                }
+                };
                 // A batch signed by a key version the consortium has not admitted is flagged
                 // invalid everywhere: say so here instead of filling the chain with them.
-                if self.store.member_key_checked(&self.gateway, sig.key_version)?.as_deref() != Some(spki.as_slice()) {
-                    let admitted: Vec<String> = self
-                        .store
-                        .roster()?
-                        .and_then(|r| r.get(&self.gateway).map(|m| m.ledger_keys.keys().map(|v| format!("v{v}")).collect()))
-                        .unwrap_or_default();
+                if me.ledger_key(sig.key_version).as_deref() != Some(spki.as_slice()) {
+                    let admitted: Vec<String> = me.ledger_keys.keys().map(|v| format!("v{v}")).collect();
                     return Err(ChainError::Order(format!(
                         "this hospital's ledger key v{} is not the one the consortium admitted ({}); another member must propose `medgate consortium propose --update` with a member card for v{}; entries stay in the outbox",
                         sig.key_version,
@@ -930,10 +928,9 @@ mod membership_rules {
     use super::*;
     use crate::membership::{Genesis, MemberCard};
 
-    const P256_SPKI: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE8VCZ4n49Ubfrc7xdVEeHnqynb8ysdTNviUwqdVONnXPg1dzDVEMkq5O2mmXFd9OF6WbACh4i/Tlt3A9JZYGLdg==";
 
     fn card(id: &str) -> MemberCard {
-        MemberCard { hospital_id: id.into(), ledger_public_key: P256_SPKI.into(), ledger_key_version: 1, sharing_public_key: None, peer_address: None }
+        MemberCard { hospital_id: id.into(), ledger_public_key: crate::ledger::testkit::P256_SPKI_B64.into(), ledger_key_version: 1, sharing_public_key: None, peer_address: None }
     }
 
     /// A consortium store for members a, b, c.

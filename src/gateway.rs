@@ -168,7 +168,7 @@ impl Gateway {
         if let Some(k) = &request_key {
             match self.vault.claim(k).map_err(from_vault)? {
                 Claim::New => {}
-                Claim::Existing(state) => return self.replay(state).await,
+                Claim::Existing(state) => return self.replay(state, "DocumentReference").await,
             }
         }
         let result = self.create_claimed(caller, docs, request_key.as_deref()).await;
@@ -181,13 +181,14 @@ impl Gateway {
         result
     }
 
-    /// The answer for a request key seen before.
-    async fn replay(&self, state: IdemState) -> Result<Created, FhirError> {
+    /// The answer for a request key seen before; `resource` names what a single create made
+    /// (`DocumentReference`, `Consent`), for the Location of an answer that is not a Bundle.
+    async fn replay(&self, state: IdemState, resource: &str) -> Result<Created, FhirError> {
         match state {
             IdemState::Done { status, body } => {
                 self.metrics.incr("idempotent_replays");
                 let location = body["entry"][0]["response"]["location"].as_str().map(str::to_owned).or_else(|| {
-                    body["id"].as_str().map(|id| format!("DocumentReference/{id}"))
+                    body["id"].as_str().map(|id| format!("{resource}/{id}"))
                 });
                 Ok(Created { status, body, location })
             }
@@ -883,14 +884,7 @@ impl Gateway {
         if let Some(k) = &request_key {
             match self.vault.claim(k).map_err(from_vault)? {
                 Claim::New => {}
-                Claim::Existing(IdemState::Done { status, body }) => {
-                    self.metrics.incr("idempotent_replays");
-                    let location = body["id"].as_str().map(|id| format!("Consent/{id}"));
-                    return Ok(Created { status, body, location });
-                }
-                Claim::Existing(_) => {
-                    return Err(FhirError::Conflict("a request with this Idempotency-Key is still being processed; retry in a few seconds".into()))
-                }
+                Claim::Existing(state) => return self.replay(state, "Consent").await,
             }
         }
         let result = self.record_consent_claimed(caller, sub).await;
@@ -1101,14 +1095,14 @@ impl Gateway {
 
     /// Approves an open membership proposal in this hospital's name.
     pub async fn approve_membership(&self, proposal_id: &str) -> Result<crate::membership::Proposal, (u16, String)> {
-        if !self.ledger.store.is_member(&self.hospital) {
+        let roster = self.ledger.store.roster().map_err(|e| (500, e.to_string()))?;
+        let Some(roster_version) = roster.filter(|r| r.is_member(&self.hospital)).map(|r| r.version) else {
             return Err((409, format!("{} is not a current member; only members approve changes", self.hospital)));
-        }
+        };
         let p = self.ledger.store.proposal(proposal_id).map_err(|e| (500, e.to_string()))?.ok_or((
             404,
             format!("no membership proposal {proposal_id} on this ledger copy (yet: a proposal made elsewhere a moment ago may still be on its way)"),
         ))?;
-        let roster_version = self.ledger.store.roster().map_err(|e| (500, e.to_string()))?.map_or(0, |r| r.version);
         match p.decided_at {
             Some(h) if p.lapsed => return Err((409, format!("proposal {proposal_id} lapsed in block {h}; propose the change again"))),
             Some(h) => return Err((409, format!("proposal {proposal_id} was already carried in block {h}"))),

@@ -25,7 +25,7 @@ pub mod merkle;
 mod p256;
 mod receipt;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 
 pub use batch::{Batch, UnsignedBatch};
 pub use block::{verify_chain, verify_chain_from, verify_chain_with, BatchRef, Block, ChainError, ChainReport, ChainState};

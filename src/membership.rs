@@ -235,6 +235,11 @@ impl MemberState {
     pub fn ledger_key(&self, version: u32) -> Option<Vec<u8>> {
         B64.decode(self.ledger_keys.get(&version)?).ok()
     }
+
+    /// Every admitted ledger key version, as DER.
+    pub fn ledger_keys_der(&self) -> impl Iterator<Item = (u32, Vec<u8>)> + '_ {
+        self.ledger_keys.keys().filter_map(|v| Some((*v, self.ledger_key(*v)?)))
+    }
 }
 
 /// A membership proposal and the approvals it gathered.
@@ -268,6 +273,18 @@ pub struct ProposedCard {
 }
 
 impl Proposal {
+    /// The full card of an `add` proposal: the hospital and the keys and address proposed.
+    fn admission_card(&self) -> Option<MemberCard> {
+        let c = self.card.as_ref()?;
+        Some(MemberCard {
+            hospital_id: self.hospital_id.clone(),
+            ledger_public_key: c.ledger_public_key.clone()?,
+            ledger_key_version: c.ledger_key_version?,
+            sharing_public_key: c.sharing_public_key.clone(),
+            peer_address: c.peer_address,
+        })
+    }
+
     /// Where it stands, given the current roster version: `open`, `carried in block N`, or
     /// `lapsed ...`.
     pub fn state(&self, roster_version: u64) -> String {
@@ -356,21 +373,7 @@ impl Roster {
     /// the uniqueness of the id are checked by the caller).
     pub fn admits(&self, p: &Proposal) -> bool {
         match p.action.as_str() {
-            "add" => {
-                !self.is_member(&p.hospital_id)
-                    && p.card.as_ref().is_some_and(|c| {
-                        let (Some(key), Some(version)) = (&c.ledger_public_key, c.ledger_key_version) else { return false };
-                        MemberCard {
-                            hospital_id: p.hospital_id.clone(),
-                            ledger_public_key: key.clone(),
-                            ledger_key_version: version,
-                            sharing_public_key: c.sharing_public_key.clone(),
-                            peer_address: c.peer_address,
-                        }
-                        .check()
-                        .is_ok()
-                    })
-            }
+            "add" => !self.is_member(&p.hospital_id) && p.admission_card().is_some_and(|c| c.check().is_ok()),
             // The last member cannot be removed: nobody would be left to order anything.
             "remove" => self.is_member(&p.hospital_id) && self.members.len() > 1,
             "update" => {
@@ -397,15 +400,8 @@ impl Roster {
     pub fn apply(&mut self, p: &Proposal, height: u64) {
         self.version += 1;
         match (p.action.as_str(), &p.card) {
-            ("add", Some(c)) => {
-                if let (Some(key), Some(version)) = (&c.ledger_public_key, c.ledger_key_version) {
-                    let card = MemberCard {
-                        hospital_id: p.hospital_id.clone(),
-                        ledger_public_key: key.clone(),
-                        ledger_key_version: version,
-                        sharing_public_key: c.sharing_public_key.clone(),
-                        peer_address: c.peer_address,
-                    };
+            ("add", _) => {
+                if let Some(card) = p.admission_card() {
                     self.members.insert(p.hospital_id.clone(), MemberState::from_card(&card, Some(height)));
                 }
             }
@@ -508,14 +504,13 @@ mod tests {
         // A fixed P-256 SPKI and a fixed RSA-2048 SPKI are enough for shape checks.
         MemberCard {
             hospital_id: id.into(),
-            ledger_public_key: P256_SPKI.into(),
+            ledger_public_key: crate::ledger::testkit::P256_SPKI_B64.into(),
             ledger_key_version: 1,
             sharing_public_key: None,
             peer_address: Some("127.0.0.1:7000".parse().unwrap()),
         }
     }
 
-    const P256_SPKI: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE8VCZ4n49Ubfrc7xdVEeHnqynb8ysdTNviUwqdVONnXPg1dzDVEMkq5O2mmXFd9OF6WbACh4i/Tlt3A9JZYGLdg==";
 
     fn proposal(action: &str, id: &str, proposer: &str) -> Proposal {
         let body = match action {

@@ -89,6 +89,12 @@ pub struct Peer {
     pub sharing_key: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+impl Peer {
+    fn of(m: &crate::membership::MemberState) -> Peer {
+        Peer { address: m.peer_address, sharing_key: m.sharing_key() }
+    }
+}
+
 impl Sharing {
     pub fn from_config(cfg: &Consortium, me: &str, hsm: &Arc<Hsm>, store: crate::chain::ChainStore) -> Result<Sharing, String> {
         let mut client = (*crate::consortium::etcd::client_tls(cfg, hsm)?).clone();
@@ -99,8 +105,7 @@ impl Sharing {
     /// A current member as the sharing layer sees it (`None` for a non-member).
     pub fn peer(&self, hospital_id: &str) -> Option<Peer> {
         let roster = self.store.roster().ok().flatten()?;
-        let m = roster.get(hospital_id)?;
-        Some(Peer { address: m.peer_address, sharing_key: m.sharing_key() })
+        roster.get(hospital_id).map(Peer::of)
     }
 
     /// The other current members, in hospital id order.
@@ -110,7 +115,7 @@ impl Sharing {
             .members
             .values()
             .filter(|m| m.hospital_id != self.me)
-            .map(|m| (m.hospital_id.clone(), Peer { address: m.peer_address, sharing_key: m.sharing_key() }))
+            .map(|m| (m.hospital_id.clone(), Peer::of(m)))
             .collect()
     }
 

@@ -124,6 +124,15 @@ fn ingest(c: &Consortium, i: usize, n: u32, tag: &str) -> Vec<String> {
     })
 }
 
+/// Waits (`secs` at most) until every entry `g` stored is in a block.
+fn wait_outbox_drained(g: &Gw, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while g.metric("medgate_outbox_entries") != Some(0.0) {
+        assert!(Instant::now() < deadline, "{}'s outbox never drained:\n{}", g.site.hospital, g.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Waits until every gateway's ledger height equals `height`.
 fn converge(c: &Consortium, height: f64) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -257,11 +266,7 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c.gws[0].metric("medgate_outbox_entries") != Some(0.0) {
-        assert!(Instant::now() < deadline, "outbox not drained");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_outbox_drained(&c.gws[0], 20);
     let h = c.gws[0].metric("medgate_ledger_height").unwrap();
     converge(&c, h);
     // (At A: this consortium has no shared pseudonym key, so only A knows the patient's.)
@@ -790,11 +795,7 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
     assert_eq!(d.metric("medgate_consortium_member "), Some(1.0));
     assert_eq!(c.gws[0].metric("medgate_consortium_open_proposals"), Some(0.0));
     // Admitted: D's waiting record reaches the ledger, and A finds it by the patient.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d.metric("medgate_outbox_entries") != Some(0.0) {
-        assert!(Instant::now() < deadline, "D's outbox never drained:\n{}", d.log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_outbox_drained(&d, 20);
     let (status, _) = ingest_one(&d, 2, "after admission");
     assert_eq!(status, 201, "{}", d.log_text());
     let found = rt().block_on(async {
@@ -987,11 +988,7 @@ fn a_member_with_a_rotated_ledger_key_submits_nothing_until_the_others_admit_the
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("carried in block"), "{out}");
     // Admitted: C's waiting entries reach the ledger, and the chains agree.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.gws[2].metric("medgate_outbox_entries") != Some(0.0) {
-        assert!(Instant::now() < deadline, "C's outbox never drained:\n{}", c.gws[2].log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_outbox_drained(&c.gws[2], 30);
     assert_eq!(ingest_one(&c.gws[2], 6, "c with its new key").0, 201);
     let height = c.gws[2].metric("medgate_ledger_height").unwrap();
     converge(&c, height);

@@ -289,8 +289,8 @@ pub fn rbac_commands(prefix: &str, grant: &[String], revoke: &[String], enable: 
         out.extend(["user add root --no-password".to_owned(), "role add root".to_owned(), "user grant-role root root".to_owned()]);
     }
     for h in grant.iter().chain(revoke) {
-        if h.is_empty() || h == "root" || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(format!("hospital id {h:?}: not usable as an etcd user (A-Z a-z 0-9 - _ . only, not root)"));
+        if !crate::membership::is_hospital_id(h) {
+            return Err(format!("hospital id {h:?}: not usable as an etcd user (1 to 64 of A-Z a-z 0-9 - _ . only, not root)"));
         }
     }
     for h in grant {

@@ -31,12 +31,12 @@ struct Etcd {
 }
 
 impl Etcd {
-    /// `etcdctl ARGS` against every member as `root`; a failure names the command.
-    fn etcdctl(&self, args: &[&str]) -> Result<String, Failure> {
+    /// Runs `etcdctl ARGS` against every member as `root`.
+    fn etcdctl_output(&self, timeout: &str, args: &[&str]) -> Result<std::process::Output, Failure> {
         let urls: Vec<String> = self.endpoints.iter().map(|e| format!("https://{e}")).collect();
-        let out = Command::new(ETCDCTL)
+        Command::new(ETCDCTL)
             .env_clear()
-            .args(["--endpoints", &urls.join(","), "--command-timeout=5s"])
+            .args(["--endpoints", &urls.join(","), &format!("--command-timeout={timeout}")])
             .arg("--cacert")
             .arg(self.dir.join("ca.pem"))
             .arg("--cert")
@@ -45,7 +45,12 @@ impl Etcd {
             .arg(self.dir.join("root.key"))
             .args(args)
             .output()
-            .map_err(|e| Failure::runtime(format!("{ETCDCTL}: {e}")))?;
+            .map_err(|e| Failure::runtime(format!("{ETCDCTL}: {e}")))
+    }
+
+    /// `etcdctl ARGS` against every member as `root`; a failure names the command.
+    fn etcdctl(&self, args: &[&str]) -> Result<String, Failure> {
+        let out = self.etcdctl_output("5s", args)?;
         if !out.status.success() {
             return Err(Failure::runtime(format!("etcdctl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
         }
@@ -115,20 +120,9 @@ fn start_etcd(dir: &Path, ca: &TestCa) -> Result<Etcd, Failure> {
             .map_err(|e| Failure::runtime(format!("{ETCD}: {e}")))?;
         etcd.children.push(child);
     }
-    let urls: Vec<String> = etcd.endpoints.iter().map(|e| format!("https://{e}")).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = Command::new(ETCDCTL)
-            .env_clear()
-            .args(["--endpoints", &urls.join(","), "--command-timeout=2s", "endpoint", "health"])
-            .arg("--cacert")
-            .arg(&ca_file)
-            .arg("--cert")
-            .arg(dir.join("root.crt"))
-            .arg("--key")
-            .arg(dir.join("root.key"))
-            .output()
-            .map_err(|e| Failure::runtime(format!("{ETCDCTL}: {e}")))?;
+        let out = etcd.etcdctl_output("2s", &["endpoint", "health"])?;
         // etcdctl 3.4 prints the verdicts on standard error.
         let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         if out.status.success() && said.matches("is healthy").count() == 3 {

@@ -78,6 +78,10 @@ pub(super) fn anchored(gateway: &str, n: u64) -> Entry {
 }
 
 /// One entry of every kind, written by `gateway`.
+/// Base64 DER of a fixed P-256 public key: enough for shape checks of membership entries and
+/// cards (nothing verifies a signature with it).
+pub(crate) const P256_SPKI_B64: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE8VCZ4n49Ubfrc7xdVEeHnqynb8ysdTNviUwqdVONnXPg1dzDVEMkq5O2mmXFd9OF6WbACh4i/Tlt3A9JZYGLdg==";
+
 pub(super) fn one_of_each(gateway: &str) -> Vec<Entry> {
     let t = "2025-01-02T03:04:05.123Z";
     vec![
@@ -172,7 +176,7 @@ pub(super) fn one_of_each(gateway: &str) -> Vec<Entry> {
                 proposal_id: "0f".repeat(16),
                 action: "add".to_owned(),
                 hospital_id: "hospital-d".to_owned(),
-                ledger_public_key: Some("MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE8VCZ4n49Ubfrc7xdVEeHnqynb8ysdTNviUwqdVONnXPg1dzDVEMkq5O2mmXFd9OF6WbACh4i/Tlt3A9JZYGLdg==".to_owned()),
+                ledger_public_key: Some(P256_SPKI_B64.to_owned()),
                 ledger_key_version: Some(1),
                 sharing_public_key: None,
                 peer_address: Some("10.20.0.24:9443".to_owned()),
