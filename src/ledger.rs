@@ -28,7 +28,7 @@ mod receipt;
 pub(crate) mod testkit;
 
 pub use batch::{Batch, UnsignedBatch};
-pub use block::{verify_chain, verify_chain_from, verify_chain_with, BatchRef, Block, ChainError, ChainReport, ChainState};
+pub use block::{verify_chain, verify_chain_with, BatchRef, Block, ChainError, ChainReport, ChainState};
 pub use checkpoint::{Checkpoint, UnsignedCheckpoint};
 pub use entry::{Entry, EntryBody};
 pub use p256::{normalize_low_s, p256_point_from_spki};

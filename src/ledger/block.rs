@@ -476,21 +476,12 @@ pub fn verify_chain(
     blocks: impl Iterator<Item = Result<Block, LedgerError>>,
     spki_for_version: &dyn Fn(&str, u32) -> Option<Vec<u8>>,
 ) -> Result<ChainReport, ChainError> {
-    verify_chain_from(ChainState::new(), blocks, spki_for_version)
+    verify_chain_with(ChainState::new(), blocks, spki_for_version, &mut |_| {})
 }
 
-/// [`verify_chain`] from a given starting state ([`ChainState::after_genesis`] for a
-/// consortium chain).
-pub fn verify_chain_from(
-    start: ChainState,
-    blocks: impl Iterator<Item = Result<Block, LedgerError>>,
-    spki_for_version: &dyn Fn(&str, u32) -> Option<Vec<u8>>,
-) -> Result<ChainReport, ChainError> {
-    verify_chain_with(start, blocks, spki_for_version, &mut |_| {})
-}
-
-/// [`verify_chain_from`], calling `after_block` with each block once it verified: a caller
-/// whose key lookup depends on the chain (the consortium's membership) updates it there.
+/// [`verify_chain`] from a given starting state ([`ChainState::after_genesis`] for a consortium
+/// chain), calling `after_block` with each block once it verified: a caller whose key lookup
+/// depends on the chain (the consortium's membership) updates it there.
 pub fn verify_chain_with(
     start: ChainState,
     blocks: impl Iterator<Item = Result<Block, LedgerError>>,
