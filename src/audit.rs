@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::cli::Failure;
-use crate::ledger::{Entry, EntryBody};
+use medgate_ledger::{Entry, EntryBody};
 
 /// The review list as JSON (what the admin listener serves and the command prints).
 pub fn break_glass_json(list: &[(Entry, u64)]) -> Value {

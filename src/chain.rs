@@ -19,7 +19,8 @@ use medgate_hsm::{Hsm, Role};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ledger::{Batch, Block, ChainState, Entry, EntryBody, Receipt, UnsignedBatch};
+use medgate_ledger::consent::ConsentState;
+use medgate_ledger::{Batch, Block, ChainState, Entry, EntryBody, Receipt, UnsignedBatch};
 use crate::metrics::Metrics;
 use crate::vault::Vault;
 
@@ -126,75 +127,6 @@ pub struct ChainStore {
 /// Keys and values to write in the chain's meta tree with a block.
 type MetaUpdates = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// A consent as the chain knows it (derived from consent entries of valid batches).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ConsentState {
-    pub consent_id: String,
-    pub patient: String,
-    pub custodian: String,
-    pub grantee: String,
-    /// Empty: every record of the patient held by the custodian.
-    pub record_ids: Vec<String>,
-    pub start: Option<String>,
-    pub end: Option<String>,
-    pub active: bool,
-    /// Entry that recorded it, and the one that revoked it.
-    pub recorded_by: String,
-    pub revoked_by: Option<String>,
-}
-
-impl ConsentState {
-    /// Whether it lets `reader` read `record_id` at `time` (RFC 3339). Times are compared as
-    /// instants (strings would misorder `…:17.8Z` and `…:17Z`); an unreadable time permits nothing.
-    pub fn permits(&self, reader: &str, record_id: &str, time: &str) -> bool {
-        let parse = |t: &str| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok();
-        let Some(at) = parse(time) else { return false };
-        let within = |bound: &Option<String>, ok: &dyn Fn(time::OffsetDateTime) -> bool| match bound {
-            None => true,
-            Some(b) => parse(b).is_some_and(ok),
-        };
-        self.active
-            && self.grantee == reader
-            && (self.record_ids.is_empty() || self.record_ids.iter().any(|r| r == record_id))
-            && within(&self.start, &|s| s <= at)
-            && within(&self.end, &|e| at <= e)
-    }
-}
-
-#[cfg(test)]
-mod consent_tests {
-    use super::ConsentState;
-
-    fn consent(start: Option<&str>, end: Option<&str>) -> ConsentState {
-        ConsentState {
-            consent_id: "c".into(),
-            patient: "p".into(),
-            custodian: "hospital-a".into(),
-            grantee: "hospital-b".into(),
-            record_ids: vec![],
-            start: start.map(str::to_owned),
-            end: end.map(str::to_owned),
-            active: true,
-            recorded_by: "e".into(),
-            revoked_by: None,
-        }
-    }
-
-    #[test]
-    fn periods_compare_instants_not_strings() {
-        let c = consent(Some("2026-11-28T10:00:17Z"), Some("2026-11-28T10:00:18Z"));
-        assert!(c.permits("hospital-b", "r", "2026-11-28T10:00:17.8Z"), "17.8 s is inside [17 s, 18 s]");
-        assert!(!c.permits("hospital-b", "r", "2026-11-28T10:00:18.5Z"));
-        assert!(!c.permits("hospital-b", "r", "2026-11-28T10:00:16.99Z"));
-        assert!(!c.permits("hospital-c", "r", "2026-11-28T10:00:17.8Z"), "another grantee");
-        assert!(!c.permits("hospital-b", "r", "not a time"));
-        let mut revoked = consent(None, None);
-        assert!(revoked.permits("hospital-b", "any", "2030-01-01T00:00:00Z"));
-        revoked.active = false;
-        assert!(!revoked.permits("hospital-b", "any", "2030-01-01T00:00:00Z"));
-    }
-}
-
 fn consent_key(patient: &str, consent_id: &str) -> Vec<u8> {
     format!("{patient}/{consent_id}").into_bytes()
 }
@@ -235,10 +167,10 @@ impl ChainStore {
     }
 
     /// Every stored block in height order, decoded lazily (for `ledger verify`).
-    pub fn blocks(&self) -> impl Iterator<Item = Result<Block, crate::ledger::LedgerError>> + '_ {
+    pub fn blocks(&self) -> impl Iterator<Item = Result<Block, medgate_ledger::LedgerError>> + '_ {
         self.blocks.iter().map(|kv| match kv {
             Ok((_, v)) => Block::from_bytes(&v),
-            Err(e) => Err(crate::ledger::LedgerError::Decode { what: "stored block", reason: e.to_string() }),
+            Err(e) => Err(medgate_ledger::LedgerError::Decode { what: "stored block", reason: e.to_string() }),
         })
     }
 
@@ -326,7 +258,7 @@ impl ChainStore {
     }
 
     /// Keeps a fork's evidence (the peer's signed checkpoint, our hash at that height), flushed.
-    pub fn record_fork(&self, height: u64, theirs: &crate::ledger::Checkpoint, ours: &str) -> Result<(), ChainError> {
+    pub fn record_fork(&self, height: u64, theirs: &medgate_ledger::Checkpoint, ours: &str) -> Result<(), ChainError> {
         let v = serde_json::json!({"height": height, "ours": ours, "theirs": theirs});
         self.forks.insert(format!("{height:020}/{}", theirs.gateway).as_bytes(), serde_json::to_vec(&v).unwrap_or_default())?;
         self.db.flush()?;
@@ -339,13 +271,13 @@ impl ChainStore {
     }
 
     /// Remembers the latest checkpoint a peer sent (for the lag metric).
-    pub fn remember_peer_checkpoint(&self, cp: &crate::ledger::Checkpoint) -> Result<(), ChainError> {
+    pub fn remember_peer_checkpoint(&self, cp: &medgate_ledger::Checkpoint) -> Result<(), ChainError> {
         self.peer_checkpoints.insert(cp.gateway.as_bytes(), serde_json::to_vec(cp).unwrap_or_default())?;
         Ok(())
     }
 
     /// The latest checkpoint of every peer that sent one.
-    pub fn peer_checkpoints(&self) -> Result<Vec<crate::ledger::Checkpoint>, ChainError> {
+    pub fn peer_checkpoints(&self) -> Result<Vec<medgate_ledger::Checkpoint>, ChainError> {
         self.peer_checkpoints.iter().values().map(|v| serde_json::from_slice(&v?).map_err(|e| ChainError::Format(e.to_string()))).collect()
     }
 
@@ -397,7 +329,7 @@ impl ChainStore {
 
     /// Adopts the genesis document on a new ledger copy (stores it, the founding roster and
     /// the founders' keys, flushed), or checks that an existing copy started from the same one.
-    pub fn adopt_genesis(&self, genesis: &crate::membership::Genesis, hash: [u8; 32], bytes: &[u8]) -> Result<(), ChainError> {
+    pub fn adopt_genesis(&self, genesis: &medgate_ledger::membership::Genesis, hash: [u8; 32], bytes: &[u8]) -> Result<(), ChainError> {
         if let Some(stored) = self.genesis_hash()? {
             if stored == hash {
                 return Ok(());
@@ -411,7 +343,7 @@ impl ChainStore {
         if !self.blocks.is_empty() {
             return Err(ChainError::Format("this ledger copy has blocks but no genesis: it was written in standalone mode; start the consortium member on a new state directory".into()));
         }
-        let roster = crate::membership::Roster::from_genesis(genesis);
+        let roster = medgate_ledger::membership::Roster::from_genesis(genesis);
         for m in roster.members.values() {
             self.remember_member_keys(m)?;
         }
@@ -429,7 +361,7 @@ impl ChainStore {
 
     /// Records a member's admitted ledger keys in the key table, which keeps every key a member
     /// ever held (for offline checks of what it signed). Repeating it is harmless.
-    fn remember_member_keys(&self, m: &crate::membership::MemberState) -> Result<(), ChainError> {
+    fn remember_member_keys(&self, m: &medgate_ledger::membership::MemberState) -> Result<(), ChainError> {
         for (v, der) in m.ledger_keys_der() {
             self.remember_key(&m.hospital_id, v, &der)?;
         }
@@ -447,7 +379,7 @@ impl ChainStore {
     }
 
     /// The current members (`None` on a standalone chain).
-    pub fn roster(&self) -> Result<Option<crate::membership::Roster>, ChainError> {
+    pub fn roster(&self) -> Result<Option<medgate_ledger::membership::Roster>, ChainError> {
         match self.meta.get(b"members")? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| ChainError::Format(format!("membership roster: {e}"))),
@@ -459,7 +391,7 @@ impl ChainStore {
         matches!(self.roster(), Ok(Some(r)) if r.is_member(hospital_id))
     }
 
-    pub fn proposal(&self, proposal_id: &str) -> Result<Option<crate::membership::Proposal>, ChainError> {
+    pub fn proposal(&self, proposal_id: &str) -> Result<Option<medgate_ledger::membership::Proposal>, ChainError> {
         match self.meta.get(format!("proposal/{proposal_id}").as_bytes())? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| ChainError::Format(format!("proposal {proposal_id}: {e}"))),
@@ -467,7 +399,7 @@ impl ChainStore {
     }
 
     /// Every membership proposal, open or decided.
-    pub fn proposals(&self) -> Result<Vec<crate::membership::Proposal>, ChainError> {
+    pub fn proposals(&self) -> Result<Vec<medgate_ledger::membership::Proposal>, ChainError> {
         self.meta
             .scan_prefix(b"proposal/")
             .values()
@@ -480,7 +412,7 @@ impl ChainStore {
     /// admitted keys in the key table (for offline verification; harmless if repeated).
     fn membership_updates(&self, block: &Block) -> Result<MetaUpdates, ChainError> {
         let Some(mut roster) = self.roster()? else { return Ok(Vec::new()) };
-        let (touched, roster_changed) = crate::membership::apply_block(&mut roster, block, &mut |id| self.proposal(id).ok().flatten());
+        let (touched, roster_changed) = medgate_ledger::membership::apply_block(&mut roster, block, &mut |id| self.proposal(id).ok().flatten());
         for p in touched.iter().filter(|p| p.decided_at == Some(block.height)) {
             tracing::info!(proposal = %p.proposal_id, action = %p.action, hospital = %p.hospital_id, height = block.height, approvals = ?p.approvals, "membership change carried");
             if let Some(m) = roster.get(&p.hospital_id) {
@@ -525,7 +457,7 @@ impl ChainStore {
                     *proposer == batch.gateway
                         && proposals_here.insert(proposal_id.as_str())
                         && self.proposal(proposal_id)?.is_none()
-                        && roster.as_ref().is_some_and(|r| crate::membership::Proposal::from_entry(&e.body).is_some_and(|p| r.admits(&p)))
+                        && roster.as_ref().is_some_and(|r| medgate_ledger::membership::Proposal::from_entry(&e.body).is_some_and(|p| r.admits(&p)))
                 }
                 EntryBody::MembershipApproved { proposal_id, approver } => {
                     *approver == batch.gateway && !proposals_here.contains(proposal_id.as_str()) && self.proposal(proposal_id)?.is_some()
@@ -553,7 +485,7 @@ impl ChainStore {
                 return Ok(false);
             }
             if let EntryBody::ConsentRecorded { consent_id, .. } = &e.body {
-                if let Some(c) = consent_from(e) {
+                if let Some(c) = ConsentState::from_entry(e) {
                     recorded_here.insert(consent_id.clone(), c);
                 }
             }
@@ -589,7 +521,7 @@ impl ChainStore {
                                 recs.insert(record_id.as_bytes(), &loc)?;
                             }
                             EntryBody::ConsentRecorded { .. } => {
-                                if let Some(c) = consent_from(e) {
+                                if let Some(c) = ConsentState::from_entry(e) {
                                     cons.insert(consent_key(&c.patient, &c.consent_id), serde_json::to_vec(&c).unwrap_or_default())?;
                                 }
                             }
@@ -618,25 +550,6 @@ impl ChainStore {
             .map_err(|e: TransactionError<()>| ChainError::Storage(format!("{e:?}")))?;
         crate::vault::flush(&self.db).await?;
         Ok(())
-    }
-}
-
-/// The consent a `ConsentRecorded` entry records.
-pub(crate) fn consent_from(e: &Entry) -> Option<ConsentState> {
-    match &e.body {
-        EntryBody::ConsentRecorded { consent_id, patient, custodian, grantee, record_ids, start, end, .. } => Some(ConsentState {
-            consent_id: consent_id.clone(),
-            patient: patient.clone(),
-            custodian: custodian.clone(),
-            grantee: grantee.clone(),
-            record_ids: record_ids.clone(),
-            start: start.clone(),
-            end: end.clone(),
-            active: true,
-            recorded_by: e.id.clone(),
-            revoked_by: None,
-        }),
-        _ => None,
     }
 }
 
@@ -926,18 +839,21 @@ impl Writer {
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod membership_rules {
     use super::*;
-    use crate::membership::{Genesis, MemberCard};
+    use medgate_ledger::membership::{Genesis, MemberCard};
 
+
+    /// Base64 DER of a fixed P-256 public key (shape checks only).
+    const P256_SPKI_B64: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE8VCZ4n49Ubfrc7xdVEeHnqynb8ysdTNviUwqdVONnXPg1dzDVEMkq5O2mmXFd9OF6WbACh4i/Tlt3A9JZYGLdg==";
 
     fn card(id: &str) -> MemberCard {
-        MemberCard { hospital_id: id.into(), ledger_public_key: crate::ledger::testkit::P256_SPKI_B64.into(), ledger_key_version: 1, sharing_public_key: None, peer_address: None }
+        MemberCard { hospital_id: id.into(), ledger_public_key: P256_SPKI_B64.into(), ledger_key_version: 1, sharing_public_key: None, peer_address: None }
     }
 
     /// A consortium store for members a, b, c.
     fn store() -> ChainStore {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let s = ChainStore::open(&db).unwrap();
-        let g = Genesis::new("c", vec![card("a"), card("b"), card("c")]).unwrap();
+        let g = Genesis::new("c", "2026-01-01T00:00:00Z", vec![card("a"), card("b"), card("c")]).unwrap();
         let bytes = g.to_bytes();
         let (_, hash) = Genesis::parse(&bytes).unwrap();
         s.adopt_genesis(&g, hash, &bytes).unwrap();

@@ -165,6 +165,17 @@ enum LedgerCommand {
         #[arg(long = "public-key")]
         public_keys: Vec<PathBuf>,
     },
+    /// Write every stored block, one JSON line each, for an auditor who checks the copy with
+    /// the ledger crate alone (`cargo run -p medgate-ledger --example verify-ledger`). A
+    /// consortium copy's genesis document is written next to it (OUT.genesis.json). Stop the
+    /// gateway first (the store is locked).
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Where to write the blocks (JSON lines).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the receipt of a ledger entry (JSON): checkable by anyone with the public key.
     Proof {
         #[command(flatten)]
@@ -494,7 +505,7 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
         }
         ConsortiumCommand::EtcdRbac { prefix, genesis, mut grant, revoke, enable_auth } => {
             if let Some(g) = &genesis {
-                let (g, _, _) = crate::membership::Genesis::read(g).map_err(Failure::usage)?;
+                let (g, _, _) = medgate_ledger::membership::Genesis::read(g).map_err(Failure::usage)?;
                 grant.extend(g.members.into_iter().map(|m| m.hospital_id));
             }
             if grant.is_empty() && revoke.is_empty() && !enable_auth {
@@ -508,7 +519,7 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
             }
         }
         ConsortiumCommand::MemberCard { hospital_id, ledger_public_key, ledger_key_version, sharing_public_key, peer_address, out } => {
-            let card = crate::membership::MemberCard::from_files(&hospital_id, &ledger_public_key, ledger_key_version, sharing_public_key.as_deref(), peer_address)
+            let card = medgate_ledger::membership::MemberCard::from_files(&hospital_id, &ledger_public_key, ledger_key_version, sharing_public_key.as_deref(), peer_address)
                 .map_err(Failure::usage)?;
             let mut bytes = serde_json::to_vec_pretty(&card).unwrap_or_default();
             bytes.push(b'\n');
@@ -523,7 +534,7 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
                 return Err(Failure::usage(format!("{} exists; a genesis is written once (remove it yourself if you mean to replace it)", out.display())));
             }
             let cards = members.iter().map(|p| read_card(p)).collect::<Result<Vec<_>, _>>()?;
-            let g = crate::membership::Genesis::new(&name, cards).map_err(Failure::usage)?;
+            let g = medgate_ledger::membership::Genesis::new(&name, &crate::keys::now_rfc3339(), cards).map_err(Failure::usage)?;
             let hash = g.write(&out).map_err(Failure::runtime)?;
             println!("genesis of {name:?} with {} founding members written to {}", g.members.len(), out.display());
             println!("sha256 {}  (every member must see this same hash before starting)", hex::encode(hash));
@@ -591,9 +602,9 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-fn read_card(path: &Path) -> Result<crate::membership::MemberCard, Failure> {
+fn read_card(path: &Path) -> Result<medgate_ledger::membership::MemberCard, Failure> {
     let bytes = std::fs::read(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
-    let card: crate::membership::MemberCard = serde_json::from_slice(&bytes).map_err(|e| Failure::usage(format!("{}: not a member card: {e}", path.display())))?;
+    let card: medgate_ledger::membership::MemberCard = serde_json::from_slice(&bytes).map_err(|e| Failure::usage(format!("{}: not a member card: {e}", path.display())))?;
     card.check().map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
     Ok(card)
 }
@@ -617,7 +628,7 @@ fn admin_call(cfg: &Config, method: &str, path: &str, body: &[u8]) -> Result<Str
 }
 
 fn print_proposal(body: &str) -> Result<(), Failure> {
-    let p: crate::membership::Proposal = serde_json::from_str(body).map_err(|e| Failure::runtime(format!("unreadable answer: {e}")))?;
+    let p: medgate_ledger::membership::Proposal = serde_json::from_str(body).map_err(|e| Failure::runtime(format!("unreadable answer: {e}")))?;
     match p.decided_at {
         Some(h) if p.lapsed => println!("proposal {} ({} {}) lapsed in block {h}: the membership no longer allows it; approvals: {}", p.proposal_id, p.action, p.hospital_id, p.approvals.join(", ")),
         Some(h) => println!("proposal {} ({} {}) carried in block {h}; approvals: {}", p.proposal_id, p.action, p.hospital_id, p.approvals.join(", ")),
@@ -647,7 +658,7 @@ fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
             let cfg = Config::load(&config.config).map_err(|e| Failure::config(e.to_string()))?;
             let stored = store.genesis_hash().map_err(|e| Failure::runtime(e.to_string()))?;
             if let (Some(c), Some(stored)) = (cfg.consortium.as_ref().filter(|_| cfg.ledger.mode == "consortium"), stored) {
-                let (_, configured, _) = crate::membership::Genesis::read(&c.genesis).map_err(|e| Failure::config(format!("consortium.genesis: {e}")))?;
+                let (_, configured, _) = medgate_ledger::membership::Genesis::read(&c.genesis).map_err(|e| Failure::config(format!("consortium.genesis: {e}")))?;
                 if configured != stored {
                     return Err(Failure::runtime(format!(
                         "ledger verification FAILED: this ledger copy hangs from genesis {}, the configured consortium.genesis is {}",
@@ -656,7 +667,7 @@ fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
                     )));
                 }
             }
-            let keys = public_keys.iter().map(|p| crate::verify::read_public_key(p)).collect::<Result<Vec<_>, _>>().map_err(Failure::usage)?;
+            let keys = public_keys.iter().map(|p| medgate_ledger::keys::read_public_key(p)).collect::<Result<Vec<_>, _>>().map_err(|e| Failure::usage(e.to_string()))?;
             match crate::verify::verify_store(&store, &keys) {
                 Ok(r) => {
                     let height = r.height.map_or("empty".to_owned(), |h| h.to_string());
@@ -674,6 +685,7 @@ fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
                 Err(e) => Err(Failure::runtime(format!("ledger verification FAILED at block {}: {e}", e.height()))),
             }
         }
+        LedgerCommand::Export { config, out } => export_ledger(&open_chain(&config.config)?, &out),
         LedgerCommand::Proof { config, entry } => {
             let store = open_chain(&config.config)?;
             match store.receipt(entry.trim()).map_err(|e| Failure::runtime(e.to_string()))? {
@@ -700,12 +712,33 @@ fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
         }
         LedgerCommand::CheckReceipt { receipt, public_key } => {
             let bytes = std::fs::read(&receipt).map_err(|e| Failure::usage(format!("{}: {e}", receipt.display())))?;
-            let key = crate::verify::read_public_key(&public_key).map_err(Failure::usage)?;
-            let r = crate::verify::check_receipt(&bytes, &key).map_err(Failure::runtime)?;
+            let key = medgate_ledger::keys::read_public_key(&public_key).map_err(|e| Failure::usage(e.to_string()))?;
+            let r = medgate_ledger::check_receipt(&bytes, &key).map_err(|e| Failure::runtime(e.to_string()))?;
             println!("receipt OK: entry {} is leaf {} of batch {} signed by {} (key version {}), in block {} ({})", r.entry.id, r.leaf_index, r.seq, r.gateway, r.key_version, r.height, r.block_hash);
             Ok(())
         }
     }
+}
+
+/// `medgate ledger export`: the blocks as JSON lines, and the genesis beside them.
+fn export_ledger(store: &crate::chain::ChainStore, out: &Path) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let io = |p: &Path, e: std::io::Error| Failure::runtime(format!("{}: {e}", p.display()));
+    let mut file = std::io::BufWriter::new(std::fs::File::create(out).map_err(|e| io(out, e))?);
+    let mut blocks = 0u64;
+    for block in store.blocks() {
+        let block = block.map_err(|e| Failure::runtime(format!("block {blocks} cannot be read: {e}")))?;
+        file.write_all(&block.to_bytes()).and_then(|()| file.write_all(b"\n")).map_err(|e| io(out, e))?;
+        blocks += 1;
+    }
+    file.flush().map_err(|e| io(out, e))?;
+    println!("{blocks} blocks written to {}", out.display());
+    if let Some(genesis) = store.genesis().map_err(|e| Failure::runtime(e.to_string()))? {
+        let path = out.with_extension("genesis.json");
+        std::fs::write(&path, genesis).map_err(|e| io(&path, e))?;
+        println!("genesis written to {} (compare it with the consortium's)", path.display());
+    }
+    Ok(())
 }
 
 fn config_check(path: &Path) -> Result<(), Failure> {

@@ -301,7 +301,7 @@ fn validate_consortium(c: &Consortium, p: &mut Vec<Problem>) {
     }
     // A hospital missing from the genesis is a joining member: it starts, follows the ledger
     // and submits once a membership change admits it, so that is not a configuration error.
-    if let Err(e) = crate::membership::Genesis::read(&c.genesis) {
+    if let Err(e) = medgate_ledger::membership::Genesis::read(&c.genesis) {
         p.push(Problem { key: "consortium.genesis".into(), reason: e });
     }
 }
@@ -352,10 +352,8 @@ impl Config {
     fn validate(&self) -> Result<(), Vec<Problem>> {
         let mut p = Vec::new();
         let g = &self.gateway;
-        if g.hospital_id.is_empty()
-            || !g.hospital_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
-        {
-            p.push(Problem { key: "gateway.hospital_id".into(), reason: "must be non-empty ASCII letters, digits, '-', '.' or '_'".into() });
+        if let Err(rule) = medgate_ledger::hospital::check_hospital_id(&g.hospital_id) {
+            p.push(Problem { key: "gateway.hospital_id".into(), reason: format!("must be {rule}") });
         }
         if !g.state_directory.is_absolute() {
             p.push(Problem { key: "gateway.state_directory".into(), reason: "must be an absolute path".into() });
@@ -426,10 +424,10 @@ impl Config {
             ("consortium", Some(c)) => validate_consortium(c, &mut p),
             (other, _) => p.push(Problem { key: "ledger.mode".into(), reason: format!("{other:?} is not a mode; use \"standalone\" or \"consortium\"") }),
         }
-        if !(1..=crate::ledger::MAX_BATCH_ENTRIES).contains(&self.ledger.batch_max_entries) {
+        if !(1..=medgate_ledger::MAX_BATCH_ENTRIES).contains(&self.ledger.batch_max_entries) {
             p.push(Problem {
                 key: "ledger.batch_max_entries".into(),
-                reason: format!("must be between 1 and {} (the largest batch every gateway accepts)", crate::ledger::MAX_BATCH_ENTRIES),
+                reason: format!("must be between 1 and {} (the largest batch every gateway accepts)", medgate_ledger::MAX_BATCH_ENTRIES),
             });
         }
         if self.ledger.batch_max_delay_ms > 10_000 {
@@ -569,7 +567,7 @@ mod tests {
         assert!(find("hsm.pin_file").contains("/nonexistent/pin"), "{p:?}");
         assert!(find("his.listen").contains("port 0"), "{p:?}");
         assert!(find("his.certificate").contains("/nonexistent/cert.pem"), "{p:?}");
-        assert!(find("gateway.hospital_id").contains("ASCII"), "{p:?}");
+        assert!(find("gateway.hospital_id").contains("1 to 64 characters"), "{p:?}");
         assert!(find("gateway.state_directory").contains("absolute"), "{p:?}");
         assert!(find("his.crl").contains("dangerous"), "{p:?}");
     }

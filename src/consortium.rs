@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::chain::{ChainError, ChainStore};
-use crate::ledger::Batch;
+use medgate_ledger::Batch;
 use crate::metrics::Metrics;
 
 /// Where this gateway's own batches landed: batch hash → (block height, valid).
@@ -127,7 +127,7 @@ impl Link {
         outbox: sled::Tree,
         metrics: Arc<Metrics>,
     ) -> Result<(Arc<Link>, Vec<tokio::task::JoinHandle<()>>), String> {
-        let (genesis, hash, bytes) = crate::membership::Genesis::read(&cfg.genesis).map_err(|e| format!("consortium.genesis: {e}"))?;
+        let (genesis, hash, bytes) = medgate_ledger::membership::Genesis::read(&cfg.genesis).map_err(|e| format!("consortium.genesis: {e}"))?;
         store.adopt_genesis(&genesis, hash, &bytes).map_err(|e| format!("consortium.genesis ({}): {e}", cfg.genesis.display()))?;
         if !store.is_member(me) {
             tracing::warn!(hospital = %me, genesis = %hex::encode(hash), "this hospital is not a current member: it follows the ledger but submits nothing until a membership change admits it");
@@ -253,10 +253,10 @@ pub async fn follow(
 /// says the batches cannot make a block.
 fn cut_checked(
     store: &ChainStore,
-    state: &mut crate::ledger::ChainState,
+    state: &mut medgate_ledger::ChainState,
     position: u64,
     batches: Vec<Batch>,
-) -> Result<Result<crate::ledger::Block, crate::ledger::LedgerError>, ChainError> {
+) -> Result<Result<medgate_ledger::Block, medgate_ledger::LedgerError>, ChainError> {
     let fault: std::cell::RefCell<Option<ChainError>> = std::cell::RefCell::new(None);
     let lookup = |gw: &str, v: u32| match store.member_key_checked(gw, v) {
         Ok(k) => k,
@@ -290,9 +290,9 @@ async fn commit_block(
     outbox: &sled::Tree,
     me: &str,
     landed: &Landed,
-    block: &crate::ledger::Block,
-    next: crate::ledger::ChainState,
-    state: &mut crate::ledger::ChainState,
+    block: &medgate_ledger::Block,
+    next: medgate_ledger::ChainState,
+    state: &mut medgate_ledger::ChainState,
 ) -> Result<(), ChainError> {
     store
         .persist(block, outbox, &[(b"chain_state", next.to_bytes()), (b"last_revision", block.order_position.to_be_bytes().to_vec())])
@@ -314,7 +314,7 @@ async fn catch_up(
     store: &ChainStore,
     outbox: &sled::Tree,
     me: &str,
-    state: &mut crate::ledger::ChainState,
+    state: &mut medgate_ledger::ChainState,
     sharing: &crate::peer::Sharing,
     landed: &Landed,
 ) -> Result<usize, String> {

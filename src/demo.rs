@@ -343,7 +343,7 @@ pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
 
     let db = crate::vault::Vault::open_db(&dir.join("state")).map_err(|e| Failure::runtime(e.to_string()))?;
     let store = crate::chain::ChainStore::open(&db).map_err(|e| Failure::runtime(e.to_string()))?;
-    let key = crate::verify::read_public_key(&site.ledger_public_key).map_err(Failure::runtime)?;
+    let key = medgate_ledger::keys::read_public_key(&site.ledger_public_key).map_err(|e| Failure::runtime(e.to_string()))?;
     let report = crate::verify::verify_store(&store, std::slice::from_ref(&key)).map_err(|e| Failure::runtime(format!("ledger verification FAILED: {e}")))?;
     say(&format!(
         "ledger verified offline against {}: {} blocks, {} entries, head {}",
@@ -352,7 +352,7 @@ pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
         report.entries,
         &report.head[..16]
     ));
-    let r = crate::verify::check_receipt(&receipt, &key).map_err(Failure::runtime)?;
+    let r = medgate_ledger::check_receipt(&receipt, &key).map_err(|e| Failure::runtime(e.to_string()))?;
     say(&format!("the HIS's receipt for the first record checks out with only the public key (entry {}, block {})", &r.entry.id[..16], r.height));
     match workdir {
         Some(d) => say(&format!("everything is kept in {}: try `medgate ledger verify --config {}`", d.display(), site.config.display())),

@@ -22,7 +22,7 @@ use crate::fhir::{
     self, audit_event, document_reference_resource, AuditAction, AuditRecord, ConsentSubmission, DocumentSubmission, FhirError,
     PatientId, StoredDocument,
 };
-use crate::ledger::{Entry, EntryBody, Receipt};
+use medgate_ledger::{Entry, EntryBody, Receipt};
 use crate::metrics::Metrics;
 use crate::tls::ClientIdentity;
 use crate::vault::{self, Claim, IdemState, SealedMeta, StoredRecord, Vault, VaultError};
@@ -706,7 +706,7 @@ impl Gateway {
                     // The peer's own signed checkpoint at that height, checked before it counts.
                     let theirs = serde_json::from_str::<crate::peer::Refusal>(&body)
                         .ok()
-                        .and_then(|r| crate::ledger::Checkpoint::from_bytes(r.reason.as_bytes()).ok())
+                        .and_then(|r| medgate_ledger::Checkpoint::from_bytes(r.reason.as_bytes()).ok())
                         .filter(|t| t.gateway == *peer && t.height == height)
                         .filter(|t| t.verify(&|g: &str, v: u32| self.ledger.store.member_key(g, v)).is_ok());
                     match theirs {
@@ -726,9 +726,9 @@ impl Gateway {
     }
 
     /// Signs a checkpoint of this gateway's block at `height` in the HSM.
-    async fn checkpoint_at(&self, height: u64) -> Result<Option<crate::ledger::Checkpoint>, String> {
+    async fn checkpoint_at(&self, height: u64) -> Result<Option<medgate_ledger::Checkpoint>, String> {
         let Some(block) = self.ledger.store.block(height).map_err(|e| e.to_string())? else { return Ok(None) };
-        let unsigned = crate::ledger::UnsignedCheckpoint::new(&self.hospital, height, block.hash(), block.order_position);
+        let unsigned = medgate_ledger::UnsignedCheckpoint::new(&self.hospital, height, block.hash(), block.order_position);
         let digest = unsigned.signing_digest();
         let hsm = self.hsm.clone();
         let sig = tokio::task::spawn_blocking(move || hsm.sign_digest(medgate_hsm::Role::Ledger, &digest))
@@ -740,7 +740,7 @@ impl Gateway {
 
     /// Two signed hashes at one height: keep both checkpoints as evidence, halt submissions,
     /// raise the alert.
-    fn fork_seen(&self, theirs: &crate::ledger::Checkpoint, ours: &str) -> String {
+    fn fork_seen(&self, theirs: &medgate_ledger::Checkpoint, ours: &str) -> String {
         let reason = format!(
             "fork: {} signed block {} at height {}, this gateway holds {}",
             theirs.gateway,
@@ -808,7 +808,7 @@ impl Gateway {
     /// A peer's signed checkpoint: checked with the member's ledger key and compared with this
     /// gateway's block at that height. On a fork the peer gets 409 and this gateway's own signed
     /// checkpoint for that height, so both sides keep both signatures as evidence.
-    pub async fn accept_checkpoint(&self, from: &str, cp: &crate::ledger::Checkpoint) -> Result<String, (u16, String)> {
+    pub async fn accept_checkpoint(&self, from: &str, cp: &medgate_ledger::Checkpoint) -> Result<String, (u16, String)> {
         if cp.gateway != from || from == self.hospital {
             return Err((403, "checkpoint-not-from-its-sender".into()));
         }
@@ -929,7 +929,7 @@ impl Gateway {
         let _one = self.consenting.lock().await;
         let mut wanted = sub.record_ids.clone();
         wanted.sort();
-        let same_terms = |c: &crate::chain::ConsentState| {
+        let same_terms = |c: &medgate_ledger::consent::ConsentState| {
             let mut ids = c.record_ids.clone();
             ids.sort();
             c.active && c.custodian == self.hospital && c.grantee == sub.grantee && ids == wanted && c.start == sub.start && c.end == sub.end
@@ -942,7 +942,7 @@ impl Gateway {
         }
         for (_, bytes) in self.vault.outbox().map_err(from_vault)? {
             let Ok(e) = serde_json::from_slice::<Entry>(&bytes) else { continue };
-            if let Some(c) = crate::chain::consent_from(&e).filter(|c| c.patient == pseudonym && same_terms(c)) {
+            if let Some(c) = medgate_ledger::consent::ConsentState::from_entry(&e).filter(|c| c.patient == pseudonym && same_terms(c)) {
                 self.metrics.incr("consents_already_recorded");
                 let body = fhir::consent_resource(&c.consent_id, sub, &self.hospital, None);
                 return Ok(Created { status: 202, body, location: Some(format!("Consent/{}", c.consent_id)) });
@@ -1053,13 +1053,13 @@ impl Gateway {
     /// propose`). Not queued in the outbox: a proposal the roster no longer allows would make
     /// every batch it rides in invalid, so it is checked here, submitted once, and a failure is
     /// reported to the operator, who proposes again. Answers the proposal as the chain holds it.
-    pub async fn propose_membership(&self, action: &str, hospital_id: &str, card: Option<crate::membership::MemberCard>) -> Result<crate::membership::Proposal, (u16, String)> {
-        use crate::membership::{new_proposal_id, Proposal};
+    pub async fn propose_membership(&self, action: &str, hospital_id: &str, card: Option<medgate_ledger::membership::MemberCard>) -> Result<medgate_ledger::membership::Proposal, (u16, String)> {
+        use medgate_ledger::membership::Proposal;
         let roster = self.ledger.store.roster().map_err(|e| (500, e.to_string()))?.ok_or((409, "membership needs ledger.mode = \"consortium\"".to_owned()))?;
         if !roster.is_member(&self.hospital) {
             return Err((409, format!("{} is not a current member; only members propose changes", self.hospital)));
         }
-        let id = new_proposal_id();
+        let id = vault::new_id();
         let body = match (action, card) {
             ("add" | "update", Some(card)) => {
                 if card.hospital_id != hospital_id {
@@ -1094,7 +1094,7 @@ impl Gateway {
     }
 
     /// Approves an open membership proposal in this hospital's name.
-    pub async fn approve_membership(&self, proposal_id: &str) -> Result<crate::membership::Proposal, (u16, String)> {
+    pub async fn approve_membership(&self, proposal_id: &str) -> Result<medgate_ledger::membership::Proposal, (u16, String)> {
         let roster = self.ledger.store.roster().map_err(|e| (500, e.to_string()))?;
         let Some(roster_version) = roster.filter(|r| r.is_member(&self.hospital)).map(|r| r.version) else {
             return Err((409, format!("{} is not a current member; only members approve changes", self.hospital)));
@@ -1118,7 +1118,7 @@ impl Gateway {
         self.membership_entry(body, proposal_id).await
     }
 
-    async fn membership_entry(&self, body: EntryBody, proposal_id: &str) -> Result<crate::membership::Proposal, (u16, String)> {
+    async fn membership_entry(&self, body: EntryBody, proposal_id: &str) -> Result<medgate_ledger::membership::Proposal, (u16, String)> {
         let entry = self.entry(body);
         entry.validate().map_err(|e| (400, e.to_string()))?;
         self.ledger.append_alone(vec![entry]).await.map_err(|e| {

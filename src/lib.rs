@@ -3,7 +3,6 @@
 //! `main.rs` only parses the command line; everything else is here, testable in-process.
 
 pub mod fhir;
-pub mod ledger;
 pub mod cli;
 pub mod config;
 pub mod keys;
@@ -23,6 +22,5 @@ pub mod verify;
 pub mod bench;
 pub mod consortium;
 pub mod peer;
-pub mod membership;
 pub mod audit;
 pub mod shred;

@@ -90,8 +90,8 @@ pub struct Peer {
 }
 
 impl Peer {
-    fn of(m: &crate::membership::MemberState) -> Peer {
-        Peer { address: m.peer_address, sharing_key: m.sharing_key() }
+    fn of(m: &medgate_ledger::membership::MemberState) -> Peer {
+        Peer { address: m.peer_address, sharing_key: m.sharing_key().map(|k| (k.modulus, k.exponent)) }
     }
 }
 
@@ -132,21 +132,21 @@ impl Sharing {
     }
 
     /// Sends this gateway's signed checkpoint to a peer; the answer says whether it agrees.
-    pub async fn send_checkpoint(&self, peer: &str, cp: &crate::ledger::Checkpoint) -> Result<(u16, String), String> {
+    pub async fn send_checkpoint(&self, peer: &str, cp: &medgate_ledger::Checkpoint) -> Result<(u16, String), String> {
         let (status, bytes) = self.post(peer, "/peer/v1/checkpoint", &serde_json::to_vec(cp).map_err(|e| e.to_string())?).await?;
         Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     /// Blocks of a peer's chain from height `from` (at most [`MAX_BLOCKS_PER_FETCH`]); empty
     /// when the peer has none that high. The caller verifies them.
-    pub async fn fetch_blocks(&self, peer: &str, from: u64) -> Result<Vec<crate::ledger::Block>, String> {
+    pub async fn fetch_blocks(&self, peer: &str, from: u64) -> Result<Vec<medgate_ledger::Block>, String> {
         let (status, bytes) = self.post(peer, "/peer/v1/blocks", &serde_json::to_vec(&BlocksRequest { from }).map_err(|e| e.to_string())?).await?;
         if status != 200 {
             return Err(format!("{peer} answered {status} to a block request"));
         }
         let raw: Vec<serde_json::Value> = serde_json::from_slice(&bytes).map_err(|e| format!("{peer} sent unreadable blocks: {e}"))?;
         raw.iter()
-            .map(|v| crate::ledger::Block::from_bytes(&serde_json::to_vec(v).unwrap_or_default()).map_err(|e| format!("{peer} sent a malformed block: {e}")))
+            .map(|v| medgate_ledger::Block::from_bytes(&serde_json::to_vec(v).unwrap_or_default()).map_err(|e| format!("{peer} sent a malformed block: {e}")))
             .collect()
     }
 
@@ -282,7 +282,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, gatewa
                         });
                     }
                     if path == "/peer/v1/checkpoint" {
-                        let Ok(cp) = crate::ledger::Checkpoint::from_bytes(&body) else {
+                        let Ok(cp) = medgate_ledger::Checkpoint::from_bytes(&body) else {
                             return Ok(json(400, &Refusal { reason: "bad-request".into() }));
                         };
                         return Ok(match gateway.accept_checkpoint(&requester, &cp).await {

@@ -400,10 +400,10 @@ struct ProposalRequest {
     action: String,
     hospital_id: String,
     #[serde(default)]
-    card: Option<crate::membership::MemberCard>,
+    card: Option<medgate_ledger::membership::MemberCard>,
 }
 
-fn membership_answer(r: Result<crate::membership::Proposal, (u16, String)>) -> Response<Full<Bytes>> {
+fn membership_answer(r: Result<medgate_ledger::membership::Proposal, (u16, String)>) -> Response<Full<Bytes>> {
     match r {
         Ok(p) => text(StatusCode::OK, serde_json::to_string(&p).unwrap_or_default(), "application/json"),
         Err((status, why)) => text(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), format!("{why}\n"), "text/plain; charset=utf-8"),

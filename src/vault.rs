@@ -381,7 +381,7 @@ impl Vault {
     /// shred pass pending, then flushed. What remains is what the ledger holds anyway (ids,
     /// pseudonym, hash, size, type). Copies of the store taken before still hold the wrapped key
     /// until the shred pass has destroyed the KEK version that wrapped it.
-    pub async fn erase(&self, rec: &StoredRecord, entry: &crate::ledger::Entry) -> Result<(), VaultError> {
+    pub async fn erase(&self, rec: &StoredRecord, entry: &medgate_ledger::Entry) -> Result<(), VaultError> {
         let mut shredded = rec.clone();
         shredded.wrapped_key.clear();
         shredded.doc_nonce.clear();
@@ -406,7 +406,7 @@ impl Vault {
     }
 
     /// Puts ledger entries (an access, a search) in the outbox, flushed, before the ledger sees them.
-    pub async fn enqueue(&self, entries: &[crate::ledger::Entry]) -> Result<(), VaultError> {
+    pub async fn enqueue(&self, entries: &[medgate_ledger::Entry]) -> Result<(), VaultError> {
         let mut batch = sled::Batch::default();
         for e in entries {
             batch.insert(e.id.as_bytes(), serde_json::to_vec(e).map_err(|e| VaultError::Storage(e.to_string()))?);
@@ -577,7 +577,7 @@ pub fn new_id() -> String {
 #[cfg(test)]
 pub(crate) mod fixture {
     use super::StoredRecord;
-    use crate::ledger::{Entry, EntryBody};
+    use medgate_ledger::{Entry, EntryBody};
 
     pub(crate) fn record(id: &str, kek_version: u32) -> StoredRecord {
         StoredRecord {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use etcd::EtcdCluster;
 use medgate::fhir::{sample_transaction, PatientId};
-use medgate::membership::{Genesis, MemberCard};
+use medgate_ledger::membership::{Genesis, MemberCard};
 use medgate::pki::TestCa;
 use support::{receipt_of, rt, Gw};
 
@@ -56,7 +56,7 @@ fn consortium_with(name: &str, sharing: bool) -> Consortium {
             MemberCard::from_files(&s.hospital, &s.ledger_public_key, 1, sharing.then_some(sharing_key.as_path()), sharing.then_some(*peer)).unwrap()
         })
         .collect();
-    let genesis = Genesis::new(&format!("test consortium {name}"), cards).unwrap().to_bytes();
+    let genesis = Genesis::new(&format!("test consortium {name}"), &medgate::keys::now_rfc3339(), cards).unwrap().to_bytes();
     let mut c = Consortium { etcd, gws: Vec::new(), ca, name: name.to_owned(), genesis, pseudonym_key };
     for ((site, dir), peer) in sites.into_iter().zip(&peers) {
         configure(&c, &site, sharing.then_some(*peer));
@@ -313,7 +313,7 @@ fn a_batch_from_a_non_member_is_kept_and_flagged_invalid_everywhere() {
 
 /// A batch in the right format, signed by a fresh key that no member holds.
 fn forged_batch(gateway: &str) -> Vec<u8> {
-    use medgate::ledger::{Entry, EntryBody, UnsignedBatch};
+    use medgate_ledger::{Entry, EntryBody, UnsignedBatch};
     use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
@@ -341,12 +341,12 @@ fn forged_batch(gateway: &str) -> Vec<u8> {
 }
 
 /// Signs a batch as `site`'s gateway with its own HSM ledger key (its gateway must be stopped).
-fn sign_as(site: &medgate::demo::Site, seq: u64, entries: Vec<medgate::ledger::Entry>) -> Vec<u8> {
+fn sign_as(site: &medgate::demo::Site, seq: u64, entries: Vec<medgate_ledger::Entry>) -> Vec<u8> {
     support::with_softhsm(&site.softhsm_conf, || {
         let pin = medgate_hsm::Pin::from_file(&site.dir.join("hsm-pin")).unwrap();
         let cfg = medgate_hsm::HsmConfig { module: medgate::demo::SOFTHSM_MODULE.into(), token_label: medgate::demo::TOKEN.into(), pool_size: 1 };
         let hsm = medgate_hsm::Hsm::open(cfg, pin).unwrap();
-        let unsigned = medgate::ledger::UnsignedBatch::new(&site.hospital, seq, entries);
+        let unsigned = medgate_ledger::UnsignedBatch::new(&site.hospital, seq, entries);
         let sig = hsm.sign_digest(medgate_hsm::Role::Ledger, &unsigned.signing_digest()).unwrap();
         hsm.shutdown();
         unsigned.sign(sig.key_version, &sig.raw).to_bytes()
@@ -355,7 +355,7 @@ fn sign_as(site: &medgate::demo::Site, seq: u64, entries: Vec<medgate::ledger::E
 
 #[test]
 fn only_the_hospital_that_recorded_a_consent_may_withdraw_it() {
-    use medgate::ledger::{Entry, EntryBody};
+    use medgate_ledger::{Entry, EntryBody};
     use serde_json::{json, Value};
     let mut c = consortium("consent");
     let p = patient(42);
@@ -848,11 +848,11 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
     // A batch C signs with its own HSM key, put straight into the ordered stream: invalid everywhere.
     let invalid_before: Vec<Option<f64>> = [&c.gws[0], &c.gws[1], &d].iter().map(|g| g.metric(INVALID)).collect();
     c.gws[2].stop();
-    let e = medgate::ledger::Entry::new(
+    let e = medgate_ledger::Entry::new(
         "hospital-c",
         "2026-11-28T10:00:00Z",
         [7; 16],
-        medgate::ledger::EntryBody::PatientSearched { patient: "ab".repeat(32), reader: "hospital-c".into(), user: "ef".repeat(32), role: "physician".into(), purpose: "TREAT".into(), results: 0 },
+        medgate_ledger::EntryBody::PatientSearched { patient: "ab".repeat(32), reader: "hospital-c".into(), user: "ef".repeat(32), role: "physician".into(), purpose: "TREAT".into(), results: 0 },
     );
     // Next in C's sequence and signed with its admitted key: only its membership is missing.
     let batch = sign_as(&c.gws[2].site, c_seq + 1, vec![e]);
@@ -939,7 +939,7 @@ fn the_chain_hangs_from_the_genesis_and_a_gateway_cannot_change_consortium() {
     // Another genesis (same members, another consortium) on the same ledger copy: refused at
     // start, naming the setting and both hashes.
     let (other, _) = Genesis::parse(&c.genesis).unwrap();
-    let other = Genesis::new("another consortium", other.members).unwrap();
+    let other = Genesis::new("another consortium", &medgate::keys::now_rfc3339(), other.members).unwrap();
     let other_hash = other.write(&site.dir.join("genesis.json")).unwrap();
     let log = site.dir.join("refused.log");
     let err = site.spawn(&support::exe(), Some(&log)).expect_err("a gateway must not start on another genesis");

@@ -40,8 +40,8 @@ fn store_search_read_and_audit_round_trip() {
         let id = doc["id"].as_str().unwrap().to_owned();
         assert_eq!(bundle["entry"][0]["response"]["status"], "201 Created");
         assert_eq!(r.headers["location"], format!("DocumentReference/{id}").as_str());
-        let key = medgate::verify::read_public_key(&gw.site.ledger_public_key).unwrap();
-        let receipt = medgate::verify::check_receipt(&receipt_of(doc).unwrap(), &key).unwrap();
+        let key = medgate_ledger::keys::read_public_key(&gw.site.ledger_public_key).unwrap();
+        let receipt = medgate_ledger::check_receipt(&receipt_of(doc).unwrap(), &key).unwrap();
         assert_eq!(receipt.entry.record_id(), Some(id.as_str()));
         assert!(!String::from_utf8_lossy(&receipt_of(doc).unwrap()).contains("MRN-000001"), "identifier on the ledger");
 
@@ -440,8 +440,8 @@ fn consents_are_recorded_listed_withdrawn_and_audited() {
         let created = r.json();
         let cid = created["id"].as_str().unwrap().to_owned();
         assert_eq!(r.headers["location"], format!("Consent/{cid}").as_str());
-        let key = medgate::verify::read_public_key(&gw.site.ledger_public_key).unwrap();
-        let receipt = medgate::verify::check_receipt(&receipt_of(&created).unwrap(), &key).unwrap();
+        let key = medgate_ledger::keys::read_public_key(&gw.site.ledger_public_key).unwrap();
+        let receipt = medgate_ledger::check_receipt(&receipt_of(&created).unwrap(), &key).unwrap();
         assert!(!serde_json::to_string(&receipt).unwrap().contains("MRN-000008"), "identifier on the ledger");
         // A retry without a key finds the same active consent: 200, same id, nothing new.
         let height = gw.metric("medgate_ledger_height");

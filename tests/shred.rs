@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use medgate::fhir::{sample_transaction, PatientId};
-use medgate::ledger::{Entry, EntryBody};
+use medgate_ledger::{Entry, EntryBody};
 use medgate::vault::{StoredRecord, Vault, VaultError};
 use medgate_hsm::{Hsm, HsmConfig, HsmError, Pin, Role};
 use support::{rt, Gw};

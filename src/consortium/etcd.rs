@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::chain::ChainStore;
 use crate::config::Consortium;
-use crate::ledger::Batch;
+use medgate_ledger::Batch;
 use crate::tls;
 
 /// How a stream that ended on a compacted resume point says so.
@@ -289,7 +289,7 @@ pub fn rbac_commands(prefix: &str, grant: &[String], revoke: &[String], enable: 
         out.extend(["user add root --no-password".to_owned(), "role add root".to_owned(), "user grant-role root root".to_owned()]);
     }
     for h in grant.iter().chain(revoke) {
-        if !crate::membership::is_hospital_id(h) {
+        if !medgate_ledger::hospital::is_hospital_id(h) {
             return Err(format!("hospital id {h:?}: not usable as an etcd user (1 to 64 of A-Z a-z 0-9 - _ . only, not root)"));
         }
     }

@@ -185,11 +185,11 @@ fn build(dir: &Path, say: &mut dyn FnMut(&str)) -> Result<Consortium, Failure> {
     let cards = sites
         .iter()
         .zip(&peers)
-        .map(|(s, p)| crate::membership::MemberCard::from_files(&s.hospital, &s.ledger_public_key, 1, Some(&s.dir.join("sharing-public-key.pem")), Some(*p)))
+        .map(|(s, p)| medgate_ledger::membership::MemberCard::from_files(&s.hospital, &s.ledger_public_key, 1, Some(&s.dir.join("sharing-public-key.pem")), Some(*p)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(Failure::runtime)?;
     let genesis_path = dir.join("genesis.json");
-    let genesis_hash = crate::membership::Genesis::new("medgate demo consortium", cards).and_then(|g| g.write(&genesis_path)).map_err(Failure::runtime)?;
+    let genesis_hash = medgate_ledger::membership::Genesis::new("medgate demo consortium", &crate::keys::now_rfc3339(), cards).and_then(|g| g.write(&genesis_path)).map_err(Failure::runtime)?;
     // Per-hospital RBAC, as `medgate consortium etcd-rbac --genesis ... --enable-auth` prints it.
     let ids: Vec<String> = sites.iter().map(|s| s.hospital.clone()).collect();
     for cmd in crate::consortium::etcd::rbac_commands("/medgate/ledger", &ids, &[], true).map_err(Failure::runtime)? {
@@ -252,7 +252,7 @@ pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
     c.stop();
     outcome?;
     say("gateways stopped with SIGTERM");
-    let keys: Vec<Vec<u8>> = sites.iter().map(|s| crate::verify::read_public_key(&s.ledger_public_key)).collect::<Result<_, _>>().map_err(Failure::runtime)?;
+    let keys: Vec<Vec<u8>> = sites.iter().map(|s| medgate_ledger::keys::read_public_key(&s.ledger_public_key)).collect::<Result<_, _>>().map_err(|e| Failure::runtime(e.to_string()))?;
     let mut heads = Vec::new();
     for s in &sites {
         let db = crate::vault::Vault::open_db(&s.dir.join("state")).map_err(rt_err)?;

@@ -22,18 +22,25 @@ pub struct Receipt {
     pub leaf_index: u64,
     /// RFC 6962 audit path from the leaf to the batch root, lowercase hex.
     pub proof: Vec<String>,
-    /// The batch header: who signed, its sequence number, how many entries, the root.
+    /// The gateway that signed the batch.
     pub gateway: String,
+    /// The batch's sequence number.
     pub seq: u64,
+    /// How many entries the batch holds.
     pub tree_size: u64,
+    /// The batch's Merkle root, lowercase hex.
     pub root: String,
-    /// Version of the gateway's ledger signing key, and the raw low-S `r || s` signature, hex.
+    /// Version of the gateway's ledger signing key.
     pub key_version: u32,
+    /// The raw low-S `r || s` batch signature, lowercase hex.
     pub signature: String,
-    /// The block header holding the batch.
+    /// Height of the block holding the batch.
     pub height: u64,
+    /// That block's previous hash.
     pub prev_hash: String,
+    /// That block's ordering position.
     pub order_position: u64,
+    /// That block's batch list (hashes and validity flags).
     pub batches: Vec<BatchRef>,
     /// Index of the entry's batch in the block.
     pub batch_index: u64,

@@ -251,11 +251,12 @@ impl Entry {
     }
 
     /// Checks the id and the shape of every field: pseudonyms and hashes are lowercase hex of the
-    /// right length, the time is RFC 3339 UTC, codes are 1 to 128 characters from
+    /// right length, the time is RFC 3339 UTC, hospital ids follow
+    /// [`crate::hospital::check_hospital_id`], other codes are 1 to 128 characters from
     /// `A-Z a-z 0-9 - . _ : / @ + = | # ~` (no spaces, so no prose), the content type is a MIME
     /// type, and key event actions are from the fixed list.
     pub fn validate(&self) -> Result<(), LedgerError> {
-        code("gateway", &self.gateway)?;
+        hospital("gateway", &self.gateway)?;
         if !is_utc_time(&self.time) {
             return Err(bad("time", "not RFC 3339 UTC (YYYY-MM-DDTHH:MM:SS[.f]Z)"));
         }
@@ -281,7 +282,7 @@ impl Entry {
                     return Err(bad("content_hash", "not 64 lowercase hex characters"));
                 }
                 mime("content_type", content_type)?;
-                code("custodian", custodian)?;
+                hospital("custodian", custodian)?;
                 user_pseudonym(user)?;
                 code("role", role)?;
                 code("purpose", purpose)?;
@@ -299,8 +300,8 @@ impl Entry {
             } => {
                 code("record_id", record_id)?;
                 patient_pseudonym(patient)?;
-                code("custodian", custodian)?;
-                code("reader", reader)?;
+                hospital("custodian", custodian)?;
+                hospital("reader", reader)?;
                 user_pseudonym(user)?;
                 code("role", role)?;
                 code("purpose", purpose)?;
@@ -317,7 +318,7 @@ impl Entry {
                 results: _,
             } => {
                 patient_pseudonym(patient)?;
-                code("reader", reader)?;
+                hospital("reader", reader)?;
                 user_pseudonym(user)?;
                 code("role", role)?;
                 code("purpose", purpose)?;
@@ -325,8 +326,8 @@ impl Entry {
             EntryBody::ConsentRecorded { consent_id, patient, custodian, grantee, record_ids, start, end, user, role } => {
                 code("consent_id", consent_id)?;
                 patient_pseudonym(patient)?;
-                code("custodian", custodian)?;
-                code("grantee", grantee)?;
+                hospital("custodian", custodian)?;
+                hospital("grantee", grantee)?;
                 if record_ids.len() > MAX_CONSENT_RECORDS {
                     return Err(bad("record_ids", "lists more than 256 records"));
                 }
@@ -344,15 +345,15 @@ impl Entry {
             EntryBody::RecordErased { record_id, patient, custodian, user, role } => {
                 code("record_id", record_id)?;
                 patient_pseudonym(patient)?;
-                code("custodian", custodian)?;
+                hospital("custodian", custodian)?;
                 user_pseudonym(user)?;
                 code("role", role)?;
             }
             EntryBody::ConsentRevoked { consent_id, patient, custodian, grantee, user, role } => {
                 code("consent_id", consent_id)?;
                 patient_pseudonym(patient)?;
-                code("custodian", custodian)?;
-                code("grantee", grantee)?;
+                hospital("custodian", custodian)?;
+                hospital("grantee", grantee)?;
                 user_pseudonym(user)?;
                 code("role", role)?;
             }
@@ -389,8 +390,8 @@ impl Entry {
                 if !MEMBERSHIP_ACTIONS.contains(&action.as_str()) {
                     return Err(bad("action", "not one of add, remove, update"));
                 }
-                code("hospital_id", hospital_id)?;
-                code("proposer", proposer)?;
+                hospital("hospital_id", hospital_id)?;
+                hospital("proposer", proposer)?;
                 for (field, k) in [("ledger_public_key", ledger_public_key), ("sharing_public_key", sharing_public_key)] {
                     if let Some(k) = k {
                         public_key_b64(field, k)?;
@@ -417,7 +418,7 @@ impl Entry {
                 if !canon::is_hex(proposal_id, 32) {
                     return Err(bad("proposal_id", "not 32 lowercase hex characters"));
                 }
-                code("approver", approver)?;
+                hospital("approver", approver)?;
             }
         }
         self.check_id()
@@ -617,6 +618,12 @@ fn code(field: &'static str, value: &str) -> Result<(), LedgerError> {
     } else {
         Err(bad(field, "only A-Z a-z 0-9 - . _ : / @ + = | # ~ are allowed"))
     }
+}
+
+/// A hospital id ([`crate::hospital::check_hospital_id`]): the one rule for every field that
+/// names a gateway.
+fn hospital(field: &'static str, value: &str) -> Result<(), LedgerError> {
+    crate::hospital::check_hospital_id(value).map_err(|reason| bad(field, reason))
 }
 
 /// Standard base64 of a DER public key, at most [`MAX_KEY_B64`] characters.

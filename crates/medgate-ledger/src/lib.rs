@@ -1,8 +1,11 @@
-//! The ledger format: entries, Merkle trees, signed batches, hash-chained blocks, checkpoints and
-//! receipts, and the checks that every gateway (and any third party) runs on them.
+//! medgate's ledger: entries, Merkle trees, signed batches, hash-chained blocks, checkpoints and
+//! receipts, the consortium's membership rules, the state derived from consent entries, and the
+//! checks that every gateway (and any third party) runs on them.
 //!
-//! Boundary: pure data and verification. Nothing here talks to the HSM, the ordering service,
-//! sled or the clock. Signing is done elsewhere: this module hands out the exact message and its
+//! Boundary: pure data and verification, for gateways and auditors alike. Nothing here talks to
+//! the HSM, the ordering service, a database, the network or the clock (no cryptoki, sled, tokio,
+//! hyper or etcd in its dependencies): an auditor verifies a ledger copy and a receipt with this
+//! crate alone (`examples/verify-ledger.rs`). Signing is done elsewhere: this crate hands out the exact message and its
 //! SHA-256 digest (`signing_message` / `signing_digest`), the HSM signs the digest with
 //! `CKM_ECDSA`, and the raw `r || s` signature comes back through `sign`. Verification uses ring's
 //! `ECDSA_P256_SHA256_FIXED` over the message, which hashes the message itself.
@@ -16,16 +19,23 @@
 //! No ledger item may carry a patient identifier or document content: only pseudonyms (HMAC under
 //! the HSM pseudonym key) and hashes. [`Entry::validate`] enforces the shape of every field.
 
+#![warn(missing_docs)]
+
 mod batch;
 mod block;
 mod canon;
 mod checkpoint;
+pub mod consent;
 mod entry;
+pub mod hospital;
+pub mod keys;
+pub mod membership;
 pub mod merkle;
 mod p256;
 mod receipt;
 #[cfg(test)]
 pub(crate) mod testkit;
+pub mod verify;
 
 pub use batch::{Batch, UnsignedBatch};
 pub use block::{verify_chain, verify_chain_with, BatchRef, Block, ChainError, ChainReport, ChainState};
@@ -33,6 +43,7 @@ pub use checkpoint::{Checkpoint, UnsignedCheckpoint};
 pub use entry::{Entry, EntryBody};
 pub use p256::{normalize_low_s, p256_point_from_spki};
 pub use receipt::Receipt;
+pub use verify::{check_receipt, verify_ledger, ReceiptError};
 
 /// Largest encoded batch accepted, in bytes (well under etcd's 1.5 MiB request limit).
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;

@@ -25,11 +25,15 @@ pub struct UnsignedCheckpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
+    /// Hospital id of the signing gateway.
     pub gateway: String,
+    /// Height of the block checkpointed.
     pub height: u64,
     /// Lowercase hex hash of the block at `height`.
     pub block_hash: String,
+    /// Ordering position of that block.
     pub order_position: u64,
+    /// Version of the ledger key that signed.
     pub key_version: u32,
     /// Raw low-S `r || s`, lowercase hex.
     pub signature: String,
@@ -40,6 +44,7 @@ fn message(gateway: &str, height: u64, block_hash: &str, order_position: u64) ->
 }
 
 impl UnsignedCheckpoint {
+    /// A checkpoint of `gateway`'s block at `height`.
     pub fn new(gateway: &str, height: u64, block_hash: [u8; 32], order_position: u64) -> UnsignedCheckpoint {
         UnsignedCheckpoint { gateway: gateway.to_owned(), height, block_hash: hex::encode(block_hash), order_position }
     }
@@ -78,6 +83,7 @@ impl Checkpoint {
         self.height == other.height && self.block_hash != other.block_hash
     }
 
+    /// Decodes a checkpoint (size-limited, unknown fields rejected). Does not verify it.
     pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint, LedgerError> {
         canon::decode("checkpoint", bytes, MAX_RECEIPT_BYTES)
     }

@@ -1,9 +1,11 @@
 //! Consortium membership: the genesis document that names the founding members, the roster the
 //! chain derives from it and from membership entries, and the rules those entries follow.
 //!
-//! Boundary: pure data and rules. The roster changes only through blocks (see
-//! [`crate::chain::ChainStore`]), so every gateway reading the same chain from the same genesis
-//! holds the same roster at every height. Nothing here reads a clock or the local configuration.
+//! Boundary: pure data and rules. The roster changes only through blocks ([`apply_block`], run by
+//! the gateway's chain store and by [`crate::verify_ledger`] alike), so every gateway reading the
+//! same chain from the same genesis holds the same roster at every height. Nothing here reads a
+//! clock or the local configuration; the only I/O is reading and writing the genesis file and
+//! the public key files a member card is made from.
 //!
 //! Rules: a change (`add`, `remove`, `update`) is proposed by a current member and takes effect
 //! in the block where approvals from a strict majority of the current members (the proposer
@@ -21,18 +23,19 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::ledger::EntryBody;
+use crate::hospital::{check_hospital_id, HOSPITAL_ID_RULE};
+use crate::keys::{b64_decode, b64_encode, check_ledger_key, read_public_key, rsa_public_key, RsaPublicKey};
+use crate::{Block, Entry, EntryBody};
 
 /// What a hospital hands to the consortium to be named in the genesis or admitted later: its
 /// public keys (from `medgate keys public-key`) and where its peers reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberCard {
+    /// The hospital's id ([`crate::hospital::check_hospital_id`]).
     pub hospital_id: String,
     /// Base64 DER SubjectPublicKeyInfo of the ledger signing key.
     pub ledger_public_key: String,
@@ -56,36 +59,32 @@ impl MemberCard {
         sharing_public_key: Option<&Path>,
         peer_address: Option<SocketAddr>,
     ) -> Result<MemberCard, String> {
-        let ledger = crate::verify::read_public_key(ledger_public_key)?;
-        let sharing = sharing_public_key.map(crate::verify::read_public_key).transpose()?;
+        let ledger = read_public_key(ledger_public_key).map_err(|e| e.to_string())?;
+        let sharing = sharing_public_key.map(read_public_key).transpose().map_err(|e| e.to_string())?;
         let card = MemberCard {
             hospital_id: hospital_id.to_owned(),
-            ledger_public_key: B64.encode(ledger),
+            ledger_public_key: b64_encode(&ledger),
             ledger_key_version,
-            sharing_public_key: sharing.map(|k| B64.encode(k)),
+            sharing_public_key: sharing.map(|k| b64_encode(&k)),
             peer_address,
         };
         card.check()?;
         Ok(card)
     }
 
-    /// The card's fields have the shapes a membership entry needs, and the keys parse.
+    /// The card's fields have the shapes a membership entry needs, the ledger key is an ECDSA
+    /// P-256 key and the sharing key an RSA key, both strict DER.
     pub fn check(&self) -> Result<(), String> {
-        if !is_hospital_id(&self.hospital_id) {
-            return Err(format!(
-                "hospital id {:?}: 1 to 64 characters from A-Z a-z 0-9 - _ . (it is also the etcd user and a certificate name)",
-                self.hospital_id
-            ));
+        if check_hospital_id(&self.hospital_id).is_err() {
+            return Err(format!("hospital id {:?}: {HOSPITAL_ID_RULE}", self.hospital_id));
         }
         let entry = self.proposal("0".repeat(32), "add", &self.hospital_id);
-        let probe = crate::ledger::Entry::new(&self.hospital_id, "2000-01-01T00:00:00Z", [0; 16], entry);
+        let probe = Entry::new(&self.hospital_id, "2000-01-01T00:00:00Z", [0; 16], entry);
         probe.validate().map_err(|e| format!("member card of {:?}: {e}", self.hospital_id))?;
-        let ledger = B64.decode(&self.ledger_public_key).map_err(|e| format!("{}: ledger_public_key: {e}", self.hospital_id))?;
-        x509_parser::x509::SubjectPublicKeyInfo::from_der_spki(&ledger)
-            .ok_or_else(|| format!("{}: ledger_public_key is not a DER SubjectPublicKeyInfo", self.hospital_id))?;
+        let ledger = b64_decode(&self.ledger_public_key).map_err(|e| format!("{}: ledger_public_key: {e}", self.hospital_id))?;
+        check_ledger_key(&ledger).map_err(|e| format!("{}: ledger_public_key: {e}", self.hospital_id))?;
         if let Some(s) = &self.sharing_public_key {
-            let der = B64.decode(s).map_err(|e| format!("{}: sharing_public_key: {e}", self.hospital_id))?;
-            medgate_hsm::rsa_spki_parts(&der).ok_or_else(|| format!("{}: sharing_public_key is not an RSA public key", self.hospital_id))?;
+            sharing_key(s).map_err(|e| format!("{}: sharing_public_key: {e}", self.hospital_id))?;
         }
         Ok(())
     }
@@ -105,24 +104,14 @@ impl MemberCard {
     }
 }
 
-/// A hospital id usable everywhere it goes: ledger codes, etcd user names, certificate names.
-pub fn is_hospital_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id != "root" && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+/// The RSA key of a base64 sharing key SubjectPublicKeyInfo.
+fn sharing_key(b64: &str) -> Result<RsaPublicKey, crate::keys::KeyError> {
+    rsa_public_key(&b64_decode(b64)?)
 }
 
-/// Parses DER SubjectPublicKeyInfo.
-trait FromDerSpki {
-    fn from_der_spki(der: &[u8]) -> Option<()>;
-}
-
-impl FromDerSpki for x509_parser::x509::SubjectPublicKeyInfo<'_> {
-    fn from_der_spki(der: &[u8]) -> Option<()> {
-        use x509_parser::prelude::FromDer as _;
-        match x509_parser::x509::SubjectPublicKeyInfo::from_der(der) {
-            Ok(([], _)) => Some(()),
-            _ => None,
-        }
-    }
+/// Whether a base64 SubjectPublicKeyInfo is an ECDSA P-256 ledger key.
+fn is_ledger_key(b64: &str) -> bool {
+    b64_decode(b64).is_ok_and(|der| check_ledger_key(&der).is_ok())
 }
 
 /// The genesis document: the consortium's name and its founding members. Every gateway is
@@ -180,9 +169,9 @@ impl Genesis {
         Ok(())
     }
 
-    /// A genesis for `members`, dated now.
-    pub fn new(consortium: &str, members: Vec<MemberCard>) -> Result<Genesis, String> {
-        let g = Genesis { consortium: consortium.to_owned(), created: crate::keys::now_rfc3339(), members };
+    /// A genesis for `members`, dated `created` (RFC 3339 UTC).
+    pub fn new(consortium: &str, created: &str, members: Vec<MemberCard>) -> Result<Genesis, String> {
+        let g = Genesis { consortium: consortium.to_owned(), created: created.to_owned(), members };
         g.check()?;
         Ok(g)
     }
@@ -205,10 +194,13 @@ impl Genesis {
 /// A current member as the chain knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberState {
+    /// The member's hospital id.
     pub hospital_id: String,
     /// Every ledger key version admitted for it (base64 DER SPKI).
     pub ledger_keys: BTreeMap<u32, String>,
+    /// Base64 DER SubjectPublicKeyInfo of its RSA sharing key, if it has one.
     pub sharing_public_key: Option<String>,
+    /// Its peer listener, if it serves records.
     pub peer_address: Option<SocketAddr>,
     /// Block height where it was admitted; `None` for a founding member.
     pub admitted_at: Option<u64>,
@@ -225,15 +217,14 @@ impl MemberState {
         }
     }
 
-    /// RSA modulus and exponent of the sharing key.
-    pub fn sharing_key(&self) -> Option<(Vec<u8>, Vec<u8>)> {
-        let der = B64.decode(self.sharing_public_key.as_ref()?).ok()?;
-        medgate_hsm::rsa_spki_parts(&der)
+    /// The RSA sharing key, if the member has one.
+    pub fn sharing_key(&self) -> Option<RsaPublicKey> {
+        sharing_key(self.sharing_public_key.as_ref()?).ok()
     }
 
     /// A ledger key version as DER.
     pub fn ledger_key(&self, version: u32) -> Option<Vec<u8>> {
-        B64.decode(self.ledger_keys.get(&version)?).ok()
+        b64_decode(self.ledger_keys.get(&version)?).ok()
     }
 
     /// Every admitted ledger key version, as DER.
@@ -245,11 +236,15 @@ impl MemberState {
 /// A membership proposal and the approvals it gathered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
+    /// 32 lowercase hex characters chosen by the proposer.
     pub proposal_id: String,
+    /// `add`, `remove` or `update`.
     pub action: String,
+    /// The hospital concerned.
     pub hospital_id: String,
     /// For `add` and `update`: the keys and address proposed (an `update` may leave some out).
     pub card: Option<ProposedCard>,
+    /// The member that proposed it.
     pub proposer: String,
     /// Members that approved, the proposer first.
     pub approvals: Vec<String>,
@@ -266,9 +261,13 @@ pub struct Proposal {
 /// The keys and address of an `add` or `update` proposal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProposedCard {
+    /// Base64 DER SubjectPublicKeyInfo of the proposed ledger key.
     pub ledger_public_key: Option<String>,
+    /// Its version.
     pub ledger_key_version: Option<u32>,
+    /// Base64 DER SubjectPublicKeyInfo of the proposed RSA sharing key.
     pub sharing_public_key: Option<String>,
+    /// The proposed peer listener.
     pub peer_address: Option<SocketAddr>,
 }
 
@@ -328,6 +327,7 @@ impl Proposal {
 /// The current members, by hospital id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Roster {
+    /// The members by hospital id.
     pub members: BTreeMap<String, MemberState>,
     /// Changes carried since the genesis.
     #[serde(default)]
@@ -335,14 +335,17 @@ pub struct Roster {
 }
 
 impl Roster {
+    /// The founding roster of a genesis document.
     pub fn from_genesis(g: &Genesis) -> Roster {
         Roster { members: g.members.iter().map(|c| (c.hospital_id.clone(), MemberState::from_card(c, None))).collect(), version: 0 }
     }
 
+    /// Whether `hospital_id` is a current member.
     pub fn is_member(&self, hospital_id: &str) -> bool {
         self.members.contains_key(hospital_id)
     }
 
+    /// A current member.
     pub fn get(&self, hospital_id: &str) -> Option<&MemberState> {
         self.members.get(hospital_id)
     }
@@ -383,12 +386,12 @@ impl Roster {
                             (Some(k), Some(v)) => {
                                 // A version keeps the key it was admitted with.
                                 let same_or_new = self.members[&p.hospital_id].ledger_keys.get(&v).is_none_or(|old| old == k);
-                                same_or_new && B64.decode(k).ok().and_then(|d| x509_parser::x509::SubjectPublicKeyInfo::from_der_spki(&d)).is_some()
+                                same_or_new && is_ledger_key(k)
                             }
                             (None, None) => true,
                             _ => false,
                         };
-                        let sharing_ok = c.sharing_public_key.as_ref().is_none_or(|s| B64.decode(s).ok().and_then(|d| medgate_hsm::rsa_spki_parts(&d)).is_some());
+                        let sharing_ok = c.sharing_public_key.as_ref().is_none_or(|s| sharing_key(s).is_ok());
                         key_ok && sharing_ok && (c.ledger_public_key.is_some() || c.sharing_public_key.is_some() || c.peer_address.is_some())
                     })
             }
@@ -433,7 +436,7 @@ impl Roster {
 /// entries; `stored` finds a proposal opened in an earlier block. Applies carried changes to
 /// `roster`. The same function runs when a gateway stores a block and when `medgate ledger
 /// verify` replays a chain, so both see the same roster at every height.
-pub fn apply_block(roster: &mut Roster, block: &crate::ledger::Block, stored: &mut dyn FnMut(&str) -> Option<Proposal>) -> (Vec<Proposal>, bool) {
+pub fn apply_block(roster: &mut Roster, block: &Block, stored: &mut dyn FnMut(&str) -> Option<Proposal>) -> (Vec<Proposal>, bool) {
     let mut touched: BTreeMap<String, Proposal> = BTreeMap::new();
     let mut changed = false;
     for (batch, valid) in block.batches.iter().zip(&block.valid) {
@@ -490,11 +493,6 @@ pub fn apply_block(roster: &mut Roster, block: &crate::ledger::Block, stored: &m
     (touched.into_values().collect(), changed)
 }
 
-/// A fresh proposal id: 16 random bytes, lowercase hex.
-pub fn new_proposal_id() -> String {
-    crate::vault::new_id()
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
@@ -504,7 +502,7 @@ mod tests {
         // A fixed P-256 SPKI and a fixed RSA-2048 SPKI are enough for shape checks.
         MemberCard {
             hospital_id: id.into(),
-            ledger_public_key: crate::ledger::testkit::P256_SPKI_B64.into(),
+            ledger_public_key: crate::testkit::P256_SPKI_B64.into(),
             ledger_key_version: 1,
             sharing_public_key: None,
             peer_address: Some("127.0.0.1:7000".parse().unwrap()),
@@ -586,15 +584,15 @@ mod tests {
         assert!(!two.carries(&proposal("remove", "b", "a")), "a removal needs a majority of all");
     }
 
-    fn block(height: u64, gateway: &str, body: EntryBody, valid: bool) -> crate::ledger::Block {
-        let entry = crate::ledger::Entry::new(gateway, "2026-11-28T10:00:00Z", [height as u8; 16], body);
+    fn block(height: u64, gateway: &str, body: EntryBody, valid: bool) -> crate::Block {
+        let entry = crate::Entry::new(gateway, "2026-11-28T10:00:00Z", [height as u8; 16], body);
         // apply_block reads entries only; signatures are the block checks' business.
-        let batch = crate::ledger::UnsignedBatch::new(gateway, height + 1, vec![entry]).sign(1, &[0u8; 64]);
-        crate::ledger::Block { height, prev_hash: "0".repeat(64), order_position: height, batches: vec![batch], valid: vec![valid] }
+        let batch = crate::UnsignedBatch::new(gateway, height + 1, vec![entry]).sign(1, &[0u8; 64]);
+        crate::Block { height, prev_hash: "0".repeat(64), order_position: height, batches: vec![batch], valid: vec![valid] }
     }
 
     /// Applies a block as the store does: proposals it touched are kept. Whether the roster changed.
-    fn run(r: &mut Roster, b: &crate::ledger::Block, stored: &mut BTreeMap<String, Proposal>) -> bool {
+    fn run(r: &mut Roster, b: &crate::Block, stored: &mut BTreeMap<String, Proposal>) -> bool {
         let (touched, changed) = apply_block(r, b, &mut |id| stored.get(id).cloned());
         for p in touched {
             stored.insert(p.proposal_id.clone(), p);
