@@ -26,7 +26,7 @@ use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::Value;
 
-use crate::fhir::{self, FhirError, PatientId};
+use medgate_fhir::{FhirError, PatientId};
 use crate::gateway::{Caller, Gateway, PURPOSES};
 use crate::tls::ClientIdentity;
 
@@ -197,14 +197,14 @@ impl Api {
         let id = path.split('/').nth(1).unwrap_or("").to_owned();
         let gw = &self.gateway;
         match route {
-            "GET /metadata" => Ok(json_response(200, &fhir::capability_statement(env!("CARGO_PKG_VERSION"), &crate::keys::now_rfc3339()))),
+            "GET /metadata" => Ok(json_response(200, &medgate_fhir::capability_statement(env!("CARGO_PKG_VERSION"), &crate::keys::now_rfc3339()))),
             "POST /" | "POST /DocumentReference" => {
                 let caller = caller(&req, client)?;
                 check_fhir_json(&req)?;
                 let idem = idempotency_key(&req)?;
                 let bytes = body(req, self.max_body, self.body_timeout).await?;
                 let single = route == "POST /DocumentReference";
-                let docs = if single { vec![fhir::parse_document_reference(&bytes)?] } else { fhir::parse_transaction(&bytes)? };
+                let docs = if single { vec![medgate_fhir::parse_document_reference(&bytes)?] } else { medgate_fhir::parse_transaction(&bytes)? };
                 let created = gw.create(&caller, docs, idem.as_deref()).await?;
                 // A single create answers with the resource itself, a transaction with the Bundle.
                 let body = if single { created.body["entry"][0]["resource"].clone() } else { created.body.clone() };
@@ -247,7 +247,7 @@ impl Api {
                 check_fhir_json(&req)?;
                 let idem = idempotency_key(&req)?;
                 let bytes = body(req, self.max_body, self.body_timeout).await?;
-                let sub = fhir::parse_consent(&bytes)?;
+                let sub = medgate_fhir::parse_consent(&bytes)?;
                 let done = if route == "POST /Consent" { gw.record_consent(&caller, &sub, idem.as_deref()).await? } else { gw.revoke_consent(&caller, &id, &sub).await? };
                 Ok(with_location(json_response(done.status, &done.body), done.location))
             }

@@ -13,7 +13,7 @@ use medgate_hsm::{Hsm, HsmConfig, Pin};
 use crate::cli::Failure;
 use crate::config::Config;
 use crate::demo::{Site, SOFTHSM_MODULE, TOKEN};
-use crate::fhir::{sample_transaction, PatientId};
+use medgate_fhir::{sample_transaction, PatientId};
 use crate::server::Running;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

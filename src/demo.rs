@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 use crate::cli::Failure;
 use crate::client::{query_escape, HisClient};
-use crate::fhir::{sample_transaction, PatientId};
+use medgate_fhir::{sample_transaction, PatientId};
 use crate::pki::TestCa;
 
 mod consortium;

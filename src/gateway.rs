@@ -18,7 +18,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::chain::{ChainError, Ledger};
-use crate::fhir::{
+use medgate_fhir::{
     self, audit_event, document_reference_resource, AuditAction, AuditRecord, ConsentSubmission, DocumentSubmission, FhirError,
     PatientId, StoredDocument,
 };
@@ -364,7 +364,7 @@ impl Gateway {
         let status = if all_anchored { 201 } else { 202 };
         let status_text = if all_anchored { "201 Created" } else { "202 Accepted" };
         let location = out.first().map(|(_, r)| format!("DocumentReference/{}", r.id));
-        let body = fhir::transaction_response(out.into_iter().map(|(v, _)| (v, status_text)).collect());
+        let body = medgate_fhir::transaction_response(out.into_iter().map(|(v, _)| (v, status_text)).collect());
         Ok(Created { status, body, location })
     }
 
@@ -469,7 +469,7 @@ impl Gateway {
             results: resources.len() as u32,
         })])
         .await?;
-        Ok(fhir::searchset(resources, self_link))
+        Ok(medgate_fhir::searchset(resources, self_link))
     }
 
     fn stored(&self, id: &str) -> Result<StoredRecord, FhirError> {
@@ -833,7 +833,7 @@ impl Gateway {
         let (_, pseudonym) = self.patient_pseudonym(patient).await?;
         let entries = self.ledger.store.entries_for_patient(&pseudonym).map_err(internal)?;
         let events = entries.iter().filter_map(|(e, height)| audit_record(e, *height).map(|r| audit_event(&r))).collect();
-        Ok(fhir::searchset(events, self_link))
+        Ok(medgate_fhir::searchset(events, self_link))
     }
 
     /// Puts the security officer's key events (journalled by `medgate keys` in the state
@@ -937,14 +937,14 @@ impl Gateway {
         if let Some(c) = self.ledger.store.consents_for(&pseudonym).map_err(internal)?.into_iter().find(|c| same_terms(c)) {
             self.metrics.incr("consents_already_recorded");
             let receipt = self.ledger.store.receipt(&c.recorded_by).map_err(internal)?;
-            let body = fhir::consent_resource(&c.consent_id, sub, &self.hospital, receipt.map(|r| r.to_json()).as_ref());
+            let body = medgate_fhir::consent_resource(&c.consent_id, sub, &self.hospital, receipt.map(|r| r.to_json()).as_ref());
             return Ok(Created { status: 200, body, location: Some(format!("Consent/{}", c.consent_id)) });
         }
         for (_, bytes) in self.vault.outbox().map_err(from_vault)? {
             let Ok(e) = serde_json::from_slice::<Entry>(&bytes) else { continue };
             if let Some(c) = medgate_ledger::consent::ConsentState::from_entry(&e).filter(|c| c.patient == pseudonym && same_terms(c)) {
                 self.metrics.incr("consents_already_recorded");
-                let body = fhir::consent_resource(&c.consent_id, sub, &self.hospital, None);
+                let body = medgate_fhir::consent_resource(&c.consent_id, sub, &self.hospital, None);
                 return Ok(Created { status: 202, body, location: Some(format!("Consent/{}", c.consent_id)) });
             }
         }
@@ -963,7 +963,7 @@ impl Gateway {
         });
         let receipt = self.anchor(vec![entry]).await?.and_then(|mut r| r.pop());
         let status = if receipt.is_some() { 201 } else { 202 };
-        let body = fhir::consent_resource(&consent_id, sub, &self.hospital, receipt.map(|r| r.to_json()).as_ref());
+        let body = medgate_fhir::consent_resource(&consent_id, sub, &self.hospital, receipt.map(|r| r.to_json()).as_ref());
         Ok(Created { status, body, location: Some(format!("Consent/{consent_id}")) })
     }
 
@@ -1007,7 +1007,7 @@ impl Gateway {
             }
         }
         let shown = ConsentSubmission { active: false, record_ids: current.record_ids, start: current.start, end: current.end, ..sub.clone() };
-        let body = fhir::consent_resource(consent_id, &shown, &self.hospital, receipt.map(|r| r.to_json()).as_ref());
+        let body = medgate_fhir::consent_resource(consent_id, &shown, &self.hospital, receipt.map(|r| r.to_json()).as_ref());
         Ok(Created { status, body, location: Some(format!("Consent/{consent_id}")) })
     }
 
@@ -1027,10 +1027,10 @@ impl Gateway {
                     start: c.start,
                     end: c.end,
                 };
-                fhir::consent_resource(&c.consent_id, &sub, &c.custodian, None)
+                medgate_fhir::consent_resource(&c.consent_id, &sub, &c.custodian, None)
             })
             .collect();
-        Ok(fhir::searchset(resources, self_link))
+        Ok(medgate_fhir::searchset(resources, self_link))
     }
 
     /// Puts entries on the ledger: durably in the outbox, then appended. `None` when the ledger

@@ -2,7 +2,6 @@
 //! encrypted under HSM keys in a local vault, every access anchored on an HSM-signed ledger.
 //! `main.rs` only parses the command line; everything else is here, testable in-process.
 
-pub mod fhir;
 pub mod cli;
 pub mod config;
 pub mod keys;

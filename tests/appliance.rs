@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use medgate::fhir::{sample_transaction, PatientId};
+use medgate_fhir::{sample_transaction, PatientId};
 use support::{exe, rt, run_medgate, Gw};
 
 fn patient(n: u32) -> PatientId {

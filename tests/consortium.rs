@@ -10,7 +10,7 @@ mod etcd;
 use std::time::{Duration, Instant};
 
 use etcd::EtcdCluster;
-use medgate::fhir::{sample_transaction, PatientId};
+use medgate_fhir::{sample_transaction, PatientId};
 use medgate_ledger::membership::{Genesis, MemberCard};
 use medgate::pki::TestCa;
 use support::{receipt_of, rt, Gw};

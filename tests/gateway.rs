@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use medgate::client::{query_escape, HisClient};
-use medgate::fhir::{sample_transaction, PatientId};
+use medgate_fhir::{sample_transaction, PatientId};
 use serde_json::{json, Value};
 use support::{receipt_of, rt, Gw};
 use time::OffsetDateTime;

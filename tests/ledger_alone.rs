@@ -11,7 +11,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use medgate::fhir::{sample_transaction, PatientId};
+use medgate_fhir::{sample_transaction, PatientId};
 use support::{receipt_of, rt, Gw};
 
 const FORBIDDEN: [&str; 9] = ["cryptoki", "sled", "tokio", "hyper", "tonic", "etcd-client", "medgate-hsm", "rustls", "medgate"];

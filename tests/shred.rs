@@ -10,7 +10,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use medgate::fhir::{sample_transaction, PatientId};
+use medgate_fhir::{sample_transaction, PatientId};
 use medgate_ledger::{Entry, EntryBody};
 use medgate::vault::{StoredRecord, Vault, VaultError};
 use medgate_hsm::{Hsm, HsmConfig, HsmError, Pin, Role};

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::{admin_get, free_port, stop_child, write_private, Site};
 use crate::cli::Failure;
 use crate::client::{query_escape, HisClient};
-use crate::fhir::{sample_transaction, PatientId};
+use medgate_fhir::{sample_transaction, PatientId};
 use crate::pki::TestCa;
 
 const ETCD: &str = "/usr/bin/etcd";

@@ -540,7 +540,7 @@ fn check_declared_size(declared: Option<u64>, actual: usize, attachment_at: &str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fhir::sample_transaction;
+    use crate::sample_transaction;
     use serde_json::json;
 
     /// A distinctive identifier value: no refusal may ever contain it.

@@ -196,9 +196,12 @@ mod tests {
         assert_eq!(parse(&r).expect("round trip"), c);
     }
 
+    /// A change to a valid Consent, and the element the refusal must name.
+    type Case = (Box<dyn Fn(&mut Value)>, &'static str);
+
     #[test]
     fn refusals_name_the_element_and_never_echo_the_identifier() {
-        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (Box::new(|v| v["status"] = json!("proposed")), "Consent.status"),
             (Box::new(|v| v["provision"]["type"] = json!("deny")), "Consent.provision.type"),
             (Box::new(|v| v["provision"]["actor"] = json!([])), "Consent.provision.actor"),

@@ -156,7 +156,8 @@ impl FhirError {
         operation_outcome(severity, self.issue_code(), &diagnostics, self.expression())
     }
 
-    pub(crate) fn invalid(path: impl Into<String>, reason: impl Into<String>) -> FhirError {
+    /// An [`FhirError::Invalid`] at `path`.
+    pub fn invalid(path: impl Into<String>, reason: impl Into<String>) -> FhirError {
         FhirError::Invalid { path: path.into(), reason: reason.into() }
     }
 

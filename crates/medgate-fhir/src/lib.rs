@@ -1,4 +1,4 @@
-//! FHIR R4 JSON: parsing and validation of what the HIS sends, and the resources medgate answers with.
+//! medgate-fhir: FHIR R4 JSON as IHE MHD actors send it. Parsing and validation of what the HIS sends, and the resources medgate answers with.
 //!
 //! Boundary: bytes from the HIS come in (`parse_transaction`, `parse_document_reference`,
 //! `PatientId::parse_token`), typed and validated values go out; typed values from the gateway
