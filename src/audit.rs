@@ -32,8 +32,8 @@ pub fn break_glass(config: &Path, as_json: bool) -> Result<(), Failure> {
         Ok((200, body)) => serde_json::from_str(&body).map_err(|e| Failure::runtime(format!("admin listener: {e}")))?,
         Ok((status, body)) => return Err(Failure::runtime(format!("admin listener answered {status}: {body}"))),
         Err(_) => {
-            let db = crate::vault::Vault::open_db(&cfg.gateway.state_directory).map_err(|e| Failure::runtime(e.to_string()))?;
-            let store = crate::chain::ChainStore::open(&db).map_err(|e| Failure::runtime(e.to_string()))?;
+            let db = medgate_store::Db::open(&cfg.gateway.state_directory).map_err(|e| Failure::runtime(e.to_string()))?;
+            let store = medgate_store::ChainStore::open(&db).map_err(|e| Failure::runtime(e.to_string()))?;
             break_glass_json(&store.break_glass_reads().map_err(|e| Failure::runtime(e.to_string()))?)
         }
     };

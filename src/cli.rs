@@ -511,7 +511,7 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
             if grant.is_empty() && revoke.is_empty() && !enable_auth {
                 return Err(Failure::usage("nothing to do: give --genesis, --grant, --revoke or --enable-auth"));
             }
-            let cmds = crate::consortium::etcd::rbac_commands(&prefix, &grant, &revoke, enable_auth).map_err(Failure::usage)?;
+            let cmds = medgate_store::order::etcd::rbac_commands(&prefix, &grant, &revoke, enable_auth).map_err(Failure::usage)?;
             println!("# etcd RBAC for the medgate ledger under {prefix}/batches/");
             println!("# Run with: etcdctl --endpoints=... --cacert=consortium-ca.pem --cert=root.crt --key=root.key");
             for c in cmds {
@@ -637,10 +637,10 @@ fn print_proposal(body: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-fn open_chain(path: &Path) -> Result<crate::chain::ChainStore, Failure> {
+fn open_chain(path: &Path) -> Result<medgate_store::ChainStore, Failure> {
     let cfg = Config::load(path).map_err(|e| Failure::config(e.to_string()))?;
     let dir = &cfg.gateway.state_directory;
-    let db = crate::vault::Vault::open_db(dir).map_err(|e| {
+    let db = medgate_store::Db::open(dir).map_err(|e| {
         let text = e.to_string();
         if text.contains("lock") || text.contains("WouldBlock") {
             Failure::runtime(format!("{}: the store is in use (is the gateway running? stop it, or copy the directory and point a configuration at the copy): {text}", dir.display()))
@@ -648,7 +648,7 @@ fn open_chain(path: &Path) -> Result<crate::chain::ChainStore, Failure> {
             Failure::runtime(text)
         }
     })?;
-    crate::chain::ChainStore::open(&db).map_err(|e| Failure::runtime(e.to_string()))
+    medgate_store::ChainStore::open(&db).map_err(|e| Failure::runtime(e.to_string()))
 }
 
 fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
@@ -721,7 +721,7 @@ fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
 }
 
 /// `medgate ledger export`: the blocks as JSON lines, and the genesis beside them.
-fn export_ledger(store: &crate::chain::ChainStore, out: &Path) -> Result<(), Failure> {
+fn export_ledger(store: &medgate_store::ChainStore, out: &Path) -> Result<(), Failure> {
     use std::io::Write as _;
     let io = |p: &Path, e: std::io::Error| Failure::runtime(format!("{}: {e}", p.display()));
     let mut file = std::io::BufWriter::new(std::fs::File::create(out).map_err(|e| io(out, e))?);

@@ -341,8 +341,8 @@ pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
         return Err(Failure::runtime(format!("the gateway did not stop cleanly: {status}")));
     }
 
-    let db = crate::vault::Vault::open_db(&dir.join("state")).map_err(|e| Failure::runtime(e.to_string()))?;
-    let store = crate::chain::ChainStore::open(&db).map_err(|e| Failure::runtime(e.to_string()))?;
+    let db = medgate_store::Db::open(&dir.join("state")).map_err(|e| Failure::runtime(e.to_string()))?;
+    let store = medgate_store::ChainStore::open(&db).map_err(|e| Failure::runtime(e.to_string()))?;
     let key = medgate_ledger::keys::read_public_key(&site.ledger_public_key).map_err(|e| Failure::runtime(e.to_string()))?;
     let report = crate::verify::verify_store(&store, std::slice::from_ref(&key)).map_err(|e| Failure::runtime(format!("ledger verification FAILED: {e}")))?;
     say(&format!(

@@ -17,7 +17,7 @@ use medgate_hsm::{Hsm, HsmError};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::chain::{ChainError, Ledger};
+use medgate_store::{Ledger, StoreError};
 use medgate_fhir::{
     self, audit_event, document_reference_resource, AuditAction, AuditRecord, ConsentSubmission, DocumentSubmission, FhirError,
     PatientId, StoredDocument,
@@ -25,7 +25,7 @@ use medgate_fhir::{
 use medgate_ledger::{Entry, EntryBody, Receipt};
 use crate::metrics::Metrics;
 use crate::tls::ClientIdentity;
-use crate::vault::{self, Claim, IdemState, SealedMeta, StoredRecord, Vault, VaultError};
+use medgate_store::vault::{self, Claim, IdemState, SealedMeta, StoredRecord, Vault};
 
 /// Purpose-of-use codes (HL7 v3 PurposeOfUse) the HIS may assert.
 pub const PURPOSES: [&str; 10] =
@@ -85,13 +85,13 @@ fn internal(e: impl std::fmt::Display) -> FhirError {
     FhirError::Internal(e.to_string())
 }
 
-fn from_vault(e: VaultError) -> FhirError {
+fn from_vault(e: StoreError) -> FhirError {
     match e {
-        VaultError::Integrity(id) => {
+        StoreError::Integrity(id) => {
             tracing::error!(record = %id, "stored record failed its integrity check; not served");
             FhirError::Integrity(id)
         }
-        VaultError::Hsm(h) => from_hsm(h),
+        StoreError::Hsm(h) => from_hsm(h),
         other => internal(other),
     }
 }
@@ -800,7 +800,7 @@ impl Gateway {
             safe = safe.min(cp.order_position);
         }
         // Keep the revision every member last checkpointed: a restarted member resumes after it.
-        link.orderer.compact(safe).await?;
+        link.compact(safe).await?;
         tracing::info!(revision = safe, "ordering service compacted below what every member has checkpointed");
         Ok(safe)
     }
@@ -1152,7 +1152,7 @@ impl Gateway {
     }
 
     /// Appends what the outbox holds (entries whose append failed earlier).
-    pub async fn drain_outbox(&self) -> Result<usize, ChainError> {
+    pub async fn drain_outbox(&self) -> Result<usize, StoreError> {
         self.ledger.drain_outbox(&self.vault).await
     }
 }

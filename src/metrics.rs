@@ -95,6 +95,12 @@ impl Metrics {
     }
 }
 
+impl medgate_store::Events for Metrics {
+    fn incr(&self, name: &str) {
+        Metrics::incr(self, name);
+    }
+}
+
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

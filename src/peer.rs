@@ -75,8 +75,8 @@ pub struct Refusal {
 pub struct Sharing {
     pub me: String,
     /// The consortium link, halted when a fork is seen.
-    pub link: Option<Arc<crate::consortium::Link>>,
-    store: crate::chain::ChainStore,
+    pub link: Option<Arc<medgate_store::order::link::EtcdLink>>,
+    store: medgate_store::ChainStore,
     pub client_tls: Arc<rustls::ClientConfig>,
     pub break_glass_roles: Vec<String>,
 }
@@ -96,8 +96,8 @@ impl Peer {
 }
 
 impl Sharing {
-    pub fn from_config(cfg: &Consortium, me: &str, hsm: &Arc<Hsm>, store: crate::chain::ChainStore) -> Result<Sharing, String> {
-        let mut client = (*crate::consortium::etcd::client_tls(cfg, hsm)?).clone();
+    pub fn from_config(cfg: &Consortium, me: &str, hsm: &Arc<Hsm>, store: medgate_store::ChainStore) -> Result<Sharing, String> {
+        let mut client = (*tls::consortium_client(cfg, hsm)?).clone();
         client.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Sharing { me: me.to_owned(), link: None, store, client_tls: Arc::new(client), break_glass_roles: cfg.break_glass_roles.clone() })
     }
@@ -182,6 +182,16 @@ impl Sharing {
         let status = resp.status().as_u16();
         let bytes = Limited::new(resp.into_body(), 64 << 20).collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok((status, bytes))
+    }
+}
+
+impl medgate_store::order::BlockSource for Sharing {
+    fn sources(&self) -> Vec<String> {
+        self.other_members().into_iter().filter(|(_, p)| p.address.is_some()).map(|(id, _)| id).collect()
+    }
+
+    fn fetch_blocks<'a>(&'a self, peer: &'a str, from: u64) -> medgate_store::order::BoxFuture<'a, Result<Vec<medgate_ledger::Block>, String>> {
+        Box::pin(Sharing::fetch_blocks(self, peer, from))
     }
 }
 

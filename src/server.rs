@@ -21,13 +21,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use medgate_store::order::etcd::EtcdSettings;
+use medgate_store::order::link::EtcdLink;
+use medgate_store::vault::Vault;
+use medgate_store::writer::WriterParts;
+use medgate_store::{BatchPolicy, ChainStore, Db, Ledger, Orderer, Sequencer};
+
 use crate::api::Api;
-use crate::chain::{BatchPolicy, ChainStore, Ledger, Ordering, Sequencer};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::tls::{self, ClientIdentity, Reloadable, TlsFiles};
-use crate::vault::Vault;
 
 /// Time a client has to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,7 +47,7 @@ pub enum ServerError {
     #[error("storage {path}: {reason}")]
     Storage { path: String, reason: String },
     #[error("ledger: {0}")]
-    Ledger(#[from] crate::chain::ChainError),
+    Ledger(#[from] medgate_store::StoreError),
     #[error("consortium: {0}")]
     Consortium(String),
 }
@@ -59,7 +63,7 @@ pub struct Running {
     pub his_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub gateway: Gateway,
-    db: sled::Db,
+    db: Db,
     hsm: Arc<Hsm>,
     tls_files: TlsFiles,
     tls: Arc<Reloadable>,
@@ -75,8 +79,8 @@ impl Running {
         let tls_files = TlsFiles { certificate: cfg.his.certificate.clone(), client_ca: cfg.his.client_ca.clone(), crls: cfg.his.crl.clone() };
         let tls = Arc::new(Reloadable::new(tls::server_config(&hsm, &tls_files)?));
         notify(&[sd_notify::NotifyState::Status("opening the vault and the ledger")]);
-        let storage = |e: crate::vault::VaultError| ServerError::Storage { path: cfg.gateway.state_directory.display().to_string(), reason: e.to_string() };
-        let db = Vault::open_db(&cfg.gateway.state_directory).map_err(storage)?;
+        let storage = |e: medgate_store::StoreError| ServerError::Storage { path: cfg.gateway.state_directory.display().to_string(), reason: e.to_string() };
+        let db = Db::open(&cfg.gateway.state_directory).map_err(storage)?;
         let vault = Vault::open(&db).map_err(storage)?;
         let metrics = Arc::new(Metrics::default());
         let policy = BatchPolicy {
@@ -85,29 +89,45 @@ impl Running {
         };
         let store = ChainStore::open(&db)?;
         let mut tasks = Vec::new();
-        let (ordering, link) = match (&cfg.consortium, cfg.ledger.mode.as_str()) {
+        let (orderer, link): (Arc<dyn Orderer>, _) = match (&cfg.consortium, cfg.ledger.mode.as_str()) {
             (Some(c), "consortium") => {
-                let (link, t) = crate::consortium::Link::start(c, &cfg.gateway.hospital_id, &hsm, store.clone(), vault.outbox_tree().clone(), metrics.clone())
+                let (genesis, hash, bytes) = medgate_ledger::membership::Genesis::read(&c.genesis).map_err(|e| ServerError::Consortium(format!("consortium.genesis: {e}")))?;
+                let endpoints = c
+                    .etcd_endpoints
+                    .iter()
+                    .map(|e| e.parse().map_err(|_| ServerError::Consortium(format!("consortium.etcd_endpoints: {e} is not IP:port"))))
+                    .collect::<Result<_, _>>()?;
+                let settings = EtcdSettings { endpoints, prefix: c.prefix.clone(), tls: tls::consortium_client(c, &hsm).map_err(ServerError::Consortium)? };
+                let (link, t) = EtcdLink::start(settings, &cfg.gateway.hospital_id, (&genesis, hash, &bytes), store.clone(), metrics.clone())
                     .await
-                    .map_err(ServerError::Consortium)?;
+                    .map_err(|e| ServerError::Consortium(format!("consortium.genesis ({}): {e}", c.genesis.display())))?;
                 tasks.extend(t);
                 if let Ok(forks) = store.forks() {
                     if !forks.is_empty() {
                         link.halt(format!("{} fork(s) on record (evidence in the store); an operator must investigate before submissions resume", forks.len()));
                     }
                 }
-                (Ordering::Consortium(link.clone()), Some(link))
+                (link.clone(), Some(link))
             }
-            _ => (Ordering::Standalone(Sequencer::open(&db)?), None),
+            _ => (Arc::new(Sequencer::open(&db)?), None),
         };
-        let ledger = Ledger::start(cfg.gateway.hospital_id.clone(), store, hsm.clone(), ordering, vault.clone(), policy, metrics.clone()).await?;
+        let parts = WriterParts {
+            gateway: cfg.gateway.hospital_id.clone(),
+            store,
+            signer: hsm.clone(),
+            orderer,
+            vault: vault.clone(),
+            policy,
+            events: metrics.clone(),
+        };
+        let ledger = Ledger::start(parts).await?;
         let mut gateway = Gateway::new(cfg.gateway.hospital_id.clone(), hsm.clone(), vault, ledger, metrics);
         let mut peer_listener = None;
         if let (Some(c), Some(l)) = (&cfg.consortium, &link) {
             let mut sharing = crate::peer::Sharing::from_config(c, &cfg.gateway.hospital_id, &hsm, gateway.ledger.store.clone()).map_err(ServerError::Consortium)?;
             sharing.link = Some(l.clone());
             let sharing = Arc::new(sharing);
-            *l.peers.lock().unwrap_or_else(|p| p.into_inner()) = Some(sharing.clone());
+            l.set_block_source(sharing.clone());
             gateway = gateway.with_sharing(sharing);
             if let Some(addr) = c.peer_listen {
                 let l = TcpListener::bind(addr).await.map_err(|e| ServerError::Consortium(format!("cannot listen on {addr} (consortium.peer_listen): {e}")))?;
@@ -165,7 +185,7 @@ impl Running {
             t.abort();
             let _ = t.await;
         }
-        match crate::vault::flush(&self.db).await {
+        match self.db.flush().await {
             Ok(_) => tracing::info!("store flushed"),
             Err(e) => tracing::error!(error = %e, "store flush at stop failed"),
         }
@@ -278,9 +298,9 @@ async fn drain_outbox(gateway: Gateway, mut stop: watch::Receiver<bool>) {
 #[derive(Debug)]
 struct AdminState {
     gateway: Gateway,
-    db: sled::Db,
+    db: Db,
     tls_files: TlsFiles,
-    link: Option<Arc<crate::consortium::Link>>,
+    link: Option<Arc<EtcdLink>>,
 }
 
 /// What `/readyz` and the watchdog check.
@@ -315,11 +335,7 @@ impl AdminState {
         }
         // The store must take a small flushed write: catches a full or read-only disk.
         let db = self.db.clone();
-        let write = tokio::task::spawn_blocking(move || {
-            let t = db.open_tree("health")?;
-            t.insert(b"last_check", crate::keys::now_rfc3339().as_bytes())?;
-            db.flush().map(|_| ())
-        });
+        let write = tokio::task::spawn_blocking(move || db.check_writable(&crate::keys::now_rfc3339()));
         match tokio::time::timeout(Duration::from_secs(5), write).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => h.store = Some(e.to_string()),

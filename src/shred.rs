@@ -28,7 +28,7 @@ use tokio::sync::{watch, Notify, RwLock, RwLockReadGuard};
 
 use crate::gateway::Gateway;
 use crate::metrics::Gauge;
-use crate::vault::{Rewrap, Vault};
+use medgate_store::vault::{Rewrap, Vault};
 
 /// The officer named in the key events a shred pass journals.
 pub const OFFICER: &str = "medgate-shred-pass";
@@ -293,7 +293,7 @@ fn rewrap_all(hsm: &Hsm, vault: &Vault, below: u32, cancel: &AtomicBool) -> Resu
         match vault.rewrap_record(hsm, &id, below) {
             Ok(Rewrap::Done { .. }) => rewrapped += 1,
             Ok(Rewrap::Current) => {}
-            Err(crate::vault::VaultError::Hsm(e)) if matches!(e, medgate_hsm::HsmError::Unavailable(_)) => return Err(e.to_string()),
+            Err(medgate_store::StoreError::Hsm(e)) if matches!(e, medgate_hsm::HsmError::Unavailable(_)) => return Err(e.to_string()),
             Err(e) => {
                 failed += 1;
                 if failed <= 10 {
@@ -347,13 +347,13 @@ mod tests {
     #[tokio::test]
     async fn readiness_and_gauges_show_a_pending_shred() {
         let dir = tempfile::tempdir().expect("tmp");
-        let db = Vault::open_db(dir.path()).expect("db");
+        let db = medgate_store::Db::open(dir.path()).expect("db");
         let vault = Vault::open(&db).expect("vault");
         let s = Shredder::default();
         assert_eq!(s.readiness(&vault), "none pending");
         assert_eq!(s.gauges(&vault)[0].2, vec![(String::new(), 0.0)]);
-        let rec = crate::vault::fixture::record("r1", 1);
-        vault.erase(&rec, &crate::vault::fixture::erasure(&rec)).await.expect("erase");
+        let rec = medgate_store::vault::fixture::record("r1", 1);
+        vault.erase(&rec, &medgate_store::vault::fixture::erasure(&rec)).await.expect("erase");
         assert!(s.readiness(&vault).starts_with("pending"), "{}", s.readiness(&vault));
         assert_eq!(s.gauges(&vault)[0].2, vec![(String::new(), 1.0)]);
         s.update(|st| st.last_error = Some("HSM unavailable".into()));

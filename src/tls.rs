@@ -180,3 +180,38 @@ pub fn client_config(ca_pem: &[u8], cert_pem: Option<(&[u8], &[u8])>) -> Result<
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
+
+/// Presents the consortium certificate of the HSM's TLS key to etcd.
+#[derive(Debug)]
+struct ClientCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The mutual-TLS client configuration for etcd and peer gateways: trusts the consortium CA,
+/// presents the consortium certificate of the HSM `tls` key.
+pub fn consortium_client(cfg: &crate::config::Consortium, hsm: &Arc<Hsm>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in load_certs(&cfg.ca).map_err(|e| e.to_string())? {
+        roots.add(ca).map_err(|e| format!("{}: {e}", cfg.ca.display()))?;
+    }
+    let chain = load_certs(&cfg.certificate).map_err(|e| e.to_string())?;
+    let key = HsmSigningKey::new(hsm.clone()).map_err(|e| e.to_string())?;
+    let certified = CertifiedKey::new(chain, Arc::new(key));
+    certified
+        .keys_match()
+        .map_err(|e| format!("{}: not a certificate for the HSM's active tls key: {e}", cfg.certificate.display()))?;
+    let mut c = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(ClientCert(Arc::new(certified))));
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(c))
+}

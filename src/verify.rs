@@ -4,7 +4,7 @@
 use medgate_ledger::{verify_ledger, ChainError, ChainReport, LedgerError};
 use sha2::{Digest, Sha256};
 
-use crate::chain::ChainStore;
+use medgate_store::ChainStore;
 
 /// Re-checks every stored block from genesis (see [`verify_ledger`] for what `trusted` means).
 /// A consortium copy is checked from the genesis document stored with it, which must hash to the

@@ -311,10 +311,9 @@ fn a_full_demo_run_logs_no_patient_identifier_and_no_pin() {
         assert!(!text.contains(so_pin.trim()), "SO PIN in the {what}");
     }
     // The ledger store itself carries no identifier either.
-    let db = medgate::vault::Vault::open_db(&work.join("state")).unwrap();
-    let store = medgate::chain::ChainStore::open(&db).unwrap();
-    for kv in store.raw_blocks().iter() {
-        let (_, v) = kv.unwrap();
-        assert!(!String::from_utf8_lossy(&v).contains(&patient), "patient identifier in a ledger block");
+    let db = medgate_store::Db::open(&work.join("state")).unwrap();
+    let store = medgate_store::ChainStore::open(&db).unwrap();
+    for block in store.blocks() {
+        assert!(!String::from_utf8_lossy(&block.unwrap().to_bytes()).contains(&patient), "patient identifier in a ledger block");
     }
 }

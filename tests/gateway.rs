@@ -342,8 +342,8 @@ fn altered_ciphertext_and_altered_blocks_are_detected() {
 
     // Flip one byte of one stored ciphertext.
     {
-        let db = medgate::vault::Vault::open_db(&gw.site.dir.join("state")).unwrap();
-        let vault = medgate::vault::Vault::open(&db).unwrap();
+        let db = medgate_store::Db::open(&gw.site.dir.join("state")).unwrap();
+        let vault = medgate_store::vault::Vault::open(&db).unwrap();
         let mut rec = vault.get(&id).unwrap().unwrap();
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
@@ -353,14 +353,13 @@ fn altered_ciphertext_and_altered_blocks_are_detected() {
         vault.put_raw(&id, &serde_json::to_vec(&rec).unwrap()).unwrap();
 
         // And alter block 1: change one entry's time, keeping the rest as it was.
-        let store = medgate::chain::ChainStore::open(&db).unwrap();
-        let raw = store.raw_blocks().get(1u64.to_be_bytes()).unwrap().unwrap();
-        let text = String::from_utf8(raw.to_vec()).unwrap();
-        let at = text.find("\"time\":\"").unwrap() + 8;
-        let mut altered = text.into_bytes();
-        altered[at + 3] = if altered[at + 3] == b'7' { b'8' } else { b'7' };
-        store.raw_blocks().insert(1u64.to_be_bytes(), altered).unwrap();
-        db.flush().unwrap();
+        let store = medgate_store::ChainStore::open(&db).unwrap();
+        let mut block = store.block(1).unwrap().unwrap();
+        let entry = &mut block.batches[0].entries[0];
+        let mut time = entry.time.clone().into_bytes();
+        time[3] = if time[3] == b'7' { b'8' } else { b'7' };
+        entry.time = String::from_utf8(time).unwrap();
+        store.overwrite_block(&block).unwrap();
     }
     let (code, out, err) = gw.medgate(&["ledger", "verify", "--config", &cfg]);
     assert_ne!(code, 0, "{out}");
@@ -549,14 +548,14 @@ fn erasure_shreds_the_key_material_and_keeps_the_hash_on_the_ledger() {
         (id, kept)
     });
     assert_eq!(gw.stop().code(), Some(0));
-    let db = medgate::vault::Vault::open_db(&gw.site.dir.join("state")).unwrap();
-    let vault = medgate::vault::Vault::open(&db).unwrap();
+    let db = medgate_store::Db::open(&gw.site.dir.join("state")).unwrap();
+    let vault = medgate_store::vault::Vault::open(&db).unwrap();
     let rec = vault.get(&id).unwrap().unwrap();
     assert!(rec.erased.is_some());
     assert!(rec.wrapped_key.is_empty() && rec.doc_ct.is_empty() && rec.meta_ct.is_empty(), "key material or ciphertext left: {rec:?}");
     assert!(!rec.content_hash.is_empty(), "the hash stays");
     assert!(!vault.get(&kept).unwrap().unwrap().wrapped_key.is_empty());
-    let store = medgate::chain::ChainStore::open(&db).unwrap();
+    let store = medgate_store::ChainStore::open(&db).unwrap();
     let anchored = store.anchored(&id).unwrap().unwrap();
     assert_eq!(anchored.record_id(), Some(id.as_str()));
     drop((store, vault, db));

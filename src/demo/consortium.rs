@@ -192,7 +192,7 @@ fn build(dir: &Path, say: &mut dyn FnMut(&str)) -> Result<Consortium, Failure> {
     let genesis_hash = medgate_ledger::membership::Genesis::new("medgate demo consortium", &crate::keys::now_rfc3339(), cards).and_then(|g| g.write(&genesis_path)).map_err(Failure::runtime)?;
     // Per-hospital RBAC, as `medgate consortium etcd-rbac --genesis ... --enable-auth` prints it.
     let ids: Vec<String> = sites.iter().map(|s| s.hospital.clone()).collect();
-    for cmd in crate::consortium::etcd::rbac_commands("/medgate/ledger", &ids, &[], true).map_err(Failure::runtime)? {
+    for cmd in medgate_store::order::etcd::rbac_commands("/medgate/ledger", &ids, &[], true).map_err(Failure::runtime)? {
         etcd.etcdctl(&cmd.split_whitespace().collect::<Vec<_>>())?;
     }
     say("etcd authentication on: each hospital's etcd user (its certificate's CN) reads the ledger stream and writes only under /medgate/ledger/batches/<its id>/");
@@ -255,8 +255,8 @@ pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
     let keys: Vec<Vec<u8>> = sites.iter().map(|s| medgate_ledger::keys::read_public_key(&s.ledger_public_key)).collect::<Result<_, _>>().map_err(|e| Failure::runtime(e.to_string()))?;
     let mut heads = Vec::new();
     for s in &sites {
-        let db = crate::vault::Vault::open_db(&s.dir.join("state")).map_err(rt_err)?;
-        let store = crate::chain::ChainStore::open(&db).map_err(rt_err)?;
+        let db = medgate_store::Db::open(&s.dir.join("state")).map_err(rt_err)?;
+        let store = medgate_store::ChainStore::open(&db).map_err(rt_err)?;
         let r = crate::verify::verify_store(&store, &keys).map_err(|e| Failure::runtime(format!("{}: ledger verification FAILED: {e}", s.hospital)))?;
         heads.push((r.head, r.blocks));
     }
@@ -367,7 +367,8 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result<(), Failure> {
     let read = |p: &str| std::fs::read(c.etcd.dir.join(p)).map_err(rt_err);
     let (ca, cert, key) = (read("ca.pem")?, read("root.crt")?, read("root.key")?);
-    let raw = crate::consortium::etcd::raw_put_rate(&c.etcd.endpoints, &ca, &cert, &key, Duration::from_secs(3), concurrency)
+    let tls = crate::tls::client_config(&ca, Some((&cert, &key))).map_err(rt_err)?;
+    let raw = medgate_store::order::etcd::raw_put_rate(&c.etcd.endpoints, &tls, Duration::from_secs(3), concurrency)
         .await
         .map_err(Failure::runtime)?;
     println!(

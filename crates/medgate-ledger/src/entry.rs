@@ -911,7 +911,8 @@ mod tests {
     fn validation_refuses_identifiers_and_prose() {
         let ok = anchored("hospital-a", 1);
         assert_eq!(ok.validate(), Ok(()));
-        let cases: Vec<(&str, Box<dyn Fn(&mut EntryBody)>)> = vec![
+        type Change = Box<dyn Fn(&mut EntryBody)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("patient", Box::new(|b| set_anchored(b, "patient", "1234567890"))),
             ("patient", Box::new(|b| set_anchored(b, "patient", &pseudonym("p").to_uppercase()))),
             ("user", Box::new(|b| set_anchored(b, "user", "jdoe"))),

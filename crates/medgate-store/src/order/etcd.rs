@@ -2,8 +2,8 @@
 //!
 //! etcd-client's own TLS options take a PEM private key, so medgate builds the gRPC channel
 //! itself: a connector that dials the configured endpoints in turn (a dead member is skipped at
-//! the next connection; the crate does not eject it) and speaks TLS with rustls, signing with
-//! the HSM `tls` key through [`HsmSigningKey`]. HTTP/2 keepalive is 5 s (shorter made etcd drop
+//! the next connection; the crate does not eject it) and speaks TLS with rustls, with the client
+//! configuration the caller built around the HSM `tls` key ([`EtcdSettings::tls`]). HTTP/2 keepalive is 5 s (shorter made etcd drop
 //! idle streams), and every request requires a leader.
 //!
 //! Keys: `{prefix}/batches/{gateway}/{batch hash}` → the batch bytes. A submission is a Txn
@@ -19,16 +19,12 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, Txn, TxnOp, TxnOpResponse, WatchOptions};
 use hyper_util::rt::TokioIo;
-use medgate_hsm::tls::HsmSigningKey;
-use medgate_hsm::Hsm;
+use medgate_ledger::Batch;
 use rustls::pki_types::ServerName;
-use rustls::sign::CertifiedKey;
 use tokio::sync::mpsc;
 
-use crate::chain::ChainStore;
-use crate::config::Consortium;
-use medgate_ledger::Batch;
-use crate::tls;
+use super::link::Feed;
+use crate::ChainStore;
 
 /// How a stream that ended on a compacted resume point says so.
 pub const COMPACTED: &str = "the ordered stream was compacted";
@@ -36,39 +32,16 @@ pub const COMPACTED: &str = "the ordered stream was compacted";
 /// Attempts per submission before the entries are left to the outbox.
 const SUBMIT_ATTEMPTS: u32 = 4;
 
-/// Presents the consortium certificate of the HSM's TLS key to etcd.
-#[derive(Debug)]
-struct ClientCert(Arc<CertifiedKey>);
-
-impl rustls::client::ResolvesClientCert for ClientCert {
-    fn resolve(&self, _hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
-/// The mutual-TLS client configuration for etcd and peer gateways: trusts the consortium CA,
-/// presents the consortium certificate of the HSM `tls` key.
-pub fn client_tls(cfg: &Consortium, hsm: &Arc<Hsm>) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in tls::load_certs(&cfg.ca).map_err(|e| e.to_string())? {
-        roots.add(ca).map_err(|e| format!("{}: {e}", cfg.ca.display()))?;
-    }
-    let chain = tls::load_certs(&cfg.certificate).map_err(|e| e.to_string())?;
-    let key = HsmSigningKey::new(hsm.clone()).map_err(|e| e.to_string())?;
-    let certified = CertifiedKey::new(chain, Arc::new(key));
-    certified
-        .keys_match()
-        .map_err(|e| format!("{}: not a certificate for the HSM's active tls key: {e}", cfg.certificate.display()))?;
-    let mut c = rustls::ClientConfig::builder_with_provider(tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_client_cert_resolver(Arc::new(ClientCert(Arc::new(certified))));
-    c.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(c))
+/// Where etcd is and how to reach it: the client endpoints, the key prefix of this consortium's
+/// ledger, and the mutual-TLS client configuration (whose key is the HSM's, built by the caller).
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    /// etcd client endpoints.
+    pub endpoints: Vec<SocketAddr>,
+    /// Key prefix of the consortium's ledger.
+    pub prefix: String,
+    /// Client TLS (ALPN h2), trusting the consortium CA.
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// Submits this gateway's batches and reads the ordered stream.
@@ -88,13 +61,8 @@ impl std::fmt::Debug for EtcdOrderer {
 impl EtcdOrderer {
     /// Builds the client. Connections are made lazily: the gateway starts (and stores records,
     /// answering 202) while etcd is unreachable.
-    pub async fn connect(cfg: &Consortium, gateway: &str, hsm: &Arc<Hsm>) -> Result<EtcdOrderer, String> {
-        let tls = client_tls(cfg, hsm)?;
-        let endpoints: Vec<SocketAddr> = cfg
-            .etcd_endpoints
-            .iter()
-            .map(|e| e.parse().map_err(|_| format!("consortium.etcd_endpoints: {e} is not IP:port")))
-            .collect::<Result<_, _>>()?;
+    pub async fn connect(settings: EtcdSettings, gateway: &str) -> Result<EtcdOrderer, String> {
+        let EtcdSettings { endpoints, prefix, tls } = settings;
         let next = Arc::new(AtomicUsize::new(0));
         let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
             let (tls, endpoints, next) = (tls.clone(), endpoints.clone(), next.clone());
@@ -124,7 +92,7 @@ impl EtcdOrderer {
         let client = Client::from_channel(etcd_client::Channel::Tonic(channel), Some(ConnectOptions::new().with_require_leader(true)))
             .await
             .map_err(|e| format!("etcd client: {e}"))?;
-        Ok(EtcdOrderer { client, prefix: cfg.prefix.clone(), gateway: gateway.to_owned() })
+        Ok(EtcdOrderer { client, prefix, gateway: gateway.to_owned() })
     }
 
     /// Compacts etcd's history below `revision` (kept: `revision` and later).
@@ -177,7 +145,7 @@ impl EtcdOrderer {
     /// revision, from the revision after the stored chain's position. Reconnects and resumes
     /// after any failure. Returns only when the resume point has been compacted away (the
     /// gateway must then catch up from peers; it never skips ahead) or the follower stopped.
-    pub async fn stream(&self, store: ChainStore, tx: mpsc::Sender<super::Feed>) -> String {
+    pub async fn stream(&self, store: ChainStore, tx: mpsc::Sender<Feed>) -> String {
         let mut backoff = Duration::from_millis(100);
         loop {
             let from = match store.state() {
@@ -209,7 +177,7 @@ impl EtcdOrderer {
                                 continue;
                             }
                             if let Some(kv) = ev.kv() {
-                                if tx.send(super::Feed::Batch(kv.mod_revision() as u64, kv.value().to_vec())).await.is_err() {
+                                if tx.send(Feed::Batch(kv.mod_revision() as u64, kv.value().to_vec())).await.is_err() {
                                     return "the follower stopped".into();
                                 }
                             }
@@ -240,10 +208,11 @@ async fn dial(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> std::io::Resu
     tokio_rustls::TlsConnector::from(tls).connect(ServerName::IpAddress(addr.ip().into()), tcp).await
 }
 
-/// etcd's own put rate, measured with a plain client (PEM key in process, not the HSM): the
-/// reference figure next to which `medgate bench --consortium` prints the consortium's rates.
-pub async fn raw_put_rate(endpoints: &[SocketAddr], ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8], duration: Duration, concurrency: usize) -> Result<f64, String> {
-    let mut cfg = (*tls::client_config(ca_pem, Some((cert_pem, key_pem))).map_err(|e| e.to_string())?).clone();
+/// etcd's own put rate, measured with a plain client (`tls`: a client configuration with its key
+/// in process, not the HSM): the reference figure next to which `medgate bench --consortium`
+/// prints the consortium's rates.
+pub async fn raw_put_rate(endpoints: &[SocketAddr], tls: &rustls::ClientConfig, duration: Duration, concurrency: usize) -> Result<f64, String> {
+    let mut cfg = tls.clone();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let cfg = Arc::new(cfg);
     let addr = *endpoints.first().ok_or("no endpoint")?;

@@ -4,11 +4,10 @@
 //!
 //! Trees: `records` (id → [`StoredRecord`]), `by_patient` (pseudonym/id → ()), `idempotency`
 //! (hashed request key → [`IdemState`]), `outbox` (ledger entry id → entry bytes not yet in a
-//! block), `shred` (the erasure count and the shred-pending marker, see `crate::shred`). A record,
+//! block), `shred` (the erasure count and the shred-pending marker the gateway's shred pass
+//! reads). A record,
 //! its index row, its outbox entry and its idempotency state are written in one transaction, so a
 //! crash leaves either all of them or none; so are an erasure, its entry and its shred marker.
-
-use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -20,24 +19,11 @@ use sha2::{Digest, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use zeroize::Zeroizing;
 
-/// Vault failures. `Integrity` means stored bytes were altered: the record is not served.
-#[derive(Debug, thiserror::Error)]
-pub enum VaultError {
-    #[error("storage: {0}")]
-    Storage(String),
-    #[error("record {0} failed its integrity check (ciphertext, wrapped key or metadata altered)")]
-    Integrity(String),
-    #[error(transparent)]
-    Hsm(#[from] HsmError),
-    #[error("stored record {0} cannot be decoded: {1}")]
-    Corrupt(String, String),
-}
+use crate::error::{read_u64, to_json};
+use crate::{Db, StoreError};
 
-impl From<sled::Error> for VaultError {
-    fn from(e: sled::Error) -> Self {
-        VaultError::Storage(e.to_string())
-    }
-}
+/// The vault's errors are the store's.
+type VaultError = StoreError;
 
 /// What the vault keeps for one record. Only ciphertext, a wrapped key, a pseudonym and hashes:
 /// the patient's identifier and the DocumentReference are inside `meta_ct`.
@@ -162,7 +148,7 @@ pub fn seal_record(
     let wrapped = hsm.wrap_data_key(dk.as_ref())?;
     let content_hash = hex::encode(Sha256::digest(document));
     let (doc_nonce, doc_ct) = seal(dk.as_ref(), &doc_aad(id, content_type, &content_hash), document, &rng)?;
-    let meta_plain = Zeroizing::new(serde_json::to_vec(meta).map_err(|e| VaultError::Storage(e.to_string()))?);
+    let meta_plain = Zeroizing::new(to_json("sealed metadata", meta)?);
     let (meta_nonce, meta_ct) = seal(dk.as_ref(), &meta_aad(id, pseudonym.0), &meta_plain, &rng)?;
     Ok(StoredRecord {
         id: id.to_owned(),
@@ -253,7 +239,7 @@ pub enum Rewrap {
 /// The vault's sled trees. Cloning is cheap (sled handles are reference counted).
 #[derive(Debug, Clone)]
 pub struct Vault {
-    db: sled::Db,
+    db: Db,
     records: sled::Tree,
     by_patient: sled::Tree,
     idempotency: sled::Tree,
@@ -268,10 +254,6 @@ const ERASURES: &[u8] = b"erasures";
 const PENDING: &[u8] = b"pending";
 const ROTATION: &[u8] = b"rotation";
 
-fn read_u64(v: Option<&[u8]>) -> u64 {
-    v.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes).unwrap_or(0)
-}
-
 fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -280,26 +262,17 @@ fn now_unix() -> u64 {
 const PENDING_STALE_SECONDS: u64 = 120;
 
 impl Vault {
-    /// Opens the vault in `db` (the gateway's one sled database).
-    pub fn open(db: &sled::Db) -> Result<Vault, VaultError> {
+    /// Opens the vault in `db` (the gateway's one database).
+    pub fn open(db: &Db) -> Result<Vault, VaultError> {
+        let d = &db.0;
         Ok(Vault {
             db: db.clone(),
-            records: db.open_tree("records")?,
-            by_patient: db.open_tree("by_patient")?,
-            idempotency: db.open_tree("idempotency")?,
-            outbox: db.open_tree("outbox")?,
-            shred: db.open_tree("shred")?,
+            records: d.open_tree("records")?,
+            by_patient: d.open_tree("by_patient")?,
+            idempotency: d.open_tree("idempotency")?,
+            outbox: d.open_tree(crate::chain::OUTBOX_TREE)?,
+            shred: d.open_tree("shred")?,
         })
-    }
-
-    /// Opens (creating) the sled database under `dir`.
-    pub fn open_db(dir: &Path) -> Result<sled::Db, VaultError> {
-        std::fs::create_dir_all(dir).map_err(|e| VaultError::Storage(format!("{}: {e}", dir.display())))?;
-        sled::Config::new()
-            .path(dir.join("medgate.sled"))
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| VaultError::Storage(format!("{}: {e}", dir.join("medgate.sled").display())))
     }
 
     pub fn idem_key(scope: &str, key: &str) -> Vec<u8> {
@@ -308,13 +281,13 @@ impl Vault {
 
     /// Claims `key` for this request, or returns what an earlier request with the same key left.
     pub fn claim(&self, key: &[u8]) -> Result<Claim, VaultError> {
-        let pending = serde_json::to_vec(&IdemState::Pending { since: now_unix() }).map_err(|e| VaultError::Storage(e.to_string()))?;
+        let pending = to_json("idempotency state", &IdemState::Pending { since: now_unix() })?;
         loop {
             match self.idempotency.compare_and_swap(key, None as Option<&[u8]>, Some(pending.as_slice()))? {
                 Ok(()) => return Ok(Claim::New),
                 Err(cas) => {
                     let Some(cur) = cas.current else { continue };
-                    let state: IdemState = serde_json::from_slice(&cur).map_err(|e| VaultError::Corrupt("idempotency".into(), e.to_string()))?;
+                    let state: IdemState = serde_json::from_slice(&cur).map_err(|e| StoreError::corrupt("idempotency state", e))?;
                     if let IdemState::Pending { since } = state {
                         if now_unix().saturating_sub(since) > PENDING_STALE_SECONDS {
                             // The claimant died before storing anything: take the key over.
@@ -338,7 +311,7 @@ impl Vault {
 
     /// Records the final response for a key.
     pub fn finish(&self, key: &[u8], status: u16, body: &serde_json::Value) -> Result<(), VaultError> {
-        let v = serde_json::to_vec(&IdemState::Done { status, body: body.clone() }).map_err(|e| VaultError::Storage(e.to_string()))?;
+        let v = to_json("idempotency state", &IdemState::Done { status, body: body.clone() })?;
         self.idempotency.insert(key, v)?;
         Ok(())
     }
@@ -349,14 +322,12 @@ impl Vault {
     pub async fn store(&self, records: &[StoredRecord], outbox: &[(String, Vec<u8>)], idem: &[(Vec<u8>, Vec<String>)]) -> Result<(), VaultError> {
         let encoded: Vec<(String, Vec<u8>)> = records
             .iter()
-            .map(|r| serde_json::to_vec(r).map(|v| (r.id.clone(), v)))
-            .collect::<Result<_, _>>()
-            .map_err(|e| VaultError::Storage(e.to_string()))?;
+            .map(|r| to_json("record", r).map(|v| (r.id.clone(), v)))
+            .collect::<Result<_, _>>()?;
         let idem_values: Vec<(&[u8], Vec<u8>)> = idem
             .iter()
-            .map(|(k, ids)| serde_json::to_vec(&IdemState::Stored { record_ids: ids.clone() }).map(|v| (k.as_slice(), v)))
-            .collect::<Result<_, _>>()
-            .map_err(|e| VaultError::Storage(e.to_string()))?;
+            .map(|(k, ids)| to_json("idempotency state", &IdemState::Stored { record_ids: ids.clone() }).map(|v| (k.as_slice(), v)))
+            .collect::<Result<_, _>>()?;
         (&self.records, &self.by_patient, &self.outbox, &self.idempotency)
             .transaction(|(rec_t, idx_t, out_t, idem_t)| {
                 for ((id, bytes), r) in encoded.iter().zip(records) {
@@ -372,8 +343,7 @@ impl Vault {
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(|e: TransactionError<()>| VaultError::Storage(format!("{e:?}")))?;
-        flush(&self.db).await?;
-        Ok(())
+        self.db.flush().await
     }
 
     /// Crypto-shreds a record: the wrapped data key, the ciphertext and the sealed metadata are
@@ -389,37 +359,42 @@ impl Vault {
         shredded.meta_nonce.clear();
         shredded.meta_ct.clear();
         shredded.erased = Some(entry.id.clone());
-        let value = serde_json::to_vec(&shredded).map_err(|e| VaultError::Storage(e.to_string()))?;
-        let entry_bytes = serde_json::to_vec(entry).map_err(|e| VaultError::Storage(e.to_string()))?;
+        let value = to_json("record", &shredded)?;
+        let entry_bytes = to_json("ledger entry", entry)?;
         (&self.records, &self.outbox, &self.shred)
             .transaction(|(rec_t, out_t, shred_t)| {
                 rec_t.insert(rec.id.as_bytes(), value.as_slice())?;
                 out_t.insert(entry.id.as_bytes(), entry_bytes.as_slice())?;
-                let n = (read_u64(shred_t.get(ERASURES)?.as_deref()) + 1).to_be_bytes();
+                let erasures = match shred_t.get(ERASURES)? {
+                    None => 0,
+                    Some(v) => read_u64("erasure count", &v).map_err(ConflictableTransactionError::Abort)?,
+                };
+                let n = (erasures + 1).to_be_bytes();
                 shred_t.insert(ERASURES, &n)?;
                 shred_t.insert(PENDING, &n)?;
-                Ok::<(), ConflictableTransactionError<()>>(())
+                Ok::<(), ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(|e: TransactionError<()>| VaultError::Storage(format!("{e:?}")))?;
-        flush(&self.db).await?;
-        Ok(())
+            .map_err(|e: TransactionError<StoreError>| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => e.into(),
+            })?;
+        self.db.flush().await
     }
 
     /// Puts ledger entries (an access, a search) in the outbox, flushed, before the ledger sees them.
     pub async fn enqueue(&self, entries: &[medgate_ledger::Entry]) -> Result<(), VaultError> {
         let mut batch = sled::Batch::default();
         for e in entries {
-            batch.insert(e.id.as_bytes(), serde_json::to_vec(e).map_err(|e| VaultError::Storage(e.to_string()))?);
+            batch.insert(e.id.as_bytes(), to_json("ledger entry", e)?);
         }
         self.outbox.apply_batch(batch)?;
-        flush(&self.db).await?;
-        Ok(())
+        self.db.flush().await
     }
 
     pub fn get(&self, id: &str) -> Result<Option<StoredRecord>, VaultError> {
         match self.records.get(id.as_bytes())? {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| VaultError::Corrupt(id.to_owned(), e.to_string())),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::corrupt(format!("record {id}"), e)),
         }
     }
 
@@ -453,14 +428,16 @@ impl Vault {
         self.outbox.len()
     }
 
-    pub fn outbox_tree(&self) -> &sled::Tree {
-        &self.outbox
+    /// Drops an outbox entry that is already on the chain.
+    pub fn remove_from_outbox(&self, entry_id: &str) -> Result<(), VaultError> {
+        self.outbox.remove(entry_id.as_bytes())?;
+        Ok(())
     }
 
     /// The erasure count at the last erasure no shred pass has finished yet; `None` when every
     /// erasure has been shredded everywhere.
     pub fn shred_pending(&self) -> Result<Option<u64>, VaultError> {
-        Ok(self.shred.get(PENDING)?.map(|v| read_u64(Some(&v))))
+        self.shred.get(PENDING)?.map(|v| read_u64("shred marker", &v)).transpose()
     }
 
     /// Clears the shred marker if no erasure came after `seen` (compare-and-swap). `false`: one
@@ -470,24 +447,24 @@ impl Vault {
         if done {
             self.shred.remove(ROTATION)?;
         }
-        self.db.flush()?;
+        self.db.flush_blocking()?;
         Ok(done)
     }
 
     /// The erasure count at which a shred pass last rotated the KEK, and the version it made.
     pub fn shred_rotation(&self) -> Result<Option<(u64, u32)>, VaultError> {
-        Ok(self.shred.get(ROTATION)?.and_then(|v| {
-            let b: [u8; 12] = v.as_ref().try_into().ok()?;
-            Some((u64::from_be_bytes(b[..8].try_into().ok()?), u32::from_be_bytes(b[8..].try_into().ok()?)))
-        }))
+        let Some(v) = self.shred.get(ROTATION)? else { return Ok(None) };
+        let corrupt = || StoreError::corrupt("shred rotation", format!("{} bytes where it has 12", v.len()));
+        let (seen, version) = v.split_at_checked(8).ok_or_else(corrupt)?;
+        let version = <[u8; 4]>::try_from(version).map_err(|_| corrupt())?;
+        Ok(Some((read_u64("shred rotation", seen)?, u32::from_be_bytes(version))))
     }
 
     pub fn set_shred_rotation(&self, seen: u64, kek_version: u32) -> Result<(), VaultError> {
         let mut v = seen.to_be_bytes().to_vec();
         v.extend_from_slice(&kek_version.to_be_bytes());
         self.shred.insert(ROTATION, v)?;
-        self.db.flush()?;
-        Ok(())
+        self.db.flush_blocking()
     }
 
     /// Every record id, in key order.
@@ -502,11 +479,11 @@ impl Vault {
     pub fn rewrap_record(&self, hsm: &Hsm, id: &str, below: u32) -> Result<Rewrap, VaultError> {
         loop {
             let Some(current) = self.records.get(id.as_bytes())? else { return Ok(Rewrap::Current) };
-            let key: KeyRef = serde_json::from_slice(&current).map_err(|e| VaultError::Corrupt(id.to_owned(), e.to_string()))?;
+            let key: KeyRef = serde_json::from_slice(&current).map_err(|e| StoreError::corrupt(format!("record {id}"), e))?;
             if key.erased.is_some() || key.kek_version >= below {
                 return Ok(Rewrap::Current);
             }
-            let mut rec: StoredRecord = serde_json::from_slice(&current).map_err(|e| VaultError::Corrupt(id.to_owned(), e.to_string()))?;
+            let mut rec: StoredRecord = serde_json::from_slice(&current).map_err(|e| StoreError::corrupt(format!("record {id}"), e))?;
             let wrapped = WrappedKey {
                 kek_version: rec.kek_version,
                 bytes: B64.decode(&rec.wrapped_key).map_err(|_| VaultError::Integrity(rec.id.clone()))?,
@@ -519,7 +496,7 @@ impl Vault {
             let from = rec.kek_version;
             rec.kek_version = new.kek_version;
             rec.wrapped_key = B64.encode(&new.bytes);
-            let value = serde_json::to_vec(&rec).map_err(|e| VaultError::Storage(e.to_string()))?;
+            let value = to_json("record", &rec)?;
             if self.records.compare_and_swap(id.as_bytes(), Some(current), Some(value))?.is_ok() {
                 return Ok(Rewrap::Done { from });
             }
@@ -531,7 +508,7 @@ impl Vault {
         let mut out = std::collections::BTreeMap::new();
         for kv in self.records.iter() {
             let (k, v) = kv?;
-            let key: KeyRef = serde_json::from_slice(&v).map_err(|e| VaultError::Corrupt(String::from_utf8_lossy(&k).into_owned(), e.to_string()))?;
+            let key: KeyRef = serde_json::from_slice(&v).map_err(|e| StoreError::corrupt(format!("record {}", String::from_utf8_lossy(&k)), e))?;
             if key.erased.is_none() {
                 *out.entry(key.kek_version).or_default() += 1;
             }
@@ -541,28 +518,13 @@ impl Vault {
 
     /// Flushes the store from a blocking thread.
     pub fn flush_blocking(&self) -> Result<(), VaultError> {
-        self.db.flush()?;
-        Ok(())
+        self.db.flush_blocking()
     }
 
     /// Overwrites a stored record as it is (used by integrity tests and by erasure).
     pub fn put_raw(&self, id: &str, value: &[u8]) -> Result<(), VaultError> {
         self.records.insert(id.as_bytes(), value)?;
-        self.db.flush()?;
-        Ok(())
-    }
-}
-
-/// Flushes the store to disk without blocking the async runtime.
-///
-/// sled 0.34's `flush_async` deadlocks when several flushes run at once (sled issue 1308: every
-/// sled I/O thread waits in `make_stable` and no future is ever woken; seen here under the load
-/// generator in a release build). A blocking `flush` on tokio's blocking pool does not.
-pub async fn flush(db: &sled::Db) -> Result<(), sled::Error> {
-    let db = db.clone();
-    match tokio::task::spawn_blocking(move || db.flush()).await {
-        Ok(r) => r.map(|_| ()),
-        Err(e) => Err(sled::Error::ReportableBug(format!("flush task: {e}"))),
+        self.db.flush_blocking()
     }
 }
 
@@ -573,13 +535,15 @@ pub fn new_id() -> String {
     hex::encode(b)
 }
 
-/// A stored record and its erasure entry, for unit tests that need no HSM.
-#[cfg(test)]
-pub(crate) mod fixture {
+/// A stored record and its erasure entry, for unit tests (here and in the layers above) that need
+/// no HSM. Compiled for this crate's tests and with the `fixtures` feature.
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixture {
     use super::StoredRecord;
     use medgate_ledger::{Entry, EntryBody};
 
-    pub(crate) fn record(id: &str, kek_version: u32) -> StoredRecord {
+    /// A live record wrapped by KEK `kek_version` (its ciphertext is no real ciphertext).
+    pub fn record(id: &str, kek_version: u32) -> StoredRecord {
         StoredRecord {
             id: id.to_owned(),
             created: "2026-01-01T00:00:00Z".into(),
@@ -600,7 +564,8 @@ pub(crate) mod fixture {
         }
     }
 
-    pub(crate) fn erasure(rec: &StoredRecord) -> Entry {
+    /// The erasure entry of `rec`.
+    pub fn erasure(rec: &StoredRecord) -> Entry {
         Entry::new(
             "hospital-a",
             "2026-01-02T00:00:00Z",
@@ -623,7 +588,7 @@ mod tests {
     #[tokio::test]
     async fn an_erasure_marks_a_shred_pending_that_only_a_pass_covering_every_erasure_clears() {
         let dir = tempfile::tempdir().expect("tmp");
-        let db = Vault::open_db(dir.path()).expect("db");
+        let db = Db::open(dir.path()).expect("db");
         let v = Vault::open(&db).expect("vault");
         let recs: Vec<StoredRecord> = [("a1", 1), ("b1", 1), ("c2", 2)].iter().map(|(id, k)| fixture::record(id, *k)).collect();
         for r in &recs {
@@ -652,7 +617,7 @@ mod tests {
         drop(v);
         drop(db);
         // Durable: the marker is there after reopening.
-        let db = Vault::open_db(dir.path()).expect("db");
+        let db = Db::open(dir.path()).expect("db");
         assert_eq!(Vault::open(&db).expect("vault").shred_pending().expect("marker"), Some(3));
     }
 
@@ -674,7 +639,7 @@ mod tests {
     #[test]
     fn idempotency_claims_are_exclusive_and_finish_is_returned() {
         let dir = tempfile::tempdir().expect("tmp");
-        let db = Vault::open_db(dir.path()).expect("db");
+        let db = Db::open(dir.path()).expect("db");
         let v = Vault::open(&db).expect("vault");
         let k = Vault::idem_key("his-a", "abc");
         assert_eq!(v.claim(&k).expect("claim"), Claim::New);
