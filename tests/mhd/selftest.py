@@ -9,6 +9,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.argv = [sys.argv[0]]  # validate.py reads its own command line when imported
 sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True
 import validate  # noqa: E402  (re-executes this file under the kit's venv when needed)
 
 import json  # noqa: E402

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Self-test of the independent FHIR R4 / IHE MHD kit: the fixture cases in-process, then the
-# command line the Rust tests use (files, NDJSON on stdin, exit codes). Fails when the kit is not
+# Self-test of the independent FHIR R4 / IHE MHD kit: the fixture cases in-process, the command
+# line the Rust tests use (files, NDJSON on stdin, exit codes), and the MHD actor over mutual TLS. Fails when the kit is not
 # installed (scripts/install-deps.sh installs it); it never downloads anything itself.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -41,3 +41,5 @@ python3 "$v" --profile no-such-profile "$fx/good/binary-resource.json" >/dev/nul
 set -e
 [ "$rc" -eq 2 ] || fail "exit $rc for an unknown profile, expected 2"
 echo "cli: 4 passed, 0 failed"
+# The MHD Document Source / Consumer (actor.py) against a loopback stub over mutual TLS.
+python3 "$here/actor_selftest.py"

@@ -75,6 +75,8 @@ def build_index():
                 continue
             if not sd["url"].startswith("http://hl7.org/fhir/StructureDefinition/"):
                 continue  # additions of the package's publisher: not FHIR R4
+            if sd.get("fhirVersion") != "4.0.1":
+                continue  # a later FHIR's definition the package added (SubscriptionStatus, 4.3.0)
             if sd.get("derivation") == "constraint":
                 continue  # profiles (SimpleQuantity, vitalsigns, ...): not base types
             elements = []
@@ -382,7 +384,8 @@ def _html_checks(div):
             return False
         if any(a.split("}")[-1].lower().startswith("on") for a in node.attrib):
             return False
-    return True
+    # txt-2: some non-whitespace content (text, or an element such as an image).
+    return bool("".join(root.itertext()).strip()) or len(list(root)) > 0
 KIT_FAILURES = []
 
 
