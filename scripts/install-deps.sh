@@ -4,6 +4,13 @@
 # (the consortium ordering service), protoc and the well-known .proto files (needed to build
 # the etcd client), OpenSSL (to verify signatures and CSRs the way a third party would).
 set -euo pipefail
+
+# --- Python/npm: the independent FHIR R4 / IHE MHD validation kit (tests/mhd) ---------------------
+# A Python venv (fhir.resources R4, jsonschema, fhirpathpy; pinned with hashes) and HL7's R4
+# definitions (npm, lockfile integrity) under ${XDG_CACHE_HOME:-$HOME/.cache}/medgate-test-tools,
+# for the integration tests that check medgate's FHIR output. Quick and silent once installed.
+"$(dirname "$0")/../tests/mhd/install.sh"
+# --- end of the validation kit block ----------------------------------------------------------------
 pkgs=(softhsm2 opensc etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl ca-certificates build-essential pkg-config)
 missing=()
 for p in "${pkgs[@]}"; do
