@@ -1,51 +1,17 @@
-//! The command line: `medgate serve | config | keys | ledger | demo | bench`. Each command returns
-//! a [`Failure`] with an exit status an operator or a script can act on.
+//! The command line: `medgate serve | config | keys | ledger | consortium | audit | demo |
+//! bench`. Parsing and dispatch; each command returns a [`Failure`] with an exit status an
+//! operator or a script can act on (see [`crate::exit`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use medgate_hsm::{HsmError, Pin, Role};
+use medgate_hsm::{Pin, Role};
 
-use crate::config::{self, Config, HsmOnly};
+use medgate_gateway::config::{self, Config, HsmOnly};
+
+use crate::exit::{self, Failure};
 use crate::keys;
-
-/// Exit statuses (sysexits.h where one fits).
-pub mod exit {
-    pub const RUNTIME: i32 = 1;
-    pub const USAGE: i32 = 64;
-    pub const UNAVAILABLE: i32 = 69;
-    /// Wrong or locked PIN: systemd must not restart into it (RestartPreventExitStatus=77).
-    pub const NOPERM: i32 = 77;
-}
-
-/// A command that failed: what to print and how to exit.
-#[derive(Debug)]
-pub struct Failure {
-    pub code: i32,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn runtime(m: impl Into<String>) -> Failure {
-        Failure { code: exit::RUNTIME, message: m.into() }
-    }
-    pub fn usage(m: impl Into<String>) -> Failure {
-        Failure { code: exit::USAGE, message: m.into() }
-    }
-    pub fn config(m: impl Into<String>) -> Failure {
-        Failure { code: config::EXIT_BAD_CONFIG, message: m.into() }
-    }
-    pub fn hsm(e: HsmError) -> Failure {
-        let code = match e {
-            HsmError::WrongPin | HsmError::PinLocked | HsmError::PinFinalTry => exit::NOPERM,
-            HsmError::ModuleMissing(_) | HsmError::ModuleLoad { .. } | HsmError::TokenMissing(_) => config::EXIT_BAD_CONFIG,
-            HsmError::Unavailable(_) | HsmError::Init { .. } => exit::UNAVAILABLE,
-            _ => exit::RUNTIME,
-        };
-        Failure { code, message: e.to_string() }
-    }
-}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -474,7 +440,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
-    use crate::pki::TestCa;
+    use medgate_gateway::pki::TestCa;
     match command {
         ConsortiumCommand::InitCa { dir, name } => {
             if dir.join("ca-key.pem").exists() {
@@ -488,7 +454,7 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
             let ca = TestCa::load(&dir).map_err(Failure::usage)?;
             let pem = std::fs::read_to_string(&csr).map_err(|e| Failure::usage(format!("{}: {e}", csr.display())))?;
             let cert = ca.sign_peer_csr(&pem, days, &ips).map_err(|e| Failure::usage(format!("{}: {e}", csr.display())))?;
-            let (subject, _, _) = crate::pki::describe_certificate(cert.der()).map_err(Failure::runtime)?;
+            let (subject, _, _) = medgate_gateway::pki::describe_certificate(cert.der()).map_err(Failure::runtime)?;
             if !subject.contains("O=") {
                 return Err(Failure::usage(format!("{}: the subject has no O; peers know a gateway by the hospital id in O", csr.display())));
             }
@@ -521,7 +487,7 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
         ConsortiumCommand::MemberCard { hospital_id, ledger_public_key, ledger_key_version, sharing_public_key, peer_address, out } => {
             let card = medgate_ledger::membership::MemberCard::from_files(&hospital_id, &ledger_public_key, ledger_key_version, sharing_public_key.as_deref(), peer_address)
                 .map_err(Failure::usage)?;
-            let mut bytes = serde_json::to_vec_pretty(&card).unwrap_or_default();
+            let mut bytes = serde_json::to_vec_pretty(&card).map_err(|e| Failure::runtime(format!("member card: {e}")))?;
             bytes.push(b'\n');
             std::fs::write(&out, bytes).map_err(|e| Failure::runtime(format!("{}: {e}", out.display())))?;
             println!("member card of {hospital_id} written to {}", out.display());
@@ -534,7 +500,7 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
                 return Err(Failure::usage(format!("{} exists; a genesis is written once (remove it yourself if you mean to replace it)", out.display())));
             }
             let cards = members.iter().map(|p| read_card(p)).collect::<Result<Vec<_>, _>>()?;
-            let g = medgate_ledger::membership::Genesis::new(&name, &crate::keys::now_rfc3339(), cards).map_err(Failure::usage)?;
+            let g = medgate_ledger::membership::Genesis::new(&name, &medgate_gateway::clock::now_rfc3339(), cards).map_err(Failure::usage)?;
             let hash = g.write(&out).map_err(Failure::runtime)?;
             println!("genesis of {name:?} with {} founding members written to {}", g.members.len(), out.display());
             println!("sha256 {}  (every member must see this same hash before starting)", hex::encode(hash));
@@ -620,7 +586,7 @@ fn consortium_config(path: &Path) -> Result<Config, Failure> {
 /// One request to the running gateway's admin listener; a non-200 answer is a failure that
 /// carries the gateway's reason.
 fn admin_call(cfg: &Config, method: &str, path: &str, body: &[u8]) -> Result<String, Failure> {
-    match crate::demo::admin_request_with(cfg.admin.listen, method, path, body) {
+    match crate::admin_client::request(cfg.admin.listen, method, path, body) {
         Ok((200, body)) => Ok(body),
         Ok((status, body)) => Err(Failure::runtime(format!("refused ({status}): {}", body.trim()))),
         Err(e) => Err(Failure { code: exit::UNAVAILABLE, message: format!("the gateway's admin listener {} did not answer: {e}", cfg.admin.listen) }),
@@ -668,7 +634,7 @@ fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
                 }
             }
             let keys = public_keys.iter().map(|p| medgate_ledger::keys::read_public_key(p)).collect::<Result<Vec<_>, _>>().map_err(|e| Failure::usage(e.to_string()))?;
-            match crate::verify::verify_store(&store, &keys) {
+            match store.verify(&keys) {
                 Ok(r) => {
                     let height = r.height.map_or("empty".to_owned(), |h| h.to_string());
                     println!("ledger OK: height {height}, {} blocks, {} batches ({} flagged invalid), {} entries, head {}", r.blocks, r.batches, r.invalid_batches, r.entries, r.head);
@@ -690,7 +656,7 @@ fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
             let store = open_chain(&config.config)?;
             match store.receipt(entry.trim()).map_err(|e| Failure::runtime(e.to_string()))? {
                 Some(r) => {
-                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    println!("{}", serde_json::to_string_pretty(&r).map_err(|e| Failure::runtime(e.to_string()))?);
                     Ok(())
                 }
                 None => Err(Failure::usage(format!("no entry {} in a block of this ledger", entry.trim()))),
@@ -701,7 +667,7 @@ fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
             if cfg.ledger.mode != "consortium" {
                 return Err(Failure::usage("compaction concerns the consortium's etcd; this gateway runs standalone"));
             }
-            match crate::demo::admin_request(cfg.admin.listen, "POST", "/ledger/compact") {
+            match crate::admin_client::request(cfg.admin.listen, "POST", "/ledger/compact", b"") {
                 Ok((200, body)) => {
                     println!("{}", body.trim());
                     Ok(())
@@ -792,7 +758,7 @@ fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, state: Option<&Path>, command: Key
             let keys = hsm.list_keys().map_err(Failure::hsm)?;
             if json {
                 let v: Vec<_> = keys.iter().map(keys::key_json).collect();
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Failure::runtime(e.to_string()))?);
             } else {
                 keys::print_table(&keys);
             }
@@ -822,8 +788,8 @@ fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, state: Option<&Path>, command: Key
             if !matches!(role, Role::Tls | Role::Ledger) {
                 return Err(Failure::usage(format!("{role} keys cannot sign a CSR (use tls or ledger)")));
             }
-            let dn = crate::pki::parse_subject(&subject).map_err(Failure::usage)?;
-            let pem = crate::pki::csr_for_hsm_key(hsm.clone(), role, dn, &dns).map_err(|e| Failure::runtime(e.to_string()))?;
+            let dn = medgate_gateway::pki::parse_subject(&subject).map_err(Failure::usage)?;
+            let pem = medgate_gateway::pki::csr_for_hsm_key(hsm.clone(), role, dn, &dns).map_err(|e| Failure::runtime(e.to_string()))?;
             match out {
                 Some(p) => std::fs::write(&p, &pem).map_err(|e| Failure::runtime(format!("{}: {e}", p.display())))?,
                 None => print!("{pem}"),

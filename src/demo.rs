@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use medgate_hsm::{Hsm, HsmConfig, Pin, Role};
 use time::OffsetDateTime;
 
-use crate::cli::Failure;
+use crate::exit::Failure;
 use crate::client::{query_escape, HisClient};
 use medgate_fhir::{sample_transaction, PatientId};
-use crate::pki::TestCa;
+use medgate_gateway::pki::TestCa;
 
 mod consortium;
 pub use consortium::{bench as bench_consortium, run as run_consortium};
@@ -193,8 +193,8 @@ listen = "{admin_addr}"
         let ca = TestCa::new(&format!("{hospital} CA")).map_err(|e| Failure::runtime(e.to_string()))?;
         let ca_pem = ca.cert.pem();
         std::fs::write(tls.join("hospital-ca.pem"), &ca_pem).map_err(io(&tls))?;
-        let dn = crate::pki::parse_subject(&format!("CN=localhost,O={hospital}")).map_err(Failure::usage)?;
-        let csr = crate::pki::csr_for_hsm_key(hsm.clone(), Role::Tls, dn, &["localhost".to_owned()]).map_err(|e| Failure::runtime(e.to_string()))?;
+        let dn = medgate_gateway::pki::parse_subject(&format!("CN=localhost,O={hospital}")).map_err(Failure::usage)?;
+        let csr = medgate_gateway::pki::csr_for_hsm_key(hsm.clone(), Role::Tls, dn, &["localhost".to_owned()]).map_err(|e| Failure::runtime(e.to_string()))?;
         std::fs::write(tls.join("server.csr"), &csr).map_err(io(&tls))?;
         let server = ca.sign_server_csr(&csr, 365).map_err(|e| Failure::runtime(e.to_string()))?;
         std::fs::write(tls.join("server.pem"), server.pem()).map_err(io(&tls))?;
@@ -218,7 +218,7 @@ listen = "{admin_addr}"
 
     /// A TLS client configuration presenting the site's HIS certificate.
     pub fn his_tls(&self) -> Result<Arc<rustls::ClientConfig>, Failure> {
-        crate::tls::client_config(self.ca_pem.as_bytes(), Some((self.his_cert_pem.as_bytes(), self.his_key_pem.as_bytes())))
+        medgate_gateway::tls::client_config(self.ca_pem.as_bytes(), Some((self.his_cert_pem.as_bytes(), self.his_key_pem.as_bytes())))
             .map_err(|e| Failure::runtime(e.to_string()))
     }
 
@@ -253,7 +253,7 @@ listen = "{admin_addr}"
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(Failure::runtime(format!("medgate serve exited during start-up ({status})")));
             }
-            if admin_get(self.admin_addr, path).map(|(s, _)| s == 200).unwrap_or(false) {
+            if crate::admin_client::get(self.admin_addr, path).map(|(s, _)| s == 200).unwrap_or(false) {
                 return Ok(child);
             }
             if Instant::now() > deadline {
@@ -263,36 +263,6 @@ listen = "{admin_addr}"
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-/// A plain HTTP GET on the admin listener: (status, body).
-pub fn admin_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    admin_request(addr, "GET", path)
-}
-
-/// A plain HTTP request without a body on the admin listener: (status, body).
-pub fn admin_request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String), String> {
-    admin_request_with(addr, method, path, b"")
-}
-
-/// [`admin_request`] with a JSON body.
-pub fn admin_request_with(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<(u16, String), String> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{}: cli\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        crate::server::ADMIN_HEADER,
-        body.len()
-    )
-        .map_err(|e| e.to_string())?;
-    s.write_all(body).map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    let status = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no status")?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
 }
 
 /// Sends SIGTERM and waits for the exit status.
@@ -344,7 +314,7 @@ pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
     let db = medgate_store::Db::open(&dir.join("state")).map_err(|e| Failure::runtime(e.to_string()))?;
     let store = medgate_store::ChainStore::open(&db).map_err(|e| Failure::runtime(e.to_string()))?;
     let key = medgate_ledger::keys::read_public_key(&site.ledger_public_key).map_err(|e| Failure::runtime(e.to_string()))?;
-    let report = crate::verify::verify_store(&store, std::slice::from_ref(&key)).map_err(|e| Failure::runtime(format!("ledger verification FAILED: {e}")))?;
+    let report = store.verify(std::slice::from_ref(&key)).map_err(|e| Failure::runtime(format!("ledger verification FAILED: {e}")))?;
     say(&format!(
         "ledger verified offline against {}: {} blocks, {} entries, head {}",
         site.ledger_public_key.display(),
@@ -420,7 +390,7 @@ async fn his_session(site: &Site, say: &mut dyn FnMut(&str)) -> Result<Vec<u8>, 
     check(bad.status == 422, "a malformed bundle is refused")?;
     say(&format!("a malformed bundle is refused: {} OperationOutcome \"{}\"", bad.status, bad.json()["issue"][0]["diagnostics"].as_str().unwrap_or("")));
 
-    let anon = crate::tls::client_config(site.ca_pem.as_bytes(), None).map_err(|e| Failure::runtime(e.to_string()))?;
+    let anon = medgate_gateway::tls::client_config(site.ca_pem.as_bytes(), None).map_err(|e| Failure::runtime(e.to_string()))?;
     let mut stranger = HisClient::new(site.his_addr, "localhost", anon).map_err(rt)?;
     check(stranger.get("/metadata").await.is_err(), "a client without a certificate is refused")?;
     say("a client without a certificate is refused during the TLS handshake");
@@ -446,7 +416,7 @@ async fn his_session(site: &Site, say: &mut dyn FnMut(&str)) -> Result<Vec<u8>, 
     }
     // Two creates, one search, one read; the retried create is not a second event.
     check(events.len() == 4, "every create, search and read is on the ledger, the retry is not")?;
-    let metrics = admin_get(site.admin_addr, "/metrics").map_err(Failure::runtime)?;
+    let metrics = crate::admin_client::get(site.admin_addr, "/metrics").map_err(Failure::runtime)?;
     let height = metrics.1.lines().find(|l| l.starts_with("medgate_ledger_height")).unwrap_or("").to_owned();
     say(&format!("admin /metrics: {height}"));
     Ok(receipt)

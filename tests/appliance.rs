@@ -268,7 +268,7 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() {
         assert_eq!(r.status, 201);
         assert_eq!(c.get("/Binary/ffff").await.unwrap().status, 404);
     });
-    let (status, text) = medgate::demo::admin_get(gw.site.admin_addr, "/metrics").unwrap();
+    let (status, text) = medgate::admin_client::get(gw.site.admin_addr, "/metrics").unwrap();
     assert_eq!(status, 200);
     assert!(check_prometheus(&text) > 20, "{text}");
     for want in [
@@ -285,8 +285,8 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
     assert!(!text.contains("PAT-0000009"), "patient identifier in metrics");
-    assert_eq!(medgate::demo::admin_get(gw.site.admin_addr, "/healthz").unwrap(), (200, "ok\n".into()));
-    let (status, body) = medgate::demo::admin_get(gw.site.admin_addr, "/readyz").unwrap();
+    assert_eq!(medgate::admin_client::get(gw.site.admin_addr, "/healthz").unwrap(), (200, "ok\n".into()));
+    let (status, body) = medgate::admin_client::get(gw.site.admin_addr, "/readyz").unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, "hsm: ok\nstore: ok\nledger: ok\nshred: none pending\n");
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use etcd::EtcdCluster;
 use medgate_fhir::{sample_transaction, PatientId};
 use medgate_ledger::membership::{Genesis, MemberCard};
-use medgate::pki::TestCa;
+use medgate_gateway::pki::TestCa;
 use support::{receipt_of, rt, Gw};
 
 const HOSPITALS: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
@@ -56,7 +56,7 @@ fn consortium_with(name: &str, sharing: bool) -> Consortium {
             MemberCard::from_files(&s.hospital, &s.ledger_public_key, 1, sharing.then_some(sharing_key.as_path()), sharing.then_some(*peer)).unwrap()
         })
         .collect();
-    let genesis = Genesis::new(&format!("test consortium {name}"), &medgate::keys::now_rfc3339(), cards).unwrap().to_bytes();
+    let genesis = Genesis::new(&format!("test consortium {name}"), &medgate_gateway::clock::now_rfc3339(), cards).unwrap().to_bytes();
     let mut c = Consortium { etcd, gws: Vec::new(), ca, name: name.to_owned(), genesis, pseudonym_key };
     for ((site, dir), peer) in sites.into_iter().zip(&peers) {
         configure(&c, &site, sharing.then_some(*peer));
@@ -575,8 +575,8 @@ fn a_gateway_holding_another_block_at_the_same_height_is_a_detected_fork() {
     // C signs a checkpoint of its head; A and B hold another block there: fork on both sides.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, a) = medgate::demo::admin_get(c.gws[0].site.admin_addr, "/readyz").unwrap();
-        let (_, cc) = medgate::demo::admin_get(c.gws[2].site.admin_addr, "/readyz").unwrap();
+        let (_, a) = medgate::admin_client::get(c.gws[0].site.admin_addr, "/readyz").unwrap();
+        let (_, cc) = medgate::admin_client::get(c.gws[2].site.admin_addr, "/readyz").unwrap();
         if a.contains("fork") && cc.contains("fork") {
             break;
         }
@@ -601,7 +601,7 @@ fn a_gateway_holding_another_block_at_the_same_height_is_a_detected_fork() {
         assert_eq!(forks[0]["theirs"]["gateway"], "hospital-c");
     }
     c.gws[0].start_alive();
-    let (status, body) = medgate::demo::admin_get(c.gws[0].site.admin_addr, "/readyz").unwrap();
+    let (status, body) = medgate::admin_client::get(c.gws[0].site.admin_addr, "/readyz").unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("fork"), "{body}");
 }
@@ -928,7 +928,7 @@ fn the_chain_hangs_from_the_genesis_and_a_gateway_cannot_change_consortium() {
     let site = c.gws[0].site.clone();
     // Block 0 links to the SHA-256 of the genesis document every member holds.
     {
-        let cfg = medgate::config::Config::load(&site.config).unwrap();
+        let cfg = medgate_gateway::config::Config::load(&site.config).unwrap();
         let db = medgate_store::Db::open(&cfg.gateway.state_directory).unwrap();
         let store = medgate_store::ChainStore::open(&db).unwrap();
         let block0 = store.block(0).unwrap().unwrap();
@@ -938,7 +938,7 @@ fn the_chain_hangs_from_the_genesis_and_a_gateway_cannot_change_consortium() {
     // Another genesis (same members, another consortium) on the same ledger copy: refused at
     // start, naming the setting and both hashes.
     let (other, _) = Genesis::parse(&c.genesis).unwrap();
-    let other = Genesis::new("another consortium", &medgate::keys::now_rfc3339(), other.members).unwrap();
+    let other = Genesis::new("another consortium", &medgate_gateway::clock::now_rfc3339(), other.members).unwrap();
     let other_hash = other.write(&site.dir.join("genesis.json")).unwrap();
     let log = site.dir.join("refused.log");
     let err = site.spawn(&support::exe(), Some(&log)).expect_err("a gateway must not start on another genesis");

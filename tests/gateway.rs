@@ -105,14 +105,14 @@ fn clients_without_a_valid_certificate_are_refused_in_the_handshake() {
     let ca_pem = gw.site.ca_pem.clone();
     let now = OffsetDateTime::now_utc();
     let try_with = |cert: Option<(String, String)>| {
-        let tls = medgate::tls::client_config(ca_pem.as_bytes(), cert.as_ref().map(|(c, k)| (c.as_bytes(), k.as_bytes()))).unwrap();
+        let tls = medgate_gateway::tls::client_config(ca_pem.as_bytes(), cert.as_ref().map(|(c, k)| (c.as_bytes(), k.as_bytes()))).unwrap();
         let mut c = HisClient::new(gw.site.his_addr, "localhost", tls).unwrap().acting_as("u", "physician", "TREAT");
         rt.block_on(c.get("/metadata"))
     };
     // No certificate.
     assert!(try_with(None).is_err());
     // A certificate from another CA.
-    let stranger = medgate::pki::TestCa::new("Stranger CA").unwrap();
+    let stranger = medgate_gateway::pki::TestCa::new("Stranger CA").unwrap();
     let (c, k) = stranger.issue_client("his-main", "his", now - time::Duration::days(1), now + time::Duration::days(1)).unwrap();
     assert!(try_with(Some((c.pem(), k.serialize_pem()))).is_err());
     // Expired.
@@ -129,7 +129,7 @@ fn clients_without_a_valid_certificate_are_refused_in_the_handshake() {
     assert_eq!(try_with(Some((gw.site.his_cert_pem.clone(), gw.site.his_key_pem.clone()))).unwrap().status, 200);
     // A read-only HIS may not store.
     let (c, k) = gw.site.ca.issue_client("his-viewer", "his-read", now - time::Duration::days(1), now + time::Duration::days(1)).unwrap();
-    let tls = medgate::tls::client_config(ca_pem.as_bytes(), Some((c.pem().as_bytes(), k.serialize_pem().as_bytes()))).unwrap();
+    let tls = medgate_gateway::tls::client_config(ca_pem.as_bytes(), Some((c.pem().as_bytes(), k.serialize_pem().as_bytes()))).unwrap();
     let mut viewer = HisClient::new(gw.site.his_addr, "localhost", tls).unwrap().acting_as("u", "physician", "TREAT");
     let r = rt.block_on(viewer.post_json("/", &sample_transaction(&patient(3), "text/plain", b"x", None), &[])).unwrap();
     assert_eq!(r.status, 403);

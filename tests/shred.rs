@@ -183,7 +183,7 @@ fn a_shred_pass_makes_a_backup_taken_before_an_erasure_unreadable() {
     assert_eq!(gw.metric("medgate_events_total{kind=\"shred_rewrapped_records\"}"), Some(2.0), "the two live records");
     assert_eq!(gw.metric("medgate_events_total{kind=\"shred_kek_versions_destroyed\"}"), Some(1.0));
     assert!(gw.metric("medgate_shred_last_pass_seconds").unwrap() > 0.0);
-    let (status, ready) = medgate::demo::admin_get(gw.site.admin_addr, "/readyz").unwrap();
+    let (status, ready) = medgate::admin_client::get(gw.site.admin_addr, "/readyz").unwrap();
     assert_eq!((status, ready.as_str()), (200, "hsm: ok\nstore: ok\nledger: ok\nshred: none pending\n"));
     gw.wait_log("shred pass finished");
 
@@ -234,7 +234,7 @@ fn a_shred_pass_cut_short_by_a_crash_finishes_at_the_next_start() {
         let rec = vault.get(&erased).unwrap().unwrap();
         let entry = Entry::new(
             &gw.site.hospital,
-            &medgate::keys::now_rfc3339(),
+            &medgate_gateway::clock::now_rfc3339(),
             [9; 16],
             EntryBody::RecordErased {
                 record_id: rec.id.clone(),
@@ -249,7 +249,7 @@ fn a_shred_pass_cut_short_by_a_crash_finishes_at_the_next_start() {
         let seen = vault.shred_pending().unwrap().unwrap();
         with_hsm(&gw, |hsm| {
             let info = hsm.rotate(Role::Kek).unwrap();
-            medgate::keys::record_event_by(Some(&state), medgate::shred::OFFICER, "rotate", &info).unwrap();
+            medgate_gateway::journal::record_event_by(Some(&state), medgate_gateway::shred::OFFICER, "rotate", &info).unwrap();
             vault.set_shred_rotation(seen, info.version).unwrap();
             assert_eq!(vault.rewrap_record(hsm, &done, info.version).unwrap(), medgate_store::vault::Rewrap::Done { from: 1 });
         });
@@ -417,7 +417,7 @@ fn a_retired_kek_version_that_still_wraps_records_blocks_the_pass_until_the_offi
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(gw.metric("medgate_shred_pending"), Some(1.0), "the erasure is not shredded everywhere yet");
-    let (status, ready) = medgate::demo::admin_get(gw.site.admin_addr, "/readyz").unwrap();
+    let (status, ready) = medgate::admin_client::get(gw.site.admin_addr, "/readyz").unwrap();
     assert_eq!(status, 200, "a blocked pass does not make the gateway unready: {ready}");
     assert!(ready.contains("shred: pending") && ready.contains("last pass failed") && ready.contains("version 1 (1 live records)"), "{ready}");
     assert!(gw.log_text().contains(&format!("record not re-wrapped; its KEK version cannot be destroyed record={stranded}")), "{}", gw.log_text());

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{admin_get, free_port, stop_child, write_private, Site};
-use crate::cli::Failure;
+use super::{free_port, stop_child, write_private, Site};
+use crate::admin_client::get as admin_get;
+use crate::exit::Failure;
 use crate::client::{query_escape, HisClient};
 use medgate_fhir::{sample_transaction, PatientId};
-use crate::pki::TestCa;
+use medgate_gateway::pki::TestCa;
 
 const ETCD: &str = "/usr/bin/etcd";
 const ETCDCTL: &str = "/usr/bin/etcdctl";
@@ -189,7 +190,7 @@ fn build(dir: &Path, say: &mut dyn FnMut(&str)) -> Result<Consortium, Failure> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(Failure::runtime)?;
     let genesis_path = dir.join("genesis.json");
-    let genesis_hash = medgate_ledger::membership::Genesis::new("medgate demo consortium", &crate::keys::now_rfc3339(), cards).and_then(|g| g.write(&genesis_path)).map_err(Failure::runtime)?;
+    let genesis_hash = medgate_ledger::membership::Genesis::new("medgate demo consortium", &medgate_gateway::clock::now_rfc3339(), cards).and_then(|g| g.write(&genesis_path)).map_err(Failure::runtime)?;
     // Per-hospital RBAC, as `medgate consortium etcd-rbac --genesis ... --enable-auth` prints it.
     let ids: Vec<String> = sites.iter().map(|s| s.hospital.clone()).collect();
     for cmd in medgate_store::order::etcd::rbac_commands("/medgate/ledger", &ids, &[], true).map_err(Failure::runtime)? {
@@ -257,7 +258,7 @@ pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
     for s in &sites {
         let db = medgate_store::Db::open(&s.dir.join("state")).map_err(rt_err)?;
         let store = medgate_store::ChainStore::open(&db).map_err(rt_err)?;
-        let r = crate::verify::verify_store(&store, &keys).map_err(|e| Failure::runtime(format!("{}: ledger verification FAILED: {e}", s.hospital)))?;
+        let r = store.verify(&keys).map_err(|e| Failure::runtime(format!("{}: ledger verification FAILED: {e}", s.hospital)))?;
         heads.push((r.head, r.blocks));
     }
     check(heads.iter().all(|h| h == &heads[0]), "the three ledgers differ")?;
@@ -367,7 +368,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result<(), Failure> {
     let read = |p: &str| std::fs::read(c.etcd.dir.join(p)).map_err(rt_err);
     let (ca, cert, key) = (read("ca.pem")?, read("root.crt")?, read("root.key")?);
-    let tls = crate::tls::client_config(&ca, Some((&cert, &key))).map_err(rt_err)?;
+    let tls = medgate_gateway::tls::client_config(&ca, Some((&cert, &key))).map_err(rt_err)?;
     let raw = medgate_store::order::etcd::raw_put_rate(&c.etcd.endpoints, &tls, Duration::from_secs(3), concurrency)
         .await
         .map_err(Failure::runtime)?;

@@ -68,7 +68,7 @@ pub struct DocumentSubmission {
     pub patient: PatientId,
     /// DocumentReference.masterIdentifier (system, value) if present: used for conditional create / idempotency.
     pub master_identifier: Option<(String, String)>,
-    /// DocumentReference.type.coding[0] (system, code, display) if present.
+    /// `DocumentReference.type.coding[0]` (system, code, display) if present.
     pub doc_type: Option<Coding>,
     /// DocumentReference.status: `current`, `superseded` or `entered-in-error`.
     pub status: String,

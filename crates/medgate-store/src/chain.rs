@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use medgate_ledger::consent::ConsentState;
-use medgate_ledger::{Batch, Block, ChainState, Entry, EntryBody, Receipt};
+use medgate_ledger::{verify_ledger, Batch, Block, ChainReport, ChainState, Entry, EntryBody, LedgerError, Receipt};
+use sha2::{Digest, Sha256};
 
 use crate::error::{read_u64, to_json};
 use crate::{Db, StoreError};
@@ -111,6 +112,24 @@ impl ChainStore {
             None => Ok(None),
             Some(v) => Block::from_bytes(&v).map(Some).map_err(|e| StoreError::Format(format!("block {height}: {e}"))),
         }
+    }
+
+    /// Re-checks every stored block from genesis offline (`medgate ledger verify`), with
+    /// [`verify_ledger`]: a consortium copy from the genesis document stored with it, which must
+    /// hash to the genesis hash recorded with the chain; `trusted` as there.
+    pub fn verify(&self, trusted: &[Vec<u8>]) -> Result<ChainReport, medgate_ledger::ChainError> {
+        let unreadable = |reason: String| medgate_ledger::ChainError::Decode { height: 0, source: LedgerError::Decode { what: "stored genesis", reason } };
+        let genesis = match self.genesis_hash().map_err(|e| unreadable(e.to_string()))? {
+            None => None,
+            Some(hash) => {
+                let bytes = self.genesis().map_err(|e| unreadable(e.to_string()))?.ok_or_else(|| unreadable("missing".into()))?;
+                if <[u8; 32]>::from(Sha256::digest(&bytes)) != hash {
+                    return Err(unreadable("does not hash to the genesis hash recorded with the chain".into()));
+                }
+                Some(bytes)
+            }
+        };
+        verify_ledger(genesis.as_deref(), self.blocks(), &|g: &str, v: u32| self.public_key(g, v).ok().flatten(), trusted)
     }
 
     /// Overwrites the block stored at its height, unchecked and flushed: what a rewrite of this

@@ -29,6 +29,7 @@ use serde_json::Value;
 use medgate_fhir::{FhirError, PatientId};
 use crate::gateway::{Caller, Gateway, PURPOSES};
 use crate::tls::ClientIdentity;
+use crate::GatewayError;
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
@@ -57,13 +58,30 @@ fn with_location(mut r: Resp, location: Option<String>) -> Resp {
     r
 }
 
-/// The one mapping of a refusal to HTTP: OperationOutcome, status from the error, full text to the
-/// log (internal details never to the client).
-pub fn error_response(e: &FhirError) -> Resp {
+/// The one mapping of a refusal to the HIS: its status and OperationOutcome (rendered by the FHIR
+/// layer; internal details never reach the client).
+pub fn outcome(e: &GatewayError) -> (u16, Value) {
+    let fhir = match e {
+        GatewayError::Request(f) => return (f.status(), f.to_outcome()),
+        GatewayError::Forbidden(m) => FhirError::Forbidden(m.clone()),
+        GatewayError::NotFound(m) => FhirError::NotFound(m.clone()),
+        GatewayError::Gone(m) => FhirError::Gone(m.clone()),
+        GatewayError::Conflict(m) => FhirError::Conflict(m.clone()),
+        GatewayError::BadRequest(m) => FhirError::BadParameter(m.clone()),
+        GatewayError::Unavailable(m) => FhirError::Unavailable(m.clone()),
+        GatewayError::Integrity(id) => FhirError::Integrity(id.clone()),
+        GatewayError::Internal(m) => FhirError::Internal(m.clone()),
+    };
+    (fhir.status(), fhir.to_outcome())
+}
+
+/// A refusal as an HTTP response: OperationOutcome, status from the error, full text to the log.
+pub fn error_response(e: &GatewayError) -> Resp {
     if e.status() >= 500 {
         tracing::error!(error = %e, "request failed");
     }
-    json_response(e.status(), &e.to_outcome())
+    let (status, body) = outcome(e);
+    json_response(status, &body)
 }
 
 /// Header value as text, or a clear refusal.
@@ -192,12 +210,12 @@ impl Api {
         Ok(resp)
     }
 
-    async fn dispatch(&self, route: &'static str, client: &ClientIdentity, req: Request<Incoming>) -> Result<Resp, FhirError> {
+    async fn dispatch(&self, route: &'static str, client: &ClientIdentity, req: Request<Incoming>) -> Result<Resp, GatewayError> {
         let path = req.uri().path().trim_matches('/').to_owned();
         let id = path.split('/').nth(1).unwrap_or("").to_owned();
         let gw = &self.gateway;
         match route {
-            "GET /metadata" => Ok(json_response(200, &medgate_fhir::capability_statement(env!("CARGO_PKG_VERSION"), &crate::keys::now_rfc3339()))),
+            "GET /metadata" => Ok(json_response(200, &medgate_fhir::capability_statement(env!("CARGO_PKG_VERSION"), &crate::clock::now_rfc3339()))),
             "POST /" | "POST /DocumentReference" => {
                 let caller = caller(&req, client)?;
                 check_fhir_json(&req)?;
@@ -261,9 +279,9 @@ impl Api {
                 let known = ["", "metadata", "DocumentReference", "Binary", "AuditEvent", "Consent"];
                 let first = path.split('/').next().unwrap_or("");
                 if known.contains(&first) {
-                    Err(FhirError::MethodNotAllowed(format!("{} on /{}", req.method(), first)))
+                    Err(FhirError::MethodNotAllowed(format!("{} on /{}", req.method(), first)).into())
                 } else {
-                    Err(FhirError::NotFound("no such endpoint; see GET /metadata".into()))
+                    Err(FhirError::NotFound("no such endpoint; see GET /metadata".into()).into())
                 }
             }
         }

@@ -24,11 +24,27 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use medgate_hsm::{Hsm, KeyInfo, Role};
+use medgate_store::order::BoxFuture;
+use medgate_store::vault::{Rewrap, Vault};
+use medgate_store::StoreError;
 use tokio::sync::{watch, Notify, RwLock, RwLockReadGuard};
 
-use crate::gateway::Gateway;
 use crate::metrics::Gauge;
-use medgate_store::vault::{Rewrap, Vault};
+
+/// What a shred pass needs from the gateway that hosts it: the HSM, the vault, the shredding
+/// state, a place to count, and a way to put the key events it journals on the ledger.
+pub trait ShredHost: Send + Sync + 'static {
+    /// The HSM whose KEK is rotated and destroyed.
+    fn hsm(&self) -> &Arc<Hsm>;
+    /// The vault whose records are re-wrapped.
+    fn vault(&self) -> &Vault;
+    /// The gate and status shared with ingest.
+    fn shredder(&self) -> &Arc<Shredder>;
+    /// Adds `n` to the counter `name`.
+    fn count(&self, name: &str, n: u64);
+    /// Puts the journalled key events on the ledger; how many were new.
+    fn anchor_key_events<'a>(&'a self, state_dir: &'a Path) -> BoxFuture<'a, Result<usize, String>>;
+}
 
 /// The officer named in the key events a shred pass journals.
 pub const OFFICER: &str = "medgate-shred-pass";
@@ -95,6 +111,7 @@ impl Shredder {
         self.wake.notify_one();
     }
 
+    /// Where shredding stands.
     pub fn status(&self) -> Status {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -151,17 +168,17 @@ impl Drop for CancelOnDrop {
 }
 
 /// The background task: a pass whenever the marker is set, at start and after every erasure.
-pub async fn run(gateway: Gateway, state_dir: PathBuf, mut stop: watch::Receiver<bool>) {
-    let shred = gateway.shred.clone();
+pub async fn run<H: ShredHost>(gateway: Arc<H>, state_dir: PathBuf, mut stop: watch::Receiver<bool>) {
+    let shred = gateway.shredder().clone();
     let _cancel = CancelOnDrop(shred.clone());
     let mut retry: Option<Duration> = None;
     loop {
-        retry = match passes(&gateway, &state_dir).await {
+        retry = match passes(gateway.as_ref(), &state_dir).await {
             Ok(()) => None,
             Err(e) => {
                 let wait = retry.map_or(RETRY_FIRST, |d| (d * 2).min(RETRY_MAX));
                 tracing::error!(error = %e, retry_in_s = wait.as_secs(), "shred pass did not finish; erased records stay readable from older copies of the store until it does");
-                gateway.metrics.incr("shred_pass_failures");
+                gateway.count("shred_pass_failures", 1);
                 shred.update(|s| s.last_error = Some(e));
                 Some(wait)
             }
@@ -175,18 +192,18 @@ pub async fn run(gateway: Gateway, state_dir: PathBuf, mut stop: watch::Receiver
 }
 
 /// Passes until the marker is clear (an erasure during a pass leaves it set: one more pass).
-async fn passes(gateway: &Gateway, state_dir: &Path) -> Result<(), String> {
+async fn passes<H: ShredHost>(gateway: &H, state_dir: &Path) -> Result<(), String> {
     loop {
-        let Some(seen) = gateway.vault.shred_pending().map_err(|e| e.to_string())? else { return Ok(()) };
-        gateway.shred.update(|s| s.running = true);
+        let Some(seen) = gateway.vault().shred_pending().map_err(|e| e.to_string())? else { return Ok(()) };
+        gateway.shredder().update(|s| s.running = true);
         let result = pass(gateway, state_dir, seen).await;
-        gateway.shred.update(|s| s.running = false);
+        gateway.shredder().update(|s| s.running = false);
         let report = result?;
-        gateway.metrics.incr("shred_passes");
-        gateway.metrics.add("shred_rewrapped_records", report.rewrapped as u64);
-        gateway.metrics.add("shred_kek_versions_destroyed", report.destroyed.len() as u64);
+        gateway.count("shred_passes", 1);
+        gateway.count("shred_rewrapped_records", report.rewrapped as u64);
+        gateway.count("shred_kek_versions_destroyed", report.destroyed.len() as u64);
         let kept = report.kept.clone();
-        gateway.shred.update(|s| {
+        gateway.shredder().update(|s| {
             s.passes += 1;
             s.last = Some(report.clone());
             s.last_error = None;
@@ -208,7 +225,7 @@ async fn passes(gateway: &Gateway, state_dir: &Path) -> Result<(), String> {
                 kept.join(", ")
             ));
         }
-        if gateway.vault.finish_shred(seen).map_err(|e| e.to_string())? {
+        if gateway.vault().finish_shred(seen).map_err(|e| e.to_string())? {
             return Ok(());
         }
         tracing::info!("erasures arrived during the shred pass; one more pass");
@@ -221,10 +238,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Sen
 }
 
 /// One pass for the erasures counted up to `seen`.
-async fn pass(gateway: &Gateway, state_dir: &Path, seen: u64) -> Result<PassReport, String> {
+async fn pass<H: ShredHost>(gateway: &H, state_dir: &Path, seen: u64) -> Result<PassReport, String> {
     let started = Instant::now();
-    let hsm = gateway.hsm.clone();
-    let vault = gateway.vault.clone();
+    let hsm = gateway.hsm().clone();
+    let vault = gateway.vault().clone();
 
     // 1. A KEK version that never wrapped an erased record. An interrupted pass that already
     // rotated for these same erasures (no erasure since) is not rotated again.
@@ -234,7 +251,7 @@ async fn pass(gateway: &Gateway, state_dir: &Path, seen: u64) -> Result<PassRepo
     let (kek_version, rotated) = match (remembered, active) {
         (Some((at, _)), Some(v)) if at == seen => (v, false),
         _ => {
-            let exclusive = gateway.shred.sealing.write().await;
+            let exclusive = gateway.shredder().sealing.write().await;
             let h = hsm.clone();
             let info = blocking(move || h.rotate(Role::Kek).map_err(|e| format!("KEK rotation: {e}"))).await;
             drop(exclusive);
@@ -247,7 +264,7 @@ async fn pass(gateway: &Gateway, state_dir: &Path, seen: u64) -> Result<PassRepo
 
     // 2. Every live record under an older version, re-wrapped under the new one; flushed.
     let t = Instant::now();
-    let (h, v, shred) = (hsm.clone(), vault.clone(), gateway.shred.clone());
+    let (h, v, shred) = (hsm.clone(), vault.clone(), gateway.shredder().clone());
     let (scanned, rewrapped) = blocking(move || rewrap_all(&h, &v, kek_version, &shred.cancel)).await?;
     let rewrap_time = t.elapsed();
 
@@ -293,7 +310,7 @@ fn rewrap_all(hsm: &Hsm, vault: &Vault, below: u32, cancel: &AtomicBool) -> Resu
         match vault.rewrap_record(hsm, &id, below) {
             Ok(Rewrap::Done { .. }) => rewrapped += 1,
             Ok(Rewrap::Current) => {}
-            Err(medgate_store::StoreError::Hsm(e)) if matches!(e, medgate_hsm::HsmError::Unavailable(_)) => return Err(e.to_string()),
+            Err(StoreError::Hsm(e)) if matches!(e, medgate_hsm::HsmError::Unavailable(_)) => return Err(e.to_string()),
             Err(e) => {
                 failed += 1;
                 if failed <= 10 {
@@ -321,8 +338,8 @@ fn plan(on_token: &[u32], current: u32, live: &BTreeMap<u32, usize>) -> (Vec<u32
 
 /// Journals a key event as the officer's console does, so that it reaches the ledger.
 fn journal(state_dir: &Path, action: &str, info: &KeyInfo) {
-    if let Err(f) = crate::keys::record_event_by(Some(state_dir), OFFICER, action, info) {
-        tracing::error!(action, version = info.version, error = %f.message, "key event not journalled; it is in this log only");
+    if let Err(e) = crate::journal::record_event_by(Some(state_dir), OFFICER, action, info) {
+        tracing::error!(action, version = info.version, error = %e, "key event not journalled; it is in this log only");
     }
 }
 

@@ -25,18 +25,25 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use medgate_ledger::{Block, Checkpoint};
+use medgate_store::order::BoxFuture;
+use medgate_store::ChainStore;
+
 use crate::config::Consortium;
-use crate::gateway::Gateway;
 use crate::tls;
+use crate::GatewayError;
 
 /// What the requesting gateway asks for, on behalf of its end user.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadRequest {
+    /// The record asked for.
     pub record_id: String,
     /// The requester's pseudonym of its end user (64 lowercase hex).
     pub user: String,
+    /// The end user's role code.
     pub role: String,
+    /// The purpose of use.
     pub purpose: String,
 }
 
@@ -44,10 +51,15 @@ pub struct ReadRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadGrant {
+    /// The record.
     pub record_id: String,
+    /// Its MIME type.
     pub content_type: String,
+    /// Hex SHA-256 of its plaintext, as anchored on the ledger.
     pub content_hash: String,
+    /// AES-GCM nonce of the document, base64.
     pub doc_nonce: String,
+    /// The document ciphertext, base64.
     pub doc_ct: String,
     /// The data key, RSA-OAEP wrapped for the requester's sharing key, base64.
     pub shared_key: String,
@@ -60,30 +72,71 @@ pub const MAX_BLOCKS_PER_FETCH: u64 = 64;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlocksRequest {
+    /// The first height wanted.
     pub from: u64,
 }
 
 /// A refusal: the status and a reason code.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Refusal {
+    /// The reason code (or, for a fork, the custodian's own signed checkpoint).
     pub reason: String,
+}
+
+/// The one place a [`GatewayError`] becomes a peer's answer: its status and a reason code.
+/// Internal details stay in this gateway's log.
+pub fn refusal(e: &GatewayError) -> (u16, Refusal) {
+    let reason = match e {
+        GatewayError::Forbidden(code)
+        | GatewayError::NotFound(code)
+        | GatewayError::Gone(code)
+        | GatewayError::Conflict(code)
+        | GatewayError::BadRequest(code)
+        | GatewayError::Unavailable(code) => code.clone(),
+        GatewayError::Request(_) => "bad-request".to_owned(),
+        GatewayError::Integrity(_) => "integrity".to_owned(),
+        GatewayError::Internal(detail) => {
+            tracing::error!(error = %detail, "peer request failed");
+            "internal".to_owned()
+        }
+    };
+    (e.status(), Refusal { reason })
+}
+
+/// What the peer listener asks of the gateway, as the custodian of records and as a member
+/// holding a copy of the ledger.
+pub trait PeerService: Send + Sync + std::fmt::Debug + 'static {
+    /// Whether `hospital` is a current member.
+    fn is_member(&self, hospital: &str) -> bool;
+    /// Counts an event for the metrics.
+    fn count(&self, name: &str);
+    /// A read of a record held here, on behalf of `requester`'s end user.
+    fn read<'a>(&'a self, requester: &'a str, req: ReadRequest) -> BoxFuture<'a, Result<ReadGrant, GatewayError>>;
+    /// `requester`'s signed checkpoint: `agree`, `behind`, or a fork (409 with ours).
+    fn checkpoint<'a>(&'a self, requester: &'a str, cp: Checkpoint) -> BoxFuture<'a, Result<String, GatewayError>>;
+    /// Blocks from `from` on (a JSON array), for a member catching up.
+    fn blocks(&self, requester: &str, from: u64) -> Result<Vec<u8>, GatewayError>;
 }
 
 /// What the gateway needs to share: the ledger's roster (members' peer addresses and sharing
 /// keys, as the chain says at this moment), the mTLS client, the break-glass roles.
 #[derive(Debug)]
 pub struct Sharing {
+    /// This hospital's id.
     pub me: String,
     /// The consortium link, halted when a fork is seen.
     pub link: Option<Arc<medgate_store::order::link::EtcdLink>>,
-    store: medgate_store::ChainStore,
+    store: ChainStore,
+    /// Mutual TLS towards the peers (the HSM `tls` key, consortium certificate).
     pub client_tls: Arc<rustls::ClientConfig>,
+    /// End-user roles that may read without consent as break-glass.
     pub break_glass_roles: Vec<String>,
 }
 
 /// A member as the sharing layer sees it.
 #[derive(Debug, Clone)]
 pub struct Peer {
+    /// Its peer listener.
     pub address: Option<SocketAddr>,
     /// RSA modulus and exponent of its sharing key.
     pub sharing_key: Option<(Vec<u8>, Vec<u8>)>,
@@ -96,7 +149,8 @@ impl Peer {
 }
 
 impl Sharing {
-    pub fn from_config(cfg: &Consortium, me: &str, hsm: &Arc<Hsm>, store: medgate_store::ChainStore) -> Result<Sharing, String> {
+    /// Sharing for hospital `me`, per the `[consortium]` table.
+    pub fn from_config(cfg: &Consortium, me: &str, hsm: &Arc<Hsm>, store: ChainStore) -> Result<Sharing, String> {
         let mut client = (*tls::consortium_client(cfg, hsm)?).clone();
         client.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Sharing { me: me.to_owned(), link: None, store, client_tls: Arc::new(client), break_glass_roles: cfg.break_glass_roles.clone() })
@@ -132,21 +186,21 @@ impl Sharing {
     }
 
     /// Sends this gateway's signed checkpoint to a peer; the answer says whether it agrees.
-    pub async fn send_checkpoint(&self, peer: &str, cp: &medgate_ledger::Checkpoint) -> Result<(u16, String), String> {
+    pub async fn send_checkpoint(&self, peer: &str, cp: &Checkpoint) -> Result<(u16, String), String> {
         let (status, bytes) = self.post(peer, "/peer/v1/checkpoint", &serde_json::to_vec(cp).map_err(|e| e.to_string())?).await?;
         Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     /// Blocks of a peer's chain from height `from` (at most [`MAX_BLOCKS_PER_FETCH`]); empty
     /// when the peer has none that high. The caller verifies them.
-    pub async fn fetch_blocks(&self, peer: &str, from: u64) -> Result<Vec<medgate_ledger::Block>, String> {
+    pub async fn fetch_blocks(&self, peer: &str, from: u64) -> Result<Vec<Block>, String> {
         let (status, bytes) = self.post(peer, "/peer/v1/blocks", &serde_json::to_vec(&BlocksRequest { from }).map_err(|e| e.to_string())?).await?;
         if status != 200 {
             return Err(format!("{peer} answered {status} to a block request"));
         }
         let raw: Vec<serde_json::Value> = serde_json::from_slice(&bytes).map_err(|e| format!("{peer} sent unreadable blocks: {e}"))?;
         raw.iter()
-            .map(|v| medgate_ledger::Block::from_bytes(&serde_json::to_vec(v).unwrap_or_default()).map_err(|e| format!("{peer} sent a malformed block: {e}")))
+            .map(|v| Block::from_bytes(v.to_string().as_bytes()).map_err(|e| format!("{peer} sent a malformed block: {e}")))
             .collect()
     }
 
@@ -190,7 +244,7 @@ impl medgate_store::order::BlockSource for Sharing {
         self.other_members().into_iter().filter(|(_, p)| p.address.is_some()).map(|(id, _)| id).collect()
     }
 
-    fn fetch_blocks<'a>(&'a self, peer: &'a str, from: u64) -> medgate_store::order::BoxFuture<'a, Result<Vec<medgate_ledger::Block>, String>> {
+    fn fetch_blocks<'a>(&'a self, peer: &'a str, from: u64) -> BoxFuture<'a, Result<Vec<Block>, String>> {
         Box::pin(Sharing::fetch_blocks(self, peer, from))
     }
 }
@@ -239,14 +293,14 @@ fn json(status: u16, v: &impl Serialize) -> Response<Full<Bytes>> {
 }
 
 /// Serves other gateways until `stop` changes.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, gateway: Gateway, mut stop: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, service: Arc<dyn PeerService>, mut stop: watch::Receiver<bool>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (tcp, addr) = tokio::select! {
             r = listener.accept() => match r { Ok(v) => v, Err(_) => continue },
             _ = stop.changed() => return,
         };
-        let (acceptor, gateway) = (acceptor.clone(), gateway.clone());
+        let (acceptor, service) = (acceptor.clone(), service.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -260,56 +314,58 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, gatewa
                 return;
             };
             // The consortium CA vouches for the name; the ledger says whether it is still a member.
-            if !gateway.ledger.store.is_member(&requester) {
+            if !service.is_member(&requester) {
                 tracing::warn!(peer = %addr, hospital = %requester, "peer request from a hospital that is not a current member; refused");
-                gateway.metrics.incr("peer_requests_from_non_members");
+                service.count("peer_requests_from_non_members");
             }
-            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (gateway, requester) = (gateway.clone(), requester.clone());
-                async move {
-                    if !gateway.ledger.store.is_member(&requester) {
-                        return Ok::<_, std::convert::Infallible>(json(403, &Refusal { reason: "not-a-member".into() }));
-                    }
-                    let path = req.uri().path().to_owned();
-                    if req.method() != hyper::Method::POST || !["/peer/v1/read", "/peer/v1/checkpoint", "/peer/v1/blocks"].contains(&path.as_str()) {
-                        return Ok::<_, std::convert::Infallible>(json(404, &Refusal { reason: "no-such-endpoint".into() }));
-                    }
-                    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
-                        Ok(b) => b.to_bytes(),
-                        Err(_) => return Ok(json(400, &Refusal { reason: "bad-request".into() })),
-                    };
-                    if path == "/peer/v1/blocks" {
-                        let Ok(req) = serde_json::from_slice::<BlocksRequest>(&body) else {
-                            return Ok(json(400, &Refusal { reason: "bad-request".into() }));
-                        };
-                        return Ok(match gateway.blocks_for_peer(&requester, req.from) {
-                            Ok(blocks) => {
-                                let mut r = Response::new(Full::new(Bytes::from(blocks)));
-                                r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
-                                r
-                            }
-                            Err((status, reason)) => json(status, &Refusal { reason }),
-                        });
-                    }
-                    if path == "/peer/v1/checkpoint" {
-                        let Ok(cp) = medgate_ledger::Checkpoint::from_bytes(&body) else {
-                            return Ok(json(400, &Refusal { reason: "bad-request".into() }));
-                        };
-                        return Ok(match gateway.accept_checkpoint(&requester, &cp).await {
-                            Ok(verdict) => json(200, &Refusal { reason: verdict }),
-                            Err((status, reason)) => json(status, &Refusal { reason }),
-                        });
-                    }
-                    let Ok(read) = serde_json::from_slice::<ReadRequest>(&body) else {
-                        return Ok(json(400, &Refusal { reason: "bad-request".into() }));
-                    };
-                    Ok(match gateway.serve_peer_read(&requester, read).await {
-                        Ok(grant) => json(200, &grant),
-                        Err((status, reason)) => json(status, &Refusal { reason }),
-                    })
-                }
+            let handler = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (service, requester) = (service.clone(), requester.clone());
+                async move { Ok::<_, std::convert::Infallible>(answer(service.as_ref(), &requester, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), handler).await;
         });
+    }
+}
+
+/// One peer request: `POST /peer/v1/read`, `/peer/v1/checkpoint` or `/peer/v1/blocks`.
+async fn answer(service: &dyn PeerService, requester: &str, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let refused = |e: GatewayError| {
+        let (status, r) = refusal(&e);
+        json(status, &r)
+    };
+    if !service.is_member(requester) {
+        return refused(GatewayError::Forbidden("not-a-member".into()));
+    }
+    let path = req.uri().path().to_owned();
+    if req.method() != hyper::Method::POST || !["/peer/v1/read", "/peer/v1/checkpoint", "/peer/v1/blocks"].contains(&path.as_str()) {
+        return refused(GatewayError::NotFound("no-such-endpoint".into()));
+    }
+    let Ok(body) = Limited::new(req.into_body(), 64 * 1024).collect().await.map(|b| b.to_bytes()) else {
+        return refused(GatewayError::BadRequest("bad-request".into()));
+    };
+    let bad = || GatewayError::BadRequest("bad-request".into());
+    match path.as_str() {
+        "/peer/v1/blocks" => match serde_json::from_slice::<BlocksRequest>(&body).map_err(|_| bad()).and_then(|r| service.blocks(requester, r.from)) {
+            Ok(blocks) => {
+                let mut r = Response::new(Full::new(Bytes::from(blocks)));
+                r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+                r
+            }
+            Err(e) => refused(e),
+        },
+        "/peer/v1/checkpoint" => {
+            let Ok(cp) = Checkpoint::from_bytes(&body) else { return refused(bad()) };
+            match service.checkpoint(requester, cp).await {
+                Ok(verdict) => json(200, &Refusal { reason: verdict }),
+                Err(e) => refused(e),
+            }
+        }
+        _ => {
+            let Ok(read) = serde_json::from_slice::<ReadRequest>(&body) else { return refused(bad()) };
+            match service.read(requester, read).await {
+                Ok(grant) => json(200, &grant),
+                Err(e) => refused(e),
+            }
+        }
     }
 }

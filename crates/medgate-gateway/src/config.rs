@@ -12,9 +12,6 @@ use serde::Deserialize;
 /// Where the configuration is read from when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/medgate/medgate.toml";
 
-/// Exit status for a configuration the gateway refuses (EX_USAGE from sysexits.h).
-pub const EXIT_BAD_CONFIG: i32 = 64;
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -382,14 +379,42 @@ impl Config {
             }),
             _ => {}
         }
+        self.validate_listeners(&mut p);
+        match (self.ledger.mode.as_str(), &self.consortium) {
+            ("standalone", _) => {}
+            ("consortium", None) => p.push(Problem {
+                key: "consortium".into(),
+                reason: "ledger.mode = \"consortium\" needs a [consortium] table (etcd endpoints, CA, certificate, genesis)".into(),
+            }),
+            ("consortium", Some(c)) => validate_consortium(c, &mut p),
+            (other, _) => p.push(Problem { key: "ledger.mode".into(), reason: format!("{other:?} is not a mode; use \"standalone\" or \"consortium\"") }),
+        }
+        if !(1..=medgate_ledger::MAX_BATCH_ENTRIES).contains(&self.ledger.batch_max_entries) {
+            p.push(Problem {
+                key: "ledger.batch_max_entries".into(),
+                reason: format!("must be between 1 and {} (the largest batch every gateway accepts)", medgate_ledger::MAX_BATCH_ENTRIES),
+            });
+        }
+        if self.ledger.batch_max_delay_ms > 10_000 {
+            p.push(Problem { key: "ledger.batch_max_delay_ms".into(), reason: "must be at most 10000".into() });
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(p)
+        }
+    }
+
+    /// The HIS and admin listeners: addresses, certificates, CRLs, limits.
+    fn validate_listeners(&self, p: &mut Vec<Problem>) {
         let h = &self.his;
         if h.listen.port() == 0 {
             p.push(Problem { key: "his.listen".into(), reason: "port 0 is not a port clients can reach".into() });
         }
-        check_readable_file(&h.certificate, "his.certificate", &mut p);
-        check_readable_file(&h.client_ca, "his.client_ca", &mut p);
+        check_readable_file(&h.certificate, "his.certificate", p);
+        check_readable_file(&h.client_ca, "his.client_ca", p);
         for (i, crl) in h.crl.iter().enumerate() {
-            check_readable_file(crl, &format!("his.crl[{i}]"), &mut p);
+            check_readable_file(crl, &format!("his.crl[{i}]"), p);
         }
         if h.crl.is_empty() && !self.dangerous.allow_no_crl {
             p.push(Problem {
@@ -414,29 +439,6 @@ impl Config {
                 key: "admin.listen".into(),
                 reason: "not a loopback address; the admin listener has no TLS (set [dangerous] admin_on_all_interfaces = true to allow)".into(),
             });
-        }
-        match (self.ledger.mode.as_str(), &self.consortium) {
-            ("standalone", _) => {}
-            ("consortium", None) => p.push(Problem {
-                key: "consortium".into(),
-                reason: "ledger.mode = \"consortium\" needs a [consortium] table (etcd endpoints, CA, certificate, genesis)".into(),
-            }),
-            ("consortium", Some(c)) => validate_consortium(c, &mut p),
-            (other, _) => p.push(Problem { key: "ledger.mode".into(), reason: format!("{other:?} is not a mode; use \"standalone\" or \"consortium\"") }),
-        }
-        if !(1..=medgate_ledger::MAX_BATCH_ENTRIES).contains(&self.ledger.batch_max_entries) {
-            p.push(Problem {
-                key: "ledger.batch_max_entries".into(),
-                reason: format!("must be between 1 and {} (the largest batch every gateway accepts)", medgate_ledger::MAX_BATCH_ENTRIES),
-            });
-        }
-        if self.ledger.batch_max_delay_ms > 10_000 {
-            p.push(Problem { key: "ledger.batch_max_delay_ms".into(), reason: "must be at most 10000".into() });
-        }
-        if p.is_empty() {
-            Ok(())
-        } else {
-            Err(p)
         }
     }
 
