@@ -12,6 +12,14 @@ set -euo pipefail
 "$(dirname "$0")/../tests/mhd/install.sh"
 # --- end of the validation kit block ----------------------------------------------------------------
 pkgs=(softhsm2 opensc etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl ca-certificates build-essential pkg-config)
+# --- IHE ATNA audit export (crates/medgate-atna) --------------------------------------------
+# rsyslog with its GnuTLS network stream driver plays the hospital's audit record repository
+# (syslog over TLS, RFC 5425, with mutual TLS) in the medgate-atna tests. The tests start their
+# own rsyslogd in the foreground on a free loopback port with a temporary configuration and stop
+# it by PID; they never use or reconfigure the system's rsyslog (which Debian starts for local
+# logging only, with no network input).
+pkgs+=(rsyslog rsyslog-gnutls)
+# --- end of the ATNA block --------------------------------------------------------------------
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,7 +1,7 @@
 //! The workspace's arrows run one way, and stay so.
 //!
 //! - Crates: each crate depends only on the crates below it (binary → gateway → store →
-//!   fhir, ledger, hsm), read from the manifests.
+//!   fhir, ledger, hsm, atna), read from the manifests.
 //! - Modules: within each crate, no import cycle between top-level modules. An edge A → B is any
 //!   `crate::B` path in A's code outside its `#[cfg(test)]` module (the same rule as the
 //!   project's modcycles tool).
@@ -38,9 +38,10 @@ fn crates_depend_only_on_the_layers_below() {
         ("medgate-ledger", &[][..]),
         ("medgate-fhir", &[][..]),
         ("medgate-hsm", &[][..]),
+        ("medgate-atna", &[][..]),
         ("medgate-store", &["medgate-hsm", "medgate-ledger"][..]),
-        ("medgate-gateway", &["medgate-hsm", "medgate-ledger", "medgate-fhir", "medgate-store"][..]),
-        ("medgate", &["medgate-hsm", "medgate-ledger", "medgate-fhir", "medgate-store", "medgate-gateway"][..]),
+        ("medgate-gateway", &["medgate-hsm", "medgate-ledger", "medgate-fhir", "medgate-store", "medgate-atna"][..]),
+        ("medgate", &["medgate-hsm", "medgate-ledger", "medgate-fhir", "medgate-store", "medgate-atna", "medgate-gateway"][..]),
     ]);
     let all = crates();
     assert_eq!(all.len(), allowed.len(), "a crate was added: give it its place here and in docs/ARCHITECTURE.md");
