@@ -97,27 +97,9 @@ impl Site {
         std::fs::create_dir_all(dir.join("tls")).map_err(io(dir))?;
         std::fs::create_dir_all(dir.join("state")).map_err(io(dir))?;
         let dir = dir.canonicalize().map_err(io(dir))?;
-        let softhsm_conf = dir.join("softhsm/softhsm2.conf");
-        std::fs::write(
-            &softhsm_conf,
-            format!(
-                "# SoftHSM2 token store of this medgate site\ndirectories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
-                dir.join("softhsm/tokens").display()
-            ),
-        )
-        .map_err(io(&softhsm_conf))?;
-        // SoftHSM reads this at C_Initialize; the gateway process inherits it.
-        std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);
-        let pin_file = dir.join("hsm-pin");
-        let so_pin_file = dir.join("hsm-so-pin");
-        write_private(&pin_file, random_hex(12).as_bytes())?;
-        write_private(&so_pin_file, random_hex(12).as_bytes())?;
-        let pin = || Pin::from_file(&pin_file).map_err(|e| Failure::runtime(e.to_string()));
-        let so = Pin::from_file(&so_pin_file).map_err(|e| Failure::runtime(e.to_string()))?;
-        medgate_hsm::admin::init_token(&module, TOKEN, &so, &pin()?).map_err(Failure::hsm)?;
-        say(&format!("SoftHSM2 token {TOKEN:?} initialised in {}; user PIN in {} (0600)", dir.join("softhsm").display(), pin_file.display()));
+        let (softhsm_conf, pin_file, pin) = init_token(&dir, &module, say)?;
 
-        let hsm = Arc::new(Hsm::open(HsmConfig { module: module.clone(), token_label: TOKEN.into(), pool_size: 2 }, pin()?).map_err(Failure::hsm)?);
+        let hsm = Arc::new(Hsm::open(HsmConfig { module: module.clone(), token_label: TOKEN.into(), pool_size: 2 }, pin).map_err(Failure::hsm)?);
         let result = Self::keys_and_certificates(&dir, hospital, &hsm, shared_pseudonym_key, say);
         hsm.shutdown();
         let (ca, his_cert_pem, his_key_pem, ledger_public_key) = result?;
@@ -128,37 +110,7 @@ impl Site {
         while admin_addr == his_addr {
             admin_addr = free_port()?;
         }
-        let config = dir.join("medgate.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"# medgate configuration written by `medgate demo` (see packaging/medgate.toml for every key)
-[gateway]
-hospital_id = "{hospital}"
-state_directory = "{state}"
-
-[hsm]
-module = "{module}"
-token_label = "{TOKEN}"
-pin_file = "{pin}"
-pool_size = 4
-
-[his]
-listen = "{his_addr}"
-certificate = "{tls}/server.pem"
-client_ca = "{tls}/hospital-ca.pem"
-crl = ["{tls}/hospital-ca.crl"]
-
-[admin]
-listen = "{admin_addr}"
-"#,
-                state = dir.join("state").display(),
-                module = module.display(),
-                pin = pin_file.display(),
-                tls = dir.join("tls").display(),
-            ),
-        )
-        .map_err(io(&config))?;
+        let config = write_config(&dir, hospital, &module, &pin_file, his_addr, admin_addr)?;
         say(&format!("configuration written to {}", config.display()));
         Ok(Site {
             dir: dir.clone(),
@@ -263,6 +215,68 @@ listen = "{admin_addr}"
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// A SoftHSM2 token store under `dir/softhsm`, and a token labelled [`TOKEN`] with random user
+/// and SO PINs in 0600 files: (the SoftHSM configuration, the PIN file, the user PIN).
+fn init_token(dir: &Path, module: &Path, say: &mut dyn FnMut(&str)) -> Result<(PathBuf, PathBuf, Pin), Failure> {
+    let softhsm_conf = dir.join("softhsm/softhsm2.conf");
+    std::fs::write(
+        &softhsm_conf,
+        format!(
+            "# SoftHSM2 token store of this medgate site\ndirectories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+            dir.join("softhsm/tokens").display()
+        ),
+    )
+    .map_err(io(&softhsm_conf))?;
+    // SoftHSM reads this at C_Initialize; the gateway process inherits it.
+    std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);
+    let pin_file = dir.join("hsm-pin");
+    let so_pin_file = dir.join("hsm-so-pin");
+    write_private(&pin_file, random_hex(12).as_bytes())?;
+    write_private(&so_pin_file, random_hex(12).as_bytes())?;
+    let pin = || Pin::from_file(&pin_file).map_err(|e| Failure::runtime(e.to_string()));
+    let so = Pin::from_file(&so_pin_file).map_err(|e| Failure::runtime(e.to_string()))?;
+    medgate_hsm::admin::init_token(module, TOKEN, &so, &pin()?).map_err(Failure::hsm)?;
+    say(&format!("SoftHSM2 token {TOKEN:?} initialised in {}; user PIN in {} (0600)", dir.join("softhsm").display(), pin_file.display()));
+    let pin = pin()?;
+    Ok((softhsm_conf, pin_file, pin))
+}
+
+/// The site's configuration file, as an operator would write it.
+fn write_config(dir: &Path, hospital: &str, module: &Path, pin_file: &Path, his_addr: SocketAddr, admin_addr: SocketAddr) -> Result<PathBuf, Failure> {
+    let config = dir.join("medgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"# medgate configuration written by `medgate demo` (see packaging/medgate.toml for every key)
+[gateway]
+hospital_id = "{hospital}"
+state_directory = "{state}"
+
+[hsm]
+module = "{module}"
+token_label = "{TOKEN}"
+pin_file = "{pin}"
+pool_size = 4
+
+[his]
+listen = "{his_addr}"
+certificate = "{tls}/server.pem"
+client_ca = "{tls}/hospital-ca.pem"
+crl = ["{tls}/hospital-ca.crl"]
+
+[admin]
+listen = "{admin_addr}"
+"#,
+            state = dir.join("state").display(),
+            module = module.display(),
+            pin = pin_file.display(),
+            tls = dir.join("tls").display(),
+        ),
+    )
+    .map_err(io(&config))?;
+    Ok(config)
 }
 
 /// Sends SIGTERM and waits for the exit status.

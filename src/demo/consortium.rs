@@ -365,20 +365,9 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[(((sorted.len() - 1) as f64) * p).round() as usize].as_secs_f64() * 1e3
 }
 
-async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result<(), Failure> {
-    let read = |p: &str| std::fs::read(c.etcd.dir.join(p)).map_err(rt_err);
-    let (ca, cert, key) = (read("ca.pem")?, read("root.crt")?, read("root.key")?);
-    let tls = medgate_gateway::tls::client_config(&ca, Some((&cert, &key))).map_err(rt_err)?;
-    let raw = medgate_store::order::etcd::raw_put_rate(&c.etcd.endpoints, &tls, Duration::from_secs(3), concurrency)
-        .await
-        .map_err(Failure::runtime)?;
-    println!(
-        "medgate consortium bench: 3 etcd members (mutual TLS, loopback), 3 gateways, SoftHSM2, {} cores",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    );
-    println!("etcd raw put (1 KiB, {concurrency} concurrent): {raw:.0} puts/s");
-    let a = &c.sites[0];
-    let patient = PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: "bench-patient".into() };
+/// `records` 4 KiB documents stored at `a` by `concurrency` HIS clients; prints the rate and
+/// latencies and returns the record ids.
+async fn bench_ingest(a: &Site, patient: &PatientId, records: usize, concurrency: usize) -> Result<Vec<String>, Failure> {
     let per = records.div_ceil(concurrency);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -416,6 +405,24 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         percentile(&lat, 0.99),
         lat.len()
     );
+    Ok(ids)
+}
+
+async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result<(), Failure> {
+    let read = |p: &str| std::fs::read(c.etcd.dir.join(p)).map_err(rt_err);
+    let (ca, cert, key) = (read("ca.pem")?, read("root.crt")?, read("root.key")?);
+    let tls = medgate_gateway::tls::client_config(&ca, Some((&cert, &key))).map_err(rt_err)?;
+    let raw = medgate_store::order::etcd::raw_put_rate(&c.etcd.endpoints, &tls, Duration::from_secs(3), concurrency)
+        .await
+        .map_err(Failure::runtime)?;
+    println!(
+        "medgate consortium bench: 3 etcd members (mutual TLS, loopback), 3 gateways, SoftHSM2, {} cores",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    println!("etcd raw put (1 KiB, {concurrency} concurrent): {raw:.0} puts/s");
+    let a = &c.sites[0];
+    let patient = PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: "bench-patient".into() };
+    let ids = bench_ingest(a, &patient, records, concurrency).await?;
     // The patient consents to B; B reads A's records one after another.
     let mut his_a = client(a, "bench", "physician", "TREAT")?;
     let consent = json!({
