@@ -37,6 +37,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# openCryptoki: Debian's configuration lists five token libraries (TPM, ICA, CCA, soft, EP11);
+# this machine has only the soft token, and the TPM library crashes C_Initialize (in libitm) in a
+# process that has loaded another PKCS#11 module before. Keep slot 3, the soft token, alone.
+# pkcsslotd reads this file when it starts; a running one keeps the old list until restarted.
+ock_conf=/etc/opencryptoki/opencryptoki.conf
+if [ -f "$ock_conf" ] && grep -q 'libpkcs11_tpm.so' "$ock_conf"; then
+  $SUDO cp "$ock_conf" "$ock_conf.medgate-orig"
+  printf '%s\n' 'version opencryptoki-3.1' '' \
+    '# The soft token only (medgate scripts/install-deps.sh; the original is beside this file).' \
+    'slot 3' '{' 'stdll = libpkcs11_sw.so' '}' | $SUDO tee "$ock_conf" >/dev/null
+  if pgrep -x pkcsslotd >/dev/null; then
+    echo "note: pkcsslotd is running with the old slot list; restart it to use $ock_conf" >&2
+  fi
+fi
+
 # kryoptic: crates.io publishes it as a cdylib crate with its own Cargo.lock, which `cargo install`
 # cannot install (it installs binaries only). Fetch the pinned version through a throwaway
 # manifest, build it with its lock file, and install the module with a VERSION file beside it.

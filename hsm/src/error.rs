@@ -7,7 +7,8 @@
 //!   session or the login is gone. Only these make the pool re-initialise the module, and only
 //!   these become [`HsmError::Unavailable`].
 //! * integrity: a wrapped key or a sharing blob that does not decrypt ([`HsmError::Integrity`],
-//!   or [`HsmError::UnwrapFailed`] when the module's answer is ambiguous, e.g. CKR_DEVICE_ERROR).
+//!   or [`HsmError::UnwrapFailed`] when the module's answer to an unwrap is ambiguous:
+//!   CKR_DEVICE_ERROR or CKR_FUNCTION_FAILED, reported with the return value).
 //! * mechanism and template: the module lacks a mechanism a role needs
 //!   ([`HsmError::RoleUnsupported`]), a key refuses an operation
 //!   ([`HsmError::MechanismNotAllowed`]), the module refuses a key template
@@ -172,7 +173,9 @@ pub(crate) fn map_op_error(e: P11Error, ctx: Option<&OpCtx>) -> HsmError {
         RvError::WrappedKeyInvalid | RvError::WrappedKeyLenRange | RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange | RvError::SignatureInvalid => {
             HsmError::Integrity
         }
-        RvError::DeviceError if ctx.is_some_and(|c| c.operation == "unwrap") => {
+        // Modules answer a wrapped key that fails its check with these too (kryoptic:
+        // CKR_DEVICE_ERROR for RFC 5649; openCryptoki 3.8: CKR_FUNCTION_FAILED for RSA-OAEP).
+        RvError::DeviceError | RvError::FunctionFailed if ctx.is_some_and(|c| c.operation == "unwrap") => {
             let c = ctx.expect("checked above");
             HsmError::UnwrapFailed { role: c.role, mechanism: c.mechanism.clone(), rv: name }
         }

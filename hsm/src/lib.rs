@@ -32,5 +32,5 @@ pub use error::HsmError;
 pub use keys::{KeyInfo, Role};
 pub use ops::{Signature, WrappedKey};
 pub use pin::{Pin, PinError, CREDENTIAL_NAME};
-pub use pool::{Hsm, HsmConfig, HsmStats};
+pub use pool::{Hsm, HsmConfig, HsmOptions, HsmStats};
 pub use probe::{probe, ProbeReport, RoleStatus};

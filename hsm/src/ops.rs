@@ -59,6 +59,27 @@ fn data_key_template(value: Option<&[u8]>) -> Vec<Attribute> {
     t
 }
 
+/// The template of an unwrapped data key whose value is read. A module that refuses to be told
+/// CKA_SENSITIVE=false and CKA_EXTRACTABLE=true on unwrap (openCryptoki answers
+/// CKR_ATTRIBUTE_READ_ONLY) gets the template without them, once and for the connection: the
+/// data key is meant to come out, so its defaults weaken nothing, and if they make it sensitive
+/// reading it fails.
+fn unwrap_template_retry<T>(ctx: &Ctx, f: impl Fn(&[Attribute]) -> Result<T, cryptoki::error::Error>) -> Result<T, cryptoki::error::Error> {
+    use std::sync::atomic::Ordering;
+    let template = |plain: bool| -> Vec<Attribute> {
+        data_key_template(None).into_iter().filter(|a| !(plain && matches!(a, Attribute::Sensitive(_) | Attribute::Extractable(_)))).collect()
+    };
+    let plain = ctx.data_key_defaults.load(Ordering::Relaxed);
+    match f(&template(plain)) {
+        Err(cryptoki::error::Error::Pkcs11(RvError::AttributeReadOnly, _)) if !plain => {
+            ctx.data_key_defaults.store(true, Ordering::Relaxed);
+            tracing::info!("the module refuses CKA_SENSITIVE/CKA_EXTRACTABLE in an unwrap template; leaving them to its defaults");
+            f(&template(true))
+        }
+        other => other,
+    }
+}
+
 /// Template of the session object that carries a data key from C_UnwrapKey to C_WrapKey when it
 /// is only re-wrapped: the same as [`data_key_template`], but sensitive, since nothing reads it.
 fn transit_key_template() -> Vec<Attribute> {
@@ -179,8 +200,12 @@ fn unwrap_with_kek(hsm: &Hsm, s: &Session, ctx: &Ctx, wrapped: &WrappedKey, tran
     let (_, kek) = ctx.key(hsm, s, Role::Kek, Some(wrapped.kek_version), ObjectClass::SECRET_KEY)?;
     match ctx.kek_scheme(s, kek, wrapped.kek_version)? {
         KekScheme::Rfc5649 { mechanism } => {
-            let template = if transit { transit_key_template() } else { data_key_template(None) };
-            match ctx.raw.unwrap_key(s.handle(), mechanism, kek.handle(), &wrapped.bytes, &template) {
+            let result = if transit {
+                ctx.raw.unwrap_key(s.handle(), mechanism, kek.handle(), &wrapped.bytes, &transit_key_template())
+            } else {
+                unwrap_template_retry(ctx, |t| ctx.raw.unwrap_key(s.handle(), mechanism, kek.handle(), &wrapped.bytes, t))
+            };
+            match result {
                 Ok(h) => Ok(Unwrapped::Object(crate::raw::object_handle(h))),
                 // SoftHSM reports a failed RFC 5649 integrity check as a general error.
                 Err(cryptoki::error::Error::Pkcs11(RvError::GeneralError, _)) => Err(HsmError::Integrity.into()),
@@ -350,7 +375,7 @@ impl Hsm {
         self.run(Op::Unwrap, 3, true, |s, ctx| {
             require(self, ctx, Role::Sharing)?;
             let (_, key) = ctx.key(self, s, Role::Sharing, None, ObjectClass::PRIVATE_KEY)?;
-            let obj = s.unwrap_key(&oaep(), key, blob, &data_key_template(None)).map_err(|e| match e {
+            let obj = unwrap_template_retry(ctx, |t| s.unwrap_key(&oaep(), key, blob, t)).map_err(|e| match e {
                 cryptoki::error::Error::Pkcs11(RvError::GeneralError | RvError::EncryptedDataInvalid, _) => Fail::Hsm(HsmError::Integrity),
                 other => Fail::with(Role::Sharing, "unwrap", mechanism_name(CKM_RSA_PKCS_OAEP))(other),
             })?;

@@ -102,6 +102,15 @@ pub struct HsmConfig {
     pub pool_size: usize,
 }
 
+/// Choices beyond [`HsmConfig`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HsmOptions {
+    /// Make new KEK versions AES-GCM keys even where the module offers RFC 5649 key wrap. For
+    /// tests of the AES-GCM format on modules that have both, and for sites whose HSM policy
+    /// forbids key-wrapping keys; a KEK version keeps the scheme it was made with.
+    pub kek_aes_gcm: bool,
+}
+
 /// The kinds of operations counted in [`HsmStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -175,6 +184,10 @@ pub(crate) struct Ctx {
     pub(crate) kek_schemes: Mutex<HashMap<u64, KekScheme>>,
     /// The last readiness verdict, until the keys change.
     pub(crate) readiness: Mutex<Option<Vec<crate::probe::RoleStatus>>>,
+    /// Set once the module refused CKA_SENSITIVE=false / CKA_EXTRACTABLE=true in the template of
+    /// an unwrapped data key (openCryptoki: CKR_ATTRIBUTE_READ_ONLY); they are then left to the
+    /// module's defaults.
+    pub(crate) data_key_defaults: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -200,6 +213,7 @@ enum PinRefusal {
 #[derive(Debug)]
 pub struct Hsm {
     cfg: HsmConfig,
+    options: HsmOptions,
     pin: Pin,
     state: Mutex<State>,
     freed: Condvar,
@@ -268,9 +282,15 @@ impl Hsm {
     /// Loads the module, finds the token, logs in and opens the first session. Errors name the
     /// module path, the token label or the SoftHSM configuration that is at fault.
     pub fn open(cfg: HsmConfig, pin: Pin) -> Result<Hsm, HsmError> {
+        Hsm::open_with(cfg, pin, HsmOptions::default())
+    }
+
+    /// As [`Hsm::open`], with [`HsmOptions`].
+    pub fn open_with(cfg: HsmConfig, pin: Pin, options: HsmOptions) -> Result<Hsm, HsmError> {
         let cfg = HsmConfig { pool_size: cfg.pool_size.max(1), ..cfg };
         let hsm = Hsm {
             cfg,
+            options,
             pin,
             state: Mutex::new(State {
                 ctx: None,
@@ -363,7 +383,12 @@ impl Hsm {
             }
         }
         let profile = match crate::probe::profile_of(&raw, slot, Some(&session)) {
-            Ok(p) => p,
+            Ok(mut p) => {
+                if self.options.kek_aes_gcm {
+                    p.prefer_aes_gcm_for_kek();
+                }
+                p
+            }
             Err(e) => {
                 let _ = session.close();
                 return Err(map_op_error(e, None));
@@ -387,6 +412,7 @@ impl Hsm {
             keys: Mutex::new(HashMap::new()),
             kek_schemes: Mutex::new(HashMap::new()),
             readiness: Mutex::new(None),
+            data_key_defaults: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((ctx, session))
     }

@@ -268,7 +268,11 @@ fn slot_reports(pkcs11: &Pkcs11, raw: &Raw, problems: &mut Vec<String>) -> Resul
     let mut out = Vec::new();
     for slot in pkcs11.get_all_slots().map_err(|e| map_op_error(e, None))? {
         let (description, manufacturer, token_present) = match pkcs11.get_slot_info(slot) {
-            Ok(i) => (i.slot_description().trim_end().to_owned(), i.manufacturer_id().trim_end().to_owned(), i.token_present()),
+            Ok(i) => (
+                i.slot_description().trim_end_matches([' ', '\0']).to_owned(),
+                i.manufacturer_id().trim_end_matches([' ', '\0']).to_owned(),
+                i.token_present(),
+            ),
             Err(e) => (format!("(slot information unreadable: {e})"), String::new(), true),
         };
         let mut report = SlotReport {
@@ -493,7 +497,7 @@ pub(crate) fn kek_scheme_of(raw: &Raw, s: &Session, profile: &Profile, h: u64) -
             let names: Vec<String> = list.iter().map(|c| mechanism_name(*c)).collect();
             let offers: Vec<String> = candidates.into_iter().filter(|c| offered(*c)).map(mechanism_name).collect();
             Err(format!(
-                "it is restricted (CKA_ALLOWED_MECHANISMS) to {}, which this module does not offer{}; generate a new version on this module (`medgate keys rotate --role kek`)",
+                "it is restricted (CKA_ALLOWED_MECHANISMS) to {}, which medgate cannot use to wrap data keys on this module{}; generate a new version on this module (`medgate keys rotate --role kek`)",
                 names.join(", "),
                 if offers.is_empty() { String::new() } else { format!(" (it offers {})", offers.join(", ")) }
             ))

@@ -37,7 +37,7 @@ pub fn mechanism_name(code: CK_MECHANISM_TYPE) -> String {
         _ => match MechanismType::try_from(code) {
             Ok(m) => m.to_string(),
             Err(_) if code >= cryptoki_sys::CKM_VENDOR_DEFINED => "vendor-defined".to_owned(),
-            Err(_) => "unknown to medgate".to_owned(),
+            Err(_) => "(no name in cryptoki)".to_owned(),
         },
     };
     format!("{name} (0x{code:x})")
@@ -228,6 +228,25 @@ impl Profile {
     pub fn decide(mechanisms: Mechanisms, template: TemplateSupport) -> Profile {
         let roles = Role::ALL.into_iter().map(|r| (r, plan_role(&mechanisms, r))).collect();
         Profile { mechanisms, template, roles }
+    }
+
+    /// Wraps data keys with AES-GCM even where the module offers RFC 5649 (see
+    /// [`crate::HsmOptions::kek_aes_gcm`]); refuses the kek role where it offers no AES-GCM.
+    pub fn prefer_aes_gcm_for_kek(&mut self) {
+        let m = &self.mechanisms;
+        let plan = if m.offers(CKM_AES_KEY_GEN, CKF_GENERATE) && m.offers(CKM_AES_GCM, CKF_ENCRYPT | CKF_DECRYPT) {
+            Ok(RolePlan {
+                role: Role::Kek,
+                keygen: CKM_AES_KEY_GEN,
+                operation: CKM_AES_GCM,
+                kek: Some(KekScheme::AesGcm),
+                hmac_key: None,
+                how: "AES-256-GCM through C_Encrypt/C_Decrypt (chosen by configuration); data keys pass through process memory when wrapped".into(),
+            })
+        } else {
+            refuse(Role::Kek, &[CKM_AES_KEY_GEN, CKM_AES_GCM], "AES-GCM wrapping was asked for, and the module offers no AES-256 key generation with AES-GCM")
+        };
+        self.roles.insert(Role::Kek, plan);
     }
 
     pub fn plan(&self, role: Role) -> Result<&RolePlan, &RoleRefusal> {
