@@ -83,6 +83,23 @@ pub(crate) fn load_module(module: &Path) -> Result<(Pkcs11, Raw), HsmError> {
     }
 }
 
+/// Connections (of any pool in this process) alive per module path.
+static LIVE: Mutex<Vec<(PathBuf, usize)>> = Mutex::new(Vec::new());
+
+fn live_connections(module: &Path) -> usize {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(m, _)| m == module).map_or(0, |(_, n)| *n)
+}
+
+fn count_connection(module: &Path, up: bool) {
+    let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    match live.iter_mut().find(|(m, _)| m == module) {
+        Some((_, n)) if up => *n += 1,
+        Some((_, n)) => *n = n.saturating_sub(1),
+        None if up => live.push((module.to_path_buf(), 1)),
+        None => {}
+    }
+}
+
 /// Finalises the module (all sessions of the process end).
 pub(crate) fn finalize_module(pkcs11: Pkcs11) {
     let _guard = MODULE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
@@ -174,6 +191,7 @@ pub struct HsmStats {
 /// handles found in it. Handles are only valid for the connection that found them.
 #[derive(Debug)]
 pub(crate) struct Ctx {
+    module: PathBuf,
     pub(crate) pkcs11: Pkcs11,
     pub(crate) raw: Raw,
     pub(crate) slot: Slot,
@@ -356,7 +374,18 @@ impl Hsm {
 
     fn try_connect(&self, generation: u64) -> Result<(Ctx, Session), HsmError> {
         let (pkcs11, raw) = load_module(&self.cfg.module)?;
-        let slot = find_token(&pkcs11, &raw, &self.cfg.module, &self.cfg.token_label)?;
+        let slot = match find_token(&pkcs11, &raw, &self.cfg.module, &self.cfg.token_label) {
+            Ok(slot) => slot,
+            Err(e) => {
+                // Some modules read their token list only at C_Initialize (kryoptic opens its
+                // database then): finalise, so that the next attempt sees a token that came back,
+                // unless another connection of this process is using the module.
+                if live_connections(&self.cfg.module) == 0 {
+                    finalize_module(pkcs11);
+                }
+                return Err(e);
+            }
+        };
         let info = raw.token_info(slot.id()).map_err(|e| map_op_error(e, None))?;
         if info.flags & cryptoki_sys::CKF_USER_PIN_LOCKED != 0 {
             return Err(HsmError::PinLocked);
@@ -403,7 +432,9 @@ impl Hsm {
         for a in profile.template.adaptations() {
             tracing::info!(module = %self.cfg.module.display(), adaptation = %a, "key template adapted to the module");
         }
+        count_connection(&self.cfg.module, true);
         let ctx = Ctx {
+            module: self.cfg.module.clone(),
             pkcs11,
             raw,
             slot,
@@ -627,6 +658,12 @@ impl Drop for Hsm {
         for s in st.idle.drain(..) {
             let _ = s.close();
         }
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        count_connection(&self.module, false);
     }
 }
 
