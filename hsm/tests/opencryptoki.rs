@@ -12,5 +12,6 @@ on_modules!(opencryptoki: OpenCryptoki => [
     the_shared_pseudonym_key_imports_once_and_gives_the_same_pseudonyms,
     opencryptoki_refuses_ledger_tls_and_kek_and_holds_the_rest,
     a_sharing_key_receives_data_keys_from_a_kek_on_another_module,
+    opencryptoki_probe_reports_the_reduced_profile,
 ]);
 

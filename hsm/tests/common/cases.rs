@@ -561,3 +561,29 @@ pub fn a_sharing_key_receives_data_keys_from_a_kek_on_another_module(m: Module) 
     assert!(err.is_integrity(), "{err:?}");
 }
 
+
+/// `medgate keys probe` on openCryptoki: the token is found although cryptoki cannot parse its
+/// token information (reported, not skipped), and the roles it cannot hold are refused.
+pub fn opencryptoki_probe_reports_the_reduced_profile(m: Module) {
+    let t = Token::on(m, "any");
+    let report = medgate_hsm::probe(&m.path(), &t.label, Some(&t.pin())).expect("probe");
+    println!("{report}");
+    assert_eq!(report.token_slot, Some(common_ock_slot()));
+    let slot = report.slots.iter().find(|s| Some(s.id) == report.token_slot).expect("slot");
+    let token = slot.token.as_ref().expect("token info read field by field");
+    assert_eq!(token.label, t.label);
+    assert!(token.parse_error.as_deref().is_some_and(|e| e.contains("cryptoki cannot parse")), "{token:?}");
+    assert_eq!((token.min_pin_len, token.max_pin_len), (4, 8));
+    let refused: Vec<Role> = report.roles.iter().filter(|r| !r.supported).map(|r| r.role).collect();
+    assert_eq!(refused, vec![Role::Ledger, Role::Tls, Role::Kek]);
+    let ledger = &report.roles[0];
+    assert!(ledger.refusal.as_deref().is_some_and(|r| r.contains("libopencryptoki.so") && r.contains("no elliptic-curve mechanisms")), "{ledger:?}");
+    assert_eq!(report.refusals().len(), 3);
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("json");
+    assert_eq!(json["template"]["copyable"]["status"], "rejected");
+    assert_eq!(json["template"]["copyable"]["detail"], "CKR_ATTRIBUTE_TYPE_INVALID");
+}
+
+fn common_ock_slot() -> u64 {
+    super::OCK_SLOT
+}

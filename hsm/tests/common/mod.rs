@@ -80,8 +80,24 @@ fn kryoptic_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         Module::Kryoptic.path();
-        setup_dir("kryoptic", "kryoptic-setup.sh", "KRYOPTIC_CONF", "kryoptic.conf")
+        let dir = setup_dir("kryoptic", "kryoptic-setup.sh", "KRYOPTIC_CONF", "kryoptic.conf");
+        // One slot whose token is not initialised, for `init_token` (SoftHSM always has one).
+        let conf = dir.join("kryoptic.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("kryoptic.conf");
+        let slot = text.matches("[[slots]]").count() + 1;
+        text.push_str(&format!("[[slots]]\nslot = {slot}\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n", dir.join("spare.sqlite").display()));
+        std::fs::write(&conf, text).expect("write kryoptic.conf");
+        dir
     })
+}
+
+/// Makes sure the module's test tokens exist and its configuration is in the environment.
+pub fn prepare(m: Module) {
+    match m {
+        Module::SoftHsm => drop(softhsm_dir()),
+        Module::Kryoptic => drop(kryoptic_dir()),
+        Module::OpenCryptoki => drop(ock_state()),
+    }
 }
 
 /// openCryptoki keeps its test state (SO PIN, user PIN) in one directory per machine.
