@@ -391,10 +391,10 @@ fn find_initialised(pkcs11: &Pkcs11, raw: &Raw, label: &str) -> Result<Slot, Hsm
 }
 
 fn check_pin_len(which: &'static str, pin: &Pin, t: &TokenInfoRaw) -> Result<(), HsmError> {
-    let (min, max) = (t.min_pin_len as u64, t.max_pin_len as u64);
+    let (min, max) = (t.min_pin_len, t.max_pin_len);
     let len = pin.len() as u64;
     // Some modules state 0 or CK_UNAVAILABLE_INFORMATION for "no limit".
-    let max_known = max != 0 && max != cryptoki_sys::CK_UNAVAILABLE_INFORMATION as u64;
+    let max_known = max != 0 && max != cryptoki_sys::CK_UNAVAILABLE_INFORMATION;
     if len < min || (max_known && len > max) {
         let which = if which == "the SO" { "an SO" } else { "a user" };
         return Err(HsmError::PinLength { which, len: len as usize, label: if t.label.is_empty() { "(uninitialised)".into() } else { t.label.clone() }, min, max });

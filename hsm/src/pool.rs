@@ -187,6 +187,9 @@ pub struct HsmStats {
     pub login_attempts: u64,
 }
 
+/// Key handles by (role, version asked for, object class) → (version, handle).
+type KeyCache = HashMap<(Role, Option<u32>, u64), (u32, ObjectHandle)>;
+
 /// One connection to the module: the loaded library, the slot, what the token can do, and the key
 /// handles found in it. Handles are only valid for the connection that found them.
 #[derive(Debug)]
@@ -197,7 +200,7 @@ pub(crate) struct Ctx {
     pub(crate) slot: Slot,
     pub(crate) profile: Arc<Profile>,
     generation: u64,
-    keys: Mutex<HashMap<(Role, Option<u32>, u64), (u32, ObjectHandle)>>,
+    keys: Mutex<KeyCache>,
     /// How each KEK object (by handle) wraps, read from its attributes once.
     pub(crate) kek_schemes: Mutex<HashMap<u64, KekScheme>>,
     /// The last readiness verdict, until the keys change.

@@ -178,7 +178,7 @@ pub(crate) fn mechanisms_of(raw: &Raw, slot: Slot) -> Result<Mechanisms, P11Erro
     let mut m = Mechanisms::default();
     for code in raw.mechanism_list(slot.id())? {
         let (min, max, flags) = raw.mechanism_info(slot.id(), code)?;
-        m.0.insert(code, MechInfo { code, min_key_size: min as u64, max_key_size: max as u64, flags: flags as u64 });
+        m.0.insert(code, MechInfo { code, min_key_size: min, max_key_size: max, flags });
     }
     Ok(m)
 }
@@ -305,8 +305,8 @@ fn slot_reports(pkcs11: &Pkcs11, raw: &Raw, problems: &mut Vec<String>) -> Resul
                         user_pin_initialized: t.flags & CKF_USER_PIN_INITIALIZED != 0,
                         login_required: t.flags & CKF_LOGIN_REQUIRED != 0,
                         write_protected: t.flags & CKF_WRITE_PROTECTED != 0,
-                        min_pin_len: t.min_pin_len as u64,
-                        max_pin_len: t.max_pin_len as u64,
+                        min_pin_len: t.min_pin_len,
+                        max_pin_len: t.max_pin_len,
                         hardware_version: format!("{}.{}", t.hardware_version.0, t.hardware_version.1),
                         firmware_version: format!("{}.{}", t.firmware_version.0, t.firmware_version.1),
                         parse_error,
@@ -628,7 +628,7 @@ impl fmt::Display for ProbeReport {
             None => writeln!(f, "token {:?} not found: no key roles to judge", self.token_label)?,
         }
         if !self.roles.is_empty() {
-            writeln!(f, "  {:<10} {:<9} {:<40} {:<40} {}", "role", "can hold", "key generation", "operation", "active key")?;
+            writeln!(f, "  {:<10} {:<9} {:<40} {:<40} active key", "role", "can hold", "key generation", "operation")?;
             for r in &self.roles {
                 let key = r.key.as_ref().map_or("not checked (no login)".to_owned(), |k| k.to_string());
                 writeln!(
