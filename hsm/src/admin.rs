@@ -170,8 +170,8 @@ impl Hsm {
 
     /// Stores an X.509 certificate (DER) next to the active key pair of `role`, with the same label
     /// and CKA_ID. The certificate is parsed as strict DER and its SubjectPublicKeyInfo must be
-    /// the key pair's public key. `subject_der` is the certificate's subject name, DER-encoded; it
-    /// must be the one in the certificate.
+    /// the key pair's public key. `subject_der` is the certificate's subject name, DER-encoded
+    /// (CKA_SUBJECT); empty means the certificate's own.
     pub fn import_certificate(&self, role: Role, cert_der: &[u8], subject_der: &[u8]) -> Result<u32, HsmError> {
         let (version, spki) = self.public_key_der(role, None)?;
         let (cert_spki, cert_subject) =
@@ -181,9 +181,8 @@ impl Hsm {
                 "the certificate's public key is not the active {role} key (version {version})"
             )));
         }
-        if cert_subject != subject_der {
-            return Err(HsmError::Invalid("the subject given is not the certificate's subject".into()));
-        }
+        // CKA_SUBJECT: the caller's DER subject, or the certificate's own when none is given.
+        let subject_der = if subject_der.is_empty() { cert_subject.as_slice() } else { subject_der };
         self.run_exclusive(4, |s, _| {
             let label = Label::new(role, version).to_string();
             let id = key_id(s, &label, ObjectClass::PUBLIC_KEY)?;

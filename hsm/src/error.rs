@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use cryptoki::error::{Error as P11Error, RvError};
 
-use crate::keys::Role;
+use crate::role::Role;
 
 /// Everything that can go wrong at the HSM boundary.
 #[derive(Debug, thiserror::Error)]

@@ -25,6 +25,7 @@ mod pool;
 pub mod probe;
 pub mod profile;
 mod raw;
+mod role;
 pub mod tls;
 
 pub use der::{ecdsa_der_to_raw, ecdsa_raw_to_der, p256_spki_der, p256_spki_point, rsa_spki_checked, rsa_spki_parts, KeyFormatError, RSA_MIN_BITS};
@@ -33,4 +34,5 @@ pub use keys::{KeyInfo, Role};
 pub use ops::{Signature, WrappedKey};
 pub use pin::{Pin, PinError, CREDENTIAL_NAME};
 pub use pool::{Hsm, HsmConfig, HsmOptions, HsmStats};
-pub use probe::{probe, ProbeReport, RoleStatus};
+pub use probe::{probe, ProbeReport};
+pub use profile::RoleStatus;

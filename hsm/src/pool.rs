@@ -204,7 +204,7 @@ pub(crate) struct Ctx {
     /// How each KEK object (by handle) wraps, read from its attributes once.
     pub(crate) kek_schemes: Mutex<HashMap<u64, KekScheme>>,
     /// The last readiness verdict, until the keys change.
-    pub(crate) readiness: Mutex<Option<Vec<crate::probe::RoleStatus>>>,
+    pub(crate) readiness: Mutex<Option<Vec<crate::profile::RoleStatus>>>,
     /// Set once the module refused CKA_SENSITIVE=false / CKA_EXTRACTABLE=true in the template of
     /// an unwrapped data key (openCryptoki: CKR_ATTRIBUTE_READ_ONLY); they are then left to the
     /// module's defaults.
@@ -414,7 +414,7 @@ impl Hsm {
                 return Err(map_op_error(e, None));
             }
         }
-        let profile = match crate::probe::profile_of(&raw, slot, Some(&session)) {
+        let profile = match crate::profile::profile_of(&raw, slot, Some(&session)) {
             Ok(mut p) => {
                 if self.options.kek_aes_gcm {
                     p.prefer_aes_gcm_for_kek();
@@ -589,20 +589,6 @@ impl Hsm {
             }
         }
         Err(last.unwrap_or_else(|| HsmError::Unavailable("no attempt made".into())))
-    }
-
-    /// Readiness: the HSM answers (C_GetSessionInfo on a pooled session, recovering if needed),
-    /// the token can hold every role, and every role's active key can do its operation with
-    /// what the module offers. A role with no key yet is not held against it. The first
-    /// problem is the error; [`Hsm::readiness`] gives every role's state.
-    pub fn ping(&self) -> Result<(), HsmError> {
-        self.run(Op::Admin, 1, true, |s, _| Ok(s.get_session_info().map(|_| ())?))?;
-        for status in self.readiness()? {
-            if let Some(e) = status.error(&self.cfg.module) {
-                return Err(e);
-            }
-        }
-        Ok(())
     }
 
     /// The token's profile: what medgate decided for each role on this module.

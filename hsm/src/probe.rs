@@ -9,18 +9,16 @@ use std::path::{Path, PathBuf};
 
 use cryptoki::context::Pkcs11;
 use cryptoki::error::Error as P11Error;
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use cryptoki::session::{Session, UserType};
-use cryptoki::slot::Slot;
 use cryptoki_sys::{CKF_LOGIN_REQUIRED, CKF_TOKEN_INITIALIZED, CKF_USER_PIN_INITIALIZED, CKF_WRITE_PROTECTED, CK_MECHANISM_TYPE};
 use serde::Serialize;
 
-use crate::error::{ckr_name, map_op_error, HsmError};
-use crate::keys::Role;
+use crate::error::{map_op_error, HsmError};
 use crate::pin::Pin;
 use crate::pool::{finalize_module, find_token, load_module, Ctx, Fail, Hsm, Op};
-use crate::profile::{flag_names, mechanism_name, Acceptance, KekScheme, MechInfo, Mechanisms, Profile, TemplateSupport};
+use crate::profile::{flag_names, kek_scheme_of, mechanism_name, mechanisms_of, profile_of, Acceptance, KekScheme, Profile, RoleStatus, TemplateSupport};
 use crate::raw::Raw;
+use crate::role::Role;
 
 /// What C_GetInfo says about the library.
 #[derive(Debug, Clone, Serialize)]
@@ -94,48 +92,6 @@ pub struct RoleReport {
     pub key: Option<RoleStatus>,
 }
 
-/// The state of one role's active key on a logged-in token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "state")]
-pub enum RoleStatus {
-    /// The active version can do the role's operation.
-    Ready { role: Role, version: u32, mechanism: String },
-    /// No key of the role on the token yet.
-    NoKey { role: Role },
-    /// The token cannot hold the role at all.
-    Refused { role: Role, reason: String },
-    /// The active key exists but cannot do its operation on this module.
-    Unusable { role: Role, version: u32, reason: String },
-}
-
-impl RoleStatus {
-    pub fn role(&self) -> Role {
-        match self {
-            RoleStatus::Ready { role, .. } | RoleStatus::NoKey { role } | RoleStatus::Refused { role, .. } | RoleStatus::Unusable { role, .. } => *role,
-        }
-    }
-
-    /// The error readiness reports for this state, if it is a problem.
-    pub fn error(&self, module: &Path) -> Option<HsmError> {
-        match self {
-            RoleStatus::Refused { role, reason } => Some(HsmError::RoleUnsupported { module: module.to_path_buf(), role: *role, reason: reason.clone() }),
-            RoleStatus::Unusable { role, version, reason } => Some(HsmError::KeyUnusable { role: *role, reason: format!("version {version}: {reason}") }),
-            RoleStatus::Ready { .. } | RoleStatus::NoKey { .. } => None,
-        }
-    }
-}
-
-impl fmt::Display for RoleStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RoleStatus::Ready { version, mechanism, .. } => write!(f, "v{version} ready ({mechanism})"),
-            RoleStatus::NoKey { .. } => f.write_str("no key yet"),
-            RoleStatus::Refused { reason, .. } => write!(f, "refused: {reason}"),
-            RoleStatus::Unusable { version, reason, .. } => write!(f, "v{version} UNUSABLE: {reason}"),
-        }
-    }
-}
-
 /// Everything the probe found.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbeReport {
@@ -171,84 +127,6 @@ impl ProbeReport {
         }
         out
     }
-}
-
-/// Reads the mechanism table of a slot (every code, known to cryptoki or not).
-pub(crate) fn mechanisms_of(raw: &Raw, slot: Slot) -> Result<Mechanisms, P11Error> {
-    let mut m = Mechanisms::default();
-    for code in raw.mechanism_list(slot.id())? {
-        let (min, max, flags) = raw.mechanism_info(slot.id(), code)?;
-        m.0.insert(code, MechInfo { code, min_key_size: min, max_key_size: max, flags });
-    }
-    Ok(m)
-}
-
-/// Tries each optional template attribute on a throwaway session key: accepted, or rejected with
-/// the module's return value. Needs a logged-in session (the test key is private).
-pub(crate) fn template_support(raw: &Raw, session: &Session, m: &Mechanisms) -> TemplateSupport {
-    use cryptoki_sys::{CKF_GENERATE, CKM_AES_ECB, CKM_AES_KEY_GEN, CKM_GENERIC_SECRET_KEY_GEN, CKM_SHA256_HMAC};
-    let (gen, key_type, allowed) = if m.offers(CKM_AES_KEY_GEN, CKF_GENERATE) {
-        (CKM_AES_KEY_GEN, KeyType::AES, CKM_AES_ECB)
-    } else if m.offers(CKM_GENERIC_SECRET_KEY_GEN, CKF_GENERATE) {
-        (CKM_GENERIC_SECRET_KEY_GEN, KeyType::GENERIC_SECRET, CKM_SHA256_HMAC)
-    } else {
-        let u = || Acceptance::Untested("the module generates no secret keys to try them on".into());
-        return TemplateSupport { allowed_mechanisms: u(), copyable: u(), destroyable: u() };
-    };
-    let base = vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(key_type),
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::ValueLen(32.into()),
-    ];
-    let h = session.handle();
-    let attempt = |extra: Option<Attribute>, allowed: Option<&[CK_MECHANISM_TYPE]>| -> Acceptance {
-        let mut t = base.clone();
-        t.extend(extra);
-        match raw.generate_key(h, gen, &t, allowed) {
-            Ok(obj) => {
-                let _ = raw.destroy_object(h, obj);
-                Acceptance::Accepted
-            }
-            Err(P11Error::Pkcs11(rv, _)) => match rv {
-                cryptoki::error::RvError::AttributeTypeInvalid
-                | cryptoki::error::RvError::AttributeValueInvalid
-                | cryptoki::error::RvError::TemplateInconsistent => Acceptance::Rejected(ckr_name(rv)),
-                other => Acceptance::Untested(format!("a test key could not be made: {}", ckr_name(other))),
-            },
-            Err(e) => Acceptance::Untested(format!("a test key could not be made: {e}")),
-        }
-    };
-    if let bad @ (Acceptance::Rejected(_) | Acceptance::Untested(_)) = attempt(None, None) {
-        let why = match bad {
-            Acceptance::Rejected(rv) | Acceptance::Untested(rv) => rv,
-            Acceptance::Accepted => unreachable!(),
-        };
-        let u = || Acceptance::Untested(format!("the base test key was refused: {why}"));
-        return TemplateSupport { allowed_mechanisms: u(), copyable: u(), destroyable: u() };
-    }
-    TemplateSupport {
-        allowed_mechanisms: attempt(None, Some(&[allowed])),
-        copyable: attempt(Some(Attribute::Copyable(false)), None),
-        destroyable: attempt(Some(Attribute::Destroyable(true)), None),
-    }
-}
-
-/// The profile of the token in `slot`: its mechanisms, and (with a logged-in session) which
-/// template attributes it takes.
-pub(crate) fn profile_of(raw: &Raw, slot: Slot, session: Option<&Session>) -> Result<Profile, P11Error> {
-    let m = mechanisms_of(raw, slot)?;
-    let template = match session {
-        Some(s) => template_support(raw, s, &m),
-        None => {
-            let u = || Acceptance::Untested("no login (give the user PIN to find out)".into());
-            TemplateSupport { allowed_mechanisms: u(), copyable: u(), destroyable: u() }
-        }
-    };
-    Ok(Profile::decide(m, template))
 }
 
 fn version(v: cryptoki::types::Version) -> String {
@@ -477,53 +355,6 @@ fn statuses_in(raw: &Raw, s: &Session, profile: &Profile) -> Result<Vec<RoleStat
     Ok(out)
 }
 
-/// How a KEK object wraps on this module, from its CKA_ALLOWED_MECHANISMS where the module keeps
-/// it, else from its usage flags. `Err` says why the key cannot work here, e.g. a KEK restricted
-/// to CKM_AES_KEY_WRAP_PAD on a module that only offers CKM_AES_KEY_WRAP_KWP.
-pub(crate) fn kek_scheme_of(raw: &Raw, s: &Session, profile: &Profile, h: u64) -> Result<KekScheme, String> {
-    use cryptoki_sys::{CKF_DECRYPT, CKF_ENCRYPT, CKF_UNWRAP, CKF_WRAP, CKM_AES_GCM, CKM_AES_KEY_WRAP_PAD};
-    let m = &profile.mechanisms;
-    let offered = |code| match code {
-        CKM_AES_GCM => m.offers(code, CKF_ENCRYPT | CKF_DECRYPT),
-        _ => m.offers(code, CKF_WRAP | CKF_UNWRAP),
-    };
-    let candidates = [CKM_AES_KEY_WRAP_PAD, crate::raw::CKM_AES_KEY_WRAP_KWP, CKM_AES_GCM];
-    let scheme = |code| if code == CKM_AES_GCM { KekScheme::AesGcm } else { KekScheme::Rfc5649 { mechanism: code } };
-    match raw.allowed_mechanisms(s.handle(), h).map_err(|e| e.to_string())? {
-        Some(list) => {
-            if let Some(code) = candidates.into_iter().find(|c| list.contains(c) && offered(*c)) {
-                return Ok(scheme(code));
-            }
-            let names: Vec<String> = list.iter().map(|c| mechanism_name(*c)).collect();
-            let offers: Vec<String> = candidates.into_iter().filter(|c| offered(*c)).map(mechanism_name).collect();
-            Err(format!(
-                "it is restricted (CKA_ALLOWED_MECHANISMS) to {}, which medgate cannot use to wrap data keys on this module{}; generate a new version on this module (`medgate keys rotate --role kek`)",
-                names.join(", "),
-                if offers.is_empty() { String::new() } else { format!(" (it offers {})", offers.join(", ")) }
-            ))
-        }
-        None => {
-            let object = crate::raw::object_handle(h);
-            let attrs = s
-                .get_attributes(object, &[AttributeType::Unwrap, AttributeType::Decrypt])
-                .map_err(|e| e.to_string())?;
-            let (unwrap, decrypt) = attrs.iter().fold((false, false), |(u, d), a| match a {
-                Attribute::Unwrap(v) => (u || *v, d),
-                Attribute::Decrypt(v) => (u, d || *v),
-                _ => (u, d),
-            });
-            let rfc = [CKM_AES_KEY_WRAP_PAD, crate::raw::CKM_AES_KEY_WRAP_KWP].into_iter().find(|c| offered(*c));
-            match (unwrap, decrypt, rfc) {
-                (true, _, Some(code)) => Ok(scheme(code)),
-                (_, true, _) if offered(CKM_AES_GCM) => Ok(KekScheme::AesGcm),
-                (true, _, None) => Err("it is a key-wrapping key, and this module offers no RFC 5649 key wrap".into()),
-                (_, true, _) => Err("it is an AES-GCM key, and this module offers no AES-GCM".into()),
-                _ => Err("it may neither unwrap nor decrypt".into()),
-            }
-        }
-    }
-}
-
 impl Ctx {
     /// The wrap scheme of the KEK object `h`, cached for the life of the keys.
     pub(crate) fn kek_scheme(&self, s: &Session, h: cryptoki::object::ObjectHandle, version: u32) -> Result<KekScheme, Fail> {
@@ -538,6 +369,20 @@ impl Ctx {
 }
 
 impl Hsm {
+    /// Readiness: the HSM answers (C_GetSessionInfo on a pooled session, recovering if needed),
+    /// the token can hold every role, and every role's active key can do its operation with
+    /// what the module offers. A role with no key yet is not held against it. The first
+    /// problem is the error; [`Hsm::readiness`] gives every role's state.
+    pub fn ping(&self) -> Result<(), HsmError> {
+        self.run(Op::Admin, 1, true, |s, _| Ok(s.get_session_info().map(|_| ())?))?;
+        for status in self.readiness()? {
+            if let Some(e) = status.error(self.module()) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// The state of each role on the token: refused by the module, no key yet, or whether the
     /// active key can do its operation here. Cached until the keys change.
     pub fn readiness(&self) -> Result<Vec<RoleStatus>, HsmError> {

@@ -15,6 +15,9 @@
 //! Where nothing fits, the role is refused with the module, the mechanisms and the role named.
 //! Template attributes that a module rejects are left out only where that weakens nothing
 //! ([`TemplateSupport`]).
+//!
+//! Also here: reading the mechanism table, trying the template attributes, and judging a KEK
+//! object's scheme, all on a session the caller provides.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,8 +30,16 @@ use cryptoki_sys::{
 };
 use serde::Serialize;
 
-use crate::keys::Role;
-use crate::raw::CKM_AES_KEY_WRAP_KWP;
+use std::path::Path;
+
+use cryptoki::error::Error as P11Error;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use cryptoki::session::Session;
+use cryptoki::slot::Slot;
+
+use crate::error::{ckr_name, HsmError};
+use crate::raw::{Raw, CKM_AES_KEY_WRAP_KWP};
+use crate::role::Role;
 
 /// The PKCS#11 name of a mechanism code with its number, e.g. `CKM_AES_KEY_WRAP_KWP (0x210b)`.
 pub fn mechanism_name(code: CK_MECHANISM_TYPE) -> String {
@@ -354,6 +365,173 @@ pub fn plan_role(m: &Mechanisms, role: Role) -> Result<RolePlan, RoleRefusal> {
 impl fmt::Display for RoleRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} (needs {})", self.reason, self.missing.join(", "))
+    }
+}
+
+/// The state of one role's active key on a logged-in token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum RoleStatus {
+    /// The active version can do the role's operation.
+    Ready { role: Role, version: u32, mechanism: String },
+    /// No key of the role on the token yet.
+    NoKey { role: Role },
+    /// The token cannot hold the role at all.
+    Refused { role: Role, reason: String },
+    /// The active key exists but cannot do its operation on this module.
+    Unusable { role: Role, version: u32, reason: String },
+}
+
+impl RoleStatus {
+    pub fn role(&self) -> Role {
+        match self {
+            RoleStatus::Ready { role, .. } | RoleStatus::NoKey { role } | RoleStatus::Refused { role, .. } | RoleStatus::Unusable { role, .. } => *role,
+        }
+    }
+
+    /// The error readiness reports for this state, if it is a problem.
+    pub fn error(&self, module: &Path) -> Option<HsmError> {
+        match self {
+            RoleStatus::Refused { role, reason } => Some(HsmError::RoleUnsupported { module: module.to_path_buf(), role: *role, reason: reason.clone() }),
+            RoleStatus::Unusable { role, version, reason } => Some(HsmError::KeyUnusable { role: *role, reason: format!("version {version}: {reason}") }),
+            RoleStatus::Ready { .. } | RoleStatus::NoKey { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for RoleStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RoleStatus::Ready { version, mechanism, .. } => write!(f, "v{version} ready ({mechanism})"),
+            RoleStatus::NoKey { .. } => f.write_str("no key yet"),
+            RoleStatus::Refused { reason, .. } => write!(f, "refused: {reason}"),
+            RoleStatus::Unusable { version, reason, .. } => write!(f, "v{version} UNUSABLE: {reason}"),
+        }
+    }
+}
+
+/// Reads the mechanism table of a slot (every code, known to cryptoki or not).
+pub(crate) fn mechanisms_of(raw: &Raw, slot: Slot) -> Result<Mechanisms, P11Error> {
+    let mut m = Mechanisms::default();
+    for code in raw.mechanism_list(slot.id())? {
+        let (min, max, flags) = raw.mechanism_info(slot.id(), code)?;
+        m.0.insert(code, MechInfo { code, min_key_size: min, max_key_size: max, flags });
+    }
+    Ok(m)
+}
+
+/// Tries each optional template attribute on a throwaway session key: accepted, or rejected with
+/// the module's return value. Needs a logged-in session (the test key is private).
+pub(crate) fn template_support(raw: &Raw, session: &Session, m: &Mechanisms) -> TemplateSupport {
+    use cryptoki_sys::{CKF_GENERATE, CKM_AES_ECB, CKM_AES_KEY_GEN, CKM_GENERIC_SECRET_KEY_GEN, CKM_SHA256_HMAC};
+    let (gen, key_type, allowed) = if m.offers(CKM_AES_KEY_GEN, CKF_GENERATE) {
+        (CKM_AES_KEY_GEN, KeyType::AES, CKM_AES_ECB)
+    } else if m.offers(CKM_GENERIC_SECRET_KEY_GEN, CKF_GENERATE) {
+        (CKM_GENERIC_SECRET_KEY_GEN, KeyType::GENERIC_SECRET, CKM_SHA256_HMAC)
+    } else {
+        let u = || Acceptance::Untested("the module generates no secret keys to try them on".into());
+        return TemplateSupport { allowed_mechanisms: u(), copyable: u(), destroyable: u() };
+    };
+    let base = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(key_type),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::ValueLen(32.into()),
+    ];
+    let h = session.handle();
+    let attempt = |extra: Option<Attribute>, allowed: Option<&[CK_MECHANISM_TYPE]>| -> Acceptance {
+        let mut t = base.clone();
+        t.extend(extra);
+        match raw.generate_key(h, gen, &t, allowed) {
+            Ok(obj) => {
+                let _ = raw.destroy_object(h, obj);
+                Acceptance::Accepted
+            }
+            Err(P11Error::Pkcs11(rv, _)) => match rv {
+                cryptoki::error::RvError::AttributeTypeInvalid
+                | cryptoki::error::RvError::AttributeValueInvalid
+                | cryptoki::error::RvError::TemplateInconsistent => Acceptance::Rejected(ckr_name(rv)),
+                other => Acceptance::Untested(format!("a test key could not be made: {}", ckr_name(other))),
+            },
+            Err(e) => Acceptance::Untested(format!("a test key could not be made: {e}")),
+        }
+    };
+    if let bad @ (Acceptance::Rejected(_) | Acceptance::Untested(_)) = attempt(None, None) {
+        let why = match bad {
+            Acceptance::Rejected(rv) | Acceptance::Untested(rv) => rv,
+            Acceptance::Accepted => unreachable!(),
+        };
+        let u = || Acceptance::Untested(format!("the base test key was refused: {why}"));
+        return TemplateSupport { allowed_mechanisms: u(), copyable: u(), destroyable: u() };
+    }
+    TemplateSupport {
+        allowed_mechanisms: attempt(None, Some(&[allowed])),
+        copyable: attempt(Some(Attribute::Copyable(false)), None),
+        destroyable: attempt(Some(Attribute::Destroyable(true)), None),
+    }
+}
+
+/// The profile of the token in `slot`: its mechanisms, and (with a logged-in session) which
+/// template attributes it takes.
+pub(crate) fn profile_of(raw: &Raw, slot: Slot, session: Option<&Session>) -> Result<Profile, P11Error> {
+    let m = mechanisms_of(raw, slot)?;
+    let template = match session {
+        Some(s) => template_support(raw, s, &m),
+        None => {
+            let u = || Acceptance::Untested("no login (give the user PIN to find out)".into());
+            TemplateSupport { allowed_mechanisms: u(), copyable: u(), destroyable: u() }
+        }
+    };
+    Ok(Profile::decide(m, template))
+}
+
+/// How a KEK object wraps on this module, from its CKA_ALLOWED_MECHANISMS where the module keeps
+/// it, else from its usage flags. `Err` says why the key cannot work here, e.g. a KEK restricted
+/// to CKM_AES_KEY_WRAP_PAD on a module that only offers CKM_AES_KEY_WRAP_KWP.
+pub(crate) fn kek_scheme_of(raw: &Raw, s: &Session, profile: &Profile, h: u64) -> Result<KekScheme, String> {
+    use cryptoki_sys::{CKF_DECRYPT, CKF_ENCRYPT, CKF_UNWRAP, CKF_WRAP, CKM_AES_GCM, CKM_AES_KEY_WRAP_PAD};
+    let m = &profile.mechanisms;
+    let offered = |code| match code {
+        CKM_AES_GCM => m.offers(code, CKF_ENCRYPT | CKF_DECRYPT),
+        _ => m.offers(code, CKF_WRAP | CKF_UNWRAP),
+    };
+    let candidates = [CKM_AES_KEY_WRAP_PAD, crate::raw::CKM_AES_KEY_WRAP_KWP, CKM_AES_GCM];
+    let scheme = |code| if code == CKM_AES_GCM { KekScheme::AesGcm } else { KekScheme::Rfc5649 { mechanism: code } };
+    match raw.allowed_mechanisms(s.handle(), h).map_err(|e| e.to_string())? {
+        Some(list) => {
+            if let Some(code) = candidates.into_iter().find(|c| list.contains(c) && offered(*c)) {
+                return Ok(scheme(code));
+            }
+            let names: Vec<String> = list.iter().map(|c| mechanism_name(*c)).collect();
+            let offers: Vec<String> = candidates.into_iter().filter(|c| offered(*c)).map(mechanism_name).collect();
+            Err(format!(
+                "it is restricted (CKA_ALLOWED_MECHANISMS) to {}, which medgate cannot use to wrap data keys on this module{}; generate a new version on this module (`medgate keys rotate --role kek`)",
+                names.join(", "),
+                if offers.is_empty() { String::new() } else { format!(" (it offers {})", offers.join(", ")) }
+            ))
+        }
+        None => {
+            let object = crate::raw::object_handle(h);
+            let attrs = s
+                .get_attributes(object, &[AttributeType::Unwrap, AttributeType::Decrypt])
+                .map_err(|e| e.to_string())?;
+            let (unwrap, decrypt) = attrs.iter().fold((false, false), |(u, d), a| match a {
+                Attribute::Unwrap(v) => (u || *v, d),
+                Attribute::Decrypt(v) => (u, d || *v),
+                _ => (u, d),
+            });
+            let rfc = [CKM_AES_KEY_WRAP_PAD, crate::raw::CKM_AES_KEY_WRAP_KWP].into_iter().find(|c| offered(*c));
+            match (unwrap, decrypt, rfc) {
+                (true, _, Some(code)) => Ok(scheme(code)),
+                (_, true, _) if offered(CKM_AES_GCM) => Ok(KekScheme::AesGcm),
+                (true, _, None) => Err("it is a key-wrapping key, and this module offers no RFC 5649 key wrap".into()),
+                (_, true, _) => Err("it is an AES-GCM key, and this module offers no AES-GCM".into()),
+                _ => Err("it may neither unwrap nor decrypt".into()),
+            }
+        }
     }
 }
 
