@@ -53,4 +53,15 @@ if [ -n "$module" ]; then
   esac
   export MEDGATE_DEMO_HSM_MODULE="$module"
 fi
-exec target/release/medgate demo "${args[@]}"
+status=0
+target/release/medgate demo "${args[@]}" || status=$?
+if [ -n "${store:-}" ]; then
+  keep=no
+  for a in "${args[@]}"; do case "$a" in --workdir|--workdir=*) keep=yes ;; esac; done
+  if [ "$keep" = yes ]; then
+    echo "kryoptic token kept in $store (KRYOPTIC_CONF=$store/kryoptic.conf)" >&2
+  else
+    rm -rf "$store"
+  fi
+fi
+exit "$status"
