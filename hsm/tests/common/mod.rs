@@ -4,8 +4,8 @@
 //!
 //! SoftHSM2 and kryoptic read their token list once, at C_Initialize, so every token of a test
 //! process (one per label in [`LABELS`]) is created before the first test opens one.
-//! openCryptoki has one soft token per machine: tests that use it take a process-wide lock and
-//! start from a token with no medgate objects on it.
+//! openCryptoki has one soft token per machine: tests that use it take a lock (within the process
+//! and across processes) and start from a token with no medgate objects on it.
 
 #![allow(dead_code, reason = "each test binary uses a different part of the fixture")]
 
@@ -138,6 +138,8 @@ pub struct Token {
     pub module: Module,
     pub dir: PathBuf,
     pub label: String,
+    // Dropped in this order: the lock other processes wait on, then the one of this process.
+    _machine: Option<nix::fcntl::Flock<std::fs::File>>,
     _exclusive: Option<MutexGuard<'static, ()>>,
 }
 
@@ -155,12 +157,15 @@ impl Token {
             Module::SoftHsm | Module::Kryoptic => {
                 assert!(LABELS.contains(&label), "add {label} to LABELS");
                 let dir = if module == Module::SoftHsm { softhsm_dir() } else { kryoptic_dir() };
-                Token { module, dir: dir.to_path_buf(), label: label.to_owned(), _exclusive: None }
+                Token { module, dir: dir.to_path_buf(), label: label.to_owned(), _machine: None, _exclusive: None }
             }
             Module::OpenCryptoki => {
                 let dir = ock_state().to_path_buf();
                 let guard = OCK.lock().unwrap_or_else(|p| p.into_inner());
-                let t = Token { module, dir, label: OCK_LABEL.to_owned(), _exclusive: Some(guard) };
+                // Other test processes on this machine (another checkout) use the same token.
+                let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock")).expect("lock file");
+                let machine = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).expect("flock");
+                let t = Token { module, dir, label: OCK_LABEL.to_owned(), _machine: Some(machine), _exclusive: Some(guard) };
                 wipe_ock(&t.pin_text());
                 t
             }
