@@ -459,6 +459,8 @@ impl fmt::Display for ProbeReport {
             }
             if let Some(e) = &s.mechanisms_error {
                 writeln!(f, "  mechanisms unreadable: {e}")?;
+            } else if s.token_present && self.token_slot.is_some_and(|t| t != s.id) {
+                writeln!(f, "  {} mechanisms (listed for the medgate token's slot only; all in the JSON)", s.mechanisms.len())?;
             } else if s.token_present {
                 writeln!(f, "  {} mechanisms:", s.mechanisms.len())?;
                 writeln!(f, "    {:<48} {:>11}  flags", "mechanism", "key sizes")?;
