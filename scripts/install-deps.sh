@@ -18,7 +18,7 @@ KRYOPTIC_DIR=/usr/local/lib/kryoptic
 KRYOPTIC_MODULE=$KRYOPTIC_DIR/libkryoptic_pkcs11.so
 
 pkgs=(softhsm2 opensc etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl ca-certificates build-essential pkg-config
-  opencryptoki libclang-dev libssl-dev)
+  opencryptoki libclang-dev libssl-dev procps)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -73,9 +73,9 @@ kryoptic = { version = "=$KRYOPTIC_VERSION", default-features = false }
 TOML
   : >"$work/fetch/src/lib.rs"
   (cd "$work/fetch" && cargo fetch --quiet)
-  src=$(cd "$work/fetch" && cargo metadata --format-version 1 --quiet \
-    | python3 -c 'import json,sys; m=json.load(sys.stdin); print(next(p["manifest_path"] for p in m["packages"] if p["name"]=="kryoptic"))')
-  cp -r "$(dirname "$src")" "$work/kryoptic"
+  src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"kryoptic-$KRYOPTIC_VERSION" | head -n 1)
+  [ -f "$src/Cargo.lock" ] || { echo "kryoptic $KRYOPTIC_VERSION source not found after cargo fetch" >&2; exit 1; }
+  cp -r "$src" "$work/kryoptic"
   # minimal: the mechanisms medgate uses (EC P-256, RSA, AES incl. RFC 5649 wrap, SHA-2, HMAC) and
   # the sqlite store; kryoptic-lib/dynamic: link Debian's libcrypto 3.0 instead of building OpenSSL.
   (cd "$work/kryoptic" && CARGO_TARGET_DIR="$work/target" cargo build --release --locked --quiet \
