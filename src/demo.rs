@@ -89,9 +89,10 @@ impl Site {
     /// As [`Site::create`]; with `shared_pseudonym_key`, the consortium's pseudonym key is
     /// imported (key ceremony) instead of a hospital-local one being generated.
     pub fn create_with(dir: &Path, hospital: &str, shared_pseudonym_key: Option<&[u8]>, say: &mut dyn FnMut(&str)) -> Result<Site, Failure> {
-        let module = PathBuf::from(SOFTHSM_MODULE);
+        // scripts/demo.sh --hsm-module names another PKCS#11 module here (its token store prepared).
+        let module = std::env::var_os("MEDGATE_DEMO_HSM_MODULE").map_or_else(|| PathBuf::from(SOFTHSM_MODULE), PathBuf::from);
         if !module.is_file() {
-            return Err(Failure::config(format!("SoftHSM2 module {} not found: run scripts/install-deps.sh", module.display())));
+            return Err(Failure::config(format!("PKCS#11 module {} not found: run scripts/install-deps.sh", module.display())));
         }
         std::fs::create_dir_all(dir.join("softhsm/tokens")).map_err(io(dir))?;
         std::fs::create_dir_all(dir.join("tls")).map_err(io(dir))?;

@@ -4,14 +4,21 @@
 
 use std::path::Path;
 
-use cryptoki::mechanism::Mechanism;
+use cryptoki::context::Pkcs11;
+use cryptoki::error::{Error as P11Error, RvError};
+use cryptoki::mechanism::MechanismType;
 use cryptoki::object::{Attribute, AttributeType, CertificateType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki_sys::{CKF_TOKEN_INITIALIZED, CKF_USER_PIN_INITIALIZED};
 
-use crate::error::{map_op_error, HsmError};
-use crate::keys::{create_flag, pair_templates, secret_template, KeyInfo, Label, Role};
+use crate::der::certificate_key_and_subject;
+use crate::error::{ckr_name, map_op_error, HsmError};
+use crate::keys::{allowed_mechanisms, create_flag, pair_templates, retire_flags, secret_template, KeyInfo, Label, Role};
 use crate::pin::Pin;
-use crate::pool::{finalize_module, find_keys, load_module, Fail, Hsm, Op};
+use crate::pool::{finalize_module, find_keys, load_module, Ctx, Fail, Hsm, Op};
+use crate::profile::{mechanism_name, KekScheme, RolePlan};
+use crate::raw::{Raw, TokenInfoRaw};
 
 const KEY_CLASSES: [ObjectClass; 4] =
     [ObjectClass::PRIVATE_KEY, ObjectClass::SECRET_KEY, ObjectClass::PUBLIC_KEY, ObjectClass::CERTIFICATE];
@@ -22,9 +29,12 @@ impl Hsm {
         self.run(Op::Admin, 0, false, |s, _| list(self, s))
     }
 
-    /// Creates version 1 of `role`. Refuses if the role already has keys (use `rotate`).
+    /// Creates version 1 of `role`. Refuses if the role already has keys (use `rotate`), and
+    /// refuses a role this token could never use (the error names the module, the role and the
+    /// mechanisms it lacks).
     pub fn generate(&self, role: Role) -> Result<KeyInfo, HsmError> {
         let r = self.run_exclusive(2, |s, ctx| {
+            plan_for(self, ctx, role)?;
             let existing = role_versions(self, s, role)?;
             if let Some(max) = existing.iter().map(|l| l.version).max() {
                 return Err(HsmError::Invalid(format!(
@@ -32,7 +42,7 @@ impl Hsm {
                 ))
                 .into());
             }
-            create_version(s, role, 1)?;
+            create_version(s, ctx, plan_for(self, ctx, role)?, 1)?;
             ctx.clear_keys();
             info_of(self, s, role, 1)
         });
@@ -49,6 +59,7 @@ impl Hsm {
             return Err(HsmError::Invalid(format!("a pseudonym key is 32 bytes, not {}", value.len())));
         }
         let r = self.run_exclusive(2, |s, ctx| {
+            let plan = plan_for(self, ctx, Role::Pseudonym)?;
             if let Some(max) = role_versions(self, s, Role::Pseudonym)?.iter().map(|l| l.version).max() {
                 return Err(HsmError::Invalid(format!(
                     "the token already has pseudonym keys (up to version {max}); the shared key must be imported before any is generated"
@@ -58,10 +69,12 @@ impl Hsm {
             let label = Label::new(Role::Pseudonym, 1).to_string();
             let mut id = vec![0u8; 16];
             s.generate_random_slice(&mut id)?;
-            let mut template: Vec<Attribute> =
-                secret_template(Role::Pseudonym, &label, &id).into_iter().filter(|a| !matches!(a, Attribute::ValueLen(_))).collect();
+            let mut template = secret_template(plan, &ctx.profile.template, &label, &id, false);
+            if ctx.profile.template.allowed_mechanisms.usable() {
+                template.push(Attribute::AllowedMechanisms(vec![MechanismType::SHA256_HMAC]));
+            }
             template.push(Attribute::Value(value.to_vec()));
-            s.create_object(&template)?;
+            s.create_object(&template).map_err(Fail::with(Role::Pseudonym, "import", mechanism_name(plan.operation)))?;
             ctx.clear_keys();
             info_of(self, s, Role::Pseudonym, 1)
         });
@@ -73,13 +86,15 @@ impl Hsm {
     /// token for unwrap and verify, but the HSM no longer lets it sign or wrap.
     pub fn rotate(&self, role: Role) -> Result<KeyInfo, HsmError> {
         let r = self.run_exclusive(4, |s, ctx| {
+            let plan = plan_for(self, ctx, role)?;
             let existing = role_versions(self, s, role)?;
             let next = existing.iter().map(|l| l.version).max().unwrap_or(0) + 1;
             let previous = existing.iter().filter(|l| !l.retired).map(|l| l.version).max();
-            create_version(s, role, next)?;
+            create_version(s, ctx, plan, next)?;
             if let Some(prev) = previous {
                 for h in objects_labelled(s, &Label::new(role, prev).to_string(), Hsm::private_class(role))? {
-                    s.update_attributes(h, &[create_flag(role, false)])?;
+                    let gcm = role == Role::Kek && matches!(ctx.kek_scheme(s, h, prev), Ok(KekScheme::AesGcm));
+                    s.update_attributes(h, &[create_flag(role, gcm, false)])?;
                 }
             }
             ctx.clear_keys();
@@ -110,12 +125,7 @@ impl Hsm {
                 for h in objects_labelled(s, &label.to_string(), class)? {
                     s.update_attributes(h, &[Attribute::Label(retired.as_bytes().to_vec())])?;
                     if class == Hsm::private_class(role) {
-                        let off: Vec<Attribute> = match role {
-                            Role::Kek => vec![Attribute::Wrap(false), Attribute::Unwrap(false)],
-                            Role::Sharing => vec![Attribute::Unwrap(false)],
-                            _ => vec![Attribute::Sign(false)],
-                        };
-                        s.update_attributes(h, &off)?;
+                        s.update_attributes(h, &retire_flags(role))?;
                     }
                 }
             }
@@ -159,15 +169,20 @@ impl Hsm {
     }
 
     /// Stores an X.509 certificate (DER) next to the active key pair of `role`, with the same label
-    /// and CKA_ID. The certificate must carry the key pair's public key. `subject_der` is the
-    /// certificate's subject name, DER-encoded.
+    /// and CKA_ID. The certificate is parsed as strict DER and its SubjectPublicKeyInfo must be
+    /// the key pair's public key. `subject_der` is the certificate's subject name, DER-encoded
+    /// (CKA_SUBJECT); empty means the certificate's own.
     pub fn import_certificate(&self, role: Role, cert_der: &[u8], subject_der: &[u8]) -> Result<u32, HsmError> {
         let (version, spki) = self.public_key_der(role, None)?;
-        if !contains(cert_der, &spki) {
+        let (cert_spki, cert_subject) =
+            certificate_key_and_subject(cert_der).map_err(|e| HsmError::Invalid(format!("the certificate cannot be read: {e}")))?;
+        if cert_spki != spki {
             return Err(HsmError::Invalid(format!(
                 "the certificate's public key is not the active {role} key (version {version})"
             )));
         }
+        // CKA_SUBJECT: the caller's DER subject, or the certificate's own when none is given.
+        let subject_der = if subject_der.is_empty() { cert_subject.as_slice() } else { subject_der };
         self.run_exclusive(4, |s, _| {
             let label = Label::new(role, version).to_string();
             let id = key_id(s, &label, ObjectClass::PUBLIC_KEY)?;
@@ -205,10 +220,6 @@ impl Hsm {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 fn role_versions(hsm: &Hsm, s: &Session, role: Role) -> Result<Vec<Label>, Fail> {
     let mut out = Vec::new();
     for class in [ObjectClass::PRIVATE_KEY, ObjectClass::SECRET_KEY, ObjectClass::PUBLIC_KEY] {
@@ -235,27 +246,28 @@ fn key_id(s: &Session, label: &str, class: ObjectClass) -> Result<Vec<u8>, Fail>
         .unwrap_or_default())
 }
 
-fn create_version(s: &Session, role: Role, version: u32) -> Result<(), Fail> {
+/// The plan for `role` on this token, or the refusal naming module, role and mechanisms.
+fn plan_for<'c>(hsm: &Hsm, ctx: &'c Ctx, role: Role) -> Result<&'c RolePlan, Fail> {
+    ctx.profile
+        .plan(role)
+        .map_err(|r| HsmError::RoleUnsupported { module: hsm.module().to_path_buf(), role, reason: r.to_string() }.into())
+}
+
+fn create_version(s: &Session, ctx: &Ctx, plan: &RolePlan, version: u32) -> Result<(), Fail> {
+    let role = plan.role;
     let label = Label::new(role, version).to_string();
     let mut id = vec![0u8; 16];
     s.generate_random_slice(&mut id)?;
-    match role {
-        Role::Ledger | Role::Tls => {
-            let (public, private) = pair_templates(role, &label, &id);
-            s.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)?;
-        }
-        Role::Sharing => {
-            let (public, private) = pair_templates(role, &label, &id);
-            s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
-        }
-        Role::Kek => {
-            s.generate_key(&Mechanism::AesKeyGen, &secret_template(role, &label, &id))?;
-        }
-        Role::Pseudonym => {
-            s.generate_key(&Mechanism::GenericSecretKeyGen, &secret_template(role, &label, &id))?;
-        }
+    let t = &ctx.profile.template;
+    let allowed = allowed_mechanisms(plan, t);
+    let err = Fail::with(role, "key generation", mechanism_name(plan.keygen));
+    if role.is_pair() {
+        let (public, private) = pair_templates(plan, t, &label, &id);
+        ctx.raw.generate_key_pair(s.handle(), plan.keygen, &public, &private, allowed.as_deref()).map_err(err)?;
+    } else {
+        ctx.raw.generate_key(s.handle(), plan.keygen, &secret_template(plan, t, &label, &id, true), allowed.as_deref()).map_err(err)?;
     }
-    tracing::debug!(%label, id = %hex::encode(&id), "key created");
+    tracing::debug!(%label, id = %hex::encode(&id), keygen = %mechanism_name(plan.keygen), "key created");
     Ok(())
 }
 
@@ -282,6 +294,7 @@ fn list(hsm: &Hsm, s: &Session) -> Result<Vec<KeyInfo>, Fail> {
                     AttributeType::Sign,
                     AttributeType::Wrap,
                     AttributeType::Unwrap,
+                    AttributeType::Encrypt,
                 ],
             )?;
             let mut info = KeyInfo {
@@ -305,7 +318,8 @@ fn list(hsm: &Hsm, s: &Session) -> Result<Vec<KeyInfo>, Fail> {
                     Attribute::AlwaysSensitive(b) => info.always_sensitive = b,
                     Attribute::Extractable(b) => info.extractable = b,
                     Attribute::NeverExtractable(b) => info.never_extractable = b,
-                    a if a == create_flag(label.role, true) => info.can_create = true,
+                    a if a == create_flag(label.role, false, true) => info.can_create = true,
+                    a if a == create_flag(label.role, true, true) => info.can_create = true,
                     _ => {}
                 }
             }
@@ -322,38 +336,101 @@ fn list(hsm: &Hsm, s: &Session) -> Result<Vec<KeyInfo>, Fail> {
 }
 
 /// Initialises a fresh token in the first slot that has no initialised token, sets the user PIN,
-/// and returns the slot's token label. For development and for appliances whose HSM ships empty;
-/// a production HSM is usually initialised with the vendor's tools.
+/// and returns. For development and for appliances whose HSM ships empty; a production HSM is
+/// usually initialised with the vendor's tools. A token already labelled `label` whose user PIN
+/// was never set (a C_InitPIN that failed) is completed: only its user PIN is set. PIN lengths
+/// are checked against what the token states before anything is changed. A rejected SO PIN is
+/// reported as the SO PIN.
 pub fn init_token(module: &Path, label: &str, so_pin: &Pin, user_pin: &Pin) -> Result<(), HsmError> {
-    let pkcs11 = load_module(module)?;
+    let (pkcs11, raw) = load_module(module)?;
     let result = (|| {
-        let slots = pkcs11.get_all_slots().map_err(map_op_error)?;
+        let slots = pkcs11.get_all_slots().map_err(|e| map_op_error(e, None))?;
+        let mut free: Option<(Slot, TokenInfoRaw)> = None;
+        let mut unreadable = Vec::new();
         for slot in &slots {
-            if let Ok(info) = pkcs11.get_token_info(*slot) {
-                if info.token_initialized() && info.label().trim_end() == label {
-                    return Err(HsmError::Invalid(format!("a token labelled {label:?} already exists")));
+            match raw.token_info(slot.id()) {
+                Ok(t) if t.flags & CKF_TOKEN_INITIALIZED != 0 && t.label == label => {
+                    if t.flags & CKF_USER_PIN_INITIALIZED != 0 {
+                        return Err(HsmError::Invalid(format!("a token labelled {label:?} already exists")));
+                    }
+                    check_pin_len("the user", user_pin, &t)?;
+                    tracing::warn!(token = label, "token has no user PIN yet (an earlier C_InitPIN failed?); setting it");
+                    return set_user_pin(&pkcs11, *slot, label, so_pin, user_pin);
                 }
+                Ok(t) if t.flags & CKF_TOKEN_INITIALIZED == 0 && free.is_none() => free = Some((*slot, t)),
+                Ok(_) => {}
+                Err(e) => unreadable.push(format!("slot {}: {e}", slot.id())),
             }
         }
-        let slot = slots
-            .into_iter()
-            .find(|s| pkcs11.get_token_info(*s).map(|i| !i.token_initialized()).unwrap_or(false))
-            .ok_or_else(|| HsmError::Invalid("no slot with an uninitialised token".into()))?;
-        pkcs11.init_token(slot, &so_pin.to_auth(), label).map_err(map_op_error)?;
+        let Some((slot, t)) = free else {
+            let mut msg = "no slot with an uninitialised token".to_owned();
+            if !unreadable.is_empty() {
+                msg.push_str(&format!(" (token information unreadable: {})", unreadable.join("; ")));
+            }
+            return Err(HsmError::Invalid(msg));
+        };
+        check_pin_len("the SO", so_pin, &t)?;
+        check_pin_len("the user", user_pin, &t)?;
+        pkcs11.init_token(slot, &so_pin.to_auth(), label).map_err(so_pin_error)?;
         // The slot list changes after C_InitToken (SoftHSM adds a fresh empty slot): find ours again.
-        let slot = pkcs11
-            .get_slots_with_initialized_token()
-            .map_err(map_op_error)?
-            .into_iter()
-            .find(|s| pkcs11.get_token_info(*s).map(|i| i.label().trim_end() == label).unwrap_or(false))
-            .ok_or_else(|| HsmError::TokenMissing(label.to_owned()))?;
-        let session = pkcs11.open_rw_session(slot).map_err(map_op_error)?;
-        session.login(UserType::So, Some(&so_pin.to_auth())).map_err(map_op_error)?;
-        session.init_pin(&user_pin.to_auth()).map_err(map_op_error)?;
-        session.logout().map_err(map_op_error)?;
-        Ok(())
+        let slot = find_initialised(&pkcs11, &raw, label)?;
+        set_user_pin(&pkcs11, slot, label, so_pin, user_pin)
     })();
     finalize_module(pkcs11);
     result
 }
 
+fn find_initialised(pkcs11: &Pkcs11, raw: &Raw, label: &str) -> Result<Slot, HsmError> {
+    pkcs11
+        .get_slots_with_initialized_token()
+        .map_err(|e| map_op_error(e, None))?
+        .into_iter()
+        .find(|s| raw.token_info(s.id()).map(|i| i.label == label).unwrap_or(false))
+        .ok_or_else(|| HsmError::TokenMissing(label.to_owned()))
+}
+
+fn check_pin_len(which: &'static str, pin: &Pin, t: &TokenInfoRaw) -> Result<(), HsmError> {
+    let (min, max) = (t.min_pin_len, t.max_pin_len);
+    let len = pin.len() as u64;
+    // Some modules state 0 or CK_UNAVAILABLE_INFORMATION for "no limit".
+    let max_known = max != 0 && max != cryptoki_sys::CK_UNAVAILABLE_INFORMATION;
+    if len < min || (max_known && len > max) {
+        let which = if which == "the SO" { "an SO" } else { "a user" };
+        return Err(HsmError::PinLength { which, len: len as usize, label: if t.label.is_empty() { "(uninitialised)".into() } else { t.label.clone() }, min, max });
+    }
+    Ok(())
+}
+
+/// An error of C_InitToken or of the SO's C_Login: a wrong PIN there is the SO PIN.
+fn so_pin_error(e: P11Error) -> HsmError {
+    match e {
+        P11Error::Pkcs11(RvError::PinIncorrect, f) => HsmError::WrongSoPin(format!(
+            " ({f}); no user PIN was tried. C_InitToken and the SO login need the token's current SO PIN (a new openCryptoki soft token has the factory SO PIN 87654321 until `pkcsconf -P` changes it)"
+        )),
+        P11Error::Pkcs11(RvError::PinLocked, f) => HsmError::WrongSoPin(format!(" ({f}): the SO PIN is locked")),
+        P11Error::Pkcs11(rv @ (RvError::PinLenRange | RvError::PinInvalid), f) => {
+            HsmError::WrongSoPin(format!(" ({f}: {}): the token does not accept a PIN of that length or those characters", ckr_name(rv)))
+        }
+        other => map_op_error(other, None),
+    }
+}
+
+/// Logs in as SO and sets the user PIN. A failure here leaves an initialised token without a
+/// user PIN; the error says how to finish it.
+fn set_user_pin(pkcs11: &Pkcs11, slot: Slot, label: &str, so_pin: &Pin, user_pin: &Pin) -> Result<(), HsmError> {
+    let not_set = |detail: String| HsmError::UserPinNotSet { label: label.to_owned(), detail };
+    let session = pkcs11.open_rw_session(slot).map_err(|e| not_set(format!("no session: {e}")))?;
+    match session.login(UserType::So, Some(&so_pin.to_auth())) {
+        Ok(()) | Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => {
+            let so = so_pin_error(e);
+            return Err(not_set(format!("the SO login failed: {so}")));
+        }
+    }
+    let result = session.init_pin(&user_pin.to_auth());
+    let _ = session.logout();
+    result.map_err(|e| match e {
+        P11Error::Pkcs11(rv, f) => not_set(format!("{f} answered {}", ckr_name(rv))),
+        other => not_set(other.to_string()),
+    })
+}

@@ -3,86 +3,18 @@
 //! Labels are `medgate-<role>-v<N>`; a retired version is relabelled `medgate-<role>-v<N>-retired`.
 //! The active version of a role is its highest version that is not retired. Every private and secret
 //! key is sensitive and never extractable, has only the usage flags its role needs, and lists its
-//! mechanisms in CKA_ALLOWED_MECHANISMS (the module's defaults are never relied upon). Each key (and
+//! mechanism in CKA_ALLOWED_MECHANISMS (the module's defaults are never relied upon; a module that
+//! rejects an optional attribute gets the template without it, see [`crate::profile`]). Each key (and
 //! each key pair) gets its own random CKA_ID, which is what `pkcs11-tool --id` selects by.
 
 use std::fmt;
-use std::str::FromStr;
 
-use cryptoki::mechanism::MechanismType;
 use cryptoki::object::{Attribute, KeyType, ObjectClass};
+use cryptoki_sys::CK_MECHANISM_TYPE;
 
-use crate::der::P256_OID_DER;
-
-/// The role a key plays. See DESIGN.md, "Keys".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Role {
-    /// ECDSA P-256: signs ledger batches and checkpoints.
-    Ledger,
-    /// ECDSA P-256: the gateway's TLS server and client identity.
-    Tls,
-    /// AES-256, wrap/unwrap only: wraps per-record data keys (AES-KWP).
-    Kek,
-    /// RSA-3072, OAEP wrap/unwrap only: receives data keys re-wrapped by another hospital.
-    Sharing,
-    /// HMAC-SHA256 secret: turns patient identifiers into ledger pseudonyms.
-    Pseudonym,
-}
-
-impl Role {
-    pub const ALL: [Role; 5] = [Role::Ledger, Role::Tls, Role::Kek, Role::Sharing, Role::Pseudonym];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Ledger => "ledger",
-            Role::Tls => "tls",
-            Role::Kek => "kek",
-            Role::Sharing => "sharing",
-            Role::Pseudonym => "pseudonym",
-        }
-    }
-
-    /// What kind of key the role uses, for listings.
-    pub fn algorithm(self) -> &'static str {
-        match self {
-            Role::Ledger | Role::Tls => "ECDSA P-256",
-            Role::Kek => "AES-256 (KWP)",
-            Role::Sharing => "RSA-3072 (OAEP)",
-            Role::Pseudonym => "HMAC-SHA256",
-        }
-    }
-
-    /// True for roles that are key pairs.
-    pub fn is_pair(self) -> bool {
-        matches!(self, Role::Ledger | Role::Tls | Role::Sharing)
-    }
-
-    /// The mechanism that operations with this role use; nothing else is allowed on the key.
-    pub(crate) fn mechanism(self) -> MechanismType {
-        match self {
-            Role::Ledger | Role::Tls => MechanismType::ECDSA,
-            Role::Kek => MechanismType::AES_KEY_WRAP_PAD,
-            Role::Sharing => MechanismType::RSA_PKCS_OAEP,
-            Role::Pseudonym => MechanismType::SHA256_HMAC,
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown key role {s:?} (expected one of: ledger, tls, kek, sharing, pseudonym)"))
-    }
-}
+use crate::der::p256_params_der;
+use crate::profile::{HmacKeyType, KekScheme, RolePlan, TemplateSupport};
+pub use crate::role::Role;
 
 /// A parsed medgate key label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,33 +70,50 @@ pub struct KeyInfo {
     pub has_certificate: bool,
 }
 
-/// Attributes shared by every private and secret key.
-fn secret_common(label: &str, id: &[u8], mechanism: MechanismType) -> Vec<Attribute> {
-    vec![
+/// Attributes shared by every private and secret key. CKA_ALLOWED_MECHANISMS is not here: it is
+/// passed as raw mechanism codes ([`allowed_mechanisms`]), since cryptoki cannot express every
+/// code a module uses.
+fn secret_common(label: &str, id: &[u8], t: &TemplateSupport) -> Vec<Attribute> {
+    let mut a = vec![
         Attribute::Token(true),
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Modifiable(true), // label and usage flags change at rotation and retirement
-        Attribute::Copyable(false),
-        Attribute::Destroyable(true),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.to_vec()),
-        Attribute::AllowedMechanisms(vec![mechanism]),
-    ]
+    ];
+    optional(&mut a, t);
+    a
 }
 
-fn public_common(label: &str, id: &[u8], mechanism: MechanismType) -> Vec<Attribute> {
-    vec![
+fn public_common(label: &str, id: &[u8], t: &TemplateSupport) -> Vec<Attribute> {
+    let mut a = vec![
         Attribute::Token(true),
         Attribute::Private(false),
         Attribute::Modifiable(true),
-        Attribute::Copyable(false),
-        Attribute::Destroyable(true),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.to_vec()),
-        Attribute::AllowedMechanisms(vec![mechanism]),
-    ]
+    ];
+    optional(&mut a, t);
+    a
+}
+
+/// CKA_COPYABLE=false and CKA_DESTROYABLE=true, unless the module rejects them (see
+/// [`TemplateSupport`] for why leaving them out weakens nothing).
+fn optional(a: &mut Vec<Attribute>, t: &TemplateSupport) {
+    if t.copyable.usable() {
+        a.push(Attribute::Copyable(false));
+    }
+    if t.destroyable.usable() {
+        a.push(Attribute::Destroyable(true));
+    }
+}
+
+/// The raw CKA_ALLOWED_MECHANISMS of a role's keys: the plan's one mechanism, or `None` where the
+/// module rejects the attribute.
+pub(crate) fn allowed_mechanisms(plan: &RolePlan, t: &TemplateSupport) -> Option<Vec<CK_MECHANISM_TYPE>> {
+    t.allowed_mechanisms.usable().then(|| vec![plan.operation])
 }
 
 /// Every usage flag of a secret key written out: (encrypt, decrypt, sign, verify, wrap, unwrap); derive is never allowed.
@@ -181,16 +130,16 @@ fn usage(e: bool, d: bool, s: bool, v: bool, w: bool, u: bool) -> Vec<Attribute>
 }
 
 /// Public and private templates for a key pair role.
-pub(crate) fn pair_templates(role: Role, label: &str, id: &[u8]) -> (Vec<Attribute>, Vec<Attribute>) {
-    let m = role.mechanism();
-    let mut public = public_common(label, id, m);
-    let mut private = secret_common(label, id, m);
+pub(crate) fn pair_templates(plan: &RolePlan, t: &TemplateSupport, label: &str, id: &[u8]) -> (Vec<Attribute>, Vec<Attribute>) {
+    let role = plan.role;
+    let mut public = public_common(label, id, t);
+    let mut private = secret_common(label, id, t);
     public.push(Attribute::Class(ObjectClass::PUBLIC_KEY));
     private.push(Attribute::Class(ObjectClass::PRIVATE_KEY));
     match role {
         Role::Ledger | Role::Tls => {
             public.push(Attribute::KeyType(KeyType::EC));
-            public.push(Attribute::EcParams(P256_OID_DER.to_vec()));
+            public.push(Attribute::EcParams(p256_params_der()));
             public.extend([Attribute::Encrypt(false), Attribute::Verify(true), Attribute::Wrap(false), Attribute::Derive(false)]);
             private.push(Attribute::KeyType(KeyType::EC));
             private.extend([Attribute::Decrypt(false), Attribute::Sign(true), Attribute::Unwrap(false), Attribute::Derive(false), Attribute::SignRecover(false)]);
@@ -208,32 +157,52 @@ pub(crate) fn pair_templates(role: Role, label: &str, id: &[u8]) -> (Vec<Attribu
     (public, private)
 }
 
-/// Template for a secret key role.
-pub(crate) fn secret_template(role: Role, label: &str, id: &[u8]) -> Vec<Attribute> {
-    let mut t = secret_common(label, id, role.mechanism());
-    t.push(Attribute::Class(ObjectClass::SECRET_KEY));
-    t.push(Attribute::ValueLen(32.into()));
+/// Template for a secret key role (without CKA_VALUE_LEN when `with_len` is false: an import).
+pub(crate) fn secret_template(plan: &RolePlan, t: &TemplateSupport, label: &str, id: &[u8], with_len: bool) -> Vec<Attribute> {
+    let role = plan.role;
+    let mut a = secret_common(label, id, t);
+    a.push(Attribute::Class(ObjectClass::SECRET_KEY));
+    if with_len {
+        a.push(Attribute::ValueLen(32.into()));
+    }
     match role {
         Role::Kek => {
-            t.push(Attribute::KeyType(KeyType::AES));
-            t.extend(usage(false, false, false, false, true, true));
+            a.push(Attribute::KeyType(KeyType::AES));
+            match plan.kek {
+                Some(KekScheme::AesGcm) => a.extend(usage(true, true, false, false, false, false)),
+                _ => a.extend(usage(false, false, false, false, true, true)),
+            }
         }
         Role::Pseudonym => {
-            t.push(Attribute::KeyType(KeyType::GENERIC_SECRET));
-            t.extend(usage(false, false, true, false, false, false));
+            a.push(Attribute::KeyType(match plan.hmac_key {
+                Some(HmacKeyType::Sha256Hmac) => KeyType::SHA256_HMAC,
+                _ => KeyType::GENERIC_SECRET,
+            }));
+            a.extend(usage(false, false, true, false, false, false));
         }
         _ => unreachable!("{role} is a key pair"),
     }
-    t
+    a
 }
 
 /// The usage flag that lets a key make new signatures or wraps; cleared on the private half when a
-/// newer version takes over, so the HSM itself refuses new work with an old key.
-pub(crate) fn create_flag(role: Role, on: bool) -> Attribute {
+/// newer version takes over, so the HSM itself refuses new work with an old key. `gcm`: the KEK
+/// encrypts rather than wraps.
+pub(crate) fn create_flag(role: Role, gcm: bool, on: bool) -> Attribute {
     match role {
         Role::Ledger | Role::Tls | Role::Pseudonym => Attribute::Sign(on),
+        Role::Kek if gcm => Attribute::Encrypt(on),
         Role::Kek => Attribute::Wrap(on),
         Role::Sharing => Attribute::Unwrap(on),
+    }
+}
+
+/// The flags cleared when a version is retired: every use of the key.
+pub(crate) fn retire_flags(role: Role) -> Vec<Attribute> {
+    match role {
+        Role::Kek => vec![Attribute::Wrap(false), Attribute::Unwrap(false), Attribute::Encrypt(false), Attribute::Decrypt(false)],
+        Role::Sharing => vec![Attribute::Unwrap(false)],
+        Role::Ledger | Role::Tls | Role::Pseudonym => vec![Attribute::Sign(false)],
     }
 }
 
@@ -257,18 +226,35 @@ mod tests {
 
     #[test]
     fn every_secret_template_is_sensitive_and_unextractable() {
-        let id = [1u8; 16];
-        let check = |t: &[Attribute]| {
-            assert!(t.contains(&Attribute::Sensitive(true)));
-            assert!(t.contains(&Attribute::Extractable(false)));
-            assert!(t.iter().any(|a| matches!(a, Attribute::AllowedMechanisms(m) if m.len() == 1)));
-            assert!(t.contains(&Attribute::Derive(false)));
+        use crate::profile::{plan_role, Acceptance, MechInfo, Mechanisms};
+        let everything = Mechanisms(
+            [0x1040, 0x1041, 0x1080, 0x210a, 0x0000, 0x0009, 0x0350, 0x0251]
+                .into_iter()
+                .map(|code| (code, MechInfo { code, min_key_size: 0, max_key_size: 0, flags: !0 }))
+                .collect(),
+        );
+        let full = TemplateSupport { allowed_mechanisms: Acceptance::Accepted, copyable: Acceptance::Accepted, destroyable: Acceptance::Accepted };
+        let reduced = TemplateSupport {
+            allowed_mechanisms: Acceptance::Rejected("CKR_ATTRIBUTE_TYPE_INVALID".into()),
+            copyable: Acceptance::Rejected("CKR_ATTRIBUTE_TYPE_INVALID".into()),
+            destroyable: Acceptance::Rejected("CKR_ATTRIBUTE_TYPE_INVALID".into()),
         };
-        for role in Role::ALL {
-            if role.is_pair() {
-                check(&pair_templates(role, "l", &id).1);
-            } else {
-                check(&secret_template(role, "l", &id));
+        let id = [1u8; 16];
+        for t in [&full, &reduced] {
+            let check = |a: &[Attribute]| {
+                assert!(a.contains(&Attribute::Sensitive(true)));
+                assert!(a.contains(&Attribute::Extractable(false)));
+                assert!(a.contains(&Attribute::Derive(false)));
+                assert_eq!(a.contains(&Attribute::Copyable(false)), t.copyable.usable());
+            };
+            for role in Role::ALL {
+                let plan = plan_role(&everything, role).expect("plan");
+                assert_eq!(allowed_mechanisms(&plan, t).map(|v| v.len()), t.allowed_mechanisms.usable().then_some(1));
+                if role.is_pair() {
+                    check(&pair_templates(&plan, t, "l", &id).1);
+                } else {
+                    check(&secret_template(&plan, t, "l", &id, true));
+                }
             }
         }
     }

@@ -2,14 +2,19 @@
 //! long-lived key material never leaves the HSM, and per-record data keys exist in process memory
 //! only in zeroizing buffers.
 
+use cryptoki::error::RvError;
+use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use cryptoki_sys::{CKM_AES_GCM, CKM_ECDSA, CKM_RSA_PKCS_OAEP, CKM_SHA256_HMAC};
 use zeroize::Zeroizing;
 
 use crate::der::{ecdsa_raw_to_der, p256_spki_der, pem, rsa_spki_der, unwrap_ec_point};
 use crate::error::HsmError;
 use crate::keys::Role;
 use crate::pool::{Ctx, Fail, Hsm, Op};
+use crate::profile::{mechanism_name, KekScheme};
 
 /// An ECDSA P-256 signature made in the HSM, in both encodings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +27,8 @@ pub struct Signature {
     pub der: Vec<u8>,
 }
 
-/// A data key wrapped (AES-KWP, RFC 5649) by a version of the key-encryption key.
+/// A data key wrapped by a version of the key-encryption key: RFC 5649 output, or the AES-GCM
+/// format below on a module without RFC 5649. Which one follows from the KEK version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrappedKey {
     pub kek_version: u32,
@@ -53,6 +59,27 @@ fn data_key_template(value: Option<&[u8]>) -> Vec<Attribute> {
     t
 }
 
+/// The template of an unwrapped data key whose value is read. A module that refuses to be told
+/// CKA_SENSITIVE=false and CKA_EXTRACTABLE=true on unwrap (openCryptoki answers
+/// CKR_ATTRIBUTE_READ_ONLY) gets the template without them, once and for the connection: the
+/// data key is meant to come out, so its defaults weaken nothing, and if they make it sensitive
+/// reading it fails.
+fn unwrap_template_retry<T>(ctx: &Ctx, f: impl Fn(&[Attribute]) -> Result<T, cryptoki::error::Error>) -> Result<T, cryptoki::error::Error> {
+    use std::sync::atomic::Ordering;
+    let template = |plain: bool| -> Vec<Attribute> {
+        data_key_template(None).into_iter().filter(|a| !(plain && matches!(a, Attribute::Sensitive(_) | Attribute::Extractable(_)))).collect()
+    };
+    let plain = ctx.data_key_defaults.load(Ordering::Relaxed);
+    match f(&template(plain)) {
+        Err(cryptoki::error::Error::Pkcs11(RvError::AttributeReadOnly, _)) if !plain => {
+            ctx.data_key_defaults.store(true, Ordering::Relaxed);
+            tracing::info!("the module refuses CKA_SENSITIVE/CKA_EXTRACTABLE in an unwrap template; leaving them to its defaults");
+            f(&template(true))
+        }
+        other => other,
+    }
+}
+
 /// Template of the session object that carries a data key from C_UnwrapKey to C_WrapKey when it
 /// is only re-wrapped: the same as [`data_key_template`], but sensitive, since nothing reads it.
 fn transit_key_template() -> Vec<Attribute> {
@@ -62,28 +89,138 @@ fn transit_key_template() -> Vec<Attribute> {
         .collect()
 }
 
-/// Wraps the session object `obj` with the active key-encryption key. A rotation (here or by the
-/// officer in another process) clears the Wrap flag of the previous version; a handle cached
-/// before it is then refused with CKR_KEY_FUNCTION_NOT_PERMITTED, so the handles are looked up
-/// again and the wrap is tried once more with the version that is active now.
-fn wrap_with_active_kek(hsm: &Hsm, s: &cryptoki::session::Session, ctx: &Ctx, obj: cryptoki::object::ObjectHandle) -> Result<WrappedKey, Fail> {
-    let (version, kek) = ctx.key(hsm, s, Role::Kek, None, ObjectClass::SECRET_KEY)?;
-    match s.wrap_key(&Mechanism::AesKeyWrapPad, kek, obj) {
-        Ok(bytes) => Ok(WrappedKey { kek_version: version, bytes }),
-        Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::KeyFunctionNotPermitted, _)) => {
-            ctx.clear_keys();
-            let (version, kek) = ctx.key(hsm, s, Role::Kek, None, ObjectClass::SECRET_KEY)?;
-            Ok(WrappedKey { kek_version: version, bytes: s.wrap_key(&Mechanism::AesKeyWrapPad, kek, obj)? })
-        }
-        Err(e) => Err(e.into()),
+/// A data key on its way into a wrap: its bytes in process memory, or a sensitive session object
+/// that never left the HSM (a re-wrap between two RFC 5649 KEK versions).
+enum Dk<'a> {
+    Value(&'a [u8]),
+    Object(ObjectHandle),
+}
+
+/// The AAD of the AES-GCM wrap format: a domain string and the KEK version, so that a blob
+/// cannot be passed off as made by another version or for another purpose.
+fn gcm_aad(kek_version: u32) -> Vec<u8> {
+    let mut aad = GCM_DOMAIN.to_vec();
+    aad.extend_from_slice(&kek_version.to_be_bytes());
+    aad
+}
+
+/// AES-GCM wrap format, for modules without RFC 5649 (docs/HSM.md, "AES-GCM wrap format"):
+/// `0x01 || IV (12 bytes, from the HSM's generator) || ciphertext || tag (16 bytes)`, AAD =
+/// "medgate data key/aes-256-gcm/v1" || KEK version (4 bytes, big-endian). Random 96-bit IVs
+/// keep the IV collision probability below 2^-32 for up to 2^32 wraps per KEK version; rotate
+/// the KEK well before that.
+const GCM_FORMAT: u8 = 0x01;
+const GCM_DOMAIN: &[u8] = b"medgate data key/aes-256-gcm/v1";
+const GCM_IV: usize = 12;
+const GCM_TAG: usize = 16;
+
+fn gcm_seal(s: &Session, kek: ObjectHandle, version: u32, value: &[u8]) -> Result<Vec<u8>, Fail> {
+    let mut iv = s.generate_random_vec(GCM_IV as u32)?;
+    let aad = gcm_aad(version);
+    let params = GcmParams::new(&mut iv, &aad, ((GCM_TAG * 8) as u64).into())?;
+    let sealed = s
+        .encrypt(&Mechanism::AesGcm(params), kek, value)
+        .map_err(Fail::with(Role::Kek, "wrap", mechanism_name(CKM_AES_GCM)))?;
+    let mut out = Vec::with_capacity(1 + GCM_IV + sealed.len());
+    out.push(GCM_FORMAT);
+    out.extend_from_slice(&iv);
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+fn gcm_open(s: &Session, kek: ObjectHandle, version: u32, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, Fail> {
+    if blob.len() < 1 + GCM_IV + GCM_TAG + 16 || blob[0] != GCM_FORMAT {
+        return Err(HsmError::Integrity.into());
+    }
+    let mut iv = blob[1..1 + GCM_IV].to_vec();
+    let aad = gcm_aad(version);
+    let params = GcmParams::new(&mut iv, &aad, ((GCM_TAG * 8) as u64).into())?;
+    match s.decrypt(&Mechanism::AesGcm(params), kek, &blob[1 + GCM_IV..]) {
+        Ok(v) => Ok(Zeroizing::new(v)),
+        // SoftHSM reports a failed tag check as a general error.
+        Err(cryptoki::error::Error::Pkcs11(RvError::GeneralError, _)) => Err(HsmError::Integrity.into()),
+        Err(e) => Err(Fail::with(Role::Kek, "unwrap", mechanism_name(CKM_AES_GCM))(e)),
     }
 }
 
-/// SoftHSM reports a failed KWP integrity check as a general error.
-fn unwrap_failure(e: cryptoki::error::Error) -> Fail {
-    match e {
-        cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::GeneralError, _) => Fail::Hsm(HsmError::Integrity),
-        other => Fail::P11(other),
+/// RFC 5649 output for `n` input bytes: the input padded to a multiple of 8, plus 8.
+fn kwp_len(n: usize) -> usize {
+    n.div_ceil(8) * 8 + 8
+}
+
+fn wrap_once(hsm: &Hsm, s: &Session, ctx: &Ctx, dk: &Dk<'_>) -> Result<WrappedKey, Fail> {
+    let (version, kek) = ctx.key(hsm, s, Role::Kek, None, ObjectClass::SECRET_KEY)?;
+    let bytes = match (ctx.kek_scheme(s, kek, version)?, dk) {
+        (KekScheme::Rfc5649 { mechanism }, Dk::Object(obj)) => ctx
+            .raw
+            .wrap_key(s.handle(), mechanism, kek.handle(), obj.handle(), 72)
+            .map_err(Fail::with(Role::Kek, "wrap", mechanism_name(mechanism)))?,
+        (KekScheme::Rfc5649 { mechanism }, Dk::Value(v)) => {
+            let obj = s.create_object(&data_key_template(Some(v)))?;
+            let wrapped = ctx
+                .raw
+                .wrap_key(s.handle(), mechanism, kek.handle(), obj.handle(), kwp_len(v.len()))
+                .map_err(Fail::with(Role::Kek, "wrap", mechanism_name(mechanism)));
+            let destroyed = s.destroy_object(obj);
+            let wrapped = wrapped?;
+            destroyed?;
+            wrapped
+        }
+        (KekScheme::AesGcm, Dk::Value(v)) => gcm_seal(s, kek, version, v)?,
+        (KekScheme::AesGcm, Dk::Object(_)) => {
+            return Err(HsmError::Invalid("a data key held as an HSM object cannot be sealed with AES-GCM".into()).into())
+        }
+    };
+    Ok(WrappedKey { kek_version: version, bytes })
+}
+
+/// Wraps a data key with the active key-encryption key. A rotation (here or by the officer in
+/// another process) clears the create flag of the previous version; a handle cached before it is
+/// then refused with CKR_KEY_FUNCTION_NOT_PERMITTED, so the handles are looked up again and the
+/// wrap is tried once more with the version that is active now.
+fn wrap_with_active_kek(hsm: &Hsm, s: &Session, ctx: &Ctx, dk: Dk<'_>) -> Result<WrappedKey, Fail> {
+    match wrap_once(hsm, s, ctx, &dk) {
+        Err(Fail::P11(cryptoki::error::Error::Pkcs11(RvError::KeyFunctionNotPermitted, _), _)) => {
+            ctx.clear_keys();
+            wrap_once(hsm, s, ctx, &dk)
+        }
+        other => other,
+    }
+}
+
+/// What an unwrap with a KEK version gives: a session object (RFC 5649) or the bytes (AES-GCM).
+enum Unwrapped {
+    Object(ObjectHandle),
+    Value(Zeroizing<Vec<u8>>),
+}
+
+/// Unwraps `wrapped` with the KEK version that made it. `transit`: the session object is made
+/// sensitive, for a key that is only re-wrapped (AES-GCM keys come out as bytes regardless).
+fn unwrap_with_kek(hsm: &Hsm, s: &Session, ctx: &Ctx, wrapped: &WrappedKey, transit: bool) -> Result<Unwrapped, Fail> {
+    let (_, kek) = ctx.key(hsm, s, Role::Kek, Some(wrapped.kek_version), ObjectClass::SECRET_KEY)?;
+    match ctx.kek_scheme(s, kek, wrapped.kek_version)? {
+        KekScheme::Rfc5649 { mechanism } => {
+            let result = if transit {
+                ctx.raw.unwrap_key(s.handle(), mechanism, kek.handle(), &wrapped.bytes, &transit_key_template())
+            } else {
+                unwrap_template_retry(ctx, |t| ctx.raw.unwrap_key(s.handle(), mechanism, kek.handle(), &wrapped.bytes, t))
+            };
+            match result {
+                Ok(h) => Ok(Unwrapped::Object(crate::raw::object_handle(h))),
+                // SoftHSM reports a failed RFC 5649 integrity check as a general error.
+                Err(cryptoki::error::Error::Pkcs11(RvError::GeneralError, _)) => Err(HsmError::Integrity.into()),
+                Err(e) => Err(Fail::with(Role::Kek, "unwrap", mechanism_name(mechanism))(e)),
+            }
+        }
+        KekScheme::AesGcm => Ok(Unwrapped::Value(gcm_open(s, kek, wrapped.kek_version, &wrapped.bytes)?)),
+    }
+}
+
+/// Refuses an operation for a role the token cannot hold, naming module, role and mechanisms.
+fn require(hsm: &Hsm, ctx: &Ctx, role: Role) -> Result<(), Fail> {
+    match ctx.profile.plan(role) {
+        Ok(_) => Ok(()),
+        Err(r) => Err(HsmError::RoleUnsupported { module: hsm.module().to_path_buf(), role, reason: r.to_string() }.into()),
     }
 }
 
@@ -126,73 +263,87 @@ impl Hsm {
             return Err(HsmError::Invalid(format!("{role} keys do not sign")));
         }
         self.run(Op::Sign, 1, true, |s, ctx| {
+            require(self, ctx, role)?;
             let (version, key) = ctx.key(self, s, role, None, ObjectClass::PRIVATE_KEY)?;
-            let raw = s.sign(&Mechanism::Ecdsa, key, digest)?;
+            let raw = s.sign(&Mechanism::Ecdsa, key, digest).map_err(Fail::with(role, "sign", mechanism_name(CKM_ECDSA)))?;
             let der = ecdsa_raw_to_der(&raw)
-                .ok_or_else(|| HsmError::Device(format!("ECDSA signature of {} bytes", raw.len())))?;
+                .ok_or_else(|| HsmError::Device(format!("the module returned an ECDSA signature of {} bytes that is not a P-256 r||s", raw.len())))?;
             Ok(Signature { key_version: version, raw, der })
         })
     }
 
-    /// Wraps a data key (16 to 64 bytes) with the active key-encryption key (CKM_AES_KEY_WRAP_PAD).
+    /// Wraps a data key (16 to 64 bytes) with the active key-encryption key (RFC 5649, or AES-GCM
+    /// on a module without it).
     pub fn wrap_data_key(&self, data_key: &[u8]) -> Result<WrappedKey, HsmError> {
         if !(16..=64).contains(&data_key.len()) {
             return Err(HsmError::Invalid(format!("data key of {} bytes", data_key.len())));
         }
-        // C_CreateObject + C_WrapKey (cryptoki asks for the length, then wraps) + C_DestroyObject
-        self.run(Op::Wrap, 4, true, |s, ctx| {
-            let obj = s.create_object(&data_key_template(Some(data_key)))?;
-            let wrapped = wrap_with_active_kek(self, s, ctx, obj);
-            let destroyed = s.destroy_object(obj);
-            let wrapped = wrapped?;
-            destroyed?;
-            Ok(wrapped)
+        // C_CreateObject + C_WrapKey (one call, pre-sized buffer) + C_DestroyObject
+        self.run(Op::Wrap, 3, true, |s, ctx| {
+            require(self, ctx, Role::Kek)?;
+            wrap_with_active_kek(self, s, ctx, Dk::Value(data_key))
         })
     }
 
-    /// Re-wraps a data key under the active key-encryption key: unwrapped with the version that
-    /// wrapped it into a sensitive session object, wrapped again, the object destroyed. The data
-    /// key never leaves the HSM. A key already under the active version is returned as it is.
-    /// Counted as a wrap. A destroyed or retired KEK version gives `KeyMissing`; an altered blob
-    /// gives `Integrity`.
+    /// Re-wraps a data key under the active key-encryption key. Between two RFC 5649 versions the
+    /// data key never leaves the HSM (unwrapped into a sensitive session object, wrapped again,
+    /// destroyed); with an AES-GCM version it passes through process memory in a zeroizing
+    /// buffer. A key already under the active version is returned as it is. Counted as a wrap.
+    /// A destroyed or retired KEK version gives `KeyMissing`; an altered blob gives `Integrity`.
     pub fn rewrap_data_key(&self, wrapped: &WrappedKey) -> Result<WrappedKey, HsmError> {
-        // C_UnwrapKey + C_WrapKey x2 + C_DestroyObject
-        self.run(Op::Wrap, 4, true, |s, ctx| {
-            let (active, _) = ctx.key(self, s, Role::Kek, None, ObjectClass::SECRET_KEY)?;
+        // C_UnwrapKey + C_WrapKey + C_DestroyObject
+        self.run(Op::Wrap, 3, true, |s, ctx| {
+            require(self, ctx, Role::Kek)?;
+            let (active, active_kek) = ctx.key(self, s, Role::Kek, None, ObjectClass::SECRET_KEY)?;
             if active == wrapped.kek_version {
                 return Ok(wrapped.clone());
             }
-            let (_, old) = ctx.key(self, s, Role::Kek, Some(wrapped.kek_version), ObjectClass::SECRET_KEY)?;
-            let dk = s
-                .unwrap_key(&Mechanism::AesKeyWrapPad, old, &wrapped.bytes, &transit_key_template())
-                .map_err(unwrap_failure)?;
-            let out = wrap_with_active_kek(self, s, ctx, dk);
-            let destroyed = s.destroy_object(dk);
-            let out = out?;
-            destroyed?;
-            Ok(out)
+            let in_hsm = matches!(ctx.kek_scheme(s, active_kek, active)?, KekScheme::Rfc5649 { .. });
+            match unwrap_with_kek(self, s, ctx, wrapped, in_hsm)? {
+                Unwrapped::Object(dk) if in_hsm => {
+                    let out = wrap_with_active_kek(self, s, ctx, Dk::Object(dk));
+                    let destroyed = s.destroy_object(dk);
+                    let out = out?;
+                    destroyed?;
+                    Ok(out)
+                }
+                Unwrapped::Object(dk) => {
+                    let value = take_value(s, dk)?;
+                    wrap_with_active_kek(self, s, ctx, Dk::Value(&value))
+                }
+                Unwrapped::Value(value) => wrap_with_active_kek(self, s, ctx, Dk::Value(&value)),
+            }
         })
     }
 
     /// Unwraps a data key with the version of the key-encryption key that wrapped it. A retired or
-    /// destroyed KEK version gives `KeyMissing`; an altered blob gives `Integrity`.
+    /// destroyed KEK version gives `KeyMissing`; an altered blob gives `Integrity` (or
+    /// `UnwrapFailed` where the module's answer is ambiguous; see [`HsmError::is_integrity`]).
     pub fn unwrap_data_key(&self, wrapped: &WrappedKey) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         // C_UnwrapKey + C_GetAttributeValue + C_DestroyObject
         self.run(Op::Unwrap, 3, true, |s, ctx| {
-            let (_, kek) = ctx.key(self, s, Role::Kek, Some(wrapped.kek_version), ObjectClass::SECRET_KEY)?;
-            let obj = s.unwrap_key(&Mechanism::AesKeyWrapPad, kek, &wrapped.bytes, &data_key_template(None)).map_err(unwrap_failure)?;
-            take_value(s, obj)
+            require(self, ctx, Role::Kek)?;
+            match unwrap_with_kek(self, s, ctx, wrapped, false)? {
+                Unwrapped::Object(obj) => take_value(s, obj),
+                Unwrapped::Value(v) => Ok(v),
+            }
         })
     }
 
     /// Re-wraps a data key for another hospital: unwraps it with this hospital's KEK and wraps
     /// it with the peer's RSA sharing public key (RSA-OAEP, SHA-1 and MGF1-SHA1: what SoftHSM
-    /// 2.6.1 supports). The data key exists only as a short-lived session object in the HSM.
+    /// 2.6.1 supports). With an RFC 5649 KEK the data key exists only as a short-lived session
+    /// object in the HSM.
     pub fn rewrap_for_peer(&self, wrapped: &WrappedKey, peer_modulus: &[u8], peer_exponent: &[u8]) -> Result<Vec<u8>, HsmError> {
         // C_CreateObject (peer key) + C_UnwrapKey + C_WrapKey x2 + C_DestroyObject x2
         self.run(Op::Wrap, 6, true, |s, ctx| {
-            let (_, kek) = ctx.key(self, s, Role::Kek, Some(wrapped.kek_version), ObjectClass::SECRET_KEY)?;
-            let peer = s.create_object(&[
+            require(self, ctx, Role::Kek)?;
+            require(self, ctx, Role::Sharing)?;
+            let dk = match unwrap_with_kek(self, s, ctx, wrapped, false)? {
+                Unwrapped::Object(obj) => obj,
+                Unwrapped::Value(v) => s.create_object(&data_key_template(Some(&v)))?,
+            };
+            let peer = match s.create_object(&[
                 Attribute::Class(ObjectClass::PUBLIC_KEY),
                 Attribute::KeyType(KeyType::RSA),
                 Attribute::Token(false),
@@ -201,18 +352,14 @@ impl Hsm {
                 Attribute::Wrap(true),
                 Attribute::Encrypt(false),
                 Attribute::Verify(false),
-            ])?;
-            let dk = match s.unwrap_key(&Mechanism::AesKeyWrapPad, kek, &wrapped.bytes, &data_key_template(None)) {
-                Ok(k) => k,
+            ]) {
+                Ok(p) => p,
                 Err(e) => {
-                    let _ = s.destroy_object(peer);
-                    return Err(match e {
-                        cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::GeneralError, _) => Fail::Hsm(HsmError::Integrity),
-                        other => Fail::P11(other),
-                    });
+                    let _ = s.destroy_object(dk);
+                    return Err(e.into());
                 }
             };
-            let out = s.wrap_key(&oaep(), peer, dk);
+            let out = s.wrap_key(&oaep(), peer, dk).map_err(Fail::with(Role::Sharing, "wrap for a peer", mechanism_name(CKM_RSA_PKCS_OAEP)));
             let d1 = s.destroy_object(dk);
             let d2 = s.destroy_object(peer);
             let out = out?;
@@ -226,12 +373,11 @@ impl Hsm {
     pub fn unwrap_shared(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         // C_UnwrapKey + C_GetAttributeValue + C_DestroyObject
         self.run(Op::Unwrap, 3, true, |s, ctx| {
+            require(self, ctx, Role::Sharing)?;
             let (_, key) = ctx.key(self, s, Role::Sharing, None, ObjectClass::PRIVATE_KEY)?;
-            let obj = s.unwrap_key(&oaep(), key, blob, &data_key_template(None)).map_err(|e| match e {
-                cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::GeneralError | cryptoki::error::RvError::EncryptedDataInvalid, _) => {
-                    Fail::Hsm(HsmError::Integrity)
-                }
-                other => Fail::P11(other),
+            let obj = unwrap_template_retry(ctx, |t| s.unwrap_key(&oaep(), key, blob, t)).map_err(|e| match e {
+                cryptoki::error::Error::Pkcs11(RvError::GeneralError | RvError::EncryptedDataInvalid, _) => Fail::Hsm(HsmError::Integrity),
+                other => Fail::with(Role::Sharing, "unwrap", mechanism_name(CKM_RSA_PKCS_OAEP))(other),
             })?;
             take_value(s, obj)
         })
@@ -240,8 +386,9 @@ impl Hsm {
     /// HMAC-SHA256 of `data` with the active pseudonym key. Returns the key version and the MAC.
     pub fn pseudonym_hmac(&self, data: &[u8]) -> Result<(u32, [u8; 32]), HsmError> {
         self.run(Op::Hmac, 1, true, |s, ctx| {
+            require(self, ctx, Role::Pseudonym)?;
             let (version, key) = ctx.key(self, s, Role::Pseudonym, None, ObjectClass::SECRET_KEY)?;
-            let mac = s.sign(&Mechanism::Sha256Hmac, key, data)?;
+            let mac = s.sign(&Mechanism::Sha256Hmac, key, data).map_err(Fail::with(Role::Pseudonym, "hmac", mechanism_name(CKM_SHA256_HMAC)))?;
             let mac: [u8; 32] = mac
                 .as_slice()
                 .try_into()
@@ -275,7 +422,7 @@ impl Hsm {
                             _ => {}
                         }
                     }
-                    rsa_spki_der(&n, &e)
+                    rsa_spki_der(&n, &e).map_err(|e| HsmError::Device(format!("the sharing public key: {e}")))?
                 }
                 _ => {
                     let attrs = s.get_attributes(h, &[AttributeType::EcPoint])?;
@@ -296,11 +443,6 @@ impl Hsm {
     pub fn public_key_pem(&self, role: Role, version: Option<u32>) -> Result<(u32, String), HsmError> {
         let (v, der) = self.public_key_der(role, version)?;
         Ok((v, pem("PUBLIC KEY", &der)))
-    }
-
-    /// Which mechanism a role's keys are limited to (for listings and tests).
-    pub fn mechanism_of(role: Role) -> MechanismType {
-        role.mechanism()
     }
 
     pub(crate) fn private_class(role: Role) -> ObjectClass {

@@ -67,6 +67,12 @@ impl Pin {
         Pin(s)
     }
 
+    /// Its length in characters (tokens state PIN lengths in characters or bytes; medgate's
+    /// PINs are ASCII, where both agree).
+    pub(crate) fn len(&self) -> usize {
+        self.0.chars().count()
+    }
+
     pub(crate) fn to_auth(&self) -> cryptoki::types::AuthPin {
         cryptoki::types::AuthPin::from(self.0.as_str())
     }

@@ -27,9 +27,11 @@ use cryptoki::object::{AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 
-use crate::error::{is_connection_lost, map_op_error, HsmError};
+use crate::error::{is_connection_lost, map_op_error, HsmError, OpCtx};
 use crate::keys::{Label, Role};
 use crate::pin::Pin;
+use crate::profile::{KekScheme, Profile};
+use crate::raw::Raw;
 
 const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -66,16 +68,35 @@ fn is_handle_stale(e: &P11Error) -> bool {
 static MODULE_LOCK: Mutex<()> = Mutex::new(());
 
 /// Loads `module` and initialises it, accepting a module another part of the process initialised.
-pub(crate) fn load_module(module: &Path) -> Result<Pkcs11, HsmError> {
+/// Also returns the module's raw function list ([`Raw`]).
+pub(crate) fn load_module(module: &Path) -> Result<(Pkcs11, Raw), HsmError> {
     if !module.is_file() {
         return Err(HsmError::ModuleMissing(module.to_path_buf()));
     }
     let _guard = MODULE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let pkcs11 = Pkcs11::new(module)
         .map_err(|e| HsmError::ModuleLoad { path: module.to_path_buf(), detail: e.to_string() })?;
+    let raw = Raw::load(module).map_err(|detail| HsmError::ModuleLoad { path: module.to_path_buf(), detail })?;
     match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(pkcs11),
+        Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok((pkcs11, raw)),
         Err(e) => Err(HsmError::Init { module: module.to_path_buf(), detail: init_diagnosis(&e) }),
+    }
+}
+
+/// Connections (of any pool in this process) alive per module path.
+static LIVE: Mutex<Vec<(PathBuf, usize)>> = Mutex::new(Vec::new());
+
+fn live_connections(module: &Path) -> usize {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(m, _)| m == module).map_or(0, |(_, n)| *n)
+}
+
+fn count_connection(module: &Path, up: bool) {
+    let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    match live.iter_mut().find(|(m, _)| m == module) {
+        Some((_, n)) if up => *n += 1,
+        Some((_, n)) => *n = n.saturating_sub(1),
+        None if up => live.push((module.to_path_buf(), 1)),
+        None => {}
     }
 }
 
@@ -96,6 +117,15 @@ pub struct HsmConfig {
     pub token_label: String,
     /// Sessions in the pool; size it to the number of worker threads.
     pub pool_size: usize,
+}
+
+/// Choices beyond [`HsmConfig`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HsmOptions {
+    /// Make new KEK versions AES-GCM keys even where the module offers RFC 5649 key wrap. For
+    /// tests of the AES-GCM format on modules that have both, and for sites whose HSM policy
+    /// forbids key-wrapping keys; a KEK version keeps the scheme it was made with.
+    pub kek_aes_gcm: bool,
 }
 
 /// The kinds of operations counted in [`HsmStats`].
@@ -157,14 +187,28 @@ pub struct HsmStats {
     pub login_attempts: u64,
 }
 
-/// One connection to the module: the loaded library, the slot, and the key handles found in it.
-/// Handles are only valid for the connection that found them.
+/// Key handles by (role, version asked for, object class) → (version, handle).
+type KeyCache = HashMap<(Role, Option<u32>, u64), (u32, ObjectHandle)>;
+
+/// One connection to the module: the loaded library, the slot, what the token can do, and the key
+/// handles found in it. Handles are only valid for the connection that found them.
 #[derive(Debug)]
 pub(crate) struct Ctx {
-    pkcs11: Pkcs11,
+    module: PathBuf,
+    pub(crate) pkcs11: Pkcs11,
+    pub(crate) raw: Raw,
     pub(crate) slot: Slot,
+    pub(crate) profile: Arc<Profile>,
     generation: u64,
-    keys: Mutex<HashMap<(Role, Option<u32>, u64), (u32, ObjectHandle)>>,
+    keys: Mutex<KeyCache>,
+    /// How each KEK object (by handle) wraps, read from its attributes once.
+    pub(crate) kek_schemes: Mutex<HashMap<u64, KekScheme>>,
+    /// The last readiness verdict, until the keys change.
+    pub(crate) readiness: Mutex<Option<Vec<crate::profile::RoleStatus>>>,
+    /// Set once the module refused CKA_SENSITIVE=false / CKA_EXTRACTABLE=true in the template of
+    /// an unwrapped data key (openCryptoki: CKR_ATTRIBUTE_READ_ONLY); they are then left to the
+    /// module's defaults.
+    pub(crate) data_key_defaults: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -190,22 +234,31 @@ enum PinRefusal {
 #[derive(Debug)]
 pub struct Hsm {
     cfg: HsmConfig,
+    options: HsmOptions,
     pin: Pin,
     state: Mutex<State>,
     freed: Condvar,
     counters: Counters,
 }
 
-/// Failures inside an operation: either straight from the module, or already typed.
+/// Failures inside an operation: either straight from the module (with what the operation was
+/// doing, when known), or already typed.
 #[derive(Debug)]
 pub(crate) enum Fail {
-    P11(P11Error),
+    P11(P11Error, Option<OpCtx>),
     Hsm(HsmError),
 }
 
 impl From<P11Error> for Fail {
     fn from(e: P11Error) -> Self {
-        Fail::P11(e)
+        Fail::P11(e, None)
+    }
+}
+
+impl Fail {
+    /// Attaches the role, operation and mechanism to a module error.
+    pub(crate) fn with(role: Role, operation: &'static str, mechanism: String) -> impl Fn(P11Error) -> Fail {
+        move |e| Fail::P11(e, Some(OpCtx { role, operation, mechanism: mechanism.clone() }))
     }
 }
 impl From<HsmError> for Fail {
@@ -250,9 +303,15 @@ impl Hsm {
     /// Loads the module, finds the token, logs in and opens the first session. Errors name the
     /// module path, the token label or the SoftHSM configuration that is at fault.
     pub fn open(cfg: HsmConfig, pin: Pin) -> Result<Hsm, HsmError> {
+        Hsm::open_with(cfg, pin, HsmOptions::default())
+    }
+
+    /// As [`Hsm::open`], with [`HsmOptions`].
+    pub fn open_with(cfg: HsmConfig, pin: Pin, options: HsmOptions) -> Result<Hsm, HsmError> {
         let cfg = HsmConfig { pool_size: cfg.pool_size.max(1), ..cfg };
         let hsm = Hsm {
             cfg,
+            options,
             pin,
             state: Mutex::new(State {
                 ctx: None,
@@ -317,16 +376,27 @@ impl Hsm {
     }
 
     fn try_connect(&self, generation: u64) -> Result<(Ctx, Session), HsmError> {
-        let pkcs11 = load_module(&self.cfg.module)?;
-        let slot = find_token(&pkcs11, &self.cfg.token_label)?;
-        let info = pkcs11.get_token_info(slot).map_err(map_op_error)?;
-        if info.user_pin_locked() {
+        let (pkcs11, raw) = load_module(&self.cfg.module)?;
+        let slot = match find_token(&pkcs11, &raw, &self.cfg.module, &self.cfg.token_label) {
+            Ok(slot) => slot,
+            Err(e) => {
+                // Some modules read their token list only at C_Initialize (kryoptic opens its
+                // database then): finalise, so that the next attempt sees a token that came back,
+                // unless another connection of this process is using the module.
+                if live_connections(&self.cfg.module) == 0 {
+                    finalize_module(pkcs11);
+                }
+                return Err(e);
+            }
+        };
+        let info = raw.token_info(slot.id()).map_err(|e| map_op_error(e, None))?;
+        if info.flags & cryptoki_sys::CKF_USER_PIN_LOCKED != 0 {
             return Err(HsmError::PinLocked);
         }
-        if info.user_pin_final_try() {
+        if info.flags & cryptoki_sys::CKF_USER_PIN_FINAL_TRY != 0 {
             return Err(HsmError::PinFinalTry);
         }
-        let session = pkcs11.open_rw_session_no_drop(slot).map_err(map_op_error)?;
+        let session = pkcs11.open_rw_session_no_drop(slot).map_err(|e| map_op_error(e, None))?;
         self.counters.logins.fetch_add(1, Ordering::Relaxed);
         match session.login(UserType::User, Some(&self.pin.to_auth())) {
             Ok(()) | Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
@@ -341,10 +411,43 @@ impl Hsm {
             }
             Err(e) => {
                 let _ = session.close();
-                return Err(map_op_error(e));
+                return Err(map_op_error(e, None));
             }
         }
-        let ctx = Ctx { pkcs11, slot, generation: generation + 1, keys: Mutex::new(HashMap::new()) };
+        let profile = match crate::profile::profile_of(&raw, slot, Some(&session)) {
+            Ok(mut p) => {
+                if self.options.kek_aes_gcm {
+                    p.prefer_aes_gcm_for_kek();
+                }
+                p
+            }
+            Err(e) => {
+                let _ = session.close();
+                return Err(map_op_error(e, None));
+            }
+        };
+        for (role, plan) in &profile.roles {
+            match plan {
+                Ok(p) => tracing::debug!(%role, how = %p.how, "HSM role plan"),
+                Err(r) => tracing::warn!(%role, module = %self.cfg.module.display(), refusal = %r, "this token cannot hold the role"),
+            }
+        }
+        for a in profile.template.adaptations() {
+            tracing::info!(module = %self.cfg.module.display(), adaptation = %a, "key template adapted to the module");
+        }
+        count_connection(&self.cfg.module, true);
+        let ctx = Ctx {
+            module: self.cfg.module.clone(),
+            pkcs11,
+            raw,
+            slot,
+            profile: Arc::new(profile),
+            generation: generation + 1,
+            keys: Mutex::new(HashMap::new()),
+            kek_schemes: Mutex::new(HashMap::new()),
+            readiness: Mutex::new(None),
+            data_key_defaults: std::sync::atomic::AtomicBool::new(false),
+        };
         Ok((ctx, session))
     }
 
@@ -406,7 +509,7 @@ impl Hsm {
                         st = self.lock();
                         continue;
                     }
-                    Err(e) => return Err(map_op_error(e)),
+                    Err(e) => return Err(map_op_error(e, None)),
                 }
             }
             if waited.is_none() {
@@ -466,7 +569,7 @@ impl Hsm {
             let lease = self.lease()?;
             match f(lease.session(), &lease.ctx) {
                 Ok(v) => return Ok(v),
-                Err(Fail::P11(e)) if is_connection_lost(&e) => {
+                Err(Fail::P11(e, _)) if is_connection_lost(&e) => {
                     let generation = lease.ctx.generation;
                     lease.discard();
                     self.reset(generation);
@@ -474,23 +577,28 @@ impl Hsm {
                     last = Some(HsmError::Unavailable(format!("connection lost during {}: {e}", op.name())));
                     attempt += 1;
                 }
-                Err(Fail::P11(e)) if retry && is_handle_stale(&e) && stale < STALE_HANDLE_RETRIES => {
+                Err(Fail::P11(e, _)) if retry && is_handle_stale(&e) && stale < STALE_HANDLE_RETRIES => {
                     lease.ctx.clear_keys();
                     drop(lease);
                     stale += 1;
                     tracing::debug!(op = op.name(), error = %e, stale, "key handle invalid; looking the keys up again");
                     std::thread::sleep(STALE_HANDLE_WAIT);
                 }
-                Err(Fail::P11(e)) => return Err(map_op_error(e)),
+                Err(Fail::P11(e, ctx)) => return Err(map_op_error(e, ctx.as_ref())),
                 Err(Fail::Hsm(e)) => return Err(e),
             }
         }
         Err(last.unwrap_or_else(|| HsmError::Unavailable("no attempt made".into())))
     }
 
-    /// Checks that the HSM answers (C_GetSessionInfo on a pooled session), recovering if needed.
-    pub fn ping(&self) -> Result<(), HsmError> {
-        self.run(Op::Admin, 1, true, |s, _| Ok(s.get_session_info().map(|_| ())?))
+    /// The token's profile: what medgate decided for each role on this module.
+    pub fn profile(&self) -> Result<Arc<Profile>, HsmError> {
+        self.run(Op::Admin, 0, true, |_, ctx| Ok(ctx.profile.clone()))
+    }
+
+    /// The module path, for messages.
+    pub(crate) fn module(&self) -> &Path {
+        &self.cfg.module
     }
 
     /// Forgets cached key handles, so the next operation sees keys rotated by the security officer.
@@ -542,6 +650,12 @@ impl Drop for Hsm {
     }
 }
 
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        count_connection(&self.module, false);
+    }
+}
+
 impl Ctx {
     /// The handle of a key of `role`: the given version, or the active one (`None`). `class` is the
     /// object class wanted (private, public, secret key or certificate). Handles are cached for
@@ -578,16 +692,24 @@ impl Ctx {
 
     pub(crate) fn clear_keys(&self) {
         self.keys.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.kek_schemes.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        *self.readiness.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
 /// Every medgate key object of `class` with its parsed label.
 pub(crate) fn find_keys(hsm: &Hsm, s: &Session, class: ObjectClass) -> Result<Vec<(Label, ObjectHandle)>, Fail> {
+    let found = find_keys_in(s, class)?;
+    hsm.add_calls(3 + found.len() as u64);
+    Ok(found)
+}
+
+/// [`find_keys`] without counting the calls.
+pub(crate) fn find_keys_in(s: &Session, class: ObjectClass) -> Result<Vec<(Label, ObjectHandle)>, Fail> {
     // Token objects only: the data keys that other sessions create and destroy while wrapping
     // are session objects of the same class, and reading the label of one that another thread
     // has just destroyed fails with CKR_OBJECT_HANDLE_INVALID.
     let handles = s.find_objects(&[cryptoki::object::Attribute::Class(class), cryptoki::object::Attribute::Token(true)])?;
-    hsm.add_calls(3 + handles.len() as u64);
     let mut out = Vec::new();
     for h in handles {
         let attrs = s.get_attributes(h, &[AttributeType::Label])?;
@@ -602,16 +724,27 @@ pub(crate) fn find_keys(hsm: &Hsm, s: &Session, class: ObjectClass) -> Result<Ve
     Ok(out)
 }
 
-fn find_token(pkcs11: &Pkcs11, label: &str) -> Result<Slot, HsmError> {
-    let slots = pkcs11.get_slots_with_token().map_err(map_op_error)?;
+/// The slot whose token is labelled `label`. Token information is read field by field
+/// ([`Raw::token_info`]), so a token whose clock cryptoki cannot parse is still found; a slot
+/// whose token information the module cannot give at all is reported with the module's error
+/// rather than skipped, when no other slot has the token.
+pub(crate) fn find_token(pkcs11: &Pkcs11, raw: &Raw, module: &Path, label: &str) -> Result<Slot, HsmError> {
+    let slots = pkcs11.get_slots_with_token().map_err(|e| map_op_error(e, None))?;
+    let mut unreadable = None;
     for slot in slots {
-        if let Ok(info) = pkcs11.get_token_info(slot) {
-            if info.label().trim_end() == label {
-                return Ok(slot);
+        match raw.token_info(slot.id()) {
+            Ok(info) if info.label == label => return Ok(slot),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(module = %module.display(), slot = slot.id(), error = %e, "token information unreadable");
+                unreadable.get_or_insert((slot.id(), e.to_string()));
             }
         }
     }
-    Err(HsmError::TokenMissing(label.to_owned()))
+    match unreadable {
+        Some((slot, detail)) => Err(HsmError::TokenInfo { module: module.to_path_buf(), slot, label: label.to_owned(), detail }),
+        None => Err(HsmError::TokenMissing(label.to_owned())),
+    }
 }
 
 /// Turns the opaque CKR_GENERAL_ERROR that SoftHSM gives for a bad configuration into a message

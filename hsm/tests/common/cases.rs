@@ -1,0 +1,589 @@
+//! The test cases, each a function of the module it runs on; `tests/modules.rs` runs them on
+//! SoftHSM2 and kryoptic, `tests/opencryptoki.rs` those that fit openCryptoki's reduced profile.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use super::{Module, Token};
+use medgate_hsm::{Hsm, HsmError, HsmOptions, Role, RoleStatus, WrappedKey};
+use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_FIXED};
+use sha2::{Digest, Sha256};
+
+fn all_roles(hsm: &Hsm) {
+    for role in Role::ALL {
+        let info = hsm.generate(role).expect("generate");
+        assert_eq!((info.role, info.version, info.active), (role, 1, true));
+    }
+}
+
+/// A tampered wrapped key is an integrity error: SoftHSM says CKR_GENERAL_ERROR (read as
+/// integrity), kryoptic CKR_DEVICE_ERROR, which medgate reports as it is, never as a lost HSM.
+fn assert_tampered(m: Module, err: &HsmError) {
+    assert!(err.is_integrity(), "{m:?}: {err:?}");
+    let text = err.to_string();
+    assert!(text.contains("integrity"), "{text}");
+    assert!(!matches!(err, HsmError::Unavailable(_)), "{text}");
+    if m == Module::Kryoptic {
+        assert!(text.contains("could not unwrap") && text.contains("CKR_DEVICE_ERROR") && text.contains("kek"), "{text}");
+    }
+}
+
+/// The P-256 point from a P-256 SubjectPublicKeyInfo (its last 65 bytes).
+fn point(spki: &[u8]) -> &[u8] {
+    &spki[spki.len() - 65..]
+}
+
+pub fn every_generated_key_is_sensitive_and_never_extractable(m: Module) {
+    let t = Token::on(m, "attrs");
+    let hsm = t.open(2);
+    all_roles(&hsm);
+    let keys = hsm.list_keys().expect("list");
+    assert_eq!(keys.len(), 5, "{keys:?}");
+    let mut ids: Vec<_> = keys.iter().map(|k| k.id_hex.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "every key has its own CKA_ID");
+    for k in &keys {
+        assert!(k.sensitive && k.always_sensitive, "{k:?}");
+        assert!(!k.extractable && k.never_extractable, "{k:?}");
+        assert!(k.can_create && k.active && !k.retired, "{k:?}");
+    }
+    // The same facts as the officer's own tool reports them.
+    let out = Command::new("pkcs11-tool")
+        .args(["--module"])
+        .arg(m.path())
+        .args(["--token-label", "attrs", "-O", "--login", "--pin"])
+        .arg(t.pin_text())
+        .output()
+        .expect("pkcs11-tool (install opensc)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "pkcs11-tool -O failed: {}", String::from_utf8_lossy(&out.stderr));
+    // One block per object: a header line, then indented attribute lines.
+    let mut blocks: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if !line.starts_with(' ') {
+            blocks.push(String::new());
+        }
+        if let Some(b) = blocks.last_mut() {
+            b.push_str(line);
+            b.push('\n');
+        }
+    }
+    blocks.retain(|b| b.starts_with("Private Key") || b.starts_with("Secret Key"));
+    assert_eq!(blocks.len(), 5, "{text}");
+    for b in &blocks {
+        let access = b.lines().find(|l| l.trim_start().starts_with("Access:")).unwrap_or_default();
+        assert!(access.contains("sensitive, always sensitive, never extractable"), "{b}");
+        assert!(!access.contains(" extractable") || access.contains("never extractable"), "{b}");
+    }
+}
+
+pub fn signatures_verify_both_ways_with_standard_tools(m: Module) {
+    let t = Token::on(m, "sign");
+    let hsm = t.open(2);
+    hsm.generate(Role::Ledger).expect("generate");
+    let (_, spki) = hsm.public_key_der(Role::Ledger, None).expect("public key");
+    let (_, pem) = hsm.public_key_pem(Role::Ledger, None).expect("pem");
+    let work = tempfile::tempdir().expect("tmp");
+    let msg = b"ledger batch root";
+    let digest: [u8; 32] = Sha256::digest(msg).into();
+
+    // medgate signature → ring and openssl
+    let sig = hsm.sign_digest(Role::Ledger, &digest).expect("sign");
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point(&spki)).verify(msg, &sig.raw).expect("raw verifies");
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point(&spki)).verify(msg, &sig.der).expect("der verifies");
+    std::fs::write(work.path().join("pub.pem"), &pem).expect("write");
+    std::fs::write(work.path().join("msg"), msg).expect("write");
+    std::fs::write(work.path().join("sig.der"), &sig.der).expect("write");
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify", "pub.pem", "-signature", "sig.der", "msg"])
+        .current_dir(work.path())
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // A signature over another message must not verify.
+    let other: [u8; 32] = Sha256::digest(b"something else").into();
+    let bad = hsm.sign_digest(Role::Ledger, &other).expect("sign");
+    assert!(UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point(&spki)).verify(msg, &bad.raw).is_err());
+
+    // pkcs11-tool signature, selected by CKA_ID → the public key medgate exports
+    let id = hsm.list_keys().expect("list").into_iter().find(|k| k.role == Role::Ledger).expect("ledger").id_hex;
+    std::fs::write(work.path().join("digest"), digest).expect("write");
+    let out = Command::new("pkcs11-tool")
+        .arg("--module")
+        .arg(m.path())
+        .args(["--token-label", "sign", "--login", "--pin"])
+        .arg(t.pin_text())
+        .args(["--sign", "-m", "ECDSA", "--id", &id, "-i", "digest", "-o", "p11sig"])
+        .current_dir(work.path())
+        .output()
+        .expect("pkcs11-tool");
+    assert!(out.status.success(), "pkcs11-tool --sign: {}", String::from_utf8_lossy(&out.stderr));
+    let p11sig = std::fs::read(work.path().join("p11sig")).expect("read");
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point(&spki))
+        .verify(msg, &p11sig)
+        .expect("pkcs11-tool's signature verifies with medgate's exported key");
+}
+
+pub fn data_keys_wrap_unwrap_and_tampering_is_an_integrity_error(m: Module) {
+    let t = Token::on(m, "wrap");
+    let hsm = t.open(2);
+    hsm.generate(Role::Kek).expect("generate");
+    let dk = [7u8; 32];
+    let w = hsm.wrap_data_key(&dk).expect("wrap");
+    assert_eq!(w.kek_version, 1);
+    assert_eq!(w.bytes.len(), 40, "KWP of 32 bytes is 40 bytes");
+    assert_ne!(&w.bytes[..32], &dk[..]);
+    assert_eq!(hsm.unwrap_data_key(&w).expect("unwrap").as_slice(), &dk);
+    let mut bad = w.clone();
+    bad.bytes[5] ^= 1;
+    let err = hsm.unwrap_data_key(&bad).expect_err("tampered");
+    assert_tampered(m, &err);
+    // The KEK may not be used for anything but key wrapping: signing with it is refused.
+    assert!(matches!(hsm.sign_digest(Role::Kek, &[0; 32]), Err(HsmError::Invalid(_))));
+    assert!(hsm.wrap_data_key(&[1u8; 3]).is_err(), "too short");
+}
+
+pub fn rotation_keeps_old_versions_for_unwrap_until_retired(m: Module) {
+    let t = Token::on(m, "rotate");
+    let hsm = t.open(2);
+    hsm.generate(Role::Kek).expect("generate");
+    hsm.generate(Role::Ledger).expect("generate");
+    let dk = [9u8; 32];
+    let old = hsm.wrap_data_key(&dk).expect("wrap v1");
+    assert!(matches!(hsm.generate(Role::Kek), Err(HsmError::Invalid(m)) if m.contains("rotate")));
+
+    let v2 = hsm.rotate(Role::Kek).expect("rotate");
+    assert_eq!((v2.version, v2.active), (2, true));
+    let new = hsm.wrap_data_key(&dk).expect("wrap v2");
+    assert_eq!(new.kek_version, 2);
+    assert_eq!(hsm.unwrap_data_key(&old).expect("old still unwraps").as_slice(), &dk);
+    let keys = hsm.list_keys().expect("list");
+    let v1 = keys.iter().find(|k| k.role == Role::Kek && k.version == 1).expect("v1");
+    assert!(!v1.active && !v1.can_create, "the HSM no longer lets v1 wrap: {v1:?}");
+
+    assert!(matches!(hsm.retire(Role::Kek, 2), Err(HsmError::Invalid(m)) if m.contains("active")));
+    hsm.retire(Role::Kek, 1).expect("retire v1");
+    assert!(matches!(hsm.unwrap_data_key(&old), Err(HsmError::KeyMissing { .. })));
+    let keys = hsm.list_keys().expect("list");
+    assert!(keys.iter().any(|k| k.label == "medgate-kek-v1-retired" && k.retired));
+    assert_eq!(hsm.unwrap_data_key(&new).expect("v2").as_slice(), &dk);
+
+    // Ledger rotation: new signatures use v2, v1's public key stays exportable for verification.
+    hsm.rotate(Role::Ledger).expect("rotate ledger");
+    let sig = hsm.sign_digest(Role::Ledger, &[1; 32]).expect("sign");
+    assert_eq!(sig.key_version, 2);
+    assert_eq!(hsm.public_key_der(Role::Ledger, Some(1)).expect("v1 public").0, 1);
+
+    assert!(matches!(hsm.destroy(Role::Kek, 2), Err(HsmError::Invalid(_))), "active key is protected");
+    assert_eq!(hsm.destroy(Role::Kek, 1).expect("destroy"), 1);
+    assert!(hsm.list_keys().expect("list").iter().all(|k| !(k.role == Role::Kek && k.version == 1)));
+    assert!(matches!(hsm.destroy(Role::Kek, 1), Err(HsmError::KeyMissing { .. })));
+}
+
+pub fn pseudonyms_are_stable_hmacs_and_random_is_random(m: Module) {
+    let t = Token::on(m, "hmac");
+    let hsm = t.open(1);
+    assert!(matches!(hsm.pseudonym_hmac(b"x"), Err(HsmError::KeyMissing { role: Role::Pseudonym, .. })));
+    hsm.generate(Role::Pseudonym).expect("generate");
+    let (v, a) = hsm.pseudonym_hmac(b"urn:oid:1.2.3|12345").expect("hmac");
+    let (_, b) = hsm.pseudonym_hmac(b"urn:oid:1.2.3|12345").expect("hmac");
+    let (_, c) = hsm.pseudonym_hmac(b"urn:oid:1.2.3|12346").expect("hmac");
+    assert_eq!((v, a), (1, b));
+    assert_ne!(a, c);
+    let r1 = hsm.random(32).expect("random");
+    let r2 = hsm.random(32).expect("random");
+    assert_eq!(r1.len(), 32);
+    assert_ne!(r1, r2);
+}
+
+pub fn wrong_pin_is_reported_and_not_retried(m: Module) {
+    let t = Token::on(m, "wrongpin");
+    let dir = tempfile::tempdir().expect("tmp");
+    let pin_path = dir.path().join("pin");
+    // Eight characters: a length every module takes (openCryptoki: 4 to 8, kryoptic: 8 or more).
+    std::fs::write(&pin_path, "00000000\n").expect("write");
+    std::fs::set_permissions(&pin_path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let wrong = medgate_hsm::Pin::from_file(&pin_path).expect("pin");
+    let err = Hsm::open(t.config(2), wrong).expect_err("wrong PIN");
+    assert!(matches!(err, HsmError::WrongPin), "{err}");
+    assert!(err.to_string().contains("rejected the user PIN"), "{err}");
+    // The right PIN still works: one failed attempt did not lock the token.
+    let hsm = t.open(1);
+    hsm.generate(Role::Pseudonym).expect("generate");
+}
+
+pub fn missing_module_and_missing_token_are_named(m: Module) {
+    let t = Token::on(m, "missing");
+    let mut cfg = t.config(1);
+    cfg.module = "/nonexistent/libpkcs11.so".into();
+    let err = Hsm::open(cfg, t.pin()).expect_err("no module");
+    assert!(err.to_string().contains("/nonexistent/libpkcs11.so"), "{err}");
+    let mut cfg = t.config(1);
+    cfg.token_label = "no-such-token".into();
+    let err = Hsm::open(cfg, t.pin()).expect_err("no token");
+    assert!(err.to_string().contains("no-such-token"), "{err}");
+}
+
+pub fn pool_serves_many_threads_with_bounded_sessions(m: Module) {
+    let t = Token::on(m, "pool");
+    let hsm = Arc::new(t.open(2));
+    hsm.generate(Role::Kek).expect("generate");
+    hsm.generate(Role::Ledger).expect("generate");
+    let threads: Vec<_> = (0..6u8)
+        .map(|i| {
+            let hsm = hsm.clone();
+            std::thread::spawn(move || {
+                for j in 0..50u8 {
+                    let dk = [i ^ j; 32];
+                    let w: WrappedKey = hsm.wrap_data_key(&dk).expect("wrap");
+                    assert_eq!(hsm.unwrap_data_key(&w).expect("unwrap").as_slice(), &dk);
+                    hsm.sign_digest(Role::Ledger, &[j; 32]).expect("sign");
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().expect("thread");
+    }
+    let stats = hsm.stats();
+    let ops: u64 = stats.ops.iter().filter(|(k, _)| ["wrap", "unwrap", "sign"].contains(k)).map(|(_, n)| n).sum();
+    assert_eq!(ops, 6 * 50 * 3);
+    assert!(stats.pool_waits > 0, "six threads on two sessions must have waited: {stats:?}");
+    assert_eq!(stats.errors.iter().map(|(_, n)| n).sum::<u64>(), 0, "{stats:?}");
+}
+
+pub fn tls_signing_key_signs_inside_the_hsm(m: Module) {
+    use rustls::sign::SigningKey;
+    let t = Token::on(m, "tls");
+    let hsm = Arc::new(t.open(1));
+    hsm.generate(Role::Tls).expect("generate");
+    let key = medgate_hsm::tls::HsmSigningKey::new(hsm.clone()).expect("signing key");
+    assert!(key.choose_scheme(&[rustls::SignatureScheme::ED25519]).is_none());
+    let signer = key.choose_scheme(&[rustls::SignatureScheme::ECDSA_NISTP256_SHA256]).expect("p256");
+    let sig = signer.sign(b"transcript").expect("sign");
+    let spki = key.public_key().expect("spki");
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point(spki.as_ref())).verify(b"transcript", &sig).expect("verifies");
+}
+
+pub fn a_data_key_rewrapped_for_a_sharing_key_unwraps_to_the_same_bytes(m: Module) {
+    let t = Token::on(m, "sharing");
+    let hsm = t.open(1);
+    hsm.generate(Role::Kek).expect("kek");
+    hsm.generate(Role::Sharing).expect("sharing");
+    let dk = [0x5au8; 32];
+    let wrapped = hsm.wrap_data_key(&dk).expect("wrap");
+    let (_, spki) = hsm.public_key_der(Role::Sharing, None).expect("sharing public key");
+    let (n, e) = medgate_hsm::rsa_spki_parts(&spki).expect("RSA SPKI");
+    assert_eq!(n.len(), 384, "RSA-3072");
+    let blob = hsm.rewrap_for_peer(&wrapped, &n, &e).expect("rewrap");
+    assert_eq!(blob.len(), 384);
+    assert!(!blob.windows(32).any(|w| w == dk), "the data key travels encrypted");
+    assert_eq!(hsm.unwrap_shared(&blob).expect("unwrap").as_slice(), &dk);
+    let mut bad = blob.clone();
+    bad[10] ^= 1;
+    let err = hsm.unwrap_shared(&bad).expect_err("an altered blob");
+    assert!(err.is_integrity(), "an altered blob is an integrity error: {err:?}");
+}
+
+pub fn the_shared_pseudonym_key_imports_once_and_gives_the_same_pseudonyms(m: Module) {
+    let t = Token::on(m, "pseudoimport");
+    let hsm = t.open(1);
+    let info = hsm.import_pseudonym_key(&[7u8; 32]).expect("import");
+    assert_eq!(info.version, 1);
+    let (_, mac) = hsm.pseudonym_hmac(b"urn:oid:1.2|42").expect("hmac");
+    // HMAC-SHA256 with key 0x07 * 32, computed in process: the same key gives the same pseudonym.
+    let expected = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7u8; 32]), b"urn:oid:1.2|42");
+    assert_eq!(mac.as_slice(), expected.as_ref());
+    assert!(hsm.import_pseudonym_key(&[8u8; 32]).is_err(), "a second import must be refused");
+    let keys = hsm.list_keys().expect("list");
+    let k = keys.iter().find(|k| k.role == Role::Pseudonym).expect("listed");
+    assert!(k.sensitive && !k.extractable, "{k:?}");
+}
+
+pub fn rewrap_moves_a_data_key_to_the_active_kek_so_the_old_version_can_be_destroyed(m: Module) {
+    let t = Token::on(m, "rewrap");
+    let hsm = t.open(2);
+    hsm.generate(Role::Kek).expect("generate");
+    let dk = [0x3cu8; 32];
+    let v1 = hsm.wrap_data_key(&dk).expect("wrap");
+    assert_eq!(v1.kek_version, 1);
+    // Under the active version already: nothing to do, no HSM work.
+    assert_eq!(hsm.rewrap_data_key(&v1).expect("rewrap"), v1);
+
+    assert_eq!(hsm.rotate(Role::Kek).expect("rotate").version, 2);
+    let v2 = hsm.rewrap_data_key(&v1).expect("rewrap");
+    assert_eq!(v2.kek_version, 2);
+    assert_ne!(v2.bytes, v1.bytes);
+    assert!(!v2.bytes.windows(32).any(|w| w == dk), "the data key stays wrapped");
+    assert_eq!(hsm.unwrap_data_key(&v2).expect("unwrap").as_slice(), &dk);
+
+    let mut bad = v1.clone();
+    bad.bytes[3] ^= 1;
+    assert_tampered(m, &hsm.rewrap_data_key(&bad).expect_err("tampered"));
+
+    assert_eq!(hsm.destroy(Role::Kek, 1).expect("destroy v1"), 1);
+    assert!(matches!(hsm.unwrap_data_key(&v1), Err(HsmError::KeyMissing { role: Role::Kek, .. })));
+    assert!(matches!(hsm.rewrap_data_key(&v1), Err(HsmError::KeyMissing { role: Role::Kek, .. })));
+    assert_eq!(hsm.unwrap_data_key(&v2).expect("still readable under v2").as_slice(), &dk);
+}
+
+pub fn wraps_keep_working_while_the_kek_rotates_under_them(m: Module) {
+    let t = Token::on(m, "rotatewhilewrapping");
+    // Two pools on one token: `other` rotates (as the officer's console would), so `hsm` keeps a
+    // cached handle of a version that may no longer wrap.
+    let hsm = Arc::new(t.open(2));
+    let other = t.open(1);
+    hsm.generate(Role::Kek).expect("generate");
+    assert_eq!(hsm.wrap_data_key(&[1u8; 32]).expect("wrap").kek_version, 1);
+    assert_eq!(other.rotate(Role::Kek).expect("rotate").version, 2);
+    let w = hsm.wrap_data_key(&[2u8; 32]).expect("a wrap after a rotation elsewhere still works");
+    assert_eq!(w.kek_version, 2, "and uses the version that is active now");
+
+    // Rotations in the pool itself while threads wrap: no wrap fails, every key unwraps.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..2u8)
+        .map(|i| {
+            let (hsm, stop) = (hsm.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 50 {
+                    let dk = [i.wrapping_add(n as u8); 32];
+                    let w = hsm.wrap_data_key(&dk).expect("wrap during rotation");
+                    assert_eq!(hsm.unwrap_data_key(&w).expect("unwrap").as_slice(), &dk);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        hsm.rotate(Role::Kek).expect("rotate");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for th in threads {
+        assert!(th.join().expect("thread") >= 50);
+    }
+    assert_eq!(hsm.wrap_data_key(&[9u8; 32]).expect("wrap").kek_version, 5);
+}
+
+pub fn readiness_and_the_probe_report_follow_the_keys(m: Module) {
+    let t = Token::on(m, "ready");
+    let hsm = t.open(1);
+    let before = hsm.readiness().expect("readiness");
+    assert!(before.iter().all(|s| matches!(s, RoleStatus::NoKey { .. })), "{before:?}");
+    hsm.ping().expect("no keys yet is not a failure");
+    all_roles(&hsm);
+    hsm.ping().expect("every role ready");
+    let kek = match m {
+        Module::Kryoptic => "CKM_AES_KEY_WRAP_KWP (0x210b)",
+        _ => "CKM_AES_KEY_WRAP_PAD (0x210a)",
+    };
+    let after = hsm.readiness().expect("readiness");
+    assert_eq!(after.len(), 5);
+    for s in &after {
+        let RoleStatus::Ready { role, version, mechanism } = s else { panic!("{s:?}") };
+        assert_eq!(*version, 1);
+        let want = match role {
+            Role::Ledger | Role::Tls => "CKM_ECDSA (0x1041)",
+            Role::Kek => kek,
+            Role::Sharing => "CKM_RSA_PKCS_OAEP (0x9)",
+            Role::Pseudonym => "CKM_SHA256_HMAC (0x251)",
+        };
+        assert_eq!(mechanism, want, "{role}");
+    }
+    let report = hsm.probe_report().expect("probe");
+    assert!(report.refusals().is_empty(), "{:?}", report.refusals());
+    let text = report.to_string();
+    assert!(text.contains(&format!("token \"{}\"", t.label)), "{text}");
+    assert!(text.contains("key templates: full"), "{text}");
+    assert!(text.contains(&format!("v1 ready ({kek})")), "{text}");
+    for role in Role::ALL {
+        assert!(text.lines().any(|l| l.trim_start().starts_with(role.as_str()) && l.contains(" yes ")), "{role}: {text}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("JSON");
+    let roles = json["roles"].as_array().expect("roles");
+    assert_eq!(roles.len(), 5);
+    assert!(roles.iter().all(|r| r["supported"] == true && r["key"]["state"] == "ready"), "{json}");
+    assert_eq!(json["template"]["allowed_mechanisms"]["status"], "accepted");
+    let slot = json["token_slot"].as_u64().expect("slot");
+    let ours = json["slots"].as_array().expect("slots").iter().find(|s| s["id"] == slot).expect("our slot");
+    assert!(ours["mechanisms"].as_array().expect("mechanisms").iter().any(|x| x["name"] == kek && x["flags"].as_array().is_some_and(|f| f.contains(&"wrap".into()))), "{ours}");
+}
+
+pub fn aes_gcm_wrapping_round_trips_and_detects_tampering(m: Module) {
+    let t = Token::on(m, "gcm");
+    let hsm = Hsm::open_with(t.config(1), t.pin(), HsmOptions { kek_aes_gcm: true }).expect("open");
+    hsm.generate(Role::Kek).expect("generate");
+    hsm.generate(Role::Sharing).expect("sharing");
+    let status = hsm.readiness().expect("readiness");
+    assert!(status.contains(&RoleStatus::Ready { role: Role::Kek, version: 1, mechanism: "CKM_AES_GCM (0x1087)".into() }), "{status:?}");
+    let dk = [0x42u8; 32];
+    let w = hsm.wrap_data_key(&dk).expect("wrap");
+    assert_eq!(w.bytes.len(), 1 + 12 + 32 + 16, "format byte, IV, ciphertext, tag");
+    assert_eq!(w.bytes[0], 1);
+    assert!(!w.bytes.windows(32).any(|x| x == dk));
+    assert_ne!(hsm.wrap_data_key(&dk).expect("wrap").bytes, w.bytes, "a fresh IV each time");
+    assert_eq!(hsm.unwrap_data_key(&w).expect("unwrap").as_slice(), &dk);
+    for at in [0, 5, 20, w.bytes.len() - 1] {
+        let mut bad = w.clone();
+        bad.bytes[at] ^= 1;
+        let err = hsm.unwrap_data_key(&bad).expect_err("tampered");
+        assert!(err.is_integrity(), "byte {at}: {err:?}");
+    }
+    // The KEK version is bound in the AAD: the same blob claimed for another version fails.
+    hsm.rotate(Role::Kek).expect("rotate");
+    let relabelled = WrappedKey { kek_version: 2, bytes: w.bytes.clone() };
+    assert!(hsm.unwrap_data_key(&relabelled).expect_err("wrong version").is_integrity());
+    assert_eq!(hsm.unwrap_data_key(&w).expect("v1 still unwraps").as_slice(), &dk);
+    let v2 = hsm.rewrap_data_key(&w).expect("rewrap");
+    assert_eq!(v2.kek_version, 2);
+    assert_eq!(hsm.unwrap_data_key(&v2).expect("v2").as_slice(), &dk);
+    // Sharing works from an AES-GCM KEK too.
+    let (_, spki) = hsm.public_key_der(Role::Sharing, None).expect("spki");
+    let (n, e) = medgate_hsm::rsa_spki_parts(&spki).expect("rsa");
+    let blob = hsm.rewrap_for_peer(&v2, &n, &e).expect("rewrap for peer");
+    assert_eq!(hsm.unwrap_shared(&blob).expect("unwrap shared").as_slice(), &dk);
+}
+
+/// A KEK restricted to a mechanism medgate cannot use on this module, as an older medgate made
+/// one on kryoptic (CKM_AES_KEY_WRAP_PAD, which kryoptic lacks): readiness turns red and says
+/// why, wraps fail naming the role and the mechanism, a rotation on this module repairs it.
+pub fn a_kek_the_module_cannot_use_turns_readiness_red_until_rotated(m: Module) {
+    use cryptoki::mechanism::{Mechanism, MechanismType};
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    let t = Token::on(m, "legacykek");
+    let hsm = t.open(1);
+    // Made directly through PKCS#11: medgate itself no longer makes such a key.
+    let restricted = match m {
+        Module::Kryoptic => MechanismType::AES_KEY_WRAP_PAD,
+        _ => MechanismType::AES_KEY_WRAP,
+    };
+    {
+        let p = cryptoki::context::Pkcs11::new(m.path()).expect("load");
+        let _ = p.initialize(cryptoki::context::CInitializeArgs::new(cryptoki::context::CInitializeFlags::OS_LOCKING_OK));
+        let slot = p
+            .get_slots_with_token()
+            .expect("slots")
+            .into_iter()
+            .find(|s| p.get_token_info(*s).map(|i| i.label().trim_end() == t.label).unwrap_or(false))
+            .expect("token");
+        let s = p.open_rw_session(slot).expect("session");
+        let _ = s.login(cryptoki::session::UserType::User, Some(&cryptoki::types::AuthPin::from(t.pin_text())));
+        s.generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Wrap(true),
+                Attribute::Unwrap(true),
+                Attribute::Label(b"medgate-kek-v1".to_vec()),
+                Attribute::Id(vec![7; 16]),
+                Attribute::AllowedMechanisms(vec![restricted]),
+            ],
+        )
+        .expect("legacy KEK");
+    }
+    hsm.refresh_keys();
+    let err = hsm.ping().expect_err("readiness must be red");
+    let text = err.to_string();
+    assert!(matches!(err, HsmError::KeyUnusable { role: Role::Kek, .. }), "{err:?}");
+    assert!(text.contains("kek") && text.contains(&format!("(0x{:x})", u64::from(restricted))) && text.contains("rotate"), "{text}");
+    let err = hsm.wrap_data_key(&[1u8; 32]).expect_err("cannot wrap");
+    assert!(err.to_string().contains("kek") && err.to_string().contains("CKA_ALLOWED_MECHANISMS"), "{err}");
+    assert_eq!(hsm.rotate(Role::Kek).expect("rotate").version, 2);
+    hsm.ping().expect("green after the rotation");
+    assert_eq!(hsm.wrap_data_key(&[1u8; 32]).expect("wrap").kek_version, 2);
+}
+
+/// openCryptoki 3.8's soft token has no elliptic curves and neither RFC 5649 nor AES-GCM: the
+/// ledger, tls and kek roles are refused with an error naming the module, the role and the
+/// mechanisms, before anything is created; the sharing and pseudonym keys work, with the
+/// template attributes the module rejects left out.
+pub fn opencryptoki_refuses_ledger_tls_and_kek_and_holds_the_rest(m: Module) {
+    let t = Token::on(m, "any");
+    let hsm = t.open(1);
+    for (role, mechanism) in [(Role::Ledger, "CKM_EC_KEY_PAIR_GEN (0x1040)"), (Role::Tls, "CKM_ECDSA (0x1041)"), (Role::Kek, "CKM_AES_KEY_WRAP_KWP (0x210b)")] {
+        let err = hsm.generate(role).expect_err("refused");
+        assert!(matches!(err, HsmError::RoleUnsupported { role: r, .. } if r == role), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("libopencryptoki.so") && text.contains(&format!("the {role} key")) && text.contains(mechanism), "{text}");
+    }
+    assert!(matches!(hsm.sign_digest(Role::Ledger, &[0; 32]), Err(HsmError::RoleUnsupported { role: Role::Ledger, .. })));
+    assert!(matches!(hsm.wrap_data_key(&[0; 32]), Err(HsmError::RoleUnsupported { role: Role::Kek, .. })));
+    assert!(hsm.list_keys().expect("list").is_empty(), "nothing was created");
+    assert!(matches!(hsm.ping(), Err(HsmError::RoleUnsupported { .. })), "readiness is red: the gateway needs every role");
+
+    hsm.generate(Role::Pseudonym).expect("pseudonym");
+    hsm.generate(Role::Sharing).expect("sharing");
+    for k in hsm.list_keys().expect("list") {
+        assert!(k.sensitive && k.always_sensitive && !k.extractable && k.never_extractable && k.can_create, "{k:?}");
+    }
+    let report = hsm.probe_report().expect("probe");
+    let text = report.to_string();
+    for attr in ["CKA_ALLOWED_MECHANISMS left out", "CKA_COPYABLE left out", "CKA_DESTROYABLE left out"] {
+        assert!(text.contains(attr), "{text}");
+    }
+    assert!(report.problems.iter().any(|p| p.contains("cryptoki cannot parse the token information")), "{:?}", report.problems);
+    let refused: Vec<Role> = report.refusals().iter().filter_map(|e| match e {
+        HsmError::RoleUnsupported { role, .. } => Some(*role),
+        _ => None,
+    }).collect();
+    assert_eq!(refused, vec![Role::Ledger, Role::Tls, Role::Kek]);
+    let sharing = report.roles.iter().find(|r| r.role == Role::Sharing).expect("sharing");
+    assert!(sharing.also_admitted.iter().any(|x| x.contains("CKM_RSA_PKCS (0x1)")), "{sharing:?}");
+}
+
+/// A sharing key on one module receives a data key re-wrapped by a KEK on SoftHSM: the roles
+/// openCryptoki cannot hold stay on another module.
+pub fn a_sharing_key_receives_data_keys_from_a_kek_on_another_module(m: Module) {
+    let receiver_token = Token::on(m, "probe");
+    let receiver = receiver_token.open(1);
+    receiver.generate(Role::Sharing).expect("sharing");
+    let sender_token = Token::on(Module::SoftHsm, if m == Module::OpenCryptoki { "peer" } else { "peer2" });
+    let sender = sender_token.open(1);
+    sender.generate(Role::Kek).expect("kek");
+    let dk = [0x77u8; 32];
+    let wrapped = sender.wrap_data_key(&dk).expect("wrap");
+    let (_, spki) = receiver.public_key_der(Role::Sharing, None).expect("spki");
+    let (n, e) = medgate_hsm::rsa_spki_parts(&spki).expect("rsa");
+    let blob = sender.rewrap_for_peer(&wrapped, &n, &e).expect("rewrap for the other module");
+    assert_eq!(receiver.unwrap_shared(&blob).expect("unwrap").as_slice(), &dk);
+    let mut bad = blob.clone();
+    bad[7] ^= 1;
+    let err = receiver.unwrap_shared(&bad).expect_err("tampered");
+    assert!(err.is_integrity(), "{err:?}");
+}
+
+
+/// `medgate keys probe` on openCryptoki: the token is found although cryptoki cannot parse its
+/// token information (reported, not skipped), and the roles it cannot hold are refused.
+pub fn opencryptoki_probe_reports_the_reduced_profile(m: Module) {
+    let t = Token::on(m, "any");
+    let report = medgate_hsm::probe(&m.path(), &t.label, Some(&t.pin())).expect("probe");
+    println!("{report}");
+    assert_eq!(report.token_slot, Some(common_ock_slot()));
+    let slot = report.slots.iter().find(|s| Some(s.id) == report.token_slot).expect("slot");
+    let token = slot.token.as_ref().expect("token info read field by field");
+    assert_eq!(token.label, t.label);
+    assert!(token.parse_error.as_deref().is_some_and(|e| e.contains("cryptoki cannot parse")), "{token:?}");
+    assert_eq!((token.min_pin_len, token.max_pin_len), (4, 8));
+    let refused: Vec<Role> = report.roles.iter().filter(|r| !r.supported).map(|r| r.role).collect();
+    assert_eq!(refused, vec![Role::Ledger, Role::Tls, Role::Kek]);
+    let ledger = &report.roles[0];
+    assert!(ledger.refusal.as_deref().is_some_and(|r| r.contains("libopencryptoki.so") && r.contains("no elliptic-curve mechanisms")), "{ledger:?}");
+    assert_eq!(report.refusals().len(), 3);
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("json");
+    assert_eq!(json["template"]["copyable"]["status"], "rejected");
+    assert_eq!(json["template"]["copyable"]["detail"], "CKR_ATTRIBUTE_TYPE_INVALID");
+}
+
+fn common_ock_slot() -> u64 {
+    super::OCK_SLOT
+}
