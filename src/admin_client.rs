@@ -64,3 +64,46 @@ async fn send(addr: SocketAddr, method: &str, path: &str, body: Bytes) -> Result
     driver.abort();
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use std::io::{Read as _, Write as _};
+
+    /// A one-shot HTTP server on loopback that answers `answer` and hands back the request head.
+    fn serve_once(answer: &'static [u8]) -> (std::net::SocketAddr, std::thread::JoinHandle<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).unwrap();
+                head.push(byte[0]);
+            }
+            s.write_all(answer).unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        (addr, server)
+    }
+
+    #[test]
+    fn chunked_answers_are_decoded_and_changes_carry_the_admin_header() {
+        let (addr, server) = serve_once(b"HTTP/1.1 409 Conflict\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n6\r\nnot a \r\n7\r\nmember\n\r\n0\r\n\r\n");
+        assert_eq!(super::request(addr, "POST", "/consortium/proposals/ab/approve", b"").unwrap(), (409, "not a member\n".to_owned()));
+        let head = server.join().unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("post /consortium/proposals/ab/approve http/1.1\r\n"), "{head}");
+        assert!(head.contains("x-medgate-admin: cli\r\n"), "{head}");
+    }
+
+    #[test]
+    fn works_from_inside_an_async_runtime_and_reports_a_dead_listener() {
+        let (addr, server) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        assert_eq!(rt.block_on(async { super::get(addr, "/healthz") }).unwrap(), (200, "ok\n".to_owned()));
+        server.join().unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        assert!(super::get(closed, "/healthz").is_err());
+    }
+}

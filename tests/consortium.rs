@@ -56,7 +56,7 @@ fn consortium_with(name: &str, sharing: bool) -> Consortium {
             MemberCard::from_files(&s.hospital, &s.ledger_public_key, 1, sharing.then_some(sharing_key.as_path()), sharing.then_some(*peer)).unwrap()
         })
         .collect();
-    let genesis = Genesis::new(&format!("test consortium {name}"), &medgate_gateway::clock::now_rfc3339(), cards).unwrap().to_bytes();
+    let genesis = Genesis::new(&format!("test consortium {name}"), &medgate_gateway::clock::now_rfc3339(), cards).unwrap().to_bytes().unwrap();
     let mut c = Consortium { etcd, gws: Vec::new(), ca, name: name.to_owned(), genesis, pseudonym_key };
     for ((site, dir), peer) in sites.into_iter().zip(&peers) {
         configure(&c, &site, sharing.then_some(*peer));

@@ -178,16 +178,16 @@ impl Genesis {
 
     /// Writes the document (mode 0644: it holds public keys only); returns its hash.
     pub fn write(&self, path: &Path) -> Result<[u8; 32], String> {
-        let bytes = self.to_bytes();
+        let bytes = self.to_bytes()?;
         std::fs::write(path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Sha256::digest(&bytes).into())
     }
 
-    /// Pretty JSON, as `medgate consortium genesis` writes it.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+    /// Pretty JSON, as `medgate consortium genesis` writes it (never an empty document).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        let mut v = serde_json::to_vec_pretty(self).map_err(|e| format!("genesis: {e}"))?;
         v.push(b'\n');
-        v
+        Ok(v)
     }
 }
 
@@ -673,8 +673,8 @@ mod tests {
         let g = Genesis { consortium: "c".into(), created: "x".into(), members: vec![] };
         assert!(g.check().is_err());
         let g = Genesis { consortium: "c".into(), created: "x".into(), members: vec![card("a")] };
-        let (parsed, hash) = Genesis::parse(&g.to_bytes()).unwrap();
+        let (parsed, hash) = Genesis::parse(&g.to_bytes().unwrap()).unwrap();
         assert_eq!(parsed, g);
-        assert_eq!(hash, <[u8; 32]>::from(Sha256::digest(g.to_bytes())));
+        assert_eq!(hash, <[u8; 32]>::from(Sha256::digest(g.to_bytes().unwrap())));
     }
 }

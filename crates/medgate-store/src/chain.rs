@@ -542,7 +542,7 @@ mod membership_rules {
     fn store() -> ChainStore {
         let s = ChainStore::open(&Db::temporary().unwrap()).unwrap();
         let g = Genesis::new("c", "2026-01-01T00:00:00Z", vec![card("a"), card("b"), card("c")]).unwrap();
-        let bytes = g.to_bytes();
+        let bytes = g.to_bytes().unwrap();
         let (_, hash) = Genesis::parse(&bytes).unwrap();
         s.adopt_genesis(&g, hash, &bytes).unwrap();
         s
