@@ -52,18 +52,7 @@ pub fn parse_transaction(body: &[u8]) -> Result<Vec<DocumentSubmission>, FhirErr
     };
 
     let kinds = classify_entries(&entries)?;
-    let mut full_urls: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        // Checked by classify_entries: every entry is an object with a string fullUrl.
-        if let Some(url) = entry.get("fullUrl").and_then(Value::as_str) {
-            if full_urls.insert(url, i).is_some() {
-                return Err(FhirError::invalid(
-                    child(&item("Bundle.entry", i), "fullUrl"),
-                    "repeats the fullUrl of an earlier entry; each entry needs its own",
-                ));
-            }
-        }
-    }
+    let full_urls = index_full_urls(&entries)?;
 
     // Validate every DocumentReference and resolve its bytes, borrowing the entries.
     let mut referenced_by: Vec<Option<usize>> = vec![None; entries.len()];
@@ -79,40 +68,17 @@ pub fn parse_transaction(body: &[u8]) -> Result<Vec<DocumentSubmission>, FhirErr
         let data = match draft.source {
             Source::Inline(data) => decode_document(data, &child(&attachment_at, "data"))?,
             Source::Url(url) => {
-                let url_at = child(&attachment_at, "url");
-                let j = match full_urls.get(url) {
-                    Some(&j) if kinds[j] == Kind::Binary => j,
-                    Some(_) => {
-                        return Err(FhirError::invalid(
-                            url_at,
-                            "references an entry that is not a Binary; it must equal the fullUrl of the Binary entry holding the document",
-                        ))
-                    }
-                    None => {
-                        return Err(FhirError::invalid(
-                            url_at,
-                            "references no entry of this Bundle; it must equal the fullUrl of the Binary entry holding the document (e.g. urn:uuid:...)",
-                        ))
-                    }
-                };
+                let j = referenced_binary(url, &kinds, &full_urls, &attachment_at)?;
                 if let Some(first) = referenced_by[j] {
                     return Err(FhirError::invalid(
-                        url_at,
+                        child(&attachment_at, "url"),
                         format!(
                             "references the same Binary as Bundle.entry[{first}]; each DocumentReference needs its own Binary"
                         ),
                     ));
                 }
                 referenced_by[j] = Some(i);
-                let binary_at = child(&item("Bundle.entry", j), "resource");
-                let binary = read_binary(entry_resource(&entries[j], &binary_at)?, &binary_at)?;
-                if mime_essence(binary.content_type) != mime_essence(draft.content_type) {
-                    return Err(FhirError::invalid(
-                        child(&attachment_at, "contentType"),
-                        format!("does not match {binary_at}.contentType of the Binary it references"),
-                    ));
-                }
-                decode_document(binary.data, &child(&binary_at, "data"))?
+                binary_document(&entries[j], j, draft.content_type, &attachment_at)?
             }
         };
         check_declared_size(draft.declared_size, data.len(), &attachment_at)?;
@@ -141,6 +107,52 @@ pub fn parse_transaction(body: &[u8]) -> Result<Vec<DocumentSubmission>, FhirErr
             submission
         })
         .collect())
+}
+
+/// Each entry's `fullUrl`, which must be unique, to its index.
+fn index_full_urls(entries: &[Value]) -> Result<HashMap<&str, usize>, FhirError> {
+    let mut full_urls: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        // Checked by classify_entries: every entry is an object with a string fullUrl.
+        if let Some(url) = entry.get("fullUrl").and_then(Value::as_str) {
+            if full_urls.insert(url, i).is_some() {
+                return Err(FhirError::invalid(
+                    child(&item("Bundle.entry", i), "fullUrl"),
+                    "repeats the fullUrl of an earlier entry; each entry needs its own",
+                ));
+            }
+        }
+    }
+    Ok(full_urls)
+}
+
+/// The index of the Binary entry an attachment's `url` names.
+fn referenced_binary(url: &str, kinds: &[Kind], full_urls: &HashMap<&str, usize>, attachment_at: &str) -> Result<usize, FhirError> {
+    let url_at = child(attachment_at, "url");
+    match full_urls.get(url) {
+        Some(&j) if kinds[j] == Kind::Binary => Ok(j),
+        Some(_) => Err(FhirError::invalid(
+            url_at,
+            "references an entry that is not a Binary; it must equal the fullUrl of the Binary entry holding the document",
+        )),
+        None => Err(FhirError::invalid(
+            url_at,
+            "references no entry of this Bundle; it must equal the fullUrl of the Binary entry holding the document (e.g. urn:uuid:...)",
+        )),
+    }
+}
+
+/// The document bytes of Binary entry `j`, whose content type must match the attachment's.
+fn binary_document(entry: &Value, j: usize, content_type: &str, attachment_at: &str) -> Result<Vec<u8>, FhirError> {
+    let binary_at = child(&item("Bundle.entry", j), "resource");
+    let binary = read_binary(entry_resource(entry, &binary_at)?, &binary_at)?;
+    if mime_essence(binary.content_type) != mime_essence(content_type) {
+        return Err(FhirError::invalid(
+            child(attachment_at, "contentType"),
+            format!("does not match {binary_at}.contentType of the Binary it references"),
+        ));
+    }
+    decode_document(binary.data, &child(&binary_at, "data"))
 }
 
 /// Parses `POST /DocumentReference` with inline `content[0].attachment.data`.
@@ -353,6 +365,32 @@ fn read_document_reference<'a>(res: &'a Object, at: &str) -> Result<Draft<'a>, F
     let subject = req_obj(res, "subject", at)?;
     let patient = read_subject(subject, &child(at, "subject"))?;
 
+    let Attachment { content_type, title, declared_size, source } = read_attachment(res, at)?;
+
+    Ok(Draft {
+        patient,
+        master_identifier,
+        doc_type,
+        status,
+        description,
+        date,
+        content_type,
+        title,
+        declared_size,
+        source,
+    })
+}
+
+/// What `content[0].attachment` of a DocumentReference says.
+struct Attachment<'a> {
+    content_type: &'a str,
+    title: Option<&'a str>,
+    declared_size: Option<u64>,
+    source: Source<'a>,
+}
+
+/// Validates the one `content` item and its attachment; `at` is the resource's path.
+fn read_attachment<'a>(res: &'a Object, at: &str) -> Result<Attachment<'a>, FhirError> {
     let content_at = child(at, "content");
     let content = req_array(res, "content", at)?;
     if content.len() != 1 {
@@ -404,18 +442,7 @@ fn read_document_reference<'a>(res: &'a Object, at: &str) -> Result<Draft<'a>, F
         }
     };
 
-    Ok(Draft {
-        patient,
-        master_identifier,
-        doc_type,
-        status,
-        description,
-        date,
-        content_type,
-        title,
-        declared_size,
-        source,
-    })
+    Ok(Attachment { content_type, title, declared_size, source })
 }
 
 /// Checks a CodeableConcept's structure and returns its first coding.
