@@ -22,8 +22,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use serde_json::Value;
 
 use crate::fhir::{self, FhirError, PatientId};
@@ -182,10 +182,17 @@ impl Api {
         let started = Instant::now();
         let method = req.method().clone();
         let route = route(&method, req.uri().path());
-        let resp = match self.dispatch(route, &client, req).await {
+        let http1 = req.version() < Version::HTTP_2;
+        let mut resp = match self.dispatch(route, &client, req).await {
             Ok(r) => r,
             Err(e) => error_response(&e),
         };
+        if http1 && resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body is not read, so the connection ends after this answer (the
+            // server lingers until the client stops sending; see `crate::server`). Said so, the
+            // client does not send its next request on it. HTTP/2 resets only the stream.
+            resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         let status = resp.status().as_u16();
         self.gateway.metrics.observe(route, status, started.elapsed());
         tracing::info!(route, status, his = %client.system, ms = started.elapsed().as_millis() as u64, "request");
