@@ -22,7 +22,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use serde_json::Value;
 
@@ -63,7 +63,11 @@ pub fn error_response(e: &FhirError) -> Resp {
     if e.status() >= 500 {
         tracing::error!(error = %e, "request failed");
     }
-    json_response(e.status(), &e.to_outcome())
+    let mut r = json_response(e.status(), &e.to_outcome());
+    if let Some(seconds) = e.retry_after() {
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    r
 }
 
 /// Header value as text, or a clear refusal.
@@ -297,6 +301,17 @@ mod tests {
         assert_eq!(route(&Method::POST, "/"), "POST /");
         assert_eq!(route(&Method::DELETE, "/Binary/abc"), "other");
         assert_eq!(route(&Method::GET, "/Binary/a/b"), "other");
+    }
+
+    #[test]
+    fn a_request_in_flight_is_told_when_to_retry() {
+        let r = error_response(&FhirError::InFlight("still being processed".into()));
+        assert_eq!(r.status(), 409);
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
+        assert_eq!(r.headers()[CONTENT_TYPE], FHIR_JSON);
+        let other = error_response(&FhirError::Conflict("other content".into()));
+        assert_eq!(other.status(), 409);
+        assert!(other.headers().get(RETRY_AFTER).is_none(), "retrying a real conflict changes nothing");
     }
 
     #[test]

@@ -192,8 +192,8 @@ impl Gateway {
                 });
                 Ok(Created { status, body, location })
             }
-            IdemState::Pending { .. } => Err(FhirError::Conflict(
-                "a request with this Idempotency-Key is still being processed; retry in a few seconds".into(),
+            IdemState::Pending { .. } => Err(FhirError::InFlight(
+                "a request with this Idempotency-Key is still being processed; retry in a second".into(),
             )),
             IdemState::Stored { record_ids } => {
                 // Stored by an earlier attempt that did not finish answering (crash): answer now.
@@ -223,8 +223,8 @@ impl Gateway {
                     }
                     Claim::Existing(_) => {
                         self.release_all(&master_keys);
-                        return Err(FhirError::Conflict(
-                            "a document with this masterIdentifier is being stored by another request; retry in a few seconds".into(),
+                        return Err(FhirError::InFlight(
+                            "a document with this masterIdentifier is being stored by another request; retry in a second".into(),
                         ));
                     }
                 }

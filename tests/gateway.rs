@@ -221,7 +221,11 @@ fn retried_creates_are_never_duplicated() {
                 201 | 202 => {
                     ids.insert(r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned());
                 }
-                409 => assert_eq!(outcome_code(&r.json()), "conflict"),
+                // Still in flight: the client is told when to retry.
+                409 => {
+                    assert_eq!(outcome_code(&r.json()), "conflict");
+                    assert_eq!(r.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"), "{:?}", r.headers);
+                }
                 s => panic!("unexpected {s}: {}", String::from_utf8_lossy(&r.body)),
             }
         }
