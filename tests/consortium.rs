@@ -226,7 +226,7 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
     ingest(&c, 0, 1, "before");
     c.etcd.kill(0);
     c.etcd.kill(1);
-    let id = rt().block_on(async {
+    let (id, consent_id) = rt().block_on(async {
         let mut his = c.gws[0].client();
         let t = Instant::now();
         let r = his.post_json("/", &sample_transaction(&patient(7), "text/plain", b"during the outage", None), &[]).await.unwrap();
@@ -248,9 +248,52 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
         assert_eq!(first.status, 202, "{}", String::from_utf8_lossy(&first.body));
         let retry = his.post_json("/Consent", &consent, &[]).await.unwrap();
         assert_eq!((retry.status, retry.json()["id"].clone()), (202, first.json()["id"].clone()));
-        id
+        (id, first.json()["id"].as_str().unwrap().to_owned())
     });
     assert!(c.gws[0].metric("medgate_outbox_entries").unwrap() >= 1.0);
+
+    // kill -9 while a create and a consent, each sent with an Idempotency-Key, are stored and wait
+    // for the ordering service. A claim dies with its process: each retry is answered at once,
+    // from what the first attempt committed, and nothing is recorded twice.
+    let create = sample_transaction(&patient(8), "text/plain", b"stored as the gateway died", None);
+    let consent = serde_json::json!({
+        "resourceType": "Consent", "status": "active",
+        "patient": {"identifier": {"system": patient(7).system, "value": patient(7).value}},
+        "provision": {"type": "permit", "actor": [{"reference": {"identifier": {"system": "urn:medgate:hospital", "value": "hospital-c"}}}]}
+    });
+    let crash = rt();
+    let queued = c.gws[0].metric("medgate_outbox_entries").unwrap();
+    let in_flight = [("/", &create, "crash-create"), ("/Consent", &consent, "crash-consent")].map(|(path, body, key)| {
+        let (mut his, body) = (c.gws[0].client(), body.clone());
+        crash.spawn(async move { his.post_json(path, &body, &[("idempotency-key", key)]).await })
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.gws[0].metric("medgate_outbox_entries").unwrap() < queued + 2.0 {
+        assert!(Instant::now() < deadline, "the create and the consent were never stored:\n{}", c.gws[0].log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.gws[0].kill9();
+    for t in in_flight {
+        let answer = crash.block_on(t).unwrap();
+        assert!(answer.is_err(), "answered before the crash, so the crash tested nothing: {:?}", answer.map(|r| r.status));
+    }
+    c.gws[0].start();
+    let (retried_record, retried_consent) = crash.block_on(async {
+        let mut his = c.gws[0].client();
+        let t = Instant::now();
+        let r = his.post_json("/", &create, &[("idempotency-key", "crash-create")]).await.unwrap();
+        let took_create = t.elapsed();
+        // Stored before the crash: that record, still waiting for the ledger.
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        let record = r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned();
+        let t = Instant::now();
+        let r = his.post_json("/Consent", &consent, &[("idempotency-key", "crash-consent")]).await.unwrap();
+        let took_consent = t.elapsed();
+        // Queued before the crash: that consent, found in the outbox.
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        eprintln!("retries after kill -9: create {took_create:?}, consent {took_consent:?}");
+        (record, r.json()["id"].as_str().unwrap().to_owned())
+    });
     c.etcd.restart(0);
     c.etcd.restart(1);
     // The outbox drain anchors the record: its DocumentReference gets a receipt.
@@ -274,7 +317,17 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
         let mut his = c.gws[0].client();
         his.get(&format!("/Consent?patient={}", medgate::client::query_escape(&patient(7).canonical()))).await.unwrap().json()
     });
-    assert_eq!(consents["total"], 1, "one consent on the ledger: {consents}");
+    let mut ids: Vec<&str> = consents["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let mut want = vec![consent_id.as_str(), retried_consent.as_str()];
+    want.sort();
+    assert_eq!(ids, want, "one consent per request on the ledger: {consents}");
+    let found = rt().block_on(async {
+        let mut his = c.gws[0].client();
+        his.get(&format!("/DocumentReference?patient={}", medgate::client::query_escape(&patient(8).canonical()))).await.unwrap().json()
+    });
+    assert_eq!(found["total"], 1, "the record stored as the gateway died, once: {found}");
+    assert_eq!(found["entry"][0]["resource"]["id"], retried_record.as_str());
     let heads = verify_all(&mut c);
     assert!(heads.iter().all(|x| x == &heads[0]), "{heads:?}");
 }
