@@ -711,14 +711,31 @@ fn a_gateway_whose_resume_point_was_compacted_catches_up_from_its_peers() {
     let (code, out, err) = c.etcd.etcdctl(&["put", "/test/catchup/probe", "x", "-w", "json"]);
     assert_eq!(code, 0, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let rev = v["header"]["revision"].as_u64().unwrap().to_string();
-    let (code, out, err) = c.etcd.etcdctl(&["compact", &rev]);
+    let rev = v["header"]["revision"].as_u64().unwrap();
+    let (code, out, err) = c.etcd.etcdctl(&["compact", &rev.to_string()]);
     assert_eq!(code, 0, "{out}{err}");
+    // etcdctl returns once the member it asked has compacted; the others apply the compaction
+    // when raft brings it to them. C may watch from any member: wait until each one refuses
+    // the revisions C still needs, or C could read its missing batches from a member that has
+    // not compacted yet and never need its peers.
+    let below = (rev - 1).to_string();
+    for m in 0..c.etcd.len() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, out, err) = c.etcd.etcdctl_on(&[m], &["get", "/test/catchup/probe", "--rev", &below, "--consistency=s"]);
+            if code != 0 && err.contains("required revision has been compacted") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "etcd member {m} never compacted: exit {code}\n{out}{err}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     // C cannot resume from etcd; it fetches the missing blocks from A or B, verifies and stores
-    // them, and follows the stream again.
+    // them, and follows the stream again. It logs that once it has stored them and found no
+    // more at that peer (one more request): wait for the line, the heights converge earlier.
     c.gws[2].start();
     converge(&c, 6.0);
-    assert!(c.gws[2].log_text().contains("caught up from a peer gateway"), "{}", c.gws[2].log_text());
+    c.gws[2].wait_log("caught up from a peer gateway");
     ingest(&c, 2, 1, "c-after-catching-up");
     converge(&c, 7.0);
     let heads = verify_all(&mut c);
