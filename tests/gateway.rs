@@ -7,7 +7,7 @@
 mod support;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use medgate::client::{query_escape, HisClient};
 use medgate::fhir::{sample_transaction, PatientId};
@@ -82,7 +82,8 @@ fn store_search_read_and_audit_round_trip() {
         assert_eq!(meta.json()["content"][0]["attachment"]["url"], format!("Binary/{id2}"));
         assert_eq!(meta.json()["subject"]["identifier"]["value"], "MRN-000001");
 
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // An access is in a signed block before its answer is sent: nothing is on its way.
+        assert_eq!(gw.metric("medgate_outbox_entries"), Some(0.0));
         let audit = his.get(&format!("/AuditEvent?patient={q}")).await.unwrap().json();
         let events: Vec<(String, String)> = audit["entry"]
             .as_array()
@@ -586,7 +587,8 @@ fn consents_are_recorded_listed_withdrawn_and_audited() {
         assert_eq!(renewed.status, 201);
         assert_ne!(renewed.json()["id"], cid.as_str());
 
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // An access is in a signed block before its answer is sent: nothing is on its way.
+        assert_eq!(gw.metric("medgate_outbox_entries"), Some(0.0));
         let audit = his.get(&format!("/AuditEvent?patient={q}")).await.unwrap().json();
         let codes: Vec<&str> = audit["entry"].as_array().unwrap().iter().map(|e| e["resource"]["subtype"][0]["code"].as_str().unwrap()).collect();
         assert!(codes.contains(&"consent-granted") && codes.contains(&"consent-revoked"), "{codes:?}");
@@ -617,7 +619,8 @@ fn erasure_shreds_the_key_material_and_keeps_the_hash_on_the_ledger() {
         let found = his.get(&format!("/DocumentReference?patient={q}")).await.unwrap().json();
         assert_eq!(found["total"], 1);
         assert_eq!(found["entry"][0]["resource"]["id"], kept.as_str());
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The erasure entry was in a signed block before the 204 (the shred pass's key events,
+        // still on their way, are no patient's).
         let audit = his.get(&format!("/AuditEvent?patient={q}")).await.unwrap().json();
         assert!(audit["entry"].as_array().unwrap().iter().any(|e| e["resource"]["subtype"][0]["code"] == "erasure"), "{audit}");
         (id, kept)
