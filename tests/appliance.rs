@@ -139,11 +139,14 @@ fn systemd_hears_ready_watchdog_reload_and_stopping_in_order() {
     assert!(seen.iter().any(|l| l.starts_with("MONOTONIC_USEC=")), "reload must carry MONOTONIC_USEC: {seen:?}");
 }
 
+type Acked = (String, Vec<u8>);
+
 #[test]
 fn sigterm_under_load_loses_no_acknowledged_record() {
     let mut gw = Gw::new("sigterm");
     let rt = rt();
-    let acked: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    // (record id, document) of every create answered 201.
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     rt.block_on(async {
         let (progress, mut seen) = tokio::sync::watch::channel(0usize);
         let progress = Arc::new(progress);
