@@ -81,6 +81,11 @@ pub struct Gateway {
     consenting: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// The answer to a retry of a request that is still being processed.
+fn in_flight() -> FhirError {
+    FhirError::InFlight("a request with this Idempotency-Key is still being processed; retry in a second".into())
+}
+
 fn internal(e: impl std::fmt::Display) -> FhirError {
     FhirError::Internal(e.to_string())
 }
@@ -165,20 +170,17 @@ impl Gateway {
             return Err(FhirError::Forbidden(format!("certificate role {:?} may not store records", caller.client.role)));
         }
         let request_key = idempotency_key.map(|k| Vault::idem_key(&format!("request\n{}", caller.client.system), k));
-        if let Some(k) = &request_key {
-            match self.vault.claim(k).map_err(from_vault)? {
-                Claim::New => {}
+        // Held until this request has answered (or failed, or been dropped with its connection);
+        // what it committed under the key meanwhile answers the retries.
+        let held = match &request_key {
+            None => None,
+            Some(k) => match self.vault.claim(k).map_err(from_vault)? {
+                Claim::New(held) => Some(held),
+                Claim::InFlight => return Err(in_flight()),
                 Claim::Existing(state) => return self.replay(state, "DocumentReference").await,
-            }
-        }
-        let result = self.create_claimed(caller, docs, request_key.as_deref()).await;
-        if result.is_err() {
-            if let Some(k) = &request_key {
-                // Nothing was stored under this key (a failure after storing answers 202, not Err).
-                let _ = self.vault.release(k);
-            }
-        }
-        result
+            },
+        };
+        self.create_claimed(caller, docs, held.as_ref().map(|h| h.key())).await
     }
 
     /// The answer for a request key seen before; `resource` names what a single create made
@@ -192,11 +194,12 @@ impl Gateway {
                 });
                 Ok(Created { status, body, location })
             }
-            IdemState::Pending { .. } => Err(FhirError::Conflict(
-                "a request with this Idempotency-Key is still being processed; retry in a few seconds".into(),
-            )),
+            // Not returned by a claim (see `Vault::claim`).
+            IdemState::Pending { .. } => Err(in_flight()),
             IdemState::Stored { record_ids } => {
-                // Stored by an earlier attempt that did not finish answering (crash): answer now.
+                // Stored by an earlier attempt that did not finish answering (crash, or its
+                // connection went away): answer now, once what it stored is surely on disk.
+                self.vault.sync().await.map_err(from_vault)?;
                 self.metrics.incr("idempotent_replays");
                 let mut created = Vec::new();
                 for id in &record_ids {
@@ -211,20 +214,17 @@ impl Gateway {
     async fn create_claimed(&self, caller: &Caller, docs: Vec<DocumentSubmission>, request_key: Option<&[u8]>) -> Result<Created, FhirError> {
         // Conditional create: a masterIdentifier already stored for this hospital answers with the
         // existing record (same content) or a conflict (other content).
+        // Claims are given back when `master_keys` is dropped, whatever happens below.
         let mut master_keys = Vec::new();
         for d in &docs {
             if let Some((system, value)) = &d.master_identifier {
                 let key = Vault::idem_key("master", &format!("{system}|{value}"));
                 match self.vault.claim(&key).map_err(from_vault)? {
-                    Claim::New => master_keys.push(Some(key)),
-                    Claim::Existing(IdemState::Stored { record_ids }) => {
-                        self.release_all(&master_keys);
-                        return self.existing_master(&record_ids, d).await;
-                    }
-                    Claim::Existing(_) => {
-                        self.release_all(&master_keys);
-                        return Err(FhirError::Conflict(
-                            "a document with this masterIdentifier is being stored by another request; retry in a few seconds".into(),
+                    Claim::New(held) => master_keys.push(Some(held)),
+                    Claim::Existing(IdemState::Stored { record_ids }) => return self.existing_master(&record_ids, d).await,
+                    Claim::InFlight | Claim::Existing(_) => {
+                        return Err(FhirError::InFlight(
+                            "a document with this masterIdentifier is being stored by another request; retry in a second".into(),
                         ));
                     }
                 }
@@ -236,13 +236,7 @@ impl Gateway {
         // and destroy the old version in between.
         let sealing = self.shred.sealing().await;
         let stored = self.seal_all(caller, &docs).await;
-        let (records, entries) = match stored {
-            Ok(v) => v,
-            Err(e) => {
-                self.release_all(&master_keys);
-                return Err(e);
-            }
-        };
+        let (records, entries) = stored?;
         let outbox: Vec<(String, Vec<u8>)> =
             entries.iter().map(|e| (e.id.clone(), serde_json::to_vec(e).unwrap_or_default())).collect();
         let mut idem: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
@@ -251,13 +245,10 @@ impl Gateway {
         }
         for (k, r) in master_keys.iter().zip(&records) {
             if let Some(k) = k {
-                idem.push((k.clone(), vec![r.id.clone()]));
+                idem.push((k.key().to_vec(), vec![r.id.clone()]));
             }
         }
-        if let Err(e) = self.vault.store(&records, &outbox, &idem).await {
-            self.release_all(&master_keys);
-            return Err(from_vault(e));
-        }
+        self.vault.store(&records, &outbox, &idem).await.map_err(from_vault)?;
         drop(sealing);
         self.metrics.incr("records_stored");
         let receipts = match self.ledger.append(entries).await {
@@ -277,15 +268,9 @@ impl Gateway {
         Ok(created)
     }
 
-    /// Gives back conditional-create claims of a request that stored nothing.
-    fn release_all(&self, keys: &[Option<Vec<u8>>]) {
-        for k in keys.iter().flatten() {
-            let _ = self.vault.release(k);
-        }
-    }
-
     async fn existing_master(&self, record_ids: &[String], doc: &DocumentSubmission) -> Result<Created, FhirError> {
         let id = record_ids.first().ok_or_else(|| internal("empty master identifier index"))?;
+        self.vault.sync().await.map_err(from_vault)?;
         let rec = self.vault.get(id).map_err(from_vault)?.ok_or_else(|| internal(format!("record {id} missing")))?;
         if rec.content_hash != hex::encode(Sha256::digest(&doc.data)) {
             return Err(FhirError::Conflict(
@@ -881,19 +866,19 @@ impl Gateway {
             return Err(FhirError::Forbidden(format!("certificate role {:?} may not record consents", caller.client.role)));
         }
         let request_key = idempotency_key.map(|k| Vault::idem_key(&format!("consent\n{}", caller.client.system), k));
-        if let Some(k) = &request_key {
-            match self.vault.claim(k).map_err(from_vault)? {
-                Claim::New => {}
+        // Held until the answer is kept. A retry after a crash in between finds no answer and
+        // records afresh, which finds the same consent on the ledger or in the outbox.
+        let held = match &request_key {
+            None => None,
+            Some(k) => match self.vault.claim(k).map_err(from_vault)? {
+                Claim::New(held) => Some(held),
+                Claim::InFlight => return Err(in_flight()),
                 Claim::Existing(state) => return self.replay(state, "Consent").await,
-            }
-        }
+            },
+        };
         let result = self.record_consent_claimed(caller, sub).await;
-        if let Some(k) = &request_key {
-            let kept = match &result {
-                Ok(c) => self.vault.finish(k, c.status, &c.body),
-                Err(_) => self.vault.release(k),
-            };
-            if let Err(e) = kept {
+        if let (Some(held), Ok(c)) = (&held, &result) {
+            if let Err(e) = self.vault.finish(held.key(), c.status, &c.body) {
                 tracing::warn!(error = %e, "idempotency state of a consent request not kept");
             }
         }

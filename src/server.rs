@@ -29,6 +29,8 @@ use crate::metrics::Metrics;
 use crate::tls::{self, ClientIdentity, Reloadable, TlsFiles};
 use crate::vault::Vault;
 
+mod linger;
+
 /// Time a client has to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stop waits for requests in flight.
@@ -220,6 +222,8 @@ async fn serve_his(listener: TcpListener, tls: Arc<Reloadable>, api: Arc<Api>, m
             };
             let identity = Arc::new(identity);
             let service = service_fn(move |req| api.clone().handle(identity.clone(), req));
+            // Closed lingering: a client still sending when the answer is out gets to read it.
+            let stream = linger::Lingering::new(stream, request_timeout);
             let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
