@@ -139,28 +139,37 @@ fn systemd_hears_ready_watchdog_reload_and_stopping_in_order() {
     assert!(seen.iter().any(|l| l.starts_with("MONOTONIC_USEC=")), "reload must carry MONOTONIC_USEC: {seen:?}");
 }
 
+type Acked = (String, Vec<u8>);
+
 #[test]
 fn sigterm_under_load_loses_no_acknowledged_record() {
     let mut gw = Gw::new("sigterm");
     let rt = rt();
-    let acked: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    // (record id, document) of every create answered 201.
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     rt.block_on(async {
+        let (progress, mut seen) = tokio::sync::watch::channel(0usize);
+        let progress = Arc::new(progress);
         let mut tasks = Vec::new();
         for w in 0..4u32 {
             let mut c = gw.client();
-            let acked = acked.clone();
+            let (acked, progress) = (acked.clone(), progress.clone());
             tasks.push(tokio::spawn(async move {
                 for n in 0..10_000u32 {
                     let data = format!("w{w} n{n}").into_bytes();
                     match c.post_json("/", &sample_transaction(&patient(w), "text/plain", &data, None), &[]).await {
-                        Ok(r) if r.status == 201 => acked.lock().unwrap().push((r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned(), data)),
+                        Ok(r) if r.status == 201 => {
+                            acked.lock().unwrap().push((r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned(), data));
+                            progress.send_modify(|n| *n += 1);
+                        }
                         Ok(r) if r.status >= 500 => panic!("{}: {}", r.status, String::from_utf8_lossy(&r.body)),
                         Ok(_) | Err(_) => return,
                     }
                 }
             }));
         }
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        // SIGTERM once the load is well under way: every writer has a create in flight.
+        seen.wait_for(|n| *n >= 20).await.unwrap();
         let status = tokio::task::block_in_place(|| gw.stop());
         assert_eq!(status.code(), Some(0), "SIGTERM must end in exit 0");
         for t in tasks {
@@ -168,7 +177,6 @@ fn sigterm_under_load_loses_no_acknowledged_record() {
         }
     });
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 10, "{}", acked.len());
     assert!(gw.log_text().contains("store flushed"), "{}", gw.log_text());
     gw.start();
     rt.block_on(async {

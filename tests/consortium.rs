@@ -146,22 +146,22 @@ fn converge(c: &Consortium, height: f64) {
     }
 }
 
-/// Waits until nothing more is on its way to the ledger (outboxes empty, no shred pass pending:
-/// a pass puts its key events on the ledger) and every gateway holds the same height, twice in
-/// a row half a second apart.
+/// Waits until nothing more is on its way to the ledger and every gateway holds the same height.
+/// Each gateway is read in the order that makes one look enough: first its shred marker (a
+/// pass puts its key events in the outbox before it clears the marker), then its outbox (an
+/// entry leaves it in the block that holds it), then the heights (the same height is the same
+/// chain). Every other entry is in the outbox or a block before the request that made it is
+/// answered.
 fn settle(c: &Consortium) {
     let deadline = Instant::now() + Duration::from_secs(40);
-    let mut last = None;
     loop {
-        let quiet = c.gws.iter().all(|g| g.metric("medgate_outbox_entries") == Some(0.0) && g.metric("medgate_shred_pending") == Some(0.0));
+        let quiet = c.gws.iter().all(|g| g.metric("medgate_shred_pending") == Some(0.0) && g.metric("medgate_outbox_entries") == Some(0.0));
         let hs: Vec<Option<f64>> = c.gws.iter().map(|g| g.metric("medgate_ledger_height")).collect();
-        let same = hs.windows(2).all(|w| w[0] == w[1]);
-        if quiet && same && last.as_ref() == Some(&hs) {
+        if quiet && hs.windows(2).all(|w| w[0] == w[1]) {
             return;
         }
         assert!(Instant::now() < deadline, "ledgers did not settle: heights {hs:?}");
-        last = Some(hs);
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -226,7 +226,7 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
     ingest(&c, 0, 1, "before");
     c.etcd.kill(0);
     c.etcd.kill(1);
-    let id = rt().block_on(async {
+    let (id, consent_id) = rt().block_on(async {
         let mut his = c.gws[0].client();
         let t = Instant::now();
         let r = his.post_json("/", &sample_transaction(&patient(7), "text/plain", b"during the outage", None), &[]).await.unwrap();
@@ -248,9 +248,52 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
         assert_eq!(first.status, 202, "{}", String::from_utf8_lossy(&first.body));
         let retry = his.post_json("/Consent", &consent, &[]).await.unwrap();
         assert_eq!((retry.status, retry.json()["id"].clone()), (202, first.json()["id"].clone()));
-        id
+        (id, first.json()["id"].as_str().unwrap().to_owned())
     });
     assert!(c.gws[0].metric("medgate_outbox_entries").unwrap() >= 1.0);
+
+    // kill -9 while a create and a consent, each sent with an Idempotency-Key, are stored and wait
+    // for the ordering service. A claim dies with its process: each retry is answered at once,
+    // from what the first attempt committed, and nothing is recorded twice.
+    let create = sample_transaction(&patient(8), "text/plain", b"stored as the gateway died", None);
+    let consent = serde_json::json!({
+        "resourceType": "Consent", "status": "active",
+        "patient": {"identifier": {"system": patient(7).system, "value": patient(7).value}},
+        "provision": {"type": "permit", "actor": [{"reference": {"identifier": {"system": "urn:medgate:hospital", "value": "hospital-c"}}}]}
+    });
+    let crash = rt();
+    let queued = c.gws[0].metric("medgate_outbox_entries").unwrap();
+    let in_flight = [("/", &create, "crash-create"), ("/Consent", &consent, "crash-consent")].map(|(path, body, key)| {
+        let (mut his, body) = (c.gws[0].client(), body.clone());
+        crash.spawn(async move { his.post_json(path, &body, &[("idempotency-key", key)]).await })
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.gws[0].metric("medgate_outbox_entries").unwrap() < queued + 2.0 {
+        assert!(Instant::now() < deadline, "the create and the consent were never stored:\n{}", c.gws[0].log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.gws[0].kill9();
+    for t in in_flight {
+        let answer = crash.block_on(t).unwrap();
+        assert!(answer.is_err(), "answered before the crash, so the crash tested nothing: {:?}", answer.map(|r| r.status));
+    }
+    c.gws[0].start();
+    let (retried_record, retried_consent) = crash.block_on(async {
+        let mut his = c.gws[0].client();
+        let t = Instant::now();
+        let r = his.post_json("/", &create, &[("idempotency-key", "crash-create")]).await.unwrap();
+        let took_create = t.elapsed();
+        // Stored before the crash: that record, still waiting for the ledger.
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        let record = r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned();
+        let t = Instant::now();
+        let r = his.post_json("/Consent", &consent, &[("idempotency-key", "crash-consent")]).await.unwrap();
+        let took_consent = t.elapsed();
+        // Queued before the crash: that consent, found in the outbox.
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        eprintln!("retries after kill -9: create {took_create:?}, consent {took_consent:?}");
+        (record, r.json()["id"].as_str().unwrap().to_owned())
+    });
     c.etcd.restart(0);
     c.etcd.restart(1);
     // The outbox drain anchors the record: its DocumentReference gets a receipt.
@@ -274,7 +317,17 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
         let mut his = c.gws[0].client();
         his.get(&format!("/Consent?patient={}", medgate::client::query_escape(&patient(7).canonical()))).await.unwrap().json()
     });
-    assert_eq!(consents["total"], 1, "one consent on the ledger: {consents}");
+    let mut ids: Vec<&str> = consents["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let mut want = vec![consent_id.as_str(), retried_consent.as_str()];
+    want.sort();
+    assert_eq!(ids, want, "one consent per request on the ledger: {consents}");
+    let found = rt().block_on(async {
+        let mut his = c.gws[0].client();
+        his.get(&format!("/DocumentReference?patient={}", medgate::client::query_escape(&patient(8).canonical()))).await.unwrap().json()
+    });
+    assert_eq!(found["total"], 1, "the record stored as the gateway died, once: {found}");
+    assert_eq!(found["entry"][0]["resource"]["id"], retried_record.as_str());
     let heads = verify_all(&mut c);
     assert!(heads.iter().all(|x| x == &heads[0]), "{heads:?}");
 }
@@ -657,14 +710,31 @@ fn a_gateway_whose_resume_point_was_compacted_catches_up_from_its_peers() {
     let (code, out, err) = c.etcd.etcdctl(&["put", "/test/catchup/probe", "x", "-w", "json"]);
     assert_eq!(code, 0, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let rev = v["header"]["revision"].as_u64().unwrap().to_string();
-    let (code, out, err) = c.etcd.etcdctl(&["compact", &rev]);
+    let rev = v["header"]["revision"].as_u64().unwrap();
+    let (code, out, err) = c.etcd.etcdctl(&["compact", &rev.to_string()]);
     assert_eq!(code, 0, "{out}{err}");
+    // etcdctl returns once the member it asked has compacted; the others apply the compaction
+    // when raft brings it to them. C may watch from any member: wait until each one refuses
+    // the revisions C still needs, or C could read its missing batches from a member that has
+    // not compacted yet and never need its peers.
+    let below = (rev - 1).to_string();
+    for m in 0..c.etcd.len() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, out, err) = c.etcd.etcdctl_on(&[m], &["get", "/test/catchup/probe", "--rev", &below, "--consistency=s"]);
+            if code != 0 && err.contains("required revision has been compacted") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "etcd member {m} never compacted: exit {code}\n{out}{err}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     // C cannot resume from etcd; it fetches the missing blocks from A or B, verifies and stores
-    // them, and follows the stream again.
+    // them, and follows the stream again. It logs that once it has stored them and found no
+    // more at that peer (one more request): wait for the line, the heights converge earlier.
     c.gws[2].start();
     converge(&c, 6.0);
-    assert!(c.gws[2].log_text().contains("caught up from a peer gateway"), "{}", c.gws[2].log_text());
+    c.gws[2].wait_log("caught up from a peer gateway");
     ingest(&c, 2, 1, "c-after-catching-up");
     converge(&c, 7.0);
     let heads = verify_all(&mut c);

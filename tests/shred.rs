@@ -286,37 +286,48 @@ fn records_stored_while_shred_passes_run_all_stay_readable() {
     let mut gw = Gw::new("shred-load");
     let rt = rt();
     let acked = rt.block_on(async {
-        // Records to erase, then four clients storing while the erasures and their passes run.
+        // Records to erase, then four clients storing from before the erasures until after the
+        // passes they cause have finished: every step of every pass runs while records are stored.
         let mut his = gw.client();
         let mut doomed = Vec::new();
         for n in 0..6 {
             doomed.push(store(&mut his, &patient(100 + n), format!("doomed {n}").as_bytes()).await);
         }
+        let (progress, mut stored) = tokio::sync::watch::channel(0usize);
+        let progress = std::sync::Arc::new(progress);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut writers = Vec::new();
         for w in 0..4u32 {
-            let mut c = gw.client();
+            let (mut c, progress, stop) = (gw.client(), progress.clone(), stop.clone());
             writers.push(tokio::spawn(async move {
                 let mut acked = Vec::new();
-                for i in 0..40u32 {
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
                     let doc = format!("writer {w} document {i}").into_bytes();
                     let id = store(&mut c, &patient(w), &doc).await;
                     acked.push((id, doc));
+                    progress.send_modify(|n| *n += 1);
                 }
                 acked
             }));
         }
+        stored.wait_for(|n| *n >= 8).await.unwrap();
         for id in &doomed {
-            tokio::time::sleep(Duration::from_millis(40)).await;
             let del = his.send("DELETE", &format!("/DocumentReference/{id}"), &[], Vec::new()).await.unwrap();
             assert_eq!(del.status, 204);
         }
+        tokio::task::block_in_place(|| wait_for_shred(&gw, 1.0));
+        let after = *stored.borrow();
+        stored.wait_for(|n| *n >= after + 8).await.unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut acked = Vec::new();
         for w in writers {
             acked.extend(w.await.unwrap());
         }
         acked
     });
-    wait_for_shred(&gw, 1.0);
     rt.block_on(async {
         let mut his = gw.client();
         for (id, doc) in &acked {

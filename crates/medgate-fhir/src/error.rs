@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 /// | `NotFound`             | 404    | `not-found`     |
 /// | `MethodNotAllowed`     | 405    | `not-supported` |
 /// | `Conflict`             | 409    | `conflict`      |
+/// | `InFlight`             | 409    | `conflict`      |
 /// | `Gone`                 | 410    | `deleted`       |
 /// | `TooLarge`             | 413    | `too-long`      |
 /// | `UnsupportedMediaType` | 415    | `not-supported` |
@@ -82,6 +83,10 @@ pub enum FhirError {
     /// The request conflicts with the current state (e.g. a masterIdentifier reused for other content).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The same request (same idempotency key or master identifier) is being processed right
+    /// now; the answer tells the client when to retry ([`FhirError::retry_after`]).
+    #[error("conflict: {0}")]
+    InFlight(String),
     /// A dependency (ledger, peer gateway, HSM) is temporarily unavailable; retrying may succeed.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
@@ -102,7 +107,7 @@ impl FhirError {
             FhirError::Forbidden(_) => 403,
             FhirError::NotFound(_) => 404,
             FhirError::MethodNotAllowed(_) => 405,
-            FhirError::Conflict(_) => 409,
+            FhirError::Conflict(_) | FhirError::InFlight(_) => 409,
             FhirError::Gone(_) => 410,
             FhirError::TooLarge { .. } => 413,
             FhirError::UnsupportedMediaType(_) => 415,
@@ -127,9 +132,18 @@ impl FhirError {
             FhirError::NotFound(_) => "not-found",
             FhirError::Gone(_) => "deleted",
             FhirError::Forbidden(_) => "forbidden",
-            FhirError::Conflict(_) => "conflict",
+            FhirError::Conflict(_) | FhirError::InFlight(_) => "conflict",
             FhirError::Unavailable(_) => "transient",
             FhirError::Internal(_) | FhirError::Integrity(_) => "exception",
+        }
+    }
+
+    /// Seconds after which a retry may succeed, for the `Retry-After` header, when the refusal
+    /// says so: a request still in flight finishes within about a second.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            FhirError::InFlight(_) => Some(1),
+            _ => None,
         }
     }
 
@@ -216,6 +230,7 @@ mod tests {
             (FhirError::NotFound("x".into()), 404, "not-found"),
             (FhirError::MethodNotAllowed("x".into()), 405, "not-supported"),
             (FhirError::Conflict("x".into()), 409, "conflict"),
+            (FhirError::InFlight("x".into()), 409, "conflict"),
             (FhirError::Gone("x".into()), 410, "deleted"),
             (FhirError::TooLarge { limit: 10 }, 413, "too-long"),
             (FhirError::UnsupportedMediaType("x".into()), 415, "not-supported"),
@@ -231,6 +246,7 @@ mod tests {
             let o = err.to_outcome();
             assert_eq!(o["resourceType"], "OperationOutcome");
             assert_eq!(o["issue"][0]["code"], code);
+            assert_eq!(err.retry_after().is_some(), matches!(err, FhirError::InFlight(_)), "{err:?}");
         }
     }
 

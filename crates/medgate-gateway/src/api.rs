@@ -22,8 +22,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use serde_json::Value;
 
 use medgate_fhir::{FhirError, PatientId};
@@ -58,21 +58,23 @@ fn with_location(mut r: Resp, location: Option<String>) -> Resp {
     r
 }
 
-/// The one mapping of a refusal to the HIS: its status and OperationOutcome (rendered by the FHIR
-/// layer; internal details never reach the client).
-pub fn outcome(e: &GatewayError) -> (u16, Value) {
+/// The one mapping of a refusal to the HIS: its status, its OperationOutcome (rendered by the
+/// FHIR layer; internal details never reach the client), and the seconds after which a retry
+/// may succeed (`Retry-After`), when the refusal says so.
+pub fn outcome(e: &GatewayError) -> (u16, Value, Option<u32>) {
     let fhir = match e {
-        GatewayError::Request(f) => return (f.status(), f.to_outcome()),
+        GatewayError::Request(f) => return (f.status(), f.to_outcome(), f.retry_after()),
         GatewayError::Forbidden(m) => FhirError::Forbidden(m.clone()),
         GatewayError::NotFound(m) => FhirError::NotFound(m.clone()),
         GatewayError::Gone(m) => FhirError::Gone(m.clone()),
         GatewayError::Conflict(m) => FhirError::Conflict(m.clone()),
+        GatewayError::InFlight(m) => FhirError::InFlight(m.clone()),
         GatewayError::BadRequest(m) => FhirError::BadParameter(m.clone()),
         GatewayError::Unavailable(m) => FhirError::Unavailable(m.clone()),
         GatewayError::Integrity(id) => FhirError::Integrity(id.clone()),
         GatewayError::Internal(m) => FhirError::Internal(m.clone()),
     };
-    (fhir.status(), fhir.to_outcome())
+    (fhir.status(), fhir.to_outcome(), fhir.retry_after())
 }
 
 /// A refusal as an HTTP response: OperationOutcome, status from the error, full text to the log.
@@ -80,8 +82,12 @@ pub fn error_response(e: &GatewayError) -> Resp {
     if e.status() >= 500 {
         tracing::error!(error = %e, "request failed");
     }
-    let (status, body) = outcome(e);
-    json_response(status, &body)
+    let (status, body, retry_after) = outcome(e);
+    let mut r = json_response(status, &body);
+    if let Some(seconds) = retry_after {
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    r
 }
 
 /// Header value as text, or a clear refusal.
@@ -200,10 +206,17 @@ impl Api {
         let started = Instant::now();
         let method = req.method().clone();
         let route = route(&method, req.uri().path());
-        let resp = match self.dispatch(route, &client, req).await {
+        let http1 = req.version() < Version::HTTP_2;
+        let mut resp = match self.dispatch(route, &client, req).await {
             Ok(r) => r,
             Err(e) => error_response(&e),
         };
+        if http1 && resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body is not read, so the connection ends after this answer (the
+            // server lingers until the client stops sending; see `crate::server`). Said so, the
+            // client does not send its next request on it. HTTP/2 resets only the stream.
+            resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         let status = resp.status().as_u16();
         self.gateway.metrics.observe(route, status, started.elapsed());
         tracing::info!(route, status, his = %client.system, ms = started.elapsed().as_millis() as u64, "request");
@@ -308,6 +321,17 @@ mod tests {
         assert_eq!(route(&Method::POST, "/"), "POST /");
         assert_eq!(route(&Method::DELETE, "/Binary/abc"), "other");
         assert_eq!(route(&Method::GET, "/Binary/a/b"), "other");
+    }
+
+    #[test]
+    fn a_request_in_flight_is_told_when_to_retry() {
+        let r = error_response(&GatewayError::InFlight("still being processed".into()));
+        assert_eq!(r.status(), 409);
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
+        assert_eq!(r.headers()[CONTENT_TYPE], FHIR_JSON);
+        let other = error_response(&GatewayError::Conflict("other content".into()));
+        assert_eq!(other.status(), 409);
+        assert!(other.headers().get(RETRY_AFTER).is_none(), "retrying a real conflict changes nothing");
     }
 
     #[test]

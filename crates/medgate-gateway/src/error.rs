@@ -25,6 +25,10 @@ pub enum GatewayError {
     /// Conflicts with the current state (409).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The same request (same idempotency key or master identifier) is being processed right
+    /// now (409, with `Retry-After`).
+    #[error("conflict: {0}")]
+    InFlight(String),
     /// A malformed request from a peer gateway or an operator (400).
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -57,7 +61,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) => 400,
             GatewayError::Forbidden(_) => 403,
             GatewayError::NotFound(_) => 404,
-            GatewayError::Conflict(_) => 409,
+            GatewayError::Conflict(_) | GatewayError::InFlight(_) => 409,
             GatewayError::Gone(_) => 410,
             GatewayError::Integrity(_) | GatewayError::Internal(_) => 500,
             GatewayError::Unavailable(_) => 503,
@@ -71,6 +75,7 @@ impl GatewayError {
             | GatewayError::NotFound(m)
             | GatewayError::Gone(m)
             | GatewayError::Conflict(m)
+            | GatewayError::InFlight(m)
             | GatewayError::BadRequest(m)
             | GatewayError::Unavailable(m)
             | GatewayError::Internal(m) => m.clone(),

@@ -107,6 +107,11 @@ pub struct Gateway {
     consenting: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// The answer to a retry of a request that is still being processed.
+fn in_flight() -> GatewayError {
+    GatewayError::InFlight("a request with this Idempotency-Key is still being processed; retry in a second".into())
+}
+
 fn nonce() -> [u8; 16] {
     let mut n = [0u8; 16];
     // The system CSPRNG does not fail on Linux; a zero nonce would still give a valid entry.

@@ -91,6 +91,7 @@ pub fn refusal(e: &GatewayError) -> (u16, Refusal) {
         | GatewayError::NotFound(code)
         | GatewayError::Gone(code)
         | GatewayError::Conflict(code)
+        | GatewayError::InFlight(code)
         | GatewayError::BadRequest(code)
         | GatewayError::Unavailable(code) => code.clone(),
         GatewayError::Request(_) => "bad-request".to_owned(),

@@ -25,6 +25,7 @@ use medgate_store::writer::WriterParts;
 use medgate_store::{BatchPolicy, ChainStore, Db, Ledger, Orderer, Sequencer};
 
 mod admin;
+mod linger;
 
 pub use admin::ADMIN_HEADER;
 use admin::{serve_admin, watchdog, AdminState};
@@ -260,6 +261,8 @@ async fn serve_his(listener: TcpListener, tls: Arc<Reloadable>, api: Arc<Api>, m
             };
             let identity = Arc::new(identity);
             let service = service_fn(move |req| api.clone().handle(identity.clone(), req));
+            // Closed lingering: a client still sending when the answer is out gets to read it.
+            let stream = linger::Lingering::new(stream, request_timeout);
             let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -8,6 +8,12 @@
 //! reads). A record,
 //! its index row, its outbox entry and its idempotency state are written in one transaction, so a
 //! crash leaves either all of them or none; so are an erasure, its entry and its shred marker.
+//! A request in flight holds its idempotency keys in memory only ([`Held`]): a claim never
+//! outlives the process that made it, so after a crash a retry is answered at once, from what
+//! the first attempt committed (records stored, or its final answer) or by a fresh create.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -80,7 +86,8 @@ impl std::fmt::Debug for OpenRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
 pub enum IdemState {
-    /// Claimed by a request that has not stored anything yet (at unix time `since`).
+    /// Written by earlier versions for a request in flight. No longer written, and never
+    /// returned by [`Vault::claim`]: the process that wrote it is gone, so it means nothing.
     Pending { since: u64 },
     /// Records stored; their ledger entries may still be in the outbox.
     Stored { record_ids: Vec<String> },
@@ -89,12 +96,39 @@ pub enum IdemState {
 }
 
 /// The result of claiming an idempotency key.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum Claim {
-    /// This request owns the key.
-    New,
-    /// Another request holds it.
+    /// Nothing was committed under the key: this request owns it while it holds [`Held`].
+    New(Held),
+    /// Another request of this process is processing it right now.
+    InFlight,
+    /// What an earlier request committed under the key (never [`IdemState::Pending`]).
     Existing(IdemState),
+}
+
+/// Keys claimed by requests in flight in this process.
+type InFlight = Arc<Mutex<HashSet<Vec<u8>>>>;
+
+/// An idempotency key claimed by a request in flight, in this process's memory only; dropping
+/// it (the request finished, failed, or was cancelled with its connection) gives the key back.
+/// Whatever the request committed under the key stays in the store.
+#[derive(Debug)]
+pub struct Held {
+    key: Vec<u8>,
+    inflight: InFlight,
+}
+
+impl Held {
+    /// The (hashed) idempotency key held.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
 }
 
 /// Aad for the document ciphertext: binds record id, content type and content hash.
@@ -245,6 +279,8 @@ pub struct Vault {
     idempotency: sled::Tree,
     outbox: sled::Tree,
     shred: sled::Tree,
+    /// Idempotency keys held by requests in flight (see [`Held`]); shared by every clone.
+    inflight: InFlight,
 }
 
 /// Keys of the `shred` tree: how many erasures were ever committed (never decreases), the count
@@ -254,12 +290,6 @@ const ERASURES: &[u8] = b"erasures";
 const PENDING: &[u8] = b"pending";
 const ROTATION: &[u8] = b"rotation";
 
-fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// Seconds after which a `Pending` claim whose request stored nothing is considered abandoned.
-const PENDING_STALE_SECONDS: u64 = 120;
 
 impl Vault {
     /// Opens the vault in `db` (the gateway's one database).
@@ -272,6 +302,7 @@ impl Vault {
             idempotency: d.open_tree("idempotency")?,
             outbox: d.open_tree(crate::chain::OUTBOX_TREE)?,
             shred: d.open_tree("shred")?,
+            inflight: InFlight::default(),
         })
     }
 
@@ -279,34 +310,33 @@ impl Vault {
         Sha256::digest(format!("{scope}\n{key}").as_bytes()).to_vec()
     }
 
-    /// Claims `key` for this request, or returns what an earlier request with the same key left.
+    /// Claims `key` for this request, or says who has it: a request in flight in this process,
+    /// or what an earlier request committed under it.
+    ///
+    /// A claim lives in memory only. The holder writes under the key (records stored, then its
+    /// final answer) before it drops its [`Held`], and the check below reads the store under the
+    /// same lock, so a retry either finds the key held or finds what was written.
     pub fn claim(&self, key: &[u8]) -> Result<Claim, VaultError> {
-        let pending = to_json("idempotency state", &IdemState::Pending { since: now_unix() })?;
-        loop {
-            match self.idempotency.compare_and_swap(key, None as Option<&[u8]>, Some(pending.as_slice()))? {
-                Ok(()) => return Ok(Claim::New),
-                Err(cas) => {
-                    let Some(cur) = cas.current else { continue };
-                    let state: IdemState = serde_json::from_slice(&cur).map_err(|e| StoreError::corrupt("idempotency state", e))?;
-                    if let IdemState::Pending { since } = state {
-                        if now_unix().saturating_sub(since) > PENDING_STALE_SECONDS {
-                            // The claimant died before storing anything: take the key over.
-                            if self.idempotency.compare_and_swap(key, Some(cur), Some(pending.as_slice()))?.is_ok() {
-                                return Ok(Claim::New);
-                            }
-                            continue;
-                        }
-                    }
-                    return Ok(Claim::Existing(state));
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if inflight.contains(key) {
+            return Ok(Claim::InFlight);
+        }
+        if let Some(cur) = self.idempotency.get(key)? {
+            match serde_json::from_slice(&cur).map_err(|e| StoreError::corrupt("idempotency state", e))? {
+                // A claim an earlier version left on disk: its process is gone.
+                IdemState::Pending { .. } => {
+                    self.idempotency.remove(key)?;
                 }
+                state => return Ok(Claim::Existing(state)),
             }
         }
+        inflight.insert(key.to_vec());
+        Ok(Claim::New(Held { key: key.to_vec(), inflight: self.inflight.clone() }))
     }
 
-    /// Gives a claim back (the request failed before storing anything).
-    pub fn release(&self, key: &[u8]) -> Result<(), VaultError> {
-        self.idempotency.remove(key)?;
-        Ok(())
+    /// Flushes the store: what any request wrote is on disk when this returns.
+    pub async fn sync(&self) -> Result<(), VaultError> {
+        self.db.flush().await
     }
 
     /// Records the final response for a key.
@@ -642,14 +672,53 @@ mod tests {
         let db = Db::open(dir.path()).expect("db");
         let v = Vault::open(&db).expect("vault");
         let k = Vault::idem_key("his-a", "abc");
-        assert_eq!(v.claim(&k).expect("claim"), Claim::New);
-        assert!(matches!(v.claim(&k).expect("claim"), Claim::Existing(IdemState::Pending { .. })));
+        let Claim::New(held) = v.claim(&k).expect("claim") else { panic!("a fresh key is claimed") };
+        assert!(matches!(v.clone().claim(&k).expect("claim"), Claim::InFlight), "held for every clone");
         v.finish(&k, 201, &serde_json::json!({"ok": 1})).expect("finish");
-        assert_eq!(
-            v.claim(&k).expect("claim"),
-            Claim::Existing(IdemState::Done { status: 201, body: serde_json::json!({"ok": 1}) })
-        );
+        drop(held);
+        let Claim::Existing(state) = v.claim(&k).expect("claim") else { panic!("the answer is kept") };
+        assert_eq!(state, IdemState::Done { status: 201, body: serde_json::json!({"ok": 1}) });
         let other = Vault::idem_key("his-b", "abc");
-        assert_eq!(v.claim(&other).expect("claim"), Claim::New, "keys are scoped per client");
+        assert!(matches!(v.claim(&other).expect("claim"), Claim::New(_)), "keys are scoped per client");
+    }
+
+    #[test]
+    fn a_claim_dies_with_its_request_or_its_process() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let k = Vault::idem_key("his-a", "abc");
+        {
+            let db = Db::open(dir.path()).expect("db");
+            let v = Vault::open(&db).expect("vault");
+            let held = v.claim(&k).expect("claim");
+            assert!(matches!(v.claim(&k).expect("claim"), Claim::InFlight));
+            drop(held);
+            let held = v.claim(&k).expect("claim");
+            assert!(matches!(held, Claim::New(_)), "a request that stored nothing leaves nothing: {held:?}");
+            // A claim an earlier version left on disk for a request that never finished.
+            let legacy = serde_json::to_vec(&IdemState::Pending { since: 1 }).expect("json");
+            v.idempotency.insert(Vault::idem_key("his-a", "old"), legacy).expect("insert");
+            db.flush_blocking().expect("flush");
+            // The process ends with `held` still claimed (as if killed): nothing of it is on disk.
+            std::mem::forget(held);
+        }
+        let db = Db::open(dir.path()).expect("db");
+        let v = Vault::open(&db).expect("vault");
+        assert!(matches!(v.claim(&k).expect("claim"), Claim::New(_)), "the next process owes its crashed predecessor nothing");
+        assert!(matches!(v.claim(&Vault::idem_key("his-a", "old")).expect("claim"), Claim::New(_)));
+    }
+
+    #[tokio::test]
+    async fn what_a_request_stored_outlives_its_claim() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = Db::open(dir.path()).expect("db");
+        let v = Vault::open(&db).expect("vault");
+        let k = Vault::idem_key("his-a", "abc");
+        let Claim::New(held) = v.claim(&k).expect("claim") else { panic!("fresh key") };
+        let rec = fixture::record("r1", 1);
+        v.store(std::slice::from_ref(&rec), &[], &[(held.key().to_vec(), vec![rec.id.clone()])]).await.expect("store");
+        // The request fails after storing (or its connection is gone): the records stay claimed.
+        drop(held);
+        let Claim::Existing(state) = v.claim(&k).expect("claim") else { panic!("stored") };
+        assert_eq!(state, IdemState::Stored { record_ids: vec!["r1".into()] });
     }
 }

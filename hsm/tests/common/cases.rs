@@ -340,30 +340,43 @@ pub fn wraps_keep_working_while_the_kek_rotates_under_them(m: Module) {
     let w = hsm.wrap_data_key(&[2u8; 32]).expect("a wrap after a rotation elsewhere still works");
     assert_eq!(w.kek_version, 2, "and uses the version that is active now");
 
-    // Rotations in the pool itself while threads wrap: no wrap fails, every key unwraps.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Rotations in the pool itself while threads wrap: no wrap fails, every key unwraps. Each
+    // rotation waits until both threads have wrapped since the one before, and the threads stop
+    // only once both have wrapped after the last.
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+    let stop = Arc::new(AtomicBool::new(false));
+    let wrapped: Arc<[AtomicU32; 2]> = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
     let threads: Vec<_> = (0..2u8)
         .map(|i| {
-            let (hsm, stop) = (hsm.clone(), stop.clone());
+            let (hsm, stop, wrapped) = (hsm.clone(), stop.clone(), wrapped.clone());
             std::thread::spawn(move || {
                 let mut n = 0u32;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 50 {
+                while !stop.load(SeqCst) {
                     let dk = [i.wrapping_add(n as u8); 32];
                     let w = hsm.wrap_data_key(&dk).expect("wrap during rotation");
                     assert_eq!(hsm.unwrap_data_key(&w).expect("unwrap").as_slice(), &dk);
                     n += 1;
+                    wrapped[usize::from(i)].store(n, SeqCst);
                 }
                 n
             })
         })
         .collect();
+    // (A thread that stopped has failed: its join below says how.)
+    let wrapped_since = |seen: [u32; 2]| {
+        while wrapped.iter().zip(seen).any(|(w, s)| w.load(SeqCst) < s + 5) && !threads.iter().any(|t| t.is_finished()) {
+            std::thread::yield_now();
+        }
+        [wrapped[0].load(SeqCst), wrapped[1].load(SeqCst)]
+    };
+    let mut seen = wrapped_since([0, 0]);
     for _ in 0..3 {
-        std::thread::sleep(std::time::Duration::from_millis(20));
         hsm.rotate(Role::Kek).expect("rotate");
+        seen = wrapped_since(seen);
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, SeqCst);
     for th in threads {
-        assert!(th.join().expect("thread") >= 50);
+        assert!(th.join().expect("thread") >= 20);
     }
     assert_eq!(hsm.wrap_data_key(&[9u8; 32]).expect("wrap").kek_version, 5);
 }

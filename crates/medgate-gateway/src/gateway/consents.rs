@@ -6,7 +6,7 @@ use medgate_ledger::{Entry, EntryBody};
 use medgate_store::vault::{self, Claim, Vault};
 use serde_json::Value;
 
-use super::{Caller, Created, Gateway};
+use super::{in_flight, Caller, Created, Gateway};
 use crate::GatewayError;
 
 impl Gateway {
@@ -21,19 +21,19 @@ impl Gateway {
             return Err(GatewayError::Forbidden(format!("certificate role {:?} may not record consents", caller.client.role)));
         }
         let request_key = idempotency_key.map(|k| Vault::idem_key(&format!("consent\n{}", caller.client.system), k));
-        if let Some(k) = &request_key {
-            match self.vault.claim(k).map_err(GatewayError::from)? {
-                Claim::New => {}
+        // Held until the answer is kept. A retry after a crash in between finds no answer and
+        // records afresh, which finds the same consent on the ledger or in the outbox.
+        let held = match &request_key {
+            None => None,
+            Some(k) => match self.vault.claim(k)? {
+                Claim::New(held) => Some(held),
+                Claim::InFlight => return Err(in_flight()),
                 Claim::Existing(state) => return self.replay(state, "Consent").await,
-            }
-        }
+            },
+        };
         let result = self.record_consent_claimed(caller, sub).await;
-        if let Some(k) = &request_key {
-            let kept = match &result {
-                Ok(c) => self.vault.finish(k, c.status, &c.body),
-                Err(_) => self.vault.release(k),
-            };
-            if let Err(e) = kept {
+        if let (Some(held), Ok(c)) = (&held, &result) {
+            if let Err(e) = self.vault.finish(held.key(), c.status, &c.body) {
                 tracing::warn!(error = %e, "idempotency state of a consent request not kept");
             }
         }

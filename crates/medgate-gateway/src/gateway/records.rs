@@ -7,7 +7,7 @@ use medgate_store::vault::{self, Claim, IdemState, SealedMeta, StoredRecord, Vau
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{Caller, Created, Document, Gateway};
+use super::{in_flight, Caller, Created, Document, Gateway};
 use crate::GatewayError;
 
 impl Gateway {
@@ -21,20 +21,17 @@ impl Gateway {
             return Err(GatewayError::Forbidden(format!("certificate role {:?} may not store records", caller.client.role)));
         }
         let request_key = idempotency_key.map(|k| Vault::idem_key(&format!("request\n{}", caller.client.system), k));
-        if let Some(k) = &request_key {
-            match self.vault.claim(k).map_err(GatewayError::from)? {
-                Claim::New => {}
+        // Held until this request has answered (or failed, or been dropped with its connection);
+        // what it committed under the key meanwhile answers the retries.
+        let held = match &request_key {
+            None => None,
+            Some(k) => match self.vault.claim(k)? {
+                Claim::New(held) => Some(held),
+                Claim::InFlight => return Err(in_flight()),
                 Claim::Existing(state) => return self.replay(state, "DocumentReference").await,
-            }
-        }
-        let result = self.create_claimed(caller, docs, request_key.as_deref()).await;
-        if result.is_err() {
-            if let Some(k) = &request_key {
-                // Nothing was stored under this key (a failure after storing answers 202, not Err).
-                let _ = self.vault.release(k);
-            }
-        }
-        result
+            },
+        };
+        self.create_claimed(caller, docs, held.as_ref().map(|h| h.key())).await
     }
 
     /// The answer for a request key seen before; `resource` names what a single create made
@@ -48,11 +45,12 @@ impl Gateway {
                 });
                 Ok(Created { status, body, location })
             }
-            IdemState::Pending { .. } => Err(GatewayError::Conflict(
-                "a request with this Idempotency-Key is still being processed; retry in a few seconds".into(),
-            )),
+            // Not returned by a claim (see `Vault::claim`).
+            IdemState::Pending { .. } => Err(in_flight()),
             IdemState::Stored { record_ids } => {
-                // Stored by an earlier attempt that did not finish answering (crash): answer now.
+                // Stored by an earlier attempt that did not finish answering (crash, or its
+                // connection went away): answer now, once what it stored is surely on disk.
+                self.vault.sync().await?;
                 self.metrics.incr("idempotent_replays");
                 let mut created = Vec::new();
                 for id in &record_ids {
@@ -67,20 +65,17 @@ impl Gateway {
     pub(super) async fn create_claimed(&self, caller: &Caller, docs: Vec<DocumentSubmission>, request_key: Option<&[u8]>) -> Result<Created, GatewayError> {
         // Conditional create: a masterIdentifier already stored for this hospital answers with the
         // existing record (same content) or a conflict (other content).
+        // Claims are given back when `master_keys` is dropped, whatever happens below.
         let mut master_keys = Vec::new();
         for d in &docs {
             if let Some((system, value)) = &d.master_identifier {
                 let key = Vault::idem_key("master", &format!("{system}|{value}"));
                 match self.vault.claim(&key).map_err(GatewayError::from)? {
-                    Claim::New => master_keys.push(Some(key)),
-                    Claim::Existing(IdemState::Stored { record_ids }) => {
-                        self.release_all(&master_keys);
-                        return self.existing_master(&record_ids, d).await;
-                    }
-                    Claim::Existing(_) => {
-                        self.release_all(&master_keys);
-                        return Err(GatewayError::Conflict(
-                            "a document with this masterIdentifier is being stored by another request; retry in a few seconds".into(),
+                    Claim::New(held) => master_keys.push(Some(held)),
+                    Claim::Existing(IdemState::Stored { record_ids }) => return self.existing_master(&record_ids, d).await,
+                    Claim::InFlight | Claim::Existing(_) => {
+                        return Err(GatewayError::InFlight(
+                            "a document with this masterIdentifier is being stored by another request; retry in a second".into(),
                         ));
                     }
                 }
@@ -92,34 +87,19 @@ impl Gateway {
         // and destroy the old version in between.
         let sealing = self.shred.sealing().await;
         let stored = self.seal_all(caller, &docs).await;
-        let (records, entries) = match stored {
-            Ok(v) => v,
-            Err(e) => {
-                self.release_all(&master_keys);
-                return Err(e);
-            }
-        };
+        let (records, entries) = stored?;
         let outbox: Vec<(String, Vec<u8>)> =
-            match entries.iter().map(|e| Ok((e.id.clone(), serde_json::to_vec(e)?))).collect::<Result<_, serde_json::Error>>() {
-                Ok(o) => o,
-                Err(e) => {
-                    self.release_all(&master_keys);
-                    return Err(GatewayError::internal(e));
-                }
-            };
+            entries.iter().map(|e| Ok((e.id.clone(), serde_json::to_vec(e)?))).collect::<Result<_, serde_json::Error>>().map_err(GatewayError::internal)?;
         let mut idem: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
         if let Some(k) = request_key {
             idem.push((k.to_vec(), records.iter().map(|r| r.id.clone()).collect()));
         }
         for (k, r) in master_keys.iter().zip(&records) {
             if let Some(k) = k {
-                idem.push((k.clone(), vec![r.id.clone()]));
+                idem.push((k.key().to_vec(), vec![r.id.clone()]));
             }
         }
-        if let Err(e) = self.vault.store(&records, &outbox, &idem).await {
-            self.release_all(&master_keys);
-            return Err(e.into());
-        }
+        self.vault.store(&records, &outbox, &idem).await?;
         drop(sealing);
         self.metrics.incr("records_stored");
         let receipts = match self.ledger.append(entries).await {
@@ -139,15 +119,9 @@ impl Gateway {
         Ok(created)
     }
 
-    /// Gives back conditional-create claims of a request that stored nothing.
-    pub(super) fn release_all(&self, keys: &[Option<Vec<u8>>]) {
-        for k in keys.iter().flatten() {
-            let _ = self.vault.release(k);
-        }
-    }
-
     pub(super) async fn existing_master(&self, record_ids: &[String], doc: &DocumentSubmission) -> Result<Created, GatewayError> {
         let id = record_ids.first().ok_or_else(|| GatewayError::internal("empty master identifier index"))?;
+        self.vault.sync().await?;
         let rec = self.vault.get(id).map_err(GatewayError::from)?.ok_or_else(|| GatewayError::internal(format!("record {id} missing")))?;
         if rec.content_hash != hex::encode(Sha256::digest(&doc.data)) {
             return Err(GatewayError::Conflict(
