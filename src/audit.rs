@@ -4,41 +4,25 @@
 
 use std::path::Path;
 
-use serde_json::{json, Value};
+use medgate_gateway::gateway::break_glass_json;
 
-use crate::cli::Failure;
-use crate::ledger::{Entry, EntryBody};
-
-/// The review list as JSON (what the admin listener serves and the command prints).
-pub fn break_glass_json(list: &[(Entry, u64)]) -> Value {
-    let items: Vec<Value> = list
-        .iter()
-        .filter_map(|(e, height)| match &e.body {
-            EntryBody::RecordRead { record_id, custodian, reader, user, role, purpose, .. } => Some(json!({
-                "time": e.time, "entry": e.id, "height": height, "record": record_id, "custodian": custodian,
-                "reader": reader, "user": user, "role": role, "purpose": purpose,
-            })),
-            _ => None,
-        })
-        .collect();
-    json!({"break_glass_reads": items})
-}
+use crate::exit::Failure;
 
 /// `medgate audit break-glass`: asks the running gateway on its admin listener; when it is not
 /// running, reads the store directly.
 pub fn break_glass(config: &Path, as_json: bool) -> Result<(), Failure> {
-    let cfg = crate::config::Config::load(config).map_err(|e| Failure::config(e.to_string()))?;
-    let value = match crate::demo::admin_get(cfg.admin.listen, "/audit/break-glass") {
+    let cfg = medgate_gateway::config::Config::load(config).map_err(|e| Failure::config(e.to_string()))?;
+    let value: serde_json::Value = match crate::admin_client::get(cfg.admin.listen, "/audit/break-glass") {
         Ok((200, body)) => serde_json::from_str(&body).map_err(|e| Failure::runtime(format!("admin listener: {e}")))?,
         Ok((status, body)) => return Err(Failure::runtime(format!("admin listener answered {status}: {body}"))),
         Err(_) => {
-            let db = crate::vault::Vault::open_db(&cfg.gateway.state_directory).map_err(|e| Failure::runtime(e.to_string()))?;
-            let store = crate::chain::ChainStore::open(&db).map_err(|e| Failure::runtime(e.to_string()))?;
+            let db = medgate_store::Db::open(&cfg.gateway.state_directory).map_err(|e| Failure::runtime(e.to_string()))?;
+            let store = medgate_store::ChainStore::open(&db).map_err(|e| Failure::runtime(e.to_string()))?;
             break_glass_json(&store.break_glass_reads().map_err(|e| Failure::runtime(e.to_string()))?)
         }
     };
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        println!("{}", serde_json::to_string_pretty(&value).map_err(|e| Failure::runtime(e.to_string()))?);
         return Ok(());
     }
     let items = value["break_glass_reads"].as_array().cloned().unwrap_or_default();

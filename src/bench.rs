@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use medgate_hsm::{Hsm, HsmConfig, Pin};
 
-use crate::cli::Failure;
-use crate::config::Config;
+use crate::exit::Failure;
+use medgate_gateway::config::Config;
 use crate::demo::{Site, SOFTHSM_MODULE, TOKEN};
-use crate::fhir::{sample_transaction, PatientId};
-use crate::server::Running;
+use medgate_fhir::{sample_transaction, PatientId};
+use medgate_gateway::server::Running;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

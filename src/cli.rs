@@ -1,51 +1,17 @@
-//! The command line: `medgate serve | config | keys | ledger | demo | bench`. Each command returns
-//! a [`Failure`] with an exit status an operator or a script can act on.
+//! The command line: `medgate serve | config | keys | ledger | consortium | audit | demo |
+//! bench`. Parsing and dispatch; each command returns a [`Failure`] with an exit status an
+//! operator or a script can act on (see [`crate::exit`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use medgate_hsm::{HsmError, Pin, Role};
+use medgate_hsm::{Pin, Role};
 
-use crate::config::{self, Config, HsmOnly};
+use medgate_gateway::config::{self, Config, HsmOnly};
+
+use crate::exit::{self, Failure};
 use crate::keys;
-
-/// Exit statuses (sysexits.h where one fits).
-pub mod exit {
-    pub const RUNTIME: i32 = 1;
-    pub const USAGE: i32 = 64;
-    pub const UNAVAILABLE: i32 = 69;
-    /// Wrong or locked PIN: systemd must not restart into it (RestartPreventExitStatus=77).
-    pub const NOPERM: i32 = 77;
-}
-
-/// A command that failed: what to print and how to exit.
-#[derive(Debug)]
-pub struct Failure {
-    pub code: i32,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn runtime(m: impl Into<String>) -> Failure {
-        Failure { code: exit::RUNTIME, message: m.into() }
-    }
-    pub fn usage(m: impl Into<String>) -> Failure {
-        Failure { code: exit::USAGE, message: m.into() }
-    }
-    pub fn config(m: impl Into<String>) -> Failure {
-        Failure { code: config::EXIT_BAD_CONFIG, message: m.into() }
-    }
-    pub fn hsm(e: HsmError) -> Failure {
-        let code = match e {
-            HsmError::WrongPin | HsmError::PinLocked | HsmError::PinFinalTry => exit::NOPERM,
-            HsmError::ModuleMissing(_) | HsmError::ModuleLoad { .. } | HsmError::TokenMissing(_) => config::EXIT_BAD_CONFIG,
-            HsmError::Unavailable(_) | HsmError::Init { .. } => exit::UNAVAILABLE,
-            _ => exit::RUNTIME,
-        };
-        Failure { code, message: e.to_string() }
-    }
-}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -164,6 +130,17 @@ enum LedgerCommand {
         /// repeatable. Without it the keys recorded in the store are used.
         #[arg(long = "public-key")]
         public_keys: Vec<PathBuf>,
+    },
+    /// Write every stored block, one JSON line each, for an auditor who checks the copy with
+    /// the ledger crate alone (`cargo run -p medgate-ledger --example verify-ledger`). A
+    /// consortium copy's genesis document is written next to it (OUT.genesis.json). Stop the
+    /// gateway first (the store is locked).
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Where to write the blocks (JSON lines).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Print the receipt of a ledger entry (JSON): checkable by anyone with the public key.
     Proof {
@@ -463,7 +440,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
-    use crate::pki::TestCa;
+    use medgate_gateway::pki::TestCa;
     match command {
         ConsortiumCommand::InitCa { dir, name } => {
             if dir.join("ca-key.pem").exists() {
@@ -477,7 +454,7 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
             let ca = TestCa::load(&dir).map_err(Failure::usage)?;
             let pem = std::fs::read_to_string(&csr).map_err(|e| Failure::usage(format!("{}: {e}", csr.display())))?;
             let cert = ca.sign_peer_csr(&pem, days, &ips).map_err(|e| Failure::usage(format!("{}: {e}", csr.display())))?;
-            let (subject, _, _) = crate::pki::describe_certificate(cert.der()).map_err(Failure::runtime)?;
+            let (subject, _, _) = medgate_gateway::pki::describe_certificate(cert.der()).map_err(Failure::runtime)?;
             if !subject.contains("O=") {
                 return Err(Failure::usage(format!("{}: the subject has no O; peers know a gateway by the hospital id in O", csr.display())));
             }
@@ -494,13 +471,13 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
         }
         ConsortiumCommand::EtcdRbac { prefix, genesis, mut grant, revoke, enable_auth } => {
             if let Some(g) = &genesis {
-                let (g, _, _) = crate::membership::Genesis::read(g).map_err(Failure::usage)?;
+                let (g, _, _) = medgate_ledger::membership::Genesis::read(g).map_err(Failure::usage)?;
                 grant.extend(g.members.into_iter().map(|m| m.hospital_id));
             }
             if grant.is_empty() && revoke.is_empty() && !enable_auth {
                 return Err(Failure::usage("nothing to do: give --genesis, --grant, --revoke or --enable-auth"));
             }
-            let cmds = crate::consortium::etcd::rbac_commands(&prefix, &grant, &revoke, enable_auth).map_err(Failure::usage)?;
+            let cmds = medgate_store::order::etcd::rbac_commands(&prefix, &grant, &revoke, enable_auth).map_err(Failure::usage)?;
             println!("# etcd RBAC for the medgate ledger under {prefix}/batches/");
             println!("# Run with: etcdctl --endpoints=... --cacert=consortium-ca.pem --cert=root.crt --key=root.key");
             for c in cmds {
@@ -508,9 +485,9 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
             }
         }
         ConsortiumCommand::MemberCard { hospital_id, ledger_public_key, ledger_key_version, sharing_public_key, peer_address, out } => {
-            let card = crate::membership::MemberCard::from_files(&hospital_id, &ledger_public_key, ledger_key_version, sharing_public_key.as_deref(), peer_address)
+            let card = medgate_ledger::membership::MemberCard::from_files(&hospital_id, &ledger_public_key, ledger_key_version, sharing_public_key.as_deref(), peer_address)
                 .map_err(Failure::usage)?;
-            let mut bytes = serde_json::to_vec_pretty(&card).unwrap_or_default();
+            let mut bytes = serde_json::to_vec_pretty(&card).map_err(|e| Failure::runtime(format!("member card: {e}")))?;
             bytes.push(b'\n');
             std::fs::write(&out, bytes).map_err(|e| Failure::runtime(format!("{}: {e}", out.display())))?;
             println!("member card of {hospital_id} written to {}", out.display());
@@ -523,7 +500,7 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
                 return Err(Failure::usage(format!("{} exists; a genesis is written once (remove it yourself if you mean to replace it)", out.display())));
             }
             let cards = members.iter().map(|p| read_card(p)).collect::<Result<Vec<_>, _>>()?;
-            let g = crate::membership::Genesis::new(&name, cards).map_err(Failure::usage)?;
+            let g = medgate_ledger::membership::Genesis::new(&name, &medgate_gateway::clock::now_rfc3339(), cards).map_err(Failure::usage)?;
             let hash = g.write(&out).map_err(Failure::runtime)?;
             println!("genesis of {name:?} with {} founding members written to {}", g.members.len(), out.display());
             println!("sha256 {}  (every member must see this same hash before starting)", hex::encode(hash));
@@ -591,9 +568,9 @@ fn consortium_command(command: ConsortiumCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-fn read_card(path: &Path) -> Result<crate::membership::MemberCard, Failure> {
+fn read_card(path: &Path) -> Result<medgate_ledger::membership::MemberCard, Failure> {
     let bytes = std::fs::read(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
-    let card: crate::membership::MemberCard = serde_json::from_slice(&bytes).map_err(|e| Failure::usage(format!("{}: not a member card: {e}", path.display())))?;
+    let card: medgate_ledger::membership::MemberCard = serde_json::from_slice(&bytes).map_err(|e| Failure::usage(format!("{}: not a member card: {e}", path.display())))?;
     card.check().map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
     Ok(card)
 }
@@ -609,7 +586,7 @@ fn consortium_config(path: &Path) -> Result<Config, Failure> {
 /// One request to the running gateway's admin listener; a non-200 answer is a failure that
 /// carries the gateway's reason.
 fn admin_call(cfg: &Config, method: &str, path: &str, body: &[u8]) -> Result<String, Failure> {
-    match crate::demo::admin_request_with(cfg.admin.listen, method, path, body) {
+    match crate::admin_client::request(cfg.admin.listen, method, path, body) {
         Ok((200, body)) => Ok(body),
         Ok((status, body)) => Err(Failure::runtime(format!("refused ({status}): {}", body.trim()))),
         Err(e) => Err(Failure { code: exit::UNAVAILABLE, message: format!("the gateway's admin listener {} did not answer: {e}", cfg.admin.listen) }),
@@ -617,7 +594,7 @@ fn admin_call(cfg: &Config, method: &str, path: &str, body: &[u8]) -> Result<Str
 }
 
 fn print_proposal(body: &str) -> Result<(), Failure> {
-    let p: crate::membership::Proposal = serde_json::from_str(body).map_err(|e| Failure::runtime(format!("unreadable answer: {e}")))?;
+    let p: medgate_ledger::membership::Proposal = serde_json::from_str(body).map_err(|e| Failure::runtime(format!("unreadable answer: {e}")))?;
     match p.decided_at {
         Some(h) if p.lapsed => println!("proposal {} ({} {}) lapsed in block {h}: the membership no longer allows it; approvals: {}", p.proposal_id, p.action, p.hospital_id, p.approvals.join(", ")),
         Some(h) => println!("proposal {} ({} {}) carried in block {h}; approvals: {}", p.proposal_id, p.action, p.hospital_id, p.approvals.join(", ")),
@@ -626,10 +603,10 @@ fn print_proposal(body: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-fn open_chain(path: &Path) -> Result<crate::chain::ChainStore, Failure> {
+fn open_chain(path: &Path) -> Result<medgate_store::ChainStore, Failure> {
     let cfg = Config::load(path).map_err(|e| Failure::config(e.to_string()))?;
     let dir = &cfg.gateway.state_directory;
-    let db = crate::vault::Vault::open_db(dir).map_err(|e| {
+    let db = medgate_store::Db::open(dir).map_err(|e| {
         let text = e.to_string();
         if text.contains("lock") || text.contains("WouldBlock") {
             Failure::runtime(format!("{}: the store is in use (is the gateway running? stop it, or copy the directory and point a configuration at the copy): {text}", dir.display()))
@@ -637,7 +614,7 @@ fn open_chain(path: &Path) -> Result<crate::chain::ChainStore, Failure> {
             Failure::runtime(text)
         }
     })?;
-    crate::chain::ChainStore::open(&db).map_err(|e| Failure::runtime(e.to_string()))
+    medgate_store::ChainStore::open(&db).map_err(|e| Failure::runtime(e.to_string()))
 }
 
 fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
@@ -647,7 +624,7 @@ fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
             let cfg = Config::load(&config.config).map_err(|e| Failure::config(e.to_string()))?;
             let stored = store.genesis_hash().map_err(|e| Failure::runtime(e.to_string()))?;
             if let (Some(c), Some(stored)) = (cfg.consortium.as_ref().filter(|_| cfg.ledger.mode == "consortium"), stored) {
-                let (_, configured, _) = crate::membership::Genesis::read(&c.genesis).map_err(|e| Failure::config(format!("consortium.genesis: {e}")))?;
+                let (_, configured, _) = medgate_ledger::membership::Genesis::read(&c.genesis).map_err(|e| Failure::config(format!("consortium.genesis: {e}")))?;
                 if configured != stored {
                     return Err(Failure::runtime(format!(
                         "ledger verification FAILED: this ledger copy hangs from genesis {}, the configured consortium.genesis is {}",
@@ -656,8 +633,8 @@ fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
                     )));
                 }
             }
-            let keys = public_keys.iter().map(|p| crate::verify::read_public_key(p)).collect::<Result<Vec<_>, _>>().map_err(Failure::usage)?;
-            match crate::verify::verify_store(&store, &keys) {
+            let keys = public_keys.iter().map(|p| medgate_ledger::keys::read_public_key(p)).collect::<Result<Vec<_>, _>>().map_err(|e| Failure::usage(e.to_string()))?;
+            match store.verify(&keys) {
                 Ok(r) => {
                     let height = r.height.map_or("empty".to_owned(), |h| h.to_string());
                     println!("ledger OK: height {height}, {} blocks, {} batches ({} flagged invalid), {} entries, head {}", r.blocks, r.batches, r.invalid_batches, r.entries, r.head);
@@ -674,11 +651,12 @@ fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
                 Err(e) => Err(Failure::runtime(format!("ledger verification FAILED at block {}: {e}", e.height()))),
             }
         }
+        LedgerCommand::Export { config, out } => export_ledger(&open_chain(&config.config)?, &out),
         LedgerCommand::Proof { config, entry } => {
             let store = open_chain(&config.config)?;
             match store.receipt(entry.trim()).map_err(|e| Failure::runtime(e.to_string()))? {
                 Some(r) => {
-                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    println!("{}", serde_json::to_string_pretty(&r).map_err(|e| Failure::runtime(e.to_string()))?);
                     Ok(())
                 }
                 None => Err(Failure::usage(format!("no entry {} in a block of this ledger", entry.trim()))),
@@ -689,7 +667,7 @@ fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
             if cfg.ledger.mode != "consortium" {
                 return Err(Failure::usage("compaction concerns the consortium's etcd; this gateway runs standalone"));
             }
-            match crate::demo::admin_request(cfg.admin.listen, "POST", "/ledger/compact") {
+            match crate::admin_client::request(cfg.admin.listen, "POST", "/ledger/compact", b"") {
                 Ok((200, body)) => {
                     println!("{}", body.trim());
                     Ok(())
@@ -700,12 +678,33 @@ fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
         }
         LedgerCommand::CheckReceipt { receipt, public_key } => {
             let bytes = std::fs::read(&receipt).map_err(|e| Failure::usage(format!("{}: {e}", receipt.display())))?;
-            let key = crate::verify::read_public_key(&public_key).map_err(Failure::usage)?;
-            let r = crate::verify::check_receipt(&bytes, &key).map_err(Failure::runtime)?;
+            let key = medgate_ledger::keys::read_public_key(&public_key).map_err(|e| Failure::usage(e.to_string()))?;
+            let r = medgate_ledger::check_receipt(&bytes, &key).map_err(|e| Failure::runtime(e.to_string()))?;
             println!("receipt OK: entry {} is leaf {} of batch {} signed by {} (key version {}), in block {} ({})", r.entry.id, r.leaf_index, r.seq, r.gateway, r.key_version, r.height, r.block_hash);
             Ok(())
         }
     }
+}
+
+/// `medgate ledger export`: the blocks as JSON lines, and the genesis beside them.
+fn export_ledger(store: &medgate_store::ChainStore, out: &Path) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let io = |p: &Path, e: std::io::Error| Failure::runtime(format!("{}: {e}", p.display()));
+    let mut file = std::io::BufWriter::new(std::fs::File::create(out).map_err(|e| io(out, e))?);
+    let mut blocks = 0u64;
+    for block in store.blocks() {
+        let block = block.map_err(|e| Failure::runtime(format!("block {blocks} cannot be read: {e}")))?;
+        file.write_all(&block.to_bytes()).and_then(|()| file.write_all(b"\n")).map_err(|e| io(out, e))?;
+        blocks += 1;
+    }
+    file.flush().map_err(|e| io(out, e))?;
+    println!("{blocks} blocks written to {}", out.display());
+    if let Some(genesis) = store.genesis().map_err(|e| Failure::runtime(e.to_string()))? {
+        let path = out.with_extension("genesis.json");
+        std::fs::write(&path, genesis).map_err(|e| io(&path, e))?;
+        println!("genesis written to {} (compare it with the consortium's)", path.display());
+    }
+    Ok(())
 }
 
 fn config_check(path: &Path) -> Result<(), Failure> {
@@ -759,7 +758,7 @@ fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, state: Option<&Path>, command: Key
             let keys = hsm.list_keys().map_err(Failure::hsm)?;
             if json {
                 let v: Vec<_> = keys.iter().map(keys::key_json).collect();
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Failure::runtime(e.to_string()))?);
             } else {
                 keys::print_table(&keys);
             }
@@ -789,8 +788,8 @@ fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, state: Option<&Path>, command: Key
             if !matches!(role, Role::Tls | Role::Ledger) {
                 return Err(Failure::usage(format!("{role} keys cannot sign a CSR (use tls or ledger)")));
             }
-            let dn = crate::pki::parse_subject(&subject).map_err(Failure::usage)?;
-            let pem = crate::pki::csr_for_hsm_key(hsm.clone(), role, dn, &dns).map_err(|e| Failure::runtime(e.to_string()))?;
+            let dn = medgate_gateway::pki::parse_subject(&subject).map_err(Failure::usage)?;
+            let pem = medgate_gateway::pki::csr_for_hsm_key(hsm.clone(), role, dn, &dns).map_err(|e| Failure::runtime(e.to_string()))?;
             match out {
                 Some(p) => std::fs::write(&p, &pem).map_err(|e| Failure::runtime(format!("{}: {e}", p.display())))?,
                 None => print!("{pem}"),

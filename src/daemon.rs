@@ -10,9 +10,9 @@ use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::{exit, Failure};
-use crate::config::Config;
-use crate::server::{notify, Running};
+use crate::exit::{self, Failure};
+use medgate_gateway::config::Config;
+use medgate_gateway::server::{notify, Running};
 
 /// Core dumps and ptrace would expose data keys and documents held in memory: forbid both.
 pub fn harden_process() {

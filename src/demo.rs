@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use medgate_hsm::{Hsm, HsmConfig, Pin, Role};
 use time::OffsetDateTime;
 
-use crate::cli::Failure;
+use crate::exit::Failure;
 use crate::client::{query_escape, HisClient};
-use crate::fhir::{sample_transaction, PatientId};
-use crate::pki::TestCa;
+use medgate_fhir::{sample_transaction, PatientId};
+use medgate_gateway::pki::TestCa;
 
 mod consortium;
 pub use consortium::{bench as bench_consortium, run as run_consortium};
@@ -98,27 +98,9 @@ impl Site {
         std::fs::create_dir_all(dir.join("tls")).map_err(io(dir))?;
         std::fs::create_dir_all(dir.join("state")).map_err(io(dir))?;
         let dir = dir.canonicalize().map_err(io(dir))?;
-        let softhsm_conf = dir.join("softhsm/softhsm2.conf");
-        std::fs::write(
-            &softhsm_conf,
-            format!(
-                "# SoftHSM2 token store of this medgate site\ndirectories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
-                dir.join("softhsm/tokens").display()
-            ),
-        )
-        .map_err(io(&softhsm_conf))?;
-        // SoftHSM reads this at C_Initialize; the gateway process inherits it.
-        std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);
-        let pin_file = dir.join("hsm-pin");
-        let so_pin_file = dir.join("hsm-so-pin");
-        write_private(&pin_file, random_hex(12).as_bytes())?;
-        write_private(&so_pin_file, random_hex(12).as_bytes())?;
-        let pin = || Pin::from_file(&pin_file).map_err(|e| Failure::runtime(e.to_string()));
-        let so = Pin::from_file(&so_pin_file).map_err(|e| Failure::runtime(e.to_string()))?;
-        medgate_hsm::admin::init_token(&module, TOKEN, &so, &pin()?).map_err(Failure::hsm)?;
-        say(&format!("SoftHSM2 token {TOKEN:?} initialised in {}; user PIN in {} (0600)", dir.join("softhsm").display(), pin_file.display()));
+        let (softhsm_conf, pin_file, pin) = init_token(&dir, &module, say)?;
 
-        let hsm = Arc::new(Hsm::open(HsmConfig { module: module.clone(), token_label: TOKEN.into(), pool_size: 2 }, pin()?).map_err(Failure::hsm)?);
+        let hsm = Arc::new(Hsm::open(HsmConfig { module: module.clone(), token_label: TOKEN.into(), pool_size: 2 }, pin).map_err(Failure::hsm)?);
         let result = Self::keys_and_certificates(&dir, hospital, &hsm, shared_pseudonym_key, say);
         hsm.shutdown();
         let (ca, his_cert_pem, his_key_pem, ledger_public_key) = result?;
@@ -129,37 +111,7 @@ impl Site {
         while admin_addr == his_addr {
             admin_addr = free_port()?;
         }
-        let config = dir.join("medgate.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"# medgate configuration written by `medgate demo` (see packaging/medgate.toml for every key)
-[gateway]
-hospital_id = "{hospital}"
-state_directory = "{state}"
-
-[hsm]
-module = "{module}"
-token_label = "{TOKEN}"
-pin_file = "{pin}"
-pool_size = 4
-
-[his]
-listen = "{his_addr}"
-certificate = "{tls}/server.pem"
-client_ca = "{tls}/hospital-ca.pem"
-crl = ["{tls}/hospital-ca.crl"]
-
-[admin]
-listen = "{admin_addr}"
-"#,
-                state = dir.join("state").display(),
-                module = module.display(),
-                pin = pin_file.display(),
-                tls = dir.join("tls").display(),
-            ),
-        )
-        .map_err(io(&config))?;
+        let config = write_config(&dir, hospital, &module, &pin_file, his_addr, admin_addr)?;
         say(&format!("configuration written to {}", config.display()));
         Ok(Site {
             dir: dir.clone(),
@@ -194,8 +146,8 @@ listen = "{admin_addr}"
         let ca = TestCa::new(&format!("{hospital} CA")).map_err(|e| Failure::runtime(e.to_string()))?;
         let ca_pem = ca.cert.pem();
         std::fs::write(tls.join("hospital-ca.pem"), &ca_pem).map_err(io(&tls))?;
-        let dn = crate::pki::parse_subject(&format!("CN=localhost,O={hospital}")).map_err(Failure::usage)?;
-        let csr = crate::pki::csr_for_hsm_key(hsm.clone(), Role::Tls, dn, &["localhost".to_owned()]).map_err(|e| Failure::runtime(e.to_string()))?;
+        let dn = medgate_gateway::pki::parse_subject(&format!("CN=localhost,O={hospital}")).map_err(Failure::usage)?;
+        let csr = medgate_gateway::pki::csr_for_hsm_key(hsm.clone(), Role::Tls, dn, &["localhost".to_owned()]).map_err(|e| Failure::runtime(e.to_string()))?;
         std::fs::write(tls.join("server.csr"), &csr).map_err(io(&tls))?;
         let server = ca.sign_server_csr(&csr, 365).map_err(|e| Failure::runtime(e.to_string()))?;
         std::fs::write(tls.join("server.pem"), server.pem()).map_err(io(&tls))?;
@@ -219,7 +171,7 @@ listen = "{admin_addr}"
 
     /// A TLS client configuration presenting the site's HIS certificate.
     pub fn his_tls(&self) -> Result<Arc<rustls::ClientConfig>, Failure> {
-        crate::tls::client_config(self.ca_pem.as_bytes(), Some((self.his_cert_pem.as_bytes(), self.his_key_pem.as_bytes())))
+        medgate_gateway::tls::client_config(self.ca_pem.as_bytes(), Some((self.his_cert_pem.as_bytes(), self.his_key_pem.as_bytes())))
             .map_err(|e| Failure::runtime(e.to_string()))
     }
 
@@ -254,7 +206,7 @@ listen = "{admin_addr}"
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(Failure::runtime(format!("medgate serve exited during start-up ({status})")));
             }
-            if admin_get(self.admin_addr, path).map(|(s, _)| s == 200).unwrap_or(false) {
+            if crate::admin_client::get(self.admin_addr, path).map(|(s, _)| s == 200).unwrap_or(false) {
                 return Ok(child);
             }
             if Instant::now() > deadline {
@@ -266,34 +218,66 @@ listen = "{admin_addr}"
     }
 }
 
-/// A plain HTTP GET on the admin listener: (status, body).
-pub fn admin_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    admin_request(addr, "GET", path)
-}
-
-/// A plain HTTP request without a body on the admin listener: (status, body).
-pub fn admin_request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String), String> {
-    admin_request_with(addr, method, path, b"")
-}
-
-/// [`admin_request`] with a JSON body.
-pub fn admin_request_with(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<(u16, String), String> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{}: cli\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        crate::server::ADMIN_HEADER,
-        body.len()
+/// A SoftHSM2 token store under `dir/softhsm`, and a token labelled [`TOKEN`] with random user
+/// and SO PINs in 0600 files: (the SoftHSM configuration, the PIN file, the user PIN).
+fn init_token(dir: &Path, module: &Path, say: &mut dyn FnMut(&str)) -> Result<(PathBuf, PathBuf, Pin), Failure> {
+    let softhsm_conf = dir.join("softhsm/softhsm2.conf");
+    std::fs::write(
+        &softhsm_conf,
+        format!(
+            "# SoftHSM2 token store of this medgate site\ndirectories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+            dir.join("softhsm/tokens").display()
+        ),
     )
-        .map_err(|e| e.to_string())?;
-    s.write_all(body).map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    let status = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no status")?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
+    .map_err(io(&softhsm_conf))?;
+    // SoftHSM reads this at C_Initialize; the gateway process inherits it.
+    std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);
+    let pin_file = dir.join("hsm-pin");
+    let so_pin_file = dir.join("hsm-so-pin");
+    write_private(&pin_file, random_hex(12).as_bytes())?;
+    write_private(&so_pin_file, random_hex(12).as_bytes())?;
+    let pin = || Pin::from_file(&pin_file).map_err(|e| Failure::runtime(e.to_string()));
+    let so = Pin::from_file(&so_pin_file).map_err(|e| Failure::runtime(e.to_string()))?;
+    medgate_hsm::admin::init_token(module, TOKEN, &so, &pin()?).map_err(Failure::hsm)?;
+    say(&format!("SoftHSM2 token {TOKEN:?} initialised in {}; user PIN in {} (0600)", dir.join("softhsm").display(), pin_file.display()));
+    let pin = pin()?;
+    Ok((softhsm_conf, pin_file, pin))
+}
+
+/// The site's configuration file, as an operator would write it.
+fn write_config(dir: &Path, hospital: &str, module: &Path, pin_file: &Path, his_addr: SocketAddr, admin_addr: SocketAddr) -> Result<PathBuf, Failure> {
+    let config = dir.join("medgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"# medgate configuration written by `medgate demo` (see packaging/medgate.toml for every key)
+[gateway]
+hospital_id = "{hospital}"
+state_directory = "{state}"
+
+[hsm]
+module = "{module}"
+token_label = "{TOKEN}"
+pin_file = "{pin}"
+pool_size = 4
+
+[his]
+listen = "{his_addr}"
+certificate = "{tls}/server.pem"
+client_ca = "{tls}/hospital-ca.pem"
+crl = ["{tls}/hospital-ca.crl"]
+
+[admin]
+listen = "{admin_addr}"
+"#,
+            state = dir.join("state").display(),
+            module = module.display(),
+            pin = pin_file.display(),
+            tls = dir.join("tls").display(),
+        ),
+    )
+    .map_err(io(&config))?;
+    Ok(config)
 }
 
 /// Sends SIGTERM and waits for the exit status.
@@ -342,10 +326,10 @@ pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
         return Err(Failure::runtime(format!("the gateway did not stop cleanly: {status}")));
     }
 
-    let db = crate::vault::Vault::open_db(&dir.join("state")).map_err(|e| Failure::runtime(e.to_string()))?;
-    let store = crate::chain::ChainStore::open(&db).map_err(|e| Failure::runtime(e.to_string()))?;
-    let key = crate::verify::read_public_key(&site.ledger_public_key).map_err(Failure::runtime)?;
-    let report = crate::verify::verify_store(&store, std::slice::from_ref(&key)).map_err(|e| Failure::runtime(format!("ledger verification FAILED: {e}")))?;
+    let db = medgate_store::Db::open(&dir.join("state")).map_err(|e| Failure::runtime(e.to_string()))?;
+    let store = medgate_store::ChainStore::open(&db).map_err(|e| Failure::runtime(e.to_string()))?;
+    let key = medgate_ledger::keys::read_public_key(&site.ledger_public_key).map_err(|e| Failure::runtime(e.to_string()))?;
+    let report = store.verify(std::slice::from_ref(&key)).map_err(|e| Failure::runtime(format!("ledger verification FAILED: {e}")))?;
     say(&format!(
         "ledger verified offline against {}: {} blocks, {} entries, head {}",
         site.ledger_public_key.display(),
@@ -353,7 +337,7 @@ pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
         report.entries,
         &report.head[..16]
     ));
-    let r = crate::verify::check_receipt(&receipt, &key).map_err(Failure::runtime)?;
+    let r = medgate_ledger::check_receipt(&receipt, &key).map_err(|e| Failure::runtime(e.to_string()))?;
     say(&format!("the HIS's receipt for the first record checks out with only the public key (entry {}, block {})", &r.entry.id[..16], r.height));
     match workdir {
         Some(d) => say(&format!("everything is kept in {}: try `medgate ledger verify --config {}`", d.display(), site.config.display())),
@@ -421,7 +405,7 @@ async fn his_session(site: &Site, say: &mut dyn FnMut(&str)) -> Result<Vec<u8>, 
     check(bad.status == 422, "a malformed bundle is refused")?;
     say(&format!("a malformed bundle is refused: {} OperationOutcome \"{}\"", bad.status, bad.json()["issue"][0]["diagnostics"].as_str().unwrap_or("")));
 
-    let anon = crate::tls::client_config(site.ca_pem.as_bytes(), None).map_err(|e| Failure::runtime(e.to_string()))?;
+    let anon = medgate_gateway::tls::client_config(site.ca_pem.as_bytes(), None).map_err(|e| Failure::runtime(e.to_string()))?;
     let mut stranger = HisClient::new(site.his_addr, "localhost", anon).map_err(rt)?;
     check(stranger.get("/metadata").await.is_err(), "a client without a certificate is refused")?;
     say("a client without a certificate is refused during the TLS handshake");
@@ -446,7 +430,7 @@ async fn his_session(site: &Site, say: &mut dyn FnMut(&str)) -> Result<Vec<u8>, 
     }
     // Two creates, one search, one read; the retried create is not a second event.
     check(events.len() == 4, "every create, search and read is on the ledger, the retry is not")?;
-    let metrics = admin_get(site.admin_addr, "/metrics").map_err(Failure::runtime)?;
+    let metrics = crate::admin_client::get(site.admin_addr, "/metrics").map_err(Failure::runtime)?;
     let height = metrics.1.lines().find(|l| l.starts_with("medgate_ledger_height")).unwrap_or("").to_owned();
     say(&format!("admin /metrics: {height}"));
     Ok(receipt)

@@ -1,27 +1,16 @@
 //! `medgate keys`: the security officer's console commands. Every key event is logged with who,
-//! what and when, and appended to `<state_directory>/key-events.jsonl` so that the gateway puts it
-//! on the ledger.
+//! what and when, and appended to the key-event journal (`medgate_gateway::journal`) so that the
+//! gateway puts it on the ledger.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use medgate_gateway::config::HsmOnly;
+use medgate_gateway::journal::{self, KeyEvent};
 use medgate_hsm::{Hsm, HsmError, KeyInfo, Pin, Role};
-use serde::{Deserialize, Serialize};
 
-use crate::cli::Failure;
-use crate::config::HsmOnly;
-
-/// A key event, as logged and as later recorded on the ledger. Contains no key material.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct KeyEvent {
-    pub time: String,
-    pub officer: String,
-    pub action: String,
-    pub role: String,
-    pub version: u32,
-    pub key_id: String,
-}
+use crate::exit::Failure;
 
 /// The person at the console: the invoking user behind sudo, else the login name, else the uid.
 pub fn officer() -> String {
@@ -39,66 +28,19 @@ pub fn officer() -> String {
     }
 }
 
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
-}
-
-/// Logs the event and appends it, flushed, to the key-event journal when the state directory exists.
+/// Logs the event and appends it, flushed, to the key-event journal when the state directory
+/// exists, in the name of the officer at the console.
 pub fn record_event(state_dir: Option<&Path>, action: &str, info: &KeyInfo) -> Result<KeyEvent, Failure> {
-    record_event_by(state_dir, &officer(), action, info)
+    journal::record_event_by(state_dir, &officer(), action, info).map_err(|e| Failure::runtime(e.to_string()))
 }
 
-/// As [`record_event`], for an event the gateway itself caused (`officer` names what did it).
-pub fn record_event_by(state_dir: Option<&Path>, officer: &str, action: &str, info: &KeyInfo) -> Result<KeyEvent, Failure> {
-    let ev = KeyEvent {
-        time: now_rfc3339(),
-        officer: officer.to_owned(),
-        action: action.to_owned(),
-        role: info.role.to_string(),
-        version: info.version,
-        key_id: info.id_hex.clone(),
-    };
-    tracing::info!(officer = %ev.officer, action = %ev.action, role = %ev.role, version = ev.version, key_id = %ev.key_id, "key event");
-    if let Some(dir) = state_dir.filter(|d| d.is_dir()) {
-        let path = dir.join("key-events.jsonl");
-        let line = serde_json::to_string(&ev).map_err(|e| Failure::runtime(format!("key event: {e}")))?;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?;
-        // One write(2) per line: the gateway and the officer's console may append at the same time.
-        f.write_all(format!("{line}\n").as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?;
-    }
-    Ok(ev)
-}
-
-/// Reads the key-event journal (missing file = no events).
-pub fn read_events(state_dir: &Path) -> Result<Vec<KeyEvent>, String> {
-    let path = state_dir.join("key-events.jsonl");
-    let f = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        out.push(serde_json::from_str(&line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?);
-    }
-    Ok(out)
-}
-
+/// Opens the HSM with the PIN from the configured file or credential.
 pub fn open_hsm(cfg: &HsmOnly) -> Result<Arc<Hsm>, Failure> {
     let pin = Pin::resolve(cfg.hsm.pin_file.as_deref()).map_err(|e| Failure::config(e.to_string()))?;
     Hsm::open(cfg.hsm_config(), pin).map(Arc::new).map_err(Failure::hsm)
 }
 
+/// Prints the keys as a table for the officer.
 pub fn print_table(keys: &[KeyInfo]) {
     println!("{:<10} {:>3}  {:<24} {:<32} {:<16} {:<8} PROTECTION", "ROLE", "VER", "LABEL", "CKA_ID", "ALGORITHM", "STATE");
     for k in keys {
@@ -131,6 +73,7 @@ pub fn print_table(keys: &[KeyInfo]) {
     }
 }
 
+/// One key as JSON (`medgate keys list --json`).
 pub fn key_json(k: &KeyInfo) -> serde_json::Value {
     serde_json::json!({
         "role": k.role.as_str(), "version": k.version, "label": k.label, "id": k.id_hex,
@@ -175,6 +118,7 @@ pub fn read_certificate(path: &Path) -> Result<Vec<u8>, Failure> {
     }
 }
 
+/// The key of `role` at `version`.
 pub fn role_key(hsm: &Hsm, role: Role, version: u32) -> Result<KeyInfo, Failure> {
     hsm.list_keys()
         .map_err(Failure::hsm)?
@@ -183,6 +127,7 @@ pub fn role_key(hsm: &Hsm, role: Role, version: u32) -> Result<KeyInfo, Failure>
         .ok_or_else(|| Failure::hsm(HsmError::KeyMissing { role, detail: format!(" (version {version})") }))
 }
 
+/// The state directory the journal lives in, if configured.
 pub fn state_dir(cfg: &HsmOnly) -> Option<PathBuf> {
     cfg.state_directory.clone()
 }

@@ -1,28 +1,16 @@
-//! medgate, the hospital gateway: FHIR over mutual TLS towards the hospital's HIS, records
-//! encrypted under HSM keys in a local vault, every access anchored on an HSM-signed ledger.
-//! `main.rs` only parses the command line; everything else is here, testable in-process.
+//! medgate, the hospital gateway's command: `medgate serve | config | keys | ledger | consortium
+//! | audit | demo | bench`. The service itself is the `medgate-gateway` crate; this crate runs
+//! it as a daemon, holds the officer's console, the operators' commands, the demo and the load
+//! generator, and is the only place that maps failures to exit codes (see [`exit`]).
+//! `main.rs` only calls [`cli::main`]; everything else is here, testable in-process.
 
-pub mod fhir;
-pub mod ledger;
+pub mod admin_client;
+pub mod audit;
+pub mod bench;
 pub mod cli;
-pub mod config;
-pub mod keys;
-pub mod logging;
-pub mod pki;
-pub mod tls;
-pub mod vault;
-pub mod chain;
-pub mod metrics;
-pub mod gateway;
-pub mod api;
-pub mod server;
 pub mod client;
 pub mod daemon;
 pub mod demo;
-pub mod verify;
-pub mod bench;
-pub mod consortium;
-pub mod peer;
-pub mod membership;
-pub mod audit;
-pub mod shred;
+pub mod exit;
+pub mod keys;
+pub mod logging;

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use medgate::fhir::{sample_transaction, PatientId};
+use medgate_fhir::{sample_transaction, PatientId};
 use support::{exe, rt, run_medgate, Gw};
 
 fn patient(n: u32) -> PatientId {
@@ -276,7 +276,7 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() {
         assert_eq!(r.status, 201);
         assert_eq!(c.get("/Binary/ffff").await.unwrap().status, 404);
     });
-    let (status, text) = medgate::demo::admin_get(gw.site.admin_addr, "/metrics").unwrap();
+    let (status, text) = medgate::admin_client::get(gw.site.admin_addr, "/metrics").unwrap();
     assert_eq!(status, 200);
     assert!(check_prometheus(&text) > 20, "{text}");
     for want in [
@@ -293,8 +293,8 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
     assert!(!text.contains("PAT-0000009"), "patient identifier in metrics");
-    assert_eq!(medgate::demo::admin_get(gw.site.admin_addr, "/healthz").unwrap(), (200, "ok\n".into()));
-    let (status, body) = medgate::demo::admin_get(gw.site.admin_addr, "/readyz").unwrap();
+    assert_eq!(medgate::admin_client::get(gw.site.admin_addr, "/healthz").unwrap(), (200, "ok\n".into()));
+    let (status, body) = medgate::admin_client::get(gw.site.admin_addr, "/readyz").unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, "hsm: ok\nstore: ok\nledger: ok\nshred: none pending\n");
 }
@@ -319,10 +319,9 @@ fn a_full_demo_run_logs_no_patient_identifier_and_no_pin() {
         assert!(!text.contains(so_pin.trim()), "SO PIN in the {what}");
     }
     // The ledger store itself carries no identifier either.
-    let db = medgate::vault::Vault::open_db(&work.join("state")).unwrap();
-    let store = medgate::chain::ChainStore::open(&db).unwrap();
-    for kv in store.raw_blocks().iter() {
-        let (_, v) = kv.unwrap();
-        assert!(!String::from_utf8_lossy(&v).contains(&patient), "patient identifier in a ledger block");
+    let db = medgate_store::Db::open(&work.join("state")).unwrap();
+    let store = medgate_store::ChainStore::open(&db).unwrap();
+    for block in store.blocks() {
+        assert!(!String::from_utf8_lossy(&block.unwrap().to_bytes()).contains(&patient), "patient identifier in a ledger block");
     }
 }

@@ -10,9 +10,9 @@ mod etcd;
 use std::time::{Duration, Instant};
 
 use etcd::EtcdCluster;
-use medgate::fhir::{sample_transaction, PatientId};
-use medgate::membership::{Genesis, MemberCard};
-use medgate::pki::TestCa;
+use medgate_fhir::{sample_transaction, PatientId};
+use medgate_ledger::membership::{Genesis, MemberCard};
+use medgate_gateway::pki::TestCa;
 use support::{receipt_of, rt, Gw};
 
 const HOSPITALS: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
@@ -56,7 +56,7 @@ fn consortium_with(name: &str, sharing: bool) -> Consortium {
             MemberCard::from_files(&s.hospital, &s.ledger_public_key, 1, sharing.then_some(sharing_key.as_path()), sharing.then_some(*peer)).unwrap()
         })
         .collect();
-    let genesis = Genesis::new(&format!("test consortium {name}"), cards).unwrap().to_bytes();
+    let genesis = Genesis::new(&format!("test consortium {name}"), &medgate_gateway::clock::now_rfc3339(), cards).unwrap().to_bytes().unwrap();
     let mut c = Consortium { etcd, gws: Vec::new(), ca, name: name.to_owned(), genesis, pseudonym_key };
     for ((site, dir), peer) in sites.into_iter().zip(&peers) {
         configure(&c, &site, sharing.then_some(*peer));
@@ -366,7 +366,7 @@ fn a_batch_from_a_non_member_is_kept_and_flagged_invalid_everywhere() {
 
 /// A batch in the right format, signed by a fresh key that no member holds.
 fn forged_batch(gateway: &str) -> Vec<u8> {
-    use medgate::ledger::{Entry, EntryBody, UnsignedBatch};
+    use medgate_ledger::{Entry, EntryBody, UnsignedBatch};
     use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
@@ -394,12 +394,12 @@ fn forged_batch(gateway: &str) -> Vec<u8> {
 }
 
 /// Signs a batch as `site`'s gateway with its own HSM ledger key (its gateway must be stopped).
-fn sign_as(site: &medgate::demo::Site, seq: u64, entries: Vec<medgate::ledger::Entry>) -> Vec<u8> {
+fn sign_as(site: &medgate::demo::Site, seq: u64, entries: Vec<medgate_ledger::Entry>) -> Vec<u8> {
     support::with_softhsm(&site.softhsm_conf, || {
         let pin = medgate_hsm::Pin::from_file(&site.dir.join("hsm-pin")).unwrap();
         let cfg = medgate_hsm::HsmConfig { module: medgate::demo::SOFTHSM_MODULE.into(), token_label: medgate::demo::TOKEN.into(), pool_size: 1 };
         let hsm = medgate_hsm::Hsm::open(cfg, pin).unwrap();
-        let unsigned = medgate::ledger::UnsignedBatch::new(&site.hospital, seq, entries);
+        let unsigned = medgate_ledger::UnsignedBatch::new(&site.hospital, seq, entries);
         let sig = hsm.sign_digest(medgate_hsm::Role::Ledger, &unsigned.signing_digest()).unwrap();
         hsm.shutdown();
         unsigned.sign(sig.key_version, &sig.raw).to_bytes()
@@ -408,7 +408,7 @@ fn sign_as(site: &medgate::demo::Site, seq: u64, entries: Vec<medgate::ledger::E
 
 #[test]
 fn only_the_hospital_that_recorded_a_consent_may_withdraw_it() {
-    use medgate::ledger::{Entry, EntryBody};
+    use medgate_ledger::{Entry, EntryBody};
     use serde_json::{json, Value};
     let mut c = consortium("consent");
     let p = patient(42);
@@ -432,8 +432,8 @@ fn only_the_hospital_that_recorded_a_consent_may_withdraw_it() {
     c.gws[1].stop();
     let b = &c.gws[1].site;
     let next_seq = {
-        let db = medgate::vault::Vault::open_db(&b.dir.join("state")).unwrap();
-        medgate::chain::ChainStore::open(&db).unwrap().state().unwrap().last_seq("hospital-b") + 1
+        let db = medgate_store::Db::open(&b.dir.join("state")).unwrap();
+        medgate_store::ChainStore::open(&db).unwrap().state().unwrap().last_seq("hospital-b") + 1
     };
     let forged = Entry::new(
         "hospital-b",
@@ -465,8 +465,8 @@ fn only_the_hospital_that_recorded_a_consent_may_withdraw_it() {
     assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
     // Every gateway's derived state agrees: the consent is active everywhere.
     for g in &c.gws {
-        let db = medgate::vault::Vault::open_db(&g.site.dir.join("state")).unwrap();
-        let store = medgate::chain::ChainStore::open(&db).unwrap();
+        let db = medgate_store::Db::open(&g.site.dir.join("state")).unwrap();
+        let store = medgate_store::ChainStore::open(&db).unwrap();
         let state = store.consent(&pseudonym, &consent_id).unwrap().unwrap_or_else(|| panic!("{} does not know the consent", g.site.hospital));
         assert!(state.active, "{}: {state:?}", g.site.hospital);
         assert_eq!(state.custodian, "hospital-a");
@@ -618,19 +618,18 @@ fn a_gateway_holding_another_block_at_the_same_height_is_a_detected_fork() {
     // stream, or someone rewrote C's copy).
     c.gws[2].stop();
     {
-        let db = medgate::vault::Vault::open_db(&c.gws[2].site.dir.join("state")).unwrap();
-        let store = medgate::chain::ChainStore::open(&db).unwrap();
+        let db = medgate_store::Db::open(&c.gws[2].site.dir.join("state")).unwrap();
+        let store = medgate_store::ChainStore::open(&db).unwrap();
         let mut block = store.block(2).unwrap().unwrap();
         block.order_position += 1000;
-        store.raw_blocks().insert(2u64.to_be_bytes(), block.to_bytes()).unwrap();
-        db.flush().unwrap();
+        store.overwrite_block(&block).unwrap();
     }
     c.gws[2].start();
     // C signs a checkpoint of its head; A and B hold another block there: fork on both sides.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, a) = medgate::demo::admin_get(c.gws[0].site.admin_addr, "/readyz").unwrap();
-        let (_, cc) = medgate::demo::admin_get(c.gws[2].site.admin_addr, "/readyz").unwrap();
+        let (_, a) = medgate::admin_client::get(c.gws[0].site.admin_addr, "/readyz").unwrap();
+        let (_, cc) = medgate::admin_client::get(c.gws[2].site.admin_addr, "/readyz").unwrap();
         if a.contains("fork") && cc.contains("fork") {
             break;
         }
@@ -648,14 +647,14 @@ fn a_gateway_holding_another_block_at_the_same_height_is_a_detected_fork() {
     // The evidence survives a restart, and so does the halt.
     c.gws[0].stop();
     {
-        let db = medgate::vault::Vault::open_db(&c.gws[0].site.dir.join("state")).unwrap();
-        let forks = medgate::chain::ChainStore::open(&db).unwrap().forks().unwrap();
+        let db = medgate_store::Db::open(&c.gws[0].site.dir.join("state")).unwrap();
+        let forks = medgate_store::ChainStore::open(&db).unwrap().forks().unwrap();
         assert_eq!(forks.len(), 1, "{forks:?}");
         assert_eq!(forks[0]["height"], 2);
         assert_eq!(forks[0]["theirs"]["gateway"], "hospital-c");
     }
     c.gws[0].start_alive();
-    let (status, body) = medgate::demo::admin_get(c.gws[0].site.admin_addr, "/readyz").unwrap();
+    let (status, body) = medgate::admin_client::get(c.gws[0].site.admin_addr, "/readyz").unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("fork"), "{body}");
 }
@@ -918,11 +917,11 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
     // A batch C signs with its own HSM key, put straight into the ordered stream: invalid everywhere.
     let invalid_before: Vec<Option<f64>> = [&c.gws[0], &c.gws[1], &d].iter().map(|g| g.metric(INVALID)).collect();
     c.gws[2].stop();
-    let e = medgate::ledger::Entry::new(
+    let e = medgate_ledger::Entry::new(
         "hospital-c",
         "2026-11-28T10:00:00Z",
         [7; 16],
-        medgate::ledger::EntryBody::PatientSearched { patient: "ab".repeat(32), reader: "hospital-c".into(), user: "ef".repeat(32), role: "physician".into(), purpose: "TREAT".into(), results: 0 },
+        medgate_ledger::EntryBody::PatientSearched { patient: "ab".repeat(32), reader: "hospital-c".into(), user: "ef".repeat(32), role: "physician".into(), purpose: "TREAT".into(), results: 0 },
     );
     // Next in C's sequence and signed with its admitted key: only its membership is missing.
     let batch = sign_as(&c.gws[2].site, c_seq + 1, vec![e]);
@@ -999,9 +998,9 @@ fn the_chain_hangs_from_the_genesis_and_a_gateway_cannot_change_consortium() {
     let site = c.gws[0].site.clone();
     // Block 0 links to the SHA-256 of the genesis document every member holds.
     {
-        let cfg = medgate::config::Config::load(&site.config).unwrap();
-        let db = medgate::vault::Vault::open_db(&cfg.gateway.state_directory).unwrap();
-        let store = medgate::chain::ChainStore::open(&db).unwrap();
+        let cfg = medgate_gateway::config::Config::load(&site.config).unwrap();
+        let db = medgate_store::Db::open(&cfg.gateway.state_directory).unwrap();
+        let store = medgate_store::ChainStore::open(&db).unwrap();
         let block0 = store.block(0).unwrap().unwrap();
         assert_eq!(block0.prev_hash, hex::encode(sha2::Sha256::digest(&c.genesis)));
         assert_eq!(store.genesis().unwrap().as_deref(), Some(c.genesis.as_slice()));
@@ -1009,7 +1008,7 @@ fn the_chain_hangs_from_the_genesis_and_a_gateway_cannot_change_consortium() {
     // Another genesis (same members, another consortium) on the same ledger copy: refused at
     // start, naming the setting and both hashes.
     let (other, _) = Genesis::parse(&c.genesis).unwrap();
-    let other = Genesis::new("another consortium", other.members).unwrap();
+    let other = Genesis::new("another consortium", &medgate_gateway::clock::now_rfc3339(), other.members).unwrap();
     let other_hash = other.write(&site.dir.join("genesis.json")).unwrap();
     let log = site.dir.join("refused.log");
     let err = site.spawn(&support::exe(), Some(&log)).expect_err("a gateway must not start on another genesis");

@@ -8,7 +8,7 @@ mod etcd;
 use std::time::{Duration, Instant};
 
 use etcd::EtcdCluster;
-use medgate::pki::TestCa;
+use medgate_gateway::pki::TestCa;
 
 fn ca() -> TestCa {
     TestCa::new("etcd-test-ca").unwrap()
@@ -132,7 +132,7 @@ fn two_members_down_loses_quorum_until_one_returns() {
     assert_eq!(get(&c, "/q/after"), "2");
     assert_eq!(get(&c, "/q/before"), "1");
     // The put issued without quorum timed out on the client; whether it was committed later is
-    // not promised (see ETCD.md): report it only.
+    // not promised (a write that timed out may still have committed): report it only.
     eprintln!("/q/lost after quorum came back: {:?}", get(&c, "/q/lost"));
     eprintln!("test took {:?}", t.elapsed());
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use medgate::client::{query_escape, HisClient};
-use medgate::fhir::{sample_transaction, PatientId};
+use medgate_fhir::{sample_transaction, PatientId};
 use serde_json::{json, Value};
 use support::{receipt_of, rt, Gw};
 use time::OffsetDateTime;
@@ -40,8 +40,8 @@ fn store_search_read_and_audit_round_trip() {
         let id = doc["id"].as_str().unwrap().to_owned();
         assert_eq!(bundle["entry"][0]["response"]["status"], "201 Created");
         assert_eq!(r.headers["location"], format!("DocumentReference/{id}").as_str());
-        let key = medgate::verify::read_public_key(&gw.site.ledger_public_key).unwrap();
-        let receipt = medgate::verify::check_receipt(&receipt_of(doc).unwrap(), &key).unwrap();
+        let key = medgate_ledger::keys::read_public_key(&gw.site.ledger_public_key).unwrap();
+        let receipt = medgate_ledger::check_receipt(&receipt_of(doc).unwrap(), &key).unwrap();
         assert_eq!(receipt.entry.record_id(), Some(id.as_str()));
         assert!(!String::from_utf8_lossy(&receipt_of(doc).unwrap()).contains("MRN-000001"), "identifier on the ledger");
 
@@ -106,14 +106,14 @@ fn clients_without_a_valid_certificate_are_refused_in_the_handshake() {
     let ca_pem = gw.site.ca_pem.clone();
     let now = OffsetDateTime::now_utc();
     let try_with = |cert: Option<(String, String)>| {
-        let tls = medgate::tls::client_config(ca_pem.as_bytes(), cert.as_ref().map(|(c, k)| (c.as_bytes(), k.as_bytes()))).unwrap();
+        let tls = medgate_gateway::tls::client_config(ca_pem.as_bytes(), cert.as_ref().map(|(c, k)| (c.as_bytes(), k.as_bytes()))).unwrap();
         let mut c = HisClient::new(gw.site.his_addr, "localhost", tls).unwrap().acting_as("u", "physician", "TREAT");
         rt.block_on(c.get("/metadata"))
     };
     // No certificate.
     assert!(try_with(None).is_err());
     // A certificate from another CA.
-    let stranger = medgate::pki::TestCa::new("Stranger CA").unwrap();
+    let stranger = medgate_gateway::pki::TestCa::new("Stranger CA").unwrap();
     let (c, k) = stranger.issue_client("his-main", "his", now - time::Duration::days(1), now + time::Duration::days(1)).unwrap();
     assert!(try_with(Some((c.pem(), k.serialize_pem()))).is_err());
     // Expired.
@@ -130,7 +130,7 @@ fn clients_without_a_valid_certificate_are_refused_in_the_handshake() {
     assert_eq!(try_with(Some((gw.site.his_cert_pem.clone(), gw.site.his_key_pem.clone()))).unwrap().status, 200);
     // A read-only HIS may not store.
     let (c, k) = gw.site.ca.issue_client("his-viewer", "his-read", now - time::Duration::days(1), now + time::Duration::days(1)).unwrap();
-    let tls = medgate::tls::client_config(ca_pem.as_bytes(), Some((c.pem().as_bytes(), k.serialize_pem().as_bytes()))).unwrap();
+    let tls = medgate_gateway::tls::client_config(ca_pem.as_bytes(), Some((c.pem().as_bytes(), k.serialize_pem().as_bytes()))).unwrap();
     let mut viewer = HisClient::new(gw.site.his_addr, "localhost", tls).unwrap().acting_as("u", "physician", "TREAT");
     let r = rt.block_on(viewer.post_json("/", &sample_transaction(&patient(3), "text/plain", b"x", None), &[])).unwrap();
     assert_eq!(r.status, 403);
@@ -417,8 +417,8 @@ fn altered_ciphertext_and_altered_blocks_are_detected() {
 
     // Flip one byte of one stored ciphertext.
     {
-        let db = medgate::vault::Vault::open_db(&gw.site.dir.join("state")).unwrap();
-        let vault = medgate::vault::Vault::open(&db).unwrap();
+        let db = medgate_store::Db::open(&gw.site.dir.join("state")).unwrap();
+        let vault = medgate_store::vault::Vault::open(&db).unwrap();
         let mut rec = vault.get(&id).unwrap().unwrap();
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
@@ -428,14 +428,13 @@ fn altered_ciphertext_and_altered_blocks_are_detected() {
         vault.put_raw(&id, &serde_json::to_vec(&rec).unwrap()).unwrap();
 
         // And alter block 1: change one entry's time, keeping the rest as it was.
-        let store = medgate::chain::ChainStore::open(&db).unwrap();
-        let raw = store.raw_blocks().get(1u64.to_be_bytes()).unwrap().unwrap();
-        let text = String::from_utf8(raw.to_vec()).unwrap();
-        let at = text.find("\"time\":\"").unwrap() + 8;
-        let mut altered = text.into_bytes();
-        altered[at + 3] = if altered[at + 3] == b'7' { b'8' } else { b'7' };
-        store.raw_blocks().insert(1u64.to_be_bytes(), altered).unwrap();
-        db.flush().unwrap();
+        let store = medgate_store::ChainStore::open(&db).unwrap();
+        let mut block = store.block(1).unwrap().unwrap();
+        let entry = &mut block.batches[0].entries[0];
+        let mut time = entry.time.clone().into_bytes();
+        time[3] = if time[3] == b'7' { b'8' } else { b'7' };
+        entry.time = String::from_utf8(time).unwrap();
+        store.overwrite_block(&block).unwrap();
     }
     let (code, out, err) = gw.medgate(&["ledger", "verify", "--config", &cfg]);
     assert_ne!(code, 0, "{out}");
@@ -515,8 +514,8 @@ fn consents_are_recorded_listed_withdrawn_and_audited() {
         let created = r.json();
         let cid = created["id"].as_str().unwrap().to_owned();
         assert_eq!(r.headers["location"], format!("Consent/{cid}").as_str());
-        let key = medgate::verify::read_public_key(&gw.site.ledger_public_key).unwrap();
-        let receipt = medgate::verify::check_receipt(&receipt_of(&created).unwrap(), &key).unwrap();
+        let key = medgate_ledger::keys::read_public_key(&gw.site.ledger_public_key).unwrap();
+        let receipt = medgate_ledger::check_receipt(&receipt_of(&created).unwrap(), &key).unwrap();
         assert!(!serde_json::to_string(&receipt).unwrap().contains("MRN-000008"), "identifier on the ledger");
         // A retry without a key finds the same active consent: 200, same id, nothing new.
         let height = gw.metric("medgate_ledger_height");
@@ -626,14 +625,14 @@ fn erasure_shreds_the_key_material_and_keeps_the_hash_on_the_ledger() {
         (id, kept)
     });
     assert_eq!(gw.stop().code(), Some(0));
-    let db = medgate::vault::Vault::open_db(&gw.site.dir.join("state")).unwrap();
-    let vault = medgate::vault::Vault::open(&db).unwrap();
+    let db = medgate_store::Db::open(&gw.site.dir.join("state")).unwrap();
+    let vault = medgate_store::vault::Vault::open(&db).unwrap();
     let rec = vault.get(&id).unwrap().unwrap();
     assert!(rec.erased.is_some());
     assert!(rec.wrapped_key.is_empty() && rec.doc_ct.is_empty() && rec.meta_ct.is_empty(), "key material or ciphertext left: {rec:?}");
     assert!(!rec.content_hash.is_empty(), "the hash stays");
     assert!(!vault.get(&kept).unwrap().unwrap().wrapped_key.is_empty());
-    let store = medgate::chain::ChainStore::open(&db).unwrap();
+    let store = medgate_store::ChainStore::open(&db).unwrap();
     let anchored = store.anchored(&id).unwrap().unwrap();
     assert_eq!(anchored.record_id(), Some(id.as_str()));
     drop((store, vault, db));

@@ -80,9 +80,10 @@ fn list_rotate_retire_destroy_and_the_key_event_journal() {
 
     // The gateway puts them on the ledger at start, once, however often it starts.
     let count_key_events = || {
-        let db = medgate::vault::Vault::open_db(&site.dir.join("state")).unwrap();
-        let store = medgate::chain::ChainStore::open(&db).unwrap();
-        store.raw_blocks().iter().map(|kv| String::from_utf8_lossy(&kv.unwrap().1).matches("\"kind\":\"key_event\"").count()).sum::<usize>()
+        let db = medgate_store::Db::open(&site.dir.join("state")).unwrap();
+        let store = medgate_store::ChainStore::open(&db).unwrap();
+        let key_events = |b: medgate_ledger::Block| b.batches.iter().flat_map(|x| &x.entries).filter(|e| matches!(e.body, medgate_ledger::EntryBody::KeyEvent { .. })).count();
+        store.blocks().map(|b| key_events(b.unwrap())).sum::<usize>()
     };
     for _ in 0..2 {
         let mut child = site.spawn(&support::exe(), Some(&site.dir.join("medgate.log"))).unwrap();

@@ -10,9 +10,10 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use medgate::fhir::{sample_transaction, PatientId};
-use medgate::ledger::{Entry, EntryBody};
-use medgate::vault::{StoredRecord, Vault, VaultError};
+use medgate_fhir::{sample_transaction, PatientId};
+use medgate_ledger::{Entry, EntryBody};
+use medgate_store::vault::{StoredRecord, Vault};
+use medgate_store::StoreError;
 use medgate_hsm::{Hsm, HsmConfig, HsmError, Pin, Role};
 use support::{rt, Gw};
 
@@ -48,7 +49,7 @@ fn with_hsm<T>(gw: &Gw, f: impl FnOnce(&Hsm) -> T) -> T {
 
 /// A record as a store holds it (the gateway must be stopped).
 fn stored(state: &Path, id: &str) -> StoredRecord {
-    let db = Vault::open_db(state).unwrap();
+    let db = medgate_store::Db::open(state).unwrap();
     Vault::open(&db).unwrap().get(id).unwrap().unwrap()
 }
 
@@ -81,8 +82,8 @@ fn kek_versions(gw: &Gw) -> Vec<(u64, bool)> {
 
 /// Key events on the ledger: (action, role, version, officer).
 fn key_events_on_ledger(state: &Path) -> Vec<(String, String, u32, String)> {
-    let db = Vault::open_db(state).unwrap();
-    let store = medgate::chain::ChainStore::open(&db).unwrap();
+    let db = medgate_store::Db::open(state).unwrap();
+    let store = medgate_store::ChainStore::open(&db).unwrap();
     let mut out = Vec::new();
     for b in store.blocks() {
         for batch in b.unwrap().batches {
@@ -125,19 +126,19 @@ fn backup_is_unreadable_and_the_live_store_is_not(gw: &Gw, backup: &Path, erased
             Err(HsmError::KeyMissing { role: Role::Kek, detail }) => assert!(detail.contains("version 1"), "{detail}"),
             other => panic!("the erased record's key still unwraps from the backup: {:?}", other.map(|_| "a data key")),
         }
-        let db = Vault::open_db(&state).unwrap();
+        let db = medgate_store::Db::open(&state).unwrap();
         let vault = Vault::open(&db).unwrap();
         for (id, bytes) in kept {
             let in_backup = stored(backup, id);
-            match medgate::vault::open_record(hsm, &in_backup, true) {
-                Err(VaultError::Hsm(HsmError::KeyMissing { role: Role::Kek, .. })) => {}
+            match medgate_store::vault::open_record(hsm, &in_backup, true) {
+                Err(StoreError::Hsm(HsmError::KeyMissing { role: Role::Kek, .. })) => {}
                 other => panic!("a backup taken before the pass still opens: {:?}", other.map(|o| o.record.id)),
             }
             let live = vault.get(id).unwrap().unwrap();
             assert_eq!(live.kek_version, 2, "re-wrapped under the new KEK");
-            assert_eq!(medgate::vault::open_record(hsm, &live, true).unwrap().document.as_slice(), *bytes);
+            assert_eq!(medgate_store::vault::open_record(hsm, &live, true).unwrap().document.as_slice(), *bytes);
             // A read that fetched the record just before the pass follows the re-wrap.
-            assert_eq!(medgate::vault::open_latest(hsm, &vault, &in_backup, true).unwrap().document.as_slice(), *bytes);
+            assert_eq!(medgate_store::vault::open_latest(hsm, &vault, &in_backup, true).unwrap().document.as_slice(), *bytes);
         }
     });
     let events = key_events_on_ledger(&state);
@@ -168,7 +169,7 @@ fn a_shred_pass_makes_a_backup_taken_before_an_erasure_unreadable() {
     // Before any erasure the backup is a working copy: with the HSM it decrypts.
     with_hsm(&gw, |hsm| {
         let rec = stored(&backup, &erased);
-        assert_eq!(medgate::vault::open_record(hsm, &rec, true).unwrap().document.as_slice(), erased_doc);
+        assert_eq!(medgate_store::vault::open_record(hsm, &rec, true).unwrap().document.as_slice(), erased_doc);
     });
     gw.start();
     assert_eq!(gw.metric("medgate_shred_pending"), Some(0.0));
@@ -182,7 +183,7 @@ fn a_shred_pass_makes_a_backup_taken_before_an_erasure_unreadable() {
     assert_eq!(gw.metric("medgate_events_total{kind=\"shred_rewrapped_records\"}"), Some(2.0), "the two live records");
     assert_eq!(gw.metric("medgate_events_total{kind=\"shred_kek_versions_destroyed\"}"), Some(1.0));
     assert!(gw.metric("medgate_shred_last_pass_seconds").unwrap() > 0.0);
-    let (status, ready) = medgate::demo::admin_get(gw.site.admin_addr, "/readyz").unwrap();
+    let (status, ready) = medgate::admin_client::get(gw.site.admin_addr, "/readyz").unwrap();
     assert_eq!((status, ready.as_str()), (200, "hsm: ok\nstore: ok\nledger: ok\nshred: none pending\n"));
     gw.wait_log("shred pass finished");
 
@@ -228,12 +229,12 @@ fn a_shred_pass_cut_short_by_a_crash_finishes_at_the_next_start() {
     // its marker (its entry still in the outbox), the KEK rotated and that rotation journalled,
     // one of the two live records re-wrapped, KEK version 1 not destroyed yet.
     let entry_id = rt.block_on(async {
-        let db = Vault::open_db(&state).unwrap();
+        let db = medgate_store::Db::open(&state).unwrap();
         let vault = Vault::open(&db).unwrap();
         let rec = vault.get(&erased).unwrap().unwrap();
         let entry = Entry::new(
             &gw.site.hospital,
-            &medgate::keys::now_rfc3339(),
+            &medgate_gateway::clock::now_rfc3339(),
             [9; 16],
             EntryBody::RecordErased {
                 record_id: rec.id.clone(),
@@ -248,9 +249,9 @@ fn a_shred_pass_cut_short_by_a_crash_finishes_at_the_next_start() {
         let seen = vault.shred_pending().unwrap().unwrap();
         with_hsm(&gw, |hsm| {
             let info = hsm.rotate(Role::Kek).unwrap();
-            medgate::keys::record_event_by(Some(&state), medgate::shred::OFFICER, "rotate", &info).unwrap();
+            medgate_gateway::journal::record_event_by(Some(&state), medgate_gateway::shred::OFFICER, "rotate", &info).unwrap();
             vault.set_shred_rotation(seen, info.version).unwrap();
-            assert_eq!(vault.rewrap_record(hsm, &done, info.version).unwrap(), medgate::vault::Rewrap::Done { from: 1 });
+            assert_eq!(vault.rewrap_record(hsm, &done, info.version).unwrap(), medgate_store::vault::Rewrap::Done { from: 1 });
         });
         vault.flush_blocking().unwrap();
         entry.id
@@ -271,9 +272,9 @@ fn a_shred_pass_cut_short_by_a_crash_finishes_at_the_next_start() {
     });
     assert_eq!(gw.stop().code(), Some(0));
     {
-        let db = Vault::open_db(&state).unwrap();
+        let db = medgate_store::Db::open(&state).unwrap();
         assert_eq!(Vault::open(&db).unwrap().shred_pending().unwrap(), None, "the marker is cleared");
-        let store = medgate::chain::ChainStore::open(&db).unwrap();
+        let store = medgate_store::ChainStore::open(&db).unwrap();
         assert!(store.location(&entry_id).unwrap().is_some(), "the erasure entry left the outbox for the ledger");
     }
     // Not rotated a second time: version 2 is still the active one, and version 1 is gone.
@@ -338,7 +339,7 @@ fn records_stored_while_shred_passes_run_all_stay_readable() {
     // Only the newest KEK version is left, and every live record is under it.
     let versions = kek_versions(&gw);
     assert_eq!(versions.len(), 1, "{versions:?}");
-    let db = Vault::open_db(&gw.site.dir.join("state")).unwrap();
+    let db = medgate_store::Db::open(&gw.site.dir.join("state")).unwrap();
     let live = Vault::open(&db).unwrap().live_kek_versions().unwrap();
     assert_eq!(live.keys().copied().collect::<Vec<_>>(), vec![versions[0].0 as u32], "{live:?}");
     assert_eq!(live.values().sum::<usize>(), acked.len());
@@ -392,7 +393,7 @@ fn kill_9_during_a_shred_pass_loses_no_record_and_the_pass_finishes_after_restar
     assert_eq!(gw.stop().code(), Some(0));
     let versions = kek_versions(&gw);
     assert_eq!(versions.len(), 1, "only the active KEK version is left: {versions:?}");
-    let db = Vault::open_db(&gw.site.dir.join("state")).unwrap();
+    let db = medgate_store::Db::open(&gw.site.dir.join("state")).unwrap();
     let vault = Vault::open(&db).unwrap();
     assert_eq!(vault.shred_pending().unwrap(), None);
     assert_eq!(vault.live_kek_versions().unwrap(), std::collections::BTreeMap::from([(versions[0].0 as u32, acked.len())]));
@@ -427,7 +428,7 @@ fn a_retired_kek_version_that_still_wraps_records_blocks_the_pass_until_the_offi
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(gw.metric("medgate_shred_pending"), Some(1.0), "the erasure is not shredded everywhere yet");
-    let (status, ready) = medgate::demo::admin_get(gw.site.admin_addr, "/readyz").unwrap();
+    let (status, ready) = medgate::admin_client::get(gw.site.admin_addr, "/readyz").unwrap();
     assert_eq!(status, 200, "a blocked pass does not make the gateway unready: {ready}");
     assert!(ready.contains("shred: pending") && ready.contains("last pass failed") && ready.contains("version 1 (1 live records)"), "{ready}");
     assert!(gw.log_text().contains(&format!("record not re-wrapped; its KEK version cannot be destroyed record={stranded}")), "{}", gw.log_text());

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{admin_get, free_port, stop_child, write_private, Site};
-use crate::cli::Failure;
+use super::{free_port, stop_child, write_private, Site};
+use crate::admin_client::get as admin_get;
+use crate::exit::Failure;
 use crate::client::{query_escape, HisClient};
-use crate::fhir::{sample_transaction, PatientId};
-use crate::pki::TestCa;
+use medgate_fhir::{sample_transaction, PatientId};
+use medgate_gateway::pki::TestCa;
 
 const ETCD: &str = "/usr/bin/etcd";
 const ETCDCTL: &str = "/usr/bin/etcdctl";
@@ -185,14 +186,14 @@ fn build(dir: &Path, say: &mut dyn FnMut(&str)) -> Result<Consortium, Failure> {
     let cards = sites
         .iter()
         .zip(&peers)
-        .map(|(s, p)| crate::membership::MemberCard::from_files(&s.hospital, &s.ledger_public_key, 1, Some(&s.dir.join("sharing-public-key.pem")), Some(*p)))
+        .map(|(s, p)| medgate_ledger::membership::MemberCard::from_files(&s.hospital, &s.ledger_public_key, 1, Some(&s.dir.join("sharing-public-key.pem")), Some(*p)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(Failure::runtime)?;
     let genesis_path = dir.join("genesis.json");
-    let genesis_hash = crate::membership::Genesis::new("medgate demo consortium", cards).and_then(|g| g.write(&genesis_path)).map_err(Failure::runtime)?;
+    let genesis_hash = medgate_ledger::membership::Genesis::new("medgate demo consortium", &medgate_gateway::clock::now_rfc3339(), cards).and_then(|g| g.write(&genesis_path)).map_err(Failure::runtime)?;
     // Per-hospital RBAC, as `medgate consortium etcd-rbac --genesis ... --enable-auth` prints it.
     let ids: Vec<String> = sites.iter().map(|s| s.hospital.clone()).collect();
-    for cmd in crate::consortium::etcd::rbac_commands("/medgate/ledger", &ids, &[], true).map_err(Failure::runtime)? {
+    for cmd in medgate_store::order::etcd::rbac_commands("/medgate/ledger", &ids, &[], true).map_err(Failure::runtime)? {
         etcd.etcdctl(&cmd.split_whitespace().collect::<Vec<_>>())?;
     }
     say("etcd authentication on: each hospital's etcd user (its certificate's CN) reads the ledger stream and writes only under /medgate/ledger/batches/<its id>/");
@@ -252,12 +253,12 @@ pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
     c.stop();
     outcome?;
     say("gateways stopped with SIGTERM");
-    let keys: Vec<Vec<u8>> = sites.iter().map(|s| crate::verify::read_public_key(&s.ledger_public_key)).collect::<Result<_, _>>().map_err(Failure::runtime)?;
+    let keys: Vec<Vec<u8>> = sites.iter().map(|s| medgate_ledger::keys::read_public_key(&s.ledger_public_key)).collect::<Result<_, _>>().map_err(|e| Failure::runtime(e.to_string()))?;
     let mut heads = Vec::new();
     for s in &sites {
-        let db = crate::vault::Vault::open_db(&s.dir.join("state")).map_err(rt_err)?;
-        let store = crate::chain::ChainStore::open(&db).map_err(rt_err)?;
-        let r = crate::verify::verify_store(&store, &keys).map_err(|e| Failure::runtime(format!("{}: ledger verification FAILED: {e}", s.hospital)))?;
+        let db = medgate_store::Db::open(&s.dir.join("state")).map_err(rt_err)?;
+        let store = medgate_store::ChainStore::open(&db).map_err(rt_err)?;
+        let r = store.verify(&keys).map_err(|e| Failure::runtime(format!("{}: ledger verification FAILED: {e}", s.hospital)))?;
         heads.push((r.head, r.blocks));
     }
     check(heads.iter().all(|h| h == &heads[0]), "the three ledgers differ")?;
@@ -364,19 +365,9 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[(((sorted.len() - 1) as f64) * p).round() as usize].as_secs_f64() * 1e3
 }
 
-async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result<(), Failure> {
-    let read = |p: &str| std::fs::read(c.etcd.dir.join(p)).map_err(rt_err);
-    let (ca, cert, key) = (read("ca.pem")?, read("root.crt")?, read("root.key")?);
-    let raw = crate::consortium::etcd::raw_put_rate(&c.etcd.endpoints, &ca, &cert, &key, Duration::from_secs(3), concurrency)
-        .await
-        .map_err(Failure::runtime)?;
-    println!(
-        "medgate consortium bench: 3 etcd members (mutual TLS, loopback), 3 gateways, SoftHSM2, {} cores",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    );
-    println!("etcd raw put (1 KiB, {concurrency} concurrent): {raw:.0} puts/s");
-    let a = &c.sites[0];
-    let patient = PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: "bench-patient".into() };
+/// `records` 4 KiB documents stored at `a` by `concurrency` HIS clients; prints the rate and
+/// latencies and returns the record ids.
+async fn bench_ingest(a: &Site, patient: &PatientId, records: usize, concurrency: usize) -> Result<Vec<String>, Failure> {
     let per = records.div_ceil(concurrency);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -414,6 +405,24 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         percentile(&lat, 0.99),
         lat.len()
     );
+    Ok(ids)
+}
+
+async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result<(), Failure> {
+    let read = |p: &str| std::fs::read(c.etcd.dir.join(p)).map_err(rt_err);
+    let (ca, cert, key) = (read("ca.pem")?, read("root.crt")?, read("root.key")?);
+    let tls = medgate_gateway::tls::client_config(&ca, Some((&cert, &key))).map_err(rt_err)?;
+    let raw = medgate_store::order::etcd::raw_put_rate(&c.etcd.endpoints, &tls, Duration::from_secs(3), concurrency)
+        .await
+        .map_err(Failure::runtime)?;
+    println!(
+        "medgate consortium bench: 3 etcd members (mutual TLS, loopback), 3 gateways, SoftHSM2, {} cores",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    println!("etcd raw put (1 KiB, {concurrency} concurrent): {raw:.0} puts/s");
+    let a = &c.sites[0];
+    let patient = PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: "bench-patient".into() };
+    let ids = bench_ingest(a, &patient, records, concurrency).await?;
     // The patient consents to B; B reads A's records one after another.
     let mut his_a = client(a, "bench", "physician", "TREAT")?;
     let consent = json!({

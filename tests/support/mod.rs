@@ -11,7 +11,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use medgate::client::HisClient;
-use medgate::demo::{admin_get, stop_child, Site};
+use medgate::admin_client::get as admin_get;
+use medgate::demo::{stop_child, Site};
 
 /// SoftHSM reads SOFTHSM2_CONF when the module initialises, and site creation sets it for this
 /// process: one site is created at a time.

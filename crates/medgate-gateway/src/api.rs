@@ -1,0 +1,345 @@
+//! The HIS-facing FHIR HTTP interface: routing, headers, body limits, and the one place where a
+//! refusal becomes an HTTP response (a FHIR OperationOutcome with the right status).
+//!
+//! Boundary: HTTP in, [`Gateway`] calls, HTTP out. The caller's identity comes from the TLS layer
+//! (the verified client certificate); the end user, role and purpose come from headers the HIS
+//! sets on every request:
+//!
+//! | header              | meaning                                                       |
+//! |---------------------|---------------------------------------------------------------|
+//! | `X-Medgate-User`    | the end user's id in the HIS (pseudonymised before recording) |
+//! | `X-Medgate-Role`    | the end user's role, a code such as `physician`               |
+//! | `X-Medgate-Purpose` | HL7 v3 PurposeOfUse: TREAT, ETREAT, BTG, ...                  |
+//! | `Idempotency-Key`   | optional on creates: a retry with the same key is not stored twice |
+//!
+//! Logs name the route template, the status and the HIS system, never a query string (it holds
+//! patient identifiers) or a body.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use serde_json::Value;
+
+use medgate_fhir::{FhirError, PatientId};
+use crate::gateway::{Caller, Gateway, PURPOSES};
+use crate::tls::ClientIdentity;
+use crate::GatewayError;
+
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+/// The HTTP front of one gateway.
+#[derive(Debug)]
+pub struct Api {
+    pub gateway: Gateway,
+    pub max_body: usize,
+    /// Time a client has to send a whole request body.
+    pub body_timeout: std::time::Duration,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: u16, body: &Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(body).unwrap_or_default())));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    r
+}
+
+fn with_location(mut r: Resp, location: Option<String>) -> Resp {
+    if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        r.headers_mut().insert(LOCATION, loc);
+    }
+    r
+}
+
+/// The one mapping of a refusal to the HIS: its status, its OperationOutcome (rendered by the
+/// FHIR layer; internal details never reach the client), and the seconds after which a retry
+/// may succeed (`Retry-After`), when the refusal says so.
+pub fn outcome(e: &GatewayError) -> (u16, Value, Option<u32>) {
+    let fhir = match e {
+        GatewayError::Request(f) => return (f.status(), f.to_outcome(), f.retry_after()),
+        GatewayError::Forbidden(m) => FhirError::Forbidden(m.clone()),
+        GatewayError::NotFound(m) => FhirError::NotFound(m.clone()),
+        GatewayError::Gone(m) => FhirError::Gone(m.clone()),
+        GatewayError::Conflict(m) => FhirError::Conflict(m.clone()),
+        GatewayError::InFlight(m) => FhirError::InFlight(m.clone()),
+        GatewayError::BadRequest(m) => FhirError::BadParameter(m.clone()),
+        GatewayError::Unavailable(m) => FhirError::Unavailable(m.clone()),
+        GatewayError::Integrity(id) => FhirError::Integrity(id.clone()),
+        GatewayError::Internal(m) => FhirError::Internal(m.clone()),
+    };
+    (fhir.status(), fhir.to_outcome(), fhir.retry_after())
+}
+
+/// A refusal as an HTTP response: OperationOutcome, status from the error, full text to the log.
+pub fn error_response(e: &GatewayError) -> Resp {
+    if e.status() >= 500 {
+        tracing::error!(error = %e, "request failed");
+    }
+    let (status, body, retry_after) = outcome(e);
+    let mut r = json_response(status, &body);
+    if let Some(seconds) = retry_after {
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    r
+}
+
+/// Header value as text, or a clear refusal.
+fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Result<Option<&'a str>, FhirError> {
+    match req.headers().get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim()))
+            .map_err(|_| FhirError::BadParameter(format!("header {name} must be visible ASCII"))),
+    }
+}
+
+fn is_code(s: &str) -> bool {
+    (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:/@+=|#~".contains(&b))
+}
+
+/// The end user, role and purpose asserted by the HIS, checked.
+fn caller(req: &Request<Incoming>, client: &ClientIdentity) -> Result<Caller, FhirError> {
+    let need = |name: &str, what: &str| -> Result<String, FhirError> {
+        match header(req, name)? {
+            Some(v) if !v.is_empty() => Ok(v.to_owned()),
+            _ => Err(FhirError::BadParameter(format!("header {name} is required: {what}"))),
+        }
+    };
+    let user = need("x-medgate-user", "the id of the end user on whose behalf the HIS asks")?;
+    if user.len() > 256 {
+        return Err(FhirError::BadParameter("header X-Medgate-User is longer than 256 characters".into()));
+    }
+    let role = need("x-medgate-role", "the end user's role, a code such as physician or nurse")?;
+    if !is_code(&role) {
+        return Err(FhirError::BadParameter(
+            "header X-Medgate-Role must be a code: 1 to 128 letters, digits or - . _ : / @ + = | # ~".into(),
+        ));
+    }
+    let purpose = need("x-medgate-purpose", "the HL7 v3 purpose of use, e.g. TREAT")?;
+    if !PURPOSES.contains(&purpose.as_str()) {
+        return Err(FhirError::BadParameter(format!("header X-Medgate-Purpose must be one of {}", PURPOSES.join(", "))));
+    }
+    Ok(Caller { client: client.clone(), user, role, purpose })
+}
+
+/// The only query parameter accepted by searches: `patient` (or `patient.identifier`).
+fn patient_param(req: &Request<Incoming>) -> Result<PatientId, FhirError> {
+    let query = req.uri().query().unwrap_or("");
+    let mut patient = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "patient" | "patient.identifier" | "patient:identifier" => {
+                if patient.replace(v).is_some() {
+                    return Err(FhirError::BadParameter("patient: give exactly one patient parameter".into()));
+                }
+            }
+            "_format" => {}
+            other => {
+                let shown: String = other.chars().take(40).collect();
+                return Err(FhirError::BadParameter(format!("unsupported search parameter {shown:?}; this gateway searches by patient only")));
+            }
+        }
+    }
+    let raw = patient.ok_or_else(|| FhirError::BadParameter("patient: required, as patient=system|value".into()))?;
+    PatientId::from_query(raw)
+}
+
+fn check_fhir_json(req: &Request<Incoming>) -> Result<(), FhirError> {
+    let ct = header(req, "content-type")?.unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if essence == "application/fhir+json" || essence == "application/json" {
+        Ok(())
+    } else {
+        Err(FhirError::UnsupportedMediaType(
+            "send Content-Type: application/fhir+json".into(),
+        ))
+    }
+}
+
+async fn body(req: Request<Incoming>, limit: usize, timeout: std::time::Duration) -> Result<Bytes, FhirError> {
+    if let Some(len) = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        if len > limit as u64 {
+            return Err(FhirError::TooLarge { limit });
+        }
+    }
+    let collected = tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect())
+        .await
+        .map_err(|_| FhirError::MalformedJson(format!("the request body did not arrive within {} s", timeout.as_secs())))?;
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(FhirError::TooLarge { limit }),
+        Err(e) => Err(FhirError::MalformedJson(format!("the request body could not be read: {e}"))),
+    }
+}
+
+/// Route template of a request, for metrics and logs (no ids, no query).
+fn route(method: &Method, path: &str) -> &'static str {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method.as_str(), segs.as_slice()) {
+        ("GET", ["metadata"]) => "GET /metadata",
+        ("POST", [""]) => "POST /",
+        ("POST", ["DocumentReference"]) => "POST /DocumentReference",
+        ("GET", ["DocumentReference"]) => "GET /DocumentReference",
+        ("GET", ["DocumentReference", _]) => "GET /DocumentReference/{id}",
+        ("DELETE", ["DocumentReference", _]) => "DELETE /DocumentReference/{id}",
+        ("GET", ["Binary", _]) => "GET /Binary/{id}",
+        ("GET", ["AuditEvent"]) => "GET /AuditEvent",
+        ("POST", ["Consent"]) => "POST /Consent",
+        ("PUT", ["Consent", _]) => "PUT /Consent/{id}",
+        ("GET", ["Consent"]) => "GET /Consent",
+        _ => "other",
+    }
+}
+
+impl Api {
+    /// Serves one request from a client whose certificate was verified during the handshake.
+    pub async fn handle(self: Arc<Self>, client: Arc<ClientIdentity>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let route = route(&method, req.uri().path());
+        let http1 = req.version() < Version::HTTP_2;
+        let mut resp = match self.dispatch(route, &client, req).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+        if http1 && resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body is not read, so the connection ends after this answer (the
+            // server lingers until the client stops sending; see `crate::server`). Said so, the
+            // client does not send its next request on it. HTTP/2 resets only the stream.
+            resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let status = resp.status().as_u16();
+        self.gateway.metrics.observe(route, status, started.elapsed());
+        tracing::info!(route, status, his = %client.system, ms = started.elapsed().as_millis() as u64, "request");
+        Ok(resp)
+    }
+
+    async fn dispatch(&self, route: &'static str, client: &ClientIdentity, req: Request<Incoming>) -> Result<Resp, GatewayError> {
+        let path = req.uri().path().trim_matches('/').to_owned();
+        let id = path.split('/').nth(1).unwrap_or("").to_owned();
+        let gw = &self.gateway;
+        match route {
+            "GET /metadata" => Ok(json_response(200, &medgate_fhir::capability_statement(env!("CARGO_PKG_VERSION"), &crate::clock::now_rfc3339()))),
+            "POST /" | "POST /DocumentReference" => {
+                let caller = caller(&req, client)?;
+                check_fhir_json(&req)?;
+                let idem = idempotency_key(&req)?;
+                let bytes = body(req, self.max_body, self.body_timeout).await?;
+                let single = route == "POST /DocumentReference";
+                let docs = if single { vec![medgate_fhir::parse_document_reference(&bytes)?] } else { medgate_fhir::parse_transaction(&bytes)? };
+                let created = gw.create(&caller, docs, idem.as_deref()).await?;
+                // A single create answers with the resource itself, a transaction with the Bundle.
+                let body = if single { created.body["entry"][0]["resource"].clone() } else { created.body.clone() };
+                Ok(with_location(json_response(created.status, &body), created.location))
+            }
+            "GET /DocumentReference" => {
+                let caller = caller(&req, client)?;
+                let patient = patient_param(&req)?;
+                let link = format!("DocumentReference?{}", req.uri().query().unwrap_or(""));
+                Ok(json_response(200, &gw.search(&caller, &patient, &link).await?))
+            }
+            "GET /DocumentReference/{id}" => {
+                let caller = caller(&req, client)?;
+                Ok(json_response(200, &gw.read_reference(&caller, &id).await?))
+            }
+            "DELETE /DocumentReference/{id}" => {
+                let caller = caller(&req, client)?;
+                gw.erase(&caller, &id).await?;
+                let mut r = Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                Ok(r)
+            }
+            "GET /Binary/{id}" => {
+                let caller = caller(&req, client)?;
+                let doc = gw.read_binary(&caller, &id).await?;
+                let mut r = Response::new(Full::new(Bytes::copy_from_slice(&doc.bytes)));
+                if let Ok(v) = HeaderValue::from_str(&doc.content_type) {
+                    r.headers_mut().insert(CONTENT_TYPE, v);
+                }
+                Ok(r)
+            }
+            "GET /AuditEvent" => {
+                let caller = caller(&req, client)?;
+                let patient = patient_param(&req)?;
+                let link = format!("AuditEvent?{}", req.uri().query().unwrap_or(""));
+                Ok(json_response(200, &gw.audit(&caller, &patient, &link).await?))
+            }
+            "POST /Consent" | "PUT /Consent/{id}" => {
+                let caller = caller(&req, client)?;
+                check_fhir_json(&req)?;
+                let idem = idempotency_key(&req)?;
+                let bytes = body(req, self.max_body, self.body_timeout).await?;
+                let sub = medgate_fhir::parse_consent(&bytes)?;
+                let done = if route == "POST /Consent" { gw.record_consent(&caller, &sub, idem.as_deref()).await? } else { gw.revoke_consent(&caller, &id, &sub).await? };
+                Ok(with_location(json_response(done.status, &done.body), done.location))
+            }
+            "GET /Consent" => {
+                let caller = caller(&req, client)?;
+                let patient = patient_param(&req)?;
+                let link = format!("Consent?{}", req.uri().query().unwrap_or(""));
+                Ok(json_response(200, &gw.consents(&caller, &patient, &link).await?))
+            }
+            _ => {
+                let known = ["", "metadata", "DocumentReference", "Binary", "AuditEvent", "Consent"];
+                let first = path.split('/').next().unwrap_or("");
+                if known.contains(&first) {
+                    Err(FhirError::MethodNotAllowed(format!("{} on /{}", req.method(), first)).into())
+                } else {
+                    Err(FhirError::NotFound("no such endpoint; see GET /metadata".into()).into())
+                }
+            }
+        }
+    }
+}
+
+/// The optional `Idempotency-Key` header: 1 to 256 characters.
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, FhirError> {
+    let idem = header(req, "idempotency-key")?.map(str::to_owned);
+    if idem.as_ref().is_some_and(|k| k.is_empty() || k.len() > 256) {
+        return Err(FhirError::BadParameter("header Idempotency-Key must be 1 to 256 characters".into()));
+    }
+    Ok(idem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_templates_without_ids() {
+        assert_eq!(route(&Method::GET, "/Binary/abc"), "GET /Binary/{id}");
+        assert_eq!(route(&Method::GET, "/DocumentReference/abc"), "GET /DocumentReference/{id}");
+        assert_eq!(route(&Method::POST, "/"), "POST /");
+        assert_eq!(route(&Method::DELETE, "/Binary/abc"), "other");
+        assert_eq!(route(&Method::GET, "/Binary/a/b"), "other");
+    }
+
+    #[test]
+    fn a_request_in_flight_is_told_when_to_retry() {
+        let r = error_response(&GatewayError::InFlight("still being processed".into()));
+        assert_eq!(r.status(), 409);
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
+        assert_eq!(r.headers()[CONTENT_TYPE], FHIR_JSON);
+        let other = error_response(&GatewayError::Conflict("other content".into()));
+        assert_eq!(other.status(), 409);
+        assert!(other.headers().get(RETRY_AFTER).is_none(), "retrying a real conflict changes nothing");
+    }
+
+    #[test]
+    fn codes_are_short_and_without_spaces() {
+        assert!(is_code("physician"));
+        assert!(!is_code("head nurse"));
+        assert!(!is_code(""));
+        assert!(!is_code(&"a".repeat(129)));
+    }
+}
+

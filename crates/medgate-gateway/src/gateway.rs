@@ -1,0 +1,255 @@
+//! The gateway as a value: what happens to a record between the HIS and the ledger, without HTTP.
+//!
+//! Boundary: takes validated FHIR submissions and the caller's identity, returns FHIR JSON or a
+//! [`GatewayError`]. Owns the order of durable steps: a record, its index row, its ledger entry
+//! (in the outbox) and its idempotency state are stored and flushed together; only then is the
+//! entry appended to the ledger, and the HIS hears 201 only once the entry is in a flushed block
+//! (202 when the ledger could not take it: the entry waits in the outbox and nothing is lost).
+//! The work is split by subject: `records`, `consents`, `sharing`, `checkpoints`,
+//! `membership`, `audit`; this file holds what they share.
+//!
+//! HSM budget per stored record: one C_WrapKey (through the pool) plus the batch signature shared
+//! by every entry of the batch. Patient and user pseudonyms are HMACs computed in the HSM and
+//! cached in memory by a hash of the input, so a busy patient costs one HMAC, not one per request.
+
+mod audit;
+mod checkpoints;
+mod consents;
+mod membership;
+mod records;
+mod sharing;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use medgate_fhir::PatientId;
+use medgate_hsm::Hsm;
+use medgate_ledger::{Checkpoint, Entry, EntryBody, Receipt};
+use medgate_store::order::BoxFuture;
+use medgate_store::vault::{self, StoredRecord, Vault};
+use medgate_store::{Ledger, StoreError};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub use audit::break_glass_json;
+
+use crate::metrics::Metrics;
+use crate::peer::{PeerService, ReadGrant, ReadRequest, Sharing};
+use crate::shred::{ShredHost, Shredder};
+use crate::tls::ClientIdentity;
+use crate::GatewayError;
+
+/// Purpose-of-use codes (HL7 v3 PurposeOfUse) the HIS may assert.
+pub const PURPOSES: [&str; 10] =
+    ["TREAT", "ETREAT", "BTG", "HPAYMT", "HOPERAT", "PATRQT", "HRESCH", "PUBHLTH", "COC", "HLEGAL"];
+
+/// Largest number of cached pseudonyms (patients and users together).
+const PSEUDONYM_CACHE: usize = 100_000;
+
+/// Who asks, on whose behalf, and why: the verified HIS certificate plus what the HIS asserts
+/// about its end user. The user id is pseudonymised before it is recorded anywhere.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The HIS, from its verified certificate.
+    pub client: ClientIdentity,
+    /// The end user's id in the HIS (pseudonymised before it is recorded).
+    pub user: String,
+    /// The end user's role code.
+    pub role: String,
+    /// The HL7 v3 purpose of use.
+    pub purpose: String,
+}
+
+/// What a create produced: the HTTP status (201, or 202 while entries wait in the outbox, or 200
+/// for a repeat) and the body.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// 201, 202 or 200.
+    pub status: u16,
+    /// The FHIR answer.
+    pub body: Value,
+    /// `DocumentReference/{id}` of the first record, for the Location header.
+    pub location: Option<String>,
+}
+
+/// A decrypted document for `GET /Binary/{id}`.
+#[derive(Debug)]
+pub struct Document {
+    /// Its MIME type.
+    pub content_type: String,
+    /// The plaintext, zeroized when dropped.
+    pub bytes: zeroize::Zeroizing<Vec<u8>>,
+}
+
+/// SHA-256 of the pseudonymised input → (pseudonym key version, pseudonym).
+type PseudonymCache = HashMap<[u8; 32], (u32, String)>;
+
+/// The service: HSM, vault, ledger, metrics. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    /// This hospital's id.
+    pub hospital: String,
+    /// The HSM session pool.
+    pub hsm: Arc<Hsm>,
+    /// The encrypted records.
+    pub vault: Vault,
+    /// The ledger writer and the chain.
+    pub ledger: Ledger,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
+    pseudonyms: Arc<Mutex<PseudonymCache>>,
+    /// Consortium sharing (peer reads); `None` in standalone mode.
+    sharing: Option<Arc<Sharing>>,
+    /// Crypto-shredding after erasures (see [`crate::shred`]).
+    pub shred: Arc<Shredder>,
+    /// One consent recorded at a time, so that a retry racing its first attempt finds it.
+    consenting: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The answer to a retry of a request that is still being processed.
+fn in_flight() -> GatewayError {
+    GatewayError::InFlight("a request with this Idempotency-Key is still being processed; retry in a second".into())
+}
+
+fn nonce() -> [u8; 16] {
+    let mut n = [0u8; 16];
+    // The system CSPRNG does not fail on Linux; a zero nonce would still give a valid entry.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut n);
+    n
+}
+
+impl Gateway {
+    /// A gateway of hospital `hospital` over these parts (standalone until [`Gateway::with_sharing`]).
+    pub fn new(hospital: String, hsm: Arc<Hsm>, vault: Vault, ledger: Ledger, metrics: Arc<Metrics>) -> Gateway {
+        Gateway { hospital, hsm, vault, ledger, metrics, pseudonyms: Arc::default(), sharing: None, shred: Arc::default(), consenting: Arc::default() }
+    }
+
+    /// Consortium sharing: peer reads, checkpoints, catch-up.
+    pub fn with_sharing(mut self, sharing: Arc<Sharing>) -> Gateway {
+        self.sharing = Some(sharing);
+        self
+    }
+
+    /// HMAC pseudonym (hex) of `domain` + `value`, computed in the HSM, cached by a hash of the input.
+    async fn pseudonym(&self, domain: &str, value: &str) -> Result<(u32, String), GatewayError> {
+        let input = format!("medgate-pseudonym-v1\0{domain}\0{value}");
+        let cache_key: [u8; 32] = Sha256::digest(input.as_bytes()).into();
+        if let Some(hit) = self.pseudonyms.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
+            return Ok(hit.clone());
+        }
+        let hsm = self.hsm.clone();
+        let (version, mac) = tokio::task::spawn_blocking(move || hsm.pseudonym_hmac(input.as_bytes()))
+            .await
+            .map_err(GatewayError::internal)?
+            .map_err(GatewayError::from)?;
+        let out = (version, hex::encode(mac));
+        let mut cache = self.pseudonyms.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= PSEUDONYM_CACHE {
+            cache.clear();
+        }
+        cache.insert(cache_key, out.clone());
+        Ok(out)
+    }
+
+    /// Patient pseudonym: the same across the consortium only if every hospital shares the
+    /// pseudonym key; within one gateway it is stable.
+    pub async fn patient_pseudonym(&self, patient: &PatientId) -> Result<(u32, String), GatewayError> {
+        self.pseudonym("patient", &patient.canonical()).await
+    }
+
+    async fn user_pseudonym(&self, caller: &Caller) -> Result<String, GatewayError> {
+        Ok(self.pseudonym("user", &format!("{}\0{}", self.hospital, caller.user)).await?.1)
+    }
+
+    fn entry(&self, body: EntryBody) -> Entry {
+        Entry::new(&self.hospital, &crate::clock::now_rfc3339(), nonce(), body)
+    }
+
+    async fn open(&self, rec: StoredRecord, with_document: bool) -> Result<vault::OpenRecord, GatewayError> {
+        let (hsm, store) = (self.hsm.clone(), self.vault.clone());
+        tokio::task::spawn_blocking(move || vault::open_latest(&hsm, &store, &rec, with_document))
+            .await
+            .map_err(GatewayError::internal)?
+            .map_err(GatewayError::from)
+    }
+
+    fn may_read(&self, caller: &Caller) -> Result<(), GatewayError> {
+        if caller.client.may_read() {
+            Ok(())
+        } else {
+            Err(GatewayError::Forbidden(format!("certificate role {:?} may not read records", caller.client.role)))
+        }
+    }
+
+    /// Appends access entries: durably in the outbox first, then to the ledger. A ledger failure
+    /// leaves them in the outbox for the background drain; the access still counts as recorded.
+    async fn record_access(&self, entries: Vec<Entry>) -> Result<(), GatewayError> {
+        self.anchor(entries).await.map(|_| ())
+    }
+
+    /// Puts entries on the ledger: durably in the outbox, then appended. `None` when the ledger
+    /// could not take them yet (they stay in the outbox for the background drain).
+    async fn anchor(&self, entries: Vec<Entry>) -> Result<Option<Vec<Receipt>>, GatewayError> {
+        for e in &entries {
+            e.validate().map_err(GatewayError::internal)?;
+        }
+        self.vault.enqueue(&entries).await.map_err(GatewayError::from)?;
+        match self.ledger.append(entries).await {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                tracing::warn!(error = %e, "entries wait in the outbox");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Appends what the outbox holds (entries whose append failed earlier).
+    pub async fn drain_outbox(&self) -> Result<usize, StoreError> {
+        self.ledger.drain_outbox(&self.vault).await
+    }
+}
+
+impl ShredHost for Gateway {
+    fn hsm(&self) -> &Arc<Hsm> {
+        &self.hsm
+    }
+
+    fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    fn shredder(&self) -> &Arc<Shredder> {
+        &self.shred
+    }
+
+    fn count(&self, name: &str, n: u64) {
+        self.metrics.add(name, n);
+    }
+
+    fn anchor_key_events<'a>(&'a self, state_dir: &'a Path) -> BoxFuture<'a, Result<usize, String>> {
+        Box::pin(async move { Gateway::anchor_key_events(self, state_dir).await.map_err(|e| e.to_string()) })
+    }
+}
+
+impl PeerService for Gateway {
+    fn is_member(&self, hospital: &str) -> bool {
+        self.ledger.store.is_member(hospital)
+    }
+
+    fn count(&self, name: &str) {
+        self.metrics.incr(name);
+    }
+
+    fn read<'a>(&'a self, requester: &'a str, req: ReadRequest) -> BoxFuture<'a, Result<ReadGrant, GatewayError>> {
+        Box::pin(self.serve_peer_read(requester, req))
+    }
+
+    fn checkpoint<'a>(&'a self, requester: &'a str, cp: Checkpoint) -> BoxFuture<'a, Result<String, GatewayError>> {
+        Box::pin(async move { self.accept_checkpoint(requester, &cp).await })
+    }
+
+    fn blocks(&self, requester: &str, from: u64) -> Result<Vec<u8>, GatewayError> {
+        self.blocks_for_peer(requester, from)
+    }
+}

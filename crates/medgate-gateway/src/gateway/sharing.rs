@@ -1,0 +1,145 @@
+//! Sharing between hospitals: reading a record another member holds (as the requester), and
+//! answering another member's read under consent or break-glass (as the custodian).
+
+use medgate_hsm::HsmError;
+use medgate_ledger::{Entry, EntryBody};
+use medgate_store::vault;
+
+use super::{nonce, Caller, Document, Gateway, PURPOSES};
+use crate::peer::{ReadGrant, ReadRequest};
+use crate::GatewayError;
+
+impl Gateway {
+    /// Fetches a record from its custodian: ciphertext and a data key re-wrapped for this
+    /// hospital's sharing key; unwrapped in the HSM, decrypted here, checked against the hash on
+    /// the ledger. The custodian records the access (granted or denied) on the ledger.
+    pub(super) async fn read_remote(&self, caller: &Caller, entry: Entry) -> Result<Document, GatewayError> {
+        let EntryBody::RecordAnchored { record_id, custodian, content_hash, content_type, .. } = entry.body else {
+            return Err(GatewayError::internal("not a record entry"));
+        };
+        let sharing = self.sharing.clone().ok_or_else(|| GatewayError::internal("sharing is not configured"))?;
+        let user = self.user_pseudonym(caller).await?;
+        let req = ReadRequest { record_id: record_id.clone(), user, role: caller.role.clone(), purpose: caller.purpose.clone() };
+        let grant = match sharing.read(&custodian, &req).await {
+            Err(e) => {
+                tracing::warn!(%custodian, error = %e, "custodian unreachable");
+                return Err(GatewayError::Unavailable(format!("the custodian {custodian} could not be reached; retry later")));
+            }
+            Ok(Err((403, refusal))) if refusal.reason == "not-a-member" => {
+                self.metrics.incr("peer_reads_denied");
+                return Err(GatewayError::Forbidden(format!("the custodian {custodian} refused the read: {} is not a current member of the consortium", self.hospital)));
+            }
+            Ok(Err((403, refusal))) => {
+                self.metrics.incr("peer_reads_denied");
+                return Err(GatewayError::Forbidden(format!(
+                    "the custodian {custodian} refused the read ({}); the refusal is on the ledger",
+                    refusal.reason
+                )));
+            }
+            Ok(Err((404, _))) => return Err(GatewayError::NotFound(format!("{custodian} no longer holds record {record_id}"))),
+            Ok(Err((410, _))) => return Err(GatewayError::Gone(format!("record {record_id} was erased by its custodian {custodian}"))),
+            Ok(Err((status, refusal))) => return Err(GatewayError::internal(format!("{custodian} answered {status}: {}", refusal.reason))),
+            Ok(Ok(g)) => g,
+        };
+        if grant.record_id != record_id || grant.content_hash != content_hash || grant.content_type != content_type {
+            return Err(GatewayError::Integrity(record_id));
+        }
+        let blob = medgate_ledger::keys::b64_decode(&grant.shared_key).map_err(|_| GatewayError::Integrity(record_id.clone()))?;
+        let hsm = self.hsm.clone();
+        let dk = tokio::task::spawn_blocking(move || hsm.unwrap_shared(&blob)).await.map_err(GatewayError::internal)?.map_err(|e| match e {
+            HsmError::Integrity => GatewayError::Integrity(record_id.clone()),
+            other => GatewayError::from(other),
+        })?;
+        let bytes = vault::open_shared_document(&record_id, &content_type, &content_hash, &dk, &grant.doc_nonce, &grant.doc_ct).map_err(GatewayError::from)?;
+        self.metrics.incr("peer_reads_granted");
+        Ok(Document { content_type, bytes })
+    }
+
+    /// Answers another gateway's read (the custodian's side): consent on this ledger copy, or
+    /// break-glass by a role the configuration names; the access goes on the ledger either way,
+    /// before any key material leaves. A refusal carries the reason code the requester sees.
+    pub async fn serve_peer_read(&self, requester: &str, req: ReadRequest) -> Result<ReadGrant, GatewayError> {
+        let sharing = self.sharing.clone().ok_or_else(|| GatewayError::NotFound("no-sharing".into()))?;
+        let Some(peer) = sharing.peer(requester).filter(|_| requester != self.hospital) else {
+            return Err(GatewayError::Forbidden("not-a-member".into()));
+        };
+        let Some((n, e)) = peer.sharing_key.clone() else { return Err(GatewayError::Forbidden("no-sharing-key".into())) };
+        if !PURPOSES.contains(&req.purpose.as_str()) {
+            return Err(GatewayError::BadRequest("bad-request".into()));
+        }
+        let rec = match self.vault.get(&req.record_id) {
+            Ok(Some(r)) if r.erased.is_some() => return Err(GatewayError::Gone("erased".into())),
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(GatewayError::NotFound("unknown-record".into())),
+            Err(e) => {
+                tracing::error!(error = %e, "vault read for a peer failed");
+                return Err(GatewayError::internal(e));
+            }
+        };
+        let now = crate::clock::now_rfc3339();
+        let consented = self.ledger.store.consents_for(&rec.patient_pseudonym)?.iter().any(|c| c.custodian == self.hospital && c.permits(requester, &rec.id, &now));
+        let break_glass = !consented && req.purpose == "BTG" && sharing.break_glass_roles.contains(&req.role);
+        let reason = match (consented, break_glass) {
+            (true, _) => None,
+            (false, true) => Some("break-glass"),
+            (false, false) => Some("no-consent"),
+        };
+        self.record_peer_access(requester, &req, &rec, &now, reason).await?;
+        if reason == Some("no-consent") {
+            return Err(GatewayError::Forbidden("no-consent".into()));
+        }
+        let shared = self.rewrap_for(&rec, n, e).await?;
+        Ok(ReadGrant {
+            record_id: rec.id,
+            content_type: rec.content_type,
+            content_hash: rec.content_hash,
+            doc_nonce: rec.doc_nonce,
+            doc_ct: rec.doc_ct,
+            shared_key: medgate_ledger::keys::b64_encode(&shared),
+        })
+    }
+
+    /// Puts a peer's read (granted unless `reason` is `no-consent`) on the ledger, durably.
+    async fn record_peer_access(&self, requester: &str, req: &ReadRequest, rec: &vault::StoredRecord, now: &str, reason: Option<&str>) -> Result<(), GatewayError> {
+        let granted = reason != Some("no-consent");
+        let entry = Entry::new(
+            &self.hospital,
+            now,
+            nonce(),
+            EntryBody::RecordRead {
+                record_id: rec.id.clone(),
+                patient: rec.patient_pseudonym.clone(),
+                custodian: self.hospital.clone(),
+                reader: requester.to_owned(),
+                user: req.user.clone(),
+                role: req.role.clone(),
+                purpose: req.purpose.clone(),
+                granted,
+                reason: reason.map(str::to_owned),
+            },
+        );
+        if entry.validate().is_err() {
+            return Err(GatewayError::BadRequest("bad-request".into()));
+        }
+        if let Err(e) = self.anchor(vec![entry]).await {
+            tracing::error!(error = %e, "access entry for a peer read could not be stored; refused");
+            return Err(GatewayError::Unavailable("ledger-unavailable".into()));
+        }
+        tracing::info!(%requester, granted, reason = reason.unwrap_or("consent"), "peer read");
+        Ok(())
+    }
+
+    /// The record's data key re-wrapped inside the HSM for a peer's RSA sharing key.
+    async fn rewrap_for(&self, rec: &vault::StoredRecord, modulus: Vec<u8>, exponent: Vec<u8>) -> Result<Vec<u8>, GatewayError> {
+        let bytes = medgate_ledger::keys::b64_decode(&rec.wrapped_key).map_err(|_| GatewayError::Integrity(rec.id.clone()))?;
+        let wrapped = medgate_hsm::WrappedKey { kek_version: rec.kek_version, bytes };
+        let hsm = self.hsm.clone();
+        match tokio::task::spawn_blocking(move || hsm.rewrap_for_peer(&wrapped, &modulus, &exponent)).await? {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                tracing::error!(error = %e, "re-wrapping for a peer failed");
+                Err(GatewayError::Unavailable("hsm-unavailable".into()))
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Prometheus text metrics, kept in process: request counts by route and status, latency
+//! histograms by route, plus gauges read at scrape time (HSM counters, ledger height, outbox,
+//! certificate expiry). No label ever carries a patient identifier or a record id.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+/// A gauge family read at scrape time: name, help text, and (labels, value) samples.
+pub type Gauge<'a> = (&'a str, &'a str, Vec<(String, f64)>);
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+    events: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Metrics {
+    /// Counts one finished request on `route` (a route template such as `GET /Binary/{id}`).
+    pub fn observe(&self, route: &str, status: u16, elapsed: Duration) {
+        *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry((route.to_owned(), status)).or_default() += 1;
+        let secs = elapsed.as_secs_f64();
+        let mut lat = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let h = lat.entry(route.to_owned()).or_default();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += secs;
+        h.count += 1;
+    }
+
+    /// Counts a named event (`tls_handshake_failures`, `ledger_batches`, ...).
+    pub fn incr(&self, name: &str) {
+        *self.events.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_owned()).or_default() += 1;
+    }
+
+    /// Counts `n` named events at once.
+    pub fn add(&self, name: &str, n: u64) {
+        *self.events.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_owned()).or_default() += n;
+    }
+
+    pub fn event(&self, name: &str) -> u64 {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).get(name).copied().unwrap_or(0)
+    }
+
+    /// Renders the counters, then the given gauges (name, help, value).
+    pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP medgate_http_requests_total HIS requests by route and status.");
+        let _ = writeln!(out, "# TYPE medgate_http_requests_total counter");
+        for ((route, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(out, "medgate_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", escape(route));
+        }
+        let _ = writeln!(out, "# HELP medgate_http_request_duration_seconds HIS request latency by route.");
+        let _ = writeln!(out, "# TYPE medgate_http_request_duration_seconds histogram");
+        for (route, h) in self.latency.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let r = escape(route);
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(out, "medgate_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"{b}\"}} {}", h.counts[i]);
+            }
+            let _ = writeln!(out, "medgate_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "medgate_http_request_duration_seconds_sum{{route=\"{r}\"}} {}", h.sum);
+            let _ = writeln!(out, "medgate_http_request_duration_seconds_count{{route=\"{r}\"}} {}", h.count);
+        }
+        let _ = writeln!(out, "# HELP medgate_events_total Gateway events by kind.");
+        let _ = writeln!(out, "# TYPE medgate_events_total counter");
+        for (name, n) in self.events.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(out, "medgate_events_total{{kind=\"{}\"}} {n}", escape(name));
+        }
+        for (name, help, values) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (labels, v) in values {
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{name} {v}");
+                } else {
+                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                }
+            }
+        }
+        out
+    }
+}
+
+impl medgate_store::Events for Metrics {
+    fn incr(&self, name: &str) {
+        Metrics::incr(self, name);
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_text_is_well_formed() {
+        let m = Metrics::default();
+        m.observe("GET /metadata", 200, Duration::from_millis(3));
+        m.observe("GET /metadata", 200, Duration::from_millis(300));
+        m.observe("POST /", 422, Duration::from_millis(1));
+        let t = m.render(&[("medgate_ledger_height", "Height.", vec![(String::new(), 4.0)])]);
+        assert!(t.contains("medgate_http_requests_total{route=\"GET /metadata\",status=\"200\"} 2"), "{t}");
+        assert!(t.contains("medgate_http_request_duration_seconds_bucket{route=\"GET /metadata\",le=\"0.005\"} 1"), "{t}");
+        assert!(t.contains("medgate_http_request_duration_seconds_bucket{route=\"GET /metadata\",le=\"0.5\"} 2"), "{t}");
+        assert!(t.contains("medgate_ledger_height 4"), "{t}");
+        for line in t.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').expect("name value");
+            value.parse::<f64>().expect("numeric value");
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! Gateway-to-gateway record sharing over mutual TLS with certificates from the consortium CA.
+//! The keys on both ends are the gateways' HSM `tls` keys. A peer is known by the organisation
+//! (O) of its consortium certificate, which must be a member with a sharing key.
+//!
+//! One request: `POST /peer/v1/read` with [`ReadRequest`]. The custodian checks the consent on
+//! its own ledger copy (or break-glass), puts the access on the ledger (granted or denied), and
+//! answers with the document ciphertext and the data key re-wrapped inside its HSM for the
+//! requester's sharing key ([`ReadGrant`]), or 403 with a reason code. Plaintext never crosses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use medgate_hsm::tls::HsmSigningKey;
+use medgate_hsm::Hsm;
+use rustls::pki_types::ServerName;
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use medgate_ledger::{Block, Checkpoint};
+use medgate_store::order::BoxFuture;
+use medgate_store::ChainStore;
+
+use crate::config::Consortium;
+use crate::tls;
+use crate::GatewayError;
+
+/// What the requesting gateway asks for, on behalf of its end user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadRequest {
+    /// The record asked for.
+    pub record_id: String,
+    /// The requester's pseudonym of its end user (64 lowercase hex).
+    pub user: String,
+    /// The end user's role code.
+    pub role: String,
+    /// The purpose of use.
+    pub purpose: String,
+}
+
+/// What a granted read returns: ciphertext and the re-wrapped data key, never plaintext.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadGrant {
+    /// The record.
+    pub record_id: String,
+    /// Its MIME type.
+    pub content_type: String,
+    /// Hex SHA-256 of its plaintext, as anchored on the ledger.
+    pub content_hash: String,
+    /// AES-GCM nonce of the document, base64.
+    pub doc_nonce: String,
+    /// The document ciphertext, base64.
+    pub doc_ct: String,
+    /// The data key, RSA-OAEP wrapped for the requester's sharing key, base64.
+    pub shared_key: String,
+}
+
+/// Most blocks one fetch returns.
+pub const MAX_BLOCKS_PER_FETCH: u64 = 64;
+
+/// A request for blocks from a height on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlocksRequest {
+    /// The first height wanted.
+    pub from: u64,
+}
+
+/// A refusal: the status and a reason code.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The reason code (or, for a fork, the custodian's own signed checkpoint).
+    pub reason: String,
+}
+
+/// The one place a [`GatewayError`] becomes a peer's answer: its status and a reason code.
+/// Internal details stay in this gateway's log.
+pub fn refusal(e: &GatewayError) -> (u16, Refusal) {
+    let reason = match e {
+        GatewayError::Forbidden(code)
+        | GatewayError::NotFound(code)
+        | GatewayError::Gone(code)
+        | GatewayError::Conflict(code)
+        | GatewayError::InFlight(code)
+        | GatewayError::BadRequest(code)
+        | GatewayError::Unavailable(code) => code.clone(),
+        GatewayError::Request(_) => "bad-request".to_owned(),
+        GatewayError::Integrity(_) => "integrity".to_owned(),
+        GatewayError::Internal(detail) => {
+            tracing::error!(error = %detail, "peer request failed");
+            "internal".to_owned()
+        }
+    };
+    (e.status(), Refusal { reason })
+}
+
+/// What the peer listener asks of the gateway, as the custodian of records and as a member
+/// holding a copy of the ledger.
+pub trait PeerService: Send + Sync + std::fmt::Debug + 'static {
+    /// Whether `hospital` is a current member.
+    fn is_member(&self, hospital: &str) -> bool;
+    /// Counts an event for the metrics.
+    fn count(&self, name: &str);
+    /// A read of a record held here, on behalf of `requester`'s end user.
+    fn read<'a>(&'a self, requester: &'a str, req: ReadRequest) -> BoxFuture<'a, Result<ReadGrant, GatewayError>>;
+    /// `requester`'s signed checkpoint: `agree`, `behind`, or a fork (409 with ours).
+    fn checkpoint<'a>(&'a self, requester: &'a str, cp: Checkpoint) -> BoxFuture<'a, Result<String, GatewayError>>;
+    /// Blocks from `from` on (a JSON array), for a member catching up.
+    fn blocks(&self, requester: &str, from: u64) -> Result<Vec<u8>, GatewayError>;
+}
+
+/// What the gateway needs to share: the ledger's roster (members' peer addresses and sharing
+/// keys, as the chain says at this moment), the mTLS client, the break-glass roles.
+#[derive(Debug)]
+pub struct Sharing {
+    /// This hospital's id.
+    pub me: String,
+    /// The consortium link, halted when a fork is seen.
+    pub link: Option<Arc<medgate_store::order::link::EtcdLink>>,
+    store: ChainStore,
+    /// Mutual TLS towards the peers (the HSM `tls` key, consortium certificate).
+    pub client_tls: Arc<rustls::ClientConfig>,
+    /// End-user roles that may read without consent as break-glass.
+    pub break_glass_roles: Vec<String>,
+}
+
+/// A member as the sharing layer sees it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Its peer listener.
+    pub address: Option<SocketAddr>,
+    /// RSA modulus and exponent of its sharing key.
+    pub sharing_key: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Peer {
+    fn of(m: &medgate_ledger::membership::MemberState) -> Peer {
+        Peer { address: m.peer_address, sharing_key: m.sharing_key().map(|k| (k.modulus, k.exponent)) }
+    }
+}
+
+impl Sharing {
+    /// Sharing for hospital `me`, per the `[consortium]` table.
+    pub fn from_config(cfg: &Consortium, me: &str, hsm: &Arc<Hsm>, store: ChainStore) -> Result<Sharing, String> {
+        let mut client = (*tls::consortium_client(cfg, hsm)?).clone();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Sharing { me: me.to_owned(), link: None, store, client_tls: Arc::new(client), break_glass_roles: cfg.break_glass_roles.clone() })
+    }
+
+    /// A current member as the sharing layer sees it (`None` for a non-member).
+    pub fn peer(&self, hospital_id: &str) -> Option<Peer> {
+        let roster = self.store.roster().ok().flatten()?;
+        roster.get(hospital_id).map(Peer::of)
+    }
+
+    /// The other current members, in hospital id order.
+    pub fn other_members(&self) -> Vec<(String, Peer)> {
+        let Ok(Some(roster)) = self.store.roster() else { return Vec::new() };
+        roster
+            .members
+            .values()
+            .filter(|m| m.hospital_id != self.me)
+            .map(|m| (m.hospital_id.clone(), Peer::of(m)))
+            .collect()
+    }
+
+    /// Asks `custodian` for a record. `Ok(Err(refusal))` is an answer (403, 404, 410); `Err`
+    /// means the custodian could not be asked.
+    pub async fn read(&self, custodian: &str, req: &ReadRequest) -> Result<Result<ReadGrant, (u16, Refusal)>, String> {
+        let (status, bytes) = self.post(custodian, "/peer/v1/read", &serde_json::to_vec(req).map_err(|e| e.to_string())?).await?;
+        if status == 200 {
+            Ok(Ok(serde_json::from_slice(&bytes).map_err(|e| format!("{custodian} sent an unreadable grant: {e}"))?))
+        } else {
+            let refusal = serde_json::from_slice(&bytes).unwrap_or(Refusal { reason: format!("status-{status}") });
+            Ok(Err((status, refusal)))
+        }
+    }
+
+    /// Sends this gateway's signed checkpoint to a peer; the answer says whether it agrees.
+    pub async fn send_checkpoint(&self, peer: &str, cp: &Checkpoint) -> Result<(u16, String), String> {
+        let (status, bytes) = self.post(peer, "/peer/v1/checkpoint", &serde_json::to_vec(cp).map_err(|e| e.to_string())?).await?;
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Blocks of a peer's chain from height `from` (at most [`MAX_BLOCKS_PER_FETCH`]); empty
+    /// when the peer has none that high. The caller verifies them.
+    pub async fn fetch_blocks(&self, peer: &str, from: u64) -> Result<Vec<Block>, String> {
+        let (status, bytes) = self.post(peer, "/peer/v1/blocks", &serde_json::to_vec(&BlocksRequest { from }).map_err(|e| e.to_string())?).await?;
+        if status != 200 {
+            return Err(format!("{peer} answered {status} to a block request"));
+        }
+        let raw: Vec<serde_json::Value> = serde_json::from_slice(&bytes).map_err(|e| format!("{peer} sent unreadable blocks: {e}"))?;
+        raw.iter()
+            .map(|v| Block::from_bytes(v.to_string().as_bytes()).map_err(|e| format!("{peer} sent a malformed block: {e}")))
+            .collect()
+    }
+
+    /// One request to a peer over mutual TLS, checking that the certificate names that peer.
+    async fn post(&self, peer: &str, path: &str, body: &[u8]) -> Result<(u16, Bytes), String> {
+        let addr = self.peer(peer).and_then(|p| p.address).ok_or_else(|| format!("{peer} is not a current member with a peer address"))?;
+        let tcp = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connecting to {peer} at {addr} timed out"))?
+            .map_err(|e| format!("connecting to {peer} at {addr}: {e}"))?;
+        let stream = tokio_rustls::TlsConnector::from(self.client_tls.clone())
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .map_err(|e| format!("TLS with {peer}: {e}"))?;
+        // The consortium CA vouches for the hospital id in the certificate's organisation.
+        let presented = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| organisation(c.as_ref()));
+        if presented.as_deref() != Some(peer) {
+            return Err(format!("the gateway at {addr} presented a certificate for {presented:?}, not {peer}"));
+        }
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let request = Request::post(path)
+            .header("host", peer)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(20), send.send_request(request))
+            .await
+            .map_err(|_| format!("{peer} did not answer within 20 s"))?
+            .map_err(|e| format!("{peer}: {e}"))?;
+        let status = resp.status().as_u16();
+        let bytes = Limited::new(resp.into_body(), 64 << 20).collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, bytes))
+    }
+}
+
+impl medgate_store::order::BlockSource for Sharing {
+    fn sources(&self) -> Vec<String> {
+        self.other_members().into_iter().filter(|(_, p)| p.address.is_some()).map(|(id, _)| id).collect()
+    }
+
+    fn fetch_blocks<'a>(&'a self, peer: &'a str, from: u64) -> BoxFuture<'a, Result<Vec<Block>, String>> {
+        Box::pin(Sharing::fetch_blocks(self, peer, from))
+    }
+}
+
+/// The peer listener's TLS: the consortium certificate of the HSM key; clients must chain to
+/// the consortium CA.
+pub fn server_tls(cfg: &Consortium, hsm: &Arc<Hsm>) -> Result<Arc<rustls::ServerConfig>, String> {
+    let chain = tls::load_certs(&cfg.certificate).map_err(|e| e.to_string())?;
+    let key = HsmSigningKey::new(hsm.clone()).map_err(|e| e.to_string())?;
+    let certified = Arc::new(CertifiedKey::new(chain, Arc::new(key)));
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in tls::load_certs(&cfg.ca).map_err(|e| e.to_string())? {
+        roots.add(ca).map_err(|e| e.to_string())?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), tls::provider()).build().map_err(|e| e.to_string())?;
+    let mut c = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(Fixed(certified)));
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(c))
+}
+
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Fixed {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// The organisation (O) of a certificate: the consortium hospital id.
+fn organisation(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let o = cert.subject().iter_organization().next()?.as_str().ok()?.to_owned();
+    Some(o)
+}
+
+fn json(status: u16, v: &impl Serialize) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(v).unwrap_or_default())));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Serves other gateways until `stop` changes.
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, service: Arc<dyn PeerService>, mut stop: watch::Receiver<bool>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            r = listener.accept() => match r { Ok(v) => v, Err(_) => continue },
+            _ = stop.changed() => return,
+        };
+        let (acceptor, service) = (acceptor.clone(), service.clone());
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                _ => {
+                    tracing::info!(peer = %addr, "peer TLS handshake refused");
+                    return;
+                }
+            };
+            let Some(requester) = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| organisation(c.as_ref())) else {
+                tracing::info!(peer = %addr, "peer certificate names no organisation; closed");
+                return;
+            };
+            // The consortium CA vouches for the name; the ledger says whether it is still a member.
+            if !service.is_member(&requester) {
+                tracing::warn!(peer = %addr, hospital = %requester, "peer request from a hospital that is not a current member; refused");
+                service.count("peer_requests_from_non_members");
+            }
+            let handler = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (service, requester) = (service.clone(), requester.clone());
+                async move { Ok::<_, std::convert::Infallible>(answer(service.as_ref(), &requester, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), handler).await;
+        });
+    }
+}
+
+/// One peer request: `POST /peer/v1/read`, `/peer/v1/checkpoint` or `/peer/v1/blocks`.
+async fn answer(service: &dyn PeerService, requester: &str, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let refused = |e: GatewayError| {
+        let (status, r) = refusal(&e);
+        json(status, &r)
+    };
+    if !service.is_member(requester) {
+        return refused(GatewayError::Forbidden("not-a-member".into()));
+    }
+    let path = req.uri().path().to_owned();
+    if req.method() != hyper::Method::POST || !["/peer/v1/read", "/peer/v1/checkpoint", "/peer/v1/blocks"].contains(&path.as_str()) {
+        return refused(GatewayError::NotFound("no-such-endpoint".into()));
+    }
+    let Ok(body) = Limited::new(req.into_body(), 64 * 1024).collect().await.map(|b| b.to_bytes()) else {
+        return refused(GatewayError::BadRequest("bad-request".into()));
+    };
+    let bad = || GatewayError::BadRequest("bad-request".into());
+    match path.as_str() {
+        "/peer/v1/blocks" => match serde_json::from_slice::<BlocksRequest>(&body).map_err(|_| bad()).and_then(|r| service.blocks(requester, r.from)) {
+            Ok(blocks) => {
+                let mut r = Response::new(Full::new(Bytes::from(blocks)));
+                r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+                r
+            }
+            Err(e) => refused(e),
+        },
+        "/peer/v1/checkpoint" => {
+            let Ok(cp) = Checkpoint::from_bytes(&body) else { return refused(bad()) };
+            match service.checkpoint(requester, cp).await {
+                Ok(verdict) => json(200, &Refusal { reason: verdict }),
+                Err(e) => refused(e),
+            }
+        }
+        _ => {
+            let Ok(read) = serde_json::from_slice::<ReadRequest>(&body) else { return refused(bad()) };
+            match service.read(requester, read).await {
+                Ok(grant) => json(200, &grant),
+                Err(e) => refused(e),
+            }
+        }
+    }
+}

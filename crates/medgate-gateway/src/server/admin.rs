@@ -1,0 +1,267 @@
+//! The admin listener (plain HTTP, loopback by default): `/healthz`, `/readyz`, `/metrics`, the
+//! break-glass review, the consortium's members, and the operator's changes (compaction,
+//! membership proposals and approvals), which are taken only from this machine and only with the
+//! admin header; and the systemd watchdog, which pings while the health checks pass.
+//!
+//! Boundary: requests in, [`Gateway`] calls, text or JSON out; a [`GatewayError`] becomes a
+//! status and a line of text in one place ([`refused`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use medgate_store::order::link::EtcdLink;
+use medgate_store::Db;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::notify;
+use crate::gateway::Gateway;
+use crate::tls::{self, TlsFiles};
+use crate::GatewayError;
+
+/// What the admin listener and the watchdog look at.
+#[derive(Debug)]
+pub(super) struct AdminState {
+    pub(super) gateway: Gateway,
+    pub(super) db: Db,
+    pub(super) tls_files: TlsFiles,
+    pub(super) link: Option<Arc<EtcdLink>>,
+}
+
+/// What `/readyz` and the watchdog check.
+#[derive(Debug, Default)]
+struct Health {
+    hsm: Option<String>,
+    store: Option<String>,
+    ledger: Option<String>,
+    /// Information only: a pending shred pass does not make the gateway unready.
+    shred: String,
+}
+
+impl Health {
+    fn ok(&self) -> bool {
+        self.hsm.is_none() && self.store.is_none() && self.ledger.is_none()
+    }
+    fn text(&self) -> String {
+        let line = |name: &str, v: &Option<String>| format!("{name}: {}\n", v.as_deref().unwrap_or("ok"));
+        format!("{}{}{}shred: {}\n", line("hsm", &self.hsm), line("store", &self.store), line("ledger", &self.ledger), self.shred)
+    }
+}
+
+impl AdminState {
+    async fn health(&self) -> Health {
+        let mut h = Health::default();
+        let hsm = self.gateway.hsm.clone();
+        match tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || hsm.ping())).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => h.hsm = Some(e.to_string()),
+            Ok(Err(e)) => h.hsm = Some(e.to_string()),
+            Err(_) => h.hsm = Some("no answer within 5 s".into()),
+        }
+        // The store must take a small flushed write: catches a full or read-only disk.
+        let db = self.db.clone();
+        let write = tokio::task::spawn_blocking(move || db.check_writable(&crate::clock::now_rfc3339()));
+        match tokio::time::timeout(Duration::from_secs(5), write).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => h.store = Some(e.to_string()),
+            Ok(Err(e)) => h.store = Some(e.to_string()),
+            Err(_) => h.store = Some("no flushed write within 5 s".into()),
+        }
+        if !self.gateway.ledger.is_running() {
+            h.ledger = Some("the ledger writer has stopped".into());
+        } else if let Some(why) = self.link.as_ref().and_then(|l| l.halted()) {
+            h.ledger = Some(why);
+        } else if let Some(why) = self.link.as_ref().and_then(|l| l.behind()) {
+            h.ledger = Some(format!("behind, catching up from peers: {why}"));
+        } else if let Err(e) = self.gateway.ledger.store.head() {
+            h.ledger = Some(e.to_string());
+        }
+        h.shred = self.gateway.shred.readiness(&self.gateway.vault);
+        h
+    }
+
+    fn metrics(&self) -> String {
+        let st = self.gateway.hsm.stats();
+        let mut gauges: Vec<crate::metrics::Gauge<'_>> = vec![
+            ("medgate_hsm_operations_total", "HSM operations by kind.", st.ops.iter().map(|(k, n)| (format!("op=\"{k}\""), *n as f64)).collect()),
+            ("medgate_hsm_errors_total", "HSM errors by kind.", st.errors.iter().map(|(k, n)| (format!("kind=\"{k}\""), *n as f64)).collect()),
+            ("medgate_hsm_pkcs11_calls_total", "PKCS#11 calls made.", vec![(String::new(), st.pkcs11_calls as f64)]),
+            ("medgate_hsm_pool_waits_total", "Times a request waited for an HSM session.", vec![(String::new(), st.pool_waits as f64)]),
+            ("medgate_hsm_pool_wait_seconds_total", "Time spent waiting for an HSM session.", vec![(String::new(), st.pool_wait_seconds)]),
+            ("medgate_vault_records", "Records in the local vault.", vec![(String::new(), self.gateway.vault.record_count() as f64)]),
+            ("medgate_outbox_entries", "Ledger entries stored but not yet in a block.", vec![(String::new(), self.gateway.vault.outbox_len() as f64)]),
+        ];
+        if let Ok(Some((h, _))) = self.gateway.ledger.store.head() {
+            gauges.push(("medgate_ledger_height", "Height of the last block.", vec![(String::new(), h as f64)]));
+            if let Ok(cps) = self.gateway.ledger.store.peer_checkpoints() {
+                let lag = cps.iter().map(|c| (format!("peer=\"{}\"", c.gateway), h as f64 - c.height as f64)).collect();
+                gauges.push(("medgate_checkpoint_lag_blocks", "This gateway's height minus each peer's last signed checkpoint.", lag));
+            }
+        }
+        if let Ok(Some(roster)) = self.gateway.ledger.store.roster() {
+            let me = f64::from(u8::from(roster.is_member(&self.gateway.hospital)));
+            gauges.push(("medgate_consortium_member", "1 while this hospital is a current consortium member.", vec![(String::new(), me)]));
+            gauges.push(("medgate_consortium_members", "Current consortium members.", vec![(String::new(), roster.members.len() as f64)]));
+            if let Ok(ps) = self.gateway.ledger.store.proposals() {
+                let open = ps.iter().filter(|p| p.state(roster.version) == "open").count();
+                gauges.push(("medgate_consortium_open_proposals", "Membership proposals not yet carried.", vec![(String::new(), open as f64)]));
+            }
+        }
+        if let Ok(forks) = self.gateway.ledger.store.forks() {
+            gauges.push(("medgate_ledger_forks", "Forks seen (two signed hashes at one height).", vec![(String::new(), forks.len() as f64)]));
+        }
+        let mut expiry = Vec::new();
+        for (which, path) in [("server", &self.tls_files.certificate), ("client_ca", &self.tls_files.client_ca)] {
+            if let Ok(certs) = tls::load_certs(path) {
+                if let Some(Ok((_, _, not_after))) = certs.first().map(|c| crate::pki::describe_certificate(c.as_ref())) {
+                    expiry.push((format!("certificate=\"{which}\""), not_after as f64));
+                }
+            }
+        }
+        gauges.push(("medgate_certificate_expiry_timestamp_seconds", "When each configured certificate expires (unix time).", expiry));
+        gauges.extend(self.gateway.shred.gauges(&self.gateway.vault));
+        self.gateway.metrics.render(&gauges)
+    }
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    r
+}
+
+/// The header every admin change must carry (a browser cannot add it without a CORS preflight).
+pub const ADMIN_HEADER: &str = "x-medgate-admin";
+
+/// A membership proposal as the admin listener takes it (`medgate consortium propose`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProposalRequest {
+    action: String,
+    hospital_id: String,
+    #[serde(default)]
+    card: Option<medgate_ledger::membership::MemberCard>,
+}
+
+/// The one place a [`GatewayError`] becomes the admin listener's answer: its status and the
+/// message as a line of text (the operator's own machine: details included).
+fn refused(e: &GatewayError) -> Response<Full<Bytes>> {
+    text(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), format!("{}\n", e.detail()), "text/plain; charset=utf-8")
+}
+
+fn json_answer(v: Result<impl serde::Serialize, GatewayError>) -> Response<Full<Bytes>> {
+    match v.and_then(|v| serde_json::to_string(&v).map_err(GatewayError::internal)) {
+        Ok(body) => text(StatusCode::OK, body, "application/json"),
+        Err(e) => refused(&e),
+    }
+}
+
+async fn admin_request(state: Arc<AdminState>, req: Request<hyper::body::Incoming>, from: SocketAddr) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let plain = "text/plain; charset=utf-8";
+    let path = req.uri().path().to_owned();
+    // Changes (compaction, membership) only from this machine, even when
+    // [dangerous] admin_on_all_interfaces exposes the read-only endpoints.
+    if req.method() != hyper::Method::GET && !from.ip().is_loopback() {
+        tracing::warn!(peer = %from, %path, "admin change refused: not from this machine");
+        return Ok(text(StatusCode::FORBIDDEN, "changes are accepted from this machine only\n".into(), plain));
+    }
+    // A web page open on this machine may send simple requests here; it cannot add a custom
+    // header without a CORS preflight (never answered), and a browser always names its Origin.
+    if req.method() != hyper::Method::GET && (!req.headers().contains_key(ADMIN_HEADER) || req.headers().contains_key(hyper::header::ORIGIN)) {
+        tracing::warn!(peer = %from, %path, "admin change refused: no {ADMIN_HEADER} header, or sent by a browser");
+        return Ok(text(StatusCode::FORBIDDEN, format!("changes need the {ADMIN_HEADER} header (the medgate CLI sends it) and no Origin\n"), plain));
+    }
+    if req.method() == hyper::Method::POST && path.starts_with("/consortium/proposals") {
+        let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return Ok(text(StatusCode::BAD_REQUEST, "unreadable or oversized body (64 KiB at most)\n".into(), plain)),
+        };
+        if path == "/consortium/proposals" {
+            return Ok(match serde_json::from_slice::<ProposalRequest>(&body) {
+                Ok(p) => json_answer(state.gateway.propose_membership(&p.action, &p.hospital_id, p.card).await),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("not a proposal: {e}\n"), plain),
+            });
+        }
+        return Ok(match path.strip_prefix("/consortium/proposals/").and_then(|r| r.strip_suffix("/approve")) {
+            Some(id) => json_answer(state.gateway.approve_membership(id).await),
+            None => text(StatusCode::NOT_FOUND, "not found: POST /consortium/proposals or /consortium/proposals/{id}/approve\n".into(), plain),
+        });
+    }
+    Ok(match (req.method().as_str(), path.as_str()) {
+        ("GET", "/healthz") => text(StatusCode::OK, "ok\n".into(), plain),
+        ("GET", "/readyz") => {
+            let h = state.health().await;
+            let status = if h.ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            text(status, h.text(), plain)
+        }
+        ("GET", "/metrics") => text(StatusCode::OK, state.metrics(), "text/plain; version=0.0.4; charset=utf-8"),
+        ("POST", "/ledger/compact") => json_answer(state.gateway.compact_ordering().await.map(|rev| serde_json::json!({"compacted_below": rev}))),
+        ("GET", "/audit/break-glass") => json_answer(state.gateway.ledger.store.break_glass_reads().map(|l| crate::gateway::break_glass_json(&l)).map_err(GatewayError::from)),
+        ("GET", "/consortium/members") => json_answer(state.gateway.membership_json()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: GET /healthz, /readyz, /metrics, /audit/break-glass, /consortium/members; POST /ledger/compact, /consortium/proposals, /consortium/proposals/{id}/approve\n".into(),
+            plain,
+        ),
+    })
+}
+
+pub(super) async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (tcp, from) = tokio::select! {
+            r = listener.accept() => match r { Ok(v) => v, Err(_) => continue },
+            _ = stop.changed() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| admin_request(state.clone(), req, from));
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+        });
+    }
+}
+
+/// The watchdog interval systemd asked for, as sd_watchdog_enabled(3) reads it: WATCHDOG_USEC,
+/// for this process unless WATCHDOG_PID names another one.
+fn watchdog_usec() -> Option<u64> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    match std::env::var("WATCHDOG_PID").ok().map(|p| p.parse::<u32>()) {
+        Some(Ok(pid)) if pid != std::process::id() => None,
+        Some(Err(_)) => None,
+        _ => (usec > 0).then_some(usec),
+    }
+}
+
+/// Sends WATCHDOG=1 while the process can still do its job. A PKCS#11 module that hangs, or a
+/// store that fails, stops the pings and systemd restarts the service. An HSM that answers
+/// "unavailable" does not: the session pool recovers by itself when the device returns, and a
+/// restart could not log in either; it shows in STATUS= and /readyz instead.
+pub(super) async fn watchdog(state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+    let Some(usec) = watchdog_usec() else { return };
+    let every = Duration::from_micros(usec / 3);
+    let mut last_status = String::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let h = state.health().await;
+        let hung = h.hsm.as_deref() == Some("no answer within 5 s");
+        let status = if h.ok() { "serving".to_owned() } else { format!("degraded: {}", h.text().replace('\n', "; ")) };
+        if status != last_status {
+            notify(&[sd_notify::NotifyState::Status(&status)]);
+            last_status = status;
+        }
+        if !hung && h.store.is_none() {
+            notify(&[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::error!(health = %h.text().replace('\n', "; "), "watchdog withheld");
+        }
+    }
+}

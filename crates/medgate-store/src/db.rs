@@ -1,0 +1,52 @@
+//! The gateway's one sled database.
+
+use std::path::Path;
+
+use crate::StoreError;
+
+/// The gateway's database (`<state_directory>/medgate.sled`). Cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct Db(pub(crate) sled::Db);
+
+impl Db {
+    /// Opens (creating) the database under `dir`. Fails when another process holds it.
+    pub fn open(dir: &Path) -> Result<Db, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Storage(format!("{}: {e}", dir.display())))?;
+        sled::Config::new()
+            .path(dir.join("medgate.sled"))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map(Db)
+            .map_err(|e| StoreError::Storage(format!("{}: {e}", dir.join("medgate.sled").display())))
+    }
+
+    /// A throwaway database that lives in memory (unit tests of the layers above).
+    pub fn temporary() -> Result<Db, StoreError> {
+        Ok(Db(sled::Config::new().temporary(true).open()?))
+    }
+
+    /// Flushes to disk without blocking the async runtime.
+    ///
+    /// sled 0.34's `flush_async` deadlocks when several flushes run at once (sled issue 1308:
+    /// every sled I/O thread waits in `make_stable` and no future is ever woken; seen under the
+    /// load generator in a release build). A blocking `flush` on tokio's blocking pool does not.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let db = self.0.clone();
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(r) => r.map(|_| ()).map_err(StoreError::from),
+            Err(e) => Err(StoreError::Storage(format!("flush task: {e}"))),
+        }
+    }
+
+    /// Flushes to disk from a blocking thread.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.0.flush()?;
+        Ok(())
+    }
+
+    /// A small flushed write (`/readyz`, the watchdog): catches a full or read-only disk.
+    pub fn check_writable(&self, now: &str) -> Result<(), StoreError> {
+        self.0.open_tree("health")?.insert(b"last_check", now.as_bytes())?;
+        self.flush_blocking()
+    }
+}

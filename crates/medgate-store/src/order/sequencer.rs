@@ -1,0 +1,91 @@
+//! The standalone orderer: an in-process sequencer over the gateway's own database. Idempotent
+//! (the same batch hash always gets the same position), gap-free, durable. One block per batch.
+
+use medgate_ledger::{Batch, Block};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use super::{BoxFuture, Ordered, Orderer};
+use crate::error::read_u64;
+use crate::{ChainStore, Db, StoreError};
+
+/// A durable counter in the gateway's own database.
+#[derive(Debug, Clone)]
+pub struct Sequencer {
+    positions: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl Sequencer {
+    /// Opens the sequencer's trees.
+    pub fn open(db: &Db) -> Result<Sequencer, StoreError> {
+        Ok(Sequencer { positions: db.0.open_tree("sequencer")?, meta: db.0.open_tree("sequencer_meta")? })
+    }
+
+    /// The batch's position in the order. Submitting the same batch again (same hash) returns
+    /// the same position and creates nothing new. A stored position or counter that is not 8
+    /// bytes is an error, never position 0.
+    pub fn position(&self, batch_hash: [u8; 32]) -> Result<u64, StoreError> {
+        let abort = ConflictableTransactionError::Abort;
+        (&self.positions, &self.meta)
+            .transaction(|(pos, meta)| {
+                if let Some(p) = pos.get(batch_hash)? {
+                    return read_u64("sequencer position", &p).map_err(abort);
+                }
+                let next = match meta.get(b"next")? {
+                    Some(v) => read_u64("sequencer counter", &v).map_err(abort)?,
+                    None => 1,
+                };
+                pos.insert(&batch_hash, &next.to_be_bytes())?;
+                meta.insert(b"next", &(next + 1).to_be_bytes())?;
+                Ok(next)
+            })
+            .map_err(|e: TransactionError<StoreError>| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => e.into(),
+            })
+    }
+}
+
+impl Orderer for Sequencer {
+    fn next_seq(&self, chain: &ChainStore, _gateway: &str) -> Result<u64, StoreError> {
+        chain.next_seq()
+    }
+
+    fn admit(&self, _chain: &ChainStore, _gateway: &str, _key_version: u32, _spki: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn order<'a>(&'a self, chain: &'a ChainStore, batch: Batch) -> BoxFuture<'a, Result<Ordered, StoreError>> {
+        Box::pin(async move {
+            let position = self.position(batch.hash())?;
+            let seq = batch.seq;
+            let (height, prev_hash) = match chain.head()? {
+                None => (0, "0".repeat(64)),
+                Some((h, hash)) => (h + 1, hash),
+            };
+            let block = Block { height, prev_hash, order_position: position, batches: vec![batch], valid: vec![true] };
+            chain.persist(&block, &[(b"next_batch_seq", (seq + 1).to_be_bytes().to_vec())]).await?;
+            Ok(Ordered { block, index: 0 })
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_idempotent_gap_free_and_a_corrupt_counter_is_an_error() {
+        let db = Db::temporary().unwrap();
+        let s = Sequencer::open(&db).unwrap();
+        assert_eq!(s.position([1; 32]).unwrap(), 1);
+        assert_eq!(s.position([2; 32]).unwrap(), 2);
+        assert_eq!(s.position([1; 32]).unwrap(), 1, "the same batch keeps its position");
+        assert_eq!(s.position([3; 32]).unwrap(), 3);
+        s.meta.insert(b"next", &[0u8; 3]).unwrap();
+        assert!(matches!(s.position([4; 32]), Err(StoreError::Corrupt { .. })), "never position 0");
+        s.positions.insert([1; 32], &[9u8]).unwrap();
+        assert!(matches!(s.position([1; 32]), Err(StoreError::Corrupt { .. })));
+    }
+}

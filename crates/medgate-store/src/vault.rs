@@ -1,0 +1,724 @@
+//! The local vault: records encrypted in process under a fresh data key each, the data key wrapped
+//! by the HSM's key-encryption key, everything in sled. Plaintext never reaches the disk; data
+//! keys and plaintext live in zeroizing buffers. A write acknowledged to a client has been flushed.
+//!
+//! Trees: `records` (id → [`StoredRecord`]), `by_patient` (pseudonym/id → ()), `idempotency`
+//! (hashed request key → [`IdemState`]), `outbox` (ledger entry id → entry bytes not yet in a
+//! block), `shred` (the erasure count and the shred-pending marker the gateway's shred pass
+//! reads). A record,
+//! its index row, its outbox entry and its idempotency state are written in one transaction, so a
+//! crash leaves either all of them or none; so are an erasure, its entry and its shred marker.
+//! A request in flight holds its idempotency keys in memory only ([`Held`]): a claim never
+//! outlives the process that made it, so after a crash a retry is answered at once, from what
+//! the first attempt committed (records stored, or its final answer) or by a fresh create.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use medgate_hsm::{Hsm, HsmError, Role, WrappedKey};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use zeroize::Zeroizing;
+
+use crate::error::{read_u64, to_json};
+use crate::{Db, StoreError};
+
+/// The vault's errors are the store's.
+type VaultError = StoreError;
+
+/// What the vault keeps for one record. Only ciphertext, a wrapped key, a pseudonym and hashes:
+/// the patient's identifier and the DocumentReference are inside `meta_ct`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoredRecord {
+    pub id: String,
+    pub created: String,
+    pub custodian: String,
+    pub patient_pseudonym: String,
+    pub pseudonym_key_version: u32,
+    pub content_type: String,
+    pub size: u64,
+    /// hex SHA-256 of the plaintext document.
+    pub content_hash: String,
+    pub kek_version: u32,
+    pub wrapped_key: String,
+    pub doc_nonce: String,
+    pub doc_ct: String,
+    pub meta_nonce: String,
+    pub meta_ct: String,
+    /// The ledger entry that anchors this record.
+    pub entry_id: String,
+    /// Set when the record was erased: the erasure entry's id. Key material, ciphertext and
+    /// sealed metadata are then gone from the vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased: Option<String>,
+}
+
+/// The sensitive metadata sealed with a record: what the HIS sent, minus the document bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SealedMeta {
+    pub patient_system: String,
+    pub patient_value: String,
+    pub document_reference: serde_json::Value,
+    pub master_identifier: Option<(String, String)>,
+}
+
+/// A decrypted record, in zeroizing memory.
+pub struct OpenRecord {
+    pub record: StoredRecord,
+    pub meta: SealedMeta,
+    pub document: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for OpenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenRecord").field("id", &self.record.id).finish_non_exhaustive()
+    }
+}
+
+/// Where a client's request stands, keyed by its idempotency key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
+pub enum IdemState {
+    /// Written by earlier versions for a request in flight. No longer written, and never
+    /// returned by [`Vault::claim`]: the process that wrote it is gone, so it means nothing.
+    Pending { since: u64 },
+    /// Records stored; their ledger entries may still be in the outbox.
+    Stored { record_ids: Vec<String> },
+    /// Finished: the exact response the client got.
+    Done { status: u16, body: serde_json::Value },
+}
+
+/// The result of claiming an idempotency key.
+#[derive(Debug)]
+pub enum Claim {
+    /// Nothing was committed under the key: this request owns it while it holds [`Held`].
+    New(Held),
+    /// Another request of this process is processing it right now.
+    InFlight,
+    /// What an earlier request committed under the key (never [`IdemState::Pending`]).
+    Existing(IdemState),
+}
+
+/// Keys claimed by requests in flight in this process.
+type InFlight = Arc<Mutex<HashSet<Vec<u8>>>>;
+
+/// An idempotency key claimed by a request in flight, in this process's memory only; dropping
+/// it (the request finished, failed, or was cancelled with its connection) gives the key back.
+/// Whatever the request committed under the key stays in the store.
+#[derive(Debug)]
+pub struct Held {
+    key: Vec<u8>,
+    inflight: InFlight,
+}
+
+impl Held {
+    /// The (hashed) idempotency key held.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
+
+/// Aad for the document ciphertext: binds record id, content type and content hash.
+fn doc_aad(id: &str, content_type: &str, content_hash: &str) -> Vec<u8> {
+    format!("medgate-record-v1\0doc\0{id}\0{content_type}\0{content_hash}").into_bytes()
+}
+
+fn meta_aad(id: &str, pseudonym: &str) -> Vec<u8> {
+    format!("medgate-record-v1\0meta\0{id}\0{pseudonym}").into_bytes()
+}
+
+fn seal(key: &[u8], aad: &[u8], plaintext: &[u8], rng: &SystemRandom) -> Result<([u8; 12], Vec<u8>), VaultError> {
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).map_err(|_| VaultError::Storage("AES key".into()))?);
+    let mut nonce = [0u8; 12];
+    rng.fill(&mut nonce).map_err(|_| VaultError::Storage("random".into()))?;
+    let mut buf = plaintext.to_vec();
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+        .map_err(|_| VaultError::Storage("AES-GCM seal".into()))?;
+    Ok((nonce, buf))
+}
+
+fn open(id: &str, key: &[u8], aad: &[u8], nonce_b64: &str, ct_b64: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    let integrity = || VaultError::Integrity(id.to_owned());
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).map_err(|_| integrity())?);
+    let nonce: [u8; 12] = B64.decode(nonce_b64).ok().and_then(|n| n.try_into().ok()).ok_or_else(integrity)?;
+    let mut buf = Zeroizing::new(B64.decode(ct_b64).map_err(|_| integrity())?);
+    let n = key
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+        .map_err(|_| integrity())?
+        .len();
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Encrypts a document and its metadata under a fresh data key wrapped by the HSM (one C_WrapKey).
+#[allow(clippy::too_many_arguments, reason = "one flat call site in the ingest path")]
+pub fn seal_record(
+    hsm: &Hsm,
+    id: &str,
+    created: &str,
+    custodian: &str,
+    pseudonym: (&str, u32),
+    content_type: &str,
+    document: &[u8],
+    meta: &SealedMeta,
+    entry_id: &str,
+) -> Result<StoredRecord, VaultError> {
+    let rng = SystemRandom::new();
+    let mut dk = Zeroizing::new([0u8; 32]);
+    rng.fill(dk.as_mut()).map_err(|_| VaultError::Storage("random".into()))?;
+    let wrapped = hsm.wrap_data_key(dk.as_ref())?;
+    let content_hash = hex::encode(Sha256::digest(document));
+    let (doc_nonce, doc_ct) = seal(dk.as_ref(), &doc_aad(id, content_type, &content_hash), document, &rng)?;
+    let meta_plain = Zeroizing::new(to_json("sealed metadata", meta)?);
+    let (meta_nonce, meta_ct) = seal(dk.as_ref(), &meta_aad(id, pseudonym.0), &meta_plain, &rng)?;
+    Ok(StoredRecord {
+        id: id.to_owned(),
+        created: created.to_owned(),
+        custodian: custodian.to_owned(),
+        patient_pseudonym: pseudonym.0.to_owned(),
+        pseudonym_key_version: pseudonym.1,
+        content_type: content_type.to_owned(),
+        size: document.len() as u64,
+        content_hash,
+        kek_version: wrapped.kek_version,
+        wrapped_key: B64.encode(&wrapped.bytes),
+        doc_nonce: B64.encode(doc_nonce),
+        doc_ct: B64.encode(doc_ct),
+        meta_nonce: B64.encode(meta_nonce),
+        meta_ct: B64.encode(meta_ct),
+        entry_id: entry_id.to_owned(),
+        erased: None,
+    })
+}
+
+/// Decrypts a document received from its custodian with the data key unwrapped here, and
+/// checks it against the content hash the ledger anchored.
+pub fn open_shared_document(id: &str, content_type: &str, content_hash: &str, dk: &[u8], nonce_b64: &str, ct_b64: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    let d = open(id, dk, &doc_aad(id, content_type, content_hash), nonce_b64, ct_b64)?;
+    if hex::encode(Sha256::digest(d.as_slice())) != content_hash {
+        return Err(VaultError::Integrity(id.to_owned()));
+    }
+    Ok(d)
+}
+
+/// Unwraps the data key in the HSM and decrypts. `with_document: false` decrypts only the
+/// metadata (search results), which saves the document's decryption but not the unwrap.
+pub fn open_record(hsm: &Hsm, rec: &StoredRecord, with_document: bool) -> Result<OpenRecord, VaultError> {
+    let wrapped = WrappedKey {
+        kek_version: rec.kek_version,
+        bytes: B64.decode(&rec.wrapped_key).map_err(|_| VaultError::Integrity(rec.id.clone()))?,
+    };
+    let dk = match hsm.unwrap_data_key(&wrapped) {
+        Ok(k) => k,
+        Err(HsmError::Integrity) => return Err(VaultError::Integrity(rec.id.clone())),
+        Err(e) => return Err(e.into()),
+    };
+    let meta_plain = open(&rec.id, &dk, &meta_aad(&rec.id, &rec.patient_pseudonym), &rec.meta_nonce, &rec.meta_ct)?;
+    let meta: SealedMeta = serde_json::from_slice(&meta_plain).map_err(|_| VaultError::Integrity(rec.id.clone()))?;
+    let document = if with_document {
+        let d = open(&rec.id, &dk, &doc_aad(&rec.id, &rec.content_type, &rec.content_hash), &rec.doc_nonce, &rec.doc_ct)?;
+        if hex::encode(Sha256::digest(d.as_slice())) != rec.content_hash {
+            return Err(VaultError::Integrity(rec.id.clone()));
+        }
+        d
+    } else {
+        Zeroizing::new(Vec::new())
+    };
+    Ok(OpenRecord { record: rec.clone(), meta, document })
+}
+
+/// Opens a record as [`open_record`] does, following a concurrent shred pass: when the KEK
+/// version `rec` was read with is gone because the record has since been re-wrapped under a newer
+/// one, the stored record is read again and opened once more.
+pub fn open_latest(hsm: &Hsm, vault: &Vault, rec: &StoredRecord, with_document: bool) -> Result<OpenRecord, VaultError> {
+    let first = open_record(hsm, rec, with_document);
+    if let Err(VaultError::Hsm(HsmError::KeyMissing { role: Role::Kek, .. })) = &first {
+        if let Some(now) = vault.get(&rec.id)?.filter(|now| now.erased.is_none() && now.kek_version != rec.kek_version) {
+            return open_record(hsm, &now, with_document);
+        }
+    }
+    first
+}
+
+/// The two fields of a stored record that a shred pass looks at, read without decoding the rest.
+#[derive(Debug, Deserialize)]
+struct KeyRef {
+    kek_version: u32,
+    #[serde(default)]
+    erased: Option<String>,
+}
+
+/// What [`Vault::rewrap_record`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrap {
+    /// Re-wrapped; the data key had been wrapped by this KEK version.
+    Done { from: u32 },
+    /// Nothing to do: erased, gone, or already under a version at least as new as asked.
+    Current,
+}
+
+/// The vault's sled trees. Cloning is cheap (sled handles are reference counted).
+#[derive(Debug, Clone)]
+pub struct Vault {
+    db: Db,
+    records: sled::Tree,
+    by_patient: sled::Tree,
+    idempotency: sled::Tree,
+    outbox: sled::Tree,
+    shred: sled::Tree,
+    /// Idempotency keys held by requests in flight (see [`Held`]); shared by every clone.
+    inflight: InFlight,
+}
+
+/// Keys of the `shred` tree: how many erasures were ever committed (never decreases), the count
+/// at the last erasure that no shred pass has finished yet (absent when none is pending), and
+/// the count at which the current pass rotated the KEK, with the version it rotated to.
+const ERASURES: &[u8] = b"erasures";
+const PENDING: &[u8] = b"pending";
+const ROTATION: &[u8] = b"rotation";
+
+
+impl Vault {
+    /// Opens the vault in `db` (the gateway's one database).
+    pub fn open(db: &Db) -> Result<Vault, VaultError> {
+        let d = &db.0;
+        Ok(Vault {
+            db: db.clone(),
+            records: d.open_tree("records")?,
+            by_patient: d.open_tree("by_patient")?,
+            idempotency: d.open_tree("idempotency")?,
+            outbox: d.open_tree(crate::chain::OUTBOX_TREE)?,
+            shred: d.open_tree("shred")?,
+            inflight: InFlight::default(),
+        })
+    }
+
+    pub fn idem_key(scope: &str, key: &str) -> Vec<u8> {
+        Sha256::digest(format!("{scope}\n{key}").as_bytes()).to_vec()
+    }
+
+    /// Claims `key` for this request, or says who has it: a request in flight in this process,
+    /// or what an earlier request committed under it.
+    ///
+    /// A claim lives in memory only. The holder writes under the key (records stored, then its
+    /// final answer) before it drops its [`Held`], and the check below reads the store under the
+    /// same lock, so a retry either finds the key held or finds what was written.
+    pub fn claim(&self, key: &[u8]) -> Result<Claim, VaultError> {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if inflight.contains(key) {
+            return Ok(Claim::InFlight);
+        }
+        if let Some(cur) = self.idempotency.get(key)? {
+            match serde_json::from_slice(&cur).map_err(|e| StoreError::corrupt("idempotency state", e))? {
+                // A claim an earlier version left on disk: its process is gone.
+                IdemState::Pending { .. } => {
+                    self.idempotency.remove(key)?;
+                }
+                state => return Ok(Claim::Existing(state)),
+            }
+        }
+        inflight.insert(key.to_vec());
+        Ok(Claim::New(Held { key: key.to_vec(), inflight: self.inflight.clone() }))
+    }
+
+    /// Flushes the store: what any request wrote is on disk when this returns.
+    pub async fn sync(&self) -> Result<(), VaultError> {
+        self.db.flush().await
+    }
+
+    /// Records the final response for a key.
+    pub fn finish(&self, key: &[u8], status: u16, body: &serde_json::Value) -> Result<(), VaultError> {
+        let v = to_json("idempotency state", &IdemState::Done { status, body: body.clone() })?;
+        self.idempotency.insert(key, v)?;
+        Ok(())
+    }
+
+    /// Stores records with their outbox entries and idempotency states atomically, then flushes.
+    /// `outbox` holds (entry id, entry bytes) for each record; `idem` holds (hashed key, the ids
+    /// of the records stored under it) for the request's Idempotency-Key and each masterIdentifier.
+    pub async fn store(&self, records: &[StoredRecord], outbox: &[(String, Vec<u8>)], idem: &[(Vec<u8>, Vec<String>)]) -> Result<(), VaultError> {
+        let encoded: Vec<(String, Vec<u8>)> = records
+            .iter()
+            .map(|r| to_json("record", r).map(|v| (r.id.clone(), v)))
+            .collect::<Result<_, _>>()?;
+        let idem_values: Vec<(&[u8], Vec<u8>)> = idem
+            .iter()
+            .map(|(k, ids)| to_json("idempotency state", &IdemState::Stored { record_ids: ids.clone() }).map(|v| (k.as_slice(), v)))
+            .collect::<Result<_, _>>()?;
+        (&self.records, &self.by_patient, &self.outbox, &self.idempotency)
+            .transaction(|(rec_t, idx_t, out_t, idem_t)| {
+                for ((id, bytes), r) in encoded.iter().zip(records) {
+                    rec_t.insert(id.as_bytes(), bytes.as_slice())?;
+                    idx_t.insert(format!("{}/{}", r.patient_pseudonym, id).as_bytes(), &[] as &[u8])?;
+                }
+                for (eid, bytes) in outbox {
+                    out_t.insert(eid.as_bytes(), bytes.as_slice())?;
+                }
+                for (k, v) in &idem_values {
+                    idem_t.insert(*k, v.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e: TransactionError<()>| VaultError::Storage(format!("{e:?}")))?;
+        self.db.flush().await
+    }
+
+    /// Crypto-shreds a record: the wrapped data key, the ciphertext and the sealed metadata are
+    /// removed from the vault in the same transaction that queues the erasure entry and marks a
+    /// shred pass pending, then flushed. What remains is what the ledger holds anyway (ids,
+    /// pseudonym, hash, size, type). Copies of the store taken before still hold the wrapped key
+    /// until the shred pass has destroyed the KEK version that wrapped it.
+    pub async fn erase(&self, rec: &StoredRecord, entry: &medgate_ledger::Entry) -> Result<(), VaultError> {
+        let mut shredded = rec.clone();
+        shredded.wrapped_key.clear();
+        shredded.doc_nonce.clear();
+        shredded.doc_ct.clear();
+        shredded.meta_nonce.clear();
+        shredded.meta_ct.clear();
+        shredded.erased = Some(entry.id.clone());
+        let value = to_json("record", &shredded)?;
+        let entry_bytes = to_json("ledger entry", entry)?;
+        (&self.records, &self.outbox, &self.shred)
+            .transaction(|(rec_t, out_t, shred_t)| {
+                rec_t.insert(rec.id.as_bytes(), value.as_slice())?;
+                out_t.insert(entry.id.as_bytes(), entry_bytes.as_slice())?;
+                let erasures = match shred_t.get(ERASURES)? {
+                    None => 0,
+                    Some(v) => read_u64("erasure count", &v).map_err(ConflictableTransactionError::Abort)?,
+                };
+                let n = (erasures + 1).to_be_bytes();
+                shred_t.insert(ERASURES, &n)?;
+                shred_t.insert(PENDING, &n)?;
+                Ok::<(), ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(|e: TransactionError<StoreError>| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => e.into(),
+            })?;
+        self.db.flush().await
+    }
+
+    /// Puts ledger entries (an access, a search) in the outbox, flushed, before the ledger sees them.
+    pub async fn enqueue(&self, entries: &[medgate_ledger::Entry]) -> Result<(), VaultError> {
+        let mut batch = sled::Batch::default();
+        for e in entries {
+            batch.insert(e.id.as_bytes(), to_json("ledger entry", e)?);
+        }
+        self.outbox.apply_batch(batch)?;
+        self.db.flush().await
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<StoredRecord>, VaultError> {
+        match self.records.get(id.as_bytes())? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::corrupt(format!("record {id}"), e)),
+        }
+    }
+
+    /// This hospital's records of one patient (by pseudonym), oldest first by id order.
+    pub fn records_for(&self, pseudonym: &str) -> Result<Vec<StoredRecord>, VaultError> {
+        let mut out = Vec::new();
+        for kv in self.by_patient.scan_prefix(format!("{pseudonym}/").as_bytes()) {
+            let (k, _) = kv?;
+            let id = String::from_utf8_lossy(&k[pseudonym.len() + 1..]).into_owned();
+            if let Some(r) = self.get(&id)? {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    pub fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Ledger entries stored but not yet in a block, oldest key first.
+    pub fn outbox(&self) -> Result<Vec<(String, Vec<u8>)>, VaultError> {
+        self.outbox
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.to_vec())).map_err(VaultError::from))
+            .collect()
+    }
+
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Drops an outbox entry that is already on the chain.
+    pub fn remove_from_outbox(&self, entry_id: &str) -> Result<(), VaultError> {
+        self.outbox.remove(entry_id.as_bytes())?;
+        Ok(())
+    }
+
+    /// The erasure count at the last erasure no shred pass has finished yet; `None` when every
+    /// erasure has been shredded everywhere.
+    pub fn shred_pending(&self) -> Result<Option<u64>, VaultError> {
+        self.shred.get(PENDING)?.map(|v| read_u64("shred marker", &v)).transpose()
+    }
+
+    /// Clears the shred marker if no erasure came after `seen` (compare-and-swap). `false`: one
+    /// did, and another pass is needed.
+    pub fn finish_shred(&self, seen: u64) -> Result<bool, VaultError> {
+        let done = self.shred.compare_and_swap(PENDING, Some(&seen.to_be_bytes()[..]), None as Option<&[u8]>)?.is_ok();
+        if done {
+            self.shred.remove(ROTATION)?;
+        }
+        self.db.flush_blocking()?;
+        Ok(done)
+    }
+
+    /// The erasure count at which a shred pass last rotated the KEK, and the version it made.
+    pub fn shred_rotation(&self) -> Result<Option<(u64, u32)>, VaultError> {
+        let Some(v) = self.shred.get(ROTATION)? else { return Ok(None) };
+        let corrupt = || StoreError::corrupt("shred rotation", format!("{} bytes where it has 12", v.len()));
+        let (seen, version) = v.split_at_checked(8).ok_or_else(corrupt)?;
+        let version = <[u8; 4]>::try_from(version).map_err(|_| corrupt())?;
+        Ok(Some((read_u64("shred rotation", seen)?, u32::from_be_bytes(version))))
+    }
+
+    pub fn set_shred_rotation(&self, seen: u64, kek_version: u32) -> Result<(), VaultError> {
+        let mut v = seen.to_be_bytes().to_vec();
+        v.extend_from_slice(&kek_version.to_be_bytes());
+        self.shred.insert(ROTATION, v)?;
+        self.db.flush_blocking()
+    }
+
+    /// Every record id, in key order.
+    pub fn record_ids(&self) -> impl Iterator<Item = Result<String, VaultError>> + '_ {
+        self.records.iter().keys().map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()).map_err(VaultError::from))
+    }
+
+    /// Re-wraps the data key of live record `id` under the active KEK (in the HSM) when the
+    /// version that wraps it is older than `below`. The record is replaced by compare-and-swap,
+    /// so a change made meanwhile (an erasure) is never overwritten: the record is read again
+    /// and the decision made anew. Not flushed; the caller flushes once for many records.
+    pub fn rewrap_record(&self, hsm: &Hsm, id: &str, below: u32) -> Result<Rewrap, VaultError> {
+        loop {
+            let Some(current) = self.records.get(id.as_bytes())? else { return Ok(Rewrap::Current) };
+            let key: KeyRef = serde_json::from_slice(&current).map_err(|e| StoreError::corrupt(format!("record {id}"), e))?;
+            if key.erased.is_some() || key.kek_version >= below {
+                return Ok(Rewrap::Current);
+            }
+            let mut rec: StoredRecord = serde_json::from_slice(&current).map_err(|e| StoreError::corrupt(format!("record {id}"), e))?;
+            let wrapped = WrappedKey {
+                kek_version: rec.kek_version,
+                bytes: B64.decode(&rec.wrapped_key).map_err(|_| VaultError::Integrity(rec.id.clone()))?,
+            };
+            let new = match hsm.rewrap_data_key(&wrapped) {
+                Ok(k) => k,
+                Err(HsmError::Integrity) => return Err(VaultError::Integrity(rec.id.clone())),
+                Err(e) => return Err(e.into()),
+            };
+            let from = rec.kek_version;
+            rec.kek_version = new.kek_version;
+            rec.wrapped_key = B64.encode(&new.bytes);
+            let value = to_json("record", &rec)?;
+            if self.records.compare_and_swap(id.as_bytes(), Some(current), Some(value))?.is_ok() {
+                return Ok(Rewrap::Done { from });
+            }
+        }
+    }
+
+    /// Live (not erased) records, counted by the KEK version that wraps their data key.
+    pub fn live_kek_versions(&self) -> Result<std::collections::BTreeMap<u32, usize>, VaultError> {
+        let mut out = std::collections::BTreeMap::new();
+        for kv in self.records.iter() {
+            let (k, v) = kv?;
+            let key: KeyRef = serde_json::from_slice(&v).map_err(|e| StoreError::corrupt(format!("record {}", String::from_utf8_lossy(&k)), e))?;
+            if key.erased.is_none() {
+                *out.entry(key.kek_version).or_default() += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Flushes the store from a blocking thread.
+    pub fn flush_blocking(&self) -> Result<(), VaultError> {
+        self.db.flush_blocking()
+    }
+
+    /// Overwrites a stored record as it is (used by integrity tests and by erasure).
+    pub fn put_raw(&self, id: &str, value: &[u8]) -> Result<(), VaultError> {
+        self.records.insert(id.as_bytes(), value)?;
+        self.db.flush_blocking()
+    }
+}
+
+/// A new random record id (128 bits, hex).
+pub fn new_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = SystemRandom::new().fill(&mut b);
+    hex::encode(b)
+}
+
+/// A stored record and its erasure entry, for unit tests (here and in the layers above) that need
+/// no HSM. Compiled for this crate's tests and with the `fixtures` feature.
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixture {
+    use super::StoredRecord;
+    use medgate_ledger::{Entry, EntryBody};
+
+    /// A live record wrapped by KEK `kek_version` (its ciphertext is no real ciphertext).
+    pub fn record(id: &str, kek_version: u32) -> StoredRecord {
+        StoredRecord {
+            id: id.to_owned(),
+            created: "2026-01-01T00:00:00Z".into(),
+            custodian: "hospital-a".into(),
+            patient_pseudonym: "ab".repeat(32),
+            pseudonym_key_version: 1,
+            content_type: "text/plain".into(),
+            size: 1,
+            content_hash: "cd".repeat(32),
+            kek_version,
+            wrapped_key: "AAAA".into(),
+            doc_nonce: "AAAA".into(),
+            doc_ct: "AAAA".into(),
+            meta_nonce: "AAAA".into(),
+            meta_ct: "AAAA".into(),
+            entry_id: "ef".repeat(32),
+            erased: None,
+        }
+    }
+
+    /// The erasure entry of `rec`.
+    pub fn erasure(rec: &StoredRecord) -> Entry {
+        Entry::new(
+            "hospital-a",
+            "2026-01-02T00:00:00Z",
+            [7; 16],
+            EntryBody::RecordErased {
+                record_id: rec.id.clone(),
+                patient: rec.patient_pseudonym.clone(),
+                custodian: "hospital-a".into(),
+                user: "12".repeat(32),
+                role: "physician".into(),
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_erasure_marks_a_shred_pending_that_only_a_pass_covering_every_erasure_clears() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = Db::open(dir.path()).expect("db");
+        let v = Vault::open(&db).expect("vault");
+        let recs: Vec<StoredRecord> = [("a1", 1), ("b1", 1), ("c2", 2)].iter().map(|(id, k)| fixture::record(id, *k)).collect();
+        for r in &recs {
+            v.put_raw(&r.id, &serde_json::to_vec(r).expect("json")).expect("put");
+        }
+        assert_eq!(v.shred_pending().expect("marker"), None);
+        assert_eq!(v.live_kek_versions().expect("scan"), std::collections::BTreeMap::from([(1, 2), (2, 1)]));
+
+        v.erase(&recs[0], &fixture::erasure(&recs[0])).await.expect("erase");
+        assert_eq!(v.shred_pending().expect("marker"), Some(1));
+        assert_eq!(v.live_kek_versions().expect("scan"), std::collections::BTreeMap::from([(1, 1), (2, 1)]), "erased records need no KEK");
+        // A second erasure while a pass that saw the first one runs: that pass cannot clear it.
+        v.erase(&recs[1], &fixture::erasure(&recs[1])).await.expect("erase");
+        assert_eq!(v.shred_pending().expect("marker"), Some(2));
+        assert!(!v.finish_shred(1).expect("cas"));
+        assert_eq!(v.shred_pending().expect("marker"), Some(2));
+        v.set_shred_rotation(2, 3).expect("rotation");
+        assert_eq!(v.shred_rotation().expect("rotation"), Some((2, 3)));
+        assert!(v.finish_shred(2).expect("cas"));
+        assert_eq!(v.shred_pending().expect("marker"), None);
+        assert_eq!(v.shred_rotation().expect("rotation"), None);
+        // The count never goes back, so a remembered rotation never covers a later erasure.
+        v.erase(&recs[2], &fixture::erasure(&recs[2])).await.expect("erase");
+        assert_eq!(v.shred_pending().expect("marker"), Some(3));
+        assert_eq!(v.outbox_len(), 3, "each erasure entry is queued with its marker");
+        drop(v);
+        drop(db);
+        // Durable: the marker is there after reopening.
+        let db = Db::open(dir.path()).expect("db");
+        assert_eq!(Vault::open(&db).expect("vault").shred_pending().expect("marker"), Some(3));
+    }
+
+    #[test]
+    fn sealed_bytes_open_only_with_the_same_key_and_aad() {
+        let rng = SystemRandom::new();
+        let key = [5u8; 32];
+        let (nonce, ct) = seal(&key, b"aad", b"hello", &rng).expect("seal");
+        let (n, c) = (B64.encode(nonce), B64.encode(&ct));
+        assert_eq!(open("r", &key, b"aad", &n, &c).expect("open").as_slice(), b"hello");
+        assert!(matches!(open("r", &key, b"other", &n, &c), Err(VaultError::Integrity(_))));
+        assert!(matches!(open("r", &[6u8; 32], b"aad", &n, &c), Err(VaultError::Integrity(_))));
+        let mut bad = ct.clone();
+        bad[0] ^= 1;
+        assert!(matches!(open("r", &key, b"aad", &n, &B64.encode(bad)), Err(VaultError::Integrity(_))));
+        assert!(!ct.windows(5).any(|w| w == b"hello"));
+    }
+
+    #[test]
+    fn idempotency_claims_are_exclusive_and_finish_is_returned() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = Db::open(dir.path()).expect("db");
+        let v = Vault::open(&db).expect("vault");
+        let k = Vault::idem_key("his-a", "abc");
+        let Claim::New(held) = v.claim(&k).expect("claim") else { panic!("a fresh key is claimed") };
+        assert!(matches!(v.clone().claim(&k).expect("claim"), Claim::InFlight), "held for every clone");
+        v.finish(&k, 201, &serde_json::json!({"ok": 1})).expect("finish");
+        drop(held);
+        let Claim::Existing(state) = v.claim(&k).expect("claim") else { panic!("the answer is kept") };
+        assert_eq!(state, IdemState::Done { status: 201, body: serde_json::json!({"ok": 1}) });
+        let other = Vault::idem_key("his-b", "abc");
+        assert!(matches!(v.claim(&other).expect("claim"), Claim::New(_)), "keys are scoped per client");
+    }
+
+    #[test]
+    fn a_claim_dies_with_its_request_or_its_process() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let k = Vault::idem_key("his-a", "abc");
+        {
+            let db = Db::open(dir.path()).expect("db");
+            let v = Vault::open(&db).expect("vault");
+            let held = v.claim(&k).expect("claim");
+            assert!(matches!(v.claim(&k).expect("claim"), Claim::InFlight));
+            drop(held);
+            let held = v.claim(&k).expect("claim");
+            assert!(matches!(held, Claim::New(_)), "a request that stored nothing leaves nothing: {held:?}");
+            // A claim an earlier version left on disk for a request that never finished.
+            let legacy = serde_json::to_vec(&IdemState::Pending { since: 1 }).expect("json");
+            v.idempotency.insert(Vault::idem_key("his-a", "old"), legacy).expect("insert");
+            db.flush_blocking().expect("flush");
+            // The process ends with `held` still claimed (as if killed): nothing of it is on disk.
+            std::mem::forget(held);
+        }
+        let db = Db::open(dir.path()).expect("db");
+        let v = Vault::open(&db).expect("vault");
+        assert!(matches!(v.claim(&k).expect("claim"), Claim::New(_)), "the next process owes its crashed predecessor nothing");
+        assert!(matches!(v.claim(&Vault::idem_key("his-a", "old")).expect("claim"), Claim::New(_)));
+    }
+
+    #[tokio::test]
+    async fn what_a_request_stored_outlives_its_claim() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = Db::open(dir.path()).expect("db");
+        let v = Vault::open(&db).expect("vault");
+        let k = Vault::idem_key("his-a", "abc");
+        let Claim::New(held) = v.claim(&k).expect("claim") else { panic!("fresh key") };
+        let rec = fixture::record("r1", 1);
+        v.store(std::slice::from_ref(&rec), &[], &[(held.key().to_vec(), vec![rec.id.clone()])]).await.expect("store");
+        // The request fails after storing (or its connection is gone): the records stay claimed.
+        drop(held);
+        let Claim::Existing(state) = v.claim(&k).expect("claim") else { panic!("stored") };
+        assert_eq!(state, IdemState::Stored { record_ids: vec!["r1".into()] });
+    }
+}
