@@ -1,121 +1,187 @@
 //! `medgate bench`: the project's load generator. Builds a throwaway site (SoftHSM token, keys,
 //! CA), runs the gateway in this process on loopback (so the HSM counters can be read), and
 //! stores documents over mutual TLS exactly as an HIS would, each client on its own keep-alive
-//! connection. Prints records/s, p50/p99 latency and HSM calls per record per concurrency level.
+//! connection. Before and during the levels it measures its own ceilings in the same run: the
+//! HSM's raw wrap and sign rates, the store's write+flush rate, and a null mTLS endpoint driven
+//! by the same generator; each gateway figure is printed with its ratio to them. Logs are quiet
+//! (warnings only unless `MEDGATE_LOG` says otherwise); a progress line per level goes to
+//! standard error; `--json` prints the report as JSON; `--plot FILE.svg` draws it.
 //! With `--shred`, it then erases one record and times the shred pass that follows (KEK rotation,
 //! every stored record re-wrapped in the HSM, the old KEK version destroyed).
 
+mod ceiling;
+mod load;
+mod report;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use medgate_hsm::{Hsm, HsmConfig, Pin};
-
-use crate::exit::Failure;
 use medgate_gateway::config::Config;
-use crate::demo::{Site, SOFTHSM_MODULE, TOKEN};
-use medgate_fhir::{sample_transaction, PatientId};
 use medgate_gateway::server::Running;
+use medgate_gateway::tls::TlsFiles;
+use medgate_hsm::{Hsm, HsmConfig, HsmStats, Pin};
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+use crate::demo::{Site, SOFTHSM_MODULE, TOKEN};
+use crate::exit::Failure;
+use ceiling::{HsmCeilings, NullEndpoint};
+use load::Target;
+use report::{Level, Report};
+
+/// What to measure and how to report it.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Documents stored per level and run.
+    pub records: usize,
+    /// Concurrency levels.
+    pub levels: Vec<usize>,
+    /// Document size in bytes.
+    pub size: usize,
+    /// Runs of each level.
+    pub repeat: usize,
+    /// Time per HSM ceiling and per store ceiling.
+    pub ceiling_seconds: f64,
+    /// Print JSON instead of the table.
+    pub json: bool,
+    /// Draw the chart there.
+    pub plot: Option<PathBuf>,
+    /// Time a shred pass after the levels.
+    pub shred: bool,
 }
 
-pub fn run(records: usize, levels: &[usize], size: usize, shred: bool) -> Result<(), Failure> {
-    if records == 0 || levels.contains(&0) || size == 0 {
-        return Err(Failure::usage("records, every concurrency level and size must be at least 1"));
+fn rt_err(e: impl std::fmt::Display) -> Failure {
+    Failure::runtime(e.to_string())
+}
+
+/// Bytes a sealed record of a `size`-byte document takes in the vault (base64 ciphertext plus
+/// the sealed metadata and the fixed fields), for the store ceiling.
+fn sealed_record_bytes(size: usize) -> usize {
+    (size + 16).div_ceil(3) * 4 + 1800
+}
+
+fn op_count(s: &HsmStats, name: &str) -> u64 {
+    s.ops.iter().find(|(k, _)| *k == name).map(|(_, v)| *v).unwrap_or(0)
+}
+
+pub fn run(opts: &Options) -> Result<(), Failure> {
+    if opts.records == 0 || opts.levels.contains(&0) || opts.size == 0 || opts.repeat == 0 || !(opts.ceiling_seconds > 0.0) {
+        return Err(Failure::usage("records, every concurrency level, size, repeat and ceiling seconds must be positive"));
     }
-    let dir = tempfile::Builder::new().prefix("medgate-bench").tempdir().map_err(|e| Failure::runtime(e.to_string()))?;
+    let load_before = ceiling::load_average();
+    let dir = tempfile::Builder::new().prefix("medgate-bench").tempdir().map_err(rt_err)?;
+    eprintln!("medgate bench: building a throwaway site in {}", dir.path().display());
     let site = Site::create(dir.path(), "hospital-bench", &mut |_| {})?;
     let cfg = Config::load(&site.config).map_err(|e| Failure::config(e.to_string()))?;
-    let pin = Pin::from_file(&site.dir.join("hsm-pin")).map_err(|e| Failure::runtime(e.to_string()))?;
-    let hsm = Arc::new(
-        Hsm::open(HsmConfig { module: SOFTHSM_MODULE.into(), token_label: TOKEN.into(), pool_size: cfg.hsm.pool_size }, pin).map_err(Failure::hsm)?,
-    );
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| Failure::runtime(e.to_string()))?;
+    let pin = Pin::from_file(&site.dir.join("hsm-pin")).map_err(rt_err)?;
+    let hsm = Arc::new(Hsm::open(HsmConfig { module: SOFTHSM_MODULE.into(), token_label: TOKEN.into(), pool_size: cfg.hsm.pool_size }, pin).map_err(Failure::hsm)?);
+    eprintln!("medgate bench: HSM ceilings ({} s per figure)", opts.ceiling_seconds);
+    let hsm_ceilings = HsmCeilings::measure(&hsm, opts.ceiling_seconds);
+    let kek_scheme = match hsm.active_kek_scheme().map_err(Failure::hsm)? {
+        medgate_hsm::profile::KekScheme::AesGcm => "aes_gcm",
+        medgate_hsm::profile::KekScheme::Rfc5649 { .. } => "rfc5649",
+    };
+    let wrap_ceiling = hsm_ceilings.best(if kek_scheme == "aes_gcm" { medgate_hsm::ceiling::RawOp::WrapAesGcm.name() } else { medgate_hsm::ceiling::RawOp::WrapRfc5649.name() });
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(rt_err)?;
+    let mut report = Report {
+        date: medgate_gateway::clock::now_rfc3339(),
+        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        load_before,
+        load_after: None,
+        records_per_level: opts.records,
+        document_bytes: opts.size,
+        batch_max_entries: cfg.ledger.batch_max_entries,
+        hsm_pool: cfg.hsm.pool_size,
+        kek_scheme: kek_scheme.into(),
+        hsm: hsm_ceilings,
+        wrap_ceiling,
+        levels: Vec::new(),
+        shred: None,
+    };
     let result = rt.block_on(async {
-        let his = tokio::net::TcpListener::bind(site.his_addr).await.map_err(|e| Failure::runtime(e.to_string()))?;
-        let admin = tokio::net::TcpListener::bind(site.admin_addr).await.map_err(|e| Failure::runtime(e.to_string()))?;
-        let running = Running::start(&cfg, hsm.clone(), his, admin).await.map_err(|e| Failure::runtime(e.to_string()))?;
-        println!(
-            "medgate bench: {records} documents of {size} bytes per level, mutual TLS over loopback, SoftHSM2, batch <= {} entries / {} ms, {} cores",
-            cfg.ledger.batch_max_entries,
-            cfg.ledger.batch_max_delay_ms,
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-        );
-        println!("{:>11} {:>10} {:>9} {:>9} {:>12} {:>28}", "concurrency", "records/s", "p50 ms", "p99 ms", "HSM calls/rec", "HSM ops/rec (wrap sign hmac)");
-        let mut outcome = Ok(());
-        for &c in levels {
-            if let Err(e) = level(&site, &hsm, records, c, size).await {
-                outcome = Err(e);
-                break;
-            }
-        }
-        if shred && outcome.is_ok() {
-            outcome = shred_pass(&site, &running, &hsm).await;
-        }
+        let his = tokio::net::TcpListener::bind(site.his_addr).await.map_err(rt_err)?;
+        let admin = tokio::net::TcpListener::bind(site.admin_addr).await.map_err(rt_err)?;
+        let running = Running::start(&cfg, hsm.clone(), his, admin).await.map_err(rt_err)?;
+        let outcome = levels(opts, &site, &cfg, &hsm, &running, &mut report).await;
         running.stop().await;
         outcome
     });
     drop(rt);
     hsm.shutdown();
-    result
+    result?;
+    report.load_after = ceiling::load_average();
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(rt_err)?);
+    } else {
+        report.print_table();
+    }
+    if let Some(path) = &opts.plot {
+        report.plot(path).map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?;
+        eprintln!("medgate bench: chart written to {}", path.display());
+    }
+    Ok(())
 }
 
-async fn level(site: &Site, hsm: &Arc<Hsm>, records: usize, concurrency: usize, size: usize) -> Result<(), Failure> {
-    let before = hsm.stats();
-    let per_client = records.div_ceil(concurrency);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..concurrency {
-        let mut client = site.his_client()?;
-        let n = per_client.min(records.saturating_sub(w * per_client));
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(n);
-            let data: Vec<u8> = (0..size).map(|i| (i * 31 + w) as u8).collect();
-            for i in 0..n {
-                // Many patients, as in a hospital: pseudonyms are cached per patient.
-                let patient = PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: format!("{}", 100_000 + (w * 7919 + i) % 5000) };
-                let bundle = sample_transaction(&patient, "application/pdf", &data, None);
-                let t = Instant::now();
-                let r = client.post_json("/", &bundle, &[]).await?;
-                if r.status != 201 {
-                    return Err(format!("status {}: {}", r.status, String::from_utf8_lossy(&r.body)));
-                }
-                lat.push(t.elapsed());
-            }
-            Ok::<_, String>(lat)
-        }));
+/// Every level, `repeat` times: the null endpoint, the store ceiling, then the gateway.
+async fn levels(opts: &Options, site: &Site, cfg: &Config, hsm: &Arc<Hsm>, running: &Running, report: &mut Report) -> Result<(), Failure> {
+    let files = TlsFiles { certificate: cfg.his.certificate.clone(), client_ca: cfg.his.client_ca.clone(), crls: cfg.his.crl.clone() };
+    let null = NullEndpoint::start(medgate_gateway::tls::server_config(hsm, &files).map_err(rt_err)?).await.map_err(Failure::runtime)?;
+    let tls = site.his_tls()?;
+    let gateway = Target { addr: site.his_addr, tls: tls.clone() };
+    let null_target = Target { addr: null.addr, tls };
+    for &c in &opts.levels {
+        for run in 1..=opts.repeat {
+            let null_run = load::drive(&null_target, opts.records, c, opts.size, 201).await.map_err(Failure::runtime)?;
+            let group = c.min(cfg.ledger.batch_max_entries).max(1);
+            let (dir, bytes, secs) = (site.dir.clone(), sealed_record_bytes(opts.size), opts.ceiling_seconds);
+            let store = tokio::task::spawn_blocking(move || medgate_store::ceiling::write_flush_rate(&dir, bytes, group, Duration::from_secs_f64(secs)))
+                .await
+                .map_err(rt_err)?
+                .map_err(rt_err)?;
+            let before = hsm.stats();
+            let started = Instant::now();
+            let gw = load::drive(&gateway, opts.records, c, opts.size, 201).await.map_err(Failure::runtime)?;
+            let after = hsm.stats();
+            let n = gw.latencies.len().max(1) as f64;
+            let per = |name: &str| (op_count(&after, name) - op_count(&before, name)) as f64 / n;
+            let level = Level {
+                concurrency: c,
+                run,
+                records_per_s: gw.rate(),
+                p50_ms: gw.ms(0.5),
+                p99_ms: gw.ms(0.99),
+                null_per_s: null_run.rate(),
+                null_p99_ms: null_run.ms(0.99),
+                store_per_s: store.values_per_second,
+                store_group: group,
+                pkcs11_calls_per_record: (after.pkcs11_calls - before.pkcs11_calls) as f64 / n,
+                wraps_per_record: per("wrap"),
+                signs_per_record: per("sign"),
+                hmacs_per_record: per("hmac"),
+                rss_mib: ceiling::rss_mib(),
+            };
+            eprintln!(
+                "medgate bench: c={c} run {run}/{}: {:.0} records/s (p50 {:.2} ms, p99 {:.2} ms), null endpoint {:.0}/s, store {:.0}/s, {:.1} s",
+                opts.repeat,
+                level.records_per_s,
+                level.p50_ms,
+                level.p99_ms,
+                level.null_per_s,
+                level.store_per_s,
+                started.elapsed().as_secs_f64()
+            );
+            report.levels.push(level);
+        }
     }
-    let mut lat = Vec::with_capacity(records);
-    for t in tasks {
-        lat.extend(t.await.map_err(|e| Failure::runtime(e.to_string()))?.map_err(Failure::runtime)?);
+    drop(null);
+    if opts.shred {
+        report.shred = Some(shred_pass(site, running, hsm).await?);
     }
-    let elapsed = started.elapsed();
-    lat.sort();
-    let after = hsm.stats();
-    let n = lat.len().max(1) as f64;
-    let op = |name: &str| {
-        let get = |s: &medgate_hsm::HsmStats| s.ops.iter().find(|(k, _)| *k == name).map(|(_, v)| *v).unwrap_or(0);
-        (get(&after) - get(&before)) as f64 / n
-    };
-    println!(
-        "{:>11} {:>10.0} {:>9.2} {:>9.2} {:>12.2} {:>28}",
-        concurrency,
-        lat.len() as f64 / elapsed.as_secs_f64(),
-        percentile(&lat, 0.50).as_secs_f64() * 1e3,
-        percentile(&lat, 0.99).as_secs_f64() * 1e3,
-        (after.pkcs11_calls - before.pkcs11_calls) as f64 / n,
-        format!("{:.2} {:.3} {:.3}", op("wrap"), op("sign"), op("hmac")),
-    );
     Ok(())
 }
 
 /// Erases one record and times the shred pass it starts: every other stored record is re-wrapped.
-async fn shred_pass(site: &Site, running: &Running, hsm: &Arc<Hsm>) -> Result<(), Failure> {
+async fn shred_pass(site: &Site, running: &Running, hsm: &Arc<Hsm>) -> Result<serde_json::Value, Failure> {
+    use medgate_fhir::{sample_transaction, PatientId};
     let mut client = site.his_client()?;
     let patient = PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: "shred-bench".into() };
     let r = client.post_json("/", &sample_transaction(&patient, "text/plain", b"to be erased", None), &[]).await.map_err(Failure::runtime)?;
@@ -128,6 +194,7 @@ async fn shred_pass(site: &Site, running: &Running, hsm: &Arc<Hsm>) -> Result<()
     if del.status != 204 {
         return Err(Failure::runtime(format!("erasure answered {}", del.status)));
     }
+    eprintln!("medgate bench: waiting for the shred pass");
     let deadline = Instant::now() + Duration::from_secs(1800);
     while gateway.shred.status().passes == passes || !matches!(gateway.vault.shred_pending(), Ok(None)) {
         if let Some(e) = gateway.shred.status().last_error {
@@ -141,18 +208,24 @@ async fn shred_pass(site: &Site, running: &Running, hsm: &Arc<Hsm>) -> Result<()
     let seen = started.elapsed();
     let report = gateway.shred.status().last.ok_or_else(|| Failure::runtime("no shred pass report"))?;
     let after = hsm.stats();
-    let wraps = |s: &medgate_hsm::HsmStats| s.ops.iter().find(|(k, _)| *k == "wrap").map(|(_, v)| *v).unwrap_or(0);
-    println!(
-        "shred pass after one erasure: {} records re-wrapped (of {} scanned) in {:.3} s = {:.0} records/s; whole pass {:.3} s (KEK rotated to v{}, destroyed {:?}); erasure answered to pass done {:.3} s; {} HSM re-wraps",
+    let shred = serde_json::json!({
+        "rewrapped": report.rewrapped,
+        "scanned": report.scanned,
+        "rewrap_seconds": report.rewrap_time.as_secs_f64(),
+        "rewrapped_per_s": report.rewrap_rate(),
+        "pass_seconds": report.duration.as_secs_f64(),
+        "kek_version": report.kek_version,
+        "erasure_to_done_seconds": seen.as_secs_f64(),
+        "hsm_rewraps": op_count(&after, "wrap") - op_count(&before, "wrap"),
+    });
+    eprintln!(
+        "medgate bench: shred pass: {} records re-wrapped (of {} scanned) in {:.3} s = {:.0} records/s; whole pass {:.3} s; erasure answered to pass done {:.3} s",
         report.rewrapped,
         report.scanned,
         report.rewrap_time.as_secs_f64(),
         report.rewrap_rate(),
         report.duration.as_secs_f64(),
-        report.kek_version,
-        report.destroyed,
         seen.as_secs_f64(),
-        wraps(&after) - wraps(&before),
     );
-    Ok(())
+    Ok(shred)
 }

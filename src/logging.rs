@@ -1,10 +1,11 @@
 //! Logs: one line per event on stderr, which systemd sends to the journal. Level from
-//! `MEDGATE_LOG` (tracing filter syntax, default `info`). No PHI and no secret is ever a field.
+//! `MEDGATE_LOG` (tracing filter syntax), else the command's default (`info`; `warn` for the
+//! load generator). No PHI and no secret is ever a field.
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init() {
-    let filter = EnvFilter::try_from_env("MEDGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+pub fn init(default: &str) {
+    let filter = EnvFilter::try_from_env("MEDGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     // Under systemd the journal adds its own timestamps.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);

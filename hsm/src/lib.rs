@@ -14,8 +14,10 @@
 //! * [`admin`] holds the security officer's operations (generate, rotate, retire, destroy, list,
 //!   certificate import, token initialisation).
 //! * [`tls::HsmSigningKey`] is a rustls `SigningKey` whose private half stays in the HSM.
+//! * [`ceiling`] measures the token's raw rates of the hot-path calls, for the benchmark.
 
 pub mod admin;
+pub mod ceiling;
 mod der;
 mod error;
 pub mod keys;

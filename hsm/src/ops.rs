@@ -3,7 +3,6 @@
 //! only in zeroizing buffers.
 
 use cryptoki::error::RvError;
-use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -37,7 +36,7 @@ pub struct WrappedKey {
 
 /// Template of the short-lived session object that carries a data key through C_WrapKey or out of
 /// C_UnwrapKey. It lives only inside one session and is destroyed right after use.
-fn data_key_template(value: Option<&[u8]>) -> Vec<Attribute> {
+pub(crate) fn data_key_template(value: Option<&[u8]>) -> Vec<Attribute> {
     let mut t = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
@@ -114,12 +113,16 @@ const GCM_DOMAIN: &[u8] = b"medgate data key/aes-256-gcm/v1";
 const GCM_IV: usize = 12;
 const GCM_TAG: usize = 16;
 
-fn gcm_seal(s: &Session, kek: ObjectHandle, version: u32, value: &[u8]) -> Result<Vec<u8>, Fail> {
-    let mut iv = s.generate_random_vec(GCM_IV as u32)?;
-    let aad = gcm_aad(version);
-    let params = GcmParams::new(&mut iv, &aad, ((GCM_TAG * 8) as u64).into())?;
-    let sealed = s
-        .encrypt(&Mechanism::AesGcm(params), kek, value)
+/// Seals a data key under an AES-GCM KEK version: C_EncryptInit + C_Encrypt with a buffer of the
+/// exact size, two calls. The IV comes from the operating system's generator (what the HSM's own
+/// C_GenerateRandom would give costs one more round trip to the HSM per record, and an IV needs
+/// to be unique, not secret).
+fn gcm_seal(ctx: &Ctx, s: &Session, kek: ObjectHandle, version: u32, value: &[u8]) -> Result<Vec<u8>, Fail> {
+    let mut iv = [0u8; GCM_IV];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut iv).map_err(|_| HsmError::Device("the system random generator failed".into()))?;
+    let sealed = ctx
+        .raw
+        .aes_gcm(s.handle(), kek.handle(), true, &iv, &gcm_aad(version), value)
         .map_err(Fail::with(Role::Kek, "wrap", mechanism_name(CKM_AES_GCM)))?;
     let mut out = Vec::with_capacity(1 + GCM_IV + sealed.len());
     out.push(GCM_FORMAT);
@@ -128,29 +131,34 @@ fn gcm_seal(s: &Session, kek: ObjectHandle, version: u32, value: &[u8]) -> Resul
     Ok(out)
 }
 
-fn gcm_open(s: &Session, kek: ObjectHandle, version: u32, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, Fail> {
+/// Opens an AES-GCM blob: C_DecryptInit + C_Decrypt, two calls.
+fn gcm_open(ctx: &Ctx, s: &Session, kek: ObjectHandle, version: u32, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, Fail> {
     if blob.len() < 1 + GCM_IV + GCM_TAG + 16 || blob[0] != GCM_FORMAT {
         return Err(HsmError::Integrity.into());
     }
-    let mut iv = blob[1..1 + GCM_IV].to_vec();
-    let aad = gcm_aad(version);
-    let params = GcmParams::new(&mut iv, &aad, ((GCM_TAG * 8) as u64).into())?;
-    match s.decrypt(&Mechanism::AesGcm(params), kek, &blob[1 + GCM_IV..]) {
+    match ctx.raw.aes_gcm(s.handle(), kek.handle(), false, &blob[1..1 + GCM_IV], &gcm_aad(version), &blob[1 + GCM_IV..]) {
         Ok(v) => Ok(Zeroizing::new(v)),
         // SoftHSM reports a failed tag check as a general error.
-        Err(cryptoki::error::Error::Pkcs11(RvError::GeneralError, _)) => Err(HsmError::Integrity.into()),
+        Err(cryptoki::error::Error::Pkcs11(RvError::GeneralError | RvError::EncryptedDataInvalid, _)) => Err(HsmError::Integrity.into()),
         Err(e) => Err(Fail::with(Role::Kek, "unwrap", mechanism_name(CKM_AES_GCM))(e)),
     }
 }
 
 /// RFC 5649 output for `n` input bytes: the input padded to a multiple of 8, plus 8.
-fn kwp_len(n: usize) -> usize {
+pub(crate) fn kwp_len(n: usize) -> usize {
     n.div_ceil(8) * 8 + 8
 }
 
 fn wrap_once(hsm: &Hsm, s: &Session, ctx: &Ctx, dk: &Dk<'_>) -> Result<WrappedKey, Fail> {
     let (version, kek) = ctx.key(hsm, s, Role::Kek, None, ObjectClass::SECRET_KEY)?;
-    let bytes = match (ctx.kek_scheme(s, kek, version)?, dk) {
+    let scheme = ctx.kek_scheme(s, kek, version)?;
+    // C_WrapKey; C_CreateObject + C_WrapKey + C_DestroyObject; C_EncryptInit + C_Encrypt.
+    hsm.add_calls(match (scheme, dk) {
+        (KekScheme::Rfc5649 { .. }, Dk::Object(_)) => 1,
+        (KekScheme::Rfc5649 { .. }, Dk::Value(_)) => 3,
+        (KekScheme::AesGcm, _) => 2,
+    });
+    let bytes = match (scheme, dk) {
         (KekScheme::Rfc5649 { mechanism }, Dk::Object(obj)) => ctx
             .raw
             .wrap_key(s.handle(), mechanism, kek.handle(), obj.handle(), 72)
@@ -166,7 +174,7 @@ fn wrap_once(hsm: &Hsm, s: &Session, ctx: &Ctx, dk: &Dk<'_>) -> Result<WrappedKe
             destroyed?;
             wrapped
         }
-        (KekScheme::AesGcm, Dk::Value(v)) => gcm_seal(s, kek, version, v)?,
+        (KekScheme::AesGcm, Dk::Value(v)) => gcm_seal(ctx, s, kek, version, v)?,
         (KekScheme::AesGcm, Dk::Object(_)) => {
             return Err(HsmError::Invalid("a data key held as an HSM object cannot be sealed with AES-GCM".into()).into())
         }
@@ -200,6 +208,7 @@ fn unwrap_with_kek(hsm: &Hsm, s: &Session, ctx: &Ctx, wrapped: &WrappedKey, tran
     let (_, kek) = ctx.key(hsm, s, Role::Kek, Some(wrapped.kek_version), ObjectClass::SECRET_KEY)?;
     match ctx.kek_scheme(s, kek, wrapped.kek_version)? {
         KekScheme::Rfc5649 { mechanism } => {
+            hsm.add_calls(1);
             let result = if transit {
                 ctx.raw.unwrap_key(s.handle(), mechanism, kek.handle(), &wrapped.bytes, &transit_key_template())
             } else {
@@ -212,7 +221,10 @@ fn unwrap_with_kek(hsm: &Hsm, s: &Session, ctx: &Ctx, wrapped: &WrappedKey, tran
                 Err(e) => Err(Fail::with(Role::Kek, "unwrap", mechanism_name(mechanism))(e)),
             }
         }
-        KekScheme::AesGcm => Ok(Unwrapped::Value(gcm_open(s, kek, wrapped.kek_version, &wrapped.bytes)?)),
+        KekScheme::AesGcm => Ok(Unwrapped::Value({
+            hsm.add_calls(2);
+            gcm_open(ctx, s, kek, wrapped.kek_version, &wrapped.bytes)?
+        })),
     }
 }
 
@@ -225,7 +237,9 @@ fn require(hsm: &Hsm, ctx: &Ctx, role: Role) -> Result<(), Fail> {
 }
 
 /// Reads an unwrapped data key's value out of its session object, then destroys the object.
-fn take_value(s: &cryptoki::session::Session, obj: cryptoki::object::ObjectHandle) -> Result<Zeroizing<Vec<u8>>, Fail> {
+fn take_value(hsm: &Hsm, s: &cryptoki::session::Session, obj: cryptoki::object::ObjectHandle) -> Result<Zeroizing<Vec<u8>>, Fail> {
+    // C_GetAttributeValue + C_DestroyObject
+    hsm.add_calls(2);
     let value = s.get_attributes(obj, &[AttributeType::Value]);
     let destroyed = s.destroy_object(obj);
     let mut key = Zeroizing::new(Vec::new());
@@ -262,10 +276,11 @@ impl Hsm {
         if !matches!(role, Role::Ledger | Role::Tls) {
             return Err(HsmError::Invalid(format!("{role} keys do not sign")));
         }
-        self.run(Op::Sign, 1, true, |s, ctx| {
+        // C_SignInit + C_Sign (a buffer of the size of a P-256 r || s, no length query)
+        self.run(Op::Sign, 2, true, |s, ctx| {
             require(self, ctx, role)?;
             let (version, key) = ctx.key(self, s, role, None, ObjectClass::PRIVATE_KEY)?;
-            let raw = s.sign(&Mechanism::Ecdsa, key, digest).map_err(Fail::with(role, "sign", mechanism_name(CKM_ECDSA)))?;
+            let raw = ctx.raw.sign(s.handle(), CKM_ECDSA, key.handle(), digest, 64).map_err(Fail::with(role, "sign", mechanism_name(CKM_ECDSA)))?;
             let der = ecdsa_raw_to_der(&raw)
                 .ok_or_else(|| HsmError::Device(format!("the module returned an ECDSA signature of {} bytes that is not a P-256 r||s", raw.len())))?;
             Ok(Signature { key_version: version, raw, der })
@@ -278,8 +293,9 @@ impl Hsm {
         if !(16..=64).contains(&data_key.len()) {
             return Err(HsmError::Invalid(format!("data key of {} bytes", data_key.len())));
         }
-        // C_CreateObject + C_WrapKey (one call, pre-sized buffer) + C_DestroyObject
-        self.run(Op::Wrap, 3, true, |s, ctx| {
+        // RFC 5649: C_CreateObject + C_WrapKey (pre-sized buffer) + C_DestroyObject; AES-GCM:
+        // C_EncryptInit + C_Encrypt (pre-sized buffer). Counted where they are made.
+        self.run(Op::Wrap, 0, true, |s, ctx| {
             require(self, ctx, Role::Kek)?;
             wrap_with_active_kek(self, s, ctx, Dk::Value(data_key))
         })
@@ -291,8 +307,8 @@ impl Hsm {
     /// buffer. A key already under the active version is returned as it is. Counted as a wrap.
     /// A destroyed or retired KEK version gives `KeyMissing`; an altered blob gives `Integrity`.
     pub fn rewrap_data_key(&self, wrapped: &WrappedKey) -> Result<WrappedKey, HsmError> {
-        // C_UnwrapKey + C_WrapKey + C_DestroyObject
-        self.run(Op::Wrap, 3, true, |s, ctx| {
+        // C_UnwrapKey + C_WrapKey + C_DestroyObject between RFC 5649 versions; counted where made.
+        self.run(Op::Wrap, 0, true, |s, ctx| {
             require(self, ctx, Role::Kek)?;
             let (active, active_kek) = ctx.key(self, s, Role::Kek, None, ObjectClass::SECRET_KEY)?;
             if active == wrapped.kek_version {
@@ -302,13 +318,14 @@ impl Hsm {
             match unwrap_with_kek(self, s, ctx, wrapped, in_hsm)? {
                 Unwrapped::Object(dk) if in_hsm => {
                     let out = wrap_with_active_kek(self, s, ctx, Dk::Object(dk));
+                    self.add_calls(1);
                     let destroyed = s.destroy_object(dk);
                     let out = out?;
                     destroyed?;
                     Ok(out)
                 }
                 Unwrapped::Object(dk) => {
-                    let value = take_value(s, dk)?;
+                    let value = take_value(self, s, dk)?;
                     wrap_with_active_kek(self, s, ctx, Dk::Value(&value))
                 }
                 Unwrapped::Value(value) => wrap_with_active_kek(self, s, ctx, Dk::Value(&value)),
@@ -320,11 +337,12 @@ impl Hsm {
     /// destroyed KEK version gives `KeyMissing`; an altered blob gives `Integrity` (or
     /// `UnwrapFailed` where the module's answer is ambiguous; see [`HsmError::is_integrity`]).
     pub fn unwrap_data_key(&self, wrapped: &WrappedKey) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        // C_UnwrapKey + C_GetAttributeValue + C_DestroyObject
-        self.run(Op::Unwrap, 3, true, |s, ctx| {
+        // C_UnwrapKey + C_GetAttributeValue + C_DestroyObject (RFC 5649) or C_DecryptInit +
+        // C_Decrypt (AES-GCM); counted where they are made.
+        self.run(Op::Unwrap, 0, true, |s, ctx| {
             require(self, ctx, Role::Kek)?;
             match unwrap_with_kek(self, s, ctx, wrapped, false)? {
-                Unwrapped::Object(obj) => take_value(s, obj),
+                Unwrapped::Object(obj) => take_value(self, s, obj),
                 Unwrapped::Value(v) => Ok(v),
             }
         })
@@ -335,13 +353,18 @@ impl Hsm {
     /// 2.6.1 supports). With an RFC 5649 KEK the data key exists only as a short-lived session
     /// object in the HSM.
     pub fn rewrap_for_peer(&self, wrapped: &WrappedKey, peer_modulus: &[u8], peer_exponent: &[u8]) -> Result<Vec<u8>, HsmError> {
-        // C_CreateObject (peer key) + C_UnwrapKey + C_WrapKey x2 + C_DestroyObject x2
-        self.run(Op::Wrap, 6, true, |s, ctx| {
+        // The unwrap (counted where it is made), C_CreateObject (the data key, after an AES-GCM
+        // unwrap), C_CreateObject (peer key), C_WrapKey x2 (cryptoki asks for the length),
+        // C_DestroyObject x2.
+        self.run(Op::Wrap, 5, true, |s, ctx| {
             require(self, ctx, Role::Kek)?;
             require(self, ctx, Role::Sharing)?;
             let dk = match unwrap_with_kek(self, s, ctx, wrapped, false)? {
                 Unwrapped::Object(obj) => obj,
-                Unwrapped::Value(v) => s.create_object(&data_key_template(Some(&v)))?,
+                Unwrapped::Value(v) => {
+                    self.add_calls(1);
+                    s.create_object(&data_key_template(Some(&v)))?
+                }
             };
             let peer = match s.create_object(&[
                 Attribute::Class(ObjectClass::PUBLIC_KEY),
@@ -371,24 +394,25 @@ impl Hsm {
 
     /// Unwraps a data key that another hospital re-wrapped for this hospital's sharing key.
     pub fn unwrap_shared(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        // C_UnwrapKey + C_GetAttributeValue + C_DestroyObject
-        self.run(Op::Unwrap, 3, true, |s, ctx| {
+        // C_UnwrapKey, then C_GetAttributeValue + C_DestroyObject (counted in `take_value`)
+        self.run(Op::Unwrap, 1, true, |s, ctx| {
             require(self, ctx, Role::Sharing)?;
             let (_, key) = ctx.key(self, s, Role::Sharing, None, ObjectClass::PRIVATE_KEY)?;
             let obj = unwrap_template_retry(ctx, |t| s.unwrap_key(&oaep(), key, blob, t)).map_err(|e| match e {
                 cryptoki::error::Error::Pkcs11(RvError::GeneralError | RvError::EncryptedDataInvalid, _) => Fail::Hsm(HsmError::Integrity),
                 other => Fail::with(Role::Sharing, "unwrap", mechanism_name(CKM_RSA_PKCS_OAEP))(other),
             })?;
-            take_value(s, obj)
+            take_value(self, s, obj)
         })
     }
 
     /// HMAC-SHA256 of `data` with the active pseudonym key. Returns the key version and the MAC.
     pub fn pseudonym_hmac(&self, data: &[u8]) -> Result<(u32, [u8; 32]), HsmError> {
-        self.run(Op::Hmac, 1, true, |s, ctx| {
+        // C_SignInit + C_Sign (a 32-byte buffer, no length query)
+        self.run(Op::Hmac, 2, true, |s, ctx| {
             require(self, ctx, Role::Pseudonym)?;
             let (version, key) = ctx.key(self, s, Role::Pseudonym, None, ObjectClass::SECRET_KEY)?;
-            let mac = s.sign(&Mechanism::Sha256Hmac, key, data).map_err(Fail::with(Role::Pseudonym, "hmac", mechanism_name(CKM_SHA256_HMAC)))?;
+            let mac = ctx.raw.sign(s.handle(), CKM_SHA256_HMAC, key.handle(), data, 32).map_err(Fail::with(Role::Pseudonym, "hmac", mechanism_name(CKM_SHA256_HMAC)))?;
             let mac: [u8; 32] = mac
                 .as_slice()
                 .try_into()

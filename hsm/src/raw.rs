@@ -9,6 +9,9 @@
 //!   needs and keeps the clock as bytes.
 //! * C_WrapKey through cryptoki asks the module for the length first and the module computes the
 //!   wrap twice; [`Raw::wrap_key`] passes a buffer of the right size at once (the hot path).
+//!   cryptoki's C_Sign, C_Encrypt and C_Decrypt ask for the length first too (three calls where
+//!   two do): [`Raw::sign`] and [`Raw::aes_gcm`] pass a buffer of the known size with the one
+//!   call after the Init (the per-record and per-batch hot paths).
 //!
 //! The module is the same shared object cryptoki loaded (the dynamic loader hands back the
 //! library already in the process), so sessions and object handles are shared. Every call goes
@@ -24,7 +27,7 @@ use cryptoki::error::{Error, Rv};
 use cryptoki::object::Attribute;
 use cryptoki_sys::{
     CK_ATTRIBUTE, CK_BYTE, CK_FUNCTION_LIST, CK_MECHANISM, CK_MECHANISM_INFO, CK_MECHANISM_TYPE, CK_OBJECT_HANDLE, CK_SESSION_HANDLE,
-    CK_SLOT_ID, CK_TOKEN_INFO, CK_ULONG, CKA_ALLOWED_MECHANISMS,
+    CK_SLOT_ID, CK_TOKEN_INFO, CK_ULONG, CKA_ALLOWED_MECHANISMS, CK_GCM_PARAMS, CKM_AES_GCM,
 };
 
 /// CKM_AES_KEY_WRAP_KWP (PKCS#11 3.0), absent from cryptoki 0.12's list.
@@ -306,7 +309,78 @@ impl Raw {
     }
 }
 
+/// The one-part operations with an Init call before them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnePart {
+    Sign,
+    Encrypt,
+    Decrypt,
+}
+
 impl Raw {
+    /// C_SignInit + C_Sign with a parameterless mechanism (CKM_ECDSA, CKM_SHA256_HMAC) and a
+    /// buffer of `capacity` bytes (64 for a P-256 r||s, 32 for an HMAC-SHA256): two calls.
+    pub(crate) fn sign(&self, session: CK_SESSION_HANDLE, mechanism: CK_MECHANISM_TYPE, key: CK_OBJECT_HANDLE, data: &[u8], capacity: usize) -> Result<Vec<u8>, Error> {
+        let mut mech = CK_MECHANISM { mechanism, pParameter: std::ptr::null_mut(), ulParameterLen: 0 };
+        self.one_part(OnePart::Sign, session, &mut mech, key, data, capacity)
+    }
+
+    /// AES-GCM with a 128-bit tag in one C_EncryptInit + C_Encrypt (or C_DecryptInit +
+    /// C_Decrypt) pair with an output buffer of the exact size: two calls. `input` is the
+    /// plaintext (encrypt) or ciphertext || tag (decrypt).
+    pub(crate) fn aes_gcm(&self, session: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE, encrypt: bool, iv: &[u8], aad: &[u8], input: &[u8]) -> Result<Vec<u8>, Error> {
+        let (mut iv, mut aad) = (iv.to_vec(), aad.to_vec());
+        let mut params = CK_GCM_PARAMS {
+            pIv: iv.as_mut_ptr(),
+            ulIvLen: iv.len() as CK_ULONG,
+            ulIvBits: (iv.len() * 8) as CK_ULONG,
+            pAAD: aad.as_mut_ptr(),
+            ulAADLen: aad.len() as CK_ULONG,
+            ulTagBits: 128,
+        };
+        let mut mech = CK_MECHANISM {
+            mechanism: CKM_AES_GCM,
+            pParameter: &mut params as *mut CK_GCM_PARAMS as *mut std::ffi::c_void,
+            ulParameterLen: std::mem::size_of::<CK_GCM_PARAMS>() as CK_ULONG,
+        };
+        // Encrypting adds the 16-byte tag; decrypting gets a buffer as long as its input (some
+        // modules check against the input length rather than the plaintext length).
+        let (op, capacity) = if encrypt { (OnePart::Encrypt, input.len() + 16) } else { (OnePart::Decrypt, input.len()) };
+        self.one_part(op, session, &mut mech, key, input, capacity)
+    }
+
+    /// The Init call of `op`, then the one-part call with a buffer of `capacity` bytes. A module
+    /// that needs more says CKR_BUFFER_TOO_SMALL with the size (the operation stays active) and
+    /// the call is repeated once with that size.
+    fn one_part(&self, op: OnePart, session: CK_SESSION_HANDLE, mech: &mut CK_MECHANISM, key: CK_OBJECT_HANDLE, input: &[u8], capacity: usize) -> Result<Vec<u8>, Error> {
+        let (init_fn, init, run_fn, run) = match op {
+            OnePart::Sign => (Function::SignInit, self.fl.C_SignInit, Function::Sign, self.fl.C_Sign),
+            OnePart::Encrypt => (Function::EncryptInit, self.fl.C_EncryptInit, Function::Encrypt, self.fl.C_Encrypt),
+            OnePart::Decrypt => (Function::DecryptInit, self.fl.C_DecryptInit, Function::Decrypt, self.fl.C_Decrypt),
+        };
+        let init = init.ok_or_else(|| unsupported(init_fn))?;
+        let run = run.ok_or_else(|| unsupported(run_fn))?;
+        // SAFETY: `mech` is a valid CK_MECHANISM whose parameter (if any) points into buffers the
+        // caller keeps alive for the whole call; the module reads them during the Init.
+        check(unsafe { init(session, mech, key) }, init_fn)?;
+        let mut input = input.to_vec();
+        let mut out = vec![0u8; capacity.max(1)];
+        for _ in 0..2 {
+            let mut len = out.len() as CK_ULONG;
+            // SAFETY: `input` is a buffer of the length given; `out` has room for `len` bytes; the
+            // module writes at most `len` bytes and sets `len` to the size of the result.
+            let rv = unsafe { run(session, input.as_mut_ptr(), input.len() as CK_ULONG, out.as_mut_ptr(), &mut len) };
+            if rv == cryptoki_sys::CKR_BUFFER_TOO_SMALL && (len as usize) > out.len() {
+                out.resize(len as usize, 0);
+                continue;
+            }
+            check(rv, run_fn)?;
+            out.truncate(len as usize);
+            return Ok(out);
+        }
+        Err(Error::Pkcs11(cryptoki::error::RvError::BufferTooSmall, run_fn))
+    }
+
     /// C_DestroyObject on a handle this module returned.
     pub(crate) fn destroy_object(&self, session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> Result<(), Error> {
         let f = self.fl.C_DestroyObject.ok_or_else(|| unsupported(Function::DestroyObject))?;

@@ -1,16 +1,18 @@
 //! The gateway as a value: what happens to a record between the HIS and the ledger, without HTTP.
 //!
 //! Boundary: takes validated FHIR submissions and the caller's identity, returns FHIR JSON or a
-//! [`GatewayError`]. Owns the order of durable steps: a record, its index row, its ledger entry
-//! (in the outbox) and its idempotency state are stored and flushed together; only then is the
-//! entry appended to the ledger, and the HIS hears 201 only once the entry is in a flushed block
-//! (202 when the ledger could not take it: the entry waits in the outbox and nothing is lost).
+//! [`GatewayError`]. Owns the order of durable steps: a record, its index row, its idempotency
+//! state and its ledger entry are stored and flushed together (with the entry's block, in one
+//! group commit, on a standalone gateway; with the entry in the outbox before it is ordered, in
+//! a consortium), and the HIS hears 201 only once the entry is in a flushed block (202 when the
+//! ledger could not take it: the entry waits in the outbox and nothing is lost).
 //! The work is split by subject: `records`, `consents`, `sharing`, `checkpoints`,
 //! `membership`, `audit`; this file holds what they share.
 //!
-//! HSM budget per stored record: one C_WrapKey (through the pool) plus the batch signature shared
-//! by every entry of the batch. Patient and user pseudonyms are HMACs computed in the HSM and
-//! cached in memory by a hash of the input, so a busy patient costs one HMAC, not one per request.
+//! HSM budget per stored record: one data-key wrap (through the pool: two PKCS#11 calls with an
+//! AES-GCM KEK, three with RFC 5649) plus the batch signature shared by every entry of the
+//! batch. Patient and user pseudonyms are HMACs computed in the HSM and cached in memory by a
+//! hash of the input, so a busy patient costs one HMAC, not one per request.
 
 mod audit;
 mod checkpoints;
@@ -194,14 +196,8 @@ impl Gateway {
         for e in &entries {
             e.validate().map_err(GatewayError::internal)?;
         }
-        self.vault.enqueue(&entries).await.map_err(GatewayError::from)?;
-        match self.ledger.append(entries).await {
-            Ok(r) => Ok(Some(r)),
-            Err(e) => {
-                tracing::warn!(error = %e, "entries wait in the outbox");
-                Ok(None)
-            }
-        }
+        // Durably in a block, or in the outbox when the ledger cannot take them (`None`).
+        self.ledger.record(entries).await.map_err(GatewayError::from)
     }
 
     /// Appends what the outbox holds (entries whose append failed earlier).

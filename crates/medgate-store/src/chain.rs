@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional, TransactionalTree};
 
 use medgate_ledger::consent::ConsentState;
 use medgate_ledger::{verify_ledger, Batch, Block, ChainReport, ChainState, Entry, EntryBody, LedgerError, Receipt};
@@ -463,65 +463,141 @@ impl ChainStore {
         Ok(true)
     }
 
+    /// Whether the entry rules ([`ChainStore::entry_rules_hold`]) read chain state for `e`
+    /// (consents, anchored records, membership), so that a batch still on its way could change
+    /// its verdict. The writer sends batches holding such entries only when none of its batches
+    /// is in flight. Keep in step with the rules above: every other entry counts whatever the
+    /// state, once it is not already on the chain.
+    pub fn rules_read_state(e: &Entry) -> bool {
+        match &e.body {
+            EntryBody::MembershipProposed { .. }
+            | EntryBody::MembershipApproved { .. }
+            | EntryBody::ConsentRecorded { .. }
+            | EntryBody::ConsentRevoked { .. }
+            | EntryBody::RecordErased { .. } => true,
+            EntryBody::RecordRead { reader, custodian, purpose, granted: true, .. } => reader != custodian && purpose != "BTG",
+            _ => false,
+        }
+    }
+
     /// Stores a block with its indexes in one transaction, then flushes: the block, the location
     /// of every entry of its valid batches, the patient audit index, the removal of this
     /// gateway's entries from the outbox, and `meta` updates (sequence number, chain state).
     pub async fn persist(&self, block: &Block, meta_updates: &[(&[u8], Vec<u8>)]) -> Result<(), StoreError> {
-        let height = block.height;
-        let bytes = block.to_bytes();
-        let membership = self.membership_updates(block)?;
-        (&self.blocks, &self.locations, &self.by_patient, &self.meta, &self.outbox, &self.consents, &self.records)
-            .transaction(|(blocks, locs, pats, meta, out, cons, recs)| {
-                blocks.insert(&height.to_be_bytes(), bytes.as_slice())?;
-                for (bi, (b, valid)) in block.batches.iter().zip(&block.valid).enumerate() {
-                    if !*valid {
-                        continue;
-                    }
-                    for (ei, e) in b.entries.iter().enumerate() {
-                        let loc = Location { height, batch: bi as u32, entry: ei as u32 }.encode();
-                        locs.insert(e.id.as_bytes(), &loc)?;
-                        if let Some(p) = e.patient() {
-                            let mut k = format!("{p}/").into_bytes();
-                            k.extend_from_slice(&loc);
-                            pats.insert(k, &loc)?;
-                        }
-                        out.remove(e.id.as_bytes())?;
-                        match &e.body {
-                            EntryBody::RecordAnchored { record_id, .. } if recs.get(record_id.as_bytes())?.is_none() => {
-                                recs.insert(record_id.as_bytes(), &loc)?;
-                            }
-                            EntryBody::ConsentRecorded { .. } => {
-                                if let Some(c) = ConsentState::from_entry(e) {
-                                    cons.insert(consent_key(&c.patient, &c.consent_id), to_json("consent", &c).map_err(ConflictableTransactionError::Abort)?)?;
-                                }
-                            }
-                            EntryBody::ConsentRevoked { consent_id, patient, .. } => {
-                                let key = consent_key(patient, consent_id);
-                                if let Some(v) = cons.get(&key)? {
-                                    let mut c: ConsentState = serde_json::from_slice(&v).map_err(|e| ConflictableTransactionError::Abort(StoreError::corrupt("consent", e)))?;
-                                    c.active = false;
-                                    c.revoked_by = Some(e.id.clone());
-                                    cons.insert(key, to_json("consent", &c).map_err(ConflictableTransactionError::Abort)?)?;
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                for (k, v) in meta_updates {
-                    meta.insert(*k, v.as_slice())?;
-                }
-                for (k, v) in &membership {
-                    meta.insert(k.as_slice(), v.as_slice())?;
-                }
-                Ok::<(), ConflictableTransactionError<StoreError>>(())
-            })
+        self.apply(block, meta_updates)?;
+        self.db.flush().await
+    }
+
+    /// As [`ChainStore::persist`], without the flush: the follower stores the blocks that arrived
+    /// together, then flushes once before it says where they landed.
+    pub(crate) fn apply(&self, block: &Block, meta_updates: &[(&[u8], Vec<u8>)]) -> Result<(), StoreError> {
+        let prepared = self.prepare(block)?;
+        self.block_trees()
+            .as_slice()
+            .transaction(|t| write_block(&BlockViews::of(t), block, &prepared, meta_updates))
             .map_err(|e: TransactionError<StoreError>| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => e.into(),
-            })?;
-        self.db.flush().await
+            })
     }
+
+    /// The trees a block is written to, in the order [`BlockViews::of`] reads them.
+    pub(crate) fn block_trees(&self) -> [&sled::Tree; 7] {
+        [&self.blocks, &self.locations, &self.by_patient, &self.meta, &self.outbox, &self.consents, &self.records]
+    }
+
+    /// What storing `block` needs that is read before the transaction: its bytes and its
+    /// membership updates (deterministic from the block and the stored state).
+    pub(crate) fn prepare(&self, block: &Block) -> Result<PreparedBlock, StoreError> {
+        Ok(PreparedBlock { bytes: block.to_bytes(), membership: self.membership_updates(block)? })
+    }
+
+    /// The database the chain lives in (for the writer's group commit).
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
+/// A block's bytes and membership updates, read before its transaction.
+#[derive(Debug)]
+pub(crate) struct PreparedBlock {
+    bytes: Vec<u8>,
+    membership: MetaUpdates,
+}
+
+/// The chain's trees inside a transaction (see [`ChainStore::block_trees`]).
+pub(crate) struct BlockViews<'a> {
+    blocks: &'a TransactionalTree,
+    locs: &'a TransactionalTree,
+    pats: &'a TransactionalTree,
+    meta: &'a TransactionalTree,
+    out: &'a TransactionalTree,
+    cons: &'a TransactionalTree,
+    recs: &'a TransactionalTree,
+}
+
+impl<'a> BlockViews<'a> {
+    /// The views of the trees [`ChainStore::block_trees`] lists, in that order.
+    pub(crate) fn of(t: &'a [TransactionalTree]) -> BlockViews<'a> {
+        BlockViews { blocks: &t[0], locs: &t[1], pats: &t[2], meta: &t[3], out: &t[4], cons: &t[5], recs: &t[6] }
+    }
+}
+
+/// Writes a block with its indexes inside a transaction: the block, the location of every entry
+/// of its valid batches, the patient audit index, the removal of its entries from the outbox,
+/// the derived state (record custodians, consents), `meta_updates` and the membership updates.
+pub(crate) fn write_block(v: &BlockViews<'_>, block: &Block, prepared: &PreparedBlock, meta_updates: &[(&[u8], Vec<u8>)]) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let height = block.height;
+    v.blocks.insert(&height.to_be_bytes(), prepared.bytes.as_slice())?;
+    for (bi, (b, valid)) in block.batches.iter().zip(&block.valid).enumerate() {
+        if !*valid {
+            continue;
+        }
+        for (ei, e) in b.entries.iter().enumerate() {
+            let loc = Location { height, batch: bi as u32, entry: ei as u32 }.encode();
+            v.locs.insert(e.id.as_bytes(), &loc)?;
+            if let Some(p) = e.patient() {
+                let mut k = format!("{p}/").into_bytes();
+                k.extend_from_slice(&loc);
+                v.pats.insert(k, &loc)?;
+            }
+            v.out.remove(e.id.as_bytes())?;
+            derive_state(v, e, &loc)?;
+        }
+    }
+    for (k, val) in meta_updates {
+        v.meta.insert(*k, val.as_slice())?;
+    }
+    for (k, val) in &prepared.membership {
+        v.meta.insert(k.as_slice(), val.as_slice())?;
+    }
+    Ok(())
+}
+
+/// The state an entry of a valid batch changes: the custodian index of anchored records, and
+/// consents recorded or revoked.
+fn derive_state(v: &BlockViews<'_>, e: &Entry, loc: &[u8; 16]) -> Result<(), ConflictableTransactionError<StoreError>> {
+    match &e.body {
+        EntryBody::RecordAnchored { record_id, .. } if v.recs.get(record_id.as_bytes())?.is_none() => {
+            v.recs.insert(record_id.as_bytes(), loc)?;
+        }
+        EntryBody::ConsentRecorded { .. } => {
+            if let Some(c) = ConsentState::from_entry(e) {
+                v.cons.insert(consent_key(&c.patient, &c.consent_id), to_json("consent", &c).map_err(ConflictableTransactionError::Abort)?)?;
+            }
+        }
+        EntryBody::ConsentRevoked { consent_id, patient, .. } => {
+            let key = consent_key(patient, consent_id);
+            if let Some(val) = v.cons.get(&key)? {
+                let mut c: ConsentState = serde_json::from_slice(&val).map_err(|e| ConflictableTransactionError::Abort(StoreError::corrupt("consent", e)))?;
+                c.active = false;
+                c.revoked_by = Some(e.id.clone());
+                v.cons.insert(key, to_json("consent", &c).map_err(ConflictableTransactionError::Abort)?)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]

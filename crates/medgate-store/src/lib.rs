@@ -12,6 +12,7 @@
 mod db;
 mod error;
 
+pub mod ceiling;
 pub mod chain;
 pub mod order;
 pub mod vault;

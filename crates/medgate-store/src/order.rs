@@ -12,10 +12,11 @@ pub mod sequencer;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use medgate_ledger::{Batch, Block};
 
-use crate::{ChainStore, StoreError};
+use crate::{ChainStore, Sequencer, StoreError};
 
 /// A boxed future, as trait objects return them.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -29,8 +30,11 @@ pub struct Ordered {
     pub index: usize,
 }
 
+/// Where a submitted batch lands: resolves once the block holding it is stored and flushed.
+pub type Landing = BoxFuture<'static, Result<Ordered, StoreError>>;
+
 /// Places this gateway's signed batches in the total order.
-pub trait Orderer: Send + Sync + std::fmt::Debug {
+pub trait Orderer: Send + Sync + std::fmt::Debug + 'static {
     /// The sequence number this gateway's next batch carries.
     fn next_seq(&self, chain: &ChainStore, gateway: &str) -> Result<u64, StoreError>;
 
@@ -40,6 +44,23 @@ pub trait Orderer: Send + Sync + std::fmt::Debug {
 
     /// Orders a signed, verified batch; answers once the block holding it is stored and flushed.
     fn order<'a>(&'a self, chain: &'a ChainStore, batch: Batch) -> BoxFuture<'a, Result<Ordered, StoreError>>;
+
+    /// Submits a signed, verified batch and answers once the ordering service holds it, with
+    /// its [`Landing`]. Batches submitted one after another land in that order, so the writer
+    /// may submit the next one before the previous has landed (several batches in flight).
+    /// Without an override: [`Orderer::order`], the landing already there.
+    fn submit(self: Arc<Self>, chain: ChainStore, batch: Batch) -> BoxFuture<'static, Result<Landing, StoreError>> {
+        Box::pin(async move {
+            let ordered = self.order(&chain, batch).await?;
+            Ok(Box::pin(async move { Ok(ordered) }) as Landing)
+        })
+    }
+
+    /// The in-process sequencer, when this orderer is one: the writer then stores each group's
+    /// records, entries and block in one transaction and one flush (group commit).
+    fn sequencer(&self) -> Option<Sequencer> {
+        None
+    }
 }
 
 /// Signs ledger batches: the HSM's ledger key in the gateway ([`medgate_hsm::Hsm`] implements

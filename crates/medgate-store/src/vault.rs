@@ -350,30 +350,37 @@ impl Vault {
     /// `outbox` holds (entry id, entry bytes) for each record; `idem` holds (hashed key, the ids
     /// of the records stored under it) for the request's Idempotency-Key and each masterIdentifier.
     pub async fn store(&self, records: &[StoredRecord], outbox: &[(String, Vec<u8>)], idem: &[(Vec<u8>, Vec<String>)]) -> Result<(), VaultError> {
-        let encoded: Vec<(String, Vec<u8>)> = records
-            .iter()
-            .map(|r| to_json("record", r).map(|v| (r.id.clone(), v)))
-            .collect::<Result<_, _>>()?;
-        let idem_values: Vec<(&[u8], Vec<u8>)> = idem
-            .iter()
-            .map(|(k, ids)| to_json("idempotency state", &IdemState::Stored { record_ids: ids.clone() }).map(|v| (k.as_slice(), v)))
-            .collect::<Result<_, _>>()?;
-        (&self.records, &self.by_patient, &self.outbox, &self.idempotency)
-            .transaction(|(rec_t, idx_t, out_t, idem_t)| {
-                for ((id, bytes), r) in encoded.iter().zip(records) {
-                    rec_t.insert(id.as_bytes(), bytes.as_slice())?;
-                    idx_t.insert(format!("{}/{}", r.patient_pseudonym, id).as_bytes(), &[] as &[u8])?;
-                }
-                for (eid, bytes) in outbox {
-                    out_t.insert(eid.as_bytes(), bytes.as_slice())?;
-                }
-                for (k, v) in &idem_values {
-                    idem_t.insert(*k, v.as_slice())?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e: TransactionError<()>| VaultError::Storage(format!("{e:?}")))?;
+        let deposit = Deposit::encode(records, idem, outbox.to_vec())?;
+        self.write(&deposit)?;
         self.db.flush().await
+    }
+
+    /// Writes an encoded deposit in one transaction, without flushing.
+    pub(crate) fn write(&self, deposit: &Deposit) -> Result<(), VaultError> {
+        self.write_all(std::slice::from_ref(deposit))
+    }
+
+    /// Writes encoded deposits in one transaction, without flushing.
+    pub(crate) fn write_all(&self, deposits: &[Deposit]) -> Result<(), VaultError> {
+        [&self.records, &self.by_patient, &self.outbox, &self.idempotency]
+            .as_slice()
+            .transaction(|t| {
+                let v = DepositViews { records: &t[0], by_patient: &t[1], outbox: &t[2], idempotency: &t[3] };
+                for d in deposits {
+                    d.write(&v)?;
+                }
+                Ok(())
+            })
+            .map_err(|e: TransactionError<StoreError>| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => e.into(),
+            })
+    }
+
+    /// The trees a deposit is written to besides the outbox (which the chain shares): records,
+    /// the patient index and the idempotency states, in the order of [`DepositViews`].
+    pub(crate) fn deposit_trees(&self) -> [&sled::Tree; 3] {
+        [&self.records, &self.by_patient, &self.idempotency]
     }
 
     /// Crypto-shreds a record: the wrapped data key, the ciphertext and the sealed metadata are
@@ -555,6 +562,61 @@ impl Vault {
     pub fn put_raw(&self, id: &str, value: &[u8]) -> Result<(), VaultError> {
         self.records.insert(id.as_bytes(), value)?;
         self.db.flush_blocking()
+    }
+}
+
+/// Records with their idempotency states and ledger entries, encoded for one transaction: what
+/// one create makes durable together.
+#[derive(Debug, Default, Clone)]
+pub struct Deposit {
+    /// (record id, patient pseudonym, record bytes).
+    records: Vec<(String, String, Vec<u8>)>,
+    /// (hashed idempotency key, state bytes).
+    idem: Vec<(Vec<u8>, Vec<u8>)>,
+    /// (entry id, entry bytes) to put in the outbox.
+    pub(crate) outbox: Vec<(String, Vec<u8>)>,
+}
+
+/// A deposit's trees inside a transaction.
+pub(crate) struct DepositViews<'a> {
+    pub(crate) records: &'a sled::transaction::TransactionalTree,
+    pub(crate) by_patient: &'a sled::transaction::TransactionalTree,
+    pub(crate) outbox: &'a sled::transaction::TransactionalTree,
+    pub(crate) idempotency: &'a sled::transaction::TransactionalTree,
+}
+
+impl Deposit {
+    /// Encodes `records`, their idempotency states (hashed key, the ids of the records stored
+    /// under it) and `outbox` entries (entry id, entry bytes).
+    pub fn encode(records: &[StoredRecord], idem: &[(Vec<u8>, Vec<String>)], outbox: Vec<(String, Vec<u8>)>) -> Result<Deposit, VaultError> {
+        Ok(Deposit {
+            records: records.iter().map(|r| Ok((r.id.clone(), r.patient_pseudonym.clone(), to_json("record", r)?))).collect::<Result<_, StoreError>>()?,
+            idem: idem
+                .iter()
+                .map(|(k, ids)| Ok((k.clone(), to_json("idempotency state", &IdemState::Stored { record_ids: ids.clone() })?)))
+                .collect::<Result<_, StoreError>>()?,
+            outbox,
+        })
+    }
+
+    /// The same deposit, carrying `outbox` entries.
+    pub(crate) fn with_outbox(&self, outbox: Vec<(String, Vec<u8>)>) -> Deposit {
+        Deposit { outbox, ..self.clone() }
+    }
+
+    /// Writes records, index rows and idempotency states, and the outbox entries it carries.
+    pub(crate) fn write(&self, v: &DepositViews<'_>) -> Result<(), ConflictableTransactionError<StoreError>> {
+        for (id, pseudonym, bytes) in &self.records {
+            v.records.insert(id.as_bytes(), bytes.as_slice())?;
+            v.by_patient.insert(format!("{pseudonym}/{id}").as_bytes(), &[] as &[u8])?;
+        }
+        for (eid, bytes) in &self.outbox {
+            v.outbox.insert(eid.as_bytes(), bytes.as_slice())?;
+        }
+        for (k, bytes) in &self.idem {
+            v.idempotency.insert(k.as_slice(), bytes.as_slice())?;
+        }
+        Ok(())
     }
 }
 

@@ -1,10 +1,23 @@
-//! The ledger writer: one task owns appends. It gathers entries into a batch (up to
-//! `max_entries`, or whatever arrived within `max_delay`), has the HSM sign the batch's Merkle
-//! root once, hands the batch to the [`Orderer`], and answers each caller with a [`Receipt`] per
-//! entry once the block holding it is stored and flushed.
+//! The ledger writer: one task owns appends, and commits in groups. Whatever arrived while the
+//! previous group was being written forms the next group (no fixed time window: an idle
+//! gateway commits at once, a busy one groups by itself), up to the batch size; the group's new
+//! entries are signed in the HSM once, as one batch.
 //!
-//! Boundary: batching, signing and receipts. Where a batch lands in the order, and how its
-//! block is cut and stored, is the orderer's business.
+//! Two ways to commit, chosen by the [`Orderer`]:
+//! * with the in-process sequencer ([`local`]): a group's records, idempotency states, entries
+//!   and block go to disk in one transaction and one flush, and every request of the group is
+//!   answered after that flush. The next group is signed and written while a flush is under
+//!   way; one flusher flushes whatever was written before it started.
+//! * with an ordering service ([`pipeline`]): a group's records and entries are first stored
+//!   and flushed with the entries in the outbox (one transaction, one flush), then its batch is
+//!   submitted; the next group's batch follows as soon as the service holds this one, several
+//!   batches in flight in sequence, each answered when its block has landed.
+//!
+//! Boundary: grouping, signing, durability of what a request hands over, and receipts. Where a
+//! batch lands in the order, and how its block is cut and stored, is the orderer's business.
+
+mod local;
+mod pipeline;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,20 +26,51 @@ use std::time::Duration;
 use medgate_ledger::{Batch, Entry, Receipt, UnsignedBatch};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::vault::Vault;
+use crate::vault::{Deposit, StoredRecord, Vault};
 use crate::{ChainStore, Events, LedgerSigner, Orderer, StoreError};
+
+/// Why a request's entries are not in a block, and whether what it handed over is stored
+/// (records, and its entries in the outbox, for the background drain) anyway.
+#[derive(Debug, Clone)]
+struct Refused {
+    why: String,
+    stored: bool,
+}
 
 struct Pending {
     entries: Vec<Entry>,
-    reply: oneshot::Sender<Result<Vec<Receipt>, String>>,
+    /// Records and idempotency states stored with the entries.
+    deposit: Option<Deposit>,
+    /// The writer makes the entries durable (in the block, or in the outbox when the ledger
+    /// cannot take them); `false` for entries the outbox already holds (the drain).
+    durable: bool,
     /// In a batch of its own: entries whose validity depends on a state that may change while
     /// they are on their way (membership) must not take other entries down with them.
     alone: bool,
+    reply: oneshot::Sender<Result<Vec<Receipt>, Refused>>,
 }
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("entries", &self.entries.len()).finish()
+        f.debug_struct("Pending").field("entries", &self.entries.len()).field("deposit", &self.deposit.is_some()).finish()
+    }
+}
+
+/// Receipts by entry id, or why a group's entries are not in a block.
+type Outcome = Result<HashMap<String, Receipt>, Refused>;
+
+/// Answers every request of a group from its outcome.
+fn answer(group: Vec<Pending>, outcome: &Outcome) {
+    for p in group {
+        let mine = match outcome {
+            Ok(receipts) => p
+                .entries
+                .iter()
+                .map(|e| receipts.get(&e.id).cloned().ok_or_else(|| Refused { why: format!("no receipt for entry {}", e.id), stored: p.durable }))
+                .collect(),
+            Err(r) => Err(r.clone()),
+        };
+        let _ = p.reply.send(mine);
     }
 }
 
@@ -36,14 +80,16 @@ pub struct Ledger {
     tx: mpsc::Sender<Pending>,
     /// The chain the writer appends to.
     pub store: ChainStore,
+    max_entries: usize,
 }
 
 /// Batching limits.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchPolicy {
-    /// Most entries signed together in one batch.
+    /// Most entries signed together in one batch (and gathered into one group).
     pub max_entries: usize,
-    /// Longest an entry waits for its batch to fill.
+    /// How long a group waits for more entries before it is committed. Zero (the default):
+    /// no wait; a group holds what arrived while the previous one was being written.
     pub max_delay: Duration,
 }
 
@@ -58,7 +104,7 @@ pub struct WriterParts {
     pub signer: Arc<dyn LedgerSigner>,
     /// Places batches in the order.
     pub orderer: Arc<dyn Orderer>,
-    /// Where entries wait until they are in a block.
+    /// Where records and entries are stored until they are in a block.
     pub vault: Vault,
     /// Batching limits.
     pub policy: BatchPolicy,
@@ -74,9 +120,13 @@ impl Ledger {
         let (tx, rx) = mpsc::channel::<Pending>(4096);
         let vault = parts.vault.clone();
         let store = parts.store.clone();
+        let max_entries = parts.policy.max_entries.max(1);
         let writer = Writer { parts, keys: Mutex::new(HashMap::new()) };
-        tokio::spawn(writer.run(rx));
-        let ledger = Ledger { tx, store };
+        match writer.parts.orderer.sequencer() {
+            Some(sequencer) => tokio::spawn(local::run(writer, sequencer, rx)),
+            None => tokio::spawn(pipeline::run(writer, rx)),
+        };
+        let ledger = Ledger { tx, store, max_entries };
         if let Err(e) = ledger.drain_outbox(&vault).await {
             tracing::warn!(error = %e, outbox = vault.outbox_len(), "outbox entries not yet on the ledger; retrying in the background");
         }
@@ -88,20 +138,54 @@ impl Ledger {
         !self.tx.is_closed()
     }
 
-    /// Appends entries and waits until they are in a stored, flushed block.
+    /// Appends entries the outbox already holds and waits until they are in a stored, flushed
+    /// block.
     pub async fn append(&self, entries: Vec<Entry>) -> Result<Vec<Receipt>, StoreError> {
-        self.send(entries, false).await
+        let mut out = Vec::with_capacity(entries.len());
+        for chunk in entries.chunks(self.max_entries) {
+            out.extend(self.send(chunk.to_vec(), None, false, false).await.map_err(|r| StoreError::Order(r.why))?);
+        }
+        Ok(out)
     }
 
     /// As [`Ledger::append`], in a batch that holds these entries only.
     pub async fn append_alone(&self, entries: Vec<Entry>) -> Result<Vec<Receipt>, StoreError> {
-        self.send(entries, true).await
+        self.send(entries, None, false, true).await.map_err(|r| StoreError::Order(r.why))
     }
 
-    async fn send(&self, entries: Vec<Entry>, alone: bool) -> Result<Vec<Receipt>, StoreError> {
+    /// Stores records (with their index rows) and their idempotency states (hashed key, the
+    /// ids of the records stored under it) together with the entries that anchor them, durably,
+    /// and puts the entries on the ledger. `Err`: nothing was stored. `Ok(None)`: stored and
+    /// flushed, the entries wait in the outbox (the ledger could not take them). `Ok(Some(_))`:
+    /// the entries are in a flushed block, with the records.
+    pub async fn deposit(&self, records: &[StoredRecord], idem: &[(Vec<u8>, Vec<String>)], entries: Vec<Entry>) -> Result<Option<Vec<Receipt>>, StoreError> {
+        let deposit = Deposit::encode(records, idem, Vec::new())?;
+        Self::settle(self.send(entries, Some(deposit), true, false).await)
+    }
+
+    /// Records entries (an access, a search) durably and puts them on the ledger: `Ok(Some(_))`
+    /// once they are in a flushed block, `Ok(None)` when they wait in the flushed outbox, `Err`
+    /// when they could not be stored at all.
+    pub async fn record(&self, entries: Vec<Entry>) -> Result<Option<Vec<Receipt>>, StoreError> {
+        Self::settle(self.send(entries, None, true, false).await)
+    }
+
+    fn settle(r: Result<Vec<Receipt>, Refused>) -> Result<Option<Vec<Receipt>>, StoreError> {
+        match r {
+            Ok(receipts) => Ok(Some(receipts)),
+            Err(Refused { why, stored: true }) => {
+                tracing::warn!(reason = %why, "stored; the ledger entries wait in the outbox");
+                Ok(None)
+            }
+            Err(Refused { why, stored: false }) => Err(StoreError::Storage(why)),
+        }
+    }
+
+    async fn send(&self, entries: Vec<Entry>, deposit: Option<Deposit>, durable: bool, alone: bool) -> Result<Vec<Receipt>, Refused> {
+        let stopped = || Refused { why: StoreError::Stopped.to_string(), stored: false };
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Pending { entries, reply, alone }).await.map_err(|_| StoreError::Stopped)?;
-        rx.await.map_err(|_| StoreError::Stopped)?.map_err(StoreError::Order)
+        self.tx.send(Pending { entries, deposit, durable, alone, reply }).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Appends whatever the outbox holds that is not on the chain yet (after a crash or an outage).
@@ -118,9 +202,7 @@ impl Ledger {
         let n = todo.len();
         if n > 0 {
             tracing::info!(entries = n, "appending ledger entries left in the outbox");
-            for chunk in todo.chunks(256) {
-                self.append(chunk.to_vec()).await?;
-            }
+            self.append(todo).await?;
         }
         Ok(n)
     }
@@ -133,77 +215,52 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(self, mut rx: mpsc::Receiver<Pending>) {
-        let mut carried: Option<Pending> = None;
-        loop {
-            let first = match carried.take() {
-                Some(p) => p,
-                None => match rx.recv().await {
-                    Some(p) => p,
-                    None => break,
-                },
-            };
-            let (group, next) = self.gather(first, &mut rx).await;
-            carried = next;
-            self.answer(group).await;
-        }
-        tracing::info!("ledger writer stopped");
-    }
-
-    /// The requests that go into one append: `first`, and whatever arrives within the batching
-    /// delay up to the batch size. A request that must be alone is carried to the next append.
-    async fn gather(&self, first: Pending, rx: &mut mpsc::Receiver<Pending>) -> (Vec<Pending>, Option<Pending>) {
+    /// The requests of one group: `first`, then whatever is already waiting, up to the batch
+    /// size (waiting up to the policy's delay for more when it is not zero). A request that
+    /// must be alone ends the group and is carried to the next one.
+    async fn gather(&self, first: Pending, rx: &mut mpsc::Receiver<Pending>, carried: &mut Option<Pending>) -> Vec<Pending> {
         let policy = self.parts.policy;
         let alone = first.alone;
         let mut count = first.entries.len();
         let mut group = vec![first];
         let deadline = tokio::time::Instant::now() + policy.max_delay;
         while !alone && count < policy.max_entries {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(p)) if p.alone => return (group, Some(p)),
-                Ok(Some(p)) => {
-                    count += p.entries.len();
-                    group.push(p);
-                }
-                Ok(None) | Err(_) => break,
+            let next = match rx.try_recv() {
+                Ok(p) => Some(p),
+                Err(_) if policy.max_delay.is_zero() => None,
+                Err(_) => tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten(),
+            };
+            let Some(p) = next else { break };
+            if p.alone || count + p.entries.len() > policy.max_entries {
+                *carried = Some(p);
+                break;
             }
+            count += p.entries.len();
+            group.push(p);
         }
-        (group, None)
+        group
     }
 
-    /// Commits a group's entries (one block per batch-sized chunk) and answers each request.
-    async fn answer(&self, group: Vec<Pending>) {
-        let entries: Vec<Entry> = group.iter().flat_map(|p| p.entries.iter().cloned()).collect();
-        let mut committed = Ok(Vec::with_capacity(entries.len()));
-        for chunk in entries.chunks(self.parts.policy.max_entries.max(1)) {
-            match self.commit(chunk.to_vec()).await {
-                Ok(r) => {
-                    if let Ok(all) = committed.as_mut() {
-                        all.extend(r);
-                    }
+    /// The group's entries split into those already on the chain (an outbox drain racing the
+    /// request that first submitted them: answered from the chain) and the new ones, each once
+    /// even when it was queued twice: a batch holding an entry that is already on the chain
+    /// would be flagged invalid, and with it every other entry in it.
+    fn split_known(&self, group: &[Pending]) -> Result<(HashMap<String, Receipt>, Vec<Entry>), StoreError> {
+        let mut known = HashMap::new();
+        let mut fresh: Vec<Entry> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for e in group.iter().flat_map(|p| p.entries.iter()) {
+            if !seen.insert(e.id.as_str()) {
+                continue;
+            }
+            match self.parts.store.receipt(&e.id)? {
+                Some(r) => {
+                    known.insert(e.id.clone(), r);
                 }
-                Err(e) => {
-                    committed = Err(e);
-                    break;
-                }
+                None => fresh.push(e.clone()),
             }
         }
-        match committed {
-            Ok(receipts) => {
-                let mut it = receipts.into_iter();
-                for p in group {
-                    let mine: Vec<Receipt> = it.by_ref().take(p.entries.len()).collect();
-                    let _ = p.reply.send(Ok(mine));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, entries = entries.len(), "ledger append failed; entries stay in the outbox");
-                self.parts.events.incr("ledger_append_failures");
-                for p in group {
-                    let _ = p.reply.send(Err(e.to_string()));
-                }
-            }
-        }
+        Ok((known, fresh))
     }
 
     fn public_key(&self, version: u32) -> Result<Vec<u8>, StoreError> {
@@ -216,39 +273,10 @@ impl Writer {
         Ok(spki)
     }
 
-    /// Appends entries, answering those already on the chain (an outbox drain racing the
-    /// request that first submitted them) from the chain, and each entry once even when it was
-    /// queued twice: a batch holding an entry that is already on the chain would be flagged
-    /// invalid, and with it every other entry in it.
-    async fn commit(&self, entries: Vec<Entry>) -> Result<Vec<Receipt>, StoreError> {
-        let mut known: HashMap<String, Receipt> = HashMap::new();
-        let mut fresh = Vec::new();
-        for e in &entries {
-            if known.contains_key(&e.id) || fresh.iter().any(|f: &Entry| f.id == e.id) {
-                continue;
-            }
-            match self.parts.store.receipt(&e.id)? {
-                Some(r) => {
-                    known.insert(e.id.clone(), r);
-                }
-                None => fresh.push(e.clone()),
-            }
-        }
-        if !fresh.is_empty() {
-            for r in self.commit_fresh(fresh).await? {
-                known.insert(r.entry.id.clone(), r);
-            }
-        }
-        entries
-            .iter()
-            .map(|e| known.get(&e.id).cloned().ok_or_else(|| StoreError::Format(format!("no receipt for entry {}", e.id))))
-            .collect()
-    }
-
-    /// Signs a batch of new entries, checks it, has it ordered, and returns the receipts.
-    async fn commit_fresh(&self, entries: Vec<Entry>) -> Result<Vec<Receipt>, StoreError> {
-        let (store, gateway) = (&self.parts.store, self.parts.gateway.as_str());
-        let seq = self.parts.orderer.next_seq(store, gateway)?;
+    /// Signs a batch of new entries with sequence number `seq` (one HSM signature), checks it
+    /// and returns it with its key version and public key.
+    async fn sign(&self, seq: u64, entries: Vec<Entry>) -> Result<(Batch, u32, Vec<u8>), StoreError> {
+        let gateway = self.parts.gateway.as_str();
         let unsigned = UnsignedBatch::new(gateway, seq, entries);
         unsigned.check().map_err(|e| StoreError::Format(format!("batch refused before signing: {e}")))?;
         let message = unsigned.signing_message();
@@ -261,12 +289,12 @@ impl Writer {
         batch
             .verify(&|g: &str, v: u32| (g == gateway && v == key_version).then(|| spki.clone()))
             .map_err(|e| StoreError::Format(format!("own batch does not verify: {e}")))?;
-        self.parts.orderer.admit(store, gateway, key_version, &spki)?;
-        let n = batch.entries.len();
-        let ordered = self.parts.orderer.order(store, batch).await?;
-        self.parts.events.incr("ledger_batches");
-        (0..n)
-            .map(|i| Receipt::for_entry(&ordered.block, ordered.index, i).map_err(|e| StoreError::Format(e.to_string())))
-            .collect()
+        Ok((batch, key_version, spki))
+    }
+
+    /// Counts a group whose entries could not be put on the ledger.
+    fn failed(&self, why: &str, entries: usize) {
+        tracing::error!(error = %why, entries, "ledger append failed; entries stay in the outbox");
+        self.parts.events.incr("ledger_append_failures");
     }
 }

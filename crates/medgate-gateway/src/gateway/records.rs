@@ -88,8 +88,6 @@ impl Gateway {
         let sealing = self.shred.sealing().await;
         let stored = self.seal_all(caller, &docs).await;
         let (records, entries) = stored?;
-        let outbox: Vec<(String, Vec<u8>)> =
-            entries.iter().map(|e| Ok((e.id.clone(), serde_json::to_vec(e)?))).collect::<Result<_, serde_json::Error>>().map_err(GatewayError::internal)?;
         let mut idem: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
         if let Some(k) = request_key {
             idem.push((k.to_vec(), records.iter().map(|r| r.id.clone()).collect()));
@@ -99,16 +97,12 @@ impl Gateway {
                 idem.push((k.key().to_vec(), vec![r.id.clone()]));
             }
         }
-        self.vault.store(&records, &outbox, &idem).await?;
+        // Records, idempotency states and ledger entries reach the disk together, in one group
+        // commit with other requests' (see `medgate_store::writer`); `None`: stored, the entries
+        // wait in the outbox.
+        let receipts = self.ledger.deposit(&records, &idem, entries).await?;
         drop(sealing);
         self.metrics.incr("records_stored");
-        let receipts = match self.ledger.append(entries).await {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::warn!(error = %e, records = records.len(), "records stored; their ledger entries wait in the outbox");
-                None
-            }
-        };
         let references = docs.into_iter().map(|d| d.document_reference).collect();
         let created = self.respond(records, Some(references), receipts).await?;
         if let Some(k) = request_key {

@@ -23,7 +23,7 @@ use medgate_ledger::{Batch, Block, ChainState, LedgerError};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::etcd::{EtcdOrderer, EtcdSettings, COMPACTED};
-use super::{BlockSource, BoxFuture, Events, Ordered, Orderer};
+use super::{BlockSource, BoxFuture, Events, Landing, Ordered, Orderer};
 use crate::{ChainStore, StoreError};
 
 /// Where this gateway's own batches landed: batch hash → (block height, valid).
@@ -33,40 +33,28 @@ pub struct Landed {
     notify: Notify,
 }
 
-/// A registration to wait for one batch; take it before submitting so no landing is missed.
-#[derive(Debug)]
-pub struct Waiter<'a> {
-    landed: &'a Landed,
-}
-
 impl Landed {
-    /// Registers interest in a landing.
-    pub fn waiter(&self) -> Waiter<'_> {
-        Waiter { landed: self }
-    }
-
     fn record(&self, hash: [u8; 32], height: u64, valid: bool) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         // Landings nobody waits for any more (the writer gave up, the outbox took over) must not
         // pile up over the years: only recent ones matter.
         if seen.len() >= 4096 {
-            seen.clear();
+            seen.retain(|_, (h, _)| *h + 1024 >= height);
         }
         seen.insert(hash, (height, valid));
         drop(seen);
         self.notify.notify_waiters();
     }
-}
 
-impl Waiter<'_> {
-    /// Waits until the batch is in a stored block, at most `timeout`.
-    pub async fn wait(self, hash: [u8; 32], timeout: Duration) -> Option<(u64, bool)> {
+    /// Waits until the batch is in a stored, flushed block, at most `timeout`. A landing that
+    /// came before the wait began is kept for it.
+    pub async fn wait(&self, hash: [u8; 32], timeout: Duration) -> Option<(u64, bool)> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let notified = self.landed.notify.notified();
+            let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(v) = self.landed.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash) {
+            if let Some(v) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash) {
                 return Some(v);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -229,73 +217,123 @@ impl Orderer for EtcdLink {
     fn order<'a>(&'a self, chain: &'a ChainStore, batch: Batch) -> BoxFuture<'a, Result<Ordered, StoreError>> {
         Box::pin(async move {
             let (hash, seq) = (batch.hash(), batch.seq);
-            let waiter = self.landed.waiter();
             self.orderer.submit(&batch).await.map_err(StoreError::Order)?;
-            let (height, valid) = waiter.wait(hash, LAND_TIMEOUT).await.ok_or_else(|| {
-                StoreError::Order("the ordering service took the batch but it was not seen in a block in time; its entries stay in the outbox".into())
-            })?;
-            if !valid {
-                return Err(StoreError::Order(format!("batch {seq} was flagged invalid in block {height}; its entries stay in the outbox")));
-            }
-            let block = chain.block(height)?.ok_or_else(|| StoreError::Storage(format!("block {height} missing")))?;
-            let index = block.batches.iter().position(|b| b.hash() == hash).ok_or_else(|| StoreError::Storage(format!("batch not in block {height}")))?;
-            Ok(Ordered { block, index })
+            self.landing(chain, hash, seq).await
+        })
+    }
+
+    fn submit(self: Arc<Self>, chain: ChainStore, batch: Batch) -> BoxFuture<'static, Result<Landing, StoreError>> {
+        Box::pin(async move {
+            let (hash, seq) = (batch.hash(), batch.seq);
+            self.orderer.submit(&batch).await.map_err(StoreError::Order)?;
+            Ok(Box::pin(async move { self.landing(&chain, hash, seq).await }) as Landing)
         })
     }
 }
 
+impl EtcdLink {
+    /// Waits for this gateway's batch `hash` (sequence number `seq`) to land in a block.
+    async fn landing(&self, chain: &ChainStore, hash: [u8; 32], seq: u64) -> Result<Ordered, StoreError> {
+        let (height, valid) = self.landed.wait(hash, LAND_TIMEOUT).await.ok_or_else(|| {
+            StoreError::Order("the ordering service took the batch but it was not seen in a block in time; its entries stay in the outbox".into())
+        })?;
+        if !valid {
+            return Err(StoreError::Order(format!("batch {seq} was flagged invalid in block {height}; its entries stay in the outbox")));
+        }
+        let block = chain.block(height)?.ok_or_else(|| StoreError::Storage(format!("block {height} missing")))?;
+        let index = block.batches.iter().position(|b| b.hash() == hash).ok_or_else(|| StoreError::Storage(format!("batch not in block {height}")))?;
+        Ok(Ordered { block, index })
+    }
+}
+
+/// Most blocks the follower stores before it flushes and says where they landed.
+const BLOCKS_PER_FLUSH: usize = 256;
+
 /// Cuts a block for every batch of the ordered stream (revision, batch bytes), in order, and
-/// stores it. Revisions at or below the stored chain's position are skipped, so the stream may
-/// be replayed from any earlier point after a reconnection.
+/// stores it. Batches that arrived together are stored block by block (each cut against the
+/// state the previous one left) and flushed once; only then does the writer hear where its
+/// batches landed. Revisions at or below the stored chain's position are skipped, so the
+/// stream may be replayed from any earlier point after a reconnection.
 pub async fn follow(store: ChainStore, me: String, mut rx: mpsc::Receiver<Feed>, link: Arc<EtcdLink>, events: Arc<dyn Events>) -> Result<(), StoreError> {
     let landed = link.landed.clone();
     let mut state = store.state()?;
-    while let Some(feed) = rx.recv().await {
-        let (revision, bytes) = match feed {
-            Feed::Batch(r, b) => (r, b),
-            Feed::CatchUp(reply) => {
-                let peers = link.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let r = match peers {
-                    None => Err("no peer gateways are configured".to_owned()),
-                    Some(p) => catch_up(&store, &me, &mut state, p.as_ref(), &landed).await,
-                };
-                let _ = reply.send(r);
-                continue;
+    while let Some(first) = rx.recv().await {
+        let mut stored: Vec<Block> = Vec::new();
+        let mut next_feed = Some(first);
+        while let Some(feed) = next_feed.take() {
+            match feed {
+                Feed::Batch(revision, bytes) => {
+                    if let Some(block) = follow_one(&store, &mut state, revision, &bytes, events.as_ref())? {
+                        stored.push(block);
+                    }
+                }
+                Feed::CatchUp(reply) => {
+                    settle(&store, &me, &landed, std::mem::take(&mut stored)).await?;
+                    let peers = link.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let r = match peers {
+                        None => Err("no peer gateways are configured".to_owned()),
+                        Some(p) => catch_up(&store, &me, &mut state, p.as_ref(), &landed).await,
+                    };
+                    let _ = reply.send(r);
+                }
             }
-        };
-        if state.order_position().is_some_and(|p| revision <= p) {
-            continue;
+            if stored.len() < BLOCKS_PER_FLUSH {
+                next_feed = rx.try_recv().ok();
+            }
         }
-        let batch = match Batch::from_bytes(&bytes) {
-            Ok(b) => b,
-            Err(e) => {
-                // Not representable in a block; every gateway skips the same bytes.
-                tracing::warn!(revision, error = %e, "undecodable batch in the ordered stream skipped");
-                events.incr("ledger_undecodable_batches");
-                continue;
-            }
-        };
-        let mut next = state.clone();
-        let block = match cut_checked(&store, &mut next, revision, vec![batch])? {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(revision, error = %e, "batch could not be cut into a block; skipped");
-                continue;
-            }
-        };
-        if !block.valid[0] {
-            events.incr("ledger_invalid_batches");
-            // Why, for the operator: the same checks again, against the state before the block.
-            let b = &block.batches[0];
-            let why = match state.check_batch(b, &|gw: &str, v: u32| store.member_key(gw, v)) {
-                Err(e) => format!("{e} (signature, key version not admitted, not a member, or out of sequence)"),
-                Ok(()) => "an entry is already on the chain or breaks an entry rule (consent, erasure, membership)".to_owned(),
-            };
-            tracing::warn!(height = block.height, gateway = %b.gateway, seq = b.seq, reason = %why, "batch flagged invalid");
-        }
-        commit_block(&store, &me, &landed, &block, next, &mut state).await?;
+        settle(&store, &me, &landed, stored).await?;
     }
     Ok(())
+}
+
+/// Flushes the blocks stored since the last flush, then tells the writer where this gateway's
+/// batches landed.
+async fn settle(store: &ChainStore, me: &str, landed: &Landed, blocks: Vec<Block>) -> Result<(), StoreError> {
+    if blocks.is_empty() {
+        return Ok(());
+    }
+    store.db().flush().await?;
+    for block in &blocks {
+        record_landings(me, landed, block);
+    }
+    Ok(())
+}
+
+/// Cuts and stores (unflushed) the block of one batch of the stream; `None` when the batch is
+/// skipped (already on the chain, or undecodable).
+fn follow_one(store: &ChainStore, state: &mut ChainState, revision: u64, bytes: &[u8], events: &dyn Events) -> Result<Option<Block>, StoreError> {
+    if state.order_position().is_some_and(|p| revision <= p) {
+        return Ok(None);
+    }
+    let batch = match Batch::from_bytes(bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            // Not representable in a block; every gateway skips the same bytes.
+            tracing::warn!(revision, error = %e, "undecodable batch in the ordered stream skipped");
+            events.incr("ledger_undecodable_batches");
+            return Ok(None);
+        }
+    };
+    let mut next = state.clone();
+    let block = match cut_checked(store, &mut next, revision, vec![batch])? {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(revision, error = %e, "batch could not be cut into a block; skipped");
+            return Ok(None);
+        }
+    };
+    if !block.valid[0] {
+        events.incr("ledger_invalid_batches");
+        // Why, for the operator: the same checks again, against the state before the block.
+        let b = &block.batches[0];
+        let why = match state.check_batch(b, &|gw: &str, v: u32| store.member_key(gw, v)) {
+            Err(e) => format!("{e} (signature, key version not admitted, not a member, or out of sequence)"),
+            Ok(()) => "an entry is already on the chain or breaks an entry rule (consent, erasure, membership)".to_owned(),
+        };
+        tracing::warn!(height = block.height, gateway = %b.gateway, seq = b.seq, reason = %why, "batch flagged invalid");
+    }
+    apply_block(store, &block, next, state)?;
+    Ok(Some(block))
 }
 
 /// Cuts the block for `batches` at `position` from `state` with the membership and entry rules
@@ -330,17 +368,27 @@ fn cut_checked(store: &ChainStore, state: &mut ChainState, position: u64, batche
 }
 
 /// Stores a checked block with the chain state it leads to (and the ordering position to
-/// resume after), then tells the writer where this gateway's own batches landed.
-async fn commit_block(store: &ChainStore, me: &str, landed: &Landed, block: &Block, next: ChainState, state: &mut ChainState) -> Result<(), StoreError> {
-    store
-        .persist(block, &[(b"chain_state", next.to_bytes()), (b"last_revision", block.order_position.to_be_bytes().to_vec())])
-        .await?;
+/// resume after), unflushed.
+fn apply_block(store: &ChainStore, block: &Block, next: ChainState, state: &mut ChainState) -> Result<(), StoreError> {
+    store.apply(block, &[(b"chain_state", next.to_bytes()), (b"last_revision", block.order_position.to_be_bytes().to_vec())])?;
     *state = next;
+    Ok(())
+}
+
+/// Tells the writer where this gateway's own batches of a flushed block landed.
+fn record_landings(me: &str, landed: &Landed, block: &Block) {
     for (batch, valid) in block.batches.iter().zip(&block.valid) {
         if batch.gateway == me {
             landed.record(batch.hash(), block.height, *valid);
         }
     }
+}
+
+/// Stores a checked block, flushed, then tells the writer where this gateway's batches landed.
+async fn commit_block(store: &ChainStore, me: &str, landed: &Landed, block: &Block, next: ChainState, state: &mut ChainState) -> Result<(), StoreError> {
+    apply_block(store, block, next, state)?;
+    store.db().flush().await?;
+    record_landings(me, landed, block);
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! (the same batch hash always gets the same position), gap-free, durable. One block per batch.
 
 use medgate_ledger::{Batch, Block};
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional, TransactionalTree};
 
 use super::{BoxFuture, Ordered, Orderer};
 use crate::error::read_u64;
@@ -25,18 +25,13 @@ impl Sequencer {
     /// the same position and creates nothing new. A stored position or counter that is not 8
     /// bytes is an error, never position 0.
     pub fn position(&self, batch_hash: [u8; 32]) -> Result<u64, StoreError> {
-        let abort = ConflictableTransactionError::Abort;
         (&self.positions, &self.meta)
             .transaction(|(pos, meta)| {
                 if let Some(p) = pos.get(batch_hash)? {
-                    return read_u64("sequencer position", &p).map_err(abort);
+                    return read_u64("sequencer position", &p).map_err(ConflictableTransactionError::Abort);
                 }
-                let next = match meta.get(b"next")? {
-                    Some(v) => read_u64("sequencer counter", &v).map_err(abort)?,
-                    None => 1,
-                };
-                pos.insert(&batch_hash, &next.to_be_bytes())?;
-                meta.insert(b"next", &(next + 1).to_be_bytes())?;
+                let next = Sequencer::next_in(meta)?;
+                Sequencer::place_in(pos, meta, batch_hash, next)?;
                 Ok(next)
             })
             .map_err(|e: TransactionError<StoreError>| match e {
@@ -44,9 +39,38 @@ impl Sequencer {
                 TransactionError::Storage(e) => e.into(),
             })
     }
+
+    /// The position the next new batch gets.
+    pub(crate) fn next(&self) -> Result<u64, StoreError> {
+        self.meta.get(b"next")?.map_or(Ok(1), |v| read_u64("sequencer counter", &v))
+    }
+
+    fn next_in(meta: &TransactionalTree) -> Result<u64, ConflictableTransactionError<StoreError>> {
+        match meta.get(b"next")? {
+            Some(v) => read_u64("sequencer counter", &v).map_err(ConflictableTransactionError::Abort),
+            None => Ok(1),
+        }
+    }
+
+    /// Gives `batch_hash` position `position` (the next one) inside a transaction over
+    /// [`Sequencer::trees`].
+    pub(crate) fn place_in(pos: &TransactionalTree, meta: &TransactionalTree, batch_hash: [u8; 32], position: u64) -> Result<(), ConflictableTransactionError<StoreError>> {
+        pos.insert(&batch_hash, &position.to_be_bytes())?;
+        meta.insert(b"next", &(position + 1).to_be_bytes())?;
+        Ok(())
+    }
+
+    /// The positions tree and the counter's tree, in the order [`Sequencer::place_in`] takes them.
+    pub(crate) fn trees(&self) -> [&sled::Tree; 2] {
+        [&self.positions, &self.meta]
+    }
 }
 
 impl Orderer for Sequencer {
+    fn sequencer(&self) -> Option<Sequencer> {
+        Some(self.clone())
+    }
+
     fn next_seq(&self, chain: &ChainStore, _gateway: &str) -> Result<u64, StoreError> {
         chain.next_seq()
     }

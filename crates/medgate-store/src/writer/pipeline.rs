@@ -1,0 +1,180 @@
+//! Commits through an ordering service, several batches in flight.
+//!
+//! For each group: its records, idempotency states and entries are stored first, with the
+//! entries in the outbox, in one transaction and one flush (whatever happens to the ordering
+//! service from then on, nothing is lost). Its new entries are then signed as one batch and
+//! submitted; as soon as the service holds the batch (its place in the order is fixed) the
+//! writer goes on with the next group, while a task waits for this one's block and answers its
+//! requests. Batches are submitted one after another, so their sequence numbers land in order.
+//!
+//! Sequence numbers are counted here while batches are in flight. When a batch fails (refused,
+//! flagged invalid, or not seen in time), the batches after it cannot count either; the writer
+//! then waits until nothing is in flight and reads the next number from the chain again. The
+//! entries of those batches stay in the outbox for the background drain. Entries whose
+//! validity depends on chain state ([`crate::ChainStore::rules_read_state`]), requests that
+//! must be alone, and the drain itself are sent only when nothing is in flight, and nothing
+//! follows them until they have landed.
+
+use std::collections::HashMap;
+
+use medgate_ledger::Receipt;
+use tokio::sync::mpsc;
+
+use super::{answer, Outcome, Pending, Refused, Writer};
+use crate::error::to_json;
+use crate::order::Landing;
+use crate::{ChainStore, StoreError};
+
+/// Most groups submitted and not yet landed.
+const IN_FLIGHT: usize = 8;
+
+/// What the writer task tracks of the batches in flight.
+#[derive(Debug, Default)]
+struct Flight {
+    /// Groups submitted whose blocks have not landed yet.
+    groups: usize,
+    /// The next sequence number, while it is known here; `None`: read it from the chain once
+    /// nothing is in flight.
+    next_seq: Option<u64>,
+}
+
+impl Flight {
+    fn landed(&mut self, ok: bool) {
+        self.groups = self.groups.saturating_sub(1);
+        if !ok {
+            self.next_seq = None;
+        }
+    }
+}
+
+pub(super) async fn run(w: Writer, mut rx: mpsc::Receiver<Pending>) {
+    let (landed_tx, mut landed_rx) = mpsc::unbounded_channel::<bool>();
+    let mut flight = Flight::default();
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => tokio::select! {
+                p = rx.recv() => match p {
+                    Some(p) => p,
+                    None => break,
+                },
+                Some(ok) = landed_rx.recv() => {
+                    flight.landed(ok);
+                    continue;
+                }
+            },
+        };
+        let group = w.gather(first, &mut rx, &mut carried).await;
+        let barrier = group.iter().any(|p| p.alone || !p.durable || p.entries.iter().any(ChainStore::rules_read_state));
+        // Room in the pipeline; and an empty one for a barrier, or to read the sequence again.
+        while flight.groups >= IN_FLIGHT || (flight.groups > 0 && (barrier || flight.next_seq.is_none())) {
+            match landed_rx.recv().await {
+                Some(ok) => flight.landed(ok),
+                None => break,
+            }
+        }
+        w.submit_group(group, &mut flight, &landed_tx).await;
+        while barrier && flight.groups > 0 {
+            match landed_rx.recv().await {
+                Some(ok) => flight.landed(ok),
+                None => break,
+            }
+        }
+    }
+    tracing::info!("ledger writer stopped");
+}
+
+impl Writer {
+    /// Stores the group durably, then signs and submits its batches; a task answers the group
+    /// once they have landed.
+    async fn submit_group(&self, group: Vec<Pending>, flight: &mut Flight, landed_tx: &mpsc::UnboundedSender<bool>) {
+        if let Err(e) = self.store_group(&group).await {
+            answer(group, &Err(Refused { why: e.to_string(), stored: false }));
+            return;
+        }
+        let stored = |e: StoreError| Refused { why: e.to_string(), stored: true };
+        let (known, fresh) = match self.split_known(&group) {
+            Ok(v) => v,
+            Err(e) => return answer(group, &Err(stored(e))),
+        };
+        if fresh.is_empty() {
+            return answer(group, &Ok(known));
+        }
+        let landings = match self.submit_batches(fresh, flight).await {
+            Ok(l) => l,
+            Err(e) => {
+                flight.next_seq = None;
+                self.failed(&e.to_string(), group.iter().map(|p| p.entries.len()).sum());
+                return answer(group, &Err(stored(e)));
+            }
+        };
+        flight.groups += 1;
+        let (events, landed_tx) = (self.parts.events.clone(), landed_tx.clone());
+        tokio::spawn(async move {
+            let outcome = land(landings, known).await;
+            if let Err(r) = &outcome {
+                tracing::error!(error = %r.why, "ledger append failed; entries stay in the outbox");
+                events.incr("ledger_append_failures");
+            }
+            let ok = outcome.is_ok();
+            answer(group, &outcome);
+            let _ = landed_tx.send(ok);
+        });
+    }
+
+    /// One transaction for the group's deposits and the entries it hands over (in the outbox),
+    /// then one flush.
+    async fn store_group(&self, group: &[Pending]) -> Result<(), StoreError> {
+        let mut parts = Vec::new();
+        let mut loose = crate::vault::Deposit::default();
+        for p in group.iter().filter(|p| p.durable) {
+            let outbox = p.entries.iter().map(|e| Ok((e.id.clone(), to_json("ledger entry", e)?))).collect::<Result<Vec<_>, StoreError>>()?;
+            match &p.deposit {
+                Some(d) => parts.push(d.with_outbox(outbox)),
+                None => loose.outbox.extend(outbox),
+            }
+        }
+        if !loose.outbox.is_empty() {
+            parts.push(loose);
+        }
+        if parts.is_empty() {
+            return Ok(());
+        }
+        self.parts.vault.write_all(&parts)?;
+        self.parts.vault.sync().await
+    }
+
+    /// Signs the new entries in batches and submits them one after another; the landings in
+    /// the same order.
+    async fn submit_batches(&self, fresh: Vec<medgate_ledger::Entry>, flight: &mut Flight) -> Result<Vec<Landing>, StoreError> {
+        let (store, gateway) = (&self.parts.store, self.parts.gateway.as_str());
+        let mut seq = match flight.next_seq {
+            Some(s) => s,
+            None => self.parts.orderer.next_seq(store, gateway)?,
+        };
+        let mut landings = Vec::new();
+        for chunk in fresh.chunks(self.parts.policy.max_entries.max(1)) {
+            let (batch, key_version, spki) = self.sign(seq, chunk.to_vec()).await?;
+            self.parts.orderer.admit(store, gateway, key_version, &spki)?;
+            landings.push(self.parts.orderer.clone().submit(store.clone(), batch).await?);
+            self.parts.events.incr("ledger_batches");
+            seq += 1;
+            flight.next_seq = Some(seq);
+        }
+        Ok(landings)
+    }
+}
+
+/// Waits for each batch's block, in order, and collects the receipts.
+async fn land(landings: Vec<Landing>, mut receipts: HashMap<String, Receipt>) -> Outcome {
+    for landing in landings {
+        let ordered = landing.await.map_err(|e| Refused { why: e.to_string(), stored: true })?;
+        let batch = &ordered.block.batches[ordered.index];
+        for i in 0..batch.entries.len() {
+            let r = Receipt::for_entry(&ordered.block, ordered.index, i).map_err(|e| Refused { why: e.to_string(), stored: true })?;
+            receipts.insert(r.entry.id.clone(), r);
+        }
+    }
+    Ok(receipts)
+}

@@ -1,0 +1,99 @@
+//! The load generator: `concurrency` HIS clients, each on its own keep-alive mutual-TLS
+//! connection, storing ITI-65 transaction Bundles one after another until `records` are
+//! answered. The same generator drives the gateway and the null endpoint, so the two figures
+//! differ only by what the server does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use medgate_fhir::{sample_transaction, PatientId};
+
+use crate::client::HisClient;
+
+/// Patients the clients rotate over: pseudonyms are cached per patient, as in a hospital.
+pub const PATIENTS: usize = 5000;
+
+/// One measured run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Every request's latency, sorted.
+    pub latencies: Vec<Duration>,
+    /// Wall time from the first request to the last answer.
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// Answers per second.
+    pub fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The `p` quantile of the latencies, in milliseconds.
+    pub fn ms(&self, p: f64) -> f64 {
+        percentile(&self.latencies, p).as_secs_f64() * 1e3
+    }
+}
+
+/// The `p` quantile of sorted durations (nearest rank).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Where the clients connect and how.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl Target {
+    fn client(&self) -> Result<HisClient, String> {
+        Ok(HisClient::new(self.addr, "localhost", self.tls.clone())?.acting_as("dr.house", "physician", "TREAT"))
+    }
+}
+
+/// The patient of client `w`'s `i`-th record.
+fn patient(w: usize, i: usize) -> PatientId {
+    PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: format!("{}", 100_000 + (w * 7919 + i) % PATIENTS) }
+}
+
+/// Stores `records` documents of `size` bytes with `concurrency` clients; every answer must be
+/// `expect` (201).
+pub async fn drive(target: &Target, records: usize, concurrency: usize, size: usize, expect: u16) -> Result<Run, String> {
+    let per_client = records.div_ceil(concurrency);
+    let mut clients = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        clients.push(target.client()?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for (w, mut client) in clients.into_iter().enumerate() {
+        let n = per_client.min(records.saturating_sub(w * per_client));
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(n);
+            let data: Vec<u8> = (0..size).map(|i| (i * 31 + w) as u8).collect();
+            for i in 0..n {
+                let body = serde_json::to_vec(&sample_transaction(&patient(w, i), "application/pdf", &data, None)).map_err(|e| e.to_string())?;
+                let t = Instant::now();
+                let r = client.send("POST", "/", &[], body).await?;
+                if r.status != expect {
+                    return Err(format!("status {}: {}", r.status, String::from_utf8_lossy(&r.body)));
+                }
+                lat.push(t.elapsed());
+            }
+            Ok::<_, String>(lat)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(records);
+    for t in tasks {
+        latencies.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Ok(Run { latencies, elapsed })
+}

@@ -1,0 +1,181 @@
+//! What `medgate bench` prints: a table for people (ceilings first, then each level with its
+//! ratios to them), JSON for machines (`--json`), and an SVG chart of throughput and p99
+//! latency against concurrency (`--plot FILE.svg`, drawn with plotters' SVG backend).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use super::ceiling::HsmCeilings;
+
+/// One concurrency level, one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Level {
+    pub concurrency: usize,
+    /// Which repetition of this level (1-based).
+    pub run: usize,
+    pub records_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// The null endpoint, same generator, same level.
+    pub null_per_s: f64,
+    pub null_p99_ms: f64,
+    /// The store's write+flush rate with `store_group` records per flush.
+    pub store_per_s: f64,
+    pub store_group: usize,
+    pub pkcs11_calls_per_record: f64,
+    /// HSM operations per record: data-key wraps, batch signatures, pseudonym HMACs.
+    pub wraps_per_record: f64,
+    pub signs_per_record: f64,
+    pub hmacs_per_record: f64,
+    /// Resident memory of the process (gateway and generator) after the level, MiB.
+    pub rss_mib: Option<f64>,
+}
+
+impl Level {
+    /// Entries per signed batch (one signature per batch).
+    pub fn entries_per_batch(&self) -> f64 {
+        if self.signs_per_record > 0.0 {
+            1.0 / self.signs_per_record
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// UTC date and time of the run.
+    pub date: String,
+    pub cores: usize,
+    /// One-minute load average before and after the run (other work on the machine).
+    pub load_before: Option<f64>,
+    pub load_after: Option<f64>,
+    pub records_per_level: usize,
+    pub document_bytes: usize,
+    pub batch_max_entries: usize,
+    pub hsm_pool: usize,
+    /// How the site's KEK wraps data keys (`rfc5649` or `aes_gcm`).
+    pub kek_scheme: String,
+    pub hsm: HsmCeilings,
+    /// The raw rate of the wrap the gateway does per record (best of 1 and 2 threads).
+    pub wrap_ceiling: Option<f64>,
+    pub levels: Vec<Level>,
+    /// The shred pass after an erasure, when asked for.
+    pub shred: Option<serde_json::Value>,
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"))
+}
+
+fn ratio(a: f64, b: Option<f64>) -> String {
+    match b {
+        Some(b) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".to_owned(),
+    }
+}
+
+impl Report {
+    /// The table for people.
+    pub fn print_table(&self) {
+        println!(
+            "medgate bench {}: {} documents of {} bytes per level, mutual TLS over loopback, SoftHSM2, batches of at most {} entries, HSM pool {}, {} cores, load average {} before",
+            self.date,
+            self.records_per_level,
+            self.document_bytes,
+            self.batch_max_entries,
+            self.hsm_pool,
+            self.cores,
+            self.load_before.map_or("?".into(), |l| format!("{l:.2}")),
+        );
+        println!("ceilings measured in this run (operations/s, 1 thread / 2 threads):");
+        for (name, one, two) in &self.hsm.rows {
+            println!("  HSM raw {name:<42} {:>8} / {:<8}", opt(*one), opt(*two));
+        }
+        println!("  the site's KEK wraps with {}: the wrap ceiling is {} records/s", self.kek_scheme, opt(self.wrap_ceiling));
+        println!(
+            "{:>5} {:>3} {:>9} {:>7} {:>7} | {:>8} {:>7} | {:>9} {:>5} | {:>6} {:>6} {:>6} | {:>9} {:>17} {:>7} | {:>6}",
+            "conc", "run", "records/s", "p50 ms", "p99 ms", "null/s", "p99 ms", "store/s", "group", "×null", "×store", "×wrap", "calls/rec", "wrap sign hmac", "entries", "RSS MiB"
+        );
+        for l in &self.levels {
+            println!(
+                "{:>5} {:>3} {:>9.0} {:>7.2} {:>7.2} | {:>8.0} {:>7.2} | {:>9.0} {:>5} | {:>6} {:>6} {:>6} | {:>9.2} {:>17} {:>7.1} | {:>6}",
+                l.concurrency,
+                l.run,
+                l.records_per_s,
+                l.p50_ms,
+                l.p99_ms,
+                l.null_per_s,
+                l.null_p99_ms,
+                l.store_per_s,
+                l.store_group,
+                ratio(l.records_per_s, Some(l.null_per_s)),
+                ratio(l.records_per_s, Some(l.store_per_s)),
+                ratio(l.records_per_s, self.wrap_ceiling),
+                l.pkcs11_calls_per_record,
+                format!("{:.2} {:.3} {:.3}", l.wraps_per_record, l.signs_per_record, l.hmacs_per_record),
+                l.entries_per_batch(),
+                l.rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
+            );
+        }
+        println!("load average after the run: {}", self.load_after.map_or("?".into(), |l| format!("{l:.2}")));
+    }
+
+    /// Throughput (gateway and null endpoint) and the gateway's p99 against concurrency, the
+    /// best run of each level.
+    pub fn plot(&self, path: &Path) -> Result<(), String> {
+        let mut levels: Vec<usize> = self.levels.iter().map(|l| l.concurrency).collect();
+        levels.sort_unstable();
+        levels.dedup();
+        let best = |c: usize| self.levels.iter().filter(|l| l.concurrency == c).max_by(|a, b| a.records_per_s.total_cmp(&b.records_per_s));
+        let points: Vec<&Level> = levels.iter().filter_map(|c| best(*c)).collect();
+        if points.is_empty() {
+            return Err("nothing measured to plot".into());
+        }
+        let x_max = (*levels.last().unwrap_or(&1) as f64 * 1.5).max(2.0);
+        let y_max = points.iter().map(|l| l.records_per_s.max(l.null_per_s)).fold(1.0, f64::max) * 1.15;
+        let p99_max = points.iter().map(|l| l.p99_ms).fold(1.0, f64::max) * 1.15;
+        let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        root.fill(&WHITE).map_err(|x| e(&x))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("medgate bench {} ({} B documents, {} cores)", self.date, self.document_bytes, self.cores), ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .right_y_label_area_size(70)
+            .build_cartesian_2d((0.8f64..x_max).log_scale(), 0f64..y_max)
+            .map_err(|x| e(&x))?
+            .set_secondary_coord((0.8f64..x_max).log_scale(), 0f64..p99_max);
+        chart
+            .configure_mesh()
+            .x_desc("concurrent HIS clients")
+            .y_desc("requests/s")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .draw()
+            .map_err(|x| e(&x))?;
+        chart.configure_secondary_axes().y_desc("p99 ms").draw().map_err(|x| e(&x))?;
+        let series = |f: fn(&Level) -> f64| points.iter().map(move |l| (l.concurrency as f64, f(l))).collect::<Vec<_>>();
+        chart
+            .draw_series(LineSeries::new(series(|l| l.records_per_s), BLUE.stroke_width(2)).point_size(4))
+            .map_err(|x| e(&x))?
+            .label("medgate records/s")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+        chart
+            .draw_series(LineSeries::new(series(|l| l.null_per_s), GREEN.stroke_width(2)).point_size(4))
+            .map_err(|x| e(&x))?
+            .label("null mTLS endpoint requests/s")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN.stroke_width(2)));
+        chart
+            .draw_secondary_series(LineSeries::new(series(|l| l.p99_ms), RED.stroke_width(2)).point_size(4))
+            .map_err(|x| e(&x))?
+            .label("medgate p99 ms (right axis)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw().map_err(|x| e(&x))?;
+        root.present().map_err(|x| e(&x))?;
+        Ok(())
+    }
+}

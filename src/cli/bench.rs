@@ -1,0 +1,58 @@
+//! `medgate bench`: the load generator's options and its dispatch (one site in this process,
+//! or three hospitals on a 3-member etcd cluster with `--consortium`).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::exit::Failure;
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Documents stored per concurrency level (and per run).
+    #[arg(long, default_value_t = 2000)]
+    records: usize,
+    /// Concurrency levels (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    concurrency: Vec<usize>,
+    /// Document size in bytes.
+    #[arg(long, default_value_t = 4096)]
+    size: usize,
+    /// Runs of each level (each printed), so that noise shows.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Seconds per ceiling measurement (HSM raw rates, store write+flush).
+    #[arg(long, default_value_t = 1.0)]
+    ceiling_seconds: f64,
+    /// Print the report as JSON on standard output instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Draw throughput and p99 latency against concurrency into this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Three hospitals on a 3-member etcd cluster instead: etcd's raw put rate, consortium
+    /// ingest throughput and cross-hospital reads (sequential and concurrent).
+    #[arg(long)]
+    consortium: bool,
+    /// Then erase one record and time the shred pass that follows: KEK rotation, every
+    /// stored record re-wrapped in the HSM, the old KEK version destroyed. Prints the pass
+    /// time and the records re-wrapped per second.
+    #[arg(long, conflicts_with = "consortium")]
+    shred: bool,
+}
+
+pub(crate) fn bench_command(a: BenchArgs) -> Result<(), Failure> {
+    if a.consortium {
+        return crate::demo::bench_consortium(a.records, a.concurrency.iter().copied().max().unwrap_or(16));
+    }
+    crate::bench::run(&crate::bench::Options {
+        records: a.records,
+        levels: a.concurrency,
+        size: a.size,
+        repeat: a.repeat,
+        ceiling_seconds: a.ceiling_seconds,
+        json: a.json,
+        plot: a.plot,
+        shred: a.shred,
+    })
+}
