@@ -122,10 +122,14 @@ pub struct HsmConfig {
 /// Choices beyond [`HsmConfig`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HsmOptions {
-    /// Make new KEK versions AES-GCM keys even where the module offers RFC 5649 key wrap. For
-    /// tests of the AES-GCM format on modules that have both, and for sites whose HSM policy
-    /// forbids key-wrapping keys; a KEK version keeps the scheme it was made with.
+    /// Make new KEK versions AES-GCM keys, and refuse the role on a module without AES-GCM.
+    /// (AES-GCM is already the choice wherever the module offers it.) A KEK version keeps the
+    /// scheme it was made with.
     pub kek_aes_gcm: bool,
+    /// Make new KEK versions RFC 5649 key-wrapping keys even where the module offers AES-GCM:
+    /// for sites whose HSM policy wants data keys re-wrapped inside the HSM only, at three
+    /// PKCS#11 calls per record instead of two.
+    pub kek_rfc5649: bool,
 }
 
 /// The kinds of operations counted in [`HsmStats`].
@@ -416,6 +420,9 @@ impl Hsm {
         }
         let profile = match crate::profile::profile_of(&raw, slot, Some(&session)) {
             Ok(mut p) => {
+                if self.options.kek_rfc5649 {
+                    p.prefer_rfc5649_for_kek();
+                }
                 if self.options.kek_aes_gcm {
                     p.prefer_aes_gcm_for_kek();
                 }
