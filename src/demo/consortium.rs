@@ -367,7 +367,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 /// `records` 4 KiB documents stored at `a` by `concurrency` HIS clients; prints the rate and
 /// latencies and returns the record ids.
-async fn bench_ingest(a: &Site, patient: &PatientId, records: usize, concurrency: usize) -> Result<Vec<String>, Failure> {
+async fn bench_ingest(a: &Site, patient: &PatientId, records: usize, concurrency: usize) -> Result<(Vec<String>, f64), Failure> {
     let per = records.div_ceil(concurrency);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -398,14 +398,14 @@ async fn bench_ingest(a: &Site, patient: &PatientId, records: usize, concurrency
     }
     let secs = started.elapsed().as_secs_f64();
     lat.sort();
+    let rate = lat.len() as f64 / secs;
     println!(
-        "consortium ingest (4 KiB, {concurrency} concurrent HIS clients at A): {:.0} records/s, p50 {:.2} ms, p99 {:.2} ms ({} records)",
-        lat.len() as f64 / secs,
+        "consortium ingest (4 KiB, {concurrency} concurrent HIS clients at A): {rate:.0} records/s, p50 {:.2} ms, p99 {:.2} ms ({} records)",
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         lat.len()
     );
-    Ok(ids)
+    Ok((ids, rate))
 }
 
 async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result<(), Failure> {
@@ -416,13 +416,16 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         .await
         .map_err(Failure::runtime)?;
     println!(
-        "medgate consortium bench: 3 etcd members (mutual TLS, loopback), 3 gateways, SoftHSM2, {} cores",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        "medgate consortium bench {}: 3 etcd members (mutual TLS, loopback), 3 gateways, SoftHSM2, {} cores, load average {}",
+        medgate_gateway::clock::now_rfc3339(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_else(|| "?".into()),
     );
-    println!("etcd raw put (1 KiB, {concurrency} concurrent): {raw:.0} puts/s");
+    println!("etcd raw put (1 KiB, {concurrency} concurrent, as root): {raw:.0} puts/s");
     let a = &c.sites[0];
     let patient = PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: "bench-patient".into() };
-    let ids = bench_ingest(a, &patient, records, concurrency).await?;
+    let (ids, rate) = bench_ingest(a, &patient, records, concurrency).await?;
+    println!("consortium ingest / etcd raw put in this run: {:.2}", rate / raw.max(1e-9));
     // The patient consents to B; B reads A's records one after another.
     let mut his_a = client(a, "bench", "physician", "TREAT")?;
     let consent = json!({
@@ -454,6 +457,46 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         percentile(&reads, 0.5),
         percentile(&reads, 0.99),
         reads.len()
+    );
+    concurrent_reads(b, &ids, READ_CONCURRENCY).await
+}
+
+/// HIS clients at B reading A's records at once.
+const READ_CONCURRENCY: usize = 16;
+
+/// `concurrency` HIS clients at B read A's records at once (each its own share of `ids`).
+async fn concurrent_reads(b: &Site, ids: &[String], concurrency: usize) -> Result<(), Failure> {
+    let ids: Vec<String> = ids.iter().take(400).cloned().collect();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let mut his = client(b, "bench", "physician", "TREAT")?;
+        let mine: Vec<String> = ids.iter().skip(w).step_by(concurrency).cloned().collect();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(mine.len());
+            for id in mine {
+                let t = Instant::now();
+                let r = his.get(&format!("/Binary/{id}")).await?;
+                if r.status != 200 {
+                    return Err(format!("cross-hospital read answered {}", r.status));
+                }
+                lat.push(t.elapsed());
+            }
+            Ok::<_, String>(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.map_err(rt_err)?.map_err(Failure::runtime)?);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort();
+    println!(
+        "cross-hospital read ({concurrency} concurrent HIS clients at B): {:.0} reads/s, p50 {:.2} ms, p99 {:.2} ms ({} reads)",
+        lat.len() as f64 / secs,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.len()
     );
     Ok(())
 }

@@ -2,11 +2,16 @@
 //! The keys on both ends are the gateways' HSM `tls` keys. A peer is known by the organisation
 //! (O) of its consortium certificate, which must be a member with a sharing key.
 //!
+//! Connections: HTTP/2 over mutual TLS, one connection per peer kept open and shared by every
+//! request to it (a read costs no handshake once the connection is up); a peer that offers only
+//! HTTP/1.1 gets a connection per request, as before.
+//!
 //! One request: `POST /peer/v1/read` with [`ReadRequest`]. The custodian checks the consent on
 //! its own ledger copy (or break-glass), puts the access on the ledger (granted or denied), and
 //! answers with the document ciphertext and the data key re-wrapped inside its HSM for the
 //! requester's sharing key ([`ReadGrant`]), or 403 with a reason code. Plaintext never crosses.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +20,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use medgate_hsm::tls::HsmSigningKey;
 use medgate_hsm::Hsm;
 use rustls::pki_types::ServerName;
@@ -132,6 +138,16 @@ pub struct Sharing {
     pub client_tls: Arc<rustls::ClientConfig>,
     /// End-user roles that may read without consent as break-glass.
     pub break_glass_roles: Vec<String>,
+    /// Open HTTP/2 connections, by peer and address.
+    conns: tokio::sync::Mutex<HashMap<(String, SocketAddr), http2::SendRequest<Full<Bytes>>>>,
+}
+
+/// A connection to send one request on.
+enum Sender {
+    /// Shared, kept for the next requests.
+    H2(http2::SendRequest<Full<Bytes>>),
+    /// This request's own (a peer without HTTP/2).
+    H1(http1::SendRequest<Full<Bytes>>),
 }
 
 /// A member as the sharing layer sees it.
@@ -153,8 +169,15 @@ impl Sharing {
     /// Sharing for hospital `me`, per the `[consortium]` table.
     pub fn from_config(cfg: &Consortium, me: &str, hsm: &Arc<Hsm>, store: ChainStore) -> Result<Sharing, String> {
         let mut client = (*tls::consortium_client(cfg, hsm)?).clone();
-        client.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Sharing { me: me.to_owned(), link: None, store, client_tls: Arc::new(client), break_glass_roles: cfg.break_glass_roles.clone() })
+        client.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Sharing {
+            me: me.to_owned(),
+            link: None,
+            store,
+            client_tls: Arc::new(client),
+            break_glass_roles: cfg.break_glass_roles.clone(),
+            conns: tokio::sync::Mutex::default(),
+        })
     }
 
     /// A current member as the sharing layer sees it (`None` for a non-member).
@@ -205,13 +228,60 @@ impl Sharing {
             .collect()
     }
 
-    /// One request to a peer over mutual TLS, checking that the certificate names that peer.
+    /// One request to a peer over mutual TLS, on the open connection to it when there is one.
     async fn post(&self, peer: &str, path: &str, body: &[u8]) -> Result<(u16, Bytes), String> {
         let addr = self.peer(peer).and_then(|p| p.address).ok_or_else(|| format!("{peer} is not a current member with a peer address"))?;
+        let request = Request::post(path)
+            .header("host", peer)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .map_err(|e| e.to_string())?;
+        let sent = async {
+            match self.connection(peer, addr).await? {
+                Sender::H2(mut s) => s.send_request(request).await,
+                Sender::H1(mut s) => s.send_request(request).await,
+            }
+            .map_err(|e| format!("{peer}: {e}"))
+        };
+        let resp = tokio::time::timeout(Duration::from_secs(20), sent).await.map_err(|_| format!("{peer} did not answer within 20 s"))??;
+        let status = resp.status().as_u16();
+        let bytes = Limited::new(resp.into_body(), 64 << 20).collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// The open HTTP/2 connection to `peer` at `addr` if it still takes requests, else a new one
+    /// (kept when the peer speaks HTTP/2).
+    async fn connection(&self, peer: &str, addr: SocketAddr) -> Result<Sender, String> {
+        let key = (peer.to_owned(), addr);
+        let open = self.conns.lock().await.get(&key).filter(|s| !s.is_closed()).cloned();
+        if let Some(mut s) = open {
+            if s.ready().await.is_ok() {
+                return Ok(Sender::H2(s));
+            }
+        }
+        let stream = self.dial(peer, addr).await?;
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let (send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.conns.lock().await.insert(key, send.clone());
+            return Ok(Sender::H2(send));
+        }
+        let (send, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Sender::H1(send))
+    }
+
+    /// A mutual-TLS connection to `peer`, checking that its certificate names that peer.
+    async fn dial(&self, peer: &str, addr: SocketAddr) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
         let tcp = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| format!("connecting to {peer} at {addr} timed out"))?
             .map_err(|e| format!("connecting to {peer} at {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
         let stream = tokio_rustls::TlsConnector::from(self.client_tls.clone())
             .connect(ServerName::IpAddress(addr.ip().into()), tcp)
             .await
@@ -221,22 +291,7 @@ impl Sharing {
         if presented.as_deref() != Some(peer) {
             return Err(format!("the gateway at {addr} presented a certificate for {presented:?}, not {peer}"));
         }
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let request = Request::post(path)
-            .header("host", peer)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::copy_from_slice(body)))
-            .map_err(|e| e.to_string())?;
-        let resp = tokio::time::timeout(Duration::from_secs(20), send.send_request(request))
-            .await
-            .map_err(|_| format!("{peer} did not answer within 20 s"))?
-            .map_err(|e| format!("{peer}: {e}"))?;
-        let status = resp.status().as_u16();
-        let bytes = Limited::new(resp.into_body(), 64 << 20).collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((status, bytes))
+        Ok(stream)
     }
 }
 
@@ -266,7 +321,7 @@ pub fn server_tls(cfg: &Consortium, hsm: &Arc<Hsm>) -> Result<Arc<rustls::Server
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(Fixed(certified)));
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(c))
 }
 
@@ -323,7 +378,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, servic
                 let (service, requester) = (service.clone(), requester.clone());
                 async move { Ok::<_, std::convert::Infallible>(answer(service.as_ref(), &requester, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), handler).await;
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), handler).await;
         });
     }
 }

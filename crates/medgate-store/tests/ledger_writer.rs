@@ -10,24 +10,29 @@ use std::time::Duration;
 
 use medgate_ledger::{verify_ledger, Batch, Entry, EntryBody};
 use medgate_store::order::{BoxFuture, Ordered};
-use medgate_store::vault::Vault;
+use medgate_store::vault::{StoredRecord, Vault};
 use medgate_store::writer::WriterParts;
 use medgate_store::{BatchPolicy, ChainStore, Db, Events, Ledger, LedgerSigner, Orderer, Sequencer, StoreError};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 
-/// A P-256 key in memory, version 1, counting its signatures.
+/// A P-256 key in memory, version 1, counting its signatures; refuses to sign while `broken`.
 #[derive(Debug)]
 struct MemoryKey {
     pair: EcdsaKeyPair,
     signatures: AtomicU64,
+    broken: AtomicBool,
 }
 
 impl MemoryKey {
     fn new() -> MemoryKey {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        MemoryKey { pair: EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap(), signatures: AtomicU64::new(0) }
+        MemoryKey {
+            pair: EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap(),
+            signatures: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
+        }
     }
 
     fn spki(&self) -> Vec<u8> {
@@ -39,6 +44,9 @@ impl MemoryKey {
 
 impl LedgerSigner for MemoryKey {
     fn sign(&self, message: &[u8]) -> Result<(u32, Vec<u8>), StoreError> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(StoreError::Storage("the ledger key is unusable".into()));
+        }
         self.signatures.fetch_add(1, Ordering::Relaxed);
         Ok((1, self.pair.sign(&SystemRandom::new(), message).unwrap().as_ref().to_vec()))
     }
@@ -87,22 +95,34 @@ struct Site {
     chain: ChainStore,
     key: Arc<MemoryKey>,
     orderer: Arc<Switchable>,
+    sequencer: Sequencer,
     events: Arc<Counted>,
 }
 
 impl Site {
     fn new() -> Site {
         let db = Db::temporary().unwrap();
-        let orderer = Arc::new(Switchable { inner: Sequencer::open(&db).unwrap(), down: AtomicBool::new(false) });
-        Site { vault: Vault::open(&db).unwrap(), chain: ChainStore::open(&db).unwrap(), key: Arc::new(MemoryKey::new()), orderer, events: Arc::default() }
+        let sequencer = Sequencer::open(&db).unwrap();
+        let orderer = Arc::new(Switchable { inner: sequencer.clone(), down: AtomicBool::new(false) });
+        Site { vault: Vault::open(&db).unwrap(), chain: ChainStore::open(&db).unwrap(), key: Arc::new(MemoryKey::new()), orderer, sequencer, events: Arc::default() }
     }
 
+    /// The writer over the switchable orderer (an ordering service: stored first, then ordered).
     async fn ledger(&self) -> Ledger {
+        self.ledger_with(self.orderer.clone()).await
+    }
+
+    /// The writer over the in-process sequencer itself (group commit in one transaction).
+    async fn local_ledger(&self) -> Ledger {
+        self.ledger_with(Arc::new(self.sequencer.clone())).await
+    }
+
+    async fn ledger_with(&self, orderer: Arc<dyn Orderer>) -> Ledger {
         Ledger::start(WriterParts {
             gateway: "hospital-a".into(),
             store: self.chain.clone(),
             signer: self.key.clone(),
-            orderer: self.orderer.clone(),
+            orderer,
             vault: self.vault.clone(),
             policy: BatchPolicy { max_entries: 4, max_delay: Duration::from_millis(5) },
             events: self.events.clone(),
@@ -180,4 +200,129 @@ async fn entries_wait_in_the_outbox_while_ordering_is_down_and_a_restart_appends
     // Sequence numbers carried on across the restart: the whole chain verifies from block 0.
     let report = site.verify();
     assert_eq!((report.blocks, report.entries), (2, 4));
+}
+
+/// A record of patient `n` and the entry that anchors it (its ciphertext is no real ciphertext).
+fn record(n: u32) -> (StoredRecord, Entry) {
+    let id = format!("{n:032x}");
+    let body = EntryBody::RecordAnchored {
+        record_id: id.clone(),
+        patient: hex::encode([n as u8; 32]),
+        pseudonym_key_version: 1,
+        content_hash: "cd".repeat(32),
+        content_type: "text/plain".into(),
+        size: 1,
+        custodian: "hospital-a".into(),
+        user: hex::encode([7u8; 32]),
+        role: "physician".into(),
+        purpose: "TREAT".into(),
+    };
+    let entry = Entry::new("hospital-a", "2026-12-04T10:00:00Z", [n as u8; 16], body);
+    let rec = StoredRecord {
+        id,
+        created: "2026-12-04T10:00:00Z".into(),
+        custodian: "hospital-a".into(),
+        patient_pseudonym: hex::encode([n as u8; 32]),
+        pseudonym_key_version: 1,
+        content_type: "text/plain".into(),
+        size: 1,
+        content_hash: "cd".repeat(32),
+        kek_version: 1,
+        wrapped_key: "AAAA".into(),
+        doc_nonce: "AAAA".into(),
+        doc_ct: "AAAA".into(),
+        meta_nonce: "AAAA".into(),
+        meta_ct: "AAAA".into(),
+        entry_id: entry.id.clone(),
+        erased: None,
+    };
+    (rec, entry)
+}
+
+/// Deposits records `first..first + n` at once, each with its own idempotency key; returns what each got.
+async fn deposit_many(ledger: &Ledger, first: u32, n: u32) -> Vec<(StoredRecord, Vec<u8>, Option<Vec<medgate_ledger::Receipt>>)> {
+    let mut tasks = Vec::new();
+    for i in first..first + n {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let (rec, entry) = record(i);
+            let key = Vault::idem_key("his-a", &format!("key-{i}"));
+            let got = ledger.deposit(std::slice::from_ref(&rec), &[(key.clone(), vec![rec.id.clone()])], vec![entry]).await.unwrap();
+            (rec, key, got)
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn assert_deposited(site: &Site, got: &[(StoredRecord, Vec<u8>, Option<Vec<medgate_ledger::Receipt>>)]) {
+    for (rec, key, receipts) in got {
+        let receipts = receipts.as_ref().expect("anchored");
+        assert_eq!(receipts.len(), 1);
+        assert_eq!(receipts[0].entry.id, rec.entry_id);
+        receipts[0].verify(&site.key.spki()).unwrap();
+        assert_eq!(site.vault.get(&rec.id).unwrap().as_ref(), Some(rec), "the record is stored with its entry");
+        match site.vault.claim(key).unwrap() {
+            medgate_store::vault::Claim::Existing(medgate_store::vault::IdemState::Stored { record_ids }) => assert_eq!(record_ids, vec![rec.id.clone()]),
+            other => panic!("the idempotency state is stored with the record: {other:?}"),
+        }
+    }
+    assert_eq!(site.vault.outbox_len(), 0, "every entry is in a block");
+}
+
+#[tokio::test]
+async fn concurrent_creates_commit_records_entries_and_blocks_together_one_signature_per_block() {
+    let site = Site::new();
+    let ledger = site.local_ledger().await;
+    let got = deposit_many(&ledger, 1, 40).await;
+    assert_deposited(&site, &got);
+    let report = site.verify();
+    assert_eq!((report.entries, report.invalid_batches), (40, 0));
+    assert!(report.blocks <= 40, "{} blocks for 40 records", report.blocks);
+    assert_eq!(site.key.signatures.load(Ordering::Relaxed), report.blocks as u64, "one signature per block");
+    // A restart carries on the same chain: heights, links, sequence numbers and positions.
+    drop(ledger);
+    let ledger = site.local_ledger().await;
+    let more: Vec<_> = deposit_many(&ledger, 41, 3).await.into_iter().map(|(r, _, got)| (r, got)).collect();
+    assert!(more.iter().all(|(_, got)| got.is_some()));
+    assert_eq!(site.verify().entries, 43);
+}
+
+#[tokio::test]
+async fn a_create_whose_batch_cannot_be_signed_is_stored_and_its_entry_waits_in_the_outbox() {
+    let site = Site::new();
+    let ledger = site.local_ledger().await;
+    site.key.broken.store(true, Ordering::Relaxed);
+    let (rec, entry) = record(1);
+    let got = ledger.deposit(std::slice::from_ref(&rec), &[], vec![entry.clone()]).await.unwrap();
+    assert!(got.is_none(), "stored, not anchored");
+    assert_eq!(site.vault.get(&rec.id).unwrap().as_ref(), Some(&rec));
+    assert_eq!(site.vault.outbox_len(), 1);
+    assert!(site.events.0.lock().unwrap().contains(&"ledger_append_failures".to_owned()));
+    // An access recorded meanwhile waits in the outbox too.
+    assert!(ledger.record(vec![searched(9)]).await.unwrap().is_none());
+    assert_eq!(site.vault.outbox_len(), 2);
+    site.key.broken.store(false, Ordering::Relaxed);
+    assert_eq!(ledger.drain_outbox(&site.vault).await.unwrap(), 2);
+    assert_eq!(site.vault.outbox_len(), 0);
+    site.chain.receipt(&entry.id).unwrap().unwrap().verify(&site.key.spki()).unwrap();
+}
+
+#[tokio::test]
+async fn through_an_ordering_service_creates_are_stored_first_then_ordered_batches_in_flight() {
+    let site = Site::new();
+    let ledger = site.ledger().await;
+    let got = deposit_many(&ledger, 1, 40).await;
+    assert_deposited(&site, &got);
+    let report = site.verify();
+    assert_eq!((report.entries, report.invalid_batches), (40, 0));
+    // Ordering down: stored and flushed, the entries wait in the outbox.
+    site.orderer.down.store(true, Ordering::Relaxed);
+    let (rec, entry) = record(77);
+    assert!(ledger.deposit(std::slice::from_ref(&rec), &[], vec![entry]).await.unwrap().is_none());
+    assert_eq!(site.vault.get(&rec.id).unwrap().as_ref(), Some(&rec));
+    assert_eq!(site.vault.outbox_len(), 1);
 }

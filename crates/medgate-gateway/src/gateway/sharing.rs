@@ -84,11 +84,15 @@ impl Gateway {
             (false, true) => Some("break-glass"),
             (false, false) => Some("no-consent"),
         };
-        self.record_peer_access(requester, &req, &rec, &now, reason).await?;
         if reason == Some("no-consent") {
+            self.record_peer_access(requester, &req, &rec, &now, reason).await?;
             return Err(GatewayError::Forbidden("no-consent".into()));
         }
-        let shared = self.rewrap_for(&rec, n, e).await?;
+        // Granted: the HSM re-wraps while the access entry is put on the ledger; the key leaves
+        // only once the entry is recorded.
+        let (recorded, shared) = tokio::join!(self.record_peer_access(requester, &req, &rec, &now, reason), self.rewrap_for(&rec, n, e));
+        recorded?;
+        let shared = shared?;
         Ok(ReadGrant {
             record_id: rec.id,
             content_type: rec.content_type,
