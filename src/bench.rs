@@ -11,6 +11,7 @@
 
 mod ceiling;
 mod load;
+mod prefill;
 mod report;
 
 use std::path::PathBuf;
@@ -47,6 +48,8 @@ pub struct Options {
     pub plot: Option<PathBuf>,
     /// Time a shred pass after the levels.
     pub shred: bool,
+    /// Records written to the vault before the gateway starts (see [`prefill`]).
+    pub prefill: usize,
 }
 
 fn rt_err(e: impl std::fmt::Display) -> Failure {
@@ -96,8 +99,13 @@ pub fn run(opts: &Options) -> Result<(), Failure> {
         wrap_ceiling,
         levels: Vec::new(),
         shred: None,
+        prefilled: opts.prefill,
     };
     let result = rt.block_on(async {
+        if opts.prefill > 0 {
+            eprintln!("medgate bench: prefilling the vault with {} records", opts.prefill);
+            prefill::prefill(&cfg.gateway.state_directory, opts.prefill, opts.size, load::PATIENTS * 20).await?;
+        }
         let his = tokio::net::TcpListener::bind(site.his_addr).await.map_err(rt_err)?;
         let admin = tokio::net::TcpListener::bind(site.admin_addr).await.map_err(rt_err)?;
         let running = Running::start(&cfg, hsm.clone(), his, admin).await.map_err(rt_err)?;

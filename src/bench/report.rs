@@ -65,6 +65,8 @@ pub struct Report {
     pub levels: Vec<Level>,
     /// The shred pass after an erasure, when asked for.
     pub shred: Option<serde_json::Value>,
+    /// Records in the vault before the first level (`--prefill`).
+    pub prefilled: usize,
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -82,10 +84,11 @@ impl Report {
     /// The table for people.
     pub fn print_table(&self) {
         println!(
-            "medgate bench {}: {} documents of {} bytes per level, mutual TLS over loopback, SoftHSM2, batches of at most {} entries, HSM pool {}, {} cores, load average {} before",
+            "medgate bench {}: {} documents of {} bytes per level ({} records in the vault before), mutual TLS over loopback, SoftHSM2, batches of at most {} entries, HSM pool {}, {} cores, load average {} before",
             self.date,
             self.records_per_level,
             self.document_bytes,
+            self.prefilled,
             self.batch_max_entries,
             self.hsm_pool,
             self.cores,

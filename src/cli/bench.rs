@@ -39,6 +39,10 @@ pub(crate) struct BenchArgs {
     /// time and the records re-wrapped per second.
     #[arg(long, conflicts_with = "consortium")]
     shred: bool,
+    /// Write this many sealed-size records straight into the vault before the gateway starts,
+    /// to measure ingest into a store that already holds them (they are not on the ledger).
+    #[arg(long, default_value_t = 0, conflicts_with = "consortium")]
+    prefill: usize,
 }
 
 pub(crate) fn bench_command(a: BenchArgs) -> Result<(), Failure> {
@@ -54,5 +58,6 @@ pub(crate) fn bench_command(a: BenchArgs) -> Result<(), Failure> {
         json: a.json,
         plot: a.plot,
         shred: a.shred,
+        prefill: a.prefill,
     })
 }

@@ -165,7 +165,8 @@ fn default_batch_entries() -> usize {
     64
 }
 fn default_batch_delay() -> u64 {
-    5
+    // No window: the writer groups what arrived while the previous group was being written.
+    0
 }
 
 /// One problem in a configuration file: where, and what.

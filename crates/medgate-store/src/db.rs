@@ -4,6 +4,9 @@ use std::path::Path;
 
 use crate::StoreError;
 
+/// sled's page cache.
+const CACHE_BYTES: u64 = 64 << 20;
+
 /// The gateway's database (`<state_directory>/medgate.sled`). Cloning is cheap.
 #[derive(Debug, Clone)]
 pub struct Db(pub(crate) sled::Db);
@@ -15,6 +18,9 @@ impl Db {
         sled::Config::new()
             .path(dir.join("medgate.sled"))
             .mode(sled::Mode::HighThroughput)
+            // sled caches up to 1 GiB by default: bound it, so the gateway's resident memory stays
+            // small however large the vault grows (records are read by id, rarely twice).
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map(Db)
             .map_err(|e| StoreError::Storage(format!("{}: {e}", dir.join("medgate.sled").display())))
