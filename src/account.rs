@@ -90,11 +90,12 @@ pub fn unit_credential(config: &Path) -> PathBuf {
     config.parent().unwrap_or_else(|| Path::new("/")).join(medgate_hsm::CREDENTIAL_NAME)
 }
 
-/// When this process runs as root without a credential directory, takes the unit's credential
-/// (see [`unit_credential`]) the way systemd gives it to the service, if that file exists:
-/// `$CREDENTIALS_DIRECTORY` names its directory from now on. Returns the file taken.
-pub fn adopt_unit_credential(config: &Path) -> Option<PathBuf> {
-    if !is_root() || std::env::var_os("CREDENTIALS_DIRECTORY").is_some() {
+/// When this process runs as root without a credential directory and the configuration sets
+/// no `pin_file`, takes the unit's credential (see [`unit_credential`]) the way systemd gives it
+/// to the service, if that file exists: `$CREDENTIALS_DIRECTORY` names its directory from now
+/// on. Returns the file taken.
+pub fn adopt_unit_credential(config: &Path, pin_file: Option<&Path>) -> Option<PathBuf> {
+    if !is_root() || pin_file.is_some() || std::env::var_os("CREDENTIALS_DIRECTORY").is_some() {
         return None;
     }
     let file = unit_credential(config);

@@ -42,6 +42,8 @@ struct Item {
 #[derive(Debug, Default)]
 pub(crate) struct Report {
     items: Vec<Item>,
+    /// Files already reported as unreadable: later checks of their content say nothing more.
+    unreadable: std::collections::BTreeSet<std::path::PathBuf>,
 }
 
 impl Report {
@@ -56,6 +58,9 @@ impl Report {
     }
     fn fail(&mut self, what: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) {
         self.push(Level::Fail, what, detail, Some(fix.into()));
+    }
+    fn readable(&self, path: &Path) -> bool {
+        !self.unreadable.contains(path)
     }
     fn failures(&self) -> usize {
         self.items.iter().filter(|i| i.level == Level::Fail).count()
@@ -90,7 +95,7 @@ pub(crate) struct Viewer {
 
 /// `medgate config check`: exit 0 when `serve` would start and serve, 64 otherwise.
 pub(crate) fn check(path: &Path) -> Result<(), Failure> {
-    let credential = account::adopt_unit_credential(path);
+    let credential = account::adopt_unit_credential(path, pin_file_of(path).as_deref());
     let cfg = Config::load(path).map_err(|e| Failure::config(format!("{e}(fix each key above; nothing else was checked)")))?;
     let mut report = Report::default();
     report.ok("configuration", format!("{}: every key known, every value valid", path.display()));
@@ -122,6 +127,13 @@ pub(crate) fn check(path: &Path) -> Result<(), Failure> {
             viewer.me.name
         ))),
     }
+}
+
+/// `[hsm] pin_file` as the file sets it, read before the whole file is checked (which needs to
+/// know whether the unit's credential is the PIN source).
+fn pin_file_of(path: &Path) -> Option<std::path::PathBuf> {
+    let table: toml::Table = std::fs::read_to_string(path).ok()?.parse().ok()?;
+    table.get("hsm")?.get("pin_file")?.as_str().map(std::path::PathBuf::from)
 }
 
 /// Becomes the service account when started as root; says who the checks run as.

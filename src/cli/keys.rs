@@ -99,7 +99,7 @@ pub(crate) fn keys_command(path: &Path, command: KeysCommand) -> Result<(), Fail
     let state = keys::state_dir(&cfg);
     let state = state.as_deref();
     // As root, the PIN the unit gets (its credential), read before acting as the service.
-    crate::account::adopt_unit_credential(path);
+    crate::account::adopt_unit_credential(path, cfg.hsm.pin_file.as_deref());
     let user = Pin::resolve(cfg.hsm.pin_file.as_deref());
     let so = match &command {
         KeysCommand::InitToken { so_pin_file } => Some(Pin::from_file(so_pin_file).map_err(|e| Failure::usage(e.to_string()))?),

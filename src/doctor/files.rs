@@ -10,7 +10,13 @@ use medgate_gateway::config::Config;
 use super::{Report, Viewer};
 
 /// Opens `path` for reading as this process; on failure, what blocks it and the fix.
-fn readable(key: &str, path: &Path, viewer: &Viewer, report: &mut Report) -> bool {
+fn readable(key: &str, path: &Path, viewer: &Viewer, report: &mut Report) {
+    if !opened(key, path, viewer, report) {
+        report.unreadable.insert(path.to_path_buf());
+    }
+}
+
+fn opened(key: &str, path: &Path, viewer: &Viewer, report: &mut Report) -> bool {
     let who = &viewer.me.name;
     match std::fs::File::open(path).and_then(|f| f.metadata()) {
         Ok(m) if m.is_file() => {

@@ -114,6 +114,10 @@ fn certificates(cfg: &Config, hsm: &Arc<Hsm>, report: &mut Report) {
     }
     let mut mismatch = false;
     for (key, path) in files {
+        if !report.readable(&path) {
+            mismatch = true;
+            continue;
+        }
         let Ok(certs) = medgate_gateway::tls::load_certs(&path) else { continue };
         let Some(Ok(leaf)) = certs.first().map(|c| medgate_gateway::pki::certificate_facts(c.as_ref())) else { continue };
         if leaf.spki != spki {
@@ -130,7 +134,8 @@ fn certificates(cfg: &Config, hsm: &Arc<Hsm>, report: &mut Report) {
         }
         report.ok(key, format!("certifies the HSM's tls key (version {version})"));
     }
-    if mismatch {
+    // Said already: a certificate for another key, or a file the service cannot read.
+    if mismatch || !report.readable(&cfg.his.client_ca) || cfg.his.crl.iter().any(|c| !report.readable(c)) {
         return;
     }
     match medgate_gateway::tls::server_config(hsm, &medgate_gateway::tls::TlsFiles::from_config(cfg)) {

@@ -67,12 +67,44 @@ pub enum ReloadError {
     Log(String),
 }
 
-/// The last reload, for `/metrics`.
-#[derive(Debug, Clone, Copy, Default)]
+/// The last reload, and the dates of the certificates and CRLs in use, for `/metrics`.
+#[derive(Debug, Clone, Default)]
 struct Last {
     ok: bool,
     /// Unix time of the last successful reload (or of the start).
     success_at: f64,
+    /// notAfter of each configured certificate, as read when last applied: (labels, unix time).
+    certificates: Vec<(String, f64)>,
+    /// nextUpdate of each configured CRL, as read when last applied.
+    crls: Vec<(String, f64)>,
+}
+
+impl Last {
+    /// The dates of the files `cfg` names, read now (when they are applied).
+    fn dates(cfg: &Config) -> (Vec<(String, f64)>, Vec<(String, f64)>) {
+        let mut certs = Vec::new();
+        let mut files = vec![("server", cfg.his.certificate.clone()), ("client_ca", cfg.his.client_ca.clone())];
+        if let Some(c) = cfg.consortium.as_ref().filter(|_| cfg.ledger.mode == "consortium") {
+            files.extend([("consortium", c.certificate.clone()), ("consortium_ca", c.ca.clone())]);
+        }
+        let file_label = |p: &std::path::Path| crate::metrics::escape(&p.display().to_string());
+        for (which, path) in files {
+            for (i, der) in tls::load_certs(&path).unwrap_or_default().iter().enumerate() {
+                if let Ok((_, _, not_after)) = crate::pki::describe_certificate(der.as_ref()) {
+                    certs.push((format!("certificate=\"{which}\",file=\"{}\",index=\"{i}\"", file_label(&path)), not_after as f64));
+                }
+            }
+        }
+        let mut crls = Vec::new();
+        for path in &cfg.his.crl {
+            for (i, crl) in crate::pki::read_crls(path).unwrap_or_default().iter().enumerate() {
+                if let Some(next) = crl.next_update {
+                    crls.push((format!("file=\"{}\",index=\"{i}\"", file_label(path)), next as f64));
+                }
+            }
+        }
+        (certs, crls)
+    }
 }
 
 /// The settings of a running gateway that a reload may change, and the configuration in use.
@@ -109,7 +141,9 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
 impl Live {
     /// The settings in use at start-up: `tls` and `max_body` are the ones the listener reads.
     pub fn new(cfg: &Config, hsm: Arc<Hsm>, tls: Arc<Reloadable>, max_body: Arc<AtomicUsize>) -> Live {
-        Live { config: Mutex::new(cfg.clone()), hsm, tls, max_body, last: Mutex::new(Last { ok: true, success_at: unix_now() }) }
+        let (certificates, crls) = Last::dates(cfg);
+        let last = Last { ok: true, success_at: unix_now(), certificates, crls };
+        Live { config: Mutex::new(cfg.clone()), hsm, tls, max_body, last: Mutex::new(last) }
     }
 
     /// A copy of the configuration in effect.
@@ -125,11 +159,14 @@ impl Live {
         states.extend(mono);
         let _ = sd_notify::notify(false, &states);
         let result = self.try_reload();
+        let dates = result.is_ok().then(|| Last::dates(&self.config()));
         {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
             last.ok = result.is_ok();
-            if result.is_ok() {
+            if let Some((certificates, crls)) = dates {
                 last.success_at = unix_now();
+                last.certificates = certificates;
+                last.crls = crls;
             }
         }
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
@@ -184,41 +221,15 @@ impl Live {
         Ok(out)
     }
 
-    /// Gauges for `/metrics`: the last reload, and when each configured certificate and CRL
-    /// runs out.
+    /// Gauges for `/metrics`: the last reload, and when each certificate and CRL in use (read
+    /// when last applied) runs out.
     pub fn gauges(&self) -> Vec<Gauge<'static>> {
-        let last = *self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let cfg = self.config();
-        let mut certs = Vec::new();
-        let mut files = vec![("his_server", cfg.his.certificate.clone()), ("his_client_ca", cfg.his.client_ca.clone())];
-        if let Some(c) = cfg.consortium.as_ref().filter(|_| cfg.ledger.mode == "consortium") {
-            files.extend([("consortium", c.certificate.clone()), ("consortium_ca", c.ca.clone())]);
-        }
-        for (which, path) in files {
-            if let Ok(list) = tls::load_certs(&path) {
-                for (i, der) in list.iter().enumerate() {
-                    if let Ok((_, _, not_after)) = crate::pki::describe_certificate(der.as_ref()) {
-                        let labels = format!("certificate=\"{which}\",file=\"{}\",index=\"{i}\"", crate::metrics::escape(&path.display().to_string()));
-                        certs.push((labels, not_after as f64));
-                    }
-                }
-            }
-        }
-        let mut crls = Vec::new();
-        for path in &cfg.his.crl {
-            if let Ok(list) = crate::pki::read_crls(path) {
-                for (i, crl) in list.iter().enumerate() {
-                    if let Some(next) = crl.next_update {
-                        crls.push((format!("file=\"{}\",index=\"{i}\"", crate::metrics::escape(&path.display().to_string())), next as f64));
-                    }
-                }
-            }
-        }
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
         vec![
             ("medgate_config_last_reload_successful", "1 if the last reload applied the configuration, 0 if it was refused (the previous settings stay in use).", vec![(String::new(), f64::from(u8::from(last.ok)))]),
             ("medgate_config_last_reload_success_timestamp_seconds", "When the configuration was last applied, at start or by a reload (unix time).", vec![(String::new(), last.success_at)]),
-            ("medgate_certificate_expiry_timestamp_seconds", "When each configured certificate expires (notAfter, unix time).", certs),
-            ("medgate_crl_next_update_timestamp_seconds", "nextUpdate of each configured CRL (unix time); past it, clients of that CA are refused unless [dangerous] allow_expired_crl.", crls),
+            ("medgate_certificate_expiry_timestamp_seconds", "When each certificate in use expires (notAfter, unix time).", last.certificates),
+            ("medgate_crl_next_update_timestamp_seconds", "nextUpdate of each CRL in use (unix time); past it, clients of that CA are refused unless [dangerous] allow_expired_crl.", last.crls),
         ]
     }
 }
