@@ -68,10 +68,8 @@ async fn run(cfg: &Config, hsm: Arc<medgate_hsm::Hsm>) -> Result<(), Failure> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match running.reload() {
-                Ok(done) => tracing::info!(changes = %done.text().trim_end().replace('\n', "; "), "configuration reloaded; certificates and CRLs reloaded"),
-                Err(e) => tracing::error!(error = %e, "reload failed; the previous settings stay in use"),
-            },
+            // Logged by the reload itself, as for `medgate reload`.
+            _ = hup.recv() => { let _ = running.reload(); }
         }
     }
     tracing::info!("stopping: no new connections; finishing requests in flight");

@@ -56,6 +56,11 @@ pub fn act_as_service(config: &Path, state_dir: Option<&Path>) -> Result<(), Fai
     match crate::account::service_account(config, state_dir) {
         Some(svc) if svc.uid == me.uid => Ok(()),
         Some(svc) if me.uid.is_root() => {
+            // The officer is the person who started the command, never the service account
+            // it now acts as: without SUDO_USER, LOGNAME or USER, name the user who started it.
+            if ["SUDO_USER", "LOGNAME", "USER"].iter().all(|v| std::env::var_os(v).is_none_or(|x| x.is_empty())) {
+                std::env::set_var("LOGNAME", &me.name);
+            }
             crate::account::become_account(&svc).map_err(Failure::runtime)?;
             tracing::debug!(user = %svc.name, reason = %svc.reason, "acting as the service's user");
             Ok(())

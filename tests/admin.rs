@@ -378,6 +378,8 @@ fn officer_commands_act_as_the_service_user_and_refuse_anyone_else() {
     assert_eq!(code, 0, "{out}{err}");
     let journal = site.dir.join("state/key-events.jsonl");
     assert_eq!(std::fs::metadata(&journal).unwrap().uid(), uid, "the key-event journal must be the service user's");
+    let event: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&journal).unwrap().lines().last().unwrap()).unwrap();
+    assert_ne!(event["officer"], serde_json::json!(user), "the officer is the person, not the service account: {event}");
     let token = std::fs::read_dir(site.dir.join("softhsm/tokens")).unwrap().next().unwrap().unwrap().path();
     for f in std::fs::read_dir(&token).unwrap() {
         assert_eq!(f.unwrap().metadata().unwrap().uid(), uid, "token files must stay the service user's");

@@ -169,7 +169,8 @@ fn crl(dir: &Path, revoke: &[PathBuf], days: i64, out: &Path) -> Result<(), Fail
         .collect::<Result<Vec<_>, Failure>>()?;
     let number_path = dir.join("crl-number");
     let number = std::fs::read_to_string(&number_path).ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(0) + 1;
-    let pem = ca.crl_of(&revoked, now - time::Duration::minutes(5), days, &number.to_be_bytes()).map_err(|e| Failure::runtime(e.to_string()))?;
+    let this_update = now - time::Duration::minutes(5);
+    let pem = ca.crl_of(&revoked, this_update, days, &number.to_be_bytes()).map_err(|e| Failure::runtime(e.to_string()))?;
     std::fs::write(&list_path, serde_json::to_string_pretty(&list).map_err(|e| Failure::runtime(e.to_string()))? + "\n").map_err(io(&list_path))?;
     std::fs::write(&number_path, format!("{number}\n")).map_err(io(&number_path))?;
     std::fs::write(out, pem).map_err(io(out))?;
@@ -178,7 +179,7 @@ fn crl(dir: &Path, revoke: &[PathBuf], days: i64, out: &Path) -> Result<(), Fail
         ca.name,
         out.display(),
         list.len(),
-        medgate_gateway::clock::rfc3339((now + time::Duration::days(days)).unix_timestamp())
+        medgate_gateway::clock::rfc3339((this_update + time::Duration::days(days)).unix_timestamp())
     );
     Ok(())
 }

@@ -8,8 +8,9 @@
 #
 # Commands in README.Debian are the lines indented by four spaces that start with "# " (a root
 # prompt) inside "First start". A paragraph that starts with "With systemd" or "Without systemd"
-# chooses the commands that follow it; any other paragraph ends that choice. "~" is a temporary
-# home directory, removed at the end.
+# chooses the commands that follow it; any other paragraph ends that choice. They run in one
+# shell (a job started with & is waited for by a later command), with "~" a temporary home
+# directory, removed at the end.
 #
 #   tests/debian/readme-debian.sh            the package from a debug build (what CI runs)
 #   tests/debian/readme-debian.sh --release  the package as README.md builds it (optimised)
@@ -37,7 +38,11 @@ rm -f "$outdir"/medgate_*.deb
 cargo deb --no-build --locked --profile "$profile" -p medgate --output "$outdir" >&2
 deb=$(ls "$outdir"/medgate_*.deb)
 say "built $deb in $(( $(date +%s) - start )) s"
-lintian_out=$(lintian --fail-on error,warning --no-tag-display-limit "$deb" 2>&1) || { echo "$lintian_out" >&2; say "lintian failed"; exit 1; }
+# lintian warns that it runs as root; its verdict is the same.
+lintian_rc=0
+lintian_out=$(lintian --fail-on error,warning --tag-display-limit 0 "$deb" 2>&1) || lintian_rc=$?
+lintian_out=$(grep -v '^running with root privileges' <<<"$lintian_out" || true)
+[ "$lintian_rc" -eq 0 ] || { echo "$lintian_out" >&2; say "lintian failed"; exit 1; }
 say "lintian: ${lintian_out:-no error, no warning}"
 
 # --- A fresh machine, and back to it afterwards ---------------------------------------------
@@ -72,8 +77,7 @@ readme=/usr/share/doc/medgate/README.Debian
 mode=nosystemd
 [ -d /run/systemd/system ] && mode=systemd
 steps=$(zcat -f "$readme" | awk -v mode="$mode" '
-  /^First start$/ { on = 1; next }
-  on && /^-+$/ && prev != "First start" { exit }
+  /^-+$/ { if (prev == "First start") on = 1; else if (on) exit; prev = $0; next }
   { prev = $0 }
   !on { next }
   /^    # / { if (choice == "" || choice == mode) print substr($0, 7); para = 0; next }
@@ -86,12 +90,18 @@ steps=$(zcat -f "$readme" | awk -v mode="$mode" '
     para = 0
   }')
 [ -n "$steps" ] || { say "no commands found in $readme"; exit 1; }
-say "$(wc -l <<<"$steps") commands from $readme (${mode}):"
-n=0
-while IFS= read -r cmd; do
-  n=$((n + 1))
-  echo "  [$n] # $cmd" >&2
-  HOME=$home bash -euo pipefail -c "$cmd" </dev/null >&2 || { say "step $n failed: $cmd"; exit 1; }
-done <<<"$steps"
+n=$(wc -l <<<"$steps")
+say "$n commands from $readme ($mode), run in one shell as root, ~ being $home:"
+script=$home/first-start.sh
+{
+  echo 'set -euo pipefail'
+  i=0
+  while IFS= read -r cmd; do
+    i=$((i + 1))
+    printf 'echo %q >&2\n' "  [$i] # $cmd"
+    printf '%s\n' "$cmd"
+  done <<<"$steps"
+} >"$script"
+HOME=$home bash "$script" </dev/null >&2 || { say "a command of README.Debian failed (the last one shown above)"; exit 1; }
 grep -q "configuration reloaded" /var/log/medgate.log 2>/dev/null || [ "$mode" = systemd ] || { say "the reload is not in the log"; exit 1; }
 say "README.Debian's First start passed: $n commands, $(( $(date +%s) - start )) s in all"

@@ -67,6 +67,9 @@ pub enum ReloadError {
     Log(String),
 }
 
+/// Samples of a gauge: (labels, value).
+type Samples = Vec<(String, f64)>;
+
 /// The last reload, and the dates of the certificates and CRLs in use, for `/metrics`.
 #[derive(Debug, Clone, Default)]
 struct Last {
@@ -74,14 +77,14 @@ struct Last {
     /// Unix time of the last successful reload (or of the start).
     success_at: f64,
     /// notAfter of each configured certificate, as read when last applied: (labels, unix time).
-    certificates: Vec<(String, f64)>,
+    certificates: Samples,
     /// nextUpdate of each configured CRL, as read when last applied.
-    crls: Vec<(String, f64)>,
+    crls: Samples,
 }
 
 impl Last {
     /// The dates of the files `cfg` names, read now (when they are applied).
-    fn dates(cfg: &Config) -> (Vec<(String, f64)>, Vec<(String, f64)>) {
+    fn dates(cfg: &Config) -> (Samples, Samples) {
         let mut certs = Vec::new();
         let mut files = vec![("server", cfg.his.certificate.clone()), ("client_ca", cfg.his.client_ca.clone())];
         if let Some(c) = cfg.consortium.as_ref().filter(|_| cfg.ledger.mode == "consortium") {

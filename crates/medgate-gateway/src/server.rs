@@ -176,9 +176,13 @@ impl Running {
     }
 }
 
-/// A reload, counted in `medgate_events_total` (`reloads`, `reload_failures`).
+/// A reload, logged and counted in `medgate_events_total` (`reloads`, `reload_failures`).
 fn reload_counted(live: &Live, gateway: &Gateway) -> Result<Outcome, ReloadError> {
     let r = live.reload();
+    match &r {
+        Ok(done) => tracing::info!(changes = %done.text().trim_end().replace('\n', "; "), "configuration reloaded; certificates and CRLs reloaded"),
+        Err(e) => tracing::error!(error = %e, "reload failed; the previous settings stay in use"),
+    }
     gateway.metrics.incr(if r.is_ok() { "reloads" } else { "reload_failures" });
     r
 }
