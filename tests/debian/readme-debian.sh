@@ -64,11 +64,22 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
-if dpkg-query -W -f='${Status}' medgate 2>/dev/null | grep -q "install ok installed"; then
-  say "medgate is installed already: purging it first"
-  MEDGATE_PURGE_DATA=yes DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq medgate >/dev/null
+# This machine must not run a real medgate: the steps below would take its configuration, and the
+# cleanup purges it. What a run of this script left behind (killed before its cleanup) carries
+# its marker and is removed.
+marker=/var/lib/medgate/.readme-debian-test
+if dpkg-query -W -f='${Status}' medgate 2>/dev/null | grep -q "install ok installed" || [ -d /var/lib/medgate ]; then
+  [ -f "$marker" ] || { trap - EXIT; rm -rf "$home"; say "medgate is installed here (or /var/lib/medgate exists) and not by this script: refusing to touch it"; exit 1; }
+  say "removing what an interrupted run left"
+  MEDGATE_PURGE_DATA=yes DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq medgate >/dev/null || true
+  rm -rf /var/lib/medgate
+  if id medgate >/dev/null 2>&1; then
+    find /var/lib/softhsm/tokens -mindepth 1 -maxdepth 1 -user medgate -exec rm -rf {} +
+  fi
+  tokens_before=$(ls /var/lib/softhsm/tokens 2>/dev/null || true)
 fi
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$deb" >/dev/null
+touch "$marker"
 say "installed $(dpkg-query -W -f='${Package} ${Version}' medgate)"
 
 # --- README.Debian's First start, as the package installed it -------------------------------
