@@ -83,7 +83,8 @@ pub fn subset(resource: &mut Value, summary: Summary, elements: Option<&[String]
         // A type whose mandatory elements are not listed here is returned whole.
         return false;
     }
-    let always = |k: &str| matches!(k, "resourceType" | "id" | "meta" | "modifierExtension") || mandatory.contains(&k);
+    // `contained` is kept here and then cut down to what the kept elements still reference.
+    let always = |k: &str| matches!(k, "resourceType" | "id" | "meta" | "modifierExtension" | "contained") || mandatory.contains(&k);
     let before = obj.len();
     let mut pruned = false;
     match (summary, elements) {
@@ -101,6 +102,9 @@ pub fn subset(resource: &mut Value, summary: Summary, elements: Option<&[String]
         }
         (Summary::False, Some(names)) => obj.retain(|k, _| always(k) || names.iter().any(|n| n == k)),
         _ => {}
+    }
+    if matches!(summary, Summary::True | Summary::Text) || (summary == Summary::False && elements.is_some()) {
+        pruned |= keep_referenced_contained(obj);
     }
     let subsetted = pruned || obj.len() < before;
     if subsetted {
@@ -124,6 +128,42 @@ fn retain_children(obj: &mut Map<String, Value>, backbone: &str, keep: &[&str]) 
         None => {}
     }
     pruned
+}
+
+/// Drops the contained resources no kept element references (dom-3), so that neither a
+/// dangling `#id` (ref-1) nor an orphan contained resource is left. Returns whether any went.
+fn keep_referenced_contained(obj: &mut Map<String, Value>) -> bool {
+    let Some(Value::Array(contained)) = obj.remove("contained") else { return false };
+    let mut refs = Vec::new();
+    for v in obj.values() {
+        local_references(v, &mut refs);
+    }
+    let before = contained.len();
+    let kept: Vec<Value> = contained
+        .into_iter()
+        .filter(|c| c.get("id").and_then(Value::as_str).is_some_and(|id| refs.iter().any(|r| r == id)))
+        .collect();
+    let pruned = kept.len() < before;
+    if !kept.is_empty() {
+        obj.insert("contained".into(), Value::Array(kept));
+    }
+    pruned
+}
+
+/// The ids of every `#id` reference in `v`.
+fn local_references(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o {
+                match (k.as_str(), x.as_str().and_then(|r| r.strip_prefix('#'))) {
+                    ("reference", Some(id)) => out.push(id.to_owned()),
+                    _ => local_references(x, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|x| local_references(x, out)),
+        _ => {}
+    }
 }
 
 fn tag_subsetted(obj: &mut Map<String, Value>) {
@@ -178,6 +218,27 @@ mod tests {
         let mut keys: Vec<&str> = d.as_object().expect("object").keys().map(String::as_str).collect();
         keys.sort_unstable();
         assert_eq!(keys, ["content", "description", "id", "masterIdentifier", "meta", "resourceType", "status"]);
+    }
+
+    #[test]
+    fn contained_resources_follow_the_references_that_stay() {
+        let full = json!({
+            "resourceType": "DocumentReference", "id": "d", "status": "current", "content": [],
+            "masterIdentifier": {"value": "x"},
+            "contained": [{"resourceType": "Practitioner", "id": "a"}, {"resourceType": "Patient", "id": "sp"}],
+            "author": [{"reference": "#a"}],
+            "context": {"sourcePatientInfo": {"reference": "#sp"}, "facilityType": {"text": "f"}}
+        });
+        let mut d = full.clone();
+        assert!(subset(&mut d, Summary::True, None));
+        let ids: Vec<&str> = d["contained"].as_array().expect("contained").iter().filter_map(|c| c["id"].as_str()).collect();
+        assert_eq!(ids, ["a"], "context.sourcePatientInfo is not summary, author is");
+        let mut d = full.clone();
+        assert!(subset(&mut d, Summary::False, Some(&["description".to_owned()])));
+        assert!(d.get("contained").is_none());
+        let mut d = full;
+        assert!(!subset(&mut d, Summary::Data, None), "nothing to leave out");
+        assert_eq!(d["contained"].as_array().map(Vec::len), Some(2));
     }
 
     #[test]

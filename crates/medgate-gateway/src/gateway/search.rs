@@ -200,3 +200,51 @@ fn outcome_urn() -> String {
     let h = hex::encode(b);
     format!("urn:uuid:{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medgate_fhir::search::{parse_query, DOCUMENT_REFERENCE};
+    use serde_json::json;
+
+    fn query(pairs: &[(&str, &str)]) -> Query {
+        let pairs: Vec<(String, String)> = pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
+        parse_query(&DOCUMENT_REFERENCE, &pairs, false).expect("query")
+    }
+
+    fn remote(id: &str) -> Candidate {
+        // What the ledger gives for a record another hospital holds.
+        Candidate {
+            resource: json!({"resourceType": "DocumentReference", "id": id, "status": "current", "meta": {"lastUpdated": "2026-01-01T00:00:00Z"},
+                             "content": [{"attachment": {"contentType": "application/pdf"}}]}),
+            stored_at: None,
+        }
+    }
+
+    #[test]
+    fn records_held_elsewhere_are_matched_on_what_the_ledger_knows() {
+        let held = [remote("r1"), remote("r2")];
+        // Status, id and lastUpdated are known: remote records match or not, and nothing is said.
+        for pairs in [vec![("status", "current")], vec![("_id", "r1")], vec![("_lastUpdated", "ge2025")]] {
+            assert_eq!(remote_note(&query(&pairs), &held, 0), None, "{pairs:?}");
+        }
+        assert!(query(&[("status", "current")]).matches(&held[0].resource, 0));
+        assert!(!query(&[("status", "superseded")]).matches(&held[0].resource, 0));
+        // A filter on sealed metadata leaves them out, and the Bundle says how many and why.
+        let q = query(&[("status", "current"), ("type", "http://loinc.org|34133-9")]);
+        assert!(!q.matches(&held[0].resource, 0));
+        let note = remote_note(&q, &held, 0).expect("a note");
+        assert!(note.text.starts_with("2 document(s)") && note.text.contains("type") && !note.text.contains("status"), "{}", note.text);
+        assert_eq!(note.severity, "information");
+        // Unless the filter asks for what they lack.
+        assert_eq!(remote_note(&query(&[("type:missing", "true")]), &held, 0), None);
+    }
+
+    #[test]
+    fn outcome_urns_are_version_4_uuids() {
+        let u = outcome_urn();
+        assert_eq!(u.len(), "urn:uuid:".len() + 36, "{u}");
+        assert_eq!(&u[23..24], "4", "{u}");
+        assert_ne!(u, outcome_urn());
+    }
+}
