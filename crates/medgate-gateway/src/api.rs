@@ -26,7 +26,7 @@ use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCAT
 use hyper::{Method, Request, Response, StatusCode, Version};
 use serde_json::Value;
 
-use medgate_fhir::{FhirError, PatientId};
+use medgate_fhir::{FhirError, PatientId, Submission};
 use crate::gateway::{Caller, Gateway, PURPOSES};
 use crate::tls::ClientIdentity;
 use crate::GatewayError;
@@ -158,6 +158,10 @@ fn check_fhir_json(req: &Request<Incoming>) -> Result<(), FhirError> {
     let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if essence == "application/fhir+json" || essence == "application/json" {
         Ok(())
+    } else if essence == "application/fhir+xml" || essence.ends_with("/xml") {
+        Err(FhirError::UnsupportedMediaType(
+            "FHIR XML is not supported by this gateway; send the same resource as JSON with Content-Type: application/fhir+json".into(),
+        ))
     } else {
         Err(FhirError::UnsupportedMediaType(
             "send Content-Type: application/fhir+json".into(),
@@ -191,6 +195,9 @@ fn route(method: &Method, path: &str) -> &'static str {
         ("GET", ["DocumentReference"]) => "GET /DocumentReference",
         ("GET", ["DocumentReference", _]) => "GET /DocumentReference/{id}",
         ("DELETE", ["DocumentReference", _]) => "DELETE /DocumentReference/{id}",
+        ("PATCH", ["DocumentReference", _]) => "PATCH /DocumentReference/{id}",
+        ("GET", ["List", _]) => "GET /List/{id}",
+        ("GET", ["Patient", _]) => "GET /Patient/{id}",
         ("GET", ["Binary", _]) => "GET /Binary/{id}",
         ("GET", ["AuditEvent"]) => "GET /AuditEvent",
         ("POST", ["Consent"]) => "POST /Consent",
@@ -235,11 +242,17 @@ impl Api {
                 let idem = idempotency_key(&req)?;
                 let bytes = body(req, self.max_body, self.body_timeout).await?;
                 let single = route == "POST /DocumentReference";
-                let docs = if single { vec![medgate_fhir::parse_document_reference(&bytes)?] } else { medgate_fhir::parse_transaction(&bytes)? };
-                let created = gw.create(&caller, docs, idem.as_deref()).await?;
-                // A single create answers with the resource itself, a transaction with the Bundle.
-                let body = if single { created.body["entry"][0]["resource"].clone() } else { created.body.clone() };
-                Ok(with_location(json_response(created.status, &body), created.location))
+                let sub = if single { Submission::single(medgate_fhir::parse_document_reference(&bytes)?) } else { medgate_fhir::parse_transaction(&bytes)? };
+                let created = gw.create(&caller, sub, idem.as_deref()).await?;
+                // A single create answers with the resource itself (201); a transaction with the
+                // transaction-response Bundle, 200 as FHIR and ITI-65 say (202 while ledger
+                // entries wait in the outbox).
+                let (status, body) = if single {
+                    (created.status, created.body["entry"][0]["resource"].clone())
+                } else {
+                    (if created.status == 201 { 200 } else { created.status }, created.body.clone())
+                };
+                Ok(with_location(json_response(status, &body), created.location))
             }
             "GET /DocumentReference" => {
                 let caller = caller(&req, client)?;
@@ -257,6 +270,21 @@ impl Api {
                 let mut r = Response::new(Full::new(Bytes::new()));
                 *r.status_mut() = StatusCode::NO_CONTENT;
                 Ok(r)
+            }
+            "PATCH /DocumentReference/{id}" => {
+                let caller = caller(&req, client)?;
+                check_fhir_json(&req)?;
+                let bytes = body(req, self.max_body, self.body_timeout).await?;
+                let status = medgate_fhir::parse_status_patch(&bytes)?;
+                Ok(json_response(200, &gw.change_status(&caller, &id, &status).await?))
+            }
+            "GET /List/{id}" => {
+                let caller = caller(&req, client)?;
+                Ok(json_response(200, &gw.read_list(&caller, &id).await?))
+            }
+            "GET /Patient/{id}" => {
+                let caller = caller(&req, client)?;
+                Ok(json_response(200, &gw.read_patient(&caller, &id).await?))
             }
             "GET /Binary/{id}" => {
                 let caller = caller(&req, client)?;
@@ -289,7 +317,7 @@ impl Api {
                 Ok(json_response(200, &gw.consents(&caller, &patient, &link).await?))
             }
             _ => {
-                let known = ["", "metadata", "DocumentReference", "Binary", "AuditEvent", "Consent"];
+                let known = ["", "metadata", "DocumentReference", "Binary", "AuditEvent", "Consent", "List", "Patient"];
                 let first = path.split('/').next().unwrap_or("");
                 if known.contains(&first) {
                     Err(FhirError::MethodNotAllowed(format!("{} on /{}", req.method(), first)).into())

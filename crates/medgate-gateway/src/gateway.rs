@@ -15,9 +15,12 @@
 mod audit;
 mod checkpoints;
 mod consents;
+mod lists;
 mod membership;
+mod provide;
 mod records;
 mod sharing;
+mod status;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,6 +36,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub use audit::break_glass_json;
+pub use lists::SubmissionSet;
 
 use crate::metrics::Metrics;
 use crate::peer::{PeerService, ReadGrant, ReadRequest, Sharing};
