@@ -8,6 +8,7 @@
 //! produced here repeats a patient identifier value or document content.
 
 mod audit;
+mod capability;
 mod consent;
 mod error;
 mod ingest;
@@ -17,6 +18,7 @@ mod primitives;
 mod resources;
 mod response;
 mod sample;
+mod search;
 mod status;
 mod submission;
 
@@ -24,12 +26,14 @@ pub use audit::{audit_event, AuditAction, AuditRecord};
 pub use consent::{consent_resource, parse_consent, ConsentSubmission};
 pub use error::{operation_outcome, FhirError, Issue};
 pub use ingest::{parse_document_reference, parse_transaction};
+pub use capability::capability_statement;
 pub use resources::{
-    capability_statement, document_reference_resource, searchset, transaction_response,
-    StoredDocument, LEDGER_RECEIPT_EXTENSION, SHA256_EXTENSION,
+    document_reference_resource, transaction_response, StoredDocument, LEDGER_RECEIPT_EXTENSION,
+    SHA256_EXTENSION,
 };
 pub use list::{list_resource, patient_resource, StoredListView};
 pub use response::{provide_response, AnswerEntry};
+pub use search::searchset;
 pub use sample::sample_transaction;
 pub use status::{at_version, parse_status_patch};
 pub use submission::{MhdOption, Relation, StatusPatch, Submission, SubmissionEntry, SubmissionSet, RELATION_CODES};
