@@ -159,7 +159,7 @@ fn sigterm_under_load_loses_no_acknowledged_record() {
                     let data = format!("w{w} n{n}").into_bytes();
                     match c.post_json("/", &sample_transaction(&patient(w), "text/plain", &data, None), &[]).await {
                         Ok(r) if r.status == 200 => {
-                            acked.lock().unwrap().push((r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned(), data));
+                            acked.lock().unwrap().push((support::created_id(&r.json()), data));
                             progress.send_modify(|n| *n += 1);
                         }
                         Ok(r) if r.status >= 500 => panic!("{}: {}", r.status, String::from_utf8_lossy(&r.body)),

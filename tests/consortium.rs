@@ -116,9 +116,9 @@ fn ingest(c: &Consortium, i: usize, n: u32, tag: &str) -> Vec<String> {
             let body = sample_transaction(&patient(k), "text/plain", format!("{tag} {k}").as_bytes(), None);
             let r = his.post_json("/", &body, &[]).await.unwrap();
             assert_eq!(r.status, 200, "{}\ngateway log:\n{}", String::from_utf8_lossy(&r.body), c.gws[i].log_text());
-            let doc = r.json()["entry"][0]["resource"].clone();
+            let doc = r.json()["entry"][0]["response"].clone();
             assert!(receipt_of(&doc).is_some());
-            ids.push(doc["id"].as_str().unwrap().to_owned());
+            ids.push(support::created_id(&r.json()));
         }
         ids
     })
@@ -232,10 +232,10 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
         let r = his.post_json("/", &sample_transaction(&patient(7), "text/plain", b"during the outage", None), &[]).await.unwrap();
         assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
         assert!(t.elapsed() < Duration::from_secs(30), "the HIS waited {:?}", t.elapsed());
-        let doc = r.json()["entry"][0]["resource"].clone();
+        let doc = r.json()["entry"][0]["response"].clone();
         assert!(receipt_of(&doc).is_none());
         // Stored and readable while the ledger waits.
-        let id = doc["id"].as_str().unwrap().to_owned();
+        let id = support::created_id(&r.json());
         let bin = his.get(&format!("/Binary/{id}")).await.unwrap();
         assert_eq!(bin.body.as_ref(), b"during the outage");
         // A consent recorded meanwhile waits in the outbox too; its retry is that same consent.
@@ -285,7 +285,7 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
         let took_create = t.elapsed();
         // Stored before the crash: that record, still waiting for the ledger.
         assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
-        let record = r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned();
+        let record = support::created_id(&r.json());
         let t = Instant::now();
         let r = his.post_json("/Consent", &consent, &[("idempotency-key", "crash-consent")]).await.unwrap();
         let took_consent = t.elapsed();
@@ -486,7 +486,7 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
         let mut a = c.gws[0].client();
         let r = a.post_json("/", &sample_transaction(&p, "application/pdf", &letter, None), &[]).await.unwrap();
         assert_eq!(r.status, 200);
-        r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned()
+        support::created_id(&r.json())
     });
     converge(&c, 0.0);
     let read_at_b = |purpose: &'static str, role: &'static str| {
@@ -763,7 +763,7 @@ fn ingest_one(g: &Gw, k: u32, tag: &str) -> (u16, String) {
         let mut his = g.client();
         let body = sample_transaction(&patient(k), "text/plain", format!("{tag} {k}").as_bytes(), None);
         let r = his.post_json("/", &body, &[]).await.unwrap();
-        (r.status, r.json()["entry"][0]["resource"]["id"].as_str().unwrap_or_default().to_owned())
+        (r.status, medgate_fhir::answer_ids(&r.json(), "DocumentReference").pop().unwrap_or_default())
     })
 }
 
@@ -881,7 +881,7 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
         let mut his = c.gws[2].client();
         let r = his.post_json("/", &sample_transaction(&patient(4), "text/plain", b"C before removal", None), &[]).await.unwrap();
         assert_eq!(r.status, 200);
-        let receipt = receipt_of(&r.json()["entry"][0]["resource"]).unwrap();
+        let receipt = receipt_of(&r.json()["entry"][0]["response"]).unwrap();
         serde_json::from_slice::<serde_json::Value>(&receipt).unwrap()["seq"].as_u64().unwrap()
     });
     // Remove C: now three of four must agree.

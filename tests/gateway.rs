@@ -36,8 +36,8 @@ fn store_search_read_and_audit_round_trip() {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         let bundle = r.json();
         assert_eq!(bundle["type"], "transaction-response");
-        let doc = &bundle["entry"][0]["resource"];
-        let id = doc["id"].as_str().unwrap().to_owned();
+        let doc = &bundle["entry"][0]["response"];
+        let id = support::created_id(&bundle);
         assert_eq!(bundle["entry"][0]["response"]["status"], "201 Created");
         assert_eq!(r.headers["location"], format!("DocumentReference/{id}").as_str());
         let key = medgate_ledger::keys::read_public_key(&gw.site.ledger_public_key).unwrap();
@@ -220,7 +220,7 @@ fn retried_creates_are_never_duplicated() {
             match r.status {
                 // 202: the first request stored the record and is still anchoring it.
                 200 | 202 => {
-                    ids.insert(r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned());
+                    ids.insert(support::created_id(&r.json()));
                 }
                 // Still in flight: the client is told when to retry.
                 409 => {
@@ -234,7 +234,7 @@ fn retried_creates_are_never_duplicated() {
         let mut c = gw.client();
         let again = c.post_json("/", &bundle, &[("idempotency-key", "req-42")]).await.unwrap();
         assert_eq!(again.status, 200);
-        assert_eq!(again.json()["entry"][0]["resource"]["id"].as_str().unwrap(), ids.iter().next().unwrap());
+        assert_eq!(&support::created_id(&again.json()), ids.iter().next().unwrap());
         // The same key from another request body is still the same request: the first answer.
         assert_eq!(gw.metric("medgate_vault_records"), Some(1.0));
 
@@ -245,7 +245,7 @@ fn retried_creates_are_never_duplicated() {
         let second = c.post_json("/", &m, &[]).await.unwrap();
         assert_eq!(second.status, 200, "{}", String::from_utf8_lossy(&second.body));
         assert_eq!(second.json()["entry"][0]["response"]["status"], "200 OK", "a repeat creates nothing");
-        assert_eq!(second.json()["entry"][0]["resource"]["id"], first.json()["entry"][0]["resource"]["id"]);
+        assert_eq!(support::created_id(&second.json()), support::created_id(&first.json()));
         let clash = sample_transaction(&p, "text/plain", b"other content", Some(("urn:ietf:rfc:3986", "urn:oid:1.2.3.99")));
         let r = c.post_json("/", &clash, &[]).await.unwrap();
         assert_eq!(r.status, 409);
@@ -285,7 +285,7 @@ fn kill_9_during_a_stream_of_creates_loses_no_acknowledged_record_and_retries_cr
                     let body = sample_transaction(&patient(100 + w), "text/plain", &one.data, None);
                     match c.post_json("/", &body, &[("idempotency-key", &one.key)]).await {
                         Ok(r) if r.status == 200 => {
-                            acked.lock().unwrap().insert(one.key, r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned());
+                            acked.lock().unwrap().insert(one.key, support::created_id(&r.json()));
                             progress.send_modify(|n| *n += 1);
                         }
                         Ok(r) => panic!("unexpected {}: {}", r.status, String::from_utf8_lossy(&r.body)),
@@ -340,7 +340,7 @@ fn kill_9_during_a_stream_of_creates_loses_no_acknowledged_record_and_retries_cr
     let mut ids = std::collections::BTreeMap::new();
     for (one, r) in &answers {
         assert!(r.status == 200 || r.status == 202, "retry of {}: {} {}", one.key, r.status, String::from_utf8_lossy(&r.body));
-        let id = r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned();
+        let id = support::created_id(&r.json());
         if let Some(first) = acked.get(&one.key) {
             assert_eq!(&id, first, "retry of {} acknowledged before the crash answered another record", one.key);
         }
@@ -392,8 +392,8 @@ fn altered_ciphertext_and_altered_blocks_are_detected() {
         for n in 0..3 {
             let r = c.post_json("/", &sample_transaction(&patient(6), "text/plain", format!("doc {n}").as_bytes(), None), &[]).await.unwrap();
             assert_eq!(r.status, 200);
-            let doc = r.json()["entry"][0]["resource"].clone();
-            id = doc["id"].as_str().unwrap().to_owned();
+            let doc = r.json()["entry"][0]["response"].clone();
+            id = support::created_id(&r.json());
             let receipt: Value = serde_json::from_slice(&receipt_of(&doc).unwrap()).unwrap();
             entry = receipt["entry"]["id"].as_str().unwrap().to_owned();
         }
@@ -491,7 +491,7 @@ fn consents_are_recorded_listed_withdrawn_and_audited() {
         for n in 0..2 {
             let r = his.post_json("/", &sample_transaction(&p, "text/plain", format!("doc {n}").as_bytes(), None), &[]).await.unwrap();
             assert_eq!(r.status, 200);
-            ids.push(r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned());
+            ids.push(support::created_id(&r.json()));
         }
         // `data: []` means "all records": FHIR JSON forbids empty arrays, so it is left out.
         let consent = |status: &str, grantee: &str, data: Value| {
@@ -603,9 +603,9 @@ fn erasure_shreds_the_key_material_and_keeps_the_hash_on_the_ledger() {
     let (id, kept) = rt.block_on(async {
         let mut his = gw.client();
         let r = his.post_json("/", &sample_transaction(&p, "text/plain", b"to be erased", None), &[]).await.unwrap();
-        let id = r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned();
+        let id = support::created_id(&r.json());
         let r = his.post_json("/", &sample_transaction(&p, "text/plain", b"kept", None), &[]).await.unwrap();
-        let kept = r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned();
+        let kept = support::created_id(&r.json());
         let del = his.send("DELETE", &format!("/DocumentReference/{id}"), &[], Vec::new()).await.unwrap();
         assert_eq!(del.status, 204, "{}", String::from_utf8_lossy(&del.body));
         for path in [format!("/Binary/{id}"), format!("/DocumentReference/{id}")] {

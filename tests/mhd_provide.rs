@@ -265,7 +265,7 @@ fn refusals_name_every_missing_element_and_a_refused_transaction_stores_nothing(
     // the first replacement wins, the other submission stores nothing at all.
     let (status, first) = post(&gw, &two_documents(&p, 1, None), &[]);
     assert_eq!(status, 200, "{first}");
-    let old = first["entry"][1]["resource"]["id"].as_str().unwrap().to_owned();
+    let old = medgate_fhir::answer_ids(&first, "DocumentReference")[0].clone();
     let (status, answer) = post(&gw, &two_documents(&p, 3, Some(&old)), &[]);
     assert_eq!(status, 200, "{answer}");
     let records = gw.metric("medgate_vault_records");
@@ -275,7 +275,7 @@ fn refusals_name_every_missing_element_and_a_refused_transaction_stores_nothing(
     assert_eq!(gw.metric("medgate_vault_records"), records, "a refused transaction stores none of its documents");
 
     // Entered in error, by the custodian: out of searches, still readable by id.
-    let second_doc = first["entry"][3]["resource"]["id"].as_str().unwrap().to_owned();
+    let second_doc = medgate_fhir::answer_ids(&first, "DocumentReference")[1].clone();
     let patch = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
         {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "DocumentReference.status"}, {"name": "value", "valueCode": "entered-in-error"}]}]});
     let changed = rt().block_on(async { gw.client().send("PATCH", &format!("/DocumentReference/{second_doc}"), &[], serde_json::to_vec(&patch).unwrap()).await.unwrap() });

@@ -285,7 +285,7 @@ async fn scene(sites: &[Site], say: &mut dyn FnMut(&str)) -> Result<(), Failure>
     let mut his_b = client(b, "dr.baker", "physician", "TREAT")?;
     let r = his_a.post_json("/", &sample_transaction(&patient, "text/plain", &letter, None), &[]).await.map_err(Failure::runtime)?;
     check(r.status == 200, &format!("A stores the record: {}", r.status))?;
-    let id = r.json()["entry"][0]["resource"]["id"].as_str().unwrap_or_default().to_owned();
+    let id = medgate_fhir::answer_ids(&r.json(), "DocumentReference").pop().unwrap_or_default();
     say(&format!("hospital A stores a record for the patient: 200, DocumentReference/{id}, anchored on the consortium ledger"));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -383,7 +383,7 @@ async fn bench_ingest(a: &Site, patient: &PatientId, records: usize, concurrency
                 if r.status != 200 {
                     return Err(format!("ingest answered {}", r.status));
                 }
-                out.push((t.elapsed(), r.json()["entry"][0]["resource"]["id"].as_str().unwrap_or_default().to_owned()));
+                out.push((t.elapsed(), medgate_fhir::answer_ids(&r.json(), "DocumentReference").pop().unwrap_or_default()));
             }
             Ok::<_, String>(out)
         }));

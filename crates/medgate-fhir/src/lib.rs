@@ -32,7 +32,7 @@ pub use resources::{
     SHA256_EXTENSION,
 };
 pub use list::{list_resource, patient_resource, StoredListView};
-pub use response::{provide_response, AnswerEntry};
+pub use response::{answer_ids, provide_response, AnswerEntry};
 pub use search::searchset;
 pub use sample::sample_transaction;
 pub use status::{at_version, parse_status_patch};

@@ -24,11 +24,10 @@ pub struct AnswerEntry {
     pub last_modified: String,
     /// The resource itself, when the answer shows it.
     pub resource: Option<Value>,
-    /// The ledger receipt of the entry that anchors what this entry did. Shown as an extension
-    /// of the response only when the entry shows no resource (a resource carries its own).
+    /// The ledger receipt of the entry that anchors what this entry did.
     pub receipt: Option<Value>,
-    /// Whether the response shows `receipt` (the DocumentReference's covers its Binary, the
-    /// list's its Patient; a status change has its own).
+    /// Whether the response shows `receipt` as an extension (the DocumentReference's covers its
+    /// Binary, the list's its Patient).
     pub show_receipt: bool,
 }
 
@@ -43,7 +42,7 @@ pub fn provide_response(entries: &[AnswerEntry]) -> Value {
                 "etag": format!("W/\"{}\"", e.version),
                 "lastModified": e.last_modified,
             });
-            if let (Some(receipt), Some(obj), true) = (&e.receipt, response.as_object_mut(), e.show_receipt && e.resource.is_none()) {
+            if let (Some(receipt), Some(obj), true) = (&e.receipt, response.as_object_mut(), e.show_receipt) {
                 obj.insert("extension".into(), json!([receipt_extension(receipt)]));
             }
             match &e.resource {
@@ -53,6 +52,21 @@ pub fn provide_response(entries: &[AnswerEntry]) -> Value {
         })
         .collect();
     json!({"resourceType": "Bundle", "type": "transaction-response", "entry": entry})
+}
+
+/// The ids an answer's entries name for `resource_type`, in order (from each
+/// `response.location`, relative or absolute, `_history` or not).
+pub fn answer_ids(answer: &Value, resource_type: &str) -> Vec<String> {
+    let entries = answer.get("entry").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    entries
+        .iter()
+        .filter_map(|e| e.pointer("/response/location")?.as_str())
+        .filter_map(|loc| {
+            let path = loc.split("/_history/").next().unwrap_or(loc);
+            let (before, id) = path.rsplit_once('/')?;
+            (before == resource_type || before.ends_with(&format!("/{resource_type}"))).then(|| id.to_owned())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -68,8 +82,11 @@ mod tests {
         assert_eq!(b["type"], "transaction-response");
         assert_eq!(b["entry"][0]["response"]["location"], "List/l1/_history/1");
         assert_eq!(b["entry"][0]["response"]["etag"], "W/\"1\"");
-        assert!(b["entry"][0]["response"].get("extension").is_none(), "the List carries its own receipt");
+        assert!(b["entry"][0]["response"]["extension"][0]["valueAttachment"]["data"].is_string());
         assert!(b["entry"][1]["response"]["extension"][0]["valueAttachment"]["data"].is_string());
+        assert_eq!(answer_ids(&b, "List"), ["l1"]);
+        assert_eq!(answer_ids(&b, "DocumentReference"), ["r0"]);
+        assert!(answer_ids(&b, "Binary").is_empty());
         assert_eq!(b["entry"][1]["response"]["location"], "DocumentReference/r0/_history/2");
         assert_eq!(b["entry"][1]["response"]["status"], "200 OK");
         assert!(b["entry"][1].get("resource").is_none() && b["entry"][1].get("fullUrl").is_none());

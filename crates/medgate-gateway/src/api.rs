@@ -240,10 +240,12 @@ impl Api {
                 let caller = caller(&req, client)?;
                 check_fhir_json(&req)?;
                 let idem = idempotency_key(&req)?;
-                let bytes = body(req, self.max_body, self.body_timeout).await?;
                 let single = route == "POST /DocumentReference";
+                // Prefer: return=representation puts the created resources in a transaction's answer.
+                let represent = single || header(&req, "prefer")?.is_some_and(|p| p.split([';', ',']).any(|x| x.trim() == "return=representation"));
+                let bytes = body(req, self.max_body, self.body_timeout).await?;
                 let sub = if single { Submission::single(medgate_fhir::parse_document_reference(&bytes)?) } else { medgate_fhir::parse_transaction(&bytes)? };
-                let created = gw.create(&caller, sub, idem.as_deref()).await?;
+                let created = gw.create(&caller, sub, idem.as_deref(), represent).await?;
                 // A single create answers with the resource itself (201); a transaction with the
                 // transaction-response Bundle, 200 as FHIR and ITI-65 say (202 while ledger
                 // entries wait in the outbox).

@@ -191,7 +191,7 @@ impl Gateway {
     /// masterIdentifier names an earlier submission. The same submission (same entries, same
     /// documents' content) is answered as the first time, with `200 OK`; anything else is a
     /// conflict.
-    pub(super) async fn repeated_submission(&self, state: IdemState, sub: &Submission, k: usize) -> Result<Created, GatewayError> {
+    pub(super) async fn repeated_submission(&self, state: IdemState, sub: &Submission, k: usize, represent: bool) -> Result<Created, GatewayError> {
         let items = match state {
             IdemState::Committed { items } | IdemState::Answered { items, .. } => items,
             IdemState::Stored { record_ids } => record_ids.iter().map(|id| AnswerItem::new("DocumentReference", id, 1)).collect(),
@@ -213,11 +213,11 @@ impl Gateway {
             )));
         }
         self.metrics.incr("conditional_create_hits");
-        self.answer(&items, &Known::default(), true).await
+        self.answer(&items, &Known::default(), true, represent).await
     }
 
     /// The answer for a request key seen before, rendered again from what it names.
-    pub(super) async fn replay_create(&self, state: IdemState) -> Result<Created, GatewayError> {
+    pub(super) async fn replay_create(&self, state: IdemState, represent: bool) -> Result<Created, GatewayError> {
         let (items, status) = match state {
             IdemState::Committed { items } => (items, None),
             IdemState::Answered { status, items } => (items, Some(status)),
@@ -229,7 +229,7 @@ impl Gateway {
         // it stored is surely on disk.
         self.vault.sync().await?;
         self.metrics.incr("idempotent_replays");
-        let mut created = self.answer(&items, &Known::default(), false).await?;
+        let mut created = self.answer(&items, &Known::default(), false, represent).await?;
         if let Some(s) = status {
             created.status = s;
         }
@@ -237,11 +237,14 @@ impl Gateway {
     }
 
     /// Renders the answer: 201 when every entry is in a block, 202 while some wait in the
-    /// outbox, 200 for a repeated submission (its entries `200 OK`).
-    pub(super) async fn answer(&self, items: &[AnswerItem], known: &Known, repeat: bool) -> Result<Created, GatewayError> {
+    /// outbox, 200 for a repeated submission (its entries `200 OK`). Each entry's response
+    /// carries the receipt of what anchors it (DocumentReference, List, status change); with
+    /// `represent` (`Prefer: return=representation`) the DocumentReferences and the List are in
+    /// the answer too, each with its receipt, as a read shows them at that version.
+    pub(super) async fn answer(&self, items: &[AnswerItem], known: &Known, repeat: bool, represent: bool) -> Result<Created, GatewayError> {
         let mut out = Vec::with_capacity(items.len());
         for it in items {
-            out.push(self.answer_entry(it, known, repeat).await?);
+            out.push(self.answer_entry(it, known, repeat, represent).await?);
         }
         let anchored = out.iter().all(|e| e.receipt.is_some());
         let status = if repeat { 200 } else if anchored { 201 } else { 202 };
@@ -256,7 +259,7 @@ impl Gateway {
         Ok(self.ledger.store.receipt(entry_id).map_err(GatewayError::internal)?.map(|r| r.to_json()))
     }
 
-    async fn answer_entry(&self, it: &AnswerItem, known: &Known, repeat: bool) -> Result<AnswerEntry, GatewayError> {
+    async fn answer_entry(&self, it: &AnswerItem, known: &Known, repeat: bool, represent: bool) -> Result<AnswerEntry, GatewayError> {
         let created = if repeat { "200 OK" } else { "201 Created" };
         let missing = || GatewayError::internal(format!("{} {} named by an idempotency state is missing", it.kind, it.id));
         if matches!(it.kind.as_str(), "List" | "Patient") {
@@ -267,11 +270,13 @@ impl Gateway {
             let receipt = self.receipt_of(&stored.entry_id, known)?;
             let resource = match (it.kind.as_str(), sealed) {
                 ("Patient", _) => None,
+                _ if !represent => None,
                 (_, Some(sealed)) => Some(self.submission_set(&vault::OpenList { stored: stored.clone(), sealed })?.resource),
                 (_, None) => Some(self.submission_set(&self.open_list(stored.clone()).await?)?.resource),
             };
             let resource_type = if it.kind == "List" { "List" } else { "Patient" };
-            return Ok(AnswerEntry { status: created, resource_type, id: stored.id, version: 1, last_modified: stored.created, resource, receipt, show_receipt: false });
+            let show_receipt = it.kind == "List";
+            return Ok(AnswerEntry { status: created, resource_type, id: stored.id, version: 1, last_modified: stored.created, resource, receipt, show_receipt });
         }
         let rec = match known.records.get(&it.id) {
             Some(r) => r.clone(),
@@ -284,7 +289,7 @@ impl Gateway {
             _ => return Err(missing()),
         };
         let receipt = self.receipt_of(&entry_id, known)?;
-        let resource = if it.kind == "DocumentReference" && rec.erased.is_none() {
+        let resource = if represent && it.kind == "DocumentReference" && rec.erased.is_none() {
             let reference = match known.references.get(&rec.id) {
                 Some(r) => r.clone(),
                 None => self.open(rec.clone(), false).await?.meta.document_reference,
@@ -293,7 +298,7 @@ impl Gateway {
         } else {
             None
         };
-        let show_receipt = it.kind == "Patch";
+        let show_receipt = it.kind != "Binary";
         Ok(AnswerEntry { status, resource_type, id: rec.id.clone(), version: it.version, last_modified: rec.version_time(it.version).to_owned(), resource, receipt, show_receipt })
     }
 

@@ -18,8 +18,9 @@ impl Gateway {
     ///
     /// `idempotency_key`: the client's `Idempotency-Key`; the same key from the same HIS returns
     /// the first answer. Each document's `masterIdentifier` is a conditional-create key too.
-    /// The answer has one entry per request entry (see `provide`).
-    pub async fn create(&self, caller: &Caller, sub: Submission, idempotency_key: Option<&str>) -> Result<Created, GatewayError> {
+    /// The answer has one entry per request entry (see `provide`); `represent` puts the
+    /// created DocumentReferences and List in it (`Prefer: return=representation`).
+    pub async fn create(&self, caller: &Caller, sub: Submission, idempotency_key: Option<&str>, represent: bool) -> Result<Created, GatewayError> {
         if !caller.client.may_write() {
             return Err(GatewayError::Forbidden(format!("certificate role {:?} may not store records", caller.client.role)));
         }
@@ -31,13 +32,13 @@ impl Gateway {
             Some(k) => match self.vault.claim(k)? {
                 Claim::New(held) => Some(held),
                 Claim::InFlight => return Err(in_flight()),
-                Claim::Existing(state) => return self.replay_create(state).await,
+                Claim::Existing(state) => return self.replay_create(state, represent).await,
             },
         };
-        self.create_claimed(caller, sub, held.as_ref().map(|h| h.key())).await
+        self.create_claimed(caller, sub, held.as_ref().map(|h| h.key()), represent).await
     }
 
-    pub(super) async fn create_claimed(&self, caller: &Caller, sub: Submission, request_key: Option<&[u8]>) -> Result<Created, GatewayError> {
+    pub(super) async fn create_claimed(&self, caller: &Caller, sub: Submission, request_key: Option<&[u8]>, represent: bool) -> Result<Created, GatewayError> {
         // Conditional create: a masterIdentifier already stored for this hospital answers with the
         // earlier submission (the same one) or a conflict (another one).
         // Claims are given back when `master_keys` is dropped, whatever happens below.
@@ -47,7 +48,7 @@ impl Gateway {
                 let key = Vault::idem_key("master", &format!("{system}|{value}"));
                 match self.vault.claim(&key).map_err(GatewayError::from)? {
                     Claim::New(held) => master_keys.push(Some(held)),
-                    Claim::Existing(state) => return self.repeated_submission(state, &sub, k).await,
+                    Claim::Existing(state) => return self.repeated_submission(state, &sub, k, represent).await,
                     Claim::InFlight => {
                         return Err(GatewayError::InFlight(
                             "a document with this masterIdentifier is being stored by another request; retry in a second".into(),
@@ -79,7 +80,7 @@ impl Gateway {
             }
         };
         let known = Self::known(sub, write, extras, receipts);
-        let created = self.answer(&items, &known, false).await?;
+        let created = self.answer(&items, &known, false, represent).await?;
         if let Some(k) = request_key {
             if created.status == 201 {
                 self.vault.finish(k, created.status, &items).map_err(GatewayError::from)?;
