@@ -8,7 +8,7 @@
 
 use serde_json::{json, Value};
 
-use crate::search::params::{ResourceSearch, AUDIT_EVENT, CONSENT, DOCUMENT_REFERENCE};
+use crate::search::params::{ResourceSearch, AUDIT_EVENT, CONSENT, DOCUMENT_REFERENCE, LIST};
 
 const MHD: &str = "https://profiles.ihe.net/ITI/MHD";
 
@@ -65,17 +65,39 @@ pub fn capability_statement(version: &str, date: &str, base: &str) -> Value {
             "mode": "server",
             "documentation": "Mutual TLS with a client certificate from the hospital CA (CN = HIS system, OU = role: his or his-read). Headers X-Medgate-User, X-Medgate-Role and X-Medgate-Purpose assert the end user, role and purpose of use; they are recorded pseudonymised on the ledger. Idempotency-Key makes a create safe to retry. Searches run GET [type]?... or POST [type]/_search (form body); an unsupported parameter is ignored and reported in an OperationOutcome entry (search.mode outcome), or refused with 400 under Prefer: handling=strict. Every search, read and retrieve is one ledger entry.",
             "security": {"cors": false, "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "Certificates"}]}]},
-            "interaction": [{"code": "transaction", "documentation": format!("ITI-65 Provide Document Bundle: {MHD}/StructureDefinition/IHE.MHD.Minimal.ProvideBundle (DocumentReference + Binary)")}],
+            "interaction": [
+                {"code": "transaction", "documentation": format!("ITI-65 Provide Document Bundle: {MHD}/StructureDefinition/IHE.MHD.Minimal.ProvideBundle")},
+                {"code": "transaction", "documentation": format!("ITI-65 Provide Document Bundle: {MHD}/StructureDefinition/IHE.MHD.UnContained.Comprehensive.ProvideBundle")},
+                {"code": "transaction", "documentation": format!("ITI-65 Provide Document Bundle: {MHD}/StructureDefinition/IHE.MHD.Comprehensive.ProvideBundle")}
+            ],
             "searchParam": general,
             "resource": [
                 {
                     "type": "DocumentReference",
                     "supportedProfile": [format!("{MHD}/StructureDefinition/IHE.MHD.Minimal.DocumentReference")],
                     "documentation": "ITI-67 Find Document References. Metadata is decrypted in the gateway's memory and matched there. In consortium mode, documents other hospitals hold are found through the ledger, which knows only their id, status, type of content, size, hash and custodian: a filter on other metadata leaves them out, and the Bundle's OperationOutcome says how many.",
-                    "interaction": interactions(&[("create", ""), ("read", ""), ("search-type", "ITI-67"), ("delete", "crypto-shredding by the custodian: key material destroyed, the hash stays on the ledger")]),
+                    "interaction": interactions(&[
+                        ("create", ""),
+                        ("read", ""),
+                        ("search-type", "ITI-67"),
+                        ("patch", "FHIRPath Patch of DocumentReference.status to entered-in-error, by the custodian"),
+                        ("delete", "crypto-shredding by the custodian: key material destroyed, the hash stays on the ledger"),
+                    ]),
                     "conditionalCreate": true,
                     "searchParam": search_params(&DOCUMENT_REFERENCE)
                 },
+                {
+                    "type": "List",
+                    "supportedProfile": [
+                        format!("{MHD}/StructureDefinition/IHE.MHD.Minimal.SubmissionSet"),
+                        format!("{MHD}/StructureDefinition/IHE.MHD.UnContained.Comprehensive.SubmissionSet"),
+                        format!("{MHD}/StructureDefinition/IHE.MHD.Comprehensive.SubmissionSet")
+                    ],
+                    "documentation": "ITI-66 Find Document Lists: the SubmissionSets of ITI-65 submissions (Folders are not kept). In consortium mode, SubmissionSets other hospitals hold are found through the ledger, which knows their id, code and the documents they name: a filter on other metadata leaves them out, and the Bundle's OperationOutcome says how many.",
+                    "interaction": interactions(&[("read", ""), ("search-type", "ITI-66")]),
+                    "searchParam": search_params(&LIST)
+                },
+                {"type": "Patient", "documentation": "The Patient resource an ITI-65 submission carried, under its SubmissionSet's id.", "interaction": interactions(&[("read", "")])},
                 {
                     "type": "Binary",
                     "documentation": "ITI-68 Retrieve Document: the bytes with their own Content-Type, or a Binary resource for Accept: application/fhir+json or _format=json. ETag W/\"1\" (a stored document never changes); If-None-Match with it answers 304, recorded on the ledger as a not-modified read.",

@@ -42,6 +42,16 @@ impl Query {
         matching::matches_all(resource, &self.criteria, now)
     }
 
+    /// Does the query name `code` in a plain `status` criterion? (A search shows documents
+    /// entered in error only when asked for them by status.)
+    pub fn asks_status(&self, code: &str) -> bool {
+        self.criteria.iter().any(|c| {
+            c.def.name == "status"
+                && c.modifier == query::Modifier::None
+                && c.operands.iter().any(|o| matches!(o, query::Operand::Token { code: Some(x), .. } if x == code))
+        })
+    }
+
     /// Notes for the parameters this search ignored.
     pub fn ignored_notes(&self) -> Vec<Note> {
         self.ignored
@@ -277,6 +287,14 @@ mod tests {
         assert_eq!(pairs[4], ("flag".into(), String::new()));
         let e = decode_pairs("identifier=secret%ZZ").expect_err("malformed");
         assert!(e.to_string().starts_with("identifier:") && !e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn a_status_asked_for_is_recognised() {
+        let q = parse_query(&DOCUMENT_REFERENCE, &pairs(&[("status", "current,entered-in-error")]), false).expect("query");
+        assert!(q.asks_status("entered-in-error") && q.asks_status("current") && !q.asks_status("superseded"));
+        let not = parse_query(&DOCUMENT_REFERENCE, &pairs(&[("status:not", "entered-in-error")]), false).expect("query");
+        assert!(!not.asks_status("entered-in-error"));
     }
 
     #[test]

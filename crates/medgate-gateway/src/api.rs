@@ -34,8 +34,8 @@ use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCAT
 use hyper::{Method, Request, Response, StatusCode, Version};
 use serde_json::Value;
 
-use medgate_fhir::search::{AUDIT_EVENT, CONSENT, DOCUMENT_REFERENCE};
-use medgate_fhir::FhirError;
+use medgate_fhir::search::{AUDIT_EVENT, CONSENT, DOCUMENT_REFERENCE, LIST};
+use medgate_fhir::{FhirError, Submission};
 use representation::{absolutize, check_json, rep_params, to_bytes, Rep};
 use crate::gateway::{Caller, Gateway, PURPOSES};
 use crate::tls::ClientIdentity;
@@ -149,6 +149,10 @@ fn check_fhir_json(req: &Request<Incoming>) -> Result<(), FhirError> {
     let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if essence == "application/fhir+json" || essence == "application/json" {
         Ok(())
+    } else if essence == "application/fhir+xml" || essence.ends_with("/xml") {
+        Err(FhirError::UnsupportedMediaType(
+            "FHIR XML is not supported by this gateway; send the same resource as JSON with Content-Type: application/fhir+json".into(),
+        ))
     } else {
         Err(FhirError::UnsupportedMediaType(
             "send Content-Type: application/fhir+json".into(),
@@ -183,6 +187,11 @@ fn route(method: &Method, path: &str) -> &'static str {
         ("POST", ["DocumentReference", "_search"]) => "POST /DocumentReference/_search",
         ("GET", ["DocumentReference", _]) => "GET /DocumentReference/{id}",
         ("DELETE", ["DocumentReference", _]) => "DELETE /DocumentReference/{id}",
+        ("PATCH", ["DocumentReference", _]) => "PATCH /DocumentReference/{id}",
+        ("GET", ["List"]) => "GET /List",
+        ("POST", ["List", "_search"]) => "POST /List/_search",
+        ("GET", ["List", _]) => "GET /List/{id}",
+        ("GET", ["Patient", _]) => "GET /Patient/{id}",
         ("GET", ["Binary", _]) => "GET /Binary/{id}",
         ("GET", ["AuditEvent"]) => "GET /AuditEvent",
         ("POST", ["AuditEvent", "_search"]) => "POST /AuditEvent/_search",
@@ -232,17 +241,26 @@ impl Api {
                 let caller = caller(&req, client)?;
                 check_fhir_json(&req)?;
                 let idem = idempotency_key(&req)?;
-                let bytes = body(req, self.max_body, self.body_timeout).await?;
                 let single = route == "POST /DocumentReference";
-                let docs = if single { vec![medgate_fhir::parse_document_reference(&bytes)?] } else { medgate_fhir::parse_transaction(&bytes)? };
-                let created = gw.create(&caller, docs, idem.as_deref()).await?;
-                // A single create answers with the resource itself, a transaction with the Bundle.
-                let body = if single { created.body["entry"][0]["resource"].clone() } else { created.body.clone() };
-                Ok(with_location(self.fhir(created.status, body, &Rep::default()), created.location, &self.public_base))
+                // Prefer: return=representation puts the created resources in a transaction's answer.
+                let represent = single || header(&req, "prefer")?.is_some_and(|p| p.split([';', ',']).any(|x| x.trim() == "return=representation"));
+                let bytes = body(req, self.max_body, self.body_timeout).await?;
+                let sub = if single { Submission::single(medgate_fhir::parse_document_reference(&bytes)?) } else { medgate_fhir::parse_transaction(&bytes)? };
+                let created = gw.create(&caller, sub, idem.as_deref(), represent).await?;
+                // A single create answers with the resource itself (201); a transaction with the
+                // transaction-response Bundle, 200 as FHIR and ITI-65 say (202 while ledger
+                // entries wait in the outbox).
+                let (status, body) = if single {
+                    (created.status, created.body["entry"][0]["resource"].clone())
+                } else {
+                    (if created.status == 201 { 200 } else { created.status }, created.body.clone())
+                };
+                Ok(with_location(self.fhir(status, body, &Rep::default()), created.location, &self.public_base))
             }
             "GET /DocumentReference" | "POST /DocumentReference/_search" => self.find(&DOCUMENT_REFERENCE, client, req).await,
             "GET /AuditEvent" | "POST /AuditEvent/_search" => self.find(&AUDIT_EVENT, client, req).await,
             "GET /Consent" | "POST /Consent/_search" => self.find(&CONSENT, client, req).await,
+            "GET /List" | "POST /List/_search" => self.find(&LIST, client, req).await,
             "GET /DocumentReference/{id}" => {
                 let caller = caller(&req, client)?;
                 let rep = self.read_rep(&req)?;
@@ -256,6 +274,20 @@ impl Api {
                 let mut r = Response::new(Full::new(Bytes::new()));
                 *r.status_mut() = StatusCode::NO_CONTENT;
                 Ok(r)
+            }
+            "PATCH /DocumentReference/{id}" => {
+                let caller = caller(&req, client)?;
+                check_fhir_json(&req)?;
+                let bytes = body(req, self.max_body, self.body_timeout).await?;
+                let status = medgate_fhir::parse_status_patch(&bytes)?;
+                Ok(self.fhir(200, gw.change_status(&caller, &id, &status).await?, &Rep::default()))
+            }
+            "GET /List/{id}" | "GET /Patient/{id}" => {
+                let caller = caller(&req, client)?;
+                let rep = self.read_rep(&req)?;
+                let mut res = if route == "GET /List/{id}" { gw.read_list(&caller, &id).await? } else { gw.read_patient(&caller, &id).await? };
+                medgate_fhir::subset::subset(&mut res, rep.summary, rep.elements.as_deref());
+                Ok(self.fhir(200, res, &rep))
             }
             "GET /Binary/{id}" => {
                 let caller = caller(&req, client)?;
@@ -275,7 +307,7 @@ impl Api {
                 Ok(with_location(self.fhir(done.status, done.body, &Rep::default()), done.location, &self.public_base))
             }
             _ => {
-                let known = ["", "metadata", "DocumentReference", "Binary", "AuditEvent", "Consent"];
+                let known = ["", "metadata", "DocumentReference", "Binary", "AuditEvent", "Consent", "List", "Patient"];
                 let first = path.split('/').next().unwrap_or("");
                 if known.contains(&first) {
                     Err(FhirError::MethodNotAllowed(format!("{} on /{}", req.method(), first)).into())

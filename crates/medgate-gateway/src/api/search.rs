@@ -44,6 +44,7 @@ impl Api {
         let bundle = match search.resource_type {
             "AuditEvent" => gw.audit(&caller, &query).await?,
             "Consent" => gw.consents(&caller, &query).await?,
+            "List" => gw.search_lists(&caller, &query).await?,
             _ => gw.search(&caller, &query).await?,
         };
         let mut r = self.fhir(200, bundle, &rep);

@@ -70,6 +70,7 @@ pub(super) fn audit_record(e: &Entry, height: u64) -> Option<AuditRecord<'_>> {
         granted,
         reason,
         record_id: e.record_id(),
+        record_type: "DocumentReference",
         patient: e.patient().unwrap_or_default(),
         hospital: &e.gateway,
         user: "",
@@ -85,6 +86,12 @@ pub(super) fn audit_record(e: &Entry, height: u64) -> Option<AuditRecord<'_>> {
             role,
             purpose,
             reason: reason.as_deref(),
+            // Reads of a SubmissionSet and of the Patient it carried (see `lists`).
+            record_type: match reason.as_deref() {
+                Some("list") => "List",
+                Some("patient") => "Patient",
+                _ => "DocumentReference",
+            },
             ..base(AuditAction::Read, *granted, None)
         }),
         EntryBody::PatientSearched { user, role, purpose, .. } => {
@@ -105,6 +112,16 @@ pub(super) fn audit_record(e: &Entry, height: u64) -> Option<AuditRecord<'_>> {
             ..base(AuditAction::ConsentRevoked, true, None)
         }),
         EntryBody::RecordErased { user, role, .. } => Some(AuditRecord { user, role, purpose: "PATRQT", ..base(AuditAction::Erase, true, None) }),
+        EntryBody::ListAnchored { list_id, user, role, purpose, .. } => {
+            Some(AuditRecord { user, role, purpose, record_id: Some(list_id), record_type: "List", ..base(AuditAction::Create, true, None) })
+        }
+        EntryBody::RecordStatusChanged { user, role, status, .. } => Some(AuditRecord {
+            user,
+            role,
+            purpose: "HOPERAT",
+            reason: Some(status),
+            ..base(AuditAction::StatusChange, true, None)
+        }),
         EntryBody::KeyEvent { .. } | EntryBody::MembershipProposed { .. } | EntryBody::MembershipApproved { .. } => None,
     }
 }

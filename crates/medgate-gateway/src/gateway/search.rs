@@ -1,14 +1,19 @@
-//! Searches: a patient's DocumentReferences (ITI-67), AuditEvents and Consents.
+//! Searches: a patient's DocumentReferences (ITI-67), SubmissionSet Lists (ITI-66), AuditEvents
+//! and Consents.
 //!
 //! A patient's records are found through the patient's pseudonym in this vault (and, in
 //! consortium mode, on the ledger). Their metadata is decrypted in memory, one HSM unwrap per
 //! record, and matched there: nothing in clear, and no index of clear values, is ever written.
 //! Each search is exactly one ledger entry, whatever it matched and whichever page it is.
 //!
-//! Records other hospitals hold are known here only by what the ledger says of them (id,
-//! status current, content type, size, hash, custodian, when anchored). They are matched as
-//! such: a criterion on anything else (type, date, author...) cannot be shown to hold for them,
-//! so they are left out, and the Bundle's OperationOutcome says how many and why.
+//! Records and lists other hospitals hold are known here only by what the ledger says of them
+//! (a record's id, status, content type, size, hash, custodian, when anchored; a list's id, code
+//! and the records it names). They are matched as such: a criterion on anything else (type,
+//! date, author...) cannot be shown to hold for them, so they are left out, and the Bundle's
+//! OperationOutcome says how many and why.
+//!
+//! Documents entered in error are shown only to a search that asks for them by status (MHD's
+//! DocumentReference status value set is current | superseded); they stay readable by id.
 
 use medgate_fhir::search::{self, Candidate, Note, Query};
 use medgate_fhir::{document_reference_resource, PatientId, StoredDocument};
@@ -19,8 +24,11 @@ use serde_json::Value;
 use super::{Caller, Gateway};
 use crate::GatewayError;
 
-/// Parameters the ledger can answer for a record held elsewhere.
-const KNOWN_FOR_REMOTE: [&str; 4] = ["status", "_id", "_lastUpdated", "_lastupdated"];
+/// Parameters the ledger can answer for a record or a list held elsewhere.
+const KNOWN_FOR_REMOTE: [&str; 5] = ["status", "_id", "_lastUpdated", "_lastupdated", "code"];
+
+/// The list type code system of MHD.
+const MHD_LIST_TYPES: &str = "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes";
 
 /// Where a candidate came from, to attach its ledger receipt once it is on the page.
 struct Origin {
@@ -40,9 +48,12 @@ impl Gateway {
         let now = crate::clock::now_micros();
         if self.sharing.is_some() {
             let (remote, remote_origins) = self.remote_documents(&pseudonym, patient)?;
-            notes.extend(remote_note(query, &remote, now));
+            notes.extend(remote_note(query, &remote, now, "document"));
             candidates.extend(remote);
             origins.extend(remote_origins);
+        }
+        if !query.asks_status("entered-in-error") {
+            candidates.retain(|c| c.resource["status"] != "entered-in-error");
         }
         let mut page = search::run(query, candidates, now);
         for r in &mut page.resources {
@@ -95,6 +106,13 @@ impl Gateway {
         let entries = self.ledger.store.entries_for_patient(pseudonym).map_err(GatewayError::internal)?;
         let erased: std::collections::HashSet<&str> =
             entries.iter().filter(|(e, _)| matches!(e.body, EntryBody::RecordErased { .. })).filter_map(|(e, _)| e.record_id()).collect();
+        // The last status change the custodian anchored, per record.
+        let mut status: std::collections::HashMap<&str, (&str, &str)> = std::collections::HashMap::new();
+        for (e, _) in &entries {
+            if let EntryBody::RecordStatusChanged { record_id, status: s, .. } = &e.body {
+                status.insert(record_id, (s, &e.time));
+            }
+        }
         let mut candidates = Vec::new();
         let mut origins = Vec::new();
         for (e, _) in entries.iter().filter(|(e, _)| !e.record_id().is_some_and(|r| erased.contains(r))) {
@@ -102,13 +120,14 @@ impl Gateway {
             if *custodian == self.hospital {
                 continue;
             }
+            let (now_status, changed) = status.get(record_id.as_str()).copied().unwrap_or(("current", &e.time));
             let reference = serde_json::json!({
                 "resourceType": "DocumentReference",
-                "status": "current",
+                "status": now_status,
                 "subject": {"identifier": {"system": patient.system, "value": patient.value}},
                 "content": [{"attachment": {"contentType": content_type}}]
             });
-            let resource = document_reference_resource(&StoredDocument {
+            let mut resource = document_reference_resource(&StoredDocument {
                 id: record_id,
                 document_reference: &reference,
                 created: &e.time,
@@ -117,10 +136,58 @@ impl Gateway {
                 custodian,
                 receipt: None,
             });
+            resource["meta"]["lastUpdated"] = serde_json::json!(changed);
             candidates.push(Candidate { resource, stored_at: crate::clock::micros_of(&e.time) });
             origins.push(Origin { id: record_id.clone(), entry_id: e.id.clone() });
         }
         Ok((candidates, origins))
+    }
+
+    /// `GET /List?...` (ITI-66): one page of the patient's SubmissionSets, those stored here
+    /// (decrypted) and, in consortium mode, those other hospitals anchored on the ledger.
+    pub async fn search_lists(&self, caller: &Caller, query: &Query) -> Result<Value, GatewayError> {
+        self.may_read(caller)?;
+        let patient = patient_of(query)?;
+        let (_, pseudonym) = self.patient_pseudonym(patient).await?;
+        let user = self.user_pseudonym(caller).await?;
+        let mut candidates: Vec<Candidate> = self
+            .submission_sets_for(&pseudonym)
+            .await?
+            .into_iter()
+            .map(|s| Candidate { stored_at: crate::clock::micros_of(&s.stored.created), resource: s.resource })
+            .collect();
+        let mut notes = query.ignored_notes();
+        let now = crate::clock::now_micros();
+        if self.sharing.is_some() {
+            let remote = self.remote_lists(&pseudonym, patient)?;
+            notes.extend(remote_note(query, &remote, now, "SubmissionSet"));
+            candidates.extend(remote);
+        }
+        let page = search::run(query, candidates, now);
+        self.record_access(vec![self.search_entry(caller, &pseudonym, user, page.resources.len())]).await?;
+        Ok(search::searchset(query, page, &notes, &outcome_urn()))
+    }
+
+    /// SubmissionSets other members anchored for the patient, as the ledger describes them.
+    fn remote_lists(&self, pseudonym: &str, patient: &PatientId) -> Result<Vec<Candidate>, GatewayError> {
+        let entries = self.ledger.store.entries_for_patient(pseudonym).map_err(GatewayError::internal)?;
+        Ok(entries
+            .iter()
+            .filter_map(|(e, _)| match &e.body {
+                EntryBody::ListAnchored { list_id, code, record_ids, custodian, .. } if *custodian != self.hospital => {
+                    let entry: Vec<Value> = record_ids.iter().map(|r| serde_json::json!({"item": {"reference": format!("DocumentReference/{r}")}})).collect();
+                    let resource = serde_json::json!({
+                        "resourceType": "List", "id": list_id, "meta": {"versionId": "1", "lastUpdated": e.time},
+                        "status": "current", "mode": "working",
+                        "code": {"coding": [{"system": MHD_LIST_TYPES, "code": code}]},
+                        "subject": {"identifier": {"system": patient.system, "value": patient.value}},
+                        "entry": entry
+                    });
+                    Some(Candidate { resource, stored_at: crate::clock::micros_of(&e.time) })
+                }
+                _ => None,
+            })
+            .collect())
     }
 
     /// `GET /AuditEvent?patient.identifier=...`: the patient's ledger entries, paged.
@@ -173,7 +240,7 @@ fn patient_of(query: &Query) -> Result<&PatientId, GatewayError> {
 
 /// Says how many records held by other hospitals a filter left out because the ledger does not
 /// carry what it filters on.
-fn remote_note(query: &Query, remote: &[Candidate], now: i64) -> Option<Note> {
+fn remote_note(query: &Query, remote: &[Candidate], now: i64, what: &str) -> Option<Note> {
     let opaque: Vec<&str> = query.filter_names().into_iter().filter(|n| !KNOWN_FOR_REMOTE.contains(n)).collect();
     if opaque.is_empty() {
         return None;
@@ -183,7 +250,7 @@ fn remote_note(query: &Query, remote: &[Candidate], now: i64) -> Option<Note> {
         severity: "information",
         code: "informational",
         text: format!(
-            "{left_out} document(s) of this patient held by other hospitals were left out: their metadata stays sealed at the custodian, and the ledger cannot answer {}. Search without those parameters to list them.",
+            "{left_out} {what}(s) of this patient held by other hospitals were left out: their metadata stays sealed at the custodian, and the ledger cannot answer {}. Search without those parameters to list them.",
             opaque.join(", ")
         ),
         location: None,
@@ -226,18 +293,18 @@ mod tests {
         let held = [remote("r1"), remote("r2")];
         // Status, id and lastUpdated are known: remote records match or not, and nothing is said.
         for pairs in [vec![("status", "current")], vec![("_id", "r1")], vec![("_lastUpdated", "ge2025")]] {
-            assert_eq!(remote_note(&query(&pairs), &held, 0), None, "{pairs:?}");
+            assert_eq!(remote_note(&query(&pairs), &held, 0, "document"), None, "{pairs:?}");
         }
         assert!(query(&[("status", "current")]).matches(&held[0].resource, 0));
         assert!(!query(&[("status", "superseded")]).matches(&held[0].resource, 0));
         // A filter on sealed metadata leaves them out, and the Bundle says how many and why.
         let q = query(&[("status", "current"), ("type", "http://loinc.org|34133-9")]);
         assert!(!q.matches(&held[0].resource, 0));
-        let note = remote_note(&q, &held, 0).expect("a note");
+        let note = remote_note(&q, &held, 0, "document").expect("a note");
         assert!(note.text.starts_with("2 document(s)") && note.text.contains("type") && !note.text.contains("status"), "{}", note.text);
         assert_eq!(note.severity, "information");
         // Unless the filter asks for what they lack.
-        assert_eq!(remote_note(&query(&[("type:missing", "true")]), &held, 0), None);
+        assert_eq!(remote_note(&query(&[("type:missing", "true")]), &held, 0, "document"), None);
     }
 
     #[test]
