@@ -263,6 +263,7 @@ pool_size = 4
 
 [his]
 listen = "{his_addr}"
+public_base_url = "https://localhost:{his_port}"
 certificate = "{tls}/server.pem"
 client_ca = "{tls}/hospital-ca.pem"
 crl = ["{tls}/hospital-ca.crl"]
@@ -274,6 +275,7 @@ listen = "{admin_addr}"
             module = module.display(),
             pin = pin_file.display(),
             tls = dir.join("tls").display(),
+            his_port = his_addr.port(),
         ),
     )
     .map_err(io(&config))?;

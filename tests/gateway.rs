@@ -39,7 +39,8 @@ fn store_search_read_and_audit_round_trip() {
         let doc = &bundle["entry"][0]["response"];
         let id = support::created_id(&bundle);
         assert_eq!(bundle["entry"][0]["response"]["status"], "201 Created");
-        assert_eq!(r.headers["location"], format!("DocumentReference/{id}").as_str());
+        let base = format!("https://localhost:{}", gw.site.his_addr.port());
+        assert_eq!(r.headers["location"], format!("{base}/DocumentReference/{id}").as_str());
         let key = medgate_ledger::keys::read_public_key(&gw.site.ledger_public_key).unwrap();
         let receipt = medgate_ledger::check_receipt(&receipt_of(doc).unwrap(), &key).unwrap();
         assert_eq!(receipt.entry.record_id(), Some(id.as_str()));
@@ -79,7 +80,7 @@ fn store_search_read_and_audit_round_trip() {
         assert_eq!(bin.headers["content-type"], "application/pdf");
         let meta = his.get(&format!("/DocumentReference/{id2}")).await.unwrap();
         assert_eq!(meta.status, 200);
-        assert_eq!(meta.json()["content"][0]["attachment"]["url"], format!("Binary/{id2}"));
+        assert_eq!(meta.json()["content"][0]["attachment"]["url"], format!("{base}/Binary/{id2}"));
         assert_eq!(meta.json()["subject"]["identifier"]["value"], "MRN-000001");
 
         // An access is in a signed block before its answer is sent: nothing is on its way.
@@ -514,7 +515,7 @@ fn consents_are_recorded_listed_withdrawn_and_audited() {
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
         let created = r.json();
         let cid = created["id"].as_str().unwrap().to_owned();
-        assert_eq!(r.headers["location"], format!("Consent/{cid}").as_str());
+        assert_eq!(r.headers["location"], format!("https://localhost:{}/Consent/{cid}", gw.site.his_addr.port()).as_str());
         let key = medgate_ledger::keys::read_public_key(&gw.site.ledger_public_key).unwrap();
         let receipt = medgate_ledger::check_receipt(&receipt_of(&created).unwrap(), &key).unwrap();
         assert!(!serde_json::to_string(&receipt).unwrap().contains("MRN-000008"), "identifier on the ledger");

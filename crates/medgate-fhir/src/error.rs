@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 /// | `MethodNotAllowed`     | 405    | `not-supported` |
 /// | `Conflict`             | 409    | `conflict`      |
 /// | `InFlight`             | 409    | `conflict`      |
+/// | `NotAcceptable`        | 406    | `not-supported` |
 /// | `Gone`                 | 410    | `deleted`       |
 /// | `TooLarge`             | 413    | `too-long`      |
 /// | `UnsupportedMediaType` | 415    | `not-supported` |
@@ -79,6 +80,9 @@ pub enum FhirError {
     /// The resource does not exist (or the requester may not learn that it does).
     #[error("not found: {0}")]
     NotFound(String),
+    /// None of the representations the client accepts (`Accept`, `_format`) can be served.
+    #[error("not acceptable: {0}")]
+    NotAcceptable(String),
     /// The resource existed and was erased (crypto-shredded).
     #[error("gone: {0}")]
     Gone(String),
@@ -112,6 +116,7 @@ impl FhirError {
             FhirError::Forbidden(_) => 403,
             FhirError::NotFound(_) => 404,
             FhirError::MethodNotAllowed(_) => 405,
+            FhirError::NotAcceptable(_) => 406,
             FhirError::Conflict(_) | FhirError::InFlight(_) => 409,
             FhirError::Gone(_) => 410,
             FhirError::TooLarge { .. } => 413,
@@ -134,7 +139,8 @@ impl FhirError {
             FhirError::Invalid { .. } | FhirError::BadParameter(_) => "invalid",
             FhirError::UnsupportedType { .. }
             | FhirError::UnsupportedMediaType(_)
-            | FhirError::MethodNotAllowed(_) => "not-supported",
+            | FhirError::MethodNotAllowed(_)
+            | FhirError::NotAcceptable(_) => "not-supported",
             FhirError::TooLarge { .. } => "too-long",
             FhirError::NotFound(_) => "not-found",
             FhirError::Gone(_) => "deleted",
@@ -275,6 +281,7 @@ mod tests {
             (FhirError::Forbidden("x".into()), 403, "forbidden"),
             (FhirError::NotFound("x".into()), 404, "not-found"),
             (FhirError::MethodNotAllowed("x".into()), 405, "not-supported"),
+            (FhirError::NotAcceptable("x".into()), 406, "not-supported"),
             (FhirError::Conflict("x".into()), 409, "conflict"),
             (FhirError::InFlight("x".into()), 409, "conflict"),
             (FhirError::Gone("x".into()), 410, "deleted"),

@@ -8,6 +8,7 @@
 //! produced here repeats a patient identifier value or document content.
 
 mod audit;
+mod binary;
 mod capability;
 mod consent;
 mod error;
@@ -18,22 +19,23 @@ mod primitives;
 mod resources;
 mod response;
 mod sample;
-mod search;
+pub mod search;
 mod status;
 mod submission;
+pub mod subset;
 
 pub use audit::{audit_event, AuditAction, AuditRecord};
+pub use binary::binary_resource;
 pub use consent::{consent_resource, parse_consent, ConsentSubmission};
 pub use error::{operation_outcome, FhirError, Issue};
 pub use ingest::{parse_document_reference, parse_transaction};
 pub use capability::capability_statement;
 pub use resources::{
-    document_reference_resource, transaction_response, StoredDocument, LEDGER_RECEIPT_EXTENSION,
+    attach_receipt, document_reference_resource, transaction_response, StoredDocument, LEDGER_RECEIPT_EXTENSION,
     SHA256_EXTENSION,
 };
 pub use list::{list_resource, patient_resource, StoredListView};
 pub use response::{answer_ids, provide_response, AnswerEntry};
-pub use search::searchset;
 pub use sample::sample_transaction;
 pub use status::{at_version, parse_status_patch};
 pub use submission::{MhdOption, Relation, StatusPatch, Submission, SubmissionEntry, SubmissionSet, RELATION_CODES};

@@ -39,6 +39,7 @@ use sha2::{Digest, Sha256};
 
 pub use audit::break_glass_json;
 pub use lists::SubmissionSet;
+pub use retrieve::{Retrieved, BINARY_VERSION};
 
 use crate::metrics::Metrics;
 use crate::peer::{PeerService, ReadGrant, ReadRequest, Sharing};

@@ -1,10 +1,10 @@
-//! Consents: a patient's consent recorded by the custodian, withdrawn by it, and listed.
+//! Consents: a patient's consent recorded by the custodian, and withdrawn by it (listed by
+//! `search`).
 
-use medgate_fhir::{consent_resource, searchset, ConsentSubmission, PatientId};
+use medgate_fhir::{consent_resource, ConsentSubmission};
 use medgate_ledger::consent::ConsentState;
 use medgate_ledger::{Entry, EntryBody};
 use medgate_store::vault::{self, AnswerItem, Claim, IdemState, Vault};
-use serde_json::Value;
 
 use super::{in_flight, Caller, Created, Gateway};
 use crate::GatewayError;
@@ -186,27 +186,5 @@ impl Gateway {
         let shown = ConsentSubmission { active: false, record_ids: current.record_ids, start: current.start, end: current.end, ..sub.clone() };
         let body = consent_resource(consent_id, &shown, &self.hospital, receipt.map(|r| r.to_json()).as_ref());
         Ok(Created { status, body, location: Some(format!("Consent/{consent_id}")) })
-    }
-
-    /// `GET /Consent?patient=`: every consent recorded for the patient, on any gateway.
-    pub async fn consents(&self, caller: &Caller, patient: &PatientId, self_link: &str) -> Result<Value, GatewayError> {
-        self.may_read(caller)?;
-        let (_, pseudonym) = self.patient_pseudonym(patient).await?;
-        let list = self.ledger.store.consents_for(&pseudonym).map_err(GatewayError::internal)?;
-        let resources = list
-            .into_iter()
-            .map(|c| {
-                let sub = ConsentSubmission {
-                    active: c.active,
-                    patient: patient.clone(),
-                    grantee: c.grantee,
-                    record_ids: c.record_ids,
-                    start: c.start,
-                    end: c.end,
-                };
-                consent_resource(&c.consent_id, &sub, &c.custodian, None)
-            })
-            .collect();
-        Ok(searchset(resources, self_link))
     }
 }
