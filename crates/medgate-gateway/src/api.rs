@@ -251,7 +251,11 @@ impl Api {
                 // transaction-response Bundle, 200 as FHIR and ITI-65 say (202 while ledger
                 // entries wait in the outbox).
                 let (status, body) = if single {
-                    (created.status, created.body["entry"][0]["resource"].clone())
+                    match created.body["entry"][0].get("resource") {
+                        Some(r) => (created.status, r.clone()),
+                        // A retry of a create whose record was erased since: its content is gone.
+                        None => return Err(GatewayError::Gone(format!("{} created by this request was erased since", created.location.unwrap_or_default()))),
+                    }
                 } else {
                     (if created.status == 201 { 200 } else { created.status }, created.body.clone())
                 };

@@ -52,6 +52,9 @@ impl Gateway {
             candidates.extend(remote);
             origins.extend(remote_origins);
         }
+        // A document its custodian entered in error is left out unless the search asks for
+        // that status (MHD's DocumentReference status value set is current | superseded). It
+        // stays readable by id.
         if !query.asks_status("entered-in-error") {
             candidates.retain(|c| c.resource["status"] != "entered-in-error");
         }
