@@ -120,9 +120,20 @@ fn docref(p: &PatientId, s: &Spec, content: &[u8], binary_url: &str, run: u32) -
     })
 }
 
-/// An ITI-65 Comprehensive provide bundle: one SubmissionSet and a DocumentReference + Binary
-/// per spec.
-fn provide_bundle(p: &PatientId, specs: &[Spec], run: u32) -> Value {
+/// What varies between the test SubmissionSets.
+#[derive(Clone)]
+struct SetSpec {
+    source_id: &'static str,
+    designation: &'static str,
+    date: &'static str,
+    author: (&'static str, &'static str),
+}
+
+const SET: SetSpec = SetSpec { source_id: "urn:oid:1.3.6.1.4.1.21367.13.80.110", designation: "34133-9", date: "2024-03-01T10:00:00Z", author: ("Ada", "Lovelace") };
+
+/// An ITI-65 Comprehensive provide bundle: one SubmissionSet (`set`) and a DocumentReference +
+/// Binary per spec.
+fn provide_bundle_with(p: &PatientId, specs: &[Spec], run: u32, set: &SetSpec) -> Value {
     let ss_url = uuid(run + 0x1000_0000, specs.first().map_or(0, |s| s.n));
     let mut entries = vec![];
     let mut items = vec![];
@@ -139,16 +150,18 @@ fn provide_bundle(p: &PatientId, specs: &[Spec], run: u32) -> Value {
     entries.push(json!({"fullUrl": ss_url, "resource": {
         "resourceType": "List",
         "meta": {"profile": [format!("{SD}IHE.MHD.Comprehensive.SubmissionSet")]},
+        "contained": [{"resourceType": "Practitioner", "id": "src", "name": [{"family": set.author.1, "given": [set.author.0]}]}],
         "extension": [
-            {"url": format!("{SD}ihe-sourceId"), "valueIdentifier": {"value": "urn:oid:1.3.6.1.4.1.21367.13.80.110"}},
-            {"url": format!("{SD}ihe-designationType"), "valueCodeableConcept": {"coding": [{"system": LOINC, "code": "34133-9"}]}}
+            {"url": format!("{SD}ihe-sourceId"), "valueIdentifier": {"value": set.source_id}},
+            {"url": format!("{SD}ihe-designationType"), "valueCodeableConcept": {"coding": [{"system": LOINC, "code": set.designation}]}}
         ],
+        "source": {"reference": "#src"},
         "identifier": [{"use": "usual", "system": "urn:ietf:rfc:3986", "value": format!("urn:oid:2.25.9{run}{:06}", specs.first().map_or(0, |s| s.n))},
                        {"use": "official", "system": "urn:ietf:rfc:3986", "value": ss_url}],
         "status": "current", "mode": "working",
         "code": {"coding": [{"system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes", "code": "submissionset"}]},
         "subject": {"identifier": {"system": p.system, "value": p.value}},
-        "date": "2024-03-01T10:00:00Z",
+        "date": set.date,
         "entry": items
     }, "request": {"method": "POST", "url": "List"}}));
     entries.extend(docs);
@@ -157,9 +170,13 @@ fn provide_bundle(p: &PatientId, specs: &[Spec], run: u32) -> Value {
 
 /// Stores `specs` for `p` in bundles of at most 50 documents; returns the ids by spec number.
 async fn store(his: &mut HisClient, p: &PatientId, specs: &[Spec], run: u32) -> Vec<(u32, String)> {
+    store_with(his, p, specs, run, &SET).await
+}
+
+async fn store_with(his: &mut HisClient, p: &PatientId, specs: &[Spec], run: u32, set: &SetSpec) -> Vec<(u32, String)> {
     let mut ids = Vec::new();
     for chunk in specs.chunks(50) {
-        let bundle = provide_bundle(p, chunk, run);
+        let bundle = provide_bundle_with(p, chunk, run, set);
         let r = his.post_json("/", &bundle, &[]).await.unwrap();
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         let created: Vec<String> = r.json()["entry"]
@@ -666,7 +683,13 @@ fn the_capability_statement_lists_what_is_served() {
     }
     let binary = cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "Binary").unwrap();
     assert_eq!(binary["interaction"][0]["code"], "read");
-    validate(&[("capability-statement", cs), ("mhd-document-recipient-capability", cs)]);
+    assert_eq!(report["ok"], true, "the statement passes as R4, MHD Document Recipient and Responder: {report}");
+    let list = cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "List").unwrap();
+    let names: Vec<&str> = list["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for want in ["patient", "patient.identifier", "code", "status", "date", "identifier", "designationType", "sourceId", "source.given", "source.family", "_id", "_lastUpdated"] {
+        assert!(names.contains(&want), "{want} listed: {names:?}");
+    }
+    validate(&[("capability-statement", cs), ("mhd-document-recipient-capability", cs), ("mhd-document-responder-capability", cs)]);
     rt().block_on(async {
         let mut his = gw.client();
         let at_root = his.get("/metadata?_pretty=true").await.unwrap();
@@ -675,6 +698,157 @@ fn the_capability_statement_lists_what_is_served() {
         let summary = his.get("/fhir/metadata?_summary=true").await.unwrap();
         assert_eq!(summary.status, 200);
         validate(&[("capability-statement", &summary.json())]);
+    });
+}
+
+#[test]
+fn find_lists_by_every_parameter() {
+    let gw = Gw::new("mhd-lists");
+    let rt = rt();
+    let p = patient(9);
+    let (l1, l2, lists) = rt.block_on(async {
+        let mut his = gw.client();
+        store_with(&mut his, &p, &three_specs()[..1], 9, &SET).await;
+        let other = SetSpec { source_id: "urn:oid:1.2.3.4.5", designation: "18842-5", date: "2024-06-02T12:00:00Z", author: ("Grace", "Hopper") };
+        store_with(&mut his, &p, &three_specs()[1..2], 10, &other).await;
+        store(&mut his, &patient(10), &three_specs()[2..], 11).await;
+        let q = query_escape(&p.canonical());
+        let all = his.get(&format!("/List?patient.identifier={q}&code=submissionset&status=current")).await.unwrap().json();
+        assert_eq!(all["total"], 2, "{all}");
+        let by_date = |d: &str| {
+            all["entry"].as_array().unwrap().iter().find(|e| e["resource"]["date"] == d).unwrap()["resource"].clone()
+        };
+        (by_date(SET.date), by_date("2024-06-02T12:00:00Z"), all)
+    });
+    let (id1, id2) = (l1["id"].as_str().unwrap().to_owned(), l2["id"].as_str().unwrap().to_owned());
+    assert_eq!(match_ids(&lists), [id2.clone(), id1.clone()], "newest first");
+    let unique1 = l1["identifier"].as_array().unwrap().iter().find(|i| i["use"] == "usual").unwrap()["value"].as_str().unwrap().to_owned();
+
+    // The independent Consumer: ITI-66 as MHD writes it, GET and POST, paged one by one.
+    let pid = p.canonical();
+    for extra in [&[][..], &["--post"][..], &["--count", "1"][..]] {
+        let mut args = vec!["find-lists", "--patient-identifier", &pid, "--code", "submissionset"];
+        args.extend_from_slice(extra);
+        let report = actor(&gw, &args);
+        assert_eq!(report["ok"], true, "{extra:?}: {report}");
+        assert_eq!(report["total"], json!([2]), "{report}");
+        let mut got: Vec<String> = report["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+        got.sort();
+        let mut want = vec![id1.clone(), id2.clone()];
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    rt.block_on(async {
+        let mut his = gw.client();
+        let q = query_escape(&pid);
+        let cases: Vec<(String, Vec<&String>)> = vec![
+            ("code=submissionset".into(), vec![&id1, &id2]),
+            ("code=folder".into(), vec![]),
+            ("code=https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes%7Csubmissionset".into(), vec![&id1, &id2]),
+            ("status=current".into(), vec![&id1, &id2]),
+            ("status=retired".into(), vec![]),
+            ("date=ge2024-06-01".into(), vec![&id2]),
+            ("date=lt2024-03-01".into(), vec![]),
+            ("date=2024-03-01".into(), vec![&id1]),
+            (format!("identifier=urn:ietf:rfc:3986%7C{}", query_escape(&unique1)), vec![&id1]),
+            ("identifier=urn:ietf:rfc:3986%7Curn:oid:9.9".into(), vec![]),
+            (format!("designationType={}", query_escape(&format!("{LOINC}|18842-5"))), vec![&id2]),
+            ("designationType=00000-0".into(), vec![]),
+            ("sourceId=urn:oid:1.2.3.4.5".into(), vec![&id2]),
+            ("sourceId=urn:oid:7.7".into(), vec![]),
+            ("source-identifier=urn:oid:1.3.6.1.4.1.21367.13.80.110".into(), vec![&id1]),
+            ("source.given=gra".into(), vec![&id2]),
+            ("source.given=bob".into(), vec![]),
+            ("source.family=lovelace".into(), vec![&id1]),
+            ("source.family=Turing".into(), vec![]),
+            (format!("_id={id1}"), vec![&id1]),
+            ("_id=ffff".into(), vec![]),
+            ("_lastUpdated=ge2000-01-01".into(), vec![&id1, &id2]),
+            ("_lastUpdated=lt2000-01-01".into(), vec![]),
+        ];
+        let mut bundles = vec![];
+        for (params, want) in &cases {
+            let r = his.get(&format!("/List?patient.identifier={q}&{params}")).await.unwrap();
+            assert_eq!(r.status, 200, "{params}: {}", String::from_utf8_lossy(&r.body));
+            let b = r.json();
+            let mut got = match_ids(&b);
+            got.sort();
+            let mut want: Vec<String> = want.iter().map(|s| (*s).clone()).collect();
+            want.sort();
+            assert_eq!(got, want, "{params}");
+            bundles.push(b);
+        }
+        let other = his.get(&format!("/List?patient.identifier={}&code=submissionset", query_escape(&patient(10).canonical()))).await.unwrap().json();
+        assert_eq!(other["total"], 1, "another patient's list is not this one's");
+        assert!(!match_ids(&other).contains(&id1) && !match_ids(&other).contains(&id2));
+        let strict = his.send("GET", &format!("/List?patient.identifier={q}&code=submissionset&title=x"), &[("prefer", "handling=strict")], vec![]).await.unwrap();
+        assert_eq!(strict.status, 400);
+        let read = his.get(&format!("/List/{id1}")).await.unwrap().json();
+        bundles.push(other);
+        let mut checks: Vec<(&str, &Value)> = bundles.iter().map(|b| ("mhd-find-lists-response", b)).collect();
+        checks.push(("mhd-comprehensive-submissionset-list", &read));
+        checks.push(("mhd-find-lists-response", &lists));
+        validate(&checks);
+    });
+}
+
+#[test]
+fn superseded_and_entered_in_error_documents_in_searches() {
+    let gw = Gw::new("mhd-status");
+    let rt = rt();
+    let p = patient(11);
+    let ids = rt.block_on(async {
+        let mut his = gw.client();
+        store(&mut his, &p, &three_specs(), 12).await
+    });
+    let id = |n: u32| ids.iter().find(|(k, _)| *k == n).unwrap().1.clone();
+    let (d1, d2, d3) = (id(1), id(2), id(3));
+    // d1 is replaced by a new document (an MHD Source's replacement, with its PATCH entry);
+    // d2 is marked entered in error by the custodian.
+    let replaced = actor(&gw, &["provide", "--patient", &p.canonical(), "--replaces", &d1]);
+    assert_eq!(replaced["ok"], true, "{replaced}");
+    // The answer's locations: the List, the PATCHed old DocumentReference, the new one, its Binary.
+    let new = replaced["locations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str()?.strip_prefix("DocumentReference/")?.split('/').next())
+        .find(|id| *id != d1)
+        .unwrap()
+        .to_owned();
+    rt.block_on(async {
+        let mut his = gw.client();
+        let patch = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+            {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "DocumentReference.status"}, {"name": "value", "valueCode": "entered-in-error"}]}]});
+        let r = his.send("PATCH", &format!("/DocumentReference/{d2}"), &[], serde_json::to_vec(&patch).unwrap()).await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let q = query_escape(&p.canonical());
+        let cases: Vec<(&str, Vec<&String>)> = vec![
+            ("status=current", vec![&d3, &new]),
+            ("status=superseded", vec![&d1]),
+            ("status=current,superseded", vec![&d1, &d3, &new]),
+            ("", vec![&d1, &d3, &new]),
+            ("status=entered-in-error", vec![&d2]),
+            ("status:not=current", vec![&d1]),
+        ];
+        let mut bundles = vec![];
+        for (params, want) in &cases {
+            let b = his.get(&format!("/DocumentReference?patient.identifier={q}&{params}")).await.unwrap().json();
+            let mut got = match_ids(&b);
+            got.sort();
+            let mut want: Vec<String> = want.iter().map(|s| (*s).clone()).collect();
+            want.sort();
+            assert_eq!(got, want, "{params}");
+            if !params.contains("entered-in-error") {
+                bundles.push(b);
+            }
+        }
+        // The replacement names what it replaces.
+        let b = his.get(&format!("/DocumentReference?patient.identifier={q}&_id={new}")).await.unwrap().json();
+        assert_eq!(b["entry"][0]["resource"]["relatesTo"][0]["code"], "replaces", "{b}");
+        let checks: Vec<(&str, &Value)> = bundles.iter().map(|b| ("mhd-find-documentreferences-response", b)).collect();
+        validate(&checks);
     });
 }
 
