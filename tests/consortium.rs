@@ -107,7 +107,7 @@ fn configure(c: &Consortium, site: &medgate::demo::Site, peer: Option<std::net::
     std::fs::write(&site.config, text).unwrap();
 }
 
-/// Stores `n` documents at gateway `i`; returns the record ids (201 each).
+/// Stores `n` documents at gateway `i`; returns the record ids (each answered 200, all anchored).
 fn ingest(c: &Consortium, i: usize, n: u32, tag: &str) -> Vec<String> {
     rt().block_on(async {
         let mut his = c.gws[i].client();
@@ -115,10 +115,10 @@ fn ingest(c: &Consortium, i: usize, n: u32, tag: &str) -> Vec<String> {
         for k in 0..n {
             let body = sample_transaction(&patient(k), "text/plain", format!("{tag} {k}").as_bytes(), None);
             let r = his.post_json("/", &body, &[]).await.unwrap();
-            assert_eq!(r.status, 201, "{}\ngateway log:\n{}", String::from_utf8_lossy(&r.body), c.gws[i].log_text());
-            let doc = r.json()["entry"][0]["resource"].clone();
+            assert_eq!(r.status, 200, "{}\ngateway log:\n{}", String::from_utf8_lossy(&r.body), c.gws[i].log_text());
+            let doc = r.json()["entry"][0]["response"].clone();
             assert!(receipt_of(&doc).is_some());
-            ids.push(doc["id"].as_str().unwrap().to_owned());
+            ids.push(support::created_id(&r.json()));
         }
         ids
     })
@@ -232,10 +232,10 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
         let r = his.post_json("/", &sample_transaction(&patient(7), "text/plain", b"during the outage", None), &[]).await.unwrap();
         assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
         assert!(t.elapsed() < Duration::from_secs(30), "the HIS waited {:?}", t.elapsed());
-        let doc = r.json()["entry"][0]["resource"].clone();
+        let doc = r.json()["entry"][0]["response"].clone();
         assert!(receipt_of(&doc).is_none());
         // Stored and readable while the ledger waits.
-        let id = doc["id"].as_str().unwrap().to_owned();
+        let id = support::created_id(&r.json());
         let bin = his.get(&format!("/Binary/{id}")).await.unwrap();
         assert_eq!(bin.body.as_ref(), b"during the outage");
         // A consent recorded meanwhile waits in the outbox too; its retry is that same consent.
@@ -285,7 +285,7 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
         let took_create = t.elapsed();
         // Stored before the crash: that record, still waiting for the ledger.
         assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
-        let record = r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned();
+        let record = support::created_id(&r.json());
         let t = Instant::now();
         let r = his.post_json("/Consent", &consent, &[("idempotency-key", "crash-consent")]).await.unwrap();
         let took_consent = t.elapsed();
@@ -416,7 +416,7 @@ fn only_the_hospital_that_recorded_a_consent_may_withdraw_it() {
     let (consent_id, pseudonym) = rt().block_on(async {
         let mut his = c.gws[0].client();
         let r = his.post_json("/", &sample_transaction(&p, "text/plain", b"record at A", None), &[]).await.unwrap();
-        assert_eq!(r.status, 201);
+        assert_eq!(r.status, 200);
         let consent = json!({
             "resourceType": "Consent", "status": "active",
             "patient": {"identifier": {"system": p.system, "value": p.value}},
@@ -485,8 +485,8 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
     let record = rt.block_on(async {
         let mut a = c.gws[0].client();
         let r = a.post_json("/", &sample_transaction(&p, "application/pdf", &letter, None), &[]).await.unwrap();
-        assert_eq!(r.status, 201);
-        r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned()
+        assert_eq!(r.status, 200);
+        support::created_id(&r.json())
     });
     converge(&c, 0.0);
     let read_at_b = |purpose: &'static str, role: &'static str| {
@@ -763,7 +763,7 @@ fn ingest_one(g: &Gw, k: u32, tag: &str) -> (u16, String) {
         let mut his = g.client();
         let body = sample_transaction(&patient(k), "text/plain", format!("{tag} {k}").as_bytes(), None);
         let r = his.post_json("/", &body, &[]).await.unwrap();
-        (r.status, r.json()["entry"][0]["resource"]["id"].as_str().unwrap_or_default().to_owned())
+        (r.status, medgate_fhir::answer_ids(&r.json(), "DocumentReference").pop().unwrap_or_default())
     })
 }
 
@@ -866,7 +866,7 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
     // Admitted: D's waiting record reaches the ledger, and A finds it by the patient.
     wait_outbox_drained(&d, 20);
     let (status, _) = ingest_one(&d, 2, "after admission");
-    assert_eq!(status, 201, "{}", d.log_text());
+    assert_eq!(status, 200, "{}", d.log_text());
     let found = rt().block_on(async {
         let mut a = c.gws[0].client();
         let q = medgate::client::query_escape(&patient(1).canonical());
@@ -880,8 +880,8 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
     let c_seq = rt().block_on(async {
         let mut his = c.gws[2].client();
         let r = his.post_json("/", &sample_transaction(&patient(4), "text/plain", b"C before removal", None), &[]).await.unwrap();
-        assert_eq!(r.status, 201);
-        let receipt = receipt_of(&r.json()["entry"][0]["resource"]).unwrap();
+        assert_eq!(r.status, 200);
+        let receipt = receipt_of(&r.json()["entry"][0]["response"]).unwrap();
         serde_json::from_slice::<serde_json::Value>(&receipt).unwrap()["seq"].as_u64().unwrap()
     });
     // Remove C: now three of four must agree.
@@ -1058,7 +1058,7 @@ fn a_member_with_a_rotated_ledger_key_submits_nothing_until_the_others_admit_the
     assert!(out.contains("carried in block"), "{out}");
     // Admitted: C's waiting entries reach the ledger, and the chains agree.
     wait_outbox_drained(&c.gws[2], 30);
-    assert_eq!(ingest_one(&c.gws[2], 6, "c with its new key").0, 201);
+    assert_eq!(ingest_one(&c.gws[2], 6, "c with its new key").0, 200);
     let height = c.gws[2].metric("medgate_ledger_height").unwrap();
     converge(&c, height);
     let heads = verify_all_with(&mut c, &[new_key.as_path()]);

@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 pub use log::Log;
 mod log;
+mod public_base;
+
 /// Where the configuration is read from when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/medgate/medgate.toml";
 
@@ -74,6 +76,9 @@ pub struct His {
     /// Seconds a client has to finish sending a request.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_seconds: u64,
+    /// The https URL clients reach this listener at (the FHIR base); see [`His::public_base`].
+    #[serde(default)]
+    pub public_base_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +232,7 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
             ("crl", Kind::StrList, false),
             ("max_body_bytes", Kind::Int, false),
             ("request_timeout_seconds", Kind::Int, false),
+            ("public_base_url", Kind::Str, false),
         ]),
         true,
     ),
@@ -436,6 +442,11 @@ impl Config {
         }
         if !(1..=3600).contains(&h.request_timeout_seconds) {
             p.push(Problem { key: "his.request_timeout_seconds".into(), reason: "must be between 1 and 3600".into() });
+        }
+        if let Some(url) = &h.public_base_url {
+            if let Err(reason) = public_base::check(url) {
+                p.push(Problem { key: "his.public_base_url".into(), reason: reason.into() });
+            }
         }
         if self.admin.listen.port() == 0 {
             p.push(Problem { key: "admin.listen".into(), reason: "port 0 is not a port a monitor can reach".into() });

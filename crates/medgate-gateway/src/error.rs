@@ -92,6 +92,7 @@ impl From<StoreError> for GatewayError {
                 GatewayError::Integrity(id)
             }
             StoreError::Hsm(h) => h.into(),
+            StoreError::Conflict(m) => GatewayError::Conflict(m),
             other => GatewayError::internal(other),
         }
     }

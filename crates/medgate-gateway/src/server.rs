@@ -130,6 +130,7 @@ impl Running {
             gateway: gateway.clone(),
             max_body,
             body_timeout: Duration::from_secs(cfg.his.request_timeout_seconds),
+            public_base: cfg.his.public_base(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let his_addr = his.local_addr().map_err(|e| ServerError::Storage { path: "HIS listener".into(), reason: e.to_string() })?;

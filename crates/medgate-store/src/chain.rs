@@ -442,7 +442,8 @@ impl ChainStore {
     /// the chain's own state): only the custodian records a consent for its patient, and a
     /// consent id is recorded once; only the hospital that recorded a consent revokes it; a read
     /// of another hospital's record is granted only under an active consent or as break-glass;
-    /// only the custodian that anchored a record erases it; a member proposes membership changes
+    /// only the custodian that anchored a record erases it or changes its status, and a list is
+    /// anchored by its custodian only; a member proposes membership changes
     /// in its own name, once per id, that the roster allows, and approves in its own name
     /// proposals that exist (a late or repeated approval changes nothing and harms nothing).
     pub fn entry_rules_hold(&self, batch: &Batch) -> Result<bool, StoreError> {
@@ -470,10 +471,11 @@ impl ChainStore {
                     };
                     *custodian == batch.gateway && known.is_some_and(|c| c.active && c.custodian == batch.gateway && c.grantee == *grantee)
                 }
-                EntryBody::RecordErased { record_id, custodian, .. } => {
+                EntryBody::RecordErased { record_id, custodian, .. } | EntryBody::RecordStatusChanged { record_id, custodian, .. } => {
                     *custodian == batch.gateway
                         && self.anchored(record_id)?.is_some_and(|a| matches!(&a.body, EntryBody::RecordAnchored { custodian: c, .. } if c == custodian))
                 }
+                EntryBody::ListAnchored { custodian, .. } => *custodian == batch.gateway,
                 EntryBody::RecordRead { record_id, patient, custodian, reader, purpose, granted: true, .. } if reader != custodian && purpose != "BTG" => {
                     self.consents_for(patient)?.iter().any(|c| c.custodian == *custodian && c.permits(reader, record_id, &e.time))
                 }
