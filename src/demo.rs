@@ -431,8 +431,9 @@ async fn his_session(site: &Site, say: &mut dyn FnMut(&str)) -> Result<Vec<u8>, 
             r["outcomeDesc"].as_str().unwrap_or(""),
         );
     }
-    // Two creates, one search, one read; the retried create is not a second event.
-    check(events.len() == 4, "every create, search and read is on the ledger, the retry is not")?;
+    // Two creates (each a DocumentReference and its SubmissionSet), one search, one read; the
+    // retried create is not a second event.
+    check(events.len() == 6, "every create, search and read is on the ledger, the retry is not")?;
     let metrics = crate::admin_client::get(site.admin_addr, "/metrics").map_err(Failure::runtime)?;
     let height = metrics.1.lines().find(|l| l.starts_with("medgate_ledger_height")).unwrap_or("").to_owned();
     say(&format!("admin /metrics: {height}"));

@@ -283,7 +283,8 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() {
         "medgate_http_requests_total{route=\"POST /\",status=\"200\"} 1",
         "medgate_http_requests_total{route=\"GET /Binary/{id}\",status=\"404\"} 1",
         "medgate_http_request_duration_seconds_bucket",
-        "medgate_hsm_operations_total{op=\"wrap\"} 1",
+        // One data key for the document, one for its SubmissionSet.
+        "medgate_hsm_operations_total{op=\"wrap\"} 2",
         "medgate_hsm_pool_waits_total",
         "medgate_ledger_height 0",
         "medgate_outbox_entries 0",

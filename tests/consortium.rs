@@ -197,10 +197,11 @@ fn three_hospitals_cut_the_same_chain_from_the_ordered_stream() {
     let b = ingest(&c, 1, 3, "b");
     let cc = ingest(&c, 2, 2, "c");
     assert_eq!(a.len() + b.len() + cc.len(), 10);
-    // Ten batches (one create each, sequentially), heights 0..=9, at every gateway.
+    // Ten batches (one create each, sequentially: a record and its SubmissionSet), heights 0..=9,
+    // at every gateway.
     converge(&c, 9.0);
     let heads = verify_all(&mut c);
-    assert!(heads[0].contains("10 entries"), "{heads:?}");
+    assert!(heads[0].contains("20 entries"), "{heads:?}");
     assert!(heads.iter().all(|h| h == &heads[0]), "chains differ: {heads:?}");
 }
 
@@ -215,7 +216,8 @@ fn an_etcd_member_killed_during_ingest_loses_and_duplicates_nothing() {
     c.etcd.restart(leader);
     converge(&c, 9.0);
     let heads = verify_all(&mut c);
-    assert!(heads[0].contains("10 entries") && heads[0].contains("0 flagged invalid"), "{heads:?}");
+    // Ten creates, each a record and its SubmissionSet.
+    assert!(heads[0].contains("20 entries") && heads[0].contains("0 flagged invalid"), "{heads:?}");
     assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
     assert_eq!(during.len() + other.len(), 8);
 }
@@ -268,7 +270,8 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
         crash.spawn(async move { his.post_json(path, &body, &[("idempotency-key", key)]).await })
     });
     let deadline = Instant::now() + Duration::from_secs(20);
-    while c.gws[0].metric("medgate_outbox_entries").unwrap() < queued + 2.0 {
+    // The create's two entries (its record and its SubmissionSet) and the consent's.
+    while c.gws[0].metric("medgate_outbox_entries").unwrap() < queued + 3.0 {
         assert!(Instant::now() < deadline, "the create and the consent were never stored:\n{}", c.gws[0].log_text());
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -505,6 +508,18 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
         assert_eq!(found["total"], 1, "{found}");
         assert_eq!(found["entry"][0]["resource"]["id"], record.as_str());
         assert_eq!(found["entry"][0]["resource"]["custodian"]["identifier"]["value"], "hospital-a");
+        // Only the custodian replaces a document or changes its status: B may not, and nothing
+        // of B's attempt is stored.
+        let mut replacing = sample_transaction(&p, "text/plain", b"B's version", None);
+        replacing["entry"][0]["resource"]["relatesTo"] = json!([{"code": "replaces", "target": {"reference": format!("DocumentReference/{record}")}}]);
+        let r = b.post_json("/", &replacing, &[]).await.unwrap();
+        assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+        assert!(r.json()["issue"][0]["diagnostics"].as_str().unwrap().contains("only its custodian may replace it"), "{}", r.json());
+        let patch = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+            {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "DocumentReference.status"}, {"name": "value", "valueCode": "entered-in-error"}]}]});
+        let r = b.send("PATCH", &format!("/DocumentReference/{record}"), &[], serde_json::to_vec(&patch).unwrap()).await.unwrap();
+        assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(c.gws[1].metric("medgate_vault_records"), Some(0.0));
     });
     // No consent yet: refused, and the refusal is a ledger entry.
     let r = read_at_b("TREAT", "physician");

@@ -20,6 +20,7 @@
 //! `representation`.
 
 mod binary;
+mod provide;
 mod representation;
 mod search;
 
@@ -35,7 +36,7 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use serde_json::Value;
 
 use medgate_fhir::search::{AUDIT_EVENT, CONSENT, DOCUMENT_REFERENCE, LIST};
-use medgate_fhir::{FhirError, Submission};
+use medgate_fhir::FhirError;
 use representation::{absolutize, check_json, rep_params, to_bytes, Rep};
 use crate::gateway::{Caller, Gateway, PURPOSES};
 use crate::tls::ClientIdentity;
@@ -238,30 +239,7 @@ impl Api {
                 medgate_fhir::subset::subset(&mut cs, rep.summary, rep.elements.as_deref());
                 Ok(self.fhir(200, cs, &rep))
             }
-            "POST /" | "POST /DocumentReference" => {
-                let caller = caller(&req, client)?;
-                check_fhir_json(&req)?;
-                let idem = idempotency_key(&req)?;
-                let single = route == "POST /DocumentReference";
-                // Prefer: return=representation puts the created resources in a transaction's answer.
-                let represent = single || header(&req, "prefer")?.is_some_and(|p| p.split([';', ',']).any(|x| x.trim() == "return=representation"));
-                let bytes = body(req, self.max_body.load(std::sync::atomic::Ordering::Relaxed), self.body_timeout).await?;
-                let sub = if single { Submission::single(medgate_fhir::parse_document_reference(&bytes)?) } else { medgate_fhir::parse_transaction(&bytes)? };
-                let created = gw.create(&caller, sub, idem.as_deref(), represent).await?;
-                // A single create answers with the resource itself (201); a transaction with the
-                // transaction-response Bundle, 200 as FHIR and ITI-65 say (202 while ledger
-                // entries wait in the outbox).
-                let (status, body) = if single {
-                    match created.body["entry"][0].get("resource") {
-                        Some(r) => (created.status, r.clone()),
-                        // A retry of a create whose record was erased since: its content is gone.
-                        None => return Err(GatewayError::Gone(format!("{} created by this request was erased since", created.location.unwrap_or_default()))),
-                    }
-                } else {
-                    (if created.status == 201 { 200 } else { created.status }, created.body.clone())
-                };
-                Ok(with_location(self.fhir(status, body, &Rep::default()), created.location, &self.public_base))
-            }
+            "POST /" | "POST /DocumentReference" => self.provide(route, client, req).await,
             "GET /DocumentReference" | "POST /DocumentReference/_search" => self.find(&DOCUMENT_REFERENCE, client, req).await,
             "GET /AuditEvent" | "POST /AuditEvent/_search" => self.find(&AUDIT_EVENT, client, req).await,
             "GET /Consent" | "POST /Consent/_search" => self.find(&CONSENT, client, req).await,
@@ -280,20 +258,8 @@ impl Api {
                 *r.status_mut() = StatusCode::NO_CONTENT;
                 Ok(r)
             }
-            "PATCH /DocumentReference/{id}" => {
-                let caller = caller(&req, client)?;
-                check_fhir_json(&req)?;
-                let bytes = body(req, self.max_body.load(std::sync::atomic::Ordering::Relaxed), self.body_timeout).await?;
-                let status = medgate_fhir::parse_status_patch(&bytes)?;
-                Ok(self.fhir(200, gw.change_status(&caller, &id, &status).await?, &Rep::default()))
-            }
-            "GET /List/{id}" | "GET /Patient/{id}" => {
-                let caller = caller(&req, client)?;
-                let rep = self.read_rep(&req)?;
-                let mut res = if route == "GET /List/{id}" { gw.read_list(&caller, &id).await? } else { gw.read_patient(&caller, &id).await? };
-                medgate_fhir::subset::subset(&mut res, rep.summary, rep.elements.as_deref());
-                Ok(self.fhir(200, res, &rep))
-            }
+            "PATCH /DocumentReference/{id}" => self.patch_status(client, req, &id).await,
+            "GET /List/{id}" | "GET /Patient/{id}" => self.read_submitted(route, client, req, &id).await,
             "GET /Binary/{id}" => {
                 let caller = caller(&req, client)?;
                 let pairs = medgate_fhir::search::decode_pairs(req.uri().query().unwrap_or(""))?;
@@ -306,7 +272,7 @@ impl Api {
                 let caller = caller(&req, client)?;
                 check_fhir_json(&req)?;
                 let idem = idempotency_key(&req)?;
-                let bytes = body(req, self.max_body.load(std::sync::atomic::Ordering::Relaxed), self.body_timeout).await?;
+                let bytes = body(req, self.body_limit(), self.body_timeout).await?;
                 let sub = medgate_fhir::parse_consent(&bytes)?;
                 let done = if route == "POST /Consent" { gw.record_consent(&caller, &sub, idem.as_deref()).await? } else { gw.revoke_consent(&caller, &id, &sub).await? };
                 Ok(with_location(self.fhir(done.status, done.body, &Rep::default()), done.location, &self.public_base))
@@ -325,6 +291,11 @@ impl Api {
 }
 
 impl Api {
+    /// The largest body accepted now (`his.max_body_bytes`, as last reloaded).
+    fn body_limit(&self) -> usize {
+        self.max_body.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A FHIR resource as the answer: relative URLs resolved against the public base, indented
     /// when `_pretty=true`.
     fn fhir(&self, status: u16, mut body: Value, rep: &Rep) -> Resp {

@@ -33,7 +33,7 @@ impl Api {
             if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/x-www-form-urlencoded") {
                 return Err(FhirError::UnsupportedMediaType("send the search parameters as application/x-www-form-urlencoded".into()).into());
             }
-            let bytes = body(req, self.max_body.load(std::sync::atomic::Ordering::Relaxed), self.body_timeout).await?;
+            let bytes = body(req, self.body_limit(), self.body_timeout).await?;
             let text = std::str::from_utf8(&bytes).map_err(|_| FhirError::BadParameter("the form body is not UTF-8".into()))?;
             pairs.extend(decode_pairs(text)?);
         }
