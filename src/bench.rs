@@ -38,8 +38,9 @@ pub fn run(records: usize, levels: &[usize], size: usize, shred: bool) -> Result
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| Failure::runtime(e.to_string()))?;
     let result = rt.block_on(async {
         let his = tokio::net::TcpListener::bind(site.his_addr).await.map_err(|e| Failure::runtime(e.to_string()))?;
-        let admin = tokio::net::TcpListener::bind(site.admin_addr).await.map_err(|e| Failure::runtime(e.to_string()))?;
-        let running = Running::start(&cfg, hsm.clone(), his, admin).await.map_err(|e| Failure::runtime(e.to_string()))?;
+        let monitor = tokio::net::TcpListener::bind(site.admin_addr).await.map_err(|e| Failure::runtime(e.to_string()))?;
+        let admin = medgate_gateway::server::officers::bind(&cfg.admin.socket, None).map_err(|e| Failure::runtime(e.to_string()))?;
+        let running = Running::start(&cfg, hsm.clone(), medgate_gateway::server::Listeners { his, monitor, admin }).await.map_err(|e| Failure::runtime(e.to_string()))?;
         println!(
             "medgate bench: {records} documents of {size} bytes per level, mutual TLS over loopback, SoftHSM2, batch <= {} entries / {} ms, {} cores",
             cfg.ledger.batch_max_entries,

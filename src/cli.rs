@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use medgate_hsm::Role;
 
-use medgate_gateway::config::{self, Config};
+use medgate_gateway::config::{self, Admin};
 
 use crate::exit::{self, Failure};
 
@@ -173,12 +173,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-/// One request to the running gateway's admin listener; a non-200 answer is a failure that
+/// The admin socket named by the configuration at `config` (only `[admin]` is read: an officer
+/// needs no access to the HSM PIN or the TLS files).
+pub(crate) fn admin_socket(config: &std::path::Path) -> Result<PathBuf, Failure> {
+    Admin::socket_of(config).map_err(|e| Failure::config(e.to_string()))
+}
+
+/// One request on the running gateway's admin socket; a non-200 answer is a failure that
 /// carries the gateway's reason.
-pub(crate) fn admin_call(cfg: &Config, method: &str, path: &str, body: &[u8]) -> Result<String, Failure> {
-    match crate::admin_client::request(cfg.admin.listen, method, path, body) {
+pub(crate) fn admin_call(config: &std::path::Path, method: &str, path: &str, body: &[u8]) -> Result<String, Failure> {
+    let socket = admin_socket(config)?;
+    match crate::admin_client::request(&socket, method, path, body) {
         Ok((200, body)) => Ok(body),
         Ok((status, body)) => Err(Failure::runtime(format!("refused ({status}): {}", body.trim()))),
-        Err(e) => Err(Failure { code: exit::UNAVAILABLE, message: format!("the gateway's admin listener {} did not answer: {e}", cfg.admin.listen) }),
+        Err(e) => Err(Failure { code: exit::UNAVAILABLE, message: format!("the gateway's admin socket did not answer: {e}") }),
     }
 }

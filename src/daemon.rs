@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::exit::{self, Failure};
 use medgate_gateway::config::Config;
-use medgate_gateway::server::{notify, Running};
+use medgate_gateway::server::{notify, officers, Listeners, Running};
 
 /// Core dumps and ptrace would expose data keys and documents held in memory: forbid both.
 pub fn harden_process() {
@@ -54,11 +54,15 @@ pub fn serve(path: &Path) -> Result<(), Failure> {
 
 async fn run(cfg: &Config, hsm: Arc<medgate_hsm::Hsm>) -> Result<(), Failure> {
     let his = bind(cfg.his.listen, "his.listen").await?;
-    let admin = bind(cfg.admin.listen, "admin.listen").await?;
+    let monitor = bind(cfg.admin.listen, "admin.listen").await?;
+    let admin = officers::bind(&cfg.admin.socket, cfg.admin.officers()).map_err(|e| Failure {
+        code: exit::UNAVAILABLE,
+        message: format!("cannot listen on {} (admin.socket): {e}", cfg.admin.socket.display()),
+    })?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| Failure::runtime(format!("signal: {e}")))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Failure::runtime(format!("signal: {e}")))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| Failure::runtime(format!("signal: {e}")))?;
-    let running = Running::start(cfg, hsm, his, admin).await.map_err(|e| Failure { code: exit::UNAVAILABLE, message: e.to_string() })?;
+    let running = Running::start(cfg, hsm, Listeners { his, monitor, admin }).await.map_err(|e| Failure { code: exit::UNAVAILABLE, message: e.to_string() })?;
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
     loop {
         tokio::select! {

@@ -119,13 +119,13 @@ pub(crate) fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
             if cfg.ledger.mode != "consortium" {
                 return Err(Failure::usage("compaction concerns the consortium's etcd; this gateway runs standalone"));
             }
-            match crate::admin_client::request(cfg.admin.listen, "POST", "/ledger/compact", b"") {
+            match crate::admin_client::request(&cfg.admin.socket, "POST", "/ledger/compact", b"") {
                 Ok((200, body)) => {
                     println!("{}", body.trim());
                     Ok(())
                 }
                 Ok((_, body)) => Err(Failure::runtime(format!("not compacted: {}", body.trim()))),
-                Err(e) => Err(Failure { code: exit::UNAVAILABLE, message: format!("the gateway's admin listener {} did not answer: {e}", cfg.admin.listen) }),
+                Err(e) => Err(Failure { code: exit::UNAVAILABLE, message: format!("the gateway's admin socket did not answer: {e}") }),
             }
         }
         LedgerCommand::CheckReceipt { receipt, public_key } => {
