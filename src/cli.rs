@@ -106,6 +106,12 @@ enum Command {
         /// time and the records re-wrapped per second.
         #[arg(long, conflicts_with = "consortium")]
         shred: bool,
+        /// Fairness under a flood instead: one client certificate sends searches at full speed on
+        /// as many connections as the largest concurrency level, while a second certificate sends
+        /// `--records` searches one after the other; prints the second client's p50/p99 alone and
+        /// under the flood, and the flooder's 200s and 429s per second.
+        #[arg(long, conflicts_with_all = ["consortium", "shred"])]
+        flood: bool,
     },
     /// The consortium: a CA kept in files for tests and pilots (certify gateways' HSM keys and
     /// etcd members), the genesis and member cards, and membership changes on the ledger.
@@ -166,7 +172,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Ledger { command } => ledger::ledger_command(command),
         Command::Demo { workdir, consortium: false } => crate::demo::run(workdir.as_deref()),
         Command::Demo { workdir, consortium: true } => crate::demo::run_consortium(workdir.as_deref()),
-        Command::Bench { records, concurrency, size, consortium: false, shred } => crate::bench::run(records, &concurrency, size, shred),
+        Command::Bench { records, concurrency, flood: true, .. } => crate::bench::flood(records, concurrency.iter().copied().max().unwrap_or(16)),
+        Command::Bench { records, concurrency, size, consortium: false, shred, .. } => crate::bench::run(records, &concurrency, size, shred),
         Command::Bench { records, concurrency, consortium: true, .. } => {
             crate::demo::bench_consortium(records, concurrency.iter().copied().max().unwrap_or(16))
         }
