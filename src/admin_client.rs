@@ -157,6 +157,27 @@ mod tests {
     }
 
     #[test]
+    fn speaks_over_a_unix_socket_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).unwrap();
+                head.push(byte[0]);
+            }
+            s.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 8\r\n\r\nrefused\n").unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        assert_eq!(super::get(&path, "/audit/break-glass").unwrap(), (403, "refused\n".to_owned()));
+        assert!(server.join().unwrap().starts_with("GET /audit/break-glass HTTP/1.1\r\n"));
+        assert!(super::get(dir.path().join("none.sock"), "/healthz").is_err());
+    }
+
+    #[test]
     fn works_from_inside_an_async_runtime_and_reports_a_dead_listener() {
         let (addr, server) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -132,6 +132,8 @@ pub struct Feed {
     me: String,
     exporter: OnceLock<Arc<Exporter>>,
     early: Mutex<Vec<Offer>>,
+    /// The exporter did not start: blocks are no longer held (the ledger keeps the events).
+    abandoned: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Feed {
@@ -153,6 +155,13 @@ impl Feed {
         }
         let _ = self.exporter.set(exporter);
     }
+
+    /// The exporter will not run in this process: stop holding blocks (the events stay on the
+    /// ledger, and the next exporter that starts catches up from there).
+    pub fn abandon(&self) {
+        self.abandoned.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.early.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
 }
 
 impl CommitListener for Feed {
@@ -162,6 +171,9 @@ impl CommitListener for Feed {
             return;
         }
         let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        if self.abandoned.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         match self.exporter.get() {
             Some(x) => x.offer(block.height, events),
             None => early.push((block.height, events)),

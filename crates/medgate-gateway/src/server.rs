@@ -227,6 +227,7 @@ async fn start_audit_export(cfg: &Config, hsm: &Arc<Hsm>, store: &ChainStore) ->
             Some(x)
         }
         Err(e) => {
+            feed.abandon();
             tracing::error!(error = %e, "audit export NOT started: audit events stay on the ledger and are sent after a start that succeeds");
             None
         }

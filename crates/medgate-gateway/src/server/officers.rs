@@ -30,6 +30,10 @@ const SOCKET_MODE: u32 = 0o660;
 /// and its group the officers' group when that group exists and this process may give it
 /// (systemd's runtime directory, set-group-ID to that group, already does).
 pub fn bind(path: &Path, officers: Option<&str>) -> io::Result<UnixListener> {
+    // Outside systemd (whose tmpfiles.d makes /run/medgate), the directory may not exist yet.
+    if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o750).create(dir)?;
+    }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket; refusing to replace it"));
