@@ -65,6 +65,13 @@ impl From<&PathBuf> for Endpoint {
     }
 }
 
+/// The admin socket named by the configuration file `config`. Only `[admin]` is read, so an
+/// officer needs no access to the HSM PIN or the TLS files; a file the caller cannot read gives
+/// the default socket. `Err` is the configuration's own message (file, key, reason).
+pub fn socket_of(config: &Path) -> Result<PathBuf, String> {
+    medgate_gateway::config::Admin::socket_of(config).map_err(|e| e.to_string())
+}
+
 /// `GET path`: (status, body).
 pub fn get(to: impl Into<Endpoint>, path: &str) -> Result<(u16, String), String> {
     request(to, "GET", path, b"")

@@ -11,7 +11,7 @@ use crate::exit::Failure;
 /// `medgate audit break-glass`: asks the running gateway on its admin socket; when it is not
 /// running, reads the store directly.
 pub fn break_glass(config: &Path, as_json: bool) -> Result<(), Failure> {
-    let socket = crate::cli::admin_socket(config)?;
+    let socket = crate::admin_client::socket_of(config).map_err(Failure::config)?;
     let value: serde_json::Value = match crate::admin_client::get(&socket, "/audit/break-glass") {
         Ok((200, body)) => serde_json::from_str(&body).map_err(|e| Failure::runtime(format!("admin socket: {e}")))?,
         Ok((status, body)) => return Err(Failure::runtime(format!("refused ({status}): {}", body.trim()))),

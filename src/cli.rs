@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use medgate_hsm::Role;
 
-use medgate_gateway::config::{self, Admin};
+use medgate_gateway::config;
 
 use crate::exit::{self, Failure};
 
@@ -180,16 +180,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-/// The admin socket named by the configuration at `config` (only `[admin]` is read: an officer
-/// needs no access to the HSM PIN or the TLS files).
-pub(crate) fn admin_socket(config: &std::path::Path) -> Result<PathBuf, Failure> {
-    Admin::socket_of(config).map_err(|e| Failure::config(e.to_string()))
-}
-
 /// One request on the running gateway's admin socket; a non-200 answer is a failure that
 /// carries the gateway's reason.
 pub(crate) fn admin_call(config: &std::path::Path, method: &str, path: &str, body: &[u8]) -> Result<String, Failure> {
-    let socket = admin_socket(config)?;
+    let socket = crate::admin_client::socket_of(config).map_err(Failure::config)?;
     match crate::admin_client::request(&socket, method, path, body) {
         Ok((200, body)) => Ok(body),
         Ok((status, body)) => Err(Failure::runtime(format!("refused ({status}): {}", body.trim()))),

@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod admin;
 mod atna;
 mod limits;
 
+pub use admin::{Admin, DEFAULT_ADMIN_SOCKET, DEFAULT_OFFICERS_GROUP};
 pub use atna::{Atna, OnFull};
 pub use limits::Limits;
 
@@ -83,45 +85,6 @@ pub struct His {
     #[serde(default = "default_request_timeout")]
     pub request_timeout_seconds: u64,
 }
-
-/// The operators' interfaces: the monitoring listener (TCP, read-only: health, readiness,
-/// metrics) and the admin socket (Unix, every action; only root, the service user and the
-/// officers' group, checked on the peer's credentials).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Admin {
-    /// Monitoring listener: `/healthz`, `/readyz`, `/metrics` only (plain HTTP; keep it on
-    /// loopback or a management network).
-    #[serde(default = "default_monitor_listen")]
-    pub listen: SocketAddr,
-    /// The admin socket: every admin action, and the officers' reviews.
-    #[serde(default = "default_admin_socket")]
-    pub socket: PathBuf,
-    /// Members of this group may use the admin socket (besides root and the service's user).
-    #[serde(default = "default_officers_group")]
-    pub officers_group: Option<String>,
-}
-
-impl Default for Admin {
-    fn default() -> Self {
-        Admin { listen: default_monitor_listen(), socket: default_admin_socket(), officers_group: default_officers_group() }
-    }
-}
-
-fn default_monitor_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9090))
-}
-fn default_admin_socket() -> PathBuf {
-    PathBuf::from(DEFAULT_ADMIN_SOCKET)
-}
-fn default_officers_group() -> Option<String> {
-    Some(DEFAULT_OFFICERS_GROUP.to_owned())
-}
-
-/// Where the admin socket is when the configuration does not say (systemd's RuntimeDirectory).
-pub const DEFAULT_ADMIN_SOCKET: &str = "/run/medgate/admin.sock";
-/// The officers' group when the configuration does not name one.
-pub const DEFAULT_OFFICERS_GROUP: &str = "medgate-officers";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -246,7 +209,6 @@ enum Kind {
 
 const HSM_KEYS: &[(&str, Kind, bool)] =
     &[("module", Kind::Str, true), ("token_label", Kind::Str, true), ("pin_file", Kind::Str, false), ("pool_size", Kind::Int, false)];
-const ADMIN_KEYS: &[(&str, Kind, bool)] = &[("listen", Kind::Addr, false), ("socket", Kind::Str, false), ("officers_group", Kind::Str, false)];
 const SCHEMA: &[(&str, Kind, bool)] = &[
     ("gateway", Kind::Table(&[("hospital_id", Kind::Str, true), ("state_directory", Kind::Str, true)]), true),
     ("hsm", Kind::Table(HSM_KEYS), true),
@@ -262,7 +224,7 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
         ]),
         true,
     ),
-    ("admin", Kind::Table(ADMIN_KEYS), false),
+    ("admin", Kind::Table(admin::KEYS), false),
     (
         "ledger",
         Kind::Table(&[("mode", Kind::Str, false), ("batch_max_entries", Kind::Int, false), ("batch_max_delay_ms", Kind::Int, false)]),
@@ -511,58 +473,6 @@ impl Config {
     /// The PIN: systemd credential first, then `hsm.pin_file`.
     pub fn pin(&self) -> Result<medgate_hsm::Pin, medgate_hsm::PinError> {
         medgate_hsm::Pin::resolve(self.hsm.pin_file.as_deref())
-    }
-}
-
-impl Admin {
-    /// The admin socket's path and the officers' group name, checked.
-    fn problems(&self) -> Vec<Problem> {
-        let mut p = Vec::new();
-        let socket = self.socket.as_os_str().len();
-        if !self.socket.is_absolute() || self.socket.file_name().is_none() {
-            p.push(Problem { key: "admin.socket".into(), reason: "must be an absolute path to the socket file, e.g. \"/run/medgate/admin.sock\"".into() });
-        } else if socket >= 108 {
-            p.push(Problem { key: "admin.socket".into(), reason: format!("is {socket} bytes long; a Unix socket path must be shorter than 108") });
-        }
-        if let Some(g) = self.officers_group.as_deref().filter(|g| !g.is_empty()) {
-            let ok = g.len() <= 32 && g.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) && !g.starts_with('-');
-            if !ok {
-                p.push(Problem { key: "admin.officers_group".into(), reason: "must be a group name: 1 to 32 letters, digits, '_', '-', '.' (or \"\" for none)".into() });
-            }
-        }
-        p
-    }
-
-    /// The officers' group, unless the configuration names none (`officers_group = ""`).
-    pub fn officers(&self) -> Option<&str> {
-        self.officers_group.as_deref().filter(|g| !g.is_empty())
-    }
-
-    /// The admin socket named by the configuration at `path`, for the operators' commands: only
-    /// `[admin]` is read, so an officer who may use the socket needs neither the HSM PIN file nor
-    /// the TLS files to be readable. A file that cannot be read gives the default socket.
-    pub fn socket_of(path: &Path) -> Result<PathBuf, ConfigError> {
-        let err = |problems| ConfigError { file: path.to_path_buf(), problems };
-        let Ok(text) = std::fs::read_to_string(path) else { return Ok(default_admin_socket()) };
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| err(vec![Problem { key: "(syntax)".into(), reason: format!("invalid TOML: {}", e.message()) }]))?;
-        let Some(admin) = table.get("admin") else { return Ok(default_admin_socket()) };
-        let mut problems = Vec::new();
-        match admin {
-            toml::Value::Table(t) => check_shape(t, ADMIN_KEYS, "admin", &mut problems),
-            other => problems.push(Problem { key: "admin".into(), reason: format!("must be a table, found {}", other.type_str()) }),
-        }
-        if !problems.is_empty() {
-            return Err(err(problems));
-        }
-        let admin: Admin = admin.clone().try_into().map_err(|e: toml::de::Error| err(vec![Problem { key: "admin".into(), reason: e.message().to_owned() }]))?;
-        let problems = admin.problems();
-        if problems.is_empty() {
-            Ok(admin.socket)
-        } else {
-            Err(err(problems))
-        }
     }
 }
 
