@@ -66,7 +66,7 @@ impl From<&PathBuf> for Endpoint {
 }
 
 /// The admin socket named by the configuration file `config`. Only `[admin]` is read, so an
-/// officer needs no access to the HSM PIN or the TLS files; a file the caller cannot read gives
+/// officer needs no access to the HSM PIN or the TLS files; a file the caller may not read gives
 /// the default socket. `Err` is the configuration's own message (file, key, reason).
 pub fn socket_of(config: &Path) -> Result<PathBuf, String> {
     medgate_gateway::config::Admin::socket_of(config).map_err(|e| e.to_string())

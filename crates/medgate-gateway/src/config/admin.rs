@@ -79,10 +79,15 @@ impl Admin {
 
     /// The admin socket named by the configuration at `path`, for the operators' commands: only
     /// `[admin]` is read, so an officer who may use the socket needs neither the HSM PIN file nor
-    /// the TLS files to be readable. A file that cannot be read gives the default socket.
+    /// the TLS files to be readable. A file the caller may not read gives the default socket.
     pub fn socket_of(path: &Path) -> Result<PathBuf, ConfigError> {
         let err = |problems| ConfigError { file: path.to_path_buf(), problems };
-        let Ok(text) = std::fs::read_to_string(path) else { return Ok(default_admin_socket()) };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            // An officer may use the socket without being allowed to read the configuration.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(default_admin_socket()),
+            Err(e) => return Err(err(vec![Problem { key: "(file)".into(), reason: format!("cannot be read: {e}") }])),
+        };
         let table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| err(vec![Problem { key: "(syntax)".into(), reason: format!("invalid TOML: {}", e.message()) }]))?;
@@ -105,3 +110,31 @@ impl Admin {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_must_be_absolute_and_short_and_the_group_a_name() {
+        assert!(Admin::default().problems().is_empty());
+        let a: Admin = toml::from_str("socket = \"admin.sock\"\nofficers_group = \"bad group\"").unwrap_or_else(|e| panic!("{e}"));
+        let keys: Vec<String> = a.problems().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, vec!["admin.socket", "admin.officers_group"]);
+        let none: Admin = toml::from_str("officers_group = \"\"").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(none.officers(), None);
+        let long = format!("socket = \"/{}\"", "s".repeat(120));
+        assert!(toml::from_str::<Admin>(&long).map(|a| a.problems().len()).unwrap_or(0) == 1);
+    }
+
+    #[test]
+    fn the_cli_reads_only_admin_and_falls_back_only_when_not_allowed_to_read() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let f = dir.path().join("medgate.toml");
+        std::fs::write(&f, "[hsm]\nmodule = 7\n[admin]\nsocket = \"/run/x/admin.sock\"\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Admin::socket_of(&f).ok(), Some(PathBuf::from("/run/x/admin.sock")), "other tables are not read");
+        assert!(Admin::socket_of(&dir.path().join("missing.toml")).is_err(), "a wrong path is an error, not the default");
+        std::fs::write(&f, "[admin]\nsocket = 7\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(Admin::socket_of(&f).is_err());
+    }
+}

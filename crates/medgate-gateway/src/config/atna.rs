@@ -213,6 +213,22 @@ fn check_pem_certificates(path: &Path, key: &str, out: &mut Vec<Problem>) {
 mod tests {
     use super::*;
 
+    fn keys(text: &str) -> Vec<String> {
+        let a: Atna = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+        a.problems().into_iter().map(|p| p.key).collect()
+    }
+
+    #[test]
+    fn an_enabled_table_names_each_bad_key_and_a_disabled_one_is_not_checked() {
+        assert!(keys("repository = \"nonsense\"\non_full = \"drop\"").is_empty());
+        let k = keys("enabled = true\non_full = \"drop\"\nqueue_max_messages = 0\nhostname = \"gw 1\"\nqueue_dir = \"atna\"");
+        for want in ["atna.repository", "atna.ca", "atna.on_full", "atna.queue_max_messages", "atna.hostname", "atna.queue_dir"] {
+            assert!(k.iter().any(|x| x == want), "{want} in {k:?}");
+        }
+        let k = keys("enabled = true\nrepository = \"arr:6514\"\nca = \"/nonexistent/ca.pem\"");
+        assert_eq!(k, vec!["atna.ca".to_owned()]);
+    }
+
     #[test]
     fn repositories_are_host_and_port() {
         assert_eq!(host_of("arr.example:6514"), Some("arr.example"));

@@ -118,3 +118,16 @@ impl Limits {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_pass_and_bad_values_name_their_key() {
+        assert!(Limits::default().problems().is_empty());
+        let l: Limits = toml::from_str("max_header_list_bytes = 100\nmax_connections = 2\nmax_connections_per_client = 3\nburst_per_client = 0").unwrap_or_else(|e| panic!("{e}"));
+        let keys: Vec<String> = l.problems().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, vec!["limits.burst_per_client", "limits.max_header_list_bytes", "limits.max_connections_per_client"]);
+    }
+}
