@@ -203,24 +203,26 @@ pub async fn start(cfg: &Atna, his_certificate: &Path, state_directory: &Path, h
     Ok(exporter)
 }
 
-/// The `medgate_atna_*` gauges for `/metrics`.
-pub fn gauges(exporter: &Exporter) -> Vec<crate::metrics::Gauge<'static>> {
+/// The `medgate_atna_*` figures for `/metrics`: (counters, gauges).
+pub fn metrics(exporter: &Exporter) -> (Vec<crate::metrics::Counter<'static>>, Vec<crate::metrics::Gauge<'static>>) {
     let s = exporter.stats();
     let one = |v: f64| vec![(String::new(), v)];
-    let mut g: Vec<crate::metrics::Gauge<'static>> = vec![
-        ("medgate_atna_queue_depth", "Audit messages waiting for the repository (sent but unconfirmed included).", one(s.queue_depth as f64)),
-        ("medgate_atna_queue_capacity", "Most audit messages the queue holds ([atna] queue_max_messages).", one(s.queue_capacity as f64)),
+    let counters: Vec<crate::metrics::Counter<'static>> = vec![
         ("medgate_atna_sent_total", "Audit messages the repository confirmed.", one(s.sent_total as f64)),
         ("medgate_atna_resent_total", "Audit messages written again after a session broke.", one(s.resent_total as f64)),
         ("medgate_atna_failures_total", "Failed connections to the audit repository and broken sessions.", one(s.failed_total as f64)),
         ("medgate_atna_rejected_total", "Audit events refused by the shape check (never sent).", one(s.rejected_total as f64)),
+    ];
+    let mut gauges: Vec<crate::metrics::Gauge<'static>> = vec![
+        ("medgate_atna_queue_depth", "Audit messages waiting for the repository (sent but unconfirmed included).", one(s.queue_depth as f64)),
+        ("medgate_atna_queue_capacity", "Most audit messages the queue holds ([atna] queue_max_messages).", one(s.queue_capacity as f64)),
         ("medgate_atna_catching_up", "1 while audit events wait on the ledger rather than in the queue.", one(f64::from(u8::from(s.catching_up)))),
         ("medgate_atna_connected", "1 while a session to the audit repository is open.", one(f64::from(u8::from(s.connected)))),
     ];
     if let Some(age) = s.oldest_age {
-        g.push(("medgate_atna_oldest_message_age_seconds", "How long the oldest waiting audit message has been queued.", one(age.as_secs_f64())));
+        gauges.push(("medgate_atna_oldest_message_age_seconds", "How long the oldest waiting audit message has been queued.", one(age.as_secs_f64())));
     }
-    g
+    (counters, gauges)
 }
 
 #[cfg(test)]

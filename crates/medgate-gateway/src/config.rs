@@ -11,11 +11,16 @@ use serde::Deserialize;
 
 mod admin;
 mod atna;
+mod consortium;
 mod limits;
+mod log;
 
 pub use admin::{Admin, DEFAULT_ADMIN_SOCKET, DEFAULT_OFFICERS_GROUP};
 pub use atna::{Atna, OnFull};
+pub use consortium::Consortium;
+use consortium::validate_consortium;
 pub use limits::Limits;
+pub use log::Log;
 
 /// Where the configuration is read from when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/medgate/medgate.toml";
@@ -32,6 +37,8 @@ pub struct Config {
     pub ledger: Ledger,
     #[serde(default)]
     pub dangerous: Dangerous,
+    #[serde(default)]
+    pub log: Log,
     /// Required when `ledger.mode = "consortium"`.
     #[serde(default)]
     pub consortium: Option<Consortium>,
@@ -106,37 +113,6 @@ impl Default for Ledger {
     }
 }
 
-/// The consortium ledger: the etcd ordering service, the genesis, this gateway's peer listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Consortium {
-    /// etcd client endpoints, `IP:port` (TLS).
-    pub etcd_endpoints: Vec<String>,
-    /// PEM CA certificate(s) of the consortium CA: etcd servers and peer gateways must chain to it.
-    pub ca: PathBuf,
-    /// PEM chain issued by the consortium CA for this gateway's HSM `tls` key (the etcd client
-    /// certificate; its CN is the etcd user).
-    pub certificate: PathBuf,
-    /// etcd key prefix of this consortium's ledger.
-    #[serde(default = "default_prefix")]
-    pub prefix: String,
-    /// The genesis document (`medgate consortium genesis`): the consortium's founding members
-    /// and their keys. Every member is configured with the same file; later members are admitted
-    /// by membership entries on the ledger.
-    pub genesis: PathBuf,
-    /// Where other gateways fetch this hospital's records (mutual TLS, consortium CA), `IP:port`.
-    /// Without it, this gateway shares nothing.
-    #[serde(default)]
-    pub peer_listen: Option<SocketAddr>,
-    /// Roles of the end user allowed to read another hospital's record without consent, with
-    /// purpose of use BTG (break-glass); such reads are recorded as break-glass for review.
-    #[serde(default)]
-    pub break_glass_roles: Vec<String>,
-}
-
-fn default_prefix() -> String {
-    "/medgate/ledger".into()
-}
 
 /// Settings that weaken a guarantee. Each one set is logged at WARN at start-up.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -148,6 +124,9 @@ pub struct Dangerous {
     /// Bind the admin listener to a non-loopback address.
     #[serde(default)]
     pub admin_on_all_interfaces: bool,
+    /// Accept HIS client certificates while a CRL is past its nextUpdate (instead of refusing them).
+    #[serde(default)]
+    pub allow_expired_crl: bool,
 }
 
 fn default_pool() -> usize {
@@ -230,7 +209,8 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
         Kind::Table(&[("mode", Kind::Str, false), ("batch_max_entries", Kind::Int, false), ("batch_max_delay_ms", Kind::Int, false)]),
         false,
     ),
-    ("dangerous", Kind::Table(&[("allow_no_crl", Kind::Bool, false), ("admin_on_all_interfaces", Kind::Bool, false)]), false),
+    ("dangerous", Kind::Table(&[("allow_no_crl", Kind::Bool, false), ("admin_on_all_interfaces", Kind::Bool, false), ("allow_expired_crl", Kind::Bool, false)]), false),
+    ("log", Kind::Table(&[("level", Kind::Str, false)]), false),
     (
         "consortium",
         Kind::Table(&[
@@ -285,26 +265,6 @@ fn check_shape(table: &toml::Table, schema: &[(&str, Kind, bool)], prefix: &str,
     }
 }
 
-fn validate_consortium(c: &Consortium, p: &mut Vec<Problem>) {
-    if c.etcd_endpoints.is_empty() {
-        p.push(Problem { key: "consortium.etcd_endpoints".into(), reason: "name at least one etcd endpoint".into() });
-    }
-    for (i, e) in c.etcd_endpoints.iter().enumerate() {
-        if e.parse::<SocketAddr>().is_err() {
-            p.push(Problem { key: format!("consortium.etcd_endpoints[{i}]"), reason: "must be IP:port, e.g. \"10.1.2.3:2379\"".into() });
-        }
-    }
-    check_readable_file(&c.ca, "consortium.ca", p);
-    check_readable_file(&c.certificate, "consortium.certificate", p);
-    if !c.prefix.starts_with('/') || c.prefix.ends_with('/') || c.prefix.len() < 2 {
-        p.push(Problem { key: "consortium.prefix".into(), reason: "must start with '/' and not end with one, e.g. \"/medgate/ledger\"".into() });
-    }
-    // A hospital missing from the genesis is a joining member: it starts, follows the ledger
-    // and submits once a membership change admits it, so that is not a configuration error.
-    if let Err(e) = medgate_ledger::membership::Genesis::read(&c.genesis) {
-        p.push(Problem { key: "consortium.genesis".into(), reason: e });
-    }
-}
 
 fn check_readable_file(path: &Path, key: &str, out: &mut Vec<Problem>) {
     match std::fs::File::open(path) {
@@ -398,6 +358,7 @@ impl Config {
                 reason: format!("must be between 1 and {} (the largest batch every gateway accepts)", medgate_ledger::MAX_BATCH_ENTRIES),
             });
         }
+        self.log.check(&mut p);
         if self.ledger.batch_max_delay_ms > 10_000 {
             p.push(Problem { key: "ledger.batch_max_delay_ms".into(), reason: "must be at most 10000".into() });
         }
@@ -458,6 +419,9 @@ impl Config {
         }
         if self.dangerous.admin_on_all_interfaces {
             v.push("admin_on_all_interfaces: health and metrics are served beyond loopback without TLS");
+        }
+        if self.dangerous.allow_expired_crl {
+            v.push("allow_expired_crl: HIS certificates are accepted while a CRL is past its nextUpdate");
         }
         v
     }

@@ -32,6 +32,7 @@ use crate::api::Api;
 use crate::config::{Config, Consortium};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::reload::{Live, Outcome, ReloadError};
 use crate::tls::{self, Reloadable, TlsFiles};
 /// How long a stop waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -75,9 +76,7 @@ pub struct Running {
     pub admin_socket: Option<std::path::PathBuf>,
     pub gateway: Gateway,
     db: Db,
-    hsm: Arc<Hsm>,
-    tls_files: TlsFiles,
-    tls: Arc<Reloadable>,
+    live: Arc<Live>,
     stop_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     his_task: JoinHandle<()>,
@@ -92,7 +91,10 @@ impl Running {
     /// configuration around the HSM key, and starts serving on the given listeners.
     pub async fn start(cfg: &Config, hsm: Arc<Hsm>, listeners: Listeners) -> Result<Running, ServerError> {
         let Listeners { his, monitor, admin } = listeners;
-        let tls_files = TlsFiles { certificate: cfg.his.certificate.clone(), client_ca: cfg.his.client_ca.clone(), crls: cfg.his.crl.clone() };
+        let tls_files = TlsFiles::from_config(cfg);
+        if let (true, Err(e)) = (tls_files.enforce_crl_expiry, crate::reload::stale_crls(&tls_files)) {
+            tracing::error!(error = %e, "HIS clients of that CA will be refused");
+        }
         let tls = Arc::new(Reloadable::new(tls::server_config(&hsm, &tls_files)?));
         notify(&[sd_notify::NotifyState::Status("opening the vault and the ledger")]);
         let storage = |e: medgate_store::StoreError| ServerError::Storage { path: cfg.gateway.state_directory.display().to_string(), reason: e.to_string() };
@@ -136,9 +138,11 @@ impl Running {
             Ok(n) => tracing::info!(events = n, "key events from the officer's journal put on the ledger"),
             Err(e) => tracing::warn!(error = %e, "key event journal not anchored; it will be retried at the next start"),
         }
+        let max_body = Arc::new(std::sync::atomic::AtomicUsize::new(cfg.his.max_body_bytes));
+        let live = Arc::new(Live::new(cfg, hsm.clone(), tls.clone(), max_body.clone()));
         let api = Arc::new(Api {
             gateway: gateway.clone(),
-            max_body: cfg.his.max_body_bytes,
+            max_body,
             body_timeout: Duration::from_secs(cfg.his.request_timeout_seconds),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -158,7 +162,7 @@ impl Running {
         let admin_state = Arc::new(AdminState {
             gateway: gateway.clone(),
             db: db.clone(),
-            tls_files: tls_files.clone(),
+            live: live.clone(),
             link,
             atna: atna.clone(),
             atna_enabled: cfg.atna.as_ref().is_some_and(|a| a.enabled),
@@ -176,17 +180,14 @@ impl Running {
             tokio::spawn(watchdog(admin_state, stop_rx)),
         ]);
         tracing::info!(%his_addr, %monitor_addr, admin_socket = %cfg.admin.socket.display(), hospital = %cfg.gateway.hospital_id, "medgate gateway ready");
-        Ok(Running { his_addr, monitor_addr, admin_socket, gateway, db, hsm, tls_files, tls, stop_tx, tasks, his_task, atna, limiter })
+        Ok(Running { his_addr, monitor_addr, admin_socket, gateway, db, live, stop_tx, tasks, his_task, atna, limiter })
     }
 
-    /// Re-reads the certificate, the client CA and the CRLs (SIGHUP). New handshakes use them;
-    /// open connections keep the configuration they started with. A bad file keeps the old one.
-    pub fn reload(&self) -> Result<(), tls::TlsError> {
-        self.hsm.refresh_keys();
-        let cfg = tls::server_config(&self.hsm, &self.tls_files)?;
-        self.tls.set(cfg);
-        self.gateway.metrics.incr("tls_reloads");
-        Ok(())
+    /// Re-reads and applies the configuration (SIGHUP; see [`crate::reload`]). New handshakes
+    /// use the new certificates; open connections keep what they started with. Any error keeps
+    /// every old setting.
+    pub fn reload(&self) -> Result<Outcome, ReloadError> {
+        reload_counted(&self.live, &self.gateway)
     }
 
     /// Stops accepting, lets requests in flight finish (bounded), stops the background tasks and
@@ -232,6 +233,17 @@ async fn start_audit_export(cfg: &Config, hsm: &Arc<Hsm>, store: &ChainStore) ->
             None
         }
     }
+}
+
+/// A reload, logged and counted in `medgate_events_total` (`reloads`, `reload_failures`).
+fn reload_counted(live: &Live, gateway: &Gateway) -> Result<Outcome, ReloadError> {
+    let r = live.reload();
+    match &r {
+        Ok(done) => tracing::info!(changes = %done.text().trim_end().replace('\n', "; "), "configuration reloaded; certificates and CRLs reloaded"),
+        Err(e) => tracing::error!(error = %e, "reload failed; the previous settings stay in use"),
+    }
+    gateway.metrics.incr(if r.is_ok() { "reloads" } else { "reload_failures" });
+    r
 }
 
 /// The consortium link: the genesis adopted (a stored fork halts it), etcd reached over mutual

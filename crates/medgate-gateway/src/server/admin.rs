@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use super::notify;
 use crate::gateway::Gateway;
-use crate::tls::{self, TlsFiles};
+use crate::reload::Live;
 use crate::GatewayError;
 
 /// What the admin listener and the watchdog look at.
@@ -31,7 +31,7 @@ use crate::GatewayError;
 pub(super) struct AdminState {
     pub(super) gateway: Gateway,
     pub(super) db: Db,
-    pub(super) tls_files: TlsFiles,
+    pub(super) live: Arc<Live>,
     pub(super) link: Option<Arc<EtcdLink>>,
     pub(super) atna: Option<Arc<medgate_atna::Exporter>>,
     /// `[atna] enabled`: the exporter should be running.
@@ -93,12 +93,14 @@ impl AdminState {
 
     fn metrics(&self) -> String {
         let st = self.gateway.hsm.stats();
-        let mut gauges: Vec<crate::metrics::Gauge<'_>> = vec![
+        let counters: Vec<crate::metrics::Counter<'_>> = vec![
             ("medgate_hsm_operations_total", "HSM operations by kind.", st.ops.iter().map(|(k, n)| (format!("op=\"{k}\""), *n as f64)).collect()),
             ("medgate_hsm_errors_total", "HSM errors by kind.", st.errors.iter().map(|(k, n)| (format!("kind=\"{k}\""), *n as f64)).collect()),
             ("medgate_hsm_pkcs11_calls_total", "PKCS#11 calls made.", vec![(String::new(), st.pkcs11_calls as f64)]),
             ("medgate_hsm_pool_waits_total", "Times a request waited for an HSM session.", vec![(String::new(), st.pool_waits as f64)]),
             ("medgate_hsm_pool_wait_seconds_total", "Time spent waiting for an HSM session.", vec![(String::new(), st.pool_wait_seconds)]),
+        ];
+        let mut gauges: Vec<crate::metrics::Gauge<'_>> = vec![
             ("medgate_vault_records", "Records in the local vault.", vec![(String::new(), self.gateway.vault.record_count() as f64)]),
             ("medgate_outbox_entries", "Ledger entries stored but not yet in a block.", vec![(String::new(), self.gateway.vault.outbox_len() as f64)]),
         ];
@@ -121,46 +123,45 @@ impl AdminState {
         if let Ok(forks) = self.gateway.ledger.store.forks() {
             gauges.push(("medgate_ledger_forks", "Forks seen (two signed hashes at one height).", vec![(String::new(), forks.len() as f64)]));
         }
-        let mut expiry = Vec::new();
-        for (which, path) in [("server", &self.tls_files.certificate), ("client_ca", &self.tls_files.client_ca)] {
-            if let Ok(certs) = tls::load_certs(path) {
-                if let Some(Ok((_, _, not_after))) = certs.first().map(|c| crate::pki::describe_certificate(c.as_ref())) {
-                    expiry.push((format!("certificate=\"{which}\""), not_after as f64));
-                }
-            }
-        }
-        gauges.push(("medgate_certificate_expiry_timestamp_seconds", "When each configured certificate expires (unix time).", expiry));
+        gauges.extend(self.live.gauges());
         gauges.extend(self.gateway.shred.gauges(&self.gateway.vault));
+        let mut counters = counters;
         if self.atna_enabled {
             gauges.push(("medgate_atna_up", "1 while the audit export runs ([atna] enabled); 0 if it could not start.", vec![(String::new(), f64::from(u8::from(self.atna.is_some())))]));
         }
         if let Some(x) = &self.atna {
-            gauges.extend(crate::atna::gauges(x));
+            let (c, g) = crate::atna::metrics(x);
+            counters.extend(c);
+            gauges.extend(g);
         }
-        gauges.extend(self.limits_gauges());
-        self.gateway.metrics.render(&gauges)
+        let (c, g) = self.limits_metrics();
+        counters.extend(c);
+        gauges.extend(g);
+        self.gateway.metrics.render(&counters, &gauges)
     }
 }
 
 impl AdminState {
-    fn limits_gauges(&self) -> Vec<crate::metrics::Gauge<'static>> {
+    /// The HIS listener's limits: (counters, gauges).
+    fn limits_metrics(&self) -> (Vec<crate::metrics::Counter<'static>>, Vec<crate::metrics::Gauge<'static>>) {
         use std::sync::atomic::Ordering::Relaxed;
         let l = &self.limiter;
         let r = &l.refused;
-        vec![
+        let counters = vec![(
+            "medgate_his_refused_total",
+            "HIS connections and requests refused by the limits, by limit.",
+            vec![
+                ("limit=\"max_connections\"".into(), r.connections.load(Relaxed) as f64),
+                ("limit=\"max_connections_per_client\"".into(), r.client_connections.load(Relaxed) as f64),
+                ("limit=\"max_requests_in_flight_per_client\"".into(), r.in_flight.load(Relaxed) as f64),
+                ("limit=\"requests_per_second_per_client\"".into(), r.rate.load(Relaxed) as f64),
+            ],
+        )];
+        let gauges = vec![
             ("medgate_his_connections", "Open HIS connections.", vec![(String::new(), f64::from(l.open_connections()))]),
             ("medgate_his_requests_in_flight", "HIS requests being processed.", vec![(String::new(), f64::from(l.requests_in_flight()))]),
-            (
-                "medgate_his_refused_total",
-                "HIS connections and requests refused by the limits, by limit.",
-                vec![
-                    ("limit=\"max_connections\"".into(), r.connections.load(Relaxed) as f64),
-                    ("limit=\"max_connections_per_client\"".into(), r.client_connections.load(Relaxed) as f64),
-                    ("limit=\"max_requests_in_flight_per_client\"".into(), r.in_flight.load(Relaxed) as f64),
-                    ("limit=\"requests_per_second_per_client\"".into(), r.rate.load(Relaxed) as f64),
-                ],
-            ),
-        ]
+        ];
+        (counters, gauges)
     }
 }
 
@@ -237,12 +238,16 @@ pub(super) async fn action(state: &AdminState, req: Request<hyper::body::Incomin
         };
     }
     match (req.method().as_str(), path.as_str()) {
+        ("POST", "/reload") => match super::reload_counted(&state.live, &state.gateway) {
+            Ok(done) => text(StatusCode::OK, done.text(), PLAIN),
+            Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused; the gateway keeps its previous settings:\n{e}\n"), PLAIN),
+        },
         ("POST", "/ledger/compact") => json_answer(state.gateway.compact_ordering().await.map(|rev| serde_json::json!({"compacted_below": rev}))),
         ("GET", "/audit/break-glass") => json_answer(state.gateway.ledger.store.break_glass_reads().map(|l| crate::gateway::break_glass_json(&l)).map_err(GatewayError::from)),
         ("GET", "/consortium/members") => json_answer(state.gateway.membership_json()),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: GET /healthz, /readyz, /metrics, /audit/break-glass, /consortium/members; POST /ledger/compact, /consortium/proposals, /consortium/proposals/{id}/approve\n".into(),
+            "not found: GET /healthz, /readyz, /metrics, /audit/break-glass, /consortium/members; POST /reload, /ledger/compact, /consortium/proposals, /consortium/proposals/{id}/approve\n".into(),
             PLAIN,
         ),
     }
