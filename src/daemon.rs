@@ -2,7 +2,7 @@
 //! on any problem), process hardening, the HSM (login once), the listeners, the store and the
 //! ledger, then READY=1 to systemd. A failure that a restart cannot fix exits 64 or 77 (see
 //! [`crate::exit`]). SIGHUP re-reads the configuration and applies what can change live
-//! (`medgate_gateway::reload`; `medgate reload` asks the same of the admin listener and waits
+//! (`medgate_gateway::reload`; `medgate reload` asks the same on the admin socket and waits
 //! for the answer); SIGTERM (or SIGINT) stops accepting, lets requests in flight finish,
 //! flushes, closes the HSM and exits 0.
 

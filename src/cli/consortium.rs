@@ -109,7 +109,7 @@ pub(crate) enum ConsortiumCommand {
         out: PathBuf,
     },
     /// The current members and every membership proposal, as the running gateway's ledger copy
-    /// holds them (asks its admin listener).
+    /// holds them (asks its admin socket).
     Members {
         #[command(flatten)]
         config: ConfigArg,

@@ -40,7 +40,7 @@ pub(crate) enum LedgerCommand {
         entry: String,
     },
     /// Consortium: compact etcd's history below what every member has checkpointed (asks the
-    /// running gateway on its admin listener). Refused until every member has sent a checkpoint.
+    /// running gateway on its admin socket). Refused until every member has sent a checkpoint.
     Compact {
         #[command(flatten)]
         config: ConfigArg,

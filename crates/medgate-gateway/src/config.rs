@@ -121,7 +121,7 @@ pub struct Dangerous {
     /// Accept HIS client certificates without checking a CRL even when none is configured.
     #[serde(default)]
     pub allow_no_crl: bool,
-    /// Bind the admin listener to a non-loopback address.
+    /// Bind the monitoring listener (`admin.listen`) to a non-loopback address.
     #[serde(default)]
     pub admin_on_all_interfaces: bool,
     /// Accept HIS client certificates while a CRL is past its nextUpdate (instead of refusing them).
@@ -373,7 +373,7 @@ impl Config {
         }
     }
 
-    /// The HIS and admin listeners: addresses, certificates, CRLs, limits.
+    /// The HIS and monitoring listeners: addresses, certificates, CRLs, limits.
     fn validate_listeners(&self, p: &mut Vec<Problem>) {
         let h = &self.his;
         if h.listen.port() == 0 {
