@@ -3,7 +3,8 @@
 //! stores documents over mutual TLS exactly as an HIS would, each client on its own keep-alive
 //! connection. Prints records/s, p50/p99 latency and HSM calls per record per concurrency level.
 //! With `--shred`, it then erases one record and times the shred pass that follows (KEK rotation,
-//! every stored record re-wrapped in the HSM, the old KEK version destroyed).
+//! every stored record re-wrapped in the HSM, the old KEK version destroyed). With `--flood`, one
+//! client certificate floods while another works ([`flood`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,9 @@ use medgate_gateway::config::Config;
 use crate::demo::{Site, SOFTHSM_MODULE, TOKEN};
 use medgate_fhir::{sample_transaction, PatientId};
 use medgate_gateway::server::Running;
+
+mod flood;
+pub use flood::run as flood;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -38,8 +42,9 @@ pub fn run(records: usize, levels: &[usize], size: usize, shred: bool) -> Result
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| Failure::runtime(e.to_string()))?;
     let result = rt.block_on(async {
         let his = tokio::net::TcpListener::bind(site.his_addr).await.map_err(|e| Failure::runtime(e.to_string()))?;
-        let admin = tokio::net::TcpListener::bind(site.admin_addr).await.map_err(|e| Failure::runtime(e.to_string()))?;
-        let running = Running::start(&cfg, hsm.clone(), his, admin).await.map_err(|e| Failure::runtime(e.to_string()))?;
+        let monitor = tokio::net::TcpListener::bind(site.admin_addr).await.map_err(|e| Failure::runtime(e.to_string()))?;
+        let admin = medgate_gateway::server::officers::bind(&cfg.admin.socket, None).map_err(|e| Failure::runtime(e.to_string()))?;
+        let running = Running::start(&cfg, hsm.clone(), medgate_gateway::server::Listeners { his, monitor, admin }).await.map_err(|e| Failure::runtime(e.to_string()))?;
         println!(
             "medgate bench: {records} documents of {size} bytes per level, mutual TLS over loopback, SoftHSM2, batch <= {} entries / {} ms, {} cores",
             cfg.ledger.batch_max_entries,

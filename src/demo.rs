@@ -35,7 +35,10 @@ pub struct Site {
     pub config: PathBuf,
     pub softhsm_conf: PathBuf,
     pub his_addr: SocketAddr,
+    /// The monitoring listener (health, readiness, metrics).
     pub admin_addr: SocketAddr,
+    /// The admin socket (every admin action).
+    pub admin_socket: PathBuf,
     /// PEM: the hospital CA (trusted by the HIS for the server, and by the gateway for clients).
     pub ca_pem: String,
     /// PEM: the HIS client certificate and its key (role `his`).
@@ -111,6 +114,7 @@ impl Site {
         while admin_addr == his_addr {
             admin_addr = free_port()?;
         }
+        let admin_socket = dir.join("admin.sock");
         let config = write_config(&dir, hospital, &module, &pin_file, his_addr, admin_addr)?;
         say(&format!("configuration written to {}", config.display()));
         Ok(Site {
@@ -120,6 +124,7 @@ impl Site {
             softhsm_conf,
             his_addr,
             admin_addr,
+            admin_socket,
             ca_pem,
             his_cert_pem,
             his_key_pem,
@@ -270,7 +275,9 @@ crl = ["{tls}/hospital-ca.crl"]
 
 [admin]
 listen = "{admin_addr}"
+socket = "{admin_socket}"
 "#,
+            admin_socket = dir.join("admin.sock").display(),
             state = dir.join("state").display(),
             module = module.display(),
             pin = pin_file.display(),
@@ -318,7 +325,7 @@ pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
     let exe = std::env::current_exe().map_err(|e| Failure::runtime(e.to_string()))?;
     let log = dir.join("medgate.log");
     let mut child = site.spawn(&exe, Some(&log))?;
-    say(&format!("gateway started: FHIR on https://{} (mutual TLS), admin on http://{}; log in {}", site.his_addr, site.admin_addr, log.display()));
+    say(&format!("gateway started: FHIR on https://{} (mutual TLS), monitoring on http://{}, admin socket {}; log in {}", site.his_addr, site.admin_addr, site.admin_socket.display(), log.display()));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Failure::runtime(e.to_string()))?;
     let outcome = rt.block_on(his_session(&site, &mut say));
     let status = stop_child(&mut child)?;

@@ -10,6 +10,8 @@ use std::process::{Child, Command, ExitStatus};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub mod rsyslog;
+
 use medgate::client::HisClient;
 use medgate::admin_client::get as admin_get;
 use medgate::demo::{stop_child, Site};

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 /// | `NotFound`             | 404    | `not-found`     |
 /// | `MethodNotAllowed`     | 405    | `not-supported` |
 /// | `Conflict`             | 409    | `conflict`      |
+/// | `TooManyRequests`      | 429    | `throttled`     |
 /// | `InFlight`             | 409    | `conflict`      |
 /// | `NotAcceptable`        | 406    | `not-supported` |
 /// | `Gone`                 | 410    | `deleted`       |
@@ -99,6 +100,15 @@ pub enum FhirError {
     /// A dependency (ledger, peer gateway, HSM) is temporarily unavailable; retrying may succeed.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    /// The client has used up its share of the gateway (requests per second, connections);
+    /// other clients are still served. The answer says when to retry.
+    #[error("too many requests: {message}")]
+    TooManyRequests {
+        /// What limit was reached.
+        message: String,
+        /// Seconds until the client may send again.
+        retry_after: u32,
+    },
     /// A fault inside the gateway; the text is logged but not sent to the HIS.
     #[error("internal error: {0}")]
     Internal(String),
@@ -126,6 +136,7 @@ impl FhirError {
             | FhirError::Unprocessable(_)
             | FhirError::UnsupportedType { .. } => 422,
             FhirError::Internal(_) | FhirError::Integrity(_) => 500,
+            FhirError::TooManyRequests { .. } => 429,
             FhirError::Unavailable(_) => 503,
         }
     }
@@ -147,6 +158,7 @@ impl FhirError {
             FhirError::Forbidden(_) => "forbidden",
             FhirError::Conflict(_) | FhirError::InFlight(_) => "conflict",
             FhirError::Unavailable(_) => "transient",
+            FhirError::TooManyRequests { .. } => "throttled",
             FhirError::Internal(_) | FhirError::Integrity(_) => "exception",
         }
     }
@@ -156,6 +168,7 @@ impl FhirError {
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             FhirError::InFlight(_) => Some(1),
+            FhirError::TooManyRequests { retry_after, .. } => Some((*retry_after).max(1)),
             _ => None,
         }
     }
@@ -292,6 +305,7 @@ mod tests {
             (FhirError::UnsupportedType { path: "A".into(), reason: "x".into() }, 422, "not-supported"),
             (FhirError::Internal("x".into()), 500, "exception"),
             (FhirError::Unavailable("x".into()), 503, "transient"),
+            (FhirError::TooManyRequests { message: "x".into(), retry_after: 2 }, 429, "throttled"),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status(), status, "{err:?}");
@@ -299,7 +313,7 @@ mod tests {
             let o = err.to_outcome();
             assert_eq!(o["resourceType"], "OperationOutcome");
             assert_eq!(o["issue"][0]["code"], code);
-            assert_eq!(err.retry_after().is_some(), matches!(err, FhirError::InFlight(_)), "{err:?}");
+            assert_eq!(err.retry_after().is_some(), matches!(err, FhirError::InFlight(_) | FhirError::TooManyRequests { .. }), "{err:?}");
         }
     }
 

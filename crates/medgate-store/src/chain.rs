@@ -67,6 +67,8 @@ pub struct ChainStore {
     forks: sled::Tree,
     /// Latest checkpoint each peer sent: gateway → checkpoint JSON.
     peer_checkpoints: sled::Tree,
+    /// Told of each block once it is flushed.
+    listeners: crate::commit::Listeners,
 }
 
 /// Keys and values to write in the chain's meta tree with a block.
@@ -91,8 +93,15 @@ impl ChainStore {
             records: d.open_tree("record_index")?,
             forks: d.open_tree("fork_evidence")?,
             peer_checkpoints: d.open_tree("peer_checkpoints")?,
+            listeners: crate::commit::Listeners::default(),
             db,
         })
+    }
+
+    /// Adds a listener told of every block committed from now on through this store or any of
+    /// its clones (after the block is flushed).
+    pub fn add_commit_listener(&self, listener: std::sync::Arc<dyn crate::CommitListener>) {
+        self.listeners.add(listener);
     }
 
     /// (height of the last block, its hash) or None for an empty chain.
@@ -496,6 +505,7 @@ impl ChainStore {
     /// Stores a block with its indexes in one transaction, then flushes: the block, the location
     /// of every entry of its valid batches, the patient audit index, the removal of this
     /// gateway's entries from the outbox, and `meta` updates (sequence number, chain state).
+    /// Then the commit listeners hear of it.
     pub async fn persist(&self, block: &Block, meta_updates: &[(&[u8], Vec<u8>)]) -> Result<(), StoreError> {
         let height = block.height;
         let bytes = block.to_bytes();
@@ -550,7 +560,9 @@ impl ChainStore {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => e.into(),
             })?;
-        self.db.flush().await
+        self.db.flush().await?;
+        self.listeners.committed(block);
+        Ok(())
     }
 }
 
