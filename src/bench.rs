@@ -7,19 +7,24 @@
 //! (warnings only unless `MEDGATE_LOG` says otherwise); a progress line per level goes to
 //! standard error; `--json` prints the report as JSON; `--plot FILE.svg` draws it.
 //! With `--shred`, it then erases one record and times the shred pass that follows (KEK rotation,
-//! every stored record re-wrapped in the HSM, the old KEK version destroyed).
+//! every stored record re-wrapped in the HSM, the old KEK version destroyed). With `--flood`, one
+//! client certificate floods while another works ([`flood`]).
 
 mod ceiling;
+mod flood;
 mod load;
 mod prefill;
 mod report;
+
+pub use flood::run as flood;
+use load::percentile;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use medgate_gateway::config::Config;
-use medgate_gateway::server::Running;
+use medgate_gateway::server::{Listeners, Running};
 use medgate_gateway::tls::TlsFiles;
 use medgate_hsm::{Hsm, HsmConfig, HsmStats, Pin};
 
@@ -67,7 +72,7 @@ fn op_count(s: &HsmStats, name: &str) -> u64 {
 }
 
 pub fn run(opts: &Options) -> Result<(), Failure> {
-    if opts.records == 0 || opts.levels.contains(&0) || opts.size == 0 || opts.repeat == 0 || !(opts.ceiling_seconds > 0.0) {
+    if opts.records == 0 || opts.levels.contains(&0) || opts.size == 0 || opts.repeat == 0 || !opts.ceiling_seconds.is_finite() || opts.ceiling_seconds <= 0.0 {
         return Err(Failure::usage("records, every concurrency level, size, repeat and ceiling seconds must be positive"));
     }
     let load_before = ceiling::load_average();
@@ -107,8 +112,9 @@ pub fn run(opts: &Options) -> Result<(), Failure> {
             prefill::prefill(&cfg.gateway.state_directory, opts.prefill, opts.size, load::PATIENTS * 20).await?;
         }
         let his = tokio::net::TcpListener::bind(site.his_addr).await.map_err(rt_err)?;
-        let admin = tokio::net::TcpListener::bind(site.admin_addr).await.map_err(rt_err)?;
-        let running = Running::start(&cfg, hsm.clone(), his, admin).await.map_err(rt_err)?;
+        let monitor = tokio::net::TcpListener::bind(site.admin_addr).await.map_err(rt_err)?;
+        let admin = medgate_gateway::server::officers::bind(&cfg.admin.socket, None).map_err(rt_err)?;
+        let running = Running::start(&cfg, hsm.clone(), Listeners { his, monitor, admin }).await.map_err(rt_err)?;
         let outcome = levels(opts, &site, &cfg, &hsm, &running, &mut report).await;
         running.stop().await;
         outcome
@@ -131,7 +137,7 @@ pub fn run(opts: &Options) -> Result<(), Failure> {
 
 /// Every level, `repeat` times: the null endpoint, the store ceiling, then the gateway.
 async fn levels(opts: &Options, site: &Site, cfg: &Config, hsm: &Arc<Hsm>, running: &Running, report: &mut Report) -> Result<(), Failure> {
-    let files = TlsFiles { certificate: cfg.his.certificate.clone(), client_ca: cfg.his.client_ca.clone(), crls: cfg.his.crl.clone() };
+    let files = TlsFiles::from_config(cfg);
     let null = NullEndpoint::start(medgate_gateway::tls::server_config(hsm, &files).map_err(rt_err)?).await.map_err(Failure::runtime)?;
     let tls = site.his_tls()?;
     let gateway = Target { addr: site.his_addr, tls: tls.clone() };
@@ -147,7 +153,7 @@ async fn levels(opts: &Options, site: &Site, cfg: &Config, hsm: &Arc<Hsm>, runni
                 .map_err(rt_err)?;
             let before = hsm.stats();
             let started = Instant::now();
-            let gw = load::drive(&gateway, opts.records, c, opts.size, 201).await.map_err(Failure::runtime)?;
+            let gw = load::drive(&gateway, opts.records, c, opts.size, 200).await.map_err(Failure::runtime)?;
             let after = hsm.stats();
             let n = gw.latencies.len().max(1) as f64;
             let per = |name: &str| (op_count(&after, name) - op_count(&before, name)) as f64 / n;
@@ -193,7 +199,7 @@ async fn shred_pass(site: &Site, running: &Running, hsm: &Arc<Hsm>) -> Result<se
     let mut client = site.his_client()?;
     let patient = PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: "shred-bench".into() };
     let r = client.post_json("/", &sample_transaction(&patient, "text/plain", b"to be erased", None), &[]).await.map_err(Failure::runtime)?;
-    let id = r.json()["entry"][0]["resource"]["id"].as_str().map(str::to_owned).ok_or_else(|| Failure::runtime("no record id in the answer"))?;
+    let id = medgate_fhir::answer_ids(&r.json(), "DocumentReference").pop().ok_or_else(|| Failure::runtime("no record id in the answer"))?;
     let gateway = &running.gateway;
     let before = hsm.stats();
     let passes = gateway.shred.status().passes;

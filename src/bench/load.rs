@@ -63,7 +63,7 @@ fn patient(w: usize, i: usize) -> PatientId {
 }
 
 /// Stores `records` documents of `size` bytes with `concurrency` clients; every answer must be
-/// `expect` (201).
+/// `expect` (200 from the gateway: an ITI-65 transaction-response; 201 from the null endpoint).
 pub async fn drive(target: &Target, records: usize, concurrency: usize, size: usize, expect: u16) -> Result<Run, String> {
     let per_client = records.div_ceil(concurrency);
     let mut clients = Vec::with_capacity(concurrency);

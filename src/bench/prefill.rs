@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use medgate_store::vault::{StoredRecord, Vault};
+use medgate_store::vault::{StoredRecord, Vault, Write};
 use medgate_store::Db;
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -45,6 +45,7 @@ fn sealed(size: usize, pseudonym: &str, ciphertext: &str) -> StoredRecord {
         meta_ct: B64.encode(random(700)),
         entry_id: hex::encode(random(32)),
         erased: None,
+        changes: Vec::new(),
     }
 }
 
@@ -61,7 +62,7 @@ pub async fn prefill(state_dir: &Path, n: usize, size: usize, patients: usize) -
         let ciphertext = B64.encode(random(size + 16));
         let k = CHUNK.min(n - written);
         let records: Vec<StoredRecord> = (0..k).map(|i| sealed(size, &pseudonyms[(written + i) % pseudonyms.len()], &ciphertext)).collect();
-        vault.store(&records, &[], &[]).await.map_err(|e| Failure::runtime(e.to_string()))?;
+        vault.store(&Write { records, ..Write::default() }).await.map_err(|e| Failure::runtime(e.to_string()))?;
         written += k;
         if written % (CHUNK * 20) == 0 || written == n {
             eprintln!("medgate bench: prefilled {written} of {n} records ({:.0}/s)", written as f64 / started.elapsed().as_secs_f64());

@@ -1,5 +1,6 @@
 //! `medgate bench`: the load generator's options and its dispatch (one site in this process,
-//! or three hospitals on a 3-member etcd cluster with `--consortium`).
+//! three hospitals on a 3-member etcd cluster with `--consortium`, or one client flooding
+//! while another works with `--flood`).
 
 use std::path::PathBuf;
 
@@ -43,9 +44,18 @@ pub(crate) struct BenchArgs {
     /// to measure ingest into a store that already holds them (they are not on the ledger).
     #[arg(long, default_value_t = 0, conflicts_with = "consortium")]
     prefill: usize,
+    /// Fairness under a flood instead: one client certificate sends searches at full speed on
+    /// as many connections as the largest concurrency level, while a second certificate sends
+    /// `--records` searches one after the other; prints the second client's p50/p99 alone and
+    /// under the flood, and the flooder's 200s and 429s per second.
+    #[arg(long, conflicts_with_all = ["consortium", "shred", "prefill"])]
+    flood: bool,
 }
 
 pub(crate) fn bench_command(a: BenchArgs) -> Result<(), Failure> {
+    if a.flood {
+        return crate::bench::flood(a.records, a.concurrency.iter().copied().max().unwrap_or(16));
+    }
     if a.consortium {
         return crate::demo::bench_consortium(a.records, a.concurrency.iter().copied().max().unwrap_or(16));
     }

@@ -1,13 +1,14 @@
 //! The gateway as a value: what happens to a record between the HIS and the ledger, without HTTP.
 //!
 //! Boundary: takes validated FHIR submissions and the caller's identity, returns FHIR JSON or a
-//! [`GatewayError`]. Owns the order of durable steps: a record, its index row, its idempotency
-//! state and its ledger entry are stored and flushed together (with the entry's block, in one
-//! group commit, on a standalone gateway; with the entry in the outbox before it is ordered, in
-//! a consortium), and the HIS hears 201 only once the entry is in a flushed block (202 when the
-//! ledger could not take it: the entry waits in the outbox and nothing is lost).
-//! The work is split by subject: `records`, `consents`, `sharing`, `checkpoints`,
-//! `membership`, `audit`; this file holds what they share.
+//! [`GatewayError`]. Owns the order of durable steps: a record (or a status change), its index
+//! row, its idempotency state and its ledger entry are stored and flushed together (with the
+//! entry's block, in one group commit, on a standalone gateway; with the entry in the outbox
+//! before it is ordered, in a consortium), and the HIS hears 201 only once the entry is in a
+//! flushed block (202 when the ledger could not take it: the entry waits in the outbox and
+//! nothing is lost).
+//! The work is split by subject: `records`, `search`, `retrieve`, `consents`, `sharing`,
+//! `checkpoints`, `membership`, `audit`; this file holds what they share.
 //!
 //! HSM budget per stored record: one data-key wrap (through the pool: two PKCS#11 calls with an
 //! AES-GCM KEK, three with RFC 5649) plus the batch signature shared by every entry of the
@@ -17,9 +18,14 @@
 mod audit;
 mod checkpoints;
 mod consents;
+mod lists;
 mod membership;
+mod provide;
 mod records;
+mod retrieve;
+mod search;
 mod sharing;
+mod status;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,6 +41,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub use audit::break_glass_json;
+pub use lists::SubmissionSet;
+pub use retrieve::{Retrieved, BINARY_VERSION};
 
 use crate::metrics::Metrics;
 use crate::peer::{PeerService, ReadGrant, ReadRequest, Sharing};

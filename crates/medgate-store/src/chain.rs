@@ -67,6 +67,8 @@ pub struct ChainStore {
     forks: sled::Tree,
     /// Latest checkpoint each peer sent: gateway → checkpoint JSON.
     peer_checkpoints: sled::Tree,
+    /// Told of each block once it is flushed.
+    listeners: crate::commit::Listeners,
 }
 
 /// Keys and values to write in the chain's meta tree with a block.
@@ -91,8 +93,15 @@ impl ChainStore {
             records: d.open_tree("record_index")?,
             forks: d.open_tree("fork_evidence")?,
             peer_checkpoints: d.open_tree("peer_checkpoints")?,
+            listeners: crate::commit::Listeners::default(),
             db,
         })
+    }
+
+    /// Adds a listener told of every block committed from now on through this store or any of
+    /// its clones (after the block is flushed).
+    pub fn add_commit_listener(&self, listener: std::sync::Arc<dyn crate::CommitListener>) {
+        self.listeners.add(listener);
     }
 
     /// (height of the last block, its hash) or None for an empty chain.
@@ -338,6 +347,34 @@ impl ChainStore {
         Ok(())
     }
 
+    /// The hospital this ledger copy belongs to: the one recorded by [`ChainStore::claim_hospital`],
+    /// else, on a standalone copy from before that was recorded, the writer of its first batch.
+    pub fn hospital(&self) -> Result<Option<String>, StoreError> {
+        if let Some(v) = self.meta.get(b"hospital_id")? {
+            return Ok(Some(String::from_utf8_lossy(&v).into_owned()));
+        }
+        if self.genesis_hash()?.is_some() {
+            return Ok(None);
+        }
+        let first = self.blocks().next().transpose().map_err(|e| StoreError::Format(e.to_string()))?;
+        Ok(first.and_then(|b| b.batches.first().map(|x| x.gateway.clone())))
+    }
+
+    /// Binds this ledger copy to the hospital it belongs to, or checks that it is this one: a
+    /// copy written as another hospital is refused, since every entry names its custodian and
+    /// the consortium knows the gateway by that name. A consortium copy from before the binding
+    /// was recorded is bound to `hospital` (its first batch may be another member's).
+    pub fn claim_hospital(&self, hospital: &str) -> Result<(), StoreError> {
+        match self.hospital()? {
+            Some(s) if s != hospital => Err(StoreError::WrongHospital { stored: s, configured: hospital.to_owned() }),
+            _ if self.meta.contains_key(b"hospital_id")? => Ok(()),
+            _ => {
+                self.meta.insert(&b"hospital_id"[..], hospital.as_bytes())?;
+                self.db.flush_blocking()
+            }
+        }
+    }
+
     /// The genesis hash of a consortium chain (`None` on a standalone one).
     pub fn genesis_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {
         Ok(self.meta.get(b"genesis_hash")?.and_then(|v| <[u8; 32]>::try_from(v.as_ref()).ok()))
@@ -414,7 +451,8 @@ impl ChainStore {
     /// the chain's own state): only the custodian records a consent for its patient, and a
     /// consent id is recorded once; only the hospital that recorded a consent revokes it; a read
     /// of another hospital's record is granted only under an active consent or as break-glass;
-    /// only the custodian that anchored a record erases it; a member proposes membership changes
+    /// only the custodian that anchored a record erases it or changes its status, and a list is
+    /// anchored by its custodian only; a member proposes membership changes
     /// in its own name, once per id, that the roster allows, and approves in its own name
     /// proposals that exist (a late or repeated approval changes nothing and harms nothing).
     pub fn entry_rules_hold(&self, batch: &Batch) -> Result<bool, StoreError> {
@@ -442,10 +480,11 @@ impl ChainStore {
                     };
                     *custodian == batch.gateway && known.is_some_and(|c| c.active && c.custodian == batch.gateway && c.grantee == *grantee)
                 }
-                EntryBody::RecordErased { record_id, custodian, .. } => {
+                EntryBody::RecordErased { record_id, custodian, .. } | EntryBody::RecordStatusChanged { record_id, custodian, .. } => {
                     *custodian == batch.gateway
                         && self.anchored(record_id)?.is_some_and(|a| matches!(&a.body, EntryBody::RecordAnchored { custodian: c, .. } if c == custodian))
                 }
+                EntryBody::ListAnchored { custodian, .. } => *custodian == batch.gateway,
                 EntryBody::RecordRead { record_id, patient, custodian, reader, purpose, granted: true, .. } if reader != custodian && purpose != "BTG" => {
                     self.consents_for(patient)?.iter().any(|c| c.custodian == *custodian && c.permits(reader, record_id, &e.time))
                 }
@@ -474,7 +513,8 @@ impl ChainStore {
             | EntryBody::MembershipApproved { .. }
             | EntryBody::ConsentRecorded { .. }
             | EntryBody::ConsentRevoked { .. }
-            | EntryBody::RecordErased { .. } => true,
+            | EntryBody::RecordErased { .. }
+            | EntryBody::RecordStatusChanged { .. } => true,
             EntryBody::RecordRead { reader, custodian, purpose, granted: true, .. } => reader != custodian && purpose != "BTG",
             _ => false,
         }
@@ -483,13 +523,24 @@ impl ChainStore {
     /// Stores a block with its indexes in one transaction, then flushes: the block, the location
     /// of every entry of its valid batches, the patient audit index, the removal of this
     /// gateway's entries from the outbox, and `meta` updates (sequence number, chain state).
+    /// Then the commit listeners hear of it.
     pub async fn persist(&self, block: &Block, meta_updates: &[(&[u8], Vec<u8>)]) -> Result<(), StoreError> {
         self.apply(block, meta_updates)?;
-        self.db.flush().await
+        self.db.flush().await?;
+        self.committed(block);
+        Ok(())
     }
 
-    /// As [`ChainStore::persist`], without the flush: the follower stores the blocks that arrived
-    /// together, then flushes once before it says where they landed.
+    /// Tells the commit listeners of `block`, once it is flushed. Whoever stores blocks without
+    /// [`ChainStore::persist`] (the group commit, the follower) calls this after its flush, for
+    /// each block in height order.
+    pub(crate) fn committed(&self, block: &Block) {
+        self.listeners.committed(block);
+    }
+
+    /// As [`ChainStore::persist`], without the flush and without telling the listeners: the
+    /// follower stores the blocks that arrived together, then flushes once before it says where
+    /// they landed (and then calls [`ChainStore::committed`] for each).
     pub(crate) fn apply(&self, block: &Block, meta_updates: &[(&[u8], Vec<u8>)]) -> Result<(), StoreError> {
         let prepared = self.prepare(block)?;
         self.block_trees()
@@ -540,6 +591,11 @@ impl<'a> BlockViews<'a> {
     /// The views of the trees [`ChainStore::block_trees`] lists, in that order.
     pub(crate) fn of(t: &'a [TransactionalTree]) -> BlockViews<'a> {
         BlockViews { blocks: &t[0], locs: &t[1], pats: &t[2], meta: &t[3], out: &t[4], cons: &t[5], recs: &t[6] }
+    }
+
+    /// The outbox (which the vault's deposits share).
+    pub(crate) fn outbox(&self) -> &'a TransactionalTree {
+        self.out
     }
 }
 

@@ -2,12 +2,14 @@
 //! by the HSM's key-encryption key, everything in sled. Plaintext never reaches the disk; data
 //! keys and plaintext live in zeroizing buffers. A write acknowledged to a client has been flushed.
 //!
-//! Trees: `records` (id → [`StoredRecord`]), `by_patient` (pseudonym/id → ()), `idempotency`
-//! (hashed request key → [`IdemState`]), `outbox` (ledger entry id → entry bytes not yet in a
-//! block), `shred` (the erasure count and the shred-pending marker the gateway's shred pass
-//! reads). A record,
-//! its index row, its outbox entry and its idempotency state are written in one transaction, so a
-//! crash leaves either all of them or none; so are an erasure, its entry and its shred marker.
+//! Trees: `records` (id → [`StoredRecord`]), `by_patient` (pseudonym/id → ()), `lists` and
+//! `lists_by_patient` (sealed SubmissionSets, see [`list`]), `idempotency` (hashed request key →
+//! [`IdemState`]: ids and codes only, never a response body), `outbox` (ledger entry id → entry
+//! bytes not yet in a block), `shred` (the erasure count and the shred-pending marker the
+//! gateway's shred pass reads). A submission's records, its list, the status changes it makes to
+//! earlier records, their index rows, their outbox entries and the idempotency states are
+//! written in one transaction ([`Vault::store`]), so a crash leaves either all of them or none;
+//! so are an erasure, its entry and its shred marker.
 //! A request in flight holds its idempotency keys in memory only ([`Held`]): a claim never
 //! outlives the process that made it, so after a crash a retry is answered at once, from what
 //! the first attempt committed (records stored, or its final answer) or by a fresh create.
@@ -27,6 +29,18 @@ use zeroize::Zeroizing;
 
 use crate::error::{read_u64, to_json};
 use crate::{Db, StoreError};
+
+pub(crate) mod deposit;
+mod idem;
+mod list;
+
+pub use deposit::Deposit;
+pub(crate) use deposit::{DepositError, DepositViews};
+
+pub use idem::{AnswerItem, Migrated};
+pub use list::{open_list, open_list_latest, seal_list, ListHeader, OpenList, SealedList, StoredList};
+#[cfg(any(test, feature = "fixtures"))]
+pub use list::fixture as list_fixture;
 
 /// The vault's errors are the store's.
 type VaultError = StoreError;
@@ -57,6 +71,76 @@ pub struct StoredRecord {
     /// sealed metadata are then gone from the vault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erased: Option<String>,
+    /// Status changes made by the custodian, oldest first (codes and ids, as on the ledger).
+    /// None: the record is `current`, at version 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<RecordChange>,
+}
+
+/// A change of a record's status, as the ledger records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RecordChange {
+    /// `superseded` or `entered-in-error`.
+    pub status: String,
+    /// The record that replaced this one, for a replacement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
+    /// When (RFC 3339 UTC).
+    pub time: String,
+    /// The ledger entry recording the change.
+    pub entry_id: String,
+}
+
+impl StoredRecord {
+    /// `current`, or the status of the last change.
+    pub fn status(&self) -> &str {
+        self.changes.last().map_or("current", |c| c.status.as_str())
+    }
+
+    /// 1 when stored, plus one per status change.
+    pub fn version(&self) -> u32 {
+        1 + u32::try_from(self.changes.len()).unwrap_or(u32::MAX - 1)
+    }
+
+    /// When version `version` was made (the creation time for version 1).
+    pub fn version_time(&self, version: u32) -> &str {
+        match version.checked_sub(2).and_then(|i| self.changes.get(i as usize)) {
+            Some(c) => &c.time,
+            None => &self.created,
+        }
+    }
+}
+
+/// A status change to make to a stored record within [`Vault::store`]: checked against the
+/// record as it stands inside the transaction, so two requests cannot both supersede it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    pub record_id: String,
+    /// Only a record held by this custodian is changed.
+    pub custodian: String,
+    pub change: RecordChange,
+}
+
+/// Which status a record may move to from which: `current` → `superseded` or
+/// `entered-in-error`; `superseded` → `entered-in-error`. Nothing leaves `entered-in-error`.
+pub fn status_change_allowed(from: &str, to: &str) -> bool {
+    matches!((from, to), ("current", "superseded" | "entered-in-error") | ("superseded", "entered-in-error"))
+}
+
+/// Everything one create writes, in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Write {
+    /// New records.
+    pub records: Vec<StoredRecord>,
+    /// New lists (their records are in `records`).
+    pub lists: Vec<StoredList>,
+    /// Status changes to earlier records.
+    pub changes: Vec<StatusChange>,
+    /// (entry id, entry bytes) of every ledger entry the write makes.
+    pub outbox: Vec<(String, Vec<u8>)>,
+    /// (hashed key, state): the request's Idempotency-Key and each masterIdentifier.
+    pub idem: Vec<(Vec<u8>, IdemState)>,
 }
 
 /// The sensitive metadata sealed with a record: what the HIS sent, minus the document bytes.
@@ -82,17 +166,25 @@ impl std::fmt::Debug for OpenRecord {
     }
 }
 
-/// Where a client's request stands, keyed by its idempotency key.
+/// Where a client's request stands, keyed by its idempotency key. Only ids, codes and HTTP
+/// statuses: a retry's answer is rendered again from the sealed records and the ledger.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
 pub enum IdemState {
     /// Written by earlier versions for a request in flight. No longer written, and never
     /// returned by [`Vault::claim`]: the process that wrote it is gone, so it means nothing.
     Pending { since: u64 },
-    /// Records stored; their ledger entries may still be in the outbox.
+    /// Records stored by an earlier version (or under a masterIdentifier by one); their ledger
+    /// entries may still be in the outbox.
     Stored { record_ids: Vec<String> },
-    /// Finished: the exact response the client got.
+    /// Written by earlier versions: the exact response, which may hold patient data. Never
+    /// written now, and converted to [`IdemState::Answered`] (or removed) when the vault opens.
     Done { status: u16, body: serde_json::Value },
+    /// What a request committed, one item per entry of its answer, written with its records;
+    /// their ledger entries may still be in the outbox.
+    Committed { items: Vec<AnswerItem> },
+    /// Finished: the HTTP status the client got and what its answer named.
+    Answered { status: u16, items: Vec<AnswerItem> },
 }
 
 /// The result of claiming an idempotency key.
@@ -201,6 +293,7 @@ pub fn seal_record(
         meta_ct: B64.encode(meta_ct),
         entry_id: entry_id.to_owned(),
         erased: None,
+        changes: Vec::new(),
     })
 }
 
@@ -276,6 +369,8 @@ pub struct Vault {
     db: Db,
     records: sled::Tree,
     by_patient: sled::Tree,
+    lists: sled::Tree,
+    lists_by_patient: sled::Tree,
     idempotency: sled::Tree,
     outbox: sled::Tree,
     shred: sled::Tree,
@@ -292,18 +387,27 @@ const ROTATION: &[u8] = b"rotation";
 
 
 impl Vault {
-    /// Opens the vault in `db` (the gateway's one database).
+    /// Opens the vault in `db` (the gateway's one database). Idempotency states that earlier
+    /// versions wrote with a whole response in them are converted to ids at once (see
+    /// [`Vault::migrate_idempotency`]), so that no response body outlives the upgrade.
     pub fn open(db: &Db) -> Result<Vault, VaultError> {
         let d = &db.0;
-        Ok(Vault {
+        let vault = Vault {
             db: db.clone(),
             records: d.open_tree("records")?,
             by_patient: d.open_tree("by_patient")?,
+            lists: d.open_tree("lists")?,
+            lists_by_patient: d.open_tree("lists_by_patient")?,
             idempotency: d.open_tree("idempotency")?,
             outbox: d.open_tree(crate::chain::OUTBOX_TREE)?,
             shred: d.open_tree("shred")?,
             inflight: InFlight::default(),
-        })
+        };
+        let m = vault.migrate_idempotency()?;
+        if m.converted + m.removed > 0 {
+            tracing::info!(converted = m.converted, removed = m.removed, "idempotency states holding whole responses replaced by ids");
+        }
+        Ok(vault)
     }
 
     pub fn idem_key(scope: &str, key: &str) -> Vec<u8> {
@@ -339,48 +443,47 @@ impl Vault {
         self.db.flush().await
     }
 
-    /// Records the final response for a key.
-    pub fn finish(&self, key: &[u8], status: u16, body: &serde_json::Value) -> Result<(), VaultError> {
-        let v = to_json("idempotency state", &IdemState::Done { status, body: body.clone() })?;
+    /// Records that a request was answered with `status`; `items` name what the answer holds.
+    /// Ids and codes only (checked): the answer itself is rendered again for a retry.
+    pub fn finish(&self, key: &[u8], status: u16, items: &[AnswerItem]) -> Result<(), VaultError> {
+        idem::check_items(items)?;
+        let v = to_json("idempotency state", &IdemState::Answered { status, items: items.to_vec() })?;
         self.idempotency.insert(key, v)?;
         Ok(())
     }
 
-    /// Stores records with their outbox entries and idempotency states atomically, then flushes.
-    /// `outbox` holds (entry id, entry bytes) for each record; `idem` holds (hashed key, the ids
-    /// of the records stored under it) for the request's Idempotency-Key and each masterIdentifier.
-    pub async fn store(&self, records: &[StoredRecord], outbox: &[(String, Vec<u8>)], idem: &[(Vec<u8>, Vec<String>)]) -> Result<(), VaultError> {
-        let deposit = Deposit::encode(records, idem, outbox.to_vec())?;
-        self.write(&deposit)?;
+    /// Stores a create atomically, then flushes: its records and lists with their index rows,
+    /// the status changes it makes to earlier records, its outbox entries and its idempotency
+    /// states. A status change the record's state does not allow (see [`status_change_allowed`];
+    /// erased, or held by another custodian) aborts the whole write with
+    /// [`StoreError::Conflict`]: nothing is stored. (The gateway's creates go through the
+    /// ledger writer's group commit instead, which writes the same [`Deposit`].)
+    pub async fn store(&self, w: &Write) -> Result<(), VaultError> {
+        let deposit = Deposit::encode(w)?;
+        self.write_all(&[(0, &deposit)]).map_err(DepositError::into_store)?;
         self.db.flush().await
     }
 
-    /// Writes an encoded deposit in one transaction, without flushing.
-    pub(crate) fn write(&self, deposit: &Deposit) -> Result<(), VaultError> {
-        self.write_all(std::slice::from_ref(deposit))
-    }
-
-    /// Writes encoded deposits in one transaction, without flushing.
-    pub(crate) fn write_all(&self, deposits: &[Deposit]) -> Result<(), VaultError> {
-        [&self.records, &self.by_patient, &self.outbox, &self.idempotency]
+    /// Writes encoded deposits in one transaction, without flushing. A deposit whose status
+    /// change the stored state refuses aborts the transaction ([`DepositError::Refused`] names
+    /// it by the index it comes with): nothing is written.
+    pub(crate) fn write_all(&self, deposits: &[(usize, &Deposit)]) -> Result<(), DepositError> {
+        let mut trees: Vec<&sled::Tree> = self.deposit_trees().to_vec();
+        trees.push(&self.outbox);
+        trees
             .as_slice()
             .transaction(|t| {
-                let v = DepositViews { records: &t[0], by_patient: &t[1], outbox: &t[2], idempotency: &t[3] };
-                for d in deposits {
-                    d.write(&v)?;
-                }
-                Ok(())
+                let v = DepositViews::of(&t[..5], &t[5]);
+                deposit::write_all(&v, deposits.iter().copied())
             })
-            .map_err(|e: TransactionError<StoreError>| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => e.into(),
-            })
+            .map_err(DepositError::from_transaction)
     }
 
-    /// The trees a deposit is written to besides the outbox (which the chain shares): records,
-    /// the patient index and the idempotency states, in the order of [`DepositViews`].
-    pub(crate) fn deposit_trees(&self) -> [&sled::Tree; 3] {
-        [&self.records, &self.by_patient, &self.idempotency]
+    /// The trees a deposit is written to besides the outbox (which the chain shares), in the
+    /// order [`DepositViews::of`] reads them: records, the patient index, lists, the lists'
+    /// patient index, the idempotency states.
+    pub(crate) fn deposit_trees(&self) -> [&sled::Tree; 5] {
+        [&self.records, &self.by_patient, &self.lists, &self.lists_by_patient, &self.idempotency]
     }
 
     /// Crypto-shreds a record: the wrapped data key, the ciphertext and the sealed metadata are
@@ -504,9 +607,14 @@ impl Vault {
         self.db.flush_blocking()
     }
 
-    /// Every record id, in key order.
+    /// The id of every sealed item whose data key the KEK wraps: every record, then every list,
+    /// in key order. [`Vault::rewrap_record`] takes either.
     pub fn record_ids(&self) -> impl Iterator<Item = Result<String, VaultError>> + '_ {
-        self.records.iter().keys().map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()).map_err(VaultError::from))
+        self.records
+            .iter()
+            .keys()
+            .chain(self.lists.iter().keys())
+            .map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()).map_err(VaultError::from))
     }
 
     /// Re-wraps the data key of live record `id` under the active KEK (in the HSM) when the
@@ -514,36 +622,37 @@ impl Vault {
     /// so a change made meanwhile (an erasure) is never overwritten: the record is read again
     /// and the decision made anew. Not flushed; the caller flushes once for many records.
     pub fn rewrap_record(&self, hsm: &Hsm, id: &str, below: u32) -> Result<Rewrap, VaultError> {
+        let tree = if self.records.contains_key(id.as_bytes())? { &self.records } else { &self.lists };
         loop {
-            let Some(current) = self.records.get(id.as_bytes())? else { return Ok(Rewrap::Current) };
+            let Some(current) = tree.get(id.as_bytes())? else { return Ok(Rewrap::Current) };
             let key: KeyRef = serde_json::from_slice(&current).map_err(|e| StoreError::corrupt(format!("record {id}"), e))?;
             if key.erased.is_some() || key.kek_version >= below {
                 return Ok(Rewrap::Current);
             }
-            let mut rec: StoredRecord = serde_json::from_slice(&current).map_err(|e| StoreError::corrupt(format!("record {id}"), e))?;
-            let wrapped = WrappedKey {
-                kek_version: rec.kek_version,
-                bytes: B64.decode(&rec.wrapped_key).map_err(|_| VaultError::Integrity(rec.id.clone()))?,
-            };
-            let new = match hsm.rewrap_data_key(&wrapped) {
+            // The wrapped key and its version are rewritten in place; every other field is kept
+            // as stored, whatever the item (record or list).
+            let mut item: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&current).map_err(|e| StoreError::corrupt(format!("record {id}"), e))?;
+            let integrity = || VaultError::Integrity(id.to_owned());
+            let bytes = item.get("wrapped_key").and_then(serde_json::Value::as_str).and_then(|w| B64.decode(w).ok()).ok_or_else(integrity)?;
+            let new = match hsm.rewrap_data_key(&WrappedKey { kek_version: key.kek_version, bytes }) {
                 Ok(k) => k,
-                Err(HsmError::Integrity) => return Err(VaultError::Integrity(rec.id.clone())),
+                Err(HsmError::Integrity) => return Err(integrity()),
                 Err(e) => return Err(e.into()),
             };
-            let from = rec.kek_version;
-            rec.kek_version = new.kek_version;
-            rec.wrapped_key = B64.encode(&new.bytes);
-            let value = to_json("record", &rec)?;
-            if self.records.compare_and_swap(id.as_bytes(), Some(current), Some(value))?.is_ok() {
-                return Ok(Rewrap::Done { from });
+            item.insert("kek_version".into(), new.kek_version.into());
+            item.insert("wrapped_key".into(), B64.encode(&new.bytes).into());
+            let value = to_json("record", &item)?;
+            if tree.compare_and_swap(id.as_bytes(), Some(current), Some(value))?.is_ok() {
+                return Ok(Rewrap::Done { from: key.kek_version });
             }
         }
     }
 
-    /// Live (not erased) records, counted by the KEK version that wraps their data key.
+    /// Live (not erased) records and lists, counted by the KEK version that wraps their data key.
     pub fn live_kek_versions(&self) -> Result<std::collections::BTreeMap<u32, usize>, VaultError> {
         let mut out = std::collections::BTreeMap::new();
-        for kv in self.records.iter() {
+        for kv in self.records.iter().chain(self.lists.iter()) {
             let (k, v) = kv?;
             let key: KeyRef = serde_json::from_slice(&v).map_err(|e| StoreError::corrupt(format!("record {}", String::from_utf8_lossy(&k)), e))?;
             if key.erased.is_none() {
@@ -565,59 +674,22 @@ impl Vault {
     }
 }
 
-/// Records with their idempotency states and ledger entries, encoded for one transaction: what
-/// one create makes durable together.
-#[derive(Debug, Default, Clone)]
-pub struct Deposit {
-    /// (record id, patient pseudonym, record bytes).
-    records: Vec<(String, String, Vec<u8>)>,
-    /// (hashed idempotency key, state bytes).
-    idem: Vec<(Vec<u8>, Vec<u8>)>,
-    /// (entry id, entry bytes) to put in the outbox.
-    pub(crate) outbox: Vec<(String, Vec<u8>)>,
-}
-
-/// A deposit's trees inside a transaction.
-pub(crate) struct DepositViews<'a> {
-    pub(crate) records: &'a sled::transaction::TransactionalTree,
-    pub(crate) by_patient: &'a sled::transaction::TransactionalTree,
-    pub(crate) outbox: &'a sled::transaction::TransactionalTree,
-    pub(crate) idempotency: &'a sled::transaction::TransactionalTree,
-}
-
-impl Deposit {
-    /// Encodes `records`, their idempotency states (hashed key, the ids of the records stored
-    /// under it) and `outbox` entries (entry id, entry bytes).
-    pub fn encode(records: &[StoredRecord], idem: &[(Vec<u8>, Vec<String>)], outbox: Vec<(String, Vec<u8>)>) -> Result<Deposit, VaultError> {
-        Ok(Deposit {
-            records: records.iter().map(|r| Ok((r.id.clone(), r.patient_pseudonym.clone(), to_json("record", r)?))).collect::<Result<_, StoreError>>()?,
-            idem: idem
-                .iter()
-                .map(|(k, ids)| Ok((k.clone(), to_json("idempotency state", &IdemState::Stored { record_ids: ids.clone() })?)))
-                .collect::<Result<_, StoreError>>()?,
-            outbox,
-        })
+/// The record `current` (its stored bytes) with `c` applied, or why not.
+pub(crate) fn apply_change(current: Option<&[u8]>, c: &StatusChange) -> Result<Vec<u8>, StoreError> {
+    let id = &c.record_id;
+    let Some(bytes) = current else { return Err(StoreError::Conflict(format!("record {id} is not held here"))) };
+    let mut rec: StoredRecord = serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt(format!("record {id}"), e))?;
+    if rec.erased.is_some() {
+        return Err(StoreError::Conflict(format!("record {id} was erased")));
     }
-
-    /// The same deposit, carrying `outbox` entries.
-    pub(crate) fn with_outbox(&self, outbox: Vec<(String, Vec<u8>)>) -> Deposit {
-        Deposit { outbox, ..self.clone() }
+    if rec.custodian != c.custodian {
+        return Err(StoreError::Conflict(format!("record {id} is held for another custodian")));
     }
-
-    /// Writes records, index rows and idempotency states, and the outbox entries it carries.
-    pub(crate) fn write(&self, v: &DepositViews<'_>) -> Result<(), ConflictableTransactionError<StoreError>> {
-        for (id, pseudonym, bytes) in &self.records {
-            v.records.insert(id.as_bytes(), bytes.as_slice())?;
-            v.by_patient.insert(format!("{pseudonym}/{id}").as_bytes(), &[] as &[u8])?;
-        }
-        for (eid, bytes) in &self.outbox {
-            v.outbox.insert(eid.as_bytes(), bytes.as_slice())?;
-        }
-        for (k, bytes) in &self.idem {
-            v.idempotency.insert(k.as_slice(), bytes.as_slice())?;
-        }
-        Ok(())
+    if !status_change_allowed(rec.status(), &c.change.status) {
+        return Err(StoreError::Conflict(format!("record {id} is {}; it cannot become {}", rec.status(), c.change.status)));
     }
+    rec.changes.push(c.change.clone());
+    to_json("record", &rec)
 }
 
 /// A new random record id (128 bits, hex).
@@ -653,6 +725,7 @@ pub mod fixture {
             meta_ct: "AAAA".into(),
             entry_id: "ef".repeat(32),
             erased: None,
+            changes: Vec::new(),
         }
     }
 
@@ -736,10 +809,10 @@ mod tests {
         let k = Vault::idem_key("his-a", "abc");
         let Claim::New(held) = v.claim(&k).expect("claim") else { panic!("a fresh key is claimed") };
         assert!(matches!(v.clone().claim(&k).expect("claim"), Claim::InFlight), "held for every clone");
-        v.finish(&k, 201, &serde_json::json!({"ok": 1})).expect("finish");
+        v.finish(&k, 201, &[AnswerItem::new("DocumentReference", "r1", 1)]).expect("finish");
         drop(held);
         let Claim::Existing(state) = v.claim(&k).expect("claim") else { panic!("the answer is kept") };
-        assert_eq!(state, IdemState::Done { status: 201, body: serde_json::json!({"ok": 1}) });
+        assert_eq!(state, IdemState::Answered { status: 201, items: vec![AnswerItem::new("DocumentReference", "r1", 1)] });
         let other = Vault::idem_key("his-b", "abc");
         assert!(matches!(v.claim(&other).expect("claim"), Claim::New(_)), "keys are scoped per client");
     }
@@ -777,10 +850,42 @@ mod tests {
         let k = Vault::idem_key("his-a", "abc");
         let Claim::New(held) = v.claim(&k).expect("claim") else { panic!("fresh key") };
         let rec = fixture::record("r1", 1);
-        v.store(std::slice::from_ref(&rec), &[], &[(held.key().to_vec(), vec![rec.id.clone()])]).await.expect("store");
+        let items = vec![AnswerItem::new("DocumentReference", "r1", 1), AnswerItem::new("Binary", "r1", 1)];
+        let write = Write { records: vec![rec], idem: vec![(held.key().to_vec(), IdemState::Committed { items: items.clone() })], ..Write::default() };
+        v.store(&write).await.expect("store");
         // The request fails after storing (or its connection is gone): the records stay claimed.
         drop(held);
         let Claim::Existing(state) = v.claim(&k).expect("claim") else { panic!("stored") };
-        assert_eq!(state, IdemState::Stored { record_ids: vec!["r1".into()] });
+        assert_eq!(state, IdemState::Committed { items });
+    }
+
+    #[tokio::test]
+    async fn a_status_change_is_checked_inside_the_write_and_refusal_stores_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = Db::open(dir.path()).expect("db");
+        let v = Vault::open(&db).expect("vault");
+        v.store(&Write { records: vec![fixture::record("old", 1)], ..Write::default() }).await.expect("store");
+        let change = |status: &str, custodian: &str| StatusChange {
+            record_id: "old".into(),
+            custodian: custodian.into(),
+            change: RecordChange { status: status.into(), replaced_by: Some("new".into()), time: "2026-02-01T00:00:00Z".into(), entry_id: "e2".into() },
+        };
+        let replacing = |c: StatusChange| Write { records: vec![fixture::record("new", 1)], changes: vec![c], outbox: vec![("e2".into(), b"{}".to_vec())], ..Write::default() };
+        let refused = v.store(&replacing(change("superseded", "hospital-b"))).await.expect_err("another custodian's record");
+        assert!(matches!(refused, StoreError::Conflict(_)), "{refused}");
+        assert_eq!(v.get("new").expect("get"), None, "nothing of a refused write is stored");
+        assert_eq!(v.outbox_len(), 0);
+
+        v.store(&replacing(change("superseded", "hospital-a"))).await.expect("replace");
+        let old = v.get("old").expect("get").expect("kept");
+        assert_eq!((old.status(), old.version(), old.version_time(2), old.version_time(1)), ("superseded", 2, "2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z"));
+        assert!(!old.doc_ct.is_empty(), "a superseded record keeps its content");
+        let again = v.store(&Write { records: vec![fixture::record("third", 1)], changes: vec![change("superseded", "hospital-a")], ..Write::default() }).await;
+        assert!(matches!(again, Err(StoreError::Conflict(ref m)) if m.contains("superseded")), "{again:?}");
+        assert_eq!(v.get("third").expect("get"), None);
+        v.store(&Write { changes: vec![change("entered-in-error", "hospital-a")], ..Write::default() }).await.expect("superseded, then entered in error");
+        assert_eq!(v.get("old").expect("get").expect("kept").status(), "entered-in-error");
+        assert!(!status_change_allowed("entered-in-error", "superseded"));
+        assert!(!status_change_allowed("current", "current"));
     }
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use medgate_ledger::{Batch, Entry, Receipt, UnsignedBatch};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::vault::{Deposit, StoredRecord, Vault};
+use crate::vault::{Deposit, Vault, Write};
 use crate::{ChainStore, Events, LedgerSigner, Orderer, StoreError};
 
 /// Why a request's entries are not in a block, and whether what it handed over is stored
@@ -35,11 +35,50 @@ use crate::{ChainStore, Events, LedgerSigner, Orderer, StoreError};
 struct Refused {
     why: String,
     stored: bool,
+    /// Refused by the stored state (a status change it does not allow): nothing was stored.
+    conflict: bool,
+}
+
+impl Refused {
+    /// What a request whose deposit could not be written hears: nothing of it was stored.
+    fn not_stored(e: StoreError) -> Refused {
+        match e {
+            StoreError::Conflict(why) => Refused { why, stored: false, conflict: true },
+            e => Refused { why: e.to_string(), stored: false, conflict: false },
+        }
+    }
+}
+
+/// Why a group could not be written as it is.
+#[derive(Debug)]
+enum GroupError {
+    /// The request at this index in the group cannot be written; the others may be, without it.
+    Refused { index: usize, error: StoreError },
+    /// The group as a whole.
+    Failed(Refused),
+}
+
+impl GroupError {
+    /// From a failed write of deposits; `count`: how many requests the group holds (an index
+    /// beyond names none of them).
+    fn from_deposits(e: crate::vault::DepositError, count: usize) -> GroupError {
+        match e {
+            crate::vault::DepositError::Refused { index, error } if index < count => GroupError::Refused { index, error },
+            e => GroupError::Failed(Refused::not_stored(e.into_store())),
+        }
+    }
+}
+
+/// Takes the refused request out of `group` and answers it.
+fn drop_refused(group: &mut Vec<Pending>, index: usize, error: StoreError) {
+    let p = group.remove(index);
+    tracing::info!(error = %error, "a request of the group is refused by the stored state; the others are written without it");
+    let _ = p.reply.send(Err(Refused::not_stored(error)));
 }
 
 struct Pending {
     entries: Vec<Entry>,
-    /// Records and idempotency states stored with the entries.
+    /// Records, lists, status changes and idempotency states stored with the entries.
     deposit: Option<Deposit>,
     /// The writer makes the entries durable (in the block, or in the outbox when the ledger
     /// cannot take them); `false` for entries the outbox already holds (the drain).
@@ -66,7 +105,7 @@ fn answer(group: Vec<Pending>, outcome: &Outcome) {
             Ok(receipts) => p
                 .entries
                 .iter()
-                .map(|e| receipts.get(&e.id).cloned().ok_or_else(|| Refused { why: format!("no receipt for entry {}", e.id), stored: p.durable }))
+                .map(|e| receipts.get(&e.id).cloned().ok_or_else(|| Refused { why: format!("no receipt for entry {}", e.id), stored: p.durable, conflict: false }))
                 .collect(),
             Err(r) => Err(r.clone()),
         };
@@ -117,6 +156,7 @@ impl Ledger {
     /// Entries the outbox still holds are appended in the background by the caller's drain task
     /// when this first attempt fails (the ordering service may be unreachable at start).
     pub async fn start(parts: WriterParts) -> Result<Ledger, StoreError> {
+        parts.store.claim_hospital(&parts.gateway)?;
         let (tx, rx) = mpsc::channel::<Pending>(4096);
         let vault = parts.vault.clone();
         let store = parts.store.clone();
@@ -153,13 +193,16 @@ impl Ledger {
         self.send(entries, None, false, true).await.map_err(|r| StoreError::Order(r.why))
     }
 
-    /// Stores records (with their index rows) and their idempotency states (hashed key, the
-    /// ids of the records stored under it) together with the entries that anchor them, durably,
-    /// and puts the entries on the ledger. `Err`: nothing was stored. `Ok(None)`: stored and
-    /// flushed, the entries wait in the outbox (the ledger could not take them). `Ok(Some(_))`:
-    /// the entries are in a flushed block, with the records.
-    pub async fn deposit(&self, records: &[StoredRecord], idem: &[(Vec<u8>, Vec<String>)], entries: Vec<Entry>) -> Result<Option<Vec<Receipt>>, StoreError> {
-        let deposit = Deposit::encode(records, idem, Vec::new())?;
+    /// Stores what `write` holds (records and lists with their index rows, status changes
+    /// checked against the stored records inside the transaction, idempotency states) together
+    /// with `entries`, the ledger entries it makes, durably, and puts the entries on the ledger;
+    /// the writer puts the entries in the outbox when it must (`write.outbox` is not used).
+    /// `Err`: nothing was stored ([`StoreError::Conflict`]: the stored state refuses a status
+    /// change). `Ok(None)`: stored and flushed, the entries wait in the outbox (the ledger could
+    /// not take them). `Ok(Some(_))`: the entries are in a flushed block, with the records.
+    pub async fn deposit(&self, write: &Write, entries: Vec<Entry>) -> Result<Option<Vec<Receipt>>, StoreError> {
+        let mut deposit = Deposit::encode(write)?;
+        deposit.outbox.clear();
         Self::settle(self.send(entries, Some(deposit), true, false).await)
     }
 
@@ -173,16 +216,17 @@ impl Ledger {
     fn settle(r: Result<Vec<Receipt>, Refused>) -> Result<Option<Vec<Receipt>>, StoreError> {
         match r {
             Ok(receipts) => Ok(Some(receipts)),
-            Err(Refused { why, stored: true }) => {
+            Err(Refused { why, stored: true, .. }) => {
                 tracing::warn!(reason = %why, "stored; the ledger entries wait in the outbox");
                 Ok(None)
             }
-            Err(Refused { why, stored: false }) => Err(StoreError::Storage(why)),
+            Err(Refused { why, stored: false, conflict: true }) => Err(StoreError::Conflict(why)),
+            Err(Refused { why, stored: false, conflict: false }) => Err(StoreError::Storage(why)),
         }
     }
 
     async fn send(&self, entries: Vec<Entry>, deposit: Option<Deposit>, durable: bool, alone: bool) -> Result<Vec<Receipt>, Refused> {
-        let stopped = || Refused { why: StoreError::Stopped.to_string(), stored: false };
+        let stopped = || Refused { why: StoreError::Stopped.to_string(), stored: false, conflict: false };
         let (reply, rx) = oneshot::channel();
         self.tx.send(Pending { entries, deposit, durable, alone, reply }).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?

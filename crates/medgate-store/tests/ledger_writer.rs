@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use medgate_ledger::{verify_ledger, Batch, Entry, EntryBody};
 use medgate_store::order::{BoxFuture, Ordered};
-use medgate_store::vault::{StoredRecord, Vault};
+use medgate_store::vault::{AnswerItem, IdemState, RecordChange, StatusChange, StoredRecord, Vault, Write};
 use medgate_store::writer::WriterParts;
-use medgate_store::{BatchPolicy, ChainStore, Db, Events, Ledger, LedgerSigner, Orderer, Sequencer, StoreError};
+use medgate_store::{BatchPolicy, ChainStore, CommitListener, Db, Events, Ledger, LedgerSigner, Orderer, Sequencer, StoreError};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 
@@ -235,19 +235,31 @@ fn record(n: u32) -> (StoredRecord, Entry) {
         meta_ct: "AAAA".into(),
         entry_id: entry.id.clone(),
         erased: None,
+        changes: Vec::new(),
     };
     (rec, entry)
 }
 
+/// A write of `rec` alone.
+fn only(rec: &StoredRecord) -> Write {
+    Write { records: vec![rec.clone()], ..Write::default() }
+}
+
+/// A deposited record, its idempotency key and its receipts (`None`: its entries wait in the
+/// outbox).
+type Deposited = (StoredRecord, Vec<u8>, Option<Vec<medgate_ledger::Receipt>>);
+
 /// Deposits records `first..first + n` at once, each with its own idempotency key; returns what each got.
-async fn deposit_many(ledger: &Ledger, first: u32, n: u32) -> Vec<(StoredRecord, Vec<u8>, Option<Vec<medgate_ledger::Receipt>>)> {
+async fn deposit_many(ledger: &Ledger, first: u32, n: u32) -> Vec<Deposited> {
     let mut tasks = Vec::new();
     for i in first..first + n {
         let ledger = ledger.clone();
         tasks.push(tokio::spawn(async move {
             let (rec, entry) = record(i);
             let key = Vault::idem_key("his-a", &format!("key-{i}"));
-            let got = ledger.deposit(std::slice::from_ref(&rec), &[(key.clone(), vec![rec.id.clone()])], vec![entry]).await.unwrap();
+            let state = IdemState::Committed { items: vec![AnswerItem::new("DocumentReference", &rec.id, 1)] };
+            let write = Write { records: vec![rec.clone()], idem: vec![(key.clone(), state)], ..Write::default() };
+            let got = ledger.deposit(&write, vec![entry]).await.unwrap();
             (rec, key, got)
         }));
     }
@@ -258,7 +270,7 @@ async fn deposit_many(ledger: &Ledger, first: u32, n: u32) -> Vec<(StoredRecord,
     out
 }
 
-fn assert_deposited(site: &Site, got: &[(StoredRecord, Vec<u8>, Option<Vec<medgate_ledger::Receipt>>)]) {
+fn assert_deposited(site: &Site, got: &[Deposited]) {
     for (rec, key, receipts) in got {
         let receipts = receipts.as_ref().expect("anchored");
         assert_eq!(receipts.len(), 1);
@@ -266,7 +278,7 @@ fn assert_deposited(site: &Site, got: &[(StoredRecord, Vec<u8>, Option<Vec<medga
         receipts[0].verify(&site.key.spki()).unwrap();
         assert_eq!(site.vault.get(&rec.id).unwrap().as_ref(), Some(rec), "the record is stored with its entry");
         match site.vault.claim(key).unwrap() {
-            medgate_store::vault::Claim::Existing(medgate_store::vault::IdemState::Stored { record_ids }) => assert_eq!(record_ids, vec![rec.id.clone()]),
+            medgate_store::vault::Claim::Existing(IdemState::Committed { items }) => assert_eq!(items, vec![AnswerItem::new("DocumentReference", &rec.id, 1)]),
             other => panic!("the idempotency state is stored with the record: {other:?}"),
         }
     }
@@ -282,7 +294,7 @@ async fn concurrent_creates_commit_records_entries_and_blocks_together_one_signa
     let report = site.verify();
     assert_eq!((report.entries, report.invalid_batches), (40, 0));
     assert!(report.blocks <= 40, "{} blocks for 40 records", report.blocks);
-    assert_eq!(site.key.signatures.load(Ordering::Relaxed), report.blocks as u64, "one signature per block");
+    assert_eq!(site.key.signatures.load(Ordering::Relaxed), report.blocks, "one signature per block");
     // A restart carries on the same chain: heights, links, sequence numbers and positions.
     drop(ledger);
     let ledger = site.local_ledger().await;
@@ -297,7 +309,7 @@ async fn a_create_whose_batch_cannot_be_signed_is_stored_and_its_entry_waits_in_
     let ledger = site.local_ledger().await;
     site.key.broken.store(true, Ordering::Relaxed);
     let (rec, entry) = record(1);
-    let got = ledger.deposit(std::slice::from_ref(&rec), &[], vec![entry.clone()]).await.unwrap();
+    let got = ledger.deposit(&only(&rec), vec![entry.clone()]).await.unwrap();
     assert!(got.is_none(), "stored, not anchored");
     assert_eq!(site.vault.get(&rec.id).unwrap().as_ref(), Some(&rec));
     assert_eq!(site.vault.outbox_len(), 1);
@@ -322,7 +334,101 @@ async fn through_an_ordering_service_creates_are_stored_first_then_ordered_batch
     // Ordering down: stored and flushed, the entries wait in the outbox.
     site.orderer.down.store(true, Ordering::Relaxed);
     let (rec, entry) = record(77);
-    assert!(ledger.deposit(std::slice::from_ref(&rec), &[], vec![entry]).await.unwrap().is_none());
+    assert!(ledger.deposit(&only(&rec), vec![entry]).await.unwrap().is_none());
     assert_eq!(site.vault.get(&rec.id).unwrap().as_ref(), Some(&rec));
     assert_eq!(site.vault.outbox_len(), 1);
+}
+
+/// Hears the height of every committed block.
+#[derive(Debug, Default)]
+struct Heard(std::sync::Mutex<Vec<u64>>);
+
+impl CommitListener for Heard {
+    fn committed(&self, block: &medgate_ledger::Block) {
+        self.0.lock().unwrap().push(block.height);
+    }
+}
+
+/// Record `n` replacing `old`: its record, the write that supersedes `old`, and both entries.
+fn replacement(old: &StoredRecord, n: u32) -> (StoredRecord, Write, Vec<Entry>) {
+    let (rec, anchored) = record(n);
+    let body = EntryBody::RecordStatusChanged {
+        record_id: old.id.clone(),
+        patient: old.patient_pseudonym.clone(),
+        custodian: "hospital-a".into(),
+        status: "superseded".into(),
+        replaced_by: Some(rec.id.clone()),
+        user: hex::encode([7u8; 32]),
+        role: "physician".into(),
+    };
+    let changed = Entry::new("hospital-a", "2026-12-04T10:00:01Z", [(n % 251) as u8 + 1; 16], body);
+    let change = StatusChange {
+        record_id: old.id.clone(),
+        custodian: "hospital-a".into(),
+        change: RecordChange { status: "superseded".into(), replaced_by: Some(rec.id.clone()), time: "2026-12-04T10:00:01Z".into(), entry_id: changed.id.clone() },
+    };
+    let write = Write { records: vec![rec.clone()], changes: vec![change], ..Write::default() };
+    (rec, write, vec![anchored, changed])
+}
+
+/// Six requests replace the same record while twenty plain creates go on: exactly one
+/// replacement is stored and anchored, the others are refused with nothing of them stored or on
+/// the chain, every plain create is anchored, and the commit listener hears every block once,
+/// in height order.
+async fn racing_replacements_refuse_only_themselves(site: &Site, ledger: &Ledger, heard: &Heard) {
+    let (old, entry) = record(1);
+    ledger.deposit(&only(&old), vec![entry]).await.unwrap().expect("anchored");
+    let mut tasks = Vec::new();
+    for n in 300..306 {
+        let (ledger, (rec, write, entries)) = (ledger.clone(), replacement(&old, n));
+        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        tasks.push(tokio::spawn(async move { (rec, ids, ledger.deposit(&write, entries).await) }));
+    }
+    let plain = deposit_many(ledger, 2, 20).await;
+    assert_deposited(site, &plain);
+    let mut stored = 0;
+    for t in tasks {
+        let (rec, ids, got) = t.await.unwrap();
+        match got {
+            Ok(Some(receipts)) => {
+                stored += 1;
+                assert_eq!(receipts.len(), 2);
+                assert!(site.vault.get(&rec.id).unwrap().is_some());
+            }
+            Err(StoreError::Conflict(why)) => {
+                assert!(why.contains("superseded"), "{why}");
+                assert_eq!(site.vault.get(&rec.id).unwrap(), None, "nothing of a refused replacement is stored");
+                for id in &ids {
+                    assert!(site.chain.receipt(id).unwrap().is_none(), "a refused replacement's entries are not on the chain");
+                }
+            }
+            other => panic!("a replacement is stored or refused by the stored state: {other:?}"),
+        }
+    }
+    assert_eq!(stored, 1, "one replacement wins");
+    let old_now = site.vault.get(&old.id).unwrap().unwrap();
+    assert_eq!((old_now.status(), old_now.changes.len()), ("superseded", 1));
+    let report = site.verify();
+    assert_eq!((report.entries, report.invalid_batches), (1 + 20 + 2, 0));
+    assert_eq!(site.vault.outbox_len(), 0);
+    let heights = heard.0.lock().unwrap().clone();
+    assert_eq!(heights, (0..report.blocks).collect::<Vec<_>>(), "every block heard once, in order");
+}
+
+#[tokio::test]
+async fn group_commit_refuses_a_status_change_the_record_no_longer_allows_and_tells_the_listener() {
+    let site = Site::new();
+    let heard = Arc::new(Heard::default());
+    site.chain.add_commit_listener(heard.clone());
+    let ledger = site.local_ledger().await;
+    racing_replacements_refuse_only_themselves(&site, &ledger, &heard).await;
+}
+
+#[tokio::test]
+async fn through_an_ordering_service_a_refused_status_change_stores_nothing_and_the_listener_hears_each_block() {
+    let site = Site::new();
+    let heard = Arc::new(Heard::default());
+    site.chain.add_commit_listener(heard.clone());
+    let ledger = site.ledger().await;
+    racing_replacements_refuse_only_themselves(&site, &ledger, &heard).await;
 }

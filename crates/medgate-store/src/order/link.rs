@@ -286,14 +286,15 @@ pub async fn follow(store: ChainStore, me: String, mut rx: mpsc::Receiver<Feed>,
     Ok(())
 }
 
-/// Flushes the blocks stored since the last flush, then tells the writer where this gateway's
-/// batches landed.
+/// Flushes the blocks stored since the last flush, then tells the commit listeners of each and
+/// the writer where this gateway's batches landed.
 async fn settle(store: &ChainStore, me: &str, landed: &Landed, blocks: Vec<Block>) -> Result<(), StoreError> {
     if blocks.is_empty() {
         return Ok(());
     }
     store.db().flush().await?;
     for block in &blocks {
+        store.committed(block);
         record_landings(me, landed, block);
     }
     Ok(())
@@ -388,6 +389,7 @@ fn record_landings(me: &str, landed: &Landed, block: &Block) {
 async fn commit_block(store: &ChainStore, me: &str, landed: &Landed, block: &Block, next: ChainState, state: &mut ChainState) -> Result<(), StoreError> {
     apply_block(store, block, next, state)?;
     store.db().flush().await?;
+    store.committed(block);
     record_landings(me, landed, block);
     Ok(())
 }

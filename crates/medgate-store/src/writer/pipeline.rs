@@ -20,9 +20,10 @@ use std::collections::HashMap;
 use medgate_ledger::Receipt;
 use tokio::sync::mpsc;
 
-use super::{answer, Outcome, Pending, Refused, Writer};
+use super::{answer, drop_refused, GroupError, Outcome, Pending, Refused, Writer};
 use crate::error::to_json;
 use crate::order::Landing;
+use crate::vault::Deposit;
 use crate::{ChainStore, StoreError};
 
 /// Most groups submitted and not yet landed.
@@ -88,12 +89,15 @@ pub(super) async fn run(w: Writer, mut rx: mpsc::Receiver<Pending>) {
 impl Writer {
     /// Stores the group durably, then signs and submits its batches; a task answers the group
     /// once they have landed.
-    async fn submit_group(&self, group: Vec<Pending>, flight: &mut Flight, landed_tx: &mpsc::UnboundedSender<bool>) {
-        if let Err(e) = self.store_group(&group).await {
-            answer(group, &Err(Refused { why: e.to_string(), stored: false }));
+    async fn submit_group(&self, mut group: Vec<Pending>, flight: &mut Flight, landed_tx: &mpsc::UnboundedSender<bool>) {
+        if let Err(refused) = self.store_group(&mut group).await {
+            answer(group, &Err(refused));
             return;
         }
-        let stored = |e: StoreError| Refused { why: e.to_string(), stored: true };
+        if group.is_empty() {
+            return;
+        }
+        let stored = |e: StoreError| Refused { why: e.to_string(), stored: true, conflict: false };
         let (known, fresh) = match self.split_known(&group) {
             Ok(v) => v,
             Err(e) => return answer(group, &Err(stored(e))),
@@ -124,25 +128,38 @@ impl Writer {
     }
 
     /// One transaction for the group's deposits and the entries it hands over (in the outbox),
-    /// then one flush.
-    async fn store_group(&self, group: &[Pending]) -> Result<(), StoreError> {
-        let mut parts = Vec::new();
-        let mut loose = crate::vault::Deposit::default();
-        for p in group.iter().filter(|p| p.durable) {
-            let outbox = p.entries.iter().map(|e| Ok((e.id.clone(), to_json("ledger entry", e)?))).collect::<Result<Vec<_>, StoreError>>()?;
-            match &p.deposit {
-                Some(d) => parts.push(d.with_outbox(outbox)),
-                None => loose.outbox.extend(outbox),
+    /// then one flush. A request the stored state refuses (a status change it does not allow)
+    /// is answered at once and taken out of the group, which is written again without it.
+    async fn store_group(&self, group: &mut Vec<Pending>) -> Result<(), Refused> {
+        loop {
+            let mut parts = Vec::new();
+            let mut loose = Deposit::default();
+            for (i, p) in group.iter().enumerate().filter(|(_, p)| p.durable) {
+                let outbox = p.entries.iter().map(|e| Ok((e.id.clone(), to_json("ledger entry", e)?))).collect::<Result<Vec<_>, StoreError>>();
+                let outbox = outbox.map_err(Refused::not_stored)?;
+                match &p.deposit {
+                    Some(d) => parts.push((i, d.with_outbox(outbox))),
+                    None => loose.outbox.extend(outbox),
+                }
+            }
+            if !loose.outbox.is_empty() {
+                parts.push((group.len(), loose));
+            }
+            if parts.is_empty() {
+                return Ok(());
+            }
+            let refs: Vec<(usize, &Deposit)> = parts.iter().map(|(i, d)| (*i, d)).collect();
+            match self.parts.vault.write_all(&refs).map_err(|e| GroupError::from_deposits(e, group.len())) {
+                Ok(()) => return self.parts.vault.sync().await.map_err(Refused::not_stored),
+                Err(GroupError::Refused { index, error }) => {
+                    drop_refused(group, index, error);
+                    if group.is_empty() {
+                        return Ok(());
+                    }
+                }
+                Err(GroupError::Failed(refused)) => return Err(refused),
             }
         }
-        if !loose.outbox.is_empty() {
-            parts.push(loose);
-        }
-        if parts.is_empty() {
-            return Ok(());
-        }
-        self.parts.vault.write_all(&parts)?;
-        self.parts.vault.sync().await
     }
 
     /// Signs the new entries in batches and submits them one after another; the landings in
@@ -169,10 +186,10 @@ impl Writer {
 /// Waits for each batch's block, in order, and collects the receipts.
 async fn land(landings: Vec<Landing>, mut receipts: HashMap<String, Receipt>) -> Outcome {
     for landing in landings {
-        let ordered = landing.await.map_err(|e| Refused { why: e.to_string(), stored: true })?;
+        let ordered = landing.await.map_err(|e| Refused { why: e.to_string(), stored: true, conflict: false })?;
         let batch = &ordered.block.batches[ordered.index];
         for i in 0..batch.entries.len() {
-            let r = Receipt::for_entry(&ordered.block, ordered.index, i).map_err(|e| Refused { why: e.to_string(), stored: true })?;
+            let r = Receipt::for_entry(&ordered.block, ordered.index, i).map_err(|e| Refused { why: e.to_string(), stored: true, conflict: false })?;
             receipts.insert(r.entry.id.clone(), r);
         }
     }
