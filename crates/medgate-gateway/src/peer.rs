@@ -139,8 +139,11 @@ pub struct Sharing {
     /// End-user roles that may read without consent as break-glass.
     pub break_glass_roles: Vec<String>,
     /// Open HTTP/2 connections, by peer and address.
-    conns: tokio::sync::Mutex<HashMap<(String, SocketAddr), http2::SendRequest<Full<Bytes>>>>,
+    conns: tokio::sync::Mutex<HashMap<(String, SocketAddr), H2Sender>>,
 }
+
+/// A shared HTTP/2 connection's request half.
+type H2Sender = http2::SendRequest<Full<Bytes>>;
 
 /// A connection to send one request on.
 enum Sender {
