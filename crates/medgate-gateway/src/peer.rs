@@ -372,10 +372,10 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, servic
                 tracing::info!(peer = %addr, "peer certificate names no organisation; closed");
                 return;
             };
-            // The consortium CA vouches for the name; the ledger says whether it is still a member.
+            // The consortium CA vouches for the name; the ledger says whether it is still a member
+            // (asked again, and counted, for every request: a connection outlives membership).
             if !service.is_member(&requester) {
-                tracing::warn!(peer = %addr, hospital = %requester, "peer request from a hospital that is not a current member; refused");
-                service.count("peer_requests_from_non_members");
+                tracing::warn!(peer = %addr, hospital = %requester, "peer connection from a hospital that is not a current member; its requests are refused");
             }
             let handler = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (service, requester) = (service.clone(), requester.clone());
@@ -393,6 +393,7 @@ async fn answer(service: &dyn PeerService, requester: &str, req: Request<hyper::
         json(status, &r)
     };
     if !service.is_member(requester) {
+        service.count("peer_requests_from_non_members");
         return refused(GatewayError::Forbidden("not-a-member".into()));
     }
     let path = req.uri().path().to_owned();
