@@ -79,7 +79,8 @@ pub fn run(opts: &Options) -> Result<(), Failure> {
     let dir = tempfile::Builder::new().prefix("medgate-bench").tempdir().map_err(rt_err)?;
     eprintln!("medgate bench: building a throwaway site in {}", dir.path().display());
     let site = Site::create(dir.path(), "hospital-bench", &mut |_| {})?;
-    let cfg = Config::load(&site.config).map_err(|e| Failure::config(e.to_string()))?;
+    let mut cfg = Config::load(&site.config).map_err(|e| Failure::config(e.to_string()))?;
+    load::unthrottled(&mut cfg.limits);
     let pin = Pin::from_file(&site.dir.join("hsm-pin")).map_err(rt_err)?;
     let hsm = Arc::new(Hsm::open(HsmConfig { module: SOFTHSM_MODULE.into(), token_label: TOKEN.into(), pool_size: cfg.hsm.pool_size }, pin).map_err(Failure::hsm)?);
     eprintln!("medgate bench: HSM ceilings ({} s per figure)", opts.ceiling_seconds);

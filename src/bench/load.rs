@@ -57,6 +57,17 @@ impl Target {
     }
 }
 
+/// Per-client limits that never refuse the load generator: every one of its clients presents
+/// the same HIS certificate, so the defaults (64 connections, 200 requests/s per certificate)
+/// would measure the limiter, not the gateway. (`medgate bench --flood` measures the limiter.)
+pub fn unthrottled(l: &mut medgate_gateway::config::Limits) {
+    l.max_connections = l.max_connections.max(8192);
+    l.max_connections_per_client = l.max_connections;
+    l.max_requests_in_flight_per_client = 1_000_000;
+    l.requests_per_second_per_client = 1_000_000;
+    l.burst_per_client = 1_000_000;
+}
+
 /// The patient of client `w`'s `i`-th record.
 fn patient(w: usize, i: usize) -> PatientId {
     PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: format!("{}", 100_000 + (w * 7919 + i) % PATIENTS) }

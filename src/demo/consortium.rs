@@ -170,7 +170,12 @@ impl Drop for Consortium {
 }
 
 /// Builds and starts the consortium under `dir`.
-fn build(dir: &Path, say: &mut dyn FnMut(&str)) -> Result<Consortium, Failure> {
+/// `[limits]` for the gateways of the consortium bench: each site's load comes from one HIS
+/// certificate, which the defaults (64 connections, 200 requests/s) would throttle.
+const BENCH_LIMITS: &str = "\n[limits]\nmax_connections = 8192\nmax_connections_per_client = 8192\nmax_requests_in_flight_per_client = 1000000\nrequests_per_second_per_client = 1000000\nburst_per_client = 1000000\n";
+
+/// The three-hospital consortium; `extra` is appended to each gateway's configuration.
+fn build(dir: &Path, extra: &str, say: &mut dyn FnMut(&str)) -> Result<Consortium, Failure> {
     let ca = TestCa::new("Consortium CA").map_err(rt_err)?;
     let etcd = start_etcd(&dir.join("etcd"), &ca)?;
     say(&format!("consortium CA created; 3-member etcd cluster with mutual TLS on {:?}", etcd.endpoints));
@@ -208,7 +213,7 @@ fn build(dir: &Path, say: &mut dyn FnMut(&str)) -> Result<Consortium, Failure> {
         std::fs::write(
             &s.config,
             format!(
-                "{text}\n[ledger]\nmode = \"consortium\"\n\n[consortium]\netcd_endpoints = [{}]\nca = \"{}/consortium-ca.pem\"\ncertificate = \"{}/consortium.pem\"\ngenesis = \"{}\"\npeer_listen = \"{p}\"\nbreak_glass_roles = [\"emergency-physician\"]\n",
+                "{text}{extra}\n[ledger]\nmode = \"consortium\"\n\n[consortium]\netcd_endpoints = [{}]\nca = \"{}/consortium-ca.pem\"\ncertificate = \"{}/consortium.pem\"\ngenesis = \"{}\"\npeer_listen = \"{p}\"\nbreak_glass_roles = [\"emergency-physician\"]\n",
                 endpoints.join(", "),
                 tls.display(),
                 tls.display(),
@@ -246,7 +251,7 @@ pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
         step += 1;
         println!("[{step:2}] {m}");
     };
-    let mut c = build(&dir, &mut say)?;
+    let mut c = build(&dir, "", &mut say)?;
     let sites = c.sites.clone();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(rt_err)?;
     let outcome = rt.block_on(scene(&sites, &mut say));
@@ -351,7 +356,7 @@ async fn scene(sites: &[Site], say: &mut dyn FnMut(&str)) -> Result<(), Failure>
 /// cross-hospital read latency, all in one run on one machine.
 pub fn bench(records: usize, concurrency: usize) -> Result<(), Failure> {
     let temp = tempfile::Builder::new().prefix("medgate-consortium-bench").tempdir().map_err(rt_err)?;
-    let mut c = build(temp.path(), &mut |_| {})?;
+    let mut c = build(temp.path(), BENCH_LIMITS, &mut |_| {})?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(rt_err)?;
     let result = rt.block_on(bench_run(&c, records, concurrency));
     c.stop();
