@@ -34,7 +34,8 @@ pub struct Level {
 }
 
 impl Level {
-    /// Entries per signed batch (one signature per batch).
+    /// Records (ITI-65 requests, each with its SubmissionSet: two ledger entries) per signed
+    /// batch (one signature per batch).
     pub fn entries_per_batch(&self) -> f64 {
         if self.signs_per_record > 0.0 {
             1.0 / self.signs_per_record
@@ -101,7 +102,7 @@ impl Report {
         println!("  the site's KEK wraps with {}: the wrap ceiling is {} records/s", self.kek_scheme, opt(self.wrap_ceiling));
         println!(
             "{:>5} {:>3} {:>9} {:>7} {:>7} | {:>8} {:>7} | {:>9} {:>5} | {:>6} {:>6} {:>6} | {:>9} {:>17} {:>7} | {:>6}",
-            "conc", "run", "records/s", "p50 ms", "p99 ms", "null/s", "p99 ms", "store/s", "group", "×null", "×store", "×wrap", "calls/rec", "wrap sign hmac", "entries", "RSS MiB"
+            "conc", "run", "records/s", "p50 ms", "p99 ms", "null/s", "p99 ms", "store/s", "group", "×null", "×store", "×wrap", "calls/rec", "wrap sign hmac", "rec/sig", "RSS MiB"
         );
         for l in &self.levels {
             println!(
