@@ -15,6 +15,7 @@ mod config_cmd;
 mod consortium;
 mod keys;
 mod ledger;
+mod officer;
 
 use config_cmd::ConfigCommand;
 use consortium::ConsortiumCommand;

@@ -45,12 +45,22 @@ impl Failure {
         Failure { code: UNAVAILABLE, message: m.into() }
     }
 
-    /// An HSM failure: a wrong or locked PIN is NOPERM, a missing module or token a bad
-    /// configuration, an unreachable HSM UNAVAILABLE.
+    /// An HSM failure: a wrong or locked PIN (user or SO) is NOPERM; a PIN the token cannot
+    /// take is bad usage; a missing module or token, a token whose information cannot be read,
+    /// a role the module cannot hold, a key it cannot use or a template it refuses is a bad
+    /// configuration (another module, or the keys rotated, is the remedy, not a restart); an
+    /// unreachable HSM is UNAVAILABLE.
     pub fn hsm(e: HsmError) -> Failure {
         let code = match e {
-            HsmError::WrongPin | HsmError::PinLocked | HsmError::PinFinalTry => NOPERM,
-            HsmError::ModuleMissing(_) | HsmError::ModuleLoad { .. } | HsmError::TokenMissing(_) => BAD_CONFIG,
+            HsmError::WrongPin | HsmError::PinLocked | HsmError::PinFinalTry | HsmError::WrongSoPin(_) => NOPERM,
+            HsmError::PinLength { .. } | HsmError::UserPinNotSet { .. } => USAGE,
+            HsmError::ModuleMissing(_)
+            | HsmError::ModuleLoad { .. }
+            | HsmError::TokenMissing(_)
+            | HsmError::TokenInfo { .. }
+            | HsmError::RoleUnsupported { .. }
+            | HsmError::KeyUnusable { .. }
+            | HsmError::TemplateRefused { .. } => BAD_CONFIG,
             HsmError::Unavailable(_) | HsmError::Init { .. } => UNAVAILABLE,
             _ => RUNTIME,
         };

@@ -6,6 +6,7 @@
 
 pub mod admin_client;
 pub mod audit;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod client;
@@ -14,3 +15,4 @@ pub mod demo;
 pub mod exit;
 pub mod keys;
 pub mod logging;
+pub mod officers;

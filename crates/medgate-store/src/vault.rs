@@ -214,6 +214,13 @@ pub fn open_shared_document(id: &str, content_type: &str, content_hash: &str, dk
     Ok(d)
 }
 
+/// A record whose wrapped key the HSM would not unwrap as intact ([`HsmError::is_integrity`]:
+/// a failed check, or a module answer that may mean one); the module's own words go to the log.
+fn integrity(record: &str, e: &HsmError) -> VaultError {
+    tracing::error!(record, error = %e, "the HSM refused the record's wrapped key");
+    VaultError::Integrity(record.to_owned())
+}
+
 /// Unwraps the data key in the HSM and decrypts. `with_document: false` decrypts only the
 /// metadata (search results), which saves the document's decryption but not the unwrap.
 pub fn open_record(hsm: &Hsm, rec: &StoredRecord, with_document: bool) -> Result<OpenRecord, VaultError> {
@@ -223,7 +230,7 @@ pub fn open_record(hsm: &Hsm, rec: &StoredRecord, with_document: bool) -> Result
     };
     let dk = match hsm.unwrap_data_key(&wrapped) {
         Ok(k) => k,
-        Err(HsmError::Integrity) => return Err(VaultError::Integrity(rec.id.clone())),
+        Err(e) if e.is_integrity() => return Err(integrity(&rec.id, &e)),
         Err(e) => return Err(e.into()),
     };
     let meta_plain = open(&rec.id, &dk, &meta_aad(&rec.id, &rec.patient_pseudonym), &rec.meta_nonce, &rec.meta_ct)?;
@@ -520,7 +527,7 @@ impl Vault {
             };
             let new = match hsm.rewrap_data_key(&wrapped) {
                 Ok(k) => k,
-                Err(HsmError::Integrity) => return Err(VaultError::Integrity(rec.id.clone())),
+                Err(e) if e.is_integrity() => return Err(integrity(&rec.id, &e)),
                 Err(e) => return Err(e.into()),
             };
             let from = rec.kek_version;
