@@ -48,8 +48,8 @@ impl Failure {
     /// An HSM failure: a wrong or locked PIN (user or SO) is NOPERM; a PIN the token cannot
     /// take is bad usage; a missing module or token, a token whose information cannot be read,
     /// a role the module cannot hold, a key it cannot use or a template it refuses is a bad
-    /// configuration (another module, or the keys rotated, is the remedy, not a restart); an
-    /// unreachable HSM is UNAVAILABLE.
+    /// configuration (another module, or the keys rotated, is the remedy, not a restart), as is a
+    /// module that cannot hold the key backup; an unreachable HSM is UNAVAILABLE.
     pub fn hsm(e: HsmError) -> Failure {
         let code = match e {
             HsmError::WrongPin | HsmError::PinLocked | HsmError::PinFinalTry | HsmError::WrongSoPin(_) => NOPERM,
@@ -60,10 +60,39 @@ impl Failure {
             | HsmError::TokenInfo { .. }
             | HsmError::RoleUnsupported { .. }
             | HsmError::KeyUnusable { .. }
+            | HsmError::BackupUnsupported { .. }
             | HsmError::TemplateRefused { .. } => BAD_CONFIG,
             HsmError::Unavailable(_) | HsmError::Init { .. } => UNAVAILABLE,
             _ => RUNTIME,
         };
         Failure { code, message: e.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hsm_errors_map_to_the_exit_status_an_operator_acts_on() {
+        let module = std::path::PathBuf::from("/m.so");
+        let role = medgate_hsm::Role::Kek;
+        let cases = [
+            (HsmError::WrongPin, NOPERM),
+            (HsmError::WrongSoPin(String::new()), NOPERM),
+            (HsmError::PinLength { which: "a user", len: 3, label: "t".into(), min: 4, max: 8 }, USAGE),
+            (HsmError::UserPinNotSet { label: "t".into(), detail: String::new() }, USAGE),
+            (HsmError::RoleUnsupported { module: module.clone(), role, reason: String::new() }, BAD_CONFIG),
+            (HsmError::KeyUnusable { role, reason: String::new() }, BAD_CONFIG),
+            (HsmError::TemplateRefused { role, rv: String::new(), hint: String::new() }, BAD_CONFIG),
+            (HsmError::TokenInfo { module: module.clone(), slot: 3, label: "t".into(), detail: String::new() }, BAD_CONFIG),
+            (HsmError::BackupUnsupported { module, reason: String::new() }, BAD_CONFIG),
+            (HsmError::Unavailable(String::new()), UNAVAILABLE),
+            (HsmError::Integrity, RUNTIME),
+        ];
+        for (e, code) in cases {
+            let text = e.to_string();
+            assert_eq!(Failure::hsm(e).code, code, "{text}");
+        }
     }
 }
