@@ -227,3 +227,140 @@ fn officers_are_added_and_removed_under_quorum_and_the_new_officer_signs_their_e
     let names: Vec<&str> = listed["officers"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
     assert_eq!((listed["quorum"].as_u64(), names), (Some(3), vec!["alice", "bob", "dave"]));
 }
+
+/// An officer's smart card for the tests: a second SoftHSM token holding a P-256 key pair that
+/// signs and derives, made with the officer's own tools. Returns the `--card` spec.
+fn smart_card(site: &medgate::demo::Site, label: &str) -> String {
+    let pin = "5e1f5e1f5e1f";
+    let pin_file = site.dir.join(format!("{label}.pin"));
+    std::fs::write(&pin_file, pin).unwrap();
+    std::fs::set_permissions(&pin_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let run = |cmd: &str, args: &[&str]| {
+        let out = std::process::Command::new(cmd).args(args).env("SOFTHSM2_CONF", &site.softhsm_conf).output().unwrap();
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run("softhsm2-util", &["--init-token", "--free", "--label", label, "--so-pin", "0a0a0a0a0a0a", "--pin", pin]);
+    run(
+        "pkcs11-tool",
+        &[
+            "--module",
+            medgate::demo::SOFTHSM_MODULE,
+            "--token-label",
+            label,
+            "--login",
+            "--pin",
+            pin,
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--id",
+            "01",
+            "--label",
+            "officer",
+            "--usage-sign",
+            "--usage-derive",
+        ],
+    );
+    format!("module={},token={label},id=01,pin-file={}", medgate::demo::SOFTHSM_MODULE, pin_file.display())
+}
+
+#[test]
+fn an_officer_on_a_smart_card_enrols_approves_and_opens_their_backup_share() {
+    let (site, _dir) = support::site("card");
+    let o = Officers::new(&site);
+    let p = |f: &std::path::Path| f.to_str().unwrap().to_owned();
+    let card = smart_card(&site, "dave-card");
+    let dave = o.dir.join("dave.card");
+    let (code, _, err) = o.keys(&["officer-card", "--name", "dave", "--card", &card, "--out", &p(&dave)]);
+    assert_eq!(code, 0, "{err}");
+    let file = o.request(&["officers-init", "--quorum", "2", "--officer-card", &p(&o.cards[0]), "--officer-card", &p(&dave)]);
+    o.approve(&file, 0);
+    let (code, out, err) = o.keys(&["approve", &p(&file), "--card", &card]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("approved by dave"), "{out}");
+    let (code, _, err) = o.keys(&["officers", "init", "--approvals", &p(&file)]);
+    assert_eq!(code, 0, "{err}");
+    // The card names its officer in the journal.
+    let (code, _, err) = o.keys(&["rotate", "--role", "tls", "--card", &card]);
+    assert_eq!(code, 0, "{err}");
+    let (_, history, _) = o.keys(&["history", "--role", "tls", "--json"]);
+    let events: serde_json::Value = serde_json::from_str(&history).unwrap();
+    assert_eq!(events.as_array().unwrap().last().unwrap()["officer"], "dave", "{history}");
+    // The backup key's shares: dave's opens with the card's ECDH (into a second, fresh token).
+    let file = o.approved(&["backup-init"], 1);
+    let (code, _, err) = o.keys(&["approve", &p(&file), "--card", &card]);
+    assert_eq!(code, 0, "{err}");
+    let shares = site.dir.join("shares");
+    let (code, _, err) = o.keys(&["backup", "init", "--approvals", &p(&file), "--so-pin-file", &p(&site.dir.join("hsm-so-pin")), "--shares-dir", &p(&shares)]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = o.keys(&["generate-all", "--card", &card]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ledger: present, left as is"), "{out}");
+    for role in ["ledger", "sharing", "pseudonym"] {
+        let (code, _, err) = o.keys(&["rotate", "--role", role, "--card", &card]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let kek = o.approved(&["rotate-kek"], 1);
+    let (code, _, err) = o.keys(&["approve", &p(&kek), "--card", &card]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = o.keys(&["rotate", "--role", "kek", "--approvals", &p(&kek)]);
+    assert_eq!(code, 0, "{err}");
+    let (code, status, err) = o.keys(&["backup", "status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(status.contains("NOT backed up") && status.contains("medgate-kek-v1"), "keys made before the backup key are named: {status}");
+    // Old versions made before the backup key cannot be backed up: export says which.
+    let backup = site.dir.join("backup.json");
+    let (code, _, err) = o.keys(&["backup", "export", "--out", &p(&backup), "--card", &card]);
+    assert_ne!(code, 0);
+    assert!(err.contains("medgate-kek-v1") && err.contains("never extractable"), "{err}");
+    for (role, version) in [("kek", "1"), ("ledger", "1"), ("sharing", "1"), ("pseudonym", "1")] {
+        let file = o.approved(&["destroy", "--role", role, "--version", version], 1);
+        let (code, _, err) = o.keys(&["approve", &p(&file), "--card", &card]);
+        assert_eq!(code, 0, "{err}");
+        let (code, _, err) = o.keys(&["destroy", "--role", role, "--version", version, "--yes", "--approvals", &p(&file)]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = o.keys(&["backup", "export", "--out", &p(&backup), "--card", &card]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("4 keys backed up"), "{out}");
+    let (code, pem, _) = o.keys(&["public-key", "--role", "ledger"]);
+    assert_eq!(code, 0);
+    let ledger_pem = site.dir.join("ledger-v2.pem");
+    std::fs::write(&ledger_pem, pem).unwrap();
+
+    // Restore into a second, fresh token of the same store with alice's file and dave's card.
+    let text = std::fs::read_to_string(&site.config).unwrap().replace("token_label = \"medgate\"", "token_label = \"restored\"");
+    let restored_cfg = site.dir.join("restored.toml");
+    std::fs::write(&restored_cfg, text).unwrap();
+    let restored = |args: &[&str]| {
+        let mut all = vec!["keys", "--config", restored_cfg.to_str().unwrap()];
+        all.extend_from_slice(args);
+        support::run_medgate(&all, &site.softhsm_conf)
+    };
+    let (code, _, err) = restored(&["init-token", "--so-pin-file", &p(&site.dir.join("hsm-so-pin"))]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = restored(&[
+        "backup",
+        "restore",
+        "--backup",
+        &p(&backup),
+        "--ledger-public-key",
+        &p(&ledger_pem),
+        "--share",
+        &p(&shares.join("alice.share")),
+        "--share",
+        &p(&shares.join("dave.share")),
+        "--officer-key",
+        &p(&o.keys[0]),
+        "--card",
+        &card,
+        "--so-pin-file",
+        &p(&site.dir.join("hsm-so-pin")),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, table, err) = restored(&["list"]);
+    assert_eq!(code, 0, "{err}");
+    for label in ["medgate-kek-v2", "medgate-ledger-v2", "medgate-sharing-v2", "medgate-pseudonym-v2", "backup key: medgate-backup-v1"] {
+        assert!(table.contains(label), "{label}: {table}");
+    }
+}
