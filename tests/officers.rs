@@ -182,6 +182,20 @@ fn destroy_needs_m_approvals_and_refuses_expired_replayed_forged_or_mismatched_o
         _ => None,
     });
     assert_eq!(rotated_by.as_deref(), Some("bob"));
+    drop(store);
+    drop(db);
+    // The auditor's view of the same: a table for people, JSON for scripts.
+    let cfg = site.config.to_str().unwrap();
+    let (code, table, err) = support::run_medgate(&["audit", "keys", "--config", cfg, "--role", "kek"], &site.softhsm_conf);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("officers alice, bob, carol (quorum 2)") && table.contains("officer rules: kept"), "{table}");
+    assert!(table.lines().any(|l| l.contains("destroy") && l.contains("alice+carol")), "{table}");
+    let (code, json, err) = support::run_medgate(&["audit", "keys", "--config", cfg, "--json"], &site.softhsm_conf);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let destroy = v["events"].as_array().unwrap().iter().find(|e| e["action"] == "destroy" && e["version"] == 2).unwrap();
+    assert_eq!(destroy["approved_by"], serde_json::json!(["alice", "bob"]), "{json}");
+    assert!(v["events"].as_array().unwrap().iter().any(|e| e["action"] == "officer-enrol"), "{json}");
 }
 
 #[test]

@@ -29,6 +29,15 @@ pub const MAX_VALIDITY_SECONDS: i64 = 24 * 3600;
 pub const CLOCK_SKEW_SECONDS: i64 = 300;
 /// Most officers a hospital enrols.
 pub const MAX_OFFICERS: usize = 32;
+/// The name the gateway's shred pass signs its key events with. It rotates the KEK and destroys
+/// the versions no live record needs any more (crypto-shredding after an erasure), under no
+/// request: it never makes a live record unreadable.
+pub const SHRED_PASS: &str = "medgate-shred-pass";
+
+/// Whether a key event of this action on this role needs the officers' approval.
+pub fn key_event_needs_quorum(action: &str, role: &str) -> bool {
+    matches!(action, "destroy" | "retire" | "change-pin" | "backup-init") || (action == "rotate" && role == "kek")
+}
 
 /// Operations that need the approval of a quorum of officers: each can make records unreadable
 /// or hand the keys to someone else.
@@ -509,6 +518,11 @@ impl Replay {
                 };
                 self.change(&e.body, &req, &approvals, now)
             }
+            EntryBody::KeyEvent { request: None, action, key_role, officer, .. }
+                if !self.set.officers.is_empty() && key_event_needs_quorum(action, key_role) && officer != SHRED_PASS =>
+            {
+                Err(format!("{action} of a {key_role} key by {officer} ran without the officers' approval"))
+            }
             EntryBody::KeyEvent { request: Some(request), .. } => {
                 self.report.approved_events += 1;
                 if !self.done.insert(request.clone()) {
@@ -768,6 +782,21 @@ mod tests {
         assert_eq!(why.len(), 2, "{why:?}");
         assert!(why[0].contains("second operation"), "{why:?}");
         assert!(why[1].contains("1 of the required 2"), "{why:?}");
+
+        // Once officers are enrolled, a destruction without their approval is flagged; the
+        // shred pass's own is not.
+        let mut bypass = entries.clone();
+        for (officer, n) in [("root", 50), (SHRED_PASS, 51)] {
+            bypass.push(Entry::new(
+                "hospital-a",
+                "2025-01-02T03:04:07Z",
+                nonce(n),
+                EntryBody::KeyEvent { action: "destroy".into(), key_role: "kek".into(), key_version: 2, key_id: "0b".into(), officer: officer.into(), request: None },
+            ));
+        }
+        let report = audit(&bypass);
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(report.problems[0].1.contains("by root ran without the officers' approval"), "{:?}", report.problems);
 
         // An enrolment the officers did not all sign is flagged.
         let mut unsigned = entries[..2].to_vec();
