@@ -299,22 +299,7 @@ fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, site: Option<&Site>, state: Option
             }
         }
         KeysCommand::List { json } => keys::list(hsm, json)?,
-        KeysCommand::Rotate { role, approvals, who } => {
-            if role == Role::Pseudonym {
-                eprintln!("note: new pseudonyms will differ from those already on the ledger; searches use the key version recorded with each entry");
-            }
-            let next = hsm.list_keys().map_err(Failure::hsm)?.iter().filter(|k| k.role == role).map(|k| k.version).max().unwrap_or(0) + 1;
-            let acting = match (role, approvals) {
-                (Role::Kek, Some(file)) => Acting::Officer(quorum(site, "rotate-kek", Some(role), Some(next), None, &file)?),
-                (Role::Kek, None) => {
-                    return Err(officers::refused("rotating the KEK needs the approval of a quorum of officers: `medgate keys request rotate-kek`, then --approvals FILE"))
-                }
-                _ => officers::acting(site, Credential::open(&who)?.as_ref(), "rotate", Some(role.as_str()), Some(next))?,
-            };
-            let info = hsm.rotate(role).map_err(Failure::hsm)?;
-            acting.record(state, "rotate", &info)?;
-            println!("{} is now active (CKA_ID {}); older versions keep decrypting and verifying until retired", info.label, info.id_hex);
-        }
+        KeysCommand::Rotate { role, approvals, who } => rotate(hsm, site, state, role, approvals.as_deref(), &who)?,
         KeysCommand::Retire { role, version, approvals } => {
             let info = keys::role_key(hsm, role, version)?;
             let ok = quorum(site, "retire", Some(role), Some(version), None, &approvals)?;
@@ -355,25 +340,48 @@ fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, site: Option<&Site>, state: Option
             acting.record(state, "import-cert", &info)?;
             println!("certificate for {} imported: {}", info.label, cert.subject());
         }
-        KeysCommand::ImportPseudonymKey { value_file, approvals } => {
-            let value = officer::read_key_value(&value_file)?;
-            let detail = hex::encode(ring::digest::digest(&ring::digest::SHA256, &value));
-            let acting = match approvals {
-                Some(file) => Acting::Officer(quorum(site, "import-key", Some(Role::Pseudonym), Some(1), Some(detail), &file)?),
-                None => officers::acting(site, None, "import-key", None, None).map_err(|_| {
-                    officers::refused("officers are enrolled: importing a key needs the approval of a quorum (`medgate keys request import-key`, then --approvals FILE)")
-                })?,
-            };
-            let info = hsm.import_pseudonym_key(&value).map_err(Failure::hsm)?;
-            acting.record(state, "generate", &info)?;
-            println!("imported {} (CKA_ID {}); destroy {} now", info.label, info.id_hex, value_file.display());
-        }
+        KeysCommand::ImportPseudonymKey { value_file, approvals } => import_pseudonym_key(hsm, site, state, &value_file, approvals.as_deref())?,
         KeysCommand::PublicKey { role, version } => {
             let (_, pem) = hsm.public_key_pem(role, version).map_err(Failure::hsm)?;
             print!("{pem}");
         }
         _ => unreachable!("handled before the token is opened"),
     }
+    Ok(())
+}
+
+/// `keys rotate`: the KEK under a quorum, the other roles by one named officer.
+fn rotate(hsm: &medgate_hsm::Hsm, site: Option<&Site>, state: Option<&Path>, role: Role, approvals: Option<&Path>, who: &CredentialArgs) -> Result<(), Failure> {
+    if role == Role::Pseudonym {
+        eprintln!("note: new pseudonyms will differ from those already on the ledger; searches use the key version recorded with each entry");
+    }
+    let next = hsm.list_keys().map_err(Failure::hsm)?.iter().filter(|k| k.role == role).map(|k| k.version).max().unwrap_or(0) + 1;
+    let acting = match (role, approvals) {
+        (Role::Kek, Some(file)) => Acting::Officer(quorum(site, "rotate-kek", Some(role), Some(next), None, file)?),
+        (Role::Kek, None) => {
+            return Err(officers::refused("rotating the KEK needs the approval of a quorum of officers: `medgate keys request rotate-kek`, then --approvals FILE"))
+        }
+        _ => officers::acting(site, Credential::open(who)?.as_ref(), "rotate", Some(role.as_str()), Some(next))?,
+    };
+    let info = hsm.rotate(role).map_err(Failure::hsm)?;
+    acting.record(state, "rotate", &info)?;
+    println!("{} is now active (CKA_ID {}); older versions keep decrypting and verifying until retired", info.label, info.id_hex);
+    Ok(())
+}
+
+/// `keys import-pseudonym-key`: under a quorum once officers are enrolled.
+fn import_pseudonym_key(hsm: &medgate_hsm::Hsm, site: Option<&Site>, state: Option<&Path>, value_file: &Path, approvals: Option<&Path>) -> Result<(), Failure> {
+    let value = officer::read_key_value(value_file)?;
+    let detail = hex::encode(ring::digest::digest(&ring::digest::SHA256, &value));
+    let acting = match approvals {
+        Some(file) => Acting::Officer(quorum(site, "import-key", Some(Role::Pseudonym), Some(1), Some(detail), file)?),
+        None => officers::acting(site, None, "import-key", None, None).map_err(|_| {
+            officers::refused("officers are enrolled: importing a key needs the approval of a quorum (`medgate keys request import-key`, then --approvals FILE)")
+        })?,
+    };
+    let info = hsm.import_pseudonym_key(&value).map_err(Failure::hsm)?;
+    acting.record(state, "generate", &info)?;
+    println!("imported {} (CKA_ID {}); destroy {} now", info.label, info.id_hex, value_file.display());
     Ok(())
 }
 
