@@ -156,14 +156,38 @@ fn open_share(file: &ShareFile, credential: &Credential) -> Result<Zeroizing<Vec
     Ok(Zeroizing::new(plain.to_vec()))
 }
 
-/// `medgate keys backup init`: the officers' secret, its shares in `dir`, the backup key on the
-/// token. Runs after [`officers::authorize`] cleared a `backup-init` request for `set`.
-pub fn init(site: &Site, module: &Path, set: &OfficerSet, so_pin: &Pin, dir: &Path) -> Result<(String, Vec<PathBuf>), Failure> {
+/// Creates one share file per officer in `dir` (never overwriting one), before the command acts
+/// as the service; [`init`] writes them.
+pub fn create_share_files(dir: &Path, set: &OfficerSet) -> Result<Vec<(PathBuf, std::fs::File)>, Failure> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::create_dir_all(dir).map_err(|e| Failure::runtime(format!("{}: {e}", dir.display())))?;
     let paths: Vec<PathBuf> = set.officers.iter().map(|o| dir.join(format!("{}.share", o.name))).collect();
     if let Some(p) = paths.iter().find(|p| p.exists()) {
         return Err(Failure::usage(format!("{} exists: shares are never overwritten", p.display())));
     }
+    paths
+        .into_iter()
+        .map(|p| {
+            let f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p).map_err(|e| Failure::runtime(format!("{}: {e}", p.display())))?;
+            Ok((p, f))
+        })
+        .collect()
+}
+
+/// `failure`, saying that the share files [`create_share_files`] made are still empty and must
+/// be removed before `backup init` runs again (shares are never overwritten).
+pub fn nothing_written(mut failure: Failure, files: &[(PathBuf, std::fs::File)]) -> Failure {
+    let empty: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
+    failure.message.push_str(&format!("\nno share was written; remove the empty files {} before trying again", empty.join(", ")));
+    failure
+}
+
+/// `medgate keys backup init`: the officers' secret, its shares written to `files` (one per
+/// officer of `set`, in order), the backup key on the token. Runs after
+/// [`officers::authorize`] cleared a `backup-init` request for `set`. When the module refuses
+/// the backup key, nothing is written and the error says which empty files to remove.
+pub fn init(site: &Site, module: &Path, set: &OfficerSet, so_pin: &Pin, files: Vec<(PathBuf, std::fs::File)>) -> Result<(String, Vec<PathBuf>), Failure> {
+    use std::io::Write as _;
     let secret = random(32)?;
     let set_id = hex::encode(&*random(16)?);
     let (m, n) = (set.quorum as usize, set.officers.len());
@@ -172,8 +196,11 @@ pub fn init(site: &Site, module: &Path, set: &OfficerSet, so_pin: &Pin, dir: &Pa
     let key = backup_key(&secret)?;
     // The token first: if the module refuses a backup key, no share is written.
     let id = hex::decode(&set_id).map_err(|_| Failure::runtime("set id"))?;
-    medgate_hsm::backup::install_backup_key(module, &site.token, so_pin, &key, &id).map_err(Failure::hsm)?;
-    for ((officer, share), path) in set.officers.iter().zip(shares.iter()).zip(&paths) {
+    if let Err(e) = medgate_hsm::backup::install_backup_key(module, &site.token, so_pin, &key, &id) {
+        return Err(nothing_written(Failure::hsm(e), &files));
+    }
+    let mut paths = Vec::new();
+    for ((officer, share), (path, mut out)) in set.officers.iter().zip(shares.iter()).zip(files) {
         let share = Zeroizing::new(share.clone());
         let (ephemeral, sealed) = seal_share(&share, officer, &set_id)?;
         let file = ShareFile {
@@ -190,14 +217,17 @@ pub fn init(site: &Site, module: &Path, set: &OfficerSet, so_pin: &Pin, dir: &Pa
             sealed,
         };
         let text = serde_json::to_string_pretty(&file).map_err(|e| Failure::runtime(e.to_string()))?;
-        crate::demo::write_private(path, (text + "\n").as_bytes())?;
+        out.write_all((text + "\n").as_bytes()).and_then(|_| out.sync_all()).map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?;
+        paths.push(path);
     }
     Ok((set_id, paths))
 }
 
 /// `medgate keys backup export`: the backed-up keys wrapped under the backup key, signed by the
-/// ledger key, written to `out` (0600). Returns the number of keys.
-pub fn export(site: &Site, hsm: &Hsm, out: &Path) -> Result<usize, Failure> {
+/// ledger key, written to `out` (opened 0600 by the officer; `path` names it in messages).
+/// Returns the number of keys.
+pub fn export(site: &Site, hsm: &Hsm, mut out: std::fs::File, path: &Path) -> Result<usize, Failure> {
+    use std::io::Write as _;
     let keys = hsm.export_backup().map_err(Failure::hsm)?;
     let set = hsm.backup_key_id().map_err(Failure::hsm)?.ok_or_else(|| Failure::usage("the token has no backup key: `medgate keys backup init` first"))?;
     let ledger_key_version = hsm.public_key_der(Role::Ledger, None).map_err(Failure::hsm)?.0;
@@ -215,63 +245,76 @@ pub fn export(site: &Site, hsm: &Hsm, out: &Path) -> Result<usize, Failure> {
     let n = body.keys.len();
     let file = BackupFile { body, signature: hex::encode(medgate_ledger::normalize_low_s(&sig.raw)) };
     let text = serde_json::to_string_pretty(&file).map_err(|e| Failure::runtime(e.to_string()))?;
-    crate::demo::write_private(out, (text + "\n").as_bytes())?;
+    out.write_all((text + "\n").as_bytes()).and_then(|_| out.sync_all()).map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?;
     Ok(n)
 }
 
-/// What a restore needs from the officers.
+/// What a restore needs from the officers, read before the command acts as the service.
 #[derive(Debug)]
-pub struct RestoreInput<'a> {
-    pub backup: &'a Path,
-    pub ledger_public_key: &'a Path,
-    pub shares: &'a [PathBuf],
+pub struct RestoreInput {
+    /// The key backup file and its text.
+    pub backup: (PathBuf, String),
+    /// The ledger public key (DER SubjectPublicKeyInfo) and its file, kept apart from the appliance.
+    pub ledger_public_key: (PathBuf, Vec<u8>),
+    /// Each share file and its text.
+    pub shares: Vec<(PathBuf, String)>,
+    /// The officers' credentials, matched to the shares by key.
     pub credentials: Vec<Credential>,
-    pub so_pin: &'a Pin,
-    pub user_pin: &'a Pin,
-    pub module: &'a Path,
+}
+
+impl RestoreInput {
+    /// Reads the files.
+    pub fn read(backup: &Path, ledger_public_key: &Path, shares: &[PathBuf], credentials: Vec<Credential>) -> Result<RestoreInput, Failure> {
+        let text = |p: &Path| std::fs::read_to_string(p).map_err(|e| Failure::usage(format!("{}: {e}", p.display())));
+        let spki = medgate_ledger::keys::read_public_key(ledger_public_key).map_err(|e| Failure::usage(e.to_string()))?;
+        Ok(RestoreInput {
+            backup: (backup.to_path_buf(), text(backup)?),
+            ledger_public_key: (ledger_public_key.to_path_buf(), spki),
+            shares: shares.iter().map(|p| Ok((p.clone(), text(p)?))).collect::<Result<_, Failure>>()?,
+            credentials,
+        })
+    }
 }
 
 /// `medgate keys backup restore`. Returns the officers whose shares opened it, the keys
 /// restored, and the versions left out because the journal shows them destroyed.
-pub fn restore(site: &Site, input: RestoreInput<'_>) -> Result<(Vec<String>, usize, Vec<String>), Failure> {
-    let file = read_backup(input.backup, input.ledger_public_key)?;
+pub fn restore(site: &Site, input: RestoreInput, module: &Path, so_pin: &Pin, user_pin: &Pin) -> Result<(Vec<String>, usize, Vec<String>), Failure> {
+    let file = read_backup(&input.backup.0, &input.backup.1, &input.ledger_public_key)?;
     let body = &file.body;
     // A replacement token may have another label; the hospital must be this one.
     if body.hospital != site.hospital {
         return Err(Failure::usage(format!("the backup is of hospital {}, not {}", body.hospital, site.hospital)));
     }
-    let (officers, secret) = recombine(input.shares, &input.credentials, &body.set)?;
+    let (officers, secret) = recombine(&input.shares, &input.credentials, &body.set)?;
     let (keys, skipped) = keys_to_restore(site, body)?;
     let key = backup_key(&secret)?;
     let id = hex::decode(&body.set).map_err(|_| Failure::usage("backup: set is not hex"))?;
-    let n = medgate_hsm::backup::restore(input.module, &site.token, input.user_pin, input.so_pin, &key, &id, &keys).map_err(Failure::hsm)?;
+    let n = medgate_hsm::backup::restore(module, &site.token, user_pin, so_pin, &key, &id, &keys).map_err(Failure::hsm)?;
     Ok((officers, n, skipped))
 }
 
-fn read_backup(path: &Path, ledger_public_key: &Path) -> Result<BackupFile, Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
-    let file: BackupFile = serde_json::from_str(&text).map_err(|e| Failure::usage(format!("{}: not a key backup: {e}", path.display())))?;
+fn read_backup(path: &Path, text: &str, ledger_public_key: &(PathBuf, Vec<u8>)) -> Result<BackupFile, Failure> {
+    let file: BackupFile = serde_json::from_str(text).map_err(|e| Failure::usage(format!("{}: not a key backup: {e}", path.display())))?;
     if file.body.format != BACKUP_FORMAT {
         return Err(Failure::usage(format!("{}: format {:?}, not {BACKUP_FORMAT}", path.display(), file.body.format)));
     }
-    let spki = medgate_ledger::keys::read_public_key(ledger_public_key).map_err(|e| Failure::usage(e.to_string()))?;
-    let point = medgate_ledger::p256_point_from_spki(&spki).map_err(|e| Failure::usage(format!("{}: {e}", ledger_public_key.display())))?;
+    let (key_path, spki) = ledger_public_key;
+    let point = medgate_ledger::p256_point_from_spki(spki).map_err(|e| Failure::usage(format!("{}: {e}", key_path.display())))?;
     let sig = hex::decode(&file.signature).map_err(|_| Failure::usage("backup: signature is not hex"))?;
     ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point)
         .verify(&file.body.message()?, &sig)
-        .map_err(|_| Failure::usage(format!("{}: the signature does not verify with the ledger public key {}: altered, or another appliance's", path.display(), ledger_public_key.display())))?;
+        .map_err(|_| Failure::usage(format!("{}: the signature does not verify with the ledger public key {}: altered, or another appliance's", path.display(), key_path.display())))?;
     Ok(file)
 }
 
 /// Opens every share for which a credential is given, checks they belong to `set` and agree,
 /// and recombines the secret from at least M of them.
-fn recombine(paths: &[PathBuf], credentials: &[Credential], set: &str) -> Result<(Vec<String>, Zeroizing<Vec<u8>>), Failure> {
+fn recombine(shares: &[(PathBuf, String)], credentials: &[Credential], set: &str) -> Result<(Vec<String>, Zeroizing<Vec<u8>>), Failure> {
     let mut opened: Vec<Zeroizing<Vec<u8>>> = Vec::new();
     let mut who = Vec::new();
     let mut rule: Option<(u32, String)> = None;
-    for path in paths {
-        let text = std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
-        let share: ShareFile = serde_json::from_str(&text).map_err(|e| Failure::usage(format!("{}: not a share: {e}", path.display())))?;
+    for (path, text) in shares {
+        let share: ShareFile = serde_json::from_str(text).map_err(|e| Failure::usage(format!("{}: not a share: {e}", path.display())))?;
         if share.format != SHARE_FORMAT || share.set != set {
             return Err(Failure::usage(format!("{}: a share of backup key {}, not of this backup's {set}", path.display(), share.set)));
         }

@@ -161,6 +161,19 @@ impl CardSpec {
     }
 }
 
+/// Creates (or truncates) a file readable by its owner only, for a command to write into after
+/// it acts as the service.
+pub fn create_private(path: &Path) -> Result<std::fs::File, Failure> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
+}
+
 /// Writes a new officer key file (PKCS#8 PEM, 0600) and returns the officer's card.
 pub fn new_key_file(name: &str, out: &Path) -> Result<Officer, Failure> {
     rules::check_name(name).map_err(|e| Failure::usage(e.to_string()))?;
@@ -214,6 +227,13 @@ impl RequestFile {
         let text = serde_json::to_string_pretty(self).map_err(|e| Failure::runtime(e.to_string()))?;
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text + "\n").and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))
+    }
+
+    /// Writes the file into `file`, opened earlier (as the officer who started the command).
+    pub fn write_to(&self, mut file: std::fs::File, path: &Path) -> Result<(), Failure> {
+        use std::io::Write as _;
+        let text = serde_json::to_string_pretty(self).map_err(|e| Failure::runtime(e.to_string()))?;
+        file.write_all((text + "\n").as_bytes()).and_then(|_| file.sync_all()).map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))
     }
 
     /// The officer set or card the request carries must be the one its detail digests.

@@ -219,33 +219,52 @@ pub(crate) fn keys_command(path: &Path, command: KeysCommand) -> Result<(), Fail
     let cfg = HsmOnly::load(path).map_err(|e| Failure::config(e.to_string()))?;
     let state = keys::state_dir(&cfg);
     let state = state.as_deref();
+    // Commands that change neither the token nor the journal run as the officer who started
+    // them (an officer's own files, the request file they sign).
     let command = match command {
-        KeysCommand::InitToken { so_pin_file } => {
-            let so = Pin::from_file(&so_pin_file).map_err(|e| Failure::usage(e.to_string()))?;
-            let user = Pin::resolve(cfg.hsm.pin_file.as_deref()).map_err(|e| Failure::config(e.to_string()))?;
-            medgate_hsm::admin::init_token(&cfg.hsm.module, &cfg.hsm.token_label, &so, &user).map_err(Failure::hsm)?;
-            tracing::info!(officer = %keys::officer(), token = %cfg.hsm.token_label, "token initialised");
-            println!("token {:?} initialised; the user PIN is the one in the configured PIN file", cfg.hsm.token_label);
-            return Ok(());
-        }
-        KeysCommand::Probe { json } => return keys::probe(&cfg, json),
         KeysCommand::History { role, version, json } => return officer::history(&cfg, role, version, json),
-        KeysCommand::ChangePin { so, so_pin_file, new_pin_file, approvals } => {
-            return officer::change_pin(&cfg, so, so_pin_file.as_deref(), &new_pin_file, &approvals)
-        }
         KeysCommand::OfficerKey { name, out, card_out } => return officer::officer_key(&name, &out, card_out.as_deref()),
         KeysCommand::OfficerCard { name, who, out } => return officer::officer_card(&name, &who, out.as_deref()),
         KeysCommand::Approve { file, who } => return officer::approve(&cfg, &file, &who),
-        KeysCommand::Officers { command } => return officer::officers(&cfg, command),
-        KeysCommand::Backup { command } if !officer::needs_pool(&command) => return officer::backup(&cfg, None, command),
+        KeysCommand::Officers { command: officer::OfficersCommand::List { json } } => return officer::list(&cfg, json),
         other => other,
     };
+    // As root, the PIN the unit gets (its credential), read before acting as the service.
+    crate::account::adopt_unit_credential(path, cfg.hsm.pin_file.as_deref());
+    let user = Pin::resolve(cfg.hsm.pin_file.as_deref());
+    let become_service = || keys::act_as_service(path, state);
+    // Commands that log in on their own (as the SO, or on a fresh token): they read the
+    // officers' files first, then act as the service.
+    let command = match command {
+        KeysCommand::ChangePin { so, so_pin_file, new_pin_file, approvals } => {
+            return officer::change_pin(&cfg, so, so_pin_file.as_deref(), &new_pin_file, &approvals, &become_service)
+        }
+        KeysCommand::Officers { command } => return officer::officers(&cfg, command, &become_service),
+        KeysCommand::Backup { command } if !officer::needs_pool(&command) => return officer::backup_alone(&cfg, user, command, &become_service),
+        other => other,
+    };
+    let so = match &command {
+        KeysCommand::InitToken { so_pin_file } => Some(Pin::from_file(so_pin_file).map_err(|e| Failure::usage(e.to_string()))?),
+        _ => None,
+    };
+    let files = Files::read(&command)?;
+    become_service()?;
+    if let KeysCommand::Probe { json } = command {
+        return keys::probe(&cfg, user, json);
+    }
+    let user = user.map_err(|e| Failure::config(e.to_string()))?;
+    if let Some(so) = so {
+        medgate_hsm::admin::init_token(&cfg.hsm.module, &cfg.hsm.token_label, &so, &user).map_err(Failure::hsm)?;
+        tracing::info!(officer = %keys::officer(), token = %cfg.hsm.token_label, "token initialised");
+        println!("token {:?} initialised; the user PIN is the one in the configured PIN file", cfg.hsm.token_label);
+        return Ok(());
+    }
     let site = crate::officers::Site::of(&cfg).ok();
-    let hsm = keys::open_hsm(&cfg)?;
+    let hsm = keys::open_hsm_with(&cfg, user)?;
     let result = match command {
-        KeysCommand::Request { what, out, valid_for } => officer::request(&cfg, &hsm, what, out.as_deref(), &valid_for),
-        KeysCommand::Backup { command } => officer::backup(&cfg, Some(&hsm), command),
-        other => keys_on_token(&hsm, site.as_ref(), state, other),
+        KeysCommand::Request { what, valid_for, .. } => officer::request(&cfg, &hsm, what, files.request, &valid_for),
+        KeysCommand::Backup { command } => officer::backup_with_pool(&cfg, &hsm, command, files.out, files.credential),
+        other => keys_on_token(&hsm, site.as_ref(), state, other, files),
     };
     hsm.shutdown();
     result
@@ -268,24 +287,78 @@ fn asked(site: Option<&Site>, operation: &str, role: Option<Role>, version: Opti
     Ok((site, request))
 }
 
-/// Checks the approvals in `file` for the operation asked, journals them, and returns the lock.
-fn quorum(site: Option<&Site>, operation: &str, role: Option<Role>, version: Option<u32>, detail: Option<String>, file: &Path) -> Result<Authorized, Failure> {
+/// Checks the approvals for the operation asked, journals them, and returns the lock.
+fn quorum(site: Option<&Site>, operation: &str, role: Option<Role>, version: Option<u32>, detail: Option<String>, approvals: Option<&RequestFile>) -> Result<Authorized, Failure> {
     let (site, request) = asked(site, operation, role, version, detail)?;
-    let approvals = RequestFile::read(file)?;
-    officers::authorize(&site, &request, &approvals, Rule::Quorum, None)
+    let approvals = approvals.ok_or_else(|| officers::refused(format!("{operation} needs the approval of a quorum of officers: `medgate keys request {operation}`, then --approvals FILE")))?;
+    officers::authorize(&site, &request, approvals, Rule::Quorum, None)
 }
 
-fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, site: Option<&Site>, state: Option<&Path>, command: KeysCommand) -> Result<(), Failure> {
+
+/// The files a command reads or writes, opened as the officer who started it (root may read
+/// what the service's user may not), before the command acts as the service: the certificate,
+/// the key to import, the CSR to write, the approved request, the acting officer's credential
+/// (a smart card is opened as the officer), the request file to write.
+#[derive(Debug, Default)]
+struct Files {
+    /// `import-cert`: the certificate, DER.
+    certificate: Option<Vec<u8>>,
+    /// `import-pseudonym-key`: the file's text.
+    pseudonym_key: Option<zeroize::Zeroizing<String>>,
+    /// `csr --out`: the file to write.
+    csr_out: Option<std::fs::File>,
+    /// `--approvals`: the request the officers approved.
+    approvals: Option<RequestFile>,
+    /// `--officer-key` or `--card`: the acting officer's credential.
+    credential: Option<Credential>,
+    /// `request`: what the request needs from files, and the file to write.
+    request: officer::RequestFiles,
+    /// `backup export --out`: the file to write.
+    out: Option<std::fs::File>,
+}
+
+impl Files {
+    fn read(command: &KeysCommand) -> Result<Files, Failure> {
+        let mut f = Files::default();
+        let approvals = |p: &Option<PathBuf>| p.as_deref().map(RequestFile::read).transpose();
+        match command {
+            KeysCommand::ImportCert { file, who, .. } => {
+                f.certificate = Some(keys::read_certificate(file)?);
+                f.credential = Credential::open(who)?;
+            }
+            KeysCommand::ImportPseudonymKey { value_file, approvals: a } => {
+                let text = std::fs::read_to_string(value_file).map_err(|e| Failure::usage(format!("{}: {e}", value_file.display())))?;
+                f.pseudonym_key = Some(zeroize::Zeroizing::new(text));
+                f.approvals = approvals(a)?;
+            }
+            KeysCommand::Csr { out: Some(p), .. } => f.csr_out = Some(std::fs::File::create(p).map_err(|e| Failure::runtime(format!("{}: {e}", p.display())))?),
+            KeysCommand::Generate { who, .. } | KeysCommand::GenerateAll { who } => f.credential = Credential::open(who)?,
+            KeysCommand::Rotate { approvals: a, who, .. } => {
+                f.approvals = approvals(a)?;
+                f.credential = Credential::open(who)?;
+            }
+            KeysCommand::Retire { approvals: a, .. } | KeysCommand::Destroy { approvals: a, .. } => f.approvals = Some(RequestFile::read(a)?),
+            KeysCommand::Request { what, out, .. } => f.request = officer::RequestFiles::read(what, out.as_deref())?,
+            KeysCommand::Backup { command: officer::BackupCommand::Export { out, who } } => {
+                f.out = Some(crate::officers::create_private(out)?);
+                f.credential = Credential::open(who)?;
+            }
+            _ => {}
+        }
+        Ok(f)
+    }
+}
+
+fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, site: Option<&Site>, state: Option<&Path>, command: KeysCommand, files: Files) -> Result<(), Failure> {
     match command {
-        KeysCommand::Generate { role, who } => {
-            let credential = Credential::open(&who)?;
-            let acting = officers::acting(site, credential.as_ref(), "generate", Some(role.as_str()), Some(1))?;
+        KeysCommand::Generate { role, .. } => {
+            let acting = officers::acting(site, files.credential.as_ref(), "generate", Some(role.as_str()), Some(1))?;
             let info = hsm.generate(role).map_err(Failure::hsm)?;
             acting.record(state, "generate", &info)?;
             println!("generated {} (CKA_ID {}){}", info.label, info.id_hex, protection_note(&info));
         }
-        KeysCommand::GenerateAll { who } => {
-            let credential = Credential::open(&who)?;
+        KeysCommand::GenerateAll { .. } => {
+            let credential = files.credential;
             let existing = hsm.list_keys().map_err(Failure::hsm)?;
             for role in Role::ALL {
                 if existing.iter().any(|k| k.role == role) {
@@ -299,18 +372,18 @@ fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, site: Option<&Site>, state: Option
             }
         }
         KeysCommand::List { json } => keys::list(hsm, json)?,
-        KeysCommand::Rotate { role, approvals, who } => rotate(hsm, site, state, role, approvals.as_deref(), &who)?,
-        KeysCommand::Retire { role, version, approvals } => {
+        KeysCommand::Rotate { role, .. } => rotate(hsm, site, state, role, files.approvals.as_ref(), files.credential.as_ref())?,
+        KeysCommand::Retire { role, version, .. } => {
             let info = keys::role_key(hsm, role, version)?;
-            let ok = quorum(site, "retire", Some(role), Some(version), None, &approvals)?;
+            let ok = quorum(site, "retire", Some(role), Some(version), None, files.approvals.as_ref())?;
             hsm.retire(role, version).map_err(Failure::hsm)?;
             ok.record("retire", role.as_str(), version, &info.id_hex)?;
             println!("{} retired (approved by {})", info.label, ok.officer);
         }
-        KeysCommand::Destroy { role, version, yes, approvals } => {
+        KeysCommand::Destroy { role, version, yes, .. } => {
             let info = keys::role_key(hsm, role, version)?;
             keys::confirm(&info.label, yes)?;
-            let ok = quorum(site, "destroy", Some(role), Some(version), None, &approvals)?;
+            let ok = quorum(site, "destroy", Some(role), Some(version), None, files.approvals.as_ref())?;
             let n = hsm.destroy(role, version).map_err(Failure::hsm)?;
             ok.record("destroy", role.as_str(), version, &info.id_hex)?;
             println!("{} destroyed ({n} objects; approved by {})", info.label, ok.officer);
@@ -321,26 +394,30 @@ fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, site: Option<&Site>, state: Option
             }
             let dn = medgate_gateway::pki::parse_subject(&subject).map_err(Failure::usage)?;
             let pem = medgate_gateway::pki::csr_for_hsm_key(hsm.clone(), role, dn, &dns).map_err(|e| Failure::runtime(e.to_string()))?;
-            match out {
-                Some(p) => std::fs::write(&p, &pem).map_err(|e| Failure::runtime(format!("{}: {e}", p.display())))?,
-                None => print!("{pem}"),
+            match (out, files.csr_out) {
+                (Some(p), Some(mut f)) => std::io::Write::write_all(&mut f, pem.as_bytes()).map_err(|e| Failure::runtime(format!("{}: {e}", p.display())))?,
+                _ => print!("{pem}"),
             }
         }
-        KeysCommand::ImportCert { role, file, who } => {
-            let der = keys::read_certificate(&file)?;
+        KeysCommand::ImportCert { role, file, .. } => {
+            let der = files.certificate.unwrap_or_default();
             let (_, cert) = x509_parser::parse_x509_certificate(&der)
                 .map_err(|e| Failure::usage(format!("{}: not an X.509 certificate: {e}", file.display())))?;
             if !cert.validity().is_valid() {
                 return Err(Failure::usage(format!("{}: the certificate is not valid now ({:?})", file.display(), cert.validity())));
             }
-            let acting = officers::acting(site, Credential::open(&who)?.as_ref(), "import-cert", Some(role.as_str()), None)?;
+            let acting = officers::acting(site, files.credential.as_ref(), "import-cert", Some(role.as_str()), None)?;
             let subject = cert.subject().as_raw().to_vec();
             let version = hsm.import_certificate(role, &der, &subject).map_err(Failure::hsm)?;
             let info = keys::role_key(hsm, role, version)?;
             acting.record(state, "import-cert", &info)?;
             println!("certificate for {} imported: {}", info.label, cert.subject());
         }
-        KeysCommand::ImportPseudonymKey { value_file, approvals } => import_pseudonym_key(hsm, site, state, &value_file, approvals.as_deref())?,
+        KeysCommand::ImportPseudonymKey { value_file, .. } => {
+            let text = files.pseudonym_key.unwrap_or_default();
+            let value = zeroize::Zeroizing::new(hex::decode(text.trim()).map_err(|_| Failure::usage(format!("{}: not hex", value_file.display())))?);
+            import_pseudonym_key(hsm, site, state, &value_file, &value, files.approvals.as_ref())?
+        }
         KeysCommand::PublicKey { role, version } => {
             let (_, pem) = hsm.public_key_pem(role, version).map_err(Failure::hsm)?;
             print!("{pem}");
@@ -351,17 +428,17 @@ fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, site: Option<&Site>, state: Option
 }
 
 /// `keys rotate`: the KEK under a quorum, the other roles by one named officer.
-fn rotate(hsm: &medgate_hsm::Hsm, site: Option<&Site>, state: Option<&Path>, role: Role, approvals: Option<&Path>, who: &CredentialArgs) -> Result<(), Failure> {
+fn rotate(hsm: &medgate_hsm::Hsm, site: Option<&Site>, state: Option<&Path>, role: Role, approvals: Option<&RequestFile>, credential: Option<&Credential>) -> Result<(), Failure> {
     if role == Role::Pseudonym {
         eprintln!("note: new pseudonyms will differ from those already on the ledger; searches use the key version recorded with each entry");
     }
     let next = hsm.list_keys().map_err(Failure::hsm)?.iter().filter(|k| k.role == role).map(|k| k.version).max().unwrap_or(0) + 1;
     let acting = match (role, approvals) {
-        (Role::Kek, Some(file)) => Acting::Officer(quorum(site, "rotate-kek", Some(role), Some(next), None, file)?),
+        (Role::Kek, Some(file)) => Acting::Officer(quorum(site, "rotate-kek", Some(role), Some(next), None, Some(file))?),
         (Role::Kek, None) => {
             return Err(officers::refused("rotating the KEK needs the approval of a quorum of officers: `medgate keys request rotate-kek`, then --approvals FILE"))
         }
-        _ => officers::acting(site, Credential::open(who)?.as_ref(), "rotate", Some(role.as_str()), Some(next))?,
+        _ => officers::acting(site, credential, "rotate", Some(role.as_str()), Some(next))?,
     };
     let info = hsm.rotate(role).map_err(Failure::hsm)?;
     acting.record(state, "rotate", &info)?;
@@ -370,16 +447,15 @@ fn rotate(hsm: &medgate_hsm::Hsm, site: Option<&Site>, state: Option<&Path>, rol
 }
 
 /// `keys import-pseudonym-key`: under a quorum once officers are enrolled.
-fn import_pseudonym_key(hsm: &medgate_hsm::Hsm, site: Option<&Site>, state: Option<&Path>, value_file: &Path, approvals: Option<&Path>) -> Result<(), Failure> {
-    let value = officer::read_key_value(value_file)?;
-    let detail = hex::encode(ring::digest::digest(&ring::digest::SHA256, &value));
+fn import_pseudonym_key(hsm: &medgate_hsm::Hsm, site: Option<&Site>, state: Option<&Path>, value_file: &Path, value: &[u8], approvals: Option<&RequestFile>) -> Result<(), Failure> {
+    let detail = hex::encode(ring::digest::digest(&ring::digest::SHA256, value));
     let acting = match approvals {
-        Some(file) => Acting::Officer(quorum(site, "import-key", Some(Role::Pseudonym), Some(1), Some(detail), file)?),
+        Some(file) => Acting::Officer(quorum(site, "import-key", Some(Role::Pseudonym), Some(1), Some(detail), Some(file))?),
         None => officers::acting(site, None, "import-key", None, None).map_err(|_| {
             officers::refused("officers are enrolled: importing a key needs the approval of a quorum (`medgate keys request import-key`, then --approvals FILE)")
         })?,
     };
-    let info = hsm.import_pseudonym_key(&value).map_err(Failure::hsm)?;
+    let info = hsm.import_pseudonym_key(value).map_err(Failure::hsm)?;
     acting.record(state, "generate", &info)?;
     println!("imported {} (CKA_ID {}); destroy {} now", info.label, info.id_hex, value_file.display());
     Ok(())

@@ -173,12 +173,40 @@ pub(crate) fn read_key_value(path: &Path) -> Result<Zeroizing<Vec<u8>>, Failure>
 /// A request's operation and parameters, and the officers it enrols.
 struct Spec(&'static str, Option<Role>, Option<u32>, Option<String>, Option<OfficerSet>, Option<rules::Officer>);
 
+/// What `medgate keys request` reads from files and the file it writes, opened as the officer
+/// who started it.
+#[derive(Debug, Default)]
+pub(crate) struct RequestFiles {
+    /// `import-key`: the key to be imported.
+    value: Option<Zeroizing<Vec<u8>>>,
+    /// `officers-init`, `officer-add`: the officers' cards.
+    cards: Vec<rules::Officer>,
+    /// `--out`, and the file.
+    out: Option<(PathBuf, std::fs::File)>,
+}
+
+impl RequestFiles {
+    pub(crate) fn read(what: &RequestKind, out: Option<&Path>) -> Result<RequestFiles, Failure> {
+        let mut f = RequestFiles::default();
+        match what {
+            RequestKind::ImportKey { value_file } => f.value = Some(read_key_value(value_file)?),
+            RequestKind::OfficersInit { cards, .. } => f.cards = cards.iter().map(|c| officers::read_card(c)).collect::<Result<_, _>>()?,
+            RequestKind::OfficerAdd { card } => f.cards = vec![officers::read_card(card)?],
+            _ => {}
+        }
+        let out = out.ok_or_else(|| Failure::usage("--out FILE is required"))?;
+        f.out = Some((out.to_path_buf(), std::fs::File::create(out).map_err(|e| Failure::usage(format!("{}: {e}", out.display())))?));
+        Ok(f)
+    }
+}
+
 /// `medgate keys request ...`.
-pub(crate) fn request(cfg: &HsmOnly, hsm: &Hsm, what: RequestKind, out: Option<&Path>, valid_for: &str) -> Result<(), Failure> {
+pub(crate) fn request(cfg: &HsmOnly, hsm: &Hsm, what: RequestKind, files: RequestFiles, valid_for: &str) -> Result<(), Failure> {
     let site = site(cfg)?;
     let validity = officers::parse_validity(valid_for)?;
-    let out = out.ok_or_else(|| Failure::usage("--out FILE is required"))?;
+    let (out, handle) = files.out.ok_or_else(|| Failure::usage("--out FILE is required"))?;
     let current = site.officers()?.officers;
+    let mut cards = files.cards.into_iter();
     let Spec(op, role, version, detail, set, card) = match what {
         RequestKind::Destroy { role, version } => Spec("destroy", Some(role), Some(version), None, None, None),
         RequestKind::Retire { role, version } => Spec("retire", Some(role), Some(version), None, None, None),
@@ -186,18 +214,18 @@ pub(crate) fn request(cfg: &HsmOnly, hsm: &Hsm, what: RequestKind, out: Option<&
             let next = hsm.list_keys().map_err(Failure::hsm)?.iter().filter(|k| k.role == Role::Kek).map(|k| k.version).max().unwrap_or(0) + 1;
             Spec("rotate-kek", Some(Role::Kek), Some(next), None, None, None)
         }
-        RequestKind::ImportKey { value_file } => {
-            let value = read_key_value(&value_file)?;
+        RequestKind::ImportKey { .. } => {
+            let value = files.value.unwrap_or_default();
             Spec("import-key", Some(Role::Pseudonym), Some(1), Some(hex::encode(ring::digest::digest(&ring::digest::SHA256, &value))), None, None)
         }
         RequestKind::ChangePin { so } => Spec("change-pin", None, None, Some(if so { "so" } else { "user" }.to_owned()), None, None),
-        RequestKind::OfficersInit { quorum, cards } => {
-            let set = OfficerSet { quorum, officers: cards.iter().map(|c| officers::read_card(c)).collect::<Result<_, _>>()? };
+        RequestKind::OfficersInit { quorum, .. } => {
+            let set = OfficerSet { quorum, officers: cards.collect() };
             set.check().map_err(|e| Failure::usage(e.to_string()))?;
             Spec("officers-init", None, None, Some(set.digest()), Some(set), None)
         }
-        RequestKind::OfficerAdd { card } => {
-            let o = officers::read_card(&card)?;
+        RequestKind::OfficerAdd { .. } => {
+            let o = cards.next().ok_or_else(|| Failure::usage("--officer-card FILE"))?;
             Spec("officer-add", None, None, Some(o.digest()), None, Some(o))
         }
         RequestKind::OfficerRemove { officer } => {
@@ -209,7 +237,7 @@ pub(crate) fn request(cfg: &HsmOnly, hsm: &Hsm, what: RequestKind, out: Option<&
     };
     let request = officers::new_request(&site, op, role.map(|r| r.to_string()), version, detail, validity)?;
     let file = RequestFile { request, approvals: Vec::new(), officers: set, officer: card };
-    file.write(out)?;
+    file.write_to(handle, &out)?;
     eprint!("{}", file.describe());
     println!("request {} written to {}; each officer approves it with `medgate keys approve {}`", file.request.id(), out.display(), out.display());
     Ok(())
@@ -242,7 +270,7 @@ pub(crate) fn approve(cfg: &HsmOnly, path: &Path, who: &CredentialArgs) -> Resul
 }
 
 /// `medgate keys officers ...`.
-pub(crate) fn officers(cfg: &HsmOnly, command: OfficersCommand) -> Result<(), Failure> {
+pub(crate) fn officers(cfg: &HsmOnly, command: OfficersCommand, become_service: &dyn Fn() -> Result<(), Failure>) -> Result<(), Failure> {
     let site = site(cfg)?;
     let (file, action) = match command {
         OfficersCommand::List { json } => return list_officers(&site, json),
@@ -251,6 +279,7 @@ pub(crate) fn officers(cfg: &HsmOnly, command: OfficersCommand) -> Result<(), Fa
         OfficersCommand::Remove { approvals } => (RequestFile::read(&approvals)?, "remove"),
         OfficersCommand::Quorum { approvals } => (RequestFile::read(&approvals)?, "quorum"),
     };
+    become_service()?;
     let current = site.officers()?.officers;
     let r = &file.request;
     let operation = match action {
@@ -306,6 +335,11 @@ pub(crate) fn officers(cfg: &HsmOnly, command: OfficersCommand) -> Result<(), Fa
     Ok(())
 }
 
+/// `medgate keys officers list`.
+pub(crate) fn list(cfg: &HsmOnly, json: bool) -> Result<(), Failure> {
+    list_officers(&site(cfg)?, json)
+}
+
 fn list_officers(site: &Site, json: bool) -> Result<(), Failure> {
     let state = site.officers()?;
     let set = &state.officers;
@@ -333,31 +367,67 @@ fn list_officers(site: &Site, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `medgate keys backup ...`.
-pub(crate) fn backup(cfg: &HsmOnly, hsm: Option<&std::sync::Arc<Hsm>>, command: BackupCommand) -> Result<(), Failure> {
+/// `medgate keys backup init | restore`: they log in on their own (as the SO, or into a fresh
+/// token). The officers' files are read first, then the command acts as the service.
+pub(crate) fn backup_alone(
+    cfg: &HsmOnly,
+    user: Result<Pin, medgate_hsm::PinError>,
+    command: BackupCommand,
+    become_service: &dyn Fn() -> Result<(), Failure>,
+) -> Result<(), Failure> {
     let site = site(cfg)?;
     match command {
         BackupCommand::Init { approvals, so_pin_file, shares_dir } => {
             let so = Pin::from_file(&so_pin_file).map_err(|e| Failure::usage(e.to_string()))?;
             let set = site.officers()?.officers;
             let file = RequestFile::read(&approvals)?;
+            let shares = crate::backup::create_share_files(&shares_dir, &set)?;
             let asked = Request { operation: "backup-init".into(), role: None, version: None, detail: Some(set.digest()), ..file.request.clone() };
-            let ok = officers::authorize(&site, &asked, &file, Rule::Quorum, None)?;
-            let (id, paths) = crate::backup::init(&site, &cfg.hsm.module, &set, &so, &shares_dir)?;
+            let ok = become_service()
+                .and_then(|()| officers::authorize(&site, &asked, &file, Rule::Quorum, None))
+                .map_err(|e| crate::backup::nothing_written(e, &shares))?;
+            let (id, paths) = crate::backup::init(&site, &cfg.hsm.module, &set, &so, shares)?;
             ok.record("backup-init", "backup", 1, &id)?;
             for p in &paths {
                 println!("share written: {}", p.display());
             }
             println!("backup key {id} installed; {} of the {} shares recombine it. Each officer takes their share away; then `medgate keys backup export`", set.quorum, set.officers.len());
         }
-        BackupCommand::Status { json } => {
-            let hsm = hsm.ok_or_else(|| Failure::runtime("the HSM is not open"))?;
-            backup_status(&site, hsm, json)?;
+        BackupCommand::Restore { backup, ledger_public_key, shares, officer_keys, cards, so_pin_file } => {
+            let so = Pin::from_file(&so_pin_file).map_err(|e| Failure::usage(e.to_string()))?;
+            let user = user.map_err(|e| Failure::config(e.to_string()))?;
+            let mut credentials = Vec::new();
+            for k in &officer_keys {
+                credentials.push(Credential::from_file(k)?);
+            }
+            for c in &cards {
+                credentials.push(Credential::from_card(c)?);
+            }
+            let input = crate::backup::RestoreInput::read(&backup, &ledger_public_key, &shares, credentials)?;
+            become_service()?;
+            let (who, n, skipped) = crate::backup::restore(&site, input, &cfg.hsm.module, &so, &user)?;
+            let ev = journal::key_event(&who.join("+"), "restore", "backup", 1, "-", None);
+            journal::append(&site.state_dir, &[Line::Key(ev)]).map_err(|e| Failure::runtime(e.to_string()))?;
+            for s in &skipped {
+                println!("not restored: {s} (destroyed, per the journal)");
+            }
+            println!("{n} keys restored into token {:?} with the shares of {}. Next: a new tls key and certificate (`medgate keys generate --role tls`, `csr`, `import-cert`)", site.token, who.join(", "));
         }
-        BackupCommand::Export { out, who } => {
-            let hsm = hsm.ok_or_else(|| Failure::runtime("the HSM is not open"))?;
-            let acting = officers::acting(Some(&site), Credential::open(&who)?.as_ref(), "backup", None, None)?;
-            let n = crate::backup::export(&site, hsm, &out)?;
+        BackupCommand::Export { .. } | BackupCommand::Status { .. } => unreachable!("these open the HSM's pool"),
+    }
+    Ok(())
+}
+
+/// `medgate keys backup export | status`, on the HSM's pool; the output file and the officer's
+/// credential were opened before the command acted as the service.
+pub(crate) fn backup_with_pool(cfg: &HsmOnly, hsm: &Hsm, command: BackupCommand, out: Option<std::fs::File>, credential: Option<Credential>) -> Result<(), Failure> {
+    let site = site(cfg)?;
+    match command {
+        BackupCommand::Status { json } => backup_status(&site, hsm, json)?,
+        BackupCommand::Export { out: path, .. } => {
+            let acting = officers::acting(Some(&site), credential.as_ref(), "backup", None, None)?;
+            let out = out.ok_or_else(|| Failure::runtime("the backup file is not open"))?;
+            let n = crate::backup::export(&site, hsm, out, &path)?;
             let id = hsm.backup_key_id().map_err(Failure::hsm)?.unwrap_or_default();
             match &acting {
                 officers::Acting::Officer(a) => a.record("backup", "backup", 1, &id)?,
@@ -366,35 +436,9 @@ pub(crate) fn backup(cfg: &HsmOnly, hsm: Option<&std::sync::Arc<Hsm>>, command: 
                     journal::append(&site.state_dir, &[Line::Key(ev)]).map_err(|e| Failure::runtime(e.to_string()))?;
                 }
             }
-            println!("{n} keys backed up to {} (wrapped under backup key {id}, signed by the ledger key)", out.display());
+            println!("{n} keys backed up to {} (wrapped under backup key {id}, signed by the ledger key)", path.display());
         }
-        BackupCommand::Restore { backup, ledger_public_key, shares, officer_keys, cards, so_pin_file } => {
-            let so = Pin::from_file(&so_pin_file).map_err(|e| Failure::usage(e.to_string()))?;
-            let user = Pin::resolve(cfg.hsm.pin_file.as_deref()).map_err(|e| Failure::config(e.to_string()))?;
-            let mut credentials = Vec::new();
-            for k in &officer_keys {
-                credentials.push(Credential::from_file(k)?);
-            }
-            for c in &cards {
-                credentials.push(Credential::from_card(c)?);
-            }
-            let input = crate::backup::RestoreInput {
-                backup: &backup,
-                ledger_public_key: &ledger_public_key,
-                shares: &shares,
-                credentials,
-                so_pin: &so,
-                user_pin: &user,
-                module: &cfg.hsm.module,
-            };
-            let (who, n, skipped) = crate::backup::restore(&site, input)?;
-            let ev = journal::key_event(&who.join("+"), "restore", "backup", 1, "-", None);
-            journal::append(&site.state_dir, &[Line::Key(ev)]).map_err(|e| Failure::runtime(e.to_string()))?;
-            for s in &skipped {
-                println!("not restored: {s} (destroyed, per the journal)");
-            }
-            println!("{n} keys restored into token {:?} with the shares of {}. Next: a new tls key and certificate (`medgate keys generate --role tls`, `csr`, `import-cert`)", site.token, who.join(", "));
-        }
+        BackupCommand::Init { .. } | BackupCommand::Restore { .. } => unreachable!("these log in on their own"),
     }
     Ok(())
 }
@@ -471,7 +515,14 @@ pub(crate) fn history(cfg: &HsmOnly, role: Option<Role>, version: Option<u32>, j
 }
 
 /// `medgate keys change-pin`.
-pub(crate) fn change_pin(cfg: &HsmOnly, so: bool, so_pin_file: Option<&Path>, new_pin_file: &Path, approvals: &Path) -> Result<(), Failure> {
+pub(crate) fn change_pin(
+    cfg: &HsmOnly,
+    so: bool,
+    so_pin_file: Option<&Path>,
+    new_pin_file: &Path,
+    approvals: &Path,
+    become_service: &dyn Fn() -> Result<(), Failure>,
+) -> Result<(), Failure> {
     let site = site(cfg)?;
     let file = RequestFile::read(approvals)?;
     let which = if so { "so" } else { "user" };
@@ -481,6 +532,7 @@ pub(crate) fn change_pin(cfg: &HsmOnly, so: bool, so_pin_file: Option<&Path>, ne
         Some(p) if so => Pin::from_file(p).map_err(|e| Failure::usage(e.to_string()))?,
         _ => Pin::resolve(cfg.hsm.pin_file.as_deref()).map_err(|e| Failure::config(e.to_string()))?,
     };
+    become_service()?;
     let ok = officers::authorize(&site, &asked, &file, Rule::Quorum, None)?;
     medgate_hsm::admin::change_pin(&cfg.hsm.module, &cfg.hsm.token_label, so, &old, &new).map_err(Failure::hsm)?;
     ok.record("change-pin", &format!("{which}-pin"), 0, "-")?;
