@@ -3,7 +3,7 @@
 //! token cannot hold a role or use an active key), the listeners, the store and the ledger, then
 //! READY=1 to systemd. A failure that a restart cannot fix exits 64 or 77 (see
 //! [`crate::exit`]). SIGHUP re-reads the configuration and applies what can change live
-//! (`medgate_gateway::reload`; `medgate reload` asks the same of the admin listener and waits
+//! (`medgate_gateway::reload`; `medgate reload` asks the same on the admin socket and waits
 //! for the answer); SIGTERM (or SIGINT) stops accepting, lets requests in flight finish,
 //! flushes, closes the HSM and exits 0.
 
@@ -16,7 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::exit::Failure;
 use medgate_gateway::config::Config;
-use medgate_gateway::server::{notify, Running};
+use medgate_gateway::server::{notify, officers, Listeners, Running};
 
 /// Core dumps and ptrace would expose data keys and documents held in memory: forbid both.
 pub fn harden_process() {
@@ -68,11 +68,16 @@ pub fn serve(path: &Path) -> Result<(), Failure> {
 
 async fn run(cfg: &Config, hsm: Arc<medgate_hsm::Hsm>) -> Result<(), Failure> {
     let his = bind(cfg.his.listen, "his.listen").await?;
-    let admin = bind(cfg.admin.listen, "admin.listen").await?;
+    let monitor = bind(cfg.admin.listen, "admin.listen").await?;
+    let admin = officers::bind(&cfg.admin.socket, cfg.admin.officers()).map_err(|e| Failure {
+        // A missing or unwritable directory is the installation's fault; a live socket may go away.
+        code: if e.kind() == std::io::ErrorKind::AddrInUse { crate::exit::UNAVAILABLE } else { crate::exit::BAD_CONFIG },
+        message: format!("cannot listen on {} (admin.socket): {e}", cfg.admin.socket.display()),
+    })?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| Failure::runtime(format!("signal: {e}")))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Failure::runtime(format!("signal: {e}")))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| Failure::runtime(format!("signal: {e}")))?;
-    let running = Running::start(cfg, hsm, his, admin).await.map_err(Failure::start)?;
+    let running = Running::start(cfg, hsm, Listeners { his, monitor, admin }).await.map_err(Failure::start)?;
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
     loop {
         tokio::select! {
