@@ -276,6 +276,10 @@ mod tests {
         assert!(to_audit_event(&entry("hospital-a", key("export"))).is_none());
         let ok = to_audit_event(&entry("hospital-a", key("rotate"))).map(|a| a.detail);
         assert!(matches!(ok, Some(EventDetail::KeyEvent { action: KeyAction::Rotate, .. })), "{ok:?}");
+        for (action, parsed) in [("change-pin", KeyAction::ChangePin), ("backup-init", KeyAction::BackupInit), ("backup", KeyAction::Backup), ("restore", KeyAction::Restore)] {
+            let got = to_audit_event(&entry("hospital-a", key(action))).map(|a| a.detail);
+            assert!(matches!(got, Some(EventDetail::KeyEvent { action: a, .. }) if a == parsed && a.as_str() == action), "{action}: {got:?}");
+        }
     }
 
     #[test]
