@@ -160,7 +160,7 @@ fn scan(dir: &Path, needles: &[(String, Vec<u8>)]) -> (Vec<String>, usize, usize
     (found, all.len(), bytes)
 }
 
-/// A request sent (path, body, headers) and the answer it got first.
+/// One request as sent: (path, body, headers, answer).
 type Answer = (String, Value, Vec<(&'static str, String)>, Value);
 
 struct Run {

@@ -148,7 +148,7 @@ fn malformed_requests_get_an_operation_outcome_and_store_nothing() {
     rt.block_on(async {
         let mut his = gw.client();
         let good = sample_transaction(&patient(4), "text/plain", b"hello", None);
-        // (what, path, headers, body, status, OperationOutcome code)
+        // (what, path, headers, body, status, issue code)
         type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
         let cases: Vec<Case> = vec![
             ("not JSON", "/", vec![], b"{not json".to_vec(), 400, "structure"),
