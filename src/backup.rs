@@ -174,18 +174,21 @@ pub fn create_share_files(dir: &Path, set: &OfficerSet) -> Result<Vec<(PathBuf, 
         .collect()
 }
 
-/// `failure`, saying that the share files [`create_share_files`] made are still empty and must
-/// be removed before `backup init` runs again (shares are never overwritten).
+/// `failure`, once the share files [`create_share_files`] made (still empty) are removed; those
+/// this user may not remove (the command now acts as the service) are named, to be removed
+/// before `backup init` runs again: shares are never overwritten.
 pub fn nothing_written(mut failure: Failure, files: &[(PathBuf, std::fs::File)]) -> Failure {
-    let empty: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
-    failure.message.push_str(&format!("\nno share was written; remove the empty files {} before trying again", empty.join(", ")));
+    let left: Vec<String> = files.iter().filter(|(p, _)| std::fs::remove_file(p).is_err()).map(|(p, _)| p.display().to_string()).collect();
+    if !left.is_empty() {
+        failure.message.push_str(&format!("\nno share was written; remove the empty files {} before trying again", left.join(", ")));
+    }
     failure
 }
 
 /// `medgate keys backup init`: the officers' secret, its shares written to `files` (one per
 /// officer of `set`, in order), the backup key on the token. Runs after
 /// [`officers::authorize`] cleared a `backup-init` request for `set`. When the module refuses
-/// the backup key, nothing is written and the error says which empty files to remove.
+/// the backup key, no share is written and the empty files are removed ([`nothing_written`]).
 pub fn init(site: &Site, module: &Path, set: &OfficerSet, so_pin: &Pin, files: Vec<(PathBuf, std::fs::File)>) -> Result<(String, Vec<PathBuf>), Failure> {
     use std::io::Write as _;
     let secret = random(32)?;
@@ -359,7 +362,7 @@ fn keys_to_restore(site: &Site, body: &BackupBody) -> Result<(Vec<BackedUpKey>, 
     let missing: Vec<String> = live
         .iter()
         .filter(|(v, n)| **n > 0 && !keys.iter().any(|k| k.role == "kek" && k.version == **v))
-        .map(|(v, n)| format!("kek v{v} ({n} records)"))
+        .map(|(v, n)| format!("kek v{v} ({n} sealed records and SubmissionSets)"))
         .collect();
     if !missing.is_empty() {
         return Err(Failure::usage(format!(

@@ -126,8 +126,8 @@ fn the_full_drill_a_hundred_records_survive_the_loss_of_the_token() {
         for n in 0..100u32 {
             let doc = format!("record {n} of the drill {}", "•".repeat((n % 17) as usize)).into_bytes();
             let r = his.post_json("/", &sample_transaction(&patient(n % 10), "text/plain", &doc, None), &[]).await.unwrap();
-            assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-            out.push((r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned(), doc));
+            assert_eq!(r.status, 200, "a transaction answers 200: {}", String::from_utf8_lossy(&r.body));
+            out.push((support::created_id(&r.json()), doc));
         }
         out
     });
@@ -206,8 +206,8 @@ fn a_key_backup_taken_before_a_shred_pass_cannot_bring_back_what_the_pass_destro
         for n in 0..4u32 {
             let doc = format!("record {n}").into_bytes();
             let r = his.post_json("/", &sample_transaction(&patient(n), "text/plain", &doc, None), &[]).await.unwrap();
-            assert_eq!(r.status, 201);
-            ids.push((r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned(), doc));
+            assert_eq!(r.status, 200, "a transaction answers 200: {}", String::from_utf8_lossy(&r.body));
+            ids.push((support::created_id(&r.json()), doc));
         }
         let erased = ids.pop().unwrap().0;
         (ids, erased)
@@ -233,7 +233,9 @@ fn a_key_backup_taken_before_a_shred_pass_cannot_bring_back_what_the_pass_destro
     // The backup from before the pass holds only the KEK version the pass destroyed.
     let (code, _, err) = restore(&gw, &o, &before, &[(0, 0), (1, 1)]);
     assert_eq!(code, 64, "{err}");
-    assert!(err.contains("lacks kek v2 (3 records)") && err.contains("shred pass"), "{err}");
+    // Three documents and the four SubmissionSets of their transactions (an erasure leaves a
+    // SubmissionSet sealed under its key).
+    assert!(err.contains("lacks kek v2 (7 sealed records and SubmissionSets)") && err.contains("shred pass"), "{err}");
     assert_eq!(keys_on_token(&o), 0);
     let (code, out, err) = restore(&gw, &o, &after, &[(0, 0), (1, 1)]);
     assert_eq!(code, 0, "{err}");
