@@ -1,6 +1,7 @@
 //! `medgate serve`: the long-running gateway process. Order of start-up: configuration (exit 64
-//! on any problem), process hardening, the HSM (login once), the listeners, the store and the
-//! ledger, then READY=1 to systemd. A failure that a restart cannot fix exits 64 or 77 (see
+//! on any problem), process hardening, the HSM (login once, then the probe: exit 64 when the
+//! token cannot hold a role or use an active key), the listeners, the store and the ledger, then
+//! READY=1 to systemd. A failure that a restart cannot fix exits 64 or 77 (see
 //! [`crate::exit`]). SIGHUP re-reads the configuration and applies what can change live
 //! (`medgate_gateway::reload`; `medgate reload` asks the same on the admin socket and waits
 //! for the answer); SIGTERM (or SIGINT) stops accepting, lets requests in flight finish,
@@ -44,6 +45,15 @@ pub fn serve(path: &Path) -> Result<(), Failure> {
     notify(&[NotifyState::Status("logging in to the HSM")]);
     let pin = cfg.pin().map_err(|e| Failure::config(format!("{}: hsm.pin_file: {e}", cfg.source.display())))?;
     let hsm = Arc::new(medgate_hsm::Hsm::open(cfg.hsm_config(), pin).map_err(Failure::hsm)?);
+    // The same probe as `medgate keys probe`, over this connection: a token that cannot hold a
+    // role, or an active key it cannot use, stops the start here, before anything listens.
+    notify(&[NotifyState::Status("probing the HSM")]);
+    let report = hsm.probe_report().map_err(Failure::hsm)?;
+    if let Err(f) = crate::keys::refusal(&report) {
+        hsm.shutdown();
+        tracing::error!(module = %cfg.hsm.module.display(), "{}", f.message);
+        return Err(f);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("medgate")

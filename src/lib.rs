@@ -7,6 +7,7 @@
 pub mod account;
 pub mod admin_client;
 pub mod audit;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod client;
@@ -16,3 +17,4 @@ mod doctor;
 pub mod exit;
 pub mod keys;
 pub mod logging;
+pub mod officers;

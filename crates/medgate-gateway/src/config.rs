@@ -456,6 +456,8 @@ impl Config {
 pub struct HsmOnly {
     pub hsm: Hsm,
     pub state_directory: Option<PathBuf>,
+    /// `[gateway] hospital_id`, which officers' approvals are bound to.
+    pub hospital_id: Option<String>,
 }
 
 impl HsmOnly {
@@ -488,7 +490,8 @@ impl HsmOnly {
             .and_then(|g| g.get("state_directory"))
             .and_then(|s| s.as_str())
             .map(PathBuf::from);
-        Ok(HsmOnly { hsm, state_directory })
+        let hospital_id = table.get("gateway").and_then(|g| g.get("hospital_id")).and_then(|s| s.as_str()).map(str::to_owned);
+        Ok(HsmOnly { hsm, state_directory, hospital_id })
     }
 
     pub fn hsm_config(&self) -> medgate_hsm::HsmConfig {
