@@ -10,3 +10,7 @@ cargo build --workspace --all-targets --locked
 timeout 300 cargo run --quiet --locked --bin medgate -- bench --records 40 --concurrency 1,8
 timeout 300 cargo run --quiet --locked --bin medgate -- bench --consortium --records 40 --concurrency 4
 cargo test --workspace --locked
+# Every fuzz target for a few seconds, from the committed seeds, so that a parser that now
+# crashes fails the run (scripts/fuzz.sh installs the pinned cargo-fuzz once per machine and
+# keeps its instrumented build in fuzz/target). The long campaign: fuzz/README.md.
+scripts/fuzz.sh "${MEDGATE_FUZZ_SECONDS:-15}"
