@@ -12,5 +12,6 @@ pub mod client;
 pub mod daemon;
 pub mod demo;
 pub mod exit;
+pub mod harden;
 pub mod keys;
 pub mod logging;

@@ -39,6 +39,9 @@ pub struct Gateway {
     pub hospital_id: String,
     /// Vault, ledger and outbox live here (systemd StateDirectory).
     pub state_directory: PathBuf,
+    /// The account `medgate serve` becomes when started as root (default `medgate`).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,7 +212,7 @@ enum Kind {
 const HSM_KEYS: &[(&str, Kind, bool)] =
     &[("module", Kind::Str, true), ("token_label", Kind::Str, true), ("pin_file", Kind::Str, false), ("pool_size", Kind::Int, false)];
 const SCHEMA: &[(&str, Kind, bool)] = &[
-    ("gateway", Kind::Table(&[("hospital_id", Kind::Str, true), ("state_directory", Kind::Str, true)]), true),
+    ("gateway", Kind::Table(&[("hospital_id", Kind::Str, true), ("state_directory", Kind::Str, true), ("user", Kind::Str, false)]), true),
     ("hsm", Kind::Table(HSM_KEYS), true),
     (
         "his",
