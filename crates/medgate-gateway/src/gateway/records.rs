@@ -63,11 +63,13 @@ impl Gateway {
     }
 
     pub(super) async fn create_claimed(&self, caller: &Caller, docs: Vec<DocumentSubmission>, request_key: Option<&[u8]>) -> Result<Created, GatewayError> {
+        // The decoded documents are wiped however this ends (sealed, refused or cancelled).
+        let mut docs = WipedOnDrop(docs);
         // Conditional create: a masterIdentifier already stored for this hospital answers with the
         // existing record (same content) or a conflict (other content).
         // Claims are given back when `master_keys` is dropped, whatever happens below.
         let mut master_keys = Vec::new();
-        for d in &docs {
+        for d in &docs.0 {
             if let Some((system, value)) = &d.master_identifier {
                 let key = Vault::idem_key("master", &format!("{system}|{value}"));
                 match self.vault.claim(&key).map_err(GatewayError::from)? {
@@ -86,7 +88,7 @@ impl Gateway {
         // From the data-key wrap until the record is stored: a shred pass must not rotate the KEK
         // and destroy the old version in between.
         let sealing = self.shred.sealing().await;
-        let stored = self.seal_all(caller, &docs).await;
+        let stored = self.seal_all(caller, &docs.0).await;
         let (records, entries) = stored?;
         let outbox: Vec<(String, Vec<u8>)> =
             entries.iter().map(|e| Ok((e.id.clone(), serde_json::to_vec(e)?))).collect::<Result<_, serde_json::Error>>().map_err(GatewayError::internal)?;
@@ -109,7 +111,13 @@ impl Gateway {
                 None
             }
         };
-        let references = docs.into_iter().map(|d| d.document_reference).collect();
+        let references = std::mem::take(&mut docs.0)
+            .into_iter()
+            .map(|mut d| {
+                zeroize::Zeroize::zeroize(&mut d.data);
+                d.document_reference
+            })
+            .collect();
         let created = self.respond(records, Some(references), receipts).await?;
         if let Some(k) = request_key {
             if created.status == 201 {
@@ -366,6 +374,17 @@ impl Gateway {
         }
         let entry = self.ledger.store.anchored(id).map_err(GatewayError::internal)?;
         Ok(entry.filter(|e| matches!(&e.body, EntryBody::RecordAnchored { custodian, .. } if *custodian != self.hospital)))
+    }
+}
+
+/// Submissions whose decoded document bytes are zeroized when dropped.
+struct WipedOnDrop(Vec<DocumentSubmission>);
+
+impl Drop for WipedOnDrop {
+    fn drop(&mut self) {
+        for d in &mut self.0 {
+            zeroize::Zeroize::zeroize(&mut d.data);
+        }
     }
 }
 
