@@ -51,6 +51,39 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# --- The administrator's tools: promtool, lintian, cargo-deb (tests/debian/readme-debian.sh) ----
+# promtool (Prometheus's own checker, for /metrics and packaging/prometheus/medgate-alerts.yml)
+# comes from Debian's prometheus package. The package itself is not installed: it is large (96 MB,
+# a web UI's JavaScript libraries) and its maintainer scripts start a Prometheus server on port
+# 9090, medgate's default admin port. Its .deb is fetched with apt and only /usr/bin/promtool is
+# taken out of it, as /usr/local/bin/promtool (about 15 s). lintian checks the Debian package,
+# which cargo-deb builds (pinned, from crates.io; skipped when that version is installed); curl is
+# what README.Debian asks /readyz with.
+CARGO_DEB_VERSION=3.8.0
+admin_missing=()
+for p in lintian curl; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || admin_missing+=("$p")
+done
+if [ ${#admin_missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${admin_missing[@]}" >/dev/null
+fi
+if ! command -v promtool >/dev/null 2>&1; then
+  promdir=$(mktemp -d)
+  (cd "$promdir" && { apt-get download prometheus >/dev/null 2>&1 || { $SUDO apt-get update -qq && apt-get download prometheus >/dev/null; }; })
+  dpkg-deb --fsys-tarfile "$promdir"/prometheus_*.deb | tar -x -C "$promdir" ./usr/bin/promtool
+  $SUDO install -m 755 "$promdir/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$promdir"
+  echo "promtool installed from Debian's prometheus package: $(promtool --version 2>&1 | head -n 1)" >&2
+fi
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; then
+  command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup) first" >&2; exit 1; }
+  echo "installing cargo-deb $CARGO_DEB_VERSION (a few minutes, once)" >&2
+  cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION" --quiet
+fi
+# --- end of the administrator's tools block ---------------------------------------------------
+
 # openCryptoki: Debian's configuration lists five token libraries (TPM, ICA, CCA, soft, EP11);
 # this machine has only the soft token, and the TPM library crashes C_Initialize (in libitm) in a
 # process that has loaded another PKCS#11 module before. Keep slot 3, the soft token, alone.

@@ -10,6 +10,9 @@ cargo build --workspace --all-targets --locked
 timeout 300 cargo run --quiet --locked --bin medgate -- bench --records 40 --concurrency 1,8
 timeout 300 cargo run --quiet --locked --bin medgate -- bench --consortium --records 40 --concurrency 4
 cargo test --workspace --locked
+# README.Debian's "First start", as written, on the package built with cargo-deb and installed
+# (lintian must find no error and no warning); the package is purged again afterwards.
+tests/debian/readme-debian.sh
 # Every fuzz target for a few seconds, from the committed seeds, so that a parser that now
 # crashes fails the run (scripts/fuzz.sh installs the pinned cargo-fuzz once per machine and
 # keeps its instrumented build in fuzz/target). The long campaign: fuzz/README.md.

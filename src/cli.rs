@@ -1,5 +1,5 @@
-//! The command line: `medgate serve | config | keys | ledger | consortium | audit | demo |
-//! bench`. Parsing and dispatch; each command returns a [`Failure`] with an exit status an
+//! The command line: `medgate serve | reload | config | doctor | keys | pki | ledger |
+//! consortium | audit | demo | bench`. Parsing and dispatch; each command returns a [`Failure`] with an exit status an
 //! operator or a script can act on (see [`crate::exit`]).
 
 use std::path::PathBuf;
@@ -13,17 +13,22 @@ use crate::exit::{self, Failure};
 
 mod config_cmd;
 mod consortium;
+mod docs;
 mod keys;
 mod ledger;
+mod pki;
+mod reload;
 
 use config_cmd::ConfigCommand;
 use consortium::ConsortiumCommand;
 use keys::KeysCommand;
 use ledger::LedgerCommand;
+use pki::PkiCommand;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "medgate",
+    author = "medgate maintainers <maintainers@example.invalid>",
     version,
     about = "Hospital gateway: shares encrypted medical records over mutual TLS, keys in an HSM, every access on a signed ledger",
     long_about = None,
@@ -57,16 +62,44 @@ the pass still hold the old KEK versions: do not keep them longer than the state
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check a configuration file and report every problem (exit 0 or 64).
+    /// Check a configuration and everything the gateway needs, as the service will find it
+    /// (exit 0 or 64).
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Run the gateway (systemd: Type=notify; SIGHUP reloads certificates, SIGTERM stops).
+    /// The same as `medgate config check`.
+    #[command(after_long_help = config_cmd::CHECK_HELP)]
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run the gateway (systemd: Type=notify; SIGHUP reloads the configuration, SIGTERM stops).
     #[command(after_long_help = SERVE_ERASURE)]
     Serve {
         #[command(flatten)]
         config: ConfigArg,
+    },
+    /// Make the running gateway re-read its configuration and wait for the answer (the unit's
+    /// ExecReload=). Certificates, CRLs, the body limit and the log level change at once; the
+    /// changes that need a restart are named. Exit 64 when the gateway refused the file: it
+    /// keeps its previous settings.
+    Reload {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// The hospital-side PKI of a pilot, kept in files: a CA for the HIS client certificates,
+    /// the gateway's certificate from `medgate keys csr`, and the CRL.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Write the manual pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory to write man/*.1 and completions/* into.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Check the ledger copy, print and check receipts.
     Ledger {
@@ -158,7 +191,10 @@ pub fn main() -> i32 {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Config { command: ConfigCommand::Check { config } } => config_cmd::config_check(&config.config),
+        Command::Config { command: ConfigCommand::Check { config } } | Command::Doctor { config } => config_cmd::config_check(&config.config),
+        Command::Reload { config } => reload::reload(&config.config),
+        Command::Pki { command } => pki::pki_command(command),
+        Command::GenerateDocs { out } => docs::generate(&out),
         Command::Keys { config, command } => keys::keys_command(&config.config, command),
         Command::Serve { config } => crate::daemon::serve(&config.config),
         Command::Consortium { command } => consortium::consortium_command(command),

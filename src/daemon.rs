@@ -1,8 +1,11 @@
 //! `medgate serve`: the long-running gateway process. Order of start-up: configuration (exit 64
 //! on any problem), process hardening ([`crate::harden`]), the PIN and the listeners (still as
 //! root when started as root), the drop to the service user, the HSM (module loaded and logged
-//! in once, as that user), the store and the ledger, then READY=1 to systemd. SIGHUP reloads certificates and CRLs;
-//! SIGTERM (or SIGINT) stops accepting, lets requests in flight finish, flushes, closes the HSM and exits 0.
+//! in once, as that user), the store and the ledger, then READY=1 to systemd. A failure that a
+//! restart cannot fix exits 64 or 77 (see [`crate::exit`]). SIGHUP re-reads the configuration
+//! and applies what can change live (`medgate_gateway::reload`; `medgate reload` asks the same
+//! of the admin listener and waits for the answer); SIGTERM (or SIGINT) stops accepting, lets
+//! requests in flight finish, flushes, closes the HSM and exits 0.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,20 +14,21 @@ use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::exit::{self, Failure};
+use crate::exit::Failure;
 use crate::harden;
 use medgate_gateway::config::Config;
 use medgate_gateway::server::{notify, Running};
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, Failure> {
-    TcpListener::bind(addr).await.map_err(|e| Failure {
-        code: exit::UNAVAILABLE,
-        message: format!("cannot listen on {addr} ({what}): {e}"),
-    })
+    TcpListener::bind(addr).await.map_err(|e| Failure::bind(addr, what, &e))
 }
 
 pub fn serve(path: &Path) -> Result<(), Failure> {
     let cfg = Config::load(path).map_err(|e| Failure::config(e.to_string()))?;
+    if let Err(e) = crate::logging::set_level(&cfg.log.level) {
+        tracing::warn!(error = %e, "log.level not applied");
+    }
+    medgate_gateway::reload::set_log_control(Box::new(crate::logging::Control));
     for d in cfg.dangerous_settings() {
         tracing::warn!(setting = d, "[dangerous] setting in effect");
     }
@@ -52,23 +56,14 @@ async fn run(cfg: &Config, hsm: Arc<medgate_hsm::Hsm>, (his, admin): (TcpListene
     let mut term = signal(SignalKind::terminate()).map_err(|e| Failure::runtime(format!("signal: {e}")))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Failure::runtime(format!("signal: {e}")))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| Failure::runtime(format!("signal: {e}")))?;
-    let running = Running::start(cfg, hsm, his, admin).await.map_err(|e| Failure { code: exit::UNAVAILABLE, message: e.to_string() })?;
+    let running = Running::start(cfg, hsm, his, admin).await.map_err(Failure::start)?;
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {
-                notify(&[NotifyState::Reloading]);
-                if let Ok(now) = NotifyState::monotonic_usec_now() {
-                    notify(&[now]);
-                }
-                match running.reload() {
-                    Ok(()) => tracing::info!("certificates and CRLs reloaded"),
-                    Err(e) => tracing::error!(error = %e, "reload failed; the previous TLS configuration stays in use"),
-                }
-                notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
-            }
+            // Logged by the reload itself, as for `medgate reload`.
+            _ = hup.recv() => { let _ = running.reload(); }
         }
     }
     tracing::info!("stopping: no new connections; finishing requests in flight");

@@ -1,8 +1,18 @@
 //! How a command ends: the exit statuses (sysexits.h where one fits) and [`Failure`], the one
 //! error type of the binary. Every lower layer's error becomes a `Failure` here or at the call
 //! site in `cli`; nothing below this crate knows about exit codes.
+//!
+//! For `medgate serve` the status tells systemd whether to try again: 64 and 77 are in the
+//! unit's RestartPreventExitStatus= (a configuration, a file, a key or a PIN that a restart
+//! cannot fix; restarting into a wrong PIN would lock the token), while 69 and 1 are restarted
+//! (an HSM or a disk that may come back).
 
+use std::net::SocketAddr;
+
+use medgate_gateway::server::ServerError;
+use medgate_gateway::tls::TlsError;
 use medgate_hsm::HsmError;
+use medgate_store::StoreError;
 
 /// A failure at run time (1).
 pub const RUNTIME: i32 = 1;
@@ -45,15 +55,51 @@ impl Failure {
         Failure { code: UNAVAILABLE, message: m.into() }
     }
 
-    /// An HSM failure: a wrong or locked PIN is NOPERM, a missing module or token a bad
-    /// configuration, an unreachable HSM UNAVAILABLE.
+    /// An HSM failure: a wrong or locked PIN is NOPERM; a missing module, token or key, or a
+    /// key the module cannot use, a bad configuration; an unreachable HSM UNAVAILABLE.
     pub fn hsm(e: HsmError) -> Failure {
         let code = match e {
             HsmError::WrongPin | HsmError::PinLocked | HsmError::PinFinalTry => NOPERM,
             HsmError::ModuleMissing(_) | HsmError::ModuleLoad { .. } | HsmError::TokenMissing(_) => BAD_CONFIG,
+            HsmError::KeyMissing { .. } | HsmError::KeyUnusable { .. } | HsmError::RoleUnsupported { .. } => BAD_CONFIG,
             HsmError::Unavailable(_) | HsmError::Init { .. } => UNAVAILABLE,
             _ => RUNTIME,
         };
         Failure { code, message: e.to_string() }
+    }
+
+    /// A listener that cannot be bound: an address this host does not have, or a port it may
+    /// not use, is the configuration's fault (64); a port in use may free itself (69).
+    pub fn bind(addr: SocketAddr, key: &str, e: &std::io::Error) -> Failure {
+        let (hint, permanent) = bind_hint(addr, e);
+        let message = format!("cannot listen on {addr} ({key}): {e}: {hint}");
+        Failure { code: if permanent { BAD_CONFIG } else { UNAVAILABLE }, message }
+    }
+
+    /// A gateway that did not start: files, certificates, keys and the ledger's hospital are
+    /// the configuration's (64); the store, the ordering service and the HSM's availability
+    /// may come back (69).
+    pub fn start(e: ServerError) -> Failure {
+        match e {
+            ServerError::Tls(TlsError::Hsm(h)) => Failure::hsm(h),
+            ServerError::Tls(t) => Failure::config(t.to_string()),
+            ServerError::Ledger(StoreError::WrongHospital { .. }) => Failure::config(e.to_string()),
+            ServerError::Ledger(StoreError::Hsm(h)) => Failure::hsm(h),
+            other => Failure::unavailable(other.to_string()),
+        }
+    }
+}
+
+
+/// What to do about a listen address that cannot be bound, and whether the cause is permanent
+/// (restarting cannot help).
+pub fn bind_hint(addr: SocketAddr, e: &std::io::Error) -> (String, bool) {
+    match e.raw_os_error().map(nix::errno::Errno::from_raw) {
+        Some(nix::errno::Errno::EADDRNOTAVAIL) => {
+            (format!("{} is not an address of this host; use one of `ip -brief address`, or 0.0.0.0 for all", addr.ip()), true)
+        }
+        Some(nix::errno::Errno::EACCES) => ("ports below 1024 need CAP_NET_BIND_SERVICE, which the unit does not grant; use a port from 1024 up".into(), true),
+        Some(nix::errno::Errno::EADDRINUSE) => (format!("another process listens there (another medgate? `ss -ltnp 'sport = :{}'`)", addr.port()), false),
+        _ => ("see the error".into(), false),
     }
 }

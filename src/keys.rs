@@ -37,7 +37,46 @@ pub fn record_event(state_dir: Option<&Path>, action: &str, info: &KeyInfo) -> R
 /// Opens the HSM with the PIN from the configured file or credential.
 pub fn open_hsm(cfg: &HsmOnly) -> Result<Arc<Hsm>, Failure> {
     let pin = Pin::resolve(cfg.hsm.pin_file.as_deref()).map_err(|e| Failure::config(e.to_string()))?;
+    open_hsm_with(cfg, pin)
+}
+
+/// Opens the HSM with a PIN already read.
+pub fn open_hsm_with(cfg: &HsmOnly, pin: Pin) -> Result<Arc<Hsm>, Failure> {
     Hsm::open(cfg.hsm_config(), pin).map(Arc::new).map_err(Failure::hsm)
+}
+
+/// Makes the officer's command act as the service account (see [`crate::account`]), so that a
+/// token it creates, the keys it generates and the key-event journal it writes are the
+/// service's: as root it becomes that user; as another user it refuses, with the fix. Without
+/// a service account it runs as it was started, unless the configuration is the installed one
+/// (then the account is only missing because the state directory is: refused, with the fix).
+/// Call it after reading what only root may read (the PINs).
+pub fn act_as_service(config: &Path, state_dir: Option<&Path>) -> Result<(), Failure> {
+    let me = crate::account::Account::current();
+    match crate::account::service_account(config, state_dir) {
+        Some(svc) if svc.uid == me.uid => Ok(()),
+        Some(svc) if me.uid.is_root() => {
+            // The officer is the person who started the command, never the service account
+            // it now acts as: without SUDO_USER, LOGNAME or USER, name the user who started it.
+            if ["SUDO_USER", "LOGNAME", "USER"].iter().all(|v| std::env::var_os(v).is_none_or(|x| x.is_empty())) {
+                std::env::set_var("LOGNAME", &me.name);
+            }
+            crate::account::become_account(&svc).map_err(Failure::runtime)?;
+            tracing::debug!(user = %svc.name, reason = %svc.reason, "acting as the service's user");
+            Ok(())
+        }
+        Some(svc) => Err(Failure::usage(format!(
+            "refusing to act as {}: the service runs as {} ({}), and a token, key or journal entry made by {} may be invisible to it. Run the command as root (sudo medgate keys ...): it switches to {} by itself",
+            me.name, svc.name, svc.reason, me.name, svc.name
+        ))),
+        None if me.uid.is_root() && config == Path::new(medgate_gateway::config::DEFAULT_PATH) => {
+            let dir = state_dir.map_or_else(|| "gateway.state_directory".to_owned(), |d| d.display().to_string());
+            Err(Failure::config(format!(
+                "refusing to act as root: cannot tell which user the service runs as, because {dir} is missing or owned by root, and a token made by root is invisible to the service. Create it for the service first (systemd-tmpfiles --create medgate.conf, or install -d -m 0700 -o medgate -g medgate {dir}), then run this again"
+            )))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Prints the keys as a table for the officer.

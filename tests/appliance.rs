@@ -287,7 +287,7 @@ fn metrics_are_prometheus_text_and_health_endpoints_answer() {
         "medgate_hsm_pool_waits_total",
         "medgate_ledger_height 0",
         "medgate_outbox_entries 0",
-        "medgate_certificate_expiry_timestamp_seconds{certificate=\"server\"}",
+        "medgate_certificate_expiry_timestamp_seconds{certificate=\"server\",",
         "medgate_shred_pending 0",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");

@@ -16,7 +16,7 @@ use crate::der::certificate_key_and_subject;
 use crate::error::{ckr_name, map_op_error, HsmError};
 use crate::keys::{allowed_mechanisms, create_flag, pair_templates, retire_flags, secret_template, KeyInfo, Label, Role};
 use crate::pin::Pin;
-use crate::pool::{finalize_module, find_keys, load_module, Ctx, Fail, Hsm, Op};
+use crate::pool::{find_keys, load_module, Ctx, Fail, Hsm, Op};
 use crate::profile::{mechanism_name, KekScheme, RolePlan};
 use crate::raw::{Raw, TokenInfoRaw};
 
@@ -342,7 +342,7 @@ fn list(hsm: &Hsm, s: &Session) -> Result<Vec<KeyInfo>, Fail> {
 /// are checked against what the token states before anything is changed. A rejected SO PIN is
 /// reported as the SO PIN.
 pub fn init_token(module: &Path, label: &str, so_pin: &Pin, user_pin: &Pin) -> Result<(), HsmError> {
-    let (pkcs11, raw) = load_module(module)?;
+    let (pkcs11, raw, hold) = load_module(module)?;
     let result = (|| {
         let slots = pkcs11.get_all_slots().map_err(|e| map_op_error(e, None))?;
         let mut free: Option<(Slot, TokenInfoRaw)> = None;
@@ -376,7 +376,7 @@ pub fn init_token(module: &Path, label: &str, so_pin: &Pin, user_pin: &Pin) -> R
         let slot = find_initialised(&pkcs11, &raw, label)?;
         set_user_pin(&pkcs11, slot, label, so_pin, user_pin)
     })();
-    finalize_module(pkcs11);
+    drop(hold);
     result
 }
 

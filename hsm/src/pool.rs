@@ -64,48 +64,63 @@ fn is_handle_stale(e: &P11Error) -> bool {
 
 /// C_Initialize and C_Finalize act on the whole process, and a module need not cope with two of
 /// them at once (SoftHSM 2.6.1 initialises twice and loses its sessions when they race), so every
-/// load, initialisation and finalisation in this process goes through this lock.
-static MODULE_LOCK: Mutex<()> = Mutex::new(());
+/// load, initialisation and finalisation in this process goes through this lock. It also holds
+/// the number of users of each module (by path): a module is finalised only when its last user
+/// lets go ([`ModuleHold`]), never under another pool, probe or token initialisation of the
+/// same process.
+static MODULE_LOCK: Mutex<Vec<(PathBuf, usize)>> = Mutex::new(Vec::new());
+
+fn module_users() -> MutexGuard<'static, Vec<(PathBuf, usize)>> {
+    MODULE_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One user's hold on an initialised module. Every [`load_module`] gives one; dropping the last
+/// hold of a module finalises it (C_Finalize), so that the next user initialises it afresh and
+/// sees a token that came back (kryoptic reads its database at C_Initialize).
+#[derive(Debug)]
+pub(crate) struct ModuleHold {
+    path: PathBuf,
+    pkcs11: Option<Pkcs11>,
+}
+
+impl Drop for ModuleHold {
+    fn drop(&mut self) {
+        let mut users = module_users();
+        let Some(i) = users.iter().position(|(m, _)| *m == self.path) else { return };
+        users[i].1 -= 1;
+        if users[i].1 > 0 {
+            return;
+        }
+        users.swap_remove(i);
+        if let Some(pkcs11) = self.pkcs11.take() {
+            if let Err(e) = pkcs11.finalize() {
+                tracing::debug!(module = %self.path.display(), error = %e, "C_Finalize");
+            }
+        }
+    }
+}
 
 /// Loads `module` and initialises it, accepting a module another part of the process initialised.
-/// Also returns the module's raw function list ([`Raw`]).
-pub(crate) fn load_module(module: &Path) -> Result<(Pkcs11, Raw), HsmError> {
+/// Also returns the module's raw function list ([`Raw`]) and the caller's [`ModuleHold`]: keep it
+/// as long as any session or handle of the module is in use.
+pub(crate) fn load_module(module: &Path) -> Result<(Pkcs11, Raw, ModuleHold), HsmError> {
     if !module.is_file() {
         return Err(HsmError::ModuleMissing(module.to_path_buf()));
     }
-    let _guard = MODULE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let mut users = module_users();
     let pkcs11 = Pkcs11::new(module)
         .map_err(|e| HsmError::ModuleLoad { path: module.to_path_buf(), detail: e.to_string() })?;
     let raw = Raw::load(module).map_err(|detail| HsmError::ModuleLoad { path: module.to_path_buf(), detail })?;
     match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok((pkcs11, raw)),
-        Err(e) => Err(HsmError::Init { module: module.to_path_buf(), detail: init_diagnosis(&e) }),
+        Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(HsmError::Init { module: module.to_path_buf(), detail: init_diagnosis(&e) }),
     }
-}
-
-/// Connections (of any pool in this process) alive per module path.
-static LIVE: Mutex<Vec<(PathBuf, usize)>> = Mutex::new(Vec::new());
-
-fn live_connections(module: &Path) -> usize {
-    LIVE.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(m, _)| m == module).map_or(0, |(_, n)| *n)
-}
-
-fn count_connection(module: &Path, up: bool) {
-    let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
-    match live.iter_mut().find(|(m, _)| m == module) {
-        Some((_, n)) if up => *n += 1,
-        Some((_, n)) => *n = n.saturating_sub(1),
-        None if up => live.push((module.to_path_buf(), 1)),
-        None => {}
+    match users.iter_mut().find(|(m, _)| m == module) {
+        Some((_, n)) => *n += 1,
+        None => users.push((module.to_path_buf(), 1)),
     }
-}
-
-/// Finalises the module (all sessions of the process end).
-pub(crate) fn finalize_module(pkcs11: Pkcs11) {
-    let _guard = MODULE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    if let Err(e) = pkcs11.finalize() {
-        tracing::debug!(error = %e, "C_Finalize");
-    }
+    let hold = ModuleHold { path: module.to_path_buf(), pkcs11: Some(pkcs11.clone()) };
+    Ok((pkcs11, raw, hold))
 }
 
 /// Where the HSM is and how many sessions to keep.
@@ -194,7 +209,10 @@ type KeyCache = HashMap<(Role, Option<u32>, u64), (u32, ObjectHandle)>;
 /// handles found in it. Handles are only valid for the connection that found them.
 #[derive(Debug)]
 pub(crate) struct Ctx {
-    module: PathBuf,
+    /// This connection's hold on the module, released when the `Ctx` goes or, at once, when the
+    /// pool drops the connection ([`Ctx::release`]). The module is finalised when the last hold
+    /// in the process goes.
+    hold: Mutex<Option<ModuleHold>>,
     pub(crate) pkcs11: Pkcs11,
     pub(crate) raw: Raw,
     pub(crate) slot: Slot,
@@ -376,19 +394,11 @@ impl Hsm {
     }
 
     fn try_connect(&self, generation: u64) -> Result<(Ctx, Session), HsmError> {
-        let (pkcs11, raw) = load_module(&self.cfg.module)?;
-        let slot = match find_token(&pkcs11, &raw, &self.cfg.module, &self.cfg.token_label) {
-            Ok(slot) => slot,
-            Err(e) => {
-                // Some modules read their token list only at C_Initialize (kryoptic opens its
-                // database then): finalise, so that the next attempt sees a token that came back,
-                // unless another connection of this process is using the module.
-                if live_connections(&self.cfg.module) == 0 {
-                    finalize_module(pkcs11);
-                }
-                return Err(e);
-            }
-        };
+        // On every failure below the hold is dropped: the module is finalised if nothing else in
+        // the process uses it, so that the next attempt sees a token that came back (some
+        // modules, kryoptic among them, read their token list only at C_Initialize).
+        let (pkcs11, raw, hold) = load_module(&self.cfg.module)?;
+        let slot = find_token(&pkcs11, &raw, &self.cfg.module, &self.cfg.token_label)?;
         let info = raw.token_info(slot.id()).map_err(|e| map_op_error(e, None))?;
         if info.flags & cryptoki_sys::CKF_USER_PIN_LOCKED != 0 {
             return Err(HsmError::PinLocked);
@@ -435,9 +445,8 @@ impl Hsm {
         for a in profile.template.adaptations() {
             tracing::info!(module = %self.cfg.module.display(), adaptation = %a, "key template adapted to the module");
         }
-        count_connection(&self.cfg.module, true);
         let ctx = Ctx {
-            module: self.cfg.module.clone(),
+            hold: Mutex::new(Some(hold)),
             pkcs11,
             raw,
             slot,
@@ -466,8 +475,12 @@ impl Hsm {
         st.last_attempt = None;
         st.last_failure = None;
         self.counters.recoveries.fetch_add(1, Ordering::Relaxed);
+        // Release the module now, even while other threads' leases still hold the old `Ctx`:
+        // if no other user of the process holds it, it is finalised and the next lease
+        // initialises it afresh (a restarted HSM needs that); the old leases then fail and are
+        // forgotten.
         if let Some(ctx) = ctx {
-            finalize_module(ctx.pkcs11.clone());
+            ctx.release();
         }
         drop(st);
         self.freed.notify_all();
@@ -625,7 +638,8 @@ impl Hsm {
         self.counters.calls.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Closes every session and finalises the module. Call once at shutdown.
+    /// Closes every session and lets go of the module, which is finalised unless another user
+    /// in the process (another pool, a probe) still holds it. Call once at shutdown.
     pub fn shutdown(&self) {
         let mut st = self.lock();
         for s in st.idle.drain(..) {
@@ -633,15 +647,15 @@ impl Hsm {
         }
         st.open = 0;
         if let Some(ctx) = st.ctx.take() {
-            finalize_module(ctx.pkcs11.clone());
+            ctx.release();
         }
-        tracing::info!("HSM sessions closed and module finalised");
+        tracing::info!("HSM sessions closed and module released");
     }
 }
 
 impl Drop for Hsm {
-    /// Closes the idle sessions of the current connection. The module stays initialised: other
-    /// users in the process may still need it; [`Hsm::shutdown`] finalises it.
+    /// Closes the idle sessions of the current connection; the connection's hold on the module
+    /// goes with it, so the module is finalised when this was its last user in the process.
     fn drop(&mut self) {
         let mut st = self.lock();
         for s in st.idle.drain(..) {
@@ -650,13 +664,12 @@ impl Drop for Hsm {
     }
 }
 
-impl Drop for Ctx {
-    fn drop(&mut self) {
-        count_connection(&self.module, false);
-    }
-}
-
 impl Ctx {
+    /// Lets go of the module now (see [`ModuleHold`]); the connection's handles are dead after.
+    fn release(&self) {
+        drop(self.hold.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+
     /// The handle of a key of `role`: the given version, or the active one (`None`). `class` is the
     /// object class wanted (private, public, secret key or certificate). Handles are cached for
     /// the life of the connection.

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::error::{map_op_error, HsmError};
 use crate::pin::Pin;
-use crate::pool::{finalize_module, find_token, load_module, Ctx, Fail, Hsm, Op};
+use crate::pool::{find_token, load_module, Ctx, Fail, Hsm, Op};
 use crate::profile::{flag_names, kek_scheme_of, mechanism_name, mechanisms_of, profile_of, Acceptance, KekScheme, Profile, RoleStatus, TemplateSupport};
 use crate::raw::Raw;
 use crate::role::Role;
@@ -257,10 +257,12 @@ fn role_reports(profile: &Profile, statuses: Option<&[RoleStatus]>, module: &Pat
 /// Probes `module` on its own: loads and initialises it, lists every slot, token and mechanism,
 /// and decides each role for the token labelled `token_label`. With a `pin`, it also logs in to
 /// try the template attributes and to check the active keys; without one, those stay untested.
-/// Finalises the module at the end: run it in a process of its own (`medgate keys probe`), not
-/// beside a running [`Hsm`] (use [`Hsm::probe_report`] there).
+/// The module is finalised at the end unless another user in the process still holds it (a
+/// running [`Hsm`] has [`Hsm::probe_report`], over its own connection). The probe never logs
+/// out: login is application-wide, and closing its session ends its login unless a pool of the
+/// process is logged in to the same token.
 pub fn probe(module: &Path, token_label: &str, pin: Option<&Pin>) -> Result<ProbeReport, HsmError> {
-    let (pkcs11, raw) = load_module(module)?;
+    let (pkcs11, raw, hold) = load_module(module)?;
     let result = (|| {
         let mut problems = Vec::new();
         let library = library_report(&pkcs11);
@@ -299,12 +301,9 @@ pub fn probe(module: &Path, token_label: &str, pin: Option<&Pin>) -> Result<Prob
         let statuses = if logged_in { Some(statuses_in(&raw, &session, &profile).map_err(fail_to_hsm)?) } else { None };
         report.template = Some(profile.template.clone());
         report.roles = role_reports(&profile, statuses.as_deref(), module);
-        if logged_in {
-            let _ = session.logout();
-        }
         Ok(report)
     })();
-    finalize_module(pkcs11);
+    drop(hold);
     result
 }
 

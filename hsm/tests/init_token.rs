@@ -1,7 +1,6 @@
 //! Token initialisation by medgate (`medgate keys init-token`) on SoftHSM2 and kryoptic: PIN
 //! lengths checked before anything changes, a rejected SO PIN reported as the SO PIN, a token
-//! left without a user PIN (a failed C_InitPIN) completed by running it again. Its own test
-//! binary: `init_token` finalises the module, which ends every session of the process.
+//! left without a user PIN (a failed C_InitPIN) completed by running it again.
 
 mod common;
 

@@ -21,6 +21,7 @@ on_modules!(softhsm: SoftHsm, kryoptic: Kryoptic => [
     readiness_and_the_probe_report_follow_the_keys,
     aes_gcm_wrapping_round_trips_and_detects_tampering,
     a_kek_the_module_cannot_use_turns_readiness_red_until_rotated,
+    a_probe_a_missing_token_or_a_dropped_pool_beside_a_pool_leave_it_working,
 ]);
 
 on_modules!(kryoptic_cross: Kryoptic => [a_sharing_key_receives_data_keys_from_a_kek_on_another_module]);

@@ -1,6 +1,6 @@
 //! `medgate keys probe` as a library call: a module probed on its own, with and without the user
 //! PIN, for SoftHSM2 and kryoptic (openCryptoki's is in `opencryptoki.rs`). The report is printed
-//! (run with `--nocapture` to read it). Its own test binary: the probe finalises the module.
+//! (run with `--nocapture` to read it).
 
 mod common;
 

@@ -98,21 +98,57 @@ pub(crate) fn keys_command(path: &Path, command: KeysCommand) -> Result<(), Fail
     let cfg = HsmOnly::load(path).map_err(|e| Failure::config(e.to_string()))?;
     let state = keys::state_dir(&cfg);
     let state = state.as_deref();
-    if let KeysCommand::InitToken { so_pin_file } = &command {
-        let so = Pin::from_file(so_pin_file).map_err(|e| Failure::usage(e.to_string()))?;
-        let user = Pin::resolve(cfg.hsm.pin_file.as_deref()).map_err(|e| Failure::config(e.to_string()))?;
+    // As root, the PIN the unit gets (its credential), read before acting as the service.
+    crate::account::adopt_unit_credential(path, cfg.hsm.pin_file.as_deref());
+    let user = Pin::resolve(cfg.hsm.pin_file.as_deref());
+    let so = match &command {
+        KeysCommand::InitToken { so_pin_file } => Some(Pin::from_file(so_pin_file).map_err(|e| Failure::usage(e.to_string()))?),
+        _ => None,
+    };
+    let files = Files::read(&command)?;
+    keys::act_as_service(path, state)?;
+    let user = user.map_err(|e| Failure::config(e.to_string()))?;
+    if let Some(so) = so {
         medgate_hsm::admin::init_token(&cfg.hsm.module, &cfg.hsm.token_label, &so, &user).map_err(Failure::hsm)?;
         tracing::info!(officer = %keys::officer(), token = %cfg.hsm.token_label, "token initialised");
         println!("token {:?} initialised; the user PIN is the one in the configured PIN file", cfg.hsm.token_label);
         return Ok(());
     }
-    let hsm = keys::open_hsm(&cfg)?;
-    let result = keys_on_token(&hsm, state, command);
+    let hsm = keys::open_hsm_with(&cfg, user)?;
+    let result = keys_on_token(&hsm, state, command, files);
     hsm.shutdown();
     result
 }
 
-fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, state: Option<&Path>, command: KeysCommand) -> Result<(), Failure> {
+/// The files a command reads or writes, opened as the officer who started it (root may read
+/// what the service's user may not), before the command acts as the service.
+#[derive(Debug, Default)]
+struct Files {
+    /// `import-cert`: the certificate, DER.
+    certificate: Option<Vec<u8>>,
+    /// `import-pseudonym-key`: the file's text.
+    pseudonym_key: Option<zeroize::Zeroizing<String>>,
+    /// `csr --out`: the file to write.
+    csr_out: Option<std::fs::File>,
+}
+
+impl Files {
+    fn read(command: &KeysCommand) -> Result<Files, Failure> {
+        let mut f = Files::default();
+        match command {
+            KeysCommand::ImportCert { file, .. } => f.certificate = Some(keys::read_certificate(file)?),
+            KeysCommand::ImportPseudonymKey { value_file } => {
+                let text = std::fs::read_to_string(value_file).map_err(|e| Failure::usage(format!("{}: {e}", value_file.display())))?;
+                f.pseudonym_key = Some(zeroize::Zeroizing::new(text));
+            }
+            KeysCommand::Csr { out: Some(p), .. } => f.csr_out = Some(std::fs::File::create(p).map_err(|e| Failure::runtime(format!("{}: {e}", p.display())))?),
+            _ => {}
+        }
+        Ok(f)
+    }
+}
+
+fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, state: Option<&Path>, command: KeysCommand, files: Files) -> Result<(), Failure> {
     match command {
         KeysCommand::InitToken { .. } => unreachable!("handled before the token is opened"),
         KeysCommand::Generate { role } => {
@@ -168,13 +204,13 @@ fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, state: Option<&Path>, command: Key
             }
             let dn = medgate_gateway::pki::parse_subject(&subject).map_err(Failure::usage)?;
             let pem = medgate_gateway::pki::csr_for_hsm_key(hsm.clone(), role, dn, &dns).map_err(|e| Failure::runtime(e.to_string()))?;
-            match out {
-                Some(p) => std::fs::write(&p, &pem).map_err(|e| Failure::runtime(format!("{}: {e}", p.display())))?,
-                None => print!("{pem}"),
+            match (out, files.csr_out) {
+                (Some(p), Some(mut f)) => std::io::Write::write_all(&mut f, pem.as_bytes()).map_err(|e| Failure::runtime(format!("{}: {e}", p.display())))?,
+                _ => print!("{pem}"),
             }
         }
         KeysCommand::ImportCert { role, file } => {
-            let der = keys::read_certificate(&file)?;
+            let der = files.certificate.unwrap_or_default();
             let (_, cert) = x509_parser::parse_x509_certificate(&der)
                 .map_err(|e| Failure::usage(format!("{}: not an X.509 certificate: {e}", file.display())))?;
             if !cert.validity().is_valid() {
@@ -187,9 +223,7 @@ fn keys_on_token(hsm: &Arc<medgate_hsm::Hsm>, state: Option<&Path>, command: Key
             println!("certificate for {} imported: {}", info.label, cert.subject());
         }
         KeysCommand::ImportPseudonymKey { value_file } => {
-            let text = zeroize::Zeroizing::new(
-                std::fs::read_to_string(&value_file).map_err(|e| Failure::usage(format!("{}: {e}", value_file.display())))?,
-            );
+            let text = files.pseudonym_key.unwrap_or_default();
             let value = zeroize::Zeroizing::new(
                 hex::decode(text.trim()).map_err(|_| Failure::usage(format!("{}: not hex", value_file.display())))?,
             );

@@ -55,9 +55,33 @@ pub(crate) enum LedgerCommand {
     },
 }
 
+/// What the offline ledger commands need of the configuration: the state directory and, in
+/// consortium mode, the genesis. Neither the PIN nor the certificates: an auditor's copy of
+/// the configuration need not have them.
+#[derive(Debug)]
+struct LedgerOnly {
+    state_directory: PathBuf,
+    genesis: Option<PathBuf>,
+}
+
+impl LedgerOnly {
+    fn load(path: &Path) -> Result<LedgerOnly, Failure> {
+        let text = std::fs::read_to_string(path).map_err(|e| Failure::config(format!("{}: cannot be read: {e}", path.display())))?;
+        let t: toml::Table = text.parse().map_err(|e: toml::de::Error| Failure::config(format!("{}: invalid TOML: {}", path.display(), e.message())))?;
+        let get = |table: &str, key: &str| t.get(table).and_then(|v| v.get(key)).and_then(|v| v.as_str()).map(PathBuf::from);
+        let state_directory = get("gateway", "state_directory").ok_or_else(|| Failure::config(format!("{}: gateway.state_directory: required but missing", path.display())))?;
+        let consortium = t.get("ledger").and_then(|l| l.get("mode")).and_then(|m| m.as_str()) == Some("consortium");
+        Ok(LedgerOnly { state_directory, genesis: if consortium { get("consortium", "genesis") } else { None } })
+    }
+}
+
 fn open_chain(path: &Path) -> Result<medgate_store::ChainStore, Failure> {
-    let cfg = Config::load(path).map_err(|e| Failure::config(e.to_string()))?;
-    let dir = &cfg.gateway.state_directory;
+    let cfg = LedgerOnly::load(path)?;
+    let dir = &cfg.state_directory;
+    // As root, open the store as its owner: files sled creates must stay the service's.
+    if let Some(owner) = crate::account::service_account(path, Some(dir)).filter(|_| crate::account::is_root()) {
+        crate::account::become_account(&owner).map_err(Failure::runtime)?;
+    }
     let db = medgate_store::Db::open(dir).map_err(|e| {
         let text = e.to_string();
         if text.contains("lock") || text.contains("WouldBlock") {
@@ -72,11 +96,12 @@ fn open_chain(path: &Path) -> Result<medgate_store::ChainStore, Failure> {
 pub(crate) fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
     match command {
         LedgerCommand::Verify { config, public_keys } => {
+            let keys = public_keys.iter().map(|p| medgate_ledger::keys::read_public_key(p)).collect::<Result<Vec<_>, _>>().map_err(|e| Failure::usage(e.to_string()))?;
+            let cfg = LedgerOnly::load(&config.config)?;
+            let genesis = cfg.genesis.as_deref().map(|g| medgate_ledger::membership::Genesis::read(g).map_err(|e| Failure::config(format!("consortium.genesis: {e}")))).transpose()?;
             let store = open_chain(&config.config)?;
-            let cfg = Config::load(&config.config).map_err(|e| Failure::config(e.to_string()))?;
             let stored = store.genesis_hash().map_err(|e| Failure::runtime(e.to_string()))?;
-            if let (Some(c), Some(stored)) = (cfg.consortium.as_ref().filter(|_| cfg.ledger.mode == "consortium"), stored) {
-                let (_, configured, _) = medgate_ledger::membership::Genesis::read(&c.genesis).map_err(|e| Failure::config(format!("consortium.genesis: {e}")))?;
+            if let (Some((_, configured, _)), Some(stored)) = (genesis, stored) {
                 if configured != stored {
                     return Err(Failure::runtime(format!(
                         "ledger verification FAILED: this ledger copy hangs from genesis {}, the configured consortium.genesis is {}",
@@ -85,7 +110,6 @@ pub(crate) fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
                     )));
                 }
             }
-            let keys = public_keys.iter().map(|p| medgate_ledger::keys::read_public_key(p)).collect::<Result<Vec<_>, _>>().map_err(|e| Failure::usage(e.to_string()))?;
             match store.verify(&keys) {
                 Ok(r) => {
                     let height = r.height.map_or("empty".to_owned(), |h| h.to_string());

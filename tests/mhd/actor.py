@@ -15,7 +15,8 @@ the way a real MHD actor would meet the server on day one:
   read        GET [base]/<Type>/<id>
   metadata    GET [base]/metadata, checked as an MHD Document Recipient and Responder statement
 
-Common options: --base URL --cert FILE --key FILE --ca FILE (PEM files).
+Common options: --base URL --cert FILE --key FILE --ca FILE (PEM files), --header 'NAME: VALUE'
+(repeatable: headers a deployment adds to every request, e.g. the end user a gateway records).
 Prints one JSON object on stdout: {"ok": bool, "problems": [...], "exchanges": [...], ...}.
 Exit status: 0 when every exchange succeeded and validated, 1 otherwise, 2 on a usage or kit error.
 """
@@ -48,8 +49,9 @@ FORMATCODE = "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode"
 
 
 class Actor:
-    def __init__(self, base, cert, key, ca, timeout=30.0):
+    def __init__(self, base, cert, key, ca, timeout=30.0, headers=None):
         self.base = base.rstrip("/")
+        self.headers = dict(headers or {})
         self.exchanges = []
         self.problems = []
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca) if ca else ssl.create_default_context()
@@ -71,6 +73,7 @@ class Actor:
             conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=self.timeout)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         hdrs = {"User-Agent": "mhd-kit-actor"}
+        hdrs.update(self.headers)
         hdrs.update(headers or {})
         try:
             conn.request(method, path, body=body, headers=hdrs)
@@ -390,6 +393,8 @@ def main(argv):
     ap.add_argument("--cert", help="client certificate (PEM)")
     ap.add_argument("--key", help="client private key (PEM)")
     ap.add_argument("--ca", help="CA certificate(s) that sign the server's certificate (PEM)")
+    ap.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                    help="a header sent with every request, as a deployment adds its own (repeatable)")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("provide")
@@ -440,7 +445,13 @@ def main(argv):
     if args.cmd == "provide" and args.dry_run:
         actor = Actor("https://dry-run.invalid", None, None, None)
     else:
-        actor = Actor(args.base, args.cert, args.key, args.ca)
+        headers = {}
+        for h in args.header:
+            name, sep, value = h.partition(":")
+            if not sep or not name.strip():
+                ap.error(f"--header {h!r}: expected 'NAME: VALUE'")
+            headers[name.strip()] = value.strip()
+        actor = Actor(args.base, args.cert, args.key, args.ca, headers=headers)
     try:
         out = {"provide": cmd_provide, "find": cmd_find, "find-lists": cmd_find_lists, "retrieve": cmd_retrieve,
                "read": cmd_read, "metadata": cmd_metadata}[args.cmd](actor, args)

@@ -8,6 +8,7 @@
 //! produced here repeats a patient identifier value or document content.
 
 mod audit;
+mod capability;
 mod consent;
 mod error;
 mod ingest;
@@ -15,15 +16,18 @@ mod json;
 mod primitives;
 mod resources;
 mod sample;
+mod search;
 
 pub use audit::{audit_event, AuditAction, AuditRecord};
 pub use consent::{consent_resource, parse_consent, ConsentSubmission};
 pub use error::{operation_outcome, FhirError};
 pub use ingest::{parse_document_reference, parse_transaction};
+pub use capability::capability_statement;
 pub use resources::{
-    capability_statement, document_reference_resource, searchset, transaction_response,
-    StoredDocument, LEDGER_RECEIPT_EXTENSION, SHA256_EXTENSION,
+    document_reference_resource, transaction_response, StoredDocument, LEDGER_RECEIPT_EXTENSION,
+    SHA256_EXTENSION,
 };
+pub use search::searchset;
 pub use sample::sample_transaction;
 
 /// A patient identifier as the HIS sends it: system (URI/OID) and value.

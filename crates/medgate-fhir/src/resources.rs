@@ -1,5 +1,4 @@
-//! The FHIR resources medgate answers with: stored DocumentReferences, search Bundles,
-//! transaction responses and the CapabilityStatement.
+//! The FHIR resources medgate answers with: stored DocumentReferences and transaction responses.
 //!
 //! Boundary: typed values in, FHIR R4 JSON out. No I/O.
 
@@ -66,28 +65,6 @@ pub fn document_reference_resource(d: &StoredDocument<'_>) -> Value {
     res
 }
 
-/// A `searchset` Bundle of `resources`, all of them matches.
-pub fn searchset(resources: Vec<Value>, self_link: &str) -> Value {
-    let total = resources.len();
-    let entry: Vec<Value> = resources
-        .into_iter()
-        .map(|r| {
-            let full = match (r["resourceType"].as_str(), r["id"].as_str()) {
-                (Some(t), Some(id)) => format!("{t}/{id}"),
-                _ => String::new(),
-            };
-            json!({"fullUrl": full, "resource": r, "search": {"mode": "match"}})
-        })
-        .collect();
-    json!({
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": total,
-        "link": [{"relation": "self", "url": self_link}],
-        "entry": entry,
-    })
-}
-
 /// A `transaction-response` Bundle: one entry per created DocumentReference, with its HTTP
 /// status (`201 Created`, or `202 Accepted` while its ledger entry waits in the outbox), location
 /// and the resource (carrying the receipt when there is one).
@@ -104,44 +81,6 @@ pub fn transaction_response(created: Vec<(Value, &str)>) -> Value {
         })
         .collect();
     json!({"resourceType": "Bundle", "type": "transaction-response", "entry": entry})
-}
-
-/// What the gateway supports, for `GET /metadata`.
-pub fn capability_statement(version: &str, date: &str) -> Value {
-    let search_patient = json!({"name": "patient", "type": "token",
-        "documentation": "system|value of the patient identifier; the gateway pseudonymises it before it reaches the ledger"});
-    json!({
-        "resourceType": "CapabilityStatement",
-        "status": "active",
-        "date": date,
-        "kind": "instance",
-        "software": {"name": "medgate", "version": version},
-        "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
-        "implementationGuide": ["https://profiles.ihe.net/ITI/MHD/ImplementationGuide/ihe.iti.mhd"],
-        "rest": [{
-            "mode": "server",
-            "documentation": "Mutual TLS with a client certificate from the hospital CA (CN = HIS system, OU = role: his or his-read). Headers X-Medgate-User, X-Medgate-Role and X-Medgate-Purpose assert the end user, role and purpose of use; they are recorded pseudonymised on the ledger. Idempotency-Key makes a create safe to retry.",
-            "security": {"cors": false, "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "Certificates"}]}]},
-            "interaction": [{"code": "transaction", "documentation": "ITI-65 style: DocumentReference + Binary"}],
-            "resource": [
-                {
-                    "type": "DocumentReference",
-                    "interaction": [{"code": "create"}, {"code": "read"}, {"code": "search-type"}, {"code": "delete", "documentation": "crypto-shredding by the custodian: key material destroyed, the hash stays on the ledger"}],
-                    "conditionalCreate": true,
-                    "searchParam": [search_patient.clone()]
-                },
-                {"type": "Binary", "interaction": [{"code": "read"}]},
-                {"type": "AuditEvent", "interaction": [{"code": "search-type"}], "searchParam": [search_patient.clone()]},
-                {
-                    "type": "Consent",
-                    "documentation": "POST records a patient's grant to another hospital (provision.actor: urn:medgate:hospital identifier; provision.data: DocumentReferences, or none for all; provision.period in UTC). PUT /Consent/{id} with status inactive withdraws it.",
-                    "interaction": [{"code": "create"}, {"code": "update"}, {"code": "search-type"}],
-                    "searchParam": [search_patient]
-                }
-            ]
-        }]
-    })
 }
 
 #[cfg(test)]
@@ -171,13 +110,5 @@ mod tests {
         assert_eq!(r["custodian"]["identifier"]["value"], "hospital-a");
         let data = r["extension"][0]["valueAttachment"]["data"].as_str().expect("receipt");
         assert_eq!(serde_json::from_slice::<Value>(&B64.decode(data).expect("b64")).expect("json"), receipt);
-    }
-
-    #[test]
-    fn searchset_counts_and_links() {
-        let b = searchset(vec![json!({"resourceType": "DocumentReference", "id": "x"})], "DocumentReference?patient=s|v");
-        assert_eq!(b["total"], 1);
-        assert_eq!(b["entry"][0]["fullUrl"], "DocumentReference/x");
-        assert_eq!(b["type"], "searchset");
     }
 }

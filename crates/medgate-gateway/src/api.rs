@@ -37,7 +37,8 @@ pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 #[derive(Debug)]
 pub struct Api {
     pub gateway: Gateway,
-    pub max_body: usize,
+    /// Largest body accepted (`his.max_body_bytes`); a reload changes it.
+    pub max_body: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Time a client has to send a whole request body.
     pub body_timeout: std::time::Duration,
 }
@@ -233,7 +234,7 @@ impl Api {
                 let caller = caller(&req, client)?;
                 check_fhir_json(&req)?;
                 let idem = idempotency_key(&req)?;
-                let bytes = body(req, self.max_body, self.body_timeout).await?;
+                let bytes = body(req, self.max_body.load(std::sync::atomic::Ordering::Relaxed), self.body_timeout).await?;
                 let single = route == "POST /DocumentReference";
                 let docs = if single { vec![medgate_fhir::parse_document_reference(&bytes)?] } else { medgate_fhir::parse_transaction(&bytes)? };
                 let created = gw.create(&caller, docs, idem.as_deref()).await?;
@@ -279,7 +280,7 @@ impl Api {
                 let caller = caller(&req, client)?;
                 check_fhir_json(&req)?;
                 let idem = idempotency_key(&req)?;
-                let bytes = body(req, self.max_body, self.body_timeout).await?;
+                let bytes = body(req, self.max_body.load(std::sync::atomic::Ordering::Relaxed), self.body_timeout).await?;
                 let sub = medgate_fhir::parse_consent(&bytes)?;
                 let done = if route == "POST /Consent" { gw.record_consent(&caller, &sub, idem.as_deref()).await? } else { gw.revoke_consent(&caller, &id, &sub).await? };
                 Ok(with_location(json_response(done.status, &done.body), done.location))

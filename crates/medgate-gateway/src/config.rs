@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use log::Log;
+mod log;
 /// Where the configuration is read from when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/medgate/medgate.toml";
 
@@ -24,6 +26,8 @@ pub struct Config {
     pub ledger: Ledger,
     #[serde(default)]
     pub dangerous: Dangerous,
+    #[serde(default)]
+    pub log: Log,
     /// Required when `ledger.mode = "consortium"`.
     #[serde(default)]
     pub consortium: Option<Consortium>,
@@ -150,6 +154,9 @@ pub struct Dangerous {
     /// Bind the admin listener to a non-loopback address.
     #[serde(default)]
     pub admin_on_all_interfaces: bool,
+    /// Accept HIS client certificates while a CRL is past its nextUpdate (instead of refusing them).
+    #[serde(default)]
+    pub allow_expired_crl: bool,
 }
 
 fn default_pool() -> usize {
@@ -232,7 +239,8 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
         Kind::Table(&[("mode", Kind::Str, false), ("batch_max_entries", Kind::Int, false), ("batch_max_delay_ms", Kind::Int, false)]),
         false,
     ),
-    ("dangerous", Kind::Table(&[("allow_no_crl", Kind::Bool, false), ("admin_on_all_interfaces", Kind::Bool, false)]), false),
+    ("dangerous", Kind::Table(&[("allow_no_crl", Kind::Bool, false), ("admin_on_all_interfaces", Kind::Bool, false), ("allow_expired_crl", Kind::Bool, false)]), false),
+    ("log", Kind::Table(&[("level", Kind::Str, false)]), false),
     (
         "consortium",
         Kind::Table(&[
@@ -398,6 +406,7 @@ impl Config {
                 reason: format!("must be between 1 and {} (the largest batch every gateway accepts)", medgate_ledger::MAX_BATCH_ENTRIES),
             });
         }
+        self.log.check(&mut p);
         if self.ledger.batch_max_delay_ms > 10_000 {
             p.push(Problem { key: "ledger.batch_max_delay_ms".into(), reason: "must be at most 10000".into() });
         }
@@ -453,6 +462,9 @@ impl Config {
         }
         if self.dangerous.admin_on_all_interfaces {
             v.push("admin_on_all_interfaces: health and metrics are served beyond loopback without TLS");
+        }
+        if self.dangerous.allow_expired_crl {
+            v.push("allow_expired_crl: HIS certificates are accepted while a CRL is past its nextUpdate");
         }
         v
     }

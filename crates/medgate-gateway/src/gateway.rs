@@ -5,8 +5,8 @@
 //! (in the outbox) and its idempotency state are stored and flushed together; only then is the
 //! entry appended to the ledger, and the HIS hears 201 only once the entry is in a flushed block
 //! (202 when the ledger could not take it: the entry waits in the outbox and nothing is lost).
-//! The work is split by subject: `records`, `consents`, `sharing`, `checkpoints`,
-//! `membership`, `audit`; this file holds what they share.
+//! The work is split by subject: `records`, `search`, `retrieve`, `consents`, `sharing`,
+//! `checkpoints`, `membership`, `audit`; this file holds what they share.
 //!
 //! HSM budget per stored record: one C_WrapKey (through the pool) plus the batch signature shared
 //! by every entry of the batch. Patient and user pseudonyms are HMACs computed in the HSM and
@@ -17,6 +17,8 @@ mod checkpoints;
 mod consents;
 mod membership;
 mod records;
+mod retrieve;
+mod search;
 mod sharing;
 
 use std::collections::HashMap;

@@ -1,7 +1,7 @@
 //! medgate-gateway: the gateway service. FHIR over mutual TLS towards the hospital's HIS
 //! ([`api`]), the work on records, consents, sharing, checkpoints and membership ([`gateway`]),
 //! the peer gateways ([`peer`]), crypto-shredding ([`shred`]), and the listeners, background
-//! tasks and reload of a running gateway ([`server`]), configured by [`config`].
+//! tasks of a running gateway ([`server`]) and its [`reload`], configured by [`config`].
 //!
 //! Boundary: below are the store (vault, chain, ordering), the ledger format, the FHIR model
 //! and the HSM; above is the `medgate` binary, the only place that knows exit codes. Errors are
@@ -18,6 +18,7 @@ pub mod journal;
 pub mod metrics;
 pub mod peer;
 pub mod pki;
+pub mod reload;
 pub mod server;
 pub mod shred;
 pub mod tls;

@@ -1,6 +1,9 @@
 //! Prometheus text metrics, kept in process: request counts by route and status, latency
-//! histograms by route, plus gauges read at scrape time (HSM counters, ledger height, outbox,
-//! certificate expiry). No label ever carries a patient identifier or a record id.
+//! histograms by route, event counters, plus families read at scrape time: counters kept
+//! elsewhere (the HSM's), and gauges (ledger height, outbox, certificate and CRL expiry, the
+//! last reload). Every family is typed as what it is, so `promtool check metrics` accepts the
+//! page: a name ending in `_total` is a counter, and only a counter ends so. No label ever
+//! carries a patient identifier or a record id.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -16,8 +19,11 @@ struct Histogram {
     count: u64,
 }
 
-/// A gauge family read at scrape time: name, help text, and (labels, value) samples.
+/// A family read at scrape time: name, help text, and (labels, value) samples.
 pub type Gauge<'a> = (&'a str, &'a str, Vec<(String, f64)>);
+
+/// A counter family read at scrape time (its name ends in `_total`): same shape as a gauge.
+pub type Counter<'a> = Gauge<'a>;
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -56,8 +62,8 @@ impl Metrics {
         self.events.lock().unwrap_or_else(|p| p.into_inner()).get(name).copied().unwrap_or(0)
     }
 
-    /// Renders the counters, then the given gauges (name, help, value).
-    pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
+    /// Renders the counters kept here, then the given counters and gauges (name, help, samples).
+    pub fn render(&self, counters: &[Counter<'_>], gauges: &[Gauge<'_>]) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP medgate_http_requests_total HIS requests by route and status.");
         let _ = writeln!(out, "# TYPE medgate_http_requests_total counter");
@@ -80,14 +86,17 @@ impl Metrics {
         for (name, n) in self.events.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = writeln!(out, "medgate_events_total{{kind=\"{}\"}} {n}", escape(name));
         }
-        for (name, help, values) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            for (labels, v) in values {
-                if labels.is_empty() {
-                    let _ = writeln!(out, "{name} {v}");
-                } else {
-                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        for (kind, families) in [("counter", counters), ("gauge", gauges)] {
+            for (name, help, values) in families {
+                debug_assert_eq!(name.ends_with("_total"), kind == "counter", "{name}: only counters end in _total");
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+                for (labels, v) in values {
+                    if labels.is_empty() {
+                        let _ = writeln!(out, "{name} {v}");
+                    } else {
+                        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                    }
                 }
             }
         }
@@ -101,7 +110,8 @@ impl medgate_store::Events for Metrics {
     }
 }
 
-fn escape(s: &str) -> String {
+/// A label value as the text format wants it (backslash, quote and newline escaped).
+pub fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
@@ -115,11 +125,22 @@ mod tests {
         m.observe("GET /metadata", 200, Duration::from_millis(3));
         m.observe("GET /metadata", 200, Duration::from_millis(300));
         m.observe("POST /", 422, Duration::from_millis(1));
-        let t = m.render(&[("medgate_ledger_height", "Height.", vec![(String::new(), 4.0)])]);
+        let t = m.render(&[("medgate_hsm_operations_total", "Ops.", vec![("op=\"wrap\"".into(), 2.0)])], &[("medgate_ledger_height", "Height.", vec![(String::new(), 4.0)])]);
         assert!(t.contains("medgate_http_requests_total{route=\"GET /metadata\",status=\"200\"} 2"), "{t}");
         assert!(t.contains("medgate_http_request_duration_seconds_bucket{route=\"GET /metadata\",le=\"0.005\"} 1"), "{t}");
         assert!(t.contains("medgate_http_request_duration_seconds_bucket{route=\"GET /metadata\",le=\"0.5\"} 2"), "{t}");
         assert!(t.contains("medgate_ledger_height 4"), "{t}");
+        assert!(t.contains("# TYPE medgate_hsm_operations_total counter\nmedgate_hsm_operations_total{op=\"wrap\"} 2\n"), "{t}");
+        assert!(t.contains("# TYPE medgate_ledger_height gauge\n"), "{t}");
+        // Only counters end in _total (promtool: "non-counter metrics should not have _total suffix").
+        let mut kind = std::collections::BTreeMap::new();
+        for line in t.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let (name, k) = line.split_once(' ').expect("name kind");
+            kind.insert(name.to_owned(), k.to_owned());
+        }
+        for (name, k) in &kind {
+            assert_eq!(name.ends_with("_total"), k == "counter", "{name} is typed {k}");
+        }
         for line in t.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("name value");
             value.parse::<f64>().expect("numeric value");

@@ -172,6 +172,12 @@ impl TestCa {
         self.sign_csr(CertificateSigningRequestParams::from_pem(csr_pem)?, days, &[])
     }
 
+    /// The hospital-side certificate of a gateway's HSM tls key (`medgate pki sign-gateway`):
+    /// as [`TestCa::sign_server_csr`], with the IP addresses the HIS may dial as subjectAltNames.
+    pub fn sign_gateway_csr(&self, csr_pem: &str, days: i64, ips: &[std::net::IpAddr]) -> Result<rcgen::Certificate, PkiError> {
+        self.sign_csr(CertificateSigningRequestParams::from_pem(csr_pem)?, days, ips)
+    }
+
     /// A consortium gateway's certificate: as [`TestCa::sign_server_csr`], adding IP
     /// subjectAltNames (peers and etcd dial by IP address), with the CN set to the hospital id
     /// in the request's O. etcd takes the CN as the user its RBAC roles are granted to.
@@ -238,18 +244,25 @@ impl TestCa {
 
     /// A CRL revoking the given certificates (by serial), valid for `days`.
     pub fn crl(&self, revoked: &[&rcgen::Certificate], days: i64) -> Result<String, PkiError> {
-        let now = OffsetDateTime::now_utc();
+        let now = OffsetDateTime::now_utc() - Duration::minutes(1);
+        let revoked: Vec<Revoked> =
+            revoked.iter().filter_map(|c| c.params().serial_number.as_ref()).map(|s| Revoked { serial: s.to_bytes(), at: now }).collect();
+        self.crl_of(&revoked, OffsetDateTime::now_utc() - Duration::minutes(5), days, &serial().to_bytes())
+    }
+
+    /// A CRL listing `revoked` (key compromise), issued at `this_update`, valid for `days`, with
+    /// CRL number `number` (big-endian; each new CRL of a CA takes a higher one).
+    pub fn crl_of(&self, revoked: &[Revoked], this_update: OffsetDateTime, days: i64, number: &[u8]) -> Result<String, PkiError> {
         let params = CertificateRevocationListParams {
-            this_update: now - Duration::minutes(5),
-            next_update: now + Duration::days(days),
-            crl_number: serial(),
+            this_update,
+            next_update: this_update + Duration::days(days),
+            crl_number: SerialNumber::from_slice(number),
             issuing_distribution_point: None,
             revoked_certs: revoked
                 .iter()
-                .filter_map(|c| c.params().serial_number.clone())
-                .map(|serial_number| RevokedCertParams {
-                    serial_number,
-                    revocation_time: now - Duration::minutes(1),
+                .map(|r| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&r.serial),
+                    revocation_time: r.at,
                     reason_code: Some(RevocationReason::KeyCompromise),
                     invalidity_date: None,
                 })
@@ -258,6 +271,76 @@ impl TestCa {
         };
         Ok(params.signed_by(&self.cert, &self.key)?.pem()?)
     }
+}
+
+/// A revoked certificate: its serial (big-endian bytes) and when it was revoked.
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    pub serial: Vec<u8>,
+    pub at: OffsetDateTime,
+}
+
+/// What an operator needs to know of a CRL.
+#[derive(Debug, Clone)]
+pub struct CrlFacts {
+    /// The issuing CA's name.
+    pub issuer: String,
+    /// thisUpdate (unix time).
+    pub this_update: i64,
+    /// nextUpdate (unix time), when the CRL has one.
+    pub next_update: Option<i64>,
+    /// Serials (hex) of the revoked certificates.
+    pub revoked: Vec<String>,
+}
+
+/// Every X509 CRL block of a PEM file.
+pub fn read_crls(path: &std::path::Path) -> Result<Vec<CrlFacts>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let ders: Vec<_> = rustls_pemfile::crls(&mut bytes.as_slice()).collect::<Result<_, _>>().map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+    if ders.is_empty() {
+        return Err(format!("{}: no X509 CRL in the file", path.display()));
+    }
+    ders.iter().map(|d| crl_facts(d.as_ref()).map_err(|e| format!("{}: {e}", path.display()))).collect()
+}
+
+/// The facts of one DER CRL.
+pub fn crl_facts(der: &[u8]) -> Result<CrlFacts, String> {
+    let (_, crl) = x509_parser::parse_x509_crl(der).map_err(|e| format!("not an X.509 CRL: {e}"))?;
+    Ok(CrlFacts {
+        issuer: crl.issuer().to_string(),
+        this_update: crl.last_update().timestamp(),
+        next_update: crl.next_update().map(|t| t.timestamp()),
+        revoked: crl.iter_revoked_certificates().map(|r| r.raw_serial_as_string()).collect(),
+    })
+}
+
+/// What an operator and `medgate config check` need to know of a certificate.
+#[derive(Debug, Clone)]
+pub struct CertFacts {
+    pub subject: String,
+    pub issuer: String,
+    /// notBefore and notAfter (unix time).
+    pub not_before: i64,
+    pub not_after: i64,
+    /// The DER SubjectPublicKeyInfo.
+    pub spki: Vec<u8>,
+    /// Serial (hex, colon separated as OpenSSL prints it).
+    pub serial: String,
+    pub is_ca: bool,
+}
+
+/// The facts of one DER certificate.
+pub fn certificate_facts(der: &[u8]) -> Result<CertFacts, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    Ok(CertFacts {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        spki: cert.public_key().raw.to_vec(),
+        serial: cert.raw_serial_as_string(),
+        is_ca: cert.is_ca(),
+    })
 }
 
 /// SubjectPublicKeyInfo-independent facts about a certificate that operators need.

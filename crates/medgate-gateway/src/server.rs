@@ -34,6 +34,7 @@ use crate::api::Api;
 use crate::config::{Config, Consortium};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::reload::{Live, Outcome, ReloadError};
 use crate::tls::{self, ClientIdentity, Reloadable, TlsFiles};
 
 /// Time a client has to complete the TLS handshake.
@@ -67,9 +68,7 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub gateway: Gateway,
     db: Db,
-    hsm: Arc<Hsm>,
-    tls_files: TlsFiles,
-    tls: Arc<Reloadable>,
+    live: Arc<Live>,
     stop_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     his_task: JoinHandle<()>,
@@ -79,7 +78,10 @@ impl Running {
     /// Opens the store and the ledger (appending what the outbox holds), builds the TLS
     /// configuration around the HSM key, and starts serving on the given listeners.
     pub async fn start(cfg: &Config, hsm: Arc<Hsm>, his: TcpListener, admin: TcpListener) -> Result<Running, ServerError> {
-        let tls_files = TlsFiles { certificate: cfg.his.certificate.clone(), client_ca: cfg.his.client_ca.clone(), crls: cfg.his.crl.clone() };
+        let tls_files = TlsFiles::from_config(cfg);
+        if let (true, Err(e)) = (tls_files.enforce_crl_expiry, crate::reload::stale_crls(&tls_files)) {
+            tracing::error!(error = %e, "HIS clients of that CA will be refused");
+        }
         let tls = Arc::new(Reloadable::new(tls::server_config(&hsm, &tls_files)?));
         notify(&[sd_notify::NotifyState::Status("opening the vault and the ledger")]);
         let storage = |e: medgate_store::StoreError| ServerError::Storage { path: cfg.gateway.state_directory.display().to_string(), reason: e.to_string() };
@@ -122,9 +124,11 @@ impl Running {
             Ok(n) => tracing::info!(events = n, "key events from the officer's journal put on the ledger"),
             Err(e) => tracing::warn!(error = %e, "key event journal not anchored; it will be retried at the next start"),
         }
+        let max_body = Arc::new(std::sync::atomic::AtomicUsize::new(cfg.his.max_body_bytes));
+        let live = Arc::new(Live::new(cfg, hsm.clone(), tls.clone(), max_body.clone()));
         let api = Arc::new(Api {
             gateway: gateway.clone(),
-            max_body: cfg.his.max_body_bytes,
+            max_body,
             body_timeout: Duration::from_secs(cfg.his.request_timeout_seconds),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -132,7 +136,7 @@ impl Running {
         let admin_addr = admin.local_addr().map_err(|e| ServerError::Storage { path: "admin listener".into(), reason: e.to_string() })?;
         let timeout = Duration::from_secs(cfg.his.request_timeout_seconds);
         let his_task = tokio::spawn(serve_his(his, tls.clone(), api, stop_rx.clone(), timeout));
-        let admin_state = Arc::new(AdminState { gateway: gateway.clone(), db: db.clone(), tls_files: tls_files.clone(), link });
+        let admin_state = Arc::new(AdminState { gateway: gateway.clone(), db: db.clone(), live: live.clone(), link });
         if let Some((l, tls)) = peer_listener {
             tasks.push(tokio::spawn(crate::peer::serve(l, tls, Arc::new(gateway.clone()), stop_rx.clone())));
             tasks.push(tokio::spawn(exchange_checkpoints(gateway.clone(), stop_rx.clone())));
@@ -144,17 +148,14 @@ impl Running {
             tokio::spawn(watchdog(admin_state, stop_rx)),
         ]);
         tracing::info!(%his_addr, %admin_addr, hospital = %cfg.gateway.hospital_id, "medgate gateway ready");
-        Ok(Running { his_addr, admin_addr, gateway, db, hsm, tls_files, tls, stop_tx, tasks, his_task })
+        Ok(Running { his_addr, admin_addr, gateway, db, live, stop_tx, tasks, his_task })
     }
 
-    /// Re-reads the certificate, the client CA and the CRLs (SIGHUP). New handshakes use them;
-    /// open connections keep the configuration they started with. A bad file keeps the old one.
-    pub fn reload(&self) -> Result<(), tls::TlsError> {
-        self.hsm.refresh_keys();
-        let cfg = tls::server_config(&self.hsm, &self.tls_files)?;
-        self.tls.set(cfg);
-        self.gateway.metrics.incr("tls_reloads");
-        Ok(())
+    /// Re-reads and applies the configuration (SIGHUP; see [`crate::reload`]). New handshakes
+    /// use the new certificates; open connections keep what they started with. Any error keeps
+    /// every old setting.
+    pub fn reload(&self) -> Result<Outcome, ReloadError> {
+        reload_counted(&self.live, &self.gateway)
     }
 
     /// Stops accepting, lets requests in flight finish (bounded), stops the background tasks and
@@ -173,6 +174,17 @@ impl Running {
             Err(e) => tracing::error!(error = %e, "store flush at stop failed"),
         }
     }
+}
+
+/// A reload, logged and counted in `medgate_events_total` (`reloads`, `reload_failures`).
+fn reload_counted(live: &Live, gateway: &Gateway) -> Result<Outcome, ReloadError> {
+    let r = live.reload();
+    match &r {
+        Ok(done) => tracing::info!(changes = %done.text().trim_end().replace('\n', "; "), "configuration reloaded; certificates and CRLs reloaded"),
+        Err(e) => tracing::error!(error = %e, "reload failed; the previous settings stay in use"),
+    }
+    gateway.metrics.incr(if r.is_ok() { "reloads" } else { "reload_failures" });
+    r
 }
 
 /// The consortium link: the genesis adopted (a stored fork halts it), etcd reached over mutual

@@ -58,12 +58,36 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// What the HIS listener's TLS needs, re-read on SIGHUP.
+/// What the HIS listener's TLS needs, re-read on reload.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     pub certificate: PathBuf,
     pub client_ca: PathBuf,
     pub crls: Vec<PathBuf>,
+    /// Refuse clients of a CA whose CRL is past its nextUpdate (unless
+    /// `[dangerous] allow_expired_crl`).
+    pub enforce_crl_expiry: bool,
+}
+
+impl TlsFiles {
+    /// The HIS listener's files and CRL policy from the configuration.
+    pub fn from_config(cfg: &crate::config::Config) -> TlsFiles {
+        TlsFiles {
+            certificate: cfg.his.certificate.clone(),
+            client_ca: cfg.his.client_ca.clone(),
+            crls: cfg.his.crl.clone(),
+            enforce_crl_expiry: !cfg.dangerous.allow_expired_crl,
+        }
+    }
+}
+
+/// Why a certificate chain does not go with a key, in words (rustls names it by a Rust enum).
+pub fn key_mismatch(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => "its public key is not the HSM's active tls key".into(),
+        rustls::Error::InconsistentKeys(_) => "its public key cannot be compared with the HSM's active tls key".into(),
+        other => other.to_string(),
+    }
 }
 
 /// Builds the server configuration: HSM key + certificate chain, client verification against the
@@ -74,7 +98,7 @@ pub fn server_config(hsm: &Arc<Hsm>, files: &TlsFiles) -> Result<Arc<ServerConfi
     let certified = CertifiedKey::new(chain, Arc::new(key));
     certified.keys_match().map_err(|e| TlsError::File {
         path: files.certificate.clone(),
-        reason: format!("the certificate is not for the HSM's active tls key: {e}"),
+        reason: format!("the certificate is for another key: {}; have the CA certify the CSR of this HSM's tls key (`medgate keys csr`)", key_mismatch(&e)),
     })?;
     let mut roots = RootCertStore::empty();
     for ca in load_certs(&files.client_ca)? {
@@ -84,6 +108,9 @@ pub fn server_config(hsm: &Arc<Hsm>, files: &TlsFiles) -> Result<Arc<ServerConfi
     let crls = load_crls(&files.crls)?;
     if !crls.is_empty() {
         verifier = verifier.with_crls(crls);
+        if files.enforce_crl_expiry {
+            verifier = verifier.enforce_revocation_expiration();
+        }
     }
     let verifier = verifier.build().map_err(|e| TlsError::Rustls(e.to_string()))?;
     let mut cfg = ServerConfig::builder_with_provider(provider())
@@ -206,7 +233,7 @@ pub fn consortium_client(cfg: &crate::config::Consortium, hsm: &Arc<Hsm>) -> Res
     let certified = CertifiedKey::new(chain, Arc::new(key));
     certified
         .keys_match()
-        .map_err(|e| format!("{}: not a certificate for the HSM's active tls key: {e}", cfg.certificate.display()))?;
+        .map_err(|e| format!("{}: the certificate is for another key: {}", cfg.certificate.display(), key_mismatch(&e)))?;
     let mut c = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?

@@ -338,6 +338,34 @@ impl ChainStore {
         Ok(())
     }
 
+    /// The hospital this ledger copy belongs to: the one recorded by [`ChainStore::claim_hospital`],
+    /// else, on a standalone copy from before that was recorded, the writer of its first batch.
+    pub fn hospital(&self) -> Result<Option<String>, StoreError> {
+        if let Some(v) = self.meta.get(b"hospital_id")? {
+            return Ok(Some(String::from_utf8_lossy(&v).into_owned()));
+        }
+        if self.genesis_hash()?.is_some() {
+            return Ok(None);
+        }
+        let first = self.blocks().next().transpose().map_err(|e| StoreError::Format(e.to_string()))?;
+        Ok(first.and_then(|b| b.batches.first().map(|x| x.gateway.clone())))
+    }
+
+    /// Binds this ledger copy to the hospital it belongs to, or checks that it is this one: a
+    /// copy written as another hospital is refused, since every entry names its custodian and
+    /// the consortium knows the gateway by that name. A consortium copy from before the binding
+    /// was recorded is bound to `hospital` (its first batch may be another member's).
+    pub fn claim_hospital(&self, hospital: &str) -> Result<(), StoreError> {
+        match self.hospital()? {
+            Some(s) if s != hospital => Err(StoreError::WrongHospital { stored: s, configured: hospital.to_owned() }),
+            _ if self.meta.contains_key(b"hospital_id")? => Ok(()),
+            _ => {
+                self.meta.insert(&b"hospital_id"[..], hospital.as_bytes())?;
+                self.db.flush_blocking()
+            }
+        }
+    }
+
     /// The genesis hash of a consortium chain (`None` on a standalone one).
     pub fn genesis_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {
         Ok(self.meta.get(b"genesis_hash")?.and_then(|v| <[u8; 32]>::try_from(v.as_ref()).ok()))

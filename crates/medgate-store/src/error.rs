@@ -27,6 +27,14 @@ pub enum StoreError {
     /// The ordering service did not place the batch (the entries stay in the outbox).
     #[error("ordering: {0}")]
     Order(String),
+    /// The state directory holds another hospital's ledger copy.
+    #[error("the state directory holds the ledger of hospital {stored:?}, but gateway.hospital_id is {configured:?}. A hospital id cannot change: every ledger entry names its custodian, and the consortium knows this gateway by that id. Set gateway.hospital_id = {stored:?} again, or start {configured:?} on a new, empty state_directory")]
+    WrongHospital {
+        /// The hospital the copy belongs to.
+        stored: String,
+        /// The configured one.
+        configured: String,
+    },
     /// The ledger writer task has stopped.
     #[error("the ledger writer has stopped")]
     Stopped,

@@ -71,6 +71,7 @@ impl Ledger {
     /// Entries the outbox still holds are appended in the background by the caller's drain task
     /// when this first attempt fails (the ordering service may be unreachable at start).
     pub async fn start(parts: WriterParts) -> Result<Ledger, StoreError> {
+        parts.store.claim_hospital(&parts.gateway)?;
         let (tx, rx) = mpsc::channel::<Pending>(4096);
         let vault = parts.vault.clone();
         let store = parts.store.clone();

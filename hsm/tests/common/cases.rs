@@ -600,3 +600,21 @@ pub fn opencryptoki_probe_reports_the_reduced_profile(m: Module) {
 fn common_ock_slot() -> u64 {
     super::OCK_SLOT
 }
+
+/// C_Initialize and C_Finalize act on the whole process: a probe, a pool that cannot find its
+/// token, or one that is dropped, must not finalise the module under another pool of the same
+/// process. The pool here keeps its sessions throughout: no recovery is needed.
+pub fn a_probe_a_missing_token_or_a_dropped_pool_beside_a_pool_leave_it_working(m: Module) {
+    let t = Token::on(m, "beside");
+    let hsm = t.open(1);
+    hsm.generate(Role::Pseudonym).expect("generate");
+    let before = hsm.pseudonym_hmac(b"patient").expect("hmac");
+    let report = medgate_hsm::probe(&m.path(), &t.label, Some(&t.pin())).expect("probe");
+    assert!(report.token_slot.is_some(), "{report}");
+    let mut missing = t.config(1);
+    missing.token_label = "no-such-token".into();
+    assert!(Hsm::open(missing, t.pin()).is_err());
+    drop(t.open(1));
+    assert_eq!(hsm.pseudonym_hmac(b"patient").expect("hmac after"), before);
+    assert_eq!(hsm.stats().recoveries, 0, "the module was finalised under the pool");
+}

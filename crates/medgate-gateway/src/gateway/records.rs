@@ -1,13 +1,13 @@
-//! Records: store (ITI-65), search (ITI-67), read (ITI-68) and erase, with the idempotency and
+//! Records: store (ITI-65), read the metadata and erase, with the idempotency and
 //! conditional-create rules that keep a retrying HIS from storing twice.
 
-use medgate_fhir::{document_reference_resource, searchset, transaction_response, DocumentSubmission, PatientId, StoredDocument};
+use medgate_fhir::{document_reference_resource, transaction_response, DocumentSubmission, StoredDocument};
 use medgate_ledger::{Entry, EntryBody, Receipt};
 use medgate_store::vault::{self, Claim, IdemState, SealedMeta, StoredRecord, Vault};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{in_flight, Caller, Created, Document, Gateway};
+use super::{in_flight, Caller, Created, Gateway};
 use crate::GatewayError;
 
 impl Gateway {
@@ -239,61 +239,6 @@ impl Gateway {
         })
     }
 
-    /// `GET /DocumentReference?patient=system|value`.
-    pub async fn search(&self, caller: &Caller, patient: &PatientId, self_link: &str) -> Result<Value, GatewayError> {
-        self.may_read(caller)?;
-        let (_, pseudonym) = self.patient_pseudonym(patient).await?;
-        let user = self.user_pseudonym(caller).await?;
-        let records: Vec<StoredRecord> = self.vault.records_for(&pseudonym).map_err(GatewayError::from)?.into_iter().filter(|r| r.erased.is_none()).collect();
-        let mut resources = Vec::with_capacity(records.len());
-        for rec in records {
-            let receipt = self.ledger.store.receipt(&rec.entry_id).map_err(GatewayError::internal)?;
-            let open = self.open(rec, false).await?;
-            resources.push(self.describe(&open.record, &open.meta.document_reference, receipt.as_ref()));
-        }
-        // Records other members hold: what the ledger says of them (their metadata stays sealed
-        // at the custodian); GET /Binary/{id} fetches them under consent.
-        if self.sharing.is_some() {
-            let entries = self.ledger.store.entries_for_patient(&pseudonym).map_err(GatewayError::internal)?;
-            let erased: std::collections::HashSet<&str> =
-                entries.iter().filter(|(e, _)| matches!(e.body, EntryBody::RecordErased { .. })).filter_map(|(e, _)| e.record_id()).collect();
-            for (e, _) in entries.iter().filter(|(e, _)| !e.record_id().is_some_and(|r| erased.contains(r))) {
-                if let EntryBody::RecordAnchored { record_id, custodian, content_type, content_hash, size, .. } = &e.body {
-                    if *custodian == self.hospital {
-                        continue;
-                    }
-                    let reference = serde_json::json!({
-                        "resourceType": "DocumentReference",
-                        "status": "current",
-                        "subject": {"identifier": {"system": patient.system, "value": patient.value}},
-                        "content": [{"attachment": {"contentType": content_type}}]
-                    });
-                    let receipt = self.ledger.store.receipt(&e.id).map_err(GatewayError::internal)?;
-                    let receipt = receipt.map(|r| r.to_json());
-                    resources.push(document_reference_resource(&StoredDocument {
-                        id: record_id,
-                        document_reference: &reference,
-                        created: &e.time,
-                        size: *size,
-                        content_hash,
-                        custodian,
-                        receipt: receipt.as_ref(),
-                    }));
-                }
-            }
-        }
-        self.record_access(vec![self.entry(EntryBody::PatientSearched {
-            patient: pseudonym,
-            reader: self.hospital.clone(),
-            user,
-            role: caller.role.clone(),
-            purpose: caller.purpose.clone(),
-            results: resources.len() as u32,
-        })])
-        .await?;
-        Ok(searchset(resources, self_link))
-    }
-
     pub(super) fn stored(&self, id: &str) -> Result<StoredRecord, GatewayError> {
         if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(GatewayError::NotFound(format!("no record {}", id.chars().take(64).collect::<String>())));
@@ -348,23 +293,6 @@ impl Gateway {
         self.record_access(vec![self.read_entry(caller, &user, &open.record, Some("metadata"))]).await?;
         let receipt = self.ledger.store.receipt(&open.record.entry_id).map_err(GatewayError::internal)?;
         Ok(self.describe(&open.record, &open.meta.document_reference, receipt.as_ref()))
-    }
-
-    /// `GET /Binary/{id}`: the document, decrypted, after its read entry is durably recorded.
-    /// A record held by another hospital is fetched from it (consent checked there).
-    pub async fn read_binary(&self, caller: &Caller, id: &str) -> Result<Document, GatewayError> {
-        self.may_read(caller)?;
-        if self.vault.get(id).map_err(GatewayError::from)?.is_none() {
-            if let Some(entry) = self.remote_record(id)? {
-                return self.read_remote(caller, entry).await;
-            }
-        }
-        let rec = self.stored(id)?;
-        let user = self.user_pseudonym(caller).await?;
-        let open = self.open(rec, true).await?;
-        self.record_access(vec![self.read_entry(caller, &user, &open.record, None)]).await?;
-        self.metrics.incr("records_read");
-        Ok(Document { content_type: open.record.content_type.clone(), bytes: open.document })
     }
 
     /// The anchoring entry of a record another member holds, if the ledger knows one.

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use super::notify;
 use crate::gateway::Gateway;
-use crate::tls::{self, TlsFiles};
+use crate::reload::Live;
 use crate::GatewayError;
 
 /// What the admin listener and the watchdog look at.
@@ -30,7 +30,7 @@ use crate::GatewayError;
 pub(super) struct AdminState {
     pub(super) gateway: Gateway,
     pub(super) db: Db,
-    pub(super) tls_files: TlsFiles,
+    pub(super) live: Arc<Live>,
     pub(super) link: Option<Arc<EtcdLink>>,
 }
 
@@ -88,12 +88,14 @@ impl AdminState {
 
     fn metrics(&self) -> String {
         let st = self.gateway.hsm.stats();
-        let mut gauges: Vec<crate::metrics::Gauge<'_>> = vec![
+        let counters: Vec<crate::metrics::Counter<'_>> = vec![
             ("medgate_hsm_operations_total", "HSM operations by kind.", st.ops.iter().map(|(k, n)| (format!("op=\"{k}\""), *n as f64)).collect()),
             ("medgate_hsm_errors_total", "HSM errors by kind.", st.errors.iter().map(|(k, n)| (format!("kind=\"{k}\""), *n as f64)).collect()),
             ("medgate_hsm_pkcs11_calls_total", "PKCS#11 calls made.", vec![(String::new(), st.pkcs11_calls as f64)]),
             ("medgate_hsm_pool_waits_total", "Times a request waited for an HSM session.", vec![(String::new(), st.pool_waits as f64)]),
             ("medgate_hsm_pool_wait_seconds_total", "Time spent waiting for an HSM session.", vec![(String::new(), st.pool_wait_seconds)]),
+        ];
+        let mut gauges: Vec<crate::metrics::Gauge<'_>> = vec![
             ("medgate_vault_records", "Records in the local vault.", vec![(String::new(), self.gateway.vault.record_count() as f64)]),
             ("medgate_outbox_entries", "Ledger entries stored but not yet in a block.", vec![(String::new(), self.gateway.vault.outbox_len() as f64)]),
         ];
@@ -116,17 +118,9 @@ impl AdminState {
         if let Ok(forks) = self.gateway.ledger.store.forks() {
             gauges.push(("medgate_ledger_forks", "Forks seen (two signed hashes at one height).", vec![(String::new(), forks.len() as f64)]));
         }
-        let mut expiry = Vec::new();
-        for (which, path) in [("server", &self.tls_files.certificate), ("client_ca", &self.tls_files.client_ca)] {
-            if let Ok(certs) = tls::load_certs(path) {
-                if let Some(Ok((_, _, not_after))) = certs.first().map(|c| crate::pki::describe_certificate(c.as_ref())) {
-                    expiry.push((format!("certificate=\"{which}\""), not_after as f64));
-                }
-            }
-        }
-        gauges.push(("medgate_certificate_expiry_timestamp_seconds", "When each configured certificate expires (unix time).", expiry));
+        gauges.extend(self.live.gauges());
         gauges.extend(self.gateway.shred.gauges(&self.gateway.vault));
-        self.gateway.metrics.render(&gauges)
+        self.gateway.metrics.render(&counters, &gauges)
     }
 }
 
@@ -202,12 +196,16 @@ async fn admin_request(state: Arc<AdminState>, req: Request<hyper::body::Incomin
             text(status, h.text(), plain)
         }
         ("GET", "/metrics") => text(StatusCode::OK, state.metrics(), "text/plain; version=0.0.4; charset=utf-8"),
+        ("POST", "/reload") => match super::reload_counted(&state.live, &state.gateway) {
+            Ok(done) => text(StatusCode::OK, done.text(), plain),
+            Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused; the gateway keeps its previous settings:\n{e}\n"), plain),
+        },
         ("POST", "/ledger/compact") => json_answer(state.gateway.compact_ordering().await.map(|rev| serde_json::json!({"compacted_below": rev}))),
         ("GET", "/audit/break-glass") => json_answer(state.gateway.ledger.store.break_glass_reads().map(|l| crate::gateway::break_glass_json(&l)).map_err(GatewayError::from)),
         ("GET", "/consortium/members") => json_answer(state.gateway.membership_json()),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: GET /healthz, /readyz, /metrics, /audit/break-glass, /consortium/members; POST /ledger/compact, /consortium/proposals, /consortium/proposals/{id}/approve\n".into(),
+            "not found: GET /healthz, /readyz, /metrics, /audit/break-glass, /consortium/members; POST /reload, /ledger/compact, /consortium/proposals, /consortium/proposals/{id}/approve\n".into(),
             plain,
         ),
     })
