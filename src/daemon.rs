@@ -42,7 +42,7 @@ pub fn serve(path: &Path) -> Result<(), Failure> {
     // Bound before the drop from root, so a port may be below 1024.
     let listeners = rt.block_on(async { Ok::<_, Failure>((bind(cfg.his.listen, "his.listen").await?, bind(cfg.admin.listen, "admin.listen").await?)) })?;
     harden::lock_memory();
-    harden::drop_privileges(cfg.gateway.user.as_deref()).map_err(|e| Failure::config(format!("{}: {e}", cfg.source.display())))?;
+    harden::drop_privileges(path, cfg.gateway.user.as_deref(), &cfg.gateway.state_directory).map_err(|e| Failure::config(format!("{}: {e}", cfg.source.display())))?;
     notify(&[NotifyState::Status("logging in to the HSM")]);
     let hsm = Arc::new(medgate_hsm::Hsm::open(cfg.hsm_config(), pin).map_err(Failure::hsm)?);
     let result = rt.block_on(run(&cfg, hsm.clone(), listeners));

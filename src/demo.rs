@@ -254,9 +254,6 @@ fn write_config(dir: &Path, hospital: &str, module: &Path, pin_file: &Path, his_
 [gateway]
 hospital_id = "{hospital}"
 state_directory = "{state}"
-# A throwaway site in a private temporary directory: when started as root, the gateway stays
-# root instead of becoming the `medgate` user (which could not read this directory).
-user = "root"
 
 [hsm]
 module = "{module}"

@@ -5,34 +5,34 @@
 //! Boundary: process credentials and limits, through nix's safe wrappers only (no unsafe code;
 //! per-buffer `mlock`/`madvise(MADV_DONTDUMP)` need raw pointers, so they are not used: the
 //! whole process is non-dumpable instead, and all of it is locked when `RLIMIT_MEMLOCK` is
-//! unlimited). Knows nothing of the gateway beyond the name of the user to become.
+//! unlimited). Knows nothing of the gateway beyond the account to become (`crate::account`).
 //!
 //! Order in the daemon: [`no_dumps`] first (before any secret is read), the PIN read and the
 //! listeners bound as root (the PIN file may be root-only, a port may be below 1024), then
-//! [`drop_privileges`], and only then the PKCS#11 module is loaded: the vendor's library never
-//! runs as root, and the token (SoftHSM's token directory) must be reachable by the service
-//! user, as it is under systemd, where `User=medgate` does the drop before the process starts.
+//! [`drop_privileges`] to the service account (the one `medgate config check` checks as), and
+//! only then the PKCS#11 module is loaded: the vendor's library never runs as root, and the
+//! token (SoftHSM's token directory) must be reachable by the service user, as it is under
+//! systemd, where `User=medgate` does the drop before the process starts.
 
-use std::ffi::CString;
+use std::path::Path;
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
-use nix::unistd::{Gid, Uid, User};
+use nix::unistd::Uid;
 
-/// The account the daemon becomes when started as root and `gateway.user` is not set.
-pub const DEFAULT_USER: &str = "medgate";
+use crate::account::{self, Account};
 
 /// Why hardening could not be applied; the daemon does not start then.
 #[derive(Debug, thiserror::Error)]
 pub enum HardenError {
-    /// `gateway.user` (or the default, `medgate`) names an account this machine does not have.
-    #[error("gateway.user: started as root, and there is no user {0:?} to become on this machine (create it, or set gateway.user)")]
+    /// `gateway.user` names an account this machine does not have.
+    #[error("gateway.user: started as root, and there is no user {0:?} to become on this machine")]
     NoSuchUser(String),
     /// The account's entry could not be read.
     #[error("looking up user {user:?}: {source}")]
     Lookup { user: String, source: nix::Error },
     /// A credential change failed (usually: root without CAP_SETUID/CAP_SETGID).
-    #[error("cannot become user {user:?} ({step}): {source}")]
-    Change { user: String, step: &'static str, source: nix::Error },
+    #[error("cannot become user {user:?}: {reason}")]
+    Change { user: String, reason: String },
     /// After the change the process could still become root again.
     #[error("after the change to {0:?} the process could still regain root; refusing to run")]
     Regain(String),
@@ -96,49 +96,51 @@ pub enum Dropped {
     To { user: String, uid: u32, gid: u32 },
     /// `gateway.user = "root"`: the operator chose to run as root.
     RootByChoice,
+    /// No `gateway.user`, and no service account: the state directory and the configuration
+    /// file's group are root's (a throwaway site of `medgate demo` or the tests). Still root,
+    /// with a warning.
+    NoServiceAccount,
 }
 
-/// When running as root, becomes `requested` (or [`DEFAULT_USER`]): supplementary groups from
-/// the account (`initgroups`, so membership in `softhsm` opens SoftHSM's token directory), then
-/// its group and its user, real, effective and saved alike, and checks that root cannot be
-/// regained. Not root: nothing to do. A user that does not exist (the default one included) is
-/// an error: the daemon never stays root by accident; `gateway.user = "root"` says so on purpose.
-pub fn drop_privileges(requested: Option<&str>) -> Result<Dropped, HardenError> {
+/// When running as root, becomes the service account: `gateway.user` when set, else the account
+/// `medgate config check` and `medgate keys` use ([`crate::account::service_account`]: the
+/// owner of the state directory, `medgate` for the package's /var/lib/medgate). Supplementary
+/// groups come along (`initgroups`, so membership in `softhsm` opens SoftHSM's token
+/// directory), then the group and the user, for good (checked), and the dumpable flag is
+/// cleared again. Not root: nothing to do. A named user that does not exist is an error.
+pub fn drop_privileges(config: &Path, named: Option<&str>, state_directory: &Path) -> Result<Dropped, HardenError> {
     if !Uid::effective().is_root() {
         return Ok(Dropped::NotRoot);
     }
-    let name = requested.unwrap_or(DEFAULT_USER);
-    if name == "root" {
-        tracing::warn!("gateway.user = \"root\": the gateway keeps running as root");
-        return Ok(Dropped::RootByChoice);
-    }
-    let user = match User::from_name(name) {
-        Ok(Some(u)) => u,
-        Ok(None) => return Err(HardenError::NoSuchUser(name.to_owned())),
-        Err(source) => return Err(HardenError::Lookup { user: name.to_owned(), source }),
+    let account = match named {
+        Some("root") => {
+            tracing::warn!("gateway.user = \"root\": the gateway keeps running as root");
+            return Ok(Dropped::RootByChoice);
+        }
+        Some(name) => match Account::named(name, "gateway.user") {
+            Ok(Some(a)) => a,
+            Ok(None) => return Err(HardenError::NoSuchUser(name.to_owned())),
+            Err(source) => return Err(HardenError::Lookup { user: name.to_owned(), source }),
+        },
+        None => match account::service_account(config, Some(state_directory)) {
+            Some(a) if !a.uid.is_root() => a,
+            _ => {
+                tracing::warn!(state_directory = %state_directory.display(), "started as root with no service account (gateway.user is not set, and neither the state directory's owner nor the configuration file's group names a user other than root): still running as root");
+                return Ok(Dropped::NoServiceAccount);
+            }
+        },
     };
-    become_user(&user)?;
-    tracing::info!(user = name, uid = user.uid.as_raw(), gid = user.gid.as_raw(), "dropped root privileges");
-    Ok(Dropped::To { user: name.to_owned(), uid: user.uid.as_raw(), gid: user.gid.as_raw() })
-}
-
-fn become_user(user: &User) -> Result<(), HardenError> {
-    let change = |step: &'static str| move |source| HardenError::Change { user: user.name.clone(), step, source };
-    let cname = CString::new(user.name.as_bytes()).map_err(|_| HardenError::NoSuchUser(user.name.clone()))?;
-    nix::unistd::initgroups(&cname, user.gid).map_err(change("supplementary groups"))?;
-    nix::unistd::setresgid(user.gid, user.gid, user.gid).map_err(change("group"))?;
-    nix::unistd::setresuid(user.uid, user.uid, user.uid).map_err(change("user"))?;
-    // The credential change resets the dumpable flag to fs.suid_dumpable; set it again.
+    account::become_account(&account).map_err(|reason| HardenError::Change { user: account.name.clone(), reason })?;
+    // The credential change resets the dumpable flag to fs.suid_dumpable; clear it again.
     nix::sys::prctl::set_dumpable(false).map_err(HardenError::Dumpable)?;
-    let ids = nix::unistd::getresuid().map_err(change("check"))?;
-    if [ids.real, ids.effective, ids.saved].iter().any(|u| u.is_root()) || nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
-        return Err(HardenError::Regain(user.name.clone()));
+    let (uids, gids) = (nix::unistd::getresuid(), nix::unistd::getresgid());
+    let root_left = uids.map_or(true, |u| [u.real, u.effective, u.saved].iter().any(|u| u.is_root()))
+        || (account.gid.as_raw() != 0 && gids.map_or(true, |g| [g.real, g.effective, g.saved].iter().any(|g| g.as_raw() == 0)));
+    if root_left {
+        return Err(HardenError::Regain(account.name.clone()));
     }
-    let gids = nix::unistd::getresgid().map_err(change("check"))?;
-    if [gids.real, gids.effective, gids.saved].iter().any(|g| *g == Gid::from_raw(0)) && user.gid != Gid::from_raw(0) {
-        return Err(HardenError::Regain(user.name.clone()));
-    }
-    Ok(())
+    tracing::info!(user = %account.name, uid = account.uid.as_raw(), gid = account.gid.as_raw(), reason = %account.reason, "dropped root privileges");
+    Ok(Dropped::To { user: account.name.clone(), uid: account.uid.as_raw(), gid: account.gid.as_raw() })
 }
 
 #[cfg(test)]
@@ -158,12 +160,16 @@ mod tests {
     fn a_named_user_that_does_not_exist_is_refused_when_root() {
         if !Uid::effective().is_root() {
             // Not root: nothing is dropped, whatever the name.
-            assert_eq!(drop_privileges(Some("no-such-user-medgate-test")).ok(), Some(Dropped::NotRoot));
+            assert_eq!(drop_privileges(Path::new("/nonexistent"), Some("no-such-user-medgate-test"), Path::new("/")).ok(), Some(Dropped::NotRoot));
             return;
         }
-        assert!(matches!(drop_privileges(Some("no-such-user-medgate-test")), Err(HardenError::NoSuchUser(_))));
+        let (config, state) = (Path::new("/nonexistent/medgate.toml"), Path::new("/"));
+        assert!(matches!(drop_privileges(config, Some("no-such-user-medgate-test"), state), Err(HardenError::NoSuchUser(_))));
         // Refused before any credential changed: still root.
         assert!(Uid::effective().is_root());
-        assert_eq!(drop_privileges(Some("root")).ok(), Some(Dropped::RootByChoice));
+        assert_eq!(drop_privileges(config, Some("root"), state).ok(), Some(Dropped::RootByChoice));
+        // No user named and the state directory is root's: no service account, still root.
+        assert_eq!(drop_privileges(config, None, state).ok(), Some(Dropped::NoServiceAccount));
+        assert!(Uid::effective().is_root());
     }
 }

@@ -151,11 +151,12 @@ fn started_as_root_it_binds_then_becomes_the_service_user_before_loading_the_hsm
     let (site, dir) = support::site("harden-drop");
     let his = privileged_port();
     let text = std::fs::read_to_string(&site.config).unwrap();
-    assert!(text.contains("user = \"root\"\n"), "{text}");
-    let text = text.replacen("user = \"root\"\n", "user = \"nobody\"\n", 1).replace(&site.his_addr.to_string(), &his.to_string());
+    assert!(!text.contains("user ="), "{text}");
+    let text = text.replace(&site.his_addr.to_string(), &his.to_string());
     std::fs::write(&site.config, text).unwrap();
-    // Everything belongs to the service account but the PIN file, which only root may read:
-    // the PIN is read before the drop.
+    // Everything belongs to nobody but the PIN file, which only root may read (the PIN is read
+    // before the drop). No gateway.user: the service account is the state directory's owner,
+    // as `medgate config check` finds it.
     let pin = dir.path().join("hsm-pin");
     give_to_nobody(dir.path(), Some(&pin));
     std::fs::set_permissions(&pin, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -185,4 +186,43 @@ fn started_as_root_it_binds_then_becomes_the_service_user_before_loading_the_hsm
     assert!(!read_as_nobody(&format!("/proc/{pid}/mem")).status.success());
     let status = medgate::demo::stop_child(&mut gateway).unwrap();
     assert_eq!(status.code(), Some(0), "SIGTERM as the service user:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+}
+
+#[test]
+fn started_as_root_with_no_service_account_it_stays_root_and_says_so() {
+    require_root();
+    // Everything is root's, as in `medgate demo` run by root: no account to become.
+    let (site, dir) = support::site("harden-no-account");
+    let log = dir.path().join("medgate.log");
+    let mut gateway = serve(&mut Command::new(support::exe()), &site, dir.path(), &log);
+    assert_eq!(status_ids(gateway.id(), "Uid:"), vec![0; 4]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("no service account") && text.contains("still running as root"), "log:\n{text}");
+    assert!(!text.contains("dropped root privileges"), "log:\n{text}");
+    let status = medgate::demo::stop_child(&mut gateway).unwrap();
+    assert_eq!(status.code(), Some(0), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+}
+
+#[test]
+fn gateway_user_wins_over_the_owner_of_the_state_directory() {
+    require_root();
+    let (site, dir) = support::site("harden-named");
+    let text = std::fs::read_to_string(&site.config).unwrap();
+    let state_line = text.lines().find(|l| l.starts_with("state_directory = ")).unwrap().to_owned();
+    std::fs::write(&site.config, text.replacen(&state_line, &format!("{state_line}\nuser = \"nobody\""), 1)).unwrap();
+    give_to_nobody(dir.path(), None);
+    // The state directory belongs to daemon (the service account `config check` would pick),
+    // writable by nobody's group: gateway.user names nobody, so nobody it is.
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::lchown(&state, Some(1), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o2770)).unwrap();
+    let log = dir.path().join("medgate.log");
+
+    let mut gateway = serve(&mut Command::new(support::exe()), &site, dir.path(), &log);
+    assert_eq!(status_ids(gateway.id(), "Uid:"), vec![NOBODY; 4]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("dropped root privileges") && text.contains("gateway.user"), "log:\n{text}");
+    let status = medgate::demo::stop_child(&mut gateway).unwrap();
+    assert_eq!(status.code(), Some(0), "{}", std::fs::read_to_string(&log).unwrap_or_default());
 }

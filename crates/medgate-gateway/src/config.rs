@@ -43,7 +43,8 @@ pub struct Gateway {
     pub hospital_id: String,
     /// Vault, ledger and outbox live here (systemd StateDirectory).
     pub state_directory: PathBuf,
-    /// The account `medgate serve` becomes when started as root (default `medgate`).
+    /// The account `medgate serve` becomes when started as root (default: the service account,
+    /// the owner of `state_directory`, as `medgate config check` finds it).
     #[serde(default)]
     pub user: Option<String>,
 }
