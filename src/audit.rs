@@ -8,14 +8,15 @@ use medgate_gateway::gateway::break_glass_json;
 
 use crate::exit::Failure;
 
-/// `medgate audit break-glass`: asks the running gateway on its admin listener; when it is not
+/// `medgate audit break-glass`: asks the running gateway on its admin socket; when it is not
 /// running, reads the store directly.
 pub fn break_glass(config: &Path, as_json: bool) -> Result<(), Failure> {
-    let cfg = medgate_gateway::config::Config::load(config).map_err(|e| Failure::config(e.to_string()))?;
-    let value: serde_json::Value = match crate::admin_client::get(cfg.admin.listen, "/audit/break-glass") {
-        Ok((200, body)) => serde_json::from_str(&body).map_err(|e| Failure::runtime(format!("admin listener: {e}")))?,
-        Ok((status, body)) => return Err(Failure::runtime(format!("admin listener answered {status}: {body}"))),
+    let socket = crate::admin_client::socket_of(config).map_err(Failure::config)?;
+    let value: serde_json::Value = match crate::admin_client::get(&socket, "/audit/break-glass") {
+        Ok((200, body)) => serde_json::from_str(&body).map_err(|e| Failure::runtime(format!("admin socket: {e}")))?,
+        Ok((status, body)) => return Err(Failure::runtime(format!("refused ({status}): {}", body.trim()))),
         Err(_) => {
+            let cfg = medgate_gateway::config::Config::load(config).map_err(|e| Failure::config(e.to_string()))?;
             let db = medgate_store::Db::open(&cfg.gateway.state_directory).map_err(|e| Failure::runtime(e.to_string()))?;
             let store = medgate_store::ChainStore::open(&db).map_err(|e| Failure::runtime(e.to_string()))?;
             break_glass_json(&store.break_glass_reads().map_err(|e| Failure::runtime(e.to_string()))?)

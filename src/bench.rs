@@ -3,7 +3,8 @@
 //! stores documents over mutual TLS exactly as an HIS would, each client on its own keep-alive
 //! connection. Prints records/s, p50/p99 latency and HSM calls per record per concurrency level.
 //! With `--shred`, it then erases one record and times the shred pass that follows (KEK rotation,
-//! every stored record re-wrapped in the HSM, the old KEK version destroyed).
+//! every stored record re-wrapped in the HSM, the old KEK version destroyed). With `--flood`, one
+//! client certificate floods while another works ([`flood`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,9 @@ use medgate_gateway::config::Config;
 use crate::demo::{Site, SOFTHSM_MODULE, TOKEN};
 use medgate_fhir::{sample_transaction, PatientId};
 use medgate_gateway::server::Running;
+
+mod flood;
+pub use flood::run as flood;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -38,8 +42,9 @@ pub fn run(records: usize, levels: &[usize], size: usize, shred: bool) -> Result
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| Failure::runtime(e.to_string()))?;
     let result = rt.block_on(async {
         let his = tokio::net::TcpListener::bind(site.his_addr).await.map_err(|e| Failure::runtime(e.to_string()))?;
-        let admin = tokio::net::TcpListener::bind(site.admin_addr).await.map_err(|e| Failure::runtime(e.to_string()))?;
-        let running = Running::start(&cfg, hsm.clone(), his, admin).await.map_err(|e| Failure::runtime(e.to_string()))?;
+        let monitor = tokio::net::TcpListener::bind(site.admin_addr).await.map_err(|e| Failure::runtime(e.to_string()))?;
+        let admin = medgate_gateway::server::officers::bind(&cfg.admin.socket, None).map_err(|e| Failure::runtime(e.to_string()))?;
+        let running = Running::start(&cfg, hsm.clone(), medgate_gateway::server::Listeners { his, monitor, admin }).await.map_err(|e| Failure::runtime(e.to_string()))?;
         println!(
             "medgate bench: {records} documents of {size} bytes per level, mutual TLS over loopback, SoftHSM2, batch <= {} entries / {} ms, {} cores",
             cfg.ledger.batch_max_entries,
@@ -82,7 +87,7 @@ async fn level(site: &Site, hsm: &Arc<Hsm>, records: usize, concurrency: usize, 
                 let bundle = sample_transaction(&patient, "application/pdf", &data, None);
                 let t = Instant::now();
                 let r = client.post_json("/", &bundle, &[]).await?;
-                if r.status != 201 {
+                if r.status != 200 {
                     return Err(format!("status {}: {}", r.status, String::from_utf8_lossy(&r.body)));
                 }
                 lat.push(t.elapsed());
@@ -119,7 +124,7 @@ async fn shred_pass(site: &Site, running: &Running, hsm: &Arc<Hsm>) -> Result<()
     let mut client = site.his_client()?;
     let patient = PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: "shred-bench".into() };
     let r = client.post_json("/", &sample_transaction(&patient, "text/plain", b"to be erased", None), &[]).await.map_err(Failure::runtime)?;
-    let id = r.json()["entry"][0]["resource"]["id"].as_str().map(str::to_owned).ok_or_else(|| Failure::runtime("no record id in the answer"))?;
+    let id = medgate_fhir::answer_ids(&r.json(), "DocumentReference").pop().ok_or_else(|| Failure::runtime("no record id in the answer"))?;
     let gateway = &running.gateway;
     let before = hsm.stats();
     let passes = gateway.shred.status().passes;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use medgate_hsm::Role;
 
-use medgate_gateway::config::{self, Config};
+use medgate_gateway::config;
 
 use crate::exit::{self, Failure};
 
@@ -139,6 +139,12 @@ enum Command {
         /// time and the records re-wrapped per second.
         #[arg(long, conflicts_with = "consortium")]
         shred: bool,
+        /// Fairness under a flood instead: one client certificate sends searches at full speed on
+        /// as many connections as the largest concurrency level, while a second certificate sends
+        /// `--records` searches one after the other; prints the second client's p50/p99 alone and
+        /// under the flood, and the flooder's 200s and 429s per second.
+        #[arg(long, conflicts_with_all = ["consortium", "shred"])]
+        flood: bool,
     },
     /// The consortium: a CA kept in files for tests and pilots (certify gateways' HSM keys and
     /// etcd members), the genesis and member cards, and membership changes on the ledger.
@@ -202,19 +208,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Ledger { command } => ledger::ledger_command(command),
         Command::Demo { workdir, consortium: false } => crate::demo::run(workdir.as_deref()),
         Command::Demo { workdir, consortium: true } => crate::demo::run_consortium(workdir.as_deref()),
-        Command::Bench { records, concurrency, size, consortium: false, shred } => crate::bench::run(records, &concurrency, size, shred),
+        Command::Bench { records, concurrency, flood: true, .. } => crate::bench::flood(records, concurrency.iter().copied().max().unwrap_or(16)),
+        Command::Bench { records, concurrency, size, consortium: false, shred, .. } => crate::bench::run(records, &concurrency, size, shred),
         Command::Bench { records, concurrency, consortium: true, .. } => {
             crate::demo::bench_consortium(records, concurrency.iter().copied().max().unwrap_or(16))
         }
     }
 }
 
-/// One request to the running gateway's admin listener; a non-200 answer is a failure that
+/// One request on the running gateway's admin socket; a non-200 answer is a failure that
 /// carries the gateway's reason.
-pub(crate) fn admin_call(cfg: &Config, method: &str, path: &str, body: &[u8]) -> Result<String, Failure> {
-    match crate::admin_client::request(cfg.admin.listen, method, path, body) {
+pub(crate) fn admin_call(config: &std::path::Path, method: &str, path: &str, body: &[u8]) -> Result<String, Failure> {
+    let socket = crate::admin_client::socket_of(config).map_err(Failure::config)?;
+    match crate::admin_client::request(&socket, method, path, body) {
         Ok((200, body)) => Ok(body),
         Ok((status, body)) => Err(Failure::runtime(format!("refused ({status}): {}", body.trim()))),
-        Err(e) => Err(Failure { code: exit::UNAVAILABLE, message: format!("the gateway's admin listener {} did not answer: {e}", cfg.admin.listen) }),
+        Err(e) => Err(Failure { code: exit::UNAVAILABLE, message: format!("the gateway's admin socket did not answer: {e}") }),
     }
 }

@@ -1,11 +1,12 @@
 //! `medgate serve`: the long-running gateway process. Order of start-up: configuration (exit 64
-//! on any problem), process hardening ([`crate::harden`]), the PIN and the listeners (still as
-//! root when started as root), the drop to the service user, the HSM (module loaded and logged
-//! in once, as that user), the store and the ledger, then READY=1 to systemd. A failure that a
-//! restart cannot fix exits 64 or 77 (see [`crate::exit`]). SIGHUP re-reads the configuration
-//! and applies what can change live (`medgate_gateway::reload`; `medgate reload` asks the same
-//! of the admin listener and waits for the answer); SIGTERM (or SIGINT) stops accepting, lets
-//! requests in flight finish, flushes, closes the HSM and exits 0.
+//! on any problem), process hardening ([`crate::harden`]), the PIN and the listeners (the HIS
+//! and monitoring ports and the admin socket, still as root when started as root), the drop to
+//! the service user, the HSM (module loaded and logged in once, as that user), the store and the
+//! ledger, then READY=1 to systemd. A failure that a restart cannot fix exits 64 or 77 (see
+//! [`crate::exit`]). SIGHUP re-reads the configuration and applies what can change live
+//! (`medgate_gateway::reload`; `medgate reload` asks the same on the admin socket and waits for
+//! the answer); SIGTERM (or SIGINT) stops accepting, lets requests in flight finish, flushes,
+//! closes the HSM and exits 0.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,10 +18,21 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::exit::Failure;
 use crate::harden;
 use medgate_gateway::config::Config;
-use medgate_gateway::server::{notify, Running};
+use medgate_gateway::server::{notify, officers, Listeners, Running};
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, Failure> {
     TcpListener::bind(addr).await.map_err(|e| Failure::bind(addr, what, &e))
+}
+
+async fn listen(cfg: &Config) -> Result<Listeners, Failure> {
+    let his = bind(cfg.his.listen, "his.listen").await?;
+    let monitor = bind(cfg.admin.listen, "admin.listen").await?;
+    let admin = officers::bind(&cfg.admin.socket, cfg.admin.officers()).map_err(|e| Failure {
+        // A missing or unwritable directory is the installation's fault; a live socket may go away.
+        code: if e.kind() == std::io::ErrorKind::AddrInUse { crate::exit::UNAVAILABLE } else { crate::exit::BAD_CONFIG },
+        message: format!("cannot listen on {} (admin.socket): {e}", cfg.admin.socket.display()),
+    })?;
+    Ok(Listeners { his, monitor, admin })
 }
 
 pub fn serve(path: &Path) -> Result<(), Failure> {
@@ -39,10 +51,12 @@ pub fn serve(path: &Path) -> Result<(), Failure> {
         .thread_name("medgate")
         .build()
         .map_err(|e| Failure::runtime(format!("runtime: {e}")))?;
-    // Bound before the drop from root, so a port may be below 1024.
-    let listeners = rt.block_on(async { Ok::<_, Failure>((bind(cfg.his.listen, "his.listen").await?, bind(cfg.admin.listen, "admin.listen").await?)) })?;
+    // Bound before the drop from root: a port may be below 1024, and the admin socket's
+    // directory (/run/medgate outside systemd) may be made only by root.
+    let listeners = rt.block_on(listen(&cfg))?;
     harden::lock_memory();
-    harden::drop_privileges(path, cfg.gateway.user.as_deref(), &cfg.gateway.state_directory).map_err(|e| Failure::config(format!("{}: {e}", cfg.source.display())))?;
+    let socket = [cfg.admin.socket.as_path()];
+    harden::drop_privileges(path, cfg.gateway.user.as_deref(), &cfg.gateway.state_directory, &socket).map_err(|e| Failure::config(format!("{}: {e}", cfg.source.display())))?;
     notify(&[NotifyState::Status("logging in to the HSM")]);
     let hsm = Arc::new(medgate_hsm::Hsm::open(cfg.hsm_config(), pin).map_err(Failure::hsm)?);
     let result = rt.block_on(run(&cfg, hsm.clone(), listeners));
@@ -52,11 +66,11 @@ pub fn serve(path: &Path) -> Result<(), Failure> {
     result
 }
 
-async fn run(cfg: &Config, hsm: Arc<medgate_hsm::Hsm>, (his, admin): (TcpListener, TcpListener)) -> Result<(), Failure> {
+async fn run(cfg: &Config, hsm: Arc<medgate_hsm::Hsm>, listeners: Listeners) -> Result<(), Failure> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| Failure::runtime(format!("signal: {e}")))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Failure::runtime(format!("signal: {e}")))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| Failure::runtime(format!("signal: {e}")))?;
-    let running = Running::start(cfg, hsm, his, admin).await.map_err(Failure::start)?;
+    let running = Running::start(cfg, hsm, listeners).await.map_err(Failure::start)?;
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
     loop {
         tokio::select! {

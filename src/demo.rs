@@ -35,7 +35,10 @@ pub struct Site {
     pub config: PathBuf,
     pub softhsm_conf: PathBuf,
     pub his_addr: SocketAddr,
+    /// The monitoring listener (health, readiness, metrics).
     pub admin_addr: SocketAddr,
+    /// The admin socket (every admin action).
+    pub admin_socket: PathBuf,
     /// PEM: the hospital CA (trusted by the HIS for the server, and by the gateway for clients).
     pub ca_pem: String,
     /// PEM: the HIS client certificate and its key (role `his`).
@@ -111,6 +114,7 @@ impl Site {
         while admin_addr == his_addr {
             admin_addr = free_port()?;
         }
+        let admin_socket = dir.join("admin.sock");
         let config = write_config(&dir, hospital, &module, &pin_file, his_addr, admin_addr)?;
         say(&format!("configuration written to {}", config.display()));
         Ok(Site {
@@ -120,6 +124,7 @@ impl Site {
             softhsm_conf,
             his_addr,
             admin_addr,
+            admin_socket,
             ca_pem,
             his_cert_pem,
             his_key_pem,
@@ -263,17 +268,21 @@ pool_size = 4
 
 [his]
 listen = "{his_addr}"
+public_base_url = "https://localhost:{his_port}"
 certificate = "{tls}/server.pem"
 client_ca = "{tls}/hospital-ca.pem"
 crl = ["{tls}/hospital-ca.crl"]
 
 [admin]
 listen = "{admin_addr}"
+socket = "{admin_socket}"
 "#,
+            admin_socket = dir.join("admin.sock").display(),
             state = dir.join("state").display(),
             module = module.display(),
             pin = pin_file.display(),
             tls = dir.join("tls").display(),
+            his_port = his_addr.port(),
         ),
     )
     .map_err(io(&config))?;
@@ -316,7 +325,7 @@ pub fn run(workdir: Option<&Path>) -> Result<(), Failure> {
     let exe = std::env::current_exe().map_err(|e| Failure::runtime(e.to_string()))?;
     let log = dir.join("medgate.log");
     let mut child = site.spawn(&exe, Some(&log))?;
-    say(&format!("gateway started: FHIR on https://{} (mutual TLS), admin on http://{}; log in {}", site.his_addr, site.admin_addr, log.display()));
+    say(&format!("gateway started: FHIR on https://{} (mutual TLS), monitoring on http://{}, admin socket {}; log in {}", site.his_addr, site.admin_addr, site.admin_socket.display(), log.display()));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Failure::runtime(e.to_string()))?;
     let outcome = rt.block_on(his_session(&site, &mut say));
     let status = stop_child(&mut child)?;
@@ -371,25 +380,26 @@ async fn his_session(site: &Site, say: &mut dyn FnMut(&str)) -> Result<Vec<u8>, 
     let letter = b"Discharge letter\nPatient recovered well after appendectomy.\n".to_vec();
     let bundle = sample_transaction(&patient, "text/plain", &letter, Some(("urn:ietf:rfc:3986", "urn:oid:1.2.3.4.5.6.1")));
     let created = his.post_json("/", &bundle, &[("idempotency-key", "demo-1")]).await.map_err(rt)?;
-    check(created.status == 201, &format!("POST / answered {}: {}", created.status, String::from_utf8_lossy(&created.body)))?;
-    let doc = &created.json()["entry"][0]["resource"];
-    let id = doc["id"].as_str().unwrap_or_default().to_owned();
-    let receipt_b64 = doc["extension"][0]["valueAttachment"]["data"].as_str().unwrap_or_default();
+    check(created.status == 200, &format!("POST / answered {}: {}", created.status, String::from_utf8_lossy(&created.body)))?;
+    // One answer entry per request entry: the DocumentReference first, as the bundle has it.
+    let answer = created.json();
+    let id = medgate_fhir::answer_ids(&answer, "DocumentReference").pop().unwrap_or_default();
+    let receipt_b64 = answer["entry"][0]["response"]["extension"][0]["valueAttachment"]["data"].as_str().unwrap_or_default();
     use base64::Engine as _;
     let receipt = base64::engine::general_purpose::STANDARD.decode(receipt_b64).map_err(|e| Failure::runtime(format!("receipt: {e}")))?;
     let r: serde_json::Value = serde_json::from_slice(&receipt).unwrap_or_default();
     say(&format!(
-        "ITI-65 transaction stored: 201, DocumentReference/{id}, ledger receipt at block {} with a {}-step Merkle proof",
+        "ITI-65 transaction stored: 200, DocumentReference/{id}, ledger receipt at block {} with a {}-step Merkle proof",
         r["height"], r["proof"].as_array().map(Vec::len).unwrap_or(0)
     ));
 
     let again = his.post_json("/", &bundle, &[("idempotency-key", "demo-1")]).await.map_err(rt)?;
-    check(again.status == 201 && again.json()["entry"][0]["resource"]["id"] == doc["id"], "retry with the same Idempotency-Key")?;
-    say("the HIS retried the same request (same Idempotency-Key): same record id, nothing stored twice");
+    check(again.status == 200 && again.json() == answer, "retry with the same Idempotency-Key")?;
+    say("the HIS retried the same request (same Idempotency-Key): the same answer, nothing stored twice");
 
     let lab = b"Lab result: haemoglobin 13.9 g/dL".to_vec();
     let second = his.post_json("/", &sample_transaction(&patient, "text/plain", &lab, None), &[]).await.map_err(rt)?;
-    check(second.status == 201, "second document")?;
+    check(second.status == 200, "second document")?;
     say("a second document for the same patient stored");
 
     let q = format!("/DocumentReference?patient={}", query_escape(&patient.canonical()));
@@ -428,8 +438,9 @@ async fn his_session(site: &Site, say: &mut dyn FnMut(&str)) -> Result<Vec<u8>, 
             r["outcomeDesc"].as_str().unwrap_or(""),
         );
     }
-    // Two creates, one search, one read; the retried create is not a second event.
-    check(events.len() == 4, "every create, search and read is on the ledger, the retry is not")?;
+    // Two creates (each a DocumentReference and its SubmissionSet), one search, one read; the
+    // retried create is not a second event.
+    check(events.len() == 6, "every create, search and read is on the ledger, the retry is not")?;
     let metrics = crate::admin_client::get(site.admin_addr, "/metrics").map_err(Failure::runtime)?;
     let height = metrics.1.lines().find(|l| l.starts_with("medgate_ledger_height")).unwrap_or("").to_owned();
     say(&format!("admin /metrics: {height}"));

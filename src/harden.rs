@@ -108,7 +108,10 @@ pub enum Dropped {
 /// groups come along (`initgroups`, so membership in `softhsm` opens SoftHSM's token
 /// directory), then the group and the user, for good (checked), and the dumpable flag is
 /// cleared again. Not root: nothing to do. A named user that does not exist is an error.
-pub fn drop_privileges(config: &Path, named: Option<&str>, state_directory: &Path) -> Result<Dropped, HardenError> {
+///
+/// `hand_over`: files made as root before the drop that the account must own (the admin
+/// socket, so that the service's own user may use it); their group is kept.
+pub fn drop_privileges(config: &Path, named: Option<&str>, state_directory: &Path, hand_over: &[&Path]) -> Result<Dropped, HardenError> {
     if !Uid::effective().is_root() {
         return Ok(Dropped::NotRoot);
     }
@@ -130,6 +133,10 @@ pub fn drop_privileges(config: &Path, named: Option<&str>, state_directory: &Pat
             }
         },
     };
+    for file in hand_over {
+        std::os::unix::fs::lchown(file, Some(account.uid.as_raw()), None)
+            .map_err(|e| HardenError::Change { user: account.name.clone(), reason: format!("cannot give it {}: {e}", file.display()) })?;
+    }
     account::become_account(&account).map_err(|reason| HardenError::Change { user: account.name.clone(), reason })?;
     // The credential change resets the dumpable flag to fs.suid_dumpable; clear it again.
     nix::sys::prctl::set_dumpable(false).map_err(HardenError::Dumpable)?;
@@ -160,16 +167,16 @@ mod tests {
     fn a_named_user_that_does_not_exist_is_refused_when_root() {
         if !Uid::effective().is_root() {
             // Not root: nothing is dropped, whatever the name.
-            assert_eq!(drop_privileges(Path::new("/nonexistent"), Some("no-such-user-medgate-test"), Path::new("/")).ok(), Some(Dropped::NotRoot));
+            assert_eq!(drop_privileges(Path::new("/nonexistent"), Some("no-such-user-medgate-test"), Path::new("/"), &[]).ok(), Some(Dropped::NotRoot));
             return;
         }
         let (config, state) = (Path::new("/nonexistent/medgate.toml"), Path::new("/"));
-        assert!(matches!(drop_privileges(config, Some("no-such-user-medgate-test"), state), Err(HardenError::NoSuchUser(_))));
+        assert!(matches!(drop_privileges(config, Some("no-such-user-medgate-test"), state, &[]), Err(HardenError::NoSuchUser(_))));
         // Refused before any credential changed: still root.
         assert!(Uid::effective().is_root());
-        assert_eq!(drop_privileges(config, Some("root"), state).ok(), Some(Dropped::RootByChoice));
+        assert_eq!(drop_privileges(config, Some("root"), state, &[]).ok(), Some(Dropped::RootByChoice));
         // No user named and the state directory is root's: no service account, still root.
-        assert_eq!(drop_privileges(config, None, state).ok(), Some(Dropped::NoServiceAccount));
+        assert_eq!(drop_privileges(config, None, state, &[]).ok(), Some(Dropped::NoServiceAccount));
         assert!(Uid::effective().is_root());
     }
 }

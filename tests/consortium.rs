@@ -107,7 +107,7 @@ fn configure(c: &Consortium, site: &medgate::demo::Site, peer: Option<std::net::
     std::fs::write(&site.config, text).unwrap();
 }
 
-/// Stores `n` documents at gateway `i`; returns the record ids (201 each).
+/// Stores `n` documents at gateway `i`; returns the record ids (each answered 200, all anchored).
 fn ingest(c: &Consortium, i: usize, n: u32, tag: &str) -> Vec<String> {
     rt().block_on(async {
         let mut his = c.gws[i].client();
@@ -115,10 +115,10 @@ fn ingest(c: &Consortium, i: usize, n: u32, tag: &str) -> Vec<String> {
         for k in 0..n {
             let body = sample_transaction(&patient(k), "text/plain", format!("{tag} {k}").as_bytes(), None);
             let r = his.post_json("/", &body, &[]).await.unwrap();
-            assert_eq!(r.status, 201, "{}\ngateway log:\n{}", String::from_utf8_lossy(&r.body), c.gws[i].log_text());
-            let doc = r.json()["entry"][0]["resource"].clone();
+            assert_eq!(r.status, 200, "{}\ngateway log:\n{}", String::from_utf8_lossy(&r.body), c.gws[i].log_text());
+            let doc = r.json()["entry"][0]["response"].clone();
             assert!(receipt_of(&doc).is_some());
-            ids.push(doc["id"].as_str().unwrap().to_owned());
+            ids.push(support::created_id(&r.json()));
         }
         ids
     })
@@ -197,10 +197,11 @@ fn three_hospitals_cut_the_same_chain_from_the_ordered_stream() {
     let b = ingest(&c, 1, 3, "b");
     let cc = ingest(&c, 2, 2, "c");
     assert_eq!(a.len() + b.len() + cc.len(), 10);
-    // Ten batches (one create each, sequentially), heights 0..=9, at every gateway.
+    // Ten batches (one create each, sequentially: a record and its SubmissionSet), heights 0..=9,
+    // at every gateway.
     converge(&c, 9.0);
     let heads = verify_all(&mut c);
-    assert!(heads[0].contains("10 entries"), "{heads:?}");
+    assert!(heads[0].contains("20 entries"), "{heads:?}");
     assert!(heads.iter().all(|h| h == &heads[0]), "chains differ: {heads:?}");
 }
 
@@ -215,7 +216,8 @@ fn an_etcd_member_killed_during_ingest_loses_and_duplicates_nothing() {
     c.etcd.restart(leader);
     converge(&c, 9.0);
     let heads = verify_all(&mut c);
-    assert!(heads[0].contains("10 entries") && heads[0].contains("0 flagged invalid"), "{heads:?}");
+    // Ten creates, each a record and its SubmissionSet.
+    assert!(heads[0].contains("20 entries") && heads[0].contains("0 flagged invalid"), "{heads:?}");
     assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
     assert_eq!(during.len() + other.len(), 8);
 }
@@ -232,10 +234,10 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
         let r = his.post_json("/", &sample_transaction(&patient(7), "text/plain", b"during the outage", None), &[]).await.unwrap();
         assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
         assert!(t.elapsed() < Duration::from_secs(30), "the HIS waited {:?}", t.elapsed());
-        let doc = r.json()["entry"][0]["resource"].clone();
+        let doc = r.json()["entry"][0]["response"].clone();
         assert!(receipt_of(&doc).is_none());
         // Stored and readable while the ledger waits.
-        let id = doc["id"].as_str().unwrap().to_owned();
+        let id = support::created_id(&r.json());
         let bin = his.get(&format!("/Binary/{id}")).await.unwrap();
         assert_eq!(bin.body.as_ref(), b"during the outage");
         // A consent recorded meanwhile waits in the outbox too; its retry is that same consent.
@@ -268,7 +270,8 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
         crash.spawn(async move { his.post_json(path, &body, &[("idempotency-key", key)]).await })
     });
     let deadline = Instant::now() + Duration::from_secs(20);
-    while c.gws[0].metric("medgate_outbox_entries").unwrap() < queued + 2.0 {
+    // The create's two entries (its record and its SubmissionSet) and the consent's.
+    while c.gws[0].metric("medgate_outbox_entries").unwrap() < queued + 3.0 {
         assert!(Instant::now() < deadline, "the create and the consent were never stored:\n{}", c.gws[0].log_text());
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -285,7 +288,7 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
         let took_create = t.elapsed();
         // Stored before the crash: that record, still waiting for the ledger.
         assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
-        let record = r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned();
+        let record = support::created_id(&r.json());
         let t = Instant::now();
         let r = his.post_json("/Consent", &consent, &[("idempotency-key", "crash-consent")]).await.unwrap();
         let took_consent = t.elapsed();
@@ -416,7 +419,7 @@ fn only_the_hospital_that_recorded_a_consent_may_withdraw_it() {
     let (consent_id, pseudonym) = rt().block_on(async {
         let mut his = c.gws[0].client();
         let r = his.post_json("/", &sample_transaction(&p, "text/plain", b"record at A", None), &[]).await.unwrap();
-        assert_eq!(r.status, 201);
+        assert_eq!(r.status, 200);
         let consent = json!({
             "resourceType": "Consent", "status": "active",
             "patient": {"identifier": {"system": p.system, "value": p.value}},
@@ -485,8 +488,8 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
     let record = rt.block_on(async {
         let mut a = c.gws[0].client();
         let r = a.post_json("/", &sample_transaction(&p, "application/pdf", &letter, None), &[]).await.unwrap();
-        assert_eq!(r.status, 201);
-        r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned()
+        assert_eq!(r.status, 200);
+        support::created_id(&r.json())
     });
     converge(&c, 0.0);
     let read_at_b = |purpose: &'static str, role: &'static str| {
@@ -505,6 +508,18 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
         assert_eq!(found["total"], 1, "{found}");
         assert_eq!(found["entry"][0]["resource"]["id"], record.as_str());
         assert_eq!(found["entry"][0]["resource"]["custodian"]["identifier"]["value"], "hospital-a");
+        // Only the custodian replaces a document or changes its status: B may not, and nothing
+        // of B's attempt is stored.
+        let mut replacing = sample_transaction(&p, "text/plain", b"B's version", None);
+        replacing["entry"][0]["resource"]["relatesTo"] = json!([{"code": "replaces", "target": {"reference": format!("DocumentReference/{record}")}}]);
+        let r = b.post_json("/", &replacing, &[]).await.unwrap();
+        assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+        assert!(r.json()["issue"][0]["diagnostics"].as_str().unwrap().contains("only its custodian may replace it"), "{}", r.json());
+        let patch = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+            {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "DocumentReference.status"}, {"name": "value", "valueCode": "entered-in-error"}]}]});
+        let r = b.send("PATCH", &format!("/DocumentReference/{record}"), &[], serde_json::to_vec(&patch).unwrap()).await.unwrap();
+        assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(c.gws[1].metric("medgate_vault_records"), Some(0.0));
     });
     // No consent yet: refused, and the refusal is a ledger entry.
     let r = read_at_b("TREAT", "physician");
@@ -763,7 +778,7 @@ fn ingest_one(g: &Gw, k: u32, tag: &str) -> (u16, String) {
         let mut his = g.client();
         let body = sample_transaction(&patient(k), "text/plain", format!("{tag} {k}").as_bytes(), None);
         let r = his.post_json("/", &body, &[]).await.unwrap();
-        (r.status, r.json()["entry"][0]["resource"]["id"].as_str().unwrap_or_default().to_owned())
+        (r.status, medgate_fhir::answer_ids(&r.json(), "DocumentReference").pop().unwrap_or_default())
     })
 }
 
@@ -780,7 +795,7 @@ fn approve(g: &Gw, proposal: &str) -> (i32, String, String) {
     }
 }
 
-/// A POST to an admin listener without the header the CLI sends; the raw answer.
+/// A raw POST to a monitoring listener, as a local web page could send it; the raw answer.
 fn raw_admin_post(addr: std::net::SocketAddr, path: &str, body: &str) -> String {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -837,8 +852,9 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
     assert_eq!(d.metric("medgate_consortium_member "), Some(0.0));
 
     // A change the CLI did not send (no admin header, as a web page's request would be) is refused.
+    // Admin actions are on the admin socket only: the monitoring listener does not take them.
     let raw = raw_admin_post(c.gws[0].site.admin_addr, "/consortium/proposals", r#"{"action":"remove","hospital_id":"hospital-b"}"#);
-    assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
+    assert!(raw.starts_with("HTTP/1.1 404"), "{raw}");
     // A proposes D. One approval of three is no majority.
     let (code, out, err) = consortium_cli(&c.gws[0], &["propose", "--add", card.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
@@ -866,7 +882,7 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
     // Admitted: D's waiting record reaches the ledger, and A finds it by the patient.
     wait_outbox_drained(&d, 20);
     let (status, _) = ingest_one(&d, 2, "after admission");
-    assert_eq!(status, 201, "{}", d.log_text());
+    assert_eq!(status, 200, "{}", d.log_text());
     let found = rt().block_on(async {
         let mut a = c.gws[0].client();
         let q = medgate::client::query_escape(&patient(1).canonical());
@@ -880,8 +896,8 @@ fn membership_changes_take_a_majority_then_admit_a_hospital_and_remove_one() {
     let c_seq = rt().block_on(async {
         let mut his = c.gws[2].client();
         let r = his.post_json("/", &sample_transaction(&patient(4), "text/plain", b"C before removal", None), &[]).await.unwrap();
-        assert_eq!(r.status, 201);
-        let receipt = receipt_of(&r.json()["entry"][0]["resource"]).unwrap();
+        assert_eq!(r.status, 200);
+        let receipt = receipt_of(&r.json()["entry"][0]["response"]).unwrap();
         serde_json::from_slice::<serde_json::Value>(&receipt).unwrap()["seq"].as_u64().unwrap()
     });
     // Remove C: now three of four must agree.
@@ -1058,7 +1074,7 @@ fn a_member_with_a_rotated_ledger_key_submits_nothing_until_the_others_admit_the
     assert!(out.contains("carried in block"), "{out}");
     // Admitted: C's waiting entries reach the ledger, and the chains agree.
     wait_outbox_drained(&c.gws[2], 30);
-    assert_eq!(ingest_one(&c.gws[2], 6, "c with its new key").0, 201);
+    assert_eq!(ingest_one(&c.gws[2], 6, "c with its new key").0, 200);
     let height = c.gws[2].metric("medgate_ledger_height").unwrap();
     converge(&c, height);
     let heads = verify_all_with(&mut c, &[new_key.as_path()]);

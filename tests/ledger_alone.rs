@@ -49,8 +49,8 @@ fn the_ledger_crate_alone_verifies_a_gateways_ledger_and_a_receipt() {
         let mut first = None;
         for i in 0..3 {
             let r = his.post_json("/", &sample_transaction(&p, "text/plain", format!("note {i}").as_bytes(), None), &[]).await.unwrap();
-            assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-            first.get_or_insert(receipt_of(&r.json()["entry"][0]["resource"]).unwrap());
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            first.get_or_insert(receipt_of(&r.json()["entry"][0]["response"]).unwrap());
         }
         first.unwrap()
     });

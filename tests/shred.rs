@@ -99,9 +99,15 @@ fn key_events_on_ledger(state: &Path) -> Vec<(String, String, u32, String)> {
 
 /// Stores one document and returns its record id.
 async fn store(his: &mut medgate::client::HisClient, p: &PatientId, doc: &[u8]) -> String {
+    store_listed(his, p, doc).await.0
+}
+
+/// Stores one document and returns its record id and its SubmissionSet's (sealed under a data
+/// key of its own, which a shred pass re-wraps like a record's).
+async fn store_listed(his: &mut medgate::client::HisClient, p: &PatientId, doc: &[u8]) -> (String, String) {
     let r = his.post_json("/", &sample_transaction(p, "text/plain", doc, None), &[]).await.unwrap();
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned()
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    (support::created_id(&r.json()), medgate_fhir::answer_ids(&r.json(), "List").pop().unwrap())
 }
 
 /// The checks common to both tests, once the pass is done and the gateway stopped: the erased
@@ -156,9 +162,9 @@ fn a_shred_pass_makes_a_backup_taken_before_an_erasure_unreadable() {
     let mut gw = Gw::new("shred");
     let rt = rt();
     let (erased_doc, kept_doc, other_doc) = (b"letter to be erased".as_slice(), b"letter that stays".as_slice(), b"another patient's letter".as_slice());
-    let (erased, kept, other) = rt.block_on(async {
+    let ((erased, erased_list), kept, other) = rt.block_on(async {
         let mut his = gw.client();
-        (store(&mut his, &patient(1), erased_doc).await, store(&mut his, &patient(1), kept_doc).await, store(&mut his, &patient(2), other_doc).await)
+        (store_listed(&mut his, &patient(1), erased_doc).await, store(&mut his, &patient(1), kept_doc).await, store(&mut his, &patient(2), other_doc).await)
     });
 
     // The backup: the gateway stopped, its state directory copied, the gateway started again.
@@ -180,7 +186,7 @@ fn a_shred_pass_makes_a_backup_taken_before_an_erasure_unreadable() {
         assert_eq!(del.status, 204, "{}", String::from_utf8_lossy(&del.body));
     });
     wait_for_shred(&gw, 1.0);
-    assert_eq!(gw.metric("medgate_events_total{kind=\"shred_rewrapped_records\"}"), Some(2.0), "the two live records");
+    assert_eq!(gw.metric("medgate_events_total{kind=\"shred_rewrapped_records\"}"), Some(5.0), "the two live records and the three SubmissionSets");
     assert_eq!(gw.metric("medgate_events_total{kind=\"shred_kek_versions_destroyed\"}"), Some(1.0));
     assert!(gw.metric("medgate_shred_last_pass_seconds").unwrap() > 0.0);
     let (status, ready) = medgate::admin_client::get(gw.site.admin_addr, "/readyz").unwrap();
@@ -197,6 +203,10 @@ fn a_shred_pass_makes_a_backup_taken_before_an_erasure_unreadable() {
             assert_eq!((r.status, r.body.as_ref()), (200, doc), "a live record reads back exactly after the pass");
             assert_eq!(his.get(&format!("/DocumentReference/{id}")).await.unwrap().status, 200);
         }
+        // The erased document's SubmissionSet is re-wrapped too, and still names it.
+        let list = his.get(&format!("/List/{erased_list}")).await.unwrap();
+        assert_eq!(list.status, 200, "{}", String::from_utf8_lossy(&list.body));
+        assert_eq!(list.json()["entry"][0]["item"]["reference"], format!("DocumentReference/{erased}"));
         // New records are wrapped by the new KEK and read back too.
         let new = store(&mut his, &patient(3), b"after the pass").await;
         assert_eq!(his.get(&format!("/Binary/{new}")).await.unwrap().body.as_ref(), b"after the pass");
@@ -260,7 +270,7 @@ fn a_shred_pass_cut_short_by_a_crash_finishes_at_the_next_start() {
 
     gw.start();
     wait_for_shred(&gw, 1.0);
-    assert_eq!(gw.metric("medgate_events_total{kind=\"shred_rewrapped_records\"}"), Some(1.0), "only the record not re-wrapped yet");
+    assert_eq!(gw.metric("medgate_events_total{kind=\"shred_rewrapped_records\"}"), Some(4.0), "the record not re-wrapped yet and the three SubmissionSets");
     gw.wait_log("rotated=false");
     rt.block_on(async {
         let mut his = gw.client();
@@ -340,9 +350,11 @@ fn records_stored_while_shred_passes_run_all_stay_readable() {
     let versions = kek_versions(&gw);
     assert_eq!(versions.len(), 1, "{versions:?}");
     let db = medgate_store::Db::open(&gw.site.dir.join("state")).unwrap();
-    let live = Vault::open(&db).unwrap().live_kek_versions().unwrap();
+    let vault = Vault::open(&db).unwrap();
+    let live = vault.live_kek_versions().unwrap();
     assert_eq!(live.keys().copied().collect::<Vec<_>>(), vec![versions[0].0 as u32], "{live:?}");
-    assert_eq!(live.values().sum::<usize>(), acked.len());
+    // Every live record, and every SubmissionSet (the erased records' too).
+    assert_eq!(live.values().sum::<usize>(), acked.len() + vault.list_count());
 }
 
 #[test]
@@ -396,7 +408,7 @@ fn kill_9_during_a_shred_pass_loses_no_record_and_the_pass_finishes_after_restar
     let db = medgate_store::Db::open(&gw.site.dir.join("state")).unwrap();
     let vault = Vault::open(&db).unwrap();
     assert_eq!(vault.shred_pending().unwrap(), None);
-    assert_eq!(vault.live_kek_versions().unwrap(), std::collections::BTreeMap::from([(versions[0].0 as u32, acked.len())]));
+    assert_eq!(vault.live_kek_versions().unwrap(), std::collections::BTreeMap::from([(versions[0].0 as u32, acked.len() + vault.list_count())]));
 }
 
 #[test]
@@ -430,7 +442,8 @@ fn a_retired_kek_version_that_still_wraps_records_blocks_the_pass_until_the_offi
     assert_eq!(gw.metric("medgate_shred_pending"), Some(1.0), "the erasure is not shredded everywhere yet");
     let (status, ready) = medgate::admin_client::get(gw.site.admin_addr, "/readyz").unwrap();
     assert_eq!(status, 200, "a blocked pass does not make the gateway unready: {ready}");
-    assert!(ready.contains("shred: pending") && ready.contains("last pass failed") && ready.contains("version 1 (1 live records)"), "{ready}");
+    // The stranded record and its SubmissionSet, both under version 1.
+    assert!(ready.contains("shred: pending") && ready.contains("last pass failed") && ready.contains("version 1 (2 live records)"), "{ready}");
     assert!(gw.log_text().contains(&format!("record not re-wrapped; its KEK version cannot be destroyed record={stranded}")), "{}", gw.log_text());
     rt.block_on(async {
         let r = gw.client().get(&format!("/Binary/{kept}")).await.unwrap();

@@ -196,6 +196,10 @@ fn fhir() {
     write("fhir_ingest", "consent.json", &serde_json::to_vec_pretty(&consent).unwrap());
     let answer = medgate_fhir::consent_resource("c-1", &parsed, GATEWAY, None);
     write("fhir_ingest", "consent-answer.json", &serde_json::to_vec(&answer).unwrap());
+    let patch = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "DocumentReference.status"}, {"name": "value", "valueCode": "entered-in-error"}]}]});
+    assert!(medgate_fhir::parse_status_patch(&serde_json::to_vec(&patch).unwrap()).is_ok());
+    write("fhir_ingest", "status-patch.json", &serde_json::to_vec(&patch).unwrap());
     let kit = root().join("../tests/mhd/fixtures");
     for dir in ["good", "bad"] {
         let mut names: Vec<_> = std::fs::read_dir(kit.join(dir)).unwrap().map(|e| e.unwrap().path()).collect();

@@ -1,16 +1,25 @@
 //! What the HIS posts: an ITI-65 transaction Bundle, a DocumentReference with an inline
-//! attachment, a Consent. The same bytes go through each parser; what is accepted must hold the
-//! promises the gateway relies on.
+//! attachment, a Consent, a status PATCH. The same bytes go through each parser; what is
+//! accepted must hold the promises the gateway relies on.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(docs) = medgate_fhir::parse_transaction(data) {
-        assert!(!docs.is_empty());
-        for d in &docs {
+    if let Ok(sub) = medgate_fhir::parse_transaction(data) {
+        assert!(!sub.entries.is_empty());
+        for d in &sub.documents {
             check_document(d);
         }
+        if let Some(set) = &sub.submission_set {
+            // Every List entry names one of the submission's documents.
+            assert!(set.items.iter().all(|k| *k < sub.documents.len()), "a List entry names no document");
+            let ids: Vec<String> = (0..sub.documents.len()).map(|k| format!("r{k}")).collect();
+            let _ = set.stored_list(&ids);
+        }
+    }
+    if let Ok(status) = medgate_fhir::parse_status_patch(data) {
+        assert_eq!(status, "entered-in-error", "the only status a PATCH may set");
     }
     if let Ok(d) = medgate_fhir::parse_document_reference(data) {
         check_document(&d);

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
-use medgate_gateway::config::Config;
 
 use super::{admin_call, ConfigArg};
 use crate::exit::Failure;
@@ -110,7 +109,7 @@ pub(crate) enum ConsortiumCommand {
         out: PathBuf,
     },
     /// The current members and every membership proposal, as the running gateway's ledger copy
-    /// holds them (asks its admin listener).
+    /// holds them (asks its admin socket).
     Members {
         #[command(flatten)]
         config: ConfigArg,
@@ -212,8 +211,7 @@ pub(crate) fn consortium_command(command: ConsortiumCommand) -> Result<(), Failu
             println!("sha256 {}  (every member must see this same hash before starting)", hex::encode(hash));
         }
         ConsortiumCommand::Members { config, json } => {
-            let cfg = consortium_config(&config.config)?;
-            let body = admin_call(&cfg, "GET", "/consortium/members", b"")?;
+            let body = admin_call(&config.config, "GET", "/consortium/members", b"")?;
             if json {
                 println!("{body}");
                 return Ok(());
@@ -245,7 +243,6 @@ pub(crate) fn consortium_command(command: ConsortiumCommand) -> Result<(), Failu
             }
         }
         ConsortiumCommand::Propose { config, add, remove, update } => {
-            let cfg = consortium_config(&config.config)?;
             let request = match (add, remove, update) {
                 (Some(card), None, None) => {
                     let card = read_card(&card)?;
@@ -258,16 +255,15 @@ pub(crate) fn consortium_command(command: ConsortiumCommand) -> Result<(), Failu
                 }
                 _ => return Err(Failure::usage("give one of --add CARD, --remove HOSPITAL_ID, --update CARD")),
             };
-            let body = admin_call(&cfg, "POST", "/consortium/proposals", request.to_string().as_bytes())?;
+            let body = admin_call(&config.config, "POST", "/consortium/proposals", request.to_string().as_bytes())?;
             print_proposal(&body)?;
         }
         ConsortiumCommand::Approve { config, proposal } => {
-            let cfg = consortium_config(&config.config)?;
             let id = proposal.trim();
             if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(Failure::usage(format!("{id:?} is not a proposal id (32 hex characters)")));
             }
-            let body = admin_call(&cfg, "POST", &format!("/consortium/proposals/{}/approve", id.to_ascii_lowercase()), b"")?;
+            let body = admin_call(&config.config, "POST", &format!("/consortium/proposals/{}/approve", id.to_ascii_lowercase()), b"")?;
             print_proposal(&body)?;
         }
     }
@@ -279,14 +275,6 @@ fn read_card(path: &Path) -> Result<medgate_ledger::membership::MemberCard, Fail
     let card: medgate_ledger::membership::MemberCard = serde_json::from_slice(&bytes).map_err(|e| Failure::usage(format!("{}: not a member card: {e}", path.display())))?;
     card.check().map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
     Ok(card)
-}
-
-fn consortium_config(path: &Path) -> Result<Config, Failure> {
-    let cfg = Config::load(path).map_err(|e| Failure::config(e.to_string()))?;
-    if cfg.ledger.mode != "consortium" {
-        return Err(Failure::usage(format!("{}: membership concerns the consortium ledger; this gateway runs standalone", path.display())));
-    }
-    Ok(cfg)
 }
 
 fn print_proposal(body: &str) -> Result<(), Failure> {

@@ -40,7 +40,7 @@ pub(crate) enum LedgerCommand {
         entry: String,
     },
     /// Consortium: compact etcd's history below what every member has checkpointed (asks the
-    /// running gateway on its admin listener). Refused until every member has sent a checkpoint.
+    /// running gateway on its admin socket). Refused until every member has sent a checkpoint.
     Compact {
         #[command(flatten)]
         config: ConfigArg,
@@ -143,13 +143,13 @@ pub(crate) fn ledger_command(command: LedgerCommand) -> Result<(), Failure> {
             if cfg.ledger.mode != "consortium" {
                 return Err(Failure::usage("compaction concerns the consortium's etcd; this gateway runs standalone"));
             }
-            match crate::admin_client::request(cfg.admin.listen, "POST", "/ledger/compact", b"") {
+            match crate::admin_client::request(&cfg.admin.socket, "POST", "/ledger/compact", b"") {
                 Ok((200, body)) => {
                     println!("{}", body.trim());
                     Ok(())
                 }
                 Ok((_, body)) => Err(Failure::runtime(format!("not compacted: {}", body.trim()))),
-                Err(e) => Err(Failure { code: exit::UNAVAILABLE, message: format!("the gateway's admin listener {} did not answer: {e}", cfg.admin.listen) }),
+                Err(e) => Err(Failure { code: exit::UNAVAILABLE, message: format!("the gateway's admin socket did not answer: {e}") }),
             }
         }
         LedgerCommand::CheckReceipt { receipt, public_key } => {

@@ -10,6 +10,8 @@ use std::process::{Child, Command, ExitStatus};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub mod rsyslog;
+
 use medgate::client::HisClient;
 use medgate::admin_client::get as admin_get;
 use medgate::demo::{stop_child, Site};
@@ -160,7 +162,13 @@ pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-/// The base64 ledger receipt carried by a created DocumentReference, decoded.
+/// The id of the DocumentReference a create answered (ITI-65: from its entry's location).
+pub fn created_id(answer: &serde_json::Value) -> String {
+    medgate_fhir::answer_ids(answer, "DocumentReference").into_iter().next().unwrap_or_else(|| panic!("no DocumentReference in {answer}"))
+}
+
+/// The base64 ledger receipt carried by a created DocumentReference (or by an answer entry's
+/// `response`), decoded.
 pub fn receipt_of(doc: &serde_json::Value) -> Option<Vec<u8>> {
     use base64::Engine as _;
     let b64 = doc["extension"][0]["valueAttachment"]["data"].as_str()?;

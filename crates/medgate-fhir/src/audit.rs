@@ -28,6 +28,8 @@ pub enum AuditAction {
     ConsentRevoked,
     /// A record was erased (crypto-shredded).
     Erase,
+    /// A record's status was changed by its custodian (superseded, entered-in-error).
+    StatusChange,
 }
 
 /// One ledger entry about a patient, reduced to what an AuditEvent shows.
@@ -45,6 +47,9 @@ pub struct AuditRecord<'a> {
     pub reason: Option<&'a str>,
     /// The record concerned, if any.
     pub record_id: Option<&'a str>,
+    /// Its resource type: `DocumentReference`, or `List` / `Patient` for a SubmissionSet and
+    /// the Patient a submission carried.
+    pub record_type: &'a str,
     /// The patient pseudonym.
     pub patient: &'a str,
     /// The hospital whose gateway wrote the entry.
@@ -64,6 +69,7 @@ pub fn audit_event(r: &AuditRecord<'_>) -> Value {
         AuditAction::ConsentGranted => ("C", "Create", ("consent-granted", "Consent recorded")),
         AuditAction::ConsentRevoked => ("U", "Update", ("consent-revoked", "Consent revoked")),
         AuditAction::Erase => ("D", "Delete", ("erasure", "Record erased (crypto-shredded)")),
+        AuditAction::StatusChange => ("U", "Update", ("status-changed", "Record status changed")),
     };
     let mut entity = vec![json!({
         "what": {"identifier": {"system": PSEUDONYM_SYSTEM, "value": r.patient}},
@@ -72,7 +78,7 @@ pub fn audit_event(r: &AuditRecord<'_>) -> Value {
     })];
     if let Some(id) = r.record_id {
         entity.push(json!({
-            "what": {"reference": format!("DocumentReference/{id}")},
+            "what": {"reference": format!("{}/{id}", r.record_type)},
             "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
             "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "3", "display": "Report"}
         }));
@@ -121,6 +127,7 @@ mod tests {
             granted: false,
             reason: Some("no-consent"),
             record_id: Some("r1"),
+            record_type: "DocumentReference",
             patient: "aa",
             hospital: "hospital-b",
             user: "bb",

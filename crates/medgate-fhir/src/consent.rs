@@ -147,6 +147,8 @@ pub fn consent_resource(id: &str, c: &ConsentSubmission, custodian: &str, receip
         "id": id,
         "status": if c.active { "active" } else { "inactive" },
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        // ppc-1: a privacy consent names its policy; the patient opted in to this sharing.
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
         "patient": {"identifier": {"system": c.patient.system, "value": c.patient.value}},
         "organization": [{"identifier": {"system": HOSPITAL_SYSTEM, "value": custodian}}],

@@ -18,12 +18,15 @@ use serde_json::{json, Value};
 /// | `NotFound`             | 404    | `not-found`     |
 /// | `MethodNotAllowed`     | 405    | `not-supported` |
 /// | `Conflict`             | 409    | `conflict`      |
+/// | `TooManyRequests`      | 429    | `throttled`     |
 /// | `InFlight`             | 409    | `conflict`      |
+/// | `NotAcceptable`        | 406    | `not-supported` |
 /// | `Gone`                 | 410    | `deleted`       |
 /// | `TooLarge`             | 413    | `too-long`      |
 /// | `UnsupportedMediaType` | 415    | `not-supported` |
 /// | `Required`             | 422    | `required`      |
 /// | `Invalid`              | 422    | `invalid`       |
+/// | `Unprocessable`        | 422    | each issue's    |
 /// | `UnsupportedType`      | 422    | `not-supported` |
 /// | `Integrity`            | 500    | `exception`     |
 /// | `Internal`             | 500    | `exception`     |
@@ -48,6 +51,10 @@ pub enum FhirError {
         /// What is wrong and, where useful, what to send instead.
         reason: String,
     },
+    /// Several elements break the rules of the profile the resource claims (IHE MHD, per
+    /// option): every one is named, each as its own issue of the OperationOutcome.
+    #[error("{}", Issue::joined(.0))]
+    Unprocessable(Vec<Issue>),
     /// A resource type this endpoint does not accept.
     #[error("{path}: {reason}")]
     UnsupportedType {
@@ -74,6 +81,9 @@ pub enum FhirError {
     /// The resource does not exist (or the requester may not learn that it does).
     #[error("not found: {0}")]
     NotFound(String),
+    /// None of the representations the client accepts (`Accept`, `_format`) can be served.
+    #[error("not acceptable: {0}")]
+    NotAcceptable(String),
     /// The resource existed and was erased (crypto-shredded).
     #[error("gone: {0}")]
     Gone(String),
@@ -90,6 +100,15 @@ pub enum FhirError {
     /// A dependency (ledger, peer gateway, HSM) is temporarily unavailable; retrying may succeed.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    /// The client has used up its share of the gateway (requests per second, connections);
+    /// other clients are still served. The answer says when to retry.
+    #[error("too many requests: {message}")]
+    TooManyRequests {
+        /// What limit was reached.
+        message: String,
+        /// Seconds until the client may send again.
+        retry_after: u32,
+    },
     /// A fault inside the gateway; the text is logged but not sent to the HIS.
     #[error("internal error: {0}")]
     Internal(String),
@@ -107,14 +126,17 @@ impl FhirError {
             FhirError::Forbidden(_) => 403,
             FhirError::NotFound(_) => 404,
             FhirError::MethodNotAllowed(_) => 405,
+            FhirError::NotAcceptable(_) => 406,
             FhirError::Conflict(_) | FhirError::InFlight(_) => 409,
             FhirError::Gone(_) => 410,
             FhirError::TooLarge { .. } => 413,
             FhirError::UnsupportedMediaType(_) => 415,
             FhirError::Required { .. }
             | FhirError::Invalid { .. }
+            | FhirError::Unprocessable(_)
             | FhirError::UnsupportedType { .. } => 422,
             FhirError::Internal(_) | FhirError::Integrity(_) => 500,
+            FhirError::TooManyRequests { .. } => 429,
             FhirError::Unavailable(_) => 503,
         }
     }
@@ -124,16 +146,19 @@ impl FhirError {
         match self {
             FhirError::MalformedJson(_) => "structure",
             FhirError::Required { .. } => "required",
+            FhirError::Unprocessable(issues) => issues.first().map_or("invalid", |i| i.code),
             FhirError::Invalid { .. } | FhirError::BadParameter(_) => "invalid",
             FhirError::UnsupportedType { .. }
             | FhirError::UnsupportedMediaType(_)
-            | FhirError::MethodNotAllowed(_) => "not-supported",
+            | FhirError::MethodNotAllowed(_)
+            | FhirError::NotAcceptable(_) => "not-supported",
             FhirError::TooLarge { .. } => "too-long",
             FhirError::NotFound(_) => "not-found",
             FhirError::Gone(_) => "deleted",
             FhirError::Forbidden(_) => "forbidden",
             FhirError::Conflict(_) | FhirError::InFlight(_) => "conflict",
             FhirError::Unavailable(_) => "transient",
+            FhirError::TooManyRequests { .. } => "throttled",
             FhirError::Internal(_) | FhirError::Integrity(_) => "exception",
         }
     }
@@ -143,6 +168,7 @@ impl FhirError {
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             FhirError::InFlight(_) => Some(1),
+            FhirError::TooManyRequests { retry_after, .. } => Some((*retry_after).max(1)),
             _ => None,
         }
     }
@@ -159,6 +185,13 @@ impl FhirError {
 
     /// The OperationOutcome sent to the HIS for this refusal.
     pub fn to_outcome(&self) -> Value {
+        if let FhirError::Unprocessable(issues) = self {
+            let issue: Vec<Value> = issues
+                .iter()
+                .map(|i| json!({"severity": "error", "code": i.code, "diagnostics": i.to_string(), "expression": [i.path]}))
+                .collect();
+            return json!({"resourceType": "OperationOutcome", "issue": issue});
+        }
         let severity = match self {
             FhirError::MalformedJson(_) | FhirError::Internal(_) => "fatal",
             _ => "error",
@@ -177,6 +210,38 @@ impl FhirError {
 
     pub(crate) fn required(path: impl Into<String>) -> FhirError {
         FhirError::Required { path: path.into() }
+    }
+}
+
+/// One problem found by a profile check: its IssueType code (`required`, `invalid`,
+/// `not-supported`), the element's FHIRPath-style location, and what is wrong (fixed wording
+/// and element names, never a value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub code: &'static str,
+    pub path: String,
+    pub reason: String,
+}
+
+impl Issue {
+    /// A missing element required by `why` (the profile).
+    pub fn required(path: impl Into<String>, why: &str) -> Issue {
+        Issue { code: "required", path: path.into(), reason: format!("required by {why}, missing") }
+    }
+
+    /// An element present but wrong.
+    pub fn invalid(path: impl Into<String>, reason: impl Into<String>) -> Issue {
+        Issue { code: "invalid", path: path.into(), reason: reason.into() }
+    }
+
+    fn joined(issues: &[Issue]) -> String {
+        issues.iter().map(Issue::to_string).collect::<Vec<_>>().join("; ")
+    }
+}
+
+impl std::fmt::Display for Issue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
     }
 }
 
@@ -229,6 +294,7 @@ mod tests {
             (FhirError::Forbidden("x".into()), 403, "forbidden"),
             (FhirError::NotFound("x".into()), 404, "not-found"),
             (FhirError::MethodNotAllowed("x".into()), 405, "not-supported"),
+            (FhirError::NotAcceptable("x".into()), 406, "not-supported"),
             (FhirError::Conflict("x".into()), 409, "conflict"),
             (FhirError::InFlight("x".into()), 409, "conflict"),
             (FhirError::Gone("x".into()), 410, "deleted"),
@@ -239,6 +305,7 @@ mod tests {
             (FhirError::UnsupportedType { path: "A".into(), reason: "x".into() }, 422, "not-supported"),
             (FhirError::Internal("x".into()), 500, "exception"),
             (FhirError::Unavailable("x".into()), 503, "transient"),
+            (FhirError::TooManyRequests { message: "x".into(), retry_after: 2 }, 429, "throttled"),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status(), status, "{err:?}");
@@ -246,7 +313,7 @@ mod tests {
             let o = err.to_outcome();
             assert_eq!(o["resourceType"], "OperationOutcome");
             assert_eq!(o["issue"][0]["code"], code);
-            assert_eq!(err.retry_after().is_some(), matches!(err, FhirError::InFlight(_)), "{err:?}");
+            assert_eq!(err.retry_after().is_some(), matches!(err, FhirError::InFlight(_) | FhirError::TooManyRequests { .. }), "{err:?}");
         }
     }
 
@@ -256,6 +323,22 @@ mod tests {
         let o = err.to_outcome();
         assert_eq!(o["issue"][0]["expression"][0], "DocumentReference.content[0].attachment.data");
         assert_eq!(o["issue"][0]["diagnostics"], "DocumentReference.content[0].attachment.data: not base64");
+    }
+
+    #[test]
+    fn a_profile_refusal_names_every_element_as_its_own_issue() {
+        let err = FhirError::Unprocessable(vec![
+            Issue::required("Bundle.entry[1].resource.masterIdentifier", "IHE.MHD.Minimal.DocumentReference"),
+            Issue::invalid("Bundle.entry[0].resource.mode", "must be 'working'"),
+        ]);
+        assert_eq!((err.status(), err.issue_code()), (422, "required"));
+        let o = err.to_outcome();
+        assert_eq!(o["issue"].as_array().map(Vec::len), Some(2));
+        assert_eq!(o["issue"][0]["expression"][0], "Bundle.entry[1].resource.masterIdentifier");
+        assert_eq!(o["issue"][0]["code"], "required");
+        assert_eq!(o["issue"][1]["code"], "invalid");
+        assert_eq!(o["issue"][1]["diagnostics"], "Bundle.entry[0].resource.mode: must be 'working'");
+        assert!(err.to_string().contains("masterIdentifier: required by IHE.MHD.Minimal.DocumentReference, missing; Bundle.entry[0]"), "{err}");
     }
 
     #[test]

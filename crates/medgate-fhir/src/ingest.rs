@@ -1,159 +1,42 @@
-//! Document submissions from the HIS: an ITI-65 style transaction Bundle, or a single
-//! DocumentReference with the document inline, validated into `DocumentSubmission`s.
+//! Document submissions from the HIS: an ITI-65 Provide Document Bundle ([`bundle`]), or a
+//! single DocumentReference with the document inline, validated into a [`Submission`].
 //!
 //! Boundary: request body bytes in, validated submissions out. Checks FHIR R4 structure for the
-//! elements medgate uses (not a full profile validator). Body size is limited by the caller.
-//! Every refusal names the element path; none repeats a patient identifier or document bytes.
-
-use std::collections::HashMap;
+//! elements medgate uses, and the IHE MHD profiles' required elements per option ([`mhd`]; not a
+//! full profile validator). Body size is limited by the caller. Every refusal names the element
+//! path; none repeats a patient identifier or document bytes.
 
 use serde_json::Value;
+
+mod bundle;
+mod mhd;
+
+pub use bundle::parse_transaction;
 
 use super::json::{
     as_object, child, item, opt_array, opt_obj, opt_str, opt_unsigned_int, parse_strict, req_array,
     req_obj, req_str, shown_name, Object,
 };
 use super::primitives::{
-    check_identifier_parts, decode_base64, is_instant, is_mime_type, mime_essence, parse_identifier_token,
+    check_identifier_parts, decode_base64, is_instant, is_mime_type, parse_identifier_token,
     percent_decode,
 };
-use super::{Coding, DocumentSubmission, FhirError, PatientId};
+use super::{Coding, DocumentSubmission, FhirError, PatientId, Relation, RELATION_CODES};
 
 /// DocumentReference.status value set (http://hl7.org/fhir/ValueSet/document-reference-status).
 const STATUS_CODES: [&str; 3] = ["current", "superseded", "entered-in-error"];
 
+/// A Provide Document Bundle's Patient entry, which a `subject` may reference by its fullUrl.
+#[derive(Debug)]
+struct PatientEntry {
+    full_url: String,
+    /// The Patient's identifier, when it has one medgate can pseudonymise.
+    patient: Option<PatientId>,
+}
+
 /// What to send instead of an unusable `subject`.
 const SUBJECT_HINT: &str =
     "send subject.identifier {system, value} or subject.reference \"Patient?identifier=system|value\"";
-
-/// Parses and validates an ITI-65 style transaction Bundle: `resourceType: "Bundle"`, `type: "transaction"`,
-/// entries each with `fullUrl` and `request {method: "POST", url}`. It holds one or more DocumentReference
-/// (+ the Binary each points at through `content[0].attachment.url` == the Binary entry's `fullUrl`, usually
-/// `urn:uuid:...`), or DocumentReferences with inline `attachment.data`. A List (SubmissionSet) entry and a
-/// Patient entry may be present and are ignored. Anything else (other resource types, unreferenced Binary,
-/// a DocumentReference whose Binary is missing, method other than POST) is an error.
-///
-/// A Binary may be referenced by one DocumentReference only, so a small body cannot expand
-/// into many copies of a large document.
-pub fn parse_transaction(body: &[u8]) -> Result<Vec<DocumentSubmission>, FhirError> {
-    let mut bundle = into_object(parse_strict(body)?)?;
-    expect_resource_type(
-        &bundle,
-        "Bundle",
-        "resourceType",
-        "post a transaction Bundle to the base URL, or a single DocumentReference to /DocumentReference",
-    )?;
-    if req_str(&bundle, "type", "Bundle")? != "transaction" {
-        return Err(FhirError::invalid("Bundle.type", "must be 'transaction'"));
-    }
-    req_array(&bundle, "entry", "Bundle")?;
-    let Some(Value::Array(mut entries)) = bundle.remove("entry") else {
-        return Err(FhirError::required("Bundle.entry"));
-    };
-
-    let kinds = classify_entries(&entries)?;
-    let full_urls = index_full_urls(&entries)?;
-
-    // Validate every DocumentReference and resolve its bytes, borrowing the entries.
-    let mut referenced_by: Vec<Option<usize>> = vec![None; entries.len()];
-    let mut drafts = Vec::new();
-    for (i, kind) in kinds.iter().enumerate() {
-        if *kind != Kind::DocumentReference {
-            continue;
-        }
-        let at = child(&item("Bundle.entry", i), "resource");
-        let resource = entry_resource(&entries[i], &at)?;
-        let draft = read_document_reference(resource, &at)?;
-        let attachment_at = format!("{at}.content[0].attachment");
-        let data = match draft.source {
-            Source::Inline(data) => decode_document(data, &child(&attachment_at, "data"))?,
-            Source::Url(url) => {
-                let j = referenced_binary(url, &kinds, &full_urls, &attachment_at)?;
-                if let Some(first) = referenced_by[j] {
-                    return Err(FhirError::invalid(
-                        child(&attachment_at, "url"),
-                        format!(
-                            "references the same Binary as Bundle.entry[{first}]; each DocumentReference needs its own Binary"
-                        ),
-                    ));
-                }
-                referenced_by[j] = Some(i);
-                binary_document(&entries[j], j, draft.content_type, &attachment_at)?
-            }
-        };
-        check_declared_size(draft.declared_size, data.len(), &attachment_at)?;
-        drafts.push((i, draft.into_submission(data)));
-    }
-
-    if drafts.is_empty() {
-        return Err(FhirError::invalid(
-            "Bundle.entry",
-            "holds no DocumentReference; a document submission needs at least one",
-        ));
-    }
-    if let Some(j) = (0..kinds.len()).find(|&j| kinds[j] == Kind::Binary && referenced_by[j].is_none()) {
-        return Err(FhirError::invalid(
-            child(&item("Bundle.entry", j), "resource"),
-            "Binary is not referenced by any DocumentReference's content[0].attachment.url",
-        ));
-    }
-
-    // All valid: move each DocumentReference out of its entry, without the document bytes.
-    Ok(drafts
-        .into_iter()
-        .map(|(i, mut submission)| {
-            let resource = entries[i].get_mut("resource").map(Value::take).unwrap_or(Value::Null);
-            attach_resource(&mut submission, resource);
-            submission
-        })
-        .collect())
-}
-
-/// Each entry's `fullUrl`, which must be unique, to its index.
-fn index_full_urls(entries: &[Value]) -> Result<HashMap<&str, usize>, FhirError> {
-    let mut full_urls: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        // Checked by classify_entries: every entry is an object with a string fullUrl.
-        if let Some(url) = entry.get("fullUrl").and_then(Value::as_str) {
-            if full_urls.insert(url, i).is_some() {
-                return Err(FhirError::invalid(
-                    child(&item("Bundle.entry", i), "fullUrl"),
-                    "repeats the fullUrl of an earlier entry; each entry needs its own",
-                ));
-            }
-        }
-    }
-    Ok(full_urls)
-}
-
-/// The index of the Binary entry an attachment's `url` names.
-fn referenced_binary(url: &str, kinds: &[Kind], full_urls: &HashMap<&str, usize>, attachment_at: &str) -> Result<usize, FhirError> {
-    let url_at = child(attachment_at, "url");
-    match full_urls.get(url) {
-        Some(&j) if kinds[j] == Kind::Binary => Ok(j),
-        Some(_) => Err(FhirError::invalid(
-            url_at,
-            "references an entry that is not a Binary; it must equal the fullUrl of the Binary entry holding the document",
-        )),
-        None => Err(FhirError::invalid(
-            url_at,
-            "references no entry of this Bundle; it must equal the fullUrl of the Binary entry holding the document (e.g. urn:uuid:...)",
-        )),
-    }
-}
-
-/// The document bytes of Binary entry `j`, whose content type must match the attachment's.
-fn binary_document(entry: &Value, j: usize, content_type: &str, attachment_at: &str) -> Result<Vec<u8>, FhirError> {
-    let binary_at = child(&item("Bundle.entry", j), "resource");
-    let binary = read_binary(entry_resource(entry, &binary_at)?, &binary_at)?;
-    if mime_essence(binary.content_type) != mime_essence(content_type) {
-        return Err(FhirError::invalid(
-            child(attachment_at, "contentType"),
-            format!("does not match {binary_at}.contentType of the Binary it references"),
-        ));
-    }
-    decode_document(binary.data, &child(&binary_at, "data"))
-}
 
 /// Parses `POST /DocumentReference` with inline `content[0].attachment.data`.
 pub fn parse_document_reference(body: &[u8]) -> Result<DocumentSubmission, FhirError> {
@@ -165,7 +48,7 @@ pub fn parse_document_reference(body: &[u8]) -> Result<DocumentSubmission, FhirE
         "post a DocumentReference here, or a transaction Bundle to the base URL",
     )?;
     let at = "DocumentReference";
-    let draft = read_document_reference(&resource, at)?;
+    let draft = read_document_reference(&resource, at, None)?;
     let attachment_at = format!("{at}.content[0].attachment");
     let data = match draft.source {
         Source::Inline(data) => decode_document(data, &child(&attachment_at, "data"))?,
@@ -177,64 +60,10 @@ pub fn parse_document_reference(body: &[u8]) -> Result<DocumentSubmission, FhirE
         }
     };
     check_declared_size(draft.declared_size, data.len(), &attachment_at)?;
+    check_declared_hash(draft.declared_hash, &data, &attachment_at)?;
     let mut submission = draft.into_submission(data);
     attach_resource(&mut submission, Value::Object(resource));
     Ok(submission)
-}
-
-/// What an entry of a submission Bundle holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    DocumentReference,
-    Binary,
-    /// SubmissionSet List or Patient: accepted and not used.
-    Ignored,
-}
-
-/// Checks each entry's envelope (fullUrl, request, resource type) and says what it holds.
-fn classify_entries(entries: &[Value]) -> Result<Vec<Kind>, FhirError> {
-    entries
-        .iter()
-        .enumerate()
-        .map(|(i, entry)| {
-            let at = item("Bundle.entry", i);
-            let entry = as_object(entry, &at)?;
-            req_str(entry, "fullUrl", &at)?;
-            let request_at = child(&at, "request");
-            let request = req_obj(entry, "request", &at)?;
-            if req_str(request, "method", &request_at)? != "POST" {
-                return Err(FhirError::invalid(
-                    child(&request_at, "method"),
-                    "must be POST; a document submission only creates resources",
-                ));
-            }
-            let url = req_str(request, "url", &request_at)?;
-            let resource_at = child(&at, "resource");
-            let resource = req_obj(entry, "resource", &at)?;
-            let resource_type = req_str(resource, "resourceType", &resource_at)?;
-            let kind = match resource_type {
-                "DocumentReference" => Kind::DocumentReference,
-                "Binary" => Kind::Binary,
-                "List" | "Patient" => Kind::Ignored,
-                other => {
-                    return Err(FhirError::UnsupportedType {
-                        path: child(&resource_at, "resourceType"),
-                        reason: format!(
-                            "resource type {} is not accepted in a document submission (DocumentReference, Binary, List, Patient)",
-                            shown_name(other)
-                        ),
-                    })
-                }
-            };
-            if url != resource_type {
-                return Err(FhirError::invalid(
-                    child(&request_at, "url"),
-                    format!("must be '{resource_type}' to create the {resource_type} in this entry"),
-                ));
-            }
-            Ok(kind)
-        })
-        .collect()
 }
 
 fn entry_resource<'a>(entry: &'a Value, at: &str) -> Result<&'a Object, FhirError> {
@@ -289,7 +118,10 @@ struct Draft<'a> {
     content_type: &'a str,
     title: Option<&'a str>,
     declared_size: Option<u64>,
+    /// `attachment.hash`: base64 SHA-1 of the document.
+    declared_hash: Option<&'a str>,
     source: Source<'a>,
+    relates_to: Vec<Relation>,
 }
 
 impl Draft<'_> {
@@ -307,6 +139,7 @@ impl Draft<'_> {
             title: self.title.map(str::to_owned),
             data,
             document_reference: Value::Null,
+            relates_to: self.relates_to,
         }
     }
 }
@@ -327,12 +160,18 @@ fn attach_resource(submission: &mut DocumentSubmission, mut resource: Value) {
 }
 
 /// Validates the DocumentReference elements medgate uses; `at` is the resource's path.
-fn read_document_reference<'a>(res: &'a Object, at: &str) -> Result<Draft<'a>, FhirError> {
+fn read_document_reference<'a>(res: &'a Object, at: &str, ctx: Option<&PatientEntry>) -> Result<Draft<'a>, FhirError> {
     let status = req_str(res, "status", at)?;
     if !STATUS_CODES.contains(&status) {
         return Err(FhirError::invalid(
             child(at, "status"),
             "must be one of current, superseded, entered-in-error",
+        ));
+    }
+    if status != "current" {
+        return Err(FhirError::invalid(
+            child(at, "status"),
+            "a document submitted is 'current'; an earlier one becomes superseded when a new one replaces it (relatesTo 'replaces'), or entered-in-error by PATCH",
         ));
     }
 
@@ -363,9 +202,10 @@ fn read_document_reference<'a>(res: &'a Object, at: &str) -> Result<Draft<'a>, F
     }
 
     let subject = req_obj(res, "subject", at)?;
-    let patient = read_subject(subject, &child(at, "subject"))?;
+    let patient = read_subject(subject, &child(at, "subject"), ctx)?;
 
-    let Attachment { content_type, title, declared_size, source } = read_attachment(res, at)?;
+    let Attachment { content_type, title, declared_size, declared_hash, source } = read_attachment(res, at)?;
+    let relates_to = read_relations(res, at)?;
 
     Ok(Draft {
         patient,
@@ -377,8 +217,38 @@ fn read_document_reference<'a>(res: &'a Object, at: &str) -> Result<Draft<'a>, F
         content_type,
         title,
         declared_size,
+        declared_hash,
         source,
+        relates_to,
     })
+}
+
+/// `relatesTo`: each relation's code (R4 document-relationship-type) and the id of the
+/// DocumentReference it targets, which must already be stored (not in this Bundle).
+fn read_relations(res: &Object, at: &str) -> Result<Vec<Relation>, FhirError> {
+    let Some(relations) = opt_array(res, "relatesTo", at)? else { return Ok(Vec::new()) };
+    let mut out = Vec::with_capacity(relations.len());
+    for (i, r) in relations.iter().enumerate() {
+        let r_at = item(&child(at, "relatesTo"), i);
+        let r = as_object(r, &r_at)?;
+        let code = req_str(r, "code", &r_at)?;
+        if !RELATION_CODES.contains(&code) {
+            return Err(FhirError::invalid(child(&r_at, "code"), "must be one of replaces, transforms, signs, appends"));
+        }
+        let target_at = child(&r_at, "target");
+        let reference = req_str(req_obj(r, "target", &r_at)?, "reference", &target_at)?;
+        let Some(target) = bundle::document_reference_id(reference) else {
+            return Err(FhirError::invalid(
+                child(&target_at, "reference"),
+                "must name a stored DocumentReference as DocumentReference/<id> (a document of the same Bundle cannot be a relation's target)",
+            ));
+        };
+        if out.iter().any(|o: &Relation| o.target == target) {
+            return Err(FhirError::invalid(target_at, "names a document an earlier relation of this DocumentReference names"));
+        }
+        out.push(Relation { code: code.to_owned(), target: target.to_owned() });
+    }
+    Ok(out)
 }
 
 /// What `content[0].attachment` of a DocumentReference says.
@@ -386,6 +256,7 @@ struct Attachment<'a> {
     content_type: &'a str,
     title: Option<&'a str>,
     declared_size: Option<u64>,
+    declared_hash: Option<&'a str>,
     source: Source<'a>,
 }
 
@@ -413,7 +284,8 @@ fn read_attachment<'a>(res: &'a Object, at: &str) -> Result<Attachment<'a>, Fhir
     }
     let title = opt_str(attachment, "title", &attachment_at)?;
     let declared_size = opt_unsigned_int(attachment, "size", &attachment_at)?;
-    if let Some(hash) = opt_str(attachment, "hash", &attachment_at)? {
+    let declared_hash = opt_str(attachment, "hash", &attachment_at)?;
+    if let Some(hash) = declared_hash {
         let sha1_len = decode_base64(hash).map(|h| h.len()).unwrap_or(0);
         if sha1_len != 20 {
             return Err(FhirError::invalid(
@@ -442,7 +314,7 @@ fn read_attachment<'a>(res: &'a Object, at: &str) -> Result<Attachment<'a>, Fhir
         }
     };
 
-    Ok(Attachment { content_type, title, declared_size, source })
+    Ok(Attachment { content_type, title, declared_size, declared_hash, source })
 }
 
 /// Checks a CodeableConcept's structure and returns its first coding.
@@ -468,7 +340,7 @@ fn read_codeable_concept(concept: &Object, at: &str) -> Result<Option<Coding>, F
 }
 
 /// The patient named by `DocumentReference.subject`.
-fn read_subject(subject: &Object, at: &str) -> Result<PatientId, FhirError> {
+fn read_subject(subject: &Object, at: &str, ctx: Option<&PatientEntry>) -> Result<PatientId, FhirError> {
     if let Some(ty) = opt_str(subject, "type", at)? {
         if ty != "Patient" {
             return Err(FhirError::invalid(child(at, "type"), "must be 'Patient'"));
@@ -487,7 +359,19 @@ fn read_subject(subject: &Object, at: &str) -> Result<PatientId, FhirError> {
     };
     let from_reference = match opt_str(subject, "reference", at)? {
         None => None,
-        Some(reference) => Some(conditional_patient_reference(reference, &child(at, "reference"))?),
+        Some(reference) => match ctx.filter(|p| p.full_url == reference) {
+            Some(PatientEntry { patient: Some(p), .. }) => Some(p.clone()),
+            Some(PatientEntry { patient: None, .. }) => {
+                return Err(FhirError::invalid(
+                    child(at, "reference"),
+                    format!("points at the Bundle's Patient, which carries no identifier {{system, value}}; medgate needs the patient's identifier: give the Patient one, or {SUBJECT_HINT}"),
+                ))
+            }
+            // A literal reference medgate cannot resolve (`Patient/123`, an absolute URL on the
+            // HIS's server) is kept as sent when the identifier says who the patient is.
+            None if from_identifier.is_some() && !reference.starts_with("Patient?") && !reference.starts_with("urn:") => None,
+            None => Some(conditional_patient_reference(reference, &child(at, "reference"))?),
+        },
     };
     match (from_identifier, from_reference) {
         (Some(a), Some(b)) if a != b => Err(FhirError::invalid(
@@ -554,6 +438,18 @@ fn decode_document(data: &str, at: &str) -> Result<Vec<u8>, FhirError> {
     Ok(bytes)
 }
 
+/// `attachment.hash`, when given, must be the base64 SHA-1 of the document (ITI-65: the hash
+/// and size of a Binary shall be accurate).
+fn check_declared_hash(declared: Option<&str>, data: &[u8], attachment_at: &str) -> Result<(), FhirError> {
+    let Some(declared) = declared else { return Ok(()) };
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, data);
+    if decode_base64(declared).ok().as_deref() == Some(digest.as_ref()) {
+        Ok(())
+    } else {
+        Err(FhirError::invalid(child(attachment_at, "hash"), "is not the SHA-1 of the document (base64 of the 20-byte digest of the bytes)"))
+    }
+}
+
 fn check_declared_size(declared: Option<u64>, actual: usize, attachment_at: &str) -> Result<(), FhirError> {
     match declared {
         Some(size) if u64::try_from(actual) != Ok(size) => Err(FhirError::invalid(
@@ -571,30 +467,37 @@ mod tests {
     use serde_json::json;
 
     /// A distinctive identifier value: no refusal may ever contain it.
-    const MRN: &str = "MRN-7734-SECRET";
-    const SYSTEM: &str = "urn:oid:1.2.250.1.213.1.4.8";
+    pub(super) const MRN: &str = "MRN-7734-SECRET";
+    pub(super) const SYSTEM: &str = "urn:oid:1.2.250.1.213.1.4.8";
 
-    fn patient() -> PatientId {
+    pub(super) fn patient() -> PatientId {
         PatientId { system: SYSTEM.into(), value: MRN.into() }
     }
 
-    fn b64(bytes: &[u8]) -> String {
+    pub(super) fn b64(bytes: &[u8]) -> String {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(bytes)
     }
 
-    /// A full ITI-65 style bundle: SubmissionSet List, Patient, DocumentReference, Binary.
-    fn full_bundle() -> Value {
+    /// A full ITI-65 Minimal Provide Document Bundle: SubmissionSet List, Patient,
+    /// DocumentReference, Binary.
+    pub(super) fn full_bundle() -> Value {
         json!({
             "resourceType": "Bundle",
+            "meta": {"profile": ["https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD.Minimal.ProvideBundle"]},
             "type": "transaction",
             "entry": [
                 {
                     "fullUrl": "urn:uuid:0c287d32-01e3-4d87-9953-9fcc9404eb21",
                     "resource": {
                         "resourceType": "List",
+                        "extension": [{"url": "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-sourceId", "valueIdentifier": {"value": "urn:oid:1.3.6.1.4.1.21367.13.80.110"}}],
+                        "identifier": [{"use": "usual", "system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.3.4.5.7"}],
                         "status": "current",
                         "mode": "working",
+                        "code": {"coding": [{"system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes", "code": "submissionset"}]},
+                        "subject": {"reference": "urn:uuid:5c4c8b6a-8f2b-4a3e-9d2e-1c0a5e0e9f11"},
+                        "date": "2024-05-01T10:16:00+02:00",
                         "entry": [{"item": {"reference": "urn:uuid:3fdc72f4-a11d-4a9d-9260-a9f745779e1d"}}]
                     },
                     "request": {"method": "POST", "url": "List"}
@@ -644,31 +547,41 @@ mod tests {
         })
     }
 
-    fn remove(v: &mut Value, key: &str) {
+    pub(super) fn remove(v: &mut Value, key: &str) {
         if let Some(o) = v.as_object_mut() {
             o.remove(key);
         }
     }
 
-    fn remove_item(v: &mut Value, index: usize) {
+    pub(super) fn remove_item(v: &mut Value, index: usize) {
         if let Some(a) = v.as_array_mut() {
             a.remove(index);
         }
     }
 
-    fn push(v: &mut Value, item: Value) {
+    pub(super) fn push(v: &mut Value, item: Value) {
         if let Some(a) = v.as_array_mut() {
             a.push(item);
         }
     }
 
-    fn bytes(v: &Value) -> Vec<u8> {
+    pub(super) fn bytes(v: &Value) -> Vec<u8> {
         serde_json::to_vec(v).expect("serialise")
     }
 
     #[test]
     fn full_bundle_parses_with_all_fields() {
-        let docs = parse_transaction(&bytes(&full_bundle())).expect("valid bundle");
+        let sub = parse_transaction(&bytes(&full_bundle())).expect("valid bundle");
+        assert_eq!(sub.option, Some(crate::MhdOption::Minimal));
+        assert_eq!(
+            sub.entries,
+            [crate::SubmissionEntry::SubmissionSet, crate::SubmissionEntry::Patient, crate::SubmissionEntry::Document(0), crate::SubmissionEntry::Binary(0)]
+        );
+        let ss = sub.submission_set.as_ref().expect("submission set");
+        assert_eq!((&ss.patient, ss.items.as_slice()), (&patient(), &[0][..]));
+        assert_eq!(ss.list["subject"]["identifier"]["value"], MRN, "the in-bundle Patient reference becomes the identifier");
+        assert_eq!(sub.patient_resource.as_ref().map(|p| &p["resourceType"]), Some(&json!("Patient")));
+        let docs = sub.documents;
         assert_eq!(docs.len(), 1);
         let d = &docs[0];
         assert_eq!(d.patient, patient());
@@ -696,19 +609,27 @@ mod tests {
     }
 
     #[test]
-    fn bundle_with_inline_documents_and_several_references() {
+    fn bundle_with_several_documents_and_subject_forms() {
         let mut b = full_bundle();
         let mut second = b["entry"][2].clone();
         second["fullUrl"] = json!("urn:uuid:00000000-0000-4000-8000-000000000002");
-        second["resource"]["content"][0]["attachment"] =
-            json!({"contentType": "text/plain", "data": b64(b"second")});
-        second["resource"]["subject"] = json!({"reference": "Patient?identifier=urn%3Aoid%3A1.2%7C42"});
-        b["entry"].as_array_mut().expect("entries").push(second);
-        let docs = parse_transaction(&bytes(&b)).expect("valid bundle");
+        second["resource"]["masterIdentifier"]["value"] = json!("urn:oid:1.2.3.4.5.8");
+        second["resource"]["content"][0]["attachment"] = json!({"contentType": "text/plain", "url": "urn:uuid:00000000-0000-4000-8000-000000000003"});
+        second["resource"]["subject"] = json!({"reference": format!("Patient?identifier={}%7C{MRN}", SYSTEM.replace(':', "%3A"))});
+        push(&mut b["entry"], second);
+        push(&mut b["entry"], json!({"fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000003",
+            "resource": {"resourceType": "Binary", "contentType": "text/plain", "data": b64(b"second")}, "request": {"method": "POST", "url": "Binary"}}));
+        push(&mut b["entry"][0]["resource"]["entry"], json!({"item": {"reference": "urn:uuid:00000000-0000-4000-8000-000000000002"}}));
+        b["entry"][2]["resource"]["subject"] = json!({"reference": "urn:uuid:5c4c8b6a-8f2b-4a3e-9d2e-1c0a5e0e9f11"});
+        let sub = parse_transaction(&bytes(&b)).expect("valid bundle");
+        let docs = &sub.documents;
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[1].data, b"second");
-        assert_eq!(docs[1].patient, PatientId { system: "urn:oid:1.2".into(), value: "42".into() });
-        assert!(docs[1].document_reference["content"][0]["attachment"].get("data").is_none());
+        assert_eq!((&docs[0].patient, &docs[1].patient), (&patient(), &patient()));
+        assert_eq!(docs[0].document_reference["subject"]["identifier"]["system"], SYSTEM, "the in-bundle reference is made logical");
+        assert!(docs[1].document_reference["content"][0]["attachment"].get("url").is_none());
+        assert_eq!(sub.submission_set.as_ref().map(|s| s.items.clone()), Some(vec![0, 1]));
+        assert_eq!(&sub.entries[4..], [crate::SubmissionEntry::Document(1), crate::SubmissionEntry::Binary(1)]);
     }
 
     #[test]
@@ -728,7 +649,7 @@ mod tests {
     fn sample_round_trip_keeps_the_bytes() {
         let data: Vec<u8> = (0..=255u8).cycle().take(4099).collect();
         let sample = sample_transaction(&patient(), "application/octet-stream", &data, Some(("urn:ietf:rfc:3986", "urn:oid:9.9")));
-        let docs = parse_transaction(&bytes(&sample)).expect("sample is valid");
+        let docs = parse_transaction(&bytes(&sample)).expect("sample is valid").documents;
         assert_eq!(docs.len(), 1);
         assert_eq!(docs[0].data, data);
         assert_eq!(docs[0].patient, patient());
@@ -737,7 +658,7 @@ mod tests {
     }
 
     /// Applies `edit` to a copy of `base`, parses it with `parse`, and checks the refusal.
-    fn refused(
+    pub(super) fn refused(
         base: &Value,
         edit: impl FnOnce(&mut Value),
         parse: fn(&[u8]) -> Result<(), FhirError>,
@@ -758,7 +679,7 @@ mod tests {
         err
     }
 
-    fn bundle(b: &[u8]) -> Result<(), FhirError> {
+    pub(super) fn bundle(b: &[u8]) -> Result<(), FhirError> {
         parse_transaction(b).map(|_| ())
     }
 
@@ -854,9 +775,8 @@ mod tests {
         refused(&b, |v| v["entry"][2]["resource"]["status"] = json!("final"), bundle, 422, "invalid", &format!("{DOC}.status"));
         refused(&b, |v| v["entry"][2]["resource"]["status"] = json!(["current"]), bundle, 422, "invalid", &format!("{DOC}.status"));
         refused(&b, |v| remove(&mut v["entry"][2]["resource"], "content"), bundle, 422, "required", &format!("{DOC}.content"));
-        refused(&b, |v| v["entry"][2]["resource"]["content"] = json!({"attachment": {}}), bundle, 422, "invalid", &format!("{DOC}.content"));
-        // Removing the only element leaves `{}`, which FHIR JSON itself forbids.
-        refused(&b, |v| remove(&mut v["entry"][2]["resource"]["content"][0], "attachment"), bundle, 422, "invalid", &format!("{DOC}.content[0]"));
+        refused(&b, |v| v["entry"][2]["resource"]["content"] = json!({"attachment": {}}), bundle, 422, "required", &format!("{DOC}.content[0].attachment"));
+        refused(&b, |v| remove(&mut v["entry"][2]["resource"]["content"][0], "attachment"), bundle, 422, "required", &format!("{DOC}.content[0].attachment"));
         refused(&b, |v| v["entry"][2]["resource"]["content"][0] = json!({"format": {"code": "urn:x"}}), bundle, 422, "required", &format!("{DOC}.content[0].attachment"));
         refused(&b, |v| remove(&mut v["entry"][2]["resource"]["content"][0]["attachment"], "contentType"), bundle, 422, "required", &format!("{ATT}.contentType"));
         refused(&b, |v| v["entry"][2]["resource"]["content"][0]["attachment"]["contentType"] = json!("pdf"), bundle, 422, "invalid", &format!("{ATT}.contentType"));
@@ -877,7 +797,7 @@ mod tests {
         refused(&b, |v| remove(&mut v["entry"][2]["resource"], "subject"), bundle, 422, "required", &subject_at);
         for (subject, path) in [
             (json!({"reference": format!("Patient/{MRN}")}), format!("{subject_at}.reference")),
-            (json!({"reference": "urn:uuid:5c4c8b6a-8f2b-4a3e-9d2e-1c0a5e0e9f11"}), format!("{subject_at}.reference")),
+            (json!({"reference": "urn:uuid:11111111-8f2b-4a3e-9d2e-1c0a5e0e9f11"}), format!("{subject_at}.reference")),
             (json!({"reference": format!("Patient?identifier={MRN}")}), format!("{subject_at}.reference")),
             (json!({"reference": format!("Patient?identifier={SYSTEM}|{MRN}&active=true")}), format!("{subject_at}.reference")),
             (json!({"reference": format!("Patient?identifier=%ZZ{MRN}")}), format!("{subject_at}.reference")),
@@ -897,6 +817,19 @@ mod tests {
                 assert!(err.to_string().contains("Patient?identifier=system|value"), "{err}");
             }
         }
+        // The Bundle's Patient, referenced, gives the identifier only when it carries one.
+        let err = refused(
+            &b,
+            |v| {
+                v["entry"][1]["resource"] = json!({"resourceType": "Patient", "name": [{"family": MRN}]});
+                v["entry"][2]["resource"]["subject"] = json!({"reference": "urn:uuid:5c4c8b6a-8f2b-4a3e-9d2e-1c0a5e0e9f11"});
+            },
+            bundle,
+            422,
+            "invalid",
+            &format!("{subject_at}.reference"),
+        );
+        assert!(err.to_string().contains("carries no identifier"), "{err}");
     }
 
     #[test]
@@ -969,17 +902,21 @@ mod tests {
 
     #[test]
     fn many_entries_parse_in_linear_time() {
-        let entry = full_bundle()["entry"][1].clone();
+        let (doc, bin) = (full_bundle()["entry"][2].clone(), full_bundle()["entry"][3].clone());
         let mut b = full_bundle();
-        let entries = b["entry"].as_array_mut().expect("entries");
-        for k in 0..20_000 {
-            let mut e = entry.clone();
-            e["fullUrl"] = json!(format!("urn:uuid:patient-{k}"));
-            entries.push(e);
+        for k in 0..3_000 {
+            let (mut d, mut e) = (doc.clone(), bin.clone());
+            d["fullUrl"] = json!(format!("urn:uuid:doc-{k}"));
+            d["resource"]["masterIdentifier"]["value"] = json!(format!("urn:oid:1.2.3.{k}"));
+            d["resource"]["content"][0]["attachment"]["url"] = json!(format!("urn:uuid:bin-{k}"));
+            e["fullUrl"] = json!(format!("urn:uuid:bin-{k}"));
+            push(&mut b["entry"], d);
+            push(&mut b["entry"], e);
+            push(&mut b["entry"][0]["resource"]["entry"], json!({"item": {"reference": format!("urn:uuid:doc-{k}")}}));
         }
         let started = std::time::Instant::now();
-        let docs = parse_transaction(&bytes(&b)).expect("valid");
-        assert_eq!(docs.len(), 1);
+        let docs = parse_transaction(&bytes(&b)).expect("valid").documents;
+        assert_eq!(docs.len(), 3_001);
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 }

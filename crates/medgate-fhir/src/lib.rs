@@ -8,27 +8,37 @@
 //! produced here repeats a patient identifier value or document content.
 
 mod audit;
+mod binary;
 mod capability;
 mod consent;
 mod error;
 mod ingest;
 mod json;
+mod list;
 mod primitives;
 mod resources;
+mod response;
 mod sample;
-mod search;
+pub mod search;
+mod status;
+mod submission;
+pub mod subset;
 
 pub use audit::{audit_event, AuditAction, AuditRecord};
+pub use binary::binary_resource;
 pub use consent::{consent_resource, parse_consent, ConsentSubmission};
-pub use error::{operation_outcome, FhirError};
+pub use error::{operation_outcome, FhirError, Issue};
 pub use ingest::{parse_document_reference, parse_transaction};
 pub use capability::capability_statement;
 pub use resources::{
-    document_reference_resource, transaction_response, StoredDocument, LEDGER_RECEIPT_EXTENSION,
+    attach_receipt, document_reference_resource, transaction_response, StoredDocument, LEDGER_RECEIPT_EXTENSION,
     SHA256_EXTENSION,
 };
-pub use search::searchset;
+pub use list::{list_resource, patient_resource, StoredListView};
+pub use response::{answer_ids, provide_response, AnswerEntry};
 pub use sample::sample_transaction;
+pub use status::{at_version, parse_status_patch};
+pub use submission::{MhdOption, Relation, StatusPatch, Submission, SubmissionEntry, SubmissionSet, RELATION_CODES};
 
 /// A patient identifier as the HIS sends it: system (URI/OID) and value.
 ///
@@ -89,6 +99,16 @@ pub struct DocumentSubmission {
     /// The DocumentReference as submitted, with attachment.data removed and attachment.url left out;
     /// medgate stores it (encrypted) and returns it with server-assigned id/url filled in.
     pub document_reference: serde_json::Value,
+    /// `relatesTo`: the stored documents this one replaces, transforms, signs or appends.
+    pub relates_to: Vec<Relation>,
+}
+
+/// The decoded document is wiped (`zeroize`) when the submission is dropped, however the
+/// request that carried it ends: sealed, refused or cancelled.
+impl Drop for DocumentSubmission {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.data);
+    }
 }
 
 /// A FHIR Coding, reduced to the three elements medgate uses.

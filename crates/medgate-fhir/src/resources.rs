@@ -53,16 +53,22 @@ pub fn document_reference_resource(d: &StoredDocument<'_>) -> Value {
         att.insert("extension".into(), json!([{"url": SHA256_EXTENSION, "valueString": d.content_hash}]));
     }
     if let Some(receipt) = d.receipt {
-        let bytes = serde_json::to_vec(receipt).unwrap_or_default();
-        obj.insert(
-            "extension".into(),
-            json!([{
-                "url": LEDGER_RECEIPT_EXTENSION,
-                "valueAttachment": {"contentType": "application/json", "data": B64.encode(bytes)}
-            }]),
-        );
+        attach_receipt(&mut res, receipt);
     }
     res
+}
+
+/// Puts the ledger receipt on a DocumentReference (the [`LEDGER_RECEIPT_EXTENSION`]).
+pub fn attach_receipt(resource: &mut Value, receipt: &Value) {
+    let Some(obj) = resource.as_object_mut() else { return };
+    let bytes = serde_json::to_vec(receipt).unwrap_or_default();
+    obj.insert(
+        "extension".into(),
+        json!([{
+            "url": LEDGER_RECEIPT_EXTENSION,
+            "valueAttachment": {"contentType": "application/json", "data": B64.encode(bytes)}
+        }]),
+    );
 }
 
 /// A `transaction-response` Bundle: one entry per created DocumentReference, with its HTTP

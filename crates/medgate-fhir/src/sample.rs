@@ -1,50 +1,68 @@
-//! Sample ITI-65 style submissions, as an HIS would send them: used by `medgate demo`, the load
-//! generator and the tests, so all three speak exactly what the parser accepts.
+//! Sample ITI-65 Provide Document Bundles, as an HIS would send them: used by `medgate demo`,
+//! the load generator and the tests, so all three speak exactly what the parser accepts.
 
 use super::primitives::BASE64_OUT as B64;
 use base64::Engine;
+use ring::rand::SecureRandom;
 use serde_json::{json, Value};
 
-use super::PatientId;
+use super::{MhdOption, PatientId};
 
-/// A transaction Bundle with one DocumentReference and the Binary it points at (plus the
-/// SubmissionSet List), for `patient`. `master_identifier` (system, value) makes the create
-/// conditional: the same identifier sent again returns the first result.
+/// A fresh OID under `2.25` (a UUID as an integer, ITU-T X.667), as `urn:oid:`.
+fn fresh_oid() -> String {
+    let mut b = [0u8; 16];
+    // The system CSPRNG does not fail on Linux; zeros would still make a valid OID.
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    format!("urn:oid:2.25.{}", u128::from_be_bytes(b))
+}
+
+/// An IHE MHD Minimal Provide Document Bundle with one DocumentReference, the Binary it points
+/// at and the SubmissionSet List, in that order (so the answer's first entry is the
+/// DocumentReference), for `patient`. `master_identifier` (system, value) makes the create
+/// conditional: the same identifier sent again returns the first result; without one, a fresh
+/// `urn:oid:2.25.*` is made, so every call submits a new document.
 pub fn sample_transaction(patient: &PatientId, content_type: &str, data: &[u8], master_identifier: Option<(&str, &str)>) -> Value {
     let doc_url = "urn:uuid:3fdc72f4-a11d-4a9d-9260-a9f745779e1d";
     let bin_url = "urn:uuid:a6f1c36e-5a0b-4d1c-9a5f-2b0e7c0d8e55";
-    let mut doc = json!({
+    let ss_url = "urn:uuid:0c287d32-01e3-4d87-9953-9fcc9404eb21";
+    let subject = json!({"identifier": {"system": patient.system, "value": patient.value}});
+    let fresh = fresh_oid();
+    let (system, value) = master_identifier.unwrap_or(("urn:ietf:rfc:3986", fresh.as_str()));
+    let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, data);
+    let doc = json!({
         "resourceType": "DocumentReference",
+        "masterIdentifier": {"use": "usual", "system": system, "value": value},
+        "identifier": [{"use": "official", "system": "urn:ietf:rfc:3986", "value": doc_url}],
         "status": "current",
         "type": {"coding": [{"system": "http://loinc.org", "code": "11506-3", "display": "Progress note"}]},
-        "subject": {"identifier": {"system": patient.system, "value": patient.value}},
+        "subject": subject,
         "date": "2026-11-28T09:30:00Z",
         "description": "Progress note",
-        "content": [{"attachment": {"contentType": content_type, "url": bin_url, "size": data.len()}}]
+        "content": [{"attachment": {"contentType": content_type, "url": bin_url, "size": data.len(), "hash": B64.encode(sha1.as_ref())}}]
     });
-    if let (Some((system, value)), Some(obj)) = (master_identifier, doc.as_object_mut()) {
-        obj.insert("masterIdentifier".into(), json!({"system": system, "value": value}));
-    }
+    let submission_set = json!({
+        "resourceType": "List",
+        "extension": [{"url": "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-sourceId", "valueIdentifier": {"value": "urn:oid:1.3.6.1.4.1.21367.13.80.110"}}],
+        "identifier": [{"use": "usual", "system": "urn:ietf:rfc:3986", "value": fresh_oid()}, {"use": "official", "system": "urn:ietf:rfc:3986", "value": ss_url}],
+        "status": "current",
+        "mode": "working",
+        "code": {"coding": [{"system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes", "code": "submissionset"}]},
+        "subject": subject,
+        "date": "2026-11-28T09:31:00Z",
+        "entry": [{"item": {"reference": doc_url}}]
+    });
     json!({
         "resourceType": "Bundle",
+        "meta": {"profile": [MhdOption::Minimal.profile()]},
         "type": "transaction",
         "entry": [
-            {
-                "fullUrl": "urn:uuid:0c287d32-01e3-4d87-9953-9fcc9404eb21",
-                "resource": {
-                    "resourceType": "List",
-                    "status": "current",
-                    "mode": "working",
-                    "entry": [{"item": {"reference": doc_url}}]
-                },
-                "request": {"method": "POST", "url": "List"}
-            },
             {"fullUrl": doc_url, "resource": doc, "request": {"method": "POST", "url": "DocumentReference"}},
             {
                 "fullUrl": bin_url,
                 "resource": {"resourceType": "Binary", "contentType": content_type, "data": B64.encode(data)},
                 "request": {"method": "POST", "url": "Binary"}
-            }
+            },
+            {"fullUrl": ss_url, "resource": submission_set, "request": {"method": "POST", "url": "List"}}
         ]
     })
 }

@@ -14,6 +14,15 @@
 //!
 //! Logs name the route template, the status and the HIS system, never a query string (it holds
 //! patient identifiers) or a body.
+//!
+//! Searches live in `search`, ITI-68 in `binary`, and how an answer is represented (format,
+//! `_pretty`, `_summary`, `_elements`, absolute URLs against the public base URL) in
+//! `representation`.
+
+mod binary;
+mod provide;
+mod representation;
+mod search;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,7 +35,9 @@ use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCAT
 use hyper::{Method, Request, Response, StatusCode, Version};
 use serde_json::Value;
 
-use medgate_fhir::{FhirError, PatientId};
+use medgate_fhir::search::{AUDIT_EVENT, CONSENT, DOCUMENT_REFERENCE, LIST};
+use medgate_fhir::FhirError;
+use representation::{absolutize, check_json, rep_params, to_bytes, Rep};
 use crate::gateway::{Caller, Gateway, PURPOSES};
 use crate::tls::ClientIdentity;
 use crate::GatewayError;
@@ -41,6 +52,9 @@ pub struct Api {
     pub max_body: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Time a client has to send a whole request body.
     pub body_timeout: std::time::Duration,
+    /// The base URL clients reach the FHIR interface at (`his.public_base_url`), without a
+    /// trailing slash: every `fullUrl`, page link and attachment URL starts with it.
+    pub public_base: String,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -52,8 +66,9 @@ fn json_response(status: u16, body: &Value) -> Resp {
     r
 }
 
-fn with_location(mut r: Resp, location: Option<String>) -> Resp {
-    if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+fn with_location(mut r: Resp, location: Option<String>, base: &str) -> Resp {
+    let absolute = location.map(|l| if l.contains("://") { l } else { format!("{base}/{l}") });
+    if let Some(loc) = absolute.and_then(|l| HeaderValue::from_str(&l).ok()) {
         r.headers_mut().insert(LOCATION, loc);
     }
     r
@@ -131,34 +146,15 @@ fn caller(req: &Request<Incoming>, client: &ClientIdentity) -> Result<Caller, Fh
     Ok(Caller { client: client.clone(), user, role, purpose })
 }
 
-/// The only query parameter accepted by searches: `patient` (or `patient.identifier`).
-fn patient_param(req: &Request<Incoming>) -> Result<PatientId, FhirError> {
-    let query = req.uri().query().unwrap_or("");
-    let mut patient = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "patient" | "patient.identifier" | "patient:identifier" => {
-                if patient.replace(v).is_some() {
-                    return Err(FhirError::BadParameter("patient: give exactly one patient parameter".into()));
-                }
-            }
-            "_format" => {}
-            other => {
-                let shown: String = other.chars().take(40).collect();
-                return Err(FhirError::BadParameter(format!("unsupported search parameter {shown:?}; this gateway searches by patient only")));
-            }
-        }
-    }
-    let raw = patient.ok_or_else(|| FhirError::BadParameter("patient: required, as patient=system|value".into()))?;
-    PatientId::from_query(raw)
-}
-
 fn check_fhir_json(req: &Request<Incoming>) -> Result<(), FhirError> {
     let ct = header(req, "content-type")?.unwrap_or("");
     let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if essence == "application/fhir+json" || essence == "application/json" {
         Ok(())
+    } else if essence == "application/fhir+xml" || essence.ends_with("/xml") {
+        Err(FhirError::UnsupportedMediaType(
+            "FHIR XML is not supported by this gateway; send the same resource as JSON with Content-Type: application/fhir+json".into(),
+        ))
     } else {
         Err(FhirError::UnsupportedMediaType(
             "send Content-Type: application/fhir+json".into(),
@@ -190,13 +186,21 @@ fn route(method: &Method, path: &str) -> &'static str {
         ("POST", [""]) => "POST /",
         ("POST", ["DocumentReference"]) => "POST /DocumentReference",
         ("GET", ["DocumentReference"]) => "GET /DocumentReference",
+        ("POST", ["DocumentReference", "_search"]) => "POST /DocumentReference/_search",
         ("GET", ["DocumentReference", _]) => "GET /DocumentReference/{id}",
         ("DELETE", ["DocumentReference", _]) => "DELETE /DocumentReference/{id}",
+        ("PATCH", ["DocumentReference", _]) => "PATCH /DocumentReference/{id}",
+        ("GET", ["List"]) => "GET /List",
+        ("POST", ["List", "_search"]) => "POST /List/_search",
+        ("GET", ["List", _]) => "GET /List/{id}",
+        ("GET", ["Patient", _]) => "GET /Patient/{id}",
         ("GET", ["Binary", _]) => "GET /Binary/{id}",
         ("GET", ["AuditEvent"]) => "GET /AuditEvent",
+        ("POST", ["AuditEvent", "_search"]) => "POST /AuditEvent/_search",
         ("POST", ["Consent"]) => "POST /Consent",
         ("PUT", ["Consent", _]) => "PUT /Consent/{id}",
         ("GET", ["Consent"]) => "GET /Consent",
+        ("POST", ["Consent", "_search"]) => "POST /Consent/_search",
         _ => "other",
     }
 }
@@ -206,7 +210,7 @@ impl Api {
     pub async fn handle(self: Arc<Self>, client: Arc<ClientIdentity>, req: Request<Incoming>) -> Result<Resp, Infallible> {
         let started = Instant::now();
         let method = req.method().clone();
-        let route = route(&method, req.uri().path());
+        let route = route(&method, self.local_path(req.uri().path()));
         let http1 = req.version() < Version::HTTP_2;
         let mut resp = match self.dispatch(route, &client, req).await {
             Ok(r) => r,
@@ -225,32 +229,27 @@ impl Api {
     }
 
     async fn dispatch(&self, route: &'static str, client: &ClientIdentity, req: Request<Incoming>) -> Result<Resp, GatewayError> {
-        let path = req.uri().path().trim_matches('/').to_owned();
+        let path = self.local_path(req.uri().path()).trim_matches('/').to_owned();
         let id = path.split('/').nth(1).unwrap_or("").to_owned();
         let gw = &self.gateway;
         match route {
-            "GET /metadata" => Ok(json_response(200, &medgate_fhir::capability_statement(env!("CARGO_PKG_VERSION"), &crate::clock::now_rfc3339()))),
-            "POST /" | "POST /DocumentReference" => {
-                let caller = caller(&req, client)?;
-                check_fhir_json(&req)?;
-                let idem = idempotency_key(&req)?;
-                let bytes = body(req, self.max_body.load(std::sync::atomic::Ordering::Relaxed), self.body_timeout).await?;
-                let single = route == "POST /DocumentReference";
-                let docs = if single { vec![medgate_fhir::parse_document_reference(&bytes)?] } else { medgate_fhir::parse_transaction(&bytes)? };
-                let created = gw.create(&caller, docs, idem.as_deref()).await?;
-                // A single create answers with the resource itself, a transaction with the Bundle.
-                let body = if single { created.body["entry"][0]["resource"].clone() } else { created.body.clone() };
-                Ok(with_location(json_response(created.status, &body), created.location))
+            "GET /metadata" => {
+                let rep = self.read_rep(&req)?;
+                let mut cs = medgate_fhir::capability_statement(env!("CARGO_PKG_VERSION"), &crate::clock::now_rfc3339(), &self.public_base);
+                medgate_fhir::subset::subset(&mut cs, rep.summary, rep.elements.as_deref());
+                Ok(self.fhir(200, cs, &rep))
             }
-            "GET /DocumentReference" => {
-                let caller = caller(&req, client)?;
-                let patient = patient_param(&req)?;
-                let link = format!("DocumentReference?{}", req.uri().query().unwrap_or(""));
-                Ok(json_response(200, &gw.search(&caller, &patient, &link).await?))
-            }
+            "POST /" | "POST /DocumentReference" => self.provide(route, client, req).await,
+            "GET /DocumentReference" | "POST /DocumentReference/_search" => self.find(&DOCUMENT_REFERENCE, client, req).await,
+            "GET /AuditEvent" | "POST /AuditEvent/_search" => self.find(&AUDIT_EVENT, client, req).await,
+            "GET /Consent" | "POST /Consent/_search" => self.find(&CONSENT, client, req).await,
+            "GET /List" | "POST /List/_search" => self.find(&LIST, client, req).await,
             "GET /DocumentReference/{id}" => {
                 let caller = caller(&req, client)?;
-                Ok(json_response(200, &gw.read_reference(&caller, &id).await?))
+                let rep = self.read_rep(&req)?;
+                let mut doc = gw.read_reference(&caller, &id).await?;
+                medgate_fhir::subset::subset(&mut doc, rep.summary, rep.elements.as_deref());
+                Ok(self.fhir(200, doc, &rep))
             }
             "DELETE /DocumentReference/{id}" => {
                 let caller = caller(&req, client)?;
@@ -259,40 +258,27 @@ impl Api {
                 *r.status_mut() = StatusCode::NO_CONTENT;
                 Ok(r)
             }
+            "PATCH /DocumentReference/{id}" => self.patch_status(client, req, &id).await,
+            "GET /List/{id}" | "GET /Patient/{id}" => self.read_submitted(route, client, req, &id).await,
             "GET /Binary/{id}" => {
                 let caller = caller(&req, client)?;
-                let doc = gw.read_binary(&caller, &id).await?;
-                let content_type = HeaderValue::from_str(&doc.content_type);
-                // The body owns the zeroizing plaintext: no copy, wiped once hyper has sent it.
-                let mut r = Response::new(Full::new(Bytes::from_owner(doc.bytes)));
-                if let Ok(v) = content_type {
-                    r.headers_mut().insert(CONTENT_TYPE, v);
-                }
-                Ok(r)
-            }
-            "GET /AuditEvent" => {
-                let caller = caller(&req, client)?;
-                let patient = patient_param(&req)?;
-                let link = format!("AuditEvent?{}", req.uri().query().unwrap_or(""));
-                Ok(json_response(200, &gw.audit(&caller, &patient, &link).await?))
+                let pairs = medgate_fhir::search::decode_pairs(req.uri().query().unwrap_or(""))?;
+                let rep = rep_params(&pairs, true)?;
+                let accept = header(&req, "accept")?;
+                let inm = header(&req, "if-none-match")?;
+                self.retrieve(&caller, &id, &rep, accept, inm).await
             }
             "POST /Consent" | "PUT /Consent/{id}" => {
                 let caller = caller(&req, client)?;
                 check_fhir_json(&req)?;
                 let idem = idempotency_key(&req)?;
-                let bytes = body(req, self.max_body.load(std::sync::atomic::Ordering::Relaxed), self.body_timeout).await?;
+                let bytes = body(req, self.body_limit(), self.body_timeout).await?;
                 let sub = medgate_fhir::parse_consent(&bytes)?;
                 let done = if route == "POST /Consent" { gw.record_consent(&caller, &sub, idem.as_deref()).await? } else { gw.revoke_consent(&caller, &id, &sub).await? };
-                Ok(with_location(json_response(done.status, &done.body), done.location))
-            }
-            "GET /Consent" => {
-                let caller = caller(&req, client)?;
-                let patient = patient_param(&req)?;
-                let link = format!("Consent?{}", req.uri().query().unwrap_or(""));
-                Ok(json_response(200, &gw.consents(&caller, &patient, &link).await?))
+                Ok(with_location(self.fhir(done.status, done.body, &Rep::default()), done.location, &self.public_base))
             }
             _ => {
-                let known = ["", "metadata", "DocumentReference", "Binary", "AuditEvent", "Consent"];
+                let known = ["", "metadata", "DocumentReference", "Binary", "AuditEvent", "Consent", "List", "Patient"];
                 let first = path.split('/').next().unwrap_or("");
                 if known.contains(&first) {
                     Err(FhirError::MethodNotAllowed(format!("{} on /{}", req.method(), first)).into())
@@ -300,6 +286,41 @@ impl Api {
                     Err(FhirError::NotFound("no such endpoint; see GET /metadata".into()).into())
                 }
             }
+        }
+    }
+}
+
+impl Api {
+    /// The largest body accepted now (`his.max_body_bytes`, as last reloaded).
+    fn body_limit(&self) -> usize {
+        self.max_body.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A FHIR resource as the answer: relative URLs resolved against the public base, indented
+    /// when `_pretty=true`.
+    fn fhir(&self, status: u16, mut body: Value, rep: &Rep) -> Resp {
+        absolutize(&mut body, &self.public_base);
+        let mut r = Response::new(Full::new(to_bytes(&body, rep.pretty)));
+        *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        r
+    }
+
+    /// The representation a read asks for, checked against `Accept`.
+    fn read_rep(&self, req: &Request<Incoming>) -> Result<Rep, FhirError> {
+        let pairs = medgate_fhir::search::decode_pairs(req.uri().query().unwrap_or(""))?;
+        let rep = rep_params(&pairs, true)?;
+        check_json(&rep, header(req, "accept")?)?;
+        Ok(rep)
+    }
+
+    /// The request path below the public base URL's path (`/fhir/metadata` → `/metadata` for
+    /// a base `https://host/fhir`); a path outside it is served as it is.
+    fn local_path<'a>(&self, path: &'a str) -> &'a str {
+        let base_path = self.public_base.split_once("://").and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..])).unwrap_or("");
+        match path.strip_prefix(base_path) {
+            Some(rest) if !base_path.is_empty() && (rest.is_empty() || rest.starts_with('/')) => rest,
+            _ => path,
         }
     }
 }

@@ -9,8 +9,20 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use log::Log;
+mod admin;
+mod atna;
+mod consortium;
+mod limits;
 mod log;
+mod public_base;
+
+pub use admin::{Admin, DEFAULT_ADMIN_SOCKET, DEFAULT_OFFICERS_GROUP};
+pub use atna::{Atna, OnFull};
+pub use consortium::Consortium;
+use consortium::validate_consortium;
+pub use limits::Limits;
+pub use log::Log;
+
 /// Where the configuration is read from when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/medgate/medgate.toml";
 
@@ -31,6 +43,12 @@ pub struct Config {
     /// Required when `ledger.mode = "consortium"`.
     #[serde(default)]
     pub consortium: Option<Consortium>,
+    /// The IHE ATNA audit export (off unless `atna.enabled`).
+    #[serde(default)]
+    pub atna: Option<Atna>,
+    /// Per-client and HTTP limits of the HIS listener.
+    #[serde(default)]
+    pub limits: Limits,
     /// The file this came from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -78,19 +96,9 @@ pub struct His {
     /// Seconds a client has to finish sending a request.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_seconds: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Admin {
-    /// Health and metrics listener (plain HTTP; keep it on loopback or a management network).
-    pub listen: SocketAddr,
-}
-
-impl Default for Admin {
-    fn default() -> Self {
-        Admin { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
-    }
+    /// The https URL clients reach this listener at (the FHIR base); see [`His::public_base`].
+    #[serde(default)]
+    pub public_base_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -113,37 +121,6 @@ impl Default for Ledger {
     }
 }
 
-/// The consortium ledger: the etcd ordering service, the genesis, this gateway's peer listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Consortium {
-    /// etcd client endpoints, `IP:port` (TLS).
-    pub etcd_endpoints: Vec<String>,
-    /// PEM CA certificate(s) of the consortium CA: etcd servers and peer gateways must chain to it.
-    pub ca: PathBuf,
-    /// PEM chain issued by the consortium CA for this gateway's HSM `tls` key (the etcd client
-    /// certificate; its CN is the etcd user).
-    pub certificate: PathBuf,
-    /// etcd key prefix of this consortium's ledger.
-    #[serde(default = "default_prefix")]
-    pub prefix: String,
-    /// The genesis document (`medgate consortium genesis`): the consortium's founding members
-    /// and their keys. Every member is configured with the same file; later members are admitted
-    /// by membership entries on the ledger.
-    pub genesis: PathBuf,
-    /// Where other gateways fetch this hospital's records (mutual TLS, consortium CA), `IP:port`.
-    /// Without it, this gateway shares nothing.
-    #[serde(default)]
-    pub peer_listen: Option<SocketAddr>,
-    /// Roles of the end user allowed to read another hospital's record without consent, with
-    /// purpose of use BTG (break-glass); such reads are recorded as break-glass for review.
-    #[serde(default)]
-    pub break_glass_roles: Vec<String>,
-}
-
-fn default_prefix() -> String {
-    "/medgate/ledger".into()
-}
 
 /// Settings that weaken a guarantee. Each one set is logged at WARN at start-up.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -152,7 +129,7 @@ pub struct Dangerous {
     /// Accept HIS client certificates without checking a CRL even when none is configured.
     #[serde(default)]
     pub allow_no_crl: bool,
-    /// Bind the admin listener to a non-loopback address.
+    /// Bind the monitoring listener (`admin.listen`) to a non-loopback address.
     #[serde(default)]
     pub admin_on_all_interfaces: bool,
     /// Accept HIS client certificates while a CRL is past its nextUpdate (instead of refusing them).
@@ -231,10 +208,11 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
             ("crl", Kind::StrList, false),
             ("max_body_bytes", Kind::Int, false),
             ("request_timeout_seconds", Kind::Int, false),
+            ("public_base_url", Kind::Str, false),
         ]),
         true,
     ),
-    ("admin", Kind::Table(&[("listen", Kind::Addr, true)]), false),
+    ("admin", Kind::Table(admin::KEYS), false),
     (
         "ledger",
         Kind::Table(&[("mode", Kind::Str, false), ("batch_max_entries", Kind::Int, false), ("batch_max_delay_ms", Kind::Int, false)]),
@@ -255,6 +233,8 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
         ]),
         false,
     ),
+    ("atna", Kind::Table(atna::KEYS), false),
+    ("limits", Kind::Table(limits::KEYS), false),
 ];
 
 fn check_shape(table: &toml::Table, schema: &[(&str, Kind, bool)], prefix: &str, out: &mut Vec<Problem>) {
@@ -294,26 +274,6 @@ fn check_shape(table: &toml::Table, schema: &[(&str, Kind, bool)], prefix: &str,
     }
 }
 
-fn validate_consortium(c: &Consortium, p: &mut Vec<Problem>) {
-    if c.etcd_endpoints.is_empty() {
-        p.push(Problem { key: "consortium.etcd_endpoints".into(), reason: "name at least one etcd endpoint".into() });
-    }
-    for (i, e) in c.etcd_endpoints.iter().enumerate() {
-        if e.parse::<SocketAddr>().is_err() {
-            p.push(Problem { key: format!("consortium.etcd_endpoints[{i}]"), reason: "must be IP:port, e.g. \"10.1.2.3:2379\"".into() });
-        }
-    }
-    check_readable_file(&c.ca, "consortium.ca", p);
-    check_readable_file(&c.certificate, "consortium.certificate", p);
-    if !c.prefix.starts_with('/') || c.prefix.ends_with('/') || c.prefix.len() < 2 {
-        p.push(Problem { key: "consortium.prefix".into(), reason: "must start with '/' and not end with one, e.g. \"/medgate/ledger\"".into() });
-    }
-    // A hospital missing from the genesis is a joining member: it starts, follows the ledger
-    // and submits once a membership change admits it, so that is not a configuration error.
-    if let Err(e) = medgate_ledger::membership::Genesis::read(&c.genesis) {
-        p.push(Problem { key: "consortium.genesis".into(), reason: e });
-    }
-}
 
 fn check_readable_file(path: &Path, key: &str, out: &mut Vec<Problem>) {
     match std::fs::File::open(path) {
@@ -411,6 +371,10 @@ impl Config {
         if self.ledger.batch_max_delay_ms > 10_000 {
             p.push(Problem { key: "ledger.batch_max_delay_ms".into(), reason: "must be at most 10000".into() });
         }
+        if let Some(a) = &self.atna {
+            p.extend(a.problems());
+        }
+        p.extend(self.limits.problems());
         if p.is_empty() {
             Ok(())
         } else {
@@ -418,7 +382,7 @@ impl Config {
         }
     }
 
-    /// The HIS and admin listeners: addresses, certificates, CRLs, limits.
+    /// The HIS and monitoring listeners: addresses, certificates, CRLs, limits.
     fn validate_listeners(&self, p: &mut Vec<Problem>) {
         let h = &self.his;
         if h.listen.port() == 0 {
@@ -441,6 +405,11 @@ impl Config {
         if !(1..=3600).contains(&h.request_timeout_seconds) {
             p.push(Problem { key: "his.request_timeout_seconds".into(), reason: "must be between 1 and 3600".into() });
         }
+        if let Some(url) = &h.public_base_url {
+            if let Err(reason) = public_base::check(url) {
+                p.push(Problem { key: "his.public_base_url".into(), reason: reason.into() });
+            }
+        }
         if self.admin.listen.port() == 0 {
             p.push(Problem { key: "admin.listen".into(), reason: "port 0 is not a port a monitor can reach".into() });
         }
@@ -450,9 +419,10 @@ impl Config {
         if !self.admin.listen.ip().is_loopback() && !self.dangerous.admin_on_all_interfaces {
             p.push(Problem {
                 key: "admin.listen".into(),
-                reason: "not a loopback address; the admin listener has no TLS (set [dangerous] admin_on_all_interfaces = true to allow)".into(),
+                reason: "not a loopback address; the monitoring listener has no TLS (set [dangerous] admin_on_all_interfaces = true to allow)".into(),
             });
         }
+        p.extend(self.admin.problems());
     }
 
     /// The settings from `[dangerous]` that are on, for the start-up WARN lines.

@@ -1,6 +1,6 @@
 //! The gateway service's one error type, [`GatewayError`]. Each listener turns it into its own
 //! answer in one place: the HIS API into a FHIR OperationOutcome (`api::outcome`), the peer
-//! listener into a status and a reason code (`peer::refusal`), the admin listener into a status
+//! listener into a status and a reason code (`peer::refusal`), the admin socket into a status
 //! and a line of text. Internal details go to the log, never to a client.
 
 use medgate_fhir::FhirError;
@@ -92,6 +92,7 @@ impl From<StoreError> for GatewayError {
                 GatewayError::Integrity(id)
             }
             StoreError::Hsm(h) => h.into(),
+            StoreError::Conflict(m) => GatewayError::Conflict(m),
             other => GatewayError::internal(other),
         }
     }

@@ -15,11 +15,14 @@
 mod audit;
 mod checkpoints;
 mod consents;
+mod lists;
 mod membership;
+mod provide;
 mod records;
 mod retrieve;
 mod search;
 mod sharing;
+mod status;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,6 +38,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub use audit::break_glass_json;
+pub use lists::SubmissionSet;
+pub use retrieve::{Retrieved, BINARY_VERSION};
 
 use crate::metrics::Metrics;
 use crate::peer::{PeerService, ReadGrant, ReadRequest, Sharing};

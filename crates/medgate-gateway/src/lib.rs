@@ -1,7 +1,8 @@
 //! medgate-gateway: the gateway service. FHIR over mutual TLS towards the hospital's HIS
 //! ([`api`]), the work on records, consents, sharing, checkpoints and membership ([`gateway`]),
-//! the peer gateways ([`peer`]), crypto-shredding ([`shred`]), and the listeners, background
-//! tasks of a running gateway ([`server`]) and its [`reload`], configured by [`config`].
+//! the peer gateways ([`peer`]), crypto-shredding ([`shred`]), the IHE ATNA audit export
+//! ([`atna`]), and the listeners, background tasks of a running gateway ([`server`]) and its
+//! [`reload`], configured by [`config`].
 //!
 //! Boundary: below are the store (vault, chain, ordering), the ledger format, the FHIR model
 //! and the HSM; above is the `medgate` binary, the only place that knows exit codes. Errors are
@@ -10,6 +11,7 @@
 //! ([`peer::PeerService`], [`shred::ShredHost`]).
 
 pub mod api;
+pub mod atna;
 pub mod clock;
 pub mod config;
 mod error;

@@ -1,4 +1,4 @@
-//! Reload of a running gateway (SIGHUP, or `POST /reload` on the admin listener, which
+//! Reload of a running gateway (SIGHUP, or `POST /reload` on the admin socket, which
 //! `medgate reload` sends and the unit's ExecReload= runs): the configuration file is read and
 //! validated again; what can change live is applied at once (the HIS listener's certificate,
 //! client CA and CRLs, the body limit, the log level); the changes that need a restart are named
@@ -135,6 +135,10 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
         ("his.listen", c.his.listen.to_string()),
         ("his.request_timeout_seconds", c.his.request_timeout_seconds.to_string()),
         ("admin.listen", c.admin.listen.to_string()),
+        ("admin.socket", c.admin.socket.display().to_string()),
+        ("admin.officers_group", format!("{:?}", c.admin.officers_group)),
+        ("limits", format!("{:?}", c.limits)),
+        ("atna", format!("{:?}", c.atna)),
         ("ledger", format!("{:?}", c.ledger)),
         ("consortium", format!("{:?}", c.consortium)),
         ("dangerous.admin_on_all_interfaces", c.dangerous.admin_on_all_interfaces.to_string()),

@@ -1,6 +1,6 @@
-//! The running gateway: the HIS listener (mutual TLS, HTTP/1.1 and HTTP/2), the admin listener
-//! (health, readiness, metrics), the background outbox drain, the systemd watchdog, certificate
-//! reload and an orderly stop.
+//! The running gateway: the HIS listener (mutual TLS, HTTP/1.1 and HTTP/2), the monitoring
+//! listener (health, readiness, metrics), the admin socket (officers only), the background
+//! outbox drain, the systemd watchdog, certificate reload and an orderly stop.
 //!
 //! Boundary: sockets and tasks. [`Running`] is the service as a value: `start` it on listeners
 //! the caller bound (tests bind port 0), `reload` it on SIGHUP, `stop` it on SIGTERM.
@@ -9,12 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use medgate_hsm::Hsm;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -25,20 +21,19 @@ use medgate_store::writer::WriterParts;
 use medgate_store::{BatchPolicy, ChainStore, Db, Ledger, Orderer, Sequencer};
 
 mod admin;
+mod his;
+pub mod limits;
 mod linger;
+pub mod officers;
 
-pub use admin::ADMIN_HEADER;
-use admin::{serve_admin, watchdog, AdminState};
+use admin::{serve_monitor, watchdog, AdminState};
 
 use crate::api::Api;
 use crate::config::{Config, Consortium};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::reload::{Live, Outcome, ReloadError};
-use crate::tls::{self, ClientIdentity, Reloadable, TlsFiles};
-
-/// Time a client has to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::tls::{self, Reloadable, TlsFiles};
 /// How long a stop waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often entries left in the outbox are retried.
@@ -61,23 +56,41 @@ pub fn notify(states: &[sd_notify::NotifyState<'_>]) {
     let _ = sd_notify::notify(false, states);
 }
 
+/// The sockets a gateway serves on, bound by the caller (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The HIS's FHIR API (mutual TLS).
+    pub his: TcpListener,
+    /// Monitoring: health, readiness, metrics.
+    pub monitor: TcpListener,
+    /// The admin socket ([`officers::bind`]).
+    pub admin: UnixListener,
+}
+
 /// A started gateway.
 #[derive(Debug)]
 pub struct Running {
     pub his_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
+    pub monitor_addr: SocketAddr,
+    /// The admin socket's path (removed at stop).
+    pub admin_socket: Option<std::path::PathBuf>,
     pub gateway: Gateway,
     db: Db,
     live: Arc<Live>,
     stop_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     his_task: JoinHandle<()>,
+    /// The IHE ATNA exporter, when `[atna]` is enabled and it started.
+    pub atna: Option<Arc<medgate_atna::Exporter>>,
+    /// The per-client limits of the HIS listener, and what each client holds.
+    pub limiter: Arc<limits::Limiter>,
 }
 
 impl Running {
     /// Opens the store and the ledger (appending what the outbox holds), builds the TLS
     /// configuration around the HSM key, and starts serving on the given listeners.
-    pub async fn start(cfg: &Config, hsm: Arc<Hsm>, his: TcpListener, admin: TcpListener) -> Result<Running, ServerError> {
+    pub async fn start(cfg: &Config, hsm: Arc<Hsm>, listeners: Listeners) -> Result<Running, ServerError> {
+        let Listeners { his, monitor, admin } = listeners;
         let tls_files = TlsFiles::from_config(cfg);
         if let (true, Err(e)) = (tls_files.enforce_crl_expiry, crate::reload::stale_crls(&tls_files)) {
             tracing::error!(error = %e, "HIS clients of that CA will be refused");
@@ -93,6 +106,7 @@ impl Running {
             max_delay: Duration::from_millis(cfg.ledger.batch_max_delay_ms),
         };
         let store = ChainStore::open(&db)?;
+        let atna = start_audit_export(cfg, &hsm, &store).await;
         let mut tasks = Vec::new();
         let (orderer, link): (Arc<dyn Orderer>, _) = match (&cfg.consortium, cfg.ledger.mode.as_str()) {
             (Some(c), "consortium") => {
@@ -130,25 +144,44 @@ impl Running {
             gateway: gateway.clone(),
             max_body,
             body_timeout: Duration::from_secs(cfg.his.request_timeout_seconds),
+            public_base: cfg.his.public_base(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let his_addr = his.local_addr().map_err(|e| ServerError::Storage { path: "HIS listener".into(), reason: e.to_string() })?;
-        let admin_addr = admin.local_addr().map_err(|e| ServerError::Storage { path: "admin listener".into(), reason: e.to_string() })?;
-        let timeout = Duration::from_secs(cfg.his.request_timeout_seconds);
-        let his_task = tokio::spawn(serve_his(his, tls.clone(), api, stop_rx.clone(), timeout));
-        let admin_state = Arc::new(AdminState { gateway: gateway.clone(), db: db.clone(), live: live.clone(), link });
+        let monitor_addr = monitor.local_addr().map_err(|e| ServerError::Storage { path: "monitoring listener".into(), reason: e.to_string() })?;
+        let admin_socket = admin.local_addr().ok().and_then(|a| a.as_pathname().map(std::path::Path::to_path_buf));
+        let limiter = limits::Limiter::new(cfg.limits.clone());
+        let refuse_when_full = cfg.atna.as_ref().is_some_and(|a| a.on_full() == crate::config::OnFull::Refuse);
+        let his_side = Arc::new(his::His {
+            tls: tls.clone(),
+            api,
+            limiter: limiter.clone(),
+            request_timeout: Duration::from_secs(cfg.his.request_timeout_seconds),
+            audit_gate: atna.clone().filter(|_| refuse_when_full),
+        });
+        let his_task = tokio::spawn(his::serve(his, his_side, stop_rx.clone()));
+        let admin_state = Arc::new(AdminState {
+            gateway: gateway.clone(),
+            db: db.clone(),
+            live: live.clone(),
+            link,
+            atna: atna.clone(),
+            atna_enabled: cfg.atna.as_ref().is_some_and(|a| a.enabled),
+            limiter: limiter.clone(),
+        });
         if let Some((l, tls)) = peer_listener {
             tasks.push(tokio::spawn(crate::peer::serve(l, tls, Arc::new(gateway.clone()), stop_rx.clone())));
             tasks.push(tokio::spawn(exchange_checkpoints(gateway.clone(), stop_rx.clone())));
         }
         tasks.extend([
-            tokio::spawn(serve_admin(admin, admin_state.clone(), stop_rx.clone())),
+            tokio::spawn(serve_monitor(monitor, admin_state.clone(), stop_rx.clone())),
+            tokio::spawn(officers::serve(admin, admin_state.clone(), cfg.admin.officers().map(str::to_owned), stop_rx.clone())),
             tokio::spawn(drain_outbox(gateway.clone(), stop_rx.clone())),
             tokio::spawn(crate::shred::run(Arc::new(gateway.clone()), cfg.gateway.state_directory.clone(), stop_rx.clone())),
             tokio::spawn(watchdog(admin_state, stop_rx)),
         ]);
-        tracing::info!(%his_addr, %admin_addr, hospital = %cfg.gateway.hospital_id, "medgate gateway ready");
-        Ok(Running { his_addr, admin_addr, gateway, db, live, stop_tx, tasks, his_task })
+        tracing::info!(%his_addr, %monitor_addr, admin_socket = %cfg.admin.socket.display(), hospital = %cfg.gateway.hospital_id, "medgate gateway ready");
+        Ok(Running { his_addr, monitor_addr, admin_socket, gateway, db, live, stop_tx, tasks, his_task, atna, limiter })
     }
 
     /// Re-reads and applies the configuration (SIGHUP; see [`crate::reload`]). New handshakes
@@ -169,9 +202,36 @@ impl Running {
             t.abort();
             let _ = t.await;
         }
+        if let Some(path) = &self.admin_socket {
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(x) = &self.atna {
+            x.shutdown().await;
+            tracing::info!(waiting = x.stats().queue_depth, "audit export stopped; waiting messages go out after the next start");
+        }
         match self.db.flush().await {
             Ok(_) => tracing::info!("store flushed"),
             Err(e) => tracing::error!(error = %e, "store flush at stop failed"),
+        }
+    }
+}
+
+/// The IHE ATNA exporter when `[atna]` is enabled, listening on `store` for committed blocks. If
+/// it cannot start (a damaged queue, an HSM key it cannot use), the gateway serves anyway: the
+/// events stay on the ledger and are sent after a start that succeeds; the ERROR line says why.
+async fn start_audit_export(cfg: &Config, hsm: &Arc<Hsm>, store: &ChainStore) -> Option<Arc<medgate_atna::Exporter>> {
+    let a = cfg.atna.as_ref().filter(|a| a.enabled)?;
+    let feed = Arc::new(crate::atna::Feed::new(&cfg.gateway.hospital_id));
+    store.add_commit_listener(feed.clone());
+    match crate::atna::start(a, &cfg.his.certificate, &cfg.gateway.state_directory, &cfg.gateway.hospital_id, hsm, store, &feed).await {
+        Ok(x) => {
+            tracing::info!(repository = %a.repository, "audit export to the audit record repository started");
+            Some(x)
+        }
+        Err(e) => {
+            feed.abandon();
+            tracing::error!(error = %e, "audit export NOT started: audit events stay on the ledger and are sent after a start that succeeds");
+            None
         }
     }
 }
@@ -223,68 +283,6 @@ async fn share(gateway: Gateway, c: &Consortium, link: &Arc<EtcdLink>, hsm: &Arc
         None => None,
     };
     Ok((gateway.with_sharing(sharing), listener))
-}
-
-async fn serve_his(listener: TcpListener, tls: Arc<Reloadable>, api: Arc<Api>, mut stop: watch::Receiver<bool>, request_timeout: Duration) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().header_read_timeout(request_timeout).timer(hyper_util::rt::TokioTimer::new());
-    builder.http2().timer(hyper_util::rt::TokioTimer::new());
-    let builder = Arc::new(builder);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.get());
-        let api = api.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    api.gateway.metrics.incr("tls_handshake_failures");
-                    tracing::info!(%peer, error = %e, "TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    api.gateway.metrics.incr("tls_handshake_failures");
-                    tracing::info!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let identity = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| ClientIdentity::from_der(c.as_ref()));
-            let Some(identity) = identity else {
-                tracing::info!(%peer, "client certificate has no usable subject CN; connection closed");
-                return;
-            };
-            let identity = Arc::new(identity);
-            let service = service_fn(move |req| api.clone().handle(identity.clone(), req));
-            // Closed lingering: a client still sending when the answer is out gets to read it.
-            let stream = linger::Lingering::new(stream, request_timeout);
-            let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!("requests still in flight after {} s; closing them", DRAIN_TIMEOUT.as_secs());
-    }
 }
 
 /// How often this gateway tells its peers its chain head (when it moved).

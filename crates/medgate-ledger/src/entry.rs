@@ -134,6 +134,47 @@ pub enum EntryBody {
         /// Role of that user.
         role: String,
     },
+    /// An IHE MHD SubmissionSet (a FHIR List) stored by the custodian with the records it
+    /// submitted. Its content is sealed in the custodian's vault; the ledger knows its id, the
+    /// patient pseudonym and the ids of the records it lists.
+    ListAnchored {
+        /// List id.
+        list_id: String,
+        /// Patient pseudonym (64 lowercase hex).
+        patient: String,
+        /// Version of the pseudonym key that computed `patient`.
+        pseudonym_key_version: u32,
+        /// `submissionset` (the MHD list type code).
+        code: String,
+        /// The records the list names, in its order.
+        record_ids: Vec<String>,
+        /// Hospital id of the custodian.
+        custodian: String,
+        /// Pseudonym of the user who submitted it (lowercase hex).
+        user: String,
+        /// Role of that user.
+        role: String,
+        /// Purpose of use code.
+        purpose: String,
+    },
+    /// A record's status changed, by its custodian: `superseded` (replaced by `replaced_by`, a
+    /// record of the same custodian) or `entered-in-error`. The record stays readable.
+    RecordStatusChanged {
+        /// Record id.
+        record_id: String,
+        /// Patient pseudonym (64 lowercase hex).
+        patient: String,
+        /// Hospital id of the custodian.
+        custodian: String,
+        /// The new status: `superseded` or `entered-in-error`.
+        status: String,
+        /// The record that replaces it (for `superseded` by a replacement).
+        replaced_by: Option<String>,
+        /// Pseudonym of the user who changed it.
+        user: String,
+        /// Role of that user.
+        role: String,
+    },
     /// An HSM key lifecycle event.
     KeyEvent {
         /// One of `generate`, `rotate`, `retire`, `destroy`, `import-cert`.
@@ -182,6 +223,13 @@ pub enum EntryBody {
 pub const MEMBERSHIP_ACTIONS: [&str; 3] = ["add", "remove", "update"];
 /// Longest base64 public key a membership entry may carry.
 const MAX_KEY_B64: usize = 1024;
+
+/// The list type codes a [`EntryBody::ListAnchored`] may carry.
+pub const LIST_CODES: [&str; 1] = ["submissionset"];
+/// The statuses a [`EntryBody::RecordStatusChanged`] may set.
+pub const RECORD_STATUSES: [&str; 2] = ["superseded", "entered-in-error"];
+/// Most records one list may name.
+const MAX_LIST_RECORDS: usize = 1024;
 
 /// The key event actions an entry may record.
 const KEY_ACTIONS: [&str; 5] = ["generate", "rotate", "retire", "destroy", "import-cert"];
@@ -357,6 +405,39 @@ impl Entry {
                 user_pseudonym(user)?;
                 code("role", role)?;
             }
+            EntryBody::ListAnchored { list_id, patient, pseudonym_key_version: _, code: list_code, record_ids, custodian, user, role, purpose } => {
+                code("list_id", list_id)?;
+                patient_pseudonym(patient)?;
+                if !LIST_CODES.contains(&list_code.as_str()) {
+                    return Err(bad("code", "not submissionset"));
+                }
+                if record_ids.is_empty() || record_ids.len() > MAX_LIST_RECORDS {
+                    return Err(bad("record_ids", "must list 1 to 1024 records"));
+                }
+                for r in record_ids {
+                    code("record_ids", r)?;
+                }
+                hospital("custodian", custodian)?;
+                user_pseudonym(user)?;
+                code("role", role)?;
+                code("purpose", purpose)?;
+            }
+            EntryBody::RecordStatusChanged { record_id, patient, custodian, status, replaced_by, user, role } => {
+                code("record_id", record_id)?;
+                patient_pseudonym(patient)?;
+                hospital("custodian", custodian)?;
+                if !RECORD_STATUSES.contains(&status.as_str()) {
+                    return Err(bad("status", "not one of superseded, entered-in-error"));
+                }
+                match replaced_by {
+                    Some(_) if status != "superseded" => return Err(bad("replaced_by", "only a superseded record is replaced")),
+                    Some(r) if r == record_id => return Err(bad("replaced_by", "a record does not replace itself")),
+                    Some(r) => code("replaced_by", r)?,
+                    None => {}
+                }
+                user_pseudonym(user)?;
+                code("role", role)?;
+            }
             EntryBody::KeyEvent {
                 action,
                 key_role,
@@ -432,7 +513,9 @@ impl Entry {
             | EntryBody::PatientSearched { patient, .. }
             | EntryBody::ConsentRecorded { patient, .. }
             | EntryBody::ConsentRevoked { patient, .. }
-            | EntryBody::RecordErased { patient, .. } => Some(patient),
+            | EntryBody::RecordErased { patient, .. }
+            | EntryBody::ListAnchored { patient, .. }
+            | EntryBody::RecordStatusChanged { patient, .. } => Some(patient),
             EntryBody::KeyEvent { .. } | EntryBody::MembershipProposed { .. } | EntryBody::MembershipApproved { .. } => None,
         }
     }
@@ -442,8 +525,10 @@ impl Entry {
         match &self.body {
             EntryBody::RecordAnchored { record_id, .. }
             | EntryBody::RecordRead { record_id, .. }
-            | EntryBody::RecordErased { record_id, .. } => Some(record_id),
+            | EntryBody::RecordErased { record_id, .. }
+            | EntryBody::RecordStatusChanged { record_id, .. } => Some(record_id),
             EntryBody::PatientSearched { .. }
+            | EntryBody::ListAnchored { .. }
             | EntryBody::KeyEvent { .. }
             | EntryBody::MembershipProposed { .. }
             | EntryBody::MembershipApproved { .. }
@@ -558,6 +643,26 @@ impl EntryBody {
                 .str("patient", patient)
                 .str("custodian", custodian)
                 .str("grantee", grantee)
+                .str("user", user)
+                .str("role", role),
+            EntryBody::ListAnchored { list_id, patient, pseudonym_key_version, code, record_ids, custodian, user, role, purpose } => o
+                .str("kind", "list_anchored")
+                .str("list_id", list_id)
+                .str("patient", patient)
+                .u64("pseudonym_key_version", u64::from(*pseudonym_key_version))
+                .str("code", code)
+                .array("record_ids", record_ids, |out, r| canon::write_str(out, r))
+                .str("custodian", custodian)
+                .str("user", user)
+                .str("role", role)
+                .str("purpose", purpose),
+            EntryBody::RecordStatusChanged { record_id, patient, custodian, status, replaced_by, user, role } => o
+                .str("kind", "record_status_changed")
+                .str("record_id", record_id)
+                .str("patient", patient)
+                .str("custodian", custodian)
+                .str("status", status)
+                .opt_str("replaced_by", replaced_by.as_deref())
                 .str("user", user)
                 .str("role", role),
             EntryBody::KeyEvent {
@@ -890,6 +995,86 @@ mod tests {
         }
         let keyed = Entry::new(&keyed.gateway, &keyed.time, [0u8; 16], keyed.body);
         assert!(keyed.validate().is_err(), "a removal carries no keys");
+    }
+
+    #[test]
+    fn list_and_status_entries_are_pinned_and_shape_checked() {
+        let list = Entry::new(
+            "hospital-a",
+            "2025-01-02T03:04:05Z",
+            [0u8; 16],
+            EntryBody::ListAnchored {
+                list_id: "l1".into(),
+                patient: "ab".repeat(32),
+                pseudonym_key_version: 2,
+                code: "submissionset".into(),
+                record_ids: vec!["r1".into(), "r2".into()],
+                custodian: "hospital-a".into(),
+                user: "cd".repeat(16),
+                role: "physician".into(),
+                purpose: "TREAT".into(),
+            },
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&list.canonical_bytes()),
+            format!(
+                r#"{{"gateway":"hospital-a","time":"2025-01-02T03:04:05Z","nonce":"00000000000000000000000000000000","body":{{"kind":"list_anchored","list_id":"l1","patient":"{}","pseudonym_key_version":2,"code":"submissionset","record_ids":["r1","r2"],"custodian":"hospital-a","user":"{}","role":"physician","purpose":"TREAT"}}}}"#,
+                "ab".repeat(32),
+                "cd".repeat(16)
+            )
+        );
+        assert_eq!(list.validate(), Ok(()));
+        let status = |status: &str, replaced_by: Option<&str>| {
+            Entry::new(
+                "hospital-a",
+                "2025-01-02T03:04:05Z",
+                [0u8; 16],
+                EntryBody::RecordStatusChanged {
+                    record_id: "r1".into(),
+                    patient: "ab".repeat(32),
+                    custodian: "hospital-a".into(),
+                    status: status.into(),
+                    replaced_by: replaced_by.map(str::to_owned),
+                    user: "cd".repeat(16),
+                    role: "physician".into(),
+                },
+            )
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&status("superseded", Some("r2")).canonical_bytes()),
+            format!(
+                r#"{{"gateway":"hospital-a","time":"2025-01-02T03:04:05Z","nonce":"00000000000000000000000000000000","body":{{"kind":"record_status_changed","record_id":"r1","patient":"{}","custodian":"hospital-a","status":"superseded","replaced_by":"r2","user":"{}","role":"physician"}}}}"#,
+                "ab".repeat(32),
+                "cd".repeat(16)
+            )
+        );
+        assert_eq!(status("superseded", Some("r2")).validate(), Ok(()));
+        assert_eq!(status("superseded", None).validate(), Ok(()));
+        assert_eq!(status("entered-in-error", None).validate(), Ok(()));
+        for (e, field) in [
+            (status("current", None), "status"),
+            (status("Deprecated by Dr Jane Doe", None), "status"),
+            (status("entered-in-error", Some("r2")), "replaced_by"),
+            (status("superseded", Some("r1")), "replaced_by"),
+            (status("superseded", Some("r 2")), "replaced_by"),
+        ] {
+            assert!(matches!(e.validate(), Err(LedgerError::BadEntry { field: f, .. }) if f == field), "{field}: {:?}", e.validate());
+        }
+        let mut bad = list.clone();
+        for (change, field) in [
+            (Box::new(|b: &mut EntryBody| if let EntryBody::ListAnchored { code, .. } = b { *code = "folder note".into() }) as Box<dyn Fn(&mut EntryBody)>, "code"),
+            (Box::new(|b: &mut EntryBody| if let EntryBody::ListAnchored { record_ids, .. } = b { record_ids.clear() }), "record_ids"),
+            (Box::new(|b: &mut EntryBody| if let EntryBody::ListAnchored { record_ids, .. } = b { record_ids.push("Jane Doe".into()) }), "record_ids"),
+            (Box::new(|b: &mut EntryBody| if let EntryBody::ListAnchored { patient, .. } = b { *patient = "12345".into() }), "patient"),
+        ] {
+            let mut body = list.body.clone();
+            change(&mut body);
+            bad = Entry::new(&bad.gateway, &bad.time, [0u8; 16], body);
+            assert!(matches!(bad.validate(), Err(LedgerError::BadEntry { field: f, .. }) if f == field), "{field}: {:?}", bad.validate());
+        }
+        assert_eq!(list.patient(), Some("ab".repeat(32).as_str()));
+        assert_eq!(list.record_id(), None);
+        assert_eq!(status("superseded", None).record_id(), Some("r1"));
     }
 
     #[test]

@@ -184,5 +184,35 @@ pub(super) fn one_of_each(gateway: &str) -> Vec<Entry> {
             },
         ),
         Entry::new(gateway, t, nonce(8), EntryBody::MembershipApproved { proposal_id: "0f".repeat(16), approver: gateway.to_owned() }),
+        Entry::new(
+            gateway,
+            t,
+            nonce(9),
+            EntryBody::ListAnchored {
+                list_id: "list-1".to_owned(),
+                patient: pseudonym("patient 1"),
+                pseudonym_key_version: 1,
+                code: "submissionset".to_owned(),
+                record_ids: vec!["rec-1".to_owned(), "rec-2".to_owned()],
+                custodian: gateway.to_owned(),
+                user: pseudonym("nurse"),
+                role: "nurse".to_owned(),
+                purpose: "TREAT".to_owned(),
+            },
+        ),
+        Entry::new(
+            gateway,
+            t,
+            nonce(10),
+            EntryBody::RecordStatusChanged {
+                record_id: "rec-1".to_owned(),
+                patient: pseudonym("patient 1"),
+                custodian: gateway.to_owned(),
+                status: "superseded".to_owned(),
+                replaced_by: Some("rec-2".to_owned()),
+                user: pseudonym("nurse"),
+                role: "nurse".to_owned(),
+            },
+        ),
     ]
 }

@@ -67,6 +67,8 @@ pub struct ChainStore {
     forks: sled::Tree,
     /// Latest checkpoint each peer sent: gateway → checkpoint JSON.
     peer_checkpoints: sled::Tree,
+    /// Told of each block once it is flushed.
+    listeners: crate::commit::Listeners,
 }
 
 /// Keys and values to write in the chain's meta tree with a block.
@@ -91,8 +93,15 @@ impl ChainStore {
             records: d.open_tree("record_index")?,
             forks: d.open_tree("fork_evidence")?,
             peer_checkpoints: d.open_tree("peer_checkpoints")?,
+            listeners: crate::commit::Listeners::default(),
             db,
         })
+    }
+
+    /// Adds a listener told of every block committed from now on through this store or any of
+    /// its clones (after the block is flushed).
+    pub fn add_commit_listener(&self, listener: std::sync::Arc<dyn crate::CommitListener>) {
+        self.listeners.add(listener);
     }
 
     /// (height of the last block, its hash) or None for an empty chain.
@@ -442,7 +451,8 @@ impl ChainStore {
     /// the chain's own state): only the custodian records a consent for its patient, and a
     /// consent id is recorded once; only the hospital that recorded a consent revokes it; a read
     /// of another hospital's record is granted only under an active consent or as break-glass;
-    /// only the custodian that anchored a record erases it; a member proposes membership changes
+    /// only the custodian that anchored a record erases it or changes its status, and a list is
+    /// anchored by its custodian only; a member proposes membership changes
     /// in its own name, once per id, that the roster allows, and approves in its own name
     /// proposals that exist (a late or repeated approval changes nothing and harms nothing).
     pub fn entry_rules_hold(&self, batch: &Batch) -> Result<bool, StoreError> {
@@ -470,10 +480,11 @@ impl ChainStore {
                     };
                     *custodian == batch.gateway && known.is_some_and(|c| c.active && c.custodian == batch.gateway && c.grantee == *grantee)
                 }
-                EntryBody::RecordErased { record_id, custodian, .. } => {
+                EntryBody::RecordErased { record_id, custodian, .. } | EntryBody::RecordStatusChanged { record_id, custodian, .. } => {
                     *custodian == batch.gateway
                         && self.anchored(record_id)?.is_some_and(|a| matches!(&a.body, EntryBody::RecordAnchored { custodian: c, .. } if c == custodian))
                 }
+                EntryBody::ListAnchored { custodian, .. } => *custodian == batch.gateway,
                 EntryBody::RecordRead { record_id, patient, custodian, reader, purpose, granted: true, .. } if reader != custodian && purpose != "BTG" => {
                     self.consents_for(patient)?.iter().any(|c| c.custodian == *custodian && c.permits(reader, record_id, &e.time))
                 }
@@ -494,6 +505,7 @@ impl ChainStore {
     /// Stores a block with its indexes in one transaction, then flushes: the block, the location
     /// of every entry of its valid batches, the patient audit index, the removal of this
     /// gateway's entries from the outbox, and `meta` updates (sequence number, chain state).
+    /// Then the commit listeners hear of it.
     pub async fn persist(&self, block: &Block, meta_updates: &[(&[u8], Vec<u8>)]) -> Result<(), StoreError> {
         let height = block.height;
         let bytes = block.to_bytes();
@@ -548,7 +560,9 @@ impl ChainStore {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => e.into(),
             })?;
-        self.db.flush().await
+        self.db.flush().await?;
+        self.listeners.committed(block);
+        Ok(())
     }
 }
 

@@ -35,6 +35,10 @@ pub enum StoreError {
         /// The configured one.
         configured: String,
     },
+    /// The stored state does not allow the change asked (a record already superseded, erased,
+    /// or held by another hospital); nothing was written.
+    #[error("refused by the stored state: {0}")]
+    Conflict(String),
     /// The ledger writer task has stopped.
     #[error("the ledger writer has stopped")]
     Stopped,

@@ -13,11 +13,13 @@ mod db;
 mod error;
 
 pub mod chain;
+pub mod commit;
 pub mod order;
 pub mod vault;
 pub mod writer;
 
 pub use chain::{ChainStore, Location};
+pub use commit::CommitListener;
 pub use db::Db;
 pub use error::StoreError;
 pub use order::sequencer::Sequencer;

@@ -2,12 +2,14 @@
 //! by the HSM's key-encryption key, everything in sled. Plaintext never reaches the disk; data
 //! keys and plaintext live in zeroizing buffers. A write acknowledged to a client has been flushed.
 //!
-//! Trees: `records` (id → [`StoredRecord`]), `by_patient` (pseudonym/id → ()), `idempotency`
-//! (hashed request key → [`IdemState`]), `outbox` (ledger entry id → entry bytes not yet in a
-//! block), `shred` (the erasure count and the shred-pending marker the gateway's shred pass
-//! reads). A record,
-//! its index row, its outbox entry and its idempotency state are written in one transaction, so a
-//! crash leaves either all of them or none; so are an erasure, its entry and its shred marker.
+//! Trees: `records` (id → [`StoredRecord`]), `by_patient` (pseudonym/id → ()), `lists` and
+//! `lists_by_patient` (sealed SubmissionSets, see [`list`]), `idempotency` (hashed request key →
+//! [`IdemState`]: ids and codes only, never a response body), `outbox` (ledger entry id → entry
+//! bytes not yet in a block), `shred` (the erasure count and the shred-pending marker the
+//! gateway's shred pass reads). A submission's records, its list, the status changes it makes to
+//! earlier records, their index rows, their outbox entries and the idempotency states are
+//! written in one transaction ([`Vault::store`]), so a crash leaves either all of them or none;
+//! so are an erasure, its entry and its shred marker.
 //! A request in flight holds its idempotency keys in memory only ([`Held`]): a claim never
 //! outlives the process that made it, so after a crash a retry is answered at once, from what
 //! the first attempt committed (records stored, or its final answer) or by a fresh create.
@@ -27,6 +29,14 @@ use zeroize::Zeroizing;
 
 use crate::error::{read_u64, to_json};
 use crate::{Db, StoreError};
+
+mod idem;
+mod list;
+
+pub use idem::{AnswerItem, Migrated};
+pub use list::{open_list, open_list_latest, seal_list, ListHeader, OpenList, SealedList, StoredList};
+#[cfg(any(test, feature = "fixtures"))]
+pub use list::fixture as list_fixture;
 
 /// The vault's errors are the store's.
 type VaultError = StoreError;
@@ -57,6 +67,76 @@ pub struct StoredRecord {
     /// sealed metadata are then gone from the vault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erased: Option<String>,
+    /// Status changes made by the custodian, oldest first (codes and ids, as on the ledger).
+    /// None: the record is `current`, at version 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<RecordChange>,
+}
+
+/// A change of a record's status, as the ledger records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RecordChange {
+    /// `superseded` or `entered-in-error`.
+    pub status: String,
+    /// The record that replaced this one, for a replacement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
+    /// When (RFC 3339 UTC).
+    pub time: String,
+    /// The ledger entry recording the change.
+    pub entry_id: String,
+}
+
+impl StoredRecord {
+    /// `current`, or the status of the last change.
+    pub fn status(&self) -> &str {
+        self.changes.last().map_or("current", |c| c.status.as_str())
+    }
+
+    /// 1 when stored, plus one per status change.
+    pub fn version(&self) -> u32 {
+        1 + u32::try_from(self.changes.len()).unwrap_or(u32::MAX - 1)
+    }
+
+    /// When version `version` was made (the creation time for version 1).
+    pub fn version_time(&self, version: u32) -> &str {
+        match version.checked_sub(2).and_then(|i| self.changes.get(i as usize)) {
+            Some(c) => &c.time,
+            None => &self.created,
+        }
+    }
+}
+
+/// A status change to make to a stored record within [`Vault::store`]: checked against the
+/// record as it stands inside the transaction, so two requests cannot both supersede it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    pub record_id: String,
+    /// Only a record held by this custodian is changed.
+    pub custodian: String,
+    pub change: RecordChange,
+}
+
+/// Which status a record may move to from which: `current` → `superseded` or
+/// `entered-in-error`; `superseded` → `entered-in-error`. Nothing leaves `entered-in-error`.
+pub fn status_change_allowed(from: &str, to: &str) -> bool {
+    matches!((from, to), ("current", "superseded" | "entered-in-error") | ("superseded", "entered-in-error"))
+}
+
+/// Everything one create writes, in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Write {
+    /// New records.
+    pub records: Vec<StoredRecord>,
+    /// New lists (their records are in `records`).
+    pub lists: Vec<StoredList>,
+    /// Status changes to earlier records.
+    pub changes: Vec<StatusChange>,
+    /// (entry id, entry bytes) of every ledger entry the write makes.
+    pub outbox: Vec<(String, Vec<u8>)>,
+    /// (hashed key, state): the request's Idempotency-Key and each masterIdentifier.
+    pub idem: Vec<(Vec<u8>, IdemState)>,
 }
 
 /// The sensitive metadata sealed with a record: what the HIS sent, minus the document bytes.
@@ -82,17 +162,25 @@ impl std::fmt::Debug for OpenRecord {
     }
 }
 
-/// Where a client's request stands, keyed by its idempotency key.
+/// Where a client's request stands, keyed by its idempotency key. Only ids, codes and HTTP
+/// statuses: a retry's answer is rendered again from the sealed records and the ledger.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
 pub enum IdemState {
     /// Written by earlier versions for a request in flight. No longer written, and never
     /// returned by [`Vault::claim`]: the process that wrote it is gone, so it means nothing.
     Pending { since: u64 },
-    /// Records stored; their ledger entries may still be in the outbox.
+    /// Records stored by an earlier version (or under a masterIdentifier by one); their ledger
+    /// entries may still be in the outbox.
     Stored { record_ids: Vec<String> },
-    /// Finished: the exact response the client got.
+    /// Written by earlier versions: the exact response, which may hold patient data. Never
+    /// written now, and converted to [`IdemState::Answered`] (or removed) when the vault opens.
     Done { status: u16, body: serde_json::Value },
+    /// What a request committed, one item per entry of its answer, written with its records;
+    /// their ledger entries may still be in the outbox.
+    Committed { items: Vec<AnswerItem> },
+    /// Finished: the HTTP status the client got and what its answer named.
+    Answered { status: u16, items: Vec<AnswerItem> },
 }
 
 /// The result of claiming an idempotency key.
@@ -201,6 +289,7 @@ pub fn seal_record(
         meta_ct: B64.encode(meta_ct),
         entry_id: entry_id.to_owned(),
         erased: None,
+        changes: Vec::new(),
     })
 }
 
@@ -276,6 +365,8 @@ pub struct Vault {
     db: Db,
     records: sled::Tree,
     by_patient: sled::Tree,
+    lists: sled::Tree,
+    lists_by_patient: sled::Tree,
     idempotency: sled::Tree,
     outbox: sled::Tree,
     shred: sled::Tree,
@@ -292,18 +383,27 @@ const ROTATION: &[u8] = b"rotation";
 
 
 impl Vault {
-    /// Opens the vault in `db` (the gateway's one database).
+    /// Opens the vault in `db` (the gateway's one database). Idempotency states that earlier
+    /// versions wrote with a whole response in them are converted to ids at once (see
+    /// [`Vault::migrate_idempotency`]), so that no response body outlives the upgrade.
     pub fn open(db: &Db) -> Result<Vault, VaultError> {
         let d = &db.0;
-        Ok(Vault {
+        let vault = Vault {
             db: db.clone(),
             records: d.open_tree("records")?,
             by_patient: d.open_tree("by_patient")?,
+            lists: d.open_tree("lists")?,
+            lists_by_patient: d.open_tree("lists_by_patient")?,
             idempotency: d.open_tree("idempotency")?,
             outbox: d.open_tree(crate::chain::OUTBOX_TREE)?,
             shred: d.open_tree("shred")?,
             inflight: InFlight::default(),
-        })
+        };
+        let m = vault.migrate_idempotency()?;
+        if m.converted + m.removed > 0 {
+            tracing::info!(converted = m.converted, removed = m.removed, "idempotency states holding whole responses replaced by ids");
+        }
+        Ok(vault)
     }
 
     pub fn idem_key(scope: &str, key: &str) -> Vec<u8> {
@@ -339,40 +439,59 @@ impl Vault {
         self.db.flush().await
     }
 
-    /// Records the final response for a key.
-    pub fn finish(&self, key: &[u8], status: u16, body: &serde_json::Value) -> Result<(), VaultError> {
-        let v = to_json("idempotency state", &IdemState::Done { status, body: body.clone() })?;
+    /// Records that a request was answered with `status`; `items` name what the answer holds.
+    /// Ids and codes only (checked): the answer itself is rendered again for a retry.
+    pub fn finish(&self, key: &[u8], status: u16, items: &[AnswerItem]) -> Result<(), VaultError> {
+        idem::check_items(items)?;
+        let v = to_json("idempotency state", &IdemState::Answered { status, items: items.to_vec() })?;
         self.idempotency.insert(key, v)?;
         Ok(())
     }
 
-    /// Stores records with their outbox entries and idempotency states atomically, then flushes.
-    /// `outbox` holds (entry id, entry bytes) for each record; `idem` holds (hashed key, the ids
-    /// of the records stored under it) for the request's Idempotency-Key and each masterIdentifier.
-    pub async fn store(&self, records: &[StoredRecord], outbox: &[(String, Vec<u8>)], idem: &[(Vec<u8>, Vec<String>)]) -> Result<(), VaultError> {
-        let encoded: Vec<(String, Vec<u8>)> = records
+    /// Stores a create atomically, then flushes: its records and lists with their index rows,
+    /// the status changes it makes to earlier records, its outbox entries and its idempotency
+    /// states. A status change the record's state does not allow (see [`status_change_allowed`];
+    /// erased, or held by another custodian) aborts the whole write with
+    /// [`StoreError::Conflict`]: nothing is stored.
+    pub async fn store(&self, w: &Write) -> Result<(), VaultError> {
+        let encoded: Vec<(String, Vec<u8>)> = w
+            .records
             .iter()
             .map(|r| to_json("record", r).map(|v| (r.id.clone(), v)))
             .collect::<Result<_, _>>()?;
-        let idem_values: Vec<(&[u8], Vec<u8>)> = idem
-            .iter()
-            .map(|(k, ids)| to_json("idempotency state", &IdemState::Stored { record_ids: ids.clone() }).map(|v| (k.as_slice(), v)))
-            .collect::<Result<_, _>>()?;
-        (&self.records, &self.by_patient, &self.outbox, &self.idempotency)
-            .transaction(|(rec_t, idx_t, out_t, idem_t)| {
-                for ((id, bytes), r) in encoded.iter().zip(records) {
+        let lists: Vec<(&StoredList, Vec<u8>)> = w.lists.iter().map(|l| to_json("list", l).map(|v| (l, v))).collect::<Result<_, _>>()?;
+        for (_, state) in &w.idem {
+            idem::check_state(state)?;
+        }
+        let idem_values: Vec<(&[u8], Vec<u8>)> =
+            w.idem.iter().map(|(k, state)| to_json("idempotency state", state).map(|v| (k.as_slice(), v))).collect::<Result<_, _>>()?;
+        (&self.records, &self.by_patient, &self.outbox, &self.idempotency, &self.lists, &self.lists_by_patient)
+            .transaction(|(rec_t, idx_t, out_t, idem_t, list_t, list_idx_t)| {
+                for ((id, bytes), r) in encoded.iter().zip(&w.records) {
                     rec_t.insert(id.as_bytes(), bytes.as_slice())?;
                     idx_t.insert(format!("{}/{}", r.patient_pseudonym, id).as_bytes(), &[] as &[u8])?;
                 }
-                for (eid, bytes) in outbox {
+                for c in &w.changes {
+                    let current = rec_t.get(c.record_id.as_bytes())?;
+                    let changed = apply_change(current.as_deref(), c).map_err(ConflictableTransactionError::Abort)?;
+                    rec_t.insert(c.record_id.as_bytes(), changed)?;
+                }
+                for (l, bytes) in &lists {
+                    list_t.insert(l.id.as_bytes(), bytes.as_slice())?;
+                    list_idx_t.insert(format!("{}/{}", l.patient_pseudonym, l.id).as_bytes(), &[] as &[u8])?;
+                }
+                for (eid, bytes) in &w.outbox {
                     out_t.insert(eid.as_bytes(), bytes.as_slice())?;
                 }
                 for (k, v) in &idem_values {
                     idem_t.insert(*k, v.as_slice())?;
                 }
-                Ok::<(), ConflictableTransactionError<()>>(())
+                Ok::<(), ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(|e: TransactionError<()>| VaultError::Storage(format!("{e:?}")))?;
+            .map_err(|e: TransactionError<StoreError>| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => e.into(),
+            })?;
         self.db.flush().await
     }
 
@@ -497,9 +616,14 @@ impl Vault {
         self.db.flush_blocking()
     }
 
-    /// Every record id, in key order.
+    /// The id of every sealed item whose data key the KEK wraps: every record, then every list,
+    /// in key order. [`Vault::rewrap_record`] takes either.
     pub fn record_ids(&self) -> impl Iterator<Item = Result<String, VaultError>> + '_ {
-        self.records.iter().keys().map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()).map_err(VaultError::from))
+        self.records
+            .iter()
+            .keys()
+            .chain(self.lists.iter().keys())
+            .map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()).map_err(VaultError::from))
     }
 
     /// Re-wraps the data key of live record `id` under the active KEK (in the HSM) when the
@@ -507,36 +631,37 @@ impl Vault {
     /// so a change made meanwhile (an erasure) is never overwritten: the record is read again
     /// and the decision made anew. Not flushed; the caller flushes once for many records.
     pub fn rewrap_record(&self, hsm: &Hsm, id: &str, below: u32) -> Result<Rewrap, VaultError> {
+        let tree = if self.records.contains_key(id.as_bytes())? { &self.records } else { &self.lists };
         loop {
-            let Some(current) = self.records.get(id.as_bytes())? else { return Ok(Rewrap::Current) };
+            let Some(current) = tree.get(id.as_bytes())? else { return Ok(Rewrap::Current) };
             let key: KeyRef = serde_json::from_slice(&current).map_err(|e| StoreError::corrupt(format!("record {id}"), e))?;
             if key.erased.is_some() || key.kek_version >= below {
                 return Ok(Rewrap::Current);
             }
-            let mut rec: StoredRecord = serde_json::from_slice(&current).map_err(|e| StoreError::corrupt(format!("record {id}"), e))?;
-            let wrapped = WrappedKey {
-                kek_version: rec.kek_version,
-                bytes: B64.decode(&rec.wrapped_key).map_err(|_| VaultError::Integrity(rec.id.clone()))?,
-            };
-            let new = match hsm.rewrap_data_key(&wrapped) {
+            // The wrapped key and its version are rewritten in place; every other field is kept
+            // as stored, whatever the item (record or list).
+            let mut item: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&current).map_err(|e| StoreError::corrupt(format!("record {id}"), e))?;
+            let integrity = || VaultError::Integrity(id.to_owned());
+            let bytes = item.get("wrapped_key").and_then(serde_json::Value::as_str).and_then(|w| B64.decode(w).ok()).ok_or_else(integrity)?;
+            let new = match hsm.rewrap_data_key(&WrappedKey { kek_version: key.kek_version, bytes }) {
                 Ok(k) => k,
-                Err(HsmError::Integrity) => return Err(VaultError::Integrity(rec.id.clone())),
+                Err(HsmError::Integrity) => return Err(integrity()),
                 Err(e) => return Err(e.into()),
             };
-            let from = rec.kek_version;
-            rec.kek_version = new.kek_version;
-            rec.wrapped_key = B64.encode(&new.bytes);
-            let value = to_json("record", &rec)?;
-            if self.records.compare_and_swap(id.as_bytes(), Some(current), Some(value))?.is_ok() {
-                return Ok(Rewrap::Done { from });
+            item.insert("kek_version".into(), new.kek_version.into());
+            item.insert("wrapped_key".into(), B64.encode(&new.bytes).into());
+            let value = to_json("record", &item)?;
+            if tree.compare_and_swap(id.as_bytes(), Some(current), Some(value))?.is_ok() {
+                return Ok(Rewrap::Done { from: key.kek_version });
             }
         }
     }
 
-    /// Live (not erased) records, counted by the KEK version that wraps their data key.
+    /// Live (not erased) records and lists, counted by the KEK version that wraps their data key.
     pub fn live_kek_versions(&self) -> Result<std::collections::BTreeMap<u32, usize>, VaultError> {
         let mut out = std::collections::BTreeMap::new();
-        for kv in self.records.iter() {
+        for kv in self.records.iter().chain(self.lists.iter()) {
             let (k, v) = kv?;
             let key: KeyRef = serde_json::from_slice(&v).map_err(|e| StoreError::corrupt(format!("record {}", String::from_utf8_lossy(&k)), e))?;
             if key.erased.is_none() {
@@ -556,6 +681,24 @@ impl Vault {
         self.records.insert(id.as_bytes(), value)?;
         self.db.flush_blocking()
     }
+}
+
+/// The record `current` (its stored bytes) with `c` applied, or why not.
+fn apply_change(current: Option<&[u8]>, c: &StatusChange) -> Result<Vec<u8>, StoreError> {
+    let id = &c.record_id;
+    let Some(bytes) = current else { return Err(StoreError::Conflict(format!("record {id} is not held here"))) };
+    let mut rec: StoredRecord = serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt(format!("record {id}"), e))?;
+    if rec.erased.is_some() {
+        return Err(StoreError::Conflict(format!("record {id} was erased")));
+    }
+    if rec.custodian != c.custodian {
+        return Err(StoreError::Conflict(format!("record {id} is held for another custodian")));
+    }
+    if !status_change_allowed(rec.status(), &c.change.status) {
+        return Err(StoreError::Conflict(format!("record {id} is {}; it cannot become {}", rec.status(), c.change.status)));
+    }
+    rec.changes.push(c.change.clone());
+    to_json("record", &rec)
 }
 
 /// A new random record id (128 bits, hex).
@@ -591,6 +734,7 @@ pub mod fixture {
             meta_ct: "AAAA".into(),
             entry_id: "ef".repeat(32),
             erased: None,
+            changes: Vec::new(),
         }
     }
 
@@ -674,10 +818,10 @@ mod tests {
         let k = Vault::idem_key("his-a", "abc");
         let Claim::New(held) = v.claim(&k).expect("claim") else { panic!("a fresh key is claimed") };
         assert!(matches!(v.clone().claim(&k).expect("claim"), Claim::InFlight), "held for every clone");
-        v.finish(&k, 201, &serde_json::json!({"ok": 1})).expect("finish");
+        v.finish(&k, 201, &[AnswerItem::new("DocumentReference", "r1", 1)]).expect("finish");
         drop(held);
         let Claim::Existing(state) = v.claim(&k).expect("claim") else { panic!("the answer is kept") };
-        assert_eq!(state, IdemState::Done { status: 201, body: serde_json::json!({"ok": 1}) });
+        assert_eq!(state, IdemState::Answered { status: 201, items: vec![AnswerItem::new("DocumentReference", "r1", 1)] });
         let other = Vault::idem_key("his-b", "abc");
         assert!(matches!(v.claim(&other).expect("claim"), Claim::New(_)), "keys are scoped per client");
     }
@@ -715,10 +859,42 @@ mod tests {
         let k = Vault::idem_key("his-a", "abc");
         let Claim::New(held) = v.claim(&k).expect("claim") else { panic!("fresh key") };
         let rec = fixture::record("r1", 1);
-        v.store(std::slice::from_ref(&rec), &[], &[(held.key().to_vec(), vec![rec.id.clone()])]).await.expect("store");
+        let items = vec![AnswerItem::new("DocumentReference", "r1", 1), AnswerItem::new("Binary", "r1", 1)];
+        let write = Write { records: vec![rec], idem: vec![(held.key().to_vec(), IdemState::Committed { items: items.clone() })], ..Write::default() };
+        v.store(&write).await.expect("store");
         // The request fails after storing (or its connection is gone): the records stay claimed.
         drop(held);
         let Claim::Existing(state) = v.claim(&k).expect("claim") else { panic!("stored") };
-        assert_eq!(state, IdemState::Stored { record_ids: vec!["r1".into()] });
+        assert_eq!(state, IdemState::Committed { items });
+    }
+
+    #[tokio::test]
+    async fn a_status_change_is_checked_inside_the_write_and_refusal_stores_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = Db::open(dir.path()).expect("db");
+        let v = Vault::open(&db).expect("vault");
+        v.store(&Write { records: vec![fixture::record("old", 1)], ..Write::default() }).await.expect("store");
+        let change = |status: &str, custodian: &str| StatusChange {
+            record_id: "old".into(),
+            custodian: custodian.into(),
+            change: RecordChange { status: status.into(), replaced_by: Some("new".into()), time: "2026-02-01T00:00:00Z".into(), entry_id: "e2".into() },
+        };
+        let replacing = |c: StatusChange| Write { records: vec![fixture::record("new", 1)], changes: vec![c], outbox: vec![("e2".into(), b"{}".to_vec())], ..Write::default() };
+        let refused = v.store(&replacing(change("superseded", "hospital-b"))).await.expect_err("another custodian's record");
+        assert!(matches!(refused, StoreError::Conflict(_)), "{refused}");
+        assert_eq!(v.get("new").expect("get"), None, "nothing of a refused write is stored");
+        assert_eq!(v.outbox_len(), 0);
+
+        v.store(&replacing(change("superseded", "hospital-a"))).await.expect("replace");
+        let old = v.get("old").expect("get").expect("kept");
+        assert_eq!((old.status(), old.version(), old.version_time(2), old.version_time(1)), ("superseded", 2, "2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z"));
+        assert!(!old.doc_ct.is_empty(), "a superseded record keeps its content");
+        let again = v.store(&Write { records: vec![fixture::record("third", 1)], changes: vec![change("superseded", "hospital-a")], ..Write::default() }).await;
+        assert!(matches!(again, Err(StoreError::Conflict(ref m)) if m.contains("superseded")), "{again:?}");
+        assert_eq!(v.get("third").expect("get"), None);
+        v.store(&Write { changes: vec![change("entered-in-error", "hospital-a")], ..Write::default() }).await.expect("superseded, then entered in error");
+        assert_eq!(v.get("old").expect("get").expect("kept").status(), "entered-in-error");
+        assert!(!status_change_allowed("entered-in-error", "superseded"));
+        assert!(!status_change_allowed("current", "current"));
     }
 }

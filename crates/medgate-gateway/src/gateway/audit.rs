@@ -1,24 +1,15 @@
-//! The audit trail: a patient's AuditEvents from the ledger, and the officer's key events put on
-//! the ledger from the key-event journal.
+//! The audit trail: a patient's ledger entries as AuditEvents (searched in `search`), and the
+//! officer's key events put on the ledger from the key-event journal.
 
-use medgate_fhir::{audit_event, searchset, AuditAction, AuditRecord, PatientId};
+use medgate_fhir::{AuditAction, AuditRecord};
 use medgate_ledger::{Entry, EntryBody};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{Caller, Gateway};
+use super::Gateway;
 use crate::GatewayError;
 
 impl Gateway {
-    /// `GET /AuditEvent?patient=system|value`: every ledger entry about the patient.
-    pub async fn audit(&self, caller: &Caller, patient: &PatientId, self_link: &str) -> Result<Value, GatewayError> {
-        self.may_read(caller)?;
-        let (_, pseudonym) = self.patient_pseudonym(patient).await?;
-        let entries = self.ledger.store.entries_for_patient(&pseudonym).map_err(GatewayError::internal)?;
-        let events = entries.iter().filter_map(|(e, height)| audit_record(e, *height).map(|r| audit_event(&r))).collect();
-        Ok(searchset(events, self_link))
-    }
-
     /// Puts the security officer's key events (journalled by `medgate keys` in the state
     /// directory) on the ledger. Each event's entry is derived from its journal line, so an
     /// event already on the chain is recognised and not appended twice.
@@ -70,7 +61,7 @@ pub fn break_glass_json(list: &[(Entry, u64)]) -> Value {
     serde_json::json!({"break_glass_reads": items})
 }
 
-fn audit_record(e: &Entry, height: u64) -> Option<AuditRecord<'_>> {
+pub(super) fn audit_record(e: &Entry, height: u64) -> Option<AuditRecord<'_>> {
     let base = |action, granted, reason: Option<&'static str>| AuditRecord {
         entry_id: &e.id,
         height,
@@ -79,6 +70,7 @@ fn audit_record(e: &Entry, height: u64) -> Option<AuditRecord<'_>> {
         granted,
         reason,
         record_id: e.record_id(),
+        record_type: "DocumentReference",
         patient: e.patient().unwrap_or_default(),
         hospital: &e.gateway,
         user: "",
@@ -94,6 +86,12 @@ fn audit_record(e: &Entry, height: u64) -> Option<AuditRecord<'_>> {
             role,
             purpose,
             reason: reason.as_deref(),
+            // Reads of a SubmissionSet and of the Patient it carried (see `lists`).
+            record_type: match reason.as_deref() {
+                Some("list") => "List",
+                Some("patient") => "Patient",
+                _ => "DocumentReference",
+            },
             ..base(AuditAction::Read, *granted, None)
         }),
         EntryBody::PatientSearched { user, role, purpose, .. } => {
@@ -114,6 +112,16 @@ fn audit_record(e: &Entry, height: u64) -> Option<AuditRecord<'_>> {
             ..base(AuditAction::ConsentRevoked, true, None)
         }),
         EntryBody::RecordErased { user, role, .. } => Some(AuditRecord { user, role, purpose: "PATRQT", ..base(AuditAction::Erase, true, None) }),
+        EntryBody::ListAnchored { list_id, user, role, purpose, .. } => {
+            Some(AuditRecord { user, role, purpose, record_id: Some(list_id), record_type: "List", ..base(AuditAction::Create, true, None) })
+        }
+        EntryBody::RecordStatusChanged { user, role, status, .. } => Some(AuditRecord {
+            user,
+            role,
+            purpose: "HOPERAT",
+            reason: Some(status),
+            ..base(AuditAction::StatusChange, true, None)
+        }),
         EntryBody::KeyEvent { .. } | EntryBody::MembershipProposed { .. } | EntryBody::MembershipApproved { .. } => None,
     }
 }

@@ -1,10 +1,10 @@
-//! Consents: a patient's consent recorded by the custodian, withdrawn by it, and listed.
+//! Consents: a patient's consent recorded by the custodian, and withdrawn by it (listed by
+//! `search`).
 
-use medgate_fhir::{consent_resource, searchset, ConsentSubmission, PatientId};
+use medgate_fhir::{consent_resource, ConsentSubmission};
 use medgate_ledger::consent::ConsentState;
 use medgate_ledger::{Entry, EntryBody};
-use medgate_store::vault::{self, Claim, Vault};
-use serde_json::Value;
+use medgate_store::vault::{self, AnswerItem, Claim, IdemState, Vault};
 
 use super::{in_flight, Caller, Created, Gateway};
 use crate::GatewayError;
@@ -13,9 +13,11 @@ impl Gateway {
     /// `POST /Consent` (status active): the patient lets `grantee` read their records held here.
     /// Answers 201 once the consent entry is in a block, 202 while it waits in the outbox.
     ///
-    /// A retry creates nothing new: with an `Idempotency-Key` it gets the first answer; without
-    /// one, a consent with the same terms that is active on the ledger (200) or waiting in the
-    /// outbox (202) is answered instead of recording a second one.
+    /// A retry creates nothing new: with an `Idempotency-Key` it gets the first answer (the
+    /// idempotency store keeps the status and the consent id; the answer is rendered again from
+    /// the ledger and the retried request); without one, a consent with the same terms that is
+    /// active on the ledger (200) or waiting in the outbox (202) is answered instead of
+    /// recording a second one.
     pub async fn record_consent(&self, caller: &Caller, sub: &ConsentSubmission, idempotency_key: Option<&str>) -> Result<Created, GatewayError> {
         if !caller.client.may_write() {
             return Err(GatewayError::Forbidden(format!("certificate role {:?} may not record consents", caller.client.role)));
@@ -28,16 +30,51 @@ impl Gateway {
             Some(k) => match self.vault.claim(k)? {
                 Claim::New(held) => Some(held),
                 Claim::InFlight => return Err(in_flight()),
-                Claim::Existing(state) => return self.replay(state, "Consent").await,
+                Claim::Existing(state) => return self.replay_consent(state, sub).await,
             },
         };
         let result = self.record_consent_claimed(caller, sub).await;
         if let (Some(held), Ok(c)) = (&held, &result) {
-            if let Err(e) = self.vault.finish(held.key(), c.status, &c.body) {
+            let id = c.body["id"].as_str().unwrap_or_default();
+            if let Err(e) = self.vault.finish(held.key(), c.status, &[AnswerItem::new("Consent", id, 1)]) {
                 tracing::warn!(error = %e, "idempotency state of a consent request not kept");
             }
         }
         result
+    }
+
+    /// The first answer to a consent request, for its retry: the consent it named, found on the
+    /// ledger (or in the outbox) for the retried request's patient and with its terms, rendered
+    /// with the status the first answer had. A key used for another consent is a conflict.
+    async fn replay_consent(&self, state: IdemState, sub: &ConsentSubmission) -> Result<Created, GatewayError> {
+        let (status, consent_id) = match state {
+            IdemState::Answered { status, items } => match items.as_slice() {
+                [it] if it.kind == "Consent" => (status, it.id.clone()),
+                _ => return Err(GatewayError::Conflict("this Idempotency-Key was used for another kind of request".into())),
+            },
+            _ => return Err(GatewayError::Conflict("this Idempotency-Key was used for another kind of request".into())),
+        };
+        let (_, pseudonym) = self.patient_pseudonym(&sub.patient).await?;
+        let mut found = self.ledger.store.consent(&pseudonym, &consent_id).map_err(GatewayError::internal)?;
+        if found.is_none() {
+            for (_, bytes) in self.vault.outbox().map_err(GatewayError::from)? {
+                let Ok(e) = serde_json::from_slice::<Entry>(&bytes) else { continue };
+                found = ConsentState::from_entry(&e).filter(|c| c.consent_id == consent_id && c.patient == pseudonym);
+                if found.is_some() {
+                    break;
+                }
+            }
+        }
+        let (mut wanted, mut ids) = (sub.record_ids.clone(), found.as_ref().map(|c| c.record_ids.clone()).unwrap_or_default());
+        wanted.sort();
+        ids.sort();
+        let Some(c) = found.filter(|c| c.custodian == self.hospital && c.grantee == sub.grantee && ids == wanted && c.start == sub.start && c.end == sub.end) else {
+            return Err(GatewayError::Conflict("this Idempotency-Key was used for another consent (another patient or other terms)".into()));
+        };
+        self.metrics.incr("idempotent_replays");
+        let receipt = self.ledger.store.receipt(&c.recorded_by).map_err(GatewayError::internal)?;
+        let body = consent_resource(&consent_id, sub, &self.hospital, receipt.map(|r| r.to_json()).as_ref());
+        Ok(Created { status, body, location: Some(format!("Consent/{consent_id}")) })
     }
 
     pub(super) async fn record_consent_claimed(&self, caller: &Caller, sub: &ConsentSubmission) -> Result<Created, GatewayError> {
@@ -149,27 +186,5 @@ impl Gateway {
         let shown = ConsentSubmission { active: false, record_ids: current.record_ids, start: current.start, end: current.end, ..sub.clone() };
         let body = consent_resource(consent_id, &shown, &self.hospital, receipt.map(|r| r.to_json()).as_ref());
         Ok(Created { status, body, location: Some(format!("Consent/{consent_id}")) })
-    }
-
-    /// `GET /Consent?patient=`: every consent recorded for the patient, on any gateway.
-    pub async fn consents(&self, caller: &Caller, patient: &PatientId, self_link: &str) -> Result<Value, GatewayError> {
-        self.may_read(caller)?;
-        let (_, pseudonym) = self.patient_pseudonym(patient).await?;
-        let list = self.ledger.store.consents_for(&pseudonym).map_err(GatewayError::internal)?;
-        let resources = list
-            .into_iter()
-            .map(|c| {
-                let sub = ConsentSubmission {
-                    active: c.active,
-                    patient: patient.clone(),
-                    grantee: c.grantee,
-                    record_ids: c.record_ids,
-                    start: c.start,
-                    end: c.end,
-                };
-                consent_resource(&c.consent_id, &sub, &c.custodian, None)
-            })
-            .collect();
-        Ok(searchset(resources, self_link))
     }
 }

@@ -1,12 +1,14 @@
 //! Records: store (ITI-65), read the metadata and erase, with the idempotency and
-//! conditional-create rules that keep a retrying HIS from storing twice.
+//! conditional-create rules that keep a retrying HIS from storing twice. What a submission does
+//! besides storing records (its SubmissionSet, replacements, its answer) is in `provide`.
 
-use medgate_fhir::{document_reference_resource, transaction_response, DocumentSubmission, StoredDocument};
+use medgate_fhir::{document_reference_resource, DocumentSubmission, StoredDocument, Submission};
 use medgate_ledger::{Entry, EntryBody, Receipt};
-use medgate_store::vault::{self, Claim, IdemState, SealedMeta, StoredRecord, Vault};
+use medgate_store::vault::{self, Claim, Held, IdemState, SealedMeta, StoredRecord, Vault, Write};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::provide::Known;
 use super::{in_flight, Caller, Created, Gateway};
 use crate::GatewayError;
 
@@ -15,8 +17,10 @@ impl Gateway {
     /// data key, stores everything durably, then anchors on the ledger.
     ///
     /// `idempotency_key`: the client's `Idempotency-Key`; the same key from the same HIS returns
-    /// the first answer. Each submission's `masterIdentifier` is a conditional-create key too.
-    pub async fn create(&self, caller: &Caller, docs: Vec<DocumentSubmission>, idempotency_key: Option<&str>) -> Result<Created, GatewayError> {
+    /// the first answer. Each document's `masterIdentifier` is a conditional-create key too.
+    /// The answer has one entry per request entry (see `provide`); `represent` puts the
+    /// created DocumentReferences and List in it (`Prefer: return=representation`).
+    pub async fn create(&self, caller: &Caller, sub: Submission, idempotency_key: Option<&str>, represent: bool) -> Result<Created, GatewayError> {
         if !caller.client.may_write() {
             return Err(GatewayError::Forbidden(format!("certificate role {:?} may not store records", caller.client.role)));
         }
@@ -28,54 +32,24 @@ impl Gateway {
             Some(k) => match self.vault.claim(k)? {
                 Claim::New(held) => Some(held),
                 Claim::InFlight => return Err(in_flight()),
-                Claim::Existing(state) => return self.replay(state, "DocumentReference").await,
+                Claim::Existing(state) => return self.replay_create(state, represent).await,
             },
         };
-        self.create_claimed(caller, docs, held.as_ref().map(|h| h.key())).await
+        self.create_claimed(caller, sub, held.as_ref().map(|h| h.key()), represent).await
     }
 
-    /// The answer for a request key seen before; `resource` names what a single create made
-    /// (`DocumentReference`, `Consent`), for the Location of an answer that is not a Bundle.
-    pub(super) async fn replay(&self, state: IdemState, resource: &str) -> Result<Created, GatewayError> {
-        match state {
-            IdemState::Done { status, body } => {
-                self.metrics.incr("idempotent_replays");
-                let location = body["entry"][0]["response"]["location"].as_str().map(str::to_owned).or_else(|| {
-                    body["id"].as_str().map(|id| format!("{resource}/{id}"))
-                });
-                Ok(Created { status, body, location })
-            }
-            // Not returned by a claim (see `Vault::claim`).
-            IdemState::Pending { .. } => Err(in_flight()),
-            IdemState::Stored { record_ids } => {
-                // Stored by an earlier attempt that did not finish answering (crash, or its
-                // connection went away): answer now, once what it stored is surely on disk.
-                self.vault.sync().await?;
-                self.metrics.incr("idempotent_replays");
-                let mut created = Vec::new();
-                for id in &record_ids {
-                    let rec = self.vault.get(id).map_err(GatewayError::from)?.ok_or_else(|| GatewayError::internal(format!("record {id} missing")))?;
-                    created.push(rec);
-                }
-                self.respond(created, None, None).await
-            }
-        }
-    }
-
-    pub(super) async fn create_claimed(&self, caller: &Caller, docs: Vec<DocumentSubmission>, request_key: Option<&[u8]>) -> Result<Created, GatewayError> {
-        // The decoded documents are wiped however this ends (sealed, refused or cancelled).
-        let mut docs = WipedOnDrop(docs);
+    pub(super) async fn create_claimed(&self, caller: &Caller, sub: Submission, request_key: Option<&[u8]>, represent: bool) -> Result<Created, GatewayError> {
         // Conditional create: a masterIdentifier already stored for this hospital answers with the
-        // existing record (same content) or a conflict (other content).
+        // earlier submission (the same one) or a conflict (another one).
         // Claims are given back when `master_keys` is dropped, whatever happens below.
-        let mut master_keys = Vec::new();
-        for d in &docs.0 {
+        let mut master_keys: Vec<Option<Held>> = Vec::new();
+        for (k, d) in sub.documents.iter().enumerate() {
             if let Some((system, value)) = &d.master_identifier {
                 let key = Vault::idem_key("master", &format!("{system}|{value}"));
                 match self.vault.claim(&key).map_err(GatewayError::from)? {
                     Claim::New(held) => master_keys.push(Some(held)),
-                    Claim::Existing(IdemState::Stored { record_ids }) => return self.existing_master(&record_ids, d).await,
-                    Claim::InFlight | Claim::Existing(_) => {
+                    Claim::Existing(state) => return self.repeated_submission(state, &sub, k, represent).await,
+                    Claim::InFlight => {
                         return Err(GatewayError::InFlight(
                             "a document with this masterIdentifier is being stored by another request; retry in a second".into(),
                         ));
@@ -85,61 +59,59 @@ impl Gateway {
                 master_keys.push(None);
             }
         }
+        let replaced = self.check_relations(&sub).await?;
         // From the data-key wrap until the record is stored: a shred pass must not rotate the KEK
         // and destroy the old version in between.
         let sealing = self.shred.sealing().await;
-        let stored = self.seal_all(caller, &docs.0).await;
-        let (records, entries) = stored?;
-        let outbox: Vec<(String, Vec<u8>)> =
-            entries.iter().map(|e| Ok((e.id.clone(), serde_json::to_vec(e)?))).collect::<Result<_, serde_json::Error>>().map_err(GatewayError::internal)?;
-        let mut idem: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
-        if let Some(k) = request_key {
-            idem.push((k.to_vec(), records.iter().map(|r| r.id.clone()).collect()));
-        }
-        for (k, r) in master_keys.iter().zip(&records) {
-            if let Some(k) = k {
-                idem.push((k.key().to_vec(), vec![r.id.clone()]));
-            }
-        }
-        self.vault.store(&records, &outbox, &idem).await?;
+        let stored = self.seal_all(caller, &sub.documents).await;
+        let (records, mut entries) = stored?;
+        let extras = self.seal_extras(caller, &sub, &records, &replaced).await?;
+        entries.extend(extras.entries.iter().cloned());
+        let items = Self::answer_items(&sub, &records, &extras);
+        let write = Self::write(records, &entries, &extras, &items, request_key, &master_keys)?;
+        self.vault.store(&write).await?;
         drop(sealing);
         self.metrics.incr("records_stored");
         let receipts = match self.ledger.append(entries).await {
             Ok(r) => Some(r),
             Err(e) => {
-                tracing::warn!(error = %e, records = records.len(), "records stored; their ledger entries wait in the outbox");
+                tracing::warn!(error = %e, records = write.records.len(), "records stored; their ledger entries wait in the outbox");
                 None
             }
         };
-        let references = std::mem::take(&mut docs.0)
-            .into_iter()
-            .map(|mut d| {
-                zeroize::Zeroize::zeroize(&mut d.data);
-                d.document_reference
-            })
-            .collect();
-        let created = self.respond(records, Some(references), receipts).await?;
+        let known = Self::known(sub, write, extras, receipts);
+        let created = self.answer(&items, &known, false, represent).await?;
         if let Some(k) = request_key {
             if created.status == 201 {
-                self.vault.finish(k, created.status, &created.body).map_err(GatewayError::from)?;
+                self.vault.finish(k, created.status, &items).map_err(GatewayError::from)?;
             }
         }
         Ok(created)
     }
 
-    pub(super) async fn existing_master(&self, record_ids: &[String], doc: &DocumentSubmission) -> Result<Created, GatewayError> {
-        let id = record_ids.first().ok_or_else(|| GatewayError::internal("empty master identifier index"))?;
-        self.vault.sync().await?;
-        let rec = self.vault.get(id).map_err(GatewayError::from)?.ok_or_else(|| GatewayError::internal(format!("record {id} missing")))?;
-        if rec.content_hash != hex::encode(Sha256::digest(&doc.data)) {
-            return Err(GatewayError::Conflict(
-                "DocumentReference.masterIdentifier is already used by a stored document with other content".into(),
-            ));
+    /// Everything a create writes in one transaction: records, list, status changes, outbox
+    /// entries, and under the request's key and each masterIdentifier the answer's ids.
+    fn write(records: Vec<StoredRecord>, entries: &[Entry], extras: &super::provide::Extras, items: &[vault::AnswerItem], request_key: Option<&[u8]>, master_keys: &[Option<Held>]) -> Result<Write, GatewayError> {
+        let outbox: Vec<(String, Vec<u8>)> =
+            entries.iter().map(|e| Ok((e.id.clone(), serde_json::to_vec(e)?))).collect::<Result<_, serde_json::Error>>().map_err(GatewayError::internal)?;
+        let committed = IdemState::Committed { items: items.to_vec() };
+        let keys = request_key.into_iter().chain(master_keys.iter().flatten().map(Held::key));
+        let idem = keys.map(|k| (k.to_vec(), committed.clone())).collect();
+        Ok(Write { records, lists: extras.list.iter().map(|(l, _)| l.clone()).collect(), changes: extras.changes.clone(), outbox, idem })
+    }
+
+    /// What the request still holds in plaintext, for its first answer.
+    fn known(sub: Submission, write: Write, extras: super::provide::Extras, receipts: Option<Vec<Receipt>>) -> Known {
+        let mut known = Known::default();
+        for (mut d, r) in sub.documents.into_iter().zip(write.records) {
+            known.references.insert(r.id.clone(), std::mem::take(&mut d.document_reference));
+            known.records.insert(r.id.clone(), r);
         }
-        self.metrics.incr("conditional_create_hits");
-        let mut c = self.respond(vec![rec], None, None).await?;
-        c.status = 200;
-        Ok(c)
+        if let Some((l, sealed)) = extras.list {
+            known.lists.insert(l.id.clone(), (l, sealed));
+        }
+        known.receipts(receipts);
+        known
     }
 
     /// Encrypts each document (one HSM wrap each) and builds its ledger entry.
@@ -187,33 +159,16 @@ impl Gateway {
         Ok((records, entries))
     }
 
-    /// Builds the create answer from stored records: 201 when every entry is in a block, else 202.
-    /// `references` are the submitted DocumentReferences when the caller still has them; without
-    /// them each record's sealed metadata is decrypted (one HSM unwrap each).
-    pub(super) async fn respond(&self, records: Vec<StoredRecord>, references: Option<Vec<Value>>, receipts: Option<Vec<Receipt>>) -> Result<Created, GatewayError> {
-        let mut out = Vec::with_capacity(records.len());
-        let mut all_anchored = true;
-        for (i, rec) in records.iter().enumerate() {
-            let receipt = match &receipts {
-                Some(r) => r.get(i).cloned(),
-                None => self.ledger.store.receipt(&rec.entry_id).map_err(GatewayError::internal)?,
-            };
-            all_anchored &= receipt.is_some();
-            let reference = match references.as_ref().and_then(|r| r.get(i)) {
-                Some(r) => r.clone(),
-                None => self.open(rec.clone(), false).await?.meta.document_reference,
-            };
-            out.push((self.describe(rec, &reference, receipt.as_ref()), rec));
-        }
-        let status = if all_anchored { 201 } else { 202 };
-        let status_text = if all_anchored { "201 Created" } else { "202 Accepted" };
-        let location = out.first().map(|(_, r)| format!("DocumentReference/{}", r.id));
-        let body = transaction_response(out.into_iter().map(|(v, _)| (v, status_text)).collect());
-        Ok(Created { status, body, location })
-    }
-
+    /// The DocumentReference of `rec` as it stands: its status (`current`, `superseded`,
+    /// `entered-in-error`), `meta.versionId` and `meta.lastUpdated` as its custodian last changed
+    /// them, the rest as submitted; the anchoring receipt as an extension.
     pub(super) fn describe(&self, rec: &StoredRecord, document_reference: &Value, receipt: Option<&Receipt>) -> Value {
         let receipt = receipt.map(Receipt::to_json);
+        self.describe_at(rec, document_reference, receipt.as_ref(), rec.version())
+    }
+
+    /// What the HIS sent, with the server's id, attachment url and size, and the receipt.
+    pub(super) fn describe_plain(&self, rec: &StoredRecord, document_reference: &Value, receipt: Option<&Value>) -> Value {
         document_reference_resource(&StoredDocument {
             id: &rec.id,
             document_reference,
@@ -221,7 +176,7 @@ impl Gateway {
             size: rec.size,
             content_hash: &rec.content_hash,
             custodian: &rec.custodian,
-            receipt: receipt.as_ref(),
+            receipt,
         })
     }
 
@@ -302,17 +257,6 @@ impl Gateway {
         }
         let entry = self.ledger.store.anchored(id).map_err(GatewayError::internal)?;
         Ok(entry.filter(|e| matches!(&e.body, EntryBody::RecordAnchored { custodian, .. } if *custodian != self.hospital)))
-    }
-}
-
-/// Submissions whose decoded document bytes are zeroized when dropped.
-struct WipedOnDrop(Vec<DocumentSubmission>);
-
-impl Drop for WipedOnDrop {
-    fn drop(&mut self) {
-        for d in &mut self.0 {
-            zeroize::Zeroize::zeroize(&mut d.data);
-        }
     }
 }
 

@@ -1,7 +1,8 @@
-//! The admin listener (plain HTTP, loopback by default): `/healthz`, `/readyz`, `/metrics`, the
-//! break-glass review, the consortium's members, and the operator's changes (compaction,
-//! membership proposals and approvals), which are taken only from this machine and only with the
-//! admin header; and the systemd watchdog, which pings while the health checks pass.
+//! What the operators reach: the monitoring listener (plain HTTP, loopback by default: only
+//! `/healthz`, `/readyz`, `/metrics`), the actions behind the admin socket (the break-glass
+//! review, the consortium's members, compaction, membership proposals and approvals; who may use
+//! the socket is [`super::officers`]' business), and the systemd watchdog, which pings while the
+//! health checks pass.
 //!
 //! Boundary: requests in, [`Gateway`] calls, text or JSON out; a [`GatewayError`] becomes a
 //! status and a line of text in one place ([`refused`]).
@@ -32,6 +33,10 @@ pub(super) struct AdminState {
     pub(super) db: Db,
     pub(super) live: Arc<Live>,
     pub(super) link: Option<Arc<EtcdLink>>,
+    pub(super) atna: Option<Arc<medgate_atna::Exporter>>,
+    /// `[atna] enabled`: the exporter should be running.
+    pub(super) atna_enabled: bool,
+    pub(super) limiter: Arc<super::limits::Limiter>,
 }
 
 /// What `/readyz` and the watchdog check.
@@ -120,21 +125,56 @@ impl AdminState {
         }
         gauges.extend(self.live.gauges());
         gauges.extend(self.gateway.shred.gauges(&self.gateway.vault));
+        let mut counters = counters;
+        if self.atna_enabled {
+            gauges.push(("medgate_atna_up", "1 while the audit export runs ([atna] enabled); 0 if it could not start.", vec![(String::new(), f64::from(u8::from(self.atna.is_some())))]));
+        }
+        if let Some(x) = &self.atna {
+            let (c, g) = crate::atna::metrics(x);
+            counters.extend(c);
+            gauges.extend(g);
+        }
+        let (c, g) = self.limits_metrics();
+        counters.extend(c);
+        gauges.extend(g);
         self.gateway.metrics.render(&counters, &gauges)
     }
 }
 
-fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+impl AdminState {
+    /// The HIS listener's limits: (counters, gauges).
+    fn limits_metrics(&self) -> (Vec<crate::metrics::Counter<'static>>, Vec<crate::metrics::Gauge<'static>>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let l = &self.limiter;
+        let r = &l.refused;
+        let counters = vec![(
+            "medgate_his_refused_total",
+            "HIS connections and requests refused by the limits, by limit.",
+            vec![
+                ("limit=\"max_connections\"".into(), r.connections.load(Relaxed) as f64),
+                ("limit=\"max_connections_per_client\"".into(), r.client_connections.load(Relaxed) as f64),
+                ("limit=\"max_requests_in_flight_per_client\"".into(), r.in_flight.load(Relaxed) as f64),
+                ("limit=\"requests_per_second_per_client\"".into(), r.rate.load(Relaxed) as f64),
+            ],
+        )];
+        let gauges = vec![
+            ("medgate_his_connections", "Open HIS connections.", vec![(String::new(), f64::from(l.open_connections()))]),
+            ("medgate_his_requests_in_flight", "HIS requests being processed.", vec![(String::new(), f64::from(l.requests_in_flight()))]),
+        ];
+        (counters, gauges)
+    }
+}
+
+pub(super) fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
     r
 }
 
-/// The header every admin change must carry (a browser cannot add it without a CORS preflight).
-pub const ADMIN_HEADER: &str = "x-medgate-admin";
+const PLAIN: &str = "text/plain; charset=utf-8";
 
-/// A membership proposal as the admin listener takes it (`medgate consortium propose`).
+/// A membership proposal as the admin socket takes it (`medgate consortium propose`).
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProposalRequest {
@@ -144,10 +184,10 @@ struct ProposalRequest {
     card: Option<medgate_ledger::membership::MemberCard>,
 }
 
-/// The one place a [`GatewayError`] becomes the admin listener's answer: its status and the
-/// message as a line of text (the operator's own machine: details included).
+/// The one place a [`GatewayError`] becomes an admin answer: its status and the message as a
+/// line of text (the operator's own machine: details included).
 fn refused(e: &GatewayError) -> Response<Full<Bytes>> {
-    text(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), format!("{}\n", e.detail()), "text/plain; charset=utf-8")
+    text(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), format!("{}\n", e.detail()), PLAIN)
 }
 
 fn json_answer(v: Result<impl serde::Serialize, GatewayError>) -> Response<Full<Bytes>> {
@@ -157,48 +197,50 @@ fn json_answer(v: Result<impl serde::Serialize, GatewayError>) -> Response<Full<
     }
 }
 
-async fn admin_request(state: Arc<AdminState>, req: Request<hyper::body::Incoming>, from: SocketAddr) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let plain = "text/plain; charset=utf-8";
-    let path = req.uri().path().to_owned();
-    // Changes (compaction, membership) only from this machine, even when
-    // [dangerous] admin_on_all_interfaces exposes the read-only endpoints.
-    if req.method() != hyper::Method::GET && !from.ip().is_loopback() {
-        tracing::warn!(peer = %from, %path, "admin change refused: not from this machine");
-        return Ok(text(StatusCode::FORBIDDEN, "changes are accepted from this machine only\n".into(), plain));
+/// What a monitor may read: health, readiness, metrics. `None` for anything else.
+async fn monitoring(state: &AdminState, method: &hyper::Method, path: &str) -> Option<Response<Full<Bytes>>> {
+    if method != hyper::Method::GET {
+        return None;
     }
-    // A web page open on this machine may send simple requests here; it cannot add a custom
-    // header without a CORS preflight (never answered), and a browser always names its Origin.
-    if req.method() != hyper::Method::GET && (!req.headers().contains_key(ADMIN_HEADER) || req.headers().contains_key(hyper::header::ORIGIN)) {
-        tracing::warn!(peer = %from, %path, "admin change refused: no {ADMIN_HEADER} header, or sent by a browser");
-        return Ok(text(StatusCode::FORBIDDEN, format!("changes need the {ADMIN_HEADER} header (the medgate CLI sends it) and no Origin\n"), plain));
+    Some(match path {
+        "/healthz" => text(StatusCode::OK, "ok\n".into(), PLAIN),
+        "/readyz" => {
+            let h = state.health().await;
+            let status = if h.ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            text(status, h.text(), PLAIN)
+        }
+        "/metrics" => text(StatusCode::OK, state.metrics(), "text/plain; version=0.0.4; charset=utf-8"),
+        _ => return None,
+    })
+}
+
+/// One request on the admin socket, from a peer already authorised
+/// ([`super::officers::authorize`]): the monitoring reads, the reviews and every change.
+pub(super) async fn action(state: &AdminState, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    if let Some(r) = monitoring(state, req.method(), &path).await {
+        return r;
     }
     if req.method() == hyper::Method::POST && path.starts_with("/consortium/proposals") {
         let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(_) => return Ok(text(StatusCode::BAD_REQUEST, "unreadable or oversized body (64 KiB at most)\n".into(), plain)),
+            Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable or oversized body (64 KiB at most)\n".into(), PLAIN),
         };
         if path == "/consortium/proposals" {
-            return Ok(match serde_json::from_slice::<ProposalRequest>(&body) {
+            return match serde_json::from_slice::<ProposalRequest>(&body) {
                 Ok(p) => json_answer(state.gateway.propose_membership(&p.action, &p.hospital_id, p.card).await),
-                Err(e) => text(StatusCode::BAD_REQUEST, format!("not a proposal: {e}\n"), plain),
-            });
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("not a proposal: {e}\n"), PLAIN),
+            };
         }
-        return Ok(match path.strip_prefix("/consortium/proposals/").and_then(|r| r.strip_suffix("/approve")) {
+        return match path.strip_prefix("/consortium/proposals/").and_then(|r| r.strip_suffix("/approve")) {
             Some(id) => json_answer(state.gateway.approve_membership(id).await),
-            None => text(StatusCode::NOT_FOUND, "not found: POST /consortium/proposals or /consortium/proposals/{id}/approve\n".into(), plain),
-        });
+            None => text(StatusCode::NOT_FOUND, "not found: POST /consortium/proposals or /consortium/proposals/{id}/approve\n".into(), PLAIN),
+        };
     }
-    Ok(match (req.method().as_str(), path.as_str()) {
-        ("GET", "/healthz") => text(StatusCode::OK, "ok\n".into(), plain),
-        ("GET", "/readyz") => {
-            let h = state.health().await;
-            let status = if h.ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            text(status, h.text(), plain)
-        }
-        ("GET", "/metrics") => text(StatusCode::OK, state.metrics(), "text/plain; version=0.0.4; charset=utf-8"),
+    match (req.method().as_str(), path.as_str()) {
         ("POST", "/reload") => match super::reload_counted(&state.live, &state.gateway) {
-            Ok(done) => text(StatusCode::OK, done.text(), plain),
-            Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused; the gateway keeps its previous settings:\n{e}\n"), plain),
+            Ok(done) => text(StatusCode::OK, done.text(), PLAIN),
+            Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused; the gateway keeps its previous settings:\n{e}\n"), PLAIN),
         },
         ("POST", "/ledger/compact") => json_answer(state.gateway.compact_ordering().await.map(|rev| serde_json::json!({"compacted_below": rev}))),
         ("GET", "/audit/break-glass") => json_answer(state.gateway.ledger.store.break_glass_reads().map(|l| crate::gateway::break_glass_json(&l)).map_err(GatewayError::from)),
@@ -206,12 +248,28 @@ async fn admin_request(state: Arc<AdminState>, req: Request<hyper::body::Incomin
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: GET /healthz, /readyz, /metrics, /audit/break-glass, /consortium/members; POST /reload, /ledger/compact, /consortium/proposals, /consortium/proposals/{id}/approve\n".into(),
-            plain,
+            PLAIN,
         ),
-    })
+    }
 }
 
-pub(super) async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+/// One request on the monitoring listener: health, readiness and metrics, for anyone who can
+/// reach it; everything else is on the admin socket only.
+async fn monitor_request(state: Arc<AdminState>, req: Request<hyper::body::Incoming>, from: SocketAddr) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    if let Some(r) = monitoring(&state, req.method(), req.uri().path()).await {
+        return Ok(r);
+    }
+    if req.method() != hyper::Method::GET {
+        tracing::warn!(peer = %from, path = %req.uri().path(), "admin action refused on the monitoring listener");
+    }
+    Ok(text(
+        StatusCode::NOT_FOUND,
+        "the monitoring listener serves GET /healthz, /readyz and /metrics only; admin actions are on the admin socket ([admin] socket)\n".into(),
+        PLAIN,
+    ))
+}
+
+pub(super) async fn serve_monitor(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
     loop {
         let (tcp, from) = tokio::select! {
             r = listener.accept() => match r { Ok(v) => v, Err(_) => continue },
@@ -219,7 +277,7 @@ pub(super) async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, m
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| admin_request(state.clone(), req, from));
+            let service = service_fn(move |req| monitor_request(state.clone(), req, from));
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
         });
     }
