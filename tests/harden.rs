@@ -1,7 +1,8 @@
 //! Process hardening of `medgate serve`, checked on a real gateway (SoftHSM token, mutual TLS):
 //! another process of the same user can neither open the gateway's memory nor get a core dump
-//! out of it, and a gateway started as root binds its ports, drops to the service user, and
-//! only then loads the HSM module.
+//! out of it, and a gateway started as root binds its ports and its admin socket, drops to the
+//! service account (`gateway.user`, else the state directory's owner; none: it stays root and
+//! says so), and only then loads the HSM module.
 //!
 //! The tests switch users, so they run as root (as the suite does in CI); `nobody` (65534) plays
 //! the service account and the local attacker. A control process of the same user, without the
@@ -184,6 +185,9 @@ fn started_as_root_it_binds_then_becomes_the_service_user_before_loading_the_hsm
     let (dropped, hsm) = (text.find("dropped root privileges"), text.find("HSM logged in"));
     assert!(dropped.is_some() && hsm.is_some() && dropped < hsm, "log order:\n{text}");
     assert!(!read_as_nobody(&format!("/proc/{pid}/mem")).status.success());
+    // The admin socket, made as root before the drop, is handed to the service account.
+    let socket = std::fs::symlink_metadata(&site.admin_socket).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&socket), NOBODY, "admin socket owner");
     let status = medgate::demo::stop_child(&mut gateway).unwrap();
     assert_eq!(status.code(), Some(0), "SIGTERM as the service user:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
 }
