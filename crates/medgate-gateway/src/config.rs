@@ -548,9 +548,12 @@ mod tests {
             listen = "127.0.0.1:0"
             certificate = "/nonexistent/cert.pem"
             client_ca = "/nonexistent/ca.pem"
+            [admin]
+            listen = "0.0.0.0:9090"
             "#,
         );
         let find = |k: &str| p.iter().find(|x| x.key == k).map(|x| x.reason.clone()).unwrap_or_default();
+        assert!(find("admin.listen").contains("not a loopback address"), "{p:?}");
         assert!(find("hsm.module").contains("/nonexistent/module.so"), "{p:?}");
         assert!(find("hsm.pin_file").contains("/nonexistent/pin"), "{p:?}");
         assert!(find("his.listen").contains("port 0"), "{p:?}");
