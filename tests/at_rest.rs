@@ -160,8 +160,11 @@ fn scan(dir: &Path, needles: &[(String, Vec<u8>)]) -> (Vec<String>, usize, usize
     (found, all.len(), bytes)
 }
 
+/// One request as sent: (path, body, headers, answer).
+type Answer = (String, Value, Vec<(&'static str, String)>, Value);
+
 struct Run {
-    answers: Vec<(String, Value, Vec<(&'static str, String)>, Value)>,
+    answers: Vec<Answer>,
 }
 
 #[test]

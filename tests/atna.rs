@@ -13,7 +13,7 @@ use base64::Engine as _;
 use medgate::client::query_escape;
 use medgate_fhir::{sample_transaction, PatientId};
 use support::rsyslog::Rsyslog;
-use support::{rt, Gw};
+use support::{created_id, rt, Gw};
 
 const HOSTNAME: &str = "gw1.hospital-a.test";
 const ARR_NAME: &str = "arr.test";
@@ -125,8 +125,8 @@ fn in_ledger_order(got: &[Received]) {
 async fn store(gw: &Gw) -> String {
     let mut his = gw.client();
     let r = his.post_json("/", &sample_transaction(&patient(), "text/plain", b"Discharge letter: Roe^Jane", None), &[]).await.unwrap();
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    r.json()["entry"][0]["resource"]["id"].as_str().unwrap().to_owned()
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    created_id(&r.json())
 }
 
 #[test]
@@ -142,15 +142,16 @@ fn every_audited_access_and_key_event_reaches_the_repository_without_a_patient_i
         let del = his.send("DELETE", &format!("/DocumentReference/{id}"), &[], Vec::new()).await.unwrap();
         assert_eq!(del.status, 204);
     });
-    // Store, search, read, erase, then the shred pass's key events (KEK rotated, old version
-    // destroyed), all in ledger order.
-    let got = wait_distinct(&arr, 6);
+    // Store (the document and its SubmissionSet, both ITI-65 imports), search, read, erase, then
+    // the shred pass's key events (KEK rotated, old version destroyed), all in ledger order.
+    let got = wait_distinct(&arr, 7);
     in_ledger_order(&got);
     let kinds: Vec<(&str, &str)> = got.iter().map(|r| (r.event_id.as_str(), r.action.as_str())).collect();
-    assert_eq!(&kinds[..4], &[("110107", "C"), ("110112", "E"), ("110106", "R"), ("110110", "D")], "{kinds:?}");
-    assert!(kinds[4..].iter().all(|k| *k == ("110113", "E")), "key events follow: {kinds:?}");
-    assert!(got.iter().all(|r| r.outcome == "0" && r.entry_id.len() == 64));
+    assert_eq!(&kinds[..5], &[("110107", "C"), ("110107", "C"), ("110112", "E"), ("110106", "R"), ("110110", "D")], "{kinds:?}");
     let raw = arr.received().join("\n");
+    assert!(raw.contains("ParticipantObjectTypeCodeRole=\"20\""), "the SubmissionSet is reported as a Job");
+    assert!(kinds[5..].iter().all(|k| *k == ("110113", "E")), "key events follow: {kinds:?}");
+    assert!(got.iter().all(|r| r.outcome == "0" && r.entry_id.len() == 64));
     for secret in ["PAT-7734-1962", "2.16.756.5.30.1.123.100.1.1.1", "Roe^Jane", "Discharge letter", "dr.house"] {
         assert!(!raw.contains(secret), "{secret} reached the audit repository");
     }
@@ -160,7 +161,7 @@ fn every_audited_access_and_key_event_reaches_the_repository_without_a_patient_i
         assert!(Instant::now() < deadline, "the queue drains once the repository confirmed");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(gw.metric("medgate_atna_sent_total").unwrap() >= 6.0);
+    assert!(gw.metric("medgate_atna_sent_total").unwrap() >= 7.0);
 }
 
 #[test]

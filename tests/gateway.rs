@@ -148,7 +148,9 @@ fn malformed_requests_get_an_operation_outcome_and_store_nothing() {
     rt.block_on(async {
         let mut his = gw.client();
         let good = sample_transaction(&patient(4), "text/plain", b"hello", None);
-        let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+        // (what, path, headers, body, status, issue code)
+        type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+        let cases: Vec<Case> = vec![
             ("not JSON", "/", vec![], b"{not json".to_vec(), 400, "structure"),
             ("duplicate property", "/", vec![], br#"{"resourceType":"Bundle","resourceType":"Bundle"}"#.to_vec(), 400, "structure"),
             ("not a Bundle", "/", vec![], serde_json::to_vec(&json!({"resourceType": "Patient"})).unwrap(), 422, "not-supported"),

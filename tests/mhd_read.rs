@@ -611,7 +611,7 @@ fn retrieve_document_in_both_forms_with_etag_and_304() {
     let (id, content) = rt.block_on(async {
         let mut his = gw.client();
         let ids = store(&mut his, &p, &three_specs()[..1], 6).await;
-        (ids[0].1.clone(), format!("MHD read-side test document 1 of run 6").into_bytes())
+        (ids[0].1.clone(), b"MHD read-side test document 1 of run 6".to_vec())
     });
     let url = format!("{}/Binary/{id}", base(&gw));
     let raw = actor(&gw, &["retrieve", &url]);

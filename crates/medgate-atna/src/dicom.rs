@@ -90,6 +90,38 @@ pub fn audit_message(source: &AuditSource, position: Position, event: &AuditEven
             patient_object(&mut x, patient);
             document_object(&mut x, record_id, Some("1"));
         }
+        EventDetail::SubmissionSetStored { list_id, patient, records, by } => {
+            // IHE.MHD.ProvideBundle.Audit.Recipient: the SubmissionSet as a System Object (2),
+            // Job (20), id type "submission set classificationNode" (XDS metadata UUID).
+            event_identification(&mut x, event, ("110107", DCM, "Import"), "C", SUCCESS, None, &[("ITI-65", IHE_TRANSACTIONS, "Provide Document Bundle")], by.purpose.as_deref());
+            user(&mut x, by);
+            system(&mut x, by, ("110153", DCM, "Source Role ID"));
+            gateway(&mut x, ("110152", DCM, "Destination Role ID"));
+            audit_source(&mut x, source);
+            patient_object(&mut x, patient);
+            x.open("ParticipantObjectIdentification", &[("ParticipantObjectID", list_id), ("ParticipantObjectTypeCode", "2"), ("ParticipantObjectTypeCodeRole", "20")]);
+            x.coded("ParticipantObjectIDTypeCode", "urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd", "IHE XDS Metadata", "submission set classificationNode");
+            x.detail("records", &records.to_string());
+            x.close("ParticipantObjectIdentification");
+        }
+        EventDetail::RecordStatusChanged { record_id, patient, status, replaced_by, by } => {
+            // BALP PatientUpdate of a DocumentReference: 110110 Patient Record, action U; the
+            // document amended (3), or logically deleted (14) when entered in error.
+            event_identification(&mut x, event, ("110110", DCM, "Patient Record"), "U", SUCCESS, None, &[("update", RESTFUL_INTERACTION, "update")], by.purpose.as_deref());
+            user(&mut x, by);
+            system(&mut x, by, ("110153", DCM, "Source Role ID"));
+            gateway(&mut x, ("110152", DCM, "Destination Role ID"));
+            audit_source(&mut x, source);
+            patient_object(&mut x, patient);
+            let lifecycle = if status == "entered-in-error" { "14" } else { "3" };
+            x.open("ParticipantObjectIdentification", &[("ParticipantObjectID", record_id), ("ParticipantObjectTypeCode", "2"), ("ParticipantObjectTypeCodeRole", "3"), ("ParticipantObjectDataLifeCycle", lifecycle)]);
+            x.coded("ParticipantObjectIDTypeCode", "9", RFC3881, "Report Number");
+            x.detail("status", status);
+            if let Some(r) = replaced_by {
+                x.detail("replaced-by", r);
+            }
+            x.close("ParticipantObjectIdentification");
+        }
         EventDetail::PatientSearched { patient, results, by } => {
             // IHE.MHD.FindDocumentReferences.Audit.Responder; BALP PatientQuery.
             event_identification(&mut x, event, ("110112", DCM, "Query"), "E", SUCCESS, None, &[("ITI-67", IHE_TRANSACTIONS, "Find Document References")], by.purpose.as_deref());
@@ -372,6 +404,24 @@ mod tests {
         assert!(xml.contains("EventActionCode=\"D\""), "{xml}");
         assert!(xml.contains("csd-code=\"110110\""), "{xml}");
         assert!(xml.contains("ParticipantObjectID=\"rec-9\" ParticipantObjectTypeCode=\"2\" ParticipantObjectTypeCodeRole=\"3\" ParticipantObjectDataLifeCycle=\"15\""), "{xml}");
+    }
+
+    #[test]
+    fn a_submission_set_is_an_iti65_import_and_a_status_change_an_update() {
+        let mut e = read_event(Access::Granted);
+        e.detail = EventDetail::SubmissionSetStored { list_id: "list-1".into(), patient: "cd".repeat(32), records: 3, by: requester() };
+        e.validate().expect("valid");
+        let xml = audit_message(&source(), Position::new(1, 0), &e);
+        assert!(xml.contains("EventActionCode=\"C\""), "{xml}");
+        assert!(xml.contains("<EventTypeCode csd-code=\"ITI-65\""), "{xml}");
+        assert!(xml.contains("ParticipantObjectID=\"list-1\" ParticipantObjectTypeCode=\"2\" ParticipantObjectTypeCodeRole=\"20\""), "{xml}");
+        e.detail = EventDetail::RecordStatusChanged { record_id: "rec-1".into(), patient: "cd".repeat(32), status: "entered-in-error".into(), replaced_by: None, by: requester() };
+        e.validate().expect("valid");
+        let xml = audit_message(&source(), Position::new(1, 0), &e);
+        assert!(xml.contains("EventActionCode=\"U\""), "{xml}");
+        assert!(xml.contains("ParticipantObjectID=\"rec-1\" ParticipantObjectTypeCode=\"2\" ParticipantObjectTypeCodeRole=\"3\" ParticipantObjectDataLifeCycle=\"14\""), "{xml}");
+        e.detail = EventDetail::RecordStatusChanged { record_id: "rec-1".into(), patient: "cd".repeat(32), status: "superseded".into(), replaced_by: Some("rec 2".into()), by: requester() };
+        assert!(e.validate().is_err(), "a replacement id with a space is refused");
     }
 
     #[test]

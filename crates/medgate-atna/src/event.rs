@@ -105,6 +105,11 @@ impl KeyAction {
 pub enum EventDetail {
     /// A record was stored (ITI-65 Provide Document Bundle).
     RecordStored { record_id: String, patient: String, by: Requester },
+    /// An ITI-65 SubmissionSet was stored: the list of the records one Provide Document Bundle
+    /// brought (each record has its own [`EventDetail::RecordStored`]).
+    SubmissionSetStored { list_id: String, patient: String, records: u32, by: Requester },
+    /// A record's status changed: `superseded` by a replacement, or `entered-in-error`.
+    RecordStatusChanged { record_id: String, patient: String, status: String, replaced_by: Option<String>, by: Requester },
     /// A patient's records were searched for (ITI-67 Find Document References).
     PatientSearched { patient: String, results: u32, by: Requester },
     /// A record was read, or the read was refused (ITI-68 Retrieve Document).
@@ -167,6 +172,20 @@ impl AuditEvent {
             }
             EventDetail::PatientSearched { patient: p, results: _, by } => {
                 patient(p)?;
+                requester(by)
+            }
+            EventDetail::SubmissionSetStored { list_id, patient: p, records: _, by } => {
+                code("list_id", list_id)?;
+                patient(p)?;
+                requester(by)
+            }
+            EventDetail::RecordStatusChanged { record_id, patient: p, status, replaced_by, by } => {
+                code("record_id", record_id)?;
+                patient(p)?;
+                code("status", status)?;
+                if let Some(r) = replaced_by {
+                    code("replaced_by", r)?;
+                }
                 requester(by)
             }
             EventDetail::RecordRead { record_id, patient: p, custodian, by, access } => {

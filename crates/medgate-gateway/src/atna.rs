@@ -1,7 +1,7 @@
 //! The IHE ATNA audit export wired into the gateway: every audited ledger entry this gateway
-//! writes (stores, searches, reads and refused reads, erasures, consents, key events) also goes
-//! to the hospital's audit record repository through `medgate-atna`'s exporter, syslog over
-//! mutual TLS with the HSM `tls` key.
+//! writes (stores and their SubmissionSets, status changes, searches, reads and refused reads,
+//! erasures, consents, key events) also goes to the hospital's audit record repository through
+//! `medgate-atna`'s exporter, syslog over mutual TLS with the HSM `tls` key.
 //!
 //! Boundary: the translation from ledger entries to the exporter's [`AuditEvent`]s, the ledger
 //! as the exporter reads it back ([`ChainAuditSource`]), and the [`Feed`] the store calls after
@@ -32,6 +32,19 @@ pub fn to_audit_event(e: &Entry) -> Option<AuditEvent> {
         EntryBody::RecordAnchored { record_id, patient, custodian, user, role, purpose, .. } => {
             EventDetail::RecordStored { record_id: record_id.clone(), patient: patient.clone(), by: by(user, role, Some(purpose), custodian) }
         }
+        EntryBody::ListAnchored { list_id, patient, record_ids, custodian, user, role, purpose, .. } => EventDetail::SubmissionSetStored {
+            list_id: list_id.clone(),
+            patient: patient.clone(),
+            records: u32::try_from(record_ids.len()).unwrap_or(u32::MAX),
+            by: by(user, role, Some(purpose), custodian),
+        },
+        EntryBody::RecordStatusChanged { record_id, patient, custodian, status, replaced_by, user, role } => EventDetail::RecordStatusChanged {
+            record_id: record_id.clone(),
+            patient: patient.clone(),
+            status: status.clone(),
+            replaced_by: replaced_by.clone(),
+            by: by(user, role, None, custodian),
+        },
         EntryBody::PatientSearched { patient, reader, user, role, purpose, results } => {
             EventDetail::PatientSearched { patient: patient.clone(), results: *results, by: by(user, role, Some(purpose), reader) }
         }
