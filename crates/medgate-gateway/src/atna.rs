@@ -79,8 +79,6 @@ pub fn to_audit_event(e: &Entry) -> Option<AuditEvent> {
             officer: officer.clone(),
         },
         EntryBody::MembershipProposed { .. } | EntryBody::MembershipApproved { .. } => return None,
-        // The exporter has no event kind for a SubmissionSet or a status change yet: not sent.
-        EntryBody::ListAnchored { .. } | EntryBody::RecordStatusChanged { .. } => return None,
     };
     Some(AuditEvent { entry_id: e.id.clone(), time: e.time.clone(), gateway: e.gateway.clone(), detail })
 }
