@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod demo;
 mod doctor;
 pub mod exit;
+pub mod harden;
 pub mod keys;
 pub mod logging;
 pub mod officers;
