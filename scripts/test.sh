@@ -13,3 +13,7 @@ cargo test --workspace --locked
 # README.Debian's "First start", as written, on the package built with cargo-deb and installed
 # (lintian must find no error and no warning); the package is purged again afterwards.
 tests/debian/readme-debian.sh
+# Every fuzz target for a few seconds, from the committed seeds, so that a parser that now
+# crashes fails the run (scripts/fuzz.sh installs the pinned cargo-fuzz once per machine and
+# keeps its instrumented build in fuzz/target). The long campaign: fuzz/README.md.
+scripts/fuzz.sh "${MEDGATE_FUZZ_SECONDS:-15}"

@@ -36,6 +36,11 @@ impl Account {
         Account { name: user.name, uid: user.uid, gid: user.gid, group, reason }
     }
 
+    /// The account called `name`, if this machine has it (`reason` says why it was chosen).
+    pub fn named(name: &str, reason: &str) -> Result<Option<Account>, nix::Error> {
+        Ok(User::from_name(name)?.map(|u| Account::of(u, reason.to_owned())))
+    }
+
     /// The user this process runs as.
     pub fn current() -> Account {
         let uid = nix::unistd::geteuid();

@@ -1,12 +1,15 @@
 //! Audit reviews an operator runs: `medgate audit break-glass` lists every read granted without
-//! consent as break-glass, on any gateway of the consortium, for the privacy officer's review.
-//! Only pseudonyms, hospital ids, record ids and codes are shown.
+//! consent as break-glass, on any gateway of the consortium, for the privacy officer's review;
+//! `medgate audit keys` lists the hospital's key events with the officers who approved them
+//! ([`keys`]). Only pseudonyms, hospital ids, record ids, officer names and codes are shown.
 
 use std::path::Path;
 
 use medgate_gateway::gateway::break_glass_json;
 
 use crate::exit::Failure;
+
+pub mod keys;
 
 /// `medgate audit break-glass`: asks the running gateway on its admin socket; when it is not
 /// running, reads the store directly.
@@ -44,5 +47,20 @@ pub fn break_glass(config: &Path, as_json: bool) -> Result<(), Failure> {
         );
     }
     println!("{} break-glass read(s) to review", items.len());
+    Ok(())
+}
+
+/// `medgate audit keys`: the hospital's key events and their approvals from the ledger copy.
+pub fn key_events(config: &Path, role: Option<&str>, as_json: bool) -> Result<(), Failure> {
+    let cfg = medgate_gateway::config::Config::load(config).map_err(|e| Failure::config(e.to_string()))?;
+    let v = keys::report(&cfg.gateway.state_directory, &cfg.gateway.hospital_id, role)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Failure::runtime(e.to_string()))?);
+    } else {
+        keys::print(&v);
+    }
+    if v["problems"].as_array().is_some_and(|p| !p.is_empty()) {
+        return Err(Failure::runtime("the ledger records key operations that break the officer rules (listed above)"));
+    }
     Ok(())
 }

@@ -17,6 +17,7 @@ mod consortium;
 mod docs;
 mod keys;
 mod ledger;
+mod officer;
 mod pki;
 mod reload;
 
@@ -145,6 +146,18 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
+    /// The hospital's key events on its ledger copy, each with the officers who approved it,
+    /// and the officer rules re-checked (exit 1 when one is broken). Stop the gateway first.
+    Keys {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this key role.
+        #[arg(long)]
+        role: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Every read granted as break-glass (no consent, purpose BTG) on any gateway, for review.
     BreakGlass {
         #[command(flatten)]
@@ -183,6 +196,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve { config } => crate::daemon::serve(&config.config),
         Command::Consortium { command } => consortium::consortium_command(command),
         Command::Audit { command: AuditCommand::BreakGlass { config, json } } => crate::audit::break_glass(&config.config, json),
+        Command::Audit { command: AuditCommand::Keys { config, role, json } } => crate::audit::key_events(&config.config, role.as_deref(), json),
         Command::Ledger { command } => ledger::ledger_command(command),
         Command::Demo { workdir, consortium: false } => crate::demo::run(workdir.as_deref()),
         Command::Demo { workdir, consortium: true } => crate::demo::run_consortium(workdir.as_deref()),

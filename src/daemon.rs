@@ -1,10 +1,14 @@
 //! `medgate serve`: the long-running gateway process. Order of start-up: configuration (exit 64
-//! on any problem), process hardening, the HSM (login once), the listeners, the store and the
-//! ledger, then READY=1 to systemd. A failure that a restart cannot fix exits 64 or 77 (see
+//! on any problem), process hardening ([`crate::harden`]), the PIN and the listeners (the HIS
+//! and monitoring ports and the admin socket, still as root when started as root), the drop to
+//! the service user, the HSM (module loaded and logged in once, as that user; then the probe:
+//! exit 64 when the token cannot hold a role or use an active key, before any connection is
+//! accepted), the store and the ledger, then READY=1 to systemd. A failure that a restart cannot
+//! fix exits 64 or 77 (see
 //! [`crate::exit`]). SIGHUP re-reads the configuration and applies what can change live
-//! (`medgate_gateway::reload`; `medgate reload` asks the same on the admin socket and waits
-//! for the answer); SIGTERM (or SIGINT) stops accepting, lets requests in flight finish,
-//! flushes, closes the HSM and exits 0.
+//! (`medgate_gateway::reload`; `medgate reload` asks the same on the admin socket and waits for
+//! the answer); SIGTERM (or SIGINT) stops accepting, lets requests in flight finish, flushes,
+//! closes the HSM and exits 0.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,21 +18,23 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::exit::Failure;
+use crate::harden;
 use medgate_gateway::config::Config;
 use medgate_gateway::server::{notify, officers, Listeners, Running};
 
-/// Core dumps and ptrace would expose data keys and documents held in memory: forbid both.
-pub fn harden_process() {
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        tracing::warn!(error = %e, "could not mark the process non-dumpable");
-    }
-    if let Err(e) = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0) {
-        tracing::warn!(error = %e, "could not disable core dumps");
-    }
-}
-
 async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, Failure> {
     TcpListener::bind(addr).await.map_err(|e| Failure::bind(addr, what, &e))
+}
+
+async fn listen(cfg: &Config) -> Result<Listeners, Failure> {
+    let his = bind(cfg.his.listen, "his.listen").await?;
+    let monitor = bind(cfg.admin.listen, "admin.listen").await?;
+    let admin = officers::bind(&cfg.admin.socket, cfg.admin.officers()).map_err(|e| Failure {
+        // A missing or unwritable directory is the installation's fault; a live socket may go away.
+        code: if e.kind() == std::io::ErrorKind::AddrInUse { crate::exit::UNAVAILABLE } else { crate::exit::BAD_CONFIG },
+        message: format!("cannot listen on {} (admin.socket): {e}", cfg.admin.socket.display()),
+    })?;
+    Ok(Listeners { his, monitor, admin })
 }
 
 pub fn serve(path: &Path) -> Result<(), Failure> {
@@ -40,34 +46,43 @@ pub fn serve(path: &Path) -> Result<(), Failure> {
     for d in cfg.dangerous_settings() {
         tracing::warn!(setting = d, "[dangerous] setting in effect");
     }
-    harden_process();
-    notify(&[NotifyState::Status("logging in to the HSM")]);
+    harden::no_dumps().map_err(|e| Failure::runtime(e.to_string()))?;
     let pin = cfg.pin().map_err(|e| Failure::config(format!("{}: hsm.pin_file: {e}", cfg.source.display())))?;
-    let hsm = Arc::new(medgate_hsm::Hsm::open(cfg.hsm_config(), pin).map_err(Failure::hsm)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("medgate")
         .build()
         .map_err(|e| Failure::runtime(format!("runtime: {e}")))?;
-    let result = rt.block_on(run(&cfg, hsm.clone()));
+    // Bound before the drop from root: a port may be below 1024, and the admin socket's
+    // directory (/run/medgate outside systemd) may be made only by root.
+    let listeners = rt.block_on(listen(&cfg))?;
+    harden::lock_memory();
+    let socket = [cfg.admin.socket.as_path()];
+    harden::drop_privileges(path, cfg.gateway.user.as_deref(), &cfg.gateway.state_directory, &socket).map_err(|e| Failure::config(format!("{}: {e}", cfg.source.display())))?;
+    notify(&[NotifyState::Status("logging in to the HSM")]);
+    let hsm = Arc::new(medgate_hsm::Hsm::open(cfg.hsm_config(), pin).map_err(Failure::hsm)?);
+    // The same probe as `medgate keys probe`, over this connection: a token that cannot hold a
+    // role, or an active key it cannot use, stops the start here, before any connection is
+    // accepted.
+    notify(&[NotifyState::Status("probing the HSM")]);
+    let report = hsm.probe_report().map_err(Failure::hsm)?;
+    if let Err(f) = crate::keys::refusal(&report) {
+        hsm.shutdown();
+        tracing::error!(module = %cfg.hsm.module.display(), "{}", f.message);
+        return Err(f);
+    }
+    let result = rt.block_on(run(&cfg, hsm.clone(), listeners));
     drop(rt);
     hsm.shutdown();
     tracing::info!("HSM sessions closed; medgate stopped");
     result
 }
 
-async fn run(cfg: &Config, hsm: Arc<medgate_hsm::Hsm>) -> Result<(), Failure> {
-    let his = bind(cfg.his.listen, "his.listen").await?;
-    let monitor = bind(cfg.admin.listen, "admin.listen").await?;
-    let admin = officers::bind(&cfg.admin.socket, cfg.admin.officers()).map_err(|e| Failure {
-        // A missing or unwritable directory is the installation's fault; a live socket may go away.
-        code: if e.kind() == std::io::ErrorKind::AddrInUse { crate::exit::UNAVAILABLE } else { crate::exit::BAD_CONFIG },
-        message: format!("cannot listen on {} (admin.socket): {e}", cfg.admin.socket.display()),
-    })?;
+async fn run(cfg: &Config, hsm: Arc<medgate_hsm::Hsm>, listeners: Listeners) -> Result<(), Failure> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| Failure::runtime(format!("signal: {e}")))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Failure::runtime(format!("signal: {e}")))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| Failure::runtime(format!("signal: {e}")))?;
-    let running = Running::start(cfg, hsm, Listeners { his, monitor, admin }).await.map_err(Failure::start)?;
+    let running = Running::start(cfg, hsm, listeners).await.map_err(Failure::start)?;
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
     loop {
         tokio::select! {

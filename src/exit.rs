@@ -55,13 +55,24 @@ impl Failure {
         Failure { code: UNAVAILABLE, message: m.into() }
     }
 
-    /// An HSM failure: a wrong or locked PIN is NOPERM; a missing module, token or key, or a
-    /// key the module cannot use, a bad configuration; an unreachable HSM UNAVAILABLE.
+    /// An HSM failure: a wrong or locked PIN (user or SO) is NOPERM; a PIN the token cannot
+    /// take is bad usage; a missing module, token or key, a token whose information cannot be
+    /// read, a role the module cannot hold, a key it cannot use or a template it refuses is a bad
+    /// configuration (another module, or the keys rotated, is the remedy, not a restart), as is a
+    /// module that cannot hold the key backup; an unreachable HSM is UNAVAILABLE.
     pub fn hsm(e: HsmError) -> Failure {
         let code = match e {
-            HsmError::WrongPin | HsmError::PinLocked | HsmError::PinFinalTry => NOPERM,
-            HsmError::ModuleMissing(_) | HsmError::ModuleLoad { .. } | HsmError::TokenMissing(_) => BAD_CONFIG,
-            HsmError::KeyMissing { .. } | HsmError::KeyUnusable { .. } | HsmError::RoleUnsupported { .. } => BAD_CONFIG,
+            HsmError::WrongPin | HsmError::PinLocked | HsmError::PinFinalTry | HsmError::WrongSoPin(_) => NOPERM,
+            HsmError::PinLength { .. } | HsmError::UserPinNotSet { .. } => USAGE,
+            HsmError::ModuleMissing(_)
+            | HsmError::ModuleLoad { .. }
+            | HsmError::TokenMissing(_)
+            | HsmError::TokenInfo { .. }
+            | HsmError::KeyMissing { .. }
+            | HsmError::RoleUnsupported { .. }
+            | HsmError::KeyUnusable { .. }
+            | HsmError::BackupUnsupported { .. }
+            | HsmError::TemplateRefused { .. } => BAD_CONFIG,
             HsmError::Unavailable(_) | HsmError::Init { .. } => UNAVAILABLE,
             _ => RUNTIME,
         };
@@ -101,5 +112,33 @@ pub fn bind_hint(addr: SocketAddr, e: &std::io::Error) -> (String, bool) {
         Some(nix::errno::Errno::EACCES) => ("ports below 1024 need CAP_NET_BIND_SERVICE, which the unit does not grant; use a port from 1024 up".into(), true),
         Some(nix::errno::Errno::EADDRINUSE) => (format!("another process listens there (another medgate? `ss -ltnp 'sport = :{}'`)", addr.port()), false),
         _ => ("see the error".into(), false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hsm_errors_map_to_the_exit_status_an_operator_acts_on() {
+        let module = std::path::PathBuf::from("/m.so");
+        let role = medgate_hsm::Role::Kek;
+        let cases = [
+            (HsmError::WrongPin, NOPERM),
+            (HsmError::WrongSoPin(String::new()), NOPERM),
+            (HsmError::PinLength { which: "a user", len: 3, label: "t".into(), min: 4, max: 8 }, USAGE),
+            (HsmError::UserPinNotSet { label: "t".into(), detail: String::new() }, USAGE),
+            (HsmError::RoleUnsupported { module: module.clone(), role, reason: String::new() }, BAD_CONFIG),
+            (HsmError::KeyUnusable { role, reason: String::new() }, BAD_CONFIG),
+            (HsmError::TemplateRefused { role, rv: String::new(), hint: String::new() }, BAD_CONFIG),
+            (HsmError::TokenInfo { module: module.clone(), slot: 3, label: "t".into(), detail: String::new() }, BAD_CONFIG),
+            (HsmError::BackupUnsupported { module, reason: String::new() }, BAD_CONFIG),
+            (HsmError::Unavailable(String::new()), UNAVAILABLE),
+            (HsmError::Integrity, RUNTIME),
+        ];
+        for (e, code) in cases {
+            let text = e.to_string();
+            assert_eq!(Failure::hsm(e).code, code, "{text}");
+        }
     }
 }

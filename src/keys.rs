@@ -1,18 +1,20 @@
 //! `medgate keys`: the security officer's console commands. Every key event is logged with who,
 //! what and when, and appended to the key-event journal (`medgate_gateway::journal`) so that the
-//! gateway puts it on the ledger.
+//! gateway puts it on the ledger; who is the officer named by their credential
+//! (`crate::officers`).
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use medgate_gateway::config::HsmOnly;
-use medgate_gateway::journal::{self, KeyEvent};
 use medgate_hsm::{Hsm, HsmError, KeyInfo, Pin, Role};
 
 use crate::exit::Failure;
 
-/// The person at the console: the invoking user behind sudo, else the login name, else the uid.
+/// The person at the console by their login: the invoking user behind sudo, else the login
+/// name, else the uid. Only journalled (as `unix:NAME`) before any officer is enrolled; after,
+/// an officer is named by the credential they sign with (`crate::officers`).
 pub fn officer() -> String {
     for var in ["SUDO_USER", "LOGNAME", "USER"] {
         if let Ok(v) = std::env::var(var) {
@@ -26,12 +28,6 @@ pub fn officer() -> String {
         Ok(Some(u)) => u.name,
         _ => format!("uid:{uid}"),
     }
-}
-
-/// Logs the event and appends it, flushed, to the key-event journal when the state directory
-/// exists, in the name of the officer at the console.
-pub fn record_event(state_dir: Option<&Path>, action: &str, info: &KeyInfo) -> Result<KeyEvent, Failure> {
-    journal::record_event_by(state_dir, &officer(), action, info).map_err(|e| Failure::runtime(e.to_string()))
 }
 
 /// Opens the HSM with the PIN from the configured file or credential.
@@ -79,6 +75,62 @@ pub fn act_as_service(config: &Path, state_dir: Option<&Path>) -> Result<(), Fai
     }
 }
 
+/// `medgate keys probe`: the module probed on its own, printed for people or as JSON. With the
+/// user PIN when it can be read (the template attributes and keys are then checked too); without
+/// it the report says what was not checked. Exits 64 (a configuration the gateway refuses) when
+/// the token cannot serve medgate, naming every refused role or unusable key. `pin` is read
+/// before the command acts as the service.
+pub fn probe(cfg: &HsmOnly, pin: Result<Pin, medgate_hsm::PinError>, json: bool) -> Result<(), Failure> {
+    let pin = match pin {
+        Ok(pin) => Some(pin),
+        Err(e) => {
+            eprintln!("note: no user PIN ({e}); template attributes and keys are not checked");
+            None
+        }
+    };
+    let report = medgate_hsm::probe(&cfg.hsm.module, &cfg.hsm.token_label, pin.as_ref()).map_err(Failure::hsm)?;
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{report}");
+    }
+    if report.token_slot.is_none() {
+        return Err(Failure::config(format!("no token labelled {:?} in any slot of {}", cfg.hsm.token_label, cfg.hsm.module.display())));
+    }
+    refusal(&report)
+}
+
+/// The probe's refusals as one failure (exit 64), or nothing when the token can serve medgate.
+pub fn refusal(report: &medgate_hsm::ProbeReport) -> Result<(), Failure> {
+    let refusals = report.refusals();
+    if refusals.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = refusals.iter().map(|e| format!("  - {e}")).collect();
+    Err(Failure::config(format!(
+        "the token {:?} cannot serve medgate:\n{}\n(docs/HSM.md lists what each module can hold)",
+        report.token_label,
+        lines.join("\n")
+    )))
+}
+
+/// `medgate keys list`: the keys as a table for the officer (with the backup key), or as JSON.
+pub fn list(hsm: &Hsm, json: bool) -> Result<(), Failure> {
+    let keys = hsm.list_keys().map_err(Failure::hsm)?;
+    if json {
+        // An array of keys, as scripts have read it; the backup key is `keys backup status`'s.
+        let v: Vec<_> = keys.iter().map(key_json).collect();
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Failure::runtime(e.to_string()))?);
+    } else {
+        print_table(&keys);
+        match hsm.backup_key_id().map_err(Failure::hsm)? {
+            Some(id) => println!("backup key: medgate-backup-v1 (CKA_ID {id}), trusted, wrap-only; new kek, pseudonym, sharing and ledger versions can be backed up"),
+            None => println!("backup key: none (`medgate keys backup init`; README, \"Disaster recovery\")"),
+        }
+    }
+    Ok(())
+}
+
 /// Prints the keys as a table for the officer.
 pub fn print_table(keys: &[KeyInfo]) {
     println!("{:<10} {:>3}  {:<24} {:<32} {:<16} {:<8} PROTECTION", "ROLE", "VER", "LABEL", "CKA_ID", "ALGORITHM", "STATE");
@@ -90,10 +142,17 @@ pub fn print_table(keys: &[KeyInfo]) {
         } else {
             "old"
         };
+        let extraction = if !k.extractable && k.never_extractable {
+            ",never-extractable"
+        } else if k.wrap_with_trusted {
+            ",wrap-with-trusted-only"
+        } else {
+            ",EXTRACTABLE"
+        };
         let protection = format!(
             "{}{}{}",
-            if k.sensitive && k.always_sensitive { "sensitive" } else { "NOT-SENSITIVE" },
-            if !k.extractable && k.never_extractable { ",never-extractable" } else { ",EXTRACTABLE" },
+            if k.sensitive { "sensitive" } else { "NOT-SENSITIVE" },
+            extraction,
             if k.has_certificate { ",certificate" } else { "" }
         );
         println!(
@@ -119,6 +178,7 @@ pub fn key_json(k: &KeyInfo) -> serde_json::Value {
         "algorithm": k.role.algorithm(), "active": k.active, "retired": k.retired,
         "sensitive": k.sensitive, "always_sensitive": k.always_sensitive,
         "extractable": k.extractable, "never_extractable": k.never_extractable,
+        "wrap_with_trusted": k.wrap_with_trusted,
         "can_sign_or_wrap": k.can_create, "certificate": k.has_certificate,
     })
 }

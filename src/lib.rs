@@ -7,6 +7,7 @@
 pub mod account;
 pub mod admin_client;
 pub mod audit;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod client;
@@ -14,5 +15,7 @@ pub mod daemon;
 pub mod demo;
 mod doctor;
 pub mod exit;
+pub mod harden;
 pub mod keys;
 pub mod logging;
+pub mod officers;

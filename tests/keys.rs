@@ -45,20 +45,28 @@ fn list_rotate_retire_destroy_and_the_key_event_journal() {
     let list: serde_json::Value = serde_json::from_str(&json).unwrap();
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 5, "{json}");
-    let (code, out, err) = keys(&["rotate", "--role", "kek"]);
+    // The KEK is rotated, retired and destroyed only with the approval of a quorum.
+    let (code, _, err) = keys(&["rotate", "--role", "kek"]);
+    assert_eq!(code, 77, "a lone officer rotated the KEK: {err}");
+    let officers = support::officers::Officers::enrol(&site);
+    let approvals = officers.approved(&["rotate-kek"], 2);
+    let (code, out, err) = keys(&["rotate", "--role", "kek", "--approvals", approvals.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("medgate-kek-v2"), "{out}");
     let (_, table, _) = keys(&["list"]);
     assert!(table.contains("medgate-kek-v1") && table.contains("medgate-kek-v2"), "{table}");
     // The active version cannot be retired; the old one can.
-    let (code, _, err) = keys(&["retire", "--role", "kek", "--version", "2"]);
+    let approvals = officers.approved(&["retire", "--role", "kek", "--version", "2"], 2);
+    let (code, _, err) = keys(&["retire", "--role", "kek", "--version", "2", "--approvals", approvals.to_str().unwrap()]);
     assert_ne!(code, 0, "retiring the active key must fail");
-    assert!(!err.is_empty());
-    let (code, _, err) = keys(&["retire", "--role", "kek", "--version", "1"]);
+    assert!(err.contains("active key"), "{err}");
+    let approvals = officers.approved(&["retire", "--role", "kek", "--version", "1"], 2);
+    let (code, _, err) = keys(&["retire", "--role", "kek", "--version", "1", "--approvals", approvals.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     // destroy refuses without --yes when stdin is not a terminal, and changes nothing.
+    let approvals = officers.approved(&["destroy", "--role", "kek", "--version", "1"], 2);
     let out = Command::new(support::exe())
-        .args(["keys", "--config", cfg, "destroy", "--role", "kek", "--version", "1"])
+        .args(["keys", "--config", cfg, "destroy", "--role", "kek", "--version", "1", "--approvals", approvals.to_str().unwrap()])
         .env("SOFTHSM2_CONF", &site.softhsm_conf)
         .stdin(Stdio::null())
         .output()
@@ -67,22 +75,28 @@ fn list_rotate_retire_destroy_and_the_key_event_journal() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"), "{}", String::from_utf8_lossy(&out.stderr));
     let (_, table, _) = keys(&["list"]);
     assert!(table.contains("medgate-kek-v1"), "destroy without confirmation removed the key: {table}");
-    let (code, out, err) = keys(&["destroy", "--role", "kek", "--version", "1", "--yes"]);
+    let (code, out, err) = keys(&["destroy", "--role", "kek", "--version", "1", "--yes", "--approvals", approvals.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("destroyed"), "{out}");
+    assert!(out.contains("destroyed") && out.contains("alice+bob"), "{out}");
     let (_, table, _) = keys(&["list"]);
     assert!(!table.contains("medgate-kek-v1"), "{table}");
-    // Every event is journalled with who, what and when.
+    // Every event is journalled with who, what and when: the officers by their names.
     let journal = std::fs::read_to_string(site.dir.join("state/key-events.jsonl")).unwrap();
-    let actions: Vec<String> = journal.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["action"].as_str().unwrap().to_owned()).collect();
+    let events: Vec<serde_json::Value> = journal.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("kind").is_none()).collect();
+    let actions: Vec<&str> = events.iter().map(|v| v["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["rotate", "retire", "destroy"], "{journal}");
-    assert!(journal.contains("\"officer\""));
+    assert!(events.iter().all(|v| v["officer"] == "alice+bob" && v["request"].as_str().is_some_and(|r| r.len() == 64)), "{journal}");
+    let (code, history, err) = keys(&["history", "--role", "kek"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(history.lines().filter(|l| l.contains("alice+bob")).count() == 3, "{history}");
 
     // The gateway puts them on the ledger at start, once, however often it starts.
     let count_key_events = || {
         let db = medgate_store::Db::open(&site.dir.join("state")).unwrap();
         let store = medgate_store::ChainStore::open(&db).unwrap();
-        let key_events = |b: medgate_ledger::Block| b.batches.iter().flat_map(|x| &x.entries).filter(|e| matches!(e.body, medgate_ledger::EntryBody::KeyEvent { .. })).count();
+        let key_events = |b: medgate_ledger::Block| {
+            b.batches.iter().flat_map(|x| &x.entries).filter(|e| matches!(e.body, medgate_ledger::EntryBody::KeyEvent { request: Some(_), .. })).count()
+        };
         store.blocks().map(|b| key_events(b.unwrap())).sum::<usize>()
     };
     for _ in 0..2 {

@@ -418,7 +418,9 @@ fn a_retired_kek_version_that_still_wraps_records_blocks_the_pass_until_the_offi
     let cfg = gw.site.config.to_str().unwrap().to_owned();
     let stranded = rt.block_on(async { store(&mut gw.client(), &patient(1), b"under kek v1").await });
     assert_eq!(gw.stop().code(), Some(0));
-    let (code, _, err) = gw.medgate(&["keys", "--config", &cfg, "rotate", "--role", "kek"]);
+    let officers = support::officers::Officers::enrol(&gw.site);
+    let approved = |args: &[&str]| officers.approved(args, 2).to_str().unwrap().to_owned();
+    let (code, _, err) = gw.medgate(&["keys", "--config", &cfg, "rotate", "--role", "kek", "--approvals", &approved(&["rotate-kek"])]);
     assert_eq!(code, 0, "{err}");
     gw.start();
     let (kept, erased) = rt.block_on(async {
@@ -427,7 +429,7 @@ fn a_retired_kek_version_that_still_wraps_records_blocks_the_pass_until_the_offi
     });
     assert_eq!(gw.stop().code(), Some(0));
     // The officer retires version 1 although a record still uses it.
-    let (code, _, err) = gw.medgate(&["keys", "--config", &cfg, "retire", "--role", "kek", "--version", "1"]);
+    let (code, _, err) = gw.medgate(&["keys", "--config", &cfg, "retire", "--role", "kek", "--version", "1", "--approvals", &approved(&["retire", "--role", "kek", "--version", "1"])]);
     assert_eq!(code, 0, "{err}");
     gw.start();
     rt.block_on(async {
@@ -465,7 +467,8 @@ fn a_retired_kek_version_that_still_wraps_records_blocks_the_pass_until_the_offi
 
     // The officer destroys version 1 (its record becomes unreadable): the pass finishes, without
     // rotating again.
-    let (code, _, err) = gw.medgate(&["keys", "--config", &cfg, "destroy", "--role", "kek", "--version", "1", "--yes"]);
+    let approvals = approved(&["destroy", "--role", "kek", "--version", "1"]);
+    let (code, _, err) = gw.medgate(&["keys", "--config", &cfg, "destroy", "--role", "kek", "--version", "1", "--yes", "--approvals", &approvals]);
     assert_eq!(code, 0, "{err}");
     gw.start();
     wait_for_shred(&gw, 1.0);

@@ -70,6 +70,9 @@ impl Hsm {
             let mut id = vec![0u8; 16];
             s.generate_random_slice(&mut id)?;
             let mut template = secret_template(plan, &ctx.profile.template, &label, &id, false);
+            if backupable(s, Role::Pseudonym)? {
+                crate::backup::make_backupable(&mut template);
+            }
             if ctx.profile.template.allowed_mechanisms.usable() {
                 template.push(Attribute::AllowedMechanisms(vec![MechanismType::SHA256_HMAC]));
             }
@@ -253,6 +256,12 @@ fn plan_for<'c>(hsm: &Hsm, ctx: &'c Ctx, role: Role) -> Result<&'c RolePlan, Fai
         .map_err(|r| HsmError::RoleUnsupported { module: hsm.module().to_path_buf(), role, reason: r.to_string() }.into())
 }
 
+/// Whether a new key of `role` is made backup-able: the token holds the trusted backup key, and
+/// the role is one a backup holds (every role but `tls`).
+fn backupable(s: &Session, role: Role) -> Result<bool, Fail> {
+    Ok(crate::backup::BACKED_UP.contains(&role) && crate::backup::backup_key(s)?.is_some())
+}
+
 fn create_version(s: &Session, ctx: &Ctx, plan: &RolePlan, version: u32) -> Result<(), Fail> {
     let role = plan.role;
     let label = Label::new(role, version).to_string();
@@ -261,11 +270,19 @@ fn create_version(s: &Session, ctx: &Ctx, plan: &RolePlan, version: u32) -> Resu
     let t = &ctx.profile.template;
     let allowed = allowed_mechanisms(plan, t);
     let err = Fail::with(role, "key generation", mechanism_name(plan.keygen));
+    let backup = backupable(s, role)?;
     if role.is_pair() {
-        let (public, private) = pair_templates(plan, t, &label, &id);
+        let (public, mut private) = pair_templates(plan, t, &label, &id);
+        if backup {
+            crate::backup::make_backupable(&mut private);
+        }
         ctx.raw.generate_key_pair(s.handle(), plan.keygen, &public, &private, allowed.as_deref()).map_err(err)?;
     } else {
-        ctx.raw.generate_key(s.handle(), plan.keygen, &secret_template(plan, t, &label, &id, true), allowed.as_deref()).map_err(err)?;
+        let mut template = secret_template(plan, t, &label, &id, true);
+        if backup {
+            crate::backup::make_backupable(&mut template);
+        }
+        ctx.raw.generate_key(s.handle(), plan.keygen, &template, allowed.as_deref()).map_err(err)?;
     }
     tracing::debug!(%label, id = %hex::encode(&id), keygen = %mechanism_name(plan.keygen), "key created");
     Ok(())
@@ -291,6 +308,7 @@ fn list(hsm: &Hsm, s: &Session) -> Result<Vec<KeyInfo>, Fail> {
                     AttributeType::AlwaysSensitive,
                     AttributeType::Extractable,
                     AttributeType::NeverExtractable,
+                    AttributeType::WrapWithTrusted,
                     AttributeType::Sign,
                     AttributeType::Wrap,
                     AttributeType::Unwrap,
@@ -308,6 +326,7 @@ fn list(hsm: &Hsm, s: &Session) -> Result<Vec<KeyInfo>, Fail> {
                 always_sensitive: false,
                 extractable: true,
                 never_extractable: false,
+                wrap_with_trusted: false,
                 can_create: false,
                 has_certificate: certs.iter().any(|c| c.role == label.role && c.version == label.version),
             };
@@ -318,6 +337,7 @@ fn list(hsm: &Hsm, s: &Session) -> Result<Vec<KeyInfo>, Fail> {
                     Attribute::AlwaysSensitive(b) => info.always_sensitive = b,
                     Attribute::Extractable(b) => info.extractable = b,
                     Attribute::NeverExtractable(b) => info.never_extractable = b,
+                    Attribute::WrapWithTrusted(b) => info.wrap_with_trusted = b,
                     a if a == create_flag(label.role, false, true) => info.can_create = true,
                     a if a == create_flag(label.role, true, true) => info.can_create = true,
                     _ => {}
@@ -433,4 +453,32 @@ fn set_user_pin(pkcs11: &Pkcs11, slot: Slot, label: &str, so_pin: &Pin, user_pin
         P11Error::Pkcs11(rv, f) => not_set(format!("{f} answered {}", ckr_name(rv))),
         other => not_set(other.to_string()),
     })
+}
+
+/// Changes the token's user PIN (`so` false: a user session logged in with `old`) or SO PIN
+/// (`so` true), with C_SetPIN. The new PIN's length is checked against the token's limits first.
+/// Runs on its own connection; the gateway keeps its login until it restarts with the new PIN.
+pub fn change_pin(module: &Path, label: &str, so: bool, old: &Pin, new: &Pin) -> Result<(), HsmError> {
+    let (pkcs11, raw, hold) = load_module(module)?;
+    let result = (|| {
+        let slot = find_initialised(&pkcs11, &raw, label)?;
+        let info = raw.token_info(slot.id()).map_err(|e| map_op_error(e, None))?;
+        check_pin_len(if so { "the SO" } else { "the user" }, new, &info)?;
+        let session = pkcs11.open_rw_session(slot).map_err(|e| map_op_error(e, None))?;
+        let who = if so { UserType::So } else { UserType::User };
+        match session.login(who, Some(&old.to_auth())) {
+            Ok(()) | Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) if so => return Err(so_pin_error(e)),
+            Err(P11Error::Pkcs11(RvError::PinIncorrect, _)) => return Err(HsmError::WrongPin),
+            Err(e) => return Err(map_op_error(e, None)),
+        }
+        let result = session.set_pin(&old.to_auth(), &new.to_auth()).map_err(|e| match e {
+            P11Error::Pkcs11(rv, f) => HsmError::Device(format!("{f} answered {}: the PIN was not changed", ckr_name(rv))),
+            other => map_op_error(other, None),
+        });
+        let _ = session.logout();
+        result
+    })();
+    drop(hold);
+    result
 }

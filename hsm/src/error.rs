@@ -54,6 +54,8 @@ pub enum HsmError {
     RoleUnsupported { module: PathBuf, role: Role, reason: String },
     #[error("the {role} key cannot be used: {reason}")]
     KeyUnusable { role: Role, reason: String },
+    #[error("PKCS#11 module {module} cannot hold medgate's key backup: {reason}")]
+    BackupUnsupported { module: PathBuf, reason: String },
     #[error("the {role} key refused {operation} with {mechanism}: {detail}")]
     MechanismNotAllowed { role: Role, operation: &'static str, mechanism: String, detail: String },
     #[error("the module refused the {role} key's template ({rv}): {hint}")]
@@ -80,7 +82,11 @@ impl HsmError {
             HsmError::WrongPin | HsmError::WrongSoPin(_) | HsmError::PinLength { .. } | HsmError::UserPinNotSet { .. } => "wrong_pin",
             HsmError::PinLocked | HsmError::PinFinalTry => "pin_locked",
             HsmError::KeyMissing { .. } => "key_missing",
-            HsmError::RoleUnsupported { .. } | HsmError::KeyUnusable { .. } | HsmError::MechanismNotAllowed { .. } | HsmError::TemplateRefused { .. } => {
+            HsmError::RoleUnsupported { .. }
+            | HsmError::KeyUnusable { .. }
+            | HsmError::BackupUnsupported { .. }
+            | HsmError::MechanismNotAllowed { .. }
+            | HsmError::TemplateRefused { .. } => {
                 "mechanism_not_allowed"
             }
             HsmError::Integrity | HsmError::UnwrapFailed { .. } => "integrity",

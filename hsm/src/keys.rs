@@ -65,6 +65,9 @@ pub struct KeyInfo {
     pub always_sensitive: bool,
     pub extractable: bool,
     pub never_extractable: bool,
+    /// Extractable only wrapped under a trusted key (CKA_WRAP_WITH_TRUSTED): a key made while
+    /// the token holds the backup key (see [`crate::backup`]).
+    pub wrap_with_trusted: bool,
     /// Whether the key may still be used for new signatures / wraps (false after rotation).
     pub can_create: bool,
     pub has_certificate: bool,

@@ -12,11 +12,15 @@
 //!   (`medgate keys probe`) and readiness ([`Hsm::ping`]) follows it.
 //! * [`keys`] fixes the key roles, their versioned labels and their full attribute templates.
 //! * [`admin`] holds the security officer's operations (generate, rotate, retire, destroy, list,
-//!   certificate import, token initialisation).
+//!   certificate import, token initialisation, PIN changes).
+//! * [`backup`] wraps the keys under a backup key for disaster recovery and restores them into a
+//!   fresh token; [`card`] is an officer's credential on a smart card (sign, ECDH).
 //! * [`tls::HsmSigningKey`] is a rustls `SigningKey` whose private half stays in the HSM.
 //! * [`ceiling`] measures the token's raw rates of the hot-path calls, for the benchmark.
 
 pub mod admin;
+pub mod backup;
+pub mod card;
 pub mod ceiling;
 mod der;
 mod error;

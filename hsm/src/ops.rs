@@ -58,6 +58,19 @@ pub(crate) fn data_key_template(value: Option<&[u8]>) -> Vec<Attribute> {
     t
 }
 
+/// Creates a session object holding the data key `value`; the template's copy of the key is
+/// zeroized once the module has taken it.
+fn create_data_key(s: &Session, value: &[u8]) -> Result<ObjectHandle, cryptoki::error::Error> {
+    let mut template = data_key_template(Some(value));
+    let created = s.create_object(&template);
+    for a in &mut template {
+        if let Attribute::Value(v) = a {
+            zeroize::Zeroize::zeroize(v);
+        }
+    }
+    created
+}
+
 /// The template of an unwrapped data key whose value is read. A module that refuses to be told
 /// CKA_SENSITIVE=false and CKA_EXTRACTABLE=true on unwrap (openCryptoki answers
 /// CKR_ATTRIBUTE_READ_ONLY) gets the template without them, once and for the connection: the
@@ -164,7 +177,7 @@ fn wrap_once(hsm: &Hsm, s: &Session, ctx: &Ctx, dk: &Dk<'_>) -> Result<WrappedKe
             .wrap_key(s.handle(), mechanism, kek.handle(), obj.handle(), 72)
             .map_err(Fail::with(Role::Kek, "wrap", mechanism_name(mechanism)))?,
         (KekScheme::Rfc5649 { mechanism }, Dk::Value(v)) => {
-            let obj = s.create_object(&data_key_template(Some(v)))?;
+            let obj = create_data_key(s, v)?;
             let wrapped = ctx
                 .raw
                 .wrap_key(s.handle(), mechanism, kek.handle(), obj.handle(), kwp_len(v.len()))
@@ -363,7 +376,7 @@ impl Hsm {
                 Unwrapped::Object(obj) => obj,
                 Unwrapped::Value(v) => {
                     self.add_calls(1);
-                    s.create_object(&data_key_template(Some(&v)))?
+                    create_data_key(s, &v)?
                 }
             };
             let peer = match s.create_object(&[

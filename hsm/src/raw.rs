@@ -405,3 +405,59 @@ fn allowed_attribute(list: &mut [CK_MECHANISM_TYPE]) -> CK_ATTRIBUTE {
         ulValueLen: std::mem::size_of_val(list) as CK_ULONG,
     }
 }
+
+impl Raw {
+    /// C_CreateObject with `template` plus, if given, CKA_ALLOWED_MECHANISMS holding raw codes.
+    pub(crate) fn create_object(&self, session: CK_SESSION_HANDLE, template: &[Attribute], allowed: Option<&[CK_MECHANISM_TYPE]>) -> Result<CK_OBJECT_HANDLE, Error> {
+        let f = self.fl.C_CreateObject.ok_or_else(|| unsupported(Function::CreateObject))?;
+        let mut allowed = allowed.map(<[CK_MECHANISM_TYPE]>::to_vec);
+        let mut attrs: Vec<CK_ATTRIBUTE> = template.iter().map(CK_ATTRIBUTE::from).collect();
+        if let Some(list) = allowed.as_mut() {
+            attrs.push(allowed_attribute(list));
+        }
+        let mut handle: CK_OBJECT_HANDLE = 0;
+        // SAFETY: the CK_ATTRIBUTEs point into `template` and `allowed`, both alive for the call;
+        // the module writes one handle into `handle`.
+        let rv = unsafe { f(session, attrs.as_mut_ptr(), attrs.len() as CK_ULONG, &mut handle) };
+        check(rv, Function::CreateObject)?;
+        Ok(handle)
+    }
+
+    /// C_UnwrapKey with a parameterless mechanism; the new object gets `template` plus, if
+    /// given, CKA_ALLOWED_MECHANISMS holding raw codes.
+    pub(crate) fn unwrap_key_allowed(
+        &self,
+        session: CK_SESSION_HANDLE,
+        mechanism: CK_MECHANISM_TYPE,
+        unwrapping_key: CK_OBJECT_HANDLE,
+        wrapped: &[u8],
+        template: &[Attribute],
+        allowed: Option<&[CK_MECHANISM_TYPE]>,
+    ) -> Result<CK_OBJECT_HANDLE, Error> {
+        let f = self.fl.C_UnwrapKey.ok_or_else(|| unsupported(Function::UnwrapKey))?;
+        let mut mech = CK_MECHANISM { mechanism, pParameter: std::ptr::null_mut(), ulParameterLen: 0 };
+        let mut allowed = allowed.map(<[CK_MECHANISM_TYPE]>::to_vec);
+        let mut attrs: Vec<CK_ATTRIBUTE> = template.iter().map(CK_ATTRIBUTE::from).collect();
+        if let Some(list) = allowed.as_mut() {
+            attrs.push(allowed_attribute(list));
+        }
+        let mut wrapped = wrapped.to_vec();
+        let mut handle: CK_OBJECT_HANDLE = 0;
+        // SAFETY: the CK_ATTRIBUTEs point into `template` and `allowed`, which outlive the call;
+        // `wrapped` is a buffer of the length given; the module writes one handle into `handle`.
+        let rv = unsafe {
+            f(
+                session,
+                &mut mech,
+                unwrapping_key,
+                wrapped.as_mut_ptr() as *mut CK_BYTE,
+                wrapped.len() as CK_ULONG,
+                attrs.as_mut_ptr(),
+                attrs.len() as CK_ULONG,
+                &mut handle,
+            )
+        };
+        check(rv, Function::UnwrapKey)?;
+        Ok(handle)
+    }
+}

@@ -16,6 +16,8 @@ use medgate::client::HisClient;
 use medgate::admin_client::get as admin_get;
 use medgate::demo::{stop_child, Site};
 
+pub mod officers;
+
 /// SoftHSM reads SOFTHSM2_CONF when the module initialises, and site creation sets it for this
 /// process: one site is created at a time.
 static SITE_LOCK: Mutex<()> = Mutex::new(());

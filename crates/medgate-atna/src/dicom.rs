@@ -223,6 +223,10 @@ fn key_event_code(action: KeyAction) -> (&'static str, &'static str, &'static st
         KeyAction::Retire => ("key-retire", MEDGATE_KEY_EVENT, "Key version retired"),
         KeyAction::Destroy => ("key-destroy", MEDGATE_KEY_EVENT, "Key destroyed in the HSM"),
         KeyAction::ImportCert => ("key-import-cert", MEDGATE_KEY_EVENT, "Certificate imported for a key"),
+        KeyAction::ChangePin => ("key-change-pin", MEDGATE_KEY_EVENT, "HSM token PIN changed"),
+        KeyAction::BackupInit => ("key-backup-init", MEDGATE_KEY_EVENT, "Key backup key installed and split between officers"),
+        KeyAction::Backup => ("key-backup", MEDGATE_KEY_EVENT, "Keys backed up, wrapped under the backup key"),
+        KeyAction::Restore => ("key-restore", MEDGATE_KEY_EVENT, "Keys restored into the HSM from a backup"),
     }
 }
 

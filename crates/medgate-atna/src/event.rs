@@ -73,6 +73,14 @@ pub enum KeyAction {
     Retire,
     Destroy,
     ImportCert,
+    /// A token PIN (user or SO) changed under the officers' quorum.
+    ChangePin,
+    /// The backup key installed and split between the officers.
+    BackupInit,
+    /// A key backup exported, wrapped under the backup key.
+    Backup,
+    /// Keys restored into a token from a backup.
+    Restore,
 }
 
 impl KeyAction {
@@ -84,6 +92,10 @@ impl KeyAction {
             KeyAction::Retire => "retire",
             KeyAction::Destroy => "destroy",
             KeyAction::ImportCert => "import-cert",
+            KeyAction::ChangePin => "change-pin",
+            KeyAction::BackupInit => "backup-init",
+            KeyAction::Backup => "backup",
+            KeyAction::Restore => "restore",
         }
     }
 
@@ -95,6 +107,10 @@ impl KeyAction {
             "retire" => KeyAction::Retire,
             "destroy" => KeyAction::Destroy,
             "import-cert" => KeyAction::ImportCert,
+            "change-pin" => KeyAction::ChangePin,
+            "backup-init" => KeyAction::BackupInit,
+            "backup" => KeyAction::Backup,
+            "restore" => KeyAction::Restore,
             _ => return None,
         })
     }

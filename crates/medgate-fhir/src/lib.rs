@@ -103,6 +103,14 @@ pub struct DocumentSubmission {
     pub relates_to: Vec<Relation>,
 }
 
+/// The decoded document is wiped (`zeroize`) when the submission is dropped, however the
+/// request that carried it ends: sealed, refused or cancelled.
+impl Drop for DocumentSubmission {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.data);
+    }
+}
+
 /// A FHIR Coding, reduced to the three elements medgate uses.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Coding {

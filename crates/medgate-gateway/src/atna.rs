@@ -71,14 +71,18 @@ pub fn to_audit_event(e: &Entry) -> Option<AuditEvent> {
             grantee: grantee.clone(),
             by: by(user, role, None, custodian),
         },
-        EntryBody::KeyEvent { action, key_role, key_version, key_id, officer } => EventDetail::KeyEvent {
+        EntryBody::KeyEvent { action, key_role, key_version, key_id, officer, .. } => EventDetail::KeyEvent {
             action: KeyAction::parse(action)?,
             key_role: key_role.clone(),
             key_version: *key_version,
             key_id: key_id.clone(),
             officer: officer.clone(),
         },
-        EntryBody::MembershipProposed { .. } | EntryBody::MembershipApproved { .. } => return None,
+        // The officers' approvals and enrolments are the key events' context; ATNA gets the
+        // key events themselves.
+        EntryBody::KeyApproval { .. } | EntryBody::OfficerChanged { .. } | EntryBody::MembershipProposed { .. } | EntryBody::MembershipApproved { .. } => {
+            return None
+        }
     };
     Some(AuditEvent { entry_id: e.id.clone(), time: e.time.clone(), gateway: e.gateway.clone(), detail })
 }
@@ -278,10 +282,14 @@ mod tests {
     fn membership_entries_and_unknown_key_actions_are_not_audit_events() {
         let approve = EntryBody::MembershipApproved { proposal_id: "a".repeat(32), approver: "hospital-a".into() };
         assert!(to_audit_event(&entry("hospital-a", approve)).is_none());
-        let key = |action: &str| EntryBody::KeyEvent { action: action.into(), key_role: "kek".into(), key_version: 2, key_id: "0a".into(), officer: "o".into() };
+        let key = |action: &str| EntryBody::KeyEvent { action: action.into(), key_role: "kek".into(), key_version: 2, key_id: "0a".into(), officer: "o".into(), request: None };
         assert!(to_audit_event(&entry("hospital-a", key("export"))).is_none());
         let ok = to_audit_event(&entry("hospital-a", key("rotate"))).map(|a| a.detail);
         assert!(matches!(ok, Some(EventDetail::KeyEvent { action: KeyAction::Rotate, .. })), "{ok:?}");
+        for (action, parsed) in [("change-pin", KeyAction::ChangePin), ("backup-init", KeyAction::BackupInit), ("backup", KeyAction::Backup), ("restore", KeyAction::Restore)] {
+            let got = to_audit_event(&entry("hospital-a", key(action))).map(|a| a.detail);
+            assert!(matches!(got, Some(EventDetail::KeyEvent { action: a, .. }) if a == parsed && a.as_str() == action), "{action}: {got:?}");
+        }
     }
 
     #[test]

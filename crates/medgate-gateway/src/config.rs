@@ -61,6 +61,10 @@ pub struct Gateway {
     pub hospital_id: String,
     /// Vault, ledger and outbox live here (systemd StateDirectory).
     pub state_directory: PathBuf,
+    /// The account `medgate serve` becomes when started as root (default: the service account,
+    /// the owner of `state_directory`, as `medgate config check` finds it).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,7 +198,7 @@ enum Kind {
 const HSM_KEYS: &[(&str, Kind, bool)] =
     &[("module", Kind::Str, true), ("token_label", Kind::Str, true), ("pin_file", Kind::Str, false), ("pool_size", Kind::Int, false)];
 const SCHEMA: &[(&str, Kind, bool)] = &[
-    ("gateway", Kind::Table(&[("hospital_id", Kind::Str, true), ("state_directory", Kind::Str, true)]), true),
+    ("gateway", Kind::Table(&[("hospital_id", Kind::Str, true), ("state_directory", Kind::Str, true), ("user", Kind::Str, false)]), true),
     ("hsm", Kind::Table(HSM_KEYS), true),
     (
         "his",
@@ -457,6 +461,8 @@ impl Config {
 pub struct HsmOnly {
     pub hsm: Hsm,
     pub state_directory: Option<PathBuf>,
+    /// `[gateway] hospital_id`, which officers' approvals are bound to.
+    pub hospital_id: Option<String>,
 }
 
 impl HsmOnly {
@@ -489,7 +495,8 @@ impl HsmOnly {
             .and_then(|g| g.get("state_directory"))
             .and_then(|s| s.as_str())
             .map(PathBuf::from);
-        Ok(HsmOnly { hsm, state_directory })
+        let hospital_id = table.get("gateway").and_then(|g| g.get("hospital_id")).and_then(|s| s.as_str()).map(str::to_owned);
+        Ok(HsmOnly { hsm, state_directory, hospital_id })
     }
 
     pub fn hsm_config(&self) -> medgate_hsm::HsmConfig {
@@ -545,9 +552,12 @@ mod tests {
             listen = "127.0.0.1:0"
             certificate = "/nonexistent/cert.pem"
             client_ca = "/nonexistent/ca.pem"
+            [admin]
+            listen = "0.0.0.0:9090"
             "#,
         );
         let find = |k: &str| p.iter().find(|x| x.key == k).map(|x| x.reason.clone()).unwrap_or_default();
+        assert!(find("admin.listen").contains("not a loopback address"), "{p:?}");
         assert!(find("hsm.module").contains("/nonexistent/module.so"), "{p:?}");
         assert!(find("hsm.pin_file").contains("/nonexistent/pin"), "{p:?}");
         assert!(find("his.listen").contains("port 0"), "{p:?}");

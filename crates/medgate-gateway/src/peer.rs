@@ -89,6 +89,56 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// Largest peer request body read.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest peer answer read.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// A peer's request as the listener decodes it from the path and the body: the only parsing
+/// of what another gateway sends to this one.
+#[derive(Debug, Clone)]
+pub enum PeerRequest {
+    /// `POST /peer/v1/read`.
+    Read(ReadRequest),
+    /// `POST /peer/v1/checkpoint`.
+    Checkpoint(Checkpoint),
+    /// `POST /peer/v1/blocks`.
+    Blocks(BlocksRequest),
+}
+
+impl PeerRequest {
+    /// The paths a peer may post to.
+    pub const PATHS: [&'static str; 3] = ["/peer/v1/read", "/peer/v1/checkpoint", "/peer/v1/blocks"];
+
+    /// Decodes the body of a `POST` to `path`: an unknown path is `NotFound`, a body that is not
+    /// the path's message is `BadRequest` (reason codes only; nothing of the body is echoed).
+    pub fn decode(path: &str, body: &[u8]) -> Result<PeerRequest, GatewayError> {
+        fn bad<E>(_: E) -> GatewayError {
+            GatewayError::BadRequest("bad-request".into())
+        }
+        match path {
+            "/peer/v1/read" => serde_json::from_slice(body).map(PeerRequest::Read).map_err(bad),
+            "/peer/v1/checkpoint" => Checkpoint::from_bytes(body).map(PeerRequest::Checkpoint).map_err(bad),
+            "/peer/v1/blocks" => serde_json::from_slice(body).map(PeerRequest::Blocks).map_err(bad),
+            _ => Err(GatewayError::NotFound("no-such-endpoint".into())),
+        }
+    }
+}
+
+/// Decodes a custodian's answer to a granted read (the requester's side).
+pub fn decode_grant(custodian: &str, bytes: &[u8]) -> Result<ReadGrant, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("{custodian} sent an unreadable grant: {e}"))
+}
+
+/// Decodes a peer's answer to a block request: a JSON array of blocks, each decoded with
+/// [`Block::from_bytes`] (size and shape limits). The caller verifies them against its chain.
+pub fn decode_blocks(peer: &str, bytes: &[u8]) -> Result<Vec<Block>, String> {
+    let raw: Vec<serde_json::Value> = serde_json::from_slice(bytes).map_err(|e| format!("{peer} sent unreadable blocks: {e}"))?;
+    raw.iter()
+        .map(|v| Block::from_bytes(v.to_string().as_bytes()).map_err(|e| format!("{peer} sent a malformed block: {e}")))
+        .collect()
+}
+
 /// The one place a [`GatewayError`] becomes a peer's answer: its status and a reason code.
 /// Internal details stay in this gateway's log.
 pub fn refusal(e: &GatewayError) -> (u16, Refusal) {
@@ -205,7 +255,7 @@ impl Sharing {
     pub async fn read(&self, custodian: &str, req: &ReadRequest) -> Result<Result<ReadGrant, (u16, Refusal)>, String> {
         let (status, bytes) = self.post(custodian, "/peer/v1/read", &serde_json::to_vec(req).map_err(|e| e.to_string())?).await?;
         if status == 200 {
-            Ok(Ok(serde_json::from_slice(&bytes).map_err(|e| format!("{custodian} sent an unreadable grant: {e}"))?))
+            Ok(Ok(decode_grant(custodian, &bytes)?))
         } else {
             let refusal = serde_json::from_slice(&bytes).unwrap_or(Refusal { reason: format!("status-{status}") });
             Ok(Err((status, refusal)))
@@ -225,10 +275,7 @@ impl Sharing {
         if status != 200 {
             return Err(format!("{peer} answered {status} to a block request"));
         }
-        let raw: Vec<serde_json::Value> = serde_json::from_slice(&bytes).map_err(|e| format!("{peer} sent unreadable blocks: {e}"))?;
-        raw.iter()
-            .map(|v| Block::from_bytes(v.to_string().as_bytes()).map_err(|e| format!("{peer} sent a malformed block: {e}")))
-            .collect()
+        decode_blocks(peer, &bytes)
     }
 
     /// One request to a peer over mutual TLS, on the open connection to it when there is one.
@@ -248,7 +295,7 @@ impl Sharing {
         };
         let resp = tokio::time::timeout(Duration::from_secs(20), sent).await.map_err(|_| format!("{peer} did not answer within 20 s"))??;
         let status = resp.status().as_u16();
-        let bytes = Limited::new(resp.into_body(), 64 << 20).collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let bytes = Limited::new(resp.into_body(), MAX_ANSWER_BYTES).collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok((status, bytes))
     }
 
@@ -338,7 +385,7 @@ impl rustls::server::ResolvesServerCert for Fixed {
 }
 
 /// The organisation (O) of a certificate: the consortium hospital id.
-fn organisation(der: &[u8]) -> Option<String> {
+pub fn organisation(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let o = cert.subject().iter_organization().next()?.as_str().ok()?.to_owned();
     Some(o)
@@ -397,15 +444,15 @@ async fn answer(service: &dyn PeerService, requester: &str, req: Request<hyper::
         return refused(GatewayError::Forbidden("not-a-member".into()));
     }
     let path = req.uri().path().to_owned();
-    if req.method() != hyper::Method::POST || !["/peer/v1/read", "/peer/v1/checkpoint", "/peer/v1/blocks"].contains(&path.as_str()) {
+    if req.method() != hyper::Method::POST || !PeerRequest::PATHS.contains(&path.as_str()) {
         return refused(GatewayError::NotFound("no-such-endpoint".into()));
     }
-    let Ok(body) = Limited::new(req.into_body(), 64 * 1024).collect().await.map(|b| b.to_bytes()) else {
+    let Ok(body) = Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect().await.map(|b| b.to_bytes()) else {
         return refused(GatewayError::BadRequest("bad-request".into()));
     };
-    let bad = || GatewayError::BadRequest("bad-request".into());
-    match path.as_str() {
-        "/peer/v1/blocks" => match serde_json::from_slice::<BlocksRequest>(&body).map_err(|_| bad()).and_then(|r| service.blocks(requester, r.from)) {
+    match PeerRequest::decode(&path, &body) {
+        Err(e) => refused(e),
+        Ok(PeerRequest::Blocks(r)) => match service.blocks(requester, r.from) {
             Ok(blocks) => {
                 let mut r = Response::new(Full::new(Bytes::from(blocks)));
                 r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
@@ -413,19 +460,13 @@ async fn answer(service: &dyn PeerService, requester: &str, req: Request<hyper::
             }
             Err(e) => refused(e),
         },
-        "/peer/v1/checkpoint" => {
-            let Ok(cp) = Checkpoint::from_bytes(&body) else { return refused(bad()) };
-            match service.checkpoint(requester, cp).await {
-                Ok(verdict) => json(200, &Refusal { reason: verdict }),
-                Err(e) => refused(e),
-            }
-        }
-        _ => {
-            let Ok(read) = serde_json::from_slice::<ReadRequest>(&body) else { return refused(bad()) };
-            match service.read(requester, read).await {
-                Ok(grant) => json(200, &grant),
-                Err(e) => refused(e),
-            }
-        }
+        Ok(PeerRequest::Checkpoint(cp)) => match service.checkpoint(requester, cp).await {
+            Ok(verdict) => json(200, &Refusal { reason: verdict }),
+            Err(e) => refused(e),
+        },
+        Ok(PeerRequest::Read(read)) => match service.read(requester, read).await {
+            Ok(grant) => json(200, &grant),
+            Err(e) => refused(e),
+        },
     }
 }

@@ -47,7 +47,7 @@ pub trait ShredHost: Send + Sync + 'static {
 }
 
 /// The officer named in the key events a shred pass journals.
-pub const OFFICER: &str = "medgate-shred-pass";
+pub const OFFICER: &str = medgate_ledger::officers::SHRED_PASS;
 
 /// First wait before a failed or incomplete pass is tried again; doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_secs(5);

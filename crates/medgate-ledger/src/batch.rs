@@ -306,7 +306,7 @@ mod tests {
         let key = TestKey::new();
         let b = signed(&key);
         assert_eq!(b.verify(&keys(&key)), Ok(()));
-        assert_eq!(b.entries.len(), 14, "one entry of each of the eleven kinds, plus three anchored");
+        assert_eq!(b.entries.len(), 17, "one entry of each of the thirteen kinds, a key event under an approved request, plus three anchored");
         assert_eq!(b.root, hex::encode(merkle::root(&b.leaf_hashes())));
     }
 

@@ -177,7 +177,7 @@ pub enum EntryBody {
     },
     /// An HSM key lifecycle event.
     KeyEvent {
-        /// One of `generate`, `rotate`, `retire`, `destroy`, `import-cert`.
+        /// One of [`KEY_ACTIONS`].
         action: String,
         /// Which key (ledger signing, TLS, KEK, ...).
         key_role: String,
@@ -185,8 +185,61 @@ pub enum EntryBody {
         key_version: u32,
         /// HSM key id (CKA_ID), hex or code.
         key_id: String,
-        /// Security officer id.
+        /// Security officer id: the enrolled officer's name from their credential, the names
+        /// of the approving officers joined by `+`, or what in the gateway did it.
         officer: String,
+        /// The id of the officers' approved request ([`crate::officers::Request::id`]) the
+        /// operation ran under, when it needed one; its [`EntryBody::KeyApproval`] entries come
+        /// before it. Absent from older entries (and then left out of the canonical bytes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
+    },
+    /// One officer's signed approval of a request ([`crate::officers::Request`]), with every
+    /// field of the request so that anyone can verify the signature from the ledger alone.
+    KeyApproval {
+        /// The request id: hex SHA-256 of the signed message.
+        request: String,
+        /// The operation approved (one of [`crate::officers::OPERATIONS`]).
+        operation: String,
+        /// The hospital the request names.
+        hospital: String,
+        /// The HSM token label the request names.
+        token: String,
+        /// The key role, if the request names one.
+        key_role: Option<String>,
+        /// The key version, if the request names one.
+        key_version: Option<u32>,
+        /// The operation-specific detail (a digest, a key id, a number or a code).
+        detail: Option<String>,
+        /// The request's nonce (32 lowercase hex).
+        nonce: String,
+        /// Start of the request's window.
+        issued: String,
+        /// End of the request's window.
+        expires: String,
+        /// The approving officer's enrolled name.
+        officer: String,
+        /// Their key id (64 lowercase hex).
+        officer_key: String,
+        /// Their ECDSA P-256 signature, raw `r || s` in low-S form (128 lowercase hex).
+        signature: String,
+    },
+    /// A change of the hospital's security officers: an officer enrolled (`enrol`, with their
+    /// public key) or removed (`remove`), or the quorum changed (`quorum`). `quorum` is M after
+    /// the change. Carries names and public keys, nothing about patients.
+    OfficerChanged {
+        /// `enrol`, `remove` or `quorum`.
+        action: String,
+        /// The officer concerned (`enrol`, `remove`).
+        officer: Option<String>,
+        /// Their key id (64 lowercase hex).
+        officer_key: Option<String>,
+        /// Base64 DER SubjectPublicKeyInfo of their P-256 key (`enrol`).
+        public_key: Option<String>,
+        /// The quorum M after the change.
+        quorum: u32,
+        /// The approved request the change ran under.
+        request: String,
     },
     /// A change of consortium membership proposed by a member: admit a hospital (`add`), drop
     /// one (`remove`), or replace a member's keys or peer address (`update`). It takes effect in
@@ -232,7 +285,9 @@ pub const RECORD_STATUSES: [&str; 2] = ["superseded", "entered-in-error"];
 const MAX_LIST_RECORDS: usize = 1024;
 
 /// The key event actions an entry may record.
-const KEY_ACTIONS: [&str; 5] = ["generate", "rotate", "retire", "destroy", "import-cert"];
+pub const KEY_ACTIONS: [&str; 9] = ["generate", "rotate", "retire", "destroy", "import-cert", "change-pin", "backup-init", "backup", "restore"];
+/// The officer change actions an entry may record.
+pub const OFFICER_ACTIONS: [&str; 3] = ["enrol", "remove", "quorum"];
 
 /// A ledger entry.
 ///
@@ -444,16 +499,59 @@ impl Entry {
                 key_version: _,
                 key_id,
                 officer,
+                request,
             } => {
                 if !KEY_ACTIONS.contains(&action.as_str()) {
                     return Err(bad(
                         "action",
-                        "not one of generate, rotate, retire, destroy, import-cert",
+                        "not one of generate, rotate, retire, destroy, import-cert, change-pin, backup-init, backup, restore",
                     ));
                 }
                 code("key_role", key_role)?;
                 code("key_id", key_id)?;
                 code("officer", officer)?;
+                if request.as_deref().is_some_and(|r| !canon::is_hex(r, 64)) {
+                    return Err(bad("request", "not 64 lowercase hex characters"));
+                }
+            }
+            EntryBody::KeyApproval { request, officer_key, signature, officer, .. } => {
+                if !canon::is_hex(request, 64) || !canon::is_hex(officer_key, 64) {
+                    return Err(bad("request", "request and officer_key must be 64 lowercase hex characters"));
+                }
+                if !canon::is_hex(signature, 128) {
+                    return Err(bad("signature", "not 128 lowercase hex characters"));
+                }
+                crate::officers::check_name(officer).map_err(|_| bad("officer", "not an officer name"))?;
+                let (req, _, _) = crate::officers::approval_parts(&self.body).ok_or(bad("request", "not an approval"))?;
+                req.validate().map_err(|_| bad("request", "the approved request is malformed"))?;
+                if req.id() != *request {
+                    return Err(bad("request", "is not the id of the approved request"));
+                }
+            }
+            EntryBody::OfficerChanged { action, officer, officer_key, public_key, quorum: _, request } => {
+                if !OFFICER_ACTIONS.contains(&action.as_str()) {
+                    return Err(bad("action", "not one of enrol, remove, quorum"));
+                }
+                if !canon::is_hex(request, 64) {
+                    return Err(bad("request", "not 64 lowercase hex characters"));
+                }
+                if let Some(o) = officer {
+                    crate::officers::check_name(o).map_err(|_| bad("officer", "not an officer name"))?;
+                }
+                if officer_key.as_deref().is_some_and(|k| !canon::is_hex(k, 64)) {
+                    return Err(bad("officer_key", "not 64 lowercase hex characters"));
+                }
+                if let Some(k) = public_key {
+                    public_key_b64("public_key", k)?;
+                }
+                let complete = match action.as_str() {
+                    "enrol" => officer.is_some() && officer_key.is_some() && public_key.is_some(),
+                    "remove" => officer.is_some() && officer_key.is_some() && public_key.is_none(),
+                    _ => officer.is_none() && officer_key.is_none() && public_key.is_none(),
+                };
+                if !complete {
+                    return Err(bad("action", "enrol names an officer with their key, remove an officer, quorum nobody"));
+                }
             }
             EntryBody::MembershipProposed {
                 proposal_id,
@@ -516,7 +614,11 @@ impl Entry {
             | EntryBody::RecordErased { patient, .. }
             | EntryBody::ListAnchored { patient, .. }
             | EntryBody::RecordStatusChanged { patient, .. } => Some(patient),
-            EntryBody::KeyEvent { .. } | EntryBody::MembershipProposed { .. } | EntryBody::MembershipApproved { .. } => None,
+            EntryBody::KeyEvent { .. }
+            | EntryBody::KeyApproval { .. }
+            | EntryBody::OfficerChanged { .. }
+            | EntryBody::MembershipProposed { .. }
+            | EntryBody::MembershipApproved { .. } => None,
         }
     }
 
@@ -530,6 +632,8 @@ impl Entry {
             EntryBody::PatientSearched { .. }
             | EntryBody::ListAnchored { .. }
             | EntryBody::KeyEvent { .. }
+            | EntryBody::KeyApproval { .. }
+            | EntryBody::OfficerChanged { .. }
             | EntryBody::MembershipProposed { .. }
             | EntryBody::MembershipApproved { .. }
             | EntryBody::ConsentRecorded { .. }
@@ -671,13 +775,57 @@ impl EntryBody {
                 key_version,
                 key_id,
                 officer,
+                request,
+            } => {
+                o.str("kind", "key_event")
+                    .str("action", action)
+                    .str("key_role", key_role)
+                    .u64("key_version", u64::from(*key_version))
+                    .str("key_id", key_id)
+                    .str("officer", officer);
+                // Left out when absent, as serde leaves it out: older entries keep their ids.
+                if let Some(r) = request {
+                    o.str("request", r);
+                }
+                &mut o
+            }
+            EntryBody::KeyApproval {
+                request,
+                operation,
+                hospital,
+                token,
+                key_role,
+                key_version,
+                detail,
+                nonce,
+                issued,
+                expires,
+                officer,
+                officer_key,
+                signature,
             } => o
-                .str("kind", "key_event")
+                .str("kind", "key_approval")
+                .str("request", request)
+                .str("operation", operation)
+                .str("hospital", hospital)
+                .str("token", token)
+                .opt_str("key_role", key_role.as_deref())
+                .opt_u64("key_version", key_version.map(u64::from))
+                .opt_str("detail", detail.as_deref())
+                .str("nonce", nonce)
+                .str("issued", issued)
+                .str("expires", expires)
+                .str("officer", officer)
+                .str("officer_key", officer_key)
+                .str("signature", signature),
+            EntryBody::OfficerChanged { action, officer, officer_key, public_key, quorum, request } => o
+                .str("kind", "officer_changed")
                 .str("action", action)
-                .str("key_role", key_role)
-                .u64("key_version", u64::from(*key_version))
-                .str("key_id", key_id)
-                .str("officer", officer),
+                .opt_str("officer", officer.as_deref())
+                .opt_str("officer_key", officer_key.as_deref())
+                .opt_str("public_key", public_key.as_deref())
+                .u64("quorum", u64::from(*quorum))
+                .str("request", request),
             EntryBody::MembershipProposed {
                 proposal_id,
                 action,
@@ -959,6 +1107,7 @@ mod tests {
                 key_version: 1,
                 key_id: "01".into(),
                 officer: "so-1".into(),
+                request: None,
             },
         );
         assert_eq!(
@@ -1129,6 +1278,7 @@ mod tests {
                     key_version: 1,
                     key_id: "01".into(),
                     officer: "so".into(),
+                    request: None,
                 },
             )
         };

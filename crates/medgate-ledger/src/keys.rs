@@ -108,8 +108,8 @@ pub fn rsa_public_key(spki: &[u8]) -> Result<RsaPublicKey, KeyError> {
     Ok(RsaPublicKey { modulus, exponent })
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
 

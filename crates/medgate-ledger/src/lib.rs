@@ -31,6 +31,7 @@ pub mod hospital;
 pub mod keys;
 pub mod membership;
 pub mod merkle;
+pub mod officers;
 mod p256;
 mod receipt;
 #[cfg(test)]

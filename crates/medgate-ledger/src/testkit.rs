@@ -125,6 +125,7 @@ pub(super) fn one_of_each(gateway: &str) -> Vec<Entry> {
                 key_version: 2,
                 key_id: "0a1b2c".to_owned(),
                 officer: "so-1".to_owned(),
+                request: None,
             },
         ),
         Entry::new(
@@ -188,6 +189,33 @@ pub(super) fn one_of_each(gateway: &str) -> Vec<Entry> {
             gateway,
             t,
             nonce(9),
+            EntryBody::OfficerChanged {
+                action: "enrol".to_owned(),
+                officer: Some("alice".to_owned()),
+                officer_key: Some("ab".repeat(32)),
+                public_key: Some(P256_SPKI_B64.to_owned()),
+                quorum: 2,
+                request: "cd".repeat(32),
+            },
+        ),
+        approval_entry(gateway, &TestKey::new(), &request(gateway, "destroy"), "alice", 10),
+        Entry::new(
+            gateway,
+            t,
+            nonce(11),
+            EntryBody::KeyEvent {
+                action: "destroy".to_owned(),
+                key_role: "kek".to_owned(),
+                key_version: 1,
+                key_id: "0a1b2c".to_owned(),
+                officer: "alice+bob".to_owned(),
+                request: Some(request(gateway, "destroy").id()),
+            },
+        ),
+        Entry::new(
+            gateway,
+            t,
+            nonce(12),
             EntryBody::ListAnchored {
                 list_id: "list-1".to_owned(),
                 patient: pseudonym("patient 1"),
@@ -203,7 +231,7 @@ pub(super) fn one_of_each(gateway: &str) -> Vec<Entry> {
         Entry::new(
             gateway,
             t,
-            nonce(10),
+            nonce(13),
             EntryBody::RecordStatusChanged {
                 record_id: "rec-1".to_owned(),
                 patient: pseudonym("patient 1"),
@@ -215,4 +243,59 @@ pub(super) fn one_of_each(gateway: &str) -> Vec<Entry> {
             },
         ),
     ]
+}
+
+/// A request of `operation` on kek version 1, valid for an hour from 2025-01-02T03:00:00Z.
+pub(super) fn request(hospital: &str, operation: &str) -> crate::officers::Request {
+    crate::officers::Request {
+        operation: operation.to_owned(),
+        hospital: hospital.to_owned(),
+        token: "medgate".to_owned(),
+        role: Some("kek".to_owned()),
+        version: Some(1),
+        detail: None,
+        nonce: "11".repeat(16),
+        issued: "2025-01-02T03:00:00Z".to_owned(),
+        expires: "2025-01-02T04:00:00Z".to_owned(),
+    }
+}
+
+impl TestKey {
+    /// This key as an enrolled officer named `name`.
+    pub(super) fn officer(&self, name: &str) -> crate::officers::Officer {
+        crate::officers::Officer { name: name.to_owned(), public_key: crate::keys::b64_encode(&self.spki()) }
+    }
+
+    /// Its approval of `request`.
+    pub(super) fn approve(&self, request: &crate::officers::Request) -> crate::officers::Approval {
+        crate::officers::Approval {
+            officer_key: crate::officers::key_id(&self.spki()),
+            signature: hex::encode(super::normalize_low_s(&self.sign(&request.message()))),
+        }
+    }
+}
+
+/// The ledger entry of `key`'s approval of `request` as officer `name`.
+pub(super) fn approval_entry(gateway: &str, key: &TestKey, request: &crate::officers::Request, name: &str, n: u64) -> Entry {
+    let a = key.approve(request);
+    Entry::new(
+        gateway,
+        "2025-01-02T03:04:05Z",
+        nonce(n),
+        EntryBody::KeyApproval {
+            request: request.id(),
+            operation: request.operation.clone(),
+            hospital: request.hospital.clone(),
+            token: request.token.clone(),
+            key_role: request.role.clone(),
+            key_version: request.version,
+            detail: request.detail.clone(),
+            nonce: request.nonce.clone(),
+            issued: request.issued.clone(),
+            expires: request.expires.clone(),
+            officer: name.to_owned(),
+            officer_key: a.officer_key,
+            signature: a.signature,
+        },
+    )
 }

@@ -307,6 +307,13 @@ pub fn open_shared_document(id: &str, content_type: &str, content_hash: &str, dk
     Ok(d)
 }
 
+/// A record whose wrapped key the HSM would not unwrap as intact ([`HsmError::is_integrity`]:
+/// a failed check, or a module answer that may mean one); the module's own words go to the log.
+fn integrity(record: &str, e: &HsmError) -> VaultError {
+    tracing::error!(record, error = %e, "the HSM refused the record's wrapped key");
+    VaultError::Integrity(record.to_owned())
+}
+
 /// Unwraps the data key in the HSM and decrypts. `with_document: false` decrypts only the
 /// metadata (search results), which saves the document's decryption but not the unwrap.
 pub fn open_record(hsm: &Hsm, rec: &StoredRecord, with_document: bool) -> Result<OpenRecord, VaultError> {
@@ -316,7 +323,7 @@ pub fn open_record(hsm: &Hsm, rec: &StoredRecord, with_document: bool) -> Result
     };
     let dk = match hsm.unwrap_data_key(&wrapped) {
         Ok(k) => k,
-        Err(HsmError::Integrity) => return Err(VaultError::Integrity(rec.id.clone())),
+        Err(e) if e.is_integrity() => return Err(integrity(&rec.id, &e)),
         Err(e) => return Err(e.into()),
     };
     let meta_plain = open(&rec.id, &dk, &meta_aad(&rec.id, &rec.patient_pseudonym), &rec.meta_nonce, &rec.meta_ct)?;
@@ -633,11 +640,14 @@ impl Vault {
             // as stored, whatever the item (record or list).
             let mut item: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_slice(&current).map_err(|e| StoreError::corrupt(format!("record {id}"), e))?;
-            let integrity = || VaultError::Integrity(id.to_owned());
-            let bytes = item.get("wrapped_key").and_then(serde_json::Value::as_str).and_then(|w| B64.decode(w).ok()).ok_or_else(integrity)?;
+            let bytes = item
+                .get("wrapped_key")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|w| B64.decode(w).ok())
+                .ok_or_else(|| VaultError::Integrity(id.to_owned()))?;
             let new = match hsm.rewrap_data_key(&WrappedKey { kek_version: key.kek_version, bytes }) {
                 Ok(k) => k,
-                Err(HsmError::Integrity) => return Err(integrity()),
+                Err(e) if e.is_integrity() => return Err(integrity(id, &e)),
                 Err(e) => return Err(e.into()),
             };
             item.insert("kek_version".into(), new.kek_version.into());

@@ -52,8 +52,10 @@ impl Api {
                 r
             }
             (Some(doc), BinaryForm::Raw) => {
-                let mut r = Response::new(Full::new(Bytes::copy_from_slice(&doc.bytes)));
-                if let Ok(v) = HeaderValue::from_str(&doc.content_type) {
+                let content_type = HeaderValue::from_str(&doc.content_type);
+                // The body owns the zeroizing plaintext: no copy, wiped once hyper has sent it.
+                let mut r = Response::new(Full::new(Bytes::from_owner(doc.bytes)));
+                if let Ok(v) = content_type {
                     r.headers_mut().insert(CONTENT_TYPE, v);
                 }
                 r.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));

@@ -4,31 +4,20 @@
 use medgate_fhir::{AuditAction, AuditRecord};
 use medgate_ledger::{Entry, EntryBody};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use super::Gateway;
 use crate::GatewayError;
 
 impl Gateway {
-    /// Puts the security officer's key events (journalled by `medgate keys` in the state
-    /// directory) on the ledger. Each event's entry is derived from its journal line, so an
-    /// event already on the chain is recognised and not appended twice.
+    /// Puts the key-event journal (the security officer's key events, approvals and officer
+    /// changes, journalled by `medgate keys` in the state directory, and the shred pass's key
+    /// events) on the ledger, in journal order. Each line's entry is derived from the line, so
+    /// a line already on the chain is recognised and not appended twice.
     pub async fn anchor_key_events(&self, state_dir: &std::path::Path) -> Result<usize, GatewayError> {
-        let events = crate::journal::read_events(state_dir).map_err(GatewayError::internal)?;
+        let lines = crate::journal::read_lines(state_dir).map_err(GatewayError::internal)?;
         let mut todo = Vec::new();
-        for ev in events {
-            let line = serde_json::to_vec(&ev).map_err(GatewayError::internal)?;
-            let digest = Sha256::digest(&line);
-            let mut nonce = [0u8; 16];
-            nonce.copy_from_slice(&digest[..16]);
-            let officer: String = ev.officer.chars().map(|c| if c.is_ascii_alphanumeric() || "-._@".contains(c) { c } else { '_' }).take(128).collect();
-            let time = if ev.time.ends_with('Z') { ev.time.clone() } else { crate::clock::now_rfc3339() };
-            let entry = Entry::new(
-                &self.hospital,
-                &time,
-                nonce,
-                EntryBody::KeyEvent { action: ev.action, key_role: ev.role, key_version: ev.version, key_id: ev.key_id, officer },
-            );
+        for line in &lines {
+            let entry = crate::journal::entry_for(line, &self.hospital).map_err(GatewayError::internal)?;
             if entry.validate().is_err() {
                 tracing::warn!(entry = %entry.id, "key event journal line does not make a valid ledger entry; skipped");
                 continue;
@@ -122,6 +111,10 @@ pub(super) fn audit_record(e: &Entry, height: u64) -> Option<AuditRecord<'_>> {
             reason: Some(status),
             ..base(AuditAction::StatusChange, true, None)
         }),
-        EntryBody::KeyEvent { .. } | EntryBody::MembershipProposed { .. } | EntryBody::MembershipApproved { .. } => None,
+        EntryBody::KeyEvent { .. }
+        | EntryBody::KeyApproval { .. }
+        | EntryBody::OfficerChanged { .. }
+        | EntryBody::MembershipProposed { .. }
+        | EntryBody::MembershipApproved { .. } => None,
     }
 }

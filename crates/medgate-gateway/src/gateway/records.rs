@@ -98,8 +98,8 @@ impl Gateway {
     /// What the request still holds in plaintext, for its first answer.
     fn known(sub: Submission, write: Write, extras: super::provide::Extras, receipts: Option<Vec<Receipt>>) -> Known {
         let mut known = Known::default();
-        for (d, r) in sub.documents.into_iter().zip(write.records) {
-            known.references.insert(r.id.clone(), d.document_reference);
+        for (mut d, r) in sub.documents.into_iter().zip(write.records) {
+            known.references.insert(r.id.clone(), std::mem::take(&mut d.document_reference));
             known.records.insert(r.id.clone(), r);
         }
         if let Some((l, sealed)) = extras.list {

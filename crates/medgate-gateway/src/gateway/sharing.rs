@@ -1,7 +1,6 @@
 //! Sharing between hospitals: reading a record another member holds (as the requester), and
 //! answering another member's read under consent or break-glass (as the custodian).
 
-use medgate_hsm::HsmError;
 use medgate_ledger::{Entry, EntryBody};
 use medgate_store::vault;
 
@@ -47,7 +46,10 @@ impl Gateway {
         let blob = medgate_ledger::keys::b64_decode(&grant.shared_key).map_err(|_| GatewayError::Integrity(record_id.clone()))?;
         let hsm = self.hsm.clone();
         let dk = tokio::task::spawn_blocking(move || hsm.unwrap_shared(&blob)).await.map_err(GatewayError::internal)?.map_err(|e| match e {
-            HsmError::Integrity => GatewayError::Integrity(record_id.clone()),
+            e if e.is_integrity() => {
+                tracing::error!(record = %record_id, error = %e, "the HSM refused the shared key");
+                GatewayError::Integrity(record_id.clone())
+            }
             other => GatewayError::from(other),
         })?;
         let bytes = vault::open_shared_document(&record_id, &content_type, &content_hash, &dk, &grant.doc_nonce, &grant.doc_ct).map_err(GatewayError::from)?;
@@ -140,6 +142,10 @@ impl Gateway {
         let hsm = self.hsm.clone();
         match tokio::task::spawn_blocking(move || hsm.rewrap_for_peer(&wrapped, &modulus, &exponent)).await? {
             Ok(s) => Ok(s),
+            Err(e) if e.is_integrity() => {
+                tracing::error!(record = %rec.id, error = %e, "the HSM refused the record's wrapped key");
+                Err(GatewayError::Integrity(rec.id.clone()))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "re-wrapping for a peer failed");
                 Err(GatewayError::Unavailable("hsm-unavailable".into()))
