@@ -39,10 +39,7 @@ fn site_with_repository(name: &str) -> (Gw, Rsyslog, tempfile::TempDir) {
         arr.address(),
         site.dir.join("tls/hospital-ca.pem").display()
     );
-    // The outage test sends 1000 searches from one certificate as fast as the gateway answers
-    // them: the export is under test here, not the per-client rate (tests/limits.rs has that).
-    let limits = "\n[limits]\nrequests_per_second_per_client = 100000\nburst_per_client = 100000\n";
-    std::fs::write(&site.config, text + &atna + limits).unwrap();
+    std::fs::write(&site.config, text + &atna).unwrap();
     let mut gw = Gw::prepared(site, dir);
     gw.start();
     (gw, arr, arr_dir)
