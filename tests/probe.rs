@@ -26,7 +26,8 @@ fn the_probe_of_softhsm_reports_every_role_ready() {
     for role in ["ledger", "tls", "kek", "sharing", "pseudonym"] {
         assert!(out.lines().any(|l| l.trim_start().starts_with(role) && l.contains(" yes ") && l.contains("v1 ready")), "{role}: {out}");
     }
-    assert!(out.contains("v1 ready (CKM_AES_KEY_WRAP_PAD (0x210a))"), "{out}");
+    // SoftHSM offers CKM_AES_GCM: a new KEK wraps data keys with C_Encrypt (two calls per key).
+    assert!(out.contains("v1 ready (CKM_AES_GCM (0x1087))"), "{out}");
     let (code, json, err) = run_medgate(&["keys", "--config", cfg, "probe", "--json"], &site.softhsm_conf);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
