@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 # Every target compiles, benches included (the tests do not run them).
 cargo build --workspace --all-targets --locked
-# Smoke-run the load generator: a short run in which every request must be answered 201.
+# Smoke-run the load generator: a short run in which every request must succeed (ITI-65: 200).
 timeout 300 cargo run --quiet --locked --bin medgate -- bench --records 40 --concurrency 1,8 --ceiling-seconds 0.2
 timeout 300 cargo run --quiet --locked --bin medgate -- bench --consortium --records 40 --concurrency 4
 cargo test --workspace --locked
