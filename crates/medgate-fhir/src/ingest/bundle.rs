@@ -239,6 +239,16 @@ fn read_entries(entries: &[Value], kinds: &[Kind]) -> Result<Read, FhirError> {
             _ => {}
         }
     }
+    // A masterIdentifier names one document: two in the same Bundle cannot both be created
+    // (and the second would wait forever on the first one's claim).
+    for (n, (i, _, d)) in documents.iter().enumerate() {
+        if let Some(first) = d.master_identifier.as_ref().and_then(|m| documents[..n].iter().find(|(_, _, e)| e.master_identifier.as_ref() == Some(m))) {
+            return Err(FhirError::invalid(
+                child(&item("Bundle.entry", *i), "resource.masterIdentifier"),
+                format!("is the masterIdentifier of Bundle.entry[{}] too; each document has its own", first.0),
+            ));
+        }
+    }
     if let Some(j) = (0..kinds.len()).find(|&j| kinds[j] == Kind::Binary && referenced_by[j].is_none()) {
         return Err(FhirError::invalid(
             child(&item("Bundle.entry", j), "resource"),
@@ -423,6 +433,25 @@ mod tests {
             "request": {"method": "PATCH", "url": format!("DocumentReference/{old}")}});
         b["entry"].as_array_mut().expect("entries").insert(1, patch);
         b
+    }
+
+    #[test]
+    fn two_documents_with_one_master_identifier_are_refused_naming_the_second() {
+        let mut b = full_bundle();
+        let mut doc = b["entry"][2].clone();
+        let mut bin = b["entry"][3].clone();
+        doc["fullUrl"] = json!("urn:uuid:3fdc72f4-a11d-4a9d-9260-a9f745779e2e");
+        doc["resource"]["content"][0]["attachment"]["url"] = json!("urn:uuid:a6f1c36e-5a0b-4d1c-9a5f-2b0e7c0d8e66");
+        bin["fullUrl"] = json!("urn:uuid:a6f1c36e-5a0b-4d1c-9a5f-2b0e7c0d8e66");
+        push(&mut b["entry"], doc);
+        push(&mut b["entry"], bin);
+        push(&mut b["entry"][0]["resource"]["entry"], json!({"item": {"reference": "urn:uuid:3fdc72f4-a11d-4a9d-9260-a9f745779e2e"}}));
+        let e = parse_transaction(&bytes(&b)).expect_err("refused");
+        assert_eq!(e.status(), 422, "{e}");
+        assert!(e.to_string().contains("Bundle.entry[4].resource.masterIdentifier") && e.to_string().contains("Bundle.entry[2]"), "{e}");
+        // With its own masterIdentifier the second document is accepted.
+        b["entry"][4]["resource"]["masterIdentifier"]["value"] = json!("urn:oid:1.2.3.4.5.8");
+        assert_eq!(parse_transaction(&bytes(&b)).expect("valid").documents.len(), 2);
     }
 
     #[test]
