@@ -180,7 +180,8 @@ impl Raw {
             // module writes at most `len` bytes and sets `len` to the size of the wrapped key.
             let rv = unsafe { f(session, &mut mech, wrapping_key, key, out.as_mut_ptr(), &mut len) };
             if rv == cryptoki_sys::CKR_BUFFER_TOO_SMALL && (len as usize) > out.len() {
-                out.resize(len as usize, 0);
+                let small = std::mem::replace(&mut out, vec![0u8; len as usize]);
+                drop(zeroize::Zeroizing::new(small));
                 continue;
             }
             check(rv, Function::WrapKey)?;
@@ -363,7 +364,9 @@ impl Raw {
         // SAFETY: `mech` is a valid CK_MECHANISM whose parameter (if any) points into buffers the
         // caller keeps alive for the whole call; the module reads them during the Init.
         check(unsafe { init(session, mech, key) }, init_fn)?;
-        let mut input = input.to_vec();
+        // The input may be a data key in the clear (encrypting under the KEK): the copy is wiped
+        // when dropped, and so is a first output buffer that proved too small.
+        let mut input = zeroize::Zeroizing::new(input.to_vec());
         let mut out = vec![0u8; capacity.max(1)];
         for _ in 0..2 {
             let mut len = out.len() as CK_ULONG;
