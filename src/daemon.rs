@@ -55,10 +55,13 @@ pub fn serve(path: &Path) -> Result<(), Failure> {
         .map_err(|e| Failure::runtime(format!("runtime: {e}")))?;
     // Bound before the drop from root: a port may be below 1024, and the admin socket's
     // directory (/run/medgate outside systemd) may be made only by root.
+    // A socket directory made here (outside systemd) goes to the service user with the socket.
+    let made_dir = cfg.admin.socket.parent().filter(|d| !d.exists()).map(Path::to_path_buf);
     let listeners = rt.block_on(listen(&cfg))?;
     harden::lock_memory();
-    let socket = [cfg.admin.socket.as_path()];
-    harden::drop_privileges(path, cfg.gateway.user.as_deref(), &cfg.gateway.state_directory, &socket).map_err(|e| Failure::config(format!("{}: {e}", cfg.source.display())))?;
+    let mut hand_over = vec![cfg.admin.socket.as_path()];
+    hand_over.extend(made_dir.as_deref());
+    harden::drop_privileges(path, cfg.gateway.user.as_deref(), &cfg.gateway.state_directory, &hand_over).map_err(|e| Failure::config(format!("{}: {e}", cfg.source.display())))?;
     notify(&[NotifyState::Status("logging in to the HSM")]);
     let hsm = Arc::new(medgate_hsm::Hsm::open(cfg.hsm_config(), pin).map_err(Failure::hsm)?);
     // The same probe as `medgate keys probe`, over this connection: a token that cannot hold a

@@ -154,6 +154,11 @@ fn started_as_root_it_binds_then_becomes_the_service_user_before_loading_the_hsm
     let text = std::fs::read_to_string(&site.config).unwrap();
     assert!(!text.contains("user ="), "{text}");
     let text = text.replace(&site.his_addr.to_string(), &his.to_string());
+    // The admin socket in a directory that does not exist yet, as /run/medgate outside systemd.
+    let socket_dir = dir.path().join("run");
+    let admin_socket = socket_dir.join("admin.sock");
+    assert!(text.contains(&site.admin_socket.display().to_string()), "{text}");
+    let text = text.replace(&site.admin_socket.display().to_string(), &admin_socket.display().to_string());
     std::fs::write(&site.config, text).unwrap();
     // Everything belongs to nobody but the PIN file, which only root may read (the PIN is read
     // before the drop). No gateway.user: the service account is the state directory's owner,
@@ -185,9 +190,14 @@ fn started_as_root_it_binds_then_becomes_the_service_user_before_loading_the_hsm
     let (dropped, hsm) = (text.find("dropped root privileges"), text.find("HSM logged in"));
     assert!(dropped.is_some() && hsm.is_some() && dropped < hsm, "log order:\n{text}");
     assert!(!read_as_nobody(&format!("/proc/{pid}/mem")).status.success());
-    // The admin socket, made as root before the drop, is handed to the service account.
-    let socket = std::fs::symlink_metadata(&site.admin_socket).unwrap();
+    // The admin socket and its directory, made as root before the drop, are handed to the
+    // service account, which can still reach its own socket.
+    let socket = std::fs::symlink_metadata(&admin_socket).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&socket), NOBODY, "admin socket owner");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&socket_dir).unwrap()), NOBODY, "admin socket directory owner");
+    let sock = admin_socket.to_str().unwrap();
+    let call = as_nobody(&["curl", "-sS", "--fail", "--unix-socket", sock, "http://localhost/audit/break-glass"]).output().unwrap();
+    assert!(call.status.success(), "the service user reaches the admin socket: {}", String::from_utf8_lossy(&call.stderr));
     let status = medgate::demo::stop_child(&mut gateway).unwrap();
     assert_eq!(status.code(), Some(0), "SIGTERM as the service user:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
 }

@@ -30,9 +30,15 @@ const SOCKET_MODE: u32 = 0o660;
 /// and its group the officers' group when that group exists and this process may give it
 /// (systemd's runtime directory, set-group-ID to that group, already does).
 pub fn bind(path: &Path, officers: Option<&str>) -> io::Result<UnixListener> {
-    // Outside systemd (whose tmpfiles.d makes /run/medgate), the directory may not exist yet.
+    // Outside systemd (whose tmpfiles.d makes /run/medgate), the directory may not exist yet:
+    // made here as systemd makes it, set-group-ID to the officers' group so that they can
+    // reach the socket (the daemon gives it to the service user when it drops root).
     if let Some(dir) = path.parent().filter(|d| !d.exists()) {
         std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o750).create(dir)?;
+        if let Some(Ok(Some(g))) = officers.map(Group::from_name) {
+            std::os::unix::fs::chown(dir, None, Some(g.gid.as_raw()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2750))?;
+        }
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
