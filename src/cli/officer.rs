@@ -301,6 +301,9 @@ pub(crate) fn officers(cfg: &HsmOnly, command: OfficersCommand, become_service: 
             if !current.officers.is_empty() {
                 return Err(officers::refused("officers are already enrolled: add or remove them one by one"));
             }
+            // The rules the ledger replays (quorum of at least 2, distinct keys, at most 32
+            // officers): a set they would refuse is never recorded as enrolled.
+            set.check().map_err(|e| Failure::usage(e.to_string()))?;
             let ok = officers::authorize(&site, &asked, &file, Rule::AllOf, Some(&set))?;
             ok.record_lines(&set.officers.iter().map(|o| record("enrol", Some(o.clone()), set.quorum)).collect::<Vec<_>>())?;
             println!("{} officers enrolled; {} of them must approve what could make records unreadable", set.officers.len(), set.quorum);
