@@ -239,7 +239,12 @@ const SCHEMA: &[(&str, Kind, bool)] = &[
 ];
 
 fn check_shape(table: &toml::Table, schema: &[(&str, Kind, bool)], prefix: &str, out: &mut Vec<Problem>) {
-    let key_path = |k: &str| if prefix.is_empty() { k.to_owned() } else { format!("{prefix}.{k}") };
+    let key_path = |k: &str| {
+        // A key that is not bare in TOML (empty, or with a dot or a space) is named quoted, as the
+        // file must write it.
+        let k = if !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') { k.to_owned() } else { format!("{k:?}") };
+        if prefix.is_empty() { k } else { format!("{prefix}.{k}") }
+    };
     for (k, v) in table {
         let Some((_, kind, _)) = schema.iter().find(|(name, _, _)| name == k) else {
             let known: Vec<&str> = schema.iter().map(|(n, _, _)| *n).collect();
@@ -535,6 +540,11 @@ mod tests {
         assert!(keys.contains(&"hsm.module"), "{p:?}");
         assert!(keys.contains(&"extra"), "{p:?}");
         assert_eq!(p.len(), 3, "{p:?}");
+        // Keys that are not bare are named as the file writes them (found by fuzzing: an empty
+        // key was named by an empty string).
+        let p = problems("\"\" = 222\n\"a.b\" = 1\n");
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"\"\"") && keys.contains(&"\"a.b\""), "{p:?}");
     }
 
     #[test]
