@@ -212,6 +212,19 @@ fn fhir() {
     for (i, q) in ["urn:oid:1.2.250.1.213.1.4.8|1234567", "urn%3Aoid%3A1.2%7C12%2C3", r"http://h.example/mrn|a\|b\,c\\d", "sys|v%00"].iter().enumerate() {
         write("fhir_query", &format!("token-{i}"), q.as_bytes());
     }
+    // ITI-67 and ITI-66 as MHD Consumers send them.
+    let searches = [
+        "patient.identifier=urn:oid:1.2.3%7C42&status=current",
+        "patient.identifier=urn:oid:1.2.3%7C42&status=current,superseded&_count=2&_sort=-date",
+        "patient=DocumentReference/abc&creation=ge2024-01-01&creation=lt2025-01-01T10:00:00Z&author.given=ada&author.family=Love",
+        "patient.identifier=urn:oid:1.2.3%7C42&category=http://loinc.org%7C11369-6&type=34133-9&setting=408467006&period=le2024-06&facility=225732001&event=129265001&security-label=N&format=urn:ihe:iti:xds:2017:mimeTypeSufficient&related=urn:oid:1.2&identifier=urn:ietf:rfc:3986%7Curn:oid:1.2.3.4",
+        "patient.identifier=urn:oid:1.2.3%7C42&_summary=true&_elements=type,status&_format=json&_pretty=true&_lastUpdated=gt2020",
+        "patient.identifier=urn:oid:1.2.3%7C42&code=submissionset&designationType=http://loinc.org%7C34133-9&sourceId=urn:oid:1.3.6&source.family=hopper&date=eq2024-03-01",
+        "patient.identifier=urn:oid:1.2.3%7C42&status:not=entered-in-error&_id=ffff&title=x&_count=0",
+    ];
+    for (i, q) in searches.iter().enumerate() {
+        write("fhir_search", &format!("search-{i}"), q.as_bytes());
+    }
 }
 
 fn config() {
