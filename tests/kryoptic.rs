@@ -11,17 +11,9 @@
 
 mod support;
 
-use std::path::PathBuf;
-
 use medgate_fhir::{sample_transaction, PatientId};
 use support::officers::Officers;
-use support::{rt, Gw};
-
-fn kryoptic_module() -> PathBuf {
-    let m = std::env::var_os("MEDGATE_TEST_KRYOPTIC_MODULE").map_or_else(|| PathBuf::from("/usr/local/lib/kryoptic/libkryoptic_pkcs11.so"), PathBuf::from);
-    assert!(m.is_file(), "kryoptic module {} not found: run scripts/install-deps.sh", m.display());
-    m
-}
+use support::{kryoptic_module, rt, Gw};
 
 fn patient(n: u32) -> PatientId {
     PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: format!("KRYOPTIC-{n:06}") }

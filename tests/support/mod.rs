@@ -39,6 +39,84 @@ pub fn site(name: &str) -> (Site, tempfile::TempDir) {
     site_for(name, "hospital-a")
 }
 
+/// The PKCS#11 implementations a scenario can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Module {
+    SoftHsm,
+    Kryoptic,
+}
+
+/// The kryoptic module (built by `scripts/install-deps.sh`); the test fails when it is missing.
+pub fn kryoptic_module() -> PathBuf {
+    let m = std::env::var_os("MEDGATE_TEST_KRYOPTIC_MODULE").map_or_else(|| PathBuf::from("/usr/local/lib/kryoptic/libkryoptic_pkcs11.so"), PathBuf::from);
+    assert!(m.is_file(), "kryoptic module {} not found: run scripts/install-deps.sh", m.display());
+    m
+}
+
+/// kryoptic reads `KRYOPTIC_CONF` from the environment when it initialises, in this process and in
+/// every `medgate` this process starts: a test on a kryoptic site holds this for its whole run,
+/// with the variable naming its site's configuration.
+static KRYOPTIC: Mutex<()> = Mutex::new(());
+
+/// A site's files, and on kryoptic this test's hold on the process's `KRYOPTIC_CONF`.
+pub struct SiteFiles {
+    dir: tempfile::TempDir,
+    _kryoptic: Option<std::sync::MutexGuard<'static, ()>>,
+}
+
+impl SiteFiles {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A site of hospital-a on a token of `module`, no gateway running. On kryoptic the site has its
+/// own kryoptic configuration with two slots: the site's token and an uninitialised one (for
+/// `keys init-token`); `KRYOPTIC_CONF` names it until the returned [`SiteFiles`] is dropped.
+pub fn site_on(module: Module, name: &str) -> (Site, SiteFiles) {
+    match module {
+        Module::SoftHsm => {
+            let (site, dir) = site(name);
+            (site, SiteFiles { dir, _kryoptic: None })
+        }
+        Module::Kryoptic => {
+            let hold = KRYOPTIC.lock().unwrap_or_else(|p| p.into_inner());
+            let module = kryoptic_module();
+            let dir = tempfile::Builder::new().prefix(&format!("medgate-test-{name}-")).tempdir().unwrap();
+            let conf_dir = dir.path().join("kryoptic");
+            std::fs::create_dir_all(&conf_dir).unwrap();
+            let slot = |n: u32, db: &str| format!("[[slots]]\nslot = {n}\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n\n", conf_dir.join(db).display());
+            let conf = conf_dir.join("kryoptic.conf");
+            std::fs::write(&conf, slot(1, "token.sqlite") + &slot(2, "spare.sqlite")).unwrap();
+            let site = {
+                let _one = SITE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+                std::env::set_var("KRYOPTIC_CONF", &conf);
+                std::env::set_var("MEDGATE_DEMO_HSM_MODULE", &module);
+                let site = Site::create_with(dir.path(), "hospital-a", None, &mut |_| {});
+                std::env::remove_var("MEDGATE_DEMO_HSM_MODULE");
+                site.unwrap_or_else(|f| panic!("site on kryoptic: {}", f.message))
+            };
+            let text = std::fs::read_to_string(&site.config).unwrap();
+            assert!(text.contains(&format!("module = \"{}\"", module.display())), "the site is not on kryoptic:\n{text}");
+            (site, SiteFiles { dir, _kryoptic: Some(hold) })
+        }
+    }
+}
+
+/// `#[test]` functions running scenarios of module `scenarios` on `module`:
+/// `on_module!(Kryoptic, keys => [a, b]);` gives `#[test] fn a() { keys::a(Module::Kryoptic) }`.
+#[macro_export]
+macro_rules! on_module {
+    ($module:ident, $scenarios:ident => [$($test:ident),+ $(,)?]) => {
+        $(
+            #[test]
+            fn $test() {
+                $scenarios::$test($crate::support::Module::$module)
+            }
+        )+
+    };
+}
+
 /// A site of hospital `hospital` with no gateway running.
 pub fn site_for(name: &str, hospital: &str) -> (Site, tempfile::TempDir) {
     site_sharing(name, hospital, None)
