@@ -320,7 +320,7 @@ fn a_full_demo_run_logs_no_patient_identifier_and_no_pin() {
         assert!(!text.contains(so_pin.trim()), "SO PIN in the {what}");
     }
     // The ledger store itself carries no identifier either.
-    let db = medgate_store::Db::open(&work.join("state")).unwrap();
+    let db = support::open_store(&work.join("state"));
     let store = medgate_store::ChainStore::open(&db).unwrap();
     for block in store.blocks() {
         assert!(!String::from_utf8_lossy(&block.unwrap().to_bytes()).contains(&patient), "patient identifier in a ledger block");

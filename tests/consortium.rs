@@ -435,7 +435,7 @@ fn only_the_hospital_that_recorded_a_consent_may_withdraw_it() {
     c.gws[1].stop();
     let b = &c.gws[1].site;
     let next_seq = {
-        let db = medgate_store::Db::open(&b.dir.join("state")).unwrap();
+        let db = support::open_store(&b.dir.join("state"));
         medgate_store::ChainStore::open(&db).unwrap().state().unwrap().last_seq("hospital-b") + 1
     };
     let forged = Entry::new(
@@ -468,7 +468,7 @@ fn only_the_hospital_that_recorded_a_consent_may_withdraw_it() {
     assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
     // Every gateway's derived state agrees: the consent is active everywhere.
     for g in &c.gws {
-        let db = medgate_store::Db::open(&g.site.dir.join("state")).unwrap();
+        let db = support::open_store(&g.site.dir.join("state"));
         let store = medgate_store::ChainStore::open(&db).unwrap();
         let state = store.consent(&pseudonym, &consent_id).unwrap().unwrap_or_else(|| panic!("{} does not know the consent", g.site.hospital));
         assert!(state.active, "{}: {state:?}", g.site.hospital);
@@ -633,7 +633,7 @@ fn a_gateway_holding_another_block_at_the_same_height_is_a_detected_fork() {
     // stream, or someone rewrote C's copy).
     c.gws[2].stop();
     {
-        let db = medgate_store::Db::open(&c.gws[2].site.dir.join("state")).unwrap();
+        let db = support::open_store(&c.gws[2].site.dir.join("state"));
         let store = medgate_store::ChainStore::open(&db).unwrap();
         let mut block = store.block(2).unwrap().unwrap();
         block.order_position += 1000;
@@ -662,7 +662,7 @@ fn a_gateway_holding_another_block_at_the_same_height_is_a_detected_fork() {
     // The evidence survives a restart, and so does the halt.
     c.gws[0].stop();
     {
-        let db = medgate_store::Db::open(&c.gws[0].site.dir.join("state")).unwrap();
+        let db = support::open_store(&c.gws[0].site.dir.join("state"));
         let forks = medgate_store::ChainStore::open(&db).unwrap().forks().unwrap();
         assert_eq!(forks.len(), 1, "{forks:?}");
         assert_eq!(forks[0]["height"], 2);
@@ -1015,7 +1015,7 @@ fn the_chain_hangs_from_the_genesis_and_a_gateway_cannot_change_consortium() {
     // Block 0 links to the SHA-256 of the genesis document every member holds.
     {
         let cfg = medgate_gateway::config::Config::load(&site.config).unwrap();
-        let db = medgate_store::Db::open(&cfg.gateway.state_directory).unwrap();
+        let db = support::open_store(&cfg.gateway.state_directory);
         let store = medgate_store::ChainStore::open(&db).unwrap();
         let block0 = store.block(0).unwrap().unwrap();
         assert_eq!(block0.prev_hash, hex::encode(sha2::Sha256::digest(&c.genesis)));

@@ -421,7 +421,7 @@ fn altered_ciphertext_and_altered_blocks_are_detected() {
 
     // Flip one byte of one stored ciphertext.
     {
-        let db = medgate_store::Db::open(&gw.site.dir.join("state")).unwrap();
+        let db = support::open_store(&gw.site.dir.join("state"));
         let vault = medgate_store::vault::Vault::open(&db).unwrap();
         let mut rec = vault.get(&id).unwrap().unwrap();
         use base64::Engine as _;
@@ -629,7 +629,7 @@ fn erasure_shreds_the_key_material_and_keeps_the_hash_on_the_ledger() {
         (id, kept)
     });
     assert_eq!(gw.stop().code(), Some(0));
-    let db = medgate_store::Db::open(&gw.site.dir.join("state")).unwrap();
+    let db = support::open_store(&gw.site.dir.join("state"));
     let vault = medgate_store::vault::Vault::open(&db).unwrap();
     let rec = vault.get(&id).unwrap().unwrap();
     assert!(rec.erased.is_some());

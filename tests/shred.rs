@@ -49,7 +49,7 @@ fn with_hsm<T>(gw: &Gw, f: impl FnOnce(&Hsm) -> T) -> T {
 
 /// A record as a store holds it (the gateway must be stopped).
 fn stored(state: &Path, id: &str) -> StoredRecord {
-    let db = medgate_store::Db::open(state).unwrap();
+    let db = support::open_store(state);
     Vault::open(&db).unwrap().get(id).unwrap().unwrap()
 }
 
@@ -82,7 +82,7 @@ fn kek_versions(gw: &Gw) -> Vec<(u64, bool)> {
 
 /// Key events on the ledger: (action, role, version, officer).
 fn key_events_on_ledger(state: &Path) -> Vec<(String, String, u32, String)> {
-    let db = medgate_store::Db::open(state).unwrap();
+    let db = support::open_store(state);
     let store = medgate_store::ChainStore::open(&db).unwrap();
     let mut out = Vec::new();
     for b in store.blocks() {
@@ -132,7 +132,7 @@ fn backup_is_unreadable_and_the_live_store_is_not(gw: &Gw, backup: &Path, erased
             Err(HsmError::KeyMissing { role: Role::Kek, detail }) => assert!(detail.contains("version 1"), "{detail}"),
             other => panic!("the erased record's key still unwraps from the backup: {:?}", other.map(|_| "a data key")),
         }
-        let db = medgate_store::Db::open(&state).unwrap();
+        let db = support::open_store(&state);
         let vault = Vault::open(&db).unwrap();
         for (id, bytes) in kept {
             let in_backup = stored(backup, id);
@@ -239,7 +239,7 @@ fn a_shred_pass_cut_short_by_a_crash_finishes_at_the_next_start() {
     // its marker (its entry still in the outbox), the KEK rotated and that rotation journalled,
     // one of the two live records re-wrapped, KEK version 1 not destroyed yet.
     let entry_id = rt.block_on(async {
-        let db = medgate_store::Db::open(&state).unwrap();
+        let db = support::open_store(&state);
         let vault = Vault::open(&db).unwrap();
         let rec = vault.get(&erased).unwrap().unwrap();
         let entry = Entry::new(
@@ -282,7 +282,7 @@ fn a_shred_pass_cut_short_by_a_crash_finishes_at_the_next_start() {
     });
     assert_eq!(gw.stop().code(), Some(0));
     {
-        let db = medgate_store::Db::open(&state).unwrap();
+        let db = support::open_store(&state);
         assert_eq!(Vault::open(&db).unwrap().shred_pending().unwrap(), None, "the marker is cleared");
         let store = medgate_store::ChainStore::open(&db).unwrap();
         assert!(store.location(&entry_id).unwrap().is_some(), "the erasure entry left the outbox for the ledger");
@@ -349,7 +349,7 @@ fn records_stored_while_shred_passes_run_all_stay_readable() {
     // Only the newest KEK version is left, and every live record is under it.
     let versions = kek_versions(&gw);
     assert_eq!(versions.len(), 1, "{versions:?}");
-    let db = medgate_store::Db::open(&gw.site.dir.join("state")).unwrap();
+    let db = support::open_store(&gw.site.dir.join("state"));
     let vault = Vault::open(&db).unwrap();
     let live = vault.live_kek_versions().unwrap();
     assert_eq!(live.keys().copied().collect::<Vec<_>>(), vec![versions[0].0 as u32], "{live:?}");
@@ -405,7 +405,7 @@ fn kill_9_during_a_shred_pass_loses_no_record_and_the_pass_finishes_after_restar
     assert_eq!(gw.stop().code(), Some(0));
     let versions = kek_versions(&gw);
     assert_eq!(versions.len(), 1, "only the active KEK version is left: {versions:?}");
-    let db = medgate_store::Db::open(&gw.site.dir.join("state")).unwrap();
+    let db = support::open_store(&gw.site.dir.join("state"));
     let vault = Vault::open(&db).unwrap();
     assert_eq!(vault.shred_pending().unwrap(), None);
     assert_eq!(vault.live_kek_versions().unwrap(), std::collections::BTreeMap::from([(versions[0].0 as u32, acked.len() + vault.list_count())]));

@@ -90,7 +90,7 @@ pub fn list_rotate_retire_destroy_and_the_key_event_journal(module: Module) {
 
     // The gateway puts them on the ledger at start, once, however often it starts.
     let count_key_events = || {
-        let db = medgate_store::Db::open(&site.dir.join("state")).unwrap();
+        let db = support::open_store(&site.dir.join("state"));
         let store = medgate_store::ChainStore::open(&db).unwrap();
         let key_events = |b: medgate_ledger::Block| {
             b.batches.iter().flat_map(|x| &x.entries).filter(|e| matches!(e.body, medgate_ledger::EntryBody::KeyEvent { request: Some(_), .. })).count()

@@ -160,7 +160,7 @@ pub fn destroy_needs_m_approvals_and_refuses_expired_replayed_forged_or_mismatch
     // crate's audit finds every rule kept.
     let mut child = site.spawn(&support::exe(), Some(&site.dir.join("medgate.log"))).unwrap();
     assert!(medgate::demo::stop_child(&mut child).unwrap().success());
-    let db = medgate_store::Db::open(&site.dir.join("state")).unwrap();
+    let db = support::open_store(&site.dir.join("state"));
     let store = medgate_store::ChainStore::open(&db).unwrap();
     let entries: Vec<medgate_ledger::Entry> = store.blocks().flat_map(|b| b.unwrap().batches).flat_map(|b| b.entries).collect();
     let report = medgate_ledger::officers::audit(&entries);

@@ -254,3 +254,56 @@ pub fn receipt_of(doc: &serde_json::Value) -> Option<Vec<u8>> {
     let b64 = doc["extension"][0]["valueAttachment"]["data"].as_str()?;
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
+
+/// A stopped gateway's store, opened by the test. sled finishes writing on background threads
+/// after its handle is dropped, and holds the store's file lock until they are done: opening
+/// waits while another handle (this process's previous one, or a gateway that is exiting) still
+/// holds the lock, and dropping waits until this handle's lock is released, so that the next
+/// open, the test's or a gateway's, never meets it.
+pub struct Store {
+    db: Option<medgate_store::Db>,
+    dir: PathBuf,
+}
+
+impl std::ops::Deref for Store {
+    type Target = medgate_store::Db;
+    fn deref(&self) -> &medgate_store::Db {
+        self.db.as_ref().expect("open until dropped")
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        drop(self.db.take());
+        wait_store_unlocked(&self.dir);
+    }
+}
+
+/// Opens the store in the state directory `dir` (see [`Store`]).
+pub fn open_store(dir: &Path) -> Store {
+    wait_store_unlocked(dir);
+    Store { db: Some(medgate_store::Db::open(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))), dir: dir.to_owned() }
+}
+
+/// Waits until nobody holds the lock of the store in `dir` (sled's exclusive flock on its data
+/// file), by taking and releasing it; a store not created yet is free.
+fn wait_store_unlocked(dir: &Path) {
+    use nix::fcntl::{Flock, FlockArg};
+    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(dir.join("medgate.sled").join("db")) else { return };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut file = file;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => {
+                drop(lock);
+                return;
+            }
+            Err((f, e)) => {
+                assert!(Instant::now() < deadline, "the store in {} is still locked after 60 s: {e}", dir.display());
+                file = f;
+                // Polls the lock itself: the holder is a thread finishing its writes.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
