@@ -81,9 +81,8 @@ fn kek_versions(gw: &Gw) -> Vec<(u64, bool)> {
 }
 
 /// Key events on the ledger: (action, role, version, officer).
-fn key_events_on_ledger(state: &Path) -> Vec<(String, String, u32, String)> {
-    let db = support::open_store(state);
-    let store = medgate_store::ChainStore::open(&db).unwrap();
+fn key_events_in(db: &medgate_store::Db) -> Vec<(String, String, u32, String)> {
+    let store = medgate_store::ChainStore::open(db).unwrap();
     let mut out = Vec::new();
     for b in store.blocks() {
         for batch in b.unwrap().batches {
@@ -117,10 +116,13 @@ async fn store_listed(his: &mut medgate::client::HisClient, p: &PatientId, doc: 
 fn backup_is_unreadable_and_the_live_store_is_not(gw: &Gw, backup: &Path, erased: &str, kept: &[(&str, &[u8])]) {
     let state = gw.site.dir.join("state");
     assert_eq!(kek_versions(gw), vec![(2, true)], "KEK version 1 is destroyed, version 2 active");
-    let old = stored(backup, erased);
+    // Each store opened once (see support::open_store).
+    let (backup_db, state_db) = (support::open_store(backup), support::open_store(&state));
+    let (backup_vault, vault) = (Vault::open(&backup_db).unwrap(), Vault::open(&state_db).unwrap());
+    let old = backup_vault.get(erased).unwrap().unwrap();
     assert_eq!(old.kek_version, 1);
     assert!(!old.wrapped_key.is_empty(), "the backup still holds the erased record's wrapped key");
-    let now = stored(&state, erased);
+    let now = vault.get(erased).unwrap().unwrap();
     assert!(now.erased.is_some() && now.wrapped_key.is_empty());
     with_hsm(gw, |hsm| {
         use base64::Engine as _;
@@ -132,10 +134,8 @@ fn backup_is_unreadable_and_the_live_store_is_not(gw: &Gw, backup: &Path, erased
             Err(HsmError::KeyMissing { role: Role::Kek, detail }) => assert!(detail.contains("version 1"), "{detail}"),
             other => panic!("the erased record's key still unwraps from the backup: {:?}", other.map(|_| "a data key")),
         }
-        let db = support::open_store(&state);
-        let vault = Vault::open(&db).unwrap();
         for (id, bytes) in kept {
-            let in_backup = stored(backup, id);
+            let in_backup = backup_vault.get(id).unwrap().unwrap();
             match medgate_store::vault::open_record(hsm, &in_backup, true) {
                 Err(StoreError::Hsm(HsmError::KeyMissing { role: Role::Kek, .. })) => {}
                 other => panic!("a backup taken before the pass still opens: {:?}", other.map(|o| o.record.id)),
@@ -147,7 +147,8 @@ fn backup_is_unreadable_and_the_live_store_is_not(gw: &Gw, backup: &Path, erased
             assert_eq!(medgate_store::vault::open_latest(hsm, &vault, &in_backup, true).unwrap().document.as_slice(), *bytes);
         }
     });
-    let events = key_events_on_ledger(&state);
+    let events = key_events_in(&state_db);
+    drop((backup_vault, vault, backup_db, state_db));
     let shred = |action: &str, version: u32| events.iter().any(|(a, r, v, o)| a == action && r == "kek" && *v == version && o == "medgate-shred-pass");
     assert!(shred("rotate", 2) && shred("destroy", 1), "key events on the ledger: {events:?}");
     let journal = std::fs::read_to_string(state.join("key-events.jsonl")).unwrap();

@@ -255,43 +255,22 @@ pub fn receipt_of(doc: &serde_json::Value) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
-/// A stopped gateway's store, opened by the test. sled finishes writing on background threads
-/// after its handle is dropped, and holds the store's file lock until they are done: opening
-/// waits while another handle (this process's previous one, or a gateway that is exiting) still
-/// holds the lock, and dropping waits until this handle's lock is released, so that the next
-/// open, the test's or a gateway's, never meets it.
-pub struct Store {
-    db: Option<medgate_store::Db>,
-    dir: PathBuf,
-}
-
-impl std::ops::Deref for Store {
-    type Target = medgate_store::Db;
-    fn deref(&self) -> &medgate_store::Db {
-        self.db.as_ref().expect("open until dropped")
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        drop(self.db.take());
-        wait_store_unlocked(&self.dir);
-    }
-}
-
-/// Opens the store in the state directory `dir` (see [`Store`]).
-pub fn open_store(dir: &Path) -> Store {
+/// Opens the store of a stopped gateway in the state directory `dir`. A gateway process that
+/// has just exited may still be closing it (the kernel releases sled's file lock when its last
+/// descriptor closes): wait for the lock to be free first. Within this process, open a store
+/// once and keep the handle: sled releases a dropped handle's lock only when its deferred
+/// cleanup runs, so reopening here can meet its own old lock.
+pub fn open_store(dir: &Path) -> medgate_store::Db {
     wait_store_unlocked(dir);
-    Store { db: Some(medgate_store::Db::open(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))), dir: dir.to_owned() }
+    medgate_store::Db::open(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
 /// Waits until nobody holds the lock of the store in `dir` (sled's exclusive flock on its data
 /// file), by taking and releasing it; a store not created yet is free.
 fn wait_store_unlocked(dir: &Path) {
     use nix::fcntl::{Flock, FlockArg};
-    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(dir.join("medgate.sled").join("db")) else { return };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut file = file;
+    let Ok(mut file) = std::fs::OpenOptions::new().read(true).write(true).open(dir.join("medgate.sled").join("db")) else { return };
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => {
@@ -299,9 +278,9 @@ fn wait_store_unlocked(dir: &Path) {
                 return;
             }
             Err((f, e)) => {
-                assert!(Instant::now() < deadline, "the store in {} is still locked after 60 s: {e}", dir.display());
+                assert!(Instant::now() < deadline, "the store in {} is still locked after 30 s: {e}", dir.display());
                 file = f;
-                // Polls the lock itself: the holder is a thread finishing its writes.
+                // Polls the lock itself: the holder is a process that is exiting.
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
