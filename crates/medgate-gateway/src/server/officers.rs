@@ -36,8 +36,11 @@ pub fn bind(path: &Path, officers: Option<&str>) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.exists()) {
         std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o750).create(dir)?;
         if let Some(Ok(Some(g))) = officers.map(Group::from_name) {
-            std::os::unix::fs::chown(dir, None, Some(g.gid.as_raw()))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2750))?;
+            // Not root and not in that group: the directory stays the service user's alone.
+            match std::os::unix::fs::chown(dir, None, Some(g.gid.as_raw())) {
+                Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2750))?,
+                Err(e) => tracing::warn!(error = %e, dir = %dir.display(), "the admin socket's directory could not be given to the officers' group; officers cannot reach the socket"),
+            }
         }
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
