@@ -374,7 +374,8 @@ impl Raw {
             // module writes at most `len` bytes and sets `len` to the size of the result.
             let rv = unsafe { run(session, input.as_mut_ptr(), input.len() as CK_ULONG, out.as_mut_ptr(), &mut len) };
             if rv == cryptoki_sys::CKR_BUFFER_TOO_SMALL && (len as usize) > out.len() {
-                out.resize(len as usize, 0);
+                let small = std::mem::replace(&mut out, vec![0u8; len as usize]);
+                drop(zeroize::Zeroizing::new(small));
                 continue;
             }
             check(rv, run_fn)?;
