@@ -113,7 +113,7 @@ fn attr<'a>(doc: &'a roxmltree::Document<'a>, tag: &str, attr: &str) -> Vec<&'a 
 async fn audit_messages_arrive_as_rfc_5424_with_the_dicom_content_and_no_patient_identifier() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    let rsyslog = Rsyslog::start(&tmp.path().join("arr"), &pki);
+    let rsyslog = Rsyslog::start_for(&tmp.path().join("arr"), &pki);
     let ledger = shared_ledger();
     let x = exporter(&pki, &rsyslog, &tmp.path().join("queue"), 1000, &ledger).await;
     commit_and_offer(&ledger, Some(&x), 0..9, 9);
@@ -178,7 +178,7 @@ async fn audit_messages_arrive_as_rfc_5424_with_the_dicom_content_and_no_patient
 async fn a_thousand_events_while_the_repository_is_down_all_arrive_in_order() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    let mut rsyslog = Rsyslog::start(&tmp.path().join("arr"), &pki);
+    let mut rsyslog = Rsyslog::start_for(&tmp.path().join("arr"), &pki);
     let ledger = shared_ledger();
     let x = exporter(&pki, &rsyslog, &tmp.path().join("queue"), 10_000, &ledger).await;
     commit_and_offer(&ledger, Some(&x), 0..5, 5);
@@ -208,7 +208,7 @@ async fn a_thousand_events_while_the_repository_is_down_all_arrive_in_order() {
 async fn a_session_cut_by_the_repository_is_sent_again_and_the_repeats_are_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    let mut rsyslog = Rsyslog::start(&tmp.path().join("arr"), &pki);
+    let mut rsyslog = Rsyslog::start_for(&tmp.path().join("arr"), &pki);
     let ledger = shared_ledger();
     let queue = FileQueue::open(&tmp.path().join("queue"), 1000).unwrap();
     let source: Arc<dyn LedgerSource> = ledger.clone();
@@ -236,7 +236,7 @@ async fn a_session_cut_by_the_repository_is_sent_again_and_the_repeats_are_ident
 async fn the_queue_and_the_ledger_carry_events_across_a_gateway_restart_while_the_repository_is_down() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    let mut rsyslog = Rsyslog::start(&tmp.path().join("arr"), &pki);
+    let mut rsyslog = Rsyslog::start_for(&tmp.path().join("arr"), &pki);
     let ledger = shared_ledger();
     let queue_dir = tmp.path().join("queue");
     let x = exporter(&pki, &rsyslog, &queue_dir, 10_000, &ledger).await;
@@ -266,7 +266,7 @@ async fn the_queue_and_the_ledger_carry_events_across_a_gateway_restart_while_th
 async fn a_full_queue_leaves_events_on_the_ledger_and_loses_none() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    let mut rsyslog = Rsyslog::start(&tmp.path().join("arr"), &pki);
+    let mut rsyslog = Rsyslog::start_for(&tmp.path().join("arr"), &pki);
     rsyslog.stop();
     let ledger = shared_ledger();
     let x = exporter(&pki, &rsyslog, &tmp.path().join("queue"), 50, &ledger).await;
@@ -292,7 +292,7 @@ async fn a_full_queue_leaves_events_on_the_ledger_and_loses_none() {
 async fn a_repository_with_another_name_is_not_trusted() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    let rsyslog = Rsyslog::start(&tmp.path().join("arr"), &pki);
+    let rsyslog = Rsyslog::start_for(&tmp.path().join("arr"), &pki);
     let ledger = shared_ledger();
     let queue = FileQueue::open(&tmp.path().join("queue"), 100).unwrap();
     let source: Arc<dyn LedgerSource> = ledger.clone();
@@ -310,7 +310,7 @@ async fn a_repository_with_another_name_is_not_trusted() {
 async fn the_repository_refuses_a_client_certificate_from_another_ca() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    let rsyslog = Rsyslog::start(&tmp.path().join("arr"), &pki);
+    let rsyslog = Rsyslog::start_for(&tmp.path().join("arr"), &pki);
     let ledger = shared_ledger();
     let queue = FileQueue::open(&tmp.path().join("queue"), 100).unwrap();
     let source: Arc<dyn LedgerSource> = ledger.clone();
@@ -330,7 +330,7 @@ async fn send_rate() {
     const N: u64 = 20_000;
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    let mut rsyslog = Rsyslog::start(&tmp.path().join("arr"), &pki);
+    let mut rsyslog = Rsyslog::start_for(&tmp.path().join("arr"), &pki);
     let ledger = shared_ledger();
     let x = exporter(&pki, &rsyslog, &tmp.path().join("queue"), 100_000, &ledger).await;
 
