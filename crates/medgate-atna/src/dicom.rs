@@ -80,29 +80,25 @@ pub fn audit_message(source: &AuditSource, position: Position, event: &AuditEven
         x.close("ActiveParticipant");
     };
     match &event.detail {
-        EventDetail::RecordStored { record_id, patient, by } => {
-            // IHE.MHD.ProvideBundle.Audit.Recipient; BALP PatientCreate.
+        EventDetail::RecordStored { patient, by, .. } | EventDetail::SubmissionSetStored { patient, by, .. } => {
+            // IHE.MHD.ProvideBundle.Audit.Recipient; BALP PatientCreate: the document, or the
+            // SubmissionSet that listed it.
             event_identification(&mut x, event, ("110107", DCM, "Import"), "C", SUCCESS, None, &[("ITI-65", IHE_TRANSACTIONS, "Provide Document Bundle")], by.purpose.as_deref());
             user(&mut x, by);
             system(&mut x, by, ("110153", DCM, "Source Role ID"));
             gateway(&mut x, ("110152", DCM, "Destination Role ID"));
             audit_source(&mut x, source);
             patient_object(&mut x, patient);
-            document_object(&mut x, record_id, Some("1"));
-        }
-        EventDetail::SubmissionSetStored { list_id, patient, records, by } => {
-            // IHE.MHD.ProvideBundle.Audit.Recipient: the SubmissionSet as a System Object (2),
-            // Job (20), id type "submission set classificationNode" (XDS metadata UUID).
-            event_identification(&mut x, event, ("110107", DCM, "Import"), "C", SUCCESS, None, &[("ITI-65", IHE_TRANSACTIONS, "Provide Document Bundle")], by.purpose.as_deref());
-            user(&mut x, by);
-            system(&mut x, by, ("110153", DCM, "Source Role ID"));
-            gateway(&mut x, ("110152", DCM, "Destination Role ID"));
-            audit_source(&mut x, source);
-            patient_object(&mut x, patient);
-            x.open("ParticipantObjectIdentification", &[("ParticipantObjectID", list_id), ("ParticipantObjectTypeCode", "2"), ("ParticipantObjectTypeCodeRole", "20")]);
-            x.coded("ParticipantObjectIDTypeCode", "urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd", "IHE XDS Metadata", "submission set classificationNode");
-            x.detail("records", &records.to_string());
-            x.close("ParticipantObjectIdentification");
+            if let EventDetail::RecordStored { record_id, .. } = &event.detail {
+                document_object(&mut x, record_id, Some("1"));
+            } else if let EventDetail::SubmissionSetStored { list_id, records, .. } = &event.detail {
+                // A System Object (2), Job (20), id type "submission set classificationNode"
+                // (XDS metadata UUID).
+                x.open("ParticipantObjectIdentification", &[("ParticipantObjectID", list_id), ("ParticipantObjectTypeCode", "2"), ("ParticipantObjectTypeCodeRole", "20")]);
+                x.coded("ParticipantObjectIDTypeCode", "urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd", "IHE XDS Metadata", "submission set classificationNode");
+                x.detail("records", &records.to_string());
+                x.close("ParticipantObjectIdentification");
+            }
         }
         EventDetail::RecordStatusChanged { record_id, patient, status, replaced_by, by } => {
             // BALP PatientUpdate of a DocumentReference: 110110 Patient Record, action U; the
