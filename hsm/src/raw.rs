@@ -200,27 +200,7 @@ impl Raw {
         wrapped: &[u8],
         template: &[Attribute],
     ) -> Result<CK_OBJECT_HANDLE, Error> {
-        let f = self.fl.C_UnwrapKey.ok_or_else(|| unsupported(Function::UnwrapKey))?;
-        let mut mech = CK_MECHANISM { mechanism, pParameter: std::ptr::null_mut(), ulParameterLen: 0 };
-        let mut attrs: Vec<CK_ATTRIBUTE> = template.iter().map(CK_ATTRIBUTE::from).collect();
-        let mut wrapped = wrapped.to_vec();
-        let mut handle: CK_OBJECT_HANDLE = 0;
-        // SAFETY: the CK_ATTRIBUTEs point into `template`, which outlives the call; `wrapped` is
-        // a buffer of the length given; the module writes one handle into `handle`.
-        let rv = unsafe {
-            f(
-                session,
-                &mut mech,
-                unwrapping_key,
-                wrapped.as_mut_ptr() as *mut CK_BYTE,
-                wrapped.len() as CK_ULONG,
-                attrs.as_mut_ptr(),
-                attrs.len() as CK_ULONG,
-                &mut handle,
-            )
-        };
-        check(rv, Function::UnwrapKey)?;
-        Ok(handle)
+        self.unwrap_key_allowed(session, mechanism, unwrapping_key, wrapped, template, None)
     }
 
     /// C_GenerateKey with `template` plus, if given, CKA_ALLOWED_MECHANISMS holding raw codes.
