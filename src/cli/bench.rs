@@ -50,9 +50,27 @@ pub(crate) struct BenchArgs {
     /// under the flood, and the flooder's 200s and 429s per second.
     #[arg(long, conflicts_with_all = ["consortium", "shred", "prefill"])]
     flood: bool,
+    /// (Internal: the bench's child process.) Measure the store ceiling in this directory.
+    #[arg(long, hide = true)]
+    store_ceiling: Option<PathBuf>,
+    /// (Internal.) Values per flush for `--store-ceiling`.
+    #[arg(long, hide = true, default_value_t = 1)]
+    store_group: usize,
+    /// (Internal.) Value size in bytes for `--store-ceiling`.
+    #[arg(long, hide = true, default_value_t = 1)]
+    store_value_bytes: usize,
+    /// (Internal: the bench's child process.) Write `--prefill` records into this state directory.
+    #[arg(long, hide = true)]
+    prefill_into: Option<PathBuf>,
 }
 
 pub(crate) fn bench_command(a: BenchArgs) -> Result<(), Failure> {
+    if let Some(dir) = &a.store_ceiling {
+        return crate::bench::child::store_ceiling_main(dir, a.store_value_bytes, a.store_group, a.ceiling_seconds);
+    }
+    if let Some(dir) = &a.prefill_into {
+        return crate::bench::child::prefill_main(dir, a.prefill, a.size);
+    }
     if a.flood {
         return crate::bench::flood(a.records, a.concurrency.iter().copied().max().unwrap_or(16));
     }
