@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use medgate_ledger::{verify_ledger, Batch, Entry, EntryBody};
-use medgate_store::order::{BoxFuture, Ordered};
+use medgate_store::order::{BoxFuture, Landing, Ordered};
 use medgate_store::vault::{AnswerItem, IdemState, RecordChange, StatusChange, StoredRecord, Vault, Write};
 use medgate_store::writer::WriterParts;
 use medgate_store::{BatchPolicy, ChainStore, CommitListener, Db, Events, Ledger, LedgerSigner, Orderer, Sequencer, StoreError};
@@ -431,4 +431,88 @@ async fn through_an_ordering_service_a_refused_status_change_stores_nothing_and_
     site.chain.add_commit_listener(heard.clone());
     let ledger = site.ledger().await;
     racing_replacements_refuse_only_themselves(&site, &ledger, &heard).await;
+}
+
+/// An ordering service that refuses the second batch it is asked to admit and holds the landing
+/// of the first one until released; it notes whether anyone read the next sequence number
+/// meanwhile.
+#[derive(Debug)]
+struct HalfDown {
+    inner: Sequencer,
+    admits: AtomicU64,
+    submits: AtomicU64,
+    held: AtomicBool,
+    read_while_held: AtomicBool,
+    release: tokio::sync::Semaphore,
+}
+
+impl Orderer for HalfDown {
+    fn next_seq(&self, chain: &ChainStore, gateway: &str) -> Result<u64, StoreError> {
+        if self.held.load(Ordering::SeqCst) {
+            self.read_while_held.store(true, Ordering::SeqCst);
+        }
+        self.inner.next_seq(chain, gateway)
+    }
+
+    fn admit(&self, chain: &ChainStore, gateway: &str, key_version: u32, spki: &[u8]) -> Result<(), StoreError> {
+        if self.admits.fetch_add(1, Ordering::SeqCst) == 1 {
+            return Err(StoreError::Order("the ordering service refused the batch".into()));
+        }
+        self.inner.admit(chain, gateway, key_version, spki)
+    }
+
+    fn order<'a>(&'a self, chain: &'a ChainStore, batch: Batch) -> BoxFuture<'a, Result<Ordered, StoreError>> {
+        self.inner.order(chain, batch)
+    }
+
+    fn submit(self: Arc<Self>, chain: ChainStore, batch: Batch) -> BoxFuture<'static, Result<Landing, StoreError>> {
+        Box::pin(async move {
+            if self.submits.fetch_add(1, Ordering::SeqCst) > 0 {
+                let ordered = self.inner.order(&chain, batch).await?;
+                return Ok(Box::pin(async move { Ok(ordered) }) as Landing);
+            }
+            self.held.store(true, Ordering::SeqCst);
+            Ok(Box::pin(async move {
+                let _permit = self.release.acquire().await.map_err(|e| StoreError::Order(e.to_string()))?;
+                let ordered = self.inner.order(&chain, batch).await;
+                self.held.store(false, Ordering::SeqCst);
+                ordered
+            }) as Landing)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_submitted_before_a_failure_land_before_the_next_group_reads_its_sequence_number() {
+    let site = Site::new();
+    let orderer = Arc::new(HalfDown {
+        inner: site.sequencer.clone(),
+        admits: AtomicU64::new(0),
+        submits: AtomicU64::new(0),
+        held: AtomicBool::new(false),
+        read_while_held: AtomicBool::new(false),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let ledger = site.ledger_with(orderer.clone()).await;
+    // Six entries in one request: a first batch of four goes to the ordering service, the
+    // second is refused. They are stored, so the request is answered; they wait in the outbox.
+    let first: Vec<Entry> = (1..=6).map(searched).collect();
+    assert_eq!(ledger.record(first).await.unwrap(), None);
+    assert!(orderer.held.load(Ordering::SeqCst), "the first batch is submitted, not landed");
+
+    let writer = ledger.clone();
+    let pending = tokio::spawn(async move { writer.record(vec![searched(7)]).await });
+    // Paused time advances only once every task waits, blocking work included: by then the
+    // writer has done all it would do before the first batch lands.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!orderer.read_while_held.load(Ordering::SeqCst), "the next group read its sequence number before the earlier batch landed");
+    orderer.release.add_permits(1);
+    let receipts = pending.await.unwrap().unwrap().expect("anchored after the earlier batch");
+    receipts[0].verify(&site.key.spki()).unwrap();
+
+    // The refused batch's two entries wait in the outbox; a drain appends them.
+    assert_eq!(ledger.drain_outbox(&site.vault).await.unwrap(), 2);
+    assert_eq!(site.vault.outbox_len(), 0);
+    let report = site.verify();
+    assert_eq!((report.entries, report.invalid_batches), (7, 0));
 }

@@ -107,9 +107,23 @@ impl Writer {
         }
         let landings = match self.submit_batches(fresh, flight).await {
             Ok(l) => l,
-            Err(e) => {
+            Err((submitted, e)) => {
                 flight.next_seq = None;
                 self.failed(&e.to_string(), group.iter().map(|p| p.entries.len()).sum());
+                if !submitted.is_empty() {
+                    // The batches the ordering service already holds still land. Until they
+                    // have, the chain does not know their sequence numbers: they count as a
+                    // group in flight, so the next group reads its number after them instead of
+                    // reusing one (its batch would be flagged invalid).
+                    flight.groups += 1;
+                    let landed_tx = landed_tx.clone();
+                    tokio::spawn(async move {
+                        if let Err(r) = land(submitted, HashMap::new()).await {
+                            tracing::error!(error = %r.why, "a batch submitted before the failure did not land; its entries stay in the outbox");
+                        }
+                        let _ = landed_tx.send(false);
+                    });
+                }
                 return answer(group, &Err(stored(e)));
             }
         };
@@ -163,23 +177,32 @@ impl Writer {
     }
 
     /// Signs the new entries in batches and submits them one after another; the landings in
-    /// the same order.
-    async fn submit_batches(&self, fresh: Vec<medgate_ledger::Entry>, flight: &mut Flight) -> Result<Vec<Landing>, StoreError> {
+    /// the same order. On a failure, also the landings of the batches submitted before it.
+    async fn submit_batches(&self, fresh: Vec<medgate_ledger::Entry>, flight: &mut Flight) -> Result<Vec<Landing>, (Vec<Landing>, StoreError)> {
         let (store, gateway) = (&self.parts.store, self.parts.gateway.as_str());
         let mut seq = match flight.next_seq {
             Some(s) => s,
-            None => self.parts.orderer.next_seq(store, gateway)?,
+            None => self.parts.orderer.next_seq(store, gateway).map_err(|e| (Vec::new(), e))?,
         };
         let mut landings = Vec::new();
         for chunk in fresh.chunks(self.parts.policy.max_entries.max(1)) {
-            let (batch, key_version, spki) = self.sign(seq, chunk.to_vec()).await?;
-            self.parts.orderer.admit(store, gateway, key_version, &spki)?;
-            landings.push(self.parts.orderer.clone().submit(store.clone(), batch).await?);
+            match self.submit_one(seq, chunk).await {
+                Ok(landing) => landings.push(landing),
+                Err(e) => return Err((landings, e)),
+            }
             self.parts.events.incr("ledger_batches");
             seq += 1;
             flight.next_seq = Some(seq);
         }
         Ok(landings)
+    }
+
+    /// Signs one batch with sequence number `seq` and hands it to the ordering service.
+    async fn submit_one(&self, seq: u64, entries: &[medgate_ledger::Entry]) -> Result<Landing, StoreError> {
+        let (store, gateway) = (&self.parts.store, self.parts.gateway.as_str());
+        let (batch, key_version, spki) = self.sign(seq, entries.to_vec()).await?;
+        self.parts.orderer.admit(store, gateway, key_version, &spki)?;
+        self.parts.orderer.clone().submit(store.clone(), batch).await
     }
 }
 
