@@ -12,6 +12,7 @@
 //! search, audit, `ledger verify` and memory grow with the ledger ([`scale`]).
 
 mod ceiling;
+pub mod child;
 mod flood;
 mod load;
 mod prefill;
@@ -113,7 +114,7 @@ pub fn run(opts: &Options) -> Result<(), Failure> {
     let result = rt.block_on(async {
         if opts.prefill > 0 {
             eprintln!("medgate bench: prefilling the vault with {} records", opts.prefill);
-            prefill::prefill(&cfg.gateway.state_directory, opts.prefill, opts.size, load::PATIENTS * 20).await?;
+            child::prefill(&cfg.gateway.state_directory, opts.prefill, opts.size).await?;
         }
         let his = tokio::net::TcpListener::bind(site.his_addr).await.map_err(rt_err)?;
         let monitor = tokio::net::TcpListener::bind(site.admin_addr).await.map_err(rt_err)?;
@@ -150,11 +151,7 @@ async fn levels(opts: &Options, site: &Site, cfg: &Config, hsm: &Arc<Hsm>, runni
         for run in 1..=opts.repeat {
             let null_run = load::drive(&null_target, opts.records, c, opts.size, 201).await.map_err(Failure::runtime)?;
             let group = c.min(cfg.ledger.batch_max_entries).max(1);
-            let (dir, bytes, secs) = (site.dir.clone(), sealed_record_bytes(opts.size), opts.ceiling_seconds);
-            let store = tokio::task::spawn_blocking(move || medgate_store::ceiling::write_flush_rate(&dir, bytes, group, Duration::from_secs_f64(secs)))
-                .await
-                .map_err(rt_err)?
-                .map_err(rt_err)?;
+            let store = child::store_ceiling(&site.dir, sealed_record_bytes(opts.size), group, opts.ceiling_seconds).await?;
             let before = hsm.stats();
             let started = Instant::now();
             let gw = load::drive(&gateway, opts.records, c, opts.size, 200).await.map_err(Failure::runtime)?;

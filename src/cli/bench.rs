@@ -65,9 +65,27 @@ pub(crate) struct BenchArgs {
     /// With --scale: documents stored for the searched patient.
     #[arg(long, default_value_t = 1000, requires = "scale")]
     scale_documents: usize,
+    /// (Internal: the bench's child process.) Measure the store ceiling in this directory.
+    #[arg(long, hide = true)]
+    store_ceiling: Option<PathBuf>,
+    /// (Internal.) Values per flush for `--store-ceiling`.
+    #[arg(long, hide = true, default_value_t = 1)]
+    store_group: usize,
+    /// (Internal.) Value size in bytes for `--store-ceiling`.
+    #[arg(long, hide = true, default_value_t = 1)]
+    store_value_bytes: usize,
+    /// (Internal: the bench's child process.) Write `--prefill` records into this state directory.
+    #[arg(long, hide = true)]
+    prefill_into: Option<PathBuf>,
 }
 
 pub(crate) fn bench_command(a: BenchArgs) -> Result<(), Failure> {
+    if let Some(dir) = &a.store_ceiling {
+        return crate::bench::child::store_ceiling_main(dir, a.store_value_bytes, a.store_group, a.ceiling_seconds);
+    }
+    if let Some(dir) = &a.prefill_into {
+        return crate::bench::child::prefill_main(dir, a.prefill, a.size);
+    }
     if !a.scale.is_empty() {
         return crate::bench::scale(&crate::bench::ScaleOptions { sizes: a.scale, documents: a.scale_documents, size: a.size, json: a.json });
     }

@@ -48,29 +48,59 @@ pub struct Receipt {
     pub block_hash: String,
 }
 
+/// What every receipt of one batch shares.
+struct Shared<'a> {
+    block: &'a Block,
+    batch: &'a crate::Batch,
+    batch_index: usize,
+    leaves: Vec<[u8; 32]>,
+    block_hash: String,
+    batches: Vec<BatchRef>,
+}
+
+impl<'a> Shared<'a> {
+    fn new(block: &'a Block, batch_index: usize, batch: &'a crate::Batch) -> Shared<'a> {
+        Shared { block, batch, batch_index, leaves: batch.leaf_hashes(), block_hash: hex::encode(block.hash()), batches: block.batch_refs() }
+    }
+
+    /// The receipt of entry `entry` (an index inside the batch).
+    fn receipt(&self, entry: usize) -> Receipt {
+        let b = self.batch;
+        Receipt {
+            entry: b.entries[entry].clone(),
+            leaf_index: entry as u64,
+            proof: merkle::inclusion_proof(&self.leaves, entry).iter().map(hex::encode).collect(),
+            gateway: b.gateway.clone(),
+            seq: b.seq,
+            tree_size: self.leaves.len() as u64,
+            root: b.root.clone(),
+            key_version: b.key_version,
+            signature: b.signature.clone(),
+            height: self.block.height,
+            prev_hash: self.block.prev_hash.clone(),
+            order_position: self.block.order_position,
+            batches: self.batches.clone(),
+            batch_index: self.batch_index as u64,
+            block_hash: self.block_hash.clone(),
+        }
+    }
+}
+
 impl Receipt {
     /// Builds the receipt for entry `entry` of batch `batch` in `block`.
     pub fn for_entry(block: &Block, batch: usize, entry: usize) -> Result<Receipt, LedgerError> {
         let b = block.batches.get(batch).ok_or(LedgerError::NotFound { what: "batch", index: batch })?;
-        let e = b.entries.get(entry).ok_or(LedgerError::NotFound { what: "entry", index: entry })?;
-        let leaves = b.leaf_hashes();
-        Ok(Receipt {
-            entry: e.clone(),
-            leaf_index: entry as u64,
-            proof: merkle::inclusion_proof(&leaves, entry).iter().map(hex::encode).collect(),
-            gateway: b.gateway.clone(),
-            seq: b.seq,
-            tree_size: leaves.len() as u64,
-            root: b.root.clone(),
-            key_version: b.key_version,
-            signature: b.signature.clone(),
-            height: block.height,
-            prev_hash: block.prev_hash.clone(),
-            order_position: block.order_position,
-            batches: block.batch_refs(),
-            batch_index: batch as u64,
-            block_hash: hex::encode(block.hash()),
-        })
+        b.entries.get(entry).ok_or(LedgerError::NotFound { what: "entry", index: entry })?;
+        Ok(Shared::new(block, batch, b).receipt(entry))
+    }
+
+    /// The receipts of every entry of batch `batch` in `block`, in entry order. The batch's leaf
+    /// hashes and the block's hash are computed once for all of them (per entry, a group of n
+    /// entries cost n² entry encodings).
+    pub fn for_batch(block: &Block, batch: usize) -> Result<Vec<Receipt>, LedgerError> {
+        let b = block.batches.get(batch).ok_or(LedgerError::NotFound { what: "batch", index: batch })?;
+        let shared = Shared::new(block, batch, b);
+        Ok((0..b.entries.len()).map(|i| shared.receipt(i)).collect())
     }
 
     /// Checks the receipt with the signing gateway's public key (SubjectPublicKeyInfo DER).
@@ -150,6 +180,19 @@ mod tests {
         }
         assert!(Receipt::for_entry(&block, 0, 5).is_err());
         assert!(Receipt::for_entry(&block, 1, 0).is_err());
+    }
+
+    #[test]
+    fn a_batch_s_receipts_are_its_entries_receipts_in_order() {
+        let key = TestKey::new();
+        let block = block_of(&key, 7);
+        let all = Receipt::for_batch(&block, 0).expect("receipts");
+        assert_eq!(all.len(), 7);
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!(r, &Receipt::for_entry(&block, 0, i).expect("receipt"), "entry {i}");
+            assert_eq!(r.verify(&key.spki()), Ok(()), "entry {i}");
+        }
+        assert!(Receipt::for_batch(&block, 1).is_err());
     }
 
     #[test]

@@ -163,8 +163,7 @@ impl Writer {
         self.transact(sequencer, &deposits, &blocks, &prepared).map_err(|e| GroupError::from_deposits(e, group.len()))?;
         for block in &blocks {
             self.parts.events.incr("ledger_batches");
-            for i in 0..block.batches[0].entries.len() {
-                let r = Receipt::for_entry(block, 0, i).map_err(|e| failed(StoreError::Format(e.to_string())))?;
+            for r in Receipt::for_batch(block, 0).map_err(|e| failed(StoreError::Format(e.to_string())))? {
                 receipts.insert(r.entry.id.clone(), r);
             }
         }
@@ -181,7 +180,7 @@ impl Writer {
         trees.extend(self.parts.store.block_trees());
         let sequencer_at = trees.len();
         trees.extend(sequencer.trees());
-        trees
+        let written = trees
             .as_slice()
             .transaction(|t| {
                 let chain = BlockViews::of(&t[chain_at..sequencer_at]);
@@ -193,7 +192,10 @@ impl Writer {
                 }
                 Ok::<(), ConflictableTransactionError<DepositError>>(())
             })
-            .map_err(DepositError::from_transaction)
+            .map_err(DepositError::from_transaction);
+        // A transaction that fills sled's log buffer seals it on this thread (see the flush).
+        crate::db::release_deferred();
+        written
     }
 
     /// The batch could not be signed: the group's records and the entries it hands over go to

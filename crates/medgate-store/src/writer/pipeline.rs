@@ -187,9 +187,7 @@ impl Writer {
 async fn land(landings: Vec<Landing>, mut receipts: HashMap<String, Receipt>) -> Outcome {
     for landing in landings {
         let ordered = landing.await.map_err(|e| Refused { why: e.to_string(), stored: true, conflict: false })?;
-        let batch = &ordered.block.batches[ordered.index];
-        for i in 0..batch.entries.len() {
-            let r = Receipt::for_entry(&ordered.block, ordered.index, i).map_err(|e| Refused { why: e.to_string(), stored: true, conflict: false })?;
+        for r in Receipt::for_batch(&ordered.block, ordered.index).map_err(|e| Refused { why: e.to_string(), stored: true, conflict: false })? {
             receipts.insert(r.entry.id.clone(), r);
         }
     }
