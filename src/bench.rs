@@ -8,7 +8,8 @@
 //! standard error; `--json` prints the report as JSON; `--plot FILE.svg` draws it.
 //! With `--shred`, it then erases one record and times the shred pass that follows (KEK rotation,
 //! every stored record re-wrapped in the HSM, the old KEK version destroyed). With `--flood`, one
-//! client certificate floods while another works ([`flood`]).
+//! client certificate floods while another works ([`flood`]). With `--scale`, it measures how
+//! search, audit, `ledger verify` and memory grow with the ledger ([`scale`]).
 
 mod ceiling;
 pub mod child;
@@ -16,8 +17,10 @@ mod flood;
 mod load;
 mod prefill;
 mod report;
+mod scale;
 
 pub use flood::run as flood;
+pub use scale::{run as scale, ScaleOptions};
 use load::percentile;
 
 use std::path::PathBuf;

@@ -52,7 +52,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn client(&self) -> Result<HisClient, String> {
+    pub(super) fn client(&self) -> Result<HisClient, String> {
         Ok(HisClient::new(self.addr, "localhost", self.tls.clone())?.acting_as("dr.house", "physician", "TREAT"))
     }
 }

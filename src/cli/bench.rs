@@ -1,6 +1,6 @@
 //! `medgate bench`: the load generator's options and its dispatch (one site in this process,
-//! three hospitals on a 3-member etcd cluster with `--consortium`, or one client flooding
-//! while another works with `--flood`).
+//! three hospitals on a 3-member etcd cluster with `--consortium`, one client flooding
+//! while another works with `--flood`, or the costs as the ledger grows with `--scale`).
 
 use std::path::PathBuf;
 
@@ -50,6 +50,21 @@ pub(crate) struct BenchArgs {
     /// under the flood, and the flooder's 200s and 429s per second.
     #[arg(long, conflicts_with_all = ["consortium", "shred", "prefill"])]
     flood: bool,
+    /// Scale instead of speed: how the costs grow with the ledger. Takes increasing ledger sizes
+    /// in entries (e.g. 10000,100000,1000000). One patient's documents (--scale-documents) are
+    /// stored over ITI-65; the ledger is then grown to each size in turn with real entries
+    /// (records stored, read, searched, for 50 000 other patients and one audited patient with
+    /// a fixed 240 entries) signed block by block by the site's ledger key through the
+    /// gateway's own ledger writer. After each size it prints: the ITI-67 search of that patient
+    /// walked page by page over mutual TLS (p50/p99 per page, time per walk), the AuditEvent
+    /// search of the audited patient (p50/p99 per page), `ledger verify`'s rate (entries/s),
+    /// resident memory and the store's size on disk, and the bulk write rate. A million
+    /// entries take a few GB in the temporary directory and several minutes.
+    #[arg(long, value_delimiter = ',', value_name = "ENTRIES", conflicts_with_all = ["consortium", "shred", "prefill", "flood", "plot"])]
+    scale: Vec<usize>,
+    /// With --scale: documents stored for the searched patient.
+    #[arg(long, default_value_t = 1000, requires = "scale")]
+    scale_documents: usize,
     /// (Internal: the bench's child process.) Measure the store ceiling in this directory.
     #[arg(long, hide = true)]
     store_ceiling: Option<PathBuf>,
@@ -70,6 +85,9 @@ pub(crate) fn bench_command(a: BenchArgs) -> Result<(), Failure> {
     }
     if let Some(dir) = &a.prefill_into {
         return crate::bench::child::prefill_main(dir, a.prefill, a.size);
+    }
+    if !a.scale.is_empty() {
+        return crate::bench::scale(&crate::bench::ScaleOptions { sizes: a.scale, documents: a.scale_documents, size: a.size, json: a.json });
     }
     if a.flood {
         return crate::bench::flood(a.records, a.concurrency.iter().copied().max().unwrap_or(16));

@@ -33,6 +33,7 @@ pub mod membership;
 pub mod merkle;
 pub mod officers;
 mod p256;
+mod pick;
 mod receipt;
 #[cfg(test)]
 pub(crate) mod testkit;
@@ -43,6 +44,7 @@ pub use block::{verify_chain, verify_chain_with, BatchRef, Block, ChainError, Ch
 pub use checkpoint::{Checkpoint, UnsignedCheckpoint};
 pub use entry::{Entry, EntryBody};
 pub use p256::{normalize_low_s, p256_point_from_spki};
+pub use pick::Place;
 pub use receipt::Receipt;
 pub use verify::{check_receipt, verify_ledger, ReceiptError};
 

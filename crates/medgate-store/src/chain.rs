@@ -169,27 +169,37 @@ impl ChainStore {
             .map_err(|e| StoreError::Format(e.to_string()))
     }
 
-    /// The entries about one patient pseudonym, in ledger order, with their block height.
+    /// The entries about one patient pseudonym, in ledger order, with their block height. Each
+    /// block that holds some of them is read once, and only those entries are decoded from it
+    /// ([`Block::pick_entries`]): a patient's few entries in a block of many cost what they are.
     pub fn entries_for_patient(&self, pseudonym: &str) -> Result<Vec<(Entry, u64)>, StoreError> {
         let mut out = Vec::new();
-        let mut cache: HashMap<u64, Block> = HashMap::new();
+        // The index is ordered by location: one block's entries are next to each other.
+        let mut block: Option<(u64, Vec<medgate_ledger::Place>)> = None;
         for kv in self.by_patient.scan_prefix(format!("{pseudonym}/").as_bytes()) {
             let (_, v) = kv?;
             let Some(loc) = Location::decode(&v) else { continue };
-            if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(loc.height) {
-                if let Some(b) = self.block(loc.height)? {
-                    e.insert(b);
+            match &mut block {
+                Some((h, places)) if *h == loc.height => places.push((loc.batch, loc.entry)),
+                _ => {
+                    if let Some((h, places)) = block.replace((loc.height, vec![(loc.batch, loc.entry)])) {
+                        self.pick(h, &places, &mut out)?;
+                    }
                 }
             }
-            if let Some(entry) = cache
-                .get(&loc.height)
-                .and_then(|b| b.batches.get(loc.batch as usize))
-                .and_then(|b| b.entries.get(loc.entry as usize))
-            {
-                out.push((entry.clone(), loc.height));
-            }
+        }
+        if let Some((h, places)) = block {
+            self.pick(h, &places, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Appends the entries of block `height` at `places` to `out`, with the height.
+    fn pick(&self, height: u64, places: &[medgate_ledger::Place], out: &mut Vec<(Entry, u64)>) -> Result<(), StoreError> {
+        let Some(bytes) = self.blocks.get(height.to_be_bytes())? else { return Ok(()) };
+        let picked = Block::pick_entries(&bytes, places).map_err(|e| StoreError::Format(format!("block {height}: {e}")))?;
+        out.extend(picked.into_iter().map(|(_, e)| (e, height)));
+        Ok(())
     }
 
     /// Ledger public keys (SPKI DER) by version, as recorded when they signed.

@@ -1,0 +1,34 @@
+//! `medgate bench --scale` on small sizes: the entries it writes in bulk through the gateway's
+//! ledger writer make a ledger that `ledger verify` accepts (in the bench, and the command on
+//! the stopped store), of exactly the sizes asked, and the gateway's indexes serve them: the
+//! audited patient's AuditEvent search finds every one of its entries, and the ITI-67 walk
+//! every stored document (the bench fails otherwise). No figure is asserted.
+
+#![allow(clippy::unwrap_used, reason = "test")]
+
+use std::process::Command;
+
+#[test]
+fn bulk_written_ledger_verifies_and_its_indexes_answer() {
+    let out = Command::new(env!("CARGO_BIN_EXE_medgate"))
+        .args(["bench", "--scale", "1500,4000", "--scale-documents", "12", "--size", "512", "--json"])
+        .env_remove("MEDGATE_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench --scale failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    let walks = report["search_walks"].as_u64().unwrap();
+    for (step, size) in steps.iter().zip([1500u64, 4000]) {
+        // Grown to the size asked; then each page of the ITI-67 walks is one more entry.
+        let searches = walks * step["search_pages_per_walk"].as_u64().unwrap();
+        assert_eq!(step["ledger_entries"].as_u64().unwrap(), size + searches, "{step}");
+        assert!(step["blocks"].as_u64().unwrap() * report["batch_max_entries"].as_u64().unwrap() >= size, "{step}");
+        assert_eq!(step["audit_pages_per_walk"].as_u64().unwrap(), 3, "240 audited entries, 100 a page: {step}");
+    }
+    let command = report["verify_command_output"].as_str().unwrap();
+    assert!(command.starts_with("ledger OK") && command.contains(&format!("{} entries", steps[1]["ledger_entries"])), "{command}");
+    assert!(report["verify_command_seconds"].is_number(), "{report}");
+}
