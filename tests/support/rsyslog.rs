@@ -121,12 +121,13 @@ input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="arr")
         self.spawn();
     }
 
-    /// The lines received so far (each one syslog message).
+    /// The lines received so far (each one syslog message). Only complete lines: rsyslogd may
+    /// be writing the last one while the file is read.
     pub fn received(&self) -> Vec<String> {
-        match fs::read(self.dir.join("received.log")) {
-            Ok(b) => String::from_utf8(b).unwrap().lines().map(str::to_owned).collect(),
-            Err(_) => Vec::new(),
-        }
+        let mut bytes = fs::read(self.dir.join("received.log")).unwrap_or_default();
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        bytes.truncate(complete);
+        String::from_utf8(bytes).unwrap().lines().map(str::to_owned).collect()
     }
 
     /// Waits until at least `n` lines have been received.
