@@ -75,18 +75,26 @@ fn op_count(s: &HsmStats, name: &str) -> u64 {
     s.ops.iter().find(|(k, _)| *k == name).map(|(_, v)| *v).unwrap_or(0)
 }
 
-pub fn run(opts: &Options) -> Result<(), Failure> {
-    if opts.records == 0 || opts.levels.contains(&0) || opts.size == 0 || opts.repeat == 0 || !opts.ceiling_seconds.is_finite() || opts.ceiling_seconds <= 0.0 {
-        return Err(Failure::usage("records, every concurrency level, size, repeat and ceiling seconds must be positive"));
-    }
-    let load_before = ceiling::load_average();
-    let dir = tempfile::Builder::new().prefix("medgate-bench").tempdir().map_err(rt_err)?;
+/// A throwaway site for the bench in a new temporary directory named `prefix...`: its SoftHSM
+/// token, keys and CA, its configuration with `[limits]` lifted (every client of the bench
+/// presents the same HIS certificate), and the HSM opened.
+fn throwaway_site(prefix: &str) -> Result<(tempfile::TempDir, Site, Config, Arc<Hsm>), Failure> {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().map_err(rt_err)?;
     eprintln!("medgate bench: building a throwaway site in {}", dir.path().display());
     let site = Site::create(dir.path(), "hospital-bench", &mut |_| {})?;
     let mut cfg = Config::load(&site.config).map_err(|e| Failure::config(e.to_string()))?;
     load::unthrottled(&mut cfg.limits);
     let pin = Pin::from_file(&site.dir.join("hsm-pin")).map_err(rt_err)?;
     let hsm = Arc::new(Hsm::open(HsmConfig { module: SOFTHSM_MODULE.into(), token_label: TOKEN.into(), pool_size: cfg.hsm.pool_size }, pin).map_err(Failure::hsm)?);
+    Ok((dir, site, cfg, hsm))
+}
+
+pub fn run(opts: &Options) -> Result<(), Failure> {
+    if opts.records == 0 || opts.levels.contains(&0) || opts.size == 0 || opts.repeat == 0 || !opts.ceiling_seconds.is_finite() || opts.ceiling_seconds <= 0.0 {
+        return Err(Failure::usage("records, every concurrency level, size, repeat and ceiling seconds must be positive"));
+    }
+    let load_before = ceiling::load_average();
+    let (_dir, site, cfg, hsm) = throwaway_site("medgate-bench")?;
     eprintln!("medgate bench: HSM ceilings ({} s per figure)", opts.ceiling_seconds);
     let hsm_ceilings = HsmCeilings::measure(&hsm, opts.ceiling_seconds);
     let kek_scheme = match hsm.active_kek_scheme().map_err(Failure::hsm)? {

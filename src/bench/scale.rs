@@ -14,17 +14,15 @@ mod table;
 mod walk;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use medgate_fhir::PatientId;
 use medgate_gateway::config::Config;
 use medgate_gateway::server::{Listeners, Running};
-use medgate_hsm::{Hsm, HsmConfig, Pin};
 
 use super::ceiling::{load_average, rss_mib};
-use super::load::{self, Target};
-use crate::demo::{Site, SOFTHSM_MODULE, TOKEN};
+use super::load::Target;
+use crate::demo::Site;
 use crate::exit::Failure;
 use grow::{Audited, Grower};
 use table::{ScaleReport, Step};
@@ -65,13 +63,7 @@ pub fn run(opts: &ScaleOptions) -> Result<(), Failure> {
         return Err(Failure::usage("--scale takes increasing ledger sizes above zero (e.g. 10000,100000,1000000); --scale-documents and --size must be positive"));
     }
     let load_before = load_average();
-    let dir = tempfile::Builder::new().prefix("medgate-bench-scale").tempdir().map_err(rt_err)?;
-    eprintln!("medgate bench: scale: building a throwaway site in {}", dir.path().display());
-    let site = Site::create(dir.path(), "hospital-bench", &mut |_| {})?;
-    let mut cfg = Config::load(&site.config).map_err(|e| Failure::config(e.to_string()))?;
-    load::unthrottled(&mut cfg.limits);
-    let pin = Pin::from_file(&site.dir.join("hsm-pin")).map_err(rt_err)?;
-    let hsm = Arc::new(Hsm::open(HsmConfig { module: SOFTHSM_MODULE.into(), token_label: TOKEN.into(), pool_size: cfg.hsm.pool_size }, pin).map_err(Failure::hsm)?);
+    let (_dir, site, cfg, hsm) = super::throwaway_site("medgate-bench-scale")?;
     let mut report = ScaleReport {
         date: medgate_gateway::clock::now_rfc3339(),
         cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
