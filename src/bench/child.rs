@@ -19,14 +19,17 @@ fn runtime(e: impl std::fmt::Display) -> Failure {
 /// lines) goes to ours.
 async fn run(args: &[String]) -> Result<String, Failure> {
     let exe = std::env::current_exe().map_err(runtime)?;
-    let out = tokio::process::Command::new(exe)
+    // Not `output()`: tokio's pipes standard error too, and the child's progress lines and
+    // errors would be lost.
+    let child = tokio::process::Command::new(exe)
         .arg("bench")
         .args(args)
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
-        .output()
-        .await
+        .spawn()
         .map_err(runtime)?;
+    let out = child.wait_with_output().await.map_err(runtime)?;
     if !out.status.success() {
         return Err(Failure::runtime(format!("bench child {args:?} failed: {}", out.status)));
     }
