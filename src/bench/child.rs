@@ -9,16 +9,13 @@ use std::time::Duration;
 
 use medgate_store::ceiling::WriteRate;
 
+use super::rt_err;
 use crate::exit::Failure;
-
-fn runtime(e: impl std::fmt::Display) -> Failure {
-    Failure::runtime(e.to_string())
-}
 
 /// Runs `medgate bench <args>` and returns its standard output; its standard error (progress
 /// lines) goes to ours.
 async fn run(args: &[String]) -> Result<String, Failure> {
-    let exe = std::env::current_exe().map_err(runtime)?;
+    let exe = std::env::current_exe().map_err(rt_err)?;
     // Not `output()`: tokio's pipes standard error too, and the child's progress lines and
     // errors would be lost.
     let child = tokio::process::Command::new(exe)
@@ -28,12 +25,12 @@ async fn run(args: &[String]) -> Result<String, Failure> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()
-        .map_err(runtime)?;
-    let out = child.wait_with_output().await.map_err(runtime)?;
+        .map_err(rt_err)?;
+    let out = child.wait_with_output().await.map_err(rt_err)?;
     if !out.status.success() {
         return Err(Failure::runtime(format!("bench child {args:?} failed: {}", out.status)));
     }
-    String::from_utf8(out.stdout).map_err(runtime)
+    String::from_utf8(out.stdout).map_err(rt_err)
 }
 
 /// The store's write+flush rate (see [`medgate_store::ceiling::write_flush_rate`]), measured by a
@@ -62,7 +59,7 @@ pub fn store_ceiling_main(dir: &Path, value_bytes: usize, group: usize, seconds:
     if value_bytes == 0 || group == 0 || !seconds.is_finite() || seconds <= 0.0 {
         return Err(Failure::usage("--store-value-bytes, --store-group and --ceiling-seconds must be positive"));
     }
-    let rate = medgate_store::ceiling::write_flush_rate(dir, value_bytes, group, Duration::from_secs_f64(seconds)).map_err(runtime)?;
+    let rate = medgate_store::ceiling::write_flush_rate(dir, value_bytes, group, Duration::from_secs_f64(seconds)).map_err(rt_err)?;
     println!("{} {}", rate.values_per_second, rate.flushes_per_second);
     Ok(())
 }
@@ -78,6 +75,6 @@ pub fn prefill_main(state_dir: &Path, n: usize, size: usize) -> Result<(), Failu
     if n == 0 || size == 0 {
         return Err(Failure::usage("--prefill and --size must be positive"));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(runtime)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(rt_err)?;
     rt.block_on(super::prefill::prefill(state_dir, n, size, super::load::PATIENTS * 20))
 }

@@ -22,6 +22,7 @@ use medgate_gateway::server::{Listeners, Running};
 
 use super::ceiling::{load_average, rss_mib};
 use super::load::Target;
+use super::rt_err;
 use crate::demo::Site;
 use crate::exit::Failure;
 use grow::{Audited, Grower};
@@ -48,10 +49,6 @@ pub struct ScaleOptions {
     pub size: usize,
     /// Print JSON instead of the table.
     pub json: bool,
-}
-
-fn rt_err(e: impl std::fmt::Display) -> Failure {
-    Failure::runtime(e.to_string())
 }
 
 fn patient(value: &str) -> PatientId {
@@ -121,7 +118,7 @@ async fn steps(opts: &ScaleOptions, site: &Site, cfg: &Config, running: &Running
     let (key_version, pseudonym) = gateway.patient_pseudonym(&audited).await.map_err(rt_err)?;
     let mut grower = Grower::new(gateway.ledger.clone(), &gateway.hospital, Audited { pseudonym, key_version, entries: AUDITED });
     let store = gateway.ledger.store.clone();
-    let mut entries = chain_entries(&store)?;
+    let mut entries = verify(&store).await?.0.entries as usize;
     for &size in &opts.sizes {
         let add = size.saturating_sub(entries);
         eprintln!("medgate bench: scale: growing the ledger from {entries} to {size} entries");
@@ -156,15 +153,6 @@ async fn steps(opts: &ScaleOptions, site: &Site, cfg: &Config, running: &Running
         report.steps.push(step);
     }
     Ok(())
-}
-
-/// Entries on the stored chain, counted block by block.
-fn chain_entries(store: &medgate_store::ChainStore) -> Result<usize, Failure> {
-    let mut n = 0;
-    for block in store.blocks() {
-        n += block.map_err(rt_err)?.batches.iter().map(|b| b.entries.len()).sum::<usize>();
-    }
-    Ok(n)
 }
 
 /// `ledger verify`'s check of the whole chain ([`medgate_store::ChainStore::verify`], the call
