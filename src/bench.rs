@@ -124,8 +124,8 @@ pub fn run(opts: &Options) -> Result<(), Failure> {
             eprintln!("medgate bench: prefilling the vault with {} records", opts.prefill);
             child::prefill(&cfg.gateway.state_directory, opts.prefill, opts.size).await?;
         }
-        let his = tokio::net::TcpListener::bind(site.his_addr).await.map_err(rt_err)?;
-        let monitor = tokio::net::TcpListener::bind(site.admin_addr).await.map_err(rt_err)?;
+        let his = medgate_gateway::server::bind_tcp(site.his_addr).map_err(rt_err)?;
+        let monitor = medgate_gateway::server::bind_tcp(site.admin_addr).map_err(rt_err)?;
         let admin = medgate_gateway::server::officers::bind(&cfg.admin.socket, None).map_err(rt_err)?;
         let running = Running::start(&cfg, hsm.clone(), Listeners { his, monitor, admin }).await.map_err(rt_err)?;
         let outcome = levels(opts, &site, &cfg, &hsm, &running, &mut report).await;

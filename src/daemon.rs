@@ -22,13 +22,13 @@ use crate::harden;
 use medgate_gateway::config::Config;
 use medgate_gateway::server::{notify, officers, Listeners, Running};
 
-async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, Failure> {
-    TcpListener::bind(addr).await.map_err(|e| Failure::bind(addr, what, &e))
+fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, Failure> {
+    medgate_gateway::server::bind_tcp(addr).map_err(|e| Failure::bind(addr, what, &e))
 }
 
 async fn listen(cfg: &Config) -> Result<Listeners, Failure> {
-    let his = bind(cfg.his.listen, "his.listen").await?;
-    let monitor = bind(cfg.admin.listen, "admin.listen").await?;
+    let his = bind(cfg.his.listen, "his.listen")?;
+    let monitor = bind(cfg.admin.listen, "admin.listen")?;
     let admin = officers::bind(&cfg.admin.socket, cfg.admin.officers()).map_err(|e| Failure {
         // A missing or unwritable directory is the installation's fault; a live socket may go away.
         code: if e.kind() == std::io::ErrorKind::AddrInUse { crate::exit::UNAVAILABLE } else { crate::exit::BAD_CONFIG },

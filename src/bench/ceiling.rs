@@ -18,7 +18,6 @@ use hyper_util::server::conn::auto::Builder;
 use medgate_hsm::ceiling::RawOp;
 use medgate_hsm::Hsm;
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// The HSM's raw rates (operations per second) on one and two sessions.
@@ -66,7 +65,7 @@ const NULL_ANSWER: &[u8] = br#"{"resourceType":"Bundle","type":"transaction-resp
 impl NullEndpoint {
     /// Serves on a free loopback port with `tls` (the gateway's server configuration).
     pub async fn start(tls: Arc<rustls::ServerConfig>) -> Result<NullEndpoint, String> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        let listener = medgate_gateway::server::bind_tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (stop, mut stopped) = watch::channel(false);
         tokio::spawn(async move {

@@ -104,8 +104,8 @@ pub fn run(requests: usize, connections: usize) -> Result<(), Failure> {
     let hsm = Arc::new(Hsm::open(HsmConfig { module: SOFTHSM_MODULE.into(), token_label: TOKEN.into(), pool_size: cfg.hsm.pool_size }, pin).map_err(Failure::hsm)?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| Failure::runtime(e.to_string()))?;
     let running = rt.block_on(async {
-        let his = tokio::net::TcpListener::bind(site.his_addr).await.map_err(|e| Failure::runtime(e.to_string()))?;
-        let monitor = tokio::net::TcpListener::bind(site.admin_addr).await.map_err(|e| Failure::runtime(e.to_string()))?;
+        let his = medgate_gateway::server::bind_tcp(site.his_addr).map_err(|e| Failure::runtime(e.to_string()))?;
+        let monitor = medgate_gateway::server::bind_tcp(site.admin_addr).map_err(|e| Failure::runtime(e.to_string()))?;
         let admin = medgate_gateway::server::officers::bind(&cfg.admin.socket, None).map_err(|e| Failure::runtime(e.to_string()))?;
         Running::start(&cfg, hsm.clone(), Listeners { his, monitor, admin }).await.map_err(|e| Failure::runtime(e.to_string()))
     })?;

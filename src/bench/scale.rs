@@ -80,8 +80,8 @@ pub fn run(opts: &ScaleOptions) -> Result<(), Failure> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(rt_err)?;
     let result = rt.block_on(async {
-        let his = tokio::net::TcpListener::bind(site.his_addr).await.map_err(rt_err)?;
-        let monitor = tokio::net::TcpListener::bind(site.admin_addr).await.map_err(rt_err)?;
+        let his = medgate_gateway::server::bind_tcp(site.his_addr).map_err(rt_err)?;
+        let monitor = medgate_gateway::server::bind_tcp(site.admin_addr).map_err(rt_err)?;
         let admin = medgate_gateway::server::officers::bind(&cfg.admin.socket, None).map_err(rt_err)?;
         let running = Running::start(&cfg, hsm.clone(), Listeners { his, monitor, admin }).await.map_err(rt_err)?;
         let outcome = steps(opts, &site, &cfg, &running, &mut report).await;

@@ -56,6 +56,20 @@ pub fn notify(states: &[sd_notify::NotifyState<'_>]) {
     let _ = sd_notify::notify(false, states);
 }
 
+/// Queue of connections the kernel completes before the gateway accepts them (capped by
+/// `net.core.somaxconn`). The platform default of 128 overflows when a HIS opens its connection
+/// pool at once: each connection beyond it loses its SYN and waits a second for the retransmit.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a TCP listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, so a restart
+/// binds while the previous run's connections are in TIME_WAIT).
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The sockets a gateway serves on, bound by the caller (tests bind port 0).
 #[derive(Debug)]
 pub struct Listeners {
@@ -277,7 +291,7 @@ async fn share(gateway: Gateway, c: &Consortium, link: &Arc<EtcdLink>, hsm: &Arc
     link.set_block_source(sharing.clone());
     let listener = match c.peer_listen {
         Some(addr) => {
-            let l = TcpListener::bind(addr).await.map_err(|e| ServerError::Consortium(format!("cannot listen on {addr} (consortium.peer_listen): {e}")))?;
+            let l = bind_tcp(addr).map_err(|e| ServerError::Consortium(format!("cannot listen on {addr} (consortium.peer_listen): {e}")))?;
             Some((l, crate::peer::server_tls(c, hsm).map_err(ServerError::Consortium)?))
         }
         None => None,
@@ -325,5 +339,37 @@ async fn drain_outbox(gateway: Gateway, mut stop: watch::Receiver<bool>) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, outbox = gateway.vault.outbox_len(), "outbox still waiting for the ledger"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A HIS that opens its whole connection pool at once while the gateway is busy: every
+    /// connection completes its handshake in the kernel's queue, none waits for a SYN
+    /// retransmit. With the platform default (128) the 130th connect hangs until accepted.
+    #[tokio::test]
+    async fn a_burst_of_connections_beyond_the_default_backlog_is_queued_not_dropped() {
+        const BURST: usize = 300;
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(LISTEN_BACKLOG);
+        assert!(somaxconn as usize > BURST, "net.core.somaxconn is {somaxconn}: the kernel caps the listen backlog below {BURST}");
+        let listener = bind_tcp(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        // Nothing accepts until every connect has completed.
+        let mut held = Vec::with_capacity(BURST);
+        for i in 0..BURST {
+            match tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => held.push(s),
+                Ok(Err(e)) => panic!("connection {i} refused: {e}"),
+                Err(_) => panic!("connection {i} not completed: the listen backlog is full"),
+            }
+        }
+        let mut accepted = 0;
+        while accepted < BURST {
+            listener.accept().await.expect("accept");
+            accepted += 1;
+        }
+        assert_eq!(held.len(), accepted);
     }
 }
