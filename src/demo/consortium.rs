@@ -417,9 +417,8 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
     let read = |p: &str| std::fs::read(c.etcd.dir.join(p)).map_err(rt_err);
     let (ca, cert, key) = (read("ca.pem")?, read("root.crt")?, read("root.key")?);
     let tls = medgate_gateway::tls::client_config(&ca, Some((&cert, &key))).map_err(rt_err)?;
-    let raw = medgate_store::order::etcd::raw_put_rate(&c.etcd.endpoints, &tls, Duration::from_secs(3), concurrency)
-        .await
-        .map_err(Failure::runtime)?;
+    let raw = medgate_store::order::etcd::raw_puts(&c.etcd.endpoints, &tls, Duration::from_secs(3), concurrency).await.map_err(Failure::runtime)?.rate;
+    let one = medgate_store::order::etcd::raw_puts(&c.etcd.endpoints, &tls, Duration::from_secs(2), 1).await.map_err(Failure::runtime)?;
     println!(
         "medgate consortium bench {}: 3 etcd members (mutual TLS, loopback), 3 gateways, SoftHSM2, {} cores, load average {}",
         medgate_gateway::clock::now_rfc3339(),
@@ -427,6 +426,12 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_else(|| "?".into()),
     );
     println!("etcd raw put (1 KiB, {concurrency} concurrent, as root): {raw:.0} puts/s");
+    println!(
+        "etcd raw put (1 KiB, one after another: one consensus round, the floor of a read's access entry): p50 {:.2} ms, p99 {:.2} ms ({} puts)",
+        percentile(&one.latencies, 0.5),
+        percentile(&one.latencies, 0.99),
+        one.latencies.len()
+    );
     let a = &c.sites[0];
     let patient = PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: "bench-patient".into() };
     let (ids, rate) = bench_ingest(a, &patient, records, concurrency).await?;

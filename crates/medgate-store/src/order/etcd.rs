@@ -208,10 +208,20 @@ async fn dial(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> std::io::Resu
     tokio_rustls::TlsConnector::from(tls).connect(ServerName::IpAddress(addr.ip().into()), tcp).await
 }
 
-/// etcd's own put rate, measured with a plain client (`tls`: a client configuration with its key
-/// in process, not the HSM): the reference figure next to which `medgate bench --consortium`
-/// prints the consortium's rates.
-pub async fn raw_put_rate(endpoints: &[SocketAddr], tls: &rustls::ClientConfig, duration: Duration, concurrency: usize) -> Result<f64, String> {
+/// etcd's own put rate and latencies, measured with a plain client (`tls`: a client
+/// configuration with its key in process, not the HSM): the reference figures next to which
+/// `medgate bench --consortium` prints the consortium's rates (at the run's concurrency) and
+/// its read latency (one put after another: one consensus round, the floor of an access entry).
+#[derive(Debug, Clone)]
+pub struct RawPuts {
+    /// Puts per second over the run.
+    pub rate: f64,
+    /// Each put's latency, sorted.
+    pub latencies: Vec<Duration>,
+}
+
+/// Puts 1 KiB values for `duration` from `concurrency` tasks over one connection.
+pub async fn raw_puts(endpoints: &[SocketAddr], tls: &rustls::ClientConfig, duration: Duration, concurrency: usize) -> Result<RawPuts, String> {
     let mut cfg = tls.clone();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let cfg = Arc::new(cfg);
@@ -223,24 +233,29 @@ pub async fn raw_put_rate(endpoints: &[SocketAddr], tls: &rustls::ClientConfig, 
     let channel = tonic::transport::Endpoint::from_static("http://etcd.bench.invalid").connect_with_connector_lazy(connector);
     let client = Client::from_channel(etcd_client::Channel::Tonic(channel), None).await.map_err(|e| e.to_string())?;
     let value = vec![b'x'; 1024];
+    // The connection is made (and its first round trip paid) before the clock starts.
+    client.kv_client().put("/bench/raw/warm", value.clone(), None).await.map_err(|e| e.to_string())?;
     let start = std::time::Instant::now();
     let mut tasks = Vec::new();
     for w in 0..concurrency {
         let (client, value) = (client.clone(), value.clone());
         tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
+            let mut took = Vec::new();
             while start.elapsed() < duration {
-                client.kv_client().put(format!("/bench/raw/{w}/{n}"), value.clone(), None).await.map_err(|e| e.to_string())?;
-                n += 1;
+                let t = std::time::Instant::now();
+                client.kv_client().put(format!("/bench/raw/{w}/{}", took.len()), value.clone(), None).await.map_err(|e| e.to_string())?;
+                took.push(t.elapsed());
             }
-            Ok::<u64, String>(n)
+            Ok::<Vec<Duration>, String>(took)
         }));
     }
-    let mut total = 0;
+    let mut latencies = Vec::new();
     for t in tasks {
-        total += t.await.map_err(|e| e.to_string())??;
+        latencies.extend(t.await.map_err(|e| e.to_string())??);
     }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    let rate = latencies.len() as f64 / start.elapsed().as_secs_f64();
+    latencies.sort();
+    Ok(RawPuts { rate, latencies })
 }
 
 /// The etcdctl commands that give each hospital its etcd user (the CN of its consortium
