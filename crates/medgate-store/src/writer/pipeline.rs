@@ -2,7 +2,8 @@
 //!
 //! For each group: its records, idempotency states and entries are stored first, with the
 //! entries in the outbox, in one transaction and one flush (whatever happens to the ordering
-//! service from then on, nothing is lost). Its new entries are then signed as one batch and
+//! service from then on, nothing is lost; a group of entries alone flushes while its batch is
+//! ordered, see [`Writer::submit_group`]). Its new entries are then signed as one batch and
 //! submitted; as soon as the service holds the batch (its place in the order is fixed) the
 //! writer goes on with the next group, while a task waits for this one's block and answers its
 //! requests. Batches are submitted one after another, so their sequence numbers land in order.
@@ -87,25 +88,41 @@ pub(super) async fn run(w: Writer, mut rx: mpsc::Receiver<Pending>) {
 }
 
 impl Writer {
-    /// Stores the group durably, then signs and submits its batches; a task answers the group
-    /// once they have landed.
+    /// Stores the group, then signs and submits its batches; a task answers the group once they
+    /// have landed.
+    ///
+    /// Records and idempotency states are flushed before their entries go to the ordering
+    /// service: a block must never name a record this gateway could still lose. A group of
+    /// entries alone (accesses, searches) flushes its outbox rows while its batch is signed and
+    /// ordered, and is answered only once both are done: nothing is disclosed before the access
+    /// is durable here or on the ledger. That takes the flush off a cross-hospital read's path.
     async fn submit_group(&self, mut group: Vec<Pending>, flight: &mut Flight, landed_tx: &mpsc::UnboundedSender<bool>) {
-        if let Err(refused) = self.store_group(&mut group).await {
-            answer(group, &Err(refused));
-            return;
-        }
+        let flush_first = group.iter().any(|p| p.deposit.is_some());
+        let wrote = match self.store_group(&mut group, flush_first).await {
+            Ok(wrote) => wrote,
+            Err(refused) => return answer(group, &Err(refused)),
+        };
         if group.is_empty() {
             return;
         }
+        let vault = &self.parts.vault;
+        let flush = async move {
+            if wrote && !flush_first {
+                vault.sync().await.map_err(Refused::not_stored)
+            } else {
+                Ok(())
+            }
+        };
         let stored = |e: StoreError| Refused { why: e.to_string(), stored: true, conflict: false };
         let (known, fresh) = match self.split_known(&group) {
             Ok(v) => v,
-            Err(e) => return answer(group, &Err(stored(e))),
+            Err(e) => return answer(group, &flush.await.and(Err(stored(e)))),
         };
         if fresh.is_empty() {
-            return answer(group, &Ok(known));
+            return answer(group, &flush.await.map(|()| known));
         }
-        let landings = match self.submit_batches(fresh, flight).await {
+        let (flushed, submitted) = tokio::join!(flush, self.submit_batches(fresh, flight));
+        let landings = match submitted {
             Ok(l) => l,
             Err((submitted, e)) => {
                 flight.next_seq = None;
@@ -124,27 +141,30 @@ impl Writer {
                         let _ = landed_tx.send(false);
                     });
                 }
-                return answer(group, &Err(stored(e)));
+                return answer(group, &flushed.and(Err(stored(e))));
             }
         };
         flight.groups += 1;
         let (events, landed_tx) = (self.parts.events.clone(), landed_tx.clone());
         tokio::spawn(async move {
-            let outcome = land(landings, known).await;
-            if let Err(r) = &outcome {
+            let landed = land(landings, known).await;
+            if let Err(r) = &landed {
                 tracing::error!(error = %r.why, "ledger append failed; entries stay in the outbox");
                 events.incr("ledger_append_failures");
             }
-            let ok = outcome.is_ok();
-            answer(group, &outcome);
+            let ok = landed.is_ok();
+            // A failed flush refuses the group even when its batch landed: the caller heard
+            // nothing was stored, so nothing is disclosed.
+            answer(group, &flushed.and(landed));
             let _ = landed_tx.send(ok);
         });
     }
 
     /// One transaction for the group's deposits and the entries it hands over (in the outbox),
-    /// then one flush. A request the stored state refuses (a status change it does not allow)
-    /// is answered at once and taken out of the group, which is written again without it.
-    async fn store_group(&self, group: &mut Vec<Pending>) -> Result<(), Refused> {
+    /// then, with `flush`, one flush. A request the stored state refuses (a status change it
+    /// does not allow) is answered at once and taken out of the group, which is written again
+    /// without it. `Ok(true)` when something was written.
+    async fn store_group(&self, group: &mut Vec<Pending>, flush: bool) -> Result<bool, Refused> {
         loop {
             let mut parts = Vec::new();
             let mut loose = Deposit::default();
@@ -160,15 +180,16 @@ impl Writer {
                 parts.push((group.len(), loose));
             }
             if parts.is_empty() {
-                return Ok(());
+                return Ok(false);
             }
             let refs: Vec<(usize, &Deposit)> = parts.iter().map(|(i, d)| (*i, d)).collect();
             match self.parts.vault.write_all(&refs).map_err(|e| GroupError::from_deposits(e, group.len())) {
-                Ok(()) => return self.parts.vault.sync().await.map_err(Refused::not_stored),
+                Ok(()) if flush => return self.parts.vault.sync().await.map(|()| true).map_err(Refused::not_stored),
+                Ok(()) => return Ok(true),
                 Err(GroupError::Refused { index, error }) => {
                     drop_refused(group, index, error);
                     if group.is_empty() {
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
                 Err(GroupError::Failed(refused)) => return Err(refused),
