@@ -702,10 +702,20 @@ pub(crate) fn apply_change(current: Option<&[u8]>, c: &StatusChange) -> Result<V
     to_json("record", &rec)
 }
 
-/// A new random record id (128 bits, hex).
+/// A new record or list id: 128 bits in hex, the first 48 the time in milliseconds since the
+/// Unix epoch (big-endian), the other 80 random.
+///
+/// Ids made one after another sort together, so new records are inserted at the end of the
+/// vault's trees, in leaves that are already in the page cache. With fully random ids every
+/// insert landed in a different leaf: once the vault outgrew the cache, each one first read its
+/// leaf back from disk (ingest slowed by a fifth within the first 50 000 records). The time an
+/// id shows is when the record was stored, which its DocumentReference and its ledger entry
+/// already say; 80 random bits keep ids unguessable and distinct.
 pub fn new_id() -> String {
     let mut b = [0u8; 16];
-    let _ = SystemRandom::new().fill(&mut b);
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    let _ = SystemRandom::new().fill(&mut b[6..]);
     hex::encode(b)
 }
 
@@ -759,6 +769,20 @@ pub mod fixture {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_start_with_the_time_they_were_made_sort_in_that_order_and_are_distinct() {
+        let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+        let before = now();
+        let ids: Vec<String> = (0..10_000).map(|_| new_id()).collect();
+        let after = now();
+        let times: Vec<u64> = ids.iter().map(|id| u64::from_str_radix(&id[..12], 16).expect("hex")).collect();
+        assert!(times.iter().all(|t| (before..=after).contains(t)), "{before}..{after}: {:?}", (times.first(), times.last()));
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "ids made one after another sort in that order");
+        assert!(ids.iter().all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())));
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+    }
 
     #[tokio::test]
     async fn an_erasure_marks_a_shred_pending_that_only_a_pass_covering_every_erasure_clears() {
