@@ -55,6 +55,12 @@ impl HisClient {
         self
     }
 
+    /// Opens the connection now (TCP, the TLS handshake, HTTP/1.1) instead of at the first
+    /// request.
+    pub async fn open(&mut self) -> Result<(), String> {
+        self.connect().await.map(|_| ())
+    }
+
     async fn connect(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, String> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
             let tcp = tokio::net::TcpStream::connect(self.addr).await.map_err(|e| format!("connect {}: {e}", self.addr))?;

@@ -68,28 +68,43 @@ pub fn unthrottled(l: &mut medgate_gateway::config::Limits) {
     l.burst_per_client = 1_000_000;
 }
 
-/// The patient of client `w`'s `i`-th record.
-fn patient(w: usize, i: usize) -> PatientId {
-    PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: format!("{}", 100_000 + (w * 7919 + i) % PATIENTS) }
+/// The patient of the run's `i`-th record.
+fn patient(i: usize) -> PatientId {
+    PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: format!("{}", 100_000 + (i * 7919) % PATIENTS) }
 }
 
 /// Stores `records` documents of `size` bytes with `concurrency` clients; every answer must be
 /// `expect` (200 from the gateway: an ITI-65 transaction-response; 201 from the null endpoint).
+///
+/// Steady state, as a HIS with a connection pool sees it: every client opens its connection
+/// before the clock starts (a level's handshakes would otherwise count against its rate, 256
+/// of them at c=256), and the clients draw from one count of records, so all of them stay
+/// busy until the last one is sent (with a fixed share each, the level's tail ran on the few
+/// clients whose share was not done).
 pub async fn drive(target: &Target, records: usize, concurrency: usize, size: usize, expect: u16) -> Result<Run, String> {
-    let per_client = records.div_ceil(concurrency);
-    let mut clients = Vec::with_capacity(concurrency);
+    let mut opening = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        clients.push(target.client()?);
+        let mut client = target.client()?;
+        opening.push(tokio::spawn(async move { client.open().await.map(|()| client) }));
     }
+    let mut clients = Vec::with_capacity(concurrency);
+    for o in opening {
+        clients.push(o.await.map_err(|e| e.to_string())??);
+    }
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(concurrency);
     for (w, mut client) in clients.into_iter().enumerate() {
-        let n = per_client.min(records.saturating_sub(w * per_client));
+        let next = next.clone();
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(n);
+            let mut lat = Vec::with_capacity(records.div_ceil(concurrency));
             let data: Vec<u8> = (0..size).map(|i| (i * 31 + w) as u8).collect();
-            for i in 0..n {
-                let body = serde_json::to_vec(&sample_transaction(&patient(w, i), "application/pdf", &data, None)).map_err(|e| e.to_string())?;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= records {
+                    break;
+                }
+                let body = serde_json::to_vec(&sample_transaction(&patient(i), "application/pdf", &data, None)).map_err(|e| e.to_string())?;
                 let t = Instant::now();
                 let r = client.send("POST", "/", &[], body).await?;
                 if r.status != expect {
