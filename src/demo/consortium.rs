@@ -8,6 +8,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -370,19 +372,33 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[(((sorted.len() - 1) as f64) * p).round() as usize].as_secs_f64() * 1e3
 }
 
-/// `records` 4 KiB documents stored at `a` by `concurrency` HIS clients; prints the rate and
-/// latencies and returns the record ids.
+/// `n` HIS clients of `site`, each with its connection open (the handshakes are not measured).
+async fn open_clients(site: &Site, n: usize) -> Result<Vec<HisClient>, Failure> {
+    let mut opening = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut his = client(site, "bench", "physician", "TREAT")?;
+        opening.push(tokio::spawn(async move { his.open().await.map(|()| his) }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for o in opening {
+        out.push(o.await.map_err(rt_err)?.map_err(Failure::runtime)?);
+    }
+    Ok(out)
+}
+
+/// `records` 4 KiB documents stored at `a` by `concurrency` HIS clients (connected first, drawing
+/// from one count); prints the rate and latencies and returns the record ids.
 async fn bench_ingest(a: &Site, patient: &PatientId, records: usize, concurrency: usize) -> Result<(Vec<String>, f64), Failure> {
-    let per = records.div_ceil(concurrency);
+    let clients = open_clients(a, concurrency).await?;
+    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for w in 0..concurrency {
-        let mut his = client(a, "bench", "physician", "TREAT")?;
-        let patient = patient.clone();
+    for (w, mut his) in clients.into_iter().enumerate() {
+        let (patient, next) = (patient.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let data: Vec<u8> = (0..4096).map(|i| (i * 7 + w) as u8).collect();
             let mut out = Vec::new();
-            for _ in 0..per {
+            while next.fetch_add(1, Ordering::Relaxed) < records {
                 let t = Instant::now();
                 let r = his.post_json("/", &sample_transaction(&patient, "application/pdf", &data, None), &[]).await?;
                 if r.status != 200 {
@@ -476,15 +492,16 @@ const READ_CONCURRENCY: usize = 16;
 
 /// `concurrency` HIS clients at B read A's records at once (each its own share of `ids`).
 async fn concurrent_reads(b: &Site, ids: &[String], concurrency: usize) -> Result<(), Failure> {
-    let ids: Vec<String> = ids.iter().take(400).cloned().collect();
+    let ids: Arc<Vec<String>> = Arc::new(ids.iter().take(400).cloned().collect());
+    let clients = open_clients(b, concurrency).await?;
+    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for w in 0..concurrency {
-        let mut his = client(b, "bench", "physician", "TREAT")?;
-        let mine: Vec<String> = ids.iter().skip(w).step_by(concurrency).cloned().collect();
+    for mut his in clients {
+        let (ids, next) = (ids.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(mine.len());
-            for id in mine {
+            let mut lat = Vec::new();
+            while let Some(id) = ids.get(next.fetch_add(1, Ordering::Relaxed)) {
                 let t = Instant::now();
                 let r = his.get(&format!("/Binary/{id}")).await?;
                 if r.status != 200 {
