@@ -18,6 +18,8 @@ use sha2::{Digest, Sha256};
 use crate::error::{read_u64, to_json};
 use crate::{Db, StoreError};
 
+mod pieces;
+
 /// The sled tree of ledger entries stored but not yet in a block (shared with the vault, which
 /// writes them with the records they anchor).
 pub(crate) const OUTBOX_TREE: &str = "outbox";
@@ -108,16 +110,16 @@ impl ChainStore {
     pub fn head(&self) -> Result<Option<(u64, String)>, StoreError> {
         match self.blocks.last()? {
             None => Ok(None),
-            Some((k, v)) => {
-                let h = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Format("block key".into()))?);
-                let block = Block::from_bytes(&v).map_err(|e| StoreError::Format(format!("block {h}: {e}")))?;
+            Some((k, _)) => {
+                let h = pieces::height_of(&k)?;
+                let block = self.block(h)?.ok_or_else(|| StoreError::Format(format!("block {h}: vanished while read")))?;
                 Ok(Some((h, hex::encode(block.hash()))))
             }
         }
     }
 
     pub fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
-        match self.blocks.get(height.to_be_bytes())? {
+        match pieces::read(&self.blocks, height)? {
             None => Ok(None),
             Some(v) => Block::from_bytes(&v).map(Some).map_err(|e| StoreError::Format(format!("block {height}: {e}"))),
         }
@@ -145,13 +147,13 @@ impl ChainStore {
     /// copy by someone else would do (the fork tests of the layers above).
     #[cfg(any(test, feature = "fixtures"))]
     pub fn overwrite_block(&self, block: &Block) -> Result<(), StoreError> {
-        self.blocks.insert(block.height.to_be_bytes(), block.to_bytes())?;
+        pieces::overwrite(&self.blocks, block.height, &block.to_bytes())?;
         self.db.flush_blocking()
     }
 
     /// Every stored block in height order, decoded lazily (for `ledger verify`).
     pub fn blocks(&self) -> impl Iterator<Item = Result<Block, medgate_ledger::LedgerError>> + '_ {
-        self.blocks.iter().map(|kv| match kv {
+        pieces::all(&self.blocks).map(|kv| match kv {
             Ok((_, v)) => Block::from_bytes(&v),
             Err(e) => Err(medgate_ledger::LedgerError::Decode { what: "stored block", reason: e.to_string() }),
         })
@@ -196,7 +198,7 @@ impl ChainStore {
 
     /// Appends the entries of block `height` at `places` to `out`, with the height.
     fn pick(&self, height: u64, places: &[medgate_ledger::Place], out: &mut Vec<(Entry, u64)>) -> Result<(), StoreError> {
-        let Some(bytes) = self.blocks.get(height.to_be_bytes())? else { return Ok(()) };
+        let Some(bytes) = pieces::read(&self.blocks, height)? else { return Ok(()) };
         let picked = Block::pick_entries(&bytes, places).map_err(|e| StoreError::Format(format!("block {height}: {e}")))?;
         out.extend(picked.into_iter().map(|(_, e)| (e, height)));
         Ok(())
@@ -614,7 +616,7 @@ impl<'a> BlockViews<'a> {
 /// the derived state (record custodians, consents), `meta_updates` and the membership updates.
 pub(crate) fn write_block(v: &BlockViews<'_>, block: &Block, prepared: &PreparedBlock, meta_updates: &[(&[u8], Vec<u8>)]) -> Result<(), ConflictableTransactionError<StoreError>> {
     let height = block.height;
-    v.blocks.insert(&height.to_be_bytes(), prepared.bytes.as_slice())?;
+    pieces::write(v.blocks, height, &prepared.bytes)?;
     for (bi, (b, valid)) in block.batches.iter().zip(&block.valid).enumerate() {
         if !*valid {
             continue;
