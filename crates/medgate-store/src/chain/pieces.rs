@@ -39,10 +39,15 @@ pub(crate) fn height_of(key: &[u8]) -> Result<u64, StoreError> {
     }
 }
 
+/// The keys and values block `height` is stored under.
+fn split(height: u64, bytes: &[u8]) -> impl Iterator<Item = ([u8; 12], &[u8])> {
+    bytes.chunks(PIECE).enumerate().map(move |(i, piece)| (key(height, i as u32), piece))
+}
+
 /// Writes `bytes` as the pieces of block `height` inside a transaction.
 pub(crate) fn write(tree: &TransactionalTree, height: u64, bytes: &[u8]) -> Result<(), ConflictableTransactionError<StoreError>> {
-    for (i, piece) in bytes.chunks(PIECE).enumerate() {
-        tree.insert(&key(height, i as u32), piece)?;
+    for (k, piece) in split(height, bytes) {
+        tree.insert(&k, piece)?;
     }
     Ok(())
 }
@@ -53,8 +58,8 @@ pub(crate) fn overwrite(tree: &sled::Tree, height: u64, bytes: &[u8]) -> Result<
     for kv in tree.scan_prefix(height.to_be_bytes()) {
         tree.remove(kv?.0)?;
     }
-    for (i, piece) in bytes.chunks(PIECE).enumerate() {
-        tree.insert(key(height, i as u32), piece)?;
+    for (k, piece) in split(height, bytes) {
+        tree.insert(k, piece)?;
     }
     Ok(())
 }
@@ -68,7 +73,7 @@ pub(crate) fn read(tree: &sled::Tree, height: u64) -> Result<Option<Vec<u8>>, St
             break;
         }
     }
-    joined.finish()
+    Ok(joined.finish())
 }
 
 /// Every stored block in height order as (height, bytes).
@@ -90,7 +95,7 @@ pub(crate) fn all(tree: &sled::Tree) -> impl Iterator<Item = Result<(u64, Vec<u8
         };
         while more {
             match kvs.peek() {
-                Some(Ok((k, _))) if k.len() == 12 && height_of(k).ok() == Some(height) => {}
+                Some(Ok((k, _))) if k.len() == 12 && k.starts_with(&height.to_be_bytes()) => {}
                 _ => break,
             }
             let Some(Ok((k, v))) = kvs.next() else { break };
@@ -99,7 +104,7 @@ pub(crate) fn all(tree: &sled::Tree) -> impl Iterator<Item = Result<(u64, Vec<u8
                 Err(e) => return Some(Err(e)),
             };
         }
-        Some(joined.finish().and_then(|b| b.ok_or_else(|| StoreError::Format(format!("block {height}: no pieces")))).map(|b| (height, b)))
+        Some(joined.finish().map(|b| (height, b)).ok_or_else(|| StoreError::Format(format!("block {height}: no pieces"))))
     })
 }
 
@@ -133,8 +138,8 @@ impl Joined {
         Ok(true)
     }
 
-    fn finish(self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.bytes)
+    fn finish(self) -> Option<Vec<u8>> {
+        self.bytes
     }
 }
 
