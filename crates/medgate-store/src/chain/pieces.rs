@@ -9,9 +9,10 @@
 //! than it takes to fill the shards' queues: nothing was counted, nothing evicted, and the whole
 //! `blocks` tree stayed in memory beside a cache bounded at 64 MiB (jemalloc's heap profile after
 //! one scan of 300 000 entries: 158 MiB of leaves read by the scan; resident memory 964 MiB with
-//! a million entries). In pieces of 1 KiB a leaf holds at most 17 KiB, a scan reads some 25
-//! leaves per block, the queues fill and the cache evicts: the same scan leaves 6 MiB, and the
-//! gateway held 370 MiB with a million entries (tests/benches/README.md).
+//! a million entries). In pieces of 1 KiB a leaf holds at most 17 KiB and the cache can evict
+//! what a scan read: the gateway held 355–370 MiB with a million entries. Blocks are also read
+//! back piece by piece with point lookups, not with a scan ([`block_from`] says why): with that
+//! and a 32 MiB cache, 215–240 MiB (tests/benches/README.md).
 //!
 //! A store written before blocks were stored in pieces holds each block whole under its bare
 //! 8-byte height; both are read. The pieces of a block are written in one transaction with the
@@ -64,82 +65,67 @@ pub(crate) fn overwrite(tree: &sled::Tree, height: u64, bytes: &[u8]) -> Result<
     Ok(())
 }
 
+/// A key and its value in the `blocks` tree.
+type Kv = (sled::IVec, sled::IVec);
+
 /// The bytes of block `height`, or None when it is not stored.
 pub(crate) fn read(tree: &sled::Tree, height: u64) -> Result<Option<Vec<u8>>, StoreError> {
-    let mut joined = Joined::new(height);
-    for kv in tree.scan_prefix(height.to_be_bytes()) {
-        let (k, v) = kv?;
-        if !joined.add(&k, &v)? {
-            break;
-        }
+    match tree.range(height.to_be_bytes()..).next().transpose()? {
+        Some(kv) if height_of(&kv.0)? == height => Ok(Some(block_from(tree, height, kv)?.0)),
+        _ => Ok(None),
     }
-    Ok(joined.finish())
 }
 
 /// Every stored block in height order as (height, bytes).
 pub(crate) fn all(tree: &sled::Tree) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
-    let mut kvs = tree.iter().peekable();
+    let mut next = tree.first().map_err(StoreError::from).transpose();
     std::iter::from_fn(move || {
-        let first = match kvs.next()? {
+        let kv = match next.take()? {
             Ok(kv) => kv,
-            Err(e) => return Some(Err(e.into())),
-        };
-        let height = match height_of(&first.0) {
-            Ok(h) => h,
             Err(e) => return Some(Err(e)),
         };
-        let mut joined = Joined::new(height);
-        let mut more = match joined.add(&first.0, &first.1) {
-            Ok(more) => more,
-            Err(e) => return Some(Err(e)),
-        };
-        while more {
-            match kvs.peek() {
-                Some(Ok((k, _))) if k.len() == 12 && k.starts_with(&height.to_be_bytes()) => {}
-                _ => break,
-            }
-            let Some(Ok((k, v))) = kvs.next() else { break };
-            more = match joined.add(&k, &v) {
-                Ok(more) => more,
-                Err(e) => return Some(Err(e)),
-            };
-        }
-        Some(joined.finish().map(|b| (height, b)).ok_or_else(|| StoreError::Format(format!("block {height}: no pieces"))))
+        let read = height_of(&kv.0).and_then(|height| block_from(tree, height, kv).map(|(bytes, after)| (height, bytes, after)));
+        Some(read.map(|(height, bytes, after)| {
+            next = after.map(Ok);
+            (height, bytes)
+        }))
     })
 }
 
-/// The pieces of one block, checked to follow each other from piece 0.
-struct Joined {
-    height: u64,
-    bytes: Option<Vec<u8>>,
-    next: u32,
-}
-
-impl Joined {
-    fn new(height: u64) -> Joined {
-        Joined { height, bytes: None, next: 0 }
-    }
-
-    /// Adds the value under `key`; false once the block is complete (a whole, unpieced block).
-    fn add(&mut self, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
-        if key.len() == 8 {
-            if self.bytes.is_some() {
-                return Err(StoreError::Format(format!("block {}: stored both whole and in pieces", self.height)));
-            }
-            self.bytes = Some(value.to_vec());
-            return Ok(false);
+/// Block `height`, whose first key and value are `first`, and the key and value after it.
+///
+/// Piece by piece with point lookups, not with one scan of the tree. sled counts an access to a
+/// page at every lookup, so the leaves a whole-chain read went through are soon counted and
+/// evicted. A scan counts each leaf once, and up to 63 accesses in each of the cache's 256 shards
+/// wait uncounted, their leaves in memory: after `ledger verify` of a million entries, 142 MiB of
+/// leaves it had read stayed allocated (jemalloc's heap profile) beside the bounded cache; read
+/// by lookups, the whole process held 169 MiB. The lookups cost some 15 % of `ledger verify`'s
+/// speed.
+fn block_from(tree: &sled::Tree, height: u64, first: Kv) -> Result<(Vec<u8>, Option<Kv>), StoreError> {
+    let (first_key, first_value) = first;
+    let of_this_block = |k: &[u8]| k.len() == 12 && k.starts_with(&height.to_be_bytes());
+    if first_key.len() == 8 {
+        let after = tree.get_gt(&first_key)?;
+        if after.as_ref().is_some_and(|(k, _)| of_this_block(k)) {
+            return Err(StoreError::Format(format!("block {height}: stored both whole and in pieces")));
         }
-        let piece = u32::from_be_bytes(key.get(8..12).and_then(|p| p.try_into().ok()).ok_or_else(|| StoreError::Format(format!("block {}: piece key of {} bytes", self.height, key.len())))?);
-        if piece != self.next {
-            return Err(StoreError::Format(format!("block {}: piece {} missing (found piece {piece})", self.height, self.next)));
-        }
-        self.next += 1;
-        self.bytes.get_or_insert_with(|| Vec::with_capacity(PIECE * 8)).extend_from_slice(value);
-        Ok(true)
+        return Ok((first_value.to_vec(), after));
     }
-
-    fn finish(self) -> Option<Vec<u8>> {
-        self.bytes
+    let piece = |k: &[u8]| k.get(8..12).and_then(|p| <[u8; 4]>::try_from(p).ok()).map_or(u32::MAX, u32::from_be_bytes);
+    if piece(&first_key) != 0 {
+        return Err(StoreError::Format(format!("block {height}: piece 0 missing (found piece {})", piece(&first_key))));
+    }
+    let mut bytes = Vec::with_capacity(PIECE * 32);
+    bytes.extend_from_slice(&first_value);
+    let mut next = 1;
+    while let Some(value) = tree.get(key(height, next))? {
+        bytes.extend_from_slice(&value);
+        next += 1;
+    }
+    let after = tree.get_gt(key(height, next))?;
+    match &after {
+        Some((k, _)) if of_this_block(k) => Err(StoreError::Format(format!("block {height}: piece {next} missing (found piece {})", piece(k)))),
+        _ => Ok((bytes, after)),
     }
 }
 
@@ -208,5 +194,30 @@ mod tests {
         overwrite(&t, 3, &bytes(10, 2)).unwrap();
         assert_eq!(read(&t, 3).unwrap(), Some(bytes(10, 2)));
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_block_without_its_first_piece_or_stored_twice_is_an_error_naming_it() {
+        let t = tree();
+        put(&t, 2, &bytes(3 * PIECE, 1));
+        t.remove(key(2, 0)).unwrap();
+        let e = read(&t, 2).unwrap_err().to_string();
+        assert!(e.contains("block 2") && e.contains("piece 0 missing (found piece 1)"), "{e}");
+        let t = tree();
+        t.insert(7u64.to_be_bytes(), bytes(10, 1)).unwrap();
+        put(&t, 7, &bytes(2 * PIECE, 2));
+        let e = all(&t).next().unwrap().unwrap_err().to_string();
+        assert!(e.contains("block 7: stored both whole and in pieces"), "{e}");
+        assert!(all(&t).nth(1).is_none(), "a scan stops at the first block it cannot read");
+    }
+
+    #[test]
+    fn a_scan_finds_the_block_after_a_gap_in_the_heights() {
+        let t = tree();
+        put(&t, 0, &bytes(2 * PIECE, 1));
+        put(&t, 2, &bytes(PIECE + 3, 2));
+        let heights: Vec<u64> = all(&t).map(|r| r.unwrap().0).collect();
+        assert_eq!(heights, vec![0, 2], "the verifier, not the scan, judges a missing height");
+        assert_eq!(read(&t, 1).unwrap(), None);
     }
 }
