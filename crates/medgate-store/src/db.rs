@@ -7,8 +7,8 @@ use crate::StoreError;
 /// sled's page cache, as sled counts it (the size each page takes in its log, rounded up to a
 /// power of two); the leaves it holds take more in memory, and the accesses it has not yet counted
 /// keep more leaves beside it. With a million ledger entries a 32 MiB cache left the gateway at
-/// 215–240 MiB resident, 64 MiB at 264; ingest into a vault of a million records ran at the same
-/// rate with either (tests/benches/README.md).
+/// 211–240 MiB resident, 64 MiB at 264; ingest into a vault of a million records ran within 3 %
+/// of the rate with either (tests/benches/README.md).
 const CACHE_BYTES: u64 = 32 << 20;
 
 /// Hands this thread's deferred frees to sled's epoch collector and collects what is due.

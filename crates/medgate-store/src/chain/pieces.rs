@@ -12,7 +12,7 @@
 //! a million entries). In pieces of 1 KiB a leaf holds at most 17 KiB and the cache can evict
 //! what a scan read: the gateway held 355–370 MiB with a million entries. Blocks are also read
 //! back piece by piece with point lookups, not with a scan ([`block_from`] says why): with that
-//! and a 32 MiB cache, 215–240 MiB (tests/benches/README.md).
+//! and a 32 MiB cache, 211–240 MiB resident (tests/benches/README.md).
 //!
 //! A store written before blocks were stored in pieces holds each block whole under its bare
 //! 8-byte height; both are read. The pieces of a block are written in one transaction with the
@@ -97,10 +97,10 @@ pub(crate) fn all(tree: &sled::Tree) -> impl Iterator<Item = Result<(u64, Vec<u8
 /// Piece by piece with point lookups, not with one scan of the tree. sled counts an access to a
 /// page at every lookup, so the leaves a whole-chain read went through are soon counted and
 /// evicted. A scan counts each leaf once, and up to 63 accesses in each of the cache's 256 shards
-/// wait uncounted, their leaves in memory: after `ledger verify` of a million entries, 142 MiB of
-/// leaves it had read stayed allocated (jemalloc's heap profile) beside the bounded cache; read
-/// by lookups, the whole process held 169 MiB. The lookups cost some 15 % of `ledger verify`'s
-/// speed.
+/// wait uncounted, their leaves in memory: after `ledger verify` of a million entries, 142 MiB
+/// allocated under the scan stayed (120 MiB of leaves it had read; jemalloc's heap profile), 228
+/// MiB in all. Read by lookups, the process had 161 MiB allocated. The lookups cost some 15 % of
+/// `ledger verify`'s speed.
 fn block_from(tree: &sled::Tree, height: u64, first: Kv) -> Result<(Vec<u8>, Option<Kv>), StoreError> {
     let (first_key, first_value) = first;
     let of_this_block = |k: &[u8]| k.len() == 12 && k.starts_with(&height.to_be_bytes());
