@@ -96,8 +96,26 @@ impl NullEndpoint {
 
 /// Resident memory of this process in MiB (VmRSS), if the kernel says.
 pub fn rss_mib() -> Option<f64> {
+    status_mib("VmRSS:")
+}
+
+/// The most memory this process has had resident (VmHWM) since the start or the last
+/// [`reset_peak_rss`], in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    status_mib("VmHWM:")
+}
+
+/// Starts the peak of [`peak_rss_mib`] afresh from what is resident now (writing 5 to
+/// `/proc/self/clear_refs`, Linux 4.0 and later). False when the kernel refuses: the peak then
+/// counts from the start of the process.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// A field of `/proc/self/status` given in kB, in MiB.
+fn status_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kib: f64 = status.lines().find_map(|l| l.strip_prefix(field))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kib / 1024.0)
 }
 

@@ -31,6 +31,9 @@ pub struct Level {
     pub hmacs_per_record: f64,
     /// Resident memory of the process (gateway and generator) after the level, MiB.
     pub rss_mib: Option<f64>,
+    /// The most the process had resident while the gateway was under the level's load, MiB
+    /// (None when the kernel would not reset its high-water mark).
+    pub peak_rss_mib: Option<f64>,
 }
 
 impl Level {
@@ -101,12 +104,12 @@ impl Report {
         }
         println!("  the site's KEK wraps with {}: the wrap ceiling is {} records/s", self.kek_scheme, opt(self.wrap_ceiling));
         println!(
-            "{:>5} {:>3} {:>9} {:>7} {:>7} | {:>8} {:>7} | {:>9} {:>5} | {:>6} {:>6} {:>6} | {:>9} {:>17} {:>7} | {:>6}",
-            "conc", "run", "records/s", "p50 ms", "p99 ms", "null/s", "p99 ms", "store/s", "group", "×null", "×store", "×wrap", "calls/rec", "wrap sign hmac", "rec/sig", "RSS MiB"
+            "{:>5} {:>3} {:>9} {:>7} {:>7} | {:>8} {:>7} | {:>9} {:>5} | {:>6} {:>6} {:>6} | {:>9} {:>17} {:>7} | {:>7} {:>8}",
+            "conc", "run", "records/s", "p50 ms", "p99 ms", "null/s", "p99 ms", "store/s", "group", "×null", "×store", "×wrap", "calls/rec", "wrap sign hmac", "rec/sig", "RSS MiB", "peak MiB"
         );
         for l in &self.levels {
             println!(
-                "{:>5} {:>3} {:>9.0} {:>7.2} {:>7.2} | {:>8.0} {:>7.2} | {:>9.0} {:>5} | {:>6} {:>6} {:>6} | {:>9.2} {:>17} {:>7.1} | {:>6}",
+                "{:>5} {:>3} {:>9.0} {:>7.2} {:>7.2} | {:>8.0} {:>7.2} | {:>9.0} {:>5} | {:>6} {:>6} {:>6} | {:>9.2} {:>17} {:>7.1} | {:>7} {:>8}",
                 l.concurrency,
                 l.run,
                 l.records_per_s,
@@ -123,6 +126,7 @@ impl Report {
                 format!("{:.2} {:.3} {:.3}", l.wraps_per_record, l.signs_per_record, l.hmacs_per_record),
                 l.entries_per_batch(),
                 l.rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
+                l.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
             );
         }
         println!("load average after the run: {}", self.load_after.map_or("?".into(), |l| format!("{l:.2}")));

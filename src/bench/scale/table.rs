@@ -28,6 +28,9 @@ pub struct Step {
     pub verify_entries_per_s: f64,
     /// Resident memory of this process (gateway and generator) after the step, MiB.
     pub rss_mib: Option<f64>,
+    /// The most it had resident during the step (bulk writes, searches, verify), MiB; None
+    /// when the kernel would not reset its high-water mark.
+    pub peak_rss_mib: Option<f64>,
     /// The store's files on disk after the step, MiB.
     pub disk_mib: f64,
 }
@@ -77,13 +80,13 @@ impl ScaleReport {
         );
         println!("documents stored over mutual TLS in {:.1} s ({:.0}/s)", self.documents_seconds, self.documents as f64 / self.documents_seconds.max(1e-9));
         println!(
-            "{:>9} {:>7} | {:>9} | {:>5} {:>8} {:>8} {:>9} {:>9} | {:>5} {:>8} {:>8} {:>8} | {:>7} {:>9} | {:>7} {:>8}",
-            "entries", "blocks", "bulk/s", "pages", "p50 ms", "p99 ms", "walk p50", "walk max", "pages", "p50 ms", "p99 ms", "walk p50", "verify s", "entries/s", "RSS MiB", "disk MiB"
+            "{:>9} {:>7} | {:>9} | {:>5} {:>8} {:>8} {:>9} {:>9} | {:>5} {:>8} {:>8} {:>8} | {:>7} {:>9} | {:>7} {:>8} {:>8}",
+            "entries", "blocks", "bulk/s", "pages", "p50 ms", "p99 ms", "walk p50", "walk max", "pages", "p50 ms", "p99 ms", "walk p50", "verify s", "entries/s", "RSS MiB", "peak MiB", "disk MiB"
         );
         println!("{:>9} {:>7} | {:>9} | {:<43} | {:<35} | {:<17} |", "", "", "", "ITI-67 search (ms)", "AuditEvent search (ms)", "ledger verify");
         for s in &self.steps {
             println!(
-                "{:>9} {:>7} | {:>9.0} | {:>5} {:>8.2} {:>8.2} {:>9.1} {:>9.1} | {:>5} {:>8.2} {:>8.2} {:>8.1} | {:>8.2} {:>9.0} | {:>7} {:>8.0}",
+                "{:>9} {:>7} | {:>9.0} | {:>5} {:>8.2} {:>8.2} {:>9.1} {:>9.1} | {:>5} {:>8.2} {:>8.2} {:>8.1} | {:>8.2} {:>9.0} | {:>7} {:>8} {:>8.0}",
                 s.ledger_entries,
                 s.blocks,
                 s.bulk_entries_per_s,
@@ -99,6 +102,7 @@ impl ScaleReport {
                 s.verify_seconds,
                 s.verify_entries_per_s,
                 s.rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
+                s.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
                 s.disk_mib,
             );
         }
