@@ -42,6 +42,27 @@ impl Db {
             .map_err(|e| StoreError::Storage(format!("{}: {e}", dir.join("medgate.sled").display())))
     }
 
+    /// Opens the database under `dir` again after this process dropped its handle (unit tests
+    /// of durability). sled lets go of its file lock only once the last of its I/O tasks and of
+    /// its deferred frees has dropped its reference, which can be just after the handle is
+    /// gone: until then an open meets this process's own lock. Waits for that release, driving
+    /// the deferred frees, for at most 30 s.
+    #[cfg(test)]
+    pub(crate) fn reopen(dir: &Path) -> Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match Db::open(dir) {
+                Ok(db) => return db,
+                Err(e) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                    release_deferred();
+                    // Polls the lock itself: what holds it is a thread of this process finishing.
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(e) => panic!("reopening {}: {e}", dir.display()),
+            }
+        }
+    }
+
     /// A throwaway database that lives in memory (unit tests of the layers above).
     pub fn temporary() -> Result<Db, StoreError> {
         Ok(Db(sled::Config::new().temporary(true).open()?))

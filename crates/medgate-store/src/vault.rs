@@ -816,7 +816,7 @@ mod tests {
         drop(v);
         drop(db);
         // Durable: the marker is there after reopening.
-        let db = Db::open(dir.path()).expect("db");
+        let db = Db::reopen(dir.path());
         assert_eq!(Vault::open(&db).expect("vault").shred_pending().expect("marker"), Some(3));
     }
 
@@ -870,7 +870,7 @@ mod tests {
             // The process ends with `held` still claimed (as if killed): nothing of it is on disk.
             std::mem::forget(held);
         }
-        let db = Db::open(dir.path()).expect("db");
+        let db = Db::reopen(dir.path());
         let v = Vault::open(&db).expect("vault");
         assert!(matches!(v.claim(&k).expect("claim"), Claim::New(_)), "the next process owes its crashed predecessor nothing");
         assert!(matches!(v.claim(&Vault::idem_key("his-a", "old")).expect("claim"), Claim::New(_)));

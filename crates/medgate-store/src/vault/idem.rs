@@ -138,7 +138,7 @@ mod tests {
             v.idempotency.insert(&opaque, done(201, json!({"note": MRN}))).expect("insert");
             db.flush_blocking().expect("flush");
         }
-        let db = Db::open(dir.path()).expect("db");
+        let db = Db::reopen(dir.path());
         let v = Vault::open(&db).expect("vault, migrating as it opens");
         let state = |k: &[u8]| v.idempotency.get(k).expect("get").map(|b| String::from_utf8_lossy(&b).into_owned());
         for k in [&bundle, &consent] {
