@@ -161,7 +161,7 @@ async fn levels(opts: &Options, site: &Site, cfg: &Config, hsm: &Arc<Hsm>, runni
             let group = c.min(cfg.ledger.batch_max_entries).max(1);
             let store = child::store_ceiling(&site.dir, sealed_record_bytes(opts.size), group, opts.ceiling_seconds).await?;
             let before = hsm.stats();
-            let peak_counted = ceiling::reset_peak_rss();
+            let peak = ceiling::PeakRss::start();
             let started = Instant::now();
             let gw = load::drive(&gateway, opts.records, c, opts.size, 200).await.map_err(Failure::runtime)?;
             let after = hsm.stats();
@@ -182,7 +182,7 @@ async fn levels(opts: &Options, site: &Site, cfg: &Config, hsm: &Arc<Hsm>, runni
                 signs_per_record: per("sign"),
                 hmacs_per_record: per("hmac"),
                 rss_mib: ceiling::rss_mib(),
-                peak_rss_mib: if peak_counted { ceiling::peak_rss_mib() } else { None },
+                peak_rss_mib: peak.mib(),
             };
             eprintln!(
                 "medgate bench: c={c} run {run}/{}: {:.0} records/s (p50 {:.2} ms, p99 {:.2} ms), null endpoint {:.0}/s, store {:.0}/s, {:.1} s",

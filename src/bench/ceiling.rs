@@ -99,17 +99,28 @@ pub fn rss_mib() -> Option<f64> {
     status_mib("VmRSS:")
 }
 
-/// The most memory this process has had resident (VmHWM) since the start or the last
-/// [`reset_peak_rss`], in MiB.
-pub fn peak_rss_mib() -> Option<f64> {
-    status_mib("VmHWM:")
+/// The most memory this process has had resident from a point on (the kernel's VmHWM).
+pub struct PeakRss {
+    /// Whether the kernel took the reset: otherwise its high-water mark counts from the start
+    /// of the process, and no peak is given.
+    counted: bool,
 }
 
-/// Starts the peak of [`peak_rss_mib`] afresh from what is resident now (writing 5 to
-/// `/proc/self/clear_refs`, Linux 4.0 and later). False when the kernel refuses: the peak then
-/// counts from the start of the process.
-pub fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+impl PeakRss {
+    /// Starts the peak afresh from what is resident now (writing 5 to `/proc/self/clear_refs`,
+    /// Linux 4.0 and later).
+    pub fn start() -> PeakRss {
+        PeakRss { counted: std::fs::write("/proc/self/clear_refs", "5").is_ok() }
+    }
+
+    /// The peak since [`PeakRss::start`] in MiB; None when the kernel refused the reset.
+    pub fn mib(&self) -> Option<f64> {
+        if self.counted {
+            status_mib("VmHWM:")
+        } else {
+            None
+        }
+    }
 }
 
 /// A field of `/proc/self/status` given in kB, in MiB.

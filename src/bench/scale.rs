@@ -21,7 +21,7 @@ use medgate_fhir::PatientId;
 use medgate_gateway::config::Config;
 use medgate_gateway::server::{Listeners, Running};
 
-use super::ceiling::{load_average, peak_rss_mib, reset_peak_rss, rss_mib};
+use super::ceiling::{load_average, rss_mib, PeakRss};
 use super::load::Target;
 use super::rt_err;
 use crate::demo::Site;
@@ -122,7 +122,7 @@ async fn steps(opts: &ScaleOptions, site: &Site, cfg: &Config, running: &Running
     let mut entries = verify(&store).await?.0.entries as usize;
     for &size in &opts.sizes {
         let add = size.saturating_sub(entries);
-        let peak_counted = reset_peak_rss();
+        let peak = PeakRss::start();
         eprintln!("medgate bench: scale: growing the ledger from {entries} to {size} entries");
         let grown = grower.grow(add).await?;
         eprintln!("medgate bench: scale: {add} entries written in {:.1} s ({:.0} entries/s)", grown.elapsed.as_secs_f64(), grown.rate());
@@ -149,7 +149,7 @@ async fn steps(opts: &ScaleOptions, site: &Site, cfg: &Config, running: &Running
             verify_seconds: secs,
             verify_entries_per_s: verified.entries as f64 / secs.max(1e-9),
             rss_mib: rss_mib(),
-            peak_rss_mib: if peak_counted { peak_rss_mib() } else { None },
+            peak_rss_mib: peak.mib(),
             disk_mib: dir_bytes(&cfg.gateway.state_directory) as f64 / (1024.0 * 1024.0),
         };
         eprintln!("medgate bench: scale: ledger verify: {} entries in {:.2} s ({:.0} entries/s); RSS {} MiB, peak in this step {} MiB", step.ledger_entries, secs, step.verify_entries_per_s, step.rss_mib.map_or("?".into(), |m| format!("{m:.0}")), step.peak_rss_mib.map_or("?".into(), |m| format!("{m:.0}")));
