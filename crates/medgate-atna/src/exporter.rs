@@ -471,6 +471,11 @@ async fn sender(shared: Arc<Shared>, tls: TlsClient, config: Config) {
                     let acked = blocking(move || {
                         let mut q = sh.queue();
                         let r = q.ack(last);
+                        // Counted before the depth is published, so that whoever sees the
+                        // messages leave the queue also sees them counted as sent.
+                        if r.is_ok() {
+                            sh.sent.fetch_add(count, Ordering::Relaxed);
+                        }
                         sh.note_queue(q.as_ref());
                         r
                     })
@@ -481,7 +486,6 @@ async fn sender(shared: Arc<Shared>, tls: TlsClient, config: Config) {
                         shared.set_error(&e.to_string());
                         continue;
                     }
-                    shared.sent.fetch_add(count, Ordering::Relaxed);
                     shared.status().last_error = None;
                     shared.room.notify_one();
                 }
