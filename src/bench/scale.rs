@@ -117,7 +117,7 @@ async fn steps(opts: &ScaleOptions, site: &Site, cfg: &Config, running: &Running
     report.documents_seconds = started.elapsed().as_secs_f64();
     let gateway = &running.gateway;
     let (key_version, pseudonym) = gateway.patient_pseudonym(&audited).await.map_err(rt_err)?;
-    let mut grower = Grower::new(gateway.ledger.clone(), &gateway.hospital, Audited { pseudonym, key_version, entries: AUDITED });
+    let mut grower = Grower::new(gateway.ledger.clone(), cfg.ledger.batch_max_entries, &gateway.hospital, Audited { pseudonym, key_version, entries: AUDITED });
     let store = gateway.ledger.store.clone();
     let mut entries = verify(&store).await?.0.entries as usize;
     for &size in &opts.sizes {

@@ -4,10 +4,12 @@
 //! ([`Ledger::record`]), as an access or a search does: the writer cuts them into blocks of at
 //! most `ledger.batch_max_entries` entries, signs each once with the site's ledger key in the
 //! HSM, and stores each block with the entry, patient audit and record indexes in its group
-//! transaction, flushed. Only HTTP, TLS and the per-request work of the API are skipped, and
-//! several thousand entries travel in one request to the writer, so that a million take
-//! minutes, not hours. The records the entries anchor are not in the vault (no search finds
-//! them); the ledger does not need them.
+//! transaction, flushed. Only HTTP, TLS and the per-request work of the API are skipped. The
+//! requests are as large as a group may be (`ledger.batch_max_entries`) and many are in flight,
+//! as many as HIS clients at high load, so that the writer commits the groups it commits under
+//! API load: larger transactions would hold more of sled's replaced leaves in memory until they
+//! end, and the memory measured would be the loader's, not the gateway's. The records the
+//! entries anchor are not in the vault (no search finds them); the ledger does not need them.
 
 use std::time::{Duration, Instant};
 
@@ -18,10 +20,9 @@ use tokio::task::JoinSet;
 
 use crate::exit::Failure;
 
-/// Entries handed to the writer in one request (several blocks, one transaction, one flush).
-const CHUNK: usize = 2048;
-/// Requests in flight at once: the writer signs and writes the next while one is flushed.
-const IN_FLIGHT: usize = 4;
+/// Requests in flight at once, as from 64 HIS clients: the writer gathers the waiting ones
+/// into its next group while one is flushed.
+const IN_FLIGHT: usize = 64;
 /// Patients the other entries are spread over.
 const PATIENTS: usize = 50_000;
 
@@ -37,6 +38,8 @@ pub struct Audited {
 /// Writes entries for many patients (and the audited one) through the gateway's writer.
 pub struct Grower {
     ledger: Ledger,
+    /// Entries per request: the most a group holds.
+    chunk: usize,
     hospital: String,
     rng: SystemRandom,
     patients: Vec<String>,
@@ -64,7 +67,8 @@ impl Grown {
 }
 
 impl Grower {
-    pub fn new(ledger: Ledger, hospital: &str, audited: Audited) -> Grower {
+    /// `chunk`: entries per request, the gateway's `ledger.batch_max_entries`.
+    pub fn new(ledger: Ledger, chunk: usize, hospital: &str, audited: Audited) -> Grower {
         let rng = SystemRandom::new();
         let hex = |n: usize| {
             let mut b = vec![0u8; n];
@@ -74,7 +78,7 @@ impl Grower {
         let patients = (0..PATIENTS).map(|_| hex(32)).collect();
         let users = (0..200).map(|_| hex(32)).collect();
         let audited_left = audited.entries;
-        Grower { ledger, hospital: hospital.to_owned(), rng, patients, users, audited, audited_left, count: 0, record: String::new() }
+        Grower { ledger, chunk: chunk.max(1), hospital: hospital.to_owned(), rng, patients, users, audited, audited_left, count: 0, record: String::new() }
     }
 
     /// Entries of the audited patient written so far.
@@ -125,8 +129,8 @@ impl Grower {
         Entry::new(&self.hospital, &medgate_gateway::clock::now_rfc3339(), nonce, body)
     }
 
-    /// Appends `n` entries, `IN_FLIGHT` requests of `CHUNK` at a time, each answered once its
-    /// blocks are flushed; the audited patient's entries are spread over the first `n` written.
+    /// Appends `n` entries, `IN_FLIGHT` requests of `chunk` at a time, each answered once its
+    /// block is flushed; the audited patient's entries are spread over the first `n` written.
     /// Prints its progress on standard error.
     pub async fn grow(&mut self, n: usize) -> Result<Grown, Failure> {
         let stride = (n / self.audited_left.max(1)).max(1);
@@ -134,7 +138,7 @@ impl Grower {
         let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
         let (mut sent, mut said) = (0, 0);
         while sent < n {
-            let k = CHUNK.min(n - sent);
+            let k = self.chunk.min(n - sent);
             let entries: Vec<Entry> = (0..k).map(|_| self.next_entry(stride)).collect();
             let ledger = self.ledger.clone();
             tasks.spawn(async move {
