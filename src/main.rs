@@ -5,7 +5,8 @@
 /// `_int_malloc`, `malloc_consolidate` and `free` at 15-20 % of the CPU at 64 concurrent
 /// clients. With jemalloc, `medgate bench` stores 35-50 % more documents per second at 64 and
 /// 256 clients, for about 30 MiB more resident memory under load (tests/benches/README.md).
-/// Only Rust's allocations move: the PKCS#11 module keeps the C library's allocator.
+/// Only Rust's allocations move: the PKCS#11 module keeps the C library's allocator. Its
+/// options are compiled in from `.cargo/config.toml` (one arena per CPU).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
