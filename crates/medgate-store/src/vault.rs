@@ -548,15 +548,22 @@ impl Vault {
     /// This hospital's records of one patient (by pseudonym), oldest first by id order.
     pub fn records_for(&self, pseudonym: &str) -> Result<Vec<StoredRecord>, VaultError> {
         let mut out = Vec::new();
-        for kv in self.by_patient.scan_prefix(format!("{pseudonym}/").as_bytes()) {
-            let (k, _) = kv?;
-            let id = String::from_utf8_lossy(&k[pseudonym.len() + 1..]).into_owned();
+        for id in self.record_ids_for(pseudonym)? {
             if let Some(r) = self.get(&id)? {
                 out.push(r);
             }
         }
         out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
         Ok(out)
+    }
+
+    /// The ids of the patient's records, in the index's order (not by date): for a caller that
+    /// reads them one at a time with [`Vault::get`] rather than holding them all at once.
+    pub fn record_ids_for(&self, pseudonym: &str) -> Result<Vec<String>, VaultError> {
+        self.by_patient
+            .scan_prefix(format!("{pseudonym}/").as_bytes())
+            .map(|kv| kv.map(|(k, _)| String::from_utf8_lossy(&k[pseudonym.len() + 1..]).into_owned()).map_err(VaultError::from))
+            .collect()
     }
 
     pub fn record_count(&self) -> usize {

@@ -18,7 +18,8 @@
 use medgate_fhir::search::{self, Candidate, Note, Query};
 use medgate_fhir::{document_reference_resource, PatientId, StoredDocument};
 use medgate_ledger::{Entry, EntryBody};
-use medgate_store::vault::{self, StoredRecord};
+use medgate_store::vault;
+use medgate_store::StoreError;
 use serde_json::Value;
 
 use super::{Caller, Gateway};
@@ -83,16 +84,26 @@ impl Gateway {
     }
 
     /// This hospital's live records of the patient, decrypted (metadata only) on one blocking
-    /// thread: one HSM unwrap each.
+    /// thread: one HSM unwrap each. Records are read one at a time and their ciphertexts let go
+    /// once opened, so that a page of a patient with a thousand documents holds their metadata
+    /// only, not a thousand sealed documents twice over.
     async fn local_documents(&self, pseudonym: &str) -> Result<(Vec<Candidate>, Vec<Origin>), GatewayError> {
-        let records: Vec<StoredRecord> = self.vault.records_for(pseudonym).map_err(GatewayError::from)?.into_iter().filter(|r| r.erased.is_none()).collect();
+        let ids = self.vault.record_ids_for(pseudonym).map_err(GatewayError::from)?;
         let (hsm, store) = (self.hsm.clone(), self.vault.clone());
-        let opened = tokio::task::spawn_blocking(move || {
-            records.iter().map(|rec| vault::open_latest(&hsm, &store, rec, false)).collect::<Result<Vec<_>, _>>()
+        let mut opened = tokio::task::spawn_blocking(move || -> Result<Vec<vault::OpenRecord>, StoreError> {
+            let mut opened = Vec::with_capacity(ids.len());
+            for id in ids {
+                let Some(rec) = store.get(&id)?.filter(|r| r.erased.is_none()) else { continue };
+                let mut open = vault::open_latest(&hsm, &store, &rec, false)?;
+                (open.record.doc_ct, open.record.meta_ct) = (String::new(), String::new());
+                opened.push(open);
+            }
+            Ok(opened)
         })
         .await
         .map_err(GatewayError::internal)?
         .map_err(GatewayError::from)?;
+        opened.sort_by(|a, b| a.record.created.cmp(&b.record.created).then(a.record.id.cmp(&b.record.id)));
         let mut candidates = Vec::with_capacity(opened.len());
         let mut origins = Vec::with_capacity(opened.len());
         for open in opened {
