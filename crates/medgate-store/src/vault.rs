@@ -929,4 +929,26 @@ mod tests {
         assert!(!status_change_allowed("entered-in-error", "superseded"));
         assert!(!status_change_allowed("current", "current"));
     }
+
+    #[tokio::test]
+    async fn a_patients_record_ids_are_exactly_its_records_and_records_for_sorts_them_by_date() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = Db::open(dir.path()).expect("db");
+        let v = Vault::open(&db).expect("vault");
+        let of = |id: &str, patient: &str, created: &str| StoredRecord { patient_pseudonym: patient.repeat(32), created: created.into(), ..fixture::record(id, 1) };
+        let records = vec![
+            of("r3", "ab", "2026-01-01T00:00:00Z"),
+            of("r1", "ab", "2026-01-03T00:00:00Z"),
+            of("r2", "ab", "2026-01-02T00:00:00Z"),
+            of("r0", "ab", "2026-01-02T00:00:00Z"),
+            of("x1", "cd", "2026-01-01T00:00:00Z"),
+        ];
+        v.store(&Write { records, ..Write::default() }).await.expect("store");
+        let mut ids = v.record_ids_for(&"ab".repeat(32)).expect("ids");
+        ids.sort();
+        assert_eq!(ids, ["r0", "r1", "r2", "r3"], "the patient's records, no other patient's");
+        let by_date: Vec<String> = v.records_for(&"ab".repeat(32)).expect("records").into_iter().map(|r| r.id).collect();
+        assert_eq!(by_date, ["r3", "r0", "r2", "r1"], "oldest first, then by id");
+        assert_eq!(v.record_ids_for(&"ef".repeat(32)).expect("ids"), Vec::<String>::new());
+    }
 }
