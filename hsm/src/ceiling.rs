@@ -4,9 +4,11 @@
 //!
 //! Boundary: measurement only. Each thread takes one pooled session for the whole measurement
 //! and repeats the bare PKCS#11 calls of one operation, exactly as the hot path makes them, with
-//! key handles resolved once. The wraps use a throwaway AES-256 session key, so nothing on the
-//! token changes and a site's KEK scheme does not decide what can be measured; the signature
-//! uses the active ledger key.
+//! key handles resolved once. The first two wraps use a throwaway AES-256 session key, so nothing
+//! on the token changes and a site's KEK scheme does not decide what can be measured; the third
+//! wraps with the site's active KEK exactly as a stored record does (a token object: SoftHSM
+//! reads the object's file back at every operation's init, which a session key is spared). The
+//! signature uses the active ledger key. Wrapping under the KEK changes nothing on the token.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,9 @@ pub enum RawOp {
     WrapRfc5649,
     /// A 32-byte data key sealed with AES-256-GCM: C_EncryptInit + C_Encrypt (pre-sized buffer).
     WrapAesGcm,
+    /// A 32-byte data key wrapped with the site's active KEK, through the gateway's own wrap
+    /// (the KEK's scheme: RFC 5649 or AES-GCM).
+    WrapSiteKek,
     /// An ECDSA P-256 signature of a digest with the ledger key: C_SignInit + C_Sign.
     Sign,
 }
@@ -39,6 +44,7 @@ impl RawOp {
         match self {
             RawOp::WrapRfc5649 => "wrap RFC 5649 (create + wrap + destroy)",
             RawOp::WrapAesGcm => "wrap AES-GCM (encrypt)",
+            RawOp::WrapSiteKek => "wrap with the site's KEK (token object)",
             RawOp::Sign => "sign ECDSA P-256",
         }
     }
@@ -98,6 +104,12 @@ fn repeat(hsm: &Hsm, s: &Session, ctx: &Ctx, op: RawOp, until: Instant) -> Resul
             let _ = s.destroy_object(kek);
             return result;
         }
+        RawOp::WrapSiteKek => {
+            while Instant::now() < until {
+                crate::ops::wrap_once(hsm, s, ctx, &crate::ops::Dk::Value(&dk))?;
+                n += 1;
+            }
+        }
         RawOp::WrapAesGcm => {
             if !ctx.profile.mechanisms.offers(CKM_AES_GCM, cryptoki_sys::CKF_ENCRYPT) {
                 return Err(HsmError::Invalid("the module offers no AES-GCM".into()).into());
@@ -122,7 +134,8 @@ fn repeat(hsm: &Hsm, s: &Session, ctx: &Ctx, op: RawOp, until: Instant) -> Resul
 
 impl Hsm {
     /// Operations per second of `op` done raw on `threads` sessions at once for `duration`.
-    /// Needs the ledger key for [`RawOp::Sign`]; the wraps need nothing but the mechanism.
+    /// Needs the ledger key for [`RawOp::Sign`] and an active KEK for [`RawOp::WrapSiteKek`]; the
+    /// other wraps need nothing but the mechanism.
     pub fn raw_rate(&self, op: RawOp, threads: usize, duration: Duration) -> Result<f64, HsmError> {
         let started = Instant::now();
         let until = started + duration;

@@ -103,7 +103,7 @@ fn transit_key_template() -> Vec<Attribute> {
 
 /// A data key on its way into a wrap: its bytes in process memory, or a sensitive session object
 /// that never left the HSM (a re-wrap between two RFC 5649 KEK versions).
-enum Dk<'a> {
+pub(crate) enum Dk<'a> {
     Value(&'a [u8]),
     Object(ObjectHandle),
 }
@@ -162,7 +162,7 @@ pub(crate) fn kwp_len(n: usize) -> usize {
     n.div_ceil(8) * 8 + 8
 }
 
-fn wrap_once(hsm: &Hsm, s: &Session, ctx: &Ctx, dk: &Dk<'_>) -> Result<WrappedKey, Fail> {
+pub(crate) fn wrap_once(hsm: &Hsm, s: &Session, ctx: &Ctx, dk: &Dk<'_>) -> Result<WrappedKey, Fail> {
     let (version, kek) = ctx.key(hsm, s, Role::Kek, None, ObjectClass::SECRET_KEY)?;
     let scheme = ctx.kek_scheme(s, kek, version)?;
     // C_WrapKey; C_CreateObject + C_WrapKey + C_DestroyObject; C_EncryptInit + C_Encrypt.

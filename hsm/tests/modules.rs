@@ -22,6 +22,7 @@ on_modules!(softhsm: SoftHsm, kryoptic: Kryoptic => [
     aes_gcm_wrapping_round_trips_and_detects_tampering,
     a_kek_the_module_cannot_use_turns_readiness_red_until_rotated,
     a_probe_a_missing_token_or_a_dropped_pool_beside_a_pool_leave_it_working,
+    raw_ceilings_measure_every_operation_and_leave_the_token_as_it_was,
 ]);
 
 on_modules!(kryoptic_cross: Kryoptic => [a_sharing_key_receives_data_keys_from_a_kek_on_another_module]);

@@ -31,7 +31,7 @@ impl HsmCeilings {
     /// Measures each hot-path operation for `seconds` per thread count.
     pub fn measure(hsm: &Hsm, seconds: f64) -> HsmCeilings {
         let d = Duration::from_secs_f64(seconds);
-        let rows = [RawOp::WrapRfc5649, RawOp::WrapAesGcm, RawOp::Sign]
+        let rows = [RawOp::WrapRfc5649, RawOp::WrapAesGcm, RawOp::WrapSiteKek, RawOp::Sign]
             .into_iter()
             .map(|op| (op.name(), hsm.raw_rate(op, 1, d).ok(), hsm.raw_rate(op, 2, d).ok()))
             .collect();

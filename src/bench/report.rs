@@ -103,6 +103,8 @@ impl Report {
             println!("  HSM raw {name:<42} {:>8} / {:<8}", opt(*one), opt(*two));
         }
         println!("  the site's KEK wraps with {}: the wrap ceiling is {} records/s", self.kek_scheme, opt(self.wrap_ceiling));
+        let site = self.hsm.best(medgate_hsm::ceiling::RawOp::WrapSiteKek.name());
+        println!("  (the ceiling uses a session key; the site's own KEK, a token object, wraps at {} records/s)", opt(site));
         println!(
             "{:>5} {:>3} {:>9} {:>7} {:>7} | {:>8} {:>7} | {:>9} {:>5} | {:>6} {:>6} {:>6} | {:>9} {:>17} {:>7} | {:>7} {:>8}",
             "conc", "run", "records/s", "p50 ms", "p99 ms", "null/s", "p99 ms", "store/s", "group", "×null", "×store", "×wrap", "calls/rec", "wrap sign hmac", "rec/sig", "RSS MiB", "peak MiB"

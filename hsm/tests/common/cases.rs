@@ -620,3 +620,24 @@ pub fn a_probe_a_missing_token_or_a_dropped_pool_beside_a_pool_leave_it_working(
     assert_eq!(hsm.pseudonym_hmac(b"patient").expect("hmac after"), before);
     assert_eq!(hsm.stats().recoveries, 0, "the module was finalised under the pool");
 }
+
+/// The bench's raw ceilings run every operation on the token, the site's KEK included, and
+/// leave the token's keys as they were (the scratch keys are session objects, and wrapping
+/// under the KEK writes nothing).
+pub fn raw_ceilings_measure_every_operation_and_leave_the_token_as_it_was(m: Module) {
+    use medgate_hsm::ceiling::RawOp;
+    let t = Token::on(m, "bench");
+    let hsm = Hsm::open_with(t.config(2), t.pin(), HsmOptions::default()).expect("open");
+    for role in [Role::Kek, Role::Ledger] {
+        hsm.generate(role).expect("generate");
+    }
+    let before = hsm.list_keys().expect("list");
+    let d = std::time::Duration::from_millis(50);
+    for op in [RawOp::WrapRfc5649, RawOp::WrapAesGcm, RawOp::WrapSiteKek, RawOp::Sign] {
+        for threads in [1, 2] {
+            let rate = hsm.raw_rate(op, threads, d).unwrap_or_else(|e| panic!("{m:?} {}: {e}", op.name()));
+            assert!(rate > 0.0, "{m:?} {} on {threads} threads: {rate}", op.name());
+        }
+    }
+    assert_eq!(hsm.list_keys().expect("list"), before, "{m:?}: the measurement changed the token's keys");
+}
