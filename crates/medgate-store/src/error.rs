@@ -7,6 +7,9 @@ pub enum StoreError {
     /// The database refused a read, a write or a flush.
     #[error("storage: {0}")]
     Storage(String),
+    /// The system's random source failed: no id can be made that is surely unique.
+    #[error("the system's random source failed ({0}); no record id was made and nothing was stored")]
+    Random(String),
     /// A record failed its integrity check.
     #[error("record {0} failed its integrity check (ciphertext, wrapped key or metadata altered)")]
     Integrity(String),

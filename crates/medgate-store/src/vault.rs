@@ -718,12 +718,14 @@ pub(crate) fn apply_change(current: Option<&[u8]>, c: &StatusChange) -> Result<V
 /// leaf back from disk (ingest slowed by a fifth within the first 50 000 records). The time an
 /// id shows is when the record was stored, which its DocumentReference and its ledger entry
 /// already say; 80 random bits keep ids unguessable and distinct.
-pub fn new_id() -> String {
+pub fn new_id() -> Result<String, StoreError> {
     let mut b = [0u8; 16];
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    let _ = SystemRandom::new().fill(&mut b[6..]);
-    hex::encode(b)
+    // Without its random part, every id made in the same millisecond would be the same one, and
+    // a second record would be stored over the first.
+    SystemRandom::new().fill(&mut b[6..]).map_err(|e| StoreError::Random(e.to_string()))?;
+    Ok(hex::encode(b))
 }
 
 /// A stored record and its erasure entry, for unit tests (here and in the layers above) that need
@@ -781,7 +783,7 @@ mod tests {
     fn ids_start_with_the_time_they_were_made_sort_in_that_order_and_are_distinct() {
         let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
         let before = now();
-        let ids: Vec<String> = (0..10_000).map(|_| new_id()).collect();
+        let ids: Vec<String> = (0..10_000).map(|_| new_id().expect("random")).collect();
         let after = now();
         let times: Vec<u64> = ids.iter().map(|id| u64::from_str_radix(&id[..12], 16).expect("hex")).collect();
         assert!(times.iter().all(|t| (before..=after).contains(t)), "{before}..{after}: {:?}", (times.first(), times.last()));

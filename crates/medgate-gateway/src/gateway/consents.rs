@@ -126,7 +126,7 @@ impl Gateway {
             }
         }
         let user = self.user_pseudonym(caller).await?;
-        let consent_id = vault::new_id();
+        let consent_id = vault::new_id()?;
         let entry = self.entry(EntryBody::ConsentRecorded {
             consent_id: consent_id.clone(),
             patient: pseudonym,

@@ -19,7 +19,7 @@ impl Gateway {
         if !roster.is_member(&self.hospital) {
             return Err(GatewayError::Conflict(format!("{} is not a current member; only members propose changes", self.hospital)));
         }
-        let id = vault::new_id();
+        let id = vault::new_id()?;
         let body = match (action, card) {
             ("add" | "update", Some(card)) => {
                 if card.hospital_id != hospital_id {

@@ -137,7 +137,7 @@ impl Gateway {
         let (pv, pseudonym) = self.patient_pseudonym(&ss.patient).await?;
         let all_ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
         let record_ids: Vec<String> = ss.items.iter().map(|k| all_ids[*k].clone()).collect();
-        let id = vault::new_id();
+        let id = vault::new_id()?;
         let entry = self.entry(EntryBody::ListAnchored {
             list_id: id.clone(),
             patient: pseudonym.clone(),

@@ -117,7 +117,7 @@ impl Gateway {
         let mut entries = Vec::with_capacity(docs.len());
         for d in docs {
             let (pv, pseudonym) = self.patient_pseudonym(&d.patient).await?;
-            let id = vault::new_id();
+            let id = vault::new_id()?;
             let meta = SealedMeta {
                 patient_system: d.patient.system.clone(),
                 patient_value: d.patient.value.clone(),
