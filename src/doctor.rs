@@ -136,9 +136,42 @@ fn pin_file_of(path: &Path) -> Option<std::path::PathBuf> {
     table.get("hsm")?.get("pin_file")?.as_str().map(std::path::PathBuf::from)
 }
 
+/// The account `medgate serve` becomes when started as root, as it chooses it
+/// ([`crate::harden::drop_privileges`]): `gateway.user` when set (`"root"`: root itself, with a
+/// warning; a user this machine does not have is a failure, as it stops `serve`), else the
+/// service account of the state directory and the configuration file.
+fn service_of(path: &Path, cfg: &Config, report: &mut Report) -> Option<Account> {
+    match cfg.gateway.user.as_deref() {
+        None => account::service_account(path, Some(&cfg.gateway.state_directory)),
+        Some("root") => {
+            report.warn(
+                "user",
+                "gateway.user = \"root\": the service keeps running as root when started as root",
+                "set gateway.user to the service account (the package's is medgate), unless root is what you chose",
+            );
+            Account::named("root", "gateway.user").ok().flatten()
+        }
+        Some(name) => match Account::named(name, "gateway.user") {
+            Ok(Some(a)) => Some(a),
+            Ok(None) => {
+                report.fail(
+                    "user",
+                    format!("gateway.user = {name:?}: this machine has no such user; `medgate serve` started as root refuses to start"),
+                    format!("create the account (useradd --system --home-dir {} {name}) or set gateway.user to an existing one", cfg.gateway.state_directory.display()),
+                );
+                None
+            }
+            Err(e) => {
+                report.fail("user", format!("gateway.user = {name:?}: the user database cannot be read: {e}"), "check /etc/nsswitch.conf and the user database");
+                None
+            }
+        },
+    }
+}
+
 /// Becomes the service account when started as root; says who the checks run as.
 fn switch_user(path: &Path, cfg: &Config, report: &mut Report) -> Result<Viewer, Failure> {
-    let service = account::service_account(path, Some(&cfg.gateway.state_directory));
+    let service = service_of(path, cfg, report);
     let me = Account::current();
     match service {
         Some(svc) if account::is_root() && !svc.uid.is_root() => {
@@ -158,6 +191,8 @@ fn switch_user(path: &Path, cfg: &Config, report: &mut Report) -> Result<Viewer,
             );
             Ok(Viewer { me, is_service: false })
         }
+        // gateway.user names no account: said above; checked as whoever runs the check.
+        None if cfg.gateway.user.is_some() => Ok(Viewer { is_service: false, me }),
         None => {
             let hint = if me.uid.is_root() {
                 "the service runs as the owner of gateway.state_directory; make it that user's (the package's /var/lib/medgate is medgate's)"

@@ -401,3 +401,35 @@ fn officer_commands_act_as_the_service_user_and_refuse_anyone_else() {
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains(&format!("the service runs as {user}")) && err.contains("sudo medgate keys"), "{err}");
 }
+
+#[test]
+fn config_check_runs_as_gateway_user_and_fails_on_a_user_this_machine_lacks() {
+    let (uid, gid, user, _) = nobody();
+    let (site, _dir) = support::site("doctor-user");
+    chown_tree(&site.dir, uid, gid);
+    let (conf, cfg) = (&site.softhsm_conf, &site.config);
+    let text = std::fs::read_to_string(cfg).unwrap();
+    assert!(text.contains("[gateway]\n"), "{text}");
+    let with_user = |name: &str| std::fs::write(cfg, text.replacen("[gateway]\n", &format!("[gateway]\nuser = {name:?}\n"), 1)).unwrap();
+
+    // The account serve becomes is the one the check runs as.
+    with_user(&user);
+    let (code, out) = check(cfg, conf);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("checking as {user} (gateway.user)")), "{out}");
+
+    // A user this machine does not have stops serve when started as root: the check says so.
+    with_user("medgate-no-such-user");
+    let (code, out) = check(cfg, conf);
+    assert_eq!(code, 64, "{out}");
+    let (line, fix) = failure(&out, "gateway.user");
+    assert!(line.contains("\"medgate-no-such-user\"") && line.contains("no such user"), "{line}");
+    assert!(fix.contains("useradd --system") && fix.contains("medgate-no-such-user"), "{fix}");
+    assert!(!out.contains("no service account found"), "{out}");
+
+    // Root by choice: a warning, and the check runs as root.
+    with_user("root");
+    let (_, out) = check(cfg, conf);
+    assert!(out.lines().any(|l| l.starts_with("WARN") && l.contains("gateway.user = \"root\"")), "{out}");
+    assert!(out.contains("checking as root (gateway.user)"), "{out}");
+}

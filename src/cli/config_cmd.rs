@@ -10,8 +10,8 @@ use crate::exit::Failure;
 
 /// What `medgate config check --help` and `medgate doctor --help` say.
 pub(crate) const CHECK_HELP: &str = "\
-Tries what `medgate serve` will try, as the service's user when started as root (the owner of
-gateway.state_directory): reads every file the configuration names, logs in to the HSM with the
+Tries what `medgate serve` will try, as the service's user when started as root (gateway.user,
+else the owner of gateway.state_directory): reads every file the configuration names, logs in to the HSM with the
 PIN the service gets (as root: $CREDENTIALS_DIRECTORY/hsm-pin, else /etc/medgate/hsm-pin beside
 the configuration, the unit's credential, else [hsm] pin_file), finds every role's key, checks
 that the certificates certify the HSM's tls key and are valid, that the CRLs are not past their
