@@ -136,15 +136,15 @@ fn backup_is_unreadable_and_the_live_store_is_not(gw: &Gw, backup: &Path, erased
         }
         for (id, bytes) in kept {
             let in_backup = backup_vault.get(id).unwrap().unwrap();
-            match medgate_store::vault::open_record(hsm, &in_backup, true) {
+            match medgate_store::vault::open_record(hsm, in_backup.clone(), true) {
                 Err(StoreError::Hsm(HsmError::KeyMissing { role: Role::Kek, .. })) => {}
                 other => panic!("a backup taken before the pass still opens: {:?}", other.map(|o| o.record.id)),
             }
             let live = vault.get(id).unwrap().unwrap();
             assert_eq!(live.kek_version, 2, "re-wrapped under the new KEK");
-            assert_eq!(medgate_store::vault::open_record(hsm, &live, true).unwrap().document.as_slice(), *bytes);
+            assert_eq!(medgate_store::vault::open_record(hsm, live.clone(), true).unwrap().document.as_slice(), *bytes);
             // A read that fetched the record just before the pass follows the re-wrap.
-            assert_eq!(medgate_store::vault::open_latest(hsm, &vault, &in_backup, true).unwrap().document.as_slice(), *bytes);
+            assert_eq!(medgate_store::vault::open_latest(hsm, &vault, in_backup.clone(), true).unwrap().document.as_slice(), *bytes);
         }
     });
     let events = key_events_in(&state_db);
@@ -176,7 +176,7 @@ fn a_shred_pass_makes_a_backup_taken_before_an_erasure_unreadable() {
     // Before any erasure the backup is a working copy: with the HSM it decrypts.
     with_hsm(&gw, |hsm| {
         let rec = stored(&backup, &erased);
-        assert_eq!(medgate_store::vault::open_record(hsm, &rec, true).unwrap().document.as_slice(), erased_doc);
+        assert_eq!(medgate_store::vault::open_record(hsm, rec.clone(), true).unwrap().document.as_slice(), erased_doc);
     });
     gw.start();
     assert_eq!(gw.metric("medgate_shred_pending"), Some(0.0));

@@ -178,7 +178,7 @@ impl Gateway {
 
     async fn open(&self, rec: StoredRecord, with_document: bool) -> Result<vault::OpenRecord, GatewayError> {
         let (hsm, store) = (self.hsm.clone(), self.vault.clone());
-        tokio::task::spawn_blocking(move || vault::open_latest(&hsm, &store, &rec, with_document))
+        tokio::task::spawn_blocking(move || vault::open_latest(&hsm, &store, rec, with_document))
             .await
             .map_err(GatewayError::internal)?
             .map_err(GatewayError::from)

@@ -316,7 +316,7 @@ fn integrity(record: &str, e: &HsmError) -> VaultError {
 
 /// Unwraps the data key in the HSM and decrypts. `with_document: false` decrypts only the
 /// metadata (search results), which saves the document's decryption but not the unwrap.
-pub fn open_record(hsm: &Hsm, rec: &StoredRecord, with_document: bool) -> Result<OpenRecord, VaultError> {
+pub fn open_record(hsm: &Hsm, rec: StoredRecord, with_document: bool) -> Result<OpenRecord, VaultError> {
     let wrapped = WrappedKey {
         kek_version: rec.kek_version,
         bytes: B64.decode(&rec.wrapped_key).map_err(|_| VaultError::Integrity(rec.id.clone()))?,
@@ -337,17 +337,18 @@ pub fn open_record(hsm: &Hsm, rec: &StoredRecord, with_document: bool) -> Result
     } else {
         Zeroizing::new(Vec::new())
     };
-    Ok(OpenRecord { record: rec.clone(), meta, document })
+    Ok(OpenRecord { record: rec, meta, document })
 }
 
 /// Opens a record as [`open_record`] does, following a concurrent shred pass: when the KEK
 /// version `rec` was read with is gone because the record has since been re-wrapped under a newer
 /// one, the stored record is read again and opened once more.
-pub fn open_latest(hsm: &Hsm, vault: &Vault, rec: &StoredRecord, with_document: bool) -> Result<OpenRecord, VaultError> {
+pub fn open_latest(hsm: &Hsm, vault: &Vault, rec: StoredRecord, with_document: bool) -> Result<OpenRecord, VaultError> {
+    let (id, kek_version) = (rec.id.clone(), rec.kek_version);
     let first = open_record(hsm, rec, with_document);
     if let Err(VaultError::Hsm(HsmError::KeyMissing { role: Role::Kek, .. })) = &first {
-        if let Some(now) = vault.get(&rec.id)?.filter(|now| now.erased.is_none() && now.kek_version != rec.kek_version) {
-            return open_record(hsm, &now, with_document);
+        if let Some(now) = vault.get(&id)?.filter(|now| now.erased.is_none() && now.kek_version != kek_version) {
+            return open_record(hsm, now, with_document);
         }
     }
     first

@@ -94,7 +94,7 @@ impl Gateway {
             let mut opened = Vec::with_capacity(ids.len());
             for id in ids {
                 let Some(rec) = store.get(&id)?.filter(|r| r.erased.is_none()) else { continue };
-                let mut open = vault::open_latest(&hsm, &store, &rec, false)?;
+                let mut open = vault::open_latest(&hsm, &store, rec, false)?;
                 (open.record.doc_ct, open.record.meta_ct) = (String::new(), String::new());
                 opened.push(open);
             }
