@@ -646,10 +646,15 @@ fn retrieve_document_in_both_forms_with_etag_and_304() {
         assert_eq!(fhir.headers["etag"], "W/\"1\"");
         let pretty = his.send("GET", &format!("/Binary/{id}?_format=json&_pretty=true"), &[], vec![]).await.unwrap();
         assert!(String::from_utf8_lossy(&pretty.body).contains('\n'));
+        assert_eq!(pretty.json(), binary);
+        // A summary leaves the document out (and the gateway wipes the copy it set aside).
+        let summary = his.send("GET", &format!("/Binary/{id}?_format=json&_summary=true"), &[], vec![]).await.unwrap().json();
+        assert_eq!((summary["resourceType"].as_str(), summary["contentType"].as_str()), (Some("Binary"), binary["contentType"].as_str()));
+        assert!(summary.get("data").is_none(), "{summary}");
         let unknown = his.get("/Binary/0123456789abcdef0123456789abcdef").await.unwrap();
         assert_eq!(unknown.status, 404);
-        // Every access is on the ledger: 2 raw + 2 FHIR (actor) + 1 stale + 1 + 1 (here) reads,
-        // and the 304 as a not-modified read; the 406 recorded nothing.
+        // Every access is on the ledger: 2 raw + 2 FHIR (actor) + 1 stale + 1 + 1 + 1 (here)
+        // reads, and the 304 as a not-modified read; the 406 recorded nothing.
         let audit = his.get(&format!("/AuditEvent?patient.identifier={}&_count=1000", query_escape(&p.canonical()))).await.unwrap().json();
         let reads: Vec<String> = audit["entry"]
             .as_array()
@@ -658,9 +663,9 @@ fn retrieve_document_in_both_forms_with_etag_and_304() {
             .filter(|e| e["resource"]["subtype"][0]["code"] == "ITI-68")
             .map(|e| e["resource"]["outcomeDesc"].as_str().unwrap().to_owned())
             .collect();
-        assert_eq!(reads.iter().filter(|d| d.as_str() == "granted").count(), 6, "{reads:?}");
+        assert_eq!(reads.iter().filter(|d| d.as_str() == "granted").count(), 7, "{reads:?}");
         assert_eq!(reads.iter().filter(|d| d.contains("not-modified")).count(), 1, "{reads:?}");
-        validate(&[("r4", &binary), ("r4", &pretty.json()), ("r4", &unknown.json()), ("r4", &audit)]);
+        validate(&[("r4", &binary), ("r4", &pretty.json()), ("r4", &summary), ("r4", &unknown.json()), ("r4", &audit)]);
     });
 }
 

@@ -300,7 +300,20 @@ impl Api {
     /// when `_pretty=true`.
     fn fhir(&self, status: u16, mut body: Value, rep: &Rep) -> Resp {
         absolutize(&mut body, &self.public_base);
-        let mut r = Response::new(Full::new(to_bytes(&body, rep.pretty)));
+        let bytes = to_bytes(&body, rep.pretty);
+        Self::fhir_response(status, bytes)
+    }
+
+    /// [`Api::fhir`] for a body that carries a document: rendered into a buffer that is wiped
+    /// once sent, and the resource's strings wiped once rendered.
+    fn fhir_wiped(&self, status: u16, mut body: Value, rep: &Rep) -> Resp {
+        absolutize(&mut body, &self.public_base);
+        let bytes = representation::to_wiped_bytes(&mut body, rep.pretty);
+        Self::fhir_response(status, bytes)
+    }
+
+    fn fhir_response(status: u16, bytes: Bytes) -> Resp {
+        let mut r = Response::new(Full::new(bytes));
         *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
         r

@@ -63,8 +63,16 @@ impl Api {
             }
             (Some(doc), BinaryForm::Resource) => {
                 let mut resource = medgate_fhir::binary_resource(id, BINARY_VERSION, &got.created, &doc.content_type, &doc.bytes);
+                // The base64 document is set aside while `_summary`/`_elements` cut the
+                // resource, so that it is wiped whether or not the answer keeps it.
+                let mut data = resource["data"].take();
                 medgate_fhir::subset::subset(&mut resource, rep.summary, rep.elements.as_deref());
-                self.fhir(200, resource, rep)
+                if let Some(slot) = resource.get_mut("data") {
+                    *slot = data;
+                } else {
+                    super::representation::wipe_strings(&mut data);
+                }
+                self.fhir_wiped(200, resource, rep)
             }
         };
         Ok(with_validators(r, &got.created))

@@ -218,6 +218,44 @@ pub(crate) fn to_bytes(v: &Value, pretty: bool) -> Bytes {
     Bytes::from(out.unwrap_or_default())
 }
 
+/// [`to_bytes`] for a body that carries a document (the Binary resource form): the JSON is
+/// written once into a buffer of its exact size (so no outgrown copy is left behind), which
+/// is wiped when hyper drops it, and every string of `v` is wiped once written.
+pub(crate) fn to_wiped_bytes(v: &mut Value, pretty: bool) -> Bytes {
+    /// Counts what serde_json writes.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let write = |w: &mut dyn std::io::Write, v: &Value| if pretty { serde_json::to_writer_pretty(w, v) } else { serde_json::to_writer(w, v) };
+    let mut count = Count(0);
+    let mut out = zeroize::Zeroizing::new(Vec::new());
+    if write(&mut count, v).is_ok() {
+        out.reserve_exact(count.0);
+        if write(&mut *out, v).is_err() {
+            out.clear();
+        }
+    }
+    wipe_strings(v);
+    Bytes::from_owner(out)
+}
+
+/// Overwrites every string in `v` (keys stay: they are element names).
+pub(crate) fn wipe_strings(v: &mut Value) {
+    match v {
+        Value::String(s) => zeroize::Zeroize::zeroize(s),
+        Value::Array(a) => a.iter_mut().for_each(wipe_strings),
+        Value::Object(o) => o.values_mut().for_each(wipe_strings),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +263,17 @@ mod tests {
 
     fn rep(pairs: &[(&str, &str)]) -> Rep {
         rep_params(&pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect::<Vec<_>>(), true).expect("rep")
+    }
+
+    #[test]
+    fn a_wiped_body_is_the_same_json_and_the_value_keeps_no_string() {
+        for pretty in [false, true] {
+            let mut v = json!({"resourceType": "Binary", "id": "r1", "data": "SGVsbG8gV29ybGQ=", "meta": {"tag": ["a", 1]}});
+            let plain = to_bytes(&v, pretty);
+            assert_eq!(to_wiped_bytes(&mut v, pretty), plain);
+            assert_eq!(v["data"], "", "{v}");
+            assert_eq!((v["resourceType"].as_str(), v["meta"]["tag"][0].as_str(), &v["meta"]["tag"][1]), (Some(""), Some(""), &json!(1)));
+        }
     }
 
     #[test]
