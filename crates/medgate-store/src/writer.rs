@@ -1,7 +1,10 @@
 //! The ledger writer: one task owns appends, and commits in groups. Whatever arrived while the
 //! previous group was being written forms the next group (no fixed time window: an idle
 //! gateway commits at once, a busy one groups by itself), up to the batch size; the group's new
-//! entries are signed in the HSM once, as one batch.
+//! entries are signed in the HSM once, as one batch. A request announces itself while it is
+//! being prepared ([`Ledger::preparing`]: sealed in the HSM, on its way to the writer); when
+//! nothing else is queued and some are, the group waits for them, [`PREPARING_WAIT`] at most.
+//! A lone request is never kept waiting.
 //!
 //! Two ways to commit, chosen by the [`Orderer`]:
 //! * with the in-process sequencer ([`local`]): a group's records, idempotency states, entries
@@ -20,6 +23,7 @@ mod local;
 mod pipeline;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -113,6 +117,13 @@ fn answer(group: Vec<Pending>, outcome: &Outcome) {
     }
 }
 
+/// The longest a group waits, when nothing else is queued, for requests that are being
+/// prepared ([`Ledger::preparing`]). Under load a group then carries what the requests in
+/// preparation bring within this time instead of the one or two that happened to be queued: the
+/// batch signature and its check, the transaction and the flush are shared by many more
+/// records (at 64 concurrent clients on 2 cores, groups of about 20 instead of 3 to 4).
+pub const PREPARING_WAIT: Duration = Duration::from_millis(2);
+
 /// Handle to the ledger writer. Cloning is cheap.
 #[derive(Debug, Clone)]
 pub struct Ledger {
@@ -120,6 +131,42 @@ pub struct Ledger {
     /// The chain the writer appends to.
     pub store: ChainStore,
     max_entries: usize,
+    /// Requests being prepared: announced, not yet handed to the writer.
+    preparing: Arc<AtomicUsize>,
+}
+
+/// A request being prepared for the writer (see [`PREPARING_WAIT`]), from
+/// [`Ledger::preparing`] until [`Preparing::deposit`] hands it over, or until it is dropped
+/// (the request failed before).
+#[derive(Debug)]
+pub struct Preparing {
+    tx: mpsc::Sender<Pending>,
+    preparing: Arc<AtomicUsize>,
+    counted: bool,
+}
+
+impl Preparing {
+    /// [`Ledger::deposit`]. The request stops counting as in preparation just before it is
+    /// handed over: counted still when the writer takes it, it would keep its own group
+    /// waiting for itself.
+    pub async fn deposit(mut self, write: &Write, entries: Vec<Entry>) -> Result<Option<Vec<Receipt>>, StoreError> {
+        let mut deposit = Deposit::encode(write)?;
+        deposit.outbox.clear();
+        self.release();
+        Ledger::settle(answer_of(enqueue(&self.tx, entries, Some(deposit), true, false).await).await)
+    }
+
+    fn release(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.preparing.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// Batching limits.
@@ -161,12 +208,13 @@ impl Ledger {
         let vault = parts.vault.clone();
         let store = parts.store.clone();
         let max_entries = parts.policy.max_entries.max(1);
-        let writer = Writer { parts, keys: Mutex::new(HashMap::new()) };
+        let preparing = Arc::new(AtomicUsize::new(0));
+        let writer = Writer { parts, keys: Mutex::new(HashMap::new()), preparing: preparing.clone() };
         match writer.parts.orderer.sequencer() {
             Some(sequencer) => tokio::spawn(local::run(writer, sequencer, rx)),
             None => tokio::spawn(pipeline::run(writer, rx)),
         };
-        let ledger = Ledger { tx, store, max_entries };
+        let ledger = Ledger { tx, store, max_entries, preparing };
         if let Err(e) = ledger.drain_outbox(&vault).await {
             tracing::warn!(error = %e, outbox = vault.outbox_len(), "outbox entries not yet on the ledger; retrying in the background");
         }
@@ -176,6 +224,18 @@ impl Ledger {
     /// Whether the writer task still takes entries.
     pub fn is_running(&self) -> bool {
         !self.tx.is_closed()
+    }
+
+    /// Announces a request that will [`Preparing::deposit`] soon, so that the group being
+    /// gathered may wait for it (see [`PREPARING_WAIT`]).
+    pub fn preparing(&self) -> Preparing {
+        self.preparing.fetch_add(1, Ordering::Relaxed);
+        Preparing { tx: self.tx.clone(), preparing: self.preparing.clone(), counted: true }
+    }
+
+    /// How many requests are announced and not yet handed over or given up.
+    pub fn in_preparation(&self) -> usize {
+        self.preparing.load(Ordering::Relaxed)
     }
 
     /// Appends entries the outbox already holds and waits until they are in a stored, flushed
@@ -201,9 +261,7 @@ impl Ledger {
     /// change). `Ok(None)`: stored and flushed, the entries wait in the outbox (the ledger could
     /// not take them). `Ok(Some(_))`: the entries are in a flushed block, with the records.
     pub async fn deposit(&self, write: &Write, entries: Vec<Entry>) -> Result<Option<Vec<Receipt>>, StoreError> {
-        let mut deposit = Deposit::encode(write)?;
-        deposit.outbox.clear();
-        Self::settle(self.send(entries, Some(deposit), true, false).await)
+        self.preparing().deposit(write, entries).await
     }
 
     /// Records entries (an access, a search) durably and puts them on the ledger: `Ok(Some(_))`
@@ -226,10 +284,7 @@ impl Ledger {
     }
 
     async fn send(&self, entries: Vec<Entry>, deposit: Option<Deposit>, durable: bool, alone: bool) -> Result<Vec<Receipt>, Refused> {
-        let stopped = || Refused { why: StoreError::Stopped.to_string(), stored: false, conflict: false };
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Pending { entries, deposit, durable, alone, reply }).await.map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        answer_of(enqueue(&self.tx, entries, deposit, durable, alone).await).await
     }
 
     /// Appends whatever the outbox holds that is not on the chain yet (after a crash or an outage).
@@ -252,27 +307,52 @@ impl Ledger {
     }
 }
 
+/// Where a request hears its answer.
+type Reply = oneshot::Receiver<Result<Vec<Receipt>, Refused>>;
+
+/// The writer task is gone: nothing of the request was stored.
+fn stopped() -> Refused {
+    Refused { why: StoreError::Stopped.to_string(), stored: false, conflict: false }
+}
+
+/// Hands a request to the writer; the receiver hears its answer.
+async fn enqueue(tx: &mpsc::Sender<Pending>, entries: Vec<Entry>, deposit: Option<Deposit>, durable: bool, alone: bool) -> Result<Reply, Refused> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(Pending { entries, deposit, durable, alone, reply }).await.map_err(|_| stopped())?;
+    Ok(rx)
+}
+
+async fn answer_of(queued: Result<Reply, Refused>) -> Result<Vec<Receipt>, Refused> {
+    queued?.await.map_err(|_| stopped())?
+}
+
 struct Writer {
     parts: WriterParts,
     /// The ledger public key by version, looked up in the HSM once.
     keys: Mutex<HashMap<u32, Vec<u8>>>,
+    /// Requests being prepared ([`Ledger::preparing`]).
+    preparing: Arc<AtomicUsize>,
 }
 
 impl Writer {
     /// The requests of one group: `first`, then whatever is already waiting, up to the batch
-    /// size (waiting up to the policy's delay for more when it is not zero). A request that
-    /// must be alone ends the group and is carried to the next one.
+    /// size; when nothing is, those being prepared, for [`PREPARING_WAIT`] at most (or, when the
+    /// policy sets a delay, whatever arrives within it). A request that must be alone ends the
+    /// group and is carried to the next one.
     async fn gather(&self, first: Pending, rx: &mut mpsc::Receiver<Pending>, carried: &mut Option<Pending>) -> Vec<Pending> {
         let policy = self.parts.policy;
         let alone = first.alone;
         let mut count = first.entries.len();
         let mut group = vec![first];
-        let deadline = tokio::time::Instant::now() + policy.max_delay;
+        let started = tokio::time::Instant::now();
+        let deadline = started + policy.max_delay;
+        let patience = started + PREPARING_WAIT;
         while !alone && count < policy.max_entries {
             let next = match rx.try_recv() {
                 Ok(p) => Some(p),
-                Err(_) if policy.max_delay.is_zero() => None,
-                Err(_) => tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten(),
+                Err(_) if !policy.max_delay.is_zero() => tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten(),
+                Err(_) if self.preparing.load(Ordering::Relaxed) > 0 => tokio::time::timeout_at(patience, rx.recv()).await.ok().flatten(),
+                Err(_) => None,
             };
             let Some(p) = next else { break };
             if p.alone || count + p.entries.len() > policy.max_entries {

@@ -118,13 +118,17 @@ impl Site {
     }
 
     async fn ledger_with(&self, orderer: Arc<dyn Orderer>) -> Ledger {
+        self.ledger_policy(orderer, BatchPolicy { max_entries: 4, max_delay: Duration::from_millis(5) }).await
+    }
+
+    async fn ledger_policy(&self, orderer: Arc<dyn Orderer>, policy: BatchPolicy) -> Ledger {
         Ledger::start(WriterParts {
             gateway: "hospital-a".into(),
             store: self.chain.clone(),
             signer: self.key.clone(),
             orderer,
             vault: self.vault.clone(),
-            policy: BatchPolicy { max_entries: 4, max_delay: Duration::from_millis(5) },
+            policy,
             events: self.events.clone(),
         })
         .await
@@ -301,6 +305,46 @@ async fn concurrent_creates_commit_records_entries_and_blocks_together_one_signa
     let more: Vec<_> = deposit_many(&ledger, 41, 3).await.into_iter().map(|(r, _, got)| (r, got)).collect();
     assert!(more.iter().all(|(_, got)| got.is_some()));
     assert_eq!(site.verify().entries, 43);
+}
+
+/// With the gateway's policy (no fixed delay), a group waits a short while at most for the
+/// requests announced as in preparation: one that never comes (it failed before its deposit)
+/// holds no deposit up, and announced requests are committed, each counting as in preparation
+/// until it is handed over.
+#[tokio::test]
+async fn an_announced_request_that_never_comes_holds_nothing_up_and_announced_ones_are_committed() {
+    let site = Site::new();
+    let ledger = site.ledger_policy(Arc::new(site.sequencer.clone()), BatchPolicy { max_entries: 64, max_delay: Duration::ZERO }).await;
+    let never = ledger.preparing();
+    assert_eq!(ledger.in_preparation(), 1);
+    for n in 1..=3 {
+        let (rec, entry) = record(n);
+        // A liveness bound, far above the wait: an unbounded wait would never end.
+        let got = tokio::time::timeout(Duration::from_secs(60), ledger.deposit(&only(&rec), vec![entry])).await.expect("held up by an announcement");
+        assert!(got.unwrap().is_some(), "in a block");
+    }
+    drop(never);
+    assert_eq!(ledger.in_preparation(), 0);
+
+    let announced: Vec<_> = (10..30).map(|n| (n, ledger.preparing())).collect();
+    assert_eq!(ledger.in_preparation(), 20);
+    let mut tasks = Vec::new();
+    for (n, preparing) in announced {
+        tasks.push(tokio::spawn(async move {
+            let (rec, entry) = record(n);
+            let got = preparing.deposit(&only(&rec), vec![entry]).await.unwrap();
+            (rec, got)
+        }));
+    }
+    for t in tasks {
+        let (rec, got) = t.await.unwrap();
+        assert_eq!(got.expect("in a block")[0].entry.id, rec.entry_id);
+        assert_eq!(site.vault.get(&rec.id).unwrap().as_ref(), Some(&rec));
+    }
+    assert_eq!(ledger.in_preparation(), 0, "each stopped counting once handed over");
+    let report = site.verify();
+    assert_eq!((report.entries, report.invalid_batches), (23, 0));
+    assert_eq!(site.key.signatures.load(Ordering::Relaxed), report.blocks, "one signature per block");
 }
 
 #[tokio::test]

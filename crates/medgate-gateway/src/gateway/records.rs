@@ -59,6 +59,9 @@ impl Gateway {
                 master_keys.push(None);
             }
         }
+        // The writer's group being gathered may wait for this request (see
+        // `medgate_store::writer::PREPARING_WAIT`) until it is handed over or fails.
+        let preparing = self.ledger.preparing();
         let replaced = self.check_relations(&sub).await?;
         // From the data-key wrap until the record is stored: a shred pass must not rotate the KEK
         // and destroy the old version in between.
@@ -72,7 +75,7 @@ impl Gateway {
         // Records, list, status changes, idempotency states and ledger entries reach the disk
         // together, in one group commit with other requests' (see `medgate_store::writer`);
         // `None`: stored, the entries wait in the outbox.
-        let receipts = self.ledger.deposit(&write, entries).await?;
+        let receipts = preparing.deposit(&write, entries).await?;
         drop(sealing);
         self.metrics.incr("records_stored");
         let known = Self::known(sub, write, extras, receipts);
