@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use medgate_fhir::{at_version, provide_response, AnswerEntry, Submission, SubmissionEntry};
 use medgate_ledger::{Entry, EntryBody, Receipt};
-use medgate_store::vault::{self, AnswerItem, IdemState, ListHeader, RecordChange, SealedList, StatusChange, StoredList, StoredRecord};
+use medgate_store::vault::{self, AnswerItem, IdemState, RecordChange, SealedList, StatusChange, StoredList, StoredRecord};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -41,6 +41,17 @@ pub(super) struct Extras {
     /// The version each change makes of the record it changes.
     pub versions: HashMap<String, u32>,
     pub entries: Vec<Entry>,
+}
+
+/// A SubmissionSet to seal (see `Gateway::seal_extras`), owned like a record's.
+pub(super) struct ListJob {
+    pub id: String,
+    pub created: String,
+    pub pseudonym: String,
+    pub pv: u32,
+    pub record_ids: Vec<String>,
+    pub entry_id: String,
+    pub content: SealedList,
 }
 
 /// The kind name an answer item has for a request entry.
@@ -107,9 +118,10 @@ impl Gateway {
         Ok(replaced)
     }
 
-    /// Seals the SubmissionSet (one HSM wrap) and makes the entries of the list and of each
-    /// replacement. `records[k]` is document `k`'s record.
-    pub(super) async fn seal_extras(&self, caller: &Caller, sub: &Submission, records: &[StoredRecord], replaced: &[(usize, StoredRecord)]) -> Result<Extras, GatewayError> {
+    /// Makes the entries of the list and of each replacement, and what sealing the
+    /// SubmissionSet takes (sealed with the records, see `records`). `ids[k]` is document
+    /// `k`'s record id.
+    pub(super) async fn seal_extras(&self, caller: &Caller, sub: &Submission, ids: &[String], replaced: &[(usize, StoredRecord)]) -> Result<(Extras, Option<ListJob>), GatewayError> {
         let user = self.user_pseudonym(caller).await?;
         let created = crate::clock::now_rfc3339();
         let mut extras = Extras::default();
@@ -119,11 +131,11 @@ impl Gateway {
                 patient: old.patient_pseudonym.clone(),
                 custodian: self.hospital.clone(),
                 status: "superseded".into(),
-                replaced_by: Some(records[*k].id.clone()),
+                replaced_by: Some(ids[*k].clone()),
                 user: user.clone(),
                 role: caller.role.clone(),
             });
-            let change = RecordChange { status: "superseded".into(), replaced_by: Some(records[*k].id.clone()), time: created.clone(), entry_id: entry.id.clone() };
+            let change = RecordChange { status: "superseded".into(), replaced_by: Some(ids[*k].clone()), time: created.clone(), entry_id: entry.id.clone() };
             extras.changes.push(StatusChange { record_id: old.id.clone(), custodian: self.hospital.clone(), change });
             extras.versions.insert(old.id.clone(), old.version() + 1);
             extras.entries.push(entry);
@@ -132,11 +144,10 @@ impl Gateway {
             for e in &extras.entries {
                 e.validate().map_err(GatewayError::internal)?;
             }
-            return Ok(extras);
+            return Ok((extras, None));
         };
         let (pv, pseudonym) = self.patient_pseudonym(&ss.patient).await?;
-        let all_ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-        let record_ids: Vec<String> = ss.items.iter().map(|k| all_ids[*k].clone()).collect();
+        let record_ids: Vec<String> = ss.items.iter().map(|k| ids[*k].clone()).collect();
         let id = vault::new_id()?;
         let entry = self.entry(EntryBody::ListAnchored {
             list_id: id.clone(),
@@ -149,26 +160,18 @@ impl Gateway {
             role: caller.role.clone(),
             purpose: caller.purpose.clone(),
         });
-        let sealed = SealedList {
+        let content = SealedList {
             patient_system: ss.patient.system.clone(),
             patient_value: ss.patient.value.clone(),
-            list: ss.stored_list(&all_ids),
+            list: ss.stored_list(ids),
             patient_resource: sub.patient_resource.clone(),
         };
-        let (hsm, hospital, eid, content) = (self.hsm.clone(), self.hospital.clone(), entry.id.clone(), sealed.clone());
-        let stored = tokio::task::spawn_blocking(move || {
-            let h = ListHeader { id: &id, created: &created, custodian: &hospital, pseudonym: (&pseudonym, pv), code: "submissionset", record_ids: &record_ids, entry_id: &eid };
-            vault::seal_list(&hsm, &h, &content)
-        })
-        .await
-        .map_err(GatewayError::internal)?
-        .map_err(GatewayError::from)?;
-        extras.list = Some((stored, sealed));
+        let job = ListJob { id, created, pseudonym, pv, record_ids, entry_id: entry.id.clone(), content };
         extras.entries.push(entry);
         for e in &extras.entries {
             e.validate().map_err(GatewayError::internal)?;
         }
-        Ok(extras)
+        Ok((extras, Some(job)))
     }
 
     /// The answer's items: one per request entry, in order, by id.

@@ -4,13 +4,27 @@
 
 use medgate_fhir::{document_reference_resource, DocumentSubmission, StoredDocument, Submission};
 use medgate_ledger::{Entry, EntryBody, Receipt};
-use medgate_store::vault::{self, Claim, Held, IdemState, SealedMeta, StoredRecord, Vault, Write};
+use medgate_store::vault::{self, Claim, Held, IdemState, ListHeader, SealedList, SealedMeta, StoredList, StoredRecord, Vault, Write};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::provide::Known;
+use super::provide::{Known, ListJob};
 use super::{in_flight, Caller, Created, Gateway};
 use crate::GatewayError;
+
+/// A document to seal, with everything `vault::seal_record` takes, owned: the blocking task
+/// that seals it outlives the request's borrow.
+pub(super) struct RecordJob {
+    pub id: String,
+    created: String,
+    pseudonym: String,
+    pv: u32,
+    content_type: String,
+    /// The document's bytes, wiped once sealed.
+    data: zeroize::Zeroizing<Vec<u8>>,
+    meta: SealedMeta,
+    entry_id: String,
+}
 
 impl Gateway {
     /// Stores documents: validates nothing more (the FHIR layer did), encrypts each under a fresh
@@ -66,9 +80,11 @@ impl Gateway {
         // From the data-key wrap until the record is stored: a shred pass must not rotate the KEK
         // and destroy the old version in between.
         let sealing = self.shred.sealing().await;
-        let stored = self.seal_all(caller, &sub.documents).await;
-        let (records, mut entries) = stored?;
-        let extras = self.seal_extras(caller, &sub, &records, &replaced).await?;
+        let (jobs, mut entries) = self.record_jobs(caller, &sub.documents).await?;
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+        let (mut extras, list_job) = self.seal_extras(caller, &sub, &ids, &replaced).await?;
+        let (records, list) = self.seal(jobs, list_job).await?;
+        extras.list = list;
         entries.extend(extras.entries.iter().cloned());
         let items = Self::answer_items(&sub, &records, &extras);
         let write = Self::write(records, &extras, &items, request_key, &master_keys);
@@ -112,11 +128,11 @@ impl Gateway {
         known
     }
 
-    /// Encrypts each document (one HSM wrap each) and builds its ledger entry.
-    pub(super) async fn seal_all(&self, caller: &Caller, docs: &[DocumentSubmission]) -> Result<(Vec<StoredRecord>, Vec<Entry>), GatewayError> {
+    /// What sealing each document takes (its id, metadata and bytes), and its ledger entry.
+    pub(super) async fn record_jobs(&self, caller: &Caller, docs: &[DocumentSubmission]) -> Result<(Vec<RecordJob>, Vec<Entry>), GatewayError> {
         let user = self.user_pseudonym(caller).await?;
         let created = crate::clock::now_rfc3339();
-        let mut records = Vec::with_capacity(docs.len());
+        let mut jobs = Vec::with_capacity(docs.len());
         let mut entries = Vec::with_capacity(docs.len());
         for d in docs {
             let (pv, pseudonym) = self.patient_pseudonym(&d.patient).await?;
@@ -141,20 +157,32 @@ impl Gateway {
                 purpose: caller.purpose.clone(),
             });
             entry.validate().map_err(GatewayError::internal)?;
-            let hsm = self.hsm.clone();
-            let (hospital, created2, content_type, data, eid) =
-                (self.hospital.clone(), created.clone(), d.content_type.clone(), d.data.clone(), entry.id.clone());
-            let rec = tokio::task::spawn_blocking(move || {
-                let data = zeroize::Zeroizing::new(data);
-                vault::seal_record(&hsm, &id, &created2, &hospital, (&pseudonym, pv), &content_type, &data, &meta, &eid)
-            })
-            .await
-            .map_err(GatewayError::internal)?
-            .map_err(GatewayError::from)?;
-            records.push(rec);
+            let data = zeroize::Zeroizing::new(d.data.clone());
+            jobs.push(RecordJob { id, created: created.clone(), pseudonym, pv, content_type: d.content_type.clone(), data, meta, entry_id: entry.id.clone() });
             entries.push(entry);
         }
-        Ok((records, entries))
+        Ok((jobs, entries))
+    }
+
+    /// Encrypts each document and the SubmissionSet under fresh data keys (one HSM wrap each),
+    /// on one blocking thread: one hand-over for the whole submission.
+    async fn seal(&self, jobs: Vec<RecordJob>, list: Option<ListJob>) -> Result<(Vec<StoredRecord>, Option<(StoredList, SealedList)>), GatewayError> {
+        let (hsm, hospital) = (self.hsm.clone(), self.hospital.clone());
+        let sealed = tokio::task::spawn_blocking(move || -> Result<_, medgate_store::StoreError> {
+            let records = jobs
+                .iter()
+                .map(|j| vault::seal_record(&hsm, &j.id, &j.created, &hospital, (&j.pseudonym, j.pv), &j.content_type, &j.data, &j.meta, &j.entry_id))
+                .collect::<Result<Vec<_>, _>>()?;
+            let list = match list {
+                None => None,
+                Some(l) => {
+                    let h = ListHeader { id: &l.id, created: &l.created, custodian: &hospital, pseudonym: (&l.pseudonym, l.pv), code: "submissionset", record_ids: &l.record_ids, entry_id: &l.entry_id };
+                    Some((vault::seal_list(&hsm, &h, &l.content)?, l.content))
+                }
+            };
+            Ok((records, list))
+        });
+        sealed.await.map_err(GatewayError::internal)?.map_err(GatewayError::from)
     }
 
     /// The DocumentReference of `rec` as it stands: its status (`current`, `superseded`,
