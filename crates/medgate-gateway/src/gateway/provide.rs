@@ -43,7 +43,7 @@ pub(super) struct Extras {
     pub entries: Vec<Entry>,
 }
 
-/// A SubmissionSet to seal (see `Gateway::seal_extras`), owned like a record's.
+/// A SubmissionSet to seal (see `Gateway::prepare_extras`), owned like a record's.
 pub(super) struct ListJob {
     pub id: String,
     pub created: String,
@@ -121,7 +121,7 @@ impl Gateway {
     /// Makes the entries of the list and of each replacement, and what sealing the
     /// SubmissionSet takes (sealed with the records, see `records`). `ids[k]` is document
     /// `k`'s record id.
-    pub(super) async fn seal_extras(&self, caller: &Caller, sub: &Submission, ids: &[String], replaced: &[(usize, StoredRecord)]) -> Result<(Extras, Option<ListJob>), GatewayError> {
+    pub(super) async fn prepare_extras(&self, caller: &Caller, sub: &Submission, ids: &[String], replaced: &[(usize, StoredRecord)]) -> Result<(Extras, Option<ListJob>), GatewayError> {
         let user = self.user_pseudonym(caller).await?;
         let created = crate::clock::now_rfc3339();
         let mut extras = Extras::default();

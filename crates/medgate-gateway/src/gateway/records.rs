@@ -82,7 +82,7 @@ impl Gateway {
         let sealing = self.shred.sealing().await;
         let (jobs, mut entries) = self.record_jobs(caller, &sub.documents).await?;
         let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
-        let (mut extras, list_job) = self.seal_extras(caller, &sub, &ids, &replaced).await?;
+        let (mut extras, list_job) = self.prepare_extras(caller, &sub, &ids, &replaced).await?;
         let (records, list) = self.seal(jobs, list_job).await?;
         extras.list = list;
         entries.extend(extras.entries.iter().cloned());
