@@ -6,7 +6,8 @@
 /// clients. With jemalloc, `medgate bench` stores 35-50 % more documents per second at 64 and
 /// 256 clients, for about 30 MiB more resident memory under load (tests/benches/README.md).
 /// Only Rust's allocations move: the PKCS#11 module keeps the C library's allocator. Its
-/// options are compiled in from `.cargo/config.toml` (one arena per CPU).
+/// options are compiled in from `.cargo/config.toml` (one arena per CPU, small thread caches,
+/// freed pages returned after 1 s).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
