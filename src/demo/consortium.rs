@@ -329,10 +329,16 @@ async fn scene(sites: &[Site], say: &mut dyn FnMut(&str)) -> Result<(), Failure>
     let r = his_b.get(&format!("/Binary/{id}")).await.map_err(Failure::runtime)?;
     check(r.status == 403, "B is refused after the withdrawal")?;
     say("the patient withdraws the consent at A; B's very next read is refused");
+    // A's last access entry was ordered before its answer; its block lands right after.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let outbox = |text: &str| text.lines().find_map(|l| l.strip_prefix("medgate_outbox_entries ")).and_then(|v| v.trim().parse::<f64>().ok());
+    while outbox(&admin_get(a.admin_addr, "/metrics").map_err(Failure::runtime)?.1) != Some(0.0) {
+        check(Instant::now() < deadline, "A's access entries reach its ledger copy")?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let want_height = admin_get(a.admin_addr, "/metrics").map_err(Failure::runtime)?.1;
     let height = |text: &str| text.lines().find(|l| l.starts_with("medgate_ledger_height")).map(str::to_owned);
     let target = height(&want_height);
-    let deadline = Instant::now() + Duration::from_secs(20);
     for s in sites {
         while height(&admin_get(s.admin_addr, "/metrics").map_err(Failure::runtime)?.1) != target {
             check(Instant::now() < deadline, "every gateway reaches the same height")?;

@@ -192,10 +192,14 @@ impl Gateway {
         }
     }
 
-    /// Appends access entries: durably in the outbox first, then to the ledger. A ledger failure
-    /// leaves them in the outbox for the background drain; the access still counts as recorded.
+    /// Appends access entries: durably in the outbox first, then to the ledger; answered once the
+    /// ordering service holds them, without waiting for their block. A ledger failure leaves them
+    /// in the outbox for the background drain; the access still counts as recorded.
     async fn record_access(&self, entries: Vec<Entry>) -> Result<(), GatewayError> {
-        self.anchor(entries).await.map(|_| ())
+        for e in &entries {
+            e.validate().map_err(GatewayError::internal)?;
+        }
+        self.ledger.record_access(entries).await.map_err(GatewayError::from)
     }
 
     /// Puts entries on the ledger: durably in the outbox, then appended. `None` when the ledger

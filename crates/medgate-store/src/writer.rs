@@ -14,7 +14,8 @@
 //! * with an ordering service ([`pipeline`]): a group's records and entries are first stored
 //!   and flushed with the entries in the outbox (one transaction, one flush), then its batch is
 //!   submitted; the next group's batch follows as soon as the service holds this one, several
-//!   batches in flight in sequence, each answered when its block has landed.
+//!   batches in flight in sequence, each answered when its block has landed (accesses: as soon
+//!   as the service holds their batch, see [`Ledger::record_access`]).
 //!
 //! Boundary: grouping, signing, durability of what a request hands over, and receipts. Where a
 //! batch lands in the order, and how its block is cut and stored, is the orderer's business.
@@ -90,7 +91,22 @@ struct Pending {
     /// In a batch of its own: entries whose validity depends on a state that may change while
     /// they are on their way (membership) must not take other entries down with them.
     alone: bool,
+    settle: Settle,
     reply: oneshot::Sender<Result<Vec<Receipt>, Refused>>,
+}
+
+/// When a request that goes through an ordering service is answered (the in-process sequencer
+/// answers every request after the flush that holds its block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// Once its entries are in a stored, flushed block, with their receipts.
+    Landed,
+    /// Once its entries are durable here (in the flushed outbox) and the ordering service holds
+    /// their batch, so that its place in the order is fixed; without receipts. For accesses:
+    /// the access is recorded before anything is disclosed, and the block, cut from that order
+    /// by every member alike, adds nothing the reader waits for. Should the batch not land, the
+    /// entries stay in the outbox for the background drain, as after any ledger failure.
+    Ordered,
 }
 
 impl std::fmt::Debug for Pending {
@@ -153,7 +169,7 @@ impl Preparing {
         let mut deposit = Deposit::encode(write)?;
         deposit.outbox.clear();
         self.release();
-        Ledger::settle(answer_of(enqueue(&self.tx, entries, Some(deposit), true, false).await).await)
+        Ledger::settle(answer_of(enqueue(&self.tx, entries, Some(deposit), true, false, Settle::Landed).await).await)
     }
 
     fn release(&mut self) {
@@ -271,6 +287,15 @@ impl Ledger {
         Self::settle(self.send(entries, None, true, false).await)
     }
 
+    /// Records access entries (a read, a search, a peer's read) as [`Ledger::record`] does, but
+    /// through an ordering service answers as soon as they are durable here and the service
+    /// holds their batch, without waiting for the block (see `Settle::Ordered`). `Err` when they
+    /// could not be stored at all; the caller then discloses nothing.
+    pub async fn record_access(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        let queued = enqueue(&self.tx, entries, None, true, false, Settle::Ordered).await;
+        Self::settle(answer_of(queued).await).map(|_| ())
+    }
+
     fn settle(r: Result<Vec<Receipt>, Refused>) -> Result<Option<Vec<Receipt>>, StoreError> {
         match r {
             Ok(receipts) => Ok(Some(receipts)),
@@ -284,7 +309,7 @@ impl Ledger {
     }
 
     async fn send(&self, entries: Vec<Entry>, deposit: Option<Deposit>, durable: bool, alone: bool) -> Result<Vec<Receipt>, Refused> {
-        answer_of(enqueue(&self.tx, entries, deposit, durable, alone).await).await
+        answer_of(enqueue(&self.tx, entries, deposit, durable, alone, Settle::Landed).await).await
     }
 
     /// Appends whatever the outbox holds that is not on the chain yet (after a crash or an outage).
@@ -316,9 +341,9 @@ fn stopped() -> Refused {
 }
 
 /// Hands a request to the writer; the receiver hears its answer.
-async fn enqueue(tx: &mpsc::Sender<Pending>, entries: Vec<Entry>, deposit: Option<Deposit>, durable: bool, alone: bool) -> Result<Reply, Refused> {
+async fn enqueue(tx: &mpsc::Sender<Pending>, entries: Vec<Entry>, deposit: Option<Deposit>, durable: bool, alone: bool, settle: Settle) -> Result<Reply, Refused> {
     let (reply, rx) = oneshot::channel();
-    tx.send(Pending { entries, deposit, durable, alone, reply }).await.map_err(|_| stopped())?;
+    tx.send(Pending { entries, deposit, durable, alone, settle, reply }).await.map_err(|_| stopped())?;
     Ok(rx)
 }
 

@@ -560,3 +560,75 @@ async fn batches_submitted_before_a_failure_land_before_the_next_group_reads_its
     let report = site.verify();
     assert_eq!((report.entries, report.invalid_batches), (7, 0));
 }
+
+/// An ordering service that fixes each batch's place when it is submitted and cuts the blocks,
+/// in that order, only once `open` is set.
+#[derive(Debug)]
+struct Gated {
+    inner: Sequencer,
+    queue: tokio::sync::Mutex<std::collections::VecDeque<Batch>>,
+    landed: std::sync::Mutex<std::collections::HashMap<[u8; 32], Ordered>>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Orderer for Gated {
+    fn next_seq(&self, chain: &ChainStore, gateway: &str) -> Result<u64, StoreError> {
+        self.inner.next_seq(chain, gateway)
+    }
+
+    fn admit(&self, chain: &ChainStore, gateway: &str, key_version: u32, spki: &[u8]) -> Result<(), StoreError> {
+        self.inner.admit(chain, gateway, key_version, spki)
+    }
+
+    fn order<'a>(&'a self, chain: &'a ChainStore, batch: Batch) -> BoxFuture<'a, Result<Ordered, StoreError>> {
+        self.inner.order(chain, batch)
+    }
+
+    fn submit(self: Arc<Self>, chain: ChainStore, batch: Batch) -> BoxFuture<'static, Result<Landing, StoreError>> {
+        Box::pin(async move {
+            let hash = batch.hash();
+            self.queue.lock().await.push_back(batch);
+            Ok(Box::pin(async move {
+                self.open.subscribe().wait_for(|open| *open).await.map_err(|e| StoreError::Order(e.to_string()))?;
+                let mut queue = self.queue.lock().await;
+                while let Some(b) = queue.pop_front() {
+                    let ordered = self.inner.order(&chain, b).await?;
+                    self.landed.lock().unwrap().insert(ordered.block.batches[ordered.index].hash(), ordered);
+                }
+                self.landed.lock().unwrap().remove(&hash).ok_or_else(|| StoreError::Order("batch not cut".into()))
+            }) as Landing)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn through_an_ordering_service_an_access_is_answered_once_ordered_and_a_receipt_once_its_block_landed() {
+    let site = Site::new();
+    let orderer = Arc::new(Gated {
+        inner: site.sequencer.clone(),
+        queue: Default::default(),
+        landed: Default::default(),
+        open: tokio::sync::watch::channel(false).0,
+    });
+    let ledger = site.ledger_with(orderer.clone()).await;
+    // The access is answered while its block is not cut yet: durable in the outbox meanwhile.
+    let access = searched(1);
+    let answered = tokio::time::timeout(Duration::from_secs(5), ledger.record_access(vec![access.clone()])).await;
+    answered.expect("the access waited for its block").unwrap();
+    assert_eq!(site.vault.outbox_len(), 1);
+    assert!(site.chain.location(&access.id).unwrap().is_none());
+    // An entry recorded for its receipt waits for its block.
+    let writer = ledger.clone();
+    let pending = tokio::spawn(async move { writer.record(vec![searched(2)]).await });
+    // Paused time advances only once every task waits: the writer has done all it can.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!pending.is_finished(), "a receipt was given before its block was cut");
+    orderer.open.send_replace(true);
+    let receipts = pending.await.unwrap().unwrap().expect("anchored");
+    receipts[0].verify(&site.key.spki()).unwrap();
+    // Both blocks are cut in the order the batches were submitted; the outbox is empty.
+    assert!(site.chain.location(&access.id).unwrap().is_some());
+    assert_eq!(site.vault.outbox_len(), 0);
+    let report = site.verify();
+    assert_eq!((report.entries, report.invalid_batches), (2, 0));
+}

@@ -28,7 +28,7 @@ impl Gateway {
         }
         let n = todo.len();
         if n > 0 {
-            self.record_access(todo).await?;
+            self.anchor(todo).await?;
         }
         Ok(n)
     }

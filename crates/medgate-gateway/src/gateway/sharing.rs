@@ -105,7 +105,8 @@ impl Gateway {
         })
     }
 
-    /// Puts a peer's read (granted unless `reason` is `no-consent`) on the ledger, durably.
+    /// Records a peer's read (granted unless `reason` is `no-consent`): durable here and held by
+    /// the ordering service before this returns ([`medgate_store::Ledger::record_access`]).
     async fn record_peer_access(&self, requester: &str, req: &ReadRequest, rec: &vault::StoredRecord, now: &str, reason: Option<&str>) -> Result<(), GatewayError> {
         let granted = reason != Some("no-consent");
         let entry = Entry::new(
@@ -127,7 +128,7 @@ impl Gateway {
         if entry.validate().is_err() {
             return Err(GatewayError::BadRequest("bad-request".into()));
         }
-        if let Err(e) = self.anchor(vec![entry]).await {
+        if let Err(e) = self.ledger.record_access(vec![entry]).await {
             tracing::error!(error = %e, "access entry for a peer read could not be stored; refused");
             return Err(GatewayError::Unavailable("ledger-unavailable".into()));
         }

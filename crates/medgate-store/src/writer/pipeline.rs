@@ -5,8 +5,9 @@
 //! service from then on, nothing is lost; a group of entries alone flushes while its batch is
 //! ordered, see [`Writer::submit_group`]). Its new entries are then signed as one batch and
 //! submitted; as soon as the service holds the batch (its place in the order is fixed) the
-//! writer goes on with the next group, while a task waits for this one's block and answers its
-//! requests. Batches are submitted one after another, so their sequence numbers land in order.
+//! writer goes on with the next group and answers the group's accesses (`Settle::Ordered`),
+//! while a task waits for this one's block and answers the other requests, with their receipts.
+//! Batches are submitted one after another, so their sequence numbers land in order.
 //!
 //! Sequence numbers are counted here while batches are in flight. When a batch fails (refused,
 //! flagged invalid, or not seen in time), the batches after it cannot count either; the writer
@@ -21,7 +22,7 @@ use std::collections::HashMap;
 use medgate_ledger::Receipt;
 use tokio::sync::mpsc;
 
-use super::{answer, drop_refused, GroupError, Outcome, Pending, Refused, Writer};
+use super::{answer, drop_refused, GroupError, Outcome, Pending, Refused, Settle, Writer};
 use crate::error::to_json;
 use crate::order::Landing;
 use crate::vault::Deposit;
@@ -94,8 +95,9 @@ impl Writer {
     /// Records and idempotency states are flushed before their entries go to the ordering
     /// service: a block must never name a record this gateway could still lose. A group of
     /// entries alone (accesses, searches) flushes its outbox rows while its batch is signed and
-    /// ordered, and is answered only once both are done: nothing is disclosed before the access
-    /// is durable here or on the ledger. That takes the flush off a cross-hospital read's path.
+    /// ordered, and its accesses are answered once both are done, before the block lands:
+    /// nothing is disclosed before the access is durable here and its place in the order fixed.
+    /// That takes the flush and the block off a cross-hospital read's path.
     async fn submit_group(&self, mut group: Vec<Pending>, flight: &mut Flight, landed_tx: &mpsc::UnboundedSender<bool>) {
         let flush_first = group.iter().any(|p| p.deposit.is_some());
         let wrote = match self.store_group(&mut group, flush_first).await {
@@ -145,6 +147,13 @@ impl Writer {
             }
         };
         flight.groups += 1;
+        let (ordered, group): (Vec<Pending>, Vec<Pending>) = group.into_iter().partition(|p| p.settle == Settle::Ordered);
+        match &flushed {
+            Ok(()) => ordered.into_iter().for_each(|p| {
+                let _ = p.reply.send(Ok(Vec::new()));
+            }),
+            Err(refused) => answer(ordered, &Err(refused.clone())),
+        }
         let (events, landed_tx) = (self.parts.events.clone(), landed_tx.clone());
         tokio::spawn(async move {
             let landed = land(landings, known).await;
