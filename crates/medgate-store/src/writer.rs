@@ -91,6 +91,7 @@ struct Pending {
     /// In a batch of its own: entries whose validity depends on a state that may change while
     /// they are on their way (membership) must not take other entries down with them.
     alone: bool,
+    /// When it is answered, through an ordering service.
     settle: Settle,
     reply: oneshot::Sender<Result<Vec<Receipt>, Refused>>,
 }
