@@ -541,6 +541,11 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.body.as_ref(), letter.as_slice(), "B must get the exact bytes");
     assert_eq!(r.headers["content-type"], "application/pdf");
+    // The one granted read is timed step by step on both sides; the refused ones are not.
+    for (g, step) in [(&c.gws[1], "custodian"), (&c.gws[1], "unwrap"), (&c.gws[0], "access_entry"), (&c.gws[0], "rewrap")] {
+        let count = format!("medgate_peer_read_step_seconds_count{{step=\"{step}\"}}");
+        assert_eq!(g.metric(&count), Some(1.0), "{} {step}", g.site.hospital);
+    }
     // Withdrawn: the very next read is refused.
     rt.block_on(async {
         let mut a = c.gws[0].client();

@@ -1,5 +1,6 @@
 //! Prometheus text metrics, kept in process: request counts by route and status, latency
-//! histograms by route, event counters, plus families read at scrape time: counters kept
+//! histograms by route and by step of a cross-hospital read, event counters, plus families
+//! read at scrape time: counters kept
 //! elsewhere (the HSM's), and gauges (ledger height, outbox, certificate and CRL expiry, the
 //! last reload). Every family is typed as what it is, so `promtool check metrics` accepts the
 //! page: a name ending in `_total` is a counter, and only a counter ends so. No label ever
@@ -19,6 +20,34 @@ struct Histogram {
     count: u64,
 }
 
+impl Histogram {
+    fn add(&mut self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
+}
+
+/// Writes a histogram family, one series per value of `label`.
+fn render_histograms(out: &mut String, name: &str, help: &str, label: &str, series: &BTreeMap<String, Histogram>) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (value, h) in series {
+        let v = escape(value);
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{{label}=\"{v}\",le=\"{b}\"}} {}", h.counts[i]);
+        }
+        let _ = writeln!(out, "{name}_bucket{{{label}=\"{v}\",le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{name}_sum{{{label}=\"{v}\"}} {}", h.sum);
+        let _ = writeln!(out, "{name}_count{{{label}=\"{v}\"}} {}", h.count);
+    }
+}
+
 /// A family read at scrape time: name, help text, and (labels, value) samples.
 pub type Gauge<'a> = (&'a str, &'a str, Vec<(String, f64)>);
 
@@ -29,6 +58,7 @@ pub type Counter<'a> = Gauge<'a>;
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
+    steps: Mutex<BTreeMap<String, Histogram>>,
     events: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -36,16 +66,15 @@ impl Metrics {
     /// Counts one finished request on `route` (a route template such as `GET /Binary/{id}`).
     pub fn observe(&self, route: &str, status: u16, elapsed: Duration) {
         *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry((route.to_owned(), status)).or_default() += 1;
-        let secs = elapsed.as_secs_f64();
-        let mut lat = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        let h = lat.entry(route.to_owned()).or_default();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += secs;
-        h.count += 1;
+        self.latency.lock().unwrap_or_else(|p| p.into_inner()).entry(route.to_owned()).or_default().add(elapsed);
+    }
+
+    /// Times one step of a granted cross-hospital read: at the requester `custodian` (the call,
+    /// its answer included) and `unwrap` (the shared key in this HSM); at the custodian
+    /// `access_entry` (flushed here and held by the ordering service) and `rewrap` (the data key
+    /// for the requester's sharing key, alongside).
+    pub fn observe_step(&self, step: &str, elapsed: Duration) {
+        self.steps.lock().unwrap_or_else(|p| p.into_inner()).entry(step.to_owned()).or_default().add(elapsed);
     }
 
     /// Counts a named event (`tls_handshake_failures`, `ledger_batches`, ...).
@@ -70,17 +99,12 @@ impl Metrics {
         for ((route, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = writeln!(out, "medgate_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", escape(route));
         }
-        let _ = writeln!(out, "# HELP medgate_http_request_duration_seconds HIS request latency by route.");
-        let _ = writeln!(out, "# TYPE medgate_http_request_duration_seconds histogram");
-        for (route, h) in self.latency.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let r = escape(route);
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "medgate_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"{b}\"}} {}", h.counts[i]);
-            }
-            let _ = writeln!(out, "medgate_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "medgate_http_request_duration_seconds_sum{{route=\"{r}\"}} {}", h.sum);
-            let _ = writeln!(out, "medgate_http_request_duration_seconds_count{{route=\"{r}\"}} {}", h.count);
-        }
+        let latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        render_histograms(&mut out, "medgate_http_request_duration_seconds", "HIS request latency by route.", "route", &latency);
+        drop(latency);
+        let steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
+        render_histograms(&mut out, "medgate_peer_read_step_seconds", "Steps of granted cross-hospital reads, at the requester and at the custodian.", "step", &steps);
+        drop(steps);
         let _ = writeln!(out, "# HELP medgate_events_total Gateway events by kind.");
         let _ = writeln!(out, "# TYPE medgate_events_total counter");
         for (name, n) in self.events.lock().unwrap_or_else(|p| p.into_inner()).iter() {
@@ -125,11 +149,18 @@ mod tests {
         m.observe("GET /metadata", 200, Duration::from_millis(3));
         m.observe("GET /metadata", 200, Duration::from_millis(300));
         m.observe("POST /", 422, Duration::from_millis(1));
+        m.observe_step("unwrap", Duration::from_micros(2_700));
+        m.observe_step("unwrap", Duration::from_micros(4_000));
         let t = m.render(&[("medgate_hsm_operations_total", "Ops.", vec![("op=\"wrap\"".into(), 2.0)])], &[("medgate_ledger_height", "Height.", vec![(String::new(), 4.0)])]);
         assert!(t.contains("medgate_http_requests_total{route=\"GET /metadata\",status=\"200\"} 2"), "{t}");
         assert!(t.contains("medgate_http_request_duration_seconds_bucket{route=\"GET /metadata\",le=\"0.005\"} 1"), "{t}");
         assert!(t.contains("medgate_http_request_duration_seconds_bucket{route=\"GET /metadata\",le=\"0.5\"} 2"), "{t}");
         assert!(t.contains("medgate_ledger_height 4"), "{t}");
+        assert!(t.contains("# TYPE medgate_peer_read_step_seconds histogram\n"), "{t}");
+        assert!(t.contains("medgate_peer_read_step_seconds_bucket{step=\"unwrap\",le=\"0.0025\"} 0\n"), "{t}");
+        assert!(t.contains("medgate_peer_read_step_seconds_bucket{step=\"unwrap\",le=\"0.005\"} 2\n"), "{t}");
+        assert!(t.contains("medgate_peer_read_step_seconds_sum{step=\"unwrap\"} 0.0067"), "{t}");
+        assert!(t.contains("medgate_peer_read_step_seconds_count{step=\"unwrap\"} 2\n"), "{t}");
         assert!(t.contains("# TYPE medgate_hsm_operations_total counter\nmedgate_hsm_operations_total{op=\"wrap\"} 2\n"), "{t}");
         assert!(t.contains("# TYPE medgate_ledger_height gauge\n"), "{t}");
         // Only counters end in _total (promtool: "non-counter metrics should not have _total suffix").

@@ -1,12 +1,25 @@
 //! Sharing between hospitals: reading a record another member holds (as the requester), and
 //! answering another member's read under consent or break-glass (as the custodian).
 
+use std::future::Future;
+use std::time::Instant;
+
 use medgate_ledger::{Entry, EntryBody};
 use medgate_store::vault;
 
 use super::{nonce, Caller, Document, Gateway, PURPOSES};
 use crate::peer::{ReadGrant, ReadRequest};
+use crate::metrics::Metrics;
 use crate::GatewayError;
+
+/// `step` of a granted read, timed from `started` to its success (see [`Metrics::observe_step`]).
+async fn timed<T>(metrics: &Metrics, step: &str, started: Instant, f: impl Future<Output = Result<T, GatewayError>>) -> Result<T, GatewayError> {
+    let out = f.await;
+    if out.is_ok() {
+        metrics.observe_step(step, started.elapsed());
+    }
+    out
+}
 
 impl Gateway {
     /// Fetches a record from its custodian: ciphertext and a data key re-wrapped for this
@@ -19,6 +32,7 @@ impl Gateway {
         let sharing = self.sharing.clone().ok_or_else(|| GatewayError::internal("sharing is not configured"))?;
         let user = self.user_pseudonym(caller).await?;
         let req = ReadRequest { record_id: record_id.clone(), user, role: caller.role.clone(), purpose: caller.purpose.clone() };
+        let asked = Instant::now();
         let grant = match sharing.read(&custodian, &req).await {
             Err(e) => {
                 tracing::warn!(%custodian, error = %e, "custodian unreachable");
@@ -40,11 +54,12 @@ impl Gateway {
             Ok(Err((status, refusal))) => return Err(GatewayError::internal(format!("{custodian} answered {status}: {}", refusal.reason))),
             Ok(Ok(g)) => g,
         };
+        self.metrics.observe_step("custodian", asked.elapsed());
         if grant.record_id != record_id || grant.content_hash != content_hash || grant.content_type != content_type {
             return Err(GatewayError::Integrity(record_id));
         }
         let blob = medgate_ledger::keys::b64_decode(&grant.shared_key).map_err(|_| GatewayError::Integrity(record_id.clone()))?;
-        let hsm = self.hsm.clone();
+        let (hsm, unwrapping) = (self.hsm.clone(), Instant::now());
         let dk = tokio::task::spawn_blocking(move || hsm.unwrap_shared(&blob)).await.map_err(GatewayError::internal)?.map_err(|e| match e {
             e if e.is_integrity() => {
                 tracing::error!(record = %record_id, error = %e, "the HSM refused the shared key");
@@ -52,6 +67,7 @@ impl Gateway {
             }
             other => GatewayError::from(other),
         })?;
+        self.metrics.observe_step("unwrap", unwrapping.elapsed());
         let bytes = vault::open_shared_document(&record_id, &content_type, &content_hash, &dk, &grant.doc_nonce, &grant.doc_ct).map_err(GatewayError::from)?;
         self.metrics.incr("peer_reads_granted");
         Ok(Document { content_type, bytes })
@@ -92,7 +108,11 @@ impl Gateway {
         }
         // Granted: the HSM re-wraps while the access entry is put on the ledger; the key leaves
         // only once the entry is recorded.
-        let (recorded, shared) = tokio::join!(self.record_peer_access(requester, &req, &rec, &now, reason), self.rewrap_for(&rec, n, e));
+        let started = Instant::now();
+        let (recorded, shared) = tokio::join!(
+            timed(&self.metrics, "access_entry", started, self.record_peer_access(requester, &req, &rec, &now, reason)),
+            timed(&self.metrics, "rewrap", started, self.rewrap_for(&rec, n, e)),
+        );
         recorded?;
         let shared = shared?;
         Ok(ReadGrant {
