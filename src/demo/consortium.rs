@@ -5,6 +5,7 @@
 //! the exact bytes, the consent is withdrawn and B is refused again, every access is in every
 //! gateway's audit trail, and the three ledgers verify to one head.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -477,6 +478,7 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
     }
     let mut reads = Vec::new();
     let n = ids.len().min(SEQUENTIAL_READS);
+    let steps_before = (read_steps(a)?, read_steps(b)?);
     for id in ids.iter().take(n) {
         let t = Instant::now();
         let r = his_b.get(&format!("/Binary/{id}")).await.map_err(Failure::runtime)?;
@@ -490,7 +492,42 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         percentile(&reads, 0.99),
         reads.len()
     );
+    let (at_a, at_b) = (read_steps(a)?, read_steps(b)?);
+    let mean = |now: &BTreeMap<String, (f64, f64)>, before: &BTreeMap<String, (f64, f64)>, step: &str| {
+        let ((s1, c1), (s0, c0)) = (now.get(step).copied().unwrap_or_default(), before.get(step).copied().unwrap_or_default());
+        if c1 > c0 {
+            (s1 - s0) / (c1 - c0) * 1e3
+        } else {
+            f64::NAN
+        }
+    };
+    println!(
+        "  its steps, mean ms (medgate_peer_read_step_seconds): B calls A {:.2} (A: access entry flushed and ordered {:.2}, data key re-wrapped alongside {:.2}), B unwraps {:.2}",
+        mean(&at_b, &steps_before.1, "custodian"),
+        mean(&at_a, &steps_before.0, "access_entry"),
+        mean(&at_a, &steps_before.0, "rewrap"),
+        mean(&at_b, &steps_before.1, "unwrap"),
+    );
     concurrent_reads(b, &ids, READ_CONCURRENCY).await
+}
+
+/// (sum in seconds, count) of each step of `medgate_peer_read_step_seconds` on `site`'s metrics.
+fn read_steps(site: &Site) -> Result<BTreeMap<String, (f64, f64)>, Failure> {
+    let text = admin_get(site.admin_addr, "/metrics").map_err(Failure::runtime)?.1;
+    let mut steps: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("medgate_peer_read_step_seconds_") else { continue };
+        let Some((kind, rest)) = rest.split_once("{step=\"") else { continue };
+        let Some((step, value)) = rest.split_once("\"} ") else { continue };
+        let Ok(v) = value.trim().parse::<f64>() else { continue };
+        let e = steps.entry(step.to_owned()).or_default();
+        match kind {
+            "sum" => e.0 = v,
+            "count" => e.1 = v,
+            _ => {}
+        }
+    }
+    Ok(steps)
 }
 
 /// Reads measured one after another (and then at once): enough that the p99 is not the second
