@@ -520,10 +520,9 @@ fn read_steps(site: &Site) -> Result<BTreeMap<String, (f64, f64)>, Failure> {
         let Some((kind, rest)) = rest.split_once("{step=\"") else { continue };
         let Some((step, value)) = rest.split_once("\"} ") else { continue };
         let Ok(v) = value.trim().parse::<f64>() else { continue };
-        let e = steps.entry(step.to_owned()).or_default();
         match kind {
-            "sum" => e.0 = v,
-            "count" => e.1 = v,
+            "sum" => steps.entry(step.to_owned()).or_default().0 = v,
+            "count" => steps.entry(step.to_owned()).or_default().1 = v,
             _ => {}
         }
     }
