@@ -196,18 +196,14 @@ impl Gateway {
     /// ordering service holds them, without waiting for their block. A ledger failure leaves them
     /// in the outbox for the background drain; the access still counts as recorded.
     async fn record_access(&self, entries: Vec<Entry>) -> Result<(), GatewayError> {
-        for e in &entries {
-            e.validate().map_err(GatewayError::internal)?;
-        }
+        well_formed(&entries)?;
         self.ledger.record_access(entries).await.map_err(GatewayError::from)
     }
 
     /// Puts entries on the ledger: durably in the outbox, then appended. `None` when the ledger
     /// could not take them yet (they stay in the outbox for the background drain).
     async fn anchor(&self, entries: Vec<Entry>) -> Result<Option<Vec<Receipt>>, GatewayError> {
-        for e in &entries {
-            e.validate().map_err(GatewayError::internal)?;
-        }
+        well_formed(&entries)?;
         // Durably in a block, or in the outbox when the ledger cannot take them (`None`).
         self.ledger.record(entries).await.map_err(GatewayError::from)
     }
@@ -216,6 +212,11 @@ impl Gateway {
     pub async fn drain_outbox(&self) -> Result<usize, StoreError> {
         self.ledger.drain_outbox(&self.vault).await
     }
+}
+
+/// Entries this gateway built itself: one that breaks an entry rule is a fault here, not the caller's.
+fn well_formed(entries: &[Entry]) -> Result<(), GatewayError> {
+    entries.iter().try_for_each(|e| e.validate().map_err(GatewayError::internal))
 }
 
 impl ShredHost for Gateway {
