@@ -546,6 +546,14 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
         let count = format!("medgate_peer_read_step_seconds_count{{step=\"{step}\"}}");
         assert_eq!(g.metric(&count), Some(1.0), "{} {step}", g.site.hospital);
     }
+    // A second read: A seals the data key under the transport key it made for B at the first,
+    // and B's HSM, which unwrapped that key once with its sharing key, opens it with AES-GCM.
+    let r = read_at_b("TREAT", "physician");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body.as_ref(), letter.as_slice());
+    let (made, received) = ("medgate_hsm_transport_keys_total{event=\"made\"}", "medgate_hsm_transport_keys_total{event=\"received\"}");
+    assert_eq!(c.gws[0].metric(made), Some(1.0), "one transport key at A for B's two reads");
+    assert_eq!(c.gws[1].metric(received), Some(1.0), "B unwraps A's transport key once");
     // Withdrawn: the very next read is refused.
     rt.block_on(async {
         let mut a = c.gws[0].client();
@@ -572,6 +580,8 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
     let r = read_at_c("emergency-physician");
     assert_eq!(r.status, 200);
     assert_eq!(r.body.as_ref(), letter.as_slice());
+    assert_eq!(c.gws[0].metric(made), Some(2.0), "a transport key of its own for C");
+    assert_eq!(c.gws[2].metric(received), Some(1.0));
     // The custodian erases the record: nobody can read it any more, anywhere.
     rt.block_on(async {
         let mut a = c.gws[0].client();
@@ -596,7 +606,7 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
             .collect();
         let granted = reads.iter().filter(|(o, _)| o == "0").count();
         let denied = reads.iter().filter(|(o, _)| o == "4").count();
-        assert_eq!((granted, denied), (2, 3), "{}: {reads:?}", g.site.hospital);
+        assert_eq!((granted, denied), (3, 3), "{}: {reads:?}", g.site.hospital);
         assert!(reads.iter().any(|(_, d)| d.contains("break-glass")), "{reads:?}");
         assert!(!trail["entry"].to_string().contains("C-00077"), "identifier in audit events");
     }

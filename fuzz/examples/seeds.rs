@@ -155,6 +155,9 @@ fn peer(checkpoint: &[u8], blocks: &[Block]) {
     write("peer_messages", "blocks-request.json", &with(2, br#"{"from":3}"#));
     let grant = json!({"record_id": "rec-1", "content_type": "application/pdf", "content_hash": hash("c"), "doc_nonce": "AAAAAAAAAAAAAAAA", "doc_ct": "3q2+7w==", "shared_key": "AQID"});
     write("peer_messages", "grant.json", &with(0, &serde_json::to_vec(&grant).unwrap()));
+    let mut sealed = grant.clone();
+    sealed["transport_key"] = json!("BAUGBw==");
+    write("peer_messages", "grant-transport.json", &with(0, &serde_json::to_vec(&sealed).unwrap()));
     let answer: Vec<serde_json::Value> = blocks.iter().map(|b| serde_json::from_slice(&b.to_bytes()).unwrap()).collect();
     write("peer_messages", "blocks-answer.json", &with(2, &serde_json::to_vec(&answer).unwrap()));
 }

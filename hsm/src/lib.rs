@@ -16,6 +16,8 @@
 //! * [`backup`] wraps the keys under a backup key for disaster recovery and restores them into a
 //!   fresh token; [`card`] is an officer's credential on a smart card (sign, ECDH).
 //! * [`tls::HsmSigningKey`] is a rustls `SigningKey` whose private half stays in the HSM.
+//! * Transport keys carry data keys between two hospitals' HSMs under AES-GCM, made once per
+//!   peer and wrapped under its RSA sharing key ([`Hsm::share_with_peer`], [`Hsm::open_from_peer`]).
 //! * [`ceiling`] measures the token's raw rates of the hot-path calls, for the benchmark.
 
 pub mod admin;
@@ -33,6 +35,7 @@ pub mod profile;
 mod raw;
 mod role;
 pub mod tls;
+mod transport;
 
 pub use der::{ecdsa_der_to_raw, ecdsa_raw_to_der, p256_spki_der, p256_spki_point, rsa_spki_checked, rsa_spki_parts, KeyFormatError, RSA_MIN_BITS};
 pub use error::HsmError;
@@ -42,3 +45,4 @@ pub use pin::{Pin, PinError, CREDENTIAL_NAME};
 pub use pool::{Hsm, HsmConfig, HsmOptions, HsmStats};
 pub use probe::{probe, ProbeReport};
 pub use profile::RoleStatus;
+pub use transport::PeerWrap;

@@ -210,14 +210,14 @@ fn wrap_with_active_kek(hsm: &Hsm, s: &Session, ctx: &Ctx, dk: Dk<'_>) -> Result
 }
 
 /// What an unwrap with a KEK version gives: a session object (RFC 5649) or the bytes (AES-GCM).
-enum Unwrapped {
+pub(crate) enum Unwrapped {
     Object(ObjectHandle),
     Value(Zeroizing<Vec<u8>>),
 }
 
 /// Unwraps `wrapped` with the KEK version that made it. `transit`: the session object is made
 /// sensitive, for a key that is only re-wrapped (AES-GCM keys come out as bytes regardless).
-fn unwrap_with_kek(hsm: &Hsm, s: &Session, ctx: &Ctx, wrapped: &WrappedKey, transit: bool) -> Result<Unwrapped, Fail> {
+pub(crate) fn unwrap_with_kek(hsm: &Hsm, s: &Session, ctx: &Ctx, wrapped: &WrappedKey, transit: bool) -> Result<Unwrapped, Fail> {
     let (_, kek) = ctx.key(hsm, s, Role::Kek, Some(wrapped.kek_version), ObjectClass::SECRET_KEY)?;
     match ctx.kek_scheme(s, kek, wrapped.kek_version)? {
         KekScheme::Rfc5649 { mechanism } => {
@@ -241,8 +241,50 @@ fn unwrap_with_kek(hsm: &Hsm, s: &Session, ctx: &Ctx, wrapped: &WrappedKey, tran
     }
 }
 
+/// A peer's RSA sharing public key as a session object that wraps and does nothing else.
+pub(crate) fn peer_public_key(s: &Session, modulus: &[u8], exponent: &[u8]) -> Result<ObjectHandle, cryptoki::error::Error> {
+    s.create_object(&[
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(KeyType::RSA),
+        Attribute::Token(false),
+        Attribute::Modulus(modulus.to_vec()),
+        Attribute::PublicExponent(exponent.to_vec()),
+        Attribute::Wrap(true),
+        Attribute::Encrypt(false),
+        Attribute::Verify(false),
+    ])
+}
+
+/// A data key under a KEK version, re-wrapped for a peer's RSA sharing key: the unwrap (counted
+/// where it is made), C_CreateObject (the data key, after an AES-GCM unwrap), C_CreateObject
+/// (peer key), C_WrapKey x2 (cryptoki asks for the length), C_DestroyObject x2.
+pub(crate) fn rewrap_rsa(hsm: &Hsm, s: &Session, ctx: &Ctx, wrapped: &WrappedKey, peer_modulus: &[u8], peer_exponent: &[u8]) -> Result<Vec<u8>, Fail> {
+    hsm.add_calls(5);
+    let dk = match unwrap_with_kek(hsm, s, ctx, wrapped, false)? {
+        Unwrapped::Object(obj) => obj,
+        Unwrapped::Value(v) => {
+            hsm.add_calls(1);
+            create_data_key(s, &v)?
+        }
+    };
+    let peer = match peer_public_key(s, peer_modulus, peer_exponent) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = s.destroy_object(dk);
+            return Err(e.into());
+        }
+    };
+    let out = s.wrap_key(&oaep(), peer, dk).map_err(Fail::with(Role::Sharing, "wrap for a peer", mechanism_name(CKM_RSA_PKCS_OAEP)));
+    let d1 = s.destroy_object(dk);
+    let d2 = s.destroy_object(peer);
+    let out = out?;
+    d1?;
+    d2?;
+    Ok(out)
+}
+
 /// Refuses an operation for a role the token cannot hold, naming module, role and mechanisms.
-fn require(hsm: &Hsm, ctx: &Ctx, role: Role) -> Result<(), Fail> {
+pub(crate) fn require(hsm: &Hsm, ctx: &Ctx, role: Role) -> Result<(), Fail> {
     match ctx.profile.plan(role) {
         Ok(_) => Ok(()),
         Err(r) => Err(HsmError::RoleUnsupported { module: hsm.module().to_path_buf(), role, reason: r.to_string() }.into()),
@@ -250,7 +292,7 @@ fn require(hsm: &Hsm, ctx: &Ctx, role: Role) -> Result<(), Fail> {
 }
 
 /// Reads an unwrapped data key's value out of its session object, then destroys the object.
-fn take_value(hsm: &Hsm, s: &cryptoki::session::Session, obj: cryptoki::object::ObjectHandle) -> Result<Zeroizing<Vec<u8>>, Fail> {
+pub(crate) fn take_value(hsm: &Hsm, s: &cryptoki::session::Session, obj: cryptoki::object::ObjectHandle) -> Result<Zeroizing<Vec<u8>>, Fail> {
     // C_GetAttributeValue + C_DestroyObject
     hsm.add_calls(2);
     let value = s.get_attributes(obj, &[AttributeType::Value]);
@@ -270,7 +312,7 @@ fn take_value(hsm: &Hsm, s: &cryptoki::session::Session, obj: cryptoki::object::
 }
 
 /// RSA-OAEP with SHA-1 and MGF1-SHA1, no label: the only OAEP parameters SoftHSM 2.6.1 takes.
-fn oaep() -> Mechanism<'static> {
+pub(crate) fn oaep() -> Mechanism<'static> {
     use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
     Mechanism::RsaPkcsOaep(PkcsOaepParams::new(MechanismType::SHA1, PkcsMgfType::MGF1_SHA1, PkcsOaepSource::empty()))
 }
@@ -366,42 +408,10 @@ impl Hsm {
     /// 2.6.1 supports). With an RFC 5649 KEK the data key exists only as a short-lived session
     /// object in the HSM.
     pub fn rewrap_for_peer(&self, wrapped: &WrappedKey, peer_modulus: &[u8], peer_exponent: &[u8]) -> Result<Vec<u8>, HsmError> {
-        // The unwrap (counted where it is made), C_CreateObject (the data key, after an AES-GCM
-        // unwrap), C_CreateObject (peer key), C_WrapKey x2 (cryptoki asks for the length),
-        // C_DestroyObject x2.
-        self.run(Op::Wrap, 5, true, |s, ctx| {
+        self.run(Op::Wrap, 0, true, |s, ctx| {
             require(self, ctx, Role::Kek)?;
             require(self, ctx, Role::Sharing)?;
-            let dk = match unwrap_with_kek(self, s, ctx, wrapped, false)? {
-                Unwrapped::Object(obj) => obj,
-                Unwrapped::Value(v) => {
-                    self.add_calls(1);
-                    create_data_key(s, &v)?
-                }
-            };
-            let peer = match s.create_object(&[
-                Attribute::Class(ObjectClass::PUBLIC_KEY),
-                Attribute::KeyType(KeyType::RSA),
-                Attribute::Token(false),
-                Attribute::Modulus(peer_modulus.to_vec()),
-                Attribute::PublicExponent(peer_exponent.to_vec()),
-                Attribute::Wrap(true),
-                Attribute::Encrypt(false),
-                Attribute::Verify(false),
-            ]) {
-                Ok(p) => p,
-                Err(e) => {
-                    let _ = s.destroy_object(dk);
-                    return Err(e.into());
-                }
-            };
-            let out = s.wrap_key(&oaep(), peer, dk).map_err(Fail::with(Role::Sharing, "wrap for a peer", mechanism_name(CKM_RSA_PKCS_OAEP)));
-            let d1 = s.destroy_object(dk);
-            let d2 = s.destroy_object(peer);
-            let out = out?;
-            d1?;
-            d2?;
-            Ok(out)
+            rewrap_rsa(self, s, ctx, wrapped, peer_modulus, peer_exponent)
         })
     }
 

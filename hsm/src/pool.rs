@@ -186,6 +186,8 @@ struct Counters {
     pool_wait_ns: AtomicU64,
     recoveries: AtomicU64,
     logins: AtomicU64,
+    transport_made: AtomicU64,
+    transport_received: AtomicU64,
 }
 
 /// A snapshot of the HSM counters, for metrics and benchmarks.
@@ -204,6 +206,8 @@ pub struct HsmStats {
     pub recoveries: u64,
     /// C_Login calls made. A rejected PIN is never presented twice.
     pub login_attempts: u64,
+    /// Transport keys made for peers (`made`) and unwrapped from peers (`received`).
+    pub transport_keys: Vec<(&'static str, u64)>,
 }
 
 /// Key handles by (role, version asked for, object class) → (version, handle).
@@ -231,6 +235,8 @@ pub(crate) struct Ctx {
     /// an unwrapped data key (openCryptoki: CKR_ATTRIBUTE_READ_ONLY); they are then left to the
     /// module's defaults.
     pub(crate) data_key_defaults: std::sync::atomic::AtomicBool,
+    /// Transport keys made for peers and received from them (session objects of this connection).
+    pub(crate) transport: crate::transport::Cache,
 }
 
 #[derive(Debug)]
@@ -463,6 +469,7 @@ impl Hsm {
             kek_schemes: Mutex::new(HashMap::new()),
             readiness: Mutex::new(None),
             data_key_defaults: std::sync::atomic::AtomicBool::new(false),
+            transport: crate::transport::Cache::default(),
         };
         Ok((ctx, session))
     }
@@ -616,6 +623,11 @@ impl Hsm {
         self.run(Op::Admin, 0, true, |_, ctx| Ok(ctx.profile.clone()))
     }
 
+    /// The profile of the current connection, if there is one; no session is taken.
+    pub(crate) fn connected_profile(&self) -> Option<Arc<Profile>> {
+        self.lock().ctx.as_ref().map(|c| c.profile.clone())
+    }
+
     /// The module path, for messages.
     pub(crate) fn module(&self) -> &Path {
         &self.cfg.module
@@ -638,7 +650,13 @@ impl Hsm {
             pool_wait_seconds: c.pool_wait_ns.load(Ordering::Relaxed) as f64 / 1e9,
             recoveries: c.recoveries.load(Ordering::Relaxed),
             login_attempts: c.logins.load(Ordering::Relaxed),
+            transport_keys: vec![("made", c.transport_made.load(Ordering::Relaxed)), ("received", c.transport_received.load(Ordering::Relaxed))],
         }
+    }
+
+    pub(crate) fn note_transport_key(&self, made: bool) {
+        let c = if made { &self.counters.transport_made } else { &self.counters.transport_received };
+        c.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn add_calls(&self, n: u64) {

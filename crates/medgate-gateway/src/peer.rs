@@ -10,6 +10,9 @@
 //! its own ledger copy (or break-glass), puts the access on the ledger (granted or denied), and
 //! answers with the document ciphertext and the data key re-wrapped inside its HSM for the
 //! requester's sharing key ([`ReadGrant`]), or 403 with a reason code. Plaintext never crosses.
+//! A requester that sends [`TRANSPORT_HEADER`] gets the data key sealed under the custodian's
+//! transport key for it instead, with that key wrapped for its sharing key: its HSM unwraps the
+//! transport key once (RSA) and every later data key with AES-GCM.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -51,7 +54,19 @@ pub struct ReadRequest {
     pub role: String,
     /// The purpose of use.
     pub purpose: String,
+    /// Whether the requester asks for the data key under a transport key: the
+    /// [`TRANSPORT_HEADER`] of the request, not a field of its body (a custodian that does not
+    /// know the header answers as before).
+    #[serde(skip)]
+    pub transport: bool,
 }
+
+/// The request header by which a requester offers to receive data keys under a transport key
+/// ([`TRANSPORT_AES_GCM`], medgate_hsm's `seal_for_peer`).
+pub const TRANSPORT_HEADER: &str = "medgate-transport-key";
+/// The one transport scheme: an AES-256 key under the requester's RSA sharing key, each data key
+/// sealed under it with AES-256-GCM.
+pub const TRANSPORT_AES_GCM: &str = "aes-256-gcm";
 
 /// What a granted read returns: ciphertext and the re-wrapped data key, never plaintext.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,8 +82,13 @@ pub struct ReadGrant {
     pub doc_nonce: String,
     /// The document ciphertext, base64.
     pub doc_ct: String,
-    /// The data key, RSA-OAEP wrapped for the requester's sharing key, base64.
+    /// The data key, base64: RSA-OAEP wrapped for the requester's sharing key or, with
+    /// `transport_key`, sealed under the transport key with AES-256-GCM.
     pub shared_key: String,
+    /// The custodian's transport key for the requester, RSA-OAEP wrapped for its sharing key,
+    /// base64; only when the requester offered [`TRANSPORT_HEADER`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport_key: Option<String>,
 }
 
 /// Most blocks one fetch returns.
@@ -253,7 +273,8 @@ impl Sharing {
     /// Asks `custodian` for a record. `Ok(Err(refusal))` is an answer (403, 404, 410); `Err`
     /// means the custodian could not be asked.
     pub async fn read(&self, custodian: &str, req: &ReadRequest) -> Result<Result<ReadGrant, (u16, Refusal)>, String> {
-        let (status, bytes) = self.post(custodian, "/peer/v1/read", &serde_json::to_vec(req).map_err(|e| e.to_string())?).await?;
+        let offer: &[(&str, &str)] = if req.transport { &[(TRANSPORT_HEADER, TRANSPORT_AES_GCM)] } else { &[] };
+        let (status, bytes) = self.post(custodian, "/peer/v1/read", &serde_json::to_vec(req).map_err(|e| e.to_string())?, offer).await?;
         if status == 200 {
             Ok(Ok(decode_grant(custodian, &bytes)?))
         } else {
@@ -264,14 +285,14 @@ impl Sharing {
 
     /// Sends this gateway's signed checkpoint to a peer; the answer says whether it agrees.
     pub async fn send_checkpoint(&self, peer: &str, cp: &Checkpoint) -> Result<(u16, String), String> {
-        let (status, bytes) = self.post(peer, "/peer/v1/checkpoint", &serde_json::to_vec(cp).map_err(|e| e.to_string())?).await?;
+        let (status, bytes) = self.post(peer, "/peer/v1/checkpoint", &serde_json::to_vec(cp).map_err(|e| e.to_string())?, &[]).await?;
         Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     /// Blocks of a peer's chain from height `from` (at most [`MAX_BLOCKS_PER_FETCH`]); empty
     /// when the peer has none that high. The caller verifies them.
     pub async fn fetch_blocks(&self, peer: &str, from: u64) -> Result<Vec<Block>, String> {
-        let (status, bytes) = self.post(peer, "/peer/v1/blocks", &serde_json::to_vec(&BlocksRequest { from }).map_err(|e| e.to_string())?).await?;
+        let (status, bytes) = self.post(peer, "/peer/v1/blocks", &serde_json::to_vec(&BlocksRequest { from }).map_err(|e| e.to_string())?, &[]).await?;
         if status != 200 {
             return Err(format!("{peer} answered {status} to a block request"));
         }
@@ -279,11 +300,13 @@ impl Sharing {
     }
 
     /// One request to a peer over mutual TLS, on the open connection to it when there is one.
-    async fn post(&self, peer: &str, path: &str, body: &[u8]) -> Result<(u16, Bytes), String> {
+    async fn post(&self, peer: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Result<(u16, Bytes), String> {
         let addr = self.peer(peer).and_then(|p| p.address).ok_or_else(|| format!("{peer} is not a current member with a peer address"))?;
-        let request = Request::post(path)
-            .header("host", peer)
-            .header("content-type", "application/json")
+        let mut request = Request::post(path).header("host", peer).header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
             .body(Full::new(Bytes::copy_from_slice(body)))
             .map_err(|e| e.to_string())?;
         let sent = async {
@@ -444,6 +467,7 @@ async fn answer(service: &dyn PeerService, requester: &str, req: Request<hyper::
         return refused(GatewayError::Forbidden("not-a-member".into()));
     }
     let path = req.uri().path().to_owned();
+    let transport = req.headers().get(TRANSPORT_HEADER).is_some_and(|v| v.as_bytes() == TRANSPORT_AES_GCM.as_bytes());
     if req.method() != hyper::Method::POST || !PeerRequest::PATHS.contains(&path.as_str()) {
         return refused(GatewayError::NotFound("no-such-endpoint".into()));
     }
@@ -464,9 +488,43 @@ async fn answer(service: &dyn PeerService, requester: &str, req: Request<hyper::
             Ok(verdict) => json(200, &Refusal { reason: verdict }),
             Err(e) => refused(e),
         },
-        Ok(PeerRequest::Read(read)) => match service.read(requester, read).await {
+        Ok(PeerRequest::Read(read)) => match service.read(requester, ReadRequest { transport, ..read }).await {
             Ok(grant) => json(200, &grant),
             Err(e) => refused(e),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transport offer travels as a header, so a custodian that knows nothing of it (its
+    /// requests refuse unknown fields) answers a new requester as before; and a grant without a
+    /// transport key is what such a custodian sends and an older requester reads.
+    #[test]
+    fn the_transport_offer_and_key_leave_the_old_messages_as_they_were() {
+        let req = ReadRequest { record_id: "r".into(), user: "u".into(), role: "physician".into(), purpose: "TREAT".into(), transport: true };
+        let body = serde_json::to_value(&req).expect("serde");
+        assert_eq!(body, serde_json::json!({"record_id": "r", "user": "u", "role": "physician", "purpose": "TREAT"}));
+        let mut with_field = body.clone();
+        with_field["transport"] = true.into();
+        assert!(PeerRequest::decode("/peer/v1/read", with_field.to_string().as_bytes()).is_err(), "not a body field");
+        let Ok(PeerRequest::Read(decoded)) = PeerRequest::decode("/peer/v1/read", body.to_string().as_bytes()) else { panic!("decodes") };
+        assert!(!decoded.transport, "only the header offers it");
+        let grant = ReadGrant {
+            record_id: "r".into(),
+            content_type: "text/plain".into(),
+            content_hash: "00".into(),
+            doc_nonce: "AA".into(),
+            doc_ct: "AA".into(),
+            shared_key: "AQID".into(),
+            transport_key: None,
+        };
+        let old = serde_json::to_value(&grant).expect("serde");
+        assert!(old.get("transport_key").is_none(), "{old}");
+        assert_eq!(decode_grant("hospital-a", old.to_string().as_bytes()).expect("serde").transport_key, None);
+        let new = serde_json::to_string(&ReadGrant { transport_key: Some("BAUG".into()), ..grant }).expect("serde");
+        assert_eq!(decode_grant("hospital-a", new.as_bytes()).expect("serde").transport_key.as_deref(), Some("BAUG"));
     }
 }

@@ -288,6 +288,80 @@ pub fn a_data_key_rewrapped_for_a_sharing_key_unwraps_to_the_same_bytes(m: Modul
     assert!(err.is_integrity(), "an altered blob is an integrity error: {err:?}");
 }
 
+/// The transport count of an HSM's statistics (`made` or `received`).
+fn transport_count(hsm: &Hsm, event: &str) -> u64 {
+    hsm.stats().transport_keys.iter().find(|(k, _)| *k == event).map(|(_, n)| *n).expect("transport counter")
+}
+
+/// Seals `dks` at `sender` for `receiver`'s sharing key and opens them at `receiver`: one
+/// transport key is made and unwrapped for all of them; altered blobs, seals and contexts are
+/// integrity errors.
+fn transport_round_trip(sender: &Hsm, receiver: &Hsm) {
+    assert!(sender.offers_transport_keys() && receiver.offers_transport_keys());
+    let (_, spki) = receiver.public_key_der(Role::Sharing, None).expect("spki");
+    let (n, e) = medgate_hsm::rsa_spki_parts(&spki).expect("rsa");
+    let (made, received) = (transport_count(sender, "made"), transport_count(receiver, "received"));
+    let dks: Vec<[u8; 32]> = (0u8..3).map(|i| [0x40 + i; 32]).collect();
+    let mut wraps = Vec::new();
+    for (i, dk) in dks.iter().enumerate() {
+        let wrapped = sender.wrap_data_key(dk).expect("wrap");
+        let context = format!("record-{i}");
+        let w = sender.share_with_peer(&wrapped, &n, &e, context.as_bytes()).expect("seal for the peer");
+        let transport = w.transport.expect("an AES-GCM KEK: under a transport key");
+        assert!(!w.key.windows(32).any(|x| x == dk) && !transport.windows(32).any(|x| x == dk), "the data key travels encrypted");
+        wraps.push((context, transport, w.key));
+    }
+    assert!(wraps.iter().all(|(_, t, _)| *t == wraps[0].1), "one transport key for the peer");
+    assert_eq!(wraps[0].1.len(), 384, "wrapped under RSA-3072");
+    assert_eq!(transport_count(sender, "made"), made + 1);
+    assert!(sender.transport_keys_locked().expect("attributes"), "the transport key is sensitive and no longer extractable");
+    for ((context, transport, sealed), dk) in wraps.iter().zip(&dks) {
+        assert_eq!(receiver.open_from_peer(transport, sealed, context.as_bytes()).expect("open").as_slice(), dk);
+    }
+    assert_eq!(transport_count(receiver, "received"), received + 1, "unwrapped once, then kept");
+    let (context, transport, sealed) = &wraps[0];
+    let err = receiver.open_from_peer(transport, sealed, b"record-other").expect_err("another record's context");
+    assert!(err.is_integrity(), "{err:?}");
+    let mut bad = sealed.clone();
+    bad[20] ^= 1;
+    let err = receiver.open_from_peer(transport, &bad, context.as_bytes()).expect_err("an altered seal");
+    assert!(err.is_integrity(), "{err:?}");
+    let mut bad = transport.clone();
+    bad[10] ^= 1;
+    let err = receiver.open_from_peer(&bad, sealed, context.as_bytes()).expect_err("an altered transport key");
+    assert!(err.is_integrity(), "{err:?}");
+}
+
+/// A custodian seals data keys for a requester under one transport key; the requester unwraps
+/// it once with its sharing key and opens every data key with it, and again after a restart.
+pub fn data_keys_travel_to_a_peer_under_one_transport_key(m: Module) {
+    let (send_token, recv_token) = (Token::on(m, "tsend"), Token::on(m, "trecv"));
+    let sender = send_token.open(2);
+    sender.generate(Role::Kek).expect("kek");
+    sender.generate(Role::Sharing).expect("sender's sharing key");
+    let receiver = recv_token.open(2);
+    receiver.generate(Role::Sharing).expect("sharing");
+    transport_round_trip(&sender, &receiver);
+    // A restarted requester has no transport key: it unwraps the blob again.
+    let (_, spki) = receiver.public_key_der(Role::Sharing, None).expect("spki");
+    let (n, e) = medgate_hsm::rsa_spki_parts(&spki).expect("rsa");
+    let dk = [0x99u8; 32];
+    let w = sender.share_with_peer(&sender.wrap_data_key(&dk).expect("wrap"), &n, &e, b"again").expect("seal");
+    drop(receiver);
+    let restarted = recv_token.open(1);
+    assert_eq!(restarted.open_from_peer(w.transport.as_ref().expect("transport"), &w.key, b"again").expect("open after a restart").as_slice(), &dk);
+    assert_eq!(transport_count(&restarted, "received"), 1);
+    // A site that keeps data keys inside the HSM (RFC 5649 KEK): no transport key, the data key
+    // itself is wrapped for the sharing key, as before.
+    drop(sender);
+    let rfc5649 = Hsm::open_with(send_token.config(1), send_token.pin(), HsmOptions { kek_rfc5649: true, ..HsmOptions::default() }).expect("open");
+    rfc5649.rotate(Role::Kek).expect("an RFC 5649 KEK version");
+    let w = rfc5649.share_with_peer(&rfc5649.wrap_data_key(&dk).expect("wrap"), &n, &e, b"kept").expect("share");
+    assert_eq!(w.transport, None);
+    assert_eq!(restarted.unwrap_shared(&w.key).expect("unwrap").as_slice(), &dk);
+    assert_eq!(transport_count(&rfc5649, "made"), 0);
+}
+
 pub fn the_shared_pseudonym_key_imports_once_and_gives_the_same_pseudonyms(m: Module) {
     let t = Token::on(m, "pseudoimport");
     let hsm = t.open(1);
@@ -574,6 +648,9 @@ pub fn a_sharing_key_receives_data_keys_from_a_kek_on_another_module(m: Module) 
     bad[7] ^= 1;
     let err = receiver.unwrap_shared(&bad).expect_err("tampered");
     assert!(err.is_integrity(), "{err:?}");
+    if m != Module::OpenCryptoki {
+        transport_round_trip(&sender, &receiver);
+    }
 }
 
 

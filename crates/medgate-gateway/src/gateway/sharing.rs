@@ -31,7 +31,8 @@ impl Gateway {
         };
         let sharing = self.sharing.clone().ok_or_else(|| GatewayError::internal("sharing is not configured"))?;
         let user = self.user_pseudonym(caller).await?;
-        let req = ReadRequest { record_id: record_id.clone(), user, role: caller.role.clone(), purpose: caller.purpose.clone() };
+        let transport = self.hsm.offers_transport_keys();
+        let req = ReadRequest { record_id: record_id.clone(), user, role: caller.role.clone(), purpose: caller.purpose.clone(), transport };
         let asked = Instant::now();
         let grant = match sharing.read(&custodian, &req).await {
             Err(e) => {
@@ -58,9 +59,16 @@ impl Gateway {
         if grant.record_id != record_id || grant.content_hash != content_hash || grant.content_type != content_type {
             return Err(GatewayError::Integrity(record_id));
         }
-        let blob = medgate_ledger::keys::b64_decode(&grant.shared_key).map_err(|_| GatewayError::Integrity(record_id.clone()))?;
+        let b64 = |s: &str| medgate_ledger::keys::b64_decode(s).map_err(|_| GatewayError::Integrity(record_id.clone()));
+        let blob = b64(&grant.shared_key)?;
+        let transport = grant.transport_key.as_deref().map(b64).transpose()?;
+        let context = transport_context(&custodian, &self.hospital, &record_id);
         let (hsm, unwrapping) = (self.hsm.clone(), Instant::now());
-        let dk = tokio::task::spawn_blocking(move || hsm.unwrap_shared(&blob)).await.map_err(GatewayError::internal)?.map_err(|e| match e {
+        let dk = tokio::task::spawn_blocking(move || match transport {
+            Some(t) => hsm.open_from_peer(&t, &blob, &context),
+            None => hsm.unwrap_shared(&blob),
+        });
+        let dk = dk.await.map_err(GatewayError::internal)?.map_err(|e| match e {
             e if e.is_integrity() => {
                 tracing::error!(record = %record_id, error = %e, "the HSM refused the shared key");
                 GatewayError::Integrity(record_id.clone())
@@ -111,10 +119,10 @@ impl Gateway {
         let started = Instant::now();
         let (recorded, shared) = tokio::join!(
             timed(&self.metrics, "access_entry", started, self.record_peer_access(requester, &req, &rec, &now, reason)),
-            timed(&self.metrics, "rewrap", started, self.rewrap_for(&rec, n, e)),
+            timed(&self.metrics, "rewrap", started, self.rewrap_for(requester, &rec, n, e, req.transport)),
         );
         recorded?;
-        let shared = shared?;
+        let (shared, transport) = shared?;
         Ok(ReadGrant {
             record_id: rec.id,
             content_type: rec.content_type,
@@ -122,6 +130,7 @@ impl Gateway {
             doc_nonce: rec.doc_nonce,
             doc_ct: rec.doc_ct,
             shared_key: medgate_ledger::keys::b64_encode(&shared),
+            transport_key: transport.map(|t| medgate_ledger::keys::b64_encode(&t)),
         })
     }
 
@@ -156,12 +165,20 @@ impl Gateway {
         Ok(())
     }
 
-    /// The record's data key re-wrapped inside the HSM for a peer's RSA sharing key.
-    async fn rewrap_for(&self, rec: &vault::StoredRecord, modulus: Vec<u8>, exponent: Vec<u8>) -> Result<Vec<u8>, GatewayError> {
+    /// The record's data key for a peer, and the transport key it is sealed under (wrapped for
+    /// the peer's sharing key) when the peer offered one, this HSM can make one and the KEK
+    /// version is not RFC 5649 ([`medgate_hsm::Hsm::share_with_peer`]); else the data key
+    /// re-wrapped inside the HSM for the peer's RSA sharing key.
+    async fn rewrap_for(&self, requester: &str, rec: &vault::StoredRecord, modulus: Vec<u8>, exponent: Vec<u8>, offered: bool) -> Result<(Vec<u8>, Option<Vec<u8>>), GatewayError> {
         let bytes = medgate_ledger::keys::b64_decode(&rec.wrapped_key).map_err(|_| GatewayError::Integrity(rec.id.clone()))?;
         let wrapped = medgate_hsm::WrappedKey { kek_version: rec.kek_version, bytes };
         let hsm = self.hsm.clone();
-        match tokio::task::spawn_blocking(move || hsm.rewrap_for_peer(&wrapped, &modulus, &exponent)).await? {
+        let context = (offered && hsm.offers_transport_keys()).then(|| transport_context(&self.hospital, requester, &rec.id));
+        let work = move || match context {
+            Some(c) => hsm.share_with_peer(&wrapped, &modulus, &exponent, &c).map(|w| (w.key, w.transport)),
+            None => hsm.rewrap_for_peer(&wrapped, &modulus, &exponent).map(|k| (k, None)),
+        };
+        match tokio::task::spawn_blocking(work).await? {
             Ok(s) => Ok(s),
             Err(e) if e.is_integrity() => {
                 tracing::error!(record = %rec.id, error = %e, "the HSM refused the record's wrapped key");
@@ -173,4 +190,10 @@ impl Gateway {
             }
         }
     }
+}
+
+/// What a data key sealed under a transport key is bound to: the custodian, the requester and
+/// the record (the seal's AAD), so that a seal cannot be passed off for another record or pair.
+fn transport_context(custodian: &str, requester: &str, record_id: &str) -> Vec<u8> {
+    serde_json::to_vec(&[custodian, requester, record_id]).unwrap_or_default()
 }

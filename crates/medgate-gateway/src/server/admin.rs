@@ -97,6 +97,7 @@ impl AdminState {
             ("medgate_hsm_operations_total", "HSM operations by kind.", st.ops.iter().map(|(k, n)| (format!("op=\"{k}\""), *n as f64)).collect()),
             ("medgate_hsm_errors_total", "HSM errors by kind.", st.errors.iter().map(|(k, n)| (format!("kind=\"{k}\""), *n as f64)).collect()),
             ("medgate_hsm_pkcs11_calls_total", "PKCS#11 calls made.", vec![(String::new(), st.pkcs11_calls as f64)]),
+            ("medgate_hsm_transport_keys_total", "Transport keys made for peers (made) and unwrapped from peers (received).", st.transport_keys.iter().map(|(k, n)| (format!("event=\"{k}\""), *n as f64)).collect()),
             ("medgate_hsm_pool_waits_total", "Times a request waited for an HSM session.", vec![(String::new(), st.pool_waits as f64)]),
             ("medgate_hsm_pool_wait_seconds_total", "Time spent waiting for an HSM session.", vec![(String::new(), st.pool_wait_seconds)]),
         ];

@@ -1,0 +1,361 @@
+//! Transport keys: an AES-256 key per pair of hospitals that carries data keys from the
+//! custodian's HSM to the requester's, so that a cross-hospital read costs an AES-GCM seal and
+//! open instead of an RSA-3072 private-key operation (about 2.8 ms on SoftHSM2).
+//!
+//! The custodian makes one transport key for each requester (C_GenerateKey, a session object of
+//! its HSM), wraps it once under the requester's RSA sharing key (RSA-OAEP, as single data keys
+//! were) and then sets it non-extractable. It sends that RSA blob with every grant, and seals
+//! each data key under the transport key with AES-GCM, the AAD binding the record and both
+//! hospitals (`context`, given by the caller). The requester unwraps the blob once into a session
+//! object of its own HSM (sensitive, never extractable, decrypt only) and keeps it by the blob's
+//! SHA-256; every later grant that carries the same blob costs it one C_Decrypt.
+//!
+//! Neither copy ever leaves its HSM again. Both are session objects: they go with the connection
+//! to the module (a restart, a recovered HSM) and are made or unwrapped again on the next read.
+//! The custodian makes a new one every hour or after 2^20 data keys, whichever comes first,
+//! and when the requester's sharing key changes; the requester forgets a transport key it has
+//! not been sent for two hours.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cryptoki::error::RvError;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use cryptoki_sys::{CKF_DECRYPT, CKF_ENCRYPT, CKF_GENERATE, CKM_AES_GCM, CKM_AES_KEY_GEN, CKM_RSA_PKCS_OAEP};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::error::HsmError;
+use crate::keys::Role;
+use crate::ops::{oaep, peer_public_key, require, rewrap_rsa, take_value, unwrap_with_kek, Unwrapped, WrappedKey};
+use crate::profile::KekScheme;
+use crate::pool::{Ctx, Fail, Hsm, Op};
+use crate::profile::mechanism_name;
+
+/// How long the custodian uses one transport key.
+pub const MAX_AGE: Duration = Duration::from_secs(3600);
+/// How many data keys the custodian seals under one transport key (random 96-bit IVs: far
+/// below the 2^32 seals per key that AES-GCM allows).
+pub const MAX_USES: u64 = 1 << 20;
+/// How long the requester keeps a transport key no grant has carried.
+const RECEIVED_MAX_AGE: Duration = Duration::from_secs(2 * 3600);
+/// How many custodians' transport keys the requester keeps at once.
+const RECEIVED_MAX: usize = 256;
+
+/// The sealed data key's format: `0x02 || IV (12 bytes) || ciphertext || tag (16 bytes)`.
+const FORMAT: u8 = 0x02;
+const DOMAIN: &[u8] = b"medgate transport/data key/aes-256-gcm/v1";
+const IV: usize = 12;
+const TAG: usize = 16;
+
+/// A data key on its way to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerWrap {
+    /// RSA-OAEP (SHA-1, MGF1-SHA1) of the transport key under the peer's sharing key; `None`
+    /// when the data key itself is wrapped for the sharing key.
+    pub transport: Option<Vec<u8>>,
+    /// With a transport key, `0x02 || IV || AES-256-GCM(data key) || tag`; without, the data
+    /// key RSA-OAEP wrapped for the peer's sharing key (as [`Hsm::rewrap_for_peer`] makes it).
+    pub key: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Made {
+    key: ObjectHandle,
+    blob: Vec<u8>,
+    created: Instant,
+    uses: u64,
+    /// The key this one replaced: still in use by a seal that began before, destroyed at the
+    /// next replacement.
+    previous: Option<ObjectHandle>,
+}
+
+#[derive(Debug)]
+struct Received {
+    key: ObjectHandle,
+    last_used: Instant,
+}
+
+/// The transport keys of one connection to the module (their handles die with it).
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    /// By the SHA-256 of the peer's sharing key.
+    made: Mutex<HashMap<[u8; 32], Made>>,
+    /// By the SHA-256 of the RSA blob that brought them.
+    received: Mutex<HashMap<[u8; 32], Received>>,
+}
+
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+fn aad(context: &[u8]) -> Vec<u8> {
+    let mut aad = DOMAIN.to_vec();
+    aad.extend_from_slice(&(context.len() as u64).to_be_bytes());
+    aad.extend_from_slice(context);
+    aad
+}
+
+/// The custodian's transport key: sensitive, encrypt only; extractable until it is wrapped
+/// once for the peer.
+fn made_template() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(true),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+    ]
+}
+
+/// The requester's copy: sensitive, never extractable, decrypt only.
+fn received_template() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(true),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+    ]
+}
+
+/// Makes a transport key for a peer and its RSA blob: C_GenerateKey, C_CreateObject (the peer's
+/// public key), C_WrapKey x2 (cryptoki asks for the length), C_DestroyObject,
+/// C_SetAttributeValue (CKA_EXTRACTABLE to false).
+fn make(hsm: &Hsm, s: &Session, modulus: &[u8], exponent: &[u8]) -> Result<(ObjectHandle, Vec<u8>), Fail> {
+    hsm.add_calls(6);
+    let key = s.generate_key(&Mechanism::AesKeyGen, &made_template()).map_err(Fail::with(Role::Sharing, "make a transport key", mechanism_name(CKM_AES_KEY_GEN)))?;
+    let peer = match peer_public_key(s, modulus, exponent) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = s.destroy_object(key);
+            return Err(e.into());
+        }
+    };
+    let blob = s.wrap_key(&oaep(), peer, key).map_err(Fail::with(Role::Sharing, "wrap a transport key for a peer", mechanism_name(CKM_RSA_PKCS_OAEP)));
+    let destroyed = s.destroy_object(peer);
+    let blob = match blob.and_then(|b| destroyed.map(|_| b).map_err(Fail::from)) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = s.destroy_object(key);
+            return Err(e);
+        }
+    };
+    // Wrapped once for the peer; from now on it cannot leave this HSM. A module that will not
+    // change the flag keeps a key that only this process's sessions can reach, for an hour.
+    if let Err(e) = s.update_attributes(key, &[Attribute::Extractable(false)]) {
+        tracing::debug!(error = %e, "the module keeps the transport key extractable");
+    }
+    Ok((key, blob))
+}
+
+impl Cache {
+    /// The custodian's transport key for the peer whose sharing key is `peer`: the current one,
+    /// or a new one when there is none, it is an hour old or has sealed [`MAX_USES`] keys.
+    fn outbound(&self, hsm: &Hsm, s: &Session, modulus: &[u8], exponent: &[u8]) -> Result<(ObjectHandle, Vec<u8>), Fail> {
+        let peer = digest(&[modulus, exponent]);
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = made.get_mut(&peer) {
+            if m.created.elapsed() < MAX_AGE && m.uses < MAX_USES {
+                m.uses += 1;
+                return Ok((m.key, m.blob.clone()));
+            }
+        }
+        let (key, blob) = make(hsm, s, modulus, exponent)?;
+        hsm.note_transport_key(true);
+        let previous = made.get(&peer).map(|m| m.key);
+        let mut gone: Vec<ObjectHandle> = made.insert(peer, Made { key, blob: blob.clone(), created: Instant::now(), uses: 1, previous }).and_then(|m| m.previous).into_iter().collect();
+        // Keys for a sharing key the peer no longer has (it rotated it) are not used again.
+        made.retain(|_, m| {
+            let keep = m.created.elapsed() < 2 * MAX_AGE;
+            if !keep {
+                gone.extend([Some(m.key), m.previous].into_iter().flatten());
+            }
+            keep
+        });
+        for old in gone {
+            hsm.add_calls(1);
+            let _ = s.destroy_object(old);
+        }
+        Ok((key, blob))
+    }
+
+    /// Forgets the custodian's transport key `key` (its handle proved invalid).
+    fn forget_made(&self, key: ObjectHandle) {
+        self.made.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, m| m.key != key);
+    }
+
+    /// The requester's copy of the transport key `blob` brought: kept, or unwrapped now with the
+    /// active sharing key (C_UnwrapKey, RSA-OAEP).
+    fn inbound(&self, hsm: &Hsm, s: &Session, ctx: &Ctx, blob: &[u8]) -> Result<ObjectHandle, Fail> {
+        let id = digest(&[blob]);
+        if let Some(r) = self.received.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&id) {
+            r.last_used = Instant::now();
+            return Ok(r.key);
+        }
+        let (_, sharing) = ctx.key(hsm, s, Role::Sharing, None, ObjectClass::PRIVATE_KEY)?;
+        hsm.add_calls(1);
+        let key = s.unwrap_key(&oaep(), sharing, blob, &received_template()).map_err(|e| match e {
+            cryptoki::error::Error::Pkcs11(RvError::GeneralError | RvError::EncryptedDataInvalid | RvError::WrappedKeyInvalid, _) => Fail::Hsm(HsmError::Integrity),
+            other => Fail::with(Role::Sharing, "unwrap", mechanism_name(CKM_RSA_PKCS_OAEP))(other),
+        })?;
+        hsm.note_transport_key(false);
+        let mut received = self.received.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = received.get(&id) {
+            // Another read unwrapped the same blob meanwhile: keep one copy.
+            hsm.add_calls(1);
+            let _ = s.destroy_object(key);
+            return Ok(r.key);
+        }
+        let mut gone: Vec<ObjectHandle> = Vec::new();
+        received.retain(|_, r| {
+            let keep = r.last_used.elapsed() < RECEIVED_MAX_AGE;
+            if !keep {
+                gone.push(r.key);
+            }
+            keep
+        });
+        if received.len() >= RECEIVED_MAX {
+            if let Some(oldest) = received.iter().min_by_key(|(_, r)| r.last_used).map(|(k, _)| *k) {
+                gone.extend(received.remove(&oldest).map(|r| r.key));
+            }
+        }
+        received.insert(id, Received { key, last_used: Instant::now() });
+        drop(received);
+        for k in gone {
+            hsm.add_calls(1);
+            let _ = s.destroy_object(k);
+        }
+        Ok(key)
+    }
+
+    /// Forgets the requester's transport key `key` (its handle proved invalid).
+    fn forget_received(&self, key: ObjectHandle) {
+        self.received.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, r| r.key != key);
+    }
+}
+
+/// A cached handle that the module no longer knows (the session that made it is gone).
+fn is_stale(e: &Fail) -> bool {
+    matches!(e, Fail::P11(cryptoki::error::Error::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _), _))
+}
+
+impl Hsm {
+    /// Whether this module can make and open transport keys: AES key generation, AES-GCM, and
+    /// a sharing key it can hold. Where it cannot, data keys travel under the RSA sharing key one
+    /// by one ([`Hsm::rewrap_for_peer`], [`Hsm::unwrap_shared`]). Answered from the current
+    /// connection's profile without a PKCS#11 call; false while the HSM is not connected.
+    pub fn offers_transport_keys(&self) -> bool {
+        self.connected_profile().is_some_and(|p| {
+            p.mechanisms.offers(CKM_AES_KEY_GEN, CKF_GENERATE) && p.mechanisms.offers(CKM_AES_GCM, CKF_ENCRYPT | CKF_DECRYPT) && p.plan(Role::Sharing).is_ok()
+        })
+    }
+
+    /// A record's data key for a peer: sealed under this hospital's transport key for it (made,
+    /// and wrapped for `peer_modulus`/`peer_exponent`, when there is none), the data key passing
+    /// through process memory in a zeroizing buffer on its way from the KEK to the seal.
+    /// `context` is bound into the seal (the record and both hospitals); the peer gives the same
+    /// to open it. A data key under an RFC 5649 KEK version (a site whose policy keeps data keys
+    /// inside the HSM, [`crate::HsmOptions::kek_rfc5649`]) is re-wrapped for the peer's sharing
+    /// key instead, as [`Hsm::rewrap_for_peer`] does, and never leaves the HSM in the clear.
+    pub fn share_with_peer(&self, wrapped: &WrappedKey, peer_modulus: &[u8], peer_exponent: &[u8], context: &[u8]) -> Result<PeerWrap, HsmError> {
+        self.run(Op::Wrap, 0, true, |s, ctx| {
+            require(self, ctx, Role::Kek)?;
+            require(self, ctx, Role::Sharing)?;
+            let (_, kek) = ctx.key(self, s, Role::Kek, Some(wrapped.kek_version), ObjectClass::SECRET_KEY)?;
+            if matches!(ctx.kek_scheme(s, kek, wrapped.kek_version)?, KekScheme::Rfc5649 { .. }) {
+                return Ok(PeerWrap { transport: None, key: rewrap_rsa(self, s, ctx, wrapped, peer_modulus, peer_exponent)? });
+            }
+            let (key, transport) = ctx.transport.outbound(self, s, peer_modulus, peer_exponent)?;
+            let value = match unwrap_with_kek(self, s, ctx, wrapped, false)? {
+                Unwrapped::Object(obj) => take_value(self, s, obj)?,
+                Unwrapped::Value(v) => v,
+            };
+            let mut iv = [0u8; IV];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut iv).map_err(|_| HsmError::Device("the system random generator failed".into()))?;
+            // C_EncryptInit + C_Encrypt
+            self.add_calls(2);
+            let sealed = ctx.raw.aes_gcm(s.handle(), key.handle(), true, &iv, &aad(context), &value).map_err(Fail::with(Role::Sharing, "seal for a peer", mechanism_name(CKM_AES_GCM)));
+            let sealed = match sealed {
+                Ok(v) => v,
+                Err(e) => {
+                    if is_stale(&e) {
+                        ctx.transport.forget_made(key);
+                    }
+                    return Err(e);
+                }
+            };
+            let mut out = Vec::with_capacity(1 + IV + sealed.len());
+            out.push(FORMAT);
+            out.extend_from_slice(&iv);
+            out.extend_from_slice(&sealed);
+            Ok(PeerWrap { transport: Some(transport), key: out })
+        })
+    }
+
+    /// Opens a data key a peer sealed with [`Hsm::share_with_peer`]: the transport key from
+    /// `transport` (unwrapped with this hospital's sharing key the first time it comes), then
+    /// C_DecryptInit + C_Decrypt. A blob or seal that was altered, or a `context` other than the
+    /// custodian's, is an integrity error.
+    pub fn open_from_peer(&self, transport: &[u8], sealed: &[u8], context: &[u8]) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        if sealed.len() < 1 + IV + TAG + 16 || sealed[0] != FORMAT {
+            return Err(HsmError::Integrity);
+        }
+        self.run(Op::Unwrap, 2, true, |s, ctx| {
+            require(self, ctx, Role::Sharing)?;
+            let key = ctx.transport.inbound(self, s, ctx, transport)?;
+            match ctx.raw.aes_gcm(s.handle(), key.handle(), false, &sealed[1..1 + IV], &aad(context), &sealed[1 + IV..]) {
+                Ok(v) => Ok(Zeroizing::new(v)),
+                // SoftHSM reports a failed tag check as a general error.
+                Err(cryptoki::error::Error::Pkcs11(RvError::GeneralError | RvError::EncryptedDataInvalid, _)) => Err(HsmError::Integrity.into()),
+                Err(e) => {
+                    let e = Fail::with(Role::Sharing, "open from a peer", mechanism_name(CKM_AES_GCM))(e);
+                    if is_stale(&e) {
+                        ctx.transport.forget_received(key);
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    /// Whether the custodian's transport key for a peer left its HSM only wrapped: it is
+    /// sensitive and no longer extractable. For tests and the probe.
+    pub fn transport_keys_locked(&self) -> Result<bool, HsmError> {
+        self.run(Op::Admin, 0, true, |s, ctx| {
+            let keys: Vec<ObjectHandle> = ctx.transport.made.lock().unwrap_or_else(|p| p.into_inner()).values().map(|m| m.key).collect();
+            let mut locked = !keys.is_empty();
+            for k in keys {
+                self.add_calls(1);
+                let attrs = s.get_attributes(k, &[AttributeType::Sensitive, AttributeType::Extractable])?;
+                locked &= attrs.contains(&Attribute::Sensitive(true)) && attrs.contains(&Attribute::Extractable(false));
+            }
+            Ok(locked)
+        })
+    }
+}
