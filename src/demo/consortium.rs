@@ -332,8 +332,7 @@ async fn scene(sites: &[Site], say: &mut dyn FnMut(&str)) -> Result<(), Failure>
     say("the patient withdraws the consent at A; B's very next read is refused");
     // A's last access entry was ordered before its answer; its block lands right after.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let outbox = |text: &str| text.lines().find_map(|l| l.strip_prefix("medgate_outbox_entries ")).and_then(|v| v.trim().parse::<f64>().ok());
-    while outbox(&admin_get(a.admin_addr, "/metrics").map_err(Failure::runtime)?.1) != Some(0.0) {
+    while metric(a, "medgate_outbox_entries ")? != Some(0.0) {
         check(Instant::now() < deadline, "A's access entries reach its ledger copy")?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -502,13 +501,26 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         }
     };
     println!(
-        "  its steps, mean ms (medgate_peer_read_step_seconds): B calls A {:.2} (A: access entry flushed and ordered {:.2}, data key re-wrapped alongside {:.2}), B unwraps {:.2}",
+        "  its steps, mean ms (medgate_peer_read_step_seconds): B calls A {:.2} (A: access entry flushed and ordered {:.2}, data key sealed for B alongside {:.2}), B unwraps {:.2}",
         mean(&at_b, &steps_before.1, "custodian"),
         mean(&at_a, &steps_before.0, "access_entry"),
         mean(&at_a, &steps_before.0, "rewrap"),
         mean(&at_b, &steps_before.1, "unwrap"),
     );
+    let count = |v: Option<f64>| v.map_or_else(|| "none".to_owned(), |n| format!("{n}"));
+    println!(
+        "  transport keys (medgate_hsm_transport_keys_total): A made {}, B unwrapped {} with its RSA sharing key",
+        count(metric(a, "medgate_hsm_transport_keys_total{event=\"made\"} ")?),
+        count(metric(b, "medgate_hsm_transport_keys_total{event=\"received\"} ")?),
+    );
     concurrent_reads(b, &ids, READ_CONCURRENCY).await
+}
+
+/// The value of the `/metrics` line of `site` that starts with `prefix` (name, labels and the
+/// space before the value).
+fn metric(site: &Site, prefix: &str) -> Result<Option<f64>, Failure> {
+    let text = admin_get(site.admin_addr, "/metrics").map_err(Failure::runtime)?.1;
+    Ok(text.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse::<f64>().ok()))
 }
 
 /// (sum in seconds, count) of each step of `medgate_peer_read_step_seconds` on `site`'s metrics.
