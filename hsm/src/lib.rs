@@ -26,6 +26,7 @@ pub mod card;
 pub mod ceiling;
 mod der;
 mod error;
+mod held;
 pub mod keys;
 mod ops;
 mod pin;

@@ -236,7 +236,7 @@ pub(crate) struct Ctx {
     /// module's defaults.
     pub(crate) data_key_defaults: std::sync::atomic::AtomicBool,
     /// Transport keys made for peers and received from them (session objects of this connection).
-    pub(crate) transport: crate::transport::Cache,
+    pub(crate) transport: crate::held::Cache,
 }
 
 #[derive(Debug)]
@@ -469,7 +469,7 @@ impl Hsm {
             kek_schemes: Mutex::new(HashMap::new()),
             readiness: Mutex::new(None),
             data_key_defaults: std::sync::atomic::AtomicBool::new(false),
-            transport: crate::transport::Cache::default(),
+            transport: crate::held::Cache::default(),
         };
         Ok((ctx, session))
     }

@@ -16,8 +16,6 @@
 //! and when the requester's sharing key changes; the requester forgets a transport key it has
 //! not been sent for two hours.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cryptoki::error::RvError;
@@ -32,6 +30,7 @@ use crate::error::HsmError;
 use crate::keys::Role;
 use crate::ops::{oaep, peer_public_key, require, rewrap_rsa, take_value, unwrap_with_kek, Unwrapped, WrappedKey};
 use crate::profile::KekScheme;
+use crate::held::{Cache, Made, Received};
 use crate::pool::{Ctx, Fail, Hsm, Op};
 use crate::profile::mechanism_name;
 
@@ -60,32 +59,6 @@ pub struct PeerWrap {
     /// With a transport key, `0x02 || IV || AES-256-GCM(data key) || tag`; without, the data
     /// key RSA-OAEP wrapped for the peer's sharing key (as [`Hsm::rewrap_for_peer`] makes it).
     pub key: Vec<u8>,
-}
-
-#[derive(Debug)]
-struct Made {
-    key: ObjectHandle,
-    blob: Vec<u8>,
-    created: Instant,
-    uses: u64,
-    /// The key this one replaced: still in use by a seal that began before, destroyed at the
-    /// next replacement.
-    previous: Option<ObjectHandle>,
-}
-
-#[derive(Debug)]
-struct Received {
-    key: ObjectHandle,
-    last_used: Instant,
-}
-
-/// The transport keys of one connection to the module (their handles die with it).
-#[derive(Debug, Default)]
-pub(crate) struct Cache {
-    /// By the SHA-256 of the peer's sharing key.
-    made: Mutex<HashMap<[u8; 32], Made>>,
-    /// By the SHA-256 of the RSA blob that brought them.
-    received: Mutex<HashMap<[u8; 32], Received>>,
 }
 
 fn digest(parts: &[&[u8]]) -> [u8; 32] {
