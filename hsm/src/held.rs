@@ -4,6 +4,7 @@
 //! and goes with it.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -35,4 +36,8 @@ pub(crate) struct Cache {
     pub(crate) made: Mutex<HashMap<[u8; 32], Made>>,
     /// By the SHA-256 of the RSA blob that brought them.
     pub(crate) received: Mutex<HashMap<[u8; 32], Received>>,
+    /// When unused keys were last looked for.
+    pub(crate) swept: Mutex<Option<Instant>>,
+    /// Set once the module refused CKA_VALUE_LEN in the template of a received key.
+    pub(crate) no_value_len: AtomicBool,
 }

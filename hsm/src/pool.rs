@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -267,7 +267,15 @@ pub struct Hsm {
     state: Mutex<State>,
     freed: Condvar,
     counters: Counters,
+    /// What the current connection can do with transport keys ([`TRANSPORT_MAKE`],
+    /// [`TRANSPORT_RECEIVE`]), read without the state lock, which a reconnection holds.
+    transport: AtomicU8,
 }
+
+/// The connection can make transport keys and seal data keys under them (a custodian).
+pub(crate) const TRANSPORT_MAKE: u8 = 1;
+/// The connection can open data keys sealed under a peer's transport key (a requester).
+pub(crate) const TRANSPORT_RECEIVE: u8 = 2;
 
 /// Failures inside an operation: either straight from the module (with what the operation was
 /// doing, when known), or already typed.
@@ -352,6 +360,7 @@ impl Hsm {
             }),
             freed: Condvar::new(),
             counters: Counters::default(),
+            transport: AtomicU8::new(0),
         };
         {
             let mut st = hsm.lock();
@@ -384,6 +393,9 @@ impl Hsm {
         st.last_attempt = Some(Instant::now());
         match self.try_connect(st.generation) {
             Ok((ctx, session)) => {
+                let p = &ctx.profile;
+                let abilities = if p.can_make_transport_keys() { TRANSPORT_MAKE } else { 0 } | if p.can_receive_transport_keys() { TRANSPORT_RECEIVE } else { 0 };
+                self.transport.store(abilities, Ordering::Relaxed);
                 st.generation = ctx.generation;
                 st.ctx = Some(Arc::new(ctx));
                 st.idle.push(session);
@@ -483,6 +495,7 @@ impl Hsm {
             return;
         }
         let ctx = st.ctx.take();
+        self.transport.store(0, Ordering::Relaxed);
         // Forget the sessions: after re-initialisation their handles may name new sessions.
         st.idle.clear();
         st.open = 0;
@@ -623,9 +636,15 @@ impl Hsm {
         self.run(Op::Admin, 0, true, |_, ctx| Ok(ctx.profile.clone()))
     }
 
-    /// The profile of the current connection, if there is one; no session is taken.
-    pub(crate) fn connected_profile(&self) -> Option<Arc<Profile>> {
-        self.lock().ctx.as_ref().map(|c| c.profile.clone())
+    /// Whether the current connection can do `ability` with transport keys; false while the
+    /// HSM is not connected. Takes no lock and makes no PKCS#11 call.
+    pub(crate) fn transport_ability(&self, ability: u8) -> bool {
+        self.transport.load(Ordering::Relaxed) & ability == ability
+    }
+
+    /// Takes `ability` away from the current connection (the module refused a transport key).
+    pub(crate) fn withdraw_transport_ability(&self, ability: u8) {
+        self.transport.fetch_and(!ability, Ordering::Relaxed);
     }
 
     /// The module path, for messages.
@@ -671,6 +690,7 @@ impl Hsm {
             let _ = s.close();
         }
         st.open = 0;
+        self.transport.store(0, Ordering::Relaxed);
         if let Some(ctx) = st.ctx.take() {
             ctx.release();
         }

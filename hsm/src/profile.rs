@@ -241,6 +241,18 @@ impl Profile {
         Profile { mechanisms, template, roles }
     }
 
+    /// Whether the module can make transport keys for peers and seal data keys under them
+    /// (AES key generation and AES-GCM encryption, besides the KEK and sharing roles).
+    pub fn can_make_transport_keys(&self) -> bool {
+        self.mechanisms.offers(CKM_AES_KEY_GEN, CKF_GENERATE) && self.mechanisms.offers(CKM_AES_GCM, CKF_ENCRYPT) && self.plan(Role::Kek).is_ok() && self.plan(Role::Sharing).is_ok()
+    }
+
+    /// Whether the module can open data keys sealed under a peer's transport key (AES-GCM
+    /// decryption, and a sharing key to unwrap the transport key with).
+    pub fn can_receive_transport_keys(&self) -> bool {
+        self.mechanisms.offers(CKM_AES_GCM, CKF_DECRYPT) && self.plan(Role::Sharing).is_ok()
+    }
+
     /// Wraps data keys with AES-GCM (see [`crate::HsmOptions::kek_aes_gcm`]); refuses the kek
     /// role where the module offers no AES-GCM.
     pub fn prefer_aes_gcm_for_kek(&mut self) {

@@ -16,13 +16,14 @@
 //! and when the requester's sharing key changes; the requester forgets a transport key it has
 //! not been sent for two hours.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use cryptoki_sys::{CKF_DECRYPT, CKF_ENCRYPT, CKF_GENERATE, CKM_AES_GCM, CKM_AES_KEY_GEN, CKM_RSA_PKCS_OAEP};
+use cryptoki_sys::{CKM_AES_GCM, CKM_AES_KEY_GEN, CKM_RSA_PKCS_OAEP};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -31,7 +32,7 @@ use crate::keys::Role;
 use crate::ops::{oaep, peer_public_key, require, rewrap_rsa, take_value, unwrap_with_kek, Unwrapped, WrappedKey};
 use crate::profile::KekScheme;
 use crate::held::{Cache, Made, Received};
-use crate::pool::{Ctx, Fail, Hsm, Op};
+use crate::pool::{Ctx, Fail, Hsm, Op, TRANSPORT_MAKE, TRANSPORT_RECEIVE};
 use crate::profile::mechanism_name;
 
 /// How long the custodian uses one transport key.
@@ -43,6 +44,8 @@ pub const MAX_USES: u64 = 1 << 20;
 const RECEIVED_MAX_AGE: Duration = Duration::from_secs(2 * 3600);
 /// How many custodians' transport keys the requester keeps at once.
 const RECEIVED_MAX: usize = 256;
+/// How often unused transport keys are looked for and destroyed.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The sealed data key's format: `0x02 || IV (12 bytes) || ciphertext || tag (16 bytes)`.
 const FORMAT: u8 = 0x02;
@@ -98,8 +101,17 @@ fn made_template() -> Vec<Attribute> {
     ]
 }
 
-/// The requester's copy: sensitive, never extractable, decrypt only.
-fn received_template() -> Vec<Attribute> {
+/// The requester's copy: sensitive, never extractable, decrypt only; 32 bytes long where the
+/// module lets the template say so (`with_len`; SoftHSM2 refuses CKA_VALUE_LEN on unwrap).
+fn received_template(with_len: bool) -> Vec<Attribute> {
+    let mut t = received_flags();
+    if with_len {
+        t.push(Attribute::ValueLen(32.into()));
+    }
+    t
+}
+
+fn received_flags() -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
@@ -142,7 +154,7 @@ fn make(hsm: &Hsm, s: &Session, modulus: &[u8], exponent: &[u8]) -> Result<(Obje
     // Wrapped once for the peer; from now on it cannot leave this HSM. A module that will not
     // change the flag keeps a key that only this process's sessions can reach, for an hour.
     if let Err(e) = s.update_attributes(key, &[Attribute::Extractable(false)]) {
-        tracing::debug!(error = %e, "the module keeps the transport key extractable");
+        tracing::warn!(error = %e, "the module refused to make the transport key non-extractable; it stays a session object of this process");
     }
     Ok((key, blob))
 }
@@ -151,6 +163,7 @@ impl Cache {
     /// The custodian's transport key for the peer whose sharing key is `peer`: the current one,
     /// or a new one when there is none, it is an hour old or has sealed [`MAX_USES`] keys.
     fn outbound(&self, hsm: &Hsm, s: &Session, modulus: &[u8], exponent: &[u8]) -> Result<(ObjectHandle, Vec<u8>), Fail> {
+        self.sweep(hsm, s);
         let peer = digest(&[modulus, exponent]);
         let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = made.get_mut(&peer) {
@@ -162,20 +175,39 @@ impl Cache {
         let (key, blob) = make(hsm, s, modulus, exponent)?;
         hsm.note_transport_key(true);
         let previous = made.get(&peer).map(|m| m.key);
-        let mut gone: Vec<ObjectHandle> = made.insert(peer, Made { key, blob: blob.clone(), created: Instant::now(), uses: 1, previous }).and_then(|m| m.previous).into_iter().collect();
-        // Keys for a sharing key the peer no longer has (it rotated it) are not used again.
-        made.retain(|_, m| {
+        let gone = made.insert(peer, Made { key, blob: blob.clone(), created: Instant::now(), uses: 1, previous }).and_then(|m| m.previous);
+        drop(made);
+        destroy(hsm, s, gone);
+        Ok((key, blob))
+    }
+
+    /// Destroys, at most once a minute, the keys no longer used: the custodian's made for a
+    /// sharing key the peer has since replaced (two hours old: a current one is replaced after
+    /// one), and the requester's not sent for [`RECEIVED_MAX_AGE`].
+    fn sweep(&self, hsm: &Hsm, s: &Session) {
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+            if swept.is_some_and(|t| t.elapsed() < SWEEP_INTERVAL) {
+                return;
+            }
+            *swept = Some(Instant::now());
+        }
+        let mut gone = Vec::new();
+        self.made.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, m| {
             let keep = m.created.elapsed() < 2 * MAX_AGE;
             if !keep {
                 gone.extend([Some(m.key), m.previous].into_iter().flatten());
             }
             keep
         });
-        for old in gone {
-            hsm.add_calls(1);
-            let _ = s.destroy_object(old);
-        }
-        Ok((key, blob))
+        self.received.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, r| {
+            let keep = r.last_used.elapsed() < RECEIVED_MAX_AGE;
+            if !keep {
+                gone.push(r.key);
+            }
+            keep
+        });
+        destroy(hsm, s, gone);
     }
 
     /// Forgets the custodian's transport key `key` (its handle proved invalid).
@@ -186,44 +218,81 @@ impl Cache {
     /// The requester's copy of the transport key `blob` brought: kept, or unwrapped now with the
     /// active sharing key (C_UnwrapKey, RSA-OAEP).
     fn inbound(&self, hsm: &Hsm, s: &Session, ctx: &Ctx, blob: &[u8]) -> Result<ObjectHandle, Fail> {
+        self.sweep(hsm, s);
         let id = digest(&[blob]);
         if let Some(r) = self.received.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&id) {
             r.last_used = Instant::now();
             return Ok(r.key);
         }
         let (_, sharing) = ctx.key(hsm, s, Role::Sharing, None, ObjectClass::PRIVATE_KEY)?;
-        hsm.add_calls(1);
-        let key = s.unwrap_key(&oaep(), sharing, blob, &received_template()).map_err(|e| match e {
-            cryptoki::error::Error::Pkcs11(RvError::GeneralError | RvError::EncryptedDataInvalid | RvError::WrappedKeyInvalid, _) => Fail::Hsm(HsmError::Integrity),
+        let unwrap = |with_len: bool| {
+            hsm.add_calls(1);
+            s.unwrap_key(&oaep(), sharing, blob, &received_template(with_len))
+        };
+        let template_refused = |e: &cryptoki::error::Error| {
+            matches!(
+                e,
+                cryptoki::error::Error::Pkcs11(
+                    RvError::AttributeReadOnly | RvError::AttributeTypeInvalid | RvError::AttributeValueInvalid | RvError::TemplateIncomplete | RvError::TemplateInconsistent,
+                    _
+                )
+            )
+        };
+        let with_len = !self.no_value_len.load(Ordering::Relaxed);
+        let mut unwrapped = unwrap(with_len);
+        if with_len && unwrapped.as_ref().is_err_and(template_refused) {
+            self.no_value_len.store(true, Ordering::Relaxed);
+            unwrapped = unwrap(false);
+        }
+        let key = unwrapped.map_err(|e| match e {
+            cryptoki::error::Error::Pkcs11(RvError::GeneralError | RvError::EncryptedDataInvalid | RvError::WrappedKeyInvalid | RvError::WrappedKeyLenRange | RvError::KeySizeRange, _) => Fail::Hsm(HsmError::Integrity),
+            e if template_refused(&e) => {
+                // This module will not hold a received transport key as medgate asks: stop
+                // offering, so that custodians wrap each data key for the sharing key again.
+                hsm.withdraw_transport_ability(TRANSPORT_RECEIVE);
+                tracing::warn!(error = %e, "the module refused the template of a received transport key; data keys will come wrapped for the sharing key");
+                Fail::with(Role::Sharing, "unwrap", mechanism_name(CKM_RSA_PKCS_OAEP))(e)
+            }
             other => Fail::with(Role::Sharing, "unwrap", mechanism_name(CKM_RSA_PKCS_OAEP))(other),
         })?;
+        if self.no_value_len.load(Ordering::Relaxed) {
+            // Only an AES-256 key is a transport key. Where the template could not say so, a
+            // length the module reports otherwise is refused and not kept (SoftHSM2 reports 0:
+            // a shorter AES key then fails the seal's tag, a longer one C_DecryptInit).
+            hsm.add_calls(1);
+            let len = s.get_attributes(key, &[AttributeType::ValueLen]).map(|a| {
+                a.into_iter().find_map(|a| match a {
+                    Attribute::ValueLen(n) => Some(u64::from(n)),
+                    _ => None,
+                })
+            });
+            if !matches!(len, Ok(None | Some(0 | 32))) {
+                destroy(hsm, s, Some(key));
+                return Err(match len {
+                    Ok(_) => HsmError::Integrity.into(),
+                    Err(e) => e.into(),
+                });
+            }
+        }
         hsm.note_transport_key(false);
         let mut received = self.received.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = received.get(&id) {
+        if let Some(r) = received.get_mut(&id) {
             // Another read unwrapped the same blob meanwhile: keep one copy.
-            hsm.add_calls(1);
-            let _ = s.destroy_object(key);
-            return Ok(r.key);
+            r.last_used = Instant::now();
+            let kept = r.key;
+            drop(received);
+            destroy(hsm, s, Some(key));
+            return Ok(kept);
         }
-        let mut gone: Vec<ObjectHandle> = Vec::new();
-        received.retain(|_, r| {
-            let keep = r.last_used.elapsed() < RECEIVED_MAX_AGE;
-            if !keep {
-                gone.push(r.key);
-            }
-            keep
-        });
+        let mut gone = None;
         if received.len() >= RECEIVED_MAX {
             if let Some(oldest) = received.iter().min_by_key(|(_, r)| r.last_used).map(|(k, _)| *k) {
-                gone.extend(received.remove(&oldest).map(|r| r.key));
+                gone = received.remove(&oldest).map(|r| r.key);
             }
         }
         received.insert(id, Received { key, last_used: Instant::now() });
         drop(received);
-        for k in gone {
-            hsm.add_calls(1);
-            let _ = s.destroy_object(k);
-        }
+        destroy(hsm, s, gone);
         Ok(key)
     }
 
@@ -233,20 +302,36 @@ impl Cache {
     }
 }
 
+/// Destroys session objects no longer used (C_DestroyObject each; a failure leaves an object
+/// that goes with the connection).
+fn destroy(hsm: &Hsm, s: &Session, keys: impl IntoIterator<Item = ObjectHandle>) {
+    for k in keys {
+        hsm.add_calls(1);
+        if let Err(e) = s.destroy_object(k) {
+            tracing::debug!(error = %e, "a transport key could not be destroyed; it goes with the connection");
+        }
+    }
+}
+
 /// A cached handle that the module no longer knows (the session that made it is gone).
 fn is_stale(e: &Fail) -> bool {
     matches!(e, Fail::P11(cryptoki::error::Error::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _), _))
 }
 
 impl Hsm {
-    /// Whether this module can make and open transport keys: AES key generation, AES-GCM, and
-    /// a sharing key it can hold. Where it cannot, data keys travel under the RSA sharing key one
-    /// by one ([`Hsm::rewrap_for_peer`], [`Hsm::unwrap_shared`]). Answered from the current
-    /// connection's profile without a PKCS#11 call; false while the HSM is not connected.
-    pub fn offers_transport_keys(&self) -> bool {
-        self.connected_profile().is_some_and(|p| {
-            p.mechanisms.offers(CKM_AES_KEY_GEN, CKF_GENERATE) && p.mechanisms.offers(CKM_AES_GCM, CKF_ENCRYPT | CKF_DECRYPT) && p.plan(Role::Sharing).is_ok()
-        })
+    /// Whether this HSM can make transport keys and seal data keys for peers under them (AES
+    /// key generation, AES-GCM, the KEK and sharing roles). Where it cannot, data keys travel
+    /// under the peer's RSA sharing key one by one ([`Hsm::rewrap_for_peer`]). Takes no lock and
+    /// makes no PKCS#11 call; false while the HSM is not connected.
+    pub fn makes_transport_keys(&self) -> bool {
+        self.transport_ability(TRANSPORT_MAKE)
+    }
+
+    /// Whether this HSM can open data keys a peer sealed under a transport key (AES-GCM and a
+    /// sharing key), so that a read may offer it ([`Hsm::open_from_peer`]); false while the HSM
+    /// is not connected, and once the module refused a received transport key's template.
+    pub fn receives_transport_keys(&self) -> bool {
+        self.transport_ability(TRANSPORT_RECEIVE)
     }
 
     /// A record's data key for a peer: sealed under this hospital's transport key for it (made,
@@ -305,9 +390,17 @@ impl Hsm {
             match ctx.raw.aes_gcm(s.handle(), key.handle(), false, &sealed[1..1 + IV], &aad(context), &sealed[1 + IV..]) {
                 Ok(v) => Ok(Zeroizing::new(v)),
                 // SoftHSM reports a failed tag check as a general error.
-                Err(cryptoki::error::Error::Pkcs11(RvError::GeneralError | RvError::EncryptedDataInvalid, _)) => Err(HsmError::Integrity.into()),
+                Err(cryptoki::error::Error::Pkcs11(RvError::GeneralError | RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange, _)) => Err(HsmError::Integrity.into()),
+                // A transport key no AES-GCM takes: the custodian's blob was not one.
+                Err(cryptoki::error::Error::Pkcs11(RvError::KeySizeRange | RvError::KeyTypeInconsistent, _)) => {
+                    ctx.transport.forget_received(key);
+                    destroy(self, s, Some(key));
+                    Err(HsmError::Integrity.into())
+                }
                 Err(e) => {
-                    let e = Fail::with(Role::Sharing, "open from a peer", mechanism_name(CKM_AES_GCM))(e);
+                    // As an unwrap: a module's CKR_DEVICE_ERROR or CKR_FUNCTION_FAILED may be a
+                    // failed tag check (HsmError::UnwrapFailed, an integrity error).
+                    let e = Fail::with(Role::Sharing, "unwrap", mechanism_name(CKM_AES_GCM))(e);
                     if is_stale(&e) {
                         ctx.transport.forget_received(key);
                     }

@@ -62,7 +62,7 @@ pub struct ReadRequest {
 }
 
 /// The request header by which a requester offers to receive data keys under a transport key
-/// ([`TRANSPORT_AES_GCM`], medgate_hsm's `seal_for_peer`).
+/// ([`TRANSPORT_AES_GCM`], medgate_hsm's `share_with_peer`).
 pub const TRANSPORT_HEADER: &str = "medgate-transport-key";
 /// The one transport scheme: an AES-256 key under the requester's RSA sharing key, each data key
 /// sealed under it with AES-256-GCM.

@@ -31,7 +31,7 @@ impl Gateway {
         };
         let sharing = self.sharing.clone().ok_or_else(|| GatewayError::internal("sharing is not configured"))?;
         let user = self.user_pseudonym(caller).await?;
-        let transport = self.hsm.offers_transport_keys();
+        let transport = self.hsm.receives_transport_keys();
         let req = ReadRequest { record_id: record_id.clone(), user, role: caller.role.clone(), purpose: caller.purpose.clone(), transport };
         let asked = Instant::now();
         let grant = match sharing.read(&custodian, &req).await {
@@ -173,7 +173,7 @@ impl Gateway {
         let bytes = medgate_ledger::keys::b64_decode(&rec.wrapped_key).map_err(|_| GatewayError::Integrity(rec.id.clone()))?;
         let wrapped = medgate_hsm::WrappedKey { kek_version: rec.kek_version, bytes };
         let hsm = self.hsm.clone();
-        let context = (offered && hsm.offers_transport_keys()).then(|| transport_context(&self.hospital, requester, &rec.id));
+        let context = (offered && hsm.makes_transport_keys()).then(|| transport_context(&self.hospital, requester, &rec.id));
         let work = move || match context {
             Some(c) => hsm.share_with_peer(&wrapped, &modulus, &exponent, &c).map(|w| (w.key, w.transport)),
             None => hsm.rewrap_for_peer(&wrapped, &modulus, &exponent).map(|k| (k, None)),
@@ -196,4 +196,19 @@ impl Gateway {
 /// the record (the seal's AAD), so that a seal cannot be passed off for another record or pair.
 fn transport_context(custodian: &str, requester: &str, record_id: &str) -> Vec<u8> {
     serde_json::to_vec(&[custodian, requester, record_id]).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The seal's context names both hospitals and the record, in their places: a seal made
+    /// for one pair does not open for the same pair the other way round.
+    #[test]
+    fn the_transport_context_tells_custodian_requester_and_record_apart() {
+        let c = super::transport_context;
+        let base = c("hospital-a", "hospital-b", "rec-1");
+        for other in [c("hospital-b", "hospital-a", "rec-1"), c("hospital-a", "hospital-b", "rec-2"), c("hospital-a", "hospital-c", "rec-1"), c("hospital-a\"", "hospital-b", "rec-1")] {
+            assert_ne!(base, other);
+        }
+        assert_eq!(base, c("hospital-a", "hospital-b", "rec-1"));
+    }
 }
