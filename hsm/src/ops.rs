@@ -34,24 +34,30 @@ pub struct WrappedKey {
     pub bytes: Vec<u8>,
 }
 
-/// Template of the short-lived session object that carries a data key through C_WrapKey or out of
-/// C_UnwrapKey. It lives only inside one session and is destroyed right after use.
-pub(crate) fn data_key_template(value: Option<&[u8]>) -> Vec<Attribute> {
-    let mut t = vec![
+/// Template of an AES key that lives in one session: whether it is sensitive and extractable,
+/// whether it encrypts or decrypts (with C_Encrypt/C_Decrypt), and no other use.
+pub(crate) fn session_aes_template(sensitive: bool, extractable: bool, encrypt: bool, decrypt: bool) -> Vec<Attribute> {
+    vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
         Attribute::Token(false),
         Attribute::Private(true),
-        Attribute::Sensitive(false),
-        Attribute::Extractable(true),
-        Attribute::Encrypt(false),
-        Attribute::Decrypt(false),
+        Attribute::Sensitive(sensitive),
+        Attribute::Extractable(extractable),
+        Attribute::Encrypt(encrypt),
+        Attribute::Decrypt(decrypt),
         Attribute::Sign(false),
         Attribute::Verify(false),
         Attribute::Wrap(false),
         Attribute::Unwrap(false),
         Attribute::Derive(false),
-    ];
+    ]
+}
+
+/// Template of the short-lived session object that carries a data key through C_WrapKey or out of
+/// C_UnwrapKey. It lives only inside one session and is destroyed right after use.
+pub(crate) fn data_key_template(value: Option<&[u8]>) -> Vec<Attribute> {
+    let mut t = session_aes_template(false, true, false, false);
     if let Some(v) = value {
         t.push(Attribute::Value(v.to_vec()));
     }
@@ -241,9 +247,11 @@ pub(crate) fn unwrap_with_kek(hsm: &Hsm, s: &Session, ctx: &Ctx, wrapped: &Wrapp
     }
 }
 
-/// A peer's RSA sharing public key as a session object that wraps and does nothing else.
-pub(crate) fn peer_public_key(s: &Session, modulus: &[u8], exponent: &[u8]) -> Result<ObjectHandle, cryptoki::error::Error> {
-    s.create_object(&[
+/// Wraps `key` (a session object the caller keeps) with a peer's RSA sharing public key, made a
+/// session object for the one wrap: C_CreateObject, C_WrapKey x2 (cryptoki asks for the
+/// length), C_DestroyObject. `operation` names the wrap in errors.
+pub(crate) fn wrap_for_peer_key(s: &Session, modulus: &[u8], exponent: &[u8], key: ObjectHandle, operation: &'static str) -> Result<Vec<u8>, Fail> {
+    let peer = s.create_object(&[
         Attribute::Class(ObjectClass::PUBLIC_KEY),
         Attribute::KeyType(KeyType::RSA),
         Attribute::Token(false),
@@ -252,7 +260,12 @@ pub(crate) fn peer_public_key(s: &Session, modulus: &[u8], exponent: &[u8]) -> R
         Attribute::Wrap(true),
         Attribute::Encrypt(false),
         Attribute::Verify(false),
-    ])
+    ])?;
+    let out = s.wrap_key(&oaep(), peer, key).map_err(Fail::with(Role::Sharing, operation, mechanism_name(CKM_RSA_PKCS_OAEP)));
+    let destroyed = s.destroy_object(peer);
+    let out = out?;
+    destroyed?;
+    Ok(out)
 }
 
 /// A data key under a KEK version, re-wrapped for a peer's RSA sharing key: the unwrap (counted
@@ -267,19 +280,10 @@ pub(crate) fn rewrap_rsa(hsm: &Hsm, s: &Session, ctx: &Ctx, wrapped: &WrappedKey
             create_data_key(s, &v)?
         }
     };
-    let peer = match peer_public_key(s, peer_modulus, peer_exponent) {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = s.destroy_object(dk);
-            return Err(e.into());
-        }
-    };
-    let out = s.wrap_key(&oaep(), peer, dk).map_err(Fail::with(Role::Sharing, "wrap for a peer", mechanism_name(CKM_RSA_PKCS_OAEP)));
-    let d1 = s.destroy_object(dk);
-    let d2 = s.destroy_object(peer);
+    let out = wrap_for_peer_key(s, peer_modulus, peer_exponent, dk, "wrap for a peer");
+    let destroyed = s.destroy_object(dk);
     let out = out?;
-    d1?;
-    d2?;
+    destroyed?;
     Ok(out)
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki_sys::{CKM_AES_GCM, CKM_AES_KEY_GEN, CKM_RSA_PKCS_OAEP};
 use sha2::{Digest, Sha256};
@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 
 use crate::error::HsmError;
 use crate::keys::Role;
-use crate::ops::{oaep, peer_public_key, require, rewrap_rsa, take_value, unwrap_with_kek, Unwrapped, WrappedKey};
+use crate::ops::{oaep, require, rewrap_rsa, session_aes_template, take_value, unwrap_with_kek, wrap_for_peer_key, Unwrapped, WrappedKey};
 use crate::profile::KekScheme;
 use crate::held::{Cache, Made, Received};
 use crate::pool::{Ctx, Fail, Hsm, Op, TRANSPORT_MAKE, TRANSPORT_RECEIVE};
@@ -80,53 +80,22 @@ fn aad(context: &[u8]) -> Vec<u8> {
     aad
 }
 
-/// The custodian's transport key: sensitive, encrypt only; extractable until it is wrapped
-/// once for the peer.
+/// The custodian's transport key: sensitive, encrypt only, 32 bytes; extractable until it is
+/// wrapped once for the peer.
 fn made_template() -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::ValueLen(32.into()),
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(true),
-        Attribute::Encrypt(true),
-        Attribute::Decrypt(false),
-        Attribute::Sign(false),
-        Attribute::Verify(false),
-        Attribute::Wrap(false),
-        Attribute::Unwrap(false),
-        Attribute::Derive(false),
-    ]
+    let mut t = session_aes_template(true, true, true, false);
+    t.push(Attribute::ValueLen(32.into()));
+    t
 }
 
 /// The requester's copy: sensitive, never extractable, decrypt only; 32 bytes long where the
 /// module lets the template say so (`with_len`; SoftHSM2 refuses CKA_VALUE_LEN on unwrap).
 fn received_template(with_len: bool) -> Vec<Attribute> {
-    let mut t = received_flags();
+    let mut t = session_aes_template(true, false, false, true);
     if with_len {
         t.push(Attribute::ValueLen(32.into()));
     }
     t
-}
-
-fn received_flags() -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Encrypt(false),
-        Attribute::Decrypt(true),
-        Attribute::Sign(false),
-        Attribute::Verify(false),
-        Attribute::Wrap(false),
-        Attribute::Unwrap(false),
-        Attribute::Derive(false),
-    ]
 }
 
 /// Makes a transport key for a peer and its RSA blob: C_GenerateKey, C_CreateObject (the peer's
@@ -135,16 +104,7 @@ fn received_flags() -> Vec<Attribute> {
 fn make(hsm: &Hsm, s: &Session, modulus: &[u8], exponent: &[u8]) -> Result<(ObjectHandle, Vec<u8>), Fail> {
     hsm.add_calls(6);
     let key = s.generate_key(&Mechanism::AesKeyGen, &made_template()).map_err(Fail::with(Role::Sharing, "make a transport key", mechanism_name(CKM_AES_KEY_GEN)))?;
-    let peer = match peer_public_key(s, modulus, exponent) {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = s.destroy_object(key);
-            return Err(e.into());
-        }
-    };
-    let blob = s.wrap_key(&oaep(), peer, key).map_err(Fail::with(Role::Sharing, "wrap a transport key for a peer", mechanism_name(CKM_RSA_PKCS_OAEP)));
-    let destroyed = s.destroy_object(peer);
-    let blob = match blob.and_then(|b| destroyed.map(|_| b).map_err(Fail::from)) {
+    let blob = match wrap_for_peer_key(s, modulus, exponent, key, "wrap a transport key for a peer") {
         Ok(b) => b,
         Err(e) => {
             let _ = s.destroy_object(key);
