@@ -370,8 +370,8 @@ impl Hsm {
         })
     }
 
-    /// Whether the custodian's transport key for a peer left its HSM only wrapped: it is
-    /// sensitive and no longer extractable. For tests and the probe.
+    /// Whether every transport key this HSM made for peers and still holds is sensitive and no
+    /// longer extractable, as read from the module; false while it holds none.
     pub fn transport_keys_locked(&self) -> Result<bool, HsmError> {
         self.run(Op::Admin, 0, true, |s, ctx| {
             let keys: Vec<ObjectHandle> = ctx.transport.made.lock().unwrap_or_else(|p| p.into_inner()).values().map(|m| m.key).collect();
