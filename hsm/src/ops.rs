@@ -132,30 +132,39 @@ const GCM_DOMAIN: &[u8] = b"medgate data key/aes-256-gcm/v1";
 const GCM_IV: usize = 12;
 const GCM_TAG: usize = 16;
 
-/// Seals a data key under an AES-GCM KEK version: C_EncryptInit + C_Encrypt with a buffer of the
-/// exact size, two calls. The IV comes from the operating system's generator (what the HSM's own
-/// C_GenerateRandom would give costs one more round trip to the HSM per record, and an IV needs
-/// to be unique, not secret).
-fn gcm_seal(ctx: &Ctx, s: &Session, kek: ObjectHandle, version: u32, value: &[u8]) -> Result<Vec<u8>, Fail> {
+/// Seals `value` under the AES key `key` in the framing every AES-GCM blob of medgate has:
+/// `format || IV (12 bytes) || ciphertext || tag (16 bytes)`. C_EncryptInit + C_Encrypt with a
+/// buffer of the exact size, two calls. The IV comes from the operating system's generator (what
+/// the HSM's own C_GenerateRandom would give costs one more round trip to the HSM per record,
+/// and an IV needs to be unique, not secret). `failed` names a failure of the module.
+pub(crate) fn gcm_seal_framed(ctx: &Ctx, s: &Session, key: ObjectHandle, format: u8, aad: &[u8], value: &[u8], failed: impl Fn(cryptoki::error::Error) -> Fail) -> Result<Vec<u8>, Fail> {
     let mut iv = [0u8; GCM_IV];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut iv).map_err(|_| HsmError::Device("the system random generator failed".into()))?;
-    let sealed = ctx
-        .raw
-        .aes_gcm(s.handle(), kek.handle(), true, &iv, &gcm_aad(version), value)
-        .map_err(Fail::with(Role::Kek, "wrap", mechanism_name(CKM_AES_GCM)))?;
+    let sealed = ctx.raw.aes_gcm(s.handle(), key.handle(), true, &iv, aad, value).map_err(failed)?;
     let mut out = Vec::with_capacity(1 + GCM_IV + sealed.len());
-    out.push(GCM_FORMAT);
+    out.push(format);
     out.extend_from_slice(&iv);
     out.extend_from_slice(&sealed);
     Ok(out)
 }
 
+/// The IV and the ciphertext with its tag of a blob in [`gcm_seal_framed`]'s framing, if it has
+/// the `format` byte and room for a 16-byte key and the tag.
+pub(crate) fn gcm_frame(format: u8, blob: &[u8]) -> Option<(&[u8], &[u8])> {
+    (blob.len() >= 1 + GCM_IV + GCM_TAG + 16 && blob[0] == format).then(|| (&blob[1..1 + GCM_IV], &blob[1 + GCM_IV..]))
+}
+
+/// Seals a data key under an AES-GCM KEK version.
+fn gcm_seal(ctx: &Ctx, s: &Session, kek: ObjectHandle, version: u32, value: &[u8]) -> Result<Vec<u8>, Fail> {
+    gcm_seal_framed(ctx, s, kek, GCM_FORMAT, &gcm_aad(version), value, Fail::with(Role::Kek, "wrap", mechanism_name(CKM_AES_GCM)))
+}
+
 /// Opens an AES-GCM blob: C_DecryptInit + C_Decrypt, two calls.
 fn gcm_open(ctx: &Ctx, s: &Session, kek: ObjectHandle, version: u32, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, Fail> {
-    if blob.len() < 1 + GCM_IV + GCM_TAG + 16 || blob[0] != GCM_FORMAT {
+    let Some((iv, sealed)) = gcm_frame(GCM_FORMAT, blob) else {
         return Err(HsmError::Integrity.into());
-    }
-    match ctx.raw.aes_gcm(s.handle(), kek.handle(), false, &blob[1..1 + GCM_IV], &gcm_aad(version), &blob[1 + GCM_IV..]) {
+    };
+    match ctx.raw.aes_gcm(s.handle(), kek.handle(), false, iv, &gcm_aad(version), sealed) {
         Ok(v) => Ok(Zeroizing::new(v)),
         // SoftHSM reports a failed tag check as a general error.
         Err(cryptoki::error::Error::Pkcs11(RvError::GeneralError | RvError::EncryptedDataInvalid, _)) => Err(HsmError::Integrity.into()),

@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 
 use crate::error::HsmError;
 use crate::keys::Role;
-use crate::ops::{oaep, require, rewrap_rsa, session_aes_template, take_value, unwrap_with_kek, wrap_for_peer_key, Unwrapped, WrappedKey};
+use crate::ops::{gcm_frame, gcm_seal_framed, oaep, require, rewrap_rsa, session_aes_template, take_value, unwrap_with_kek, wrap_for_peer_key, Unwrapped, WrappedKey};
 use crate::profile::KekScheme;
 use crate::held::{Cache, Made, Received};
 use crate::pool::{Ctx, Fail, Hsm, Op, TRANSPORT_MAKE, TRANSPORT_RECEIVE};
@@ -47,11 +47,10 @@ const RECEIVED_MAX: usize = 256;
 /// How often unused transport keys are looked for and destroyed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The sealed data key's format: `0x02 || IV (12 bytes) || ciphertext || tag (16 bytes)`.
+/// The sealed data key's format byte: `0x02 || IV (12 bytes) || ciphertext || tag (16 bytes)`
+/// (the framing of the KEK's AES-GCM blobs, `crate::ops::gcm_seal_framed`).
 const FORMAT: u8 = 0x02;
 const DOMAIN: &[u8] = b"medgate transport/data key/aes-256-gcm/v1";
-const IV: usize = 12;
-const TAG: usize = 16;
 
 /// A data key on its way to a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,25 +313,17 @@ impl Hsm {
                 Unwrapped::Object(obj) => take_value(self, s, obj)?,
                 Unwrapped::Value(v) => v,
             };
-            let mut iv = [0u8; IV];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut iv).map_err(|_| HsmError::Device("the system random generator failed".into()))?;
             // C_EncryptInit + C_Encrypt
             self.add_calls(2);
-            let sealed = ctx.raw.aes_gcm(s.handle(), key.handle(), true, &iv, &aad(context), &value).map_err(Fail::with(Role::Sharing, "seal for a peer", mechanism_name(CKM_AES_GCM)));
-            let sealed = match sealed {
-                Ok(v) => v,
+            match gcm_seal_framed(ctx, s, key, FORMAT, &aad(context), &value, Fail::with(Role::Sharing, "seal for a peer", mechanism_name(CKM_AES_GCM))) {
+                Ok(sealed) => Ok(PeerWrap { transport: Some(transport), key: sealed }),
                 Err(e) => {
                     if is_stale(&e) {
                         ctx.transport.forget_made(key);
                     }
-                    return Err(e);
+                    Err(e)
                 }
-            };
-            let mut out = Vec::with_capacity(1 + IV + sealed.len());
-            out.push(FORMAT);
-            out.extend_from_slice(&iv);
-            out.extend_from_slice(&sealed);
-            Ok(PeerWrap { transport: Some(transport), key: out })
+            }
         })
     }
 
@@ -341,13 +332,13 @@ impl Hsm {
     /// C_DecryptInit + C_Decrypt. A blob or seal that was altered, or a `context` other than the
     /// custodian's, is an integrity error.
     pub fn open_from_peer(&self, transport: &[u8], sealed: &[u8], context: &[u8]) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        if sealed.len() < 1 + IV + TAG + 16 || sealed[0] != FORMAT {
+        let Some((iv, ciphertext)) = gcm_frame(FORMAT, sealed) else {
             return Err(HsmError::Integrity);
-        }
+        };
         self.run(Op::Unwrap, 2, true, |s, ctx| {
             require(self, ctx, Role::Sharing)?;
             let key = ctx.transport.inbound(self, s, ctx, transport)?;
-            match ctx.raw.aes_gcm(s.handle(), key.handle(), false, &sealed[1..1 + IV], &aad(context), &sealed[1 + IV..]) {
+            match ctx.raw.aes_gcm(s.handle(), key.handle(), false, iv, &aad(context), ciphertext) {
                 Ok(v) => Ok(Zeroizing::new(v)),
                 // SoftHSM reports a failed tag check as a general error.
                 Err(cryptoki::error::Error::Pkcs11(RvError::GeneralError | RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange, _)) => Err(HsmError::Integrity.into()),
