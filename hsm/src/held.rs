@@ -26,6 +26,8 @@ pub(crate) struct Made {
 #[derive(Debug)]
 pub(crate) struct Received {
     pub(crate) key: ObjectHandle,
+    /// The SHA-256 of the custodian's name.
+    pub(crate) from: [u8; 32],
     pub(crate) last_used: Instant,
 }
 

@@ -46,4 +46,4 @@ pub use pin::{Pin, PinError, CREDENTIAL_NAME};
 pub use pool::{Hsm, HsmConfig, HsmOptions, HsmStats};
 pub use probe::{probe, ProbeReport};
 pub use profile::RoleStatus;
-pub use transport::PeerWrap;
+pub use transport::{PeerWrap, TransportLimits};

@@ -145,6 +145,8 @@ pub struct HsmOptions {
     /// for sites whose HSM policy wants data keys re-wrapped inside the HSM only, at three
     /// PKCS#11 calls per record instead of two.
     pub kek_rfc5649: bool,
+    /// How long transport keys live and how many are kept ([`crate::TransportLimits`]).
+    pub transport: crate::TransportLimits,
 }
 
 /// The kinds of operations counted in [`HsmStats`].
@@ -645,6 +647,11 @@ impl Hsm {
     /// Takes `ability` away from the current connection (the module refused a transport key).
     pub(crate) fn withdraw_transport_ability(&self, ability: u8) {
         self.transport.fetch_and(!ability, Ordering::Relaxed);
+    }
+
+    /// How long transport keys live and how many are kept, as this pool was opened with.
+    pub(crate) fn transport_limits(&self) -> crate::TransportLimits {
+        self.options.transport
     }
 
     /// The module path, for messages.

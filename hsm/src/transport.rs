@@ -14,8 +14,10 @@
 //! to the module (a restart, a recovered HSM) and are made or unwrapped again on the next read.
 //! The custodian makes a new one every hour or after 2^20 data keys, whichever comes first,
 //! and when the requester's sharing key changes; the requester forgets a transport key it has
-//! not been sent for two hours.
+//! not been sent for two hours, and keeps at most a few from any one custodian
+//! ([`TransportLimits`]).
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -35,17 +37,39 @@ use crate::held::{Cache, Made, Received};
 use crate::pool::{Ctx, Fail, Hsm, Op, TRANSPORT_MAKE, TRANSPORT_RECEIVE};
 use crate::profile::mechanism_name;
 
-/// How long the custodian uses one transport key.
-pub const MAX_AGE: Duration = Duration::from_secs(3600);
-/// How many data keys the custodian seals under one transport key (random 96-bit IVs: far
-/// below the 2^32 seals per key that AES-GCM allows).
-pub const MAX_USES: u64 = 1 << 20;
-/// How long the requester keeps a transport key no grant has carried.
-const RECEIVED_MAX_AGE: Duration = Duration::from_secs(2 * 3600);
-/// How many custodians' transport keys the requester keeps at once.
-const RECEIVED_MAX: usize = 256;
-/// How often unused transport keys are looked for and destroyed.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// How long transport keys live and how many are kept. The defaults are a site's; a test
+/// shortens them to reach each limit without waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportLimits {
+    /// How long the custodian uses one transport key (default one hour).
+    pub max_age: Duration,
+    /// How many data keys the custodian seals under one transport key (default 2^20; random
+    /// 96-bit IVs: far below the 2^32 seals per key that AES-GCM allows).
+    pub max_uses: u64,
+    /// How long the requester keeps a transport key no grant has carried (default two hours).
+    pub idle: Duration,
+    /// How many transport keys the requester keeps at once, over all custodians (default 256).
+    pub received_max: usize,
+    /// How many of those may come from one custodian (default 4: the custodian's current key
+    /// per connection to its module, and one it just replaced), so that a custodian that sent a
+    /// new key with every grant would push out only its own.
+    pub received_per_peer: usize,
+    /// How often unused transport keys are looked for and destroyed (default once a minute).
+    pub sweep_every: Duration,
+}
+
+impl Default for TransportLimits {
+    fn default() -> TransportLimits {
+        TransportLimits {
+            max_age: Duration::from_secs(3600),
+            max_uses: 1 << 20,
+            idle: Duration::from_secs(2 * 3600),
+            received_max: 256,
+            received_per_peer: 4,
+            sweep_every: Duration::from_secs(60),
+        }
+    }
+}
 
 /// The sealed data key's format byte: `0x02 || IV (12 bytes) || ciphertext || tag (16 bytes)`
 /// (the framing of the KEK's AES-GCM blobs, `crate::ops::gcm_seal_framed`).
@@ -120,13 +144,15 @@ fn make(hsm: &Hsm, s: &Session, modulus: &[u8], exponent: &[u8]) -> Result<(Obje
 
 impl Cache {
     /// The custodian's transport key for the peer whose sharing key is `peer`: the current one,
-    /// or a new one when there is none, it is an hour old or has sealed [`MAX_USES`] keys.
+    /// or a new one when there is none, or it has reached [`TransportLimits::max_age`] or
+    /// [`TransportLimits::max_uses`].
     fn outbound(&self, hsm: &Hsm, s: &Session, modulus: &[u8], exponent: &[u8]) -> Result<(ObjectHandle, Vec<u8>), Fail> {
-        self.sweep(hsm, s);
+        let limits = hsm.transport_limits();
+        self.sweep(hsm, s, &limits);
         let peer = digest(&[modulus, exponent]);
         let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = made.get_mut(&peer) {
-            if m.created.elapsed() < MAX_AGE && m.uses < MAX_USES {
+            if m.created.elapsed() < limits.max_age && m.uses < limits.max_uses {
                 m.uses += 1;
                 return Ok((m.key, m.blob.clone()));
             }
@@ -140,27 +166,28 @@ impl Cache {
         Ok((key, blob))
     }
 
-    /// Destroys, at most once a minute, the keys no longer used: the custodian's made for a
-    /// sharing key the peer has since replaced (two hours old: a current one is replaced after
-    /// one), and the requester's not sent for [`RECEIVED_MAX_AGE`].
-    fn sweep(&self, hsm: &Hsm, s: &Session) {
+    /// Destroys, at most once per [`TransportLimits::sweep_every`], the keys no longer used:
+    /// the custodian's made for a sharing key the peer has since replaced (twice the
+    /// `max_age` old: a key in use is replaced at `max_age`), and the requester's not sent
+    /// for [`TransportLimits::idle`].
+    fn sweep(&self, hsm: &Hsm, s: &Session, limits: &TransportLimits) {
         {
             let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
-            if swept.is_some_and(|t| t.elapsed() < SWEEP_INTERVAL) {
+            if swept.is_some_and(|t| t.elapsed() < limits.sweep_every) {
                 return;
             }
             *swept = Some(Instant::now());
         }
         let mut gone = Vec::new();
         self.made.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, m| {
-            let keep = m.created.elapsed() < 2 * MAX_AGE;
+            let keep = m.created.elapsed() < limits.max_age.saturating_mul(2);
             if !keep {
                 gone.extend([Some(m.key), m.previous].into_iter().flatten());
             }
             keep
         });
         self.received.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, r| {
-            let keep = r.last_used.elapsed() < RECEIVED_MAX_AGE;
+            let keep = r.last_used.elapsed() < limits.idle;
             if !keep {
                 gone.push(r.key);
             }
@@ -174,10 +201,11 @@ impl Cache {
         self.made.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, m| m.key != key);
     }
 
-    /// The requester's copy of the transport key `blob` brought: kept, or unwrapped now with the
-    /// active sharing key (C_UnwrapKey, RSA-OAEP).
-    fn inbound(&self, hsm: &Hsm, s: &Session, ctx: &Ctx, blob: &[u8]) -> Result<ObjectHandle, Fail> {
-        self.sweep(hsm, s);
+    /// The requester's copy of the transport key `blob` brought from the custodian `peer`:
+    /// kept, or unwrapped now with the active sharing key (C_UnwrapKey, RSA-OAEP).
+    fn inbound(&self, hsm: &Hsm, s: &Session, ctx: &Ctx, peer: &str, blob: &[u8]) -> Result<ObjectHandle, Fail> {
+        let limits = hsm.transport_limits();
+        self.sweep(hsm, s, &limits);
         let id = digest(&[blob]);
         if let Some(r) = self.received.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&id) {
             r.last_used = Instant::now();
@@ -243,13 +271,20 @@ impl Cache {
             destroy(hsm, s, Some(key));
             return Ok(kept);
         }
-        let mut gone = None;
-        if received.len() >= RECEIVED_MAX {
-            if let Some(oldest) = received.iter().min_by_key(|(_, r)| r.last_used).map(|(k, _)| *k) {
-                gone = received.remove(&oldest).map(|r| r.key);
+        // Room for it: first among the keys of the same custodian, so that one that sends a new
+        // key with every grant pushes out only its own; then among all.
+        let from = digest(&[peer.as_bytes()]);
+        let mut gone = Vec::new();
+        let oldest = |received: &HashMap<[u8; 32], Received>, same: bool| {
+            received.iter().filter(|(_, r)| !same || r.from == from).min_by_key(|(_, r)| r.last_used).map(|(k, _)| *k)
+        };
+        for (same, max) in [(true, limits.received_per_peer), (false, limits.received_max)] {
+            while received.values().filter(|r| !same || r.from == from).count() >= max.max(1) {
+                let Some(k) = oldest(&received, same) else { break };
+                gone.extend(received.remove(&k).map(|r| r.key));
             }
         }
-        received.insert(id, Received { key, last_used: Instant::now() });
+        received.insert(id, Received { key, from, last_used: Instant::now() });
         drop(received);
         destroy(hsm, s, gone);
         Ok(key)
@@ -327,17 +362,18 @@ impl Hsm {
         })
     }
 
-    /// Opens a data key a peer sealed with [`Hsm::share_with_peer`]: the transport key from
-    /// `transport` (unwrapped with this hospital's sharing key the first time it comes), then
+    /// Opens a data key the custodian `peer` sealed with [`Hsm::share_with_peer`]: the transport
+    /// key from `transport` (unwrapped with this hospital's sharing key the first time it comes,
+    /// and kept within [`TransportLimits`], counted per custodian), then
     /// C_DecryptInit + C_Decrypt. A blob or seal that was altered, or a `context` other than the
     /// custodian's, is an integrity error.
-    pub fn open_from_peer(&self, transport: &[u8], sealed: &[u8], context: &[u8]) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+    pub fn open_from_peer(&self, peer: &str, transport: &[u8], sealed: &[u8], context: &[u8]) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         let Some((iv, ciphertext)) = gcm_frame(FORMAT, sealed) else {
             return Err(HsmError::Integrity);
         };
         self.run(Op::Unwrap, 2, true, |s, ctx| {
             require(self, ctx, Role::Sharing)?;
-            let key = ctx.transport.inbound(self, s, ctx, transport)?;
+            let key = ctx.transport.inbound(self, s, ctx, peer, transport)?;
             match ctx.raw.aes_gcm(s.handle(), key.handle(), false, iv, &aad(context), ciphertext) {
                 Ok(v) => Ok(Zeroizing::new(v)),
                 // SoftHSM reports a failed tag check as a general error.

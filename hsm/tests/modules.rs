@@ -16,6 +16,7 @@ on_modules!(softhsm: SoftHsm, kryoptic: Kryoptic => [
     tls_signing_key_signs_inside_the_hsm,
     a_data_key_rewrapped_for_a_sharing_key_unwraps_to_the_same_bytes,
     data_keys_travel_to_a_peer_under_one_transport_key,
+    transport_keys_are_replaced_and_forgotten_at_their_limits,
     the_shared_pseudonym_key_imports_once_and_gives_the_same_pseudonyms,
     rewrap_moves_a_data_key_to_the_active_kek_so_the_old_version_can_be_destroyed,
     wraps_keep_working_while_the_kek_rotates_under_them,

@@ -316,26 +316,26 @@ fn transport_round_trip(sender: &Hsm, receiver: &Hsm, receiver_module: Module) {
     assert_eq!(transport_count(sender, "made"), made + 1);
     assert!(sender.transport_keys_locked().expect("attributes"), "the transport key is sensitive and no longer extractable");
     for ((context, transport, sealed), dk) in wraps.iter().zip(&dks) {
-        assert_eq!(receiver.open_from_peer(transport, sealed, context.as_bytes()).expect("open").as_slice(), dk);
+        assert_eq!(receiver.open_from_peer("custodian", transport, sealed, context.as_bytes()).expect("open").as_slice(), dk);
     }
     assert_eq!(transport_count(receiver, "received"), received + 1, "unwrapped once, then kept");
     let (context, transport, sealed) = &wraps[0];
-    let err = receiver.open_from_peer(transport, sealed, b"record-other").expect_err("another record's context");
+    let err = receiver.open_from_peer("custodian", transport, sealed, b"record-other").expect_err("another record's context");
     assert!(err.is_integrity(), "{err:?}");
     let mut bad = sealed.clone();
     bad[20] ^= 1;
-    let err = receiver.open_from_peer(transport, &bad, context.as_bytes()).expect_err("an altered seal");
+    let err = receiver.open_from_peer("custodian", transport, &bad, context.as_bytes()).expect_err("an altered seal");
     assert!(err.is_integrity(), "{err:?}");
     let mut bad = transport.clone();
     bad[10] ^= 1;
-    let err = receiver.open_from_peer(&bad, sealed, context.as_bytes()).expect_err("an altered transport key");
+    let err = receiver.open_from_peer("custodian", &bad, sealed, context.as_bytes()).expect_err("an altered transport key");
     assert!(err.is_integrity(), "{err:?}");
     // A key of another size, wrapped for the sharing key as a transport key would be: an
     // integrity error. Kept only where the module cannot tell its length (SoftHSM2 refuses
     // CKA_VALUE_LEN in an unwrap template and reports 0), and there it opens nothing.
     for len in [16usize, 24] {
         let odd = sender.rewrap_for_peer(&sender.wrap_data_key(&vec![0x11; len]).expect("wrap"), &n, &e).expect("rewrap");
-        let err = receiver.open_from_peer(&odd, sealed, context.as_bytes()).expect_err("not an AES-256 key");
+        let err = receiver.open_from_peer("custodian", &odd, sealed, context.as_bytes()).expect_err("not an AES-256 key");
         assert!(err.is_integrity(), "{len} bytes: {err:?}");
     }
     let kept = if receiver_module == Module::SoftHsm { 2 } else { 0 };
@@ -359,7 +359,7 @@ pub fn data_keys_travel_to_a_peer_under_one_transport_key(m: Module) {
     let w = sender.share_with_peer(&sender.wrap_data_key(&dk).expect("wrap"), &n, &e, b"again").expect("seal");
     drop(receiver);
     let restarted = recv_token.open(1);
-    assert_eq!(restarted.open_from_peer(w.transport.as_ref().expect("transport"), &w.key, b"again").expect("open after a restart").as_slice(), &dk);
+    assert_eq!(restarted.open_from_peer("custodian", w.transport.as_ref().expect("transport"), &w.key, b"again").expect("open after a restart").as_slice(), &dk);
     assert_eq!(transport_count(&restarted, "received"), 1);
     // A site that keeps data keys inside the HSM (RFC 5649 KEK): no transport key, the data key
     // itself is wrapped for the sharing key, as before.
@@ -370,6 +370,87 @@ pub fn data_keys_travel_to_a_peer_under_one_transport_key(m: Module) {
     assert_eq!(w.transport, None);
     assert_eq!(restarted.unwrap_shared(&w.key).expect("unwrap").as_slice(), &dk);
     assert_eq!(transport_count(&rfc5649, "made"), 0);
+}
+
+/// The limits of transport keys, reached without waiting: the custodian replaces its key after
+/// `max_uses` seals or at `max_age`; the requester keeps at most `received_per_peer` keys of one
+/// custodian and `received_max` in all, the least recently used going first, and forgets a key
+/// no grant carried for `idle` (each forgotten key is unwrapped again when it comes back).
+pub fn transport_keys_are_replaced_and_forgotten_at_their_limits(m: Module) {
+    use medgate_hsm::TransportLimits;
+    use std::time::Duration;
+    let (send_token, recv_token) = (Token::on(m, "tlsend"), Token::on(m, "tlrecv"));
+    let limits = |l: TransportLimits| HsmOptions { transport: l, ..HsmOptions::default() };
+    let sender = Hsm::open_with(send_token.config(1), send_token.pin(), limits(TransportLimits { max_uses: 2, ..TransportLimits::default() })).expect("open");
+    sender.generate(Role::Kek).expect("kek");
+    sender.generate(Role::Sharing).expect("sender's sharing key");
+    let receiver =
+        Hsm::open_with(recv_token.config(1), recv_token.pin(), limits(TransportLimits { received_per_peer: 2, received_max: 3, ..TransportLimits::default() })).expect("open");
+    receiver.generate(Role::Sharing).expect("sharing");
+    let (_, spki) = receiver.public_key_der(Role::Sharing, None).expect("spki");
+    let (n, e) = medgate_hsm::rsa_spki_parts(&spki).expect("rsa");
+    let dk = [0x5au8; 32];
+    let wrapped = sender.wrap_data_key(&dk).expect("wrap");
+    let seal = |hsm: &Hsm, context: &str| {
+        let w = hsm.share_with_peer(&wrapped, &n, &e, context.as_bytes()).expect("seal");
+        (w.transport.expect("a transport key"), w.key, context.to_owned())
+    };
+
+    // Two seals per key: the third seal comes under a new one.
+    let seals: Vec<_> = (0..3).map(|i| seal(&sender, &format!("uses-{i}"))).collect();
+    assert_eq!(seals[0].0, seals[1].0);
+    assert_ne!(seals[1].0, seals[2].0, "a new transport key after max_uses seals");
+    assert_eq!(transport_count(&sender, "made"), 2);
+    // An hour (here: no time at all) ends a key however little it sealed.
+    drop(sender);
+    let hourly = Hsm::open_with(send_token.config(1), send_token.pin(), limits(TransportLimits { max_age: Duration::ZERO, ..TransportLimits::default() })).expect("open");
+    let (a, b) = (seal(&hourly, "age-0"), seal(&hourly, "age-1"));
+    assert_ne!(a.0, b.0, "a new transport key once max_age has passed");
+    assert_eq!(transport_count(&hourly, "made"), 2);
+
+    // Every seal of `hourly` brings a new transport key: the requester's side of the limits.
+    let received = || transport_count(&receiver, "received");
+    let open = |from: &str, s: &(Vec<u8>, Vec<u8>, String)| {
+        assert_eq!(receiver.open_from_peer(from, &s.0, &s.1, s.2.as_bytes()).expect("open").as_slice(), &dk);
+    };
+    let keys: Vec<_> = (0..4).map(|i| seal(&hourly, &format!("key-{i}"))).collect();
+    let (k0, k1, k2, k3) = (&keys[0], &keys[1], &keys[2], &keys[3]);
+    open("b", k0);
+    open("a", k1);
+    open("a", k2);
+    assert_eq!(received(), 3, "three keys unwrapped");
+    open("a", k2);
+    assert_eq!(received(), 3, "and kept");
+    // A third key from custodian a pushes out a's least recently used (k1), not b's k0, though
+    // k0 is the least recently used of all.
+    open("a", k3);
+    assert_eq!(received(), 4);
+    open("b", k0);
+    assert_eq!(received(), 4, "another custodian's key stays");
+    open("a", k2);
+    assert_eq!(received(), 4, "a's more recently used key stays");
+    open("a", k1);
+    assert_eq!(received(), 5, "a's least recently used key was forgotten and is unwrapped again");
+    // Three in all (now k0, k2, k1, least recently used first): a key from custodian c pushes
+    // out the least recently used of all, b's k0.
+    let k4 = seal(&hourly, "key-4");
+    open("c", &k4);
+    assert_eq!(received(), 6);
+    for (from, k) in [("a", k1), ("a", k2), ("c", &k4)] {
+        open(from, k);
+    }
+    assert_eq!(received(), 6, "the three most recently used stay");
+    open("b", k0);
+    assert_eq!(received(), 7, "the least recently used of all was forgotten");
+    drop(receiver);
+
+    // A key no grant carried for `idle` is destroyed at the next look (here: every call).
+    let forgetful = Hsm::open_with(recv_token.config(1), recv_token.pin(), limits(TransportLimits { idle: Duration::ZERO, sweep_every: Duration::ZERO, ..TransportLimits::default() }))
+        .expect("open");
+    for expected in 1..=2 {
+        assert_eq!(forgetful.open_from_peer("a", &k0.0, &k0.1, k0.2.as_bytes()).expect("open").as_slice(), &dk);
+        assert_eq!(transport_count(&forgetful, "received"), expected, "unwrapped again after it was swept");
+    }
 }
 
 pub fn the_shared_pseudonym_key_imports_once_and_gives_the_same_pseudonyms(m: Module) {

@@ -58,7 +58,7 @@ pub fn module() -> PathBuf {
 pub const LABELS: &[&str] = &[
     "attrs", "sign", "wrap", "rotate", "hmac", "wrongpin", "missing", "pool", "tls", "recovery", "bench", "sharing", "pseudoimport",
     "rewrap", "rotatewhilewrapping", "gcm", "ready", "legacykek", "peer", "peer2", "probe", "errors",
-    "beside", "backupsrc", "backupdst", "card", "tsend", "trecv",
+    "beside", "backupsrc", "backupdst", "card", "tsend", "trecv", "tlsend", "tlrecv",
 ];
 
 fn setup_dir(kind: &str, script: &str, env: &str, conf: &str) -> PathBuf {

@@ -63,9 +63,9 @@ impl Gateway {
         let blob = b64(&grant.shared_key)?;
         let transport = grant.transport_key.as_deref().map(b64).transpose()?;
         let context = transport_context(&custodian, &self.hospital, &record_id);
-        let (hsm, unwrapping) = (self.hsm.clone(), Instant::now());
+        let (hsm, unwrapping, from) = (self.hsm.clone(), Instant::now(), custodian.clone());
         let dk = tokio::task::spawn_blocking(move || match transport {
-            Some(t) => hsm.open_from_peer(&t, &blob, &context),
+            Some(t) => hsm.open_from_peer(&from, &t, &blob, &context),
             None => hsm.unwrap_shared(&blob),
         });
         let dk = dk.await.map_err(GatewayError::internal)?.map_err(|e| match e {
