@@ -233,6 +233,10 @@ fn promtool_accepts_the_metrics_and_the_alert_rules_and_both_name_real_metrics()
     let rules = root.join("medgate-alerts.yml");
     let (ok, out) = run_promtool(&["check", "rules", rules.to_str().unwrap()], "");
     assert!(ok, "promtool check rules:\n{out}");
+    // The rules' own unit tests: which alerts fire on which series (medgate-alerts.test.yml).
+    let cases = root.join("medgate-alerts.test.yml");
+    let (ok, out) = run_promtool(&["test", "rules", cases.to_str().unwrap()], "");
+    assert!(ok && out.contains("SUCCESS"), "promtool test rules:\n{out}");
     // Every medgate_ name the rules and the dashboard use is a metric the gateway serves.
     let served: std::collections::BTreeSet<String> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(|l| l.split(' ').next().unwrap().to_owned()).collect();
     let served_or_part = |name: &str| served.iter().any(|s| name == s || name.strip_prefix(s.as_str()).is_some_and(|r| ["_bucket", "_sum", "_count"].contains(&r)));
