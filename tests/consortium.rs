@@ -554,6 +554,10 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
     let (made, received) = ("medgate_hsm_transport_keys_total{event=\"made\"}", "medgate_hsm_transport_keys_total{event=\"received\"}");
     assert_eq!(c.gws[0].metric(made), Some(1.0), "one transport key at A for B's two reads");
     assert_eq!(c.gws[1].metric(received), Some(1.0), "B unwraps A's transport key once");
+    // A requester that does not offer transport keys (a gateway from before them) gets the data
+    // key wrapped for its sharing key, as before; its read is on the ledger all the same.
+    assert_eq!(read_without_transport_offer(&c.gws[1].site, &c.gws[0].site, &record), letter);
+    assert_eq!(c.gws[0].metric(made), Some(1.0), "no transport key for a requester that did not offer one");
     // Withdrawn: the very next read is refused.
     rt.block_on(async {
         let mut a = c.gws[0].client();
@@ -606,7 +610,7 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
             .collect();
         let granted = reads.iter().filter(|(o, _)| o == "0").count();
         let denied = reads.iter().filter(|(o, _)| o == "4").count();
-        assert_eq!((granted, denied), (3, 3), "{}: {reads:?}", g.site.hospital);
+        assert_eq!((granted, denied), (4, 3), "{}: {reads:?}", g.site.hospital);
         assert!(reads.iter().any(|(_, d)| d.contains("break-glass")), "{reads:?}");
         assert!(!trail["entry"].to_string().contains("C-00077"), "identifier in audit events");
     }
@@ -627,6 +631,38 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
     let (code, out, _) = c.gws[1].medgate(&["audit", "break-glass", "--config", c.gws[1].site.config.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(out.contains("1 break-glass read(s) to review"), "{out}");
+}
+
+/// Reads `record` from `custodian`'s peer listener as `requester`'s gateway did before transport
+/// keys: mutual TLS with the requester's consortium certificate (its key in the requester's
+/// HSM), the read request without the `medgate-transport-key` offer. Checks that the grant
+/// carries no transport key and opens the document with the data key the requester's HSM
+/// unwraps with its sharing key; returns the document.
+fn read_without_transport_offer(requester: &medgate::demo::Site, custodian: &medgate::demo::Site, record: &str) -> Vec<u8> {
+    use medgate_gateway::config::Config;
+    let peer = Config::load(&custodian.config).unwrap().consortium.unwrap().peer_listen.expect("the custodian's peer listener");
+    let consortium = Config::load(&requester.config).unwrap().consortium.unwrap();
+    support::with_softhsm(&requester.softhsm_conf, || {
+        let pin = medgate_hsm::Pin::from_file(&requester.dir.join("hsm-pin")).unwrap();
+        let cfg = medgate_hsm::HsmConfig { module: medgate::demo::SOFTHSM_MODULE.into(), token_label: medgate::demo::TOKEN.into(), pool_size: 1 };
+        let hsm = std::sync::Arc::new(medgate_hsm::Hsm::open(cfg, pin).unwrap());
+        let tls = medgate_gateway::tls::consortium_client(&consortium, &hsm).unwrap();
+        let grant = rt().block_on(async {
+            let mut client = medgate::client::HisClient::new(peer, &peer.ip().to_string(), tls).unwrap();
+            let body = serde_json::json!({"record_id": record, "user": "ab".repeat(32), "role": "physician", "purpose": "TREAT"});
+            let r = client.post_json("/peer/v1/read", &body, &[("content-type", "application/json")]).await.unwrap();
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            r.json()
+        });
+        assert!(grant.get("transport_key").is_none(), "a grant without the offer carries no transport key: {grant}");
+        let field = |name: &str| grant[name].as_str().unwrap_or_else(|| panic!("{name} in {grant}")).to_owned();
+        let wrapped = medgate_ledger::keys::b64_decode(&field("shared_key")).unwrap();
+        assert_eq!(wrapped.len(), 384, "the data key under the RSA-3072 sharing key");
+        let dk = hsm.unwrap_shared(&wrapped).expect("the sharing key unwraps the data key");
+        let doc = medgate_store::vault::open_shared_document(record, &field("content_type"), &field("content_hash"), &dk, &field("doc_nonce"), &field("doc_ct")).unwrap();
+        hsm.shutdown();
+        doc.to_vec()
+    })
 }
 
 #[test]
