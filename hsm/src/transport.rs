@@ -50,9 +50,10 @@ pub struct TransportLimits {
     pub idle: Duration,
     /// How many transport keys the requester keeps at once, over all custodians (default 256).
     pub received_max: usize,
-    /// How many of those may come from one custodian (default 4: the custodian's current key
-    /// per connection to its module, and one it just replaced), so that a custodian that sent a
-    /// new key with every grant would push out only its own.
+    /// How many of those may come from one custodian (default 4: a custodian sends one key
+    /// for this hospital at a time, and a new one each hour, after a restart or a new
+    /// connection to its HSM), so that a custodian that sent a new key with every grant would
+    /// push out only its own.
     pub received_per_peer: usize,
     /// How often unused transport keys are looked for and destroyed (default once a minute).
     pub sweep_every: Duration,
