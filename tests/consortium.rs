@@ -398,13 +398,9 @@ fn forged_batch(gateway: &str) -> Vec<u8> {
 
 /// Signs a batch as `site`'s gateway with its own HSM ledger key (its gateway must be stopped).
 fn sign_as(site: &medgate::demo::Site, seq: u64, entries: Vec<medgate_ledger::Entry>) -> Vec<u8> {
-    support::with_softhsm(&site.softhsm_conf, || {
-        let pin = medgate_hsm::Pin::from_file(&site.dir.join("hsm-pin")).unwrap();
-        let cfg = medgate_hsm::HsmConfig { module: medgate::demo::SOFTHSM_MODULE.into(), token_label: medgate::demo::TOKEN.into(), pool_size: 1 };
-        let hsm = medgate_hsm::Hsm::open(cfg, pin).unwrap();
+    support::with_site_hsm(site, |hsm| {
         let unsigned = medgate_ledger::UnsignedBatch::new(&site.hospital, seq, entries);
         let sig = hsm.sign_digest(medgate_hsm::Role::Ledger, &unsigned.signing_digest()).unwrap();
-        hsm.shutdown();
         unsigned.sign(sig.key_version, &sig.raw).to_bytes()
     })
 }
@@ -642,11 +638,8 @@ fn read_without_transport_offer(requester: &medgate::demo::Site, custodian: &med
     use medgate_gateway::config::Config;
     let peer = Config::load(&custodian.config).unwrap().consortium.unwrap().peer_listen.expect("the custodian's peer listener");
     let consortium = Config::load(&requester.config).unwrap().consortium.unwrap();
-    support::with_softhsm(&requester.softhsm_conf, || {
-        let pin = medgate_hsm::Pin::from_file(&requester.dir.join("hsm-pin")).unwrap();
-        let cfg = medgate_hsm::HsmConfig { module: medgate::demo::SOFTHSM_MODULE.into(), token_label: medgate::demo::TOKEN.into(), pool_size: 1 };
-        let hsm = std::sync::Arc::new(medgate_hsm::Hsm::open(cfg, pin).unwrap());
-        let tls = medgate_gateway::tls::consortium_client(&consortium, &hsm).unwrap();
+    support::with_site_hsm(requester, |hsm| {
+        let tls = medgate_gateway::tls::consortium_client(&consortium, hsm).unwrap();
         let grant = rt().block_on(async {
             let mut client = medgate::client::HisClient::new(peer, &peer.ip().to_string(), tls).unwrap();
             let body = serde_json::json!({"record_id": record, "user": "ab".repeat(32), "role": "physician", "purpose": "TREAT"});
@@ -660,7 +653,6 @@ fn read_without_transport_offer(requester: &medgate::demo::Site, custodian: &med
         assert_eq!(wrapped.len(), 384, "the data key under the RSA-3072 sharing key");
         let dk = hsm.unwrap_shared(&wrapped).expect("the sharing key unwraps the data key");
         let doc = medgate_store::vault::open_shared_document(record, &field("content_type"), &field("content_hash"), &dk, &field("doc_nonce"), &field("doc_ct")).unwrap();
-        hsm.shutdown();
         doc.to_vec()
     })
 }

@@ -14,7 +14,7 @@ use medgate_fhir::{sample_transaction, PatientId};
 use medgate_ledger::{Entry, EntryBody};
 use medgate_store::vault::{StoredRecord, Vault};
 use medgate_store::StoreError;
-use medgate_hsm::{Hsm, HsmConfig, HsmError, Pin, Role};
+use medgate_hsm::{Hsm, HsmError, Role};
 use support::{rt, Gw};
 
 fn patient(n: u32) -> PatientId {
@@ -37,14 +37,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Runs `f` with the site's HSM opened in this process (the gateway must be stopped).
 fn with_hsm<T>(gw: &Gw, f: impl FnOnce(&Hsm) -> T) -> T {
-    support::with_softhsm(&gw.site.softhsm_conf, || {
-        let pin = Pin::from_file(&gw.site.dir.join("hsm-pin")).unwrap();
-        let cfg = HsmConfig { module: medgate::demo::SOFTHSM_MODULE.into(), token_label: medgate::demo::TOKEN.into(), pool_size: 1 };
-        let hsm = Hsm::open(cfg, pin).unwrap();
-        let out = f(&hsm);
-        hsm.shutdown();
-        out
-    })
+    support::with_site_hsm(&gw.site, |hsm| f(hsm))
 }
 
 /// A record as a store holds it (the gateway must be stopped).

@@ -34,6 +34,20 @@ pub fn with_softhsm<T>(conf: &Path, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Runs `f` with `site`'s SoftHSM token opened in this process (a pool of one session, the
+/// site's PIN file), and closes it after. A gateway of the site may be running: the token is
+/// shared, but `f` must then leave its keys as they are.
+pub fn with_site_hsm<T>(site: &Site, f: impl FnOnce(&std::sync::Arc<medgate_hsm::Hsm>) -> T) -> T {
+    with_softhsm(&site.softhsm_conf, || {
+        let pin = medgate_hsm::Pin::from_file(&site.dir.join("hsm-pin")).unwrap();
+        let cfg = medgate_hsm::HsmConfig { module: medgate::demo::SOFTHSM_MODULE.into(), token_label: medgate::demo::TOKEN.into(), pool_size: 1 };
+        let hsm = std::sync::Arc::new(medgate_hsm::Hsm::open(cfg, pin).unwrap());
+        let out = f(&hsm);
+        hsm.shutdown();
+        out
+    })
+}
+
 /// A site with no gateway running (for the officer's commands).
 pub fn site(name: &str) -> (Site, tempfile::TempDir) {
     site_for(name, "hospital-a")
