@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cryptoki::error::RvError;
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki_sys::{CKM_AES_GCM, CKM_AES_KEY_GEN, CKM_RSA_PKCS_OAEP};
@@ -105,29 +105,42 @@ fn aad(context: &[u8]) -> Vec<u8> {
 }
 
 /// The custodian's transport key: sensitive, encrypt only, 32 bytes; extractable until it is
-/// wrapped once for the peer.
-fn made_template() -> Vec<Attribute> {
+/// wrapped once for the peer. Limited to AES-GCM where the module keeps CKA_ALLOWED_MECHANISMS
+/// (`limited`, from the module's profile).
+fn made_template(limited: bool) -> Vec<Attribute> {
     let mut t = session_aes_template(true, true, true, false);
     t.push(Attribute::ValueLen(32.into()));
+    limit_to_gcm(&mut t, limited);
     t
 }
 
-/// The requester's copy: sensitive, never extractable, decrypt only; 32 bytes long where the
-/// module lets the template say so (`with_len`; SoftHSM2 refuses CKA_VALUE_LEN on unwrap).
-fn received_template(with_len: bool) -> Vec<Attribute> {
+/// The requester's copy: sensitive, never extractable, decrypt only, limited to AES-GCM as the
+/// custodian's is; 32 bytes long where the module lets the template say so (`with_len`;
+/// SoftHSM2 refuses CKA_VALUE_LEN on unwrap).
+fn received_template(with_len: bool, limited: bool) -> Vec<Attribute> {
     let mut t = session_aes_template(true, false, false, true);
     if with_len {
         t.push(Attribute::ValueLen(32.into()));
     }
+    limit_to_gcm(&mut t, limited);
     t
+}
+
+/// The one mechanism a transport key is used with.
+const TRANSPORT_MECHANISMS: [MechanismType; 1] = [MechanismType::AES_GCM];
+
+fn limit_to_gcm(t: &mut Vec<Attribute>, limited: bool) {
+    if limited {
+        t.push(Attribute::AllowedMechanisms(TRANSPORT_MECHANISMS.to_vec()));
+    }
 }
 
 /// Makes a transport key for a peer and its RSA blob: C_GenerateKey, C_CreateObject (the peer's
 /// public key), C_WrapKey x2 (cryptoki asks for the length), C_DestroyObject,
 /// C_SetAttributeValue (CKA_EXTRACTABLE to false).
-fn make(hsm: &Hsm, s: &Session, modulus: &[u8], exponent: &[u8]) -> Result<(ObjectHandle, Vec<u8>), Fail> {
+fn make(hsm: &Hsm, s: &Session, ctx: &Ctx, modulus: &[u8], exponent: &[u8]) -> Result<(ObjectHandle, Vec<u8>), Fail> {
     hsm.add_calls(6);
-    let key = s.generate_key(&Mechanism::AesKeyGen, &made_template()).map_err(Fail::with(Role::Sharing, "make a transport key", mechanism_name(CKM_AES_KEY_GEN)))?;
+    let key = s.generate_key(&Mechanism::AesKeyGen, &made_template(ctx.profile.template.allowed_mechanisms.usable())).map_err(Fail::with(Role::Sharing, "make a transport key", mechanism_name(CKM_AES_KEY_GEN)))?;
     let blob = match wrap_for_peer_key(s, modulus, exponent, key, "wrap a transport key for a peer") {
         Ok(b) => b,
         Err(e) => {
@@ -147,7 +160,7 @@ impl Cache {
     /// The custodian's transport key for the peer whose sharing key is `peer`: the current one,
     /// or a new one when there is none, or it has reached [`TransportLimits::max_age`] or
     /// [`TransportLimits::max_uses`].
-    fn outbound(&self, hsm: &Hsm, s: &Session, modulus: &[u8], exponent: &[u8]) -> Result<(ObjectHandle, Vec<u8>), Fail> {
+    fn outbound(&self, hsm: &Hsm, s: &Session, ctx: &Ctx, modulus: &[u8], exponent: &[u8]) -> Result<(ObjectHandle, Vec<u8>), Fail> {
         let limits = hsm.transport_limits();
         self.sweep(hsm, s, &limits);
         let peer = digest(&[modulus, exponent]);
@@ -158,7 +171,7 @@ impl Cache {
                 return Ok((m.key, m.blob.clone()));
             }
         }
-        let (key, blob) = make(hsm, s, modulus, exponent)?;
+        let (key, blob) = make(hsm, s, ctx, modulus, exponent)?;
         hsm.note_transport_key(true);
         let previous = made.get(&peer).map(|m| m.key);
         let gone = made.insert(peer, Made { key, blob: blob.clone(), created: Instant::now(), uses: 1, previous }).and_then(|m| m.previous);
@@ -215,7 +228,7 @@ impl Cache {
         let (_, sharing) = ctx.key(hsm, s, Role::Sharing, None, ObjectClass::PRIVATE_KEY)?;
         let unwrap = |with_len: bool| {
             hsm.add_calls(1);
-            s.unwrap_key(&oaep(), sharing, blob, &received_template(with_len))
+            s.unwrap_key(&oaep(), sharing, blob, &received_template(with_len, ctx.profile.template.allowed_mechanisms.usable()))
         };
         let template_refused = |e: &cryptoki::error::Error| {
             matches!(
@@ -344,7 +357,7 @@ impl Hsm {
             if matches!(ctx.kek_scheme(s, kek, wrapped.kek_version)?, KekScheme::Rfc5649 { .. }) {
                 return Ok(PeerWrap { transport: None, key: rewrap_rsa(self, s, ctx, wrapped, peer_modulus, peer_exponent)? });
             }
-            let (key, transport) = ctx.transport.outbound(self, s, peer_modulus, peer_exponent)?;
+            let (key, transport) = ctx.transport.outbound(self, s, ctx, peer_modulus, peer_exponent)?;
             let value = match unwrap_with_kek(self, s, ctx, wrapped, false)? {
                 Unwrapped::Object(obj) => take_value(self, s, obj)?,
                 Unwrapped::Value(v) => v,
@@ -398,16 +411,24 @@ impl Hsm {
         })
     }
 
-    /// Whether every transport key this HSM made for peers and still holds is sensitive and no
-    /// longer extractable, as read from the module; false while it holds none.
+    /// Whether every transport key this HSM holds, made for peers or received from them, is
+    /// sensitive, no longer extractable and, where the module keeps CKA_ALLOWED_MECHANISMS,
+    /// usable with AES-GCM alone, as read from the module; false while it holds none.
     pub fn transport_keys_locked(&self) -> Result<bool, HsmError> {
         self.run(Op::Admin, 0, true, |s, ctx| {
-            let keys: Vec<ObjectHandle> = ctx.transport.made.lock().unwrap_or_else(|p| p.into_inner()).values().map(|m| m.key).collect();
+            let mut keys: Vec<ObjectHandle> = ctx.transport.made.lock().unwrap_or_else(|p| p.into_inner()).values().map(|m| m.key).collect();
+            keys.extend(ctx.transport.received.lock().unwrap_or_else(|p| p.into_inner()).values().map(|r| r.key));
+            let limited = ctx.profile.template.allowed_mechanisms.usable();
             let mut locked = !keys.is_empty();
             for k in keys {
                 self.add_calls(1);
                 let attrs = s.get_attributes(k, &[AttributeType::Sensitive, AttributeType::Extractable])?;
                 locked &= attrs.contains(&Attribute::Sensitive(true)) && attrs.contains(&Attribute::Extractable(false));
+                if limited {
+                    self.add_calls(1);
+                    let allowed = ctx.raw.allowed_mechanisms(s.handle(), k.handle())?;
+                    locked &= allowed.as_deref() == Some(&[CKM_AES_GCM][..]);
+                }
             }
             Ok(locked)
         })
