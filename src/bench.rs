@@ -181,15 +181,18 @@ async fn levels(opts: &Options, site: &Site, cfg: &Config, hsm: &Arc<Hsm>, runni
                 wraps_per_record: per("wrap"),
                 signs_per_record: per("sign"),
                 hmacs_per_record: per("hmac"),
+                cpu_us_per_record: gw.cpu_us(),
+                null_cpu_us_per_request: null_run.cpu_us(),
                 rss_mib: ceiling::rss_mib(),
                 peak_rss_mib: peak.mib(),
             };
             eprintln!(
-                "medgate bench: c={c} run {run}/{}: {:.0} records/s (p50 {:.2} ms, p99 {:.2} ms), null endpoint {:.0}/s, store {:.0}/s, {:.1} s",
+                "medgate bench: c={c} run {run}/{}: {:.0} records/s (p50 {:.2} ms, p99 {:.2} ms, {} CPU µs each), null endpoint {:.0}/s, store {:.0}/s, {:.1} s",
                 opts.repeat,
                 level.records_per_s,
                 level.p50_ms,
                 level.p99_ms,
+                level.cpu_us_per_record.map_or_else(|| "?".to_owned(), |c| format!("{c:.0}")),
                 level.null_per_s,
                 level.store_per_s,
                 started.elapsed().as_secs_f64()

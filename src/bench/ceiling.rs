@@ -130,6 +130,15 @@ fn status_mib(field: &str) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// CPU time this process has used so far, user and system, on all its threads (getrusage).
+/// Between two readings it is the work a level cost, whatever the machine's other load did to
+/// its rate.
+pub fn cpu_time() -> Option<std::time::Duration> {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).ok()?;
+    let t = |v: nix::sys::time::TimeVal| std::time::Duration::new(v.tv_sec().max(0) as u64, (v.tv_usec().max(0) as u32) * 1000);
+    Some(t(u.user_time()) + t(u.system_time()))
+}
+
 /// Load average over the last minute, as `uptime` prints it.
 pub fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()

@@ -21,12 +21,19 @@ pub struct Run {
     pub latencies: Vec<Duration>,
     /// Wall time from the first request to the last answer.
     pub elapsed: Duration,
+    /// CPU time the process (server and generator) used over the same span, if the kernel said.
+    pub cpu: Option<Duration>,
 }
 
 impl Run {
     /// Answers per second.
     pub fn rate(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// CPU microseconds (all cores) per answer: the process's, server and generator together.
+    pub fn cpu_us(&self) -> Option<f64> {
+        Some(self.cpu?.as_secs_f64() * 1e6 / self.latencies.len().max(1) as f64)
     }
 
     /// The `p` quantile of the latencies, in milliseconds.
@@ -92,6 +99,7 @@ pub async fn drive(target: &Target, records: usize, concurrency: usize, size: us
         clients.push(o.await.map_err(|e| e.to_string())??);
     }
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cpu_before = super::ceiling::cpu_time();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(concurrency);
     for (w, mut client) in clients.into_iter().enumerate() {
@@ -120,6 +128,7 @@ pub async fn drive(target: &Target, records: usize, concurrency: usize, size: us
         latencies.extend(t.await.map_err(|e| e.to_string())??);
     }
     let elapsed = started.elapsed();
+    let cpu = super::ceiling::cpu_time().zip(cpu_before).map(|(a, b)| a.saturating_sub(b));
     latencies.sort();
-    Ok(Run { latencies, elapsed })
+    Ok(Run { latencies, elapsed, cpu })
 }

@@ -29,6 +29,11 @@ pub struct Level {
     pub wraps_per_record: f64,
     pub signs_per_record: f64,
     pub hmacs_per_record: f64,
+    /// CPU microseconds per record over the level, all cores, the gateway and the generator
+    /// together (the HSM module is a library of this process and counts too).
+    pub cpu_us_per_record: Option<f64>,
+    /// The same for the null endpoint's requests: the generator, TLS and HTTP alone.
+    pub null_cpu_us_per_request: Option<f64>,
     /// Resident memory of the process (gateway and generator) after the level, MiB.
     pub rss_mib: Option<f64>,
     /// The most the process had resident while the gateway was under the level's load, MiB
@@ -45,6 +50,18 @@ impl Level {
         } else {
             0.0
         }
+    }
+}
+
+impl Level {
+    /// What the gateway adds per record to TLS, HTTP and the generator (CPU µs).
+    pub fn own_cpu_us(&self) -> Option<f64> {
+        Some(self.cpu_us_per_record? - self.null_cpu_us_per_request?)
+    }
+
+    /// The records/s that `cores` fully busy would allow at this CPU cost per record.
+    pub fn cpu_bound_per_s(&self, cores: usize) -> Option<f64> {
+        self.cpu_us_per_record.filter(|c| *c > 0.0).map(|c| cores as f64 * 1e6 / c)
     }
 }
 
@@ -129,6 +146,22 @@ impl Report {
                 l.entries_per_batch(),
                 l.rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
                 l.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
+            );
+        }
+        println!("CPU per record, all cores, this process (gateway, HSM module and generator; the null endpoint: generator, TLS and HTTP alone):");
+        println!("{:>5} {:>3} {:>10} {:>10} {:>10} | {:>14} {:>9}", "conc", "run", "µs/record", "null µs", "gateway µs", "cores allow/s", "×allowed");
+        for l in &self.levels {
+            let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
+            let allowed = l.cpu_bound_per_s(self.cores);
+            println!(
+                "{:>5} {:>3} {:>10} {:>10} {:>10} | {:>14} {:>9}",
+                l.concurrency,
+                l.run,
+                us(l.cpu_us_per_record),
+                us(l.null_cpu_us_per_request),
+                us(l.own_cpu_us()),
+                opt(allowed),
+                ratio(l.records_per_s, allowed)
             );
         }
         println!("load average after the run: {}", self.load_after.map_or("?".into(), |l| format!("{l:.2}")));
