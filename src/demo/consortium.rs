@@ -154,7 +154,48 @@ struct Consortium {
     children: Vec<Child>,
 }
 
+/// CPU time used so far by the consortium's processes on this machine.
+#[derive(Debug, Clone)]
+struct CpuUse {
+    /// Each hospital's gateway, in [`HOSPITALS`] order.
+    gateways: Vec<Option<Duration>>,
+    /// The three etcd members together.
+    etcd: Option<Duration>,
+    /// This process: the load generator (and the bench's HIS clients).
+    generator: Option<Duration>,
+}
+
+/// CPU microseconds per record of each part of [`CpuUse`], and of all of them.
+#[derive(Debug, Clone)]
+struct CpuPerRecord {
+    gateways: Vec<Option<f64>>,
+    etcd: Option<f64>,
+    generator: Option<f64>,
+    all: Option<f64>,
+}
+
+impl CpuUse {
+    /// Microseconds per record of each part between `before` and `self`, and in all.
+    fn per_record(&self, before: &CpuUse, records: usize) -> CpuPerRecord {
+        let us = |a: Option<Duration>, b: Option<Duration>| Some(a?.saturating_sub(b?).as_secs_f64() * 1e6 / records.max(1) as f64);
+        let gateways: Vec<Option<f64>> = self.gateways.iter().zip(&before.gateways).map(|(a, b)| us(*a, *b)).collect();
+        let (etcd, generator) = (us(self.etcd, before.etcd), us(self.generator, before.generator));
+        let all = gateways.iter().copied().chain([etcd, generator]).sum::<Option<f64>>();
+        CpuPerRecord { gateways, etcd, generator, all }
+    }
+}
+
 impl Consortium {
+    /// What each process has used of the CPU so far (`/proc`, getrusage for this one).
+    fn cpu(&self) -> CpuUse {
+        let of = crate::bench::ceiling::process_cpu_time;
+        CpuUse {
+            gateways: self.children.iter().map(|c| of(c.id())).collect(),
+            etcd: self.etcd.children.iter().map(|c| of(c.id())).sum(),
+            generator: crate::bench::ceiling::cpu_time(),
+        }
+    }
+
     fn stop(&mut self) {
         for c in &mut self.children {
             let _ = stop_child(c);
@@ -394,9 +435,11 @@ async fn open_clients(site: &Site, n: usize) -> Result<Vec<HisClient>, Failure> 
 
 /// `records` 4 KiB documents stored at `a` by `concurrency` HIS clients (connected first, drawing
 /// from one count); prints the rate and latencies and returns the record ids.
-async fn bench_ingest(a: &Site, patient: &PatientId, records: usize, concurrency: usize) -> Result<(Vec<String>, f64), Failure> {
+async fn bench_ingest(c: &Consortium, patient: &PatientId, records: usize, concurrency: usize) -> Result<(Vec<String>, f64), Failure> {
+    let a = &c.sites[0];
     let clients = open_clients(a, concurrency).await?;
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = c.cpu();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (w, mut his) in clients.into_iter().enumerate() {
@@ -424,6 +467,7 @@ async fn bench_ingest(a: &Site, patient: &PatientId, records: usize, concurrency
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = c.cpu().per_record(&cpu_before, lat.len());
     lat.sort();
     let rate = lat.len() as f64 / secs;
     println!(
@@ -432,7 +476,25 @@ async fn bench_ingest(a: &Site, patient: &PatientId, records: usize, concurrency
         percentile(&lat, 0.99),
         lat.len()
     );
+    print_cpu(&cpu, rate);
     Ok((ids, rate))
+}
+
+/// Where the machine's CPU went per record of the ingest, and the rate all cores would allow
+/// at that cost.
+fn print_cpu(CpuPerRecord { gateways, etcd, generator, all }: &CpuPerRecord, rate: f64) {
+    let us = |v: &Option<f64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v:.0}"));
+    let names = HOSPITALS.iter().zip(gateways).map(|(h, g)| format!("{h} {}", us(g))).collect::<Vec<_>>().join(", ");
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let allowed = all.filter(|a| *a > 0.0).map(|a| cores as f64 * 1e6 / a);
+    println!(
+        "  CPU per record, µs over all cores: gateways {names}; etcd (3 members) {}; load generator {}; in all {}: {cores} cores allow {} records/s (ingest ran at {})",
+        us(etcd),
+        us(generator),
+        us(all),
+        allowed.map_or_else(|| "?".to_owned(), |a| format!("{a:.0}")),
+        allowed.map_or_else(|| "?".to_owned(), |a| format!("{:.2} of that", rate / a)),
+    );
 }
 
 async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result<(), Failure> {
@@ -456,7 +518,7 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
     );
     let a = &c.sites[0];
     let patient = PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: "bench-patient".into() };
-    let (ids, rate) = bench_ingest(a, &patient, records, concurrency).await?;
+    let (ids, rate) = bench_ingest(c, &patient, records, concurrency).await?;
     println!("consortium ingest / etcd raw put in this run: {:.2}", rate / raw.max(1e-9));
     // The patient consents to B; B reads A's records one after another.
     let mut his_a = client(a, "bench", "physician", "TREAT")?;
