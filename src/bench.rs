@@ -11,7 +11,7 @@
 //! client certificate floods while another works ([`flood`]). With `--scale`, it measures how
 //! search, audit, `ledger verify` and memory grow with the ledger ([`scale`]).
 
-pub(crate) mod ceiling;
+mod ceiling;
 pub mod child;
 mod flood;
 mod load;

@@ -11,6 +11,7 @@ pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cpu;
 pub mod daemon;
 pub mod demo;
 mod doctor;

@@ -99,7 +99,7 @@ pub async fn drive(target: &Target, records: usize, concurrency: usize, size: us
         clients.push(o.await.map_err(|e| e.to_string())??);
     }
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let cpu_before = super::ceiling::cpu_time();
+    let cpu_before = crate::cpu::this_process();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(concurrency);
     for (w, mut client) in clients.into_iter().enumerate() {
@@ -128,7 +128,7 @@ pub async fn drive(target: &Target, records: usize, concurrency: usize, size: us
         latencies.extend(t.await.map_err(|e| e.to_string())??);
     }
     let elapsed = started.elapsed();
-    let cpu = super::ceiling::cpu_time().zip(cpu_before).map(|(a, b)| a.saturating_sub(b));
+    let cpu = crate::cpu::this_process().zip(cpu_before).map(|(a, b)| a.saturating_sub(b));
     latencies.sort();
     Ok(Run { latencies, elapsed, cpu })
 }

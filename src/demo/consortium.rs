@@ -188,11 +188,11 @@ impl CpuUse {
 impl Consortium {
     /// What each process has used of the CPU so far (`/proc`, getrusage for this one).
     fn cpu(&self) -> CpuUse {
-        let of = crate::bench::ceiling::process_cpu_time;
+        let of = crate::cpu::of_process;
         CpuUse {
             gateways: self.children.iter().map(|c| of(c.id())).collect(),
             etcd: self.etcd.children.iter().map(|c| of(c.id())).sum(),
-            generator: crate::bench::ceiling::cpu_time(),
+            generator: crate::cpu::this_process(),
         }
     }
 
