@@ -5,18 +5,11 @@
 
 #![allow(clippy::unwrap_used, reason = "test")]
 
-use std::process::Command;
+mod support;
 
 #[test]
 fn every_level_reports_its_rate_its_ceilings_and_its_cpu_per_record() {
-    let out = Command::new(env!("CARGO_BIN_EXE_medgate"))
-        .args(["bench", "--records", "30", "--concurrency", "1,4", "--ceiling-seconds", "0.05", "--json"])
-        .env_remove("MEDGATE_LOG")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed: {stderr}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let (report, stderr) = support::bench_report(&["--records", "30", "--concurrency", "1,4", "--ceiling-seconds", "0.05"]);
     assert!(report["wrap_ceiling"].as_f64().is_some_and(|r| r > 0.0), "{report}");
     let levels = report["levels"].as_array().unwrap();
     assert_eq!(levels.iter().map(|l| l["concurrency"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 4]);

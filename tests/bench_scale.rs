@@ -6,18 +6,11 @@
 
 #![allow(clippy::unwrap_used, reason = "test")]
 
-use std::process::Command;
+mod support;
 
 #[test]
 fn bulk_written_ledger_verifies_and_its_indexes_answer() {
-    let out = Command::new(env!("CARGO_BIN_EXE_medgate"))
-        .args(["bench", "--scale", "1500,4000", "--scale-documents", "12", "--size", "512", "--json"])
-        .env_remove("MEDGATE_LOG")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench --scale failed: {stderr}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let (report, _) = support::bench_report(&["--scale", "1500,4000", "--scale-documents", "12", "--size", "512"]);
     let steps = report["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 2);
     let walks = report["search_walks"].as_u64().unwrap();

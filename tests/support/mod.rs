@@ -300,3 +300,13 @@ fn wait_store_unlocked(dir: &Path) {
         }
     }
 }
+
+/// Runs `medgate bench ARGS --json` (logs at their default) and returns its report and its
+/// standard error; a failed run fails the test with what it said.
+pub fn bench_report(args: &[&str]) -> (serde_json::Value, String) {
+    let out = Command::new(exe()).arg("bench").args(args).arg("--json").env_remove("MEDGATE_LOG").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "medgate bench {args:?} failed: {stderr}");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    (report, stderr)
+}
