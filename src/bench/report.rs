@@ -51,9 +51,7 @@ impl Level {
             0.0
         }
     }
-}
 
-impl Level {
     /// What the gateway adds per record to TLS, HTTP and the generator (CPU µs).
     pub fn own_cpu_us(&self) -> Option<f64> {
         Some(self.cpu_us_per_record? - self.null_cpu_us_per_request?)
