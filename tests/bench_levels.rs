@@ -1,5 +1,5 @@
 //! `medgate bench` on a small load: its JSON report carries, for every level, the rate, the
-//! latencies, the same-run ceilings and the CPU each record cost, and the figures agree with
+//! same-run ceilings and the CPU each record cost, and the figures agree with
 //! what one ITI-65 request is (two data keys wrapped, one per DocumentReference and
 //! SubmissionSet). No speed is asserted.
 
@@ -16,7 +16,6 @@ fn every_level_reports_its_rate_its_ceilings_and_its_cpu_per_record() {
     for l in levels {
         let f = |k: &str| l[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {l}"));
         assert!(f("records_per_s") > 0.0 && f("null_per_s") > 0.0 && f("store_per_s") > 0.0, "{l}");
-        assert!(f("p50_ms") <= f("p99_ms"), "{l}");
         assert_eq!(f("wraps_per_record"), 2.0, "a data key for the document and one for its SubmissionSet: {l}");
         // getrusage over the level: the gateway's records cost more CPU than the null
         // endpoint's empty answers, which still cost the generator, TLS and HTTP something.
