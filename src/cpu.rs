@@ -19,6 +19,17 @@ pub fn of_process(pid: u32) -> Option<std::time::Duration> {
     Some(std::time::Duration::from_millis((ticks(14)? + ticks(15)?) * 10))
 }
 
+/// CPU microseconds per unit of work: `cpu` spent on `count` of them.
+pub fn us_per(cpu: std::time::Duration, count: usize) -> f64 {
+    cpu.as_secs_f64() * 1e6 / count.max(1) as f64
+}
+
+/// The units of work per second that `cores` fully busy would allow at `us` CPU microseconds
+/// each; None for a cost not above 0.
+pub fn rate_allowed(cores: usize, us: f64) -> Option<f64> {
+    (us > 0.0).then(|| cores as f64 * 1e6 / us)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {

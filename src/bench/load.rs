@@ -33,7 +33,7 @@ impl Run {
 
     /// CPU microseconds (all cores) per answer: the process's, server and generator together.
     pub fn cpu_us(&self) -> Option<f64> {
-        Some(self.cpu?.as_secs_f64() * 1e6 / self.latencies.len().max(1) as f64)
+        Some(crate::cpu::us_per(self.cpu?, self.latencies.len()))
     }
 
     /// The `p` quantile of the latencies, in milliseconds.

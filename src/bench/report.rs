@@ -59,7 +59,7 @@ impl Level {
 
     /// The records/s that `cores` fully busy would allow at this CPU cost per record.
     pub fn cpu_bound_per_s(&self, cores: usize) -> Option<f64> {
-        self.cpu_us_per_record.filter(|c| *c > 0.0).map(|c| cores as f64 * 1e6 / c)
+        crate::cpu::rate_allowed(cores, self.cpu_us_per_record?)
     }
 }
 

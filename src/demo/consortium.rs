@@ -177,7 +177,7 @@ struct CpuPerRecord {
 impl CpuUse {
     /// Microseconds per record of each part between `before` and `self`, and in all.
     fn per_record(&self, before: &CpuUse, records: usize) -> CpuPerRecord {
-        let us = |a: Option<Duration>, b: Option<Duration>| Some(a?.saturating_sub(b?).as_secs_f64() * 1e6 / records.max(1) as f64);
+        let us = |a: Option<Duration>, b: Option<Duration>| Some(crate::cpu::us_per(a?.saturating_sub(b?), records));
         let gateways: Vec<Option<f64>> = self.gateways.iter().zip(&before.gateways).map(|(a, b)| us(*a, *b)).collect();
         let (etcd, generator) = (us(self.etcd, before.etcd), us(self.generator, before.generator));
         let all = gateways.iter().copied().chain([etcd, generator]).sum::<Option<f64>>();
@@ -486,7 +486,7 @@ fn print_cpu(CpuPerRecord { gateways, etcd, generator, all }: &CpuPerRecord, rat
     let us = |v: &Option<f64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v:.0}"));
     let names = HOSPITALS.iter().zip(gateways).map(|(h, g)| format!("{h} {}", us(g))).collect::<Vec<_>>().join(", ");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let allowed = all.filter(|a| *a > 0.0).map(|a| cores as f64 * 1e6 / a);
+    let allowed = all.and_then(|a| crate::cpu::rate_allowed(cores, a));
     println!(
         "  CPU per record, µs over all cores: gateways {names}; etcd (3 members) {}; load generator {}; in all {}: {cores} cores allow {} records/s (ingest ran at {})",
         us(etcd),
