@@ -118,6 +118,7 @@ pub fn run(opts: &Options) -> Result<(), Failure> {
         levels: Vec::new(),
         shred: None,
         prefilled: opts.prefill,
+        same_round: Vec::new(),
     };
     let result = rt.block_on(async {
         if opts.prefill > 0 {
@@ -136,6 +137,7 @@ pub fn run(opts: &Options) -> Result<(), Failure> {
     hsm.shutdown();
     result?;
     report.load_after = ceiling::load_average();
+    report.compare_rounds();
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report).map_err(rt_err)?);
     } else {
@@ -148,15 +150,18 @@ pub fn run(opts: &Options) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Every level, `repeat` times: the null endpoint, the store ceiling, then the gateway.
+/// `repeat` rounds of every level (each level: the null endpoint, the store ceiling, then the
+/// gateway). Rounds rather than each level's runs in a row, so that the machine's drift over the
+/// run (a loaded host, a throttled core) touches every level alike and two levels of one round
+/// can be compared with each other.
 async fn levels(opts: &Options, site: &Site, cfg: &Config, hsm: &Arc<Hsm>, running: &Running, report: &mut Report) -> Result<(), Failure> {
     let files = TlsFiles::from_config(cfg);
     let null = NullEndpoint::start(medgate_gateway::tls::server_config(hsm, &files).map_err(rt_err)?).await.map_err(Failure::runtime)?;
     let tls = site.his_tls()?;
     let gateway = Target { addr: site.his_addr, tls: tls.clone() };
     let null_target = Target { addr: null.addr, tls };
-    for &c in &opts.levels {
-        for run in 1..=opts.repeat {
+    for run in 1..=opts.repeat {
+        for &c in &opts.levels {
             let null_run = load::drive(&null_target, opts.records, c, opts.size, 201).await.map_err(Failure::runtime)?;
             let group = c.min(cfg.ledger.batch_max_entries).max(1);
             let store = child::store_ceiling(&site.dir, sealed_record_bytes(opts.size), group, opts.ceiling_seconds).await?;

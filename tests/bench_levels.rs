@@ -1,7 +1,8 @@
 //! `medgate bench` on a small load: its JSON report carries, for every level, the rate, the
 //! same-run ceilings and the CPU each record cost, and the figures agree with
 //! what one ITI-65 request is (two data keys wrapped, one per DocumentReference and
-//! SubmissionSet). No speed is asserted.
+//! SubmissionSet); repeated runs come in rounds of all the levels, each level compared with the
+//! one before it in the same round. No speed is asserted.
 
 #![allow(clippy::unwrap_used, reason = "test")]
 
@@ -9,10 +10,11 @@ mod support;
 
 #[test]
 fn every_level_reports_its_rate_its_ceilings_and_its_cpu_per_record() {
-    let (report, stderr) = support::bench_report(&["--records", "30", "--concurrency", "1,4", "--ceiling-seconds", "0.05"]);
+    let (report, stderr) = support::bench_report(&["--records", "30", "--concurrency", "1,4", "--repeat", "2", "--ceiling-seconds", "0.05"]);
     assert!(report["wrap_ceiling"].as_f64().is_some_and(|r| r > 0.0), "{report}");
     let levels = report["levels"].as_array().unwrap();
-    assert_eq!(levels.iter().map(|l| l["concurrency"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 4]);
+    let order: Vec<(u64, u64)> = levels.iter().map(|l| (l["run"].as_u64().unwrap(), l["concurrency"].as_u64().unwrap())).collect();
+    assert_eq!(order, [(1, 1), (1, 4), (2, 1), (2, 4)], "rounds of all the levels");
     for l in levels {
         let f = |k: &str| l[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {l}"));
         assert!(f("records_per_s") > 0.0 && f("null_per_s") > 0.0 && f("store_per_s") > 0.0, "{l}");
@@ -22,6 +24,14 @@ fn every_level_reports_its_rate_its_ceilings_and_its_cpu_per_record() {
         assert!(f("null_cpu_us_per_request") > 0.0, "{l}");
         assert!(f("cpu_us_per_record") > f("null_cpu_us_per_request"), "{l}");
     }
-    // A progress line per level on standard error, with its CPU per record.
-    assert_eq!(stderr.matches("CPU µs each").count(), 2, "{stderr}");
+    // c=4 against c=1, round by round, from the levels' own figures.
+    let rate = |i: usize| levels[i]["records_per_s"].as_f64().unwrap();
+    let same = &report["same_round"].as_array().unwrap()[..];
+    assert_eq!(same.len(), 1, "{report}");
+    assert_eq!((same[0]["concurrency"].as_u64(), same[0]["before"].as_u64()), (Some(4), Some(1)));
+    let ratios: Vec<f64> = same[0]["rate_ratios"].as_array().unwrap().iter().map(|r| r.as_f64().unwrap()).collect();
+    assert_eq!(ratios, [rate(1) / rate(0), rate(3) / rate(2)]);
+    assert_eq!(same[0]["cpu_ratios"].as_array().unwrap().len(), 2, "{report}");
+    // A progress line per level and run on standard error, with its CPU per record.
+    assert_eq!(stderr.matches("CPU µs each").count(), 4, "{stderr}");
 }

@@ -86,6 +86,35 @@ pub struct Report {
     pub shred: Option<serde_json::Value>,
     /// Records in the vault before the first level (`--prefill`).
     pub prefilled: usize,
+    /// Each level against the one before it in the same round (see [`Report::compare_rounds`]).
+    pub same_round: Vec<SameRound>,
+}
+
+/// One level against the level run just before it in the same round, for every round in which
+/// both ran: the machine's drift over the whole run mostly cancels out of these ratios, which
+/// the levels' own figures carry in full.
+#[derive(Debug, Clone, Serialize)]
+pub struct SameRound {
+    pub concurrency: usize,
+    pub before: usize,
+    /// records/s of the level over records/s of the one before, one per round.
+    pub rate_ratios: Vec<f64>,
+    /// CPU µs per record of the level over that of the one before, one per round (rounds
+    /// without a reading left out).
+    pub cpu_ratios: Vec<f64>,
+}
+
+impl SameRound {
+    /// The middle of the rate ratios (the mean of the middle two for an even count).
+    pub fn median_rate_ratio(&self) -> Option<f64> {
+        let mut r = self.rate_ratios.clone();
+        r.sort_by(f64::total_cmp);
+        match r.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(r[n / 2]),
+            n => Some((r[n / 2 - 1] + r[n / 2]) / 2.0),
+        }
+    }
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -100,6 +129,31 @@ fn ratio(a: f64, b: Option<f64>) -> String {
 }
 
 impl Report {
+    /// Fills [`Report::same_round`] from the levels: each level after the first against the one
+    /// listed before it, round by round.
+    pub fn compare_rounds(&mut self) {
+        let mut order: Vec<usize> = Vec::new();
+        for l in &self.levels {
+            if !order.contains(&l.concurrency) {
+                order.push(l.concurrency);
+            }
+        }
+        let find = |c: usize, run: usize| self.levels.iter().find(|l| l.concurrency == c && l.run == run);
+        self.same_round = order
+            .windows(2)
+            .map(|w| {
+                let (before, c) = (w[0], w[1]);
+                let pairs: Vec<(&Level, &Level)> = self.levels.iter().filter(|l| l.concurrency == c).filter_map(|l| Some((find(before, l.run)?, l))).collect();
+                SameRound {
+                    concurrency: c,
+                    before,
+                    rate_ratios: pairs.iter().filter(|(b, _)| b.records_per_s > 0.0).map(|(b, l)| l.records_per_s / b.records_per_s).collect(),
+                    cpu_ratios: pairs.iter().filter_map(|(b, l)| Some(l.cpu_us_per_record? / b.cpu_us_per_record.filter(|v| *v > 0.0)?)).collect(),
+                }
+            })
+            .collect();
+    }
+
     /// The table for people.
     pub fn print_table(&self) {
         println!(
@@ -162,6 +216,20 @@ impl Report {
                 ratio(l.records_per_s, allowed)
             );
         }
+        if !self.same_round.is_empty() {
+            println!("each level against the one before it, in the same round (records/s ratio; CPU µs per record ratio):");
+            let list = |v: &[f64]| v.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" ");
+            for p in &self.same_round {
+                println!(
+                    "  c={} / c={}: {} (median {}); CPU per record {}",
+                    p.concurrency,
+                    p.before,
+                    list(&p.rate_ratios),
+                    p.median_rate_ratio().map_or_else(|| "-".to_owned(), |m| format!("{m:.2}")),
+                    list(&p.cpu_ratios)
+                );
+            }
+        }
         println!("load average after the run: {}", self.load_after.map_or("?".into(), |l| format!("{l:.2}")));
     }
 
@@ -218,5 +286,77 @@ impl Report {
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw().map_err(|x| e(&x))?;
         root.present().map_err(|x| e(&x))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(concurrency: usize, run: usize, records_per_s: f64, cpu: Option<f64>) -> Level {
+        Level {
+            concurrency,
+            run,
+            records_per_s,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+            null_per_s: 10_000.0,
+            null_p99_ms: 1.0,
+            store_per_s: 20_000.0,
+            store_group: 64,
+            pkcs11_calls_per_record: 2.0,
+            wraps_per_record: 2.0,
+            signs_per_record: 0.05,
+            hmacs_per_record: 0.0,
+            cpu_us_per_record: cpu,
+            null_cpu_us_per_request: Some(80.0),
+            rss_mib: None,
+            peak_rss_mib: None,
+        }
+    }
+
+    fn report(levels: Vec<Level>) -> Report {
+        Report {
+            date: String::new(),
+            cores: 2,
+            load_before: None,
+            load_after: None,
+            records_per_level: 100,
+            document_bytes: 4096,
+            batch_max_entries: 64,
+            hsm_pool: 4,
+            kek_scheme: "aes_gcm".into(),
+            hsm: HsmCeilings { rows: Vec::new() },
+            wrap_ceiling: None,
+            levels,
+            shred: None,
+            prefilled: 0,
+            same_round: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn levels_are_compared_within_their_round_only() {
+        // Round 2 ran on a machine twice as fast: its ratios are the same as round 1's.
+        let mut r = report(vec![
+            level(64, 1, 1000.0, Some(1000.0)),
+            level(256, 1, 900.0, Some(1100.0)),
+            level(1024, 1, 450.0, None),
+            level(64, 2, 2000.0, Some(500.0)),
+            level(256, 2, 2200.0, Some(450.0)),
+            level(64, 3, 1500.0, Some(700.0)),
+        ]);
+        r.compare_rounds();
+        assert_eq!(r.same_round.len(), 2);
+        let p = &r.same_round[0];
+        assert_eq!((p.concurrency, p.before), (256, 64));
+        assert_eq!(p.rate_ratios, vec![0.9, 1.1], "round 3 has no c=256 and is left out");
+        assert_eq!(p.cpu_ratios, vec![1.1, 0.9]);
+        assert!((p.median_rate_ratio().unwrap() - 1.0).abs() < 1e-12);
+        let q = &r.same_round[1];
+        assert_eq!((q.concurrency, q.before), (1024, 256));
+        assert_eq!(q.rate_ratios, vec![0.5]);
+        assert!(q.cpu_ratios.is_empty(), "no CPU reading, no CPU ratio");
+        assert_eq!(q.median_rate_ratio(), Some(0.5));
     }
 }
