@@ -61,8 +61,13 @@ pub const LABELS: &[&str] = &[
     "beside", "backupsrc", "backupdst", "card", "tsend", "trecv", "tlsend", "tlrecv",
 ];
 
+/// The token directory outlives the tests (a static is never dropped), so it is named after the
+/// test process; each new process removes those of processes that have ended. At most the last
+/// run's directories stay behind, instead of one per test binary and run.
 fn setup_dir(kind: &str, script: &str, env: &str, conf: &str) -> PathBuf {
-    let dir = tempfile::Builder::new().prefix(&format!("medgate-{kind}-test")).tempdir().expect("tempdir").keep();
+    let prefix = format!("medgate-{kind}-test-");
+    remove_abandoned(&prefix);
+    let dir = tempfile::Builder::new().prefix(&format!("{prefix}{}-", std::process::id())).tempdir().expect("tempdir").keep();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
     for label in LABELS {
         let out = Command::new(&script).arg(&dir).arg(label).output().expect("run the token setup script");
@@ -70,6 +75,20 @@ fn setup_dir(kind: &str, script: &str, env: &str, conf: &str) -> PathBuf {
     }
     std::env::set_var(env, dir.join(conf));
     dir
+}
+
+/// Removes the token directories `<prefix><pid>-...` of test processes that no longer run.
+fn remove_abandoned(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)).and_then(|rest| rest.split('-').next()?.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn softhsm_dir() -> &'static Path {
