@@ -533,9 +533,15 @@ fn a_record_is_shared_only_under_consent_and_every_access_is_on_every_ledger() {
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
         r.json()["id"].as_str().unwrap().to_owned()
     });
+    let writer_steps = |step: &str| c.gws[0].metric(&format!("medgate_ledger_step_seconds_count{{step=\"{step}\"}}")).unwrap_or(0.0);
+    let before: Vec<f64> = ["sign", "submit", "flush"].map(writer_steps).to_vec();
     let r = read_at_b("TREAT", "physician");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.body.as_ref(), letter.as_slice(), "B must get the exact bytes");
+    // A's access entry: its batch signed, submitted to etcd and its outbox row flushed, each
+    // step timed by A's ledger writer.
+    let after: Vec<f64> = ["sign", "submit", "flush"].map(writer_steps).to_vec();
+    assert!(before.iter().zip(&after).all(|(b, a)| a > b), "sign, submit, flush at A: {before:?} then {after:?}");
     assert_eq!(r.headers["content-type"], "application/pdf");
     // The one granted read is timed step by step on both sides; the refused ones are not.
     for (g, step) in [(&c.gws[1], "custodian"), (&c.gws[1], "unwrap"), (&c.gws[0], "access_entry"), (&c.gws[0], "rewrap")] {

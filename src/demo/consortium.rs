@@ -540,6 +540,7 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
     let mut reads = Vec::new();
     let n = ids.len().min(SEQUENTIAL_READS);
     let steps_before = (read_steps(a)?, read_steps(b)?);
+    let writer_before = histogram_steps(a, "medgate_ledger_step_seconds")?;
     for id in ids.iter().take(n) {
         let t = Instant::now();
         let r = his_b.get(&format!("/Binary/{id}")).await.map_err(Failure::runtime)?;
@@ -554,6 +555,7 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         reads.len()
     );
     let (at_a, at_b) = (read_steps(a)?, read_steps(b)?);
+    let writer_at_a = histogram_steps(a, "medgate_ledger_step_seconds")?;
     let mean = |now: &BTreeMap<String, (f64, f64)>, before: &BTreeMap<String, (f64, f64)>, step: &str| {
         let ((s1, c1), (s0, c0)) = (now.get(step).copied().unwrap_or_default(), before.get(step).copied().unwrap_or_default());
         if c1 > c0 {
@@ -568,6 +570,12 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         mean(&at_a, &steps_before.0, "access_entry"),
         mean(&at_a, &steps_before.0, "rewrap"),
         mean(&at_b, &steps_before.1, "unwrap"),
+    );
+    println!(
+        "  A's ledger writer meanwhile, mean ms (medgate_ledger_step_seconds): a batch signed and checked {:.2}, etcd's transaction until it holds the batch {:.2}, a flush {:.2}",
+        mean(&writer_at_a, &writer_before, "sign"),
+        mean(&writer_at_a, &writer_before, "submit"),
+        mean(&writer_at_a, &writer_before, "flush"),
     );
     let count = |v: Option<f64>| v.map_or_else(|| "none".to_owned(), |n| format!("{n}"));
     println!(
@@ -585,12 +593,18 @@ fn metric(site: &Site, prefix: &str) -> Result<Option<f64>, Failure> {
     Ok(text.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse::<f64>().ok()))
 }
 
-/// (sum in seconds, count) of each step of `medgate_peer_read_step_seconds` on `site`'s metrics.
+/// (sum in seconds, count) of each step of a cross-hospital read on `site`.
 fn read_steps(site: &Site) -> Result<BTreeMap<String, (f64, f64)>, Failure> {
+    histogram_steps(site, "medgate_peer_read_step_seconds")
+}
+
+/// (sum in seconds, count) of each `step` of histogram `family` on `site`'s metrics.
+fn histogram_steps(site: &Site, family: &str) -> Result<BTreeMap<String, (f64, f64)>, Failure> {
     let text = admin_get(site.admin_addr, "/metrics").map_err(Failure::runtime)?.1;
+    let prefix = format!("{family}_");
     let mut steps: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("medgate_peer_read_step_seconds_") else { continue };
+        let Some(rest) = line.strip_prefix(prefix.as_str()) else { continue };
         let Some((kind, rest)) = rest.split_once("{step=\"") else { continue };
         let Some((step, value)) = rest.split_once("\"} ") else { continue };
         let Ok(v) = value.trim().parse::<f64>() else { continue };

@@ -1,5 +1,6 @@
 //! Prometheus text metrics, kept in process: request counts by route and status, latency
-//! histograms by route and by step of a cross-hospital read, event counters, plus families
+//! histograms by route, by step of a cross-hospital read and by step of the ledger writer,
+//! event counters, plus families
 //! read at scrape time: counters kept
 //! elsewhere (the HSM's), and gauges (ledger height, outbox, certificate and CRL expiry, the
 //! last reload). Every family is typed as what it is, so `promtool check metrics` accepts the
@@ -59,6 +60,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     steps: Mutex<BTreeMap<String, Histogram>>,
+    ledger_steps: Mutex<BTreeMap<String, Histogram>>,
     events: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -105,6 +107,15 @@ impl Metrics {
         let steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
         render_histograms(&mut out, "medgate_peer_read_step_seconds", "Steps of granted cross-hospital reads, at the requester and at the custodian.", "step", &steps);
         drop(steps);
+        let ledger_steps = self.ledger_steps.lock().unwrap_or_else(|p| p.into_inner());
+        render_histograms(
+            &mut out,
+            "medgate_ledger_step_seconds",
+            "Steps of the ledger writer: sign (a batch's HSM signature and its check), submit (until the ordering service holds a batch), flush (the store's flush of a group).",
+            "step",
+            &ledger_steps,
+        );
+        drop(ledger_steps);
         let _ = writeln!(out, "# HELP medgate_events_total Gateway events by kind.");
         let _ = writeln!(out, "# TYPE medgate_events_total counter");
         for (name, n) in self.events.lock().unwrap_or_else(|p| p.into_inner()).iter() {
@@ -132,6 +143,10 @@ impl medgate_store::Events for Metrics {
     fn incr(&self, name: &str) {
         Metrics::incr(self, name);
     }
+
+    fn observe(&self, step: &str, elapsed: Duration) {
+        self.ledger_steps.lock().unwrap_or_else(|p| p.into_inner()).entry(step.to_owned()).or_default().add(elapsed);
+    }
 }
 
 /// A label value as the text format wants it (backslash, quote and newline escaped).
@@ -151,6 +166,7 @@ mod tests {
         m.observe("POST /", 422, Duration::from_millis(1));
         m.observe_step("unwrap", Duration::from_micros(2_700));
         m.observe_step("unwrap", Duration::from_micros(4_000));
+        medgate_store::Events::observe(&m, "submit", Duration::from_micros(3_000));
         let t = m.render(&[("medgate_hsm_operations_total", "Ops.", vec![("op=\"wrap\"".into(), 2.0)])], &[("medgate_ledger_height", "Height.", vec![(String::new(), 4.0)])]);
         assert!(t.contains("medgate_http_requests_total{route=\"GET /metadata\",status=\"200\"} 2"), "{t}");
         assert!(t.contains("medgate_http_request_duration_seconds_bucket{route=\"GET /metadata\",le=\"0.005\"} 1"), "{t}");
@@ -161,6 +177,10 @@ mod tests {
         assert!(t.contains("medgate_peer_read_step_seconds_bucket{step=\"unwrap\",le=\"0.005\"} 2\n"), "{t}");
         assert!(t.contains("medgate_peer_read_step_seconds_sum{step=\"unwrap\"} 0.0067"), "{t}");
         assert!(t.contains("medgate_peer_read_step_seconds_count{step=\"unwrap\"} 2\n"), "{t}");
+        assert!(t.contains("# TYPE medgate_ledger_step_seconds histogram\n"), "{t}");
+        assert!(t.contains("medgate_ledger_step_seconds_bucket{step=\"submit\",le=\"0.0025\"} 0\n"), "{t}");
+        assert!(t.contains("medgate_ledger_step_seconds_bucket{step=\"submit\",le=\"0.005\"} 1\n"), "{t}");
+        assert!(t.contains("medgate_ledger_step_seconds_count{step=\"submit\"} 1\n"), "{t}");
         assert!(t.contains("# TYPE medgate_hsm_operations_total counter\nmedgate_hsm_operations_total{op=\"wrap\"} 2\n"), "{t}");
         assert!(t.contains("# TYPE medgate_ledger_height gauge\n"), "{t}");
         // Only counters end in _total (promtool: "non-counter metrics should not have _total suffix").

@@ -211,7 +211,7 @@ pub struct WriterParts {
     pub vault: Vault,
     /// Batching limits.
     pub policy: BatchPolicy,
-    /// Counters (`ledger_batches`, `ledger_append_failures`).
+    /// Counters (`ledger_batches`, `ledger_append_failures`) and the writer's step timings.
     pub events: Arc<dyn Events>,
 }
 
@@ -426,6 +426,10 @@ impl Writer {
     /// Signs a batch of new entries with sequence number `seq` (one HSM signature), checks it
     /// and returns it with its key version and public key.
     async fn sign(&self, seq: u64, entries: Vec<Entry>) -> Result<(Batch, u32, Vec<u8>), StoreError> {
+        timed(self.parts.events.as_ref(), "sign", self.sign_untimed(seq, entries)).await
+    }
+
+    async fn sign_untimed(&self, seq: u64, entries: Vec<Entry>) -> Result<(Batch, u32, Vec<u8>), StoreError> {
         let gateway = self.parts.gateway.as_str();
         let unsigned = UnsignedBatch::new(gateway, seq, entries);
         unsigned.check().map_err(|e| StoreError::Format(format!("batch refused before signing: {e}")))?;
@@ -442,9 +446,22 @@ impl Writer {
         Ok((batch, key_version, spki))
     }
 
+    /// Flushes the store, timed as `flush`.
+    async fn flush(&self) -> Result<(), StoreError> {
+        timed(self.parts.events.as_ref(), "flush", self.parts.vault.sync()).await
+    }
+
     /// Counts a group whose entries could not be put on the ledger.
     fn failed(&self, why: &str, entries: usize) {
         tracing::error!(error = %why, entries, "ledger append failed; entries stay in the outbox");
         self.parts.events.incr("ledger_append_failures");
     }
+}
+
+/// Awaits `f` and reports how long it took as the writer's `step`, whatever its outcome.
+async fn timed<T>(events: &dyn Events, step: &str, f: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = f.await;
+    events.observe(step, started.elapsed());
+    out
 }

@@ -81,12 +81,17 @@ impl Orderer for Switchable {
     }
 }
 
+/// The writer's events, and the steps it timed.
 #[derive(Debug, Default)]
-struct Counted(std::sync::Mutex<Vec<String>>);
+struct Counted(std::sync::Mutex<Vec<String>>, std::sync::Mutex<Vec<String>>);
 
 impl Events for Counted {
     fn incr(&self, name: &str) {
         self.0.lock().unwrap().push(name.to_owned());
+    }
+
+    fn observe(&self, step: &str, _elapsed: std::time::Duration) {
+        self.1.lock().unwrap().push(step.to_owned());
     }
 }
 
@@ -100,6 +105,11 @@ struct Site {
 }
 
 impl Site {
+    /// How many times the writer timed `step`.
+    fn timed(&self, step: &str) -> u64 {
+        self.events.1.lock().unwrap().iter().filter(|s| *s == step).count() as u64
+    }
+
     fn new() -> Site {
         let db = Db::temporary().unwrap();
         let sequencer = Sequencer::open(&db).unwrap();
@@ -299,6 +309,10 @@ async fn concurrent_creates_commit_records_entries_and_blocks_together_one_signa
     assert_eq!((report.entries, report.invalid_batches), (40, 0));
     assert!(report.blocks <= 40, "{} blocks for 40 records", report.blocks);
     assert_eq!(site.key.signatures.load(Ordering::Relaxed), report.blocks, "one signature per block");
+    // Each signature and each group's flush timed; no ordering service to wait for.
+    assert_eq!(site.timed("sign"), report.blocks);
+    assert!((1..=report.blocks).contains(&site.timed("flush")), "{} flushes for {} blocks", site.timed("flush"), report.blocks);
+    assert_eq!(site.timed("submit"), 0);
     // A restart carries on the same chain: heights, links, sequence numbers and positions.
     drop(ledger);
     let ledger = site.local_ledger().await;
@@ -375,6 +389,9 @@ async fn through_an_ordering_service_creates_are_stored_first_then_ordered_batch
     assert_deposited(&site, &got);
     let report = site.verify();
     assert_eq!((report.entries, report.invalid_batches), (40, 0));
+    // Each batch signed and submitted once, each timed; the groups flushed before.
+    assert_eq!((site.timed("sign"), site.timed("submit")), (report.blocks, report.blocks));
+    assert!(site.timed("flush") >= 1);
     // Ordering down: stored and flushed, the entries wait in the outbox.
     site.orderer.down.store(true, Ordering::Relaxed);
     let (rec, entry) = record(77);

@@ -18,6 +18,7 @@
 //! in height order, before the requests are answered.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use medgate_ledger::{Block, Receipt};
 use sled::transaction::{ConflictableTransactionError, Transactional};
@@ -27,7 +28,7 @@ use super::{answer, drop_refused, GroupError, Outcome, Pending, Refused, Writer}
 use crate::chain::{write_block, BlockViews, PreparedBlock};
 use crate::error::to_json;
 use crate::vault::{deposit, Deposit, DepositError, DepositViews};
-use crate::{ChainStore, Sequencer, StoreError};
+use crate::{ChainStore, Events, Sequencer, StoreError};
 
 /// Groups written and waiting for the flush that makes them durable.
 const FLUSH_QUEUE: usize = 64;
@@ -63,7 +64,7 @@ struct Written {
 
 pub(super) async fn run(w: Writer, sequencer: Sequencer, mut rx: mpsc::Receiver<Pending>) {
     let (flush_tx, flush_rx) = mpsc::channel::<Written>(FLUSH_QUEUE);
-    let flusher = tokio::spawn(flusher(w.parts.store.clone(), flush_rx));
+    let flusher = tokio::spawn(flusher(w.parts.store.clone(), w.parts.events.clone(), flush_rx));
     let mut head = None;
     let mut carried = None;
     loop {
@@ -87,13 +88,13 @@ pub(super) async fn run(w: Writer, sequencer: Sequencer, mut rx: mpsc::Receiver<
 
 /// Flushes once for every group written before the flush started, then tells the commit
 /// listeners of their blocks (in height order) and answers them.
-async fn flusher(store: ChainStore, mut rx: mpsc::Receiver<Written>) {
+async fn flusher(store: ChainStore, events: Arc<dyn Events>, mut rx: mpsc::Receiver<Written>) {
     while let Some(first) = rx.recv().await {
         let mut written = vec![first];
         while let Ok(w) = rx.try_recv() {
             written.push(w);
         }
-        let flushed = store.db().flush().await;
+        let flushed = super::timed(events.as_ref(), "flush", store.db().flush()).await;
         for Written { group, outcome, blocks } in written {
             let outcome = match &flushed {
                 Ok(()) => {

@@ -107,10 +107,9 @@ impl Writer {
         if group.is_empty() {
             return;
         }
-        let vault = &self.parts.vault;
         let flush = async move {
             if wrote && !flush_first {
-                vault.sync().await.map_err(Refused::not_stored)
+                self.flush().await.map_err(Refused::not_stored)
             } else {
                 Ok(())
             }
@@ -193,7 +192,7 @@ impl Writer {
             }
             let refs: Vec<(usize, &Deposit)> = parts.iter().map(|(i, d)| (*i, d)).collect();
             match self.parts.vault.write_all(&refs).map_err(|e| GroupError::from_deposits(e, group.len())) {
-                Ok(()) if flush => return self.parts.vault.sync().await.map(|()| true).map_err(Refused::not_stored),
+                Ok(()) if flush => return self.flush().await.map(|()| true).map_err(Refused::not_stored),
                 Ok(()) => return Ok(true),
                 Err(GroupError::Refused { index, error }) => {
                     drop_refused(group, index, error);
@@ -232,7 +231,7 @@ impl Writer {
         let (store, gateway) = (&self.parts.store, self.parts.gateway.as_str());
         let (batch, key_version, spki) = self.sign(seq, entries.to_vec()).await?;
         self.parts.orderer.admit(store, gateway, key_version, &spki)?;
-        self.parts.orderer.clone().submit(store.clone(), batch).await
+        super::timed(self.parts.events.as_ref(), "submit", self.parts.orderer.clone().submit(store.clone(), batch)).await
     }
 }
 
