@@ -61,13 +61,16 @@ pub const LABELS: &[&str] = &[
     "beside", "backupsrc", "backupdst", "card", "tsend", "trecv", "tlsend", "tlrecv",
 ];
 
-/// The token directory outlives the tests (a static is never dropped), so it is named after the
-/// test process; each new process removes those of processes that have ended. At most the last
-/// run's directories stay behind, instead of one per test binary and run.
+/// The token directory outlives the tests (a static is never dropped). Its process holds an
+/// exclusive lock on `owner.lock` inside it until it exits, and each new test process removes
+/// the directories whose lock it can take: those of processes that have ended, whatever PID
+/// namespace they ran in. At most the last run's directories stay behind, instead of one per
+/// test binary and run.
 fn setup_dir(kind: &str, script: &str, env: &str, conf: &str) -> PathBuf {
     let prefix = format!("medgate-{kind}-test-");
     remove_abandoned(&prefix);
-    let dir = tempfile::Builder::new().prefix(&format!("{prefix}{}-", std::process::id())).tempdir().expect("tempdir").keep();
+    let dir = tempfile::Builder::new().prefix(&prefix).tempdir().expect("tempdir").keep();
+    hold_owner_lock(&dir);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
     for label in LABELS {
         let out = Command::new(&script).arg(&dir).arg(label).output().expect("run the token setup script");
@@ -77,15 +80,27 @@ fn setup_dir(kind: &str, script: &str, env: &str, conf: &str) -> PathBuf {
     dir
 }
 
-/// Removes the token directories `<prefix><pid>-...` of test processes that no longer run.
+/// Locks `dir/owner.lock` for the rest of the process. The file is locked under another name
+/// and then renamed, so that no other process finds it unlocked while this one is starting.
+fn hold_owner_lock(dir: &Path) {
+    static HELD: Mutex<Vec<nix::fcntl::Flock<std::fs::File>>> = Mutex::new(Vec::new());
+    let starting = dir.join("owner.lock.new");
+    let file = std::fs::File::create(&starting).expect("create the owner lock");
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e).expect("lock a new file");
+    std::fs::rename(&starting, dir.join("owner.lock")).expect("name the owner lock");
+    HELD.lock().unwrap_or_else(|p| p.into_inner()).push(lock);
+}
+
+/// Removes the token directories `<prefix>...` whose owner lock is free (their process ended).
+/// A directory without the lock yet is being made: left alone.
 fn remove_abandoned(prefix: &str) {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)).and_then(|rest| rest.split('-').next()?.parse::<u32>().ok()) else {
+        if !entry.file_name().to_str().is_some_and(|n| n.starts_with(prefix)) {
             continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        }
+        let Ok(file) = std::fs::File::open(entry.path().join("owner.lock")) else { continue };
+        if let Ok(_free) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
