@@ -12,7 +12,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// From 100 µs (an HSM signature, a flush on a fast disk) to 10 s (a request that timed out).
+const BUCKETS: [f64; 15] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 #[derive(Debug, Default)]
 struct Histogram {
@@ -144,7 +145,7 @@ impl medgate_store::Events for Metrics {
         Metrics::incr(self, name);
     }
 
-    fn observe(&self, step: &str, elapsed: Duration) {
+    fn writer_step(&self, step: &str, elapsed: Duration) {
         self.ledger_steps.lock().unwrap_or_else(|p| p.into_inner()).entry(step.to_owned()).or_default().add(elapsed);
     }
 }
@@ -166,7 +167,8 @@ mod tests {
         m.observe("POST /", 422, Duration::from_millis(1));
         m.observe_step("unwrap", Duration::from_micros(2_700));
         m.observe_step("unwrap", Duration::from_micros(4_000));
-        medgate_store::Events::observe(&m, "submit", Duration::from_micros(3_000));
+        medgate_store::Events::writer_step(&m, "submit", Duration::from_micros(3_000));
+        medgate_store::Events::writer_step(&m, "sign", Duration::from_micros(400));
         let t = m.render(&[("medgate_hsm_operations_total", "Ops.", vec![("op=\"wrap\"".into(), 2.0)])], &[("medgate_ledger_height", "Height.", vec![(String::new(), 4.0)])]);
         assert!(t.contains("medgate_http_requests_total{route=\"GET /metadata\",status=\"200\"} 2"), "{t}");
         assert!(t.contains("medgate_http_request_duration_seconds_bucket{route=\"GET /metadata\",le=\"0.005\"} 1"), "{t}");
@@ -181,6 +183,8 @@ mod tests {
         assert!(t.contains("medgate_ledger_step_seconds_bucket{step=\"submit\",le=\"0.0025\"} 0\n"), "{t}");
         assert!(t.contains("medgate_ledger_step_seconds_bucket{step=\"submit\",le=\"0.005\"} 1\n"), "{t}");
         assert!(t.contains("medgate_ledger_step_seconds_count{step=\"submit\"} 1\n"), "{t}");
+        assert!(t.contains("medgate_ledger_step_seconds_bucket{step=\"sign\",le=\"0.00025\"} 0\n"), "{t}");
+        assert!(t.contains("medgate_ledger_step_seconds_bucket{step=\"sign\",le=\"0.0005\"} 1\n"), "{t}");
         assert!(t.contains("# TYPE medgate_hsm_operations_total counter\nmedgate_hsm_operations_total{op=\"wrap\"} 2\n"), "{t}");
         assert!(t.contains("# TYPE medgate_ledger_height gauge\n"), "{t}");
         // Only counters end in _total (promtool: "non-counter metrics should not have _total suffix").

@@ -92,10 +92,12 @@ pub trait Events: Send + Sync + std::fmt::Debug {
     /// Counts one event named `name` (`ledger_batches`, `ledger_invalid_batches`, ...).
     fn incr(&self, name: &str);
 
-    /// Times one step of the ledger writer, once per batch or flush: `sign` (the batch's HSM
-    /// signature and the writer's check of it), `submit` (until the ordering service holds the
-    /// batch: etcd's transaction), `flush` (the store's flush that makes a group durable).
-    fn observe(&self, step: &str, elapsed: std::time::Duration);
+    /// Times one step of the ledger writer, once per batch or flush, whatever its outcome (a
+    /// slow failure is as slow as a slow success): `sign` (the batch's HSM signature and the
+    /// writer's check of it), `submit` (until the ordering service holds the batch: etcd's
+    /// transaction; for an orderer without its own [`Orderer::submit`], the whole of
+    /// [`Orderer::order`]), `flush` (the store's flush that makes a group durable).
+    fn writer_step(&self, step: &str, elapsed: std::time::Duration);
 }
 
 /// Where a gateway whose ordered stream was compacted away gets the missing blocks: the other

@@ -462,6 +462,6 @@ impl Writer {
 async fn timed<T>(events: &dyn Events, step: &str, f: impl std::future::Future<Output = T>) -> T {
     let started = std::time::Instant::now();
     let out = f.await;
-    events.observe(step, started.elapsed());
+    events.writer_step(step, started.elapsed());
     out
 }

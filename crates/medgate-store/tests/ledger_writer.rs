@@ -83,15 +83,18 @@ impl Orderer for Switchable {
 
 /// The writer's events, and the steps it timed.
 #[derive(Debug, Default)]
-struct Counted(std::sync::Mutex<Vec<String>>, std::sync::Mutex<Vec<String>>);
+struct Counted {
+    events: std::sync::Mutex<Vec<String>>,
+    steps: std::sync::Mutex<Vec<String>>,
+}
 
 impl Events for Counted {
     fn incr(&self, name: &str) {
-        self.0.lock().unwrap().push(name.to_owned());
+        self.events.lock().unwrap().push(name.to_owned());
     }
 
-    fn observe(&self, step: &str, _elapsed: std::time::Duration) {
-        self.1.lock().unwrap().push(step.to_owned());
+    fn writer_step(&self, step: &str, _elapsed: std::time::Duration) {
+        self.steps.lock().unwrap().push(step.to_owned());
     }
 }
 
@@ -107,7 +110,7 @@ struct Site {
 impl Site {
     /// How many times the writer timed `step`.
     fn timed(&self, step: &str) -> u64 {
-        self.events.1.lock().unwrap().iter().filter(|s| *s == step).count() as u64
+        self.events.steps.lock().unwrap().iter().filter(|s| *s == step).count() as u64
     }
 
     fn new() -> Site {
@@ -185,7 +188,7 @@ async fn appended_entries_get_receipts_that_verify_and_a_retry_adds_no_block() {
     let again = ledger.append(entries[..5].to_vec()).await.unwrap();
     assert_eq!(again, receipts[..5].to_vec());
     assert_eq!(site.verify().blocks, 3);
-    assert_eq!(site.events.0.lock().unwrap().iter().filter(|e| *e == "ledger_batches").count(), 3);
+    assert_eq!(site.events.events.lock().unwrap().iter().filter(|e| *e == "ledger_batches").count(), 3);
     assert_eq!(site.chain.receipt(&entries[9].id).unwrap().as_ref(), Some(&receipts[9]));
 }
 
@@ -200,7 +203,7 @@ async fn entries_wait_in_the_outbox_while_ordering_is_down_and_a_restart_appends
     let err = ledger.append(waiting.clone()).await.unwrap_err();
     assert!(matches!(err, StoreError::Order(ref m) if m.contains("unreachable")), "{err}");
     assert_eq!(site.vault.outbox_len(), 3, "nothing is lost");
-    assert!(site.events.0.lock().unwrap().contains(&"ledger_append_failures".to_owned()));
+    assert!(site.events.events.lock().unwrap().contains(&"ledger_append_failures".to_owned()));
     assert!(site.chain.receipt(&waiting[0].id).unwrap().is_none());
     drop(ledger);
 
@@ -371,7 +374,7 @@ async fn a_create_whose_batch_cannot_be_signed_is_stored_and_its_entry_waits_in_
     assert!(got.is_none(), "stored, not anchored");
     assert_eq!(site.vault.get(&rec.id).unwrap().as_ref(), Some(&rec));
     assert_eq!(site.vault.outbox_len(), 1);
-    assert!(site.events.0.lock().unwrap().contains(&"ledger_append_failures".to_owned()));
+    assert!(site.events.events.lock().unwrap().contains(&"ledger_append_failures".to_owned()));
     // An access recorded meanwhile waits in the outbox too.
     assert!(ledger.record(vec![searched(9)]).await.unwrap().is_none());
     assert_eq!(site.vault.outbox_len(), 2);

@@ -107,7 +107,7 @@ impl Writer {
         if group.is_empty() {
             return;
         }
-        let flush = async move {
+        let outbox_flush = async move {
             if wrote && !flush_first {
                 self.flush().await.map_err(Refused::not_stored)
             } else {
@@ -117,12 +117,12 @@ impl Writer {
         let stored = |e: StoreError| Refused { why: e.to_string(), stored: true, conflict: false };
         let (known, fresh) = match self.split_known(&group) {
             Ok(v) => v,
-            Err(e) => return answer(group, &flush.await.and(Err(stored(e)))),
+            Err(e) => return answer(group, &outbox_flush.await.and(Err(stored(e)))),
         };
         if fresh.is_empty() {
-            return answer(group, &flush.await.map(|()| known));
+            return answer(group, &outbox_flush.await.map(|()| known));
         }
-        let (flushed, submitted) = tokio::join!(flush, self.submit_batches(fresh, flight));
+        let (flushed, submitted) = tokio::join!(outbox_flush, self.submit_batches(fresh, flight));
         let landings = match submitted {
             Ok(l) => l,
             Err((submitted, e)) => {
