@@ -153,7 +153,9 @@ pub fn run(opts: &Options) -> Result<(), Failure> {
 /// `repeat` rounds of every level (each level: the null endpoint, the store ceiling, then the
 /// gateway). Rounds rather than each level's runs in a row, so that the machine's drift over the
 /// run (a loaded host, a throttled core) touches every level alike and two levels of one round
-/// can be compared with each other.
+/// can be compared with each other; every other round runs the levels in reverse, so that what
+/// still changes within a round (the drift, the vault growing by each level's records) does not
+/// always weigh on the same level.
 async fn levels(opts: &Options, site: &Site, cfg: &Config, hsm: &Arc<Hsm>, running: &Running, report: &mut Report) -> Result<(), Failure> {
     let files = TlsFiles::from_config(cfg);
     let null = NullEndpoint::start(medgate_gateway::tls::server_config(hsm, &files).map_err(rt_err)?).await.map_err(Failure::runtime)?;
@@ -161,7 +163,8 @@ async fn levels(opts: &Options, site: &Site, cfg: &Config, hsm: &Arc<Hsm>, runni
     let gateway = Target { addr: site.his_addr, tls: tls.clone() };
     let null_target = Target { addr: null.addr, tls };
     for run in 1..=opts.repeat {
-        for &c in &opts.levels {
+        let order: Vec<usize> = if run % 2 == 0 { opts.levels.iter().rev().copied().collect() } else { opts.levels.clone() };
+        for c in order {
             let null_run = load::drive(&null_target, opts.records, c, opts.size, 201).await.map_err(Failure::runtime)?;
             let group = c.min(cfg.ledger.batch_max_entries).max(1);
             let store = child::store_ceiling(&site.dir, sealed_record_bytes(opts.size), group, opts.ceiling_seconds).await?;

@@ -13,7 +13,7 @@ use super::ceiling::HsmCeilings;
 #[derive(Debug, Clone, Serialize)]
 pub struct Level {
     pub concurrency: usize,
-    /// Which repetition of this level (1-based).
+    /// Which round of the levels this run was in (1-based).
     pub run: usize,
     pub records_per_s: f64,
     pub p50_ms: f64,
@@ -90,24 +90,30 @@ pub struct Report {
     pub same_round: Vec<SameRound>,
 }
 
-/// One level against the level run just before it in the same round, for every round in which
-/// both ran: the machine's drift over the whole run mostly cancels out of these ratios, which
-/// the levels' own figures carry in full.
+/// One level against the level listed before it, round by round, for every round in which both
+/// ran: the machine's drift over the whole run mostly cancels out of these ratios, which the
+/// levels' own figures carry in full.
 #[derive(Debug, Clone, Serialize)]
 pub struct SameRound {
     pub concurrency: usize,
     pub before: usize,
-    /// records/s of the level over records/s of the one before, one per round.
-    pub rate_ratios: Vec<f64>,
-    /// CPU µs per record of the level over that of the one before, one per round (rounds
-    /// without a reading left out).
-    pub cpu_ratios: Vec<f64>,
+    pub rounds: Vec<RoundRatio>,
+}
+
+/// A level over the one listed before it, in one round.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundRatio {
+    pub round: usize,
+    /// records/s of the level over records/s of the one before.
+    pub rate: f64,
+    /// CPU µs per record of the level over that of the one before (None without both readings).
+    pub cpu: Option<f64>,
 }
 
 impl SameRound {
     /// The middle of the rate ratios (the mean of the middle two for an even count).
     pub fn median_rate_ratio(&self) -> Option<f64> {
-        let mut r = self.rate_ratios.clone();
+        let mut r: Vec<f64> = self.rounds.iter().map(|x| x.rate).collect();
         r.sort_by(f64::total_cmp);
         match r.len() {
             0 => None,
@@ -129,8 +135,8 @@ fn ratio(a: f64, b: Option<f64>) -> String {
 }
 
 impl Report {
-    /// Fills [`Report::same_round`] from the levels: each level after the first against the one
-    /// listed before it, round by round.
+    /// Fills [`Report::same_round`] from the levels: each level after the first (in the order
+    /// the command line lists them) against the one listed before it, round by round.
     pub fn compare_rounds(&mut self) {
         let mut order: Vec<usize> = Vec::new();
         for l in &self.levels {
@@ -143,13 +149,19 @@ impl Report {
             .windows(2)
             .map(|w| {
                 let (before, c) = (w[0], w[1]);
-                let pairs: Vec<(&Level, &Level)> = self.levels.iter().filter(|l| l.concurrency == c).filter_map(|l| Some((find(before, l.run)?, l))).collect();
-                SameRound {
-                    concurrency: c,
-                    before,
-                    rate_ratios: pairs.iter().filter(|(b, _)| b.records_per_s > 0.0).map(|(b, l)| l.records_per_s / b.records_per_s).collect(),
-                    cpu_ratios: pairs.iter().filter_map(|(b, l)| Some(l.cpu_us_per_record? / b.cpu_us_per_record.filter(|v| *v > 0.0)?)).collect(),
-                }
+                let rounds = self
+                    .levels
+                    .iter()
+                    .filter(|l| l.concurrency == c)
+                    .filter_map(|l| Some((find(before, l.run)?, l)))
+                    .filter(|(b, _)| b.records_per_s > 0.0)
+                    .map(|(b, l)| RoundRatio {
+                        round: l.run,
+                        rate: l.records_per_s / b.records_per_s,
+                        cpu: b.cpu_us_per_record.filter(|v| *v > 0.0).and_then(|bc| Some(l.cpu_us_per_record? / bc)),
+                    })
+                    .collect();
+                SameRound { concurrency: c, before, rounds }
             })
             .collect();
     }
@@ -217,16 +229,15 @@ impl Report {
             );
         }
         if !self.same_round.is_empty() {
-            println!("each level against the one before it, in the same round (records/s ratio; CPU µs per record ratio):");
-            let list = |v: &[f64]| v.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" ");
+            println!("each level against the one listed before it, round by round (records/s ratio; CPU µs per record ratio):");
             for p in &self.same_round {
+                let rates = p.rounds.iter().map(|r| format!("{:.2}", r.rate)).collect::<Vec<_>>().join(" ");
+                let cpus = p.rounds.iter().map(|r| r.cpu.map_or_else(|| "-".to_owned(), |c| format!("{c:.2}"))).collect::<Vec<_>>().join(" ");
                 println!(
-                    "  c={} / c={}: {} (median {}); CPU per record {}",
+                    "  c={} / c={}: {rates} (median {}); CPU per record {cpus}",
                     p.concurrency,
                     p.before,
-                    list(&p.rate_ratios),
                     p.median_rate_ratio().map_or_else(|| "-".to_owned(), |m| format!("{m:.2}")),
-                    list(&p.cpu_ratios)
                 );
             }
         }
@@ -338,26 +349,24 @@ mod tests {
 
     #[test]
     fn levels_are_compared_within_their_round_only() {
-        // Round 2 ran on a machine twice as fast: its ratios are the same as round 1's.
+        // Round 2 ran on a machine twice as fast, its levels in reverse: its ratios are still
+        // c=256 over c=64, read from its own two runs.
         let mut r = report(vec![
             level(64, 1, 1000.0, Some(1000.0)),
             level(256, 1, 900.0, Some(1100.0)),
             level(1024, 1, 450.0, None),
-            level(64, 2, 2000.0, Some(500.0)),
+            level(1024, 2, 1000.0, Some(900.0)),
             level(256, 2, 2200.0, Some(450.0)),
+            level(64, 2, 2000.0, Some(500.0)),
             level(64, 3, 1500.0, Some(700.0)),
         ]);
         r.compare_rounds();
-        assert_eq!(r.same_round.len(), 2);
-        let p = &r.same_round[0];
-        assert_eq!((p.concurrency, p.before), (256, 64));
-        assert_eq!(p.rate_ratios, vec![0.9, 1.1], "round 3 has no c=256 and is left out");
-        assert_eq!(p.cpu_ratios, vec![1.1, 0.9]);
-        assert!((p.median_rate_ratio().unwrap() - 1.0).abs() < 1e-12);
-        let q = &r.same_round[1];
-        assert_eq!((q.concurrency, q.before), (1024, 256));
-        assert_eq!(q.rate_ratios, vec![0.5]);
-        assert!(q.cpu_ratios.is_empty(), "no CPU reading, no CPU ratio");
-        assert_eq!(q.median_rate_ratio(), Some(0.5));
+        let pairs: Vec<(usize, usize)> = r.same_round.iter().map(|p| (p.concurrency, p.before)).collect();
+        assert_eq!(pairs, [(256, 64), (1024, 256)], "in the order round 1 lists the levels");
+        let ratios = |p: &SameRound| p.rounds.iter().map(|x| (x.round, x.rate, x.cpu)).collect::<Vec<_>>();
+        assert_eq!(ratios(&r.same_round[0]), [(1, 0.9, Some(1.1)), (2, 1.1, Some(0.9))], "round 3 has no c=256 and is left out");
+        assert!((r.same_round[0].median_rate_ratio().unwrap() - 1.0).abs() < 1e-12);
+        assert_eq!(ratios(&r.same_round[1]), [(1, 0.5, None), (2, 1000.0 / 2200.0, Some(2.0))], "no CPU reading in round 1, no CPU ratio");
+        assert_eq!(r.same_round[1].median_rate_ratio(), Some((0.5 + 1000.0 / 2200.0) / 2.0));
     }
 }

@@ -19,8 +19,8 @@ pub(crate) struct BenchArgs {
     /// Document size in bytes.
     #[arg(long, default_value_t = 4096)]
     size: usize,
-    /// Rounds of all the levels (each run printed, and each level compared with the one before it
-    /// in the same round), so that noise shows.
+    /// Rounds of all the levels, every other one in reverse order (each run printed, and each
+    /// level compared with the one listed before it, round by round), so that noise shows.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
     /// Seconds per ceiling measurement (HSM raw rates, store write+flush).
