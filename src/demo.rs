@@ -20,6 +20,9 @@ use medgate_fhir::{sample_transaction, PatientId};
 use medgate_gateway::pki::TestCa;
 
 mod consortium;
+mod ports;
+
+pub use ports::free_port;
 pub use consortium::{bench as bench_consortium, run as run_consortium};
 
 /// Where Debian's softhsm2 package puts the module.
@@ -68,21 +71,6 @@ fn random_hex(n: usize) -> String {
     hex::encode(b)
 }
 
-/// A loopback port nobody listens on right now, below Linux's ephemeral range (32768 and up):
-/// a port from that range can be taken by any outgoing connection while its gateway is stopped,
-/// and the gateway could not listen on it again when it restarts.
-pub fn free_port() -> Result<SocketAddr, Failure> {
-    let mut seed = [0u8; 2];
-    for _ in 0..200 {
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
-        let port = 20_000 + u16::from_be_bytes(seed) % 12_000;
-        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            return l.local_addr().map_err(|e| Failure::runtime(e.to_string()));
-        }
-    }
-    Err(Failure::runtime("no free loopback port between 20000 and 32000"))
-}
-
 impl Site {
     /// Builds a site under `dir` (created; must not hold a site already). `say` narrates.
     pub fn create(dir: &Path, hospital: &str, say: &mut dyn FnMut(&str)) -> Result<Site, Failure> {
@@ -110,10 +98,7 @@ impl Site {
         let ca_pem = ca.cert.pem();
 
         let his_addr = free_port()?;
-        let mut admin_addr = free_port()?;
-        while admin_addr == his_addr {
-            admin_addr = free_port()?;
-        }
+        let admin_addr = free_port()?;
         let admin_socket = dir.join("admin.sock");
         let config = write_config(&dir, hospital, &module, &pin_file, his_addr, admin_addr)?;
         say(&format!("configuration written to {}", config.display()));
