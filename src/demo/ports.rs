@@ -31,12 +31,10 @@ pub fn free_port() -> Result<SocketAddr, Failure> {
     for _ in 0..500 {
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
         let port = 20_000 + u16::from_be_bytes(seed) % 12_000;
-        let lock = match &dir {
-            Some(dir) => match reserve(dir, port) {
-                Some(lock) => Some(lock),
-                None => continue,
-            },
-            None => None,
+        let lock = match dir.as_deref().map(|d| reserve(d, port)) {
+            Some(Reservation::Held(lock)) => Some(lock),
+            Some(Reservation::Taken) => continue,
+            Some(Reservation::Unavailable) | None => None,
         };
         if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             let addr = l.local_addr().map_err(|e| Failure::runtime(e.to_string()))?;
@@ -58,11 +56,25 @@ fn lock_dir() -> Option<PathBuf> {
     (meta.is_dir() && meta.uid() == uid && meta.mode() & 0o077 == 0).then_some(dir)
 }
 
-/// The lock on `port`, unless another live process holds it (or this one does: a second lock
-/// on a new descriptor of the same file is refused too).
-fn reserve(dir: &Path, port: u16) -> Option<Flock<File>> {
-    let file = OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).custom_flags(nix::libc::O_NOFOLLOW).open(dir.join(format!("{port}.lock"))).ok()?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()
+enum Reservation {
+    /// This process now holds the port's lock.
+    Held(Flock<File>),
+    /// Another live process holds it (or this one does: a second lock on a new descriptor of
+    /// the same file is refused too).
+    Taken,
+    /// The lock file cannot be made or locked here (a file system without flock, say): the
+    /// bind alone decides.
+    Unavailable,
+}
+
+fn reserve(dir: &Path, port: u16) -> Reservation {
+    let opened = OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).custom_flags(nix::libc::O_NOFOLLOW).open(dir.join(format!("{port}.lock")));
+    let Ok(file) = opened else { return Reservation::Unavailable };
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Reservation::Held(lock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Reservation::Taken,
+        Err(_) => Reservation::Unavailable,
+    }
 }
 
 #[cfg(test)]
@@ -80,6 +92,6 @@ mod tests {
         assert!(ports.iter().all(|p| (20_000..32_000).contains(p)));
         // Another process (here: a new descriptor, which flock treats alike) cannot take them.
         let dir = lock_dir().expect("the lock directory is this user's");
-        assert!(ports.iter().all(|p| reserve(&dir, *p).is_none()), "a reserved port's lock was free");
+        assert!(ports.iter().all(|p| matches!(reserve(&dir, *p), Reservation::Taken)), "a reserved port's lock was free");
     }
 }
