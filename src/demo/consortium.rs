@@ -539,8 +539,9 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
     }
     let mut reads = Vec::new();
     let n = ids.len().min(SEQUENTIAL_READS);
-    let steps_before = (read_steps(a)?, read_steps(b)?);
-    let writer_before = histogram_steps(a, "medgate_ledger_step_seconds")?;
+    let (text_a, text_b) = (metrics_text(a)?, metrics_text(b)?);
+    let steps_before = (histogram_steps(&text_a, PEER_READ_STEPS), histogram_steps(&text_b, PEER_READ_STEPS));
+    let writer_before = histogram_steps(&text_a, WRITER_STEPS);
     for id in ids.iter().take(n) {
         let t = Instant::now();
         let r = his_b.get(&format!("/Binary/{id}")).await.map_err(Failure::runtime)?;
@@ -554,8 +555,9 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         percentile(&reads, 0.99),
         reads.len()
     );
-    let (at_a, at_b) = (read_steps(a)?, read_steps(b)?);
-    let writer_at_a = histogram_steps(a, "medgate_ledger_step_seconds")?;
+    let (text_a, text_b) = (metrics_text(a)?, metrics_text(b)?);
+    let (at_a, at_b) = (histogram_steps(&text_a, PEER_READ_STEPS), histogram_steps(&text_b, PEER_READ_STEPS));
+    let writer_at_a = histogram_steps(&text_a, WRITER_STEPS);
     let mean = |now: &BTreeMap<String, (f64, f64)>, before: &BTreeMap<String, (f64, f64)>, step: &str| {
         let ((s1, c1), (s0, c0)) = (now.get(step).copied().unwrap_or_default(), before.get(step).copied().unwrap_or_default());
         if c1 > c0 {
@@ -589,18 +591,21 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
 /// The value of the `/metrics` line of `site` that starts with `prefix` (name, labels and the
 /// space before the value).
 fn metric(site: &Site, prefix: &str) -> Result<Option<f64>, Failure> {
-    let text = admin_get(site.admin_addr, "/metrics").map_err(Failure::runtime)?.1;
+    let text = metrics_text(site)?;
     Ok(text.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse::<f64>().ok()))
 }
 
-/// (sum in seconds, count) of each step of a cross-hospital read on `site`.
-fn read_steps(site: &Site) -> Result<BTreeMap<String, (f64, f64)>, Failure> {
-    histogram_steps(site, "medgate_peer_read_step_seconds")
+/// The steps of a cross-hospital read, and of the ledger writer (histogram families).
+const PEER_READ_STEPS: &str = "medgate_peer_read_step_seconds";
+const WRITER_STEPS: &str = "medgate_ledger_step_seconds";
+
+/// `site`'s `/metrics` page.
+fn metrics_text(site: &Site) -> Result<String, Failure> {
+    Ok(admin_get(site.admin_addr, "/metrics").map_err(Failure::runtime)?.1)
 }
 
-/// (sum in seconds, count) of each `step` of histogram `family` on `site`'s metrics.
-fn histogram_steps(site: &Site, family: &str) -> Result<BTreeMap<String, (f64, f64)>, Failure> {
-    let text = admin_get(site.admin_addr, "/metrics").map_err(Failure::runtime)?.1;
+/// (sum in seconds, count) of each `step` of histogram `family` in a `/metrics` page.
+fn histogram_steps(text: &str, family: &str) -> BTreeMap<String, (f64, f64)> {
     let prefix = format!("{family}_");
     let mut steps: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for line in text.lines() {
@@ -614,7 +619,7 @@ fn histogram_steps(site: &Site, family: &str) -> Result<BTreeMap<String, (f64, f
             _ => {}
         }
     }
-    Ok(steps)
+    steps
 }
 
 /// Reads measured one after another (and then at once): enough that the p99 is not the second

@@ -102,21 +102,18 @@ impl Metrics {
         for ((route, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = writeln!(out, "medgate_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", escape(route));
         }
-        let latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        render_histograms(&mut out, "medgate_http_request_duration_seconds", "HIS request latency by route.", "route", &latency);
-        drop(latency);
-        let steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
-        render_histograms(&mut out, "medgate_peer_read_step_seconds", "Steps of granted cross-hospital reads, at the requester and at the custodian.", "step", &steps);
-        drop(steps);
-        let ledger_steps = self.ledger_steps.lock().unwrap_or_else(|p| p.into_inner());
-        render_histograms(
-            &mut out,
-            "medgate_ledger_step_seconds",
-            "Steps of the ledger writer: sign (a batch's HSM signature and its check), submit (until the ordering service holds a batch), flush (the store's flush of a group).",
-            "step",
-            &ledger_steps,
-        );
-        drop(ledger_steps);
+        for (name, help, label, series) in [
+            ("medgate_http_request_duration_seconds", "HIS request latency by route.", "route", &self.latency),
+            ("medgate_peer_read_step_seconds", "Steps of granted cross-hospital reads, at the requester and at the custodian.", "step", &self.steps),
+            (
+                "medgate_ledger_step_seconds",
+                "Steps of the ledger writer: sign (a batch's HSM signature and its check), submit (until the ordering service holds a batch), flush (the store's flush of a group).",
+                "step",
+                &self.ledger_steps,
+            ),
+        ] {
+            render_histograms(&mut out, name, help, label, &series.lock().unwrap_or_else(|p| p.into_inner()));
+        }
         let _ = writeln!(out, "# HELP medgate_events_total Gateway events by kind.");
         let _ = writeln!(out, "# TYPE medgate_events_total counter");
         for (name, n) in self.events.lock().unwrap_or_else(|p| p.into_inner()).iter() {
