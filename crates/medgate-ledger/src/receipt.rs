@@ -63,13 +63,13 @@ impl<'a> Shared<'a> {
         Shared { block, batch, batch_index, leaves: batch.leaf_hashes(), block_hash: hex::encode(block.hash()), batches: block.batch_refs() }
     }
 
-    /// The receipt of entry `entry` (an index inside the batch).
-    fn receipt(&self, entry: usize) -> Receipt {
+    /// The receipt of entry `entry` (an index inside the batch), whose audit path is `proof`.
+    fn receipt(&self, entry: usize, proof: &[[u8; 32]]) -> Receipt {
         let b = self.batch;
         Receipt {
             entry: b.entries[entry].clone(),
             leaf_index: entry as u64,
-            proof: merkle::inclusion_proof(&self.leaves, entry).iter().map(hex::encode).collect(),
+            proof: proof.iter().map(hex::encode).collect(),
             gateway: b.gateway.clone(),
             seq: b.seq,
             tree_size: self.leaves.len() as u64,
@@ -91,16 +91,18 @@ impl Receipt {
     pub fn for_entry(block: &Block, batch: usize, entry: usize) -> Result<Receipt, LedgerError> {
         let b = block.batches.get(batch).ok_or(LedgerError::NotFound { what: "batch", index: batch })?;
         b.entries.get(entry).ok_or(LedgerError::NotFound { what: "entry", index: entry })?;
-        Ok(Shared::new(block, batch, b).receipt(entry))
+        let shared = Shared::new(block, batch, b);
+        Ok(shared.receipt(entry, &merkle::inclusion_proof(&shared.leaves, entry)))
     }
 
     /// The receipts of every entry of batch `batch` in `block`, in entry order. The batch's leaf
-    /// hashes and the block's hash are computed once for all of them (per entry, a group of n
-    /// entries cost n² entry encodings).
+    /// hashes, audit paths and the block's hash are computed once for all of them (per entry, a
+    /// group of n entries cost n² entry encodings and node hashes).
     pub fn for_batch(block: &Block, batch: usize) -> Result<Vec<Receipt>, LedgerError> {
         let b = block.batches.get(batch).ok_or(LedgerError::NotFound { what: "batch", index: batch })?;
         let shared = Shared::new(block, batch, b);
-        Ok((0..b.entries.len()).map(|i| shared.receipt(i)).collect())
+        let proofs = merkle::inclusion_proofs(&shared.leaves);
+        Ok(proofs.iter().enumerate().map(|(i, proof)| shared.receipt(i, proof)).collect())
     }
 
     /// Checks the receipt with the signing gateway's public key (SubjectPublicKeyInfo DER).
