@@ -7,7 +7,7 @@
 //! the block (the writer through an [`crate::Orderer`], or the consortium follower) is not its
 //! business. [`ChainStore::batch_counts`] applies the entry rules every gateway applies alike.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional, TransactionalTree};
 
@@ -554,10 +554,15 @@ impl ChainStore {
     /// follower stores the blocks that arrived together, then flushes once before it says where
     /// they landed (and then calls [`ChainStore::committed`] for each).
     pub(crate) fn apply(&self, block: &Block, meta_updates: &[(&[u8], Vec<u8>)]) -> Result<(), StoreError> {
+        self.apply_with(block, meta_updates, Outboxed::Any)
+    }
+
+    /// As [`ChainStore::apply`], removing from the outbox only the entries `outboxed` names.
+    pub(crate) fn apply_with(&self, block: &Block, meta_updates: &[(&[u8], Vec<u8>)], outboxed: Outboxed<'_>) -> Result<(), StoreError> {
         let prepared = self.prepare(block)?;
         self.block_trees()
             .as_slice()
-            .transaction(|t| write_block(&BlockViews::of(t), block, &prepared, meta_updates))
+            .transaction(|t| write_block(&BlockViews::of(t), block, &prepared, meta_updates, outboxed))
             .map_err(|e: TransactionError<StoreError>| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => e.into(),
@@ -611,10 +616,44 @@ impl<'a> BlockViews<'a> {
     }
 }
 
+/// Which entries of a block may wait in this store's outbox, and are removed from it with the
+/// block. Inside a transaction, removing a key that is not there costs as much as removing one
+/// that is (a lookup of the old value, another at the commit), for every entry of every block.
+/// Naming too few is safe, if slower to clear: an entry left behind in the outbox is found
+/// on the chain by the next drain, which removes it without appending it again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outboxed<'a> {
+    /// Any of them (a block of unknown origin).
+    Any,
+    /// The entries of this gateway's batches: another hospital's entries never wait here (the
+    /// consortium follower).
+    Gateway(&'a str),
+    /// These entries only (the group commit: the entries its requests hand over go straight
+    /// into the block; only those a drain appends come from the outbox).
+    Ids(&'a HashSet<&'a str>),
+}
+
+impl Outboxed<'_> {
+    fn may_hold(&self, batch: &Batch, entry: &Entry) -> bool {
+        match self {
+            Outboxed::Any => true,
+            Outboxed::Gateway(me) => batch.gateway == *me,
+            Outboxed::Ids(ids) => ids.contains(entry.id.as_str()),
+        }
+    }
+}
+
 /// Writes a block with its indexes inside a transaction: the block, the location of every entry
-/// of its valid batches, the patient audit index, the removal of its entries from the outbox,
-/// the derived state (record custodians, consents), `meta_updates` and the membership updates.
-pub(crate) fn write_block(v: &BlockViews<'_>, block: &Block, prepared: &PreparedBlock, meta_updates: &[(&[u8], Vec<u8>)]) -> Result<(), ConflictableTransactionError<StoreError>> {
+/// of its valid batches, the patient audit index, the removal of its entries from the outbox
+/// (those `outboxed` names), the derived state (record custodians, consents), `meta_updates` and
+/// the membership updates.
+pub(crate) fn write_block(
+    v: &BlockViews<'_>,
+    block: &Block,
+    prepared: &PreparedBlock,
+    meta_updates: &[(&[u8], Vec<u8>)],
+    outboxed: Outboxed<'_>,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
     let height = block.height;
     pieces::write(v.blocks, height, &prepared.bytes)?;
     for (bi, (b, valid)) in block.batches.iter().zip(&block.valid).enumerate() {
@@ -629,7 +668,9 @@ pub(crate) fn write_block(v: &BlockViews<'_>, block: &Block, prepared: &Prepared
                 k.extend_from_slice(&loc);
                 v.pats.insert(k, &loc)?;
             }
-            v.out.remove(e.id.as_bytes())?;
+            if outboxed.may_hold(b, e) {
+                v.out.remove(e.id.as_bytes())?;
+            }
             derive_state(v, e, &loc)?;
         }
     }
@@ -646,8 +687,13 @@ pub(crate) fn write_block(v: &BlockViews<'_>, block: &Block, prepared: &Prepared
 /// consents recorded or revoked.
 fn derive_state(v: &BlockViews<'_>, e: &Entry, loc: &[u8; 16]) -> Result<(), ConflictableTransactionError<StoreError>> {
     match &e.body {
-        EntryBody::RecordAnchored { record_id, .. } if v.recs.get(record_id.as_bytes())?.is_none() => {
-            v.recs.insert(record_id.as_bytes(), loc)?;
+        EntryBody::RecordAnchored { record_id, .. } => {
+            // The first anchor of a record stands. One lookup (the insert's own) instead of a
+            // get before it; a record anchored twice, which the entry rules should prevent, gets
+            // its first location back.
+            if let Some(first) = v.recs.insert(record_id.as_bytes(), loc)? {
+                v.recs.insert(record_id.as_bytes(), first)?;
+            }
         }
         EntryBody::ConsentRecorded { .. } => {
             if let Some(c) = ConsentState::from_entry(e) {

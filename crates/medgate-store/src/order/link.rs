@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::etcd::{EtcdOrderer, EtcdSettings, COMPACTED};
 use super::{BlockSource, BoxFuture, Events, Landing, Ordered, Orderer};
+use crate::chain::Outboxed;
 use crate::{ChainStore, StoreError};
 
 /// Where this gateway's own batches landed: batch hash → (block height, valid).
@@ -263,7 +264,7 @@ pub async fn follow(store: ChainStore, me: String, mut rx: mpsc::Receiver<Feed>,
         while let Some(feed) = next_feed.take() {
             match feed {
                 Feed::Batch(revision, bytes) => {
-                    if let Some(block) = follow_one(&store, &mut state, revision, &bytes, events.as_ref())? {
+                    if let Some(block) = follow_one(&store, &me, &mut state, revision, &bytes, events.as_ref())? {
                         stored.push(block);
                     }
                 }
@@ -302,7 +303,7 @@ async fn settle(store: &ChainStore, me: &str, landed: &Landed, blocks: Vec<Block
 
 /// Cuts and stores (unflushed) the block of one batch of the stream; `None` when the batch is
 /// skipped (already on the chain, or undecodable).
-fn follow_one(store: &ChainStore, state: &mut ChainState, revision: u64, bytes: &[u8], events: &dyn Events) -> Result<Option<Block>, StoreError> {
+fn follow_one(store: &ChainStore, me: &str, state: &mut ChainState, revision: u64, bytes: &[u8], events: &dyn Events) -> Result<Option<Block>, StoreError> {
     if state.order_position().is_some_and(|p| revision <= p) {
         return Ok(None);
     }
@@ -333,7 +334,7 @@ fn follow_one(store: &ChainStore, state: &mut ChainState, revision: u64, bytes: 
         };
         tracing::warn!(height = block.height, gateway = %b.gateway, seq = b.seq, reason = %why, "batch flagged invalid");
     }
-    apply_block(store, &block, next, state)?;
+    apply_block(store, me, &block, next, state)?;
     Ok(Some(block))
 }
 
@@ -370,8 +371,9 @@ fn cut_checked(store: &ChainStore, state: &mut ChainState, position: u64, batche
 
 /// Stores a checked block with the chain state it leads to (and the ordering position to
 /// resume after), unflushed.
-fn apply_block(store: &ChainStore, block: &Block, next: ChainState, state: &mut ChainState) -> Result<(), StoreError> {
-    store.apply(block, &[(b"chain_state", next.to_bytes()), (b"last_revision", block.order_position.to_be_bytes().to_vec())])?;
+fn apply_block(store: &ChainStore, me: &str, block: &Block, next: ChainState, state: &mut ChainState) -> Result<(), StoreError> {
+    let meta: &[(&[u8], Vec<u8>)] = &[(b"chain_state", next.to_bytes()), (b"last_revision", block.order_position.to_be_bytes().to_vec())];
+    store.apply_with(block, meta, Outboxed::Gateway(me))?;
     *state = next;
     Ok(())
 }
@@ -387,7 +389,7 @@ fn record_landings(me: &str, landed: &Landed, block: &Block) {
 
 /// Stores a checked block, flushed, then tells the writer where this gateway's batches landed.
 async fn commit_block(store: &ChainStore, me: &str, landed: &Landed, block: &Block, next: ChainState, state: &mut ChainState) -> Result<(), StoreError> {
-    apply_block(store, block, next, state)?;
+    apply_block(store, me, block, next, state)?;
     store.db().flush().await?;
     store.committed(block);
     record_landings(me, landed, block);

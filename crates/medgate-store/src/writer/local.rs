@@ -17,7 +17,7 @@
 //! written again without it. After the flush, the store's commit listeners hear of each block,
 //! in height order, before the requests are answered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use medgate_ledger::{Block, Receipt};
@@ -25,7 +25,7 @@ use sled::transaction::{ConflictableTransactionError, Transactional};
 use tokio::sync::mpsc;
 
 use super::{answer, drop_refused, GroupError, Outcome, Pending, Refused, Writer};
-use crate::chain::{write_block, BlockViews, PreparedBlock};
+use crate::chain::{write_block, BlockViews, Outboxed, PreparedBlock};
 use crate::error::to_json;
 use crate::vault::{deposit, Deposit, DepositError, DepositViews};
 use crate::{ChainStore, Events, Sequencer, StoreError};
@@ -160,8 +160,7 @@ impl Writer {
             blocks.push(block);
         }
         let prepared: Vec<PreparedBlock> = blocks.iter().map(|b| self.parts.store.prepare(b)).collect::<Result<_, _>>().map_err(failed)?;
-        let deposits: Vec<(usize, &Deposit)> = group.iter().enumerate().filter_map(|(i, p)| p.deposit.as_ref().map(|d| (i, d))).collect();
-        self.transact(sequencer, &deposits, &blocks, &prepared).map_err(|e| GroupError::from_deposits(e, group.len()))?;
+        self.transact(sequencer, group, &blocks, &prepared).map_err(|e| GroupError::from_deposits(e, group.len()))?;
         for block in &blocks {
             self.parts.events.incr("ledger_batches");
             for r in Receipt::for_batch(block, 0).map_err(|e| failed(StoreError::Format(e.to_string())))? {
@@ -174,7 +173,10 @@ impl Writer {
 
     /// The one transaction of a group: its deposits, then its blocks with their sequence
     /// numbers and sequencer positions.
-    fn transact(&self, sequencer: &Sequencer, deposits: &[(usize, &Deposit)], blocks: &[Block], prepared: &[PreparedBlock]) -> Result<(), DepositError> {
+    fn transact(&self, sequencer: &Sequencer, group: &[Pending], blocks: &[Block], prepared: &[PreparedBlock]) -> Result<(), DepositError> {
+        let deposits: Vec<(usize, &Deposit)> = group.iter().enumerate().filter_map(|(i, p)| p.deposit.as_ref().map(|d| (i, d))).collect();
+        // Only the drain's entries come from the outbox; the others go straight into the block.
+        let outboxed: HashSet<&str> = group.iter().filter(|p| !p.durable).flat_map(|p| p.entries.iter().map(|e| e.id.as_str())).collect();
         let seq_updates: Vec<Vec<u8>> = blocks.iter().map(|b| (b.batches[0].seq + 1).to_be_bytes().to_vec()).collect();
         let mut trees: Vec<&sled::Tree> = self.parts.vault.deposit_trees().to_vec();
         let chain_at = trees.len();
@@ -188,7 +190,7 @@ impl Writer {
                 let vault = DepositViews::of(&t[..chain_at], chain.outbox());
                 deposit::write_all(&vault, deposits.iter().copied())?;
                 for ((block, prep), seq) in blocks.iter().zip(prepared).zip(&seq_updates) {
-                    write_block(&chain, block, prep, &[(b"next_batch_seq", seq.clone())]).map_err(deposit::store_fault)?;
+                    write_block(&chain, block, prep, &[(b"next_batch_seq", seq.clone())], Outboxed::Ids(&outboxed)).map_err(deposit::store_fault)?;
                     Sequencer::place_in(&t[sequencer_at], &t[sequencer_at + 1], block.batches[0].hash(), block.order_position).map_err(deposit::store_fault)?;
                 }
                 Ok::<(), ConflictableTransactionError<DepositError>>(())
