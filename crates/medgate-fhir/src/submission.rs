@@ -66,8 +66,8 @@ pub struct SubmissionSet {
 impl SubmissionSet {
     /// The List to keep, once the documents have ids: each `entry.item` names
     /// `DocumentReference/<id>` (`record_ids[k]` is the id of document `k`).
-    pub fn stored_list(&self, record_ids: &[String]) -> Value {
-        let mut list = self.list.clone();
+    pub fn into_stored_list(self, record_ids: &[String]) -> Value {
+        let mut list = self.list;
         if let Some(entries) = list.get_mut("entry").and_then(Value::as_array_mut) {
             for (entry, k) in entries.iter_mut().zip(&self.items) {
                 if let (Some(obj), Some(id)) = (entry.as_object_mut(), record_ids.get(*k)) {
@@ -146,7 +146,7 @@ mod tests {
             list: json!({"resourceType": "List", "entry": [{"item": {"reference": "urn:uuid:b"}}, {"item": {"reference": "urn:uuid:a"}}]}),
             items: vec![1, 0],
         };
-        let list = ss.stored_list(&["r0".into(), "r1".into()]);
+        let list = ss.into_stored_list(&["r0".into(), "r1".into()]);
         assert_eq!(list["entry"][0]["item"]["reference"], "DocumentReference/r1");
         assert_eq!(list["entry"][1]["item"]["reference"], "DocumentReference/r0");
     }

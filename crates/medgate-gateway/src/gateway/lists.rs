@@ -5,7 +5,7 @@
 
 use medgate_fhir::{list_resource, patient_resource, PatientId, StoredListView};
 use medgate_ledger::EntryBody;
-use medgate_store::vault::{self, OpenList, StoredList};
+use medgate_store::vault::{self, OpenList, SealedList, StoredList};
 use serde_json::Value;
 
 use super::{Caller, Gateway};
@@ -47,13 +47,13 @@ impl Gateway {
     /// The List resource of an opened list, with its receipt.
     pub(super) fn submission_set(&self, open: &OpenList) -> Result<SubmissionSet, GatewayError> {
         let receipt = self.ledger.store.receipt(&open.stored.entry_id).map_err(GatewayError::internal)?.map(|r| r.to_json());
-        let resource = list_resource(&StoredListView {
-            id: &open.stored.id,
-            list: &open.sealed.list,
-            created: &open.stored.created,
-            receipt: receipt.as_ref(),
-        });
+        let resource = self.list_resource(&open.stored, &open.sealed, receipt.as_ref());
         Ok(SubmissionSet { stored: open.stored.clone(), resource })
+    }
+
+    /// The List resource of a list whose content is open, with the receipt given.
+    pub(super) fn list_resource(&self, stored: &StoredList, sealed: &SealedList, receipt: Option<&Value>) -> Value {
+        list_resource(&StoredListView { id: &stored.id, list: &sealed.list, created: &stored.created, receipt })
     }
 
     pub(super) async fn open_list(&self, list: StoredList) -> Result<OpenList, GatewayError> {

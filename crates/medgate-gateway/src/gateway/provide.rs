@@ -4,6 +4,7 @@
 //! answer, rendered from ids: at once from what the request holds, and for a retry from the
 //! sealed records and lists and the ledger receipts, the same either way.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use medgate_fhir::{at_version, provide_response, AnswerEntry, Submission, SubmissionEntry};
@@ -121,7 +122,7 @@ impl Gateway {
     /// Makes the entries of the list and of each replacement, and what sealing the
     /// SubmissionSet takes (sealed with the records, see `records`). `ids[k]` is document
     /// `k`'s record id.
-    pub(super) async fn prepare_extras(&self, caller: &Caller, sub: &Submission, ids: &[String], replaced: &[(usize, StoredRecord)]) -> Result<(Extras, Option<ListJob>), GatewayError> {
+    pub(super) async fn prepare_extras(&self, caller: &Caller, sub: &mut Submission, ids: &[String], replaced: &[(usize, StoredRecord)]) -> Result<(Extras, Option<ListJob>), GatewayError> {
         let user = self.user_pseudonym(caller).await?;
         let created = crate::clock::now_rfc3339();
         let mut extras = Extras::default();
@@ -140,7 +141,9 @@ impl Gateway {
             extras.versions.insert(old.id.clone(), old.version() + 1);
             extras.entries.push(entry);
         }
-        let Some(ss) = &sub.submission_set else {
+        // The SubmissionSet and Patient resource move into the sealed list: the request has no
+        // further use for them.
+        let Some(ss) = sub.submission_set.take() else {
             for e in &extras.entries {
                 e.validate().map_err(GatewayError::internal)?;
             }
@@ -163,8 +166,8 @@ impl Gateway {
         let content = SealedList {
             patient_system: ss.patient.system.clone(),
             patient_value: ss.patient.value.clone(),
-            list: ss.stored_list(ids),
-            patient_resource: sub.patient_resource.clone(),
+            list: ss.into_stored_list(ids),
+            patient_resource: sub.patient_resource.take(),
         };
         let job = ListJob { id, created, pseudonym, pv, record_ids, entry_id: entry.id.clone(), content };
         extras.entries.push(entry);
@@ -266,24 +269,26 @@ impl Gateway {
         let created = if repeat { "200 OK" } else { "201 Created" };
         let missing = || GatewayError::internal(format!("{} {} named by an idempotency state is missing", it.kind, it.id));
         if matches!(it.kind.as_str(), "List" | "Patient") {
-            let (stored, sealed) = match known.lists.get(&it.id) {
-                Some((l, s)) => (l.clone(), Some(s.clone())),
-                None => (self.vault.get_list(&it.id).map_err(GatewayError::from)?.ok_or_else(missing)?, None),
+            // What the request holds is borrowed, not copied: an answer is rendered per request.
+            let (stored, sealed): (Cow<'_, StoredList>, Option<&SealedList>) = match known.lists.get(&it.id) {
+                Some((l, s)) => (Cow::Borrowed(l), Some(s)),
+                None => (Cow::Owned(self.vault.get_list(&it.id).map_err(GatewayError::from)?.ok_or_else(missing)?), None),
             };
             let receipt = self.receipt_of(&stored.entry_id, known)?;
             let resource = match (it.kind.as_str(), sealed) {
                 ("Patient", _) => None,
                 _ if !represent => None,
-                (_, Some(sealed)) => Some(self.submission_set(&vault::OpenList { stored: stored.clone(), sealed })?.resource),
-                (_, None) => Some(self.submission_set(&self.open_list(stored.clone()).await?)?.resource),
+                (_, Some(sealed)) => Some(self.list_resource(&stored, sealed, receipt.as_ref())),
+                (_, None) => Some(self.submission_set(&self.open_list(stored.as_ref().clone()).await?)?.resource),
             };
             let resource_type = if it.kind == "List" { "List" } else { "Patient" };
             let show_receipt = it.kind == "List";
-            return Ok(AnswerEntry { status: created, resource_type, id: stored.id, version: 1, last_modified: stored.created, resource, receipt, show_receipt });
+            let (id, last_modified) = (stored.id.clone(), stored.created.clone());
+            return Ok(AnswerEntry { status: created, resource_type, id, version: 1, last_modified, resource, receipt, show_receipt });
         }
-        let rec = match known.records.get(&it.id) {
-            Some(r) => r.clone(),
-            None => self.vault.get(&it.id).map_err(GatewayError::from)?.ok_or_else(missing)?,
+        let rec: Cow<'_, StoredRecord> = match known.records.get(&it.id) {
+            Some(r) => Cow::Borrowed(r),
+            None => Cow::Owned(self.vault.get(&it.id).map_err(GatewayError::from)?.ok_or_else(missing)?),
         };
         let (status, resource_type, entry_id) = match it.kind.as_str() {
             "DocumentReference" => (created, "DocumentReference", rec.entry_id.clone()),
@@ -295,7 +300,7 @@ impl Gateway {
         let resource = if represent && it.kind == "DocumentReference" && rec.erased.is_none() {
             let reference = match known.references.get(&rec.id) {
                 Some(r) => r.clone(),
-                None => self.open(rec.clone(), false).await?.meta.document_reference,
+                None => self.open(rec.as_ref().clone(), false).await?.meta.document_reference,
             };
             Some(self.describe_at(&rec, &reference, receipt.as_ref(), 1))
         } else {

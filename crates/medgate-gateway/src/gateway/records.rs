@@ -52,7 +52,7 @@ impl Gateway {
         self.create_claimed(caller, sub, held.as_ref().map(|h| h.key()), represent).await
     }
 
-    pub(super) async fn create_claimed(&self, caller: &Caller, sub: Submission, request_key: Option<&[u8]>, represent: bool) -> Result<Created, GatewayError> {
+    pub(super) async fn create_claimed(&self, caller: &Caller, mut sub: Submission, request_key: Option<&[u8]>, represent: bool) -> Result<Created, GatewayError> {
         // Conditional create: a masterIdentifier already stored for this hospital answers with the
         // earlier submission (the same one) or a conflict (another one).
         // Claims are given back when `master_keys` is dropped, whatever happens below.
@@ -82,7 +82,7 @@ impl Gateway {
         let sealing = self.shred.sealing().await;
         let (jobs, mut entries) = self.record_jobs(caller, &sub.documents).await?;
         let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
-        let (mut extras, list_job) = self.prepare_extras(caller, &sub, &ids, &replaced).await?;
+        let (mut extras, list_job) = self.prepare_extras(caller, &mut sub, &ids, &replaced).await?;
         let (records, list) = self.seal(jobs, list_job).await?;
         extras.list = list;
         entries.extend(extras.entries.iter().cloned());
