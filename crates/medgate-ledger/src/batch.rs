@@ -156,7 +156,14 @@ impl Batch {
                 version: self.key_version,
             }
         })?;
-        p256::verify(&spki, &self.signing_message(), &self.signature)
+        self.verify_signature(&spki)
+    }
+
+    /// Verifies the signature alone, over the gateway, sequence number, tree size and root, with
+    /// `spki` (SubjectPublicKeyInfo DER). For the signer's own check of a batch whose
+    /// [`UnsignedBatch::check`] passed just before signing; anyone else uses [`Batch::verify`].
+    pub fn verify_signature(&self, spki: &[u8]) -> Result<(), LedgerError> {
+        p256::verify(spki, &self.signing_message(), &self.signature)
     }
 
     /// Compact JSON with fields in declaration order (identical to `serde_json`'s output).
@@ -308,6 +315,23 @@ mod tests {
         assert_eq!(b.verify(&keys(&key)), Ok(()));
         assert_eq!(b.entries.len(), 17, "one entry of each of the thirteen kinds, a key event under an approved request, plus three anchored");
         assert_eq!(b.root, hex::encode(merkle::root(&b.leaf_hashes())));
+    }
+
+    #[test]
+    fn the_signers_own_check_refuses_another_key_and_any_change_the_signature_covers() {
+        let key = TestKey::new();
+        let b = signed(&key);
+        assert_eq!(b.verify_signature(&key.spki()), Ok(()));
+        assert!(b.verify_signature(&TestKey::new().spki()).is_err(), "a signature by another key");
+        let mut moved = b.clone();
+        moved.seq += 1;
+        assert!(moved.verify_signature(&key.spki()).is_err(), "another sequence number");
+        let mut rerooted = b.clone();
+        rerooted.root = hex::encode([0u8; 32]);
+        assert!(rerooted.verify_signature(&key.spki()).is_err(), "another root");
+        let mut shorter = b;
+        shorter.entries.pop();
+        assert!(shorter.verify_signature(&key.spki()).is_err(), "another tree size");
     }
 
     #[test]
