@@ -276,13 +276,18 @@ fn check_content(
             limit: MAX_BATCH_BYTES,
         });
     }
+    // Each entry is encoded once, for its id and its leaf hash both.
+    let mut leaves = Vec::with_capacity(entries.len());
     for entry in entries {
         if entry.gateway != gateway {
             return Err(LedgerError::BadBatch("entry written by another gateway"));
         }
-        entry.validate()?;
+        entry.validate_fields()?;
+        let canonical = entry.canonical_bytes();
+        entry.check_id_of(&canonical)?;
+        leaves.push(merkle::leaf_hash(&canonical));
     }
-    if hex::encode(merkle::root(&leaf_hashes(entries))) != root {
+    if hex::encode(merkle::root(&leaves)) != root {
         return Err(LedgerError::BadRoot);
     }
     Ok(())

@@ -142,10 +142,11 @@ impl Gateway {
             extras.entries.push(entry);
         }
         // The SubmissionSet and Patient resource move into the sealed list: the request has no
-        // further use for them.
+        // further use for them. The entries are made by Entry::new: their ids are the hashes of
+        // their content by construction, so only their fields are checked.
         let Some(ss) = sub.submission_set.take() else {
             for e in &extras.entries {
-                e.validate().map_err(GatewayError::internal)?;
+                e.validate_fields().map_err(GatewayError::internal)?;
             }
             return Ok((extras, None));
         };
@@ -172,7 +173,7 @@ impl Gateway {
         let job = ListJob { id, created, pseudonym, pv, record_ids, entry_id: entry.id.clone(), content };
         extras.entries.push(entry);
         for e in &extras.entries {
-            e.validate().map_err(GatewayError::internal)?;
+            e.validate_fields().map_err(GatewayError::internal)?;
         }
         Ok((extras, Some(job)))
     }
