@@ -328,6 +328,9 @@ mod tests {
         let b = signed(&key);
         assert_eq!(b.verify_signature(&key.spki()), Ok(()));
         assert!(b.verify_signature(&TestKey::new().spki()).is_err(), "a signature by another key");
+        let mut other_gateway = b.clone();
+        other_gateway.gateway = "hospital-b".into();
+        assert!(other_gateway.verify_signature(&key.spki()).is_err(), "another gateway");
         let mut moved = b.clone();
         moved.seq += 1;
         assert!(moved.verify_signature(&key.spki()).is_err(), "another sequence number");

@@ -628,8 +628,8 @@ pub(crate) enum Outboxed<'a> {
     /// The entries of this gateway's batches: another hospital's entries never wait here (the
     /// consortium follower).
     Gateway(&'a str),
-    /// These entries only (the group commit: the entries its requests hand over go straight
-    /// into the block; only those a drain appends come from the outbox).
+    /// These entries only (the group commit: the entries a deposit hands over go straight into
+    /// the block; others may come from the outbox).
     Ids(&'a HashSet<&'a str>),
 }
 
@@ -688,9 +688,9 @@ pub(crate) fn write_block(
 fn derive_state(v: &BlockViews<'_>, e: &Entry, loc: &[u8; 16]) -> Result<(), ConflictableTransactionError<StoreError>> {
     match &e.body {
         EntryBody::RecordAnchored { record_id, .. } => {
-            // The first anchor of a record stands. One lookup (the insert's own) instead of a
-            // get before it; a record anchored twice, which the entry rules should prevent, gets
-            // its first location back.
+            // The first anchor of a record stands, as it did with a get before the insert: one
+            // lookup (the insert's own) instead of two; a record id anchored again gets its
+            // first location back.
             if let Some(first) = v.recs.insert(record_id.as_bytes(), loc)? {
                 v.recs.insert(record_id.as_bytes(), first)?;
             }

@@ -385,6 +385,28 @@ async fn a_create_whose_batch_cannot_be_signed_is_stored_and_its_entry_waits_in_
 }
 
 #[tokio::test]
+async fn an_entry_sent_again_with_its_id_leaves_the_outbox_when_its_block_is_written() {
+    let site = Site::new();
+    let ledger = site.local_ledger().await;
+    site.key.broken.store(true, Ordering::Relaxed);
+    let entry = searched(7);
+    assert!(ledger.record(vec![entry.clone()]).await.unwrap().is_none(), "stored, not anchored");
+    assert_eq!(site.vault.outbox_len(), 1);
+    site.key.broken.store(false, Ordering::Relaxed);
+    // Sent again with the same id before any drain (as the key events' anchoring does): its
+    // block takes it out of the outbox.
+    let got = ledger.record(vec![entry.clone()]).await.unwrap().expect("in a block");
+    assert_eq!(got[0].entry.id, entry.id);
+    assert_eq!(site.vault.outbox_len(), 0);
+    // A create's entry goes straight into its block and never into the outbox.
+    let (rec, created) = record(2);
+    assert!(ledger.deposit(&only(&rec), vec![created.clone()]).await.unwrap().is_some());
+    assert_eq!(site.vault.outbox_len(), 0);
+    site.chain.receipt(&created.id).unwrap().unwrap().verify(&site.key.spki()).unwrap();
+    assert_eq!(ledger.drain_outbox(&site.vault).await.unwrap(), 0);
+}
+
+#[tokio::test]
 async fn through_an_ordering_service_creates_are_stored_first_then_ordered_batches_in_flight() {
     let site = Site::new();
     let ledger = site.ledger().await;

@@ -175,8 +175,11 @@ impl Writer {
     /// numbers and sequencer positions.
     fn transact(&self, sequencer: &Sequencer, group: &[Pending], blocks: &[Block], prepared: &[PreparedBlock]) -> Result<(), DepositError> {
         let deposits: Vec<(usize, &Deposit)> = group.iter().enumerate().filter_map(|(i, p)| p.deposit.as_ref().map(|d| (i, d))).collect();
-        // Only the drain's entries come from the outbox; the others go straight into the block.
-        let outboxed: HashSet<&str> = group.iter().filter(|p| !p.durable).flat_map(|p| p.entries.iter().map(|e| e.id.as_str())).collect();
+        // A deposit's entries are made by the request that deposits them and go straight into
+        // the block. Any other entry may already wait in the outbox: the drain's, and one sent
+        // again with the id it had (the key events' anchoring does) after its batch could not
+        // be signed.
+        let outboxed: HashSet<&str> = group.iter().filter(|p| p.deposit.is_none()).flat_map(|p| p.entries.iter().map(|e| e.id.as_str())).collect();
         let seq_updates: Vec<Vec<u8>> = blocks.iter().map(|b| (b.batches[0].seq + 1).to_be_bytes().to_vec()).collect();
         let mut trees: Vec<&sled::Tree> = self.parts.vault.deposit_trees().to_vec();
         let chain_at = trees.len();
