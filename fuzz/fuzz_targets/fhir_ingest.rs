@@ -11,11 +11,11 @@ fuzz_target!(|data: &[u8]| {
         for d in &sub.documents {
             check_document(d);
         }
-        if let Some(set) = &sub.submission_set {
+        if let Some(set) = sub.submission_set.clone() {
             // Every List entry names one of the submission's documents.
             assert!(set.items.iter().all(|k| *k < sub.documents.len()), "a List entry names no document");
             let ids: Vec<String> = (0..sub.documents.len()).map(|k| format!("r{k}")).collect();
-            let _ = set.stored_list(&ids);
+            let _ = set.into_stored_list(&ids);
         }
     }
     if let Ok(status) = medgate_fhir::parse_status_patch(data) {

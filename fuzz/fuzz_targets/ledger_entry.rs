@@ -7,6 +7,8 @@ use medgate_ledger::Entry;
 fuzz_target!(|data: &[u8]| {
     let Ok(entry) = serde_json::from_slice::<Entry>(data) else { return };
     let valid = entry.validate().is_ok();
+    // The whole check is the fields' and the id's.
+    assert_eq!(valid, entry.validate_fields().is_ok() && entry.check_id().is_ok());
     // Encoding is deterministic and decodes to the same entry.
     let bytes = serde_json::to_vec(&entry).expect("an entry serialises");
     let again: Entry = serde_json::from_slice(&bytes).expect("an encoded entry decodes");
