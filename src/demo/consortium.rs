@@ -539,9 +539,7 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
     }
     let mut reads = Vec::new();
     let n = ids.len().min(SEQUENTIAL_READS);
-    let (text_a, text_b) = (metrics_text(a)?, metrics_text(b)?);
-    let steps_before = (histogram_steps(&text_a, PEER_READ_STEPS), histogram_steps(&text_b, PEER_READ_STEPS));
-    let writer_before = histogram_steps(&text_a, WRITER_STEPS);
+    let before = ReadSteps::of(a, b)?;
     for id in ids.iter().take(n) {
         let t = Instant::now();
         let r = his_b.get(&format!("/Binary/{id}")).await.map_err(Failure::runtime)?;
@@ -555,10 +553,8 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         percentile(&reads, 0.99),
         reads.len()
     );
-    let (text_a, text_b) = (metrics_text(a)?, metrics_text(b)?);
-    let (at_a, at_b) = (histogram_steps(&text_a, PEER_READ_STEPS), histogram_steps(&text_b, PEER_READ_STEPS));
-    let writer_at_a = histogram_steps(&text_a, WRITER_STEPS);
-    let mean = |now: &BTreeMap<String, (f64, f64)>, before: &BTreeMap<String, (f64, f64)>, step: &str| {
+    let now = ReadSteps::of(a, b)?;
+    let mean = |now: &Steps, before: &Steps, step: &str| {
         let ((s1, c1), (s0, c0)) = (now.get(step).copied().unwrap_or_default(), before.get(step).copied().unwrap_or_default());
         if c1 > c0 {
             (s1 - s0) / (c1 - c0) * 1e3
@@ -568,16 +564,16 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
     };
     println!(
         "  its steps, mean ms (medgate_peer_read_step_seconds): B calls A {:.2} (A: access entry flushed and ordered {:.2}, data key sealed for B alongside {:.2}), B unwraps {:.2}",
-        mean(&at_b, &steps_before.1, "custodian"),
-        mean(&at_a, &steps_before.0, "access_entry"),
-        mean(&at_a, &steps_before.0, "rewrap"),
-        mean(&at_b, &steps_before.1, "unwrap"),
+        mean(&now.at_b, &before.at_b, "custodian"),
+        mean(&now.at_a, &before.at_a, "access_entry"),
+        mean(&now.at_a, &before.at_a, "rewrap"),
+        mean(&now.at_b, &before.at_b, "unwrap"),
     );
     println!(
         "  A's ledger writer meanwhile, mean ms (medgate_ledger_step_seconds): a batch signed and checked {:.2}, etcd's transaction until it holds the batch {:.2}, a flush {:.2}",
-        mean(&writer_at_a, &writer_before, "sign"),
-        mean(&writer_at_a, &writer_before, "submit"),
-        mean(&writer_at_a, &writer_before, "flush"),
+        mean(&now.writer_at_a, &before.writer_at_a, "sign"),
+        mean(&now.writer_at_a, &before.writer_at_a, "submit"),
+        mean(&now.writer_at_a, &before.writer_at_a, "flush"),
     );
     let count = |v: Option<f64>| v.map_or_else(|| "none".to_owned(), |n| format!("{n}"));
     println!(
@@ -599,15 +595,37 @@ fn metric(site: &Site, prefix: &str) -> Result<Option<f64>, Failure> {
 const PEER_READ_STEPS: &str = "medgate_peer_read_step_seconds";
 const WRITER_STEPS: &str = "medgate_ledger_step_seconds";
 
+/// (sum in seconds, count) of each step of a histogram family.
+type Steps = BTreeMap<String, (f64, f64)>;
+
+/// The step histograms the sequential reads are measured by, from one scrape of each gateway:
+/// the read's steps at A (custodian) and B (requester), A's ledger writer's steps.
+struct ReadSteps {
+    at_a: Steps,
+    at_b: Steps,
+    writer_at_a: Steps,
+}
+
+impl ReadSteps {
+    fn of(a: &Site, b: &Site) -> Result<ReadSteps, Failure> {
+        let (text_a, text_b) = (metrics_text(a)?, metrics_text(b)?);
+        Ok(ReadSteps {
+            at_a: histogram_steps(&text_a, PEER_READ_STEPS),
+            at_b: histogram_steps(&text_b, PEER_READ_STEPS),
+            writer_at_a: histogram_steps(&text_a, WRITER_STEPS),
+        })
+    }
+}
+
 /// `site`'s `/metrics` page.
 fn metrics_text(site: &Site) -> Result<String, Failure> {
     Ok(admin_get(site.admin_addr, "/metrics").map_err(Failure::runtime)?.1)
 }
 
 /// (sum in seconds, count) of each `step` of histogram `family` in a `/metrics` page.
-fn histogram_steps(text: &str, family: &str) -> BTreeMap<String, (f64, f64)> {
+fn histogram_steps(text: &str, family: &str) -> Steps {
     let prefix = format!("{family}_");
-    let mut steps: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut steps = Steps::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix(prefix.as_str()) else { continue };
         let Some((kind, rest)) = rest.split_once("{step=\"") else { continue };
