@@ -314,6 +314,11 @@ pub struct Entry {
     pub body: EntryBody,
 }
 
+/// An entry's id: SHA-256 of its canonical bytes, in lowercase hex.
+fn id_of(canonical: &[u8]) -> String {
+    hex::encode(canon::sha256(canonical))
+}
+
 impl Entry {
     /// Builds an entry and computes its id. Call [`Entry::validate`] before submitting it: an
     /// entry that fails validation makes its whole batch invalid.
@@ -349,7 +354,7 @@ impl Entry {
 
     /// [`Entry::check_id`] with the entry's [`Entry::canonical_bytes`] already encoded.
     pub(crate) fn check_id_of(&self, canonical: &[u8]) -> Result<(), LedgerError> {
-        if self.id == hex::encode(canon::sha256(canonical)) {
+        if self.id == id_of(canonical) {
             Ok(())
         } else {
             Err(LedgerError::BadId {
@@ -655,7 +660,7 @@ impl Entry {
     }
 
     fn computed_id(&self) -> String {
-        hex::encode(canon::sha256(&self.canonical_bytes()))
+        id_of(&self.canonical_bytes())
     }
 
     /// Writes the entry as compact JSON, with the id first when `with_id` (the transport form,
