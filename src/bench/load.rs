@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use medgate_fhir::{sample_transaction, PatientId};
+use medgate_fhir::{PatientId, SampleDocument};
 
 use crate::client::HisClient;
 
@@ -107,12 +107,13 @@ pub async fn drive(target: &Target, records: usize, concurrency: usize, size: us
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(records.div_ceil(concurrency));
             let data: Vec<u8> = (0..size).map(|i| (i * 31 + w) as u8).collect();
+            let doc = SampleDocument::new("application/pdf", &data);
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= records {
                     break;
                 }
-                let body = serde_json::to_vec(&sample_transaction(&patient(i), "application/pdf", &data, None)).map_err(|e| e.to_string())?;
+                let body = serde_json::to_vec(&doc.transaction(&patient(i), None)).map_err(|e| e.to_string())?;
                 let t = Instant::now();
                 let r = client.send("POST", "/", &[], body).await?;
                 if r.status != expect {

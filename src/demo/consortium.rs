@@ -446,10 +446,11 @@ async fn bench_ingest(c: &Consortium, patient: &PatientId, records: usize, concu
         let (patient, next) = (patient.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let data: Vec<u8> = (0..4096).map(|i| (i * 7 + w) as u8).collect();
+            let doc = medgate_fhir::SampleDocument::new("application/pdf", &data);
             let mut out = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < records {
                 let t = Instant::now();
-                let r = his.post_json("/", &sample_transaction(&patient, "application/pdf", &data, None), &[]).await?;
+                let r = his.post_json("/", &doc.transaction(&patient, None), &[]).await?;
                 if r.status != 200 {
                     return Err(format!("ingest answered {}", r.status));
                 }

@@ -7,6 +7,7 @@
 //! path; none repeats a patient identifier or document bytes.
 
 use serde_json::Value;
+use sha1::Digest;
 
 mod bundle;
 mod mhd;
@@ -442,8 +443,8 @@ fn decode_document(data: &str, at: &str) -> Result<Vec<u8>, FhirError> {
 /// and size of a Binary shall be accurate).
 fn check_declared_hash(declared: Option<&str>, data: &[u8], attachment_at: &str) -> Result<(), FhirError> {
     let Some(declared) = declared else { return Ok(()) };
-    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, data);
-    if decode_base64(declared).ok().as_deref() == Some(digest.as_ref()) {
+    let digest = sha1::Sha1::digest(data);
+    if decode_base64(declared).ok().as_deref() == Some(digest.as_slice()) {
         Ok(())
     } else {
         Err(FhirError::invalid(child(attachment_at, "hash"), "is not the SHA-1 of the document (base64 of the 20-byte digest of the bytes)"))

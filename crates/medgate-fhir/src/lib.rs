@@ -36,7 +36,7 @@ pub use resources::{
 };
 pub use list::{list_resource, patient_resource, StoredListView};
 pub use response::{answer_ids, provide_response, AnswerEntry};
-pub use sample::sample_transaction;
+pub use sample::{sample_transaction, SampleDocument};
 pub use status::{at_version, parse_status_patch};
 pub use submission::{MhdOption, Relation, StatusPatch, Submission, SubmissionEntry, SubmissionSet, RELATION_CODES};
 

@@ -22,47 +22,92 @@ fn fresh_oid() -> String {
 /// conditional: the same identifier sent again returns the first result; without one, a fresh
 /// `urn:oid:2.25.*` is made, so every call submits a new document.
 pub fn sample_transaction(patient: &PatientId, content_type: &str, data: &[u8], master_identifier: Option<(&str, &str)>) -> Value {
-    let doc_url = "urn:uuid:3fdc72f4-a11d-4a9d-9260-a9f745779e1d";
-    let bin_url = "urn:uuid:a6f1c36e-5a0b-4d1c-9a5f-2b0e7c0d8e55";
-    let ss_url = "urn:uuid:0c287d32-01e3-4d87-9953-9fcc9404eb21";
-    let subject = json!({"identifier": {"system": patient.system, "value": patient.value}});
-    let fresh = fresh_oid();
-    let (system, value) = master_identifier.unwrap_or(("urn:ietf:rfc:3986", fresh.as_str()));
-    let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, data);
-    let doc = json!({
-        "resourceType": "DocumentReference",
-        "masterIdentifier": {"use": "usual", "system": system, "value": value},
-        "identifier": [{"use": "official", "system": "urn:ietf:rfc:3986", "value": doc_url}],
-        "status": "current",
-        "type": {"coding": [{"system": "http://loinc.org", "code": "11506-3", "display": "Progress note"}]},
-        "subject": subject,
-        "date": "2026-11-28T09:30:00Z",
-        "description": "Progress note",
-        "content": [{"attachment": {"contentType": content_type, "url": bin_url, "size": data.len(), "hash": B64.encode(sha1.as_ref())}}]
-    });
-    let submission_set = json!({
-        "resourceType": "List",
-        "extension": [{"url": "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-sourceId", "valueIdentifier": {"value": "urn:oid:1.3.6.1.4.1.21367.13.80.110"}}],
-        "identifier": [{"use": "usual", "system": "urn:ietf:rfc:3986", "value": fresh_oid()}, {"use": "official", "system": "urn:ietf:rfc:3986", "value": ss_url}],
-        "status": "current",
-        "mode": "working",
-        "code": {"coding": [{"system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes", "code": "submissionset"}]},
-        "subject": subject,
-        "date": "2026-11-28T09:31:00Z",
-        "entry": [{"item": {"reference": doc_url}}]
-    });
-    json!({
-        "resourceType": "Bundle",
-        "meta": {"profile": [MhdOption::Minimal.profile()]},
-        "type": "transaction",
-        "entry": [
-            {"fullUrl": doc_url, "resource": doc, "request": {"method": "POST", "url": "DocumentReference"}},
-            {
-                "fullUrl": bin_url,
-                "resource": {"resourceType": "Binary", "contentType": content_type, "data": B64.encode(data)},
-                "request": {"method": "POST", "url": "Binary"}
-            },
-            {"fullUrl": ss_url, "resource": submission_set, "request": {"method": "POST", "url": "List"}}
-        ]
-    })
+    SampleDocument::new(content_type, data).transaction(patient, master_identifier)
+}
+
+/// A document made ready once for any number of sample bundles: what a bundle says of it (type,
+/// size, SHA-1) and its base64, so that a client sending the same bytes again and again (the
+/// load generator) does not hash and encode them for every request.
+#[derive(Debug, Clone)]
+pub struct SampleDocument {
+    content_type: String,
+    size: usize,
+    sha1: String,
+    data: String,
+}
+
+impl SampleDocument {
+    /// `data` of MIME type `content_type`.
+    pub fn new(content_type: &str, data: &[u8]) -> SampleDocument {
+        use sha1::Digest;
+        SampleDocument { content_type: content_type.to_owned(), size: data.len(), sha1: B64.encode(sha1::Sha1::digest(data)), data: B64.encode(data) }
+    }
+
+    /// The bundle of [`sample_transaction`] for this document.
+    pub fn transaction(&self, patient: &PatientId, master_identifier: Option<(&str, &str)>) -> Value {
+        let SampleDocument { content_type, size, sha1, data } = self;
+        let doc_url = "urn:uuid:3fdc72f4-a11d-4a9d-9260-a9f745779e1d";
+        let bin_url = "urn:uuid:a6f1c36e-5a0b-4d1c-9a5f-2b0e7c0d8e55";
+        let ss_url = "urn:uuid:0c287d32-01e3-4d87-9953-9fcc9404eb21";
+        let subject = json!({"identifier": {"system": patient.system, "value": patient.value}});
+        let fresh = fresh_oid();
+        let (system, value) = master_identifier.unwrap_or(("urn:ietf:rfc:3986", fresh.as_str()));
+        let doc = json!({
+            "resourceType": "DocumentReference",
+            "masterIdentifier": {"use": "usual", "system": system, "value": value},
+            "identifier": [{"use": "official", "system": "urn:ietf:rfc:3986", "value": doc_url}],
+            "status": "current",
+            "type": {"coding": [{"system": "http://loinc.org", "code": "11506-3", "display": "Progress note"}]},
+            "subject": subject,
+            "date": "2026-11-28T09:30:00Z",
+            "description": "Progress note",
+            "content": [{"attachment": {"contentType": content_type, "url": bin_url, "size": size, "hash": sha1}}]
+        });
+        let submission_set = json!({
+            "resourceType": "List",
+            "extension": [{"url": "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-sourceId", "valueIdentifier": {"value": "urn:oid:1.3.6.1.4.1.21367.13.80.110"}}],
+            "identifier": [{"use": "usual", "system": "urn:ietf:rfc:3986", "value": fresh_oid()}, {"use": "official", "system": "urn:ietf:rfc:3986", "value": ss_url}],
+            "status": "current",
+            "mode": "working",
+            "code": {"coding": [{"system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes", "code": "submissionset"}]},
+            "subject": subject,
+            "date": "2026-11-28T09:31:00Z",
+            "entry": [{"item": {"reference": doc_url}}]
+        });
+        json!({
+            "resourceType": "Bundle",
+            "meta": {"profile": [MhdOption::Minimal.profile()]},
+            "type": "transaction",
+            "entry": [
+                {"fullUrl": doc_url, "resource": doc, "request": {"method": "POST", "url": "DocumentReference"}},
+                {
+                    "fullUrl": bin_url,
+                    "resource": {"resourceType": "Binary", "contentType": content_type, "data": data},
+                    "request": {"method": "POST", "url": "Binary"}
+                },
+                {"fullUrl": ss_url, "resource": submission_set, "request": {"method": "POST", "url": "List"}}
+            ]
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prepared_document_makes_a_new_submission_each_time_with_the_fips_180_sha1() {
+        let patient = PatientId { system: "urn:oid:1.2.3".into(), value: "42".into() };
+        let doc = SampleDocument::new("text/plain", b"abc");
+        let (a, b) = (doc.transaction(&patient, None), doc.transaction(&patient, None));
+        let attachment = &a["entry"][0]["resource"]["content"][0]["attachment"];
+        // FIPS 180-2, appendix A.1: SHA-1("abc") = a9993e36 4706816a ba3e2571 7850c26c 9cd0d89d.
+        assert_eq!(attachment["hash"], "qZk+NkcGgWq6PiVxeFDCbJzQ2J0=");
+        assert_eq!(attachment["size"], 3);
+        assert_eq!(a["entry"][1]["resource"]["data"], "YWJj");
+        let master = |v: &Value| v["entry"][0]["resource"]["masterIdentifier"]["value"].clone();
+        assert_ne!(master(&a), master(&b), "each bundle is a new document");
+        assert_eq!(a["entry"][1], b["entry"][1], "the same bytes");
+        assert_eq!(sample_transaction(&patient, "text/plain", b"abc", Some(("urn:x", "urn:oid:1.2")))["entry"][1], a["entry"][1]);
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use medgate_fhir::{sample_transaction, PatientId};
+use medgate_fhir::{PatientId, SampleDocument};
 use serde_json::Value;
 
 use crate::bench::load::{percentile, Target};
@@ -20,8 +20,9 @@ pub async fn store_documents(target: &Target, patient: &PatientId, n: usize, con
         let (mut client, patient) = (target.client()?, patient.clone());
         tasks.spawn(async move {
             let data: Vec<u8> = (0..size).map(|i| (i * 31 + w) as u8).collect();
+            let doc = SampleDocument::new("application/pdf", &data);
             for _ in 0..k {
-                let body = serde_json::to_vec(&sample_transaction(&patient, "application/pdf", &data, None)).map_err(|e| e.to_string())?;
+                let body = serde_json::to_vec(&doc.transaction(&patient, None)).map_err(|e| e.to_string())?;
                 let r = client.send("POST", "/", &[], body).await?;
                 if r.status != 200 {
                     return Err(format!("storing a document: status {}: {}", r.status, String::from_utf8_lossy(&r.body)));
