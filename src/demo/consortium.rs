@@ -434,7 +434,8 @@ async fn open_clients(site: &Site, n: usize) -> Result<Vec<HisClient>, Failure> 
 }
 
 /// `records` 4 KiB documents stored at `a` by `concurrency` HIS clients (connected first, drawing
-/// from one count); prints the rate and latencies and returns the record ids.
+/// from one count); prints the rate, latencies and CPU, and returns the record ids, the rate and
+/// the bound of [`print_cpu`].
 async fn bench_ingest(c: &Consortium, patient: &PatientId, records: usize, concurrency: usize) -> Result<(Vec<String>, f64, Option<f64>), Failure> {
     let a = &c.sites[0];
     let clients = open_clients(a, concurrency).await?;
@@ -482,8 +483,10 @@ async fn bench_ingest(c: &Consortium, patient: &PatientId, records: usize, concu
 }
 
 /// Where the machine's CPU went per record of the ingest, and the rate all cores would allow
-/// at that cost; then the most the cores would allow if the ingesting gateway cost nothing (the
-/// other gateways following its blocks, etcd and the load generator alone), returned.
+/// at that cost; then the most the cores would allow at the other parts' costs per record (the
+/// other gateways following its blocks, etcd and the load generator) if the ingesting gateway
+/// cost nothing, returned. A model, not a limit: etcd's and the followers' work is partly per
+/// batch, so their cost per record may fall somewhat as batches fill.
 fn print_cpu(CpuPerRecord { gateways, etcd, generator, all }: &CpuPerRecord, rate: f64) -> Option<f64> {
     let us = |v: &Option<f64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v:.0}"));
     let names = HOSPITALS.iter().zip(gateways).map(|(h, g)| format!("{h} {}", us(g))).collect::<Vec<_>>().join(", ");
@@ -500,7 +503,7 @@ fn print_cpu(CpuPerRecord { gateways, etcd, generator, all }: &CpuPerRecord, rat
     let others = all.zip(gateways.first().copied().flatten()).map(|(a, ingesting)| a - ingesting);
     let bound = others.and_then(|o| crate::cpu::rate_allowed(cores, o));
     println!(
-        "  without {}'s own CPU (the other gateways, etcd and the load generator: {} µs per record) the cores would allow at most {} records/s",
+        "  without {}'s own CPU, at the other parts' costs per record (the other gateways, etcd and the load generator: {} µs) the cores would allow at most {} records/s",
         HOSPITALS[0],
         us(&others),
         bound.map_or_else(|| "?".to_owned(), |b| format!("{b:.0}")),

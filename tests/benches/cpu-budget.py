@@ -19,7 +19,7 @@ import sys
 
 SETUP = ["throwaway_site", "ceiling::", "NullEndpoint", "store_ceiling", "Site::create"]
 STAGES = [
-    ("load generator (client TLS, request bodies)", ["bench::load", "sample_transaction", "client::HisClient", "hyper::client"]),
+    ("load generator (client TLS, request bodies)", ["bench::load", "sample_transaction", "SampleDocument", "client::HisClient", "hyper::client"]),
     ("HSM: data-key wraps under the KEK", ["wrap_data_key", "wrap_with_active_kek"]),
     ("HSM: batch signature", ["LedgerSigner>::sign"]),
     ("ITI-65 parse and validation", ["parse_transaction", "parse_strict", "check_profiles"]),

@@ -107,6 +107,8 @@ mod tests {
         assert_eq!(a["entry"][1]["resource"]["data"], "YWJj");
         let master = |v: &Value| v["entry"][0]["resource"]["masterIdentifier"]["value"].clone();
         assert_ne!(master(&a), master(&b), "each bundle is a new document");
+        let set_id = |v: &Value| v["entry"][2]["resource"]["identifier"][0]["value"].clone();
+        assert_ne!(set_id(&a), set_id(&b), "and a new SubmissionSet");
         assert_eq!(a["entry"][1], b["entry"][1], "the same bytes");
         assert_eq!(sample_transaction(&patient, "text/plain", b"abc", Some(("urn:x", "urn:oid:1.2")))["entry"][1], a["entry"][1]);
     }
