@@ -475,6 +475,32 @@ mod tests {
         PatientId { system: SYSTEM.into(), value: MRN.into() }
     }
 
+    /// The attachment hash check agrees with another SHA-1 implementation (ring's) at every
+    /// length around the 64-byte block and its 55/56-byte padding boundary, and at 4 KiB and
+    /// 1 MiB; a document one bit off is refused.
+    #[test]
+    fn the_declared_hash_check_agrees_with_an_independent_sha1() {
+        let mut x: u32 = 0x2545_f491;
+        let mut bytes = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect()
+        };
+        for n in (1..=200).chain([4096, 1 << 20]) {
+            let mut data = bytes(n);
+            let declared = b64(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &data).as_ref());
+            assert!(check_declared_hash(Some(&declared), &data, "a").is_ok(), "{n} bytes");
+            data[n / 2] ^= 1;
+            assert!(check_declared_hash(Some(&declared), &data, "a").is_err(), "{n} bytes, one bit off");
+        }
+        assert!(check_declared_hash(None, b"anything", "a").is_ok(), "no hash declared: nothing to check");
+    }
+
     pub(super) fn b64(bytes: &[u8]) -> String {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(bytes)
