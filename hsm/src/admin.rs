@@ -77,7 +77,7 @@ impl Hsm {
                 template.push(Attribute::AllowedMechanisms(vec![MechanismType::SHA256_HMAC]));
             }
             template.push(Attribute::Value(value.to_vec()));
-            s.create_object(&template).map_err(Fail::with(Role::Pseudonym, "import", mechanism_name(plan.operation)))?;
+            s.create_object(&template).map_err(Fail::with(Role::Pseudonym, "import", plan.operation))?;
             ctx.clear_keys();
             info_of(self, s, Role::Pseudonym, 1)
         });
@@ -269,7 +269,7 @@ fn create_version(s: &Session, ctx: &Ctx, plan: &RolePlan, version: u32) -> Resu
     s.generate_random_slice(&mut id)?;
     let t = &ctx.profile.template;
     let allowed = allowed_mechanisms(plan, t);
-    let err = Fail::with(role, "key generation", mechanism_name(plan.keygen));
+    let err = Fail::with(role, "key generation", plan.keygen);
     let backup = backupable(s, role)?;
     if role.is_pair() {
         let (public, mut private) = pair_templates(plan, t, &label, &id);

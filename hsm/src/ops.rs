@@ -13,7 +13,7 @@ use crate::der::{ecdsa_raw_to_der, p256_spki_der, pem, rsa_spki_der, unwrap_ec_p
 use crate::error::HsmError;
 use crate::keys::Role;
 use crate::pool::{Ctx, Fail, Hsm, Op};
-use crate::profile::{mechanism_name, KekScheme};
+use crate::profile::KekScheme;
 
 /// An ECDSA P-256 signature made in the HSM, in both encodings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,7 +156,7 @@ pub(crate) fn gcm_frame(format: u8, blob: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// Seals a data key under an AES-GCM KEK version.
 fn gcm_seal(ctx: &Ctx, s: &Session, kek: ObjectHandle, version: u32, value: &[u8]) -> Result<Vec<u8>, Fail> {
-    gcm_seal_framed(ctx, s, kek, GCM_FORMAT, &gcm_aad(version), value, Fail::with(Role::Kek, "wrap", mechanism_name(CKM_AES_GCM)))
+    gcm_seal_framed(ctx, s, kek, GCM_FORMAT, &gcm_aad(version), value, Fail::with(Role::Kek, "wrap", CKM_AES_GCM))
 }
 
 /// Opens an AES-GCM blob: C_DecryptInit + C_Decrypt, two calls.
@@ -168,7 +168,7 @@ fn gcm_open(ctx: &Ctx, s: &Session, kek: ObjectHandle, version: u32, blob: &[u8]
         Ok(v) => Ok(Zeroizing::new(v)),
         // SoftHSM reports a failed tag check as a general error.
         Err(cryptoki::error::Error::Pkcs11(RvError::GeneralError | RvError::EncryptedDataInvalid, _)) => Err(HsmError::Integrity.into()),
-        Err(e) => Err(Fail::with(Role::Kek, "unwrap", mechanism_name(CKM_AES_GCM))(e)),
+        Err(e) => Err(Fail::with(Role::Kek, "unwrap", CKM_AES_GCM)(e)),
     }
 }
 
@@ -190,13 +190,13 @@ pub(crate) fn wrap_once(hsm: &Hsm, s: &Session, ctx: &Ctx, dk: &Dk<'_>) -> Resul
         (KekScheme::Rfc5649 { mechanism }, Dk::Object(obj)) => ctx
             .raw
             .wrap_key(s.handle(), mechanism, kek.handle(), obj.handle(), 72)
-            .map_err(Fail::with(Role::Kek, "wrap", mechanism_name(mechanism)))?,
+            .map_err(Fail::with(Role::Kek, "wrap", mechanism))?,
         (KekScheme::Rfc5649 { mechanism }, Dk::Value(v)) => {
             let obj = create_data_key(s, v)?;
             let wrapped = ctx
                 .raw
                 .wrap_key(s.handle(), mechanism, kek.handle(), obj.handle(), kwp_len(v.len()))
-                .map_err(Fail::with(Role::Kek, "wrap", mechanism_name(mechanism)));
+                .map_err(Fail::with(Role::Kek, "wrap", mechanism));
             let destroyed = s.destroy_object(obj);
             let wrapped = wrapped?;
             destroyed?;
@@ -246,7 +246,7 @@ pub(crate) fn unwrap_with_kek(hsm: &Hsm, s: &Session, ctx: &Ctx, wrapped: &Wrapp
                 Ok(h) => Ok(Unwrapped::Object(crate::raw::object_handle(h))),
                 // SoftHSM reports a failed RFC 5649 integrity check as a general error.
                 Err(cryptoki::error::Error::Pkcs11(RvError::GeneralError, _)) => Err(HsmError::Integrity.into()),
-                Err(e) => Err(Fail::with(Role::Kek, "unwrap", mechanism_name(mechanism))(e)),
+                Err(e) => Err(Fail::with(Role::Kek, "unwrap", mechanism)(e)),
             }
         }
         KekScheme::AesGcm => Ok(Unwrapped::Value({
@@ -270,7 +270,7 @@ pub(crate) fn wrap_for_peer_key(s: &Session, modulus: &[u8], exponent: &[u8], ke
         Attribute::Encrypt(false),
         Attribute::Verify(false),
     ])?;
-    let out = s.wrap_key(&oaep(), peer, key).map_err(Fail::with(Role::Sharing, operation, mechanism_name(CKM_RSA_PKCS_OAEP)));
+    let out = s.wrap_key(&oaep(), peer, key).map_err(Fail::with(Role::Sharing, operation, CKM_RSA_PKCS_OAEP));
     let destroyed = s.destroy_object(peer);
     let out = out?;
     destroyed?;
@@ -348,7 +348,7 @@ impl Hsm {
         self.run(Op::Sign, 2, true, |s, ctx| {
             require(self, ctx, role)?;
             let (version, key) = ctx.key(self, s, role, None, ObjectClass::PRIVATE_KEY)?;
-            let raw = ctx.raw.sign(s.handle(), CKM_ECDSA, key.handle(), digest, 64).map_err(Fail::with(role, "sign", mechanism_name(CKM_ECDSA)))?;
+            let raw = ctx.raw.sign(s.handle(), CKM_ECDSA, key.handle(), digest, 64).map_err(Fail::with(role, "sign", CKM_ECDSA))?;
             let der = ecdsa_raw_to_der(&raw)
                 .ok_or_else(|| HsmError::Device(format!("the module returned an ECDSA signature of {} bytes that is not a P-256 r||s", raw.len())))?;
             Ok(Signature { key_version: version, raw, der })
@@ -436,7 +436,7 @@ impl Hsm {
             let (_, key) = ctx.key(self, s, Role::Sharing, None, ObjectClass::PRIVATE_KEY)?;
             let obj = unwrap_template_retry(ctx, |t| s.unwrap_key(&oaep(), key, blob, t)).map_err(|e| match e {
                 cryptoki::error::Error::Pkcs11(RvError::GeneralError | RvError::EncryptedDataInvalid, _) => Fail::Hsm(HsmError::Integrity),
-                other => Fail::with(Role::Sharing, "unwrap", mechanism_name(CKM_RSA_PKCS_OAEP))(other),
+                other => Fail::with(Role::Sharing, "unwrap", CKM_RSA_PKCS_OAEP)(other),
             })?;
             take_value(self, s, obj)
         })
@@ -448,7 +448,7 @@ impl Hsm {
         self.run(Op::Hmac, 2, true, |s, ctx| {
             require(self, ctx, Role::Pseudonym)?;
             let (version, key) = ctx.key(self, s, Role::Pseudonym, None, ObjectClass::SECRET_KEY)?;
-            let mac = ctx.raw.sign(s.handle(), CKM_SHA256_HMAC, key.handle(), data, 32).map_err(Fail::with(Role::Pseudonym, "hmac", mechanism_name(CKM_SHA256_HMAC)))?;
+            let mac = ctx.raw.sign(s.handle(), CKM_SHA256_HMAC, key.handle(), data, 32).map_err(Fail::with(Role::Pseudonym, "hmac", CKM_SHA256_HMAC))?;
             let mac: [u8; 32] = mac
                 .as_slice()
                 .try_into()

@@ -295,8 +295,10 @@ impl From<P11Error> for Fail {
 
 impl Fail {
     /// Attaches the role, operation and mechanism to a module error.
-    pub(crate) fn with(role: Role, operation: &'static str, mechanism: String) -> impl Fn(P11Error) -> Fail {
-        move |e| Fail::P11(e, Some(OpCtx { role, operation, mechanism: mechanism.clone() }))
+    /// What an operation's failure says: its role, the operation and the mechanism's name (made
+    /// only when the operation fails, not on every call).
+    pub(crate) fn with(role: Role, operation: &'static str, mechanism: cryptoki_sys::CK_MECHANISM_TYPE) -> impl Fn(P11Error) -> Fail {
+        move |e| Fail::P11(e, Some(OpCtx { role, operation, mechanism: crate::profile::mechanism_name(mechanism) }))
     }
 }
 impl From<HsmError> for Fail {
@@ -838,4 +840,19 @@ fn init_diagnosis(e: &P11Error) -> String {
         msg.push_str(": check the module's configuration file and token directory");
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cryptoki::context::Function;
+
+    #[test]
+    fn a_failed_operation_names_its_mechanism() {
+        let fail = Fail::with(Role::Ledger, "sign", cryptoki_sys::CKM_ECDSA)(P11Error::Pkcs11(RvError::KeyFunctionNotPermitted, Function::SignInit));
+        let Fail::P11(e, Some(ctx)) = fail else { panic!("the failure keeps its context") };
+        assert_eq!((ctx.role, ctx.operation, ctx.mechanism.as_str()), (Role::Ledger, "sign", "CKM_ECDSA (0x1041)"));
+        let text = map_op_error(e, Some(&ctx)).to_string();
+        assert!(text.contains("CKM_ECDSA (0x1041)") && text.contains("CKR_KEY_FUNCTION_NOT_PERMITTED"), "{text}");
+    }
 }

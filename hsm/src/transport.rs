@@ -35,7 +35,6 @@ use crate::ops::{gcm_frame, gcm_seal_framed, oaep, require, rewrap_rsa, session_
 use crate::profile::KekScheme;
 use crate::held::{Cache, Made, Received};
 use crate::pool::{Ctx, Fail, Hsm, Op, TRANSPORT_MAKE, TRANSPORT_RECEIVE};
-use crate::profile::mechanism_name;
 
 /// How long transport keys live and how many are kept. The defaults are a site's; a test
 /// shortens them to reach each limit without waiting.
@@ -140,7 +139,7 @@ fn limit_to_gcm(t: &mut Vec<Attribute>, limited: bool) {
 /// C_SetAttributeValue (CKA_EXTRACTABLE to false).
 fn make(hsm: &Hsm, s: &Session, ctx: &Ctx, modulus: &[u8], exponent: &[u8]) -> Result<(ObjectHandle, Vec<u8>), Fail> {
     hsm.add_calls(6);
-    let key = s.generate_key(&Mechanism::AesKeyGen, &made_template(ctx.profile.template.allowed_mechanisms.usable())).map_err(Fail::with(Role::Sharing, "make a transport key", mechanism_name(CKM_AES_KEY_GEN)))?;
+    let key = s.generate_key(&Mechanism::AesKeyGen, &made_template(ctx.profile.template.allowed_mechanisms.usable())).map_err(Fail::with(Role::Sharing, "make a transport key", CKM_AES_KEY_GEN))?;
     let blob = match wrap_for_peer_key(s, modulus, exponent, key, "wrap a transport key for a peer") {
         Ok(b) => b,
         Err(e) => {
@@ -252,9 +251,9 @@ impl Cache {
                 // offering, so that custodians wrap each data key for the sharing key again.
                 hsm.withdraw_transport_ability(TRANSPORT_RECEIVE);
                 tracing::warn!(error = %e, "the module refused the template of a received transport key; data keys will come wrapped for the sharing key");
-                Fail::with(Role::Sharing, "unwrap", mechanism_name(CKM_RSA_PKCS_OAEP))(e)
+                Fail::with(Role::Sharing, "unwrap", CKM_RSA_PKCS_OAEP)(e)
             }
-            other => Fail::with(Role::Sharing, "unwrap", mechanism_name(CKM_RSA_PKCS_OAEP))(other),
+            other => Fail::with(Role::Sharing, "unwrap", CKM_RSA_PKCS_OAEP)(other),
         })?;
         if self.no_value_len.load(Ordering::Relaxed) {
             // Only an AES-256 key is a transport key. Where the template could not say so, a
@@ -364,7 +363,7 @@ impl Hsm {
             };
             // C_EncryptInit + C_Encrypt
             self.add_calls(2);
-            match gcm_seal_framed(ctx, s, key, FORMAT, &aad(context), &value, Fail::with(Role::Sharing, "seal for a peer", mechanism_name(CKM_AES_GCM))) {
+            match gcm_seal_framed(ctx, s, key, FORMAT, &aad(context), &value, Fail::with(Role::Sharing, "seal for a peer", CKM_AES_GCM)) {
                 Ok(sealed) => Ok(PeerWrap { transport: Some(transport), key: sealed }),
                 Err(e) => {
                     if is_stale(&e) {
@@ -401,7 +400,7 @@ impl Hsm {
                 Err(e) => {
                     // As an unwrap: a module's CKR_DEVICE_ERROR or CKR_FUNCTION_FAILED may be a
                     // failed tag check (HsmError::UnwrapFailed, an integrity error).
-                    let e = Fail::with(Role::Sharing, "unwrap", mechanism_name(CKM_AES_GCM))(e);
+                    let e = Fail::with(Role::Sharing, "unwrap", CKM_AES_GCM)(e);
                     if is_stale(&e) {
                         ctx.transport.forget_received(key);
                     }
