@@ -35,7 +35,7 @@ use medgate_fhir::PatientId;
 use medgate_hsm::Hsm;
 use medgate_ledger::{Checkpoint, Entry, EntryBody, Receipt};
 use medgate_store::order::BoxFuture;
-use medgate_store::vault::{self, StoredRecord, Vault};
+use medgate_store::vault::{self, AnswerItem, Claim, StoredRecord, Vault};
 use medgate_store::{Ledger, StoreError};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -139,6 +139,22 @@ impl Gateway {
     pub fn with_sharing(mut self, sharing: Arc<Sharing>) -> Gateway {
         self.sharing = Some(sharing);
         self
+    }
+
+    /// Claims an idempotency key ([`Vault::claim`]) on a blocking thread. Its read of the store
+    /// waits while the ledger writer's transaction holds sled's lock (a group's commit takes
+    /// milliseconds); on a runtime thread it would stop that thread's other requests meanwhile,
+    /// and leave a core idle.
+    async fn claim(&self, key: &[u8]) -> Result<Claim, GatewayError> {
+        let (vault, key) = (self.vault.clone(), key.to_vec());
+        tokio::task::spawn_blocking(move || vault.claim(&key)).await.map_err(GatewayError::internal)?.map_err(GatewayError::from)
+    }
+
+    /// Keeps a request's answer under its idempotency key ([`Vault::finish`]), on a blocking
+    /// thread for the reason [`Gateway::claim`] gives.
+    async fn finish(&self, key: &[u8], status: u16, items: Vec<AnswerItem>) -> Result<(), GatewayError> {
+        let (vault, key) = (self.vault.clone(), key.to_vec());
+        tokio::task::spawn_blocking(move || vault.finish(&key, status, &items)).await.map_err(GatewayError::internal)?.map_err(GatewayError::from)
     }
 
     /// HMAC pseudonym (hex) of `domain` + `value`, computed in the HSM, cached by a hash of the input.

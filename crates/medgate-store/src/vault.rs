@@ -426,13 +426,23 @@ impl Vault {
     /// or what an earlier request committed under it.
     ///
     /// A claim lives in memory only. The holder writes under the key (records stored, then its
-    /// final answer) before it drops its [`Held`], and the check below reads the store under the
-    /// same lock, so a retry either finds the key held or finds what was written.
+    /// final answer) before it drops its [`Held`]; a claim takes the key first and only then
+    /// reads the store, so a retry either finds the key held or finds what was written.
+    ///
+    /// The store is read outside the in-flight set's lock: a read waits while a transaction
+    /// (the ledger writer's group commit) holds sled's lock, and other requests' claims must not
+    /// queue behind it. It may block: an async caller runs it on a blocking thread. (Two
+    /// retries of a request already answered that claim at the same instant: the second may
+    /// hear [`Claim::InFlight`] while the first reads the answer; its next retry gets it.)
     pub fn claim(&self, key: &[u8]) -> Result<Claim, VaultError> {
-        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if inflight.contains(key) {
-            return Ok(Claim::InFlight);
+        {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if !inflight.insert(key.to_vec()) {
+                return Ok(Claim::InFlight);
+            }
         }
+        // Given back on every return below but the last.
+        let held = Held { key: key.to_vec(), inflight: self.inflight.clone() };
         if let Some(cur) = self.idempotency.get(key)? {
             match serde_json::from_slice(&cur).map_err(|e| StoreError::corrupt("idempotency state", e))? {
                 // A claim an earlier version left on disk: its process is gone.
@@ -442,8 +452,7 @@ impl Vault {
                 state => return Ok(Claim::Existing(state)),
             }
         }
-        inflight.insert(key.to_vec());
-        Ok(Claim::New(Held { key: key.to_vec(), inflight: self.inflight.clone() }))
+        Ok(Claim::New(held))
     }
 
     /// Flushes the store: what any request wrote is on disk when this returns.
@@ -884,6 +893,52 @@ mod tests {
         let v = Vault::open(&db).expect("vault");
         assert!(matches!(v.claim(&k).expect("claim"), Claim::New(_)), "the next process owes its crashed predecessor nothing");
         assert!(matches!(v.claim(&Vault::idem_key("his-a", "old")).expect("claim"), Claim::New(_)));
+    }
+
+    #[test]
+    fn a_claim_waiting_for_a_transaction_does_not_hold_up_other_claims() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = Db::open(dir.path()).expect("db");
+        let v = Vault::open(&db).expect("vault");
+        let k = Vault::idem_key("his-a", "abc");
+        // A transaction (the ledger writer's group commit) holds sled's lock until released:
+        // every read of the store waits for it meanwhile.
+        let (open_tx, open_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let idempotency = v.idempotency.clone();
+        let writer = std::thread::spawn(move || {
+            (&idempotency).transaction(|_| {
+                let _ = open_tx.send(());
+                let _ = release_rx.recv();
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+        });
+        open_rx.recv().expect("the transaction is open");
+        // Two requests claim the same key: the one that takes it reads the store and waits for
+        // the transaction; the other must hear at once that the key is in flight, not queue
+        // behind that read.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let claimers: Vec<_> = (0..2)
+            .map(|_| {
+                let (v, k, done) = (v.clone(), k.clone(), done_tx.clone());
+                std::thread::spawn(move || {
+                    let claim = v.claim(&k).expect("claim");
+                    let _ = done.send(matches!(claim, Claim::New(_)));
+                    claim
+                })
+            })
+            .collect();
+        let first = done_rx.recv_timeout(std::time::Duration::from_secs(30));
+        release_tx.send(()).expect("release");
+        writer.join().expect("writer").expect("transaction");
+        assert_eq!(first, Ok(false), "the second claim answers InFlight while the first one reads the store");
+        let second = done_rx.recv().expect("the first claim returns once the transaction is over");
+        assert!(second, "the claim that waited for the transaction holds the key");
+        let claims: Vec<Claim> = claimers.into_iter().map(|c| c.join().expect("claimer")).collect();
+        assert_eq!(claims.iter().filter(|c| matches!(c, Claim::InFlight)).count(), 1, "{claims:?}");
+        assert!(matches!(v.claim(&k).expect("claim"), Claim::InFlight), "held until its holder drops it");
+        drop(claims);
+        assert!(matches!(v.claim(&k).expect("claim"), Claim::New(_)), "given back with the request");
     }
 
     #[tokio::test]

@@ -27,7 +27,7 @@ impl Gateway {
         // records afresh, which finds the same consent on the ledger or in the outbox.
         let held = match &request_key {
             None => None,
-            Some(k) => match self.vault.claim(k)? {
+            Some(k) => match self.claim(k).await? {
                 Claim::New(held) => Some(held),
                 Claim::InFlight => return Err(in_flight()),
                 Claim::Existing(state) => return self.replay_consent(state, sub).await,
@@ -36,7 +36,7 @@ impl Gateway {
         let result = self.record_consent_claimed(caller, sub).await;
         if let (Some(held), Ok(c)) = (&held, &result) {
             let id = c.body["id"].as_str().unwrap_or_default();
-            if let Err(e) = self.vault.finish(held.key(), c.status, &[AnswerItem::new("Consent", id, 1)]) {
+            if let Err(e) = self.finish(held.key(), c.status, vec![AnswerItem::new("Consent", id, 1)]).await {
                 tracing::warn!(error = %e, "idempotency state of a consent request not kept");
             }
         }

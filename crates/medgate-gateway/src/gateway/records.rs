@@ -43,7 +43,7 @@ impl Gateway {
         // what it committed under the key meanwhile answers the retries.
         let held = match &request_key {
             None => None,
-            Some(k) => match self.vault.claim(k)? {
+            Some(k) => match self.claim(k).await? {
                 Claim::New(held) => Some(held),
                 Claim::InFlight => return Err(in_flight()),
                 Claim::Existing(state) => return self.replay_create(state, represent).await,
@@ -60,7 +60,7 @@ impl Gateway {
         for (k, d) in sub.documents.iter().enumerate() {
             if let Some((system, value)) = &d.master_identifier {
                 let key = Vault::idem_key("master", &format!("{system}|{value}"));
-                match self.vault.claim(&key).map_err(GatewayError::from)? {
+                match self.claim(&key).await? {
                     Claim::New(held) => master_keys.push(Some(held)),
                     Claim::Existing(state) => return self.repeated_submission(state, &sub, k, represent).await,
                     Claim::InFlight => {
@@ -98,7 +98,7 @@ impl Gateway {
         let created = self.answer(&items, &known, false, represent).await?;
         if let Some(k) = request_key {
             if created.status == 201 {
-                self.vault.finish(k, created.status, &items).map_err(GatewayError::from)?;
+                self.finish(k, created.status, items).await?;
             }
         }
         Ok(created)
