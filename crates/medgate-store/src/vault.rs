@@ -907,7 +907,7 @@ mod tests {
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let idempotency = v.idempotency.clone();
         let writer = std::thread::spawn(move || {
-            (&idempotency).transaction(|_| {
+            idempotency.transaction(|_| {
                 let _ = open_tx.send(());
                 let _ = release_rx.recv();
                 Ok::<(), ConflictableTransactionError<()>>(())
