@@ -929,7 +929,8 @@ mod tests {
             })
             .collect();
         let first = done_rx.recv_timeout(std::time::Duration::from_secs(30));
-        release_tx.send(()).expect("release");
+        // Ends the transaction (its wait returns), and any rerun of its closure at once.
+        drop(release_tx);
         writer.join().expect("writer").expect("transaction");
         assert_eq!(first, Ok(false), "the second claim answers InFlight while the first one reads the store");
         let second = done_rx.recv().expect("the first claim returns once the transaction is over");
