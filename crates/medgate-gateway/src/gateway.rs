@@ -35,7 +35,7 @@ use medgate_fhir::PatientId;
 use medgate_hsm::Hsm;
 use medgate_ledger::{Checkpoint, Entry, EntryBody, Receipt};
 use medgate_store::order::BoxFuture;
-use medgate_store::vault::{self, AnswerItem, Claim, StoredRecord, Vault};
+use medgate_store::vault::{self, AnswerItem, Claim, Held, StoredRecord, Vault};
 use medgate_store::{Ledger, StoreError};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -150,11 +150,13 @@ impl Gateway {
         tokio::task::spawn_blocking(move || vault.claim(&key)).await.map_err(GatewayError::internal)?.map_err(GatewayError::from)
     }
 
-    /// Keeps a request's answer under its idempotency key ([`Vault::finish`]), on a blocking
-    /// thread for the reason [`Gateway::claim`] gives.
-    async fn finish(&self, key: &[u8], status: u16, items: Vec<AnswerItem>) -> Result<(), GatewayError> {
-        let (vault, key) = (self.vault.clone(), key.to_vec());
-        tokio::task::spawn_blocking(move || vault.finish(&key, status, &items)).await.map_err(GatewayError::internal)?.map_err(GatewayError::from)
+    /// Keeps a request's answer under its claimed idempotency key ([`Vault::finish`]), on a
+    /// blocking thread for the reason [`Gateway::claim`] gives. The claim goes with it and is
+    /// given back only once the answer is written, even if the request is dropped meanwhile: a
+    /// retry finds the key held or the answer, never neither.
+    async fn finish(&self, held: Held, status: u16, items: Vec<AnswerItem>) -> Result<(), GatewayError> {
+        let vault = self.vault.clone();
+        tokio::task::spawn_blocking(move || vault.finish(held.key(), status, &items)).await.map_err(GatewayError::internal)?.map_err(GatewayError::from)
     }
 
     /// HMAC pseudonym (hex) of `domain` + `value`, computed in the HSM, cached by a hash of the input.

@@ -204,8 +204,16 @@ type InFlight = Arc<Mutex<HashSet<Vec<u8>>>>;
 /// An idempotency key claimed by a request in flight, in this process's memory only; dropping
 /// it (the request finished, failed, or was cancelled with its connection) gives the key back.
 /// Whatever the request committed under the key stays in the store.
+///
+/// Clones share the claim: the key is given back when the last of them is dropped. The ledger
+/// writer keeps one with a request's deposit until the deposit is written (or refused), so
+/// that a request dropped while it waits for the writer does not let a retry in before what it
+/// handed over is stored.
+#[derive(Debug, Clone)]
+pub struct Held(Arc<HeldKey>);
+
 #[derive(Debug)]
-pub struct Held {
+struct HeldKey {
     key: Vec<u8>,
     inflight: InFlight,
 }
@@ -213,11 +221,11 @@ pub struct Held {
 impl Held {
     /// The (hashed) idempotency key held.
     pub fn key(&self) -> &[u8] {
-        &self.key
+        &self.0.key
     }
 }
 
-impl Drop for Held {
+impl Drop for HeldKey {
     fn drop(&mut self) {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
     }
@@ -432,8 +440,9 @@ impl Vault {
     /// The store is read outside the in-flight set's lock: a read waits while a transaction
     /// (the ledger writer's group commit) holds sled's lock, and other requests' claims must not
     /// queue behind it. It may block: an async caller runs it on a blocking thread. (Two
-    /// retries of a request already answered that claim at the same instant: the second may
-    /// hear [`Claim::InFlight`] while the first reads the answer; its next retry gets it.)
+    /// retries of a request already answered that claim while the first of them reads the
+    /// answer, which takes as long as a group commit under load: the second hears
+    /// [`Claim::InFlight`], and its next retry gets the answer.)
     pub fn claim(&self, key: &[u8]) -> Result<Claim, VaultError> {
         {
             let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
@@ -442,7 +451,7 @@ impl Vault {
             }
         }
         // Given back on every return below but the last.
-        let held = Held { key: key.to_vec(), inflight: self.inflight.clone() };
+        let held = Held(Arc::new(HeldKey { key: key.to_vec(), inflight: self.inflight.clone() }));
         if let Some(cur) = self.idempotency.get(key)? {
             match serde_json::from_slice(&cur).map_err(|e| StoreError::corrupt("idempotency state", e))? {
                 // A claim an earlier version left on disk: its process is gone.
@@ -928,6 +937,8 @@ mod tests {
                 })
             })
             .collect();
+        // Only the claimers can send now: if one of them fails, the waits below end.
+        drop(done_tx);
         let first = done_rx.recv_timeout(std::time::Duration::from_secs(30));
         // Ends the transaction (its wait returns), and any rerun of its closure at once.
         drop(release_tx);

@@ -31,7 +31,7 @@ use std::time::Duration;
 use medgate_ledger::{Batch, Entry, Receipt, UnsignedBatch};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::vault::{Deposit, Vault, Write};
+use crate::vault::{Deposit, Held, Vault, Write};
 use crate::{ChainStore, Events, LedgerSigner, Orderer, StoreError};
 
 /// Why a request's entries are not in a block, and whether what it handed over is stored
@@ -94,6 +94,8 @@ struct Pending {
     /// When it is answered, through an ordering service.
     settle: Settle,
     reply: oneshot::Sender<Result<Vec<Receipt>, Refused>>,
+    /// The request's idempotency claims, kept until it is answered (see [`Held`]).
+    _holds: Vec<Held>,
 }
 
 /// When a request that goes through an ordering service is answered (the in-process sequencer
@@ -166,11 +168,14 @@ impl Preparing {
     /// [`Ledger::deposit`]. The request stops counting as in preparation just before it is
     /// handed over: counted still when the writer takes it, it would keep its own group
     /// waiting for itself.
-    pub async fn deposit(mut self, write: &Write, entries: Vec<Entry>) -> Result<Option<Vec<Receipt>>, StoreError> {
+    ///
+    /// `holds`: the idempotency keys `write` commits under; the writer keeps them claimed until
+    /// the deposit is written or refused, whether or not this request is still there to hear.
+    pub async fn deposit(mut self, write: &Write, entries: Vec<Entry>, holds: Vec<Held>) -> Result<Option<Vec<Receipt>>, StoreError> {
         let mut deposit = Deposit::encode(write)?;
         deposit.outbox.clear();
         self.release();
-        Ledger::settle(answer_of(enqueue(&self.tx, entries, Some(deposit), true, false, Settle::Landed).await).await)
+        Ledger::settle(answer_of(enqueue(&self.tx, Queued { entries, deposit: Some(deposit), holds, ..Queued::landed() }).await).await)
     }
 
     fn release(&mut self) {
@@ -278,7 +283,7 @@ impl Ledger {
     /// change). `Ok(None)`: stored and flushed, the entries wait in the outbox (the ledger could
     /// not take them). `Ok(Some(_))`: the entries are in a flushed block, with the records.
     pub async fn deposit(&self, write: &Write, entries: Vec<Entry>) -> Result<Option<Vec<Receipt>>, StoreError> {
-        self.preparing().deposit(write, entries).await
+        self.preparing().deposit(write, entries, Vec::new()).await
     }
 
     /// Records entries (an access, a search) durably and puts them on the ledger: `Ok(Some(_))`
@@ -293,7 +298,7 @@ impl Ledger {
     /// holds their batch, without waiting for the block (see `Settle::Ordered`). `Err` when they
     /// could not be stored at all; the caller then discloses nothing.
     pub async fn record_access(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
-        let queued = enqueue(&self.tx, entries, None, true, false, Settle::Ordered).await;
+        let queued = enqueue(&self.tx, Queued { entries, settle: Settle::Ordered, ..Queued::landed() }).await;
         Self::settle(answer_of(queued).await).map(|_| ())
     }
 
@@ -310,7 +315,7 @@ impl Ledger {
     }
 
     async fn send(&self, entries: Vec<Entry>, deposit: Option<Deposit>, durable: bool, alone: bool) -> Result<Vec<Receipt>, Refused> {
-        answer_of(enqueue(&self.tx, entries, deposit, durable, alone, Settle::Landed).await).await
+        answer_of(enqueue(&self.tx, Queued { entries, deposit, durable, alone, ..Queued::landed() }).await).await
     }
 
     /// Appends whatever the outbox holds that is not on the chain yet (after a crash or an outage).
@@ -341,10 +346,28 @@ fn stopped() -> Refused {
     Refused { why: StoreError::Stopped.to_string(), stored: false, conflict: false }
 }
 
+/// What a request hands to the writer (see [`Pending`]).
+struct Queued {
+    entries: Vec<Entry>,
+    deposit: Option<Deposit>,
+    durable: bool,
+    alone: bool,
+    settle: Settle,
+    holds: Vec<Held>,
+}
+
+impl Queued {
+    /// Entries to make durable and answer once landed, in a batch with others, nothing held.
+    fn landed() -> Queued {
+        Queued { entries: Vec::new(), deposit: None, durable: true, alone: false, settle: Settle::Landed, holds: Vec::new() }
+    }
+}
+
 /// Hands a request to the writer; the receiver hears its answer.
-async fn enqueue(tx: &mpsc::Sender<Pending>, entries: Vec<Entry>, deposit: Option<Deposit>, durable: bool, alone: bool, settle: Settle) -> Result<Reply, Refused> {
+async fn enqueue(tx: &mpsc::Sender<Pending>, q: Queued) -> Result<Reply, Refused> {
     let (reply, rx) = oneshot::channel();
-    tx.send(Pending { entries, deposit, durable, alone, settle, reply }).await.map_err(|_| stopped())?;
+    let Queued { entries, deposit, durable, alone, settle, holds } = q;
+    tx.send(Pending { entries, deposit, durable, alone, settle, reply, _holds: holds }).await.map_err(|_| stopped())?;
     Ok(rx)
 }
 

@@ -5,12 +5,14 @@
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use medgate_ledger::{verify_ledger, Batch, Entry, EntryBody};
 use medgate_store::order::{BoxFuture, Landing, Ordered};
-use medgate_store::vault::{AnswerItem, IdemState, RecordChange, StatusChange, StoredRecord, Vault, Write};
+use medgate_store::vault::{AnswerItem, Claim, IdemState, RecordChange, StatusChange, StoredRecord, Vault, Write};
 use medgate_store::writer::WriterParts;
 use medgate_store::{BatchPolicy, ChainStore, CommitListener, Db, Events, Ledger, LedgerSigner, Orderer, Sequencer, StoreError};
 use ring::rand::SystemRandom;
@@ -302,6 +304,42 @@ fn assert_deposited(site: &Site, got: &[Deposited]) {
     assert_eq!(site.vault.outbox_len(), 0, "every entry is in a block");
 }
 
+/// A request that is dropped (its client gone) after it handed its deposit to the writer, and
+/// before it heard back, must not let a retry claim its key before the deposit is written: the
+/// retry would store the same submission again.
+#[tokio::test]
+async fn a_request_dropped_while_the_writer_has_its_deposit_keeps_its_key_until_it_is_stored() {
+    let site = Site::new();
+    let ledger = site.local_ledger().await;
+    let (rec, entry) = record(1);
+    let key = Vault::idem_key("his-a", "key-1");
+    let Claim::New(held) = site.vault.claim(&key).unwrap() else { panic!("a fresh key is claimed") };
+    let items = vec![AnswerItem::new("DocumentReference", &rec.id, 1)];
+    let write = Write { records: vec![rec.clone()], idem: vec![(key.clone(), IdemState::Committed { items: items.clone() })], ..Write::default() };
+    // One poll hands the deposit to the writer's queue; then the request is gone. This test's
+    // runtime has one thread, and nothing below awaits before the checks: the writer has not
+    // run since.
+    let mut request = Box::pin(ledger.preparing().deposit(&write, vec![entry], vec![held.clone()]));
+    std::future::poll_fn(|cx| {
+        assert!(request.as_mut().poll(cx).is_pending(), "the request waits for the writer");
+        Poll::Ready(())
+    })
+    .await;
+    drop(request);
+    drop(held);
+    assert!(site.vault.get(&rec.id).unwrap().is_none(), "not written yet");
+    assert!(matches!(site.vault.claim(&key).unwrap(), Claim::InFlight), "a retry waits for the deposit the writer holds");
+    // Once the writer has written it (a later deposit is answered after it), the retry finds
+    // what the dropped request committed, and the key is free for it.
+    let (later, later_entry) = record(2);
+    ledger.deposit(&only(&later), vec![later_entry]).await.unwrap().expect("anchored");
+    match site.vault.claim(&key).unwrap() {
+        Claim::Existing(IdemState::Committed { items: got }) => assert_eq!(got, items),
+        other => panic!("the retry finds what the dropped request committed: {other:?}"),
+    }
+    assert_eq!(site.vault.get(&rec.id).unwrap().as_ref(), Some(&rec));
+}
+
 #[tokio::test]
 async fn concurrent_creates_commit_records_entries_and_blocks_together_one_signature_per_block() {
     let site = Site::new();
@@ -349,7 +387,7 @@ async fn an_announced_request_that_never_comes_holds_nothing_up_and_announced_on
     for (n, preparing) in announced {
         tasks.push(tokio::spawn(async move {
             let (rec, entry) = record(n);
-            let got = preparing.deposit(&only(&rec), vec![entry]).await.unwrap();
+            let got = preparing.deposit(&only(&rec), vec![entry], Vec::new()).await.unwrap();
             (rec, got)
         }));
     }

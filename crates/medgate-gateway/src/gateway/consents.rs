@@ -34,9 +34,9 @@ impl Gateway {
             },
         };
         let result = self.record_consent_claimed(caller, sub).await;
-        if let (Some(held), Ok(c)) = (&held, &result) {
+        if let (Some(held), Ok(c)) = (held, &result) {
             let id = c.body["id"].as_str().unwrap_or_default();
-            if let Err(e) = self.finish(held.key(), c.status, vec![AnswerItem::new("Consent", id, 1)]).await {
+            if let Err(e) = self.finish(held, c.status, vec![AnswerItem::new("Consent", id, 1)]).await {
                 tracing::warn!(error = %e, "idempotency state of a consent request not kept");
             }
         }

@@ -49,10 +49,11 @@ impl Gateway {
                 Claim::Existing(state) => return self.replay_create(state, represent).await,
             },
         };
-        self.create_claimed(caller, sub, held.as_ref().map(|h| h.key()), represent).await
+        self.create_claimed(caller, sub, held, represent).await
     }
 
-    pub(super) async fn create_claimed(&self, caller: &Caller, mut sub: Submission, request_key: Option<&[u8]>, represent: bool) -> Result<Created, GatewayError> {
+    /// `request`: the request's claimed Idempotency-Key, given back once its answer is kept.
+    pub(super) async fn create_claimed(&self, caller: &Caller, mut sub: Submission, request: Option<Held>, represent: bool) -> Result<Created, GatewayError> {
         // Conditional create: a masterIdentifier already stored for this hospital answers with the
         // earlier submission (the same one) or a conflict (another one).
         // Claims are given back when `master_keys` is dropped, whatever happens below.
@@ -87,18 +88,21 @@ impl Gateway {
         extras.list = list;
         entries.extend(extras.entries.iter().cloned());
         let items = Self::answer_items(&sub, &records, &extras);
-        let write = Self::write(records, &extras, &items, request_key, &master_keys);
+        let write = Self::write(records, &extras, &items, request.as_ref().map(Held::key), &master_keys);
         // Records, list, status changes, idempotency states and ledger entries reach the disk
         // together, in one group commit with other requests' (see `medgate_store::writer`);
         // `None`: stored, the entries wait in the outbox.
-        let receipts = preparing.deposit(&write, entries).await?;
+        // The writer keeps the keys claimed until the deposit is written, even if this request
+        // is dropped before it hears (its client gone): a retry waits, then finds the records.
+        let holds = request.iter().chain(master_keys.iter().flatten()).cloned().collect();
+        let receipts = preparing.deposit(&write, entries, holds).await?;
         drop(sealing);
         self.metrics.incr("records_stored");
         let known = Self::known(sub, write, extras, receipts);
         let created = self.answer(&items, &known, false, represent).await?;
-        if let Some(k) = request_key {
+        if let Some(held) = request {
             if created.status == 201 {
-                self.finish(k, created.status, items).await?;
+                self.finish(held, created.status, items).await?;
             }
         }
         Ok(created)
