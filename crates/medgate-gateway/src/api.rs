@@ -59,6 +59,16 @@ pub struct Api {
 
 type Resp = Response<Full<Bytes>>;
 
+/// Runs a write on a task of its own, to its end, even if its client goes away meanwhile (the
+/// connection closes and hyper drops the request). Cut short between its steps, a create or a
+/// consent would give back what it holds while what it handed over is still on its way to the
+/// store: its idempotency keys and the consent lock, so that a retry records it twice, or the
+/// shred pass's sealing guard, so that a pass could destroy the KEK version a queued record's
+/// data key is wrapped under.
+async fn to_the_end<T: Send + 'static>(write: impl std::future::Future<Output = Result<T, GatewayError>> + Send + 'static) -> Result<T, GatewayError> {
+    tokio::spawn(write).await.map_err(GatewayError::internal)?
+}
+
 fn json_response(status: u16, body: &Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(body).unwrap_or_default())));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -252,8 +262,8 @@ impl Api {
                 Ok(self.fhir(200, doc, &rep))
             }
             "DELETE /DocumentReference/{id}" => {
-                let caller = caller(&req, client)?;
-                gw.erase(&caller, &id).await?;
+                let (caller, gw) = (caller(&req, client)?, gw.clone());
+                to_the_end(async move { gw.erase(&caller, &id).await }).await?;
                 let mut r = Response::new(Full::new(Bytes::new()));
                 *r.status_mut() = StatusCode::NO_CONTENT;
                 Ok(r)
@@ -274,7 +284,15 @@ impl Api {
                 let idem = idempotency_key(&req)?;
                 let bytes = body(req, self.body_limit(), self.body_timeout).await?;
                 let sub = medgate_fhir::parse_consent(&bytes)?;
-                let done = if route == "POST /Consent" { gw.record_consent(&caller, &sub, idem.as_deref()).await? } else { gw.revoke_consent(&caller, &id, &sub).await? };
+                let gw = gw.clone();
+                let done = to_the_end(async move {
+                    if route == "POST /Consent" {
+                        gw.record_consent(&caller, &sub, idem.as_deref()).await
+                    } else {
+                        gw.revoke_consent(&caller, &id, &sub).await
+                    }
+                })
+                .await?;
                 Ok(with_location(self.fhir(done.status, done.body, &Rep::default()), done.location, &self.public_base))
             }
             _ => {
@@ -350,6 +368,26 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, FhirError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_write_runs_to_its_end_when_its_request_is_dropped() {
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let mut request = Box::pin(to_the_end(async move {
+            let _ = go_rx.await;
+            let _ = done_tx.send("stored");
+            Ok::<(), GatewayError>(())
+        }));
+        // The request starts its write, then its client goes away.
+        std::future::poll_fn(|cx| {
+            assert!(std::future::Future::poll(request.as_mut(), cx).is_pending(), "the write waits");
+            std::task::Poll::Ready(())
+        })
+        .await;
+        drop(request);
+        go_tx.send(()).expect("the write is still running");
+        assert_eq!(done_rx.await, Ok("stored"), "the write went on to its end without its request");
+    }
 
     #[test]
     fn routes_are_templates_without_ids() {

@@ -153,7 +153,7 @@ impl Gateway {
     /// Keeps a request's answer under its claimed idempotency key ([`Vault::finish`]), on a
     /// blocking thread for the reason [`Gateway::claim`] gives. The claim goes with it and is
     /// given back only once the answer is written, even if the request is dropped meanwhile: a
-    /// retry finds the key held or the answer, never neither.
+    /// retry finds the key held, or what was committed under it.
     async fn finish(&self, held: Held, status: u16, items: Vec<AnswerItem>) -> Result<(), GatewayError> {
         let vault = self.vault.clone();
         tokio::task::spawn_blocking(move || vault.finish(held.key(), status, &items)).await.map_err(GatewayError::internal)?.map_err(GatewayError::from)

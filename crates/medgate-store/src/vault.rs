@@ -206,9 +206,10 @@ type InFlight = Arc<Mutex<HashSet<Vec<u8>>>>;
 /// Whatever the request committed under the key stays in the store.
 ///
 /// Clones share the claim: the key is given back when the last of them is dropped. The ledger
-/// writer keeps one with a request's deposit until the deposit is written (or refused), so
-/// that a request dropped while it waits for the writer does not let a retry in before what it
-/// handed over is stored.
+/// writer keeps one with a request's deposit until it answers the deposit (written and flushed,
+/// or refused; through an ordering service, once its block has landed or the ordering failed),
+/// so that a request dropped while it waits for the writer does not let a retry in before what
+/// it handed over is stored.
 #[derive(Debug, Clone)]
 pub struct Held(Arc<HeldKey>);
 

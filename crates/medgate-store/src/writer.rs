@@ -170,7 +170,7 @@ impl Preparing {
     /// waiting for itself.
     ///
     /// `holds`: the idempotency keys `write` commits under; the writer keeps them claimed until
-    /// the deposit is written or refused, whether or not this request is still there to hear.
+    /// it answers the deposit, whether or not this request is still there to hear.
     pub async fn deposit(mut self, write: &Write, entries: Vec<Entry>, holds: Vec<Held>) -> Result<Option<Vec<Receipt>>, StoreError> {
         let mut deposit = Deposit::encode(write)?;
         deposit.outbox.clear();

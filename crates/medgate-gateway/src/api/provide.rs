@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use hyper::Request;
 use medgate_fhir::Submission;
 
-use super::{body, caller, check_fhir_json, header, idempotency_key, with_location, Api, Resp, Rep};
+use super::{body, caller, check_fhir_json, header, idempotency_key, to_the_end, with_location, Api, Resp, Rep};
 use crate::tls::ClientIdentity;
 use crate::GatewayError;
 
@@ -30,7 +30,8 @@ impl Api {
         let represent = single || wants_representation(header(&req, "prefer")?);
         let bytes = body(req, self.body_limit(), self.body_timeout).await?;
         let sub = if single { Submission::single(medgate_fhir::parse_document_reference(&bytes)?) } else { medgate_fhir::parse_transaction(&bytes)? };
-        let created = self.gateway.create(&caller, sub, idem.as_deref(), represent).await?;
+        let gw = self.gateway.clone();
+        let created = to_the_end(async move { gw.create(&caller, sub, idem.as_deref(), represent).await }).await?;
         let (status, body) = if single {
             match created.body["entry"][0].get("resource") {
                 Some(r) => (created.status, r.clone()),
@@ -49,7 +50,9 @@ impl Api {
         check_fhir_json(&req)?;
         let bytes = body(req, self.body_limit(), self.body_timeout).await?;
         let status = medgate_fhir::parse_status_patch(&bytes)?;
-        Ok(self.fhir(200, self.gateway.change_status(&caller, id, &status).await?, &Rep::default()))
+        let (gw, id) = (self.gateway.clone(), id.to_owned());
+        let changed = to_the_end(async move { gw.change_status(&caller, &id, &status).await }).await?;
+        Ok(self.fhir(200, changed, &Rep::default()))
     }
 
     /// `GET /List/{id}` (a SubmissionSet) and `GET /Patient/{id}` (the Patient it carried).

@@ -92,8 +92,8 @@ impl Gateway {
         // Records, list, status changes, idempotency states and ledger entries reach the disk
         // together, in one group commit with other requests' (see `medgate_store::writer`);
         // `None`: stored, the entries wait in the outbox.
-        // The writer keeps the keys claimed until the deposit is written, even if this request
-        // is dropped before it hears (its client gone): a retry waits, then finds the records.
+        // The writer keeps the keys claimed until it answers the deposit, even if this request
+        // is dropped before it hears: a retry waits, then finds the records.
         let holds = request.iter().chain(master_keys.iter().flatten()).cloned().collect();
         let receipts = preparing.deposit(&write, entries, holds).await?;
         drop(sealing);
