@@ -59,16 +59,6 @@ pub struct Api {
 
 type Resp = Response<Full<Bytes>>;
 
-/// Runs a write on a task of its own, to its end, even if its client goes away meanwhile (the
-/// connection closes and hyper drops the request). Cut short between its steps, a create or a
-/// consent would give back what it holds while what it handed over is still on its way to the
-/// store: its idempotency keys and the consent lock, so that a retry records it twice, or the
-/// shred pass's sealing guard, so that a pass could destroy the KEK version a queued record's
-/// data key is wrapped under.
-async fn to_the_end<T: Send + 'static>(write: impl std::future::Future<Output = Result<T, GatewayError>> + Send + 'static) -> Result<T, GatewayError> {
-    tokio::spawn(write).await.map_err(GatewayError::internal)?
-}
-
 fn json_response(status: u16, body: &Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(body).unwrap_or_default())));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -263,7 +253,8 @@ impl Api {
             }
             "DELETE /DocumentReference/{id}" => {
                 let (caller, gw) = (caller(&req, client)?, gw.clone());
-                to_the_end(async move { gw.erase(&caller, &id).await }).await?;
+                let g = gw.clone();
+                gw.writes.to_the_end(async move { g.erase(&caller, &id).await }).await?;
                 let mut r = Response::new(Full::new(Bytes::new()));
                 *r.status_mut() = StatusCode::NO_CONTENT;
                 Ok(r)
@@ -284,14 +275,16 @@ impl Api {
                 let idem = idempotency_key(&req)?;
                 let bytes = body(req, self.body_limit(), self.body_timeout).await?;
                 let sub = medgate_fhir::parse_consent(&bytes)?;
-                let gw = gw.clone();
-                let done = to_the_end(async move {
-                    if route == "POST /Consent" {
-                        gw.record_consent(&caller, &sub, idem.as_deref()).await
-                    } else {
-                        gw.revoke_consent(&caller, &id, &sub).await
-                    }
-                })
+                let g = gw.clone();
+                let done = gw
+                    .writes
+                    .to_the_end(async move {
+                        if route == "POST /Consent" {
+                            g.record_consent(&caller, &sub, idem.as_deref()).await
+                        } else {
+                            g.revoke_consent(&caller, &id, &sub).await
+                        }
+                    })
                 .await?;
                 Ok(with_location(self.fhir(done.status, done.body, &Rep::default()), done.location, &self.public_base))
             }
@@ -373,7 +366,8 @@ mod tests {
     async fn a_write_runs_to_its_end_when_its_request_is_dropped() {
         let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let mut request = Box::pin(to_the_end(async move {
+        let writes = crate::gateway::Writes::default();
+        let mut request = Box::pin(writes.to_the_end(async move {
             let _ = go_rx.await;
             let _ = done_tx.send("stored");
             Ok::<(), GatewayError>(())
@@ -387,6 +381,31 @@ mod tests {
         drop(request);
         go_tx.send(()).expect("the write is still running");
         assert_eq!(done_rx.await, Ok("stored"), "the write went on to its end without its request");
+        assert!(writes.finished(std::time::Duration::from_secs(30)).await, "and a stop sees it finished");
+    }
+
+    #[tokio::test]
+    async fn a_stop_waits_for_the_writes_still_running() {
+        let writes = crate::gateway::Writes::default();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn({
+            let writes = writes.clone();
+            async move {
+                writes
+                    .to_the_end(async move {
+                        let _ = started_tx.send(());
+                        go_rx.await.map_err(GatewayError::internal)
+                    })
+                    .await
+            }
+        });
+        started_rx.await.expect("the write started");
+        // It cannot finish before it is let go, however long the wait: not a race against time.
+        assert!(!writes.finished(std::time::Duration::from_millis(1)).await, "a write still runs");
+        go_tx.send(()).expect("the write waits");
+        assert!(writes.finished(std::time::Duration::from_secs(30)).await);
+        running.await.expect("task").expect("the write's own result");
     }
 
     #[test]

@@ -115,6 +115,36 @@ pub struct Gateway {
     pub shred: Arc<Shredder>,
     /// One consent recorded at a time, so that a retry racing its first attempt finds it.
     consenting: Arc<tokio::sync::Mutex<()>>,
+    /// The writes running on tasks of their own ([`Writes::to_the_end`]).
+    pub writes: Writes,
+}
+
+/// Writes that run to their end on tasks of their own, even if their client goes away meanwhile
+/// (the connection closes and the request is dropped). Cut short between its steps, a create or
+/// a consent would give back what it holds while what it handed over is still on its way to the
+/// store: its idempotency keys and the consent lock, so that a retry records it twice, or the
+/// shred pass's sealing guard, so that a pass could destroy the KEK version a queued record's
+/// data key is wrapped under. A stop waits for them ([`Writes::finished`]).
+#[derive(Debug, Clone, Default)]
+pub struct Writes(Arc<tokio::sync::RwLock<()>>);
+
+impl Writes {
+    /// Runs `write` on a task of its own and waits for it; dropped, the caller stops waiting,
+    /// the write does not stop.
+    pub async fn to_the_end<T: Send + 'static>(&self, write: impl std::future::Future<Output = Result<T, GatewayError>> + Send + 'static) -> Result<T, GatewayError> {
+        let running = self.0.clone().read_owned().await;
+        tokio::spawn(async move {
+            let _running = running;
+            write.await
+        })
+        .await
+        .map_err(GatewayError::internal)?
+    }
+
+    /// Waits, at most `limit`, until none of the writes is running; `false` when some still were.
+    pub async fn finished(&self, limit: std::time::Duration) -> bool {
+        tokio::time::timeout(limit, self.0.write()).await.is_ok()
+    }
 }
 
 /// The answer to a retry of a request that is still being processed.
@@ -132,7 +162,7 @@ fn nonce() -> [u8; 16] {
 impl Gateway {
     /// A gateway of hospital `hospital` over these parts (standalone until [`Gateway::with_sharing`]).
     pub fn new(hospital: String, hsm: Arc<Hsm>, vault: Vault, ledger: Ledger, metrics: Arc<Metrics>) -> Gateway {
-        Gateway { hospital, hsm, vault, ledger, metrics, pseudonyms: Arc::default(), sharing: None, shred: Arc::default(), consenting: Arc::default() }
+        Gateway { hospital, hsm, vault, ledger, metrics, pseudonyms: Arc::default(), sharing: None, shred: Arc::default(), consenting: Arc::default(), writes: Writes::default() }
     }
 
     /// Consortium sharing: peer reads, checkpoints, catch-up.

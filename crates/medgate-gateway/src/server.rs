@@ -212,6 +212,10 @@ impl Running {
         if tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), self.his_task).await.is_err() {
             tracing::warn!("HIS listener did not stop in time");
         }
+        // Writes whose clients left before their answer run on, on tasks of their own.
+        if !self.gateway.writes.finished(DRAIN_TIMEOUT).await {
+            tracing::warn!("writes still running after {} s; stopping without them (a client's retry redoes or replays each)", DRAIN_TIMEOUT.as_secs());
+        }
         for t in self.tasks {
             t.abort();
             let _ = t.await;

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use hyper::Request;
 use medgate_fhir::Submission;
 
-use super::{body, caller, check_fhir_json, header, idempotency_key, to_the_end, with_location, Api, Resp, Rep};
+use super::{body, caller, check_fhir_json, header, idempotency_key, with_location, Api, Resp, Rep};
 use crate::tls::ClientIdentity;
 use crate::GatewayError;
 
@@ -31,7 +31,7 @@ impl Api {
         let bytes = body(req, self.body_limit(), self.body_timeout).await?;
         let sub = if single { Submission::single(medgate_fhir::parse_document_reference(&bytes)?) } else { medgate_fhir::parse_transaction(&bytes)? };
         let gw = self.gateway.clone();
-        let created = to_the_end(async move { gw.create(&caller, sub, idem.as_deref(), represent).await }).await?;
+        let created = self.gateway.writes.to_the_end(async move { gw.create(&caller, sub, idem.as_deref(), represent).await }).await?;
         let (status, body) = if single {
             match created.body["entry"][0].get("resource") {
                 Some(r) => (created.status, r.clone()),
@@ -51,7 +51,7 @@ impl Api {
         let bytes = body(req, self.body_limit(), self.body_timeout).await?;
         let status = medgate_fhir::parse_status_patch(&bytes)?;
         let (gw, id) = (self.gateway.clone(), id.to_owned());
-        let changed = to_the_end(async move { gw.change_status(&caller, &id, &status).await }).await?;
+        let changed = self.gateway.writes.to_the_end(async move { gw.change_status(&caller, &id, &status).await }).await?;
         Ok(self.fhir(200, changed, &Rep::default()))
     }
 

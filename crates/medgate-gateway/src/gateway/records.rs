@@ -39,8 +39,8 @@ impl Gateway {
             return Err(GatewayError::Forbidden(format!("certificate role {:?} may not store records", caller.client.role)));
         }
         let request_key = idempotency_key.map(|k| Vault::idem_key(&format!("request\n{}", caller.client.system), k));
-        // Held until this request has answered (or failed, or been dropped with its connection);
-        // what it committed under the key meanwhile answers the retries.
+        // Held until this request has answered or failed (it runs to its end even when its
+        // client goes away, see `Writes`); what it committed under the key answers the retries.
         let held = match &request_key {
             None => None,
             Some(k) => match self.claim(k).await? {
