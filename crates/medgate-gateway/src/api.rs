@@ -252,8 +252,7 @@ impl Api {
                 Ok(self.fhir(200, doc, &rep))
             }
             "DELETE /DocumentReference/{id}" => {
-                let (caller, gw) = (caller(&req, client)?, gw.clone());
-                let g = gw.clone();
+                let (caller, g) = (caller(&req, client)?, gw.clone());
                 gw.writes.to_the_end(async move { g.erase(&caller, &id).await }).await?;
                 let mut r = Response::new(Full::new(Bytes::new()));
                 *r.status_mut() = StatusCode::NO_CONTENT;
@@ -285,7 +284,7 @@ impl Api {
                             g.revoke_consent(&caller, &id, &sub).await
                         }
                     })
-                .await?;
+                    .await?;
                 Ok(with_location(self.fhir(done.status, done.body, &Rep::default()), done.location, &self.public_base))
             }
             _ => {
