@@ -589,12 +589,25 @@ fn consents_are_recorded_listed_withdrawn_and_audited() {
         let renewed = his.post_json("/Consent", &consent("active", "hospital-b", one.clone()), &[]).await.unwrap();
         assert_eq!(renewed.status, 201);
         assert_ne!(renewed.json()["id"], cid.as_str());
+        // Withdrawals of one consent sent at once (a HIS retrying before its first attempt was
+        // answered): one withdrawal on the ledger, in a valid batch; every request hears it.
+        let renewed_id = renewed.json()["id"].as_str().unwrap().to_owned();
+        let sent: Vec<_> = (0..4).map(|_| tokio::spawn(put(consent("inactive", "hospital-b", json!([])), renewed_id.clone()))).collect();
+        let mut statuses = Vec::new();
+        for s in sent {
+            statuses.push(s.await.unwrap().status);
+        }
+        assert_eq!(statuses, [200; 4]);
+        let list = his.get(&format!("/Consent?patient={q}")).await.unwrap().json();
+        assert!(list["entry"].as_array().unwrap().iter().all(|e| e["resource"]["status"] == "inactive"), "{list}");
 
         // An access is in a signed block before its answer is sent: nothing is on its way.
         assert_eq!(gw.metric("medgate_outbox_entries"), Some(0.0));
         let audit = his.get(&format!("/AuditEvent?patient={q}")).await.unwrap().json();
         let codes: Vec<&str> = audit["entry"].as_array().unwrap().iter().map(|e| e["resource"]["subtype"][0]["code"].as_str().unwrap()).collect();
         assert!(codes.contains(&"consent-granted") && codes.contains(&"consent-revoked"), "{codes:?}");
+        let count = |code: &str| codes.iter().filter(|c| **c == code).count();
+        assert_eq!((count("consent-granted"), count("consent-revoked")), (3, 3), "one withdrawal per consent: {codes:?}");
     });
 }
 

@@ -154,6 +154,11 @@ impl Gateway {
             return Err(GatewayError::invalid("Consent.status", "must be 'inactive' to withdraw; a consent is not changed in place"));
         }
         let (_, pseudonym) = self.patient_pseudonym(&sub.patient).await?;
+        // One consent change at a time, as for recording: a retry that races its first attempt
+        // waits for it, then finds the consent withdrawn (on the ledger, or its withdrawal in the
+        // outbox) instead of withdrawing it a second time (a second withdrawal would make its
+        // batch invalid, with the entries signed beside it).
+        let _one = self.consenting.lock().await;
         let current = self
             .ledger
             .store
@@ -168,7 +173,12 @@ impl Gateway {
         }
         let mut status = 200;
         let mut receipt = None;
-        if current.active {
+        let waiting = self.vault.outbox().map_err(GatewayError::from)?.into_iter().any(|(_, bytes)| {
+            serde_json::from_slice::<Entry>(&bytes).is_ok_and(|e| matches!(&e.body, EntryBody::ConsentRevoked { consent_id: c, patient, .. } if c == consent_id && *patient == pseudonym))
+        });
+        if current.active && waiting {
+            status = 202;
+        } else if current.active {
             let user = self.user_pseudonym(caller).await?;
             let entry = self.entry(EntryBody::ConsentRevoked {
                 consent_id: consent_id.to_owned(),
