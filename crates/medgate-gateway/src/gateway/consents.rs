@@ -57,13 +57,7 @@ impl Gateway {
         let (_, pseudonym) = self.patient_pseudonym(&sub.patient).await?;
         let mut found = self.ledger.store.consent(&pseudonym, &consent_id).map_err(GatewayError::internal)?;
         if found.is_none() {
-            for (_, bytes) in self.vault.outbox().map_err(GatewayError::from)? {
-                let Ok(e) = serde_json::from_slice::<Entry>(&bytes) else { continue };
-                found = ConsentState::from_entry(&e).filter(|c| c.consent_id == consent_id && c.patient == pseudonym);
-                if found.is_some() {
-                    break;
-                }
-            }
+            found = self.in_outbox(|e| ConsentState::from_entry(e).filter(|c| c.consent_id == consent_id && c.patient == pseudonym))?;
         }
         let (mut wanted, mut ids) = (sub.record_ids.clone(), found.as_ref().map(|c| c.record_ids.clone()).unwrap_or_default());
         wanted.sort();
@@ -117,13 +111,10 @@ impl Gateway {
             let body = consent_resource(&c.consent_id, sub, &self.hospital, receipt.map(|r| r.to_json()).as_ref());
             return Ok(Created { status: 200, body, location: Some(format!("Consent/{}", c.consent_id)) });
         }
-        for (_, bytes) in self.vault.outbox().map_err(GatewayError::from)? {
-            let Ok(e) = serde_json::from_slice::<Entry>(&bytes) else { continue };
-            if let Some(c) = ConsentState::from_entry(&e).filter(|c| c.patient == pseudonym && same_terms(c)) {
-                self.metrics.incr("consents_already_recorded");
-                let body = consent_resource(&c.consent_id, sub, &self.hospital, None);
-                return Ok(Created { status: 202, body, location: Some(format!("Consent/{}", c.consent_id)) });
-            }
+        if let Some(c) = self.in_outbox(|e| ConsentState::from_entry(e).filter(|c| c.patient == pseudonym && same_terms(c)))? {
+            self.metrics.incr("consents_already_recorded");
+            let body = consent_resource(&c.consent_id, sub, &self.hospital, None);
+            return Ok(Created { status: 202, body, location: Some(format!("Consent/{}", c.consent_id)) });
         }
         let user = self.user_pseudonym(caller).await?;
         let consent_id = vault::new_id()?;
@@ -173,10 +164,10 @@ impl Gateway {
         }
         let mut status = 200;
         let mut receipt = None;
-        let waiting = self.vault.outbox().map_err(GatewayError::from)?.into_iter().any(|(_, bytes)| {
-            serde_json::from_slice::<Entry>(&bytes).is_ok_and(|e| matches!(&e.body, EntryBody::ConsentRevoked { consent_id: c, patient, .. } if c == consent_id && *patient == pseudonym))
-        });
-        if current.active && waiting {
+        // Withdrawn on the ledger: the same answer again. Active, with its withdrawal waiting in
+        // the outbox (the ledger could not take it yet): 202 again, not a second withdrawal.
+        let waiting = || self.in_outbox(|e| matches!(&e.body, EntryBody::ConsentRevoked { consent_id: c, patient, .. } if c == consent_id && *patient == pseudonym).then_some(()));
+        if current.active && waiting()?.is_some() {
             status = 202;
         } else if current.active {
             let user = self.user_pseudonym(caller).await?;
@@ -196,5 +187,17 @@ impl Gateway {
         let shown = ConsentSubmission { active: false, record_ids: current.record_ids, start: current.start, end: current.end, ..sub.clone() };
         let body = consent_resource(consent_id, &shown, &self.hospital, receipt.map(|r| r.to_json()).as_ref());
         Ok(Created { status, body, location: Some(format!("Consent/{consent_id}")) })
+    }
+
+    /// The first entry waiting in the outbox (entries the ledger has not taken yet) for which
+    /// `f` answers something.
+    fn in_outbox<T>(&self, mut f: impl FnMut(&Entry) -> Option<T>) -> Result<Option<T>, GatewayError> {
+        for (_, bytes) in self.vault.outbox().map_err(GatewayError::from)? {
+            let Ok(e) = serde_json::from_slice::<Entry>(&bytes) else { continue };
+            if let Some(found) = f(&e) {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
     }
 }
