@@ -799,6 +799,14 @@ pub mod fixture {
 mod tests {
     use super::*;
 
+    /// A vault in a database of its own in a fresh directory (kept until the test ends).
+    fn on_disk() -> (tempfile::TempDir, Db, Vault) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = Db::open(dir.path()).expect("db");
+        let v = Vault::open(&db).expect("vault");
+        (dir, db, v)
+    }
+
     #[test]
     fn ids_start_with_the_time_they_were_made_sort_in_that_order_and_are_distinct() {
         let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
@@ -815,9 +823,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_erasure_marks_a_shred_pending_that_only_a_pass_covering_every_erasure_clears() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let db = Db::open(dir.path()).expect("db");
-        let v = Vault::open(&db).expect("vault");
+        let (dir, db, v) = on_disk();
         let recs: Vec<StoredRecord> = [("a1", 1), ("b1", 1), ("c2", 2)].iter().map(|(id, k)| fixture::record(id, *k)).collect();
         for r in &recs {
             v.put_raw(&r.id, &serde_json::to_vec(r).expect("json")).expect("put");
@@ -866,9 +872,7 @@ mod tests {
 
     #[test]
     fn idempotency_claims_are_exclusive_and_finish_is_returned() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let db = Db::open(dir.path()).expect("db");
-        let v = Vault::open(&db).expect("vault");
+        let (_dir, _db, v) = on_disk();
         let k = Vault::idem_key("his-a", "abc");
         let Claim::New(held) = v.claim(&k).expect("claim") else { panic!("a fresh key is claimed") };
         assert!(matches!(v.clone().claim(&k).expect("claim"), Claim::InFlight), "held for every clone");
@@ -907,9 +911,7 @@ mod tests {
 
     #[test]
     fn a_claim_waiting_for_a_transaction_does_not_hold_up_other_claims() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let db = Db::open(dir.path()).expect("db");
-        let v = Vault::open(&db).expect("vault");
+        let (_dir, _db, v) = on_disk();
         let k = Vault::idem_key("his-a", "abc");
         // A transaction (the ledger writer's group commit) holds sled's lock until released:
         // every read of the store waits for it meanwhile.
@@ -956,9 +958,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_a_request_stored_outlives_its_claim() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let db = Db::open(dir.path()).expect("db");
-        let v = Vault::open(&db).expect("vault");
+        let (_dir, _db, v) = on_disk();
         let k = Vault::idem_key("his-a", "abc");
         let Claim::New(held) = v.claim(&k).expect("claim") else { panic!("fresh key") };
         let rec = fixture::record("r1", 1);
@@ -973,9 +973,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_status_change_is_checked_inside_the_write_and_refusal_stores_nothing() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let db = Db::open(dir.path()).expect("db");
-        let v = Vault::open(&db).expect("vault");
+        let (_dir, _db, v) = on_disk();
         v.store(&Write { records: vec![fixture::record("old", 1)], ..Write::default() }).await.expect("store");
         let change = |status: &str, custodian: &str| StatusChange {
             record_id: "old".into(),
@@ -1003,9 +1001,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_patients_record_ids_are_exactly_its_records_and_records_for_sorts_them_by_date() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let db = Db::open(dir.path()).expect("db");
-        let v = Vault::open(&db).expect("vault");
+        let (_dir, _db, v) = on_disk();
         let of = |id: &str, patient: &str, created: &str| StoredRecord { patient_pseudonym: patient.repeat(32), created: created.into(), ..fixture::record(id, 1) };
         let records = vec![
             of("r3", "ab", "2026-01-01T00:00:00Z"),
