@@ -16,6 +16,7 @@ pub mod child;
 mod flood;
 mod load;
 mod prefill;
+mod reader;
 mod report;
 mod scale;
 
@@ -59,6 +60,8 @@ pub struct Options {
     pub shred: bool,
     /// Records written to the vault before the gateway starts (see [`prefill`]).
     pub prefill: usize,
+    /// One reader retrieving documents alone, then throughout each level (see [`reader`]).
+    pub reads: bool,
 }
 
 fn rt_err(e: impl std::fmt::Display) -> Failure {
@@ -119,6 +122,7 @@ pub fn run(opts: &Options) -> Result<(), Failure> {
         shred: None,
         prefilled: opts.prefill,
         same_round: Vec::new(),
+        reads_alone: None,
     };
     let result = rt.block_on(async {
         if opts.prefill > 0 {
@@ -162,6 +166,16 @@ async fn levels(opts: &Options, site: &Site, cfg: &Config, hsm: &Arc<Hsm>, runni
     let tls = site.his_tls()?;
     let gateway = Target { addr: site.his_addr, tls: tls.clone() };
     let null_target = Target { addr: null.addr, tls };
+    let reader = match opts.reads {
+        false => None,
+        true => {
+            let r = reader::Reader::prepare(site, opts.size).await?;
+            let alone = tokio::task::block_in_place(|| r.alone())?;
+            eprintln!("medgate bench: one reader alone: {} reads, p50 {:.2} ms, p99 {:.2} ms", alone.count, alone.p50_ms, alone.p99_ms);
+            report.reads_alone = Some(alone);
+            Some(r)
+        }
+    };
     for run in 1..=opts.repeat {
         let order: Vec<usize> = if run % 2 == 0 { opts.levels.iter().rev().copied().collect() } else { opts.levels.clone() };
         for c in order {
@@ -171,7 +185,10 @@ async fn levels(opts: &Options, site: &Site, cfg: &Config, hsm: &Arc<Hsm>, runni
             let before = hsm.stats();
             let peak = ceiling::PeakRss::start();
             let started = Instant::now();
-            let gw = load::drive(&gateway, opts.records, c, opts.size, 200).await.map_err(Failure::runtime)?;
+            let reading = reader.as_ref().map(reader::Reader::start);
+            let gw = load::drive(&gateway, opts.records, c, opts.size, 200).await.map_err(Failure::runtime);
+            let reads = reading.map(|r| tokio::task::block_in_place(|| r.stop())).transpose()?;
+            let gw = gw?;
             let after = hsm.stats();
             let n = gw.latencies.len().max(1) as f64;
             let per = |name: &str| (op_count(&after, name) - op_count(&before, name)) as f64 / n;
@@ -193,6 +210,7 @@ async fn levels(opts: &Options, site: &Site, cfg: &Config, hsm: &Arc<Hsm>, runni
                 null_cpu_us_per_request: null_run.cpu_us(),
                 rss_mib: ceiling::rss_mib(),
                 peak_rss_mib: peak.mib(),
+                reads,
             };
             eprintln!(
                 "medgate bench: c={c} run {run}/{}: {:.0} records/s (p50 {:.2} ms, p99 {:.2} ms, {} CPU µs each), null endpoint {:.0}/s, store {:.0}/s, {:.1} s",
@@ -205,6 +223,9 @@ async fn levels(opts: &Options, site: &Site, cfg: &Config, hsm: &Arc<Hsm>, runni
                 level.store_per_s,
                 started.elapsed().as_secs_f64()
             );
+            if let Some(r) = &level.reads {
+                eprintln!("medgate bench: c={c} run {run}/{}: the reader meanwhile: {} reads, p50 {:.2} ms, p99 {:.2} ms", opts.repeat, r.count, r.p50_ms, r.p99_ms);
+            }
             report.levels.push(level);
         }
     }

@@ -24,8 +24,8 @@ fn patient() -> PatientId {
     PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: "flood-bench".into() }
 }
 
-/// The ward's client: a certificate of its own from the hospital CA.
-fn ward(site: &Site) -> Result<HisClient, Failure> {
+/// The ward's client: a certificate of its own from the hospital CA, acting for a nurse.
+pub(super) fn ward(site: &Site) -> Result<HisClient, Failure> {
     let now = time::OffsetDateTime::now_utc();
     let (cert, key) = site.ca.issue_client("his-ward", "his", now - time::Duration::days(1), now + time::Duration::days(30)).map_err(|e| Failure::runtime(e.to_string()))?;
     let tls = medgate_gateway::tls::client_config(site.ca_pem.as_bytes(), Some((cert.pem().as_bytes(), key.serialize_pem().as_bytes()))).map_err(|e| Failure::runtime(e.to_string()))?;

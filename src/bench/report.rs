@@ -8,6 +8,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use super::ceiling::HsmCeilings;
+use super::reader::Reads;
 
 /// One concurrency level, one run.
 #[derive(Debug, Clone, Serialize)]
@@ -39,6 +40,8 @@ pub struct Level {
     /// The most the process had resident while the gateway was under the level's load, MiB
     /// (None when the kernel would not reset its high-water mark).
     pub peak_rss_mib: Option<f64>,
+    /// The reader's documents retrieved meanwhile (`--reads`).
+    pub reads: Option<Reads>,
 }
 
 impl Level {
@@ -88,6 +91,8 @@ pub struct Report {
     pub prefilled: usize,
     /// Each level against the one before it in the same round (see [`Report::compare_rounds`]).
     pub same_round: Vec<SameRound>,
+    /// The reader's documents retrieved with no ingest running (`--reads`).
+    pub reads_alone: Option<Reads>,
 }
 
 /// One level against the level listed before it, round by round, for every round in which both
@@ -241,6 +246,17 @@ impl Report {
                 );
             }
         }
+        if let Some(alone) = &self.reads_alone {
+            println!("one reader, a certificate of its own, retrieving documents one after another (ITI-68 GET /Binary, each read a ledger access entry):");
+            println!("{:>5} {:>3} {:>7} {:>9} {:>9} {:>9}", "conc", "run", "reads", "p50 ms", "p99 ms", "max ms");
+            let row = |c: &str, run: &str, r: &Reads| println!("{c:>5} {run:>3} {:>7} {:>9.2} {:>9.2} {:>9.2}", r.count, r.p50_ms, r.p99_ms, r.max_ms);
+            row("alone", "", alone);
+            for l in &self.levels {
+                if let Some(r) = &l.reads {
+                    row(&l.concurrency.to_string(), &l.run.to_string(), r);
+                }
+            }
+        }
         println!("load average after the run: {}", self.load_after.map_or("?".into(), |l| format!("{l:.2}")));
     }
 
@@ -324,6 +340,7 @@ mod tests {
             null_cpu_us_per_request: Some(80.0),
             rss_mib: None,
             peak_rss_mib: None,
+            reads: None,
         }
     }
 
@@ -344,6 +361,7 @@ mod tests {
             shred: None,
             prefilled: 0,
             same_round: Vec::new(),
+            reads_alone: None,
         }
     }
 

@@ -51,6 +51,13 @@ pub(crate) struct BenchArgs {
     /// under the flood, and the flooder's 200s and 429s per second.
     #[arg(long, conflicts_with_all = ["consortium", "shred", "prefill"])]
     flood: bool,
+    /// Also one reader, a client certificate of its own, retrieving documents (ITI-68 GET
+    /// /Binary/{id}, each read a ledger access entry) one after another: first alone, then
+    /// throughout each level's ingest; prints its p50/p99 alone and under each level. Its reads
+    /// share the cores and the ledger with the ingest: compare levels run with it to each
+    /// other, not to levels run without.
+    #[arg(long, conflicts_with_all = ["consortium", "flood"])]
+    reads: bool,
     /// Scale instead of speed: how the costs grow with the ledger. Takes increasing ledger sizes
     /// in entries (e.g. 10000,100000,1000000). One patient's documents (--scale-documents) are
     /// stored over ITI-65; the ledger is then grown to each size in turn with real entries
@@ -61,7 +68,7 @@ pub(crate) struct BenchArgs {
     /// search of the audited patient (p50/p99 per page), `ledger verify`'s rate (entries/s),
     /// resident memory and the store's size on disk, and the bulk write rate. A million
     /// entries take a few GB in the temporary directory and several minutes.
-    #[arg(long, value_delimiter = ',', value_name = "ENTRIES", conflicts_with_all = ["consortium", "shred", "prefill", "flood", "plot"])]
+    #[arg(long, value_delimiter = ',', value_name = "ENTRIES", conflicts_with_all = ["consortium", "shred", "prefill", "flood", "plot", "reads"])]
     scale: Vec<usize>,
     /// With --scale: documents stored for the searched patient.
     #[arg(long, default_value_t = 1000, requires = "scale")]
@@ -106,5 +113,6 @@ pub(crate) fn bench_command(a: BenchArgs) -> Result<(), Failure> {
         plot: a.plot,
         shred: a.shred,
         prefill: a.prefill,
+        reads: a.reads,
     })
 }
