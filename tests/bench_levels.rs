@@ -42,3 +42,22 @@ fn every_level_reports_its_rate_its_ceilings_and_its_cpu_per_record() {
     // A progress line per level and run on standard error, with its CPU per record.
     assert_eq!(stderr.matches("CPU µs each").count(), 4, "{stderr}");
 }
+
+#[test]
+fn the_reader_reads_alone_and_throughout_every_level() {
+    let (report, stderr) = support::bench_report(&["--records", "30", "--concurrency", "1,4", "--ceiling-seconds", "0.05", "--reads"]);
+    let reads = |r: &serde_json::Value| {
+        let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {r}"));
+        assert!(f("p50_ms") > 0.0 && f("p99_ms") >= f("p50_ms") && f("max_ms") >= f("p99_ms"), "{r}");
+        r["count"].as_u64().unwrap()
+    };
+    assert_eq!(reads(&report["reads_alone"]), 500, "{report}");
+    let levels = report["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), 2);
+    for l in levels {
+        // Every read answered 200 with the document's bytes (the bench fails otherwise), and
+        // at least one ran during the level, however short.
+        assert!(reads(&l["reads"]) >= 1, "{l}");
+    }
+    assert_eq!(stderr.matches("the reader meanwhile").count(), 2, "{stderr}");
+}

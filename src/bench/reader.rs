@@ -93,36 +93,47 @@ impl Reader {
     /// Reads alone: [`ALONE`] documents, one after another, after a warm-up.
     pub fn alone(&self) -> Result<Reads, Failure> {
         let stop = Arc::new(AtomicBool::new(false));
-        let lat = read(&self.site, &self.ids, self.size, ALONE + DOCUMENTS, &stop).map_err(Failure::runtime)?;
+        let lat = read(&self.site, &self.ids, self.size, ALONE + DOCUMENTS, &stop, None).map_err(Failure::runtime)?;
         Ok(Reads::of(lat.into_iter().skip(DOCUMENTS).collect()))
     }
 
-    /// Starts reading, one document after another, until stopped.
-    pub fn start(&self) -> Running {
+    /// Starts reading, one document after another, until stopped; returns once the reader's
+    /// connection is open (as the load generator's are before a level's clock starts). At least
+    /// one read is made, however short the level.
+    pub fn start(&self) -> Result<Running, Failure> {
         let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (site, ids, size, flag) = (self.site.clone(), self.ids.clone(), self.size, stop.clone());
-        Running { stop, thread: std::thread::spawn(move || read(&site, &ids, size, usize::MAX, &flag)) }
+        let thread = std::thread::spawn(move || read(&site, &ids, size, usize::MAX, &flag, Some(ready_tx)));
+        // The thread drops its end once the connection is open, or when it failed to open it.
+        let _ = ready_rx.recv();
+        if thread.is_finished() {
+            return Err(Running { stop, thread }.stop().err().unwrap_or_else(|| Failure::runtime("the reader stopped before it read")));
+        }
+        Ok(Running { stop, thread })
     }
 }
 
-/// Up to `n` reads of `ids` in turn on one connection, until `stop`: their latencies in order.
-/// Every answer must be 200 with the document's `size` bytes.
-fn read(site: &Site, ids: &[String], size: usize, n: usize, stop: &AtomicBool) -> Result<Vec<Duration>, String> {
+/// Reads of `ids` in turn on one connection, `n` at most, until `stop` is set (checked after each
+/// read): their latencies in order. `ready` hears when the connection is open. Every answer must
+/// be 200 with the document's `size` bytes.
+fn read(site: &Site, ids: &[String], size: usize, n: usize, stop: &AtomicBool, ready: Option<std::sync::mpsc::Sender<()>>) -> Result<Vec<Duration>, String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let mut c = client(site).map_err(|f| f.message)?;
         c.open().await?;
+        drop(ready);
         let mut lat = Vec::new();
         for id in ids.iter().cycle().take(n) {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
             let t = Instant::now();
             let r = c.get(&format!("/Binary/{id}")).await?;
             if r.status != 200 || r.body.len() != size {
                 return Err(format!("GET /Binary/{id}: {} ({} bytes)", r.status, r.body.len()));
             }
             lat.push(t.elapsed());
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
         }
         Ok(lat)
     })
