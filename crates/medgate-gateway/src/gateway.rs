@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 
 pub use audit::break_glass_json;
 pub use lists::SubmissionSet;
-pub use retrieve::{Retrieved, BINARY_VERSION};
+pub use retrieve::{Located, Retrieved, BINARY_VERSION};
 
 use crate::metrics::Metrics;
 use crate::peer::{PeerService, ReadGrant, ReadRequest, Sharing};
@@ -169,6 +169,13 @@ impl Gateway {
     pub fn with_sharing(mut self, sharing: Arc<Sharing>) -> Gateway {
         self.sharing = Some(sharing);
         self
+    }
+
+    /// Runs `f` with this gateway on a blocking thread: for store lookups, which wait while the
+    /// ledger writer's transaction holds sled's lock (see [`Gateway::claim`]).
+    async fn off_runtime<T: Send + 'static>(&self, f: impl FnOnce(&Gateway) -> Result<T, GatewayError> + Send + 'static) -> Result<T, GatewayError> {
+        let g = self.clone();
+        tokio::task::spawn_blocking(move || f(&g)).await.map_err(GatewayError::internal)?
     }
 
     /// Claims an idempotency key ([`Vault::claim`]) on a blocking thread. Its read of the store

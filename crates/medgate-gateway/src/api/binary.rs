@@ -39,12 +39,13 @@ impl Api {
     pub(super) async fn retrieve(&self, caller: &Caller, id: &str, rep: &Rep, accept: Option<&str>, if_none_match: Option<&str>) -> Result<Resp, GatewayError> {
         let gw = &self.gateway;
         // The form is chosen before anything is read, so a 406 records no access.
-        let form = match gw.binary_type(caller, id)? {
-            Some(ct) => binary_form(rep, accept, &ct)?,
+        let found = gw.locate(caller, id).await?;
+        let form = match found.content_type() {
+            Some(ct) => binary_form(rep, accept, ct)?,
             None => BinaryForm::Raw,
         };
         let not_modified = if_none_match.is_some_and(|h| names_version(h, BINARY_VERSION));
-        let got = gw.read_binary(caller, id, not_modified).await?;
+        let got = gw.read_binary(caller, id, found, not_modified).await?;
         let r = match (got.document, form) {
             (None, _) => {
                 let mut r = Response::new(Full::new(Bytes::new()));

@@ -9,7 +9,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::provide::{Known, ListJob};
-use super::{in_flight, Caller, Created, Gateway};
+use super::{in_flight, retrieve, Caller, Created, Gateway};
 use crate::GatewayError;
 
 /// A document to seal, with everything `vault::seal_record` takes, owned: the blocking task
@@ -227,11 +227,11 @@ impl Gateway {
 
     pub(super) fn stored(&self, id: &str) -> Result<StoredRecord, GatewayError> {
         if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(GatewayError::NotFound(format!("no record {}", id.chars().take(64).collect::<String>())));
+            return Err(retrieve::no_record(id));
         }
-        let rec = self.vault.get(id).map_err(GatewayError::from)?.ok_or_else(|| GatewayError::NotFound(format!("no record {id}")))?;
+        let rec = self.vault.get(id).map_err(GatewayError::from)?.ok_or_else(|| retrieve::no_record(id))?;
         if rec.erased.is_some() {
-            return Err(GatewayError::Gone(format!("record {id} was erased; its hash stays on the ledger")));
+            return Err(retrieve::erased(id));
         }
         Ok(rec)
     }
@@ -273,7 +273,9 @@ impl Gateway {
     /// `GET /DocumentReference/{id}`: the metadata (decrypted), recorded as a read.
     pub async fn read_reference(&self, caller: &Caller, id: &str) -> Result<Value, GatewayError> {
         self.may_read(caller)?;
-        let rec = self.stored(id)?;
+        let id = id.to_owned();
+        // Off the runtime threads, as for a Binary (see `Gateway::locate`).
+        let rec = self.off_runtime(move |g| g.stored(&id)).await?;
         let user = self.user_pseudonym(caller).await?;
         let open = self.open(rec, false).await?;
         self.record_access(vec![self.read_entry(caller, &user, &open.record, Some("metadata"))]).await?;

@@ -10,6 +10,9 @@
 //! custodian, which checks the consent and records the read: a withdrawn consent must stop a
 //! cached copy from being confirmed.
 
+use medgate_ledger::{Entry, EntryBody};
+use medgate_store::vault::StoredRecord;
+
 use super::{Caller, Document, Gateway};
 use crate::GatewayError;
 
@@ -25,33 +28,61 @@ pub struct Retrieved {
     pub document: Option<Document>,
 }
 
-impl Gateway {
-    /// The content type of document `id` (as stored here, or as the ledger says for a record
-    /// another hospital holds), to choose the form of the answer before anything is read;
-    /// `None` when no such record is known (the read then says why).
-    pub fn binary_type(&self, caller: &Caller, id: &str) -> Result<Option<String>, GatewayError> {
-        self.may_read(caller)?;
-        if let Some(rec) = self.vault.get(id).map_err(GatewayError::from)? {
-            return Ok(Some(rec.content_type));
+/// Where the record a read names is, looked up once for the whole read.
+#[derive(Debug)]
+pub enum Located {
+    /// In this vault (erased or not).
+    Here(StoredRecord),
+    /// Held by another member: the ledger's anchoring entry.
+    Elsewhere(Entry),
+    /// Nowhere this gateway knows of.
+    Unknown,
+}
+
+impl Located {
+    /// The document's content type, to choose the form of the answer before anything is read.
+    pub fn content_type(&self) -> Option<&str> {
+        match self {
+            Located::Here(rec) => Some(&rec.content_type),
+            Located::Elsewhere(Entry { body: EntryBody::RecordAnchored { content_type, .. }, .. }) => Some(content_type),
+            Located::Elsewhere(_) | Located::Unknown => None,
         }
-        Ok(self.remote_record(id)?.and_then(|e| match e.body {
-            medgate_ledger::EntryBody::RecordAnchored { content_type, .. } => Some(content_type),
-            _ => None,
-        }))
+    }
+}
+
+impl Gateway {
+    /// Finds record `id` (in the vault, else on the ledger as another member's) for a read by
+    /// `caller`, on a blocking thread: the store's lookups wait while the ledger writer's
+    /// transaction holds sled's lock, and must not stop a runtime thread meanwhile.
+    pub async fn locate(&self, caller: &Caller, id: &str) -> Result<Located, GatewayError> {
+        self.may_read(caller)?;
+        let id = id.to_owned();
+        self.off_runtime(move |g| {
+            if let Some(rec) = g.vault.get(&id).map_err(GatewayError::from)? {
+                return Ok(Located::Here(rec));
+            }
+            Ok(g.remote_record(&id)?.map_or(Located::Unknown, Located::Elsewhere))
+        })
+        .await
     }
 
-    /// `GET /Binary/{id}`: the document, decrypted, after its read entry is durably recorded.
-    /// `not_modified`: the client holds version [`BINARY_VERSION`] (`If-None-Match` matched).
-    pub async fn read_binary(&self, caller: &Caller, id: &str, not_modified: bool) -> Result<Retrieved, GatewayError> {
+    /// `GET /Binary/{id}`: the document `found` by [`Gateway::locate`], decrypted, after its
+    /// read entry is durably recorded. `not_modified`: the client holds version
+    /// [`BINARY_VERSION`] (`If-None-Match` matched).
+    pub async fn read_binary(&self, caller: &Caller, id: &str, found: Located, not_modified: bool) -> Result<Retrieved, GatewayError> {
         self.may_read(caller)?;
-        if self.vault.get(id).map_err(GatewayError::from)?.is_none() {
-            if let Some(entry) = self.remote_record(id)? {
+        let rec = match found {
+            Located::Here(rec) => rec,
+            Located::Elsewhere(entry) => {
                 let created = entry.time.clone();
                 let doc = self.read_remote(caller, entry).await?;
                 return Ok(Retrieved { created, document: (!not_modified).then_some(doc) });
             }
+            Located::Unknown => return Err(no_record(id)),
+        };
+        if rec.erased.is_some() {
+            return Err(erased(id));
         }
-        let rec = self.stored(id)?;
         let user = self.user_pseudonym(caller).await?;
         if not_modified {
             self.record_access(vec![self.read_entry(caller, &user, &rec, Some("not-modified"))]).await?;
@@ -64,4 +95,14 @@ impl Gateway {
         let created = open.record.created.clone();
         Ok(Retrieved { created, document: Some(Document { content_type: open.record.content_type.clone(), bytes: open.document }) })
     }
+}
+
+/// The answer for a record id this gateway does not know (at most 64 characters of it).
+pub(super) fn no_record(id: &str) -> GatewayError {
+    GatewayError::NotFound(format!("no record {}", id.chars().take(64).collect::<String>()))
+}
+
+/// The answer for a record that was erased.
+pub(super) fn erased(id: &str) -> GatewayError {
+    GatewayError::Gone(format!("record {id} was erased; its hash stays on the ledger"))
 }
