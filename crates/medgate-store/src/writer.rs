@@ -147,6 +147,8 @@ pub const PREPARING_WAIT: Duration = Duration::from_millis(2);
 #[derive(Debug, Clone)]
 pub struct Ledger {
     tx: mpsc::Sender<Pending>,
+    /// The writer's queue for accesses ([`Inbox`]).
+    prompt: mpsc::Sender<Pending>,
     /// The chain the writer appends to.
     pub store: ChainStore,
     max_entries: usize,
@@ -226,7 +228,9 @@ impl Ledger {
     /// when this first attempt fails (the ordering service may be unreachable at start).
     pub async fn start(parts: WriterParts) -> Result<Ledger, StoreError> {
         parts.store.claim_hospital(&parts.gateway)?;
-        let (tx, rx) = mpsc::channel::<Pending>(4096);
+        let (tx, rest) = mpsc::channel::<Pending>(4096);
+        let (prompt, prompt_rx) = mpsc::channel::<Pending>(4096);
+        let rx = Inbox { prompt: prompt_rx, rest };
         let vault = parts.vault.clone();
         let store = parts.store.clone();
         let max_entries = parts.policy.max_entries.max(1);
@@ -236,7 +240,7 @@ impl Ledger {
             Some(sequencer) => tokio::spawn(local::run(writer, sequencer, rx)),
             None => tokio::spawn(pipeline::run(writer, rx)),
         };
-        let ledger = Ledger { tx, store, max_entries, preparing };
+        let ledger = Ledger { tx, prompt, store, max_entries, preparing };
         if let Err(e) = ledger.drain_outbox(&vault).await {
             tracing::warn!(error = %e, outbox = vault.outbox_len(), "outbox entries not yet on the ledger; retrying in the background");
         }
@@ -245,7 +249,7 @@ impl Ledger {
 
     /// Whether the writer task still takes entries.
     pub fn is_running(&self) -> bool {
-        !self.tx.is_closed()
+        !self.tx.is_closed() && !self.prompt.is_closed()
     }
 
     /// Announces a request that will [`Preparing::deposit`] soon, so that the group being
@@ -297,8 +301,11 @@ impl Ledger {
     /// through an ordering service answers as soon as they are durable here and the service
     /// holds their batch, without waiting for the block (see `Settle::Ordered`). `Err` when they
     /// could not be stored at all; the caller then discloses nothing.
+    ///
+    /// Someone waits to see what they asked for: the writer takes these before the other
+    /// requests waiting (see [`Inbox`]).
     pub async fn record_access(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
-        let queued = enqueue(&self.tx, Queued { entries, settle: Settle::Ordered, ..Queued::landed() }).await;
+        let queued = enqueue(&self.prompt, Queued { entries, settle: Settle::Ordered, ..Queued::landed() }).await;
         Self::settle(answer_of(queued).await).map(|_| ())
     }
 
@@ -375,6 +382,35 @@ async fn answer_of(queued: Result<Reply, Refused>) -> Result<Vec<Receipt>, Refus
     queued?.await.map_err(|_| stopped())?
 }
 
+/// The writer's two queues. Accesses (a read, a search: someone waits to see what they asked
+/// for, and its entry must be durable first) are taken before everything else that waits; the
+/// rest (records being stored, consents, the outbox's drain) in the order they came. During a
+/// bulk load a clinician's read would otherwise wait behind every record already queued.
+/// Accesses cannot keep the rest waiting for long: each group holds what fits after them, and
+/// each access is a request its client waits for, under the per-client limits. Nothing a
+/// waiting request could observe depends on the order between them: neither is answered yet.
+struct Inbox {
+    prompt: mpsc::Receiver<Pending>,
+    rest: mpsc::Receiver<Pending>,
+}
+
+impl Inbox {
+    /// The next request, an access first; `None` once both queues are closed and empty.
+    async fn recv(&mut self) -> Option<Pending> {
+        tokio::select! {
+            biased;
+            Some(p) = self.prompt.recv() => Some(p),
+            Some(p) = self.rest.recv() => Some(p),
+            else => None,
+        }
+    }
+
+    /// A request already waiting, an access first.
+    fn try_recv(&mut self) -> Option<Pending> {
+        self.prompt.try_recv().ok().or_else(|| self.rest.try_recv().ok())
+    }
+}
+
 struct Writer {
     parts: WriterParts,
     /// The ledger public key by version, looked up in the HSM once.
@@ -388,7 +424,7 @@ impl Writer {
     /// size; when nothing is, those being prepared, for [`PREPARING_WAIT`] at most (or, when the
     /// policy sets a delay, whatever arrives within it). A request that must be alone ends the
     /// group and is carried to the next one.
-    async fn gather(&self, first: Pending, rx: &mut mpsc::Receiver<Pending>, carried: &mut Option<Pending>) -> Vec<Pending> {
+    async fn gather(&self, first: Pending, rx: &mut Inbox, carried: &mut Option<Pending>) -> Vec<Pending> {
         let policy = self.parts.policy;
         let alone = first.alone;
         let mut count = first.entries.len();
@@ -398,10 +434,10 @@ impl Writer {
         let patience = started + PREPARING_WAIT;
         while !alone && count < policy.max_entries {
             let next = match rx.try_recv() {
-                Ok(p) => Some(p),
-                Err(_) if !policy.max_delay.is_zero() => tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten(),
-                Err(_) if self.preparing.load(Ordering::Relaxed) > 0 => tokio::time::timeout_at(patience, rx.recv()).await.ok().flatten(),
-                Err(_) => None,
+                Some(p) => Some(p),
+                None if !policy.max_delay.is_zero() => tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten(),
+                None if self.preparing.load(Ordering::Relaxed) > 0 => tokio::time::timeout_at(patience, rx.recv()).await.ok().flatten(),
+                None => None,
             };
             let Some(p) = next else { break };
             if p.alone || count + p.entries.len() > policy.max_entries {

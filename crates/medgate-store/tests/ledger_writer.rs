@@ -340,6 +340,47 @@ async fn a_request_dropped_while_the_writer_has_its_deposit_keeps_its_key_until_
     assert_eq!(site.vault.get(&rec.id).unwrap().as_ref(), Some(&rec));
 }
 
+/// A read's access entry is taken before the records queued ahead of it: during a bulk load a
+/// clinician's read must not wait for every record already waiting for the writer.
+#[tokio::test]
+async fn an_access_is_written_before_the_records_queued_ahead_of_it() {
+    let site = Site::new();
+    // One entry per group: every request gets a block of its own, in the order the writer
+    // takes them.
+    let ledger = site.ledger_policy(Arc::new(site.sequencer.clone()), BatchPolicy { max_entries: 1, max_delay: Duration::ZERO }).await;
+    let records: Vec<(StoredRecord, Entry)> = (1..=3).map(record).collect();
+    let writes: Vec<Write> = records.iter().map(|(r, _)| only(r)).collect();
+    let mut queued: Vec<std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + '_>>> = Vec::new();
+    for (w, (_, e)) in writes.iter().zip(&records) {
+        let ledger = &ledger;
+        queued.push(Box::pin(async move { ledger.deposit(w, vec![e.clone()]).await.map(|r| assert!(r.is_some(), "anchored")) }));
+    }
+    let access = searched(9);
+    queued.push(Box::pin(ledger.record_access(vec![access.clone()])));
+    // One poll each, in this order, hands every request to the writer's queues. This test's
+    // runtime has one thread and nothing here awaits between the polls: the writer has taken
+    // none of them yet.
+    std::future::poll_fn(|cx| {
+        for q in &mut queued {
+            assert!(q.as_mut().poll(cx).is_pending(), "each request waits for the writer");
+        }
+        Poll::Ready(())
+    })
+    .await;
+    for q in queued {
+        q.await.unwrap();
+    }
+    let height = |id: &str| site.chain.location(id).unwrap().expect("in a block").height;
+    let access_at = height(&access.id);
+    let records_at: Vec<u64> = records.iter().map(|(_, e)| height(&e.id)).collect();
+    assert!(records_at.iter().all(|h| *h > access_at), "the access (block {access_at}) before the records queued ahead of it (blocks {records_at:?})");
+    let mut sorted = records_at.clone();
+    sorted.sort_unstable();
+    assert_eq!(records_at, sorted, "the records in the order they came");
+    let report = site.verify();
+    assert_eq!((report.invalid_batches, report.entries), (0, 4), "{report:?}");
+}
+
 #[tokio::test]
 async fn concurrent_creates_commit_records_entries_and_blocks_together_one_signature_per_block() {
     let site = Site::new();

@@ -24,7 +24,7 @@ use medgate_ledger::{Block, Receipt};
 use sled::transaction::{ConflictableTransactionError, Transactional};
 use tokio::sync::mpsc;
 
-use super::{answer, drop_refused, GroupError, Outcome, Pending, Refused, Writer};
+use super::{answer, drop_refused, GroupError, Inbox, Outcome, Pending, Refused, Writer};
 use crate::chain::{write_block, BlockViews, Outboxed, PreparedBlock};
 use crate::error::to_json;
 use crate::vault::{deposit, Deposit, DepositError, DepositViews};
@@ -62,7 +62,7 @@ struct Written {
     blocks: Vec<Block>,
 }
 
-pub(super) async fn run(w: Writer, sequencer: Sequencer, mut rx: mpsc::Receiver<Pending>) {
+pub(super) async fn run(w: Writer, sequencer: Sequencer, mut rx: Inbox) {
     let (flush_tx, flush_rx) = mpsc::channel::<Written>(FLUSH_QUEUE);
     let flusher = tokio::spawn(flusher(w.parts.store.clone(), w.parts.events.clone(), flush_rx));
     let mut head = None;

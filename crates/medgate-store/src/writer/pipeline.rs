@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use medgate_ledger::Receipt;
 use tokio::sync::mpsc;
 
-use super::{answer, drop_refused, GroupError, Outcome, Pending, Refused, Settle, Writer};
+use super::{answer, drop_refused, GroupError, Inbox, Outcome, Pending, Refused, Settle, Writer};
 use crate::error::to_json;
 use crate::order::Landing;
 use crate::vault::Deposit;
@@ -50,7 +50,7 @@ impl Flight {
     }
 }
 
-pub(super) async fn run(w: Writer, mut rx: mpsc::Receiver<Pending>) {
+pub(super) async fn run(w: Writer, mut rx: Inbox) {
     let (landed_tx, mut landed_rx) = mpsc::unbounded_channel::<bool>();
     let mut flight = Flight::default();
     let mut carried = None;
