@@ -48,7 +48,8 @@ impl Gateway {
         let mut notes = query.ignored_notes();
         let now = crate::clock::now_micros();
         if self.sharing.is_some() {
-            let (remote, remote_origins) = self.remote_documents(&pseudonym, patient)?;
+            let (p, pat) = (pseudonym.clone(), patient.clone());
+            let (remote, remote_origins) = self.off_runtime(move |g| g.remote_documents(&p, &pat)).await?;
             notes.extend(remote_note(query, &remote, now, "document"));
             candidates.extend(remote);
             origins.extend(remote_origins);
@@ -60,12 +61,14 @@ impl Gateway {
             candidates.retain(|c| c.resource["status"] != "entered-in-error");
         }
         let mut page = search::run(query, candidates, now);
-        for r in &mut page.resources {
-            let id = r["id"].as_str().unwrap_or_default();
-            if let Some(o) = origins.iter().find(|o| o.id == id) {
-                if let Some(receipt) = self.ledger.store.receipt(&o.entry_id).map_err(GatewayError::internal)? {
-                    medgate_fhir::attach_receipt(r, &receipt.to_json());
-                }
+        // The page's receipts, read from the chain off the runtime threads (see `Gateway::locate`).
+        let anchors: Vec<Option<String>> = page.resources.iter().map(|r| origins.iter().find(|o| o.id == r["id"].as_str().unwrap_or_default()).map(|o| o.entry_id.clone())).collect();
+        let receipts = self
+            .off_runtime(move |g| anchors.iter().map(|a| a.as_ref().map_or(Ok(None), |id| g.ledger.store.receipt(id).map_err(GatewayError::internal))).collect::<Result<Vec<_>, _>>())
+            .await?;
+        for (r, receipt) in page.resources.iter_mut().zip(receipts) {
+            if let Some(receipt) = receipt {
+                medgate_fhir::attach_receipt(r, &receipt.to_json());
             }
         }
         self.record_access(vec![self.search_entry(caller, &pseudonym, user, page.resources.len())]).await?;
@@ -83,14 +86,14 @@ impl Gateway {
         })
     }
 
-    /// This hospital's live records of the patient, decrypted (metadata only) on one blocking
-    /// thread: one HSM unwrap each. Records are read one at a time and their ciphertexts let go
-    /// once opened, so that a page of a patient with a thousand documents holds their metadata
-    /// only, not a thousand sealed documents twice over.
+    /// This hospital's live records of the patient, looked up and decrypted (metadata only) on
+    /// one blocking thread: one HSM unwrap each. Records are read one at a time and their
+    /// ciphertexts let go once opened, so that a page of a patient with a thousand documents
+    /// holds their metadata only, not a thousand sealed documents twice over.
     async fn local_documents(&self, pseudonym: &str) -> Result<(Vec<Candidate>, Vec<Origin>), GatewayError> {
-        let ids = self.vault.record_ids_for(pseudonym).map_err(GatewayError::from)?;
-        let (hsm, store) = (self.hsm.clone(), self.vault.clone());
+        let (hsm, store, pseudonym) = (self.hsm.clone(), self.vault.clone(), pseudonym.to_owned());
         let mut opened = tokio::task::spawn_blocking(move || -> Result<Vec<vault::OpenRecord>, StoreError> {
+            let ids = store.record_ids_for(&pseudonym)?;
             let mut opened = Vec::with_capacity(ids.len());
             for id in ids {
                 let Some(rec) = store.get(&id)?.filter(|r| r.erased.is_none()) else { continue };
