@@ -397,6 +397,9 @@ struct Inbox {
 impl Inbox {
     /// The next request, an access first; `None` once both queues are closed and empty.
     async fn recv(&mut self) -> Option<Pending> {
+        if let Some(p) = self.try_recv() {
+            return Some(p);
+        }
         tokio::select! {
             biased;
             Some(p) = self.prompt.recv() => Some(p),
