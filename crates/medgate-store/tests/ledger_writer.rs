@@ -350,7 +350,7 @@ async fn an_access_is_written_before_the_records_queued_ahead_of_it() {
     let ledger = site.ledger_policy(Arc::new(site.sequencer.clone()), BatchPolicy { max_entries: 1, max_delay: Duration::ZERO }).await;
     let records: Vec<(StoredRecord, Entry)> = (1..=3).map(record).collect();
     let writes: Vec<Write> = records.iter().map(|(r, _)| only(r)).collect();
-    let mut queued: Vec<std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + '_>>> = Vec::new();
+    let mut queued: Vec<BoxFuture<'_, Result<(), StoreError>>> = Vec::new();
     for (w, (_, e)) in writes.iter().zip(&records) {
         let ledger = &ledger;
         queued.push(Box::pin(async move { ledger.deposit(w, vec![e.clone()]).await.map(|r| assert!(r.is_some(), "anchored")) }));
