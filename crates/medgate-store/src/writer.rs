@@ -382,13 +382,17 @@ async fn answer_of(queued: Result<Reply, Refused>) -> Result<Vec<Receipt>, Refus
     queued?.await.map_err(|_| stopped())?
 }
 
-/// The writer's two queues. Accesses (a read, a search: someone waits to see what they asked
-/// for, and its entry must be durable first) are taken before everything else that waits; the
-/// rest (records being stored, consents, the outbox's drain) in the order they came. During a
-/// bulk load a clinician's read would otherwise wait behind every record already queued.
-/// Accesses cannot keep the rest waiting for long: each group holds what fits after them, and
-/// each access is a request its client waits for, under the per-client limits. Nothing a
-/// waiting request could observe depends on the order between them: neither is answered yet.
+/// The writer's two queues. Accesses (a read, a search, a peer's read: someone waits to see what
+/// they asked for, and its entry must be durable first) are taken before everything else that
+/// waits; the rest (records being stored, consents, the outbox's drain) in the order they came.
+/// During a bulk load a clinician's read would otherwise wait behind every record already
+/// queued. Accesses take at most half of a group while other requests wait (see
+/// [`Writer::gather`]), so that a stream of reads cannot hold back the writes.
+///
+/// Nothing a waiting request could observe depends on the order between an access and the rest:
+/// neither is answered yet. An access may now reach the chain before the outbox's drain
+/// re-appends an entry it concerns (a record whose anchoring entry waited in the outbox); no
+/// entry rule or check of the chain depends on that order.
 struct Inbox {
     prompt: mpsc::Receiver<Pending>,
     rest: mpsc::Receiver<Pending>,
@@ -397,7 +401,7 @@ struct Inbox {
 impl Inbox {
     /// The next request, an access first; `None` once both queues are closed and empty.
     async fn recv(&mut self) -> Option<Pending> {
-        if let Some(p) = self.try_recv() {
+        if let Some(p) = self.try_recv(true) {
             return Some(p);
         }
         tokio::select! {
@@ -408,9 +412,20 @@ impl Inbox {
         }
     }
 
-    /// A request already waiting, an access first.
-    fn try_recv(&mut self) -> Option<Pending> {
-        self.prompt.try_recv().ok().or_else(|| self.rest.try_recv().ok())
+    /// A request already waiting: an access first when `accesses_first`, else the rest first.
+    fn try_recv(&mut self, accesses_first: bool) -> Option<Pending> {
+        if accesses_first {
+            self.prompt.try_recv().ok().or_else(|| self.rest.try_recv().ok())
+        } else {
+            self.rest.try_recv().ok().or_else(|| self.prompt.try_recv().ok())
+        }
+    }
+}
+
+impl Pending {
+    /// An access, queued by [`Ledger::record_access`] on the writer's first queue.
+    fn is_access(&self) -> bool {
+        self.settle == Settle::Ordered
     }
 }
 
@@ -426,17 +441,19 @@ impl Writer {
     /// The requests of one group: `first`, then whatever is already waiting, up to the batch
     /// size; when nothing is, those being prepared, for [`PREPARING_WAIT`] at most (or, when the
     /// policy sets a delay, whatever arrives within it). A request that must be alone ends the
-    /// group and is carried to the next one.
+    /// group and is carried to the next one. Accesses come first until they hold half of the
+    /// group; then the other requests waiting, then accesses again if room is left.
     async fn gather(&self, first: Pending, rx: &mut Inbox, carried: &mut Option<Pending>) -> Vec<Pending> {
         let policy = self.parts.policy;
         let alone = first.alone;
         let mut count = first.entries.len();
+        let mut accesses = if first.is_access() { count } else { 0 };
         let mut group = vec![first];
         let started = tokio::time::Instant::now();
         let deadline = started + policy.max_delay;
         let patience = started + PREPARING_WAIT;
         while !alone && count < policy.max_entries {
-            let next = match rx.try_recv() {
+            let next = match rx.try_recv(accesses * 2 < policy.max_entries) {
                 Some(p) => Some(p),
                 None if !policy.max_delay.is_zero() => tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten(),
                 None if self.preparing.load(Ordering::Relaxed) > 0 => tokio::time::timeout_at(patience, rx.recv()).await.ok().flatten(),
@@ -448,6 +465,9 @@ impl Writer {
                 break;
             }
             count += p.entries.len();
+            if p.is_access() {
+                accesses += p.entries.len();
+            }
             group.push(p);
         }
         group

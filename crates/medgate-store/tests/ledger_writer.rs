@@ -381,6 +381,42 @@ async fn an_access_is_written_before_the_records_queued_ahead_of_it() {
     assert_eq!((report.invalid_batches, report.entries), (0, 4), "{report:?}");
 }
 
+/// Accesses come first, but a stream of them cannot hold back the other requests: while one
+/// waits, accesses take at most half of a group.
+#[tokio::test]
+async fn a_stream_of_accesses_leaves_the_other_requests_half_of_every_group() {
+    let site = Site::new();
+    let ledger = site.ledger_policy(Arc::new(site.sequencer.clone()), BatchPolicy { max_entries: 2, max_delay: Duration::ZERO }).await;
+    let accesses: Vec<Entry> = (1..=4).map(searched).collect();
+    let (rec, entry) = record(1);
+    let write = only(&rec);
+    let mut queued: Vec<BoxFuture<'_, Result<(), StoreError>>> = Vec::new();
+    for a in &accesses[..2] {
+        queued.push(Box::pin(ledger.record_access(vec![a.clone()])));
+    }
+    queued.push(Box::pin(async { ledger.deposit(&write, vec![entry.clone()]).await.map(|r| assert!(r.is_some(), "anchored")) }));
+    for a in &accesses[2..] {
+        queued.push(Box::pin(ledger.record_access(vec![a.clone()])));
+    }
+    // All queued before the writer runs (one thread; nothing awaits between the polls).
+    std::future::poll_fn(|cx| {
+        for q in &mut queued {
+            assert!(q.as_mut().poll(cx).is_pending(), "each request waits for the writer");
+        }
+        Poll::Ready(())
+    })
+    .await;
+    for q in queued {
+        q.await.unwrap();
+    }
+    let height = |id: &str| site.chain.location(id).unwrap().expect("in a block").height;
+    let at: Vec<u64> = accesses.iter().map(|a| height(&a.id)).collect();
+    assert_eq!(height(&entry.id), at[0], "the record shares the first group with one access, not behind all four: {at:?}");
+    assert!(at[1..].iter().all(|h| *h > at[0]), "{at:?}");
+    let report = site.verify();
+    assert_eq!((report.invalid_batches, report.entries), (0, 5), "{report:?}");
+}
+
 #[tokio::test]
 async fn concurrent_creates_commit_records_entries_and_blocks_together_one_signature_per_block() {
     let site = Site::new();
