@@ -185,7 +185,7 @@ async fn levels(opts: &Options, site: &Site, cfg: &Config, hsm: &Arc<Hsm>, runni
             let before = hsm.stats();
             let peak = ceiling::PeakRss::start();
             let started = Instant::now();
-            let reading = reader.as_ref().map(reader::Reader::start).transpose()?;
+            let reading = reader.as_ref().map(|r| tokio::task::block_in_place(|| r.start())).transpose()?;
             let gw = load::drive(&gateway, opts.records, c, opts.size, 200).await.map_err(Failure::runtime);
             let reads = reading.map(|r| tokio::task::block_in_place(|| r.stop())).transpose()?;
             let gw = gw?;

@@ -105,12 +105,11 @@ impl Reader {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (site, ids, size, flag) = (self.site.clone(), self.ids.clone(), self.size, stop.clone());
         let thread = std::thread::spawn(move || read(&site, &ids, size, usize::MAX, &flag, Some(ready_tx)));
-        // The thread drops its end once the connection is open, or when it failed to open it.
-        let _ = ready_rx.recv();
-        if thread.is_finished() {
-            return Err(Running { stop, thread }.stop().err().unwrap_or_else(|| Failure::runtime("the reader stopped before it read")));
+        // The thread says when its connection is open; it ends without a word when it failed.
+        match ready_rx.recv() {
+            Ok(()) => Ok(Running { stop, thread }),
+            Err(_) => Err(Running { stop, thread }.stop().err().unwrap_or_else(|| Failure::runtime("the reader stopped before it read"))),
         }
-        Ok(Running { stop, thread })
     }
 }
 
@@ -122,7 +121,9 @@ fn read(site: &Site, ids: &[String], size: usize, n: usize, stop: &AtomicBool, r
     rt.block_on(async {
         let mut c = client(site).map_err(|f| f.message)?;
         c.open().await?;
-        drop(ready);
+        if let Some(ready) = ready {
+            let _ = ready.send(());
+        }
         let mut lat = Vec::new();
         for id in ids.iter().cycle().take(n) {
             let t = Instant::now();

@@ -247,7 +247,8 @@ impl Report {
             }
         }
         if let Some(alone) = &self.reads_alone {
-            println!("one reader, a certificate of its own, retrieving documents one after another (ITI-68 GET /Binary, each read a ledger access entry):");
+            println!("one reader, a certificate of its own, retrieving documents one after another (ITI-68 GET /Binary, each read a ledger access entry;");
+            println!("the levels' CPU and PKCS#11 calls per record above count its reads too):");
             println!("{:>5} {:>3} {:>7} {:>9} {:>9} {:>9}", "conc", "run", "reads", "p50 ms", "p99 ms", "max ms");
             let row = |c: &str, run: &str, r: &Reads| println!("{c:>5} {run:>3} {:>7} {:>9.2} {:>9.2} {:>9.2}", r.count, r.p50_ms, r.p99_ms, r.max_ms);
             row("alone", "", alone);

@@ -69,7 +69,7 @@ impl Gateway {
     /// `GET /Binary/{id}`: the document `found` by [`Gateway::locate`], decrypted, after its
     /// read entry is durably recorded. `not_modified`: the client holds version
     /// [`BINARY_VERSION`] (`If-None-Match` matched).
-    pub async fn read_binary(&self, caller: &Caller, id: &str, found: Located, not_modified: bool) -> Result<Retrieved, GatewayError> {
+    pub(crate) async fn read_binary(&self, caller: &Caller, id: &str, found: Located, not_modified: bool) -> Result<Retrieved, GatewayError> {
         self.may_read(caller)?;
         let rec = match found {
             Located::Here(rec) => rec,
