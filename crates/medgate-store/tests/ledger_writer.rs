@@ -340,6 +340,22 @@ async fn a_request_dropped_while_the_writer_has_its_deposit_keeps_its_key_until_
     assert_eq!(site.vault.get(&rec.id).unwrap().as_ref(), Some(&rec));
 }
 
+/// Hands every request to the writer's queues in this order (one poll each), then waits for
+/// all of them. This test runtime has one thread and nothing awaits between the polls: the
+/// writer takes none of them before all are queued.
+async fn queue_in_order(mut queued: Vec<BoxFuture<'_, Result<(), StoreError>>>) {
+    std::future::poll_fn(|cx| {
+        for q in &mut queued {
+            assert!(q.as_mut().poll(cx).is_pending(), "each request waits for the writer");
+        }
+        Poll::Ready(())
+    })
+    .await;
+    for q in queued {
+        q.await.unwrap();
+    }
+}
+
 /// A read's access entry is taken before the records queued ahead of it: during a bulk load a
 /// clinician's read must not wait for every record already waiting for the writer.
 #[tokio::test]
@@ -357,19 +373,7 @@ async fn an_access_is_written_before_the_records_queued_ahead_of_it() {
     }
     let access = searched(9);
     queued.push(Box::pin(ledger.record_access(vec![access.clone()])));
-    // One poll each, in this order, hands every request to the writer's queues. This test's
-    // runtime has one thread and nothing here awaits between the polls: the writer has taken
-    // none of them yet.
-    std::future::poll_fn(|cx| {
-        for q in &mut queued {
-            assert!(q.as_mut().poll(cx).is_pending(), "each request waits for the writer");
-        }
-        Poll::Ready(())
-    })
-    .await;
-    for q in queued {
-        q.await.unwrap();
-    }
+    queue_in_order(queued).await;
     let height = |id: &str| site.chain.location(id).unwrap().expect("in a block").height;
     let access_at = height(&access.id);
     let records_at: Vec<u64> = records.iter().map(|(_, e)| height(&e.id)).collect();
@@ -398,17 +402,7 @@ async fn a_stream_of_accesses_leaves_the_other_requests_half_of_every_group() {
     for a in &accesses[2..] {
         queued.push(Box::pin(ledger.record_access(vec![a.clone()])));
     }
-    // All queued before the writer runs (one thread; nothing awaits between the polls).
-    std::future::poll_fn(|cx| {
-        for q in &mut queued {
-            assert!(q.as_mut().poll(cx).is_pending(), "each request waits for the writer");
-        }
-        Poll::Ready(())
-    })
-    .await;
-    for q in queued {
-        q.await.unwrap();
-    }
+    queue_in_order(queued).await;
     let height = |id: &str| site.chain.location(id).unwrap().expect("in a block").height;
     let at: Vec<u64> = accesses.iter().map(|a| height(&a.id)).collect();
     assert_eq!(height(&entry.id), at[0], "the record shares the first group with one access, not behind all four: {at:?}");
