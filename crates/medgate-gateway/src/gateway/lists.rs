@@ -33,15 +33,16 @@ impl Gateway {
         self.submission_sets_for(&pseudonym).await
     }
 
-    /// [`Gateway::submission_sets`] for a patient pseudonym.
+    /// [`Gateway::submission_sets`] for a patient pseudonym: the lists looked up, opened and
+    /// given their receipts on one blocking thread (the store's reads wait while the ledger
+    /// writer's transaction holds sled's lock, and must not stop a runtime thread meanwhile).
     pub async fn submission_sets_for(&self, pseudonym: &str) -> Result<Vec<SubmissionSet>, GatewayError> {
-        let lists = self.vault.lists_for(pseudonym).map_err(GatewayError::from)?;
-        let mut out = Vec::with_capacity(lists.len());
-        for list in lists {
-            let open = self.open_list(list).await?;
-            out.push(self.submission_set(&open)?);
-        }
-        Ok(out)
+        let pseudonym = pseudonym.to_owned();
+        self.off_runtime(move |g| {
+            let lists = g.vault.lists_for(&pseudonym).map_err(GatewayError::from)?;
+            lists.iter().map(|list| g.submission_set(&vault::open_list_latest(&g.hsm, &g.vault, list).map_err(GatewayError::from)?)).collect()
+        })
+        .await
     }
 
     /// The List resource of an opened list, with its receipt.
@@ -71,7 +72,8 @@ impl Gateway {
     /// `GET /List/{id}`: a SubmissionSet, decrypted, recorded on the ledger as a read of the list.
     pub async fn read_list(&self, caller: &Caller, id: &str) -> Result<Value, GatewayError> {
         self.may_read(caller)?;
-        let open = self.open_list(self.stored_list(id)?).await?;
+        let id = id.to_owned();
+        let open = self.open_list(self.off_runtime(move |g| g.stored_list(&id)).await?).await?;
         self.record_list_read(caller, &open.stored, "list").await?;
         Ok(self.submission_set(&open)?.resource)
     }
@@ -80,7 +82,8 @@ impl Gateway {
     /// SubmissionSet under the list's id; recorded on the ledger like a read of the list.
     pub async fn read_patient(&self, caller: &Caller, id: &str) -> Result<Value, GatewayError> {
         self.may_read(caller)?;
-        let stored = self.stored_list(id).map_err(|_| GatewayError::NotFound(format!("no Patient {}", id.chars().take(64).collect::<String>())))?;
+        let wanted = id.to_owned();
+        let stored = self.off_runtime(move |g| g.stored_list(&wanted)).await.map_err(|_| GatewayError::NotFound(format!("no Patient {}", id.chars().take(64).collect::<String>())))?;
         let open = self.open_list(stored).await?;
         let Some(patient) = open.sealed.patient_resource.as_ref() else {
             return Err(GatewayError::NotFound(format!("no Patient {id}")));

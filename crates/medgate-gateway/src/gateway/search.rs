@@ -176,7 +176,8 @@ impl Gateway {
         let mut notes = query.ignored_notes();
         let now = crate::clock::now_micros();
         if self.sharing.is_some() {
-            let remote = self.remote_lists(&pseudonym, patient)?;
+            let (p, pat) = (pseudonym.clone(), patient.clone());
+            let remote = self.off_runtime(move |g| g.remote_lists(&p, &pat)).await?;
             notes.extend(remote_note(query, &remote, now, "SubmissionSet"));
             candidates.extend(remote);
         }
@@ -211,7 +212,8 @@ impl Gateway {
     pub async fn audit(&self, caller: &Caller, query: &Query) -> Result<Value, GatewayError> {
         self.may_read(caller)?;
         let (_, pseudonym) = self.patient_pseudonym(patient_of(query)?).await?;
-        let entries = self.ledger.store.entries_for_patient(&pseudonym).map_err(GatewayError::internal)?;
+        let wanted = pseudonym.clone();
+        let entries = self.off_runtime(move |g| g.ledger.store.entries_for_patient(&wanted).map_err(GatewayError::internal)).await?;
         let candidates = entries
             .iter()
             .filter_map(|(e, height)| super::audit::audit_record(e, *height).map(|r| medgate_fhir::audit_event(&r)))
@@ -230,7 +232,8 @@ impl Gateway {
         self.may_read(caller)?;
         let patient = patient_of(query)?;
         let (_, pseudonym) = self.patient_pseudonym(patient).await?;
-        let list = self.ledger.store.consents_for(&pseudonym).map_err(GatewayError::internal)?;
+        let wanted = pseudonym.clone();
+        let list = self.off_runtime(move |g| g.ledger.store.consents_for(&wanted).map_err(GatewayError::internal)).await?;
         let candidates = list
             .into_iter()
             .map(|c| {
