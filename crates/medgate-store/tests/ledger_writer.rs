@@ -361,9 +361,22 @@ async fn queue_in_order(mut queued: Vec<BoxFuture<'_, Result<(), StoreError>>>) 
 #[tokio::test]
 async fn an_access_is_written_before_the_records_queued_ahead_of_it() {
     let site = Site::new();
+    access_before_records(&site, Arc::new(site.sequencer.clone())).await;
+}
+
+/// As [`an_access_is_written_before_the_records_queued_ahead_of_it`], through an ordering
+/// service: the records are stored first, and the batches submitted in the order the writer
+/// gathered them.
+#[tokio::test]
+async fn through_an_ordering_service_an_access_is_ordered_before_the_records_queued_ahead_of_it() {
+    let site = Site::new();
+    access_before_records(&site, site.orderer.clone()).await;
+}
+
+async fn access_before_records(site: &Site, orderer: Arc<dyn Orderer>) {
     // One entry per group: every request gets a block of its own, in the order the writer
     // takes them.
-    let ledger = site.ledger_policy(Arc::new(site.sequencer.clone()), BatchPolicy { max_entries: 1, max_delay: Duration::ZERO }).await;
+    let ledger = site.ledger_policy(orderer, BatchPolicy { max_entries: 1, max_delay: Duration::ZERO }).await;
     let records: Vec<(StoredRecord, Entry)> = (1..=3).map(record).collect();
     let writes: Vec<Write> = records.iter().map(|(r, _)| only(r)).collect();
     let mut queued: Vec<BoxFuture<'_, Result<(), StoreError>>> = Vec::new();
@@ -390,7 +403,19 @@ async fn an_access_is_written_before_the_records_queued_ahead_of_it() {
 #[tokio::test]
 async fn a_stream_of_accesses_leaves_the_other_requests_half_of_every_group() {
     let site = Site::new();
-    let ledger = site.ledger_policy(Arc::new(site.sequencer.clone()), BatchPolicy { max_entries: 2, max_delay: Duration::ZERO }).await;
+    accesses_take_half(&site, Arc::new(site.sequencer.clone())).await;
+}
+
+/// As [`a_stream_of_accesses_leaves_the_other_requests_half_of_every_group`], through an
+/// ordering service.
+#[tokio::test]
+async fn through_an_ordering_service_a_stream_of_accesses_leaves_the_other_requests_half_of_every_group() {
+    let site = Site::new();
+    accesses_take_half(&site, site.orderer.clone()).await;
+}
+
+async fn accesses_take_half(site: &Site, orderer: Arc<dyn Orderer>) {
+    let ledger = site.ledger_policy(orderer, BatchPolicy { max_entries: 2, max_delay: Duration::ZERO }).await;
     let accesses: Vec<Entry> = (1..=4).map(searched).collect();
     let (rec, entry) = record(1);
     let write = only(&rec);
