@@ -2,9 +2,11 @@
 //! the load generator and the tests, so all of them speak to the gateway exactly as an HIS would.
 //!
 //! Boundary: one keep-alive connection per client value, re-opened when the server closed it.
+//! Every request has a deadline: a gateway that never answers is an error, not a wait forever.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -28,6 +30,11 @@ impl Reply {
     }
 }
 
+/// How long a request may take, from connecting (when the connection is not open yet) to the
+/// answer's last byte, unless [`HisClient::answer_within`] says otherwise. The gateway answers
+/// in milliseconds, and in seconds under the heaviest load a bench makes.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
 /// A client holding one connection to the gateway.
 #[derive(Debug)]
 pub struct HisClient {
@@ -35,6 +42,7 @@ pub struct HisClient {
     server_name: ServerName<'static>,
     tls: Arc<rustls::ClientConfig>,
     sender: Option<SendRequest<Full<Bytes>>>,
+    answer_within: Duration,
     /// Headers sent with every request (end user, role, purpose).
     pub default_headers: Vec<(String, String)>,
 }
@@ -42,7 +50,13 @@ pub struct HisClient {
 impl HisClient {
     pub fn new(addr: SocketAddr, server_name: &str, tls: Arc<rustls::ClientConfig>) -> Result<HisClient, String> {
         let server_name = ServerName::try_from(server_name.to_owned()).map_err(|e| format!("server name: {e}"))?;
-        Ok(HisClient { addr, server_name, tls, sender: None, default_headers: Vec::new() })
+        Ok(HisClient { addr, server_name, tls, sender: None, answer_within: ANSWER_WITHIN, default_headers: Vec::new() })
+    }
+
+    /// Sets how long a request (or [`HisClient::open`]) may take before it fails.
+    pub fn answer_within(mut self, limit: Duration) -> HisClient {
+        self.answer_within = limit;
+        self
     }
 
     /// Sets the end user, role and purpose of use sent with every request.
@@ -58,7 +72,11 @@ impl HisClient {
     /// Opens the connection now (TCP, the TLS handshake, HTTP/1.1) instead of at the first
     /// request.
     pub async fn open(&mut self) -> Result<(), String> {
-        self.connect().await.map(|_| ())
+        let limit = self.answer_within;
+        match tokio::time::timeout(limit, self.connect()).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(format!("connect to {}: no TLS session within {} s", self.addr, limit.as_secs_f64())),
+        }
     }
 
     async fn connect(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, String> {
@@ -78,8 +96,20 @@ impl HisClient {
         self.sender.as_mut().ok_or_else(|| "no connection".to_owned())
     }
 
-    /// Sends one request and reads the whole answer.
+    /// Sends one request and reads the whole answer. A request not answered within the
+    /// client's limit fails, and its connection is dropped (the next request opens another).
     pub async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Reply, String> {
+        let limit = self.answer_within;
+        match tokio::time::timeout(limit, self.exchange(method, path, headers, body)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.sender = None;
+                Err(format!("{method} {path}: no answer from {} within {} s", self.addr, limit.as_secs_f64()))
+            }
+        }
+    }
+
+    async fn exchange(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Reply, String> {
         let mut builder = Request::builder().method(method).uri(path).header("host", "localhost");
         for (k, v) in &self.default_headers {
             builder = builder.header(k.as_str(), v.as_str());
@@ -126,4 +156,36 @@ pub fn query_escape(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    /// A server that takes the TCP connection and never speaks: the client gives up at its
+    /// limit with an error naming the request, and does not keep the connection.
+    #[tokio::test]
+    async fn a_server_that_never_answers_fails_the_request_at_the_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            loop {
+                open.push(listener.accept().await.unwrap().0);
+            }
+        });
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let mut c = HisClient::new(addr, "localhost", Arc::new(tls)).unwrap().answer_within(Duration::from_millis(200));
+        let err = c.get("/metadata").await.expect_err("no answer");
+        assert!(err.starts_with("GET /metadata: no answer from 127.0.0.1:") && err.ends_with("within 0.2 s"), "{err}");
+        assert!(c.sender.is_none());
+        let err = c.open().await.expect_err("no handshake");
+        assert!(err.contains("no TLS session within 0.2 s"), "{err}");
+        held.abort();
+    }
 }
