@@ -147,6 +147,19 @@ impl Writes {
     }
 }
 
+/// Runs `f` on the blocking pool: an HSM call, or a read of the store, which waits while the
+/// ledger writer's transaction holds sled's lock (a group's commit takes milliseconds). On a
+/// runtime thread either would stop that thread's other requests meanwhile, and leave a core
+/// idle.
+async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, GatewayError>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    GatewayError: From<E>,
+{
+    Ok(tokio::task::spawn_blocking(f).await.map_err(GatewayError::internal)??)
+}
+
 /// The answer to a retry of a request that is still being processed.
 fn in_flight() -> GatewayError {
     GatewayError::InFlight("a request with this Idempotency-Key is still being processed; retry in a second".into())
@@ -171,29 +184,26 @@ impl Gateway {
         self
     }
 
-    /// Runs `f` with this gateway on a blocking thread: for store lookups, which wait while the
-    /// ledger writer's transaction holds sled's lock (see [`Gateway::claim`]).
+    /// Runs `f` with this gateway on a blocking thread (see [`blocking`]): for the store lookups
+    /// of a request, made together.
     async fn off_runtime<T: Send + 'static>(&self, f: impl FnOnce(&Gateway) -> Result<T, GatewayError> + Send + 'static) -> Result<T, GatewayError> {
         let g = self.clone();
-        tokio::task::spawn_blocking(move || f(&g)).await.map_err(GatewayError::internal)?
+        blocking(move || f(&g)).await
     }
 
-    /// Claims an idempotency key ([`Vault::claim`]) on a blocking thread. Its read of the store
-    /// waits while the ledger writer's transaction holds sled's lock (a group's commit takes
-    /// milliseconds); on a runtime thread it would stop that thread's other requests meanwhile,
-    /// and leave a core idle.
+    /// Claims an idempotency key ([`Vault::claim`]) on a blocking thread (see [`blocking`]).
     async fn claim(&self, key: &[u8]) -> Result<Claim, GatewayError> {
         let (vault, key) = (self.vault.clone(), key.to_vec());
-        tokio::task::spawn_blocking(move || vault.claim(&key)).await.map_err(GatewayError::internal)?.map_err(GatewayError::from)
+        blocking(move || vault.claim(&key)).await
     }
 
     /// Keeps a request's answer under its claimed idempotency key ([`Vault::finish`]), on a
-    /// blocking thread for the reason [`Gateway::claim`] gives. The claim goes with it and is
-    /// given back only once the answer is written, even if the request is dropped meanwhile: a
-    /// retry finds the key held, or what was committed under it.
+    /// blocking thread (see [`blocking`]). The claim goes with it and is given back only once
+    /// the answer is written, even if the request is dropped meanwhile: a retry finds the key
+    /// held, or what was committed under it.
     async fn finish(&self, held: Held, status: u16, items: Vec<AnswerItem>) -> Result<(), GatewayError> {
         let vault = self.vault.clone();
-        tokio::task::spawn_blocking(move || vault.finish(held.key(), status, &items)).await.map_err(GatewayError::internal)?.map_err(GatewayError::from)
+        blocking(move || vault.finish(held.key(), status, &items)).await
     }
 
     /// HMAC pseudonym (hex) of `domain` + `value`, computed in the HSM, cached by a hash of the input.
@@ -204,10 +214,7 @@ impl Gateway {
             return Ok(hit.clone());
         }
         let hsm = self.hsm.clone();
-        let (version, mac) = tokio::task::spawn_blocking(move || hsm.pseudonym_hmac(input.as_bytes()))
-            .await
-            .map_err(GatewayError::internal)?
-            .map_err(GatewayError::from)?;
+        let (version, mac) = blocking(move || hsm.pseudonym_hmac(input.as_bytes())).await?;
         let out = (version, hex::encode(mac));
         let mut cache = self.pseudonyms.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= PSEUDONYM_CACHE {
@@ -233,10 +240,7 @@ impl Gateway {
 
     async fn open(&self, rec: StoredRecord, with_document: bool) -> Result<vault::OpenRecord, GatewayError> {
         let (hsm, store) = (self.hsm.clone(), self.vault.clone());
-        tokio::task::spawn_blocking(move || vault::open_latest(&hsm, &store, rec, with_document))
-            .await
-            .map_err(GatewayError::internal)?
-            .map_err(GatewayError::from)
+        blocking(move || vault::open_latest(&hsm, &store, rec, with_document)).await
     }
 
     fn may_read(&self, caller: &Caller) -> Result<(), GatewayError> {

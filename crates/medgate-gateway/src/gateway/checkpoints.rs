@@ -50,7 +50,7 @@ impl Gateway {
         let unsigned = UnsignedCheckpoint::new(&self.hospital, height, block.hash(), block.order_position);
         let digest = unsigned.signing_digest();
         let hsm = self.hsm.clone();
-        let sig = tokio::task::spawn_blocking(move || hsm.sign_digest(medgate_hsm::Role::Ledger, &digest)).await??;
+        let sig = super::blocking(move || hsm.sign_digest(medgate_hsm::Role::Ledger, &digest)).await?;
         Ok(Some(unsigned.sign(sig.key_version, &sig.raw)))
     }
 

@@ -59,7 +59,7 @@ impl Gateway {
 
     pub(super) async fn open_list(&self, list: StoredList) -> Result<OpenList, GatewayError> {
         let (hsm, store) = (self.hsm.clone(), self.vault.clone());
-        tokio::task::spawn_blocking(move || vault::open_list_latest(&hsm, &store, &list)).await.map_err(GatewayError::internal)?.map_err(GatewayError::from)
+        super::blocking(move || vault::open_list_latest(&hsm, &store, &list)).await
     }
 
     /// A stored list by id, or 404 (the id is checked before the store is asked).

@@ -173,7 +173,7 @@ impl Gateway {
     /// on one blocking thread: one hand-over for the whole submission.
     async fn seal(&self, jobs: Vec<RecordJob>, list: Option<ListJob>) -> Result<(Vec<StoredRecord>, Option<(StoredList, SealedList)>), GatewayError> {
         let (hsm, hospital) = (self.hsm.clone(), self.hospital.clone());
-        let sealed = tokio::task::spawn_blocking(move || -> Result<_, medgate_store::StoreError> {
+        super::blocking(move || -> Result<_, medgate_store::StoreError> {
             let records = jobs
                 .iter()
                 .map(|j| vault::seal_record(&hsm, &j.id, &j.created, &hospital, (&j.pseudonym, j.pv), &j.content_type, &j.data, &j.meta, &j.entry_id))
@@ -186,8 +186,8 @@ impl Gateway {
                 }
             };
             Ok((records, list))
-        });
-        sealed.await.map_err(GatewayError::internal)?.map_err(GatewayError::from)
+        })
+        .await
     }
 
     /// The DocumentReference of `rec` as it stands: its status (`current`, `superseded`,

@@ -92,7 +92,7 @@ impl Gateway {
     /// holds their metadata only, not a thousand sealed documents twice over.
     async fn local_documents(&self, pseudonym: &str) -> Result<(Vec<Candidate>, Vec<Origin>), GatewayError> {
         let (hsm, store, pseudonym) = (self.hsm.clone(), self.vault.clone(), pseudonym.to_owned());
-        let mut opened = tokio::task::spawn_blocking(move || -> Result<Vec<vault::OpenRecord>, StoreError> {
+        let mut opened = super::blocking(move || -> Result<Vec<vault::OpenRecord>, StoreError> {
             let ids = store.record_ids_for(&pseudonym)?;
             let mut opened = Vec::with_capacity(ids.len());
             for id in ids {
@@ -103,9 +103,7 @@ impl Gateway {
             }
             Ok(opened)
         })
-        .await
-        .map_err(GatewayError::internal)?
-        .map_err(GatewayError::from)?;
+        .await?;
         opened.sort_by(|a, b| a.record.created.cmp(&b.record.created).then(a.record.id.cmp(&b.record.id)));
         let mut candidates = Vec::with_capacity(opened.len());
         let mut origins = Vec::with_capacity(opened.len());
