@@ -273,9 +273,14 @@ fn refusals_name_every_missing_element_and_a_refused_transaction_stores_nothing(
     assert_eq!(status, 409, "{outcome}");
     assert!(outcome["issue"][0]["diagnostics"].as_str().unwrap().contains("is superseded"), "{outcome}");
     assert_eq!(gw.metric("medgate_vault_records"), records, "a refused transaction stores none of its documents");
+    // Another patient's submission replacing this patient's current document: refused, named.
+    let second_doc = medgate_fhir::answer_ids(&first, "DocumentReference")[1].clone();
+    let (status, outcome) = post(&gw, &two_documents(&patient(8), 5, Some(&second_doc)), &[]);
+    assert_eq!((status, issue_paths(&outcome)), (422, vec!["Bundle.entry[3].resource.relatesTo[0].target".to_owned()]), "{outcome}");
+    assert!(outcome["issue"][0]["diagnostics"].as_str().unwrap().contains("XDSPatientIdDoesNotMatch"), "{outcome}");
+    assert_eq!(gw.metric("medgate_vault_records"), records);
 
     // Entered in error, by the custodian: out of searches, still readable by id.
-    let second_doc = medgate_fhir::answer_ids(&first, "DocumentReference")[1].clone();
     let patch = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
         {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "DocumentReference.status"}, {"name": "value", "valueCode": "entered-in-error"}]}]});
     let changed = rt().block_on(async { gw.client().send("PATCH", &format!("/DocumentReference/{second_doc}"), &[], serde_json::to_vec(&patch).unwrap()).await.unwrap() });

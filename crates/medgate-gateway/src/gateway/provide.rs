@@ -66,6 +66,18 @@ fn kind_of(e: SubmissionEntry) -> &'static str {
     }
 }
 
+/// A document's relation to check against the store (see `Gateway::check_relations`).
+struct Related {
+    /// The document's index in the submission.
+    document: usize,
+    /// Where the relation is, for refusals.
+    at: String,
+    /// The document's patient pseudonym.
+    pseudonym: String,
+    code: String,
+    target: String,
+}
+
 /// Where a document's relation is, for refusals: its entry in the Bundle, or the resource.
 fn relation_at(sub: &Submission, k: usize, j: usize) -> String {
     match sub.entries.iter().position(|e| *e == SubmissionEntry::Document(k)) {
@@ -77,46 +89,64 @@ fn relation_at(sub: &Submission, k: usize, j: usize) -> String {
 impl Gateway {
     /// Checks every relation against what is stored: its target exists and is about the same
     /// patient; a replaced document is this hospital's, `current`, and on the ledger. Returns
-    /// (document index, record it replaces) for each replacement.
+    /// (document index, record it replaces) for each replacement. The pseudonyms are made first
+    /// (in the HSM, or cached); the lookups then run together on a blocking thread.
     pub(super) async fn check_relations(&self, sub: &Submission) -> Result<Vec<(usize, StoredRecord)>, GatewayError> {
-        let mut replaced = Vec::new();
+        let mut relations = Vec::new();
         for (k, d) in sub.documents.iter().enumerate() {
             if d.relates_to.is_empty() {
                 continue;
             }
             let (_, pseudonym) = self.patient_pseudonym(&d.patient).await?;
             for (j, r) in d.relates_to.iter().enumerate() {
-                let at = relation_at(sub, k, j);
-                let target = format!("DocumentReference/{}", r.target);
-                let Some(rec) = self.vault.get(&r.target).map_err(GatewayError::from)? else {
-                    return match self.remote_record(&r.target)? {
-                        Some(_) if r.code == "replaces" => Err(GatewayError::Forbidden(format!(
-                            "{at}: {target} is held by another hospital; only its custodian may replace it"
-                        ))),
-                        Some(e) if e.patient() == Some(pseudonym.as_str()) => continue,
-                        _ => Err(GatewayError::invalid(at, "names no DocumentReference stored on this gateway or known to the ledger")),
-                    };
-                };
-                if rec.erased.is_some() {
-                    return Err(GatewayError::Conflict(format!("{at}: {target} was erased")));
-                }
-                if rec.patient_pseudonym != pseudonym {
-                    return Err(GatewayError::invalid(at, "names a document of another patient (XDSPatientIdDoesNotMatch)"));
-                }
-                if r.code != "replaces" {
-                    continue;
-                }
-                if rec.status() != "current" {
-                    let by = rec.changes.iter().rev().find_map(|c| c.replaced_by.as_deref()).map(|b| format!(" by DocumentReference/{b}")).unwrap_or_default();
-                    return Err(GatewayError::Conflict(format!("{at}: {target} is {}{by}; only a current document is replaced", rec.status())));
-                }
-                if self.ledger.store.location(&rec.entry_id).map_err(GatewayError::internal)?.is_none() {
-                    return Err(GatewayError::Unavailable(format!("{at}: {target} is not on the ledger yet (its entry waits in the outbox); retry once it is")));
-                }
-                replaced.push((k, rec));
+                relations.push(Related { document: k, at: relation_at(sub, k, j), pseudonym: pseudonym.clone(), code: r.code.clone(), target: r.target.clone() });
             }
         }
-        Ok(replaced)
+        if relations.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.off_runtime(move |g| {
+            let mut replaced = Vec::new();
+            for r in relations {
+                if let Some(rec) = g.related(&r)? {
+                    replaced.push((r.document, rec));
+                }
+            }
+            Ok(replaced)
+        })
+        .await
+    }
+
+    /// Checks one relation (see [`Gateway::check_relations`]); the record it replaces, if it is
+    /// a replacement.
+    fn related(&self, r: &Related) -> Result<Option<StoredRecord>, GatewayError> {
+        let (at, target) = (&r.at, format!("DocumentReference/{}", r.target));
+        let Some(rec) = self.vault.get(&r.target).map_err(GatewayError::from)? else {
+            return match self.remote_record(&r.target)? {
+                Some(_) if r.code == "replaces" => {
+                    Err(GatewayError::Forbidden(format!("{at}: {target} is held by another hospital; only its custodian may replace it")))
+                }
+                Some(e) if e.patient() == Some(r.pseudonym.as_str()) => Ok(None),
+                _ => Err(GatewayError::invalid(at, "names no DocumentReference stored on this gateway or known to the ledger")),
+            };
+        };
+        if rec.erased.is_some() {
+            return Err(GatewayError::Conflict(format!("{at}: {target} was erased")));
+        }
+        if rec.patient_pseudonym != r.pseudonym {
+            return Err(GatewayError::invalid(at, "names a document of another patient (XDSPatientIdDoesNotMatch)"));
+        }
+        if r.code != "replaces" {
+            return Ok(None);
+        }
+        if rec.status() != "current" {
+            let by = rec.changes.iter().rev().find_map(|c| c.replaced_by.as_deref()).map(|b| format!(" by DocumentReference/{b}")).unwrap_or_default();
+            return Err(GatewayError::Conflict(format!("{at}: {target} is {}{by}; only a current document is replaced", rec.status())));
+        }
+        if self.ledger.store.location(&rec.entry_id).map_err(GatewayError::internal)?.is_none() {
+            return Err(GatewayError::Unavailable(format!("{at}: {target} is not on the ledger yet (its entry waits in the outbox); retry once it is")));
+        }
+        Ok(Some(rec))
     }
 
     /// Makes the entries of the list and of each replacement, and what sealing the
