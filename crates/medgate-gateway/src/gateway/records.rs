@@ -274,12 +274,18 @@ impl Gateway {
     pub async fn read_reference(&self, caller: &Caller, id: &str) -> Result<Value, GatewayError> {
         self.may_read(caller)?;
         let id = id.to_owned();
-        // Off the runtime threads, as for a Binary (see `Gateway::locate`).
-        let rec = self.off_runtime(move |g| g.stored(&id)).await?;
+        // The record and its anchoring receipt, off the runtime threads, as for a Binary (see
+        // `Gateway::locate`).
+        let (rec, receipt) = self
+            .off_runtime(move |g| {
+                let rec = g.stored(&id)?;
+                let receipt = g.ledger.store.receipt(&rec.entry_id).map_err(GatewayError::internal)?;
+                Ok((rec, receipt))
+            })
+            .await?;
         let user = self.user_pseudonym(caller).await?;
         let open = self.open(rec, false).await?;
         self.record_access(vec![self.read_entry(caller, &user, &open.record, Some("metadata"))]).await?;
-        let receipt = self.ledger.store.receipt(&open.record.entry_id).map_err(GatewayError::internal)?;
         Ok(self.describe(&open.record, &open.meta.document_reference, receipt.as_ref()))
     }
 

@@ -93,17 +93,25 @@ impl Gateway {
         if !PURPOSES.contains(&req.purpose.as_str()) {
             return Err(GatewayError::BadRequest("bad-request".into()));
         }
-        let rec = match self.vault.get(&req.record_id) {
-            Ok(Some(r)) if r.erased.is_some() => return Err(GatewayError::Gone("erased".into())),
-            Ok(Some(r)) => r,
-            Ok(None) => return Err(GatewayError::NotFound("unknown-record".into())),
-            Err(e) => {
-                tracing::error!(error = %e, "vault read for a peer failed");
-                return Err(GatewayError::internal(e));
-            }
-        };
         let now = crate::clock::now_rfc3339();
-        let consented = self.ledger.store.consents_for(&rec.patient_pseudonym)?.iter().any(|c| c.custodian == self.hospital && c.permits(requester, &rec.id, &now));
+        // The record and its patient's consents, read together off the runtime threads.
+        let (id, reader, at) = (req.record_id.clone(), requester.to_owned(), now.clone());
+        let (rec, consented) = self
+            .off_runtime(move |g| {
+                let rec = match g.vault.get(&id) {
+                    Ok(Some(r)) if r.erased.is_some() => return Err(GatewayError::Gone("erased".into())),
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Err(GatewayError::NotFound("unknown-record".into())),
+                    Err(e) => {
+                        tracing::error!(error = %e, "vault read for a peer failed");
+                        return Err(GatewayError::internal(e));
+                    }
+                };
+                let consents = g.ledger.store.consents_for(&rec.patient_pseudonym)?;
+                let consented = consents.iter().any(|c| c.custodian == g.hospital && c.permits(&reader, &rec.id, &at));
+                Ok((rec, consented))
+            })
+            .await?;
         let break_glass = !consented && req.purpose == "BTG" && sharing.break_glass_roles.contains(&req.role);
         let reason = match (consented, break_glass) {
             (true, _) => None,
