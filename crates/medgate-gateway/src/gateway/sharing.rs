@@ -93,25 +93,21 @@ impl Gateway {
         if !PURPOSES.contains(&req.purpose.as_str()) {
             return Err(GatewayError::BadRequest("bad-request".into()));
         }
+        // Read on this runtime thread: a hand-over to the blocking pool for these two lookups
+        // added half a millisecond to a peer's read (p50, sequential) and lowered the reads at
+        // 16 concurrent clients, while the lock it would avoid waiting for is held only during
+        // this gateway's group commits.
+        let rec = match self.vault.get(&req.record_id) {
+            Ok(Some(r)) if r.erased.is_some() => return Err(GatewayError::Gone("erased".into())),
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(GatewayError::NotFound("unknown-record".into())),
+            Err(e) => {
+                tracing::error!(error = %e, "vault read for a peer failed");
+                return Err(GatewayError::internal(e));
+            }
+        };
         let now = crate::clock::now_rfc3339();
-        // The record and its patient's consents, read together off the runtime threads.
-        let (id, reader, at) = (req.record_id.clone(), requester.to_owned(), now.clone());
-        let (rec, consented) = self
-            .off_runtime(move |g| {
-                let rec = match g.vault.get(&id) {
-                    Ok(Some(r)) if r.erased.is_some() => return Err(GatewayError::Gone("erased".into())),
-                    Ok(Some(r)) => r,
-                    Ok(None) => return Err(GatewayError::NotFound("unknown-record".into())),
-                    Err(e) => {
-                        tracing::error!(error = %e, "vault read for a peer failed");
-                        return Err(GatewayError::internal(e));
-                    }
-                };
-                let consents = g.ledger.store.consents_for(&rec.patient_pseudonym)?;
-                let consented = consents.iter().any(|c| c.custodian == g.hospital && c.permits(&reader, &rec.id, &at));
-                Ok((rec, consented))
-            })
-            .await?;
+        let consented = self.ledger.store.consents_for(&rec.patient_pseudonym)?.iter().any(|c| c.custodian == self.hospital && c.permits(requester, &rec.id, &now));
         let break_glass = !consented && req.purpose == "BTG" && sharing.break_glass_roles.contains(&req.role);
         let reason = match (consented, break_glass) {
             (true, _) => None,
