@@ -93,10 +93,10 @@ impl Gateway {
         if !PURPOSES.contains(&req.purpose.as_str()) {
             return Err(GatewayError::BadRequest("bad-request".into()));
         }
-        // Read on this runtime thread: a hand-over to the blocking pool for these two lookups
-        // added half a millisecond to a peer's read (p50, sequential) and lowered the reads at
-        // 16 concurrent clients, while the lock it would avoid waiting for is held only during
-        // this gateway's group commits.
+        // Read on this runtime thread, without a hand-over to the blocking pool: the lock a
+        // hand-over would avoid waiting for is held only during this gateway's group commits; in the
+        // runs that compared both (tests/benches/README.md, 2026-12-07, thirteenth stop) the
+        // hand-over gained a peer's read nothing the spread between runs could show.
         let rec = match self.vault.get(&req.record_id) {
             Ok(Some(r)) if r.erased.is_some() => return Err(GatewayError::Gone("erased".into())),
             Ok(Some(r)) => r,
