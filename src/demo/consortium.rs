@@ -30,6 +30,8 @@ const HOSPITALS: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
 struct Etcd {
     children: Vec<Child>,
     endpoints: Vec<SocketAddr>,
+    /// Each member's `/metrics`, plain HTTP on loopback (etcd's own figures; no ledger data).
+    metrics: Vec<SocketAddr>,
     /// CA, member and client (`root`) certificates, data and logs.
     dir: PathBuf,
 }
@@ -86,9 +88,9 @@ fn start_etcd(dir: &Path, ca: &TestCa) -> Result<Etcd, Failure> {
     let (cc, ck) = ca.issue_client("root", "etcd", now - time::Duration::minutes(5), now + time::Duration::days(1)).map_err(rt_err)?;
     std::fs::write(dir.join("root.crt"), cc.pem()).map_err(rt_err)?;
     write_private(&dir.join("root.key"), ck.serialize_pem().as_bytes())?;
-    let ports: Vec<SocketAddr> = (0..6).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let ports: Vec<SocketAddr> = (0..9).map(|_| free_port()).collect::<Result<_, _>>()?;
     let cluster: Vec<String> = (0..3).map(|i| format!("m{i}=https://{}", ports[2 * i + 1])).collect();
-    let mut etcd = Etcd { children: Vec::new(), endpoints: (0..3).map(|i| ports[2 * i]).collect(), dir: dir.to_path_buf() };
+    let mut etcd = Etcd { children: Vec::new(), endpoints: (0..3).map(|i| ports[2 * i]).collect(), metrics: ports[6..].to_vec(), dir: dir.to_path_buf() };
     for i in 0..3 {
         let name = format!("m{i}");
         let (cert, key) = ca.issue_server(&name).map_err(rt_err)?;
@@ -103,6 +105,7 @@ fn start_etcd(dir: &Path, ca: &TestCa) -> Result<Etcd, Failure> {
             .arg(dir.join(format!("{name}.data")))
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--listen-metrics-urls", &format!("http://{}", etcd.metrics[i])])
             .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new", "--initial-cluster-token", "medgate-demo"])
             .arg("--cert-file")
             .arg(&cert_file)
@@ -516,7 +519,9 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
     let (ca, cert, key) = (read("ca.pem")?, read("root.crt")?, read("root.key")?);
     let tls = medgate_gateway::tls::client_config(&ca, Some((&cert, &key))).map_err(rt_err)?;
     let raw = medgate_store::order::etcd::raw_puts(&c.etcd.endpoints, &tls, Duration::from_secs(3), concurrency).await.map_err(Failure::runtime)?.rate;
+    let disk_before = EtcdDisk::of(&c.etcd)?;
     let one = medgate_store::order::etcd::raw_puts(&c.etcd.endpoints, &tls, Duration::from_secs(2), 1).await.map_err(Failure::runtime)?;
+    let raw_disk = EtcdDisk::of(&c.etcd)?.since(&disk_before, one.latencies.len());
     println!(
         "medgate consortium bench {}: 3 etcd members (mutual TLS, loopback), 3 gateways, SoftHSM2, {} cores, load average {}",
         medgate_gateway::clock::now_rfc3339(),
@@ -530,6 +535,7 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         percentile(&one.latencies, 0.99),
         one.latencies.len()
     );
+    println!("  {}", raw_disk.line("put"));
     let a = &c.sites[0];
     let patient = PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: "bench-patient".into() };
     let (ids, rate, bound) = bench_ingest(c, &patient, records, concurrency).await?;
@@ -559,12 +565,14 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
     let mut reads = Vec::new();
     let n = ids.len().min(SEQUENTIAL_READS);
     let before = ReadSteps::of(a, b)?;
+    let disk_before = EtcdDisk::of(&c.etcd)?;
     for id in ids.iter().take(n) {
         let t = Instant::now();
         let r = his_b.get(&format!("/Binary/{id}")).await.map_err(Failure::runtime)?;
         check(r.status == 200 && r.body.len() == 4096, "cross-hospital read")?;
         reads.push(t.elapsed());
     }
+    let read_disk = EtcdDisk::of(&c.etcd)?.since(&disk_before, reads.len());
     reads.sort();
     println!(
         "cross-hospital read (B reads A's record under consent, sequential): p50 {:.2} ms, p99 {:.2} ms ({} reads)",
@@ -594,6 +602,7 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         mean(&now.writer_at_a, &before.writer_at_a, "submit"),
         mean(&now.writer_at_a, &before.writer_at_a, "flush"),
     );
+    println!("  {}", read_disk.line("read"));
     let count = |v: Option<f64>| v.map_or_else(|| "none".to_owned(), |n| format!("{n}"));
     println!(
         "  transport keys (medgate_hsm_transport_keys_total): A made {}, B unwrapped {} with its RSA sharing key",
@@ -601,6 +610,60 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         count(metric(b, "medgate_hsm_transport_keys_total{event=\"received\"} ")?),
     );
     concurrent_reads(b, &ids, READ_CONCURRENCY).await
+}
+
+/// etcd's disk, summed over the members (`etcd_disk_wal_fsync_duration_seconds`,
+/// `etcd_disk_backend_commit_duration_seconds`): (sum in seconds, count) of each.
+#[derive(Debug, Default)]
+struct EtcdDisk {
+    wal: (f64, f64),
+    backend: (f64, f64),
+    /// The operations of the stretch measured, once [`EtcdDisk::since`] made it one.
+    operations: usize,
+}
+
+impl EtcdDisk {
+    fn of(etcd: &Etcd) -> Result<EtcdDisk, Failure> {
+        let mut d = EtcdDisk::default();
+        for addr in &etcd.metrics {
+            let text = plain_get(*addr, "/metrics").map_err(|e| Failure::runtime(format!("etcd metrics at {addr}: {e}")))?;
+            // Unlabelled families: `NAME_sum VALUE` and `NAME_count VALUE`.
+            let value = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).unwrap_or(0.0);
+            let family = |f: &str| (value(&format!("{f}_sum")), value(&format!("{f}_count")));
+            let (wal, backend) = (family("etcd_disk_wal_fsync_duration_seconds"), family("etcd_disk_backend_commit_duration_seconds"));
+            d.wal = (d.wal.0 + wal.0, d.wal.1 + wal.1);
+            d.backend = (d.backend.0 + backend.0, d.backend.1 + backend.1);
+        }
+        Ok(d)
+    }
+
+    /// What the disk did between `before` and this scrape, over `operations`.
+    fn since(&self, before: &EtcdDisk, operations: usize) -> EtcdDisk {
+        let d = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0, a.1 - b.1);
+        EtcdDisk { wal: d(self.wal, before.wal), backend: d(self.backend, before.backend), operations }
+    }
+
+    /// One line: WAL fsyncs per `what` and their mean, backend commits' mean.
+    fn line(&self, what: &str) -> String {
+        let mean = |(sum, count): (f64, f64)| if count > 0.0 { format!("{:.2} ms", sum / count * 1e3) } else { "?".to_owned() };
+        format!(
+            "etcd's disk meanwhile, 3 members: {:.1} WAL fsyncs per {what}, mean {}; backend commits mean {}",
+            self.wal.1 / (self.operations.max(1) as f64),
+            mean(self.wal),
+            mean(self.backend),
+        )
+    }
+}
+
+/// `GET path` over plain HTTP/1.0 on loopback: the body.
+fn plain_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
 }
 
 /// The value of the `/metrics` line of `site` that starts with `prefix` (name, labels and the
