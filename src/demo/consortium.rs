@@ -519,8 +519,9 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
     let (ca, cert, key) = (read("ca.pem")?, read("root.crt")?, read("root.key")?);
     let tls = medgate_gateway::tls::client_config(&ca, Some((&cert, &key))).map_err(rt_err)?;
     let raw = medgate_store::order::etcd::raw_puts(&c.etcd.endpoints, &tls, Duration::from_secs(3), concurrency).await.map_err(Failure::runtime)?.rate;
-    let disk_before = EtcdDisk::of(&c.etcd)?;
+    let (disk_before, cpu_before) = (EtcdDisk::of(&c.etcd)?, c.cpu());
     let one = medgate_store::order::etcd::raw_puts(&c.etcd.endpoints, &tls, Duration::from_secs(2), 1).await.map_err(Failure::runtime)?;
+    let raw_etcd_cpu = c.cpu().per_record(&cpu_before, one.latencies.len()).etcd;
     let raw_disk = EtcdDisk::of(&c.etcd)?.since(&disk_before, one.latencies.len());
     println!(
         "medgate consortium bench {}: 3 etcd members (mutual TLS, loopback), 3 gateways, SoftHSM2, {} cores, load average {}",
@@ -535,7 +536,7 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         percentile(&one.latencies, 0.99),
         one.latencies.len()
     );
-    println!("  {}", raw_disk.line("put"));
+    println!("  {}; etcd's CPU per put {} µs over all cores", raw_disk.line("put"), raw_etcd_cpu.map_or_else(|| "?".to_owned(), |v| format!("{v:.0}")));
     let a = &c.sites[0];
     let patient = PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: "bench-patient".into() };
     let (ids, rate, bound) = bench_ingest(c, &patient, records, concurrency).await?;
@@ -566,12 +567,15 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
     let n = ids.len().min(SEQUENTIAL_READS);
     let before = ReadSteps::of(a, b)?;
     let disk_before = EtcdDisk::of(&c.etcd)?;
+    let (cpu_before, reading) = (c.cpu(), Instant::now());
     for id in ids.iter().take(n) {
         let t = Instant::now();
         let r = his_b.get(&format!("/Binary/{id}")).await.map_err(Failure::runtime)?;
         check(r.status == 200 && r.body.len() == 4096, "cross-hospital read")?;
         reads.push(t.elapsed());
     }
+    let read_cpu = c.cpu().per_record(&cpu_before, reads.len());
+    let read_time = reading.elapsed();
     let read_disk = EtcdDisk::of(&c.etcd)?.since(&disk_before, reads.len());
     reads.sort();
     println!(
@@ -603,6 +607,7 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         mean(&now.writer_at_a, &before.writer_at_a, "flush"),
     );
     println!("  {}", read_disk.line("read"));
+    print_read_cpu(&read_cpu, reads.len(), read_time);
     let count = |v: Option<f64>| v.map_or_else(|| "none".to_owned(), |n| format!("{n}"));
     println!(
         "  transport keys (medgate_hsm_transport_keys_total): A made {}, B unwrapped {} with its RSA sharing key",
@@ -610,6 +615,21 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         count(metric(b, "medgate_hsm_transport_keys_total{event=\"received\"} ")?),
     );
     concurrent_reads(b, &ids, READ_CONCURRENCY).await
+}
+
+/// Where the CPU went per sequential read, and how busy that kept the cores while the reads ran.
+fn print_read_cpu(CpuPerRecord { gateways, etcd, generator, all }: &CpuPerRecord, reads: usize, took: Duration) {
+    let us = |v: &Option<f64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v:.0}"));
+    let names = HOSPITALS.iter().zip(gateways).map(|(h, g)| format!("{h} {}", us(g))).collect::<Vec<_>>().join(", ");
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let busy = all.map(|a| a * reads as f64 / (took.as_secs_f64() * 1e6 * cores as f64));
+    println!(
+        "  CPU per read, µs over all cores: gateways {names}; etcd (3 members) {}; this process (B's HIS) {}; in all {}: the {cores} cores {} busy while the reads ran",
+        us(etcd),
+        us(generator),
+        us(all),
+        busy.map_or_else(|| "?".to_owned(), |b| format!("{:.0} %", b * 100.0)),
+    );
 }
 
 /// etcd's disk, summed over the members (`etcd_disk_wal_fsync_duration_seconds`,
