@@ -491,8 +491,7 @@ async fn bench_ingest(c: &Consortium, patient: &PatientId, records: usize, concu
 /// cost nothing, returned. A model, not a limit: etcd's and the followers' work is partly per
 /// batch, so their cost per record may fall somewhat as batches fill.
 fn print_cpu(CpuPerRecord { gateways, etcd, generator, all }: &CpuPerRecord, rate: f64) -> Option<f64> {
-    let us = |v: &Option<f64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v:.0}"));
-    let names = HOSPITALS.iter().zip(gateways).map(|(h, g)| format!("{h} {}", us(g))).collect::<Vec<_>>().join(", ");
+    let names = gateway_cpu(gateways);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let allowed = all.and_then(|a| crate::cpu::rate_allowed(cores, a));
     println!(
@@ -536,7 +535,7 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
         percentile(&one.latencies, 0.99),
         one.latencies.len()
     );
-    println!("  {}; etcd's CPU per put {} µs over all cores", raw_disk.line("put"), raw_etcd_cpu.map_or_else(|| "?".to_owned(), |v| format!("{v:.0}")));
+    println!("  {}; etcd's CPU per put {} µs over all cores", raw_disk.line("put"), us(&raw_etcd_cpu));
     let a = &c.sites[0];
     let patient = PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: "bench-patient".into() };
     let (ids, rate, bound) = bench_ingest(c, &patient, records, concurrency).await?;
@@ -617,10 +616,19 @@ async fn bench_run(c: &Consortium, records: usize, concurrency: usize) -> Result
     concurrent_reads(b, &ids, READ_CONCURRENCY).await
 }
 
+/// Microseconds, or `?` when a process's CPU could not be read.
+fn us(v: &Option<f64>) -> String {
+    v.map_or_else(|| "?".to_owned(), |v| format!("{v:.0}"))
+}
+
+/// Each hospital's gateway with its CPU, in [`HOSPITALS`] order.
+fn gateway_cpu(gateways: &[Option<f64>]) -> String {
+    HOSPITALS.iter().zip(gateways).map(|(h, g)| format!("{h} {}", us(g))).collect::<Vec<_>>().join(", ")
+}
+
 /// Where the CPU went per sequential read, and how busy that kept the cores while the reads ran.
 fn print_read_cpu(CpuPerRecord { gateways, etcd, generator, all }: &CpuPerRecord, reads: usize, took: Duration) {
-    let us = |v: &Option<f64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v:.0}"));
-    let names = HOSPITALS.iter().zip(gateways).map(|(h, g)| format!("{h} {}", us(g))).collect::<Vec<_>>().join(", ");
+    let names = gateway_cpu(gateways);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let busy = all.map(|a| a * reads as f64 / (took.as_secs_f64() * 1e6 * cores as f64));
     println!(
@@ -646,7 +654,11 @@ impl EtcdDisk {
     fn of(etcd: &Etcd) -> Result<EtcdDisk, Failure> {
         let mut d = EtcdDisk::default();
         for addr in &etcd.metrics {
-            let text = plain_get(*addr, "/metrics").map_err(|e| Failure::runtime(format!("etcd metrics at {addr}: {e}")))?;
+            let text = match admin_get(*addr, "/metrics") {
+                Ok((200, text)) => text,
+                Ok((status, _)) => return Err(Failure::runtime(format!("etcd metrics at {addr}: status {status}"))),
+                Err(e) => return Err(Failure::runtime(format!("etcd metrics at {addr}: {e}"))),
+            };
             // Unlabelled families: `NAME_sum VALUE` and `NAME_count VALUE`.
             let value = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).unwrap_or(0.0);
             let family = |f: &str| (value(&format!("{f}_sum")), value(&format!("{f}_count")));
@@ -673,17 +685,6 @@ impl EtcdDisk {
             mean(self.backend),
         )
     }
-}
-
-/// `GET path` over plain HTTP/1.0 on loopback: the body.
-fn plain_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
 }
 
 /// The value of the `/metrics` line of `site` that starts with `prefix` (name, labels and the
