@@ -115,6 +115,7 @@ pub fn run(opts: &Options) -> Result<(), Failure> {
         document_bytes: opts.size,
         batch_max_entries: cfg.ledger.batch_max_entries,
         hsm_pool: cfg.hsm.pool_size,
+        submissions_preparing: cfg.limits.max_submissions_preparing,
         kek_scheme: kek_scheme.into(),
         hsm: hsm_ceilings,
         wrap_ceiling,

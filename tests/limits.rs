@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
 use medgate::client::{HisClient, Reply};
+use medgate_fhir::{sample_transaction, PatientId};
 use support::{rt, Gw};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -115,13 +116,13 @@ impl Body for Stalled {
     }
 }
 
-async fn stalled_post(gw: &Gw) -> tokio::task::JoinHandle<()> {
+async fn stalled_post(gw: &Gw, path: &str) -> tokio::task::JoinHandle<()> {
     let tls = tls_stream(gw, b"http/1.1").await;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = hyper::Request::post("https://localhost/Consent")
+    let req = hyper::Request::post(format!("https://localhost{path}"))
         .header("content-type", "application/fhir+json")
         .header("x-medgate-user", "dr.slow")
         .header("x-medgate-role", "physician")
@@ -153,7 +154,7 @@ fn wait_metric(gw: &Gw, name: &str, want: f64) {
 fn a_client_over_its_requests_in_flight_gets_429_and_a_stalled_body_times_out() {
     let gw = gateway("limits-in-flight", "max_requests_in_flight_per_client = 2", "request_timeout_seconds = 3");
     let rt = rt();
-    let stalled: Vec<_> = rt.block_on(async { vec![stalled_post(&gw).await, stalled_post(&gw).await] });
+    let stalled: Vec<_> = rt.block_on(async { vec![stalled_post(&gw, "/Consent").await, stalled_post(&gw, "/Consent").await] });
     wait_metric(&gw, "medgate_his_requests_in_flight ", 2.0);
     rt.block_on(async {
         let mut third = gw.client();
@@ -232,4 +233,61 @@ fn http2_announces_its_limits_and_oversized_headers_are_refused() {
         let mut fresh = gw.client();
         assert_eq!(metadata(&mut fresh).await.status, 200);
     });
+}
+
+/// With one preparation slot (`limits.max_submissions_preparing = 1`): a submission still
+/// uploading its body holds no slot, every way a submission ends gives the slot back (stored, a
+/// repeat, a conflict, a refused bundle), submissions sent together are all stored in turn, and
+/// a read is not held behind them. A slot kept by any of those paths would leave every later
+/// submission waiting, and the client's deadline would fail the test.
+#[test]
+fn one_preparation_slot_is_given_back_by_every_submission_and_a_slow_upload_holds_none() {
+    let gw = gateway("limits-preparing", "max_submissions_preparing = 1", "request_timeout_seconds = 600");
+    assert_eq!(gw.metric("medgate_his_submissions_preparing_max "), Some(1.0));
+    let rt = rt();
+    let patient = |i: usize| PatientId { system: "urn:oid:1.2.250.1.213.1.4.8".into(), value: format!("{}", 7000 + i) };
+    let stalled = rt.block_on(stalled_post(&gw, "/"));
+    wait_metric(&gw, "medgate_his_requests_in_flight ", 1.0);
+    rt.block_on(async {
+        let mut c = gw.client().answer_within(Duration::from_secs(30));
+        // Stored while the slow upload is still in flight.
+        let first = sample_transaction(&patient(0), "text/plain", b"first", Some(("urn:ietf:rfc:3986", "urn:oid:1.2.3.7001")));
+        let r = c.post_json("/", &first, &[]).await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        // A repeat (answered from the first), a conflict and a refused bundle give the slot back.
+        let r = c.post_json("/", &first, &[]).await.unwrap();
+        assert_eq!((r.status, &r.json()["entry"][0]["response"]["status"]), (200, &serde_json::json!("200 OK")));
+        let clash = sample_transaction(&patient(0), "text/plain", b"other", Some(("urn:ietf:rfc:3986", "urn:oid:1.2.3.7001")));
+        assert_eq!(c.post_json("/", &clash, &[]).await.unwrap().status, 409);
+        let mut bad = sample_transaction(&patient(0), "text/plain", b"bad", None);
+        bad["entry"][0]["resource"]["masterIdentifier"] = serde_json::json!({"system": "urn:ietf:rfc:3986"});
+        assert_eq!(c.post_json("/", &bad, &[]).await.unwrap().status, 422);
+
+        // Twelve at once over four connections: each waits its turn, all are stored.
+        let mut sent = Vec::new();
+        for k in 0..4 {
+            let mut c = gw.client().answer_within(Duration::from_secs(60));
+            sent.push(tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for j in 0..3 {
+                    let t = sample_transaction(&patient(1 + 3 * k + j), "text/plain", format!("note {k} {j}").as_bytes(), None);
+                    statuses.push(c.post_json("/", &t, &[]).await.unwrap().status);
+                }
+                statuses
+            }));
+        }
+        // A read meanwhile: the slot is for submissions only.
+        let r = c.get(&format!("/DocumentReference?patient.identifier={}|7000", "urn:oid:1.2.250.1.213.1.4.8")).await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["total"], 1, "{}", r.json());
+        for s in sent {
+            assert_eq!(s.await.unwrap(), vec![200, 200, 200]);
+        }
+    });
+    assert_eq!(gw.metric("medgate_vault_records"), Some(13.0));
+    assert_eq!(gw.metric("medgate_his_submissions_preparing "), Some(0.0));
+    assert_eq!(gw.metric("medgate_his_submissions_waiting "), Some(0.0));
+    // The slow upload is still in flight: it never took the slot.
+    assert_eq!(gw.metric("medgate_his_requests_in_flight "), Some(1.0));
+    stalled.abort();
 }

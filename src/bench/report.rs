@@ -79,6 +79,8 @@ pub struct Report {
     pub document_bytes: usize,
     pub batch_max_entries: usize,
     pub hsm_pool: usize,
+    /// Submissions prepared at once (`limits.max_submissions_preparing`).
+    pub submissions_preparing: u32,
     /// How the site's KEK wraps data keys (`rfc5649` or `aes_gcm`).
     pub kek_scheme: String,
     pub hsm: HsmCeilings,
@@ -174,13 +176,14 @@ impl Report {
     /// The table for people.
     pub fn print_table(&self) {
         println!(
-            "medgate bench {}: {} documents of {} bytes per level ({} records in the vault before), mutual TLS over loopback, SoftHSM2, batches of at most {} entries, HSM pool {}, {} cores, load average {} before",
+            "medgate bench {}: {} documents of {} bytes per level ({} records in the vault before), mutual TLS over loopback, SoftHSM2, batches of at most {} entries, HSM pool {}, {} submissions prepared at once, {} cores, load average {} before",
             self.date,
             self.records_per_level,
             self.document_bytes,
             self.prefilled,
             self.batch_max_entries,
             self.hsm_pool,
+            self.submissions_preparing,
             self.cores,
             self.load_before.map_or("?".into(), |l| format!("{l:.2}")),
         );
@@ -355,6 +358,7 @@ mod tests {
             document_bytes: 4096,
             batch_max_entries: 64,
             hsm_pool: 4,
+            submissions_preparing: 8,
             kek_scheme: "aes_gcm".into(),
             hsm: HsmCeilings { rows: Vec::new() },
             wrap_ceiling: None,

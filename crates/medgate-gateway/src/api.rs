@@ -19,6 +19,7 @@
 //! `_pretty`, `_summary`, `_elements`, absolute URLs against the public base URL) in
 //! `representation`.
 
+pub mod admission;
 mod binary;
 mod provide;
 mod representation;
@@ -55,6 +56,8 @@ pub struct Api {
     /// The base URL clients reach the FHIR interface at (`his.public_base_url`), without a
     /// trailing slash: every `fullUrl`, page link and attachment URL starts with it.
     pub public_base: String,
+    /// The submissions prepared at once (`limits.max_submissions_preparing`).
+    pub admission: Arc<admission::Admission>,
 }
 
 type Resp = Response<Full<Bytes>>;

@@ -154,11 +154,13 @@ impl Running {
         }
         let max_body = Arc::new(std::sync::atomic::AtomicUsize::new(cfg.his.max_body_bytes));
         let live = Arc::new(Live::new(cfg, hsm.clone(), tls.clone(), max_body.clone()));
+        let admission = Arc::new(crate::api::admission::Admission::new(cfg.limits.max_submissions_preparing));
         let api = Arc::new(Api {
             gateway: gateway.clone(),
             max_body,
             body_timeout: Duration::from_secs(cfg.his.request_timeout_seconds),
             public_base: cfg.his.public_base(),
+            admission: admission.clone(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let his_addr = his.local_addr().map_err(|e| ServerError::Storage { path: "HIS listener".into(), reason: e.to_string() })?;
@@ -182,6 +184,7 @@ impl Running {
             atna: atna.clone(),
             atna_enabled: cfg.atna.as_ref().is_some_and(|a| a.enabled),
             limiter: limiter.clone(),
+            admission,
         });
         if let Some((l, tls)) = peer_listener {
             tasks.push(tokio::spawn(crate::peer::serve(l, tls, Arc::new(gateway.clone()), stop_rx.clone())));

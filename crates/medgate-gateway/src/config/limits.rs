@@ -15,6 +15,7 @@ pub(super) const KEYS: &[(&str, Kind, bool)] = &[
     ("max_connections", Kind::Int, false),
     ("max_connections_per_client", Kind::Int, false),
     ("max_requests_in_flight_per_client", Kind::Int, false),
+    ("max_submissions_preparing", Kind::Int, false),
     ("requests_per_second_per_client", Kind::Int, false),
     ("burst_per_client", Kind::Int, false),
     ("http2_max_concurrent_streams", Kind::Int, false),
@@ -37,6 +38,11 @@ pub struct Limits {
     /// Requests being processed at once per client certificate.
     #[serde(default = "default_in_flight")]
     pub max_requests_in_flight_per_client: u32,
+    /// Submissions (ITI-65, `POST /DocumentReference`) parsed, checked and sealed at once, all
+    /// clients together; the others wait their turn with their bodies read. Reads, searches and
+    /// the rest never wait for it, so they are not queued behind a bulk load.
+    #[serde(default = "default_submissions_preparing")]
+    pub max_submissions_preparing: u32,
     /// Sustained request rate per client certificate (token bucket refill).
     #[serde(default = "default_rate")]
     pub requests_per_second_per_client: u32,
@@ -59,6 +65,7 @@ impl Default for Limits {
             max_connections: default_max_connections(),
             max_connections_per_client: default_per_client_connections(),
             max_requests_in_flight_per_client: default_in_flight(),
+            max_submissions_preparing: default_submissions_preparing(),
             requests_per_second_per_client: default_rate(),
             burst_per_client: default_burst(),
             http2_max_concurrent_streams: default_streams(),
@@ -78,6 +85,12 @@ fn default_per_client_connections() -> u32 {
 }
 fn default_in_flight() -> u32 {
     128
+}
+/// Four per CPU core: enough to keep every core busy while some of them wait for the HSM or
+/// the blocking pool, few enough that a read is not queued behind a bulk load.
+fn default_submissions_preparing() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    u32::try_from(cores.saturating_mul(4)).unwrap_or(u32::MAX).clamp(4, 1024)
 }
 fn default_rate() -> u32 {
     200
@@ -108,6 +121,7 @@ impl Limits {
         range("max_connections", self.max_connections.into(), 1, 1_000_000);
         range("max_connections_per_client", self.max_connections_per_client.into(), 1, 1_000_000);
         range("max_requests_in_flight_per_client", self.max_requests_in_flight_per_client.into(), 1, 1_000_000);
+        range("max_submissions_preparing", self.max_submissions_preparing.into(), 1, 100_000);
         range("requests_per_second_per_client", self.requests_per_second_per_client.into(), 1, 1_000_000);
         range("burst_per_client", self.burst_per_client.into(), 1, 1_000_000);
         range("http2_max_concurrent_streams", self.http2_max_concurrent_streams.into(), 1, 10_000);
@@ -126,8 +140,19 @@ mod tests {
     #[test]
     fn the_defaults_pass_and_bad_values_name_their_key() {
         assert!(Limits::default().problems().is_empty());
-        let l: Limits = toml::from_str("max_header_list_bytes = 100\nmax_connections = 2\nmax_connections_per_client = 3\nburst_per_client = 0").unwrap_or_else(|e| panic!("{e}"));
+        let l: Limits = toml::from_str("max_header_list_bytes = 100\nmax_connections = 2\nmax_connections_per_client = 3\nburst_per_client = 0\nmax_submissions_preparing = 0").unwrap_or_else(|e| panic!("{e}"));
         let keys: Vec<String> = l.problems().into_iter().map(|p| p.key).collect();
-        assert_eq!(keys, vec!["limits.burst_per_client", "limits.max_header_list_bytes", "limits.max_connections_per_client"]);
+        assert_eq!(
+            keys,
+            vec!["limits.max_submissions_preparing", "limits.burst_per_client", "limits.max_header_list_bytes", "limits.max_connections_per_client"]
+        );
+    }
+
+    #[test]
+    fn submissions_are_prepared_four_per_core_by_default() {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get) as u32;
+        assert_eq!(Limits::default().max_submissions_preparing, (cores * 4).clamp(4, 1024));
+        let l: Limits = toml::from_str("max_submissions_preparing = 3").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(l.max_submissions_preparing, 3);
     }
 }

@@ -7,6 +7,7 @@ use medgate_ledger::{Entry, EntryBody, Receipt};
 use medgate_store::vault::{self, Claim, Held, IdemState, ListHeader, SealedList, SealedMeta, StoredList, StoredRecord, Vault, Write};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::provide::{Known, ListJob};
 use super::{in_flight, retrieve, Caller, Created, Gateway};
@@ -33,8 +34,10 @@ impl Gateway {
     /// `idempotency_key`: the client's `Idempotency-Key`; the same key from the same HIS returns
     /// the first answer. Each document's `masterIdentifier` is a conditional-create key too.
     /// The answer has one entry per request entry (see `provide`); `represent` puts the
-    /// created DocumentReferences and List in it (`Prefer: return=representation`).
-    pub async fn create(&self, caller: &Caller, sub: Submission, idempotency_key: Option<&str>, represent: bool) -> Result<Created, GatewayError> {
+    /// created DocumentReferences and List in it (`Prefer: return=representation`). `slot`: the
+    /// request's place among the submissions prepared at once, given back once its documents
+    /// are sealed, before it waits for the group commit.
+    pub async fn create(&self, caller: &Caller, sub: Submission, idempotency_key: Option<&str>, represent: bool, slot: Option<OwnedSemaphorePermit>) -> Result<Created, GatewayError> {
         if !caller.client.may_write() {
             return Err(GatewayError::Forbidden(format!("certificate role {:?} may not store records", caller.client.role)));
         }
@@ -49,11 +52,11 @@ impl Gateway {
                 Claim::Existing(state) => return self.replay_create(state, represent).await,
             },
         };
-        self.create_claimed(caller, sub, held, represent).await
+        self.create_claimed(caller, sub, held, represent, slot).await
     }
 
     /// `request`: the request's claimed Idempotency-Key, given back once its answer is kept.
-    pub(super) async fn create_claimed(&self, caller: &Caller, mut sub: Submission, request: Option<Held>, represent: bool) -> Result<Created, GatewayError> {
+    pub(super) async fn create_claimed(&self, caller: &Caller, mut sub: Submission, request: Option<Held>, represent: bool, slot: Option<OwnedSemaphorePermit>) -> Result<Created, GatewayError> {
         // Conditional create: a masterIdentifier already stored for this hospital answers with the
         // earlier submission (the same one) or a conflict (another one).
         // Claims are given back when `master_keys` is dropped, whatever happens below.
@@ -85,6 +88,7 @@ impl Gateway {
         let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
         let (mut extras, list_job) = self.prepare_extras(caller, &mut sub, &ids, &replaced).await?;
         let (records, list) = self.seal(jobs, list_job).await?;
+        drop(slot);
         extras.list = list;
         entries.extend(extras.entries.iter().cloned());
         let items = Self::answer_items(&sub, &records, &extras);

@@ -37,6 +37,7 @@ pub(super) struct AdminState {
     /// `[atna] enabled`: the exporter should be running.
     pub(super) atna_enabled: bool,
     pub(super) limiter: Arc<super::limits::Limiter>,
+    pub(super) admission: Arc<crate::api::admission::Admission>,
 }
 
 /// What `/readyz` and the watchdog check.
@@ -146,7 +147,7 @@ impl AdminState {
     /// The HIS listener's limits: (counters, gauges).
     fn limits_metrics(&self) -> (Vec<crate::metrics::Counter<'static>>, Vec<crate::metrics::Gauge<'static>>) {
         use std::sync::atomic::Ordering::Relaxed;
-        let l = &self.limiter;
+        let (l, a) = (&self.limiter, &self.admission);
         let r = &l.refused;
         let counters = vec![(
             "medgate_his_refused_total",
@@ -157,10 +158,17 @@ impl AdminState {
                 ("limit=\"max_requests_in_flight_per_client\"".into(), r.in_flight.load(Relaxed) as f64),
                 ("limit=\"requests_per_second_per_client\"".into(), r.rate.load(Relaxed) as f64),
             ],
+        ), (
+            "medgate_his_submissions_waited_total",
+            "Submissions that waited for a preparation slot (limits.max_submissions_preparing).",
+            vec![(String::new(), a.waited() as f64)],
         )];
         let gauges = vec![
             ("medgate_his_connections", "Open HIS connections.", vec![(String::new(), f64::from(l.open_connections()))]),
             ("medgate_his_requests_in_flight", "HIS requests being processed.", vec![(String::new(), f64::from(l.requests_in_flight()))]),
+            ("medgate_his_submissions_preparing", "Submissions being parsed, checked and sealed.", vec![(String::new(), f64::from(a.preparing()))]),
+            ("medgate_his_submissions_waiting", "Submissions read and waiting for a preparation slot.", vec![(String::new(), a.waiting() as f64)]),
+            ("medgate_his_submissions_preparing_max", "limits.max_submissions_preparing.", vec![(String::new(), f64::from(a.size()))]),
         ];
         (counters, gauges)
     }
