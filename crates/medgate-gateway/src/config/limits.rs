@@ -86,11 +86,12 @@ fn default_per_client_connections() -> u32 {
 fn default_in_flight() -> u32 {
     128
 }
-/// Four per CPU core: enough to keep every core busy while some of them wait for the HSM or
-/// the blocking pool, few enough that a read is not queued behind a bulk load.
+/// Six per CPU core: enough to keep every core busy while some of them wait for the HSM or the
+/// blocking pool and to fill the group commit's groups, few enough that a read is not queued
+/// behind a bulk load (tests/benches/README.md has the runs that chose it).
 fn default_submissions_preparing() -> u32 {
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-    u32::try_from(cores.saturating_mul(4)).unwrap_or(u32::MAX).clamp(4, 1024)
+    u32::try_from(cores.saturating_mul(6)).unwrap_or(u32::MAX).clamp(6, 1024)
 }
 fn default_rate() -> u32 {
     200
@@ -149,9 +150,9 @@ mod tests {
     }
 
     #[test]
-    fn submissions_are_prepared_four_per_core_by_default() {
+    fn submissions_are_prepared_six_per_core_by_default() {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get) as u32;
-        assert_eq!(Limits::default().max_submissions_preparing, (cores * 4).clamp(4, 1024));
+        assert_eq!(Limits::default().max_submissions_preparing, (cores * 6).clamp(6, 1024));
         let l: Limits = toml::from_str("max_submissions_preparing = 3").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(l.max_submissions_preparing, 3);
     }

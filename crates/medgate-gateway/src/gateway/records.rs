@@ -4,6 +4,7 @@
 
 use medgate_fhir::{document_reference_resource, DocumentSubmission, StoredDocument, Submission};
 use medgate_ledger::{Entry, EntryBody, Receipt};
+use medgate_store::writer::Preparing;
 use medgate_store::vault::{self, Claim, Held, IdemState, ListHeader, SealedList, SealedMeta, StoredList, StoredRecord, Vault, Write};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -41,6 +42,10 @@ impl Gateway {
         if !caller.client.may_write() {
             return Err(GatewayError::Forbidden(format!("certificate role {:?} may not store records", caller.client.role)));
         }
+        // The writer's group being gathered may wait for this request (see
+        // `medgate_store::writer::PREPARING_WAIT`) until it is handed over or fails: from here,
+        // not only once its claims are made, which wait while a group commit holds the store.
+        let preparing = self.ledger.preparing();
         let request_key = idempotency_key.map(|k| Vault::idem_key(&format!("request\n{}", caller.client.system), k));
         // Held until this request has answered or failed (it runs to its end even when its
         // client goes away, see `Writes`); what it committed under the key answers the retries.
@@ -52,11 +57,18 @@ impl Gateway {
                 Claim::Existing(state) => return self.replay_create(state, represent).await,
             },
         };
-        self.create_claimed(caller, sub, held, represent, slot).await
+        self.create_claimed(caller, sub, held, represent, (slot, preparing)).await
     }
 
     /// `request`: the request's claimed Idempotency-Key, given back once its answer is kept.
-    pub(super) async fn create_claimed(&self, caller: &Caller, mut sub: Submission, request: Option<Held>, represent: bool, slot: Option<OwnedSemaphorePermit>) -> Result<Created, GatewayError> {
+    async fn create_claimed(
+        &self,
+        caller: &Caller,
+        mut sub: Submission,
+        request: Option<Held>,
+        represent: bool,
+        (slot, preparing): (Option<OwnedSemaphorePermit>, Preparing),
+    ) -> Result<Created, GatewayError> {
         // Conditional create: a masterIdentifier already stored for this hospital answers with the
         // earlier submission (the same one) or a conflict (another one).
         // Claims are given back when `master_keys` is dropped, whatever happens below.
@@ -77,9 +89,6 @@ impl Gateway {
                 master_keys.push(None);
             }
         }
-        // The writer's group being gathered may wait for this request (see
-        // `medgate_store::writer::PREPARING_WAIT`) until it is handed over or fails.
-        let preparing = self.ledger.preparing();
         let replaced = self.check_relations(&sub).await?;
         // From the data-key wrap until the record is stored: a shred pass must not rotate the KEK
         // and destroy the old version in between.
