@@ -54,7 +54,11 @@ impl Gateway {
             Some(k) => match self.claim(k).await? {
                 Claim::New(held) => Some(held),
                 Claim::InFlight => return Err(in_flight()),
-                Claim::Existing(state) => return self.replay_create(state, represent).await,
+                Claim::Existing(state) => {
+                    // Answered from what is stored: nothing for the writer to wait for.
+                    drop(preparing);
+                    return self.replay_create(state, represent).await;
+                }
             },
         };
         self.create_claimed(caller, sub, held, represent, (slot, preparing)).await
@@ -78,7 +82,10 @@ impl Gateway {
                 let key = Vault::idem_key("master", &format!("{system}|{value}"));
                 match self.claim(&key).await? {
                     Claim::New(held) => master_keys.push(Some(held)),
-                    Claim::Existing(state) => return self.repeated_submission(state, &sub, k, represent).await,
+                    Claim::Existing(state) => {
+                        drop(preparing);
+                        return self.repeated_submission(state, &sub, k, represent).await;
+                    }
                     Claim::InFlight => {
                         return Err(GatewayError::InFlight(
                             "a document with this masterIdentifier is being stored by another request; retry in a second".into(),
