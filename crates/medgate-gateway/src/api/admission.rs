@@ -78,19 +78,26 @@ impl Drop for Counted<'_> {
 mod tests {
     use super::*;
 
+    /// A submission asking for a slot on a task of its own, once it waits in the queue.
+    async fn queued(a: &Arc<Admission>) -> tokio::task::JoinHandle<OwnedSemaphorePermit> {
+        let before = a.waiting();
+        let task = {
+            let a = a.clone();
+            tokio::spawn(async move { a.admit().await })
+        };
+        while a.waiting() == before {
+            tokio::task::yield_now().await;
+        }
+        task
+    }
+
     #[tokio::test]
     async fn a_submission_beyond_the_slots_waits_for_one_given_back_and_a_given_up_wait_leaves_the_queue() {
         let a = Arc::new(Admission::new(1));
         let first = a.admit().await;
         assert_eq!((a.preparing(), a.waiting(), a.waited()), (1, 0, 0));
 
-        let waiter = {
-            let a = a.clone();
-            tokio::spawn(async move { a.admit().await })
-        };
-        while a.waiting() == 0 {
-            tokio::task::yield_now().await;
-        }
+        let waiter = queued(&a).await;
         assert!(!waiter.is_finished(), "the second submission must wait while the only slot is held");
         assert_eq!((a.preparing(), a.waiting(), a.waited()), (1, 1, 1));
 
@@ -99,13 +106,7 @@ mod tests {
         assert_eq!((a.preparing(), a.waiting(), a.waited()), (1, 0, 1));
 
         // A wait given up (its request dropped) is no longer counted, and takes no slot.
-        let given_up = {
-            let a = a.clone();
-            tokio::spawn(async move { a.admit().await })
-        };
-        while a.waiting() == 0 {
-            tokio::task::yield_now().await;
-        }
+        let given_up = queued(&a).await;
         given_up.abort();
         assert!(given_up.await.is_err_and(|e| e.is_cancelled()));
         assert_eq!((a.preparing(), a.waiting(), a.waited()), (1, 0, 2));
