@@ -87,8 +87,9 @@ fn patient(i: usize) -> PatientId {
 /// before the clock starts (a level's handshakes would otherwise count against its rate, 256
 /// of them at c=256), and the clients draw from one count of records, so all of them stay
 /// busy until the last one is sent (with a fixed share each, the level's tail ran on the few
-/// clients whose share was not done).
-pub async fn drive(target: &Target, records: usize, concurrency: usize, size: usize, expect: u16) -> Result<Run, String> {
+/// clients whose share was not done). `opened` is called once the connections are open, just
+/// before the clock starts: what the caller counts from there leaves the handshakes out.
+pub async fn drive(target: &Target, records: usize, concurrency: usize, size: usize, expect: u16, opened: impl FnOnce()) -> Result<Run, String> {
     let mut opening = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         let mut client = target.client()?;
@@ -98,6 +99,7 @@ pub async fn drive(target: &Target, records: usize, concurrency: usize, size: us
     for o in opening {
         clients.push(o.await.map_err(|e| e.to_string())??);
     }
+    opened();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cpu_before = crate::cpu::this_process();
     let started = Instant::now();
