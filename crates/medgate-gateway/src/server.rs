@@ -154,7 +154,7 @@ impl Running {
         }
         let max_body = Arc::new(std::sync::atomic::AtomicUsize::new(cfg.his.max_body_bytes));
         let live = Arc::new(Live::new(cfg, hsm.clone(), tls.clone(), max_body.clone()));
-        let admission = Arc::new(crate::api::admission::Admission::new(cfg.limits.max_submissions_preparing));
+        let admission = crate::api::admission::Admission::new(cfg.limits.max_submissions_preparing);
         let api = Arc::new(Api {
             gateway: gateway.clone(),
             max_body,

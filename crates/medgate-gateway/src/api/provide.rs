@@ -29,12 +29,13 @@ impl Api {
         let single = route == "POST /DocumentReference";
         let represent = single || wants_representation(header(&req, "prefer")?);
         let bytes = body(req, self.body_limit(), self.body_timeout).await?;
-        // Parsed, checked and sealed in turn with a bounded number of others (see `admission`);
-        // the slot goes with the create, which gives it back once sealed.
-        let slot = self.admission.admit().await;
+        // Parsed, checked and sealed with a bounded number of others, the HIS systems waiting
+        // taking turns (see `admission`); the slot goes with the create, which gives it back
+        // once sealed.
+        let slot = self.admission.admit(&client.system).await;
         let sub = if single { Submission::single(medgate_fhir::parse_document_reference(&bytes)?) } else { medgate_fhir::parse_transaction(&bytes)? };
         let gw = self.gateway.clone();
-        let created = self.gateway.writes.to_the_end(async move { gw.create(&caller, sub, idem.as_deref(), represent, Some(slot)).await }).await?;
+        let created = self.gateway.writes.to_the_end(async move { gw.create(&caller, sub, idem.as_deref(), represent, Some(Box::new(slot))).await }).await?;
         let (status, body) = if single {
             match created.body["entry"][0].get("resource") {
                 Some(r) => (created.status, r.clone()),

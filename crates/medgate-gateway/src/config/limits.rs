@@ -39,8 +39,9 @@ pub struct Limits {
     #[serde(default = "default_in_flight")]
     pub max_requests_in_flight_per_client: u32,
     /// Submissions (ITI-65, `POST /DocumentReference`) parsed, checked and sealed at once, all
-    /// clients together; the others wait their turn with their bodies read. Reads, searches and
-    /// the rest never wait for it, so they are not queued behind a bulk load.
+    /// clients together; the others wait with their bodies read, the HIS systems (certificate
+    /// CN) taking turns. Reads, searches and the rest never wait for it, so they are not queued
+    /// behind a bulk load.
     #[serde(default = "default_submissions_preparing")]
     pub max_submissions_preparing: u32,
     /// Sustained request rate per client certificate (token bucket refill).

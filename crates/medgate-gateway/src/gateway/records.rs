@@ -8,7 +8,6 @@ use medgate_store::writer::Preparing;
 use medgate_store::vault::{self, Claim, Held, IdemState, ListHeader, SealedList, SealedMeta, StoredList, StoredRecord, Vault, Write};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::provide::{Known, ListJob};
 use super::{in_flight, retrieve, Caller, Created, Gateway};
@@ -36,9 +35,9 @@ impl Gateway {
     /// the first answer. Each document's `masterIdentifier` is a conditional-create key too.
     /// The answer has one entry per request entry (see `provide`); `represent` puts the
     /// created DocumentReferences and List in it (`Prefer: return=representation`). `slot`: the
-    /// request's place among the submissions prepared at once, given back once its documents
-    /// are sealed, before it waits for the group commit.
-    pub async fn create(&self, caller: &Caller, sub: Submission, idempotency_key: Option<&str>, represent: bool, slot: Option<OwnedSemaphorePermit>) -> Result<Created, GatewayError> {
+    /// request's place among the submissions prepared at once (given back when dropped), held
+    /// until its documents are sealed, not while it waits for the group commit.
+    pub async fn create(&self, caller: &Caller, sub: Submission, idempotency_key: Option<&str>, represent: bool, slot: Option<Box<dyn Send>>) -> Result<Created, GatewayError> {
         if !caller.client.may_write() {
             return Err(GatewayError::Forbidden(format!("certificate role {:?} may not store records", caller.client.role)));
         }
@@ -71,7 +70,7 @@ impl Gateway {
         mut sub: Submission,
         request: Option<Held>,
         represent: bool,
-        (slot, preparing): (Option<OwnedSemaphorePermit>, Preparing),
+        (slot, preparing): (Option<Box<dyn Send>>, Preparing),
     ) -> Result<Created, GatewayError> {
         // Conditional create: a masterIdentifier already stored for this hospital answers with the
         // earlier submission (the same one) or a conflict (another one).
