@@ -28,6 +28,8 @@ pub struct Admission {
     state: Mutex<State>,
 }
 
+/// Under the one lock, a slot is never free while a submission waits: a freed slot is handed on
+/// at once, and a submission that finds one free takes it.
 #[derive(Debug, Default)]
 struct State {
     /// Slots given out.
@@ -36,7 +38,6 @@ struct State {
     queues: HashMap<String, VecDeque<Waiter>>,
     /// The systems with a submission waiting, in the order their turns come.
     turns: VecDeque<String>,
-    waiting: u64,
     waited: u64,
     next_id: u64,
 }
@@ -88,9 +89,7 @@ impl Drop for Place {
                 s.turns.retain(|t| *t != self.system);
             }
         }
-        if still_queued {
-            s.waiting -= 1;
-        } else {
+        if !still_queued {
             // The turn came and the slot was handed over while this request was going away.
             s.taken -= 1;
             Admission::hand_on(&mut s);
@@ -120,7 +119,6 @@ impl Admission {
             } else {
                 s.turns.push_back(system);
             }
-            s.waiting -= 1;
             s.taken += 1;
             // A receiver gone means its `Place` is being dropped right now, waiting for this
             // lock: it finds itself no longer queued and gives the slot on.
@@ -140,17 +138,12 @@ impl Admission {
             }
             let id = s.next_id;
             s.next_id += 1;
-            s.waiting += 1;
             s.waited += 1;
             let (tx, rx) = oneshot::channel();
             let q = s.queues.entry(system.to_owned()).or_default();
             q.push_back(Waiter { id, admit: tx });
             if q.len() == 1 {
                 s.turns.push_back(system.to_owned());
-            }
-            // A slot may have been freed by a holder that found no one waiting a moment ago.
-            if s.taken < self.size {
-                Self::hand_on(&mut s);
             }
             (rx, Place { admission: self.clone(), system: system.to_owned(), id, admitted: false })
         };
@@ -167,7 +160,7 @@ impl Admission {
 
     /// Submissions waiting for a slot now.
     pub fn waiting(&self) -> u64 {
-        self.lock().waiting
+        self.lock().queues.values().map(|q| q.len() as u64).sum()
     }
 
     /// Submissions that had to wait for a slot, since the start.
