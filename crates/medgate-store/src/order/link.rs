@@ -250,26 +250,51 @@ impl EtcdLink {
 /// Most blocks the follower stores before it flushes and says where they landed.
 const BLOCKS_PER_FLUSH: usize = 256;
 
+/// How long blocks that hold no batch of this gateway may wait for their flush. Such a block
+/// answers no request here, and after a crash the follower takes it again from the ordered
+/// stream (or from a peer), from the position it flushed last: its flush only tells the commit
+/// listeners (the audit export) a little later. A block with a batch of this gateway is flushed
+/// at once, with any waiting before it.
+const FOREIGN_FLUSH_DELAY: Duration = Duration::from_millis(100);
+
 /// Cuts a block for every batch of the ordered stream (revision, batch bytes), in order, and
 /// stores it. Batches that arrived together are stored block by block (each cut against the
 /// state the previous one left) and flushed once; only then does the writer hear where its
-/// batches landed. Revisions at or below the stored chain's position are skipped, so the
-/// stream may be replayed from any earlier point after a reconnection.
+/// batches landed. Blocks of other gateways' batches alone wait up to [`FOREIGN_FLUSH_DELAY`]
+/// for a flush they share. Revisions at or below the stored chain's position are skipped, so
+/// the stream may be replayed from any earlier point after a reconnection.
 pub async fn follow(store: ChainStore, me: String, mut rx: mpsc::Receiver<Feed>, link: Arc<EtcdLink>, events: Arc<dyn Events>) -> Result<(), StoreError> {
     let landed = link.landed.clone();
     let mut state = store.state()?;
-    while let Some(first) = rx.recv().await {
-        let mut stored: Vec<Block> = Vec::new();
+    // Stored and not yet flushed, oldest first, and when the oldest must be flushed by.
+    let mut stored: Vec<Block> = Vec::new();
+    let mut flush_by: Option<tokio::time::Instant> = None;
+    loop {
+        let first = match flush_by {
+            None => rx.recv().await,
+            Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
+                Ok(feed) => feed,
+                Err(_) => {
+                    settle(&store, &me, &landed, std::mem::take(&mut stored)).await?;
+                    flush_by = None;
+                    continue;
+                }
+            },
+        };
+        let Some(first) = first else { break };
+        let mut ours = false;
         let mut next_feed = Some(first);
         while let Some(feed) = next_feed.take() {
             match feed {
                 Feed::Batch(revision, bytes) => {
                     if let Some(block) = follow_one(&store, &me, &mut state, revision, &bytes, events.as_ref())? {
+                        ours |= block.batches.iter().any(|b| b.gateway == me);
                         stored.push(block);
                     }
                 }
                 Feed::CatchUp(reply) => {
                     settle(&store, &me, &landed, std::mem::take(&mut stored)).await?;
+                    flush_by = None;
                     let peers = link.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     let r = match peers {
                         None => Err("no peer gateways are configured".to_owned()),
@@ -282,8 +307,14 @@ pub async fn follow(store: ChainStore, me: String, mut rx: mpsc::Receiver<Feed>,
                 next_feed = rx.try_recv().ok();
             }
         }
-        settle(&store, &me, &landed, stored).await?;
+        if ours || stored.len() >= BLOCKS_PER_FLUSH {
+            settle(&store, &me, &landed, std::mem::take(&mut stored)).await?;
+            flush_by = None;
+        } else if !stored.is_empty() && flush_by.is_none() {
+            flush_by = Some(tokio::time::Instant::now() + FOREIGN_FLUSH_DELAY);
+        }
     }
+    settle(&store, &me, &landed, stored).await?;
     Ok(())
 }
 
