@@ -335,6 +335,56 @@ fn quorum_loss_stores_and_answers_202_then_anchors_when_quorum_returns() {
     assert!(heads.iter().all(|x| x == &heads[0]), "{heads:?}");
 }
 
+/// A create whose client hangs up runs on to its end (see `Writes::to_the_end`); until it ends
+/// it still counts among its client's requests in flight. Held here by the ordering service
+/// having lost its quorum: the create is stored and waits for etcd (five seconds at most)
+/// before it answers 202.
+#[test]
+fn a_write_whose_client_hung_up_still_counts_against_the_clients_requests_in_flight() {
+    let mut c = consortium("held");
+    assert_eq!(c.gws[0].stop().code(), Some(0));
+    let mut text = std::fs::read_to_string(&c.gws[0].site.config).unwrap();
+    text.push_str("\n[limits]\nmax_requests_in_flight_per_client = 1\n");
+    std::fs::write(&c.gws[0].site.config, text).unwrap();
+    c.gws[0].start();
+    ingest(&c, 0, 1, "before");
+    c.etcd.kill(0);
+    c.etcd.kill(1);
+    let gauge = "medgate_his_requests_in_flight ";
+    let queued = c.gws[0].metric("medgate_outbox_entries").unwrap();
+    let leaving = rt();
+    let sent = {
+        let mut his = c.gws[0].client();
+        let body = sample_transaction(&patient(3), "text/plain", b"sent by a client that hangs up", None);
+        leaving.spawn(async move { his.post_json("/", &body, &[]).await })
+    };
+    // Stored (its record's and its SubmissionSet's entries in the outbox), now waiting for etcd.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.gws[0].metric("medgate_outbox_entries").unwrap() < queued + 2.0 {
+        assert!(Instant::now() < deadline, "the create was never stored:\n{}", c.gws[0].log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The client goes away: its runtime and with it its connection.
+    sent.abort();
+    drop(leaving);
+    let answer = rt().block_on(async { c.gws[0].client().get("/metadata").await.unwrap() });
+    let said = String::from_utf8_lossy(&answer.body).chars().take(300).collect::<String>();
+    assert_eq!(answer.status, 429, "the write its client left is not counted: {said}");
+    assert!(said.contains("requests in progress"), "{said}");
+    assert_eq!(c.gws[0].metric(gauge), Some(1.0));
+    // Once the create has given up on etcd (stored, its entries in the outbox), the place is free.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.gws[0].metric(gauge) != Some(0.0) {
+        assert!(Instant::now() < deadline, "the create never ended:\n{}", c.gws[0].log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let answer = rt().block_on(async { c.gws[0].client().get("/metadata").await.unwrap() });
+    assert_eq!(answer.status, 200);
+    c.etcd.restart(0);
+    c.etcd.restart(1);
+    wait_outbox_drained(&c.gws[0], 60);
+}
+
 #[test]
 fn a_restarted_gateway_catches_up_to_the_same_head() {
     let mut c = consortium("restart");

@@ -387,6 +387,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_whose_client_left_keeps_what_its_request_held_until_it_ends() {
+        let held: std::sync::Arc<dyn Send + Sync> = std::sync::Arc::new(());
+        let place = std::sync::Arc::downgrade(&held);
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let writes = crate::gateway::Writes::default();
+        let mut request = Box::pin(crate::gateway::Hold(held).around(writes.to_the_end(async move { go_rx.await.map_err(GatewayError::internal) })));
+        std::future::poll_fn(|cx| {
+            assert!(std::future::Future::poll(request.as_mut(), cx).is_pending(), "the write waits");
+            std::task::Poll::Ready(())
+        })
+        .await;
+        // The client goes away: its request is dropped, the write runs on and keeps the place.
+        drop(request);
+        assert!(place.upgrade().is_some(), "the write still holds its request's place");
+        go_tx.send(()).expect("the write is still running");
+        assert!(writes.finished(std::time::Duration::from_secs(30)).await);
+        assert!(place.upgrade().is_none(), "given back when the write ended");
+    }
+
+    #[tokio::test]
+    async fn a_request_answered_gives_back_what_it_held() {
+        let held: std::sync::Arc<dyn Send + Sync> = std::sync::Arc::new(());
+        let place = std::sync::Arc::downgrade(&held);
+        let writes = crate::gateway::Writes::default();
+        let stored = crate::gateway::Hold(held).around(writes.to_the_end(async { Ok::<_, GatewayError>("stored") })).await;
+        assert_eq!(stored.expect("the write's result"), "stored");
+        assert!(place.upgrade().is_none(), "nothing kept once the write and its request are done");
+    }
+
+    #[tokio::test]
     async fn a_stop_waits_for_the_writes_still_running() {
         let writes = crate::gateway::Writes::default();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();

@@ -128,13 +128,43 @@ pub struct Gateway {
 #[derive(Debug, Clone, Default)]
 pub struct Writes(Arc<tokio::sync::RwLock<()>>);
 
+tokio::task_local! {
+    /// What the request being served holds (see [`Hold`]).
+    static REQUEST_HOLD: Hold;
+}
+
+/// Something a request holds until it is done, its place among its client's requests in
+/// flight (`limits.max_requests_in_flight_per_client`): the server serves each request inside
+/// [`Hold::around`], and a write the request leaves running after its client went away
+/// ([`Writes::to_the_end`]) keeps it until the write ends. A client that sends writes and
+/// hangs up at once therefore still has them counted.
+#[derive(Clone)]
+pub struct Hold(pub Arc<dyn Send + Sync>);
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
+    }
+}
+
+impl Hold {
+    /// Runs `request` (serving one request) with this held by it and by the writes it starts.
+    pub async fn around<F: std::future::Future>(self, request: F) -> F::Output {
+        REQUEST_HOLD.scope(self, request).await
+    }
+}
+
 impl Writes {
     /// Runs `write` on a task of its own and waits for it; dropped, the caller stops waiting,
-    /// the write does not stop.
+    /// the write does not stop. The write keeps what its request holds ([`Hold`]).
     pub async fn to_the_end<T: Send + 'static>(&self, write: impl std::future::Future<Output = Result<T, GatewayError>> + Send + 'static) -> Result<T, GatewayError> {
         let running = self.0.clone().read_owned().await;
+        let hold = REQUEST_HOLD.try_with(Hold::clone).ok();
         tokio::spawn(async move {
+            // Given back before `running`: once a stop sees no write running, none holds a
+            // request's place either.
             let _running = running;
+            let _hold = hold;
             write.await
         })
         .await

@@ -136,7 +136,7 @@ pub(super) async fn serve(listener: TcpListener, his: Arc<His>, mut stop: watch:
                         Ok(c) => *c.key(),
                         Err(r) => return Ok(too_many(r, true)),
                     };
-                    let _in_flight = match his.limiter.request(&key) {
+                    let in_flight = match his.limiter.request(&key) {
                         Ok(g) => g,
                         Err(r) => {
                             his.api.gateway.metrics.observe("refused: client over its share", 429, Duration::ZERO);
@@ -146,7 +146,8 @@ pub(super) async fn serve(listener: TcpListener, his: Arc<His>, mut stop: watch:
                     if his.audit_gate.as_ref().is_some_and(|x| x.is_full()) && req.uri().path() != "/metadata" {
                         return Ok(audit_full());
                     }
-                    his.api.clone().handle(identity, req).await
+                    // Held until the request is answered, and by any write it leaves running.
+                    crate::gateway::Hold(Arc::new(in_flight)).around(his.api.clone().handle(identity, req)).await
                 }
             });
             // Closed lingering: a client still sending when the answer is out gets to read it.
