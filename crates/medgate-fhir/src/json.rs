@@ -156,25 +156,32 @@ fn present<'a>(obj: &'a Object, key: &str, at: &str) -> Result<Option<&'a Value>
 
 /// The value at `path` as an object (FHIR forbids empty ones).
 pub(crate) fn as_object<'a>(v: &'a Value, path: &str) -> Result<&'a Object, FhirError> {
+    object_at(v, || path.to_owned())
+}
+
+/// [`as_object`], the path made only for an error: a valid request's elements are read by
+/// the dozen, and each path is a formatted string.
+fn object_at(v: &Value, path: impl FnOnce() -> String) -> Result<&Object, FhirError> {
     match v {
-        Value::Object(o) if o.is_empty() => Err(FhirError::invalid(path, "must not be an empty object")),
+        Value::Object(o) if o.is_empty() => Err(FhirError::invalid(path(), "must not be an empty object")),
         Value::Object(o) => Ok(o),
-        other => Err(wrong_kind(path.to_owned(), "an object", other)),
+        other => Err(wrong_kind(path(), "an object", other)),
     }
 }
 
-/// The value at `path` as a string with some non-whitespace content.
-pub(crate) fn as_str<'a>(v: &'a Value, path: &str) -> Result<&'a str, FhirError> {
+/// The value at `path` as a string with some non-whitespace content; the path made only for
+/// an error (see [`object_at`]).
+fn str_at(v: &Value, path: impl FnOnce() -> String) -> Result<&str, FhirError> {
     match v {
-        Value::String(s) if s.trim().is_empty() => Err(FhirError::invalid(path, "must not be empty")),
+        Value::String(s) if s.trim().is_empty() => Err(FhirError::invalid(path(), "must not be empty")),
         Value::String(s) => Ok(s),
-        other => Err(wrong_kind(path.to_owned(), "a string", other)),
+        other => Err(wrong_kind(path(), "a string", other)),
     }
 }
 
 /// Optional string element `key` of `obj` (at path `at`).
 pub(crate) fn opt_str<'a>(obj: &'a Object, key: &str, at: &str) -> Result<Option<&'a str>, FhirError> {
-    present(obj, key, at)?.map(|v| as_str(v, &child(at, key))).transpose()
+    present(obj, key, at)?.map(|v| str_at(v, || child(at, key))).transpose()
 }
 
 /// Required string element `key` of `obj` (at path `at`).
@@ -184,7 +191,7 @@ pub(crate) fn req_str<'a>(obj: &'a Object, key: &str, at: &str) -> Result<&'a st
 
 /// Optional object element `key` of `obj` (at path `at`).
 pub(crate) fn opt_obj<'a>(obj: &'a Object, key: &str, at: &str) -> Result<Option<&'a Object>, FhirError> {
-    present(obj, key, at)?.map(|v| as_object(v, &child(at, key))).transpose()
+    present(obj, key, at)?.map(|v| object_at(v, || child(at, key))).transpose()
 }
 
 /// Required object element `key` of `obj` (at path `at`).
@@ -284,10 +291,12 @@ mod tests {
         assert_eq!(err.to_string(), "R.s: must be a string, found a number");
         let err = req_str(o, "missing", "R").expect_err("missing");
         assert!(matches!(err, FhirError::Required { ref path } if path == "R.missing"));
-        assert!(opt_str(o, "e", "R").is_err());
+        assert_eq!(opt_str(o, "e", "R").expect_err("blank").to_string(), "R.e: must not be empty");
         assert!(opt_str(o, "n", "R").is_err());
         assert!(opt_array(o, "a", "R").is_err());
-        assert!(opt_obj(o, "o", "R").is_err());
+        assert_eq!(opt_obj(o, "o", "R").expect_err("wrong kind").to_string(), "R.o: must be an object, found a string");
+        let empty = json!({"o": {}});
+        assert_eq!(opt_obj(empty.as_object().expect("object"), "o", "R").expect_err("empty").to_string(), "R.o: must not be an empty object");
         assert!(opt_unsigned_int(o, "u", "R").is_err());
         assert_eq!(opt_str(o, "absent", "R").expect("absent is fine"), None);
     }
