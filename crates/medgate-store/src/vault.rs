@@ -265,6 +265,8 @@ fn open(id: &str, key: &[u8], aad: &[u8], nonce_b64: &str, ct_b64: &str) -> Resu
 }
 
 /// Encrypts a document and its metadata under a fresh data key wrapped by the HSM (one C_WrapKey).
+/// `content_hash`: the hex SHA-256 of `document`, as the record's ledger entry (`entry_id`)
+/// anchors it; computed once by the caller, which needs it for the entry before the record.
 #[allow(clippy::too_many_arguments, reason = "one flat call site in the ingest path")]
 pub fn seal_record(
     hsm: &Hsm,
@@ -273,15 +275,16 @@ pub fn seal_record(
     custodian: &str,
     pseudonym: (&str, u32),
     content_type: &str,
-    document: &[u8],
+    (document, content_hash): (&[u8], &str),
     meta: &SealedMeta,
     entry_id: &str,
 ) -> Result<StoredRecord, VaultError> {
+    debug_assert_eq!(content_hash, hex::encode(Sha256::digest(document)), "the document's own hash");
     let rng = SystemRandom::new();
     let mut dk = Zeroizing::new([0u8; 32]);
     rng.fill(dk.as_mut()).map_err(|_| VaultError::Storage("random".into()))?;
     let wrapped = hsm.wrap_data_key(dk.as_ref())?;
-    let content_hash = hex::encode(Sha256::digest(document));
+    let content_hash = content_hash.to_owned();
     let (doc_nonce, doc_ct) = seal(dk.as_ref(), &doc_aad(id, content_type, &content_hash), document, &rng)?;
     let meta_plain = Zeroizing::new(to_json("sealed metadata", meta)?);
     let (meta_nonce, meta_ct) = seal(dk.as_ref(), &meta_aad(id, pseudonym.0), &meta_plain, &rng)?;

@@ -23,6 +23,8 @@ pub(super) struct RecordJob {
     content_type: String,
     /// The document's bytes, wiped once sealed.
     data: zeroize::Zeroizing<Vec<u8>>,
+    /// Their hex SHA-256, as the record's ledger entry anchors it.
+    content_hash: String,
     meta: SealedMeta,
     entry_id: String,
 }
@@ -171,7 +173,7 @@ impl Gateway {
                 record_id: id.clone(),
                 patient: pseudonym.clone(),
                 pseudonym_key_version: pv,
-                content_hash,
+                content_hash: content_hash.clone(),
                 content_type: fhir_mime_essence(&d.content_type),
                 size: d.data.len() as u64,
                 custodian: self.hospital.clone(),
@@ -182,7 +184,7 @@ impl Gateway {
             // Made by Entry::new just now: its id is the hash of its content by construction.
             entry.validate_fields().map_err(GatewayError::internal)?;
             let data = zeroize::Zeroizing::new(d.data.clone());
-            jobs.push(RecordJob { id, created: created.clone(), pseudonym, pv, content_type: d.content_type.clone(), data, meta, entry_id: entry.id.clone() });
+            jobs.push(RecordJob { id, created: created.clone(), pseudonym, pv, content_type: d.content_type.clone(), data, content_hash, meta, entry_id: entry.id.clone() });
             entries.push(entry);
         }
         Ok((jobs, entries))
@@ -195,7 +197,7 @@ impl Gateway {
         super::blocking(move || -> Result<_, medgate_store::StoreError> {
             let records = jobs
                 .iter()
-                .map(|j| vault::seal_record(&hsm, &j.id, &j.created, &hospital, (&j.pseudonym, j.pv), &j.content_type, &j.data, &j.meta, &j.entry_id))
+                .map(|j| vault::seal_record(&hsm, &j.id, &j.created, &hospital, (&j.pseudonym, j.pv), &j.content_type, (&j.data, &j.content_hash), &j.meta, &j.entry_id))
                 .collect::<Result<Vec<_>, _>>()?;
             let list = match list {
                 None => None,
